@@ -1,0 +1,450 @@
+//! `MailDomain`: one mail domain and the runtime that serves it.
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{
+    Condition, LocalObjectRef, address_rule, domain_list_rule, domain_rule, immutable_rule,
+    object_name_rule, quantity_rule,
+};
+
+/// One mail domain (for example `example.com`) and the kubemail runtime that serves it: SMTP,
+/// submission, IMAP and POP3 listeners, TLS, storage, DKIM and limits. Mailboxes join the domain
+/// whose `domain` matches their address, in the same namespace.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "kubemail.io",
+    version = "v1alpha1",
+    kind = "MailDomain",
+    plural = "maildomains",
+    singular = "maildomain",
+    shortname = "md",
+    category = "mail",
+    namespaced,
+    status = "MailDomainStatus",
+    doc = "A mail domain and the kubemail runtime that serves it.",
+    printcolumn(name = "Domain", type_ = "string", json_path = ".spec.domain", description = "The mail domain"),
+    printcolumn(name = "Hostname", type_ = "string", json_path = ".status.hostname", description = "The name the runtime announces and presents in TLS"),
+    printcolumn(name = "Mailboxes", type_ = "integer", json_path = ".status.mailboxes", description = "Mailboxes served"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether every enabled protocol answers its probe"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.catchAll) || self.catchAll.endsWith('@' + self.domain) || (has(self.aliasDomains) && self.aliasDomains.exists(d, self.catchAll.endsWith('@' + d)))"
+).message("catchAll must be an address in this domain or one of its aliasDomains").field_path(".catchAll"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.aliasDomains) || !self.aliasDomains.exists(d, d == self.domain)"
+).message("aliasDomains must not repeat domain").field_path(".aliasDomains"))]
+#[serde(rename_all = "camelCase")]
+pub struct MailDomainSpec {
+    /// The mail domain served, such as `example.com`: the part after `@` in every address.
+    /// Immutable.
+    #[schemars(length(min = 3, max = 253))]
+    #[x_kube(validation = domain_rule("domain"), validation = immutable_rule("domain"))]
+    pub domain: String,
+
+    /// Further domains whose mail is delivered to the same mailboxes, such as `example.org`
+    /// (`jane@example.org` reaches the mailbox `jane@example.com`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 3, max = 253)))]
+    #[x_kube(validation = domain_list_rule("aliasDomains"), merge_strategy = kube::core::ListMerge::Set)]
+    pub alias_domains: Vec<String>,
+
+    /// The host name of the mail server: the SMTP banner and EHLO name, the TLS certificate's
+    /// name and the target of the MX record. Defaults to `mail.<domain>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 253))]
+    #[x_kube(validation = domain_rule("hostname"))]
+    pub hostname: Option<String>,
+
+    /// Which protocols the runtime serves, and on which ports of its Service.
+    #[serde(default)]
+    pub protocols: Protocols,
+
+    /// TLS for every listener. Without `secretName` the operator issues a self-signed
+    /// certificate, so STARTTLS always works; clients will not trust it.
+    #[serde(default)]
+    pub tls: TlsSpec,
+
+    /// Where mail is stored.
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// The RelayPolicy in this namespace that says who may send mail to other domains through
+    /// this runtime and how it leaves. Without it only authenticated mailboxes of this domain may
+    /// send out, delivered directly to the recipients' MX.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_policy_ref: Option<LocalObjectRef>,
+
+    /// DKIM signing of outgoing mail. The operator creates the key once, keeps it in a Secret
+    /// named `<name>-dkim` and publishes the DNS record to add in `status.dnsRecords`.
+    #[serde(default)]
+    pub dkim: DkimSpec,
+
+    /// The address that receives mail for unknown local parts of this domain. Without it, mail
+    /// for an unknown address is refused with `550 5.1.1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 254))]
+    #[x_kube(validation = address_rule("catchAll"))]
+    pub catch_all: Option<String>,
+
+    /// Limits that protect the runtime and its users.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+
+    /// How the runtime is deployed: replicas, resources, its Service.
+    #[serde(default)]
+    pub runtime: RuntimeSpec,
+}
+
+/// The protocols the runtime serves. Each has a conventional port, which the Service uses
+/// unless `port` says otherwise.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = kube::core::Rule::new(
+    "[self.smtp, self.submission, self.submissions, self.imap, self.imaps, self.pop3, self.pop3s].filter(p, p.enabled).map(p, p.port).all(port, [self.smtp, self.submission, self.submissions, self.imap, self.imaps, self.pop3, self.pop3s].filter(p, p.enabled && p.port == port).size() == 1)"
+).message("two enabled protocols cannot share a port"))]
+#[serde(rename_all = "camelCase")]
+pub struct Protocols {
+    /// SMTP for mail from other servers (MX) and relaying: port 25, STARTTLS offered.
+    #[serde(default = "ProtocolSpec::smtp")]
+    pub smtp: ProtocolSpec,
+    /// Message submission for mail clients: port 587, STARTTLS required before AUTH.
+    #[serde(default = "ProtocolSpec::submission")]
+    pub submission: ProtocolSpec,
+    /// Message submission over implicit TLS: port 465 (RFC 8314).
+    #[serde(default = "ProtocolSpec::submissions")]
+    pub submissions: ProtocolSpec,
+    /// IMAP for synchronising mail across devices: port 143, STARTTLS required before LOGIN.
+    #[serde(default = "ProtocolSpec::imap")]
+    pub imap: ProtocolSpec,
+    /// IMAP over implicit TLS: port 993.
+    #[serde(default = "ProtocolSpec::imaps")]
+    pub imaps: ProtocolSpec,
+    /// POP3 for downloading mail to one device: port 110, STLS required before login.
+    #[serde(default = "ProtocolSpec::pop3")]
+    pub pop3: ProtocolSpec,
+    /// POP3 over implicit TLS: port 995.
+    #[serde(default = "ProtocolSpec::pop3s")]
+    pub pop3s: ProtocolSpec,
+}
+
+impl Default for Protocols {
+    fn default() -> Self {
+        Self {
+            smtp: ProtocolSpec::smtp(),
+            submission: ProtocolSpec::submission(),
+            submissions: ProtocolSpec::submissions(),
+            imap: ProtocolSpec::imap(),
+            imaps: ProtocolSpec::imaps(),
+            pop3: ProtocolSpec::pop3(),
+            pop3s: ProtocolSpec::pop3s(),
+        }
+    }
+}
+
+/// One protocol's switch and Service port.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtocolSpec {
+    /// Whether the runtime serves this protocol. Defaults to true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The port of the Service (1-65535). Defaults to the protocol's registered port.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+impl ProtocolSpec {
+    fn on(port: i32) -> Self {
+        Self {
+            enabled: true,
+            port,
+        }
+    }
+    fn smtp() -> Self {
+        Self::on(25)
+    }
+    fn submission() -> Self {
+        Self::on(587)
+    }
+    fn submissions() -> Self {
+        Self::on(465)
+    }
+    fn imap() -> Self {
+        Self::on(143)
+    }
+    fn imaps() -> Self {
+        Self::on(993)
+    }
+    fn pop3() -> Self {
+        Self::on(110)
+    }
+    fn pop3s() -> Self {
+        Self::on(995)
+    }
+}
+
+pub(crate) fn default_true() -> bool {
+    true
+}
+
+/// TLS settings shared by every listener.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// A Secret of type `kubernetes.io/tls` in this namespace (for example one that cert-manager
+    /// keeps renewed). The runtime picks up a renewed certificate without a restart. Without it
+    /// the operator issues a self-signed certificate for the hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = object_name_rule("tls.secretName"))]
+    pub secret_name: Option<String>,
+}
+
+/// Storage of mail: a PersistentVolumeClaim holding Maildir folders.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of the volume, as a quantity such as `10Gi`. Defaults to `10Gi`.
+    #[serde(default = "default_storage_size")]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = quantity_rule("storage.size"))]
+    pub size: String,
+    /// StorageClass of the volume. Defaults to the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+    /// What happens to the mail when this MailDomain is deleted. `Retain` (the default) keeps
+    /// the volume and every message on it; `Delete` removes them with the domain.
+    #[serde(default)]
+    pub retention_policy: RetentionPolicy,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            size: default_storage_size(),
+            storage_class_name: None,
+            retention_policy: RetentionPolicy::Retain,
+        }
+    }
+}
+
+fn default_storage_size() -> String {
+    "10Gi".into()
+}
+
+/// What happens to stored mail when its MailDomain is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum RetentionPolicy {
+    /// Keep the volume and its mail.
+    #[default]
+    Retain,
+    /// Delete the volume and its mail together with the MailDomain.
+    Delete,
+}
+
+/// DKIM signing of outgoing mail (RFC 6376).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DkimSpec {
+    /// Whether outgoing mail is signed. Defaults to true.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The selector: the DNS name of the key is `<selector>._domainkey.<domain>`.
+    /// Defaults to `kubemail`.
+    #[serde(default = "default_dkim_selector")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("dkim.selector must be one DNS label: lowercase letters, digits and '-'"))]
+    pub selector: String,
+    /// The key algorithm: `RSA` (2048-bit, understood everywhere; the default) or `Ed25519`
+    /// (RFC 8463, small, not yet verified by every receiver).
+    #[serde(default)]
+    pub algorithm: DkimAlgorithm,
+}
+
+impl Default for DkimSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            selector: default_dkim_selector(),
+            algorithm: DkimAlgorithm::Rsa,
+        }
+    }
+}
+
+fn default_dkim_selector() -> String {
+    "kubemail".into()
+}
+
+/// A DKIM key algorithm.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum DkimAlgorithm {
+    /// RSA with 2048-bit keys, signed with SHA-256.
+    #[default]
+    #[serde(rename = "RSA")]
+    Rsa,
+    /// Ed25519 with SHA-256 (RFC 8463).
+    Ed25519,
+}
+
+/// Limits enforced by the runtime.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    /// Largest message accepted, as a quantity such as `25Mi` (announced in the SMTP SIZE
+    /// extension). Defaults to `25Mi`.
+    #[serde(default = "default_max_message_size")]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = quantity_rule("limits.maxMessageSize"), validation = kube::core::Rule::new("quantity(self).isLessThan(quantity('1Gi')) || quantity(self) == quantity('1Gi')").message("limits.maxMessageSize must be at most 1Gi"))]
+    pub max_message_size: String,
+    /// Most recipients of one message. Defaults to 100.
+    #[serde(default = "default_max_recipients")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_recipients: i32,
+    /// Most concurrent connections per runtime replica, all protocols together. Defaults to 2000.
+    #[serde(default = "default_max_connections")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_connections: i32,
+    /// Most concurrent connections from one client IP address. Defaults to 50.
+    #[serde(default = "default_max_connections_per_ip")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_connections_per_ip: i32,
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        Self {
+            max_message_size: default_max_message_size(),
+            max_recipients: default_max_recipients(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+        }
+    }
+}
+
+fn default_max_message_size() -> String {
+    "25Mi".into()
+}
+fn default_max_recipients() -> i32 {
+    100
+}
+fn default_max_connections() -> i32 {
+    2000
+}
+fn default_max_connections_per_ip() -> i32 {
+    50
+}
+
+/// How the runtime is deployed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeSpec {
+    /// Number of runtime pods: 1 (the default) or 0 to stop serving while keeping all data. The
+    /// embedded Maildir store is served by one pod at a time.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1))]
+    pub replicas: i32,
+    /// CPU and memory requests and limits of the runtime container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// The Service in front of the runtime.
+    #[serde(default)]
+    pub service: ServiceSpec,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// The Service that exposes the runtime.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// `ClusterIP` (the default), `NodePort` or `LoadBalancer`.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Annotations for the Service, such as a cloud load balancer's settings.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Whether the load balancer in front sends the PROXY protocol header (v1 or v2), so the
+    /// runtime sees the real client address. Only turn this on when it does: the runtime then
+    /// refuses connections without the header.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+/// A Kubernetes Service type.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ServiceType {
+    /// Reachable inside the cluster only.
+    #[default]
+    ClusterIP,
+    /// Also reachable on a port of every node.
+    NodePort,
+    /// Reachable through a cloud or bare-metal load balancer.
+    LoadBalancer,
+}
+
+/// What the operator observed of a MailDomain.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MailDomainStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` (every enabled protocol answers its probe and the runtime serves the current
+    /// config), one condition per protocol probe (`SMTPReady`, `SubmissionReady`, `IMAPReady`,
+    /// `POP3Ready`), `ConfigApplied`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The host name in use (the spec's hostname or its default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Where clients reach each enabled protocol.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<Endpoint>,
+    /// Number of Mailboxes served by this domain.
+    #[serde(default)]
+    pub mailboxes: i32,
+    /// The revision of the rendered runtime config, and the one the runtime reports serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_revision: Option<String>,
+    /// The DNS records to publish for this domain, with their exact values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_records: Vec<DnsRecord>,
+}
+
+/// Where a client reaches one protocol.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// The protocol: smtp, submission, submissions, imap, imaps, pop3 or pop3s.
+    pub protocol: String,
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: i32,
+    /// `STARTTLS` or `TLS` (implicit).
+    pub tls: String,
+}
+
+/// A DNS record to publish.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsRecord {
+    /// What the record is for: MX, SPF, DKIM, DMARC, or an RFC 6186 service.
+    pub purpose: String,
+    /// The record type: MX, TXT, SRV, A, CNAME.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// The fully qualified name, ending in a dot.
+    pub name: String,
+    /// The record's value exactly as it is to be published.
+    pub value: String,
+}

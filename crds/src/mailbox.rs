@@ -1,0 +1,138 @@
+//! `Mailbox`: one user's address, credentials and mail.
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{
+    Condition, SecretKeyRef, address_list_rule, address_rule, immutable_rule, quantity_rule,
+};
+
+/// A mailbox: an address that receives mail, the password that opens it and what its owner may
+/// do. It joins the MailDomain in the same namespace whose domain matches the address.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "kubemail.io",
+    version = "v1alpha1",
+    kind = "Mailbox",
+    plural = "mailboxes",
+    singular = "mailbox",
+    shortname = "mbx",
+    category = "mail",
+    namespaced,
+    status = "MailboxStatus",
+    doc = "A mailbox: an address, its credentials and its mail.",
+    printcolumn(name = "Address", type_ = "string", json_path = ".spec.address", description = "The mailbox's address"),
+    printcolumn(name = "Domain", type_ = "string", json_path = ".status.domain", description = "The MailDomain serving it"),
+    printcolumn(name = "Suspended", type_ = "boolean", json_path = ".spec.suspended", priority = 1),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the runtime serves this mailbox"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = kube::core::Rule::new("!has(self.aliases) || !self.aliases.exists(a, a == self.address)").message("aliases must not repeat address").field_path(".aliases"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.forwardTo) || !self.forwardTo.exists(a, a == self.address)").message("forwardTo must not contain the mailbox's own address").field_path(".forwardTo"))]
+#[serde(rename_all = "camelCase")]
+pub struct MailboxSpec {
+    /// The mailbox's address, such as `jane.doe@example.com`. Its domain picks the MailDomain.
+    /// Immutable.
+    #[schemars(length(min = 3, max = 254))]
+    #[x_kube(validation = address_rule("address"), validation = immutable_rule("address"))]
+    pub address: String,
+
+    /// The owner's name, used in generated mail such as delivery reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    #[x_kube(validation = kube::core::Rule::new("!self.contains('\\n') && !self.contains('\\r')").message("displayName must be one line"))]
+    pub display_name: Option<String>,
+
+    /// The Secret key holding the password: plaintext, or an argon2 (`$argon2id$...`) or bcrypt
+    /// (`$2b$...`) hash. The operator hands the runtime only a hash; a plaintext password never
+    /// leaves this Secret. The key defaults to `password`.
+    pub password_secret_ref: SecretKeyRef,
+
+    /// Further addresses delivered to this mailbox, in the same domain or one of its alias
+    /// domains.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 3, max = 254)))]
+    #[x_kube(validation = address_list_rule("aliases"), merge_strategy = kube::core::ListMerge::Set)]
+    pub aliases: Vec<String>,
+
+    /// Addresses that receive a copy of every message delivered to this mailbox.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 3, max = 254)))]
+    #[x_kube(validation = address_list_rule("forwardTo"), merge_strategy = kube::core::ListMerge::Set)]
+    pub forward_to: Vec<String>,
+
+    /// Whether forwarded mail is also kept in this mailbox. Defaults to true.
+    #[serde(default = "crate::mail_domain::default_true")]
+    pub keep_forwarded_copy: bool,
+
+    /// The most mail this mailbox may hold, as a quantity such as `2Gi`. Mail over quota is
+    /// refused with `452 4.2.2` (temporarily) or `552 5.2.2`. No limit when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = quantity_rule("quota"))]
+    pub quota: Option<String>,
+
+    /// The protocols this mailbox may use: `SMTP` (authenticated submission), `IMAP`, `POP3`.
+    /// Defaults to all three.
+    #[serde(default = "all_protocols")]
+    #[schemars(length(min = 0, max = 3))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
+    pub protocols: Vec<MailboxProtocol>,
+
+    /// A suspended mailbox still receives mail but cannot log in or send.
+    #[serde(default)]
+    pub suspended: bool,
+}
+
+/// A protocol a mailbox may log in with.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+pub enum MailboxProtocol {
+    /// Authenticated SMTP submission (ports 587 and 465).
+    #[serde(rename = "SMTP")]
+    Smtp,
+    /// IMAP (ports 143 and 993).
+    #[serde(rename = "IMAP")]
+    Imap,
+    /// POP3 (ports 110 and 995).
+    #[serde(rename = "POP3")]
+    Pop3,
+}
+
+fn all_protocols() -> Vec<MailboxProtocol> {
+    vec![
+        MailboxProtocol::Smtp,
+        MailboxProtocol::Imap,
+        MailboxProtocol::Pop3,
+    ]
+}
+
+/// What the operator observed of a Mailbox.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MailboxStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` once the runtime serves a config that contains this mailbox; `DomainFound` and
+    /// `SecretFound` say what it is waiting for otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The name of the MailDomain that serves this mailbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Storage used, when the runtime has reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<MailboxUsage>,
+}
+
+/// Storage used by a mailbox.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MailboxUsage {
+    /// Bytes stored, all folders together.
+    pub bytes: i64,
+    /// Messages stored, all folders together.
+    pub messages: i64,
+}
