@@ -31,9 +31,9 @@ pub(crate) fn domain_rule(field: &str) -> Rule {
 }
 
 pub(crate) fn domain_list_rule(field: &str) -> Rule {
-    Rule::new(format!("self.all(d, d.matches(\"{DOMAIN_PATTERN}\"))")).message(Message::Message(format!(
-        "every entry of {field} must be a lowercase DNS domain name such as example.com"
-    )))
+    Rule::new(format!("self.all(d, d.matches(\"{DOMAIN_PATTERN}\"))")).message(Message::Message(
+        format!("every entry of {field} must be a lowercase DNS domain name such as example.com"),
+    ))
 }
 
 pub(crate) fn address_rule(field: &str) -> Rule {
@@ -55,9 +55,11 @@ pub(crate) fn address_list_rule(field: &str) -> Rule {
 }
 
 pub(crate) fn quantity_rule(field: &str) -> Rule {
-    Rule::new("isQuantity(self) && quantity(self).sign() == 1").message(Message::Message(format!(
-        "{field} must be a positive quantity such as 512Mi or 10Gi"
-    )))
+    Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message(
+        Message::Message(format!(
+            "{field} must be a positive quantity such as 512Mi or 10Gi"
+        )),
+    )
 }
 
 pub(crate) fn duration_rule(field: &str) -> Rule {

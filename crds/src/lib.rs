@@ -15,6 +15,9 @@
 //! cannot lives in CEL rules (`x-kubernetes-validations`) next to the field they guard, each with
 //! a message that says what is wrong in words a person understands.
 #![forbid(unsafe_code)]
+// kube-derive takes one `printcolumn(...)` per column; clippy reads the repeated keys inside them
+// (`type_`, `priority`) as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
 
 pub mod common;
 pub mod mail_domain;
@@ -22,7 +25,7 @@ pub mod mailbox;
 pub mod relay_policy;
 
 pub use common::{Condition, SecretKeyRef};
-pub use mail_domain::{MailDomain, MailDomainSpec, MailDomainStatus};
+pub use mail_domain::{MailDomain, MailDomainSpec, MailDomainStatus, Protocol};
 pub use mailbox::{Mailbox, MailboxSpec, MailboxStatus};
 pub use relay_policy::{RelayPolicy, RelayPolicySpec, RelayPolicyStatus};
 
@@ -36,7 +39,40 @@ pub const VERSION: &str = "v1alpha1";
 
 /// Every CRD this crate defines, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![MailDomain::crd(), Mailbox::crd(), RelayPolicy::crd()]
+    [MailDomain::crd(), Mailbox::crd(), RelayPolicy::crd()]
+        .into_iter()
+        .map(reflow_descriptions)
+        .collect()
+}
+
+/// Doc comments are wrapped at 100 columns in the source; `kubectl explain` wraps text itself,
+/// so descriptions keep only paragraph breaks.
+fn reflow_descriptions(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map.iter_mut() {
+                    match child {
+                        serde_json::Value::String(text) if key == "description" => {
+                            *text = reflow(text);
+                        }
+                        _ => walk(child),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    fn reflow(text: &str) -> String {
+        text.split("\n\n")
+            .map(|paragraph| paragraph.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    }
+    let mut value = serde_json::to_value(&crd).expect("a CRD serializes");
+    walk(&mut value);
+    serde_json::from_value(value).expect("reflowed descriptions keep the CRD valid")
 }
 
 /// The file name crdgen writes a CRD to: `<plural>.<group>.yaml`.

@@ -26,12 +26,41 @@ use crate::common::{
     namespaced,
     status = "MailDomainStatus",
     doc = "A mail domain and the kubemail runtime that serves it.",
-    printcolumn(name = "Domain", type_ = "string", json_path = ".spec.domain", description = "The mail domain"),
-    printcolumn(name = "Hostname", type_ = "string", json_path = ".status.hostname", description = "The name the runtime announces and presents in TLS"),
-    printcolumn(name = "Mailboxes", type_ = "integer", json_path = ".status.mailboxes", description = "Mailboxes served"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether every enabled protocol answers its probe"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Domain",
+        type_ = "string",
+        json_path = ".spec.domain",
+        description = "The mail domain"
+    ),
+    printcolumn(
+        name = "Hostname",
+        type_ = "string",
+        json_path = ".status.hostname",
+        description = "The name the runtime announces and presents in TLS"
+    ),
+    printcolumn(
+        name = "Mailboxes",
+        type_ = "integer",
+        json_path = ".status.mailboxes",
+        description = "Mailboxes served"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether every enabled protocol answers its probe"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = kube::core::Rule::new(
     "!has(self.catchAll) || self.catchAll.endsWith('@' + self.domain) || (has(self.aliasDomains) && self.aliasDomains.exists(d, self.catchAll.endsWith('@' + d)))"
@@ -104,9 +133,7 @@ pub struct MailDomainSpec {
 /// The protocols the runtime serves. Each has a conventional port, which the Service uses
 /// unless `port` says otherwise.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[x_kube(validation = kube::core::Rule::new(
-    "[self.smtp, self.submission, self.submissions, self.imap, self.imaps, self.pop3, self.pop3s].filter(p, p.enabled).map(p, p.port).all(port, [self.smtp, self.submission, self.submissions, self.imap, self.imaps, self.pop3, self.pop3s].filter(p, p.enabled && p.port == port).size() == 1)"
-).message("two enabled protocols cannot share a port"))]
+#[x_kube(validation = kube::core::Rule::new(distinct_ports_rule()).message("two enabled protocols cannot share a port"))]
 #[serde(rename_all = "camelCase")]
 pub struct Protocols {
     /// SMTP for mail from other servers (MX) and relaying: port 25, STARTTLS offered.
@@ -146,6 +173,108 @@ impl Default for Protocols {
     }
 }
 
+impl Protocols {
+    /// Every protocol with its settings, in a fixed order.
+    pub fn iter(&self) -> impl Iterator<Item = (Protocol, &ProtocolSpec)> {
+        [
+            (Protocol::Smtp, &self.smtp),
+            (Protocol::Submission, &self.submission),
+            (Protocol::Submissions, &self.submissions),
+            (Protocol::Imap, &self.imap),
+            (Protocol::Imaps, &self.imaps),
+            (Protocol::Pop3, &self.pop3),
+            (Protocol::Pop3s, &self.pop3s),
+        ]
+        .into_iter()
+    }
+}
+
+/// The CEL rule that no two enabled protocols share a port. CEL lists hold one type, so each
+/// protocol contributes its port (or its registered port) when enabled and a distinct negative
+/// number when not.
+fn distinct_ports_rule() -> String {
+    let ports: Vec<String> = Protocol::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let f = p.field();
+            format!(
+                "self.{f}.enabled ? (has(self.{f}.port) ? self.{f}.port : {}) : -{}",
+                p.default_port(),
+                i + 1
+            )
+        })
+        .collect();
+    let list = format!("[{}]", ports.join(", "));
+    format!("{list}.all(p, {list}.filter(q, q == p).size() == 1)")
+}
+
+/// A protocol the runtime can serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// SMTP, port 25.
+    Smtp,
+    /// Submission with STARTTLS, port 587.
+    Submission,
+    /// Submission over implicit TLS, port 465.
+    Submissions,
+    /// IMAP with STARTTLS, port 143.
+    Imap,
+    /// IMAP over implicit TLS, port 993.
+    Imaps,
+    /// POP3 with STLS, port 110.
+    Pop3,
+    /// POP3 over implicit TLS, port 995.
+    Pop3s,
+}
+
+impl Protocol {
+    /// Every protocol, in a fixed order.
+    pub const ALL: [Protocol; 7] = [
+        Protocol::Smtp,
+        Protocol::Submission,
+        Protocol::Submissions,
+        Protocol::Imap,
+        Protocol::Imaps,
+        Protocol::Pop3,
+        Protocol::Pop3s,
+    ];
+
+    /// The protocol's field name under `spec.protocols`, also its name in configs and ports.
+    pub fn field(self) -> &'static str {
+        match self {
+            Protocol::Smtp => "smtp",
+            Protocol::Submission => "submission",
+            Protocol::Submissions => "submissions",
+            Protocol::Imap => "imap",
+            Protocol::Imaps => "imaps",
+            Protocol::Pop3 => "pop3",
+            Protocol::Pop3s => "pop3s",
+        }
+    }
+
+    /// The registered port.
+    pub fn default_port(self) -> i32 {
+        match self {
+            Protocol::Smtp => 25,
+            Protocol::Submission => 587,
+            Protocol::Submissions => 465,
+            Protocol::Imap => 143,
+            Protocol::Imaps => 993,
+            Protocol::Pop3 => 110,
+            Protocol::Pop3s => 995,
+        }
+    }
+
+    /// Whether TLS starts with the connection (otherwise it is negotiated with STARTTLS/STLS).
+    pub fn implicit_tls(self) -> bool {
+        matches!(
+            self,
+            Protocol::Submissions | Protocol::Imaps | Protocol::Pop3s
+        )
+    }
+}
+
 /// One protocol's switch and Service port.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -154,15 +283,21 @@ pub struct ProtocolSpec {
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// The port of the Service (1-65535). Defaults to the protocol's registered port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
-    pub port: i32,
+    pub port: Option<i32>,
 }
 
 impl ProtocolSpec {
+    /// The port in use: the one set, or the protocol's registered port.
+    pub fn port_or_default(&self, protocol: Protocol) -> i32 {
+        self.port.unwrap_or_else(|| protocol.default_port())
+    }
+
     fn on(port: i32) -> Self {
         Self {
             enabled: true,
-            port,
+            port: Some(port),
         }
     }
     fn smtp() -> Self {
@@ -341,7 +476,7 @@ fn default_max_connections_per_ip() -> i32 {
 }
 
 /// How the runtime is deployed.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeSpec {
     /// Number of runtime pods: 1 (the default) or 0 to stop serving while keeping all data. The
@@ -355,6 +490,16 @@ pub struct RuntimeSpec {
     /// The Service in front of the runtime.
     #[serde(default)]
     pub service: ServiceSpec,
+}
+
+impl Default for RuntimeSpec {
+    fn default() -> Self {
+        Self {
+            replicas: default_replicas(),
+            resources: None,
+            service: ServiceSpec::default(),
+        }
+    }
 }
 
 fn default_replicas() -> i32 {

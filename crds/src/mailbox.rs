@@ -21,12 +21,41 @@ use crate::common::{
     namespaced,
     status = "MailboxStatus",
     doc = "A mailbox: an address, its credentials and its mail.",
-    printcolumn(name = "Address", type_ = "string", json_path = ".spec.address", description = "The mailbox's address"),
-    printcolumn(name = "Domain", type_ = "string", json_path = ".status.domain", description = "The MailDomain serving it"),
-    printcolumn(name = "Suspended", type_ = "boolean", json_path = ".spec.suspended", priority = 1),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the runtime serves this mailbox"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Address",
+        type_ = "string",
+        json_path = ".spec.address",
+        description = "The mailbox's address"
+    ),
+    printcolumn(
+        name = "Domain",
+        type_ = "string",
+        json_path = ".status.domain",
+        description = "The MailDomain serving it"
+    ),
+    printcolumn(
+        name = "Suspended",
+        type_ = "boolean",
+        json_path = ".spec.suspended",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the runtime serves this mailbox"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = kube::core::Rule::new("!has(self.aliases) || !self.aliases.exists(a, a == self.address)").message("aliases must not repeat address").field_path(".aliases"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.forwardTo) || !self.forwardTo.exists(a, a == self.address)").message("forwardTo must not contain the mailbox's own address").field_path(".forwardTo"))]
@@ -86,7 +115,9 @@ pub struct MailboxSpec {
 }
 
 /// A protocol a mailbox may log in with.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
 pub enum MailboxProtocol {
     /// Authenticated SMTP submission (ports 587 and 465).
     #[serde(rename = "SMTP")]

@@ -22,11 +22,33 @@ use crate::common::{Condition, domain_list_rule, domain_rule, duration_rule, obj
     namespaced,
     status = "RelayPolicyStatus",
     doc = "Who may relay mail through kubemail, and how it is delivered.",
-    printcolumn(name = "Route", type_ = "string", json_path = ".spec.route.mode", description = "Direct or Smarthost"),
-    printcolumn(name = "Smarthost", type_ = "string", json_path = ".spec.route.smarthost.host"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Route",
+        type_ = "string",
+        json_path = ".spec.route.mode",
+        description = "Direct or Smarthost"
+    ),
+    printcolumn(
+        name = "Smarthost",
+        type_ = "string",
+        json_path = ".spec.route.smarthost.host"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RelayPolicySpec {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes control plane and the chart tools from their Go modules:
-#   kube-apiserver, kubectl  (k8s.io/kubernetes, staging modules replaced by their v0.x releases)
+#   kube-apiserver, kube-controller-manager, kubectl
+#                            (k8s.io/kubernetes, staging modules replaced by their v0.x releases)
 #   etcd                     (a tiny main around go.etcd.io/etcd/server/v3/etcdmain)
 #   helm, kubeconform        (go install of their own modules)
 # Binaries are cached by version outside the work tree, so a second run takes seconds.
@@ -16,7 +17,9 @@ HELM_VERSION=v3.22.0
 KUBECONFORM_VERSION=v0.7.0
 
 CACHE_ROOT=${KUBEMAIL_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kubemail-tools}
-BIN="$CACHE_ROOT/bin-k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}-helm-${HELM_VERSION}-kubeconform-${KUBECONFORM_VERSION}"
+# Bump RECIPE when the way a binary is built changes, so caches built the old way are not reused.
+RECIPE=2
+BIN="$CACHE_ROOT/bin-r${RECIPE}-k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}-helm-${HELM_VERSION}-kubeconform-${KUBECONFORM_VERSION}"
 WORK="$CACHE_ROOT/build"
 
 log() { echo "build-control-plane: $*" >&2; }
@@ -31,8 +34,8 @@ export CGO_ENABLED=0
 have() { [[ -x "$BIN/$1" ]]; }
 
 build_kubernetes() {
-    have kube-apiserver && have kubectl && return 0
-    log "building kube-apiserver and kubectl ${K8S_VERSION} (several minutes the first time)"
+    have kube-apiserver && have kube-controller-manager && have kubectl && return 0
+    log "building kube-apiserver, kube-controller-manager and kubectl ${K8S_VERSION} (several minutes the first time)"
     local dir="$WORK/kubernetes-${K8S_VERSION}"
     rm -rf "$dir" && mkdir -p "$dir"
     cd "$dir"
@@ -56,6 +59,7 @@ package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 )
 GO
@@ -68,6 +72,7 @@ GO
         ldflags+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=1970-01-01T00:00:00Z"
     done
     go build -ldflags "$ldflags" -o "$BIN/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+    go build -ldflags "$ldflags" -o "$BIN/kube-controller-manager" k8s.io/kubernetes/cmd/kube-controller-manager
     go build -ldflags "$ldflags" -o "$BIN/kubectl" k8s.io/kubernetes/cmd/kubectl
 }
 
@@ -97,18 +102,19 @@ GO
 }
 
 go_install() {
-    local name=$1 pkg=$2 version=$3
+    local name=$1 pkg=$2 version=$3 version_var=$4
     have "$name" && return 0
     log "building $name ${version}"
-    GOBIN="$BIN" go install -ldflags "-s -w" "${pkg}@${version}" || die "go install ${pkg}@${version} failed"
+    GOBIN="$BIN" go install -ldflags "-s -w -X ${version_var}=${version}" "${pkg}@${version}" \
+        || die "go install ${pkg}@${version} failed"
 }
 
 build_kubernetes
 build_etcd
-go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
-go_install kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION"
+go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" helm.sh/helm/v3/internal/version.version
+go_install kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION" main.version
 
-for b in kube-apiserver kubectl etcd helm kubeconform; do
+for b in kube-apiserver kube-controller-manager kubectl etcd helm kubeconform; do
     have "$b" || die "$b is missing from $BIN after the build"
 done
 echo "$BIN"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what kubemail's build and tests need on a fresh machine of the polyglot kind (Debian,
+# root, Go and Rust present). Idempotent: packages already there are not fetched again.
+set -euo pipefail
+
+log() { echo "install-deps: $*" >&2; }
+
+for tool in go cargo; do
+    command -v "$tool" >/dev/null || { log "error: $tool is not on PATH"; exit 1; }
+done
+
+# Debian packages the test suites use; the list grows with the protocol issues.
+PACKAGES=(ca-certificates git)
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    log "apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+for component in clippy rustfmt; do
+    if ! cargo "$component" --version >/dev/null 2>&1; then
+        log "rustup component add $component"
+        rustup component add "$component"
+    fi
+done

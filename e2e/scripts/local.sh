@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The main command: kubemail on a local control plane. `--check` verifies and tears down.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/kubemail/target}
+
+bash e2e/scripts/install-deps.sh
+KUBEMAIL_TOOLS_BIN=$(bash e2e/scripts/build-control-plane.sh | tail -n 1)
+export KUBEMAIL_TOOLS_BIN
+
+cargo run --locked --quiet -p kubemail-e2e --bin kubemail-local -- "$@"
