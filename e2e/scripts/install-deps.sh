@@ -22,9 +22,5 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-for component in clippy rustfmt; do
-    if ! cargo "$component" --version >/dev/null 2>&1; then
-        log "rustup component add $component"
-        rustup component add "$component"
-    fi
-done
+cargo clippy --version >/dev/null 2>&1 || { log "rustup component add clippy"; rustup component add clippy; }
+cargo fmt --version >/dev/null 2>&1 || { log "rustup component add rustfmt"; rustup component add rustfmt; }
