@@ -1,17 +1,106 @@
-//! The kubemail mail runtime binary. The protocols land with their issues.
+//! The `mail-runtime` binary.
 #![forbid(unsafe_code)]
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
+
+use mail_runtime::{config, dev, runtime::Runtime};
+
+const USAGE: &str = "usage:
+  mail-runtime serve --config FILE      serve the config (reloaded when the file changes)
+  mail-runtime dev [--data DIR] [--base-port N]
+                                        every protocol on loopback with demo mailboxes
+  mail-runtime check-config FILE        validate a config and list every problem
+  mail-runtime hash-password            read a password on stdin, print its argon2id hash
+  mail-runtime --version";
 
 fn main() -> ExitCode {
-    match std::env::args().nth(1).as_deref() {
-        Some("--version") => {
-            println!("mail-runtime {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        _ => {
-            eprintln!("usage: mail-runtime --version (no protocol is served yet)");
-            ExitCode::from(2)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let log_json = args.first().is_some_and(|a| a == "serve");
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    match run(&args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("mail-runtime: {err:#}");
+            ExitCode::FAILURE
         }
     }
+}
+
+fn run(args: &[String]) -> anyhow::Result<ExitCode> {
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    match args.first().map(String::as_str) {
+        Some("--version") => {
+            println!("mail-runtime {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("serve") => {
+            let Some(path) = flag("--config").map(PathBuf::from) else {
+                eprintln!("{USAGE}");
+                return Ok(ExitCode::from(2));
+            };
+            let config = config::load_file(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+            tokio_runtime()?.block_on(async move {
+                let runtime = Runtime::new(config::ConfigHandle::new(config))?;
+                runtime.start(Some(path)).await?;
+                dev::wait_for_shutdown().await;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Some("dev") => {
+            let base_port = match flag("--base-port") {
+                Some(p) => p.parse()?,
+                None => 2500,
+            };
+            let options = dev::DevOptions {
+                data: flag("--data").map(PathBuf::from),
+                base_port,
+            };
+            tokio_runtime()?.block_on(dev::run(options))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("check-config") => {
+            let Some(path) = args.get(1) else {
+                eprintln!("{USAGE}");
+                return Ok(ExitCode::from(2));
+            };
+            match config::load_file(std::path::Path::new(path)) {
+                Ok(c) => {
+                    println!("ok: revision {:?}, {} mailbox(es)", c.revision(), c.raw.mailboxes.len());
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(invalid) => {
+                    eprintln!("{invalid}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Some("hash-password") => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            println!("{}", mail_runtime::auth::hash_password(password.trim_end_matches(['\r', '\n'])));
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }

@@ -1,0 +1,203 @@
+//! Passwords and logins: hashes (argon2id, bcrypt), credential checks, and the limit on failed
+//! logins per client address. Plaintext passwords never reach this runtime's config.
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use argon2::{
+    Argon2, PasswordHasher, PasswordVerifier,
+    password_hash::{SaltString, rand_core::OsRng},
+};
+
+use crate::config::{Config, LoginProtocol};
+
+/// A stored password hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordHash {
+    /// PHC string `$argon2id$v=19$m=...`.
+    Argon2(String),
+    /// `$2b$12$...` (also `$2a$`, `$2y$`).
+    Bcrypt(String),
+}
+
+/// Why a hash cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HashError {
+    /// Not a format this runtime reads.
+    #[error("not an argon2 ($argon2id$...) or bcrypt ($2b$...) hash; plaintext passwords are not accepted here")]
+    UnknownFormat,
+    /// An argon2 string that does not parse.
+    #[error("malformed argon2 hash: {0}")]
+    Argon2(String),
+}
+
+impl PasswordHash {
+    /// Recognises and checks the format of a hash.
+    pub fn parse(text: &str) -> Result<Self, HashError> {
+        if text.starts_with("$argon2") {
+            let parsed =
+                argon2::PasswordHash::new(text).map_err(|e| HashError::Argon2(e.to_string()))?;
+            if parsed.salt.is_none() || parsed.hash.is_none() {
+                return Err(HashError::Argon2("it has no salt or no hash".into()));
+            }
+            Ok(Self::Argon2(text.to_string()))
+        } else if ["$2a$", "$2b$", "$2y$"].iter().any(|p| text.starts_with(p)) && text.len() == 60
+        {
+            Ok(Self::Bcrypt(text.to_string()))
+        } else {
+            Err(HashError::UnknownFormat)
+        }
+    }
+
+    /// Whether `password` matches. CPU-heavy by design: call it off the async threads.
+    pub fn verify(&self, password: &[u8]) -> bool {
+        match self {
+            Self::Argon2(phc) => argon2::PasswordHash::new(phc)
+                .is_ok_and(|h| Argon2::default().verify_password(password, &h).is_ok()),
+            Self::Bcrypt(h) => bcrypt::verify(password, h).unwrap_or(false),
+        }
+    }
+}
+
+/// Hashes a password with argon2id and the library's recommended parameters.
+pub fn hash_password(password: &str) -> String {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 with default parameters hashes any password")
+        .to_string()
+}
+
+/// Why a login was refused; every variant reads the same to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginRefused {
+    /// No such mailbox or wrong password.
+    BadCredentials,
+    /// The mailbox may not use this protocol, or is suspended.
+    NotAllowed,
+}
+
+/// Checks credentials against the config. Runs the hash on a blocking thread.
+pub async fn login(
+    config: &Config,
+    username: &str,
+    password: &str,
+    protocol: LoginProtocol,
+) -> Result<usize, LoginRefused> {
+    let index = config.mailbox_by_address(username);
+    // Hash even for an unknown user, so timing does not tell which addresses exist.
+    let hash = index
+        .and_then(|i| PasswordHash::parse(&config.mailbox(i).password_hash).ok())
+        .unwrap_or_else(|| PasswordHash::Argon2(dummy_hash().to_string()));
+    let password = password.as_bytes().to_vec();
+    let matches = tokio::task::spawn_blocking(move || hash.verify(&password))
+        .await
+        .unwrap_or(false);
+    match index {
+        Some(i) if matches => {
+            if config.mailbox(i).may_use(protocol) {
+                Ok(i)
+            } else {
+                Err(LoginRefused::NotAllowed)
+            }
+        }
+        _ => Err(LoginRefused::BadCredentials),
+    }
+}
+
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| hash_password("kubemail-no-such-user"))
+}
+
+/// Counts failed logins per client address over a sliding minute.
+#[derive(Debug)]
+pub struct AuthLimiter {
+    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+}
+
+const WINDOW: Duration = Duration::from_secs(60);
+const MAX_TRACKED: usize = 100_000;
+
+impl Default for AuthLimiter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AuthLimiter {
+    /// An empty limiter.
+    pub fn new() -> Self {
+        Self {
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `ip` may try to log in now.
+    pub fn allows(&self, ip: IpAddr, per_minute: u32) -> bool {
+        let mut map = self.failures.lock().expect("limiter lock");
+        let Some(times) = map.get_mut(&ip) else {
+            return true;
+        };
+        let now = Instant::now();
+        while times.front().is_some_and(|t| now.duration_since(*t) > WINDOW) {
+            times.pop_front();
+        }
+        times.len() < per_minute as usize
+    }
+
+    /// Records a failed login from `ip`.
+    pub fn record_failure(&self, ip: IpAddr) {
+        let mut map = self.failures.lock().expect("limiter lock");
+        let now = Instant::now();
+        if map.len() >= MAX_TRACKED {
+            map.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) <= WINDOW));
+        }
+        let times = map.entry(ip).or_default();
+        times.push_back(now);
+        if times.len() > 1024 {
+            times.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argon2_and_bcrypt_hashes_verify() {
+        let argon = PasswordHash::parse(&hash_password("s3cret")).expect("argon2 parses");
+        assert!(argon.verify(b"s3cret"));
+        assert!(!argon.verify(b"S3cret"));
+        let bcrypt_hash = bcrypt::hash("s3cret", 4).expect("bcrypt");
+        let bcrypt = PasswordHash::parse(&bcrypt_hash).expect("bcrypt parses");
+        assert!(bcrypt.verify(b"s3cret"));
+        assert!(!bcrypt.verify(b"wrong"));
+    }
+
+    #[test]
+    fn plaintext_is_not_a_hash() {
+        assert!(matches!(
+            PasswordHash::parse("hunter2"),
+            Err(HashError::UnknownFormat)
+        ));
+        assert!(PasswordHash::parse("$argon2id$garbage").is_err());
+    }
+
+    #[test]
+    fn limiter_refuses_after_the_limit_and_only_that_address() {
+        let limiter = AuthLimiter::new();
+        let bad: IpAddr = "192.0.2.1".parse().expect("ip");
+        let good: IpAddr = "192.0.2.2".parse().expect("ip");
+        for _ in 0..3 {
+            assert!(limiter.allows(bad, 3));
+            limiter.record_failure(bad);
+        }
+        assert!(!limiter.allows(bad, 3));
+        assert!(limiter.allows(good, 3));
+    }
+}

@@ -1,0 +1,283 @@
+//! The runtime config's file format. Field names are camelCase, like the Kubernetes objects
+//! they are rendered from; defaults make a hand-written file short.
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The file as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawConfig {
+    /// `runtime.kubemail.io/v1`.
+    pub api_version: String,
+    /// `RuntimeConfig`.
+    pub kind: String,
+    /// An opaque revision, reported by the runtime once it serves this file.
+    #[serde(default)]
+    pub revision: String,
+    /// The server's host name: SMTP banner and EHLO name, TLS name.
+    pub hostname: String,
+    /// The domains served.
+    #[serde(default)]
+    pub domains: Vec<DomainConfig>,
+    /// The mailboxes.
+    #[serde(default)]
+    pub mailboxes: Vec<MailboxConfig>,
+    /// Who may relay to other domains.
+    #[serde(default)]
+    pub relay: RelayConfig,
+    /// Limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Certificate and key files (PEM), reloaded when they change.
+    pub tls: TlsFiles,
+    /// Sockets to listen on.
+    #[serde(default)]
+    pub listeners: Vec<Listener>,
+    /// Where mail is stored.
+    pub storage: Storage,
+    /// Security switches; the defaults are the safe ones.
+    #[serde(default)]
+    pub security: Security,
+}
+
+/// A served domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DomainConfig {
+    /// The primary domain name.
+    pub name: String,
+    /// Alias domains: `x@alias` reaches `x@name`.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The mailbox address that receives mail for unknown local parts.
+    #[serde(default)]
+    pub catch_all: Option<String>,
+}
+
+/// A protocol a mailbox may log in with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoginProtocol {
+    /// Authenticated SMTP submission.
+    Smtp,
+    /// IMAP.
+    Imap,
+    /// POP3.
+    Pop3,
+}
+
+/// A mailbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MailboxConfig {
+    /// Its address.
+    pub address: String,
+    /// Name for generated mail.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// An argon2 (`$argon2id$...`) or bcrypt (`$2b$...`) hash. Never plaintext.
+    pub password_hash: String,
+    /// Further addresses delivered here.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Addresses that get a copy of each delivered message.
+    #[serde(default)]
+    pub forward_to: Vec<String>,
+    /// Whether forwarded mail is kept here too.
+    #[serde(default = "yes")]
+    pub keep_forwarded_copy: bool,
+    /// Most bytes stored; none: no limit.
+    #[serde(default)]
+    pub quota_bytes: Option<u64>,
+    /// Protocols it may log in with.
+    #[serde(default = "all_protocols")]
+    pub protocols: Vec<LoginProtocol>,
+    /// A suspended mailbox receives mail but cannot log in.
+    #[serde(default)]
+    pub suspended: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn all_protocols() -> Vec<LoginProtocol> {
+    vec![LoginProtocol::Smtp, LoginProtocol::Imap, LoginProtocol::Pop3]
+}
+
+impl MailboxConfig {
+    /// Whether this mailbox may log in with a protocol.
+    pub fn may_use(&self, protocol: LoginProtocol) -> bool {
+        !self.suspended && self.protocols.contains(&protocol)
+    }
+}
+
+/// Who may relay to domains not served here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Logged-in mailboxes may relay.
+    #[serde(default = "yes")]
+    pub authenticated_users: bool,
+    /// Client networks (CIDR) that may relay without logging in.
+    #[serde(default)]
+    pub client_networks: Vec<String>,
+    /// Sender domains relayed mail may use; empty: the served domains.
+    #[serde(default)]
+    pub sender_domains: Vec<String>,
+    /// Recipient domains relayed mail may go to; empty: any.
+    #[serde(default)]
+    pub recipient_domains: Vec<String>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            authenticated_users: true,
+            client_networks: Vec::new(),
+            sender_domains: Vec::new(),
+            recipient_domains: Vec::new(),
+        }
+    }
+}
+
+/// Limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Largest message in bytes (the SMTP SIZE extension).
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: u64,
+    /// Most recipients per message.
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients: u32,
+    /// Most concurrent connections, all listeners together.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Most concurrent connections from one IP address.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: u32,
+    /// Seconds a client may take to send a command (and between DATA chunks).
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout_seconds: u64,
+    /// Failed logins allowed per client address per minute before logins are refused.
+    #[serde(default = "default_auth_failures")]
+    pub auth_failures_per_minute: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_size: default_max_message_size(),
+            max_recipients: default_max_recipients(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            command_timeout_seconds: default_command_timeout(),
+            auth_failures_per_minute: default_auth_failures(),
+        }
+    }
+}
+
+fn default_max_message_size() -> u64 {
+    25 * 1024 * 1024
+}
+fn default_max_recipients() -> u32 {
+    100
+}
+fn default_max_connections() -> u32 {
+    2000
+}
+fn default_max_connections_per_ip() -> u32 {
+    50
+}
+fn default_command_timeout() -> u64 {
+    300
+}
+fn default_auth_failures() -> u32 {
+    10
+}
+
+/// Certificate chain and private key, PEM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain.
+    pub cert_file: PathBuf,
+    /// The private key.
+    pub key_file: PathBuf,
+}
+
+/// A protocol served on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    /// SMTP (MX and relay), STARTTLS offered.
+    Smtp,
+    /// Submission, STARTTLS required before AUTH.
+    Submission,
+    /// Submission over implicit TLS.
+    Submissions,
+    /// IMAP with STARTTLS.
+    Imap,
+    /// IMAP over implicit TLS.
+    Imaps,
+    /// POP3 with STLS.
+    Pop3,
+    /// POP3 over implicit TLS.
+    Pop3s,
+    /// HTTP: health, metrics, autoconfig.
+    Http,
+}
+
+impl ListenerProtocol {
+    /// Whether TLS starts with the connection.
+    pub fn implicit_tls(self) -> bool {
+        matches!(self, Self::Submissions | Self::Imaps | Self::Pop3s)
+    }
+
+    /// The name used in configs, logs and the dev mode's JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Smtp => "smtp",
+            Self::Submission => "submission",
+            Self::Submissions => "submissions",
+            Self::Imap => "imap",
+            Self::Imaps => "imaps",
+            Self::Pop3 => "pop3",
+            Self::Pop3s => "pop3s",
+            Self::Http => "http",
+        }
+    }
+}
+
+/// A socket to listen on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Listener {
+    /// What is served.
+    pub protocol: ListenerProtocol,
+    /// `IP:port`.
+    pub address: String,
+    /// Whether each connection starts with a PROXY protocol header (v1 or v2); connections
+    /// without one are refused.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+/// Where mail is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Storage {
+    /// The data directory (the PVC's mount point).
+    pub path: PathBuf,
+}
+
+/// Security switches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Security {
+    /// Allow AUTH/LOGIN without TLS. Off by default and in dev mode.
+    #[serde(default)]
+    pub allow_plaintext_auth: bool,
+}

@@ -1,0 +1,91 @@
+use super::*;
+
+fn valid() -> String {
+    let hash = crate::auth::hash_password("pw");
+    format!(
+        r#"
+apiVersion: runtime.kubemail.io/v1
+kind: RuntimeConfig
+revision: r1
+hostname: mail.example.com
+domains:
+  - name: example.com
+    aliases: [example.org]
+    catchAll: info@example.com
+mailboxes:
+  - address: jane@example.com
+    passwordHash: "{hash}"
+    aliases: [j.doe@example.com]
+  - address: info@example.com
+    passwordHash: "{hash}"
+relay:
+  clientNetworks: [10.0.0.0/8]
+tls: {{certFile: /tls/tls.crt, keyFile: /tls/tls.key}}
+listeners:
+  - {{protocol: smtp, address: "0.0.0.0:25"}}
+storage: {{path: /data}}
+"#
+    )
+}
+
+#[test]
+fn a_valid_file_resolves_addresses() {
+    let config = Config::parse(&valid()).expect("valid");
+    assert_eq!(config.resolve("jane@example.com"), Recipient::Local(0));
+    assert_eq!(config.resolve("JANE@Example.COM"), Recipient::Local(0));
+    assert_eq!(config.resolve("j.doe@example.com"), Recipient::Local(0));
+    assert_eq!(config.resolve("jane@example.org"), Recipient::Local(0), "alias domain");
+    assert_eq!(config.resolve("jane+lists@example.com"), Recipient::Local(0), "subaddress");
+    assert_eq!(config.resolve("nobody@example.com"), Recipient::Local(1), "catch-all");
+    assert_eq!(config.resolve("jane@example.net"), Recipient::Remote);
+    assert!(config.relay_network_allows("10.1.2.3".parse().expect("ip")));
+    assert!(!config.relay_network_allows("192.0.2.1".parse().expect("ip")));
+    assert!(config.relay_network_allows("::ffff:10.1.2.3".parse().expect("ip")));
+}
+
+#[test]
+fn every_problem_is_reported_with_its_field() {
+    let text = valid()
+        .replace("kind: RuntimeConfig", "kind: Nope")
+        .replace("aliases: [j.doe@example.com]", "aliases: [jane@example.com, not-an-address]")
+        .replace("catchAll: info@example.com", "catchAll: ghost@example.com")
+        .replace("10.0.0.0/8", "10.0.0.0/99")
+        .replace("passwordHash: \"$argon2", "passwordHash: \"plain$argon2")
+        .replace("0.0.0.0:25", "nowhere");
+    let Err(Invalid(problems)) = Config::parse(&text) else {
+        panic!("accepted an invalid config");
+    };
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    for expected in [
+        "kind",
+        "mailboxes[0].aliases[0]",
+        "mailboxes[0].aliases[1]",
+        "mailboxes[0].passwordHash",
+        "domains[0].catchAll",
+        "relay.clientNetworks[0]",
+        "listeners[0].address",
+    ] {
+        assert!(fields.contains(&expected), "{expected} missing from {problems:#?}");
+    }
+}
+
+#[test]
+fn unknown_fields_and_bad_yaml_are_errors_with_a_location() {
+    let err = Config::parse(&valid().replace("hostname:", "hostnmae:")).expect_err("typo");
+    assert!(err.to_string().contains("hostnmae"), "{err}");
+    let err = Config::parse("apiVersion: [").expect_err("bad yaml");
+    assert!(err.0[0].field.starts_with("line "), "{err}");
+}
+
+#[test]
+fn routing_tricks_are_not_addresses_of_other_domains() {
+    let config = Config::parse(&valid()).expect("valid");
+    // The domain after the last @ decides. None of these names another domain as the target.
+    for trick in [
+        "user%example.net@example.com",
+        "example.net!user@example.com",
+        "\"user@example.net\"@example.com",
+    ] {
+        assert_ne!(config.resolve(trick), Recipient::Remote, "{trick}");
+    }
+}

@@ -1,0 +1,185 @@
+//! `mail-runtime dev`: every protocol on loopback with a self-signed certificate, a store in a
+//! directory, and two demo mailboxes. It renders a real config file and serves it through the
+//! same code as production, so what works here works in a pod.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    auth::hash_password,
+    config::{
+        API_VERSION, ConfigHandle, DomainConfig, KIND, Limits, Listener, ListenerProtocol,
+        MailboxConfig, RawConfig, RelayConfig, Security, Storage, TlsFiles, load_file,
+    },
+    runtime::Runtime,
+};
+
+/// The demo domain.
+pub const DOMAIN: &str = "example.test";
+
+/// Dev mode's options.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// The data directory; a temporary one when absent.
+    pub data: Option<PathBuf>,
+    /// The first port: SMTP; the others follow in DESIGN.md's order.
+    pub base_port: u16,
+}
+
+/// The order of the dev ports after the base port.
+pub const PORT_ORDER: [ListenerProtocol; 8] = [
+    ListenerProtocol::Smtp,
+    ListenerProtocol::Submission,
+    ListenerProtocol::Submissions,
+    ListenerProtocol::Imap,
+    ListenerProtocol::Imaps,
+    ListenerProtocol::Pop3,
+    ListenerProtocol::Pop3s,
+    ListenerProtocol::Http,
+];
+
+/// Starts dev mode; prints the JSON line and serves until the process ends.
+pub async fn run(options: DevOptions) -> Result<()> {
+    let (data, _temp) = match &options.data {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let temp = tempfile_dir()?;
+            (temp.clone(), Some(temp))
+        }
+    };
+    std::fs::create_dir_all(&data)?;
+    let config_path = data.join("runtime.yaml");
+    let accounts = write_dev_config(&data, &config_path, options.base_port)?;
+    let config = load_file(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let runtime = Runtime::new(ConfigHandle::new(config))?;
+    let bound = runtime.start(Some(config_path)).await?;
+    let ports: serde_json::Map<String, serde_json::Value> = bound
+        .iter()
+        .map(|(l, addr)| (l.protocol.name().to_string(), addr.port().into()))
+        .collect();
+    let accounts: Vec<serde_json::Value> = accounts
+        .iter()
+        .map(|(a, p)| serde_json::json!({"address": a, "password": p}))
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "ports": ports,
+            "accounts": accounts,
+            "domain": DOMAIN,
+            "data": data,
+            "config": data.join("runtime.yaml"),
+        })
+    );
+    wait_for_shutdown().await;
+    Ok(())
+}
+
+/// Writes the dev config (and a self-signed certificate) into `data`; returns the accounts.
+/// A config already there is kept (its accounts too), so a restarted dev runtime serves the
+/// same mailboxes.
+pub fn write_dev_config(data: &Path, path: &Path, base_port: u16) -> Result<Vec<(String, String)>> {
+    let accounts_file = data.join("dev-accounts.json");
+    if let (Ok(text), true) = (std::fs::read_to_string(&accounts_file), path.exists()) {
+        let accounts: Vec<(String, String)> = serde_json::from_str(&text)?;
+        return Ok(accounts);
+    }
+    let cert = data.join("tls/tls.crt");
+    let key = data.join("tls/tls.key");
+    crate::tls::write_self_signed(
+        &[format!("mail.{DOMAIN}"), "localhost".into(), "127.0.0.1".into()],
+        &cert,
+        &key,
+    )?;
+    let accounts: Vec<(String, String)> = ["alice", "bob"]
+        .iter()
+        .map(|name| (format!("{name}@{DOMAIN}"), random_password()))
+        .collect();
+    let mailboxes = accounts
+        .iter()
+        .map(|(address, password)| MailboxConfig {
+            address: address.clone(),
+            display_name: None,
+            password_hash: hash_password(password),
+            aliases: Vec::new(),
+            forward_to: Vec::new(),
+            keep_forwarded_copy: true,
+            quota_bytes: None,
+            protocols: vec![
+                crate::config::LoginProtocol::Smtp,
+                crate::config::LoginProtocol::Imap,
+                crate::config::LoginProtocol::Pop3,
+            ],
+            suspended: false,
+        })
+        .collect();
+    let listeners = PORT_ORDER
+        .iter()
+        .enumerate()
+        .map(|(i, protocol)| Listener {
+            protocol: *protocol,
+            address: SocketAddr::from(([127, 0, 0, 1], base_port + i as u16)).to_string(),
+            proxy_protocol: false,
+        })
+        .collect();
+    let raw = RawConfig {
+        api_version: API_VERSION.into(),
+        kind: KIND.into(),
+        revision: "dev-1".into(),
+        hostname: format!("mail.{DOMAIN}"),
+        domains: vec![DomainConfig {
+            name: DOMAIN.into(),
+            aliases: Vec::new(),
+            catch_all: None,
+        }],
+        mailboxes,
+        relay: RelayConfig::default(),
+        limits: Limits::default(),
+        tls: TlsFiles {
+            cert_file: cert,
+            key_file: key,
+        },
+        listeners,
+        storage: Storage {
+            path: data.to_path_buf(),
+        },
+        security: Security::default(),
+    };
+    std::fs::write(path, serde_yaml_ng::to_string(&raw)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&accounts_file, serde_json::to_string(&accounts)?)?;
+    Ok(accounts)
+}
+
+fn random_password() -> String {
+    let mut bytes = [0u8; 12];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .is_ok();
+    assert!(ok, "reading /dev/urandom");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("kubemail-dev-{}-{}", std::process::id(), random_password()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn wait_for_shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}

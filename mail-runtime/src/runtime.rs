@@ -1,0 +1,146 @@
+//! What every listener shares: the config in force, the store, TLS, login limits and the
+//! connection counters. Listeners are started from the config's `listeners`.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+
+use crate::{
+    auth::AuthLimiter,
+    config::{ConfigHandle, Listener, ListenerProtocol},
+    store::{Store, maildir::Maildir},
+    tls::TlsHandle,
+};
+
+/// Shared state of a running runtime.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// The config in force.
+    pub config: ConfigHandle,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// TLS.
+    pub tls: TlsHandle,
+    /// Failed logins per client address.
+    pub auth_limiter: Arc<AuthLimiter>,
+    connections: Arc<Mutex<Connections>>,
+}
+
+#[derive(Debug, Default)]
+struct Connections {
+    total: u32,
+    per_ip: HashMap<IpAddr, u32>,
+}
+
+/// A counted connection; the count drops when it is dropped.
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    connections: Arc<Mutex<Connections>>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut c = self.connections.lock().expect("connections lock");
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Runtime {
+    /// Opens the store and loads TLS for a config.
+    pub fn new(config: ConfigHandle) -> Result<Self> {
+        let current = config.get();
+        let store = Maildir::open(&current.raw.storage.path, &current.raw.hostname)
+            .with_context(|| format!("opening the store at {}", current.raw.storage.path.display()))?;
+        let tls = TlsHandle::default();
+        if let Err(err) = tls.load(&current.raw.tls.cert_file, &current.raw.tls.key_file) {
+            // Serving without TLS would turn STARTTLS off; better to say so loudly and go on
+            // (the port 25 MX keeps receiving) than to refuse all mail.
+            tracing::error!(error = %err, "no usable TLS certificate: STARTTLS and implicit TLS are unavailable");
+        }
+        Ok(Self {
+            config,
+            store: Arc::new(store),
+            tls,
+            auth_limiter: Arc::new(AuthLimiter::new()),
+            connections: Arc::new(Mutex::new(Connections::default())),
+        })
+    }
+
+    /// Counts a new connection from `ip`, or says why it is refused.
+    pub fn admit(&self, ip: IpAddr) -> Result<ConnectionSlot, &'static str> {
+        let limits = self.config.get().raw.limits.clone();
+        let mut c = self.connections.lock().expect("connections lock");
+        if c.total >= limits.max_connections {
+            return Err("too many connections, try again later");
+        }
+        let per_ip = c.per_ip.entry(ip).or_default();
+        if *per_ip >= limits.max_connections_per_ip {
+            return Err("too many connections from your address, try again later");
+        }
+        *per_ip += 1;
+        c.total += 1;
+        Ok(ConnectionSlot {
+            connections: self.connections.clone(),
+            ip,
+        })
+    }
+
+    /// Binds every listener of the config and serves them until the process ends. Returns the
+    /// bound addresses (a port 0 in the config becomes a real port).
+    pub async fn start(&self, config_path: Option<PathBuf>) -> Result<Vec<(Listener, SocketAddr)>> {
+        let config = self.config.get();
+        let mut bound = Vec::new();
+        for listener in &config.raw.listeners {
+            let socket = TcpListener::bind(&listener.address)
+                .await
+                .with_context(|| format!("binding {} ({})", listener.address, listener.protocol.name()))?;
+            let addr = socket.local_addr()?;
+            match listener.protocol {
+                ListenerProtocol::Smtp | ListenerProtocol::Submission | ListenerProtocol::Submissions => {
+                    tokio::spawn(crate::smtp::server::serve(socket, listener.clone(), self.clone()));
+                }
+                other => {
+                    tracing::warn!(protocol = other.name(), "this build does not serve this protocol yet");
+                    continue;
+                }
+            }
+            tracing::info!(protocol = listener.protocol.name(), %addr, "listening");
+            bound.push((listener.clone(), addr));
+        }
+        if let Some(path) = config_path {
+            let handle = self.config.clone();
+            let status_dir = config.raw.storage.path.clone();
+            tokio::spawn(crate::config::watch(path, handle, move |c| {
+                write_status(&status_dir, c.revision(), None);
+            }));
+        }
+        tokio::spawn(crate::tls::watch(
+            self.tls.clone(),
+            config.raw.tls.cert_file.clone(),
+            config.raw.tls.key_file.clone(),
+        ));
+        write_status(&config.raw.storage.path, config.revision(), None);
+        Ok(bound)
+    }
+}
+
+/// Records the config revision served in `<data>/kubemail-runtime-status.json`.
+fn write_status(dir: &std::path::Path, revision: &str, error: Option<&str>) {
+    let body = serde_json::json!({"revision": revision, "error": error});
+    let tmp = dir.join(".kubemail-runtime-status.json.tmp");
+    if std::fs::write(&tmp, body.to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, dir.join("kubemail-runtime-status.json"));
+    }
+}

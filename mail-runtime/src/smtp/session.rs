@@ -1,0 +1,862 @@
+//! The ESMTP session (RFC 5321) as a state machine without I/O: bytes in, [`Output`]s out.
+//!
+//! The driver (`server.rs`) writes replies, performs what needs I/O or time (TLS handshakes,
+//! password checks, spooling and delivery) and feeds the results back. Pipelined commands are
+//! answered in order; after STARTTLS everything the client pipelined is discarded (RFC 3207).
+//!
+//! ```text
+//!   Command --MAIL--> Command(txn) --RCPT--> ... --DATA--> Data --CRLF.CRLF--> WaitDelivery
+//!      |  \--AUTH--> Auth* --> WaitLogin                     \--BDAT n--> Bdat
+//!      \--STARTTLS--> WaitTls
+//! ```
+use std::{net::IpAddr, sync::Arc};
+
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
+use smtp_proto::{
+    AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8, Request,
+};
+
+use super::{
+    codec::{DataEvent, DataReceiver, Line, take_line},
+    reply::Reply,
+};
+use crate::{
+    config::{Config, ListenerProtocol, LoginProtocol, Recipient},
+    store::{Store, StoreError},
+};
+
+/// What the session asks of its driver.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send a reply.
+    Reply(Reply),
+    /// Send the replies so far, then run the TLS handshake and call [`Session::tls_started`].
+    StartTls,
+    /// Check these credentials and call [`Session::login_result`].
+    CheckLogin {
+        /// The user name (the mailbox address).
+        username: String,
+        /// The password.
+        password: String,
+    },
+    /// Open a spool file for a new message.
+    BeginMessage,
+    /// Append to the spool file.
+    Body(Vec<u8>),
+    /// Finish the spool file, deliver it to [`Session::delivery`] and call
+    /// [`Session::delivered`].
+    EndMessage,
+    /// Discard the spool file: the message was refused.
+    AbortMessage,
+    /// Close the connection (after sending the replies so far).
+    Close,
+}
+
+/// Where a session comes from and what it may do.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// The listener's protocol: smtp (MX), submission or submissions.
+    pub listener: ListenerProtocol,
+    /// The client's address (from the PROXY header when the listener uses one).
+    pub peer: IpAddr,
+    /// Whether TLS is active (always, on an implicit-TLS listener).
+    pub tls: bool,
+    /// Whether STARTTLS can be offered (a certificate is loaded).
+    pub tls_available: bool,
+}
+
+/// The outcome of a delivery, as the driver saw it.
+#[derive(Debug)]
+pub enum Delivered {
+    /// Stored durably.
+    Ok,
+    /// The store failed.
+    Failed(StoreError),
+}
+
+/// The mailboxes a message is stored in, decided when DATA ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delivery {
+    /// Mailbox addresses (lowercase, unique).
+    pub mailboxes: Vec<String>,
+}
+
+#[derive(Debug)]
+enum State {
+    Command,
+    AuthPlain,
+    AuthLoginUser,
+    AuthLoginPass(String),
+    Data(DataReceiver),
+    Bdat { left: u64, last: bool },
+    WaitLogin,
+    WaitDelivery,
+    WaitTls,
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct Transaction {
+    from: String,
+    /// Accepted recipients: (envelope address, mailbox index).
+    recipients: Vec<(String, usize)>,
+    /// Bytes received so far (DATA or BDAT).
+    size: u64,
+    too_big: bool,
+    /// The spool is open.
+    begun: bool,
+    /// DSN and body parameters, kept for delivery reports.
+    body_8bit: bool,
+    smtputf8: bool,
+    env_id: Option<String>,
+}
+
+/// Too many bad commands in one session end it.
+const MAX_ERRORS: u32 = 20;
+
+/// One SMTP session.
+#[derive(Debug)]
+pub struct Session {
+    info: SessionInfo,
+    hostname: String,
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    state: State,
+    buf: Vec<u8>,
+    skipping: bool,
+    helo: Option<String>,
+    esmtp: bool,
+    user: Option<(usize, String)>,
+    txn: Option<Transaction>,
+    errors: u32,
+    queue_id: String,
+}
+
+impl Session {
+    /// A new session; returns it and the greeting.
+    pub fn new(info: SessionInfo, config: Arc<Config>, store: Arc<dyn Store>) -> (Self, Output) {
+        let hostname = config.raw.hostname.clone();
+        let greeting = Output::Reply(Reply::plain(220, format!("{hostname} ESMTP kubemail")));
+        let session = Self {
+            info,
+            hostname,
+            config,
+            store,
+            state: State::Command,
+            buf: Vec::new(),
+            skipping: false,
+            helo: None,
+            esmtp: false,
+            user: None,
+            txn: None,
+            errors: 0,
+            queue_id: String::new(),
+        };
+        (session, greeting)
+    }
+
+    /// Uses a newer config for the next commands (a reload never interrupts a session).
+    pub fn set_config(&mut self, config: Arc<Config>) {
+        self.config = config;
+    }
+
+    /// Whether the session waits for the driver (handshake, login check, delivery).
+    pub fn waiting(&self) -> bool {
+        matches!(
+            self.state,
+            State::WaitLogin | State::WaitDelivery | State::WaitTls
+        )
+    }
+
+    /// Whether the session has ended.
+    pub fn closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// The logged-in mailbox's address, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_ref().map(|(_, a)| a.as_str())
+    }
+
+    /// Whether the session is in the middle of a message body (DATA or BDAT).
+    pub fn in_body(&self) -> bool {
+        matches!(self.state, State::Data(_) | State::Bdat { .. })
+    }
+
+    /// Feeds bytes from the client; returns what to do.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<Output> {
+        self.buf.extend_from_slice(bytes);
+        self.run()
+    }
+
+    /// Processes buffered input until it runs out or the driver must act.
+    fn run(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
+        loop {
+            if self.waiting() || self.closed() {
+                return out;
+            }
+            match &mut self.state {
+                State::Data(receiver) => {
+                    if self.buf.is_empty() {
+                        return out;
+                    }
+                    let (events, used) = receiver.feed(&self.buf);
+                    self.buf.drain(..used);
+                    let bare = receiver.bare_line_end;
+                    for event in events {
+                        match event {
+                            DataEvent::Bytes(bytes) => self.body_bytes(bytes, &mut out),
+                            DataEvent::End => {
+                                self.end_of_message(bare, &mut out);
+                                break;
+                            }
+                        }
+                    }
+                }
+                State::Bdat { left, last } => {
+                    let last = *last;
+                    let take = (*left).min(self.buf.len() as u64) as usize;
+                    *left -= take as u64;
+                    let done = *left == 0;
+                    if take > 0 {
+                        let bytes: Vec<u8> = self.buf.drain(..take).collect();
+                        self.body_bytes(bytes, &mut out);
+                    }
+                    if !done {
+                        return out;
+                    }
+                    if last {
+                        self.end_of_message(false, &mut out);
+                    } else {
+                        self.state = State::Command;
+                        let size = self.txn.as_ref().map_or(0, |t| t.size);
+                        out.push(Output::Reply(Reply::new(
+                            250,
+                            "2.0.0",
+                            format!("{size} octets received"),
+                        )));
+                    }
+                }
+                _ => {
+                    let Some(line) = take_line(&mut self.buf, &mut self.skipping) else {
+                        return out;
+                    };
+                    let reply = match line {
+                        Line::Command(line) => self.line(line, &mut out),
+                        Line::TooLong => Some(Reply::new(500, "5.5.6", "line too long")),
+                        Line::BareLf => Some(Reply::new(
+                            500,
+                            "5.5.2",
+                            "command lines must end with CRLF",
+                        )),
+                    };
+                    if let Some(reply) = reply {
+                        self.count_error(&reply);
+                        out.push(Output::Reply(reply));
+                        if self.errors >= MAX_ERRORS {
+                            out.push(Output::Reply(Reply::new(
+                                421,
+                                "4.7.0",
+                                "too many errors, closing the connection",
+                            )));
+                            out.push(Output::Close);
+                            self.state = State::Closed;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn count_error(&mut self, reply: &Reply) {
+        if reply.code >= 500 {
+            self.errors += 1;
+        }
+    }
+
+    fn body_bytes(&mut self, bytes: Vec<u8>, out: &mut Vec<Output>) {
+        let max = self.config.raw.limits.max_message_size;
+        let Some(txn) = self.txn.as_mut() else {
+            return;
+        };
+        txn.size += bytes.len() as u64;
+        if txn.size > max {
+            txn.too_big = true;
+        }
+        if !txn.too_big && !bytes.is_empty() {
+            out.push(Output::Body(bytes));
+        }
+    }
+
+    fn end_of_message(&mut self, bare_line_end: bool, out: &mut Vec<Output>) {
+        let max = self.config.raw.limits.max_message_size;
+        let too_big = self.txn.as_ref().is_some_and(|t| t.too_big);
+        let refusal = if bare_line_end {
+            Some(Reply::new(
+                550,
+                "5.5.2",
+                "message refused: it contains a bare CR or LF (lines must end with CRLF)",
+            ))
+        } else if too_big {
+            Some(Reply::new(
+                552,
+                "5.3.4",
+                format!("message exceeds the maximum size of {max} bytes"),
+            ))
+        } else {
+            None
+        };
+        match refusal {
+            Some(reply) => {
+                out.push(Output::AbortMessage);
+                out.push(Output::Reply(reply));
+                self.txn = None;
+                self.state = State::Command;
+            }
+            None => {
+                out.push(Output::EndMessage);
+                self.state = State::WaitDelivery;
+            }
+        }
+    }
+
+    /// The mailboxes the current message goes to. Forwards to local addresses are followed
+    /// (once: forwarding loops end there).
+    pub fn delivery(&self) -> Delivery {
+        let mut mailboxes = Vec::new();
+        let Some(txn) = &self.txn else {
+            return Delivery::default();
+        };
+        let mut push = |address: &str| {
+            let a = address.to_ascii_lowercase();
+            if !mailboxes.contains(&a) {
+                mailboxes.push(a);
+            }
+        };
+        for (_, index) in &txn.recipients {
+            let mailbox = self.config.mailbox(*index);
+            if mailbox.forward_to.is_empty() || mailbox.keep_forwarded_copy {
+                push(&mailbox.address);
+            }
+            for target in &mailbox.forward_to {
+                match self.config.resolve(target) {
+                    Recipient::Local(i) => push(&self.config.mailbox(i).address),
+                    Recipient::Remote | Recipient::UnknownLocal => {
+                        tracing::warn!(
+                            mailbox = %mailbox.address,
+                            target = %target,
+                            "forwarding to other domains waits for the outbound queue; kept a copy"
+                        );
+                        push(&mailbox.address);
+                    }
+                }
+            }
+        }
+        Delivery { mailboxes }
+    }
+
+    /// The driver's report on a delivery.
+    pub fn delivered(&mut self, result: Delivered) -> Vec<Output> {
+        let reply = match result {
+            Delivered::Ok => Reply::new(250, "2.0.0", format!("OK queued as {}", self.queue_id)),
+            Delivered::Failed(StoreError::NoSpace) => Reply::new(
+                452,
+                "4.3.1",
+                "insufficient system storage, try again later",
+            ),
+            Delivered::Failed(err) => {
+                tracing::error!(error = %err, "delivery failed");
+                Reply::new(451, "4.3.0", "local error in processing, try again later")
+            }
+        };
+        self.txn = None;
+        self.state = State::Command;
+        let mut out = vec![Output::Reply(reply)];
+        out.extend(self.run());
+        out
+    }
+
+    /// The driver's report on a TLS handshake.
+    pub fn tls_started(&mut self, ok: bool) -> Vec<Output> {
+        if !ok {
+            self.state = State::Closed;
+            return vec![Output::Close];
+        }
+        // RFC 3207: forget everything learned before TLS, including pipelined input.
+        self.info.tls = true;
+        self.helo = None;
+        self.esmtp = false;
+        self.txn = None;
+        self.buf.clear();
+        self.state = State::Command;
+        Vec::new()
+    }
+
+    /// The driver's report on a credentials check.
+    pub fn login_result(&mut self, result: Result<(usize, String), LoginFailure>) -> Vec<Output> {
+        self.state = State::Command;
+        let reply = match result {
+            Ok((index, address)) => {
+                self.user = Some((index, address));
+                Reply::new(235, "2.7.0", "authentication succeeded")
+            }
+            Err(LoginFailure::Invalid) => Reply::new(535, "5.7.8", "authentication credentials invalid"),
+            Err(LoginFailure::TooManyFailures) => Reply::new(
+                454,
+                "4.7.0",
+                "too many failed logins from your address, try again later",
+            ),
+        };
+        self.count_error(&reply);
+        let mut out = vec![Output::Reply(reply)];
+        out.extend(self.run());
+        out
+    }
+
+    fn line(&mut self, line: Vec<u8>, out: &mut Vec<Output>) -> Option<Reply> {
+        match std::mem::replace(&mut self.state, State::Command) {
+            State::AuthPlain => return self.auth_plain_response(&line, out),
+            State::AuthLoginUser => return self.auth_login_user(&line),
+            State::AuthLoginPass(user) => return self.auth_login_pass(user, &line, out),
+            other => self.state = other,
+        }
+        let mut with_crlf = line;
+        with_crlf.extend_from_slice(b"\r\n");
+        let request = match Request::parse(&mut with_crlf.iter()) {
+            Ok(r) => r,
+            Err(err) => return Some(parse_error(err)),
+        };
+        match request {
+            Request::Ehlo { host } => Some(self.ehlo(&host, true)),
+            Request::Helo { host } => Some(self.ehlo(&host, false)),
+            Request::Lhlo { .. } => Some(Reply::new(500, "5.5.1", "LHLO is for LMTP")),
+            Request::StartTls => self.starttls(out),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, &initial_response, out),
+            Request::Mail { from } => Some(self.mail(from)),
+            Request::Rcpt { to } => Some(self.rcpt(to)),
+            Request::Data => self.data(out),
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => self.bdat(chunk_size as u64, is_last, out),
+            Request::Rset => {
+                self.txn = None;
+                Some(Reply::new(250, "2.0.0", "OK"))
+            }
+            Request::Noop { .. } => Some(Reply::new(250, "2.0.0", "OK")),
+            Request::Quit => {
+                out.push(Output::Reply(Reply::new(
+                    221,
+                    "2.0.0",
+                    format!("{} closing connection", self.hostname),
+                )));
+                out.push(Output::Close);
+                self.state = State::Closed;
+                None
+            }
+            Request::Vrfy { .. } => Some(Reply::new(
+                252,
+                "2.5.0",
+                "cannot verify the user, but will accept mail for delivery attempts",
+            )),
+            Request::Expn { .. } => Some(Reply::new(502, "5.5.1", "EXPN is not offered")),
+            Request::Help { .. } => Some(Reply::new(
+                214,
+                "2.0.0",
+                "see RFC 5321; commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA BDAT RSET NOOP QUIT",
+            )),
+            Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
+                Some(Reply::new(502, "5.5.1", "command not implemented"))
+            }
+        }
+    }
+
+    fn submission(&self) -> bool {
+        matches!(
+            self.info.listener,
+            ListenerProtocol::Submission | ListenerProtocol::Submissions
+        )
+    }
+
+    fn auth_offered(&self) -> bool {
+        self.info.tls || self.config.raw.security.allow_plaintext_auth
+    }
+
+    fn ehlo(&mut self, host: &str, esmtp: bool) -> Reply {
+        if host.is_empty() || host.len() > 255 {
+            return Reply::new(501, "5.5.4", "a host name or address literal is required");
+        }
+        self.helo = Some(host.to_string());
+        self.esmtp = esmtp;
+        self.txn = None;
+        if !esmtp {
+            return Reply::plain(250, format!("{} Hello {host}", self.hostname));
+        }
+        let mut lines = vec![format!("{} Hello {host}", self.hostname)];
+        lines.push("PIPELINING".into());
+        lines.push(format!("SIZE {}", self.config.raw.limits.max_message_size));
+        lines.push("8BITMIME".into());
+        lines.push("ENHANCEDSTATUSCODES".into());
+        lines.push("SMTPUTF8".into());
+        lines.push("CHUNKING".into());
+        lines.push("DSN".into());
+        if !self.info.tls && self.info.tls_available {
+            lines.push("STARTTLS".into());
+        }
+        if self.auth_offered() && (self.submission() || self.info.tls) {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
+        Reply {
+            code: 250,
+            status: None,
+            lines,
+        }
+    }
+
+    fn starttls(&mut self, out: &mut Vec<Output>) -> Option<Reply> {
+        if self.info.tls {
+            return Some(Reply::new(503, "5.5.1", "TLS is already active"));
+        }
+        if !self.info.tls_available {
+            return Some(Reply::new(454, "4.7.0", "TLS not available"));
+        }
+        out.push(Output::Reply(Reply::new(220, "2.0.0", "ready to start TLS")));
+        out.push(Output::StartTls);
+        // Pipelined commands after STARTTLS are discarded, never run after the handshake.
+        self.buf.clear();
+        self.state = State::WaitTls;
+        None
+    }
+
+    fn auth(&mut self, mechanism: u64, initial: &str, out: &mut Vec<Output>) -> Option<Reply> {
+        if self.helo.is_none() || !self.esmtp {
+            return Some(Reply::new(503, "5.5.1", "send EHLO first"));
+        }
+        if !self.auth_offered() {
+            return Some(Reply::new(
+                538,
+                "5.7.11",
+                "encryption required: use STARTTLS before AUTH",
+            ));
+        }
+        if self.user.is_some() {
+            return Some(Reply::new(503, "5.5.1", "already authenticated"));
+        }
+        if self.txn.is_some() {
+            return Some(Reply::new(503, "5.5.1", "AUTH is not allowed during a mail transaction"));
+        }
+        match mechanism {
+            AUTH_PLAIN if initial.is_empty() => {
+                self.state = State::AuthPlain;
+                Some(Reply::plain(334, ""))
+            }
+            AUTH_PLAIN => self.auth_plain_response(initial.as_bytes(), out),
+            AUTH_LOGIN if initial.is_empty() => {
+                self.state = State::AuthLoginUser;
+                Some(Reply::plain(334, "VXNlcm5hbWU6"))
+            }
+            AUTH_LOGIN => self.auth_login_user(initial.as_bytes()),
+            _ => Some(Reply::new(504, "5.5.4", "mechanism not supported; use PLAIN or LOGIN")),
+        }
+    }
+
+    fn auth_plain_response(&mut self, line: &[u8], out: &mut Vec<Output>) -> Option<Reply> {
+        if line == b"*" {
+            return Some(Reply::new(501, "5.0.0", "authentication cancelled"));
+        }
+        let Some(decoded) = decode(line) else {
+            return Some(Reply::new(501, "5.5.2", "cannot decode the response"));
+        };
+        let mut parts = decoded.split(|&b| b == 0);
+        let (Some(authzid), Some(user), Some(pass), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Some(Reply::new(501, "5.5.2", "malformed PLAIN response"));
+        };
+        if !authzid.is_empty() && authzid != user {
+            return Some(Reply::new(535, "5.7.8", "authorization identity not allowed"));
+        }
+        self.check_login(user, pass, out)
+    }
+
+    fn auth_login_user(&mut self, line: &[u8]) -> Option<Reply> {
+        if line == b"*" {
+            return Some(Reply::new(501, "5.0.0", "authentication cancelled"));
+        }
+        match decode(line).and_then(|u| String::from_utf8(u).ok()) {
+            Some(user) => {
+                self.state = State::AuthLoginPass(user);
+                Some(Reply::plain(334, "UGFzc3dvcmQ6"))
+            }
+            None => Some(Reply::new(501, "5.5.2", "cannot decode the response")),
+        }
+    }
+
+    fn auth_login_pass(&mut self, user: String, line: &[u8], out: &mut Vec<Output>) -> Option<Reply> {
+        if line == b"*" {
+            return Some(Reply::new(501, "5.0.0", "authentication cancelled"));
+        }
+        match decode(line) {
+            Some(pass) => self.check_login(user.as_bytes(), &pass, out),
+            None => Some(Reply::new(501, "5.5.2", "cannot decode the response")),
+        }
+    }
+
+    fn check_login(&mut self, user: &[u8], pass: &[u8], out: &mut Vec<Output>) -> Option<Reply> {
+        let (Ok(username), Ok(password)) = (std::str::from_utf8(user), std::str::from_utf8(pass))
+        else {
+            return Some(Reply::new(535, "5.7.8", "authentication credentials invalid"));
+        };
+        out.push(Output::CheckLogin {
+            username: username.to_string(),
+            password: password.to_string(),
+        });
+        self.state = State::WaitLogin;
+        None
+    }
+
+    fn mail(&mut self, from: smtp_proto::MailFrom<std::borrow::Cow<'_, str>>) -> Reply {
+        if self.helo.is_none() {
+            return Reply::new(503, "5.5.1", "send EHLO or HELO first");
+        }
+        if self.txn.is_some() {
+            return Reply::new(503, "5.5.1", "nested MAIL command");
+        }
+        if self.submission() && self.user.is_none() {
+            return Reply::new(530, "5.7.0", "authentication required");
+        }
+        let limits = &self.config.raw.limits;
+        if from.size as u64 > limits.max_message_size {
+            return Reply::new(
+                552,
+                "5.3.4",
+                format!("message size exceeds the maximum of {} bytes", limits.max_message_size),
+            );
+        }
+        let address = from.address.to_string();
+        if !address.is_empty() && crate::config::split_address(&address).is_none() {
+            return Reply::new(553, "5.1.7", "the sender address is not a valid mailbox");
+        }
+        if (from.flags & MAIL_SMTPUTF8) == 0 && !address.is_ascii() {
+            return Reply::new(553, "5.6.7", "non-ASCII address without SMTPUTF8");
+        }
+        if let Some((index, _)) = &self.user {
+            // A logged-in user sends as one of their own addresses (or with a null sender).
+            let own = address.is_empty()
+                || matches!(self.config.resolve(&address), Recipient::Local(i) if i == *index);
+            if !own {
+                return Reply::new(
+                    553,
+                    "5.7.1",
+                    format!("sender address <{address}> is not owned by the logged-in user"),
+                );
+            }
+        }
+        self.queue_id = new_queue_id();
+        self.txn = Some(Transaction {
+            from: address,
+            body_8bit: from.flags & (MAIL_BODY_8BITMIME | MAIL_BODY_BINARYMIME) != 0,
+            smtputf8: from.flags & MAIL_SMTPUTF8 != 0,
+            env_id: from.env_id.map(|e| e.to_string()),
+            ..Transaction::default()
+        });
+        Reply::new(250, "2.1.0", "sender OK")
+    }
+
+    fn rcpt(&mut self, to: smtp_proto::RcptTo<std::borrow::Cow<'_, str>>) -> Reply {
+        let max_recipients = self.config.raw.limits.max_recipients as usize;
+        let Some(txn) = self.txn.as_ref() else {
+            return Reply::new(503, "5.5.1", "send MAIL first");
+        };
+        if txn.recipients.len() >= max_recipients {
+            return Reply::new(452, "4.5.3", "too many recipients");
+        }
+        let address = to.address.to_string();
+        if !txn.smtputf8 && !address.is_ascii() {
+            return Reply::new(553, "5.6.7", "non-ASCII address without SMTPUTF8");
+        }
+        // Only a plain local@domain routes anywhere; the domain decides, never the local part,
+        // so percent hacks, bang paths and quoted @ are just unknown local parts.
+        if crate::config::split_address(&address).is_none() {
+            return Reply::new(550, "5.1.3", "bad recipient address syntax");
+        }
+        match self.config.resolve(&address) {
+            Recipient::Local(index) => {
+                if let Some(reply) = self.quota_check(index) {
+                    return reply;
+                }
+                if let Some(txn) = self.txn.as_mut() {
+                    txn.recipients.push((address, index));
+                }
+                Reply::new(250, "2.1.5", "recipient OK")
+            }
+            Recipient::UnknownLocal => Reply::new(550, "5.1.1", "no such user here"),
+            Recipient::Remote => {
+                let relay = &self.config.raw.relay;
+                let allowed = (self.user.is_some() && relay.authenticated_users)
+                    || self.config.relay_network_allows(self.info.peer);
+                if !allowed {
+                    return Reply::new(550, "5.7.1", "relaying denied");
+                }
+                // Accepted relaying needs the outbound queue; until it runs, say so honestly and
+                // let the client keep the message.
+                Reply::new(451, "4.3.2", "outbound delivery is not available on this server yet")
+            }
+        }
+    }
+
+    fn quota_check(&self, index: usize) -> Option<Reply> {
+        let mailbox = self.config.mailbox(index);
+        let quota = mailbox.quota_bytes?;
+        let used = self.store.usage(&mailbox.address.to_ascii_lowercase()).ok()?.bytes;
+        if used >= quota {
+            return Some(Reply::new(452, "4.2.2", "mailbox full, try again later"));
+        }
+        None
+    }
+
+    fn data(&mut self, out: &mut Vec<Output>) -> Option<Reply> {
+        match &self.txn {
+            None => return Some(Reply::new(503, "5.5.1", "send MAIL first")),
+            Some(t) if t.recipients.is_empty() => {
+                return Some(Reply::new(554, "5.5.1", "no valid recipients"));
+            }
+            Some(_) => {}
+        }
+        out.push(Output::Reply(Reply::plain(354, "end data with <CR><LF>.<CR><LF>")));
+        self.begin_message(out);
+        self.state = State::Data(DataReceiver::new());
+        None
+    }
+
+    fn bdat(&mut self, size: u64, last: bool, out: &mut Vec<Output>) -> Option<Reply> {
+        let ready = self.txn.as_ref().is_some_and(|t| !t.recipients.is_empty());
+        if !ready {
+            // The chunk must still be read and thrown away, or its bytes would run as commands.
+            self.state = State::Bdat { left: size, last: false };
+            self.txn = None;
+            let reply = Reply::new(503, "5.5.1", "send MAIL and RCPT first");
+            return self.discard_bdat(size, reply, out);
+        }
+        if !self.txn.as_ref().is_some_and(|t| t.begun) {
+            self.begin_message(out);
+        }
+        self.state = State::Bdat { left: size, last };
+        None
+    }
+
+    fn discard_bdat(&mut self, size: u64, reply: Reply, out: &mut Vec<Output>) -> Option<Reply> {
+        let take = size.min(self.buf.len() as u64) as usize;
+        self.buf.drain(..take);
+        if take as u64 == size {
+            self.state = State::Command;
+        } else {
+            self.state = State::Bdat {
+                left: size - take as u64,
+                last: false,
+            };
+        }
+        out.push(Output::Reply(reply));
+        None
+    }
+
+    fn begin_message(&mut self, out: &mut Vec<Output>) {
+        let received = self.received_header();
+        if let Some(txn) = self.txn.as_mut() {
+            txn.begun = true;
+            txn.size = 0;
+        }
+        out.push(Output::BeginMessage);
+        out.push(Output::Body(received.into_bytes()));
+    }
+
+    fn received_header(&self) -> String {
+        let helo = self.helo.as_deref().unwrap_or("unknown");
+        let with = match (self.esmtp, self.info.tls, self.user.is_some()) {
+            (false, _, _) => "SMTP",
+            (true, false, false) => "ESMTP",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "ESMTPA",
+            (true, true, true) => "ESMTPSA",
+        };
+        let date = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc2822)
+            .unwrap_or_default();
+        let sanitize = |s: &str| -> String {
+            s.chars()
+                .filter(|c| !c.is_control() && *c != '(' && *c != ')')
+                .take(255)
+                .collect()
+        };
+        let mut header = format!(
+            "Received: from {} ([{}])\r\n\tby {} (kubemail) with {with} id {}",
+            sanitize(helo),
+            self.info.peer,
+            self.hostname,
+            self.queue_id
+        );
+        if let Some(txn) = &self.txn
+            && txn.recipients.len() == 1
+        {
+            header.push_str(&format!("\r\n\tfor <{}>", sanitize(&txn.recipients[0].0)));
+        }
+        header.push_str(&format!("; {date}\r\n"));
+        header
+    }
+
+    /// The envelope sender of the current transaction.
+    pub fn sender(&self) -> Option<&str> {
+        self.txn.as_ref().map(|t| t.from.as_str())
+    }
+
+    /// Whether the current message was declared 8-bit, and its DSN envelope id.
+    pub fn body_params(&self) -> Option<(bool, Option<&str>)> {
+        self.txn.as_ref().map(|t| (t.body_8bit, t.env_id.as_deref()))
+    }
+}
+
+/// Why a login failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginFailure {
+    /// Wrong user or password, or the mailbox may not use SMTP.
+    Invalid,
+    /// The client's address failed too often.
+    TooManyFailures,
+}
+
+/// The protocol a submission login is for.
+pub const LOGIN_PROTOCOL: LoginProtocol = LoginProtocol::Smtp;
+
+fn decode(line: &[u8]) -> Option<Vec<u8>> {
+    B64.decode(line.trim_ascii()).ok()
+}
+
+fn parse_error(err: smtp_proto::Error) -> Reply {
+    use smtp_proto::Error;
+    match err {
+        Error::UnknownCommand => Reply::new(500, "5.5.1", "command unrecognized"),
+        Error::InvalidSenderAddress => Reply::new(501, "5.1.7", "bad sender address syntax"),
+        Error::InvalidRecipientAddress => Reply::new(501, "5.1.3", "bad recipient address syntax"),
+        Error::SyntaxError { syntax } => Reply::new(501, "5.5.4", format!("syntax: {syntax}")),
+        Error::InvalidParameter { param } => {
+            Reply::new(501, "5.5.4", format!("invalid parameter {param}"))
+        }
+        Error::UnsupportedParameter { param } => {
+            Reply::new(555, "5.5.4", format!("unsupported parameter {param}"))
+        }
+        Error::NeedsMoreData { .. } | Error::ResponseTooLong | Error::InvalidResponse { .. } => {
+            Reply::new(500, "5.5.2", "syntax error")
+        }
+    }
+}
+
+fn new_queue_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{:X}{:04X}", crate::store::unix_nanos() / 1000, n & 0xFFFF)
+}

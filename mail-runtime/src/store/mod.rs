@@ -1,0 +1,178 @@
+//! Mail storage behind a trait, so a PostgreSQL backend can sit beside the embedded one.
+//!
+//! ```text
+//!   SMTP DATA --> Spool (tmp file, streamed, fsynced) --deliver--> Store (one link per mailbox)
+//!                                                                   |
+//!                                        IMAP / POP3 read here <----+
+//! ```
+//!
+//! The embedded store is Maildir ([`maildir::Maildir`]): crash-safe (tmp -> new with fsync of
+//! file and directory), readable by any Maildir tool for migration and backup. A message is
+//! durable when `deliver` returns; only then does SMTP answer 250.
+pub mod maildir;
+
+use std::{
+    fs::File,
+    io::{self, Write},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+/// One stored message, as IMAP and POP3 see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageMeta {
+    /// Unique in its folder for the folder's UIDVALIDITY, ascending with arrival.
+    pub uid: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// IMAP system flags as Maildir letters (`S` seen, `R` answered, `F` flagged, `T` deleted,
+    /// `D` draft), sorted.
+    pub flags: String,
+    /// Arrival time, seconds since the epoch.
+    pub internal_date: i64,
+    /// The message's file name in the Maildir (without the directory).
+    pub file_name: String,
+}
+
+/// A folder's identity and contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderIndex {
+    /// Changes only when UIDs can no longer be trusted.
+    pub uid_validity: u32,
+    /// The UID the next message will get.
+    pub uid_next: u32,
+    /// Messages by ascending UID.
+    pub messages: Vec<MessageMeta>,
+}
+
+/// Bytes and messages stored for a mailbox, all folders together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes.
+    pub bytes: u64,
+    /// Messages.
+    pub messages: u64,
+}
+
+/// Errors of the store; each maps to an SMTP reply in the session.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The disk is full (ENOSPC or EDQUOT): a temporary failure.
+    #[error("no space left on the mail volume")]
+    NoSpace,
+    /// Any other I/O error.
+    #[error("storage I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// The mailbox name cannot be a directory name.
+    #[error("invalid mailbox name {0:?}")]
+    InvalidName(String),
+}
+
+impl StoreError {
+    /// Classifies an I/O error (disk full is its own case).
+    pub fn from_io(err: io::Error) -> Self {
+        match err.raw_os_error() {
+            Some(28 | 122) => StoreError::NoSpace,
+            _ => StoreError::Io(err),
+        }
+    }
+}
+
+/// A store of mailboxes. Calls block on disk I/O: run them on a blocking thread.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// A spool file for a message being received.
+    fn spool(&self) -> Result<SpoolWriter, StoreError>;
+
+    /// Delivers a spooled message to the INBOX of each mailbox (addresses, lowercase), durably.
+    /// The spool file is removed afterwards.
+    fn deliver(&self, message: SpooledMessage, mailboxes: &[String]) -> Result<(), StoreError>;
+
+    /// Storage used by a mailbox.
+    fn usage(&self, mailbox: &str) -> Result<Usage, StoreError>;
+
+    /// The INBOX of a mailbox (other folders join with IMAP).
+    fn inbox(&self, mailbox: &str) -> Result<FolderIndex, StoreError>;
+
+    /// The raw bytes of one message of the INBOX.
+    fn read_message(&self, mailbox: &str, uid: u32) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
+/// A message being written to the spool. Dropped without [`SpoolWriter::finish`], its file
+/// is removed: nothing half-written is ever delivered.
+#[derive(Debug)]
+pub struct SpoolWriter {
+    file: Option<io::BufWriter<File>>,
+    path: PathBuf,
+    size: u64,
+}
+
+/// A complete, fsynced message in the spool, ready for delivery.
+#[derive(Debug)]
+pub struct SpooledMessage {
+    /// Its spool file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+static SPOOL_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl SpoolWriter {
+    /// Creates a spool file in `dir`.
+    pub fn create(dir: &Path) -> Result<Self, StoreError> {
+        let n = SPOOL_SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{}.{}.{n}", std::process::id(), unix_nanos()));
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(StoreError::from_io)?;
+        Ok(Self {
+            file: Some(io::BufWriter::with_capacity(64 * 1024, file)),
+            path,
+            size: 0,
+        })
+    }
+
+    /// Appends bytes.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        if let Some(f) = self.file.as_mut() {
+            f.write_all(bytes).map_err(StoreError::from_io)?;
+            self.size += bytes.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Flushes and fsyncs the file.
+    pub fn finish(mut self) -> Result<SpooledMessage, StoreError> {
+        let file = self.file.take().expect("finish runs once");
+        let file = file
+            .into_inner()
+            .map_err(|e| StoreError::from_io(e.into_error()))?;
+        file.sync_all().map_err(StoreError::from_io)?;
+        Ok(SpooledMessage {
+            path: std::mem::take(&mut self.path),
+            size: self.size,
+        })
+    }
+}
+
+impl Drop for SpoolWriter {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+pub(crate) fn unix_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
