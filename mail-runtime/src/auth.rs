@@ -27,7 +27,9 @@ pub enum PasswordHash {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HashError {
     /// Not a format this runtime reads.
-    #[error("not an argon2 ($argon2id$...) or bcrypt ($2b$...) hash; plaintext passwords are not accepted here")]
+    #[error(
+        "not an argon2 ($argon2id$...) or bcrypt ($2b$...) hash; plaintext passwords are not accepted here"
+    )]
     UnknownFormat,
     /// An argon2 string that does not parse.
     #[error("malformed argon2 hash: {0}")]
@@ -44,8 +46,7 @@ impl PasswordHash {
                 return Err(HashError::Argon2("it has no salt or no hash".into()));
             }
             Ok(Self::Argon2(text.to_string()))
-        } else if ["$2a$", "$2b$", "$2y$"].iter().any(|p| text.starts_with(p)) && text.len() == 60
-        {
+        } else if ["$2a$", "$2b$", "$2y$"].iter().any(|p| text.starts_with(p)) && text.len() == 60 {
             Ok(Self::Bcrypt(text.to_string()))
         } else {
             Err(HashError::UnknownFormat)
@@ -143,7 +144,10 @@ impl AuthLimiter {
             return true;
         };
         let now = Instant::now();
-        while times.front().is_some_and(|t| now.duration_since(*t) > WINDOW) {
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > WINDOW)
+        {
             times.pop_front();
         }
         times.len() < per_minute as usize
@@ -154,7 +158,11 @@ impl AuthLimiter {
         let mut map = self.failures.lock().expect("limiter lock");
         let now = Instant::now();
         if map.len() >= MAX_TRACKED {
-            map.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) <= WINDOW));
+            map.retain(|_, times| {
+                times
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) <= WINDOW)
+            });
         }
         let times = map.entry(ip).or_default();
         times.push_back(now);

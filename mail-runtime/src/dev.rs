@@ -25,8 +25,11 @@ pub const DOMAIN: &str = "example.test";
 pub struct DevOptions {
     /// The data directory; a temporary one when absent.
     pub data: Option<PathBuf>,
-    /// The first port: SMTP; the others follow in DESIGN.md's order.
+    /// The first port: SMTP; the others follow in DESIGN.md's order. 0: free ports chosen
+    /// by the kernel (the JSON line tells which).
     pub base_port: u16,
+    /// Stop when standard input reaches end of file (so a test's runtime dies with the test).
+    pub stop_on_eof: bool,
 }
 
 /// The order of the dev ports after the base port.
@@ -74,8 +77,26 @@ pub async fn run(options: DevOptions) -> Result<()> {
             "config": data.join("runtime.yaml"),
         })
     );
-    wait_for_shutdown().await;
+    if options.stop_on_eof {
+        tokio::select! {
+            _ = wait_for_shutdown() => {},
+            _ = stdin_closed() => {},
+        }
+    } else {
+        wait_for_shutdown().await;
+    }
     Ok(())
+}
+
+async fn stdin_closed() {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+    }
 }
 
 /// Writes the dev config (and a self-signed certificate) into `data`; returns the accounts.
@@ -90,7 +111,11 @@ pub fn write_dev_config(data: &Path, path: &Path, base_port: u16) -> Result<Vec<
     let cert = data.join("tls/tls.crt");
     let key = data.join("tls/tls.key");
     crate::tls::write_self_signed(
-        &[format!("mail.{DOMAIN}"), "localhost".into(), "127.0.0.1".into()],
+        &[
+            format!("mail.{DOMAIN}"),
+            "localhost".into(),
+            "127.0.0.1".into(),
+        ],
         &cert,
         &key,
     )?;
@@ -121,7 +146,15 @@ pub fn write_dev_config(data: &Path, path: &Path, base_port: u16) -> Result<Vec<
         .enumerate()
         .map(|(i, protocol)| Listener {
             protocol: *protocol,
-            address: SocketAddr::from(([127, 0, 0, 1], base_port + i as u16)).to_string(),
+            address: SocketAddr::from((
+                [127, 0, 0, 1],
+                if base_port == 0 {
+                    0
+                } else {
+                    base_port + i as u16
+                },
+            ))
+            .to_string(),
             proxy_protocol: false,
         })
         .collect();
@@ -164,7 +197,11 @@ fn random_password() -> String {
 }
 
 fn tempfile_dir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("kubemail-dev-{}-{}", std::process::id(), random_password()));
+    let dir = std::env::temp_dir().join(format!(
+        "kubemail-dev-{}-{}",
+        std::process::id(),
+        random_password()
+    ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }

@@ -7,8 +7,10 @@ use mail_runtime::{config, dev, runtime::Runtime};
 
 const USAGE: &str = "usage:
   mail-runtime serve --config FILE      serve the config (reloaded when the file changes)
-  mail-runtime dev [--data DIR] [--base-port N]
+  mail-runtime dev [--data DIR] [--base-port N] [--stop-on-eof]
                                         every protocol on loopback with demo mailboxes
+                                        (--base-port 0: free ports; --stop-on-eof: exit
+                                        when stdin closes)
   mail-runtime check-config FILE        validate a config and list every problem
   mail-runtime hash-password            read a password on stdin, print its argon2id hash
   mail-runtime --version";
@@ -68,6 +70,7 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             let options = dev::DevOptions {
                 data: flag("--data").map(PathBuf::from),
                 base_port,
+                stop_on_eof: args.iter().any(|a| a == "--stop-on-eof"),
             };
             tokio_runtime()?.block_on(dev::run(options))?;
             Ok(ExitCode::SUCCESS)
@@ -79,7 +82,11 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             };
             match config::load_file(std::path::Path::new(path)) {
                 Ok(c) => {
-                    println!("ok: revision {:?}, {} mailbox(es)", c.revision(), c.raw.mailboxes.len());
+                    println!(
+                        "ok: revision {:?}, {} mailbox(es)",
+                        c.revision(),
+                        c.raw.mailboxes.len()
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(invalid) => {
@@ -91,7 +98,10 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
         Some("hash-password") => {
             let mut password = String::new();
             std::io::stdin().read_line(&mut password)?;
-            println!("{}", mail_runtime::auth::hash_password(password.trim_end_matches(['\r', '\n'])));
+            println!(
+                "{}",
+                mail_runtime::auth::hash_password(password.trim_end_matches(['\r', '\n']))
+            );
             Ok(ExitCode::SUCCESS)
         }
         _ => {
@@ -102,5 +112,7 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
 }
 
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }

@@ -61,8 +61,13 @@ impl Runtime {
     /// Opens the store and loads TLS for a config.
     pub fn new(config: ConfigHandle) -> Result<Self> {
         let current = config.get();
-        let store = Maildir::open(&current.raw.storage.path, &current.raw.hostname)
-            .with_context(|| format!("opening the store at {}", current.raw.storage.path.display()))?;
+        let store =
+            Maildir::open(&current.raw.storage.path, &current.raw.hostname).with_context(|| {
+                format!(
+                    "opening the store at {}",
+                    current.raw.storage.path.display()
+                )
+            })?;
         let tls = TlsHandle::default();
         if let Err(err) = tls.load(&current.raw.tls.cert_file, &current.raw.tls.key_file) {
             // Serving without TLS would turn STARTTLS off; better to say so loudly and go on
@@ -105,14 +110,29 @@ impl Runtime {
         for listener in &config.raw.listeners {
             let socket = TcpListener::bind(&listener.address)
                 .await
-                .with_context(|| format!("binding {} ({})", listener.address, listener.protocol.name()))?;
+                .with_context(|| {
+                    format!(
+                        "binding {} ({})",
+                        listener.address,
+                        listener.protocol.name()
+                    )
+                })?;
             let addr = socket.local_addr()?;
             match listener.protocol {
-                ListenerProtocol::Smtp | ListenerProtocol::Submission | ListenerProtocol::Submissions => {
-                    tokio::spawn(crate::smtp::server::serve(socket, listener.clone(), self.clone()));
+                ListenerProtocol::Smtp
+                | ListenerProtocol::Submission
+                | ListenerProtocol::Submissions => {
+                    tokio::spawn(crate::smtp::server::serve(
+                        socket,
+                        listener.clone(),
+                        self.clone(),
+                    ));
                 }
                 other => {
-                    tracing::warn!(protocol = other.name(), "this build does not serve this protocol yet");
+                    tracing::warn!(
+                        protocol = other.name(),
+                        "this build does not serve this protocol yet"
+                    );
                     continue;
                 }
             }

@@ -101,7 +101,8 @@ impl Config {
     /// Validates a parsed config, collecting every problem.
     pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
         let mut problems = Vec::new();
-        let mut problem = |field: String, message: String| problems.push(Problem { field, message });
+        let mut problem =
+            |field: String, message: String| problems.push(Problem { field, message });
 
         if raw.api_version != API_VERSION {
             problem(
@@ -113,7 +114,10 @@ impl Config {
             problem("kind".into(), format!("must be {KIND}, not {:?}", raw.kind));
         }
         if !is_domain(&raw.hostname) {
-            problem("hostname".into(), format!("{:?} is not a DNS name", raw.hostname));
+            problem(
+                "hostname".into(),
+                format!("{:?} is not a DNS name", raw.hostname),
+            );
         }
 
         let mut domains = BTreeMap::new();
@@ -199,12 +203,18 @@ impl Config {
         }
         for (i, d) in raw.relay.sender_domains.iter().enumerate() {
             if !is_domain(d) {
-                problem(format!("relay.senderDomains[{i}]"), format!("{d:?} is not a domain"));
+                problem(
+                    format!("relay.senderDomains[{i}]"),
+                    format!("{d:?} is not a domain"),
+                );
             }
         }
         for (i, d) in raw.relay.recipient_domains.iter().enumerate() {
             if !is_domain(d) {
-                problem(format!("relay.recipientDomains[{i}]"), format!("{d:?} is not a domain"));
+                problem(
+                    format!("relay.recipientDomains[{i}]"),
+                    format!("{d:?} is not a domain"),
+                );
             }
         }
 
@@ -212,7 +222,8 @@ impl Config {
         for (i, l) in raw.listeners.iter().enumerate() {
             match l.address.parse::<SocketAddr>() {
                 Ok(addr) => {
-                    if !bound.insert(addr) {
+                    // Port 0 asks the kernel for a free port; several listeners may ask.
+                    if addr.port() != 0 && !bound.insert(addr) {
                         problem(
                             format!("listeners[{i}].address"),
                             format!("{addr} is used by two listeners"),
@@ -234,9 +245,21 @@ impl Config {
             ("limits.maxMessageSize", limits.max_message_size, 1024),
             ("limits.maxRecipients", limits.max_recipients as u64, 1),
             ("limits.maxConnections", limits.max_connections as u64, 1),
-            ("limits.maxConnectionsPerIp", limits.max_connections_per_ip as u64, 1),
-            ("limits.commandTimeoutSeconds", limits.command_timeout_seconds, 1),
-            ("limits.authFailuresPerMinute", limits.auth_failures_per_minute as u64, 1),
+            (
+                "limits.maxConnectionsPerIp",
+                limits.max_connections_per_ip as u64,
+                1,
+            ),
+            (
+                "limits.commandTimeoutSeconds",
+                limits.command_timeout_seconds,
+                1,
+            ),
+            (
+                "limits.authFailuresPerMinute",
+                limits.auth_failures_per_minute as u64,
+                1,
+            ),
         ] {
             if value < min {
                 problem(field.into(), format!("must be at least {min}"));
@@ -307,10 +330,7 @@ impl Config {
     /// Whether a client address may relay without logging in.
     pub fn relay_network_allows(&self, ip: std::net::IpAddr) -> bool {
         let ip = match ip {
-            std::net::IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map(std::net::IpAddr::V4)
-                .unwrap_or(ip),
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
             v4 => v4,
         };
         self.relay_networks.iter().any(|n| n.contains(&ip))

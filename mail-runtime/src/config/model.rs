@@ -103,7 +103,11 @@ fn yes() -> bool {
 }
 
 fn all_protocols() -> Vec<LoginProtocol> {
-    vec![LoginProtocol::Smtp, LoginProtocol::Imap, LoginProtocol::Pop3]
+    vec![
+        LoginProtocol::Smtp,
+        LoginProtocol::Imap,
+        LoginProtocol::Pop3,
+    ]
 }
 
 impl MailboxConfig {

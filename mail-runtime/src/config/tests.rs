@@ -34,9 +34,21 @@ fn a_valid_file_resolves_addresses() {
     assert_eq!(config.resolve("jane@example.com"), Recipient::Local(0));
     assert_eq!(config.resolve("JANE@Example.COM"), Recipient::Local(0));
     assert_eq!(config.resolve("j.doe@example.com"), Recipient::Local(0));
-    assert_eq!(config.resolve("jane@example.org"), Recipient::Local(0), "alias domain");
-    assert_eq!(config.resolve("jane+lists@example.com"), Recipient::Local(0), "subaddress");
-    assert_eq!(config.resolve("nobody@example.com"), Recipient::Local(1), "catch-all");
+    assert_eq!(
+        config.resolve("jane@example.org"),
+        Recipient::Local(0),
+        "alias domain"
+    );
+    assert_eq!(
+        config.resolve("jane+lists@example.com"),
+        Recipient::Local(0),
+        "subaddress"
+    );
+    assert_eq!(
+        config.resolve("nobody@example.com"),
+        Recipient::Local(1),
+        "catch-all"
+    );
     assert_eq!(config.resolve("jane@example.net"), Recipient::Remote);
     assert!(config.relay_network_allows("10.1.2.3".parse().expect("ip")));
     assert!(!config.relay_network_allows("192.0.2.1".parse().expect("ip")));
@@ -47,7 +59,10 @@ fn a_valid_file_resolves_addresses() {
 fn every_problem_is_reported_with_its_field() {
     let text = valid()
         .replace("kind: RuntimeConfig", "kind: Nope")
-        .replace("aliases: [j.doe@example.com]", "aliases: [jane@example.com, not-an-address]")
+        .replace(
+            "aliases: [j.doe@example.com]",
+            "aliases: [jane@example.com, not-an-address]",
+        )
         .replace("catchAll: info@example.com", "catchAll: ghost@example.com")
         .replace("10.0.0.0/8", "10.0.0.0/99")
         .replace("passwordHash: \"$argon2", "passwordHash: \"plain$argon2")
@@ -65,7 +80,10 @@ fn every_problem_is_reported_with_its_field() {
         "relay.clientNetworks[0]",
         "listeners[0].address",
     ] {
-        assert!(fields.contains(&expected), "{expected} missing from {problems:#?}");
+        assert!(
+            fields.contains(&expected),
+            "{expected} missing from {problems:#?}"
+        );
     }
 }
 

@@ -82,7 +82,11 @@ fn stamp(path: &Path) -> Option<Stamp> {
 /// Watches `path` and swaps the config in `handle` whenever the file changes to a valid one.
 /// `on_change` runs after each successful reload (the runtime uses it to log and to re-apply
 /// listener-independent state).
-pub async fn watch(path: PathBuf, handle: ConfigHandle, on_change: impl Fn(&Config) + Send + 'static) {
+pub async fn watch(
+    path: PathBuf,
+    handle: ConfigHandle,
+    on_change: impl Fn(&Config) + Send + 'static,
+) {
     let mut last = stamp(&path);
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     loop {

@@ -225,7 +225,10 @@ mod tests {
         assert!(buf.is_empty() && skipping);
         buf.extend_from_slice(b"AAAA\r\nNOOP\r\n");
         assert_eq!(take_line(&mut buf, &mut skipping), Some(Line::TooLong));
-        assert_eq!(take_line(&mut buf, &mut skipping), Some(Line::Command(b"NOOP".to_vec())));
+        assert_eq!(
+            take_line(&mut buf, &mut skipping),
+            Some(Line::Command(b"NOOP".to_vec()))
+        );
         buf.extend_from_slice(b"NOOP\n");
         assert_eq!(take_line(&mut buf, &mut skipping), Some(Line::BareLf));
     }

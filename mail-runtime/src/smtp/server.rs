@@ -60,7 +60,11 @@ fn gone() -> io::Error {
 }
 
 impl AsyncRead for Conn {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -70,7 +74,11 @@ impl AsyncRead for Conn {
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -133,7 +141,8 @@ async fn connection(
         let Some(tls) = tls_config.clone() else {
             return Ok(());
         };
-        let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(tls).accept(stream)).await;
+        let accepted =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(tls).accept(stream)).await;
         match accepted {
             Ok(Ok(s)) => Conn::Tls(Box::new(s)),
             _ => return Ok(()),
@@ -155,10 +164,14 @@ async fn connection(
         out: Vec::new(),
         peer_ip,
     };
-    driver.handle(&mut conn, &mut session, VecDeque::from([greeting])).await?;
+    driver
+        .handle(&mut conn, &mut session, VecDeque::from([greeting]))
+        .await?;
     if !early.is_empty() {
         let outputs = session.feed(&early);
-        driver.handle(&mut conn, &mut session, outputs.into()).await?;
+        driver
+            .handle(&mut conn, &mut session, outputs.into())
+            .await?;
     }
     let timeout = Duration::from_secs(runtime.config.get().raw.limits.command_timeout_seconds);
     let mut buf = vec![0u8; 16 * 1024];
@@ -174,7 +187,9 @@ async fn connection(
         };
         session.set_config(runtime.config.get());
         let outputs = session.feed(&buf[..n]);
-        driver.handle(&mut conn, &mut session, outputs.into()).await?;
+        driver
+            .handle(&mut conn, &mut session, outputs.into())
+            .await?;
     }
     let _ = conn.shutdown().await;
     drop(slot);
@@ -191,7 +206,12 @@ struct Driver {
 
 impl Driver {
     /// Carries out the session's outputs, feeding results back, then flushes the replies.
-    async fn handle(&mut self, conn: &mut Conn, session: &mut Session, mut queue: VecDeque<Output>) -> io::Result<()> {
+    async fn handle(
+        &mut self,
+        conn: &mut Conn,
+        session: &mut Session,
+        mut queue: VecDeque<Output>,
+    ) -> io::Result<()> {
         while let Some(output) = queue.pop_front() {
             match output {
                 Output::Reply(reply) => self.out.extend_from_slice(&reply.to_bytes()),
@@ -271,7 +291,11 @@ impl Driver {
         }
     }
 
-    async fn check_login(&self, username: &str, password: &str) -> Result<(usize, String), LoginFailure> {
+    async fn check_login(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<(usize, String), LoginFailure> {
         let config = self.runtime.config.get();
         let per_minute = config.raw.limits.auth_failures_per_minute;
         if !self.runtime.auth_limiter.allows(self.peer_ip, per_minute) {
@@ -310,4 +334,3 @@ impl Driver {
         }
     }
 }
-

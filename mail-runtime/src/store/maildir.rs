@@ -48,7 +48,10 @@ impl Maildir {
             fs::create_dir_all(&dir).map_err(StoreError::from_io)?;
         }
         // Spool files left by a crash were never acknowledged: remove them.
-        for entry in fs::read_dir(root.join("spool")).map_err(StoreError::from_io)?.flatten() {
+        for entry in fs::read_dir(root.join("spool"))
+            .map_err(StoreError::from_io)?
+            .flatten()
+        {
             let _ = fs::remove_file(entry.path());
         }
         Ok(Self {
@@ -89,7 +92,10 @@ impl Maildir {
         let mut f = fs::File::create(&path).map_err(StoreError::from_io)?;
         writeln!(f, "{validity}").map_err(StoreError::from_io)?;
         f.sync_all().map_err(StoreError::from_io)?;
-        for d in [dir.to_path_buf(), dir.parent().map(Path::to_path_buf).unwrap_or_default()] {
+        for d in [
+            dir.to_path_buf(),
+            dir.parent().map(Path::to_path_buf).unwrap_or_default(),
+        ] {
             sync_dir(&d)?;
         }
         Ok(())
@@ -200,7 +206,9 @@ impl Store for Maildir {
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 if parse_name(&name.to_string_lossy()).is_some_and(|(u, _, _)| u == uid) {
-                    return fs::read(entry.path()).map(Some).map_err(StoreError::from_io);
+                    return fs::read(entry.path())
+                        .map(Some)
+                        .map_err(StoreError::from_io);
                 }
             }
         }
@@ -296,7 +304,10 @@ mod tests {
     fn delivery_lands_in_new_with_ascending_uids_and_survives_a_rescan() {
         let tmp = tempfile::tempdir().expect("tmp");
         let store = Maildir::open(tmp.path(), "mail.example.test").expect("open");
-        let boxes = vec!["alice@example.test".to_string(), "bob@example.test".to_string()];
+        let boxes = vec![
+            "alice@example.test".to_string(),
+            "bob@example.test".to_string(),
+        ];
         store
             .deliver(spooled(&store, b"Subject: one\r\n\r\nhi\r\n"), &boxes)
             .expect("deliver");
@@ -304,15 +315,26 @@ mod tests {
             .deliver(spooled(&store, b"Subject: two\r\n\r\nhi\r\n"), &boxes[..1])
             .expect("deliver");
         let inbox = store.inbox("alice@example.test").expect("inbox");
-        assert_eq!(inbox.messages.iter().map(|m| m.uid).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            inbox.messages.iter().map(|m| m.uid).collect::<Vec<_>>(),
+            [1, 2]
+        );
         assert_eq!(inbox.uid_next, 3);
         assert_eq!(store.usage("bob@example.test").expect("usage").messages, 1);
         assert_eq!(
-            store.read_message("alice@example.test", 2).expect("read").as_deref(),
+            store
+                .read_message("alice@example.test", 2)
+                .expect("read")
+                .as_deref(),
             Some(&b"Subject: two\r\n\r\nhi\r\n"[..])
         );
         // Nothing stays in the spool, and a fresh store (a restart) continues the UIDs.
-        assert_eq!(fs::read_dir(tmp.path().join("spool")).expect("spool").count(), 0);
+        assert_eq!(
+            fs::read_dir(tmp.path().join("spool"))
+                .expect("spool")
+                .count(),
+            0
+        );
         let reopened = Maildir::open(tmp.path(), "mail.example.test").expect("reopen");
         reopened
             .deliver(spooled(&reopened, b"x\r\n"), &boxes[..1])
@@ -328,14 +350,25 @@ mod tests {
         let mut w = store.spool().expect("spool");
         w.write(b"half a message").expect("write");
         drop(w);
-        assert_eq!(fs::read_dir(tmp.path().join("spool")).expect("spool").count(), 0);
+        assert_eq!(
+            fs::read_dir(tmp.path().join("spool"))
+                .expect("spool")
+                .count(),
+            0
+        );
     }
 
     #[test]
     fn names_that_escape_the_store_are_refused() {
         let tmp = tempfile::tempdir().expect("tmp");
         let store = Maildir::open(tmp.path(), "h").expect("open");
-        for bad in ["../x@example.test", "x@..", "noat", ".hidden@example.test", "a/b@example.test"] {
+        for bad in [
+            "../x@example.test",
+            "x@..",
+            "noat",
+            ".hidden@example.test",
+            "a/b@example.test",
+        ] {
             assert!(store.inbox_path(bad).is_err(), "{bad}");
         }
     }
@@ -346,7 +379,10 @@ mod tests {
             parse_name("1.M1P1Q1.h,U=7,S=42:2,SF"),
             Some((7, 42, "FS".to_string()))
         );
-        assert_eq!(parse_name("1.M1P1Q1.h,U=7,S=42"), Some((7, 42, String::new())));
+        assert_eq!(
+            parse_name("1.M1P1Q1.h,U=7,S=42"),
+            Some((7, 42, String::new()))
+        );
         assert_eq!(parse_name("foreign-file"), None);
     }
 }
