@@ -144,6 +144,7 @@ pub fn write_dev_config(data: &Path, path: &Path, base_port: u16) -> Result<Vec<
     let listeners = PORT_ORDER
         .iter()
         .enumerate()
+        .filter(|(_, protocol)| crate::runtime::SERVED.contains(protocol))
         .map(|(i, protocol)| Listener {
             protocol: *protocol,
             address: SocketAddr::from((

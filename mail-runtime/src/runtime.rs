@@ -17,6 +17,13 @@ use crate::{
     tls::TlsHandle,
 };
 
+/// The protocols this build serves; listeners for others are skipped with a warning.
+pub const SERVED: [ListenerProtocol; 3] = [
+    ListenerProtocol::Smtp,
+    ListenerProtocol::Submission,
+    ListenerProtocol::Submissions,
+];
+
 /// Shared state of a running runtime.
 #[derive(Debug, Clone)]
 pub struct Runtime {

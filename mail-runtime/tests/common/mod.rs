@@ -1,0 +1,186 @@
+//! Runs the real `mail-runtime dev` binary on loopback for tests, and talks to it as a raw
+//! SMTP client when a test needs byte-exact control (the mail clients themselves are swaks,
+//! curl and Python, run as programs).
+#![allow(dead_code)]
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    time::Duration,
+};
+
+/// A running `mail-runtime dev`. It exits when this value (its stdin) is dropped, and also when
+/// the test binary dies, however it dies.
+pub struct Dev {
+    child: Child,
+    _stdin: Option<ChildStdin>,
+    pub ports: HashMap<String, u16>,
+    pub accounts: Vec<(String, String)>,
+    pub data: PathBuf,
+}
+
+impl Dev {
+    pub fn start(data: &Path) -> Dev {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mail-runtime"))
+            .args(["dev", "--base-port", "0", "--stop-on-eof", "--data"])
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("mail-runtime starts");
+        let stdin = child.stdin.take();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut first)
+            .expect("the JSON line");
+        let json: serde_json::Value = serde_json::from_str(&first)
+            .unwrap_or_else(|e| panic!("dev mode's first line is not JSON ({e}): {first:?}"));
+        let ports = json["ports"]
+            .as_object()
+            .expect("ports")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_u64().expect("port") as u16))
+            .collect();
+        let accounts = json["accounts"]
+            .as_array()
+            .expect("accounts")
+            .iter()
+            .map(|a| {
+                (
+                    a["address"].as_str().expect("address").to_string(),
+                    a["password"].as_str().expect("password").to_string(),
+                )
+            })
+            .collect();
+        Dev {
+            child,
+            _stdin: stdin,
+            ports,
+            accounts,
+            data: data.to_path_buf(),
+        }
+    }
+
+    pub fn port(&self, protocol: &str) -> u16 {
+        self.ports[protocol]
+    }
+
+    pub fn password(&self, address: &str) -> String {
+        self.accounts
+            .iter()
+            .find(|(a, _)| a == address)
+            .map(|(_, p)| p.clone())
+            .expect("a dev account")
+    }
+
+    /// SIGKILL, as a node failure or the OOM killer would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The Maildir of a mailbox's INBOX.
+    pub fn maildir(&self, address: &str) -> PathBuf {
+        let (local, domain) = address.split_once('@').expect("address");
+        self.data.join("mail").join(domain).join(local)
+    }
+
+    /// The messages in a mailbox, read from disk.
+    pub fn messages(&self, address: &str) -> Vec<String> {
+        let dir = self.maildir(address);
+        let mut out = Vec::new();
+        for sub in ["new", "cur"] {
+            let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                out.push(std::fs::read_to_string(entry.path()).expect("a readable message"));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        self._stdin.take();
+        for _ in 0..50 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+    }
+}
+
+/// A raw SMTP client over a plain TCP connection.
+pub struct Raw {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Raw {
+    pub fn connect(port: u16) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut raw = Raw { stream, reader };
+        let greeting = raw.reply();
+        assert!(greeting.starts_with("220"), "{greeting}");
+        raw
+    }
+
+    /// Reads one (possibly multi-line) reply; returns its last line.
+    pub fn reply(&mut self) -> String {
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).expect("a reply");
+            assert!(n > 0, "connection closed while waiting for a reply");
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return line.trim_end().to_string();
+            }
+        }
+    }
+
+    /// Sends bytes as they are.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Sends a command line and returns the reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send_raw(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// Whether the server closed the connection.
+    pub fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(self.reader.read(&mut buf), Ok(0))
+    }
+}
+
+/// Runs a program; panics with its output when it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+/// The path of a helper script under tests/clients.
+pub fn client_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients").join(name)
+}
