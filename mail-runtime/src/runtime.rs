@@ -147,27 +147,45 @@ impl Runtime {
             bound.push((listener.clone(), addr));
         }
         if let Some(path) = config_path {
-            let handle = self.config.clone();
-            let status_dir = config.raw.storage.path.clone();
-            tokio::spawn(crate::config::watch(path, handle, move |c| {
-                write_status(&status_dir, c.revision(), None);
-            }));
+            tokio::spawn(crate::config::watch(path, self.config.clone(), |_| {}));
         }
+        tokio::spawn(report_status(self.clone()));
         tokio::spawn(crate::tls::watch(
             self.tls.clone(),
             config.raw.tls.cert_file.clone(),
             config.raw.tls.key_file.clone(),
         ));
-        write_status(&config.raw.storage.path, config.revision(), None);
         Ok(bound)
+    }
+
+    /// What the runtime serves now: the config revision, and why a newer config or certificate
+    /// was refused, if one was.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "revision": self.config.get().revision(),
+            "configError": self.config.last_error(),
+            "tlsError": self.tls.last_error(),
+        })
     }
 }
 
-/// Records the config revision served in `<data>/kubemail-runtime-status.json`.
-fn write_status(dir: &std::path::Path, revision: &str, error: Option<&str>) {
-    let body = serde_json::json!({"revision": revision, "error": error});
-    let tmp = dir.join(".kubemail-runtime-status.json.tmp");
-    if std::fs::write(&tmp, body.to_string()).is_ok() {
-        let _ = std::fs::rename(&tmp, dir.join("kubemail-runtime-status.json"));
+/// Keeps `<data>/kubemail-runtime-status.json` equal to [`Runtime::status`], written
+/// atomically, so a probe or a person can read which revision is served.
+async fn report_status(runtime: Runtime) {
+    let mut last = serde_json::Value::Null;
+    let mut ticker = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        ticker.tick().await;
+        let status = runtime.status();
+        if status == last {
+            continue;
+        }
+        let dir = runtime.config.get().raw.storage.path.clone();
+        let tmp = dir.join(".kubemail-runtime-status.json.tmp");
+        if std::fs::write(&tmp, status.to_string()).is_ok()
+            && std::fs::rename(&tmp, dir.join("kubemail-runtime-status.json")).is_ok()
+        {
+            last = status;
+        }
     }
 }

@@ -93,11 +93,18 @@ pub async fn watch(handle: TlsHandle, cert: PathBuf, key: PathBuf) {
 
 /// Writes a self-signed certificate and key for `names` (dev mode, and the operator's default).
 pub fn write_self_signed(names: &[String], cert: &Path, key: &Path) -> anyhow::Result<()> {
-    let certified = rcgen::generate_simple_self_signed(names.to_vec())?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+    if let Some(first) = names.first() {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, first.as_str());
+    }
+    let signing_key = rcgen::KeyPair::generate()?;
+    let certificate = params.self_signed(&signing_key)?;
     if let Some(dir) = cert.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(cert, certified.cert.pem())?;
-    std::fs::write(key, certified.signing_key.serialize_pem())?;
+    std::fs::write(cert, certificate.pem())?;
+    std::fs::write(key, signing_key.serialize_pem())?;
     Ok(())
 }

@@ -14,10 +14,16 @@ use std::{
 
 use common::Dev;
 
-/// Sends messages to bob on port 25 until told to stop; records the ids that got 250.
-fn sender(port: u16, next_id: Arc<Mutex<u64>>, acked: Arc<Mutex<BTreeSet<u64>>>, stop: Arc<AtomicBool>) {
+/// Sends messages to bob on port 25 over one connection until told to stop or the connection
+/// dies; records the ids that got 250.
+fn sender(
+    port: u16,
+    next_id: Arc<Mutex<u64>>,
+    acked: Arc<Mutex<BTreeSet<u64>>>,
+    stop: Arc<AtomicBool>,
+) {
     use std::io::{BufRead, BufReader, Write};
-    while !stop.load(Ordering::Relaxed) {
+    {
         let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
             return;
         };
@@ -93,8 +99,12 @@ fn no_acknowledged_message_is_lost_across_sigkills() {
         let stop = Arc::new(AtomicBool::new(false));
         let senders: Vec<_> = (0..3)
             .map(|_| {
-                let (port, next_id, acked, stop) =
-                    (dev.port("smtp"), next_id.clone(), acked.clone(), stop.clone());
+                let (port, next_id, acked, stop) = (
+                    dev.port("smtp"),
+                    next_id.clone(),
+                    acked.clone(),
+                    stop.clone(),
+                );
                 std::thread::spawn(move || sender(port, next_id, acked, stop))
             })
             .collect();
@@ -105,7 +115,10 @@ fn no_acknowledged_message_is_lost_across_sigkills() {
         for s in senders {
             let _ = s.join();
         }
-        println!("round {round}: killed after {wait} ms, {} acknowledged so far", acked.lock().expect("lock").len());
+        println!(
+            "round {round}: killed after {wait} ms, {} acknowledged so far",
+            acked.lock().expect("lock").len()
+        );
     }
     let dev = Dev::start(tmp.path());
     let stored: BTreeSet<u64> = dev
@@ -118,7 +131,11 @@ fn no_acknowledged_message_is_lost_across_sigkills() {
         })
         .collect();
     let acked = acked.lock().expect("lock").clone();
-    assert!(acked.len() > kills, "too few messages were sent to prove anything: {}", acked.len());
+    assert!(
+        acked.len() > kills,
+        "too few messages were sent to prove anything: {}",
+        acked.len()
+    );
     let lost: Vec<_> = acked.difference(&stored).collect();
     println!(
         "{kills} SIGKILLs, {} messages acknowledged, {} stored, {} lost",
@@ -128,6 +145,8 @@ fn no_acknowledged_message_is_lost_across_sigkills() {
     );
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
     // Nothing half-written is left in the spool either.
-    let spool = std::fs::read_dir(tmp.path().join("spool")).expect("spool").count();
+    let spool = std::fs::read_dir(tmp.path().join("spool"))
+        .expect("spool")
+        .count();
     assert_eq!(spool, 0);
 }

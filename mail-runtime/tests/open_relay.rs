@@ -6,31 +6,151 @@ use common::{Dev, Raw};
 
 /// (what, listener, MAIL FROM, RCPT TO) — each RCPT must be refused.
 const ATTEMPTS: &[(&str, &str, &str, &str)] = &[
-    ("plain foreign recipient", "smtp", "<a@example.net>", "<victim@example.org>"),
-    ("foreign recipient in capitals", "smtp", "<a@example.net>", "<VICTIM@EXAMPLE.ORG>"),
-    ("local sender, foreign recipient", "smtp", "<alice@example.test>", "<victim@example.org>"),
-    ("null sender, foreign recipient", "smtp", "<>", "<victim@example.org>"),
-    ("percent hack", "smtp", "<a@example.net>", "<victim%example.org@example.test>"),
-    ("percent hack, two hops", "smtp", "<a@example.net>", "<victim%example.org%example.net@example.test>"),
-    ("bang path", "smtp", "<a@example.net>", "<example.org!victim@example.test>"),
-    ("bang path without domain", "smtp", "<a@example.net>", "<example.org!victim>"),
-    ("source route", "smtp", "<a@example.net>", "<@example.test:victim@example.org>"),
-    ("source route, two hops", "smtp", "<a@example.net>", "<@example.test,@mail.example.test:victim@example.org>"),
-    ("quoted foreign address", "smtp", "<a@example.net>", "<\"victim@example.org\"@example.test>"),
-    ("quoted percent hack", "smtp", "<a@example.net>", "<\"victim%example.org\"@example.test>"),
-    ("double @", "smtp", "<a@example.net>", "<victim@example.org@example.test>"),
-    ("IP literal", "smtp", "<a@example.net>", "<victim@[192.0.2.1]>"),
-    ("loopback literal", "smtp", "<a@example.net>", "<victim@[127.0.0.1]>"),
+    (
+        "plain foreign recipient",
+        "smtp",
+        "<a@example.net>",
+        "<victim@example.org>",
+    ),
+    (
+        "foreign recipient in capitals",
+        "smtp",
+        "<a@example.net>",
+        "<VICTIM@EXAMPLE.ORG>",
+    ),
+    (
+        "local sender, foreign recipient",
+        "smtp",
+        "<alice@example.test>",
+        "<victim@example.org>",
+    ),
+    (
+        "null sender, foreign recipient",
+        "smtp",
+        "<>",
+        "<victim@example.org>",
+    ),
+    (
+        "percent hack",
+        "smtp",
+        "<a@example.net>",
+        "<victim%example.org@example.test>",
+    ),
+    (
+        "percent hack, two hops",
+        "smtp",
+        "<a@example.net>",
+        "<victim%example.org%example.net@example.test>",
+    ),
+    (
+        "bang path",
+        "smtp",
+        "<a@example.net>",
+        "<example.org!victim@example.test>",
+    ),
+    (
+        "bang path without domain",
+        "smtp",
+        "<a@example.net>",
+        "<example.org!victim>",
+    ),
+    (
+        "source route",
+        "smtp",
+        "<a@example.net>",
+        "<@example.test:victim@example.org>",
+    ),
+    (
+        "source route, two hops",
+        "smtp",
+        "<a@example.net>",
+        "<@example.test,@mail.example.test:victim@example.org>",
+    ),
+    (
+        "quoted foreign address",
+        "smtp",
+        "<a@example.net>",
+        "<\"victim@example.org\"@example.test>",
+    ),
+    (
+        "quoted percent hack",
+        "smtp",
+        "<a@example.net>",
+        "<\"victim%example.org\"@example.test>",
+    ),
+    (
+        "double @",
+        "smtp",
+        "<a@example.net>",
+        "<victim@example.org@example.test>",
+    ),
+    (
+        "IP literal",
+        "smtp",
+        "<a@example.net>",
+        "<victim@[192.0.2.1]>",
+    ),
+    (
+        "loopback literal",
+        "smtp",
+        "<a@example.net>",
+        "<victim@[127.0.0.1]>",
+    ),
     ("localhost", "smtp", "<a@example.net>", "<victim@localhost>"),
-    ("our host name is not a mail domain", "smtp", "<a@example.net>", "<victim@mail.example.test>"),
-    ("subdomain of ours", "smtp", "<a@example.net>", "<victim@sub.example.test>"),
-    ("our domain as a prefix", "smtp", "<a@example.net>", "<victim@example.test.example.org>"),
-    ("trailing dot", "smtp", "<a@example.net>", "<victim@example.org.>"),
-    ("no angle brackets", "smtp", "<a@example.net>", "victim@example.org"),
-    ("DSN parameters", "smtp", "<a@example.net>", "<victim@example.org> NOTIFY=NEVER"),
-    ("leading percent", "smtp", "<a@example.net>", "<%victim@example.org>"),
-    ("unauthenticated submission", "submission", "<alice@example.test>", "<victim@example.org>"),
-    ("unauthenticated submissions", "submissions", "<alice@example.test>", "<victim@example.org>"),
+    (
+        "our host name is not a mail domain",
+        "smtp",
+        "<a@example.net>",
+        "<victim@mail.example.test>",
+    ),
+    (
+        "subdomain of ours",
+        "smtp",
+        "<a@example.net>",
+        "<victim@sub.example.test>",
+    ),
+    (
+        "our domain as a prefix",
+        "smtp",
+        "<a@example.net>",
+        "<victim@example.test.example.org>",
+    ),
+    (
+        "trailing dot",
+        "smtp",
+        "<a@example.net>",
+        "<victim@example.org.>",
+    ),
+    (
+        "no angle brackets",
+        "smtp",
+        "<a@example.net>",
+        "victim@example.org",
+    ),
+    (
+        "DSN parameters",
+        "smtp",
+        "<a@example.net>",
+        "<victim@example.org> NOTIFY=NEVER",
+    ),
+    (
+        "leading percent",
+        "smtp",
+        "<a@example.net>",
+        "<%victim@example.org>",
+    ),
+    (
+        "unauthenticated submission",
+        "submission",
+        "<alice@example.test>",
+        "<victim@example.org>",
+    ),
+    (
+        "unauthenticated submissions",
+        "submissions",
+        "<alice@example.test>",
+        "<victim@example.org>",
+    ),
 ];
 
 #[test]
@@ -45,12 +165,26 @@ fn every_relay_attempt_is_refused() {
             // Implicit TLS: speak through openssl s_client is overkill here; curl tries the
             // relay without credentials and must fail.
             let out = std::process::Command::new("curl")
-                .args(["-sS", "--insecure", "--url", &format!("smtps://127.0.0.1:{port}")])
-                .args(["--mail-from", "alice@example.test", "--mail-rcpt", "victim@example.org"])
+                .args([
+                    "-sS",
+                    "--insecure",
+                    "--url",
+                    &format!("smtps://127.0.0.1:{port}"),
+                ])
+                .args([
+                    "--mail-from",
+                    "alice@example.test",
+                    "--mail-rcpt",
+                    "victim@example.org",
+                ])
                 .args(["-T", "/dev/null"])
                 .output()
                 .expect("curl");
-            if out.status.success() { "250".to_string() } else { "refused".to_string() }
+            if out.status.success() {
+                "250".to_string()
+            } else {
+                "refused".to_string()
+            }
         } else {
             let mut c = Raw::connect(port);
             let ehlo = c.cmd("EHLO relay-test.example.net");
@@ -59,7 +193,10 @@ fn every_relay_attempt_is_refused() {
             if mail.starts_with("250") {
                 let rcpt = c.cmd(&format!("RCPT TO:{to}"));
                 let data = c.cmd("DATA");
-                assert!(!data.starts_with("354"), "{what}: DATA was accepted after {rcpt}");
+                assert!(
+                    !data.starts_with("354"),
+                    "{what}: DATA was accepted after {rcpt}"
+                );
                 rcpt
             } else {
                 mail

@@ -35,16 +35,41 @@ fn swaks_submits_over_587_with_starttls_and_auth_and_over_465() {
         run(Command::new("swaks")
             .args(flags)
             .args(["--server", &format!("127.0.0.1:{port}")])
-            .args(["--auth", "PLAIN", "--auth-user", ALICE, "--auth-password", &pw])
+            .args([
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                ALICE,
+                "--auth-password",
+                &pw,
+            ])
             .args(["--from", ALICE, "--to", BOB])
             .args(["--header", &format!("Subject: {subject}")]));
         assert!(has_subject(&dev, BOB, subject), "{subject} not delivered");
     }
     // AUTH LOGIN too.
     run(Command::new("swaks")
-        .args(["--tls", "--server", &format!("127.0.0.1:{}", dev.port("submission"))])
-        .args(["--auth", "LOGIN", "--auth-user", ALICE, "--auth-password", &pw])
-        .args(["--from", ALICE, "--to", BOB, "--header", "Subject: swaks login"]));
+        .args([
+            "--tls",
+            "--server",
+            &format!("127.0.0.1:{}", dev.port("submission")),
+        ])
+        .args([
+            "--auth",
+            "LOGIN",
+            "--auth-user",
+            ALICE,
+            "--auth-password",
+            &pw,
+        ])
+        .args([
+            "--from",
+            ALICE,
+            "--to",
+            BOB,
+            "--header",
+            "Subject: swaks login",
+        ]));
     assert!(has_subject(&dev, BOB, "swaks login"));
 }
 
@@ -73,8 +98,19 @@ fn a_wrong_password_and_a_foreign_recipient_are_refused_by_swaks() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dev = Dev::start(tmp.path());
     let out = Command::new("swaks")
-        .args(["--tls", "--server", &format!("127.0.0.1:{}", dev.port("submission"))])
-        .args(["--auth", "PLAIN", "--auth-user", ALICE, "--auth-password", "wrong"])
+        .args([
+            "--tls",
+            "--server",
+            &format!("127.0.0.1:{}", dev.port("submission")),
+        ])
+        .args([
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            ALICE,
+            "--auth-password",
+            "wrong",
+        ])
         .args(["--from", ALICE, "--to", BOB])
         .output()
         .expect("swaks");
@@ -82,7 +118,12 @@ fn a_wrong_password_and_a_foreign_recipient_are_refused_by_swaks() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("535 5.7.8"));
     let out = Command::new("swaks")
         .args(["--server", &format!("127.0.0.1:{}", dev.port("smtp"))])
-        .args(["--from", "spammer@example.net", "--to", "victim@example.org"])
+        .args([
+            "--from",
+            "spammer@example.net",
+            "--to",
+            "victim@example.org",
+        ])
         .output()
         .expect("swaks");
     assert!(!out.status.success());
@@ -96,8 +137,14 @@ fn curl_submits_over_587_and_465() {
     let pw = dev.password(ALICE);
     let message = tmp.path().join("message.txt");
     for (url, subject) in [
-        (format!("smtp://127.0.0.1:{}", dev.port("submission")), "curl 587"),
-        (format!("smtps://127.0.0.1:{}", dev.port("submissions")), "curl 465"),
+        (
+            format!("smtp://127.0.0.1:{}", dev.port("submission")),
+            "curl 587",
+        ),
+        (
+            format!("smtps://127.0.0.1:{}", dev.port("submissions")),
+            "curl 465",
+        ),
     ] {
         std::fs::write(
             &message,
@@ -118,31 +165,35 @@ fn python_smtplib_submits_and_login_waits_for_tls() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dev = Dev::start(tmp.path());
     let pw = dev.password(ALICE);
-    let out = run(Command::new("python3").arg(client_script("smtplib_submit.py")).args([
-        "starttls",
-        "127.0.0.1",
-        &dev.port("submission").to_string(),
-        ALICE,
-        &pw,
-        ALICE,
-        BOB,
-        "smtplib 587",
-    ]));
+    let out = run(Command::new("python3")
+        .arg(client_script("smtplib_submit.py"))
+        .args([
+            "starttls",
+            "127.0.0.1",
+            &dev.port("submission").to_string(),
+            ALICE,
+            &pw,
+            ALICE,
+            BOB,
+            "smtplib 587",
+        ]));
     let report: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
     assert_eq!(report["auth_before_tls"], false, "{report}");
     assert_eq!(report["login_before_tls"], false, "{report}");
     assert_eq!(report["starttls"], true, "{report}");
     assert_eq!(report["auth_after_tls"], true, "{report}");
-    run(Command::new("python3").arg(client_script("smtplib_submit.py")).args([
-        "ssl",
-        "127.0.0.1",
-        &dev.port("submissions").to_string(),
-        ALICE,
-        &pw,
-        ALICE,
-        BOB,
-        "smtplib 465",
-    ]));
+    run(Command::new("python3")
+        .arg(client_script("smtplib_submit.py"))
+        .args([
+            "ssl",
+            "127.0.0.1",
+            &dev.port("submissions").to_string(),
+            ALICE,
+            &pw,
+            ALICE,
+            BOB,
+            "smtplib 465",
+        ]));
     assert!(has_subject(&dev, BOB, "smtplib 587"));
     assert!(has_subject(&dev, BOB, "smtplib 465"));
     // Each message is a file in new/ that Python's Maildir reader parsed: headers and body.

@@ -8,7 +8,14 @@ use common::{Dev, Raw};
 fn smuggled_end_of_data_sequences_never_create_a_second_message() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dev = Dev::start(tmp.path());
-    let tricks: &[&[u8]] = &[b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r.\r\n", b"\r\n.\n", b"\r\n\n.\r\n"];
+    let tricks: &[&[u8]] = &[
+        b"\n.\n",
+        b"\r.\r",
+        b"\n.\r\n",
+        b"\r.\r\n",
+        b"\r\n.\n",
+        b"\r\n\n.\r\n",
+    ];
     for trick in tricks {
         let mut c = Raw::connect(dev.port("smtp"));
         assert!(c.cmd("EHLO sender.example.net").starts_with("250"));

@@ -1,0 +1,116 @@
+//! Arbitrary bytes, cut into arbitrary reads, into an SMTP session on each kind of listener.
+//! The session must never panic and every reply must be well-formed.
+#![no_main]
+
+use std::sync::{Arc, OnceLock};
+
+use libfuzzer_sys::fuzz_target;
+use mail_runtime::{
+    config::{Config, ListenerProtocol},
+    smtp::{
+        Output, Session, SessionInfo,
+        session::{Delivered, LoginFailure},
+    },
+    store::{FolderIndex, SpoolWriter, SpooledMessage, Store, StoreError, Usage},
+};
+
+/// A store that holds nothing: the fuzz target exercises the protocol, not the disk.
+#[derive(Debug)]
+struct NoStore;
+
+impl Store for NoStore {
+    fn spool(&self) -> Result<SpoolWriter, StoreError> {
+        Err(StoreError::NoSpace)
+    }
+    fn deliver(&self, _: SpooledMessage, _: &[String]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn usage(&self, _: &str) -> Result<Usage, StoreError> {
+        Ok(Usage {
+            bytes: 5,
+            messages: 1,
+        })
+    }
+    fn inbox(&self, _: &str) -> Result<FolderIndex, StoreError> {
+        Err(StoreError::NoSpace)
+    }
+    fn read_message(&self, _: &str, _: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+}
+
+fn config() -> Arc<Config> {
+    static CONFIG: OnceLock<Arc<Config>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let text = include_str!("../seeds/runtime.yaml");
+            Arc::new(Config::parse(text).expect("the seed config is valid"))
+        })
+        .clone()
+}
+
+fn check(outputs: &[Output]) {
+    for output in outputs {
+        if let Output::Reply(reply) = output {
+            let bytes = reply.to_bytes();
+            assert!(bytes.ends_with(b"\r\n"));
+            for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                assert!(line.len() >= 4 && line.ends_with(b"\r"), "{line:?}");
+                assert!(line[..3].iter().all(u8::is_ascii_digit));
+                assert!(!line[..line.len() - 1].contains(&b'\r'));
+            }
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let listener = match selector % 3 {
+        0 => ListenerProtocol::Smtp,
+        1 => ListenerProtocol::Submission,
+        _ => ListenerProtocol::Submissions,
+    };
+    let info = SessionInfo {
+        listener,
+        peer: if selector & 4 == 0 {
+            [198, 51, 100, 7].into()
+        } else {
+            [192, 0, 2, 9].into()
+        },
+        tls: selector & 8 != 0,
+        tls_available: selector & 16 != 0,
+    };
+    let (mut session, greeting) = Session::new(info, config(), Arc::new(NoStore));
+    check(&[greeting]);
+    // The rest is cut into reads at the 0xff bytes, which are kept as data too.
+    for chunk in rest.split_inclusive(|&b| b == 0xff) {
+        let mut queue: Vec<Output> = session.feed(chunk);
+        while !queue.is_empty() {
+            check(&queue);
+            let mut next = Vec::new();
+            for output in queue {
+                match output {
+                    Output::StartTls => next.extend(session.tls_started(chunk.len() % 2 == 0)),
+                    Output::CheckLogin { username, .. } => {
+                        next.extend(session.login_result(if username.len() % 2 == 0 {
+                            Ok((0, "alice@example.test".to_string()))
+                        } else {
+                            Err(LoginFailure::Invalid)
+                        }))
+                    }
+                    Output::EndMessage => {
+                        let _ = session.delivery();
+                        next.extend(session.delivered(Delivered::Ok));
+                    }
+                    _ => {}
+                }
+            }
+            queue = next;
+        }
+        if session.closed() {
+            return;
+        }
+    }
+});
