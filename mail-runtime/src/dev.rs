@@ -11,8 +11,9 @@ use anyhow::{Context, Result};
 use crate::{
     auth::hash_password,
     config::{
-        API_VERSION, ConfigHandle, DomainConfig, KIND, Limits, Listener, ListenerProtocol,
-        MailboxConfig, RawConfig, RelayConfig, Security, Storage, TlsFiles, load_file,
+        API_VERSION, Advertised, ConfigHandle, DomainConfig, KIND, Limits, Listener,
+        ListenerProtocol, MailboxConfig, RawConfig, RelayConfig, Security, Storage, TlsFiles,
+        load_file,
     },
     runtime::Runtime,
 };
@@ -141,21 +142,36 @@ pub fn write_dev_config(data: &Path, path: &Path, base_port: u16) -> Result<Vec<
             suspended: false,
         })
         .collect();
-    let listeners = PORT_ORDER
+    // Base port 0: each listener gets a port that is free now, written into the config so that
+    // autoconfig advertises the real ports and a restart keeps them.
+    let ports: Vec<(ListenerProtocol, u16)> = PORT_ORDER
         .iter()
         .enumerate()
         .filter(|(_, protocol)| crate::runtime::SERVED.contains(protocol))
-        .map(|(i, protocol)| Listener {
+        .map(|(i, protocol)| {
+            let port = if base_port == 0 {
+                free_port()?
+            } else {
+                base_port + i as u16
+            };
+            Ok((*protocol, port))
+        })
+        .collect::<Result<_>>()?;
+    let port_of = |p: ListenerProtocol| ports.iter().find(|(q, _)| *q == p).map_or(0, |(_, n)| *n);
+    let advertised = Advertised {
+        submission: port_of(ListenerProtocol::Submission),
+        submissions: port_of(ListenerProtocol::Submissions),
+        imap: port_of(ListenerProtocol::Imap),
+        imaps: port_of(ListenerProtocol::Imaps),
+        pop3: port_of(ListenerProtocol::Pop3),
+        pop3s: port_of(ListenerProtocol::Pop3s),
+        ..Advertised::default()
+    };
+    let listeners = ports
+        .iter()
+        .map(|(protocol, port)| Listener {
             protocol: *protocol,
-            address: SocketAddr::from((
-                [127, 0, 0, 1],
-                if base_port == 0 {
-                    0
-                } else {
-                    base_port + i as u16
-                },
-            ))
-            .to_string(),
+            address: SocketAddr::from(([127, 0, 0, 1], *port)).to_string(),
             proxy_protocol: false,
         })
         .collect();
@@ -181,11 +197,18 @@ pub fn write_dev_config(data: &Path, path: &Path, base_port: u16) -> Result<Vec<
             path: data.to_path_buf(),
         },
         security: Security::default(),
+        advertised,
     };
     std::fs::write(path, serde_yaml_ng::to_string(&raw)?)
         .with_context(|| format!("writing {}", path.display()))?;
     std::fs::write(&accounts_file, serde_json::to_string(&accounts)?)?;
     Ok(accounts)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn random_password() -> String {

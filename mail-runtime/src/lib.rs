@@ -13,6 +13,11 @@
 pub mod auth;
 pub mod config;
 pub mod dev;
+pub mod http;
+pub mod metrics;
+pub mod net;
+pub mod pop3;
+pub mod probe;
 pub mod proxy;
 pub mod runtime;
 pub mod smtp;

@@ -11,11 +11,15 @@ const USAGE: &str = "usage:
                                         every protocol on loopback with demo mailboxes
                                         (--base-port 0: free ports; --stop-on-eof: exit
                                         when stdin closes)
+  mail-runtime probe smtp|imap|pop3 HOST:PORT [--implicit-tls] [--verify-tls]
+                    [--tls-name NAME] [--timeout SECONDS] [--login USER --password-file FILE]
+                                        speak the protocol; one JSON line; exit 0 when healthy
   mail-runtime check-config FILE        validate a config and list every problem
   mail-runtime hash-password            read a password on stdin, print its argon2id hash
   mail-runtime --version";
 
 fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let log_json = args.first().is_some_and(|a| a == "serve");
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -74,6 +78,37 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
             };
             tokio_runtime()?.block_on(dev::run(options))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Some("probe") => {
+            let (Some(kind), Some(address)) = (args.get(1), args.get(2)) else {
+                eprintln!("{USAGE}");
+                return Ok(ExitCode::from(2));
+            };
+            let kind: mail_runtime::probe::Kind = kind.parse().map_err(anyhow::Error::msg)?;
+            let mut options = mail_runtime::probe::Options {
+                implicit_tls: args.iter().any(|a| a == "--implicit-tls"),
+                verify_tls: args.iter().any(|a| a == "--verify-tls"),
+                tls_name: flag("--tls-name"),
+                ..Default::default()
+            };
+            if let Some(t) = flag("--timeout") {
+                options.timeout = std::time::Duration::from_secs_f64(t.parse()?);
+            }
+            if let Some(user) = flag("--login") {
+                // The password comes from a file (a mounted Secret), never from the command line.
+                let file = flag("--password-file")
+                    .ok_or_else(|| anyhow::anyhow!("--login needs --password-file"))?;
+                let password = std::fs::read_to_string(&file)?;
+                options.login = Some((user, password.trim_end_matches(['\r', '\n']).to_string()));
+            }
+            let report =
+                tokio_runtime()?.block_on(mail_runtime::probe::probe(kind, address, &options));
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Some("check-config") => {
             let Some(path) = args.get(1) else {

@@ -18,10 +18,13 @@ use crate::{
 };
 
 /// The protocols this build serves; listeners for others are skipped with a warning.
-pub const SERVED: [ListenerProtocol; 3] = [
+pub const SERVED: [ListenerProtocol; 6] = [
     ListenerProtocol::Smtp,
     ListenerProtocol::Submission,
     ListenerProtocol::Submissions,
+    ListenerProtocol::Pop3,
+    ListenerProtocol::Pop3s,
+    ListenerProtocol::Http,
 ];
 
 /// Shared state of a running runtime.
@@ -35,7 +38,10 @@ pub struct Runtime {
     pub tls: TlsHandle,
     /// Failed logins per client address.
     pub auth_limiter: Arc<AuthLimiter>,
+    /// Mailboxes held by a POP3 session (RFC 1939's maildrop lock).
+    pub pop3_locks: Arc<Mutex<std::collections::HashSet<String>>>,
     connections: Arc<Mutex<Connections>>,
+    started: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -86,7 +92,9 @@ impl Runtime {
             store: Arc::new(store),
             tls,
             auth_limiter: Arc::new(AuthLimiter::new()),
+            pop3_locks: Arc::new(Mutex::new(std::collections::HashSet::new())),
             connections: Arc::new(Mutex::new(Connections::default())),
+            started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -150,12 +158,20 @@ impl Runtime {
             tokio::spawn(crate::config::watch(path, self.config.clone(), |_| {}));
         }
         tokio::spawn(report_status(self.clone()));
+        crate::metrics::init();
+        self.started
+            .store(true, std::sync::atomic::Ordering::Release);
         tokio::spawn(crate::tls::watch(
             self.tls.clone(),
             config.raw.tls.cert_file.clone(),
             config.raw.tls.key_file.clone(),
         ));
         Ok(bound)
+    }
+
+    /// Ready: every listener is bound and a config is loaded.
+    pub fn ready(&self) -> bool {
+        self.started.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// What the runtime serves now: the config revision, and why a newer config or certificate
@@ -180,6 +196,7 @@ async fn report_status(runtime: Runtime) {
         if status == last {
             continue;
         }
+        crate::metrics::config_served(runtime.config.get().revision());
         let dir = runtime.config.get().raw.storage.path.clone();
         let tmp = dir.join(".kubemail-runtime-status.json.tmp");
         if std::fs::write(&tmp, status.to_string()).is_ok()

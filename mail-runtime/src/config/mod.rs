@@ -265,6 +265,12 @@ impl Config {
                 problem(field.into(), format!("must be at least {min}"));
             }
         }
+        if !["testing", "enforce", "none"].contains(&raw.advertised.mta_sts_mode.as_str()) {
+            problem(
+                "advertised.mtaStsMode".into(),
+                "must be testing, enforce or none".into(),
+            );
+        }
         if raw.tls.cert_file.as_os_str().is_empty() || raw.tls.key_file.as_os_str().is_empty() {
             problem("tls".into(), "certFile and keyFile are both needed".into());
         }

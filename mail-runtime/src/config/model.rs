@@ -39,6 +39,73 @@ pub struct RawConfig {
     /// Security switches; the defaults are the safe ones.
     #[serde(default)]
     pub security: Security,
+    /// How clients reach this server from outside (the Service's ports), for autoconfig.
+    #[serde(default)]
+    pub advertised: Advertised,
+}
+
+/// The ports clients use (the Service's, not the container's), published in autoconfig.
+/// A protocol without a listener is not advertised, whatever its port here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Advertised {
+    /// Submission with STARTTLS.
+    #[serde(default = "port_587")]
+    pub submission: u16,
+    /// Submission over implicit TLS.
+    #[serde(default = "port_465")]
+    pub submissions: u16,
+    /// IMAP with STARTTLS.
+    #[serde(default = "port_143")]
+    pub imap: u16,
+    /// IMAP over implicit TLS.
+    #[serde(default = "port_993")]
+    pub imaps: u16,
+    /// POP3 with STLS.
+    #[serde(default = "port_110")]
+    pub pop3: u16,
+    /// POP3 over implicit TLS.
+    #[serde(default = "port_995")]
+    pub pop3s: u16,
+    /// The MTA-STS policy mode: `testing` (the default), `enforce` or `none`.
+    #[serde(default = "mta_sts_testing")]
+    pub mta_sts_mode: String,
+}
+
+impl Default for Advertised {
+    fn default() -> Self {
+        Self {
+            submission: 587,
+            submissions: 465,
+            imap: 143,
+            imaps: 993,
+            pop3: 110,
+            pop3s: 995,
+            mta_sts_mode: mta_sts_testing(),
+        }
+    }
+}
+
+fn port_587() -> u16 {
+    587
+}
+fn port_465() -> u16 {
+    465
+}
+fn port_143() -> u16 {
+    143
+}
+fn port_993() -> u16 {
+    993
+}
+fn port_110() -> u16 {
+    110
+}
+fn port_995() -> u16 {
+    995
+}
+fn mta_sts_testing() -> String {
+    "testing".into()
 }
 
 /// A served domain.

@@ -1,19 +1,11 @@
 //! The I/O around an SMTP session: accept, connection limits, PROXY header, implicit TLS and
 //! STARTTLS, timeouts, spooling and delivery. The protocol itself lives in `session`.
-use std::{
-    collections::VecDeque,
-    io,
-    net::SocketAddr,
-    pin::Pin,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{collections::VecDeque, io, time::Duration};
 
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
-    net::{TcpListener, TcpStream},
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
 };
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 use super::{
     Reply,
@@ -22,139 +14,36 @@ use super::{
 use crate::{
     auth,
     config::Listener,
+    net::{self, Accepted, Conn},
     runtime::Runtime,
     store::{SpoolWriter, StoreError},
 };
 
-/// Accepts connections on `socket` forever.
+/// Serves SMTP on `socket` forever.
 pub async fn serve(socket: TcpListener, listener: Listener, runtime: Runtime) {
-    loop {
-        let (stream, peer) = match socket.accept().await {
-            Ok(c) => c,
-            Err(err) => {
-                tracing::warn!(error = %err, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let listener = listener.clone();
-        let runtime = runtime.clone();
-        tokio::spawn(async move {
-            if let Err(err) = connection(stream, peer, listener, runtime).await {
-                tracing::debug!(%peer, error = %err, "smtp connection ended with an error");
-            }
-        });
-    }
+    net::serve(
+        socket,
+        listener,
+        runtime,
+        |why| Reply::new(421, "4.7.0", why).to_bytes(),
+        session,
+    )
+    .await;
 }
 
-/// A plain or TLS connection; STARTTLS turns the first into the second. `Gone` stands in
-/// while the TCP stream is inside a TLS handshake (or after a failed one).
-enum Conn {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-    Gone,
-}
-
-fn gone() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "connection closed")
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Conn::Gone => Poll::Ready(Err(gone())),
-        }
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Conn::Gone => Poll::Ready(Err(gone())),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Conn::Gone => Poll::Ready(Err(gone())),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Conn::Gone => Poll::Ready(Ok(())),
-        }
-    }
-}
-
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
-
-async fn connection(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    listener: Listener,
-    runtime: Runtime,
-) -> io::Result<()> {
-    let _ = stream.set_nodelay(true);
-    let mut early = Vec::new();
-    let mut peer_ip = peer.ip();
-    if listener.proxy_protocol {
-        match crate::proxy::read_header(&mut stream).await {
-            Ok((addr, rest)) => {
-                if let Some(addr) = addr {
-                    peer_ip = addr.ip();
-                }
-                early = rest;
-            }
-            Err(err) => {
-                tracing::info!(%peer, error = %err, "connection refused: bad PROXY header");
-                return Ok(());
-            }
-        }
-    }
-    let slot = match runtime.admit(peer_ip) {
-        Ok(slot) => slot,
-        Err(why) => {
-            let reply = Reply::new(421, "4.7.0", why);
-            if !listener.protocol.implicit_tls() {
-                let _ = stream.write_all(&reply.to_bytes()).await;
-            }
-            return Ok(());
-        }
-    };
-    let tls_config = runtime.tls.get();
-    let mut conn = if listener.protocol.implicit_tls() {
-        let Some(tls) = tls_config.clone() else {
-            return Ok(());
-        };
-        let accepted =
-            tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(tls).accept(stream)).await;
-        match accepted {
-            Ok(Ok(s)) => Conn::Tls(Box::new(s)),
-            _ => return Ok(()),
-        }
-    } else {
-        Conn::Plain(stream)
-    };
+async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io::Result<()> {
+    let Accepted {
+        mut conn,
+        peer,
+        early,
+        tls_available,
+        slot,
+    } = accepted;
     let info = SessionInfo {
         listener: listener.protocol,
-        peer: peer_ip,
+        peer,
         tls: listener.protocol.implicit_tls(),
-        tls_available: tls_config.is_some(),
+        tls_available,
     };
     let (mut session, greeting) = Session::new(info, runtime.config.get(), runtime.store.clone());
     let mut driver = Driver {
@@ -162,7 +51,7 @@ async fn connection(
         spool: None,
         spool_error: None,
         out: Vec::new(),
-        peer_ip,
+        peer_ip: peer,
     };
     driver
         .handle(&mut conn, &mut session, VecDeque::from([greeting]))
@@ -247,6 +136,7 @@ impl Driver {
                     }
                 }
                 Output::AbortMessage => {
+                    crate::metrics::refused("content");
                     self.spool = None;
                     self.spool_error = None;
                 }
@@ -274,20 +164,9 @@ impl Driver {
     }
 
     async fn start_tls(&mut self, conn: &mut Conn) -> bool {
-        let Some(config) = self.runtime.tls.get() else {
-            return false;
-        };
-        let Conn::Plain(stream) = std::mem::replace(conn, Conn::Gone) else {
-            return false;
-        };
-        let accepted =
-            tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(stream)).await;
-        match accepted {
-            Ok(Ok(tls)) => {
-                *conn = Conn::Tls(Box::new(tls));
-                true
-            }
-            _ => false,
+        match self.runtime.tls.get() {
+            Some(config) => conn.start_tls(config).await,
+            None => false,
         }
     }
 
@@ -305,6 +184,7 @@ impl Driver {
             Ok(index) => Ok((index, config.mailbox(index).address.to_ascii_lowercase())),
             Err(_) => {
                 self.runtime.auth_limiter.record_failure(self.peer_ip);
+                crate::metrics::auth_failed("smtp");
                 // A failed login costs the client a second: guessing gets slow.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 Err(LoginFailure::Invalid)
@@ -321,6 +201,7 @@ impl Driver {
             return Delivered::Failed(StoreError::Io(io::Error::other("no spool file")));
         };
         let delivery = session.delivery();
+        let count = delivery.mailboxes.len();
         let store = self.runtime.store.clone();
         let result = tokio::task::spawn_blocking(move || {
             let message = spool.finish()?;
@@ -328,7 +209,10 @@ impl Driver {
         })
         .await;
         match result {
-            Ok(Ok(())) => Delivered::Ok,
+            Ok(Ok(())) => {
+                crate::metrics::message_accepted(count);
+                Delivered::Ok
+            }
             Ok(Err(err)) => Delivered::Failed(err),
             Err(join) => Delivered::Failed(StoreError::Io(io::Error::other(join.to_string()))),
         }

@@ -82,6 +82,7 @@ fn config(tmp: &std::path::Path) -> Config {
             path: tmp.to_path_buf(),
         },
         security: Security::default(),
+        advertised: Default::default(),
     })
     .expect("test config is valid")
 }

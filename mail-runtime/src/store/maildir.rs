@@ -197,6 +197,51 @@ impl Store for Maildir {
         scan(&dir)
     }
 
+    fn read(&self, mailbox: &str, message: &MessageMeta) -> Result<Option<Vec<u8>>, StoreError> {
+        let dir = self.inbox_path(mailbox)?;
+        for sub in ["new", "cur"] {
+            match fs::read(dir.join(sub).join(&message.file_name)) {
+                Ok(bytes) => return Ok(Some(bytes)),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(StoreError::from_io(err)),
+            }
+        }
+        // Renamed meanwhile (flags changed): find it by UID.
+        self.read_message(mailbox, message.uid)
+    }
+
+    fn expunge(&self, mailbox: &str, messages: &[MessageMeta]) -> Result<(), StoreError> {
+        let dir = self.inbox_path(mailbox)?;
+        let mut removed = Usage::default();
+        for sub in ["new", "cur"] {
+            let Ok(entries) = fs::read_dir(dir.join(sub)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                let Some((uid, size, _)) = parse_name(&name) else {
+                    continue;
+                };
+                if messages.iter().any(|m| m.uid == uid) {
+                    match fs::remove_file(entry.path()) {
+                        Ok(()) => {
+                            removed.bytes += size;
+                            removed.messages += 1;
+                        }
+                        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                        Err(err) => return Err(StoreError::from_io(err)),
+                    }
+                }
+            }
+            sync_dir(&dir.join(sub))?;
+        }
+        if let Some(state) = self.folders.lock().expect("store lock").get_mut(mailbox) {
+            state.usage.bytes = state.usage.bytes.saturating_sub(removed.bytes);
+            state.usage.messages = state.usage.messages.saturating_sub(removed.messages);
+        }
+        Ok(())
+    }
+
     fn read_message(&self, mailbox: &str, uid: u32) -> Result<Option<Vec<u8>>, StoreError> {
         let dir = self.inbox_path(mailbox)?;
         for sub in ["cur", "new"] {

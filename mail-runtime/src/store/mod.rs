@@ -95,6 +95,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// The raw bytes of one message of the INBOX.
     fn read_message(&self, mailbox: &str, uid: u32) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The raw bytes of a message listed in an index; `None` if it is gone.
+    fn read(&self, mailbox: &str, message: &MessageMeta) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read_message(mailbox, message.uid)
+    }
+
+    /// Removes messages from the INBOX, durably. Messages already gone are not an error.
+    fn expunge(&self, mailbox: &str, messages: &[MessageMeta]) -> Result<(), StoreError>;
 }
 
 /// A message being written to the spool. Dropped without [`SpoolWriter::finish`], its file

@@ -1,0 +1,191 @@
+//! The HTTP side of the runtime, on its own port: `/healthz`, `/readyz` (with the config
+//! revision served), `/metrics`, Thunderbird autoconfig, Outlook autodiscover and the MTA-STS
+//! policy. Plain HTTP: inside the cluster it is read by the kubelet and Prometheus; from outside
+//! it sits behind an Ingress that terminates TLS.
+use std::convert::Infallible;
+
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode, body::Bytes, header, server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::{
+    config::{Config, ListenerProtocol},
+    runtime::Runtime,
+};
+
+/// Serves HTTP on `socket` forever.
+pub async fn serve(socket: TcpListener, runtime: Runtime) {
+    loop {
+        let Ok((stream, _)) = socket.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let runtime = runtime.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let runtime = runtime.clone();
+                async move { Ok::<_, Infallible>(route(&runtime, req)) }
+            });
+            let _ = http1::Builder::new()
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Full::new(body.into()))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+fn route<B>(runtime: &Runtime, req: Request<B>) -> Response<Full<Bytes>> {
+    let config = runtime.config.get();
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/readyz") => {
+            let status = runtime.status();
+            let ready = runtime.ready();
+            let code = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            let body = serde_json::json!({"ready": ready, "status": status});
+            respond(code, "application/json", body.to_string())
+        }
+        (&Method::GET, "/metrics") => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::render(),
+        ),
+        (
+            &Method::GET,
+            "/mail/config-v1.1.xml" | "/.well-known/autoconfig/mail/config-v1.1.xml",
+        ) => respond(StatusCode::OK, "application/xml", autoconfig(&config)),
+        (&Method::GET | &Method::POST, p)
+            if p.eq_ignore_ascii_case("/autodiscover/autodiscover.xml") =>
+        {
+            respond(StatusCode::OK, "application/xml", autodiscover(&config))
+        }
+        (&Method::GET, "/.well-known/mta-sts.txt") => respond(
+            StatusCode::OK,
+            "text/plain",
+            format!(
+                "version: STSv1\r\nmode: {}\r\nmx: {}\r\nmax_age: 604800\r\n",
+                config.raw.advertised.mta_sts_mode, config.raw.hostname
+            ),
+        ),
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+fn serves(config: &Config, protocol: ListenerProtocol) -> bool {
+    config.raw.listeners.iter().any(|l| l.protocol == protocol)
+}
+
+/// Escapes text for XML content and attributes. Config values are validated names, but the
+/// escaping keeps any value from becoming markup.
+fn xml(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
+/// Thunderbird's autoconfig format (also read by K-9/Thunderbird for Android and Evolution).
+fn autoconfig(config: &Config) -> String {
+    let host = xml(&config.raw.hostname);
+    let a = &config.raw.advertised;
+    let mut servers = String::new();
+    let mut server = |tag: &str, kind: &str, port: u16, socket: &str| {
+        servers.push_str(&format!(
+            "    <{tag} type=\"{kind}\">\n      <hostname>{host}</hostname>\n      <port>{port}</port>\n      \
+             <socketType>{socket}</socketType>\n      <authentication>password-cleartext</authentication>\n      \
+             <username>%EMAILADDRESS%</username>\n    </{tag}>\n"
+        ));
+    };
+    if serves(config, ListenerProtocol::Imaps) {
+        server("incomingServer", "imap", a.imaps, "SSL");
+    }
+    if serves(config, ListenerProtocol::Imap) {
+        server("incomingServer", "imap", a.imap, "STARTTLS");
+    }
+    if serves(config, ListenerProtocol::Pop3s) {
+        server("incomingServer", "pop3", a.pop3s, "SSL");
+    }
+    if serves(config, ListenerProtocol::Pop3) {
+        server("incomingServer", "pop3", a.pop3, "STARTTLS");
+    }
+    if serves(config, ListenerProtocol::Submissions) {
+        server("outgoingServer", "smtp", a.submissions, "SSL");
+    }
+    if serves(config, ListenerProtocol::Submission) {
+        server("outgoingServer", "smtp", a.submission, "STARTTLS");
+    }
+    let domains: String = config
+        .raw
+        .domains
+        .iter()
+        .flat_map(|d| std::iter::once(&d.name).chain(&d.aliases))
+        .map(|d| format!("    <domain>{}</domain>\n", xml(d)))
+        .collect();
+    let id = xml(config
+        .raw
+        .domains
+        .first()
+        .map_or("kubemail", |d| d.name.as_str()));
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<clientConfig version=\"1.1\">\n  \
+         <emailProvider id=\"{id}\">\n{domains}    <displayName>{id} mail</displayName>\n    \
+         <displayShortName>{id}</displayShortName>\n{servers}  </emailProvider>\n</clientConfig>\n"
+    )
+}
+
+/// Outlook's POX autodiscover response.
+fn autodiscover(config: &Config) -> String {
+    let host = xml(&config.raw.hostname);
+    let a = &config.raw.advertised;
+    let mut protocols = String::new();
+    let mut protocol = |kind: &str, port: u16, ssl: bool, encryption: &str| {
+        protocols.push_str(&format!(
+            "      <Protocol>\n        <Type>{kind}</Type>\n        <Server>{host}</Server>\n        \
+             <Port>{port}</Port>\n        <LoginName></LoginName>\n        <SPA>off</SPA>\n        \
+             <SSL>{}</SSL>\n        <Encryption>{encryption}</Encryption>\n        \
+             <AuthRequired>on</AuthRequired>\n      </Protocol>\n",
+            if ssl { "on" } else { "off" }
+        ));
+    };
+    if serves(config, ListenerProtocol::Imaps) {
+        protocol("IMAP", a.imaps, true, "SSL");
+    }
+    if serves(config, ListenerProtocol::Pop3s) {
+        protocol("POP3", a.pop3s, true, "SSL");
+    }
+    if serves(config, ListenerProtocol::Submissions) {
+        protocol("SMTP", a.submissions, true, "SSL");
+    } else if serves(config, ListenerProtocol::Submission) {
+        protocol("SMTP", a.submission, true, "TLS");
+    }
+    format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n\
+         <Autodiscover xmlns=\"http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006\">\n  \
+         <Response xmlns=\"http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a\">\n    \
+         <Account>\n      <AccountType>email</AccountType>\n      <Action>settings</Action>\n{protocols}    \
+         </Account>\n  </Response>\n</Autodiscover>\n"
+    )
+}

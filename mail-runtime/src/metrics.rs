@@ -1,0 +1,166 @@
+//! Prometheus metrics of the runtime, process-wide, encoded in the text format at `/metrics`.
+use std::sync::{
+    OnceLock,
+    atomic::{AtomicI64, AtomicU64},
+};
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+type Labels = Vec<(&'static str, String)>;
+
+struct Metrics {
+    registry: Registry,
+    sessions: Family<Labels, Counter<u64, AtomicU64>>,
+    active: Family<Labels, Gauge<i64, AtomicI64>>,
+    accepted: Counter<u64, AtomicU64>,
+    delivered: Counter<u64, AtomicU64>,
+    deferred: Counter<u64, AtomicU64>,
+    bounced: Counter<u64, AtomicU64>,
+    refused: Family<Labels, Counter<u64, AtomicU64>>,
+    auth_failures: Family<Labels, Counter<u64, AtomicU64>>,
+    queue_depth: Gauge<i64, AtomicI64>,
+    config: Family<Labels, Gauge<i64, AtomicI64>>,
+}
+
+fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let mut registry = Registry::with_prefix("kubemail");
+        let m = Metrics {
+            registry: Registry::default(),
+            sessions: Family::default(),
+            active: Family::default(),
+            accepted: Counter::default(),
+            delivered: Counter::default(),
+            deferred: Counter::default(),
+            bounced: Counter::default(),
+            refused: Family::default(),
+            auth_failures: Family::default(),
+            queue_depth: Gauge::default(),
+            config: Family::default(),
+        };
+        registry.register(
+            "sessions",
+            "Sessions started, by protocol",
+            m.sessions.clone(),
+        );
+        registry.register(
+            "sessions_active",
+            "Sessions open now, by protocol",
+            m.active.clone(),
+        );
+        registry.register(
+            "messages_accepted",
+            "Messages accepted with a 250 reply",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "messages_delivered",
+            "Messages stored in a mailbox (one per mailbox)",
+            m.delivered.clone(),
+        );
+        registry.register(
+            "messages_deferred",
+            "Outbound delivery attempts deferred for a retry",
+            m.deferred.clone(),
+        );
+        registry.register(
+            "messages_bounced",
+            "Messages returned to their sender",
+            m.bounced.clone(),
+        );
+        registry.register(
+            "messages_refused",
+            "Messages or recipients refused, by reason",
+            m.refused.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Failed logins, by protocol",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Messages waiting in the outbound queue",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "config_info",
+            "The runtime config revision served (value 1)",
+            m.config.clone(),
+        );
+        Metrics { registry, ..m }
+    })
+}
+
+/// A session began.
+pub fn session_started(protocol: &'static str) {
+    let m = metrics();
+    m.sessions
+        .get_or_create(&vec![("protocol", protocol.to_string())])
+        .inc();
+    m.active
+        .get_or_create(&vec![("protocol", protocol.to_string())])
+        .inc();
+}
+
+/// A session ended.
+pub fn session_ended(protocol: &'static str) {
+    metrics()
+        .active
+        .get_or_create(&vec![("protocol", protocol.to_string())])
+        .dec();
+}
+
+/// A message was accepted and stored in `mailboxes` mailboxes.
+pub fn message_accepted(mailboxes: usize) {
+    let m = metrics();
+    m.accepted.inc();
+    m.delivered.inc_by(mailboxes as u64);
+}
+
+/// A message or recipient was refused.
+pub fn refused(reason: &'static str) {
+    metrics()
+        .refused
+        .get_or_create(&vec![("reason", reason.to_string())])
+        .inc();
+}
+
+/// A login failed.
+pub fn auth_failed(protocol: &'static str) {
+    metrics()
+        .auth_failures
+        .get_or_create(&vec![("protocol", protocol.to_string())])
+        .inc();
+}
+
+/// The config revision now served.
+pub fn config_served(revision: &str) {
+    let m = metrics();
+    m.config.clear();
+    m.config
+        .get_or_create(&vec![("revision", revision.to_string())])
+        .set(1);
+}
+
+/// Touches the outbound counters so they are exported (at zero) before outbound delivery runs.
+pub fn init() {
+    let m = metrics();
+    m.deferred.inc_by(0);
+    m.bounced.inc_by(0);
+    m.queue_depth.set(0);
+}
+
+/// The text exposition.
+pub fn render() -> String {
+    let mut out = String::new();
+    if encode(&mut out, &metrics().registry).is_err() {
+        out.clear();
+    }
+    out
+}

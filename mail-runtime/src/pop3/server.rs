@@ -1,0 +1,240 @@
+//! The I/O around a POP3 session: TLS, logins with the failed-login limit, the maildrop lock,
+//! reading messages and the UPDATE state.
+use std::{collections::VecDeque, io, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+use super::session::{OpenFailure, Output, Session};
+use crate::{
+    auth,
+    config::{Listener, LoginProtocol},
+    net::{self, Accepted, Conn},
+    runtime::Runtime,
+};
+
+/// Serves POP3 on `socket` forever.
+pub async fn serve(socket: TcpListener, listener: Listener, runtime: Runtime) {
+    net::serve(
+        socket,
+        listener,
+        runtime,
+        |why| format!("-ERR [SYS/TEMP] {why}\r\n").into_bytes(),
+        session,
+    )
+    .await;
+}
+
+/// Releases the maildrop lock when the session ends, however it ends.
+struct Lock {
+    runtime: Runtime,
+    mailbox: Option<String>,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if let Some(mailbox) = self.mailbox.take() {
+            self.runtime
+                .pop3_locks
+                .lock()
+                .expect("lock set")
+                .remove(&mailbox);
+        }
+    }
+}
+
+async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io::Result<()> {
+    let Accepted {
+        mut conn,
+        peer,
+        early,
+        tls_available,
+        slot,
+    } = accepted;
+    let config = runtime.config.get();
+    let (mut session, greeting) = Session::new(
+        &config.raw.hostname,
+        listener.protocol.implicit_tls(),
+        tls_available,
+        config.raw.security.allow_plaintext_auth,
+    );
+    let mut lock = Lock {
+        runtime: runtime.clone(),
+        mailbox: None,
+    };
+    let mut driver = Driver {
+        runtime: runtime.clone(),
+        peer,
+        out: Vec::new(),
+    };
+    driver
+        .handle(&mut conn, &mut session, &mut lock, vec![greeting])
+        .await?;
+    if !early.is_empty() {
+        let outputs = session.feed(&early);
+        driver
+            .handle(&mut conn, &mut session, &mut lock, outputs)
+            .await?;
+    }
+    let timeout = Duration::from_secs(config.raw.limits.command_timeout_seconds.max(600));
+    let mut buf = vec![0u8; 8192];
+    while !session.closed() {
+        let n = match tokio::time::timeout(timeout, conn.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => n,
+            Err(_) => {
+                let _ = conn
+                    .write_all(b"-ERR autologout: idle for too long\r\n")
+                    .await;
+                break;
+            }
+        };
+        let outputs = session.feed(&buf[..n]);
+        driver
+            .handle(&mut conn, &mut session, &mut lock, outputs)
+            .await?;
+    }
+    // A dropped connection leaves the maildrop as it was: deletions happen only in UPDATE.
+    let _ = conn.shutdown().await;
+    drop(lock);
+    drop(slot);
+    Ok(())
+}
+
+struct Driver {
+    runtime: Runtime,
+    peer: std::net::IpAddr,
+    out: Vec<u8>,
+}
+
+impl Driver {
+    async fn handle(
+        &mut self,
+        conn: &mut Conn,
+        session: &mut Session,
+        lock: &mut Lock,
+        outputs: Vec<Output>,
+    ) -> io::Result<()> {
+        let mut queue: VecDeque<Output> = outputs.into();
+        while let Some(output) = queue.pop_front() {
+            match output {
+                Output::Send(bytes) => self.out.extend_from_slice(&bytes),
+                Output::Close => {
+                    self.flush(conn).await?;
+                    return Ok(());
+                }
+                Output::StartTls => {
+                    self.flush(conn).await?;
+                    let ok = match self.runtime.tls.get() {
+                        Some(config) => conn.start_tls(config).await,
+                        None => false,
+                    };
+                    queue.extend(session.tls_started(ok));
+                }
+                Output::Login { username, password } => {
+                    let result = self.open(&username, &password, lock).await;
+                    queue.extend(session.opened(result));
+                }
+                Output::Retrieve { message, top } => {
+                    let Some(mailbox) = lock.mailbox.clone() else {
+                        continue;
+                    };
+                    let store = self.runtime.store.clone();
+                    let read = tokio::task::spawn_blocking(move || store.read(&mailbox, &message))
+                        .await
+                        .map_err(io::Error::other)?;
+                    match read {
+                        Ok(Some(bytes)) => self
+                            .out
+                            .extend_from_slice(&Session::format_message(&bytes, top)),
+                        Ok(None) => self
+                            .out
+                            .extend_from_slice(b"-ERR [SYS/TEMP] the message is gone\r\n"),
+                        Err(_) => self
+                            .out
+                            .extend_from_slice(b"-ERR [SYS/TEMP] cannot read the message\r\n"),
+                    }
+                    // Large messages go out as they are produced, not all at the end.
+                    if self.out.len() > 256 * 1024 {
+                        self.flush(conn).await?;
+                    }
+                }
+                Output::Commit(doomed) => {
+                    let result = match lock.mailbox.clone() {
+                        Some(mailbox) if !doomed.is_empty() => {
+                            let store = self.runtime.store.clone();
+                            let n = doomed.len();
+                            tokio::task::spawn_blocking(move || store.expunge(&mailbox, &doomed))
+                                .await
+                                .map_err(io::Error::other)?
+                                .map(|()| n)
+                                .map_err(|_| ())
+                        }
+                        _ => Ok(0),
+                    };
+                    queue.extend(session.committed(result));
+                }
+            }
+        }
+        self.flush(conn).await
+    }
+
+    async fn flush(&mut self, conn: &mut Conn) -> io::Result<()> {
+        if !self.out.is_empty() {
+            conn.write_all(&self.out).await?;
+            conn.flush().await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Logs in, takes the maildrop lock and lists the INBOX.
+    async fn open(
+        &self,
+        username: &str,
+        password: &str,
+        lock: &mut Lock,
+    ) -> Result<(u32, Vec<crate::store::MessageMeta>), OpenFailure> {
+        let config = self.runtime.config.get();
+        if !self
+            .runtime
+            .auth_limiter
+            .allows(self.peer, config.raw.limits.auth_failures_per_minute)
+        {
+            return Err(OpenFailure::TooManyFailures);
+        }
+        let index = match auth::login(&config, username, password, LoginProtocol::Pop3).await {
+            Ok(i) => i,
+            Err(_) => {
+                self.runtime.auth_limiter.record_failure(self.peer);
+                crate::metrics::auth_failed("pop3");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return Err(OpenFailure::Invalid);
+            }
+        };
+        let mailbox = config.mailbox(index).address.to_ascii_lowercase();
+        if !self
+            .runtime
+            .pop3_locks
+            .lock()
+            .expect("lock set")
+            .insert(mailbox.clone())
+        {
+            return Err(OpenFailure::InUse);
+        }
+        lock.mailbox = Some(mailbox.clone());
+        let store = self.runtime.store.clone();
+        let listed = tokio::task::spawn_blocking(move || store.inbox(&mailbox)).await;
+        match listed {
+            Ok(Ok(index)) => Ok((index.uid_validity, index.messages)),
+            _ => {
+                if let Some(m) = lock.mailbox.take() {
+                    self.runtime.pop3_locks.lock().expect("lock set").remove(&m);
+                }
+                Err(OpenFailure::Unavailable)
+            }
+        }
+    }
+}
