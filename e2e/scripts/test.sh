@@ -8,4 +8,4 @@ bash e2e/scripts/install-deps.sh
 KUBEMAIL_TOOLS_BIN=$(bash e2e/scripts/build-control-plane.sh | tail -n 1)
 export KUBEMAIL_TOOLS_BIN
 
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast

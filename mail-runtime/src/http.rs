@@ -9,7 +9,7 @@ use hyper::{
     Method, Request, Response, StatusCode, body::Bytes, header, server::conn::http1,
     service::service_fn,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::{
@@ -31,6 +31,7 @@ pub async fn serve(socket: TcpListener, runtime: Runtime) {
                 async move { Ok::<_, Infallible>(route(&runtime, req)) }
             });
             let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service)
                 .await;

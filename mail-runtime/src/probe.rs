@@ -292,7 +292,14 @@ where
     let greeting = client
         .read_response()
         .await
-        .map_err(|e| format!("no IMAP greeting: {e}"))?
+        .map_err(|e| {
+            // The parser's error ends with the text it could not read: show that, not bytes.
+            let text = e.to_string();
+            let seen = text
+                .rsplit_once("during parsing of ")
+                .map_or(text.as_str(), |(_, s)| s);
+            format!("not an IMAP greeting: {seen}")
+        })?
         .ok_or("the server closed the connection before greeting")?;
     match greeting.parsed() {
         Response::Data { status, .. } => {

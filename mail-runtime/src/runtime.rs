@@ -143,6 +143,16 @@ impl Runtime {
                         self.clone(),
                     ));
                 }
+                ListenerProtocol::Pop3 | ListenerProtocol::Pop3s => {
+                    tokio::spawn(crate::pop3::server::serve(
+                        socket,
+                        listener.clone(),
+                        self.clone(),
+                    ));
+                }
+                ListenerProtocol::Http => {
+                    tokio::spawn(crate::http::serve(socket, self.clone()));
+                }
                 other => {
                     tracing::warn!(
                         protocol = other.name(),

@@ -1,0 +1,162 @@
+//! The runtime's HTTP side: health, readiness with the revision served, Prometheus metrics
+//! (parsed by the official Python client's parser, with counters that moved), Thunderbird
+//! autoconfig and Outlook autodiscover (checked against the config), and the MTA-STS policy.
+mod common;
+
+use std::process::Command;
+
+use common::{Dev, run};
+
+fn get(dev: &Dev, path: &str) -> String {
+    run(Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{}{path}", dev.port("http"))))
+}
+
+#[test]
+fn health_readiness_and_metrics() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    assert_eq!(get(&dev, "/healthz").trim(), "ok");
+    let ready: serde_json::Value = serde_json::from_str(&get(&dev, "/readyz")).expect("json");
+    assert_eq!(ready["ready"], true);
+    assert_eq!(ready["status"]["revision"], "dev-1");
+
+    let before = metrics(&dev);
+    run(Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{}", dev.port("smtp"))])
+        .args(["--from", "a@example.net", "--to", "bob@example.test"]));
+    let _ = Command::new("swaks")
+        .args([
+            "--tls",
+            "--server",
+            &format!("127.0.0.1:{}", dev.port("submission")),
+        ])
+        .args([
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            "alice@example.test",
+            "--auth-password",
+            "wrong",
+        ])
+        .args(["--from", "alice@example.test", "--to", "bob@example.test"])
+        .output();
+    let after = metrics(&dev);
+    let value = |m: &serde_json::Value, key: &str| m[key].as_f64().unwrap_or(0.0);
+    assert_eq!(
+        value(&after, "kubemail_messages_accepted_total")
+            - value(&before, "kubemail_messages_accepted_total"),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        value(&after, "kubemail_messages_delivered_total")
+            - value(&before, "kubemail_messages_delivered_total"),
+        1.0
+    );
+    assert!(
+        value(&after, "kubemail_sessions_total{protocol=smtp}") >= 1.0,
+        "{after}"
+    );
+    assert!(
+        value(&after, "kubemail_sessions_total{protocol=submission}") >= 1.0,
+        "{after}"
+    );
+    assert_eq!(
+        value(&after, "kubemail_auth_failures_total{protocol=smtp}"),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        value(&after, "kubemail_config_info{revision=dev-1}"),
+        1.0,
+        "{after}"
+    );
+    assert!(after.get("kubemail_queue_depth").is_some(), "{after}");
+}
+
+/// Every sample of /metrics, as parsed by prometheus_client's text parser.
+fn metrics(dev: &Dev) -> serde_json::Value {
+    let url = format!("http://127.0.0.1:{}/metrics", dev.port("http"));
+    let script = r#"
+import json, sys, urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+text = urllib.request.urlopen(sys.argv[1], timeout=5).read().decode()
+out = {}
+for family in text_string_to_metric_families(text):
+    for s in family.samples:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        out[s.name + ("{" + labels + "}" if labels else "")] = s.value
+print(json.dumps(out))
+"#;
+    let out = run(Command::new("python3").args(["-c", script, &url]));
+    serde_json::from_str(out.trim()).expect("json")
+}
+
+#[test]
+fn autoconfig_autodiscover_and_mta_sts_match_the_config() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    let script = r#"
+import json, sys, urllib.request, xml.etree.ElementTree as ET
+base = sys.argv[1]
+out = {}
+for path in ["/mail/config-v1.1.xml", "/.well-known/autoconfig/mail/config-v1.1.xml?emailaddress=bob@example.test"]:
+    root = ET.fromstring(urllib.request.urlopen(base + path, timeout=5).read())
+    provider = root.find("emailProvider")
+    servers = []
+    for s in list(provider.findall("incomingServer")) + list(provider.findall("outgoingServer")):
+        servers.append([s.get("type"), s.findtext("hostname"), int(s.findtext("port")), s.findtext("socketType"), s.findtext("username")])
+    out[path.split("?")[0]] = {"domains": [d.text for d in provider.findall("domain")], "servers": servers}
+req = urllib.request.Request(base + "/autodiscover/autodiscover.xml", data=b"<Autodiscover/>", method="POST")
+root = ET.fromstring(urllib.request.urlopen(req, timeout=5).read())
+ns = {"r": "http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a"}
+out["autodiscover"] = [[p.findtext("r:Type", namespaces=ns), p.findtext("r:Server", namespaces=ns), int(p.findtext("r:Port", namespaces=ns))] for p in root.iter("{%s}Protocol" % ns["r"])]
+out["mta-sts"] = urllib.request.urlopen(base + "/.well-known/mta-sts.txt", timeout=5).read().decode()
+print(json.dumps(out))
+"#;
+    let base = format!("http://127.0.0.1:{}", dev.port("http"));
+    let out = run(Command::new("python3").args(["-c", script, &base]));
+    let found: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    let host = "mail.example.test";
+    for path in [
+        "/mail/config-v1.1.xml",
+        "/.well-known/autoconfig/mail/config-v1.1.xml",
+    ] {
+        assert_eq!(found[path]["domains"], serde_json::json!(["example.test"]));
+        let servers = found[path]["servers"].as_array().expect("servers");
+        let expect = |kind: &str, port: u16, socket: &str| {
+            assert!(
+                servers.contains(&serde_json::json!([
+                    kind,
+                    host,
+                    port,
+                    socket,
+                    "%EMAILADDRESS%"
+                ])),
+                "{kind} {port} {socket} missing from {servers:?}"
+            );
+        };
+        expect("pop3", dev.port("pop3s"), "SSL");
+        expect("pop3", dev.port("pop3"), "STARTTLS");
+        expect("smtp", dev.port("submissions"), "SSL");
+        expect("smtp", dev.port("submission"), "STARTTLS");
+        // IMAP is not served by this build, so it is not advertised.
+        assert!(!servers.iter().any(|s| s[0] == "imap"), "{servers:?}");
+    }
+    let autodiscover = found["autodiscover"].as_array().expect("autodiscover");
+    assert!(
+        autodiscover.contains(&serde_json::json!(["POP3", host, dev.port("pop3s")])),
+        "{autodiscover:?}"
+    );
+    assert!(
+        autodiscover.contains(&serde_json::json!(["SMTP", host, dev.port("submissions")])),
+        "{autodiscover:?}"
+    );
+    let sts = found["mta-sts"].as_str().expect("policy");
+    assert!(
+        sts.starts_with("version: STSv1\r\nmode: testing\r\nmx: mail.example.test\r\n"),
+        "{sts}"
+    );
+}
