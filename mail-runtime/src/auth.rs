@@ -196,6 +196,41 @@ mod tests {
         assert!(PasswordHash::parse("$argon2id$garbage").is_err());
     }
 
+    #[tokio::test]
+    async fn login_checks_the_password_the_protocol_and_suspension() {
+        let hash = bcrypt::hash("pw", 4).expect("bcrypt");
+        let config = crate::config::Config::parse(&format!(
+            "apiVersion: runtime.kubemail.io/v1\nkind: RuntimeConfig\nhostname: mail.example.test\n\
+             domains: [{{name: example.test}}]\n\
+             mailboxes:\n\
+             - {{address: pop@example.test, passwordHash: \"{hash}\", protocols: [pop3]}}\n\
+             - {{address: gone@example.test, passwordHash: \"{hash}\", suspended: true}}\n\
+             tls: {{certFile: /c, keyFile: /k}}\n\
+             listeners: [{{protocol: smtp, address: \"127.0.0.1:0\"}}]\nstorage: {{path: /d}}\n"
+        ))
+        .expect("config");
+        assert_eq!(
+            login(&config, "POP@example.test", "pw", LoginProtocol::Pop3).await,
+            Ok(0)
+        );
+        assert_eq!(
+            login(&config, "pop@example.test", "pw", LoginProtocol::Imap).await,
+            Err(LoginRefused::NotAllowed)
+        );
+        assert_eq!(
+            login(&config, "pop@example.test", "nope", LoginProtocol::Pop3).await,
+            Err(LoginRefused::BadCredentials)
+        );
+        assert_eq!(
+            login(&config, "gone@example.test", "pw", LoginProtocol::Pop3).await,
+            Err(LoginRefused::NotAllowed)
+        );
+        assert_eq!(
+            login(&config, "nobody@example.test", "pw", LoginProtocol::Pop3).await,
+            Err(LoginRefused::BadCredentials)
+        );
+    }
+
     #[test]
     fn limiter_refuses_after_the_limit_and_only_that_address() {
         let limiter = AuthLimiter::new();

@@ -11,7 +11,7 @@ use mail_runtime::{
         Output, Session, SessionInfo,
         session::{Delivered, LoginFailure},
     },
-    store::{FolderIndex, SpoolWriter, SpooledMessage, Store, StoreError, Usage},
+    store::{FolderIndex, MessageMeta, SpoolWriter, SpooledMessage, Store, StoreError, Usage},
 };
 
 /// A store that holds nothing: the fuzz target exercises the protocol, not the disk.
@@ -36,6 +36,9 @@ impl Store for NoStore {
     }
     fn read_message(&self, _: &str, _: u32) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(None)
+    }
+    fn expunge(&self, _: &str, _: &[MessageMeta]) -> Result<(), StoreError> {
+        Ok(())
     }
 }
 
