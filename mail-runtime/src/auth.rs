@@ -199,7 +199,7 @@ mod tests {
     #[tokio::test]
     async fn login_checks_the_password_the_protocol_and_suspension() {
         let hash = bcrypt::hash("pw", 4).expect("bcrypt");
-        let config = crate::config::Config::parse(&format!(
+        let config = Config::parse(&format!(
             "apiVersion: runtime.kubemail.io/v1\nkind: RuntimeConfig\nhostname: mail.example.test\n\
              domains: [{{name: example.test}}]\n\
              mailboxes:\n\
