@@ -14,6 +14,8 @@ const USAGE: &str = "usage:
   mail-runtime probe smtp|imap|pop3 HOST:PORT [--implicit-tls] [--verify-tls]
                     [--tls-name NAME] [--timeout SECONDS] [--login USER --password-file FILE]
                                         speak the protocol; one JSON line; exit 0 when healthy
+  mail-runtime probe-config FILE        probe every listener of a config on 127.0.0.1 (the
+                                        pod's readiness check); exit 0 when all are healthy
   mail-runtime check-config FILE        validate a config and list every problem
   mail-runtime hash-password            read a password on stdin, print its argon2id hash
   mail-runtime --version";
@@ -105,6 +107,22 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
                 tokio_runtime()?.block_on(mail_runtime::probe::probe(kind, address, &options));
             println!("{}", serde_json::to_string(&report)?);
             Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Some("probe-config") => {
+            let Some(path) = args.get(1) else {
+                eprintln!("{USAGE}");
+                return Ok(ExitCode::from(2));
+            };
+            let config = config::load_file(std::path::Path::new(path))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let targets = mail_runtime::probe::targets_of(&config.raw.listeners);
+            let reports = tokio_runtime()?.block_on(mail_runtime::probe::probe_all(&targets));
+            println!("{}", serde_json::to_string(&reports)?);
+            Ok(if reports.iter().all(|r| r.ok) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -506,3 +506,30 @@ pub async fn probe_all(targets: &[(Kind, String, Options)]) -> Vec<Report> {
         .collect()
         .await
 }
+
+/// The probes for a config's mail listeners, aimed at loopback (the pod's own view).
+pub fn targets_of(listeners: &[crate::config::Listener]) -> Vec<(Kind, String, Options)> {
+    use crate::config::ListenerProtocol as P;
+    listeners
+        .iter()
+        .filter_map(|l| {
+            let kind = match l.protocol {
+                P::Smtp | P::Submission | P::Submissions => Kind::Smtp,
+                P::Imap | P::Imaps => Kind::Imap,
+                P::Pop3 | P::Pop3s => Kind::Pop3,
+                P::Http => return None,
+            };
+            // A listener behind the PROXY protocol expects a header first; probing it directly
+            // would only be refused.
+            if l.proxy_protocol {
+                return None;
+            }
+            let port = l.address.rsplit_once(':').map(|(_, p)| p.to_string())?;
+            let options = Options {
+                implicit_tls: l.protocol.implicit_tls(),
+                ..Options::default()
+            };
+            Some((kind, format!("127.0.0.1:{port}"), options))
+        })
+        .collect()
+}

@@ -1,0 +1,147 @@
+//! The runtime config for one MailDomain.
+use kubemail_crds::{MailDomain, Mailbox, Protocol, RelayPolicy, mailbox::MailboxProtocol};
+use mail_runtime::config::{
+    API_VERSION, Advertised, DomainConfig, KIND, Limits, Listener, ListenerProtocol, LoginProtocol,
+    MailboxConfig, RawConfig, RelayConfig, Security, Storage, TlsFiles,
+};
+
+use super::{HTTP_PORT, container_port, hostname, paths, quantity};
+
+/// A Mailbox with the hash of its password (never the password).
+#[derive(Debug, Clone)]
+pub struct HashedMailbox<'a> {
+    /// The Mailbox.
+    pub mailbox: &'a Mailbox,
+    /// Its password hash.
+    pub password_hash: String,
+}
+
+fn listener_protocol(p: Protocol) -> ListenerProtocol {
+    match p {
+        Protocol::Smtp => ListenerProtocol::Smtp,
+        Protocol::Submission => ListenerProtocol::Submission,
+        Protocol::Submissions => ListenerProtocol::Submissions,
+        Protocol::Imap => ListenerProtocol::Imap,
+        Protocol::Imaps => ListenerProtocol::Imaps,
+        Protocol::Pop3 => ListenerProtocol::Pop3,
+        Protocol::Pop3s => ListenerProtocol::Pop3s,
+    }
+}
+
+/// Renders the config. `mailboxes` are the Mailboxes of this domain that are ready to serve
+/// (their Secret was found), sorted by address so the output is stable.
+pub fn runtime_config(
+    md: &MailDomain,
+    mailboxes: &[HashedMailbox<'_>],
+    relay: Option<&RelayPolicy>,
+) -> RawConfig {
+    let spec = &md.spec;
+    let proxy = spec.runtime.service.proxy_protocol;
+    let mut listeners: Vec<Listener> = spec
+        .protocols
+        .iter()
+        .filter(|(_, p)| p.enabled)
+        .map(|(protocol, _)| Listener {
+            protocol: listener_protocol(protocol),
+            address: format!("0.0.0.0:{}", container_port(protocol)),
+            proxy_protocol: proxy,
+        })
+        .collect();
+    listeners.push(Listener {
+        protocol: ListenerProtocol::Http,
+        address: format!("0.0.0.0:{HTTP_PORT}"),
+        proxy_protocol: false,
+    });
+    let port = |p: Protocol| {
+        let spec = spec.protocols.iter().find(|(q, _)| *q == p).map(|(_, s)| s);
+        spec.map_or(p.default_port(), |s| s.port_or_default(p)) as u16
+    };
+    let mut sorted: Vec<&HashedMailbox<'_>> = mailboxes.iter().collect();
+    sorted.sort_by(|a, b| a.mailbox.spec.address.cmp(&b.mailbox.spec.address));
+    let mailboxes = sorted
+        .into_iter()
+        .map(|m| {
+            let s = &m.mailbox.spec;
+            MailboxConfig {
+                address: s.address.clone(),
+                display_name: s.display_name.clone(),
+                password_hash: m.password_hash.clone(),
+                aliases: s.aliases.clone(),
+                forward_to: s.forward_to.clone(),
+                keep_forwarded_copy: s.keep_forwarded_copy,
+                quota_bytes: s.quota.as_deref().and_then(quantity::bytes),
+                protocols: s
+                    .protocols
+                    .iter()
+                    .map(|p| match p {
+                        MailboxProtocol::Smtp => LoginProtocol::Smtp,
+                        MailboxProtocol::Imap => LoginProtocol::Imap,
+                        MailboxProtocol::Pop3 => LoginProtocol::Pop3,
+                    })
+                    .collect(),
+                suspended: s.suspended,
+            }
+        })
+        .collect();
+    let relay = relay.map_or_else(RelayConfig::default, |rp| RelayConfig {
+        authenticated_users: rp.spec.allow.authenticated_users,
+        client_networks: rp.spec.allow.client_cidrs.clone(),
+        sender_domains: rp.spec.sender_domains.clone(),
+        recipient_domains: rp.spec.recipient_domains.clone(),
+    });
+    let limits = &spec.limits;
+    RawConfig {
+        api_version: API_VERSION.into(),
+        kind: KIND.into(),
+        revision: String::new(),
+        hostname: hostname(md),
+        domains: vec![DomainConfig {
+            name: spec.domain.clone(),
+            aliases: spec.alias_domains.clone(),
+            catch_all: spec.catch_all.clone(),
+        }],
+        mailboxes,
+        relay,
+        limits: Limits {
+            max_message_size: quantity::bytes(&limits.max_message_size).unwrap_or(25 * 1024 * 1024),
+            max_recipients: limits.max_recipients.max(1) as u32,
+            max_connections: limits.max_connections.max(1) as u32,
+            max_connections_per_ip: limits.max_connections_per_ip.max(1) as u32,
+            ..Limits::default()
+        },
+        tls: TlsFiles {
+            cert_file: format!("{}/tls.crt", paths::TLS_DIR).into(),
+            key_file: format!("{}/tls.key", paths::TLS_DIR).into(),
+        },
+        listeners,
+        storage: Storage {
+            path: paths::DATA_DIR.into(),
+        },
+        security: Security::default(),
+        advertised: Advertised {
+            submission: port(Protocol::Submission),
+            submissions: port(Protocol::Submissions),
+            imap: port(Protocol::Imap),
+            imaps: port(Protocol::Imaps),
+            pop3: port(Protocol::Pop3),
+            pop3s: port(Protocol::Pop3s),
+            ..Advertised::default()
+        },
+    }
+}
+
+/// The YAML of a config with its revision: the first 16 hex digits of the SHA-256 of the
+/// config without a revision, so equal configs have equal revisions and nothing else does.
+pub fn with_revision(mut config: RawConfig) -> (String, String) {
+    use sha2::{Digest, Sha256};
+    config.revision = String::new();
+    let body = serde_yaml_ng::to_string(&config).expect("a RawConfig serializes");
+    let digest = Sha256::digest(body.as_bytes());
+    let revision: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    config.revision = revision.clone();
+    let yaml = format!(
+        "# Rendered by kubemail-operator from MailDomain, Mailbox and RelayPolicy objects.\n# Do not edit: changes are overwritten.\n{}",
+        serde_yaml_ng::to_string(&config).expect("a RawConfig serializes")
+    );
+    (revision, yaml)
+}

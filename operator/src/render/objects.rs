@@ -1,0 +1,362 @@
+//! The Kubernetes objects that run one MailDomain's runtime.
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    ByteString,
+    api::{
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy},
+        core::v1::{
+            Capabilities, Container, ContainerPort, EmptyDirVolumeSource, ExecAction,
+            PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+            SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServiceAccount,
+            ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+        },
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference},
+        util::intstr::IntOrString,
+    },
+};
+use kube::Resource;
+use kubemail_crds::{MailDomain, Protocol, mail_domain::RetentionPolicy};
+
+use super::{HTTP_PORT, Names, container_port, labels, paths, selector};
+
+/// The user and group the runtime runs as (the distroless "nonroot" user).
+pub const RUNTIME_UID: i64 = 65532;
+
+/// What the operator needs to know that is not in the MailDomain.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// The runtime's container image.
+    pub image: String,
+    /// The path of the `mail-runtime` binary in the image.
+    pub binary: String,
+}
+
+fn owner(md: &MailDomain) -> OwnerReference {
+    md.controller_owner_ref(&())
+        .expect("a stored MailDomain has a name and uid")
+}
+
+fn meta(md: &MailDomain, name: &str, owned: bool) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: md.metadata.namespace.clone(),
+        labels: Some(labels(md)),
+        owner_references: owned.then(|| vec![owner(md)]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The runtime's ServiceAccount: it never talks to the API server, so no token is mounted.
+pub fn service_account(md: &MailDomain) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(md, &Names::of(md).service_account, true),
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    }
+}
+
+/// The Secret holding the rendered runtime config.
+pub fn config_secret(md: &MailDomain, revision: &str, yaml: &str) -> Secret {
+    let mut metadata = meta(md, &Names::of(md).config, true);
+    metadata.annotations = Some(BTreeMap::from([(
+        "kubemail.io/config-revision".to_string(),
+        revision.to_string(),
+    )]));
+    Secret {
+        metadata,
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            "runtime.yaml".to_string(),
+            ByteString(yaml.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// A Secret of PEM files (the self-signed TLS pair, the DKIM key), made once.
+pub fn pem_secret(md: &MailDomain, name: &str, type_: &str, files: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: meta(md, name, true),
+        type_: Some(type_.into()),
+        data: Some(
+            files
+                .iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+/// The Service: one port per enabled protocol, plus HTTP.
+pub fn service(md: &MailDomain) -> Service {
+    let spec = &md.spec.runtime.service;
+    let mut ports: Vec<ServicePort> = md
+        .spec
+        .protocols
+        .iter()
+        .filter(|(_, p)| p.enabled)
+        .map(|(protocol, p)| ServicePort {
+            name: Some(protocol.field().to_string()),
+            port: p.port_or_default(protocol),
+            target_port: Some(IntOrString::Int(container_port(protocol))),
+            protocol: Some("TCP".into()),
+            ..ServicePort::default()
+        })
+        .collect();
+    ports.push(ServicePort {
+        name: Some("http".into()),
+        port: HTTP_PORT,
+        target_port: Some(IntOrString::Int(HTTP_PORT)),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    });
+    let mut metadata = meta(md, &Names::of(md).runtime, true);
+    if !spec.annotations.is_empty() {
+        metadata.annotations = Some(spec.annotations.clone());
+    }
+    let type_ = match spec.type_ {
+        kubemail_crds::mail_domain::ServiceType::ClusterIP => "ClusterIP",
+        kubemail_crds::mail_domain::ServiceType::NodePort => "NodePort",
+        kubemail_crds::mail_domain::ServiceType::LoadBalancer => "LoadBalancer",
+    };
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some(type_.into()),
+            selector: Some(selector(md)),
+            ports: Some(ports),
+            // Keep the client address for connection limits and Received headers, unless the
+            // load balancer passes it in the PROXY header instead.
+            external_traffic_policy: (type_ != "ClusterIP" && !spec.proxy_protocol)
+                .then(|| "Local".to_string()),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The PVC. With `retentionPolicy: Retain` (the default) it has no owner, so deleting the
+/// MailDomain leaves the mail; with `Delete` it is owned and collected with it.
+pub fn data_claim(md: &MailDomain) -> PersistentVolumeClaim {
+    let storage = &md.spec.storage;
+    let owned = storage.retention_policy == RetentionPolicy::Delete;
+    PersistentVolumeClaim {
+        metadata: meta(md, &Names::of(md).data, owned),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(storage.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+fn exec_probe(command: Vec<String>, period: i32, timeout: i32, failures: i32) -> Probe {
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(command),
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(timeout),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    }
+}
+
+/// The runtime's Deployment, restricted Pod Security Standard throughout.
+pub fn deployment(md: &MailDomain, options: &RuntimeOptions) -> Deployment {
+    let names = Names::of(md);
+    let enabled: Vec<Protocol> = md
+        .spec
+        .protocols
+        .iter()
+        .filter(|(_, p)| p.enabled)
+        .map(|(p, _)| p)
+        .collect();
+    let mut ports: Vec<ContainerPort> = enabled
+        .iter()
+        .map(|p| ContainerPort {
+            name: Some(p.field().to_string()),
+            container_port: container_port(*p),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        })
+        .collect();
+    ports.push(ContainerPort {
+        name: Some("http".into()),
+        container_port: HTTP_PORT,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    });
+    // Readiness: every listener of the config answers in its own protocol. Liveness: the first
+    // one does (a slow peer on one protocol must not get the pod killed).
+    let readiness = exec_probe(
+        vec![
+            options.binary.clone(),
+            "probe-config".into(),
+            paths::CONFIG_FILE.into(),
+        ],
+        10,
+        8,
+        3,
+    );
+    let liveness = enabled.first().map(|p| {
+        let kind = match p {
+            Protocol::Smtp | Protocol::Submission | Protocol::Submissions => "smtp",
+            Protocol::Imap | Protocol::Imaps => "imap",
+            Protocol::Pop3 | Protocol::Pop3s => "pop3",
+        };
+        let mut command = vec![
+            options.binary.clone(),
+            "probe".into(),
+            kind.into(),
+            format!("127.0.0.1:{}", container_port(*p)),
+        ];
+        if p.implicit_tls() {
+            command.push("--implicit-tls".into());
+        }
+        let mut probe = exec_probe(command, 20, 8, 3);
+        probe.initial_delay_seconds = Some(10);
+        probe
+    });
+    let secret_volume = |name: &str, secret: &str, optional: bool| Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            optional: optional.then_some(true),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    let mount = |name: &str, path: &str, read_only: bool| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    };
+    let resources = md
+        .spec
+        .runtime
+        .resources
+        .clone()
+        .unwrap_or_else(|| ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), Quantity("50m".into())),
+                ("memory".to_string(), Quantity("64Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".to_string(),
+                Quantity("512Mi".into()),
+            )])),
+            ..ResourceRequirements::default()
+        });
+    let container = Container {
+        name: "mail-runtime".into(),
+        image: Some(options.image.clone()),
+        args: Some(vec![
+            "serve".into(),
+            "--config".into(),
+            paths::CONFIG_FILE.into(),
+        ]),
+        ports: Some(ports),
+        readiness_probe: Some(readiness),
+        liveness_probe: liveness,
+        resources: Some(resources),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![
+            mount("config", paths::CONFIG_DIR, true),
+            mount("tls", paths::TLS_DIR, true),
+            mount("dkim", paths::DKIM_DIR, true),
+            mount("data", paths::DATA_DIR, false),
+            mount("tmp", "/tmp", false),
+        ]),
+        ..Container::default()
+    };
+    let template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(md)),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            service_account_name: Some(names.service_account.clone()),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(RUNTIME_UID),
+                run_as_group: Some(RUNTIME_UID),
+                fs_group: Some(RUNTIME_UID),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..SeccompProfile::default()
+                }),
+                ..PodSecurityContext::default()
+            }),
+            containers: vec![container],
+            volumes: Some(vec![
+                secret_volume("config", &names.config, false),
+                secret_volume("tls", &names.tls, false),
+                secret_volume("dkim", &names.dkim, true),
+                Volume {
+                    name: "data".into(),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: names.data.clone(),
+                        ..PersistentVolumeClaimVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                },
+                Volume {
+                    name: "tmp".into(),
+                    empty_dir: Some(EmptyDirVolumeSource {
+                        size_limit: Some(Quantity("64Mi".into())),
+                        ..EmptyDirVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                },
+            ]),
+            termination_grace_period_seconds: Some(30),
+            ..PodSpec::default()
+        }),
+    };
+    Deployment {
+        metadata: meta(md, &names.runtime, true),
+        spec: DeploymentSpec {
+            replicas: Some(md.spec.runtime.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(md)),
+                ..LabelSelector::default()
+            },
+            // The Maildir volume is ReadWriteOnce: the old pod must go before the new one comes.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                ..DeploymentStrategy::default()
+            }),
+            template,
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
