@@ -252,3 +252,25 @@ fn probes_pass_against_postfix_and_dovecot() {
     ]);
     assert_eq!(report["loggedIn"], true);
 }
+
+#[test]
+fn probe_config_checks_every_listener_of_a_config() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    let run = |config: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_mail-runtime"))
+            .arg("probe-config")
+            .arg(config)
+            .output()
+            .expect("probe-config")
+    };
+    let out = run(&dev.data.join("runtime.yaml"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let reports: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let mail_listeners = dev.ports.keys().filter(|p| *p != "http").count();
+    assert_eq!(reports.len(), mail_listeners);
+    drop(dev);
+    // With the runtime gone, the same check fails.
+    let out = run(&tmp.path().join("runtime.yaml"));
+    assert!(!out.status.success());
+}
