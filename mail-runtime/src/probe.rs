@@ -148,10 +148,29 @@ fn tls_name(
     rustls::pki_types::ServerName::try_from(name).map_err(|e| format!("invalid TLS name: {e}"))
 }
 
+/// Resolves and connects. A name that does not resolve gives the same error every time,
+/// whether the resolver says no or says nothing: a status built from it stays stable.
 async fn connect(address: &str) -> Result<TcpStream, String> {
-    TcpStream::connect(address)
-        .await
-        .map_err(|e| format!("cannot connect to {address}: {e}"))
+    let resolve = tokio::net::lookup_host(address);
+    let addrs: Vec<std::net::SocketAddr> =
+        match tokio::time::timeout(Duration::from_secs(2), resolve).await {
+            Ok(Ok(addrs)) => addrs.collect(),
+            Ok(Err(_)) | Err(_) => Vec::new(),
+        };
+    if addrs.is_empty() {
+        return Err(format!("cannot resolve {}", host_of(address)));
+    }
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(format!(
+        "cannot connect to {address}: {}",
+        last.map(|e| e.to_string()).unwrap_or_default()
+    ))
 }
 
 async fn smtp(address: &str, options: &Options, found: &mut Found) -> Result<(), String> {

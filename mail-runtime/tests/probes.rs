@@ -265,7 +265,11 @@ fn probe_config_checks_every_listener_of_a_config() {
             .expect("probe-config")
     };
     let out = run(&dev.data.join("runtime.yaml"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let reports: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
     let mail_listeners = dev.ports.keys().filter(|p| *p != "http").count();
     assert_eq!(reports.len(), mail_listeners);

@@ -1,18 +1,86 @@
-//! The kubemail operator binary. Its controllers land with the operator issue; until then it
-//! only prints the CRDs it serves, so the chart and tests have one source for them.
+//! The kubemail operator binary.
 #![forbid(unsafe_code)]
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
+
+use kubemail_operator::{controller::Options, render::objects::RuntimeOptions};
+
+const USAGE: &str = "usage: kubemail-operator [--namespace NS] [--runtime-image IMAGE]
+                         [--runtime-binary PATH] [--probe-host-override HOST]
+                         [--probe-timeout SECONDS]
+
+  --namespace NS             watch one namespace (default: all)
+  --runtime-image IMAGE      the mail runtime's image (default: the version's release image)
+  --runtime-binary PATH      mail-runtime in that image (default /usr/local/bin/mail-runtime)
+  --probe-host-override HOST probe HOST:<container port> instead of the Service; for a runtime
+                             started outside the cluster (tests, the local command). Off by default.
+  --probe-timeout SECONDS    per probe (default 3)
+
+Kubernetes access comes from the in-cluster ServiceAccount or KUBECONFIG.";
 
 fn main() -> ExitCode {
-    match std::env::args().nth(1).as_deref() {
-        Some("--version") => {
-            println!("kubemail-operator {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        _ => {
-            eprintln!("usage: kubemail-operator --version (the controllers are not built yet)");
-            ExitCode::from(2)
-        }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
     }
+    if args.first().is_some_and(|a| a == "--version") {
+        println!("kubemail-operator {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let timeout = flag("--probe-timeout")
+        .and_then(|t| t.parse::<f64>().ok())
+        .unwrap_or(3.0);
+    let options = Options {
+        runtime: RuntimeOptions {
+            image: flag("--runtime-image").unwrap_or_else(|| {
+                format!(
+                    "ghcr.io/kubemail/mail-runtime:{}",
+                    env!("CARGO_PKG_VERSION")
+                )
+            }),
+            binary: flag("--runtime-binary")
+                .unwrap_or_else(|| "/usr/local/bin/mail-runtime".into()),
+        },
+        probe_host_override: flag("--probe-host-override"),
+        probe_timeout: Duration::from_secs_f64(timeout),
+    };
+    let namespace = flag("--namespace");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(err) => {
+            eprintln!("kubemail-operator: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let client = match kube::Client::try_default().await {
+            Ok(c) => c,
+            Err(err) => {
+                eprintln!("kubemail-operator: no Kubernetes client: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(?namespace, "kubemail-operator starting");
+        kubemail_operator::run::run(client, options, namespace).await;
+        ExitCode::SUCCESS
+    })
 }

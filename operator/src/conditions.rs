@@ -1,0 +1,63 @@
+//! Conditions as a list-map keyed by type: `lastTransitionTime` moves only when the status
+//! does, and reasons are constants.
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// Condition reasons.
+pub mod reason {
+    /// Everything needed is there and working.
+    pub const READY: &str = "Ready";
+    /// The runtime serves the config.
+    pub const SERVED: &str = "ConfigServed";
+    /// The config was written, the runtime has not reported it yet.
+    pub const PENDING: &str = "ConfigPending";
+    /// A probe of the protocol passed.
+    pub const PROBE_PASSED: &str = "ProbePassed";
+    /// A probe of the protocol failed.
+    pub const PROBE_FAILED: &str = "ProbeFailed";
+    /// A referenced Secret does not exist (yet).
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// A referenced Secret lacks the key.
+    pub const KEY_NOT_FOUND: &str = "KeyNotFound";
+    /// No MailDomain in the namespace serves the address's domain.
+    pub const DOMAIN_NOT_FOUND: &str = "DomainNotFound";
+    /// The referenced RelayPolicy does not exist (yet).
+    pub const RELAY_POLICY_NOT_FOUND: &str = "RelayPolicyNotFound";
+    /// Another Mailbox already has the address.
+    pub const DUPLICATE: &str = "DuplicateAddress";
+    /// Something this condition depends on is not ready.
+    pub const NOT_READY: &str = "NotReady";
+}
+
+/// Sets a condition, keeping its `lastTransitionTime` when its status does not change.
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    previous: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) {
+    let status = if ok { "True" } else { "False" };
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+    conditions.retain(|c| c.type_ != type_);
+    conditions.push(Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: since,
+        observed_generation: generation,
+    });
+}
+
+/// Whether a condition of this type is True.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}

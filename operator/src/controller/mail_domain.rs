@@ -1,0 +1,522 @@
+//! MailDomain: renders and applies the runtime's objects and config, probes the Service in
+//! each protocol, and reports conditions, endpoints and DNS records.
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount},
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+    runtime::controller::Action,
+};
+use kubemail_crds::{
+    MailDomain, MailDomainStatus, Mailbox, Protocol, RelayPolicy, mail_domain::Endpoint,
+};
+use mail_runtime::probe;
+use serde::{Serialize, de::DeserializeOwned};
+use sha2::{Digest, Sha256};
+
+use super::{Context, FIELD_MANAGER, domain_of};
+use crate::{
+    conditions::{self, reason},
+    error::{Error, Result},
+    keys,
+    render::{
+        self, HTTP_PORT, Names, config::HashedMailbox, container_port, dns, hostname, objects,
+    },
+};
+
+/// How often a healthy domain is probed again.
+const RESYNC: Duration = Duration::from_secs(30);
+
+/// A Mailbox's password, resolved.
+#[derive(Debug)]
+pub enum Password {
+    /// The hash to serve.
+    Hash(String),
+    /// Why there is none.
+    Missing(&'static str, String),
+}
+
+/// Reads a Mailbox's password Secret and returns the hash to serve (hashing a plaintext
+/// password once; the result is cached by content).
+pub async fn password_hash(ctx: &Context, mailbox: &Mailbox) -> Result<Password> {
+    let ns = mailbox.namespace().ok_or(Error::Incomplete("namespace"))?;
+    let reference = &mailbox.spec.password_secret_ref;
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(secret) = secrets.get_opt(&reference.name).await? else {
+        return Ok(Password::Missing(
+            reason::SECRET_NOT_FOUND,
+            format!("Secret {} does not exist", reference.name),
+        ));
+    };
+    let Some(value) = secret.data.as_ref().and_then(|d| d.get(&reference.key)) else {
+        return Ok(Password::Missing(
+            reason::KEY_NOT_FOUND,
+            format!("Secret {} has no key {:?}", reference.name, reference.key),
+        ));
+    };
+    let text = String::from_utf8_lossy(&value.0)
+        .trim_end_matches(['\r', '\n'])
+        .to_string();
+    if mail_runtime::auth::PasswordHash::parse(&text).is_ok() {
+        return Ok(Password::Hash(text));
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(secret.metadata.uid.unwrap_or_default().as_bytes());
+    hasher.update([0]);
+    hasher.update(text.as_bytes());
+    let digest: [u8; 32] = hasher.finalize().into();
+    if let Some(hash) = ctx.hashes.lock().expect("hash cache").get(&digest) {
+        return Ok(Password::Hash(hash.clone()));
+    }
+    let hash = tokio::task::spawn_blocking(move || mail_runtime::auth::hash_password(&text))
+        .await
+        .map_err(|e| Error::Keys(e.to_string()))?;
+    ctx.hashes
+        .lock()
+        .expect("hash cache")
+        .insert(digest, hash.clone());
+    Ok(Password::Hash(hash))
+}
+
+/// The Mailboxes of a domain: same namespace, address in the domain. Sorted by name.
+pub fn mailboxes_of(ctx: &Context, md: &MailDomain) -> Vec<Arc<Mailbox>> {
+    let ns = md.namespace();
+    let mut out: Vec<Arc<Mailbox>> = ctx
+        .mailboxes
+        .state()
+        .into_iter()
+        .filter(|m| m.namespace() == ns && m.metadata.deletion_timestamp.is_none())
+        .filter(|m| domain_of(&m.spec.address).eq_ignore_ascii_case(&md.spec.domain))
+        .collect();
+    out.sort_by_key(|m| {
+        (
+            m.metadata.creation_timestamp.clone().map(|t| t.0),
+            m.name_any(),
+        )
+    });
+    out
+}
+
+async fn apply<K>(api: &Api<K>, object: &K) -> Result<K>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let name = object
+        .meta()
+        .name
+        .clone()
+        .ok_or(Error::Incomplete("name"))?;
+    Ok(api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await?)
+}
+
+/// Creates a Secret when it does not exist; never changes one that does.
+async fn create_once(api: &Api<Secret>, secret: Secret) -> Result<Secret> {
+    let name = secret
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::Incomplete("name"))?;
+    if let Some(existing) = api.get_opt(&name).await? {
+        return Ok(existing);
+    }
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(created) => Ok(created),
+        // Made meanwhile by another reconcile: keep that one.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(api.get(&name).await?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The reconcile of one MailDomain.
+pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = md.namespace().ok_or(Error::Incomplete("namespace"))?;
+    if md.metadata.deletion_timestamp.is_some() {
+        // Owner references take the runtime's objects away; the PVC stays unless it is owned.
+        return Ok(Action::await_change());
+    }
+    let client = ctx.client.clone();
+    let names = Names::of(&md);
+    let generation = md.metadata.generation;
+    let previous = md.status.clone().unwrap_or_default();
+    let mut status = MailDomainStatus {
+        observed_generation: generation,
+        hostname: Some(hostname(&md)),
+        conditions: previous.conditions.clone(),
+        ..MailDomainStatus::default()
+    };
+    let set = |conditions: &mut Vec<_>, t: &str, ok: bool, r: &str, m: String| {
+        conditions::set(conditions, &previous.conditions, t, ok, r, m, generation)
+    };
+
+    // Read what the domain refers to.
+    let relay = match &md.spec.relay_policy_ref {
+        Some(r) => {
+            let found = Api::<RelayPolicy>::namespaced(client.clone(), &ns)
+                .get_opt(&r.name)
+                .await?;
+            match &found {
+                Some(_) => set(
+                    &mut status.conditions,
+                    "RelayPolicyFound",
+                    true,
+                    reason::READY,
+                    format!("RelayPolicy {} is used", r.name),
+                ),
+                None => set(
+                    &mut status.conditions,
+                    "RelayPolicyFound",
+                    false,
+                    reason::RELAY_POLICY_NOT_FOUND,
+                    format!(
+                        "RelayPolicy {} does not exist; only logged-in mailboxes may relay until it does",
+                        r.name
+                    ),
+                ),
+            }
+            found
+        }
+        None => {
+            status.conditions.retain(|c| c.type_ != "RelayPolicyFound");
+            None
+        }
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let tls_ok = match &md.spec.tls.secret_name {
+        Some(name) => secrets.get_opt(name).await?.is_some_and(|s| {
+            s.data
+                .as_ref()
+                .is_some_and(|d| d.contains_key("tls.crt") && d.contains_key("tls.key"))
+        }),
+        None => {
+            if secrets.get_opt(&names.self_signed_tls).await?.is_none() {
+                let host = hostname(&md);
+                let (cert, key) = keys::self_signed(std::slice::from_ref(&host))
+                    .map_err(|e| Error::Keys(e.to_string()))?;
+                let secret = objects::pem_secret(
+                    &md,
+                    &names.self_signed_tls,
+                    "kubernetes.io/tls",
+                    &[("tls.crt", &cert), ("tls.key", &key)],
+                );
+                create_once(&secrets, secret).await?;
+            }
+            true
+        }
+    };
+    if tls_ok {
+        set(
+            &mut status.conditions,
+            "TLSReady",
+            true,
+            reason::READY,
+            format!("certificate from Secret {}", names.tls),
+        );
+    } else {
+        set(
+            &mut status.conditions,
+            "TLSReady",
+            false,
+            reason::SECRET_NOT_FOUND,
+            format!(
+                "Secret {} (type kubernetes.io/tls, keys tls.crt and tls.key) does not exist yet",
+                names.tls
+            ),
+        );
+    }
+    let dkim_public = if md.spec.dkim.enabled {
+        let existing = secrets.get_opt(&names.dkim).await?;
+        let pem = match existing
+            .as_ref()
+            .and_then(|s| s.data.as_ref()?.get("private.pem").cloned())
+        {
+            Some(pem) => String::from_utf8_lossy(&pem.0).to_string(),
+            None => {
+                let algorithm = md.spec.dkim.algorithm;
+                let key = tokio::task::spawn_blocking(move || keys::new_dkim_key(algorithm))
+                    .await
+                    .map_err(|e| Error::Keys(e.to_string()))?
+                    .map_err(|e| Error::Keys(e.to_string()))?;
+                let secret = objects::pem_secret(
+                    &md,
+                    &names.dkim,
+                    "Opaque",
+                    &[("private.pem", &key.private_pem)],
+                );
+                let stored = create_once(&secrets, secret).await?;
+                stored
+                    .data
+                    .and_then(|d| {
+                        d.get("private.pem")
+                            .map(|p| String::from_utf8_lossy(&p.0).to_string())
+                    })
+                    .unwrap_or(key.private_pem)
+            }
+        };
+        keys::dkim_dns_value(&pem)
+    } else {
+        None
+    };
+
+    // Mailboxes with their password hashes; one mailbox per address (the oldest wins).
+    let mut hashed = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mailboxes = mailboxes_of(&ctx, &md);
+    let mut hashes = Vec::new();
+    for mailbox in &mailboxes {
+        if !seen.insert(mailbox.spec.address.to_ascii_lowercase()) {
+            continue;
+        }
+        if let Password::Hash(hash) = password_hash(&ctx, mailbox).await? {
+            hashes.push((mailbox.clone(), hash));
+        }
+    }
+    for (mailbox, hash) in &hashes {
+        hashed.push(HashedMailbox {
+            mailbox,
+            password_hash: hash.clone(),
+        });
+    }
+
+    // Render and apply.
+    let config = render::config::runtime_config(&md, &hashed, relay.as_ref());
+    let (revision, yaml) = render::config::with_revision(config);
+    apply(
+        &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
+        &objects::service_account(&md),
+    )
+    .await?;
+    apply(&secrets, &objects::config_secret(&md, &revision, &yaml)).await?;
+    apply(
+        &Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns),
+        &objects::data_claim(&md),
+    )
+    .await?;
+    apply(
+        &Api::<Service>::namespaced(client.clone(), &ns),
+        &objects::service(&md),
+    )
+    .await?;
+    apply(
+        &Api::<Deployment>::namespaced(client.clone(), &ns),
+        &objects::deployment(&md, &ctx.options.runtime),
+    )
+    .await?;
+    status.config_revision = Some(revision.clone());
+    status.mailboxes = hashed.len() as i32;
+
+    // Probe what runs, in each protocol.
+    let host = ctx
+        .options
+        .probe_host_override
+        .clone()
+        .unwrap_or_else(|| format!("{}.{ns}.svc", names.runtime));
+    let port = |protocol: Protocol, service_port: i32| {
+        if ctx.options.probe_host_override.is_some() {
+            container_port(protocol)
+        } else {
+            service_port
+        }
+    };
+    let served = served_revision(&host, HTTP_PORT).await;
+    let config_served = served.as_deref() == Some(revision.as_str());
+    set(
+        &mut status.conditions,
+        "ConfigServed",
+        config_served,
+        if config_served {
+            reason::SERVED
+        } else {
+            reason::PENDING
+        },
+        match &served {
+            Some(r) if config_served => format!("the runtime serves revision {r}"),
+            Some(r) => format!(
+                "the runtime serves revision {r}; revision {revision} is written and will be picked up"
+            ),
+            None => format!("revision {revision} is written; the runtime has not answered yet"),
+        },
+    );
+    let mut all_ok = tls_ok && config_served;
+    let groups = [
+        ("SMTPReady", probe::Kind::Smtp, vec![Protocol::Smtp]),
+        (
+            "SubmissionReady",
+            probe::Kind::Smtp,
+            vec![Protocol::Submission, Protocol::Submissions],
+        ),
+        (
+            "IMAPReady",
+            probe::Kind::Imap,
+            vec![Protocol::Imap, Protocol::Imaps],
+        ),
+        (
+            "POP3Ready",
+            probe::Kind::Pop3,
+            vec![Protocol::Pop3, Protocol::Pop3s],
+        ),
+    ];
+    for (type_, kind, protocols) in groups {
+        let enabled: Vec<(Protocol, i32)> = md
+            .spec
+            .protocols
+            .iter()
+            .filter(|(p, s)| s.enabled && protocols.contains(p))
+            .map(|(p, s)| (p, s.port_or_default(p)))
+            .collect();
+        if enabled.is_empty() {
+            status.conditions.retain(|c| c.type_ != type_);
+            continue;
+        }
+        let mut failures = Vec::new();
+        let mut passed = Vec::new();
+        for (protocol, service_port) in &enabled {
+            let options = probe::Options {
+                implicit_tls: protocol.implicit_tls(),
+                timeout: ctx.options.probe_timeout,
+                ..probe::Options::default()
+            };
+            let address = format!("{host}:{}", port(*protocol, *service_port));
+            let report = probe::probe(kind, &address, &options).await;
+            if report.ok {
+                // No latency here: a status that changes on every probe would be a write every
+                // resync for nothing.
+                passed.push(protocol.field().to_string());
+            } else {
+                failures.push(format!(
+                    "{}: {}",
+                    protocol.field(),
+                    report.error.unwrap_or_default()
+                ));
+            }
+        }
+        let ok = failures.is_empty();
+        all_ok &= ok;
+        let message = if ok {
+            format!("probes passed: {}", passed.join(", "))
+        } else {
+            failures.join("; ")
+        };
+        set(
+            &mut status.conditions,
+            type_,
+            ok,
+            if ok {
+                reason::PROBE_PASSED
+            } else {
+                reason::PROBE_FAILED
+            },
+            message,
+        );
+    }
+    let failing: Vec<String> = status
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != "Ready" && c.status != "True")
+        .map(|c| c.type_.clone())
+        .collect();
+    set(
+        &mut status.conditions,
+        "Ready",
+        all_ok,
+        if all_ok {
+            reason::READY
+        } else {
+            reason::NOT_READY
+        },
+        if all_ok {
+            "every enabled protocol answers its probe and the current config is served".into()
+        } else {
+            format!("not ready: {}", failing.join(", "))
+        },
+    );
+    status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    status.endpoints = md
+        .spec
+        .protocols
+        .iter()
+        .filter(|(_, s)| s.enabled)
+        .map(|(p, s)| Endpoint {
+            protocol: p.field().into(),
+            host: format!("{}.{ns}.svc", names.runtime),
+            port: s.port_or_default(p),
+            tls: if p.implicit_tls() {
+                "TLS".into()
+            } else {
+                "STARTTLS".into()
+            },
+        })
+        .collect();
+    status.dns_records = dns::records(&md, dkim_public.as_deref());
+
+    // Write status only when it changed: an unchanged domain makes no writes.
+    if md.status.as_ref() != Some(&status) {
+        let api: Api<MailDomain> = Api::namespaced(client, &ns);
+        let patch = serde_json::json!({
+            "apiVersion": "kubemail.io/v1alpha1",
+            "kind": "MailDomain",
+            "status": status,
+        });
+        match api
+            .patch_status(
+                &md.name_any(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            Ok(_) => {}
+            // Deleted while this reconcile ran: nothing left to report on.
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(Action::await_change()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Action::requeue(if all_ok {
+        RESYNC
+    } else {
+        Duration::from_secs(10)
+    }))
+}
+
+/// The config revision the runtime reports on `/readyz`, if it answers.
+async fn served_revision(host: &str, port: i32) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(format!("{host}:{port}"))
+            .await
+            .ok()?;
+        stream
+            .write_all(format!("GET /readyz HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .ok()?;
+        let mut body = Vec::new();
+        (&mut stream)
+            .take(64 * 1024)
+            .read_to_end(&mut body)
+            .await
+            .ok()?;
+        let text = String::from_utf8_lossy(&body);
+        let json = text.split_once("\r\n\r\n")?.1;
+        let value: serde_json::Value = serde_json::from_str(json).ok()?;
+        value["status"]["revision"].as_str().map(str::to_string)
+    };
+    tokio::time::timeout(Duration::from_secs(3), fetch)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Retry policy on errors.
+pub fn error_policy(_md: Arc<MailDomain>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %error, category = error.category(), "MailDomain reconcile failed");
+    Action::requeue(error.retry_after())
+}

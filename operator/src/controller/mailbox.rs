@@ -1,0 +1,186 @@
+//! Mailbox: finds its domain and password, and is Ready once the runtime serves a config that
+//! contains it.
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+use kubemail_crds::{MailDomain, Mailbox, MailboxStatus};
+
+use super::{
+    Context, FIELD_MANAGER, domain_of,
+    mail_domain::{Password, mailboxes_of, password_hash},
+};
+use crate::{
+    conditions::{self, reason},
+    error::{Error, Result},
+    render::Names,
+};
+
+/// The reconcile of one Mailbox.
+pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = mailbox.namespace().ok_or(Error::Incomplete("namespace"))?;
+    let generation = mailbox.metadata.generation;
+    let previous = mailbox.status.clone().unwrap_or_default();
+    let mut status = MailboxStatus {
+        observed_generation: generation,
+        conditions: previous.conditions.clone(),
+        usage: previous.usage.clone(),
+        domain: None,
+    };
+    let set = |conditions: &mut Vec<_>, t: &str, ok: bool, r: &str, m: String| {
+        conditions::set(conditions, &previous.conditions, t, ok, r, m, generation)
+    };
+    let domain_name = domain_of(&mailbox.spec.address).to_ascii_lowercase();
+    let domain: Option<Arc<MailDomain>> =
+        ctx.domains.state().into_iter().find(|d| {
+            d.namespace().as_deref() == Some(ns.as_str()) && d.spec.domain == domain_name
+        });
+    match &domain {
+        Some(d) => {
+            status.domain = Some(d.name_any());
+            set(
+                &mut status.conditions,
+                "DomainFound",
+                true,
+                reason::READY,
+                format!("served by MailDomain {}", d.name_any()),
+            );
+        }
+        None => set(
+            &mut status.conditions,
+            "DomainFound",
+            false,
+            reason::DOMAIN_NOT_FOUND,
+            format!("no MailDomain in namespace {ns} serves {domain_name}"),
+        ),
+    }
+    let secret_ok = match password_hash(&ctx, &mailbox).await? {
+        Password::Hash(_) => {
+            set(
+                &mut status.conditions,
+                "SecretFound",
+                true,
+                reason::READY,
+                format!(
+                    "password from Secret {}",
+                    mailbox.spec.password_secret_ref.name
+                ),
+            );
+            true
+        }
+        Password::Missing(why, message) => {
+            set(&mut status.conditions, "SecretFound", false, why, message);
+            false
+        }
+    };
+    let mut duplicate_of = None;
+    if let Some(d) = &domain {
+        let first = mailboxes_of(&ctx, d)
+            .into_iter()
+            .find(|m| m.spec.address.eq_ignore_ascii_case(&mailbox.spec.address));
+        if let Some(first) = first.filter(|f| f.name_any() != mailbox.name_any()) {
+            duplicate_of = Some(first.name_any());
+        }
+    }
+    match &duplicate_of {
+        Some(other) => set(
+            &mut status.conditions,
+            "Unique",
+            false,
+            reason::DUPLICATE,
+            format!(
+                "Mailbox {other} already has the address {}",
+                mailbox.spec.address
+            ),
+        ),
+        None => status.conditions.retain(|c| c.type_ != "Unique"),
+    }
+    // Served: the domain's runtime serves the config revision, and that config has this address.
+    let served = match &domain {
+        Some(d) if secret_ok && duplicate_of.is_none() => {
+            served_in(&ctx, d, &ns, &mailbox.spec.address).await?
+        }
+        _ => false,
+    };
+    set(
+        &mut status.conditions,
+        "Ready",
+        served,
+        if served {
+            reason::SERVED
+        } else {
+            reason::NOT_READY
+        },
+        if served {
+            "the runtime serves this mailbox".to_string()
+        } else {
+            "waiting for the domain, the password Secret or the runtime".to_string()
+        },
+    );
+    status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    if mailbox.status.as_ref() != Some(&status) {
+        let api: Api<Mailbox> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = serde_json::json!({"apiVersion": "kubemail.io/v1alpha1", "kind": "Mailbox", "status": status});
+        api.patch_status(
+            &mailbox.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    }
+    Ok(if served {
+        Action::await_change()
+    } else {
+        Action::requeue(Duration::from_secs(5))
+    })
+}
+
+/// Whether the domain's runtime serves a config that contains `address`.
+async fn served_in(ctx: &Context, domain: &MailDomain, ns: &str, address: &str) -> Result<bool> {
+    let served = domain
+        .status
+        .as_ref()
+        .is_some_and(|s| conditions::is_true(&s.conditions, "ConfigServed"));
+    if !served {
+        return Ok(false);
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(secret) = secrets.get_opt(&Names::of(domain).config).await? else {
+        return Ok(false);
+    };
+    let revision = secret
+        .annotations()
+        .get("kubemail.io/config-revision")
+        .cloned()
+        .unwrap_or_default();
+    let current = domain
+        .status
+        .as_ref()
+        .and_then(|s| s.config_revision.clone())
+        .unwrap_or_default();
+    if revision != current {
+        return Ok(false);
+    }
+    let yaml = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("runtime.yaml"))
+        .map(|b| String::from_utf8_lossy(&b.0).to_string())
+        .unwrap_or_default();
+    let config: Option<mail_runtime::config::RawConfig> = serde_yaml_ng::from_str(&yaml).ok();
+    Ok(config.is_some_and(|c| {
+        c.mailboxes
+            .iter()
+            .any(|m| m.address.eq_ignore_ascii_case(address))
+    }))
+}
+
+/// Retry policy on errors.
+pub fn error_policy(_m: Arc<Mailbox>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %error, category = error.category(), "Mailbox reconcile failed");
+    Action::requeue(error.retry_after())
+}

@@ -1,0 +1,65 @@
+//! The controllers: one per kind, each a short pipeline (read what the object refers to ->
+//! validate -> render with the pure builders -> server-side apply under one field manager ->
+//! write status, only when it changed).
+//!
+//! ```text
+//!   Mailbox --address domain--> MailDomain <--relayPolicyRef-- RelayPolicy
+//!      \--passwordSecretRef--> Secret          (a change to any of these reconciles the domain)
+//! ```
+pub mod mail_domain;
+pub mod mailbox;
+pub mod relay_policy;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use kube::{Client, runtime::reflector::Store};
+use kubemail_crds::{MailDomain, Mailbox};
+
+use crate::render::objects::RuntimeOptions;
+
+/// The field manager of every write.
+pub const FIELD_MANAGER: &str = "kubemail-operator";
+
+/// Operator settings from its flags.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The runtime's image and binary path.
+    pub runtime: RuntimeOptions,
+    /// Probe `HOST:<container port>` instead of `<service>.<namespace>.svc:<service port>`:
+    /// for a runtime started outside the cluster (the e2e harness plays the node). Off by default.
+    pub probe_host_override: Option<String>,
+    /// Probe timeout.
+    pub probe_timeout: std::time::Duration,
+}
+
+/// What every reconcile shares.
+#[derive(Clone)]
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Settings.
+    pub options: Options,
+    /// Password hashes by SHA-256 of (Secret uid, password): an unchanged password is not hashed
+    /// again. The plaintext itself is never kept.
+    pub hashes: Arc<Mutex<HashMap<[u8; 32], String>>>,
+    /// Every MailDomain (from the MailDomain controller's reflector).
+    pub domains: Store<MailDomain>,
+    /// Every Mailbox.
+    pub mailboxes: Store<Mailbox>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// The domain part of an address.
+pub fn domain_of(address: &str) -> &str {
+    address.rsplit_once('@').map_or("", |(_, d)| d)
+}

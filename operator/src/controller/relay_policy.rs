@@ -1,0 +1,162 @@
+//! RelayPolicy: which domains use it, and whether its smarthost answers.
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+use kubemail_crds::{
+    RelayPolicy, RelayPolicyStatus,
+    relay_policy::{RouteMode, SmarthostTls},
+};
+use mail_runtime::probe;
+
+use super::{Context, FIELD_MANAGER};
+use crate::{
+    conditions::{self, reason},
+    error::{Error, Result},
+};
+
+/// The reconcile of one RelayPolicy.
+pub async fn reconcile(rp: Arc<RelayPolicy>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = rp.namespace().ok_or(Error::Incomplete("namespace"))?;
+    let generation = rp.metadata.generation;
+    let previous = rp.status.clone().unwrap_or_default();
+    let mut status = RelayPolicyStatus {
+        observed_generation: generation,
+        conditions: previous.conditions.clone(),
+        used_by: Vec::new(),
+    };
+    let set = |conditions: &mut Vec<_>, t: &str, ok: bool, r: &str, m: String| {
+        conditions::set(conditions, &previous.conditions, t, ok, r, m, generation)
+    };
+    status.used_by = ctx
+        .domains
+        .state()
+        .into_iter()
+        .filter(|d| d.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|d| {
+            d.spec
+                .relay_policy_ref
+                .as_ref()
+                .is_some_and(|r| r.name == rp.name_any())
+        })
+        .map(|d| d.name_any())
+        .collect();
+    status.used_by.sort();
+    let mut ready = true;
+    match (&rp.spec.route.mode, &rp.spec.route.smarthost) {
+        (RouteMode::Smarthost, Some(host)) => {
+            if let Some(creds) = &host.credentials_secret_ref {
+                let found = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+                    .get_opt(&creds.name)
+                    .await?;
+                let ok = found
+                    .as_ref()
+                    .and_then(|s| s.data.as_ref())
+                    .is_some_and(|d| {
+                        d.contains_key(&creds.username_key) && d.contains_key(&creds.password_key)
+                    });
+                ready &= ok;
+                set(
+                    &mut status.conditions,
+                    "CredentialsFound",
+                    ok,
+                    if ok {
+                        reason::READY
+                    } else {
+                        reason::SECRET_NOT_FOUND
+                    },
+                    if ok {
+                        format!("credentials from Secret {}", creds.name)
+                    } else {
+                        format!(
+                            "Secret {} with keys {} and {} does not exist yet",
+                            creds.name, creds.username_key, creds.password_key
+                        )
+                    },
+                );
+            }
+            if host.tls == SmarthostTls::None {
+                status
+                    .conditions
+                    .retain(|c| c.type_ != "SmarthostReachable");
+            } else {
+                let options = probe::Options {
+                    implicit_tls: host.tls == SmarthostTls::Implicit,
+                    timeout: ctx.options.probe_timeout,
+                    ..probe::Options::default()
+                };
+                let report = probe::probe(
+                    probe::Kind::Smtp,
+                    &format!("{}:{}", host.host, host.port),
+                    &options,
+                )
+                .await;
+                ready &= report.ok;
+                set(
+                    &mut status.conditions,
+                    "SmarthostReachable",
+                    report.ok,
+                    if report.ok {
+                        reason::PROBE_PASSED
+                    } else {
+                        reason::PROBE_FAILED
+                    },
+                    if report.ok {
+                        format!(
+                            "{}:{} answered in {} ms",
+                            host.host, host.port, report.latency_ms
+                        )
+                    } else {
+                        report.error.unwrap_or_default()
+                    },
+                );
+            }
+        }
+        _ => {
+            status
+                .conditions
+                .retain(|c| c.type_ != "SmarthostReachable" && c.type_ != "CredentialsFound");
+        }
+    }
+    set(
+        &mut status.conditions,
+        "Ready",
+        ready,
+        if ready {
+            reason::READY
+        } else {
+            reason::NOT_READY
+        },
+        if ready {
+            "the policy is in force".to_string()
+        } else {
+            "the smarthost or its credentials are not ready".to_string()
+        },
+    );
+    status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    if rp.status.as_ref() != Some(&status) {
+        let api: Api<RelayPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = serde_json::json!({"apiVersion": "kubemail.io/v1alpha1", "kind": "RelayPolicy", "status": status});
+        api.patch_status(
+            &rp.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(if ready {
+        120
+    } else {
+        20
+    })))
+}
+
+/// Retry policy on errors.
+pub fn error_policy(_rp: Arc<RelayPolicy>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %error, category = error.category(), "RelayPolicy reconcile failed");
+    Action::requeue(error.retry_after())
+}

@@ -1,0 +1,140 @@
+//! Starting the three controllers with the watches that connect them.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{Controller, reflector::ObjectRef, watcher},
+};
+use kubemail_crds::{MailDomain, Mailbox, RelayPolicy};
+
+use crate::controller::{Context, Options, domain_of, mail_domain, mailbox, relay_policy};
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controllers until the process ends. `namespace`: watch one namespace, or all.
+pub async fn run(client: Client, options: Options, namespace: Option<String>) {
+    let ns = namespace.as_deref();
+    let cfg = watcher::Config::default();
+    let mailbox_controller = Controller::new(api::<Mailbox>(&client, ns), cfg.clone());
+    let domain_controller = Controller::new(api::<MailDomain>(&client, ns), cfg.clone());
+    let relay_controller = Controller::new(api::<RelayPolicy>(&client, ns), cfg.clone());
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        options,
+        hashes: Arc::new(Mutex::new(HashMap::new())),
+        domains: domain_controller.store(),
+        mailboxes: mailbox_controller.store(),
+    });
+
+    let domains_for_mailbox = ctx.domains.clone();
+    let mailboxes_for_secret = ctx.mailboxes.clone();
+    let domains_for_secret = ctx.domains.clone();
+    let domains_for_relay = ctx.domains.clone();
+    let domain_of_mailbox =
+        move |m: &Mailbox, domains: &kube::runtime::reflector::Store<MailDomain>| {
+            let d = domain_of(&m.spec.address).to_ascii_lowercase();
+            domains
+                .state()
+                .into_iter()
+                .filter(|md| md.namespace() == m.namespace() && md.spec.domain == d)
+                .map(|md| ObjectRef::from(md.as_ref()))
+                .collect::<Vec<_>>()
+        };
+    let domains = domain_controller
+        .owns(api::<Secret>(&client, ns), cfg.clone())
+        .owns(api::<Deployment>(&client, ns), cfg.clone())
+        .owns(api::<Service>(&client, ns), cfg.clone())
+        .owns(api::<ServiceAccount>(&client, ns), cfg.clone())
+        .owns(api::<PersistentVolumeClaim>(&client, ns), cfg.clone())
+        .watches(api::<Mailbox>(&client, ns), cfg.clone(), move |m| {
+            domain_of_mailbox(&m, &domains_for_mailbox)
+        })
+        .watches(api::<Secret>(&client, ns), cfg.clone(), move |s| {
+            // A password Secret changed: reconcile the domains of the Mailboxes that use it.
+            mailboxes_for_secret
+                .state()
+                .into_iter()
+                .filter(|m| {
+                    m.namespace() == s.namespace()
+                        && m.spec.password_secret_ref.name == s.name_any()
+                })
+                .flat_map(|m| domain_of_mailbox(&m, &domains_for_secret))
+                .collect::<Vec<_>>()
+        })
+        .watches(api::<RelayPolicy>(&client, ns), cfg.clone(), move |rp| {
+            domains_for_relay
+                .state()
+                .into_iter()
+                .filter(|md| md.namespace() == rp.namespace())
+                .filter(|md| {
+                    md.spec
+                        .relay_policy_ref
+                        .as_ref()
+                        .is_some_and(|r| r.name == rp.name_any())
+                })
+                .map(|md| ObjectRef::from(md.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .shutdown_on_signal()
+        .run(
+            mail_domain::reconcile,
+            mail_domain::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "MailDomain controller event");
+            }
+        });
+
+    let domains_for_domain_change = ctx.mailboxes.clone();
+    let mailboxes = mailbox_controller
+        .watches(api::<MailDomain>(&client, ns), cfg.clone(), move |md| {
+            domains_for_domain_change
+                .state()
+                .into_iter()
+                .filter(|m| m.namespace() == md.namespace())
+                .filter(|m| domain_of(&m.spec.address).eq_ignore_ascii_case(&md.spec.domain))
+                .map(|m| ObjectRef::from(m.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .shutdown_on_signal()
+        .run(mailbox::reconcile, mailbox::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "Mailbox controller event");
+            }
+        });
+
+    let relays = relay_controller
+        .shutdown_on_signal()
+        .run(
+            relay_policy::reconcile,
+            relay_policy::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "RelayPolicy controller event");
+            }
+        });
+
+    futures::join!(domains, mailboxes, relays);
+}

@@ -1,0 +1,499 @@
+//! The operator on a real control plane: what it creates, what it changes (and does not),
+//! how it reports missing things and recovers, and what it leaves behind on deletion.
+use std::{
+    collections::BTreeMap,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+};
+use kubemail_crds::{MailDomain, Mailbox};
+use kubemail_e2e::{ControlPlane, TestNamespace, install_crds};
+use serde_json::json;
+
+/// The operator binary, watching one namespace, stopped when dropped.
+struct Operator(Child);
+
+impl Operator {
+    fn start(plane: &ControlPlane, namespace: &str) -> Operator {
+        let child = Command::new(env!("CARGO_BIN_EXE_kubemail-operator"))
+            .args([
+                "--namespace",
+                namespace,
+                "--probe-timeout",
+                "1",
+                "--runtime-image",
+                "kubemail/mail-runtime:test",
+            ])
+            .env("KUBECONFIG", plane.kubeconfig())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("the operator starts");
+        Operator(child)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn setup(labels: BTreeMap<String, String>) -> (Client, TestNamespace) {
+    let client = ControlPlane::shared().client().await.expect("client");
+    install_crds(&client).await.expect("CRDs");
+    let ns = TestNamespace::create(&client, "operator", labels)
+        .await
+        .expect("namespace");
+    (client, ns)
+}
+
+async fn apply(client: &Client, ns: &str, manifest: serde_json::Value) {
+    let out = {
+        let mut cmd = ControlPlane::shared().kubectl();
+        cmd.args([
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-n",
+            ns,
+            "-f",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("kubectl");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(manifest.to_string().as_bytes())
+            .expect("write");
+        child.wait_with_output().expect("kubectl")
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = client;
+}
+
+fn domain() -> serde_json::Value {
+    json!({"apiVersion": "kubemail.io/v1alpha1", "kind": "MailDomain",
+           "metadata": {"name": "example"},
+           "spec": {"domain": "example.test", "relayPolicyRef": {"name": "apps"}}})
+}
+
+fn mailbox(name: &str) -> serde_json::Value {
+    json!({"apiVersion": "kubemail.io/v1alpha1", "kind": "Mailbox",
+           "metadata": {"name": name},
+           "spec": {"address": format!("{name}@example.test"), "passwordSecretRef": {"name": format!("{name}-password")}}})
+}
+
+fn password(name: &str, value: &str) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("{name}-password")},
+           "stringData": {"password": value}})
+}
+
+fn relay() -> serde_json::Value {
+    json!({"apiVersion": "kubemail.io/v1alpha1", "kind": "RelayPolicy",
+           "metadata": {"name": "apps"}, "spec": {"allow": {"clientCIDRs": ["10.42.0.0/16"]}}})
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn config(
+    client: &Client,
+    ns: &str,
+) -> Option<(String, mail_runtime::config::RawConfig, String)> {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt("example-runtime-config")
+        .await
+        .ok()??;
+    let yaml = String::from_utf8(secret.data.as_ref()?.get("runtime.yaml")?.0.clone()).ok()?;
+    let raw = serde_yaml_ng::from_str(&yaml).ok()?;
+    Some((yaml, raw, secret.resource_version().unwrap_or_default()))
+}
+
+fn addresses(raw: &mail_runtime::config::RawConfig) -> Vec<String> {
+    raw.mailboxes.iter().map(|m| m.address.clone()).collect()
+}
+
+async fn condition(client: &Client, ns: &str, name: &str, type_: &str) -> Option<(String, String)> {
+    let mbx = Api::<Mailbox>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .ok()??;
+    mbx.status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status, c.reason))
+}
+
+#[tokio::test]
+async fn a_domain_with_mailboxes_is_rendered_changed_and_cleaned_up() {
+    let (client, ns) = setup(BTreeMap::new()).await;
+    let ns = ns.name;
+    let _operator = Operator::start(ControlPlane::shared(), &ns);
+    for manifest in [
+        relay(),
+        domain(),
+        password("alice", "alice-pw"),
+        mailbox("alice"),
+        password(
+            "bob",
+            "$2b$04$0123456789012345678901uJ2eQ0R8vCgkSIfTpIGVDSzlPs6Y3xW",
+        ),
+        mailbox("bob"),
+    ] {
+        apply(&client, &ns, manifest).await;
+    }
+
+    // Every object appears with the expected fields.
+    let (yaml, raw, _) = eventually("the config holds both mailboxes", || async {
+        config(&client, &ns)
+            .await
+            .filter(|(_, raw, _)| raw.mailboxes.len() == 2)
+    })
+    .await;
+    assert_eq!(addresses(&raw), ["alice@example.test", "bob@example.test"]);
+    assert!(
+        !yaml.contains("alice-pw"),
+        "a plaintext password reached the rendered config"
+    );
+    assert!(raw.mailboxes[0].password_hash.starts_with("$argon2id$"));
+    assert!(
+        raw.mailboxes[1].password_hash.starts_with("$2b$"),
+        "a given hash is used as it is"
+    );
+    assert_eq!(raw.relay.client_networks, ["10.42.0.0/16"]);
+    mail_runtime::config::Config::parse(&yaml).expect("the runtime accepts the rendered config");
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let deployment = deployments.get("example-mail").await.expect("Deployment");
+    let pod = deployment.spec.template.spec.clone().expect("pod spec");
+    let container = &pod.containers[0];
+    assert_eq!(
+        container.image.as_deref(),
+        Some("kubemail/mail-runtime:test")
+    );
+    let sc = container
+        .security_context
+        .clone()
+        .expect("security context");
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        deployment.spec.strategy.and_then(|s| s.type_).as_deref(),
+        Some("Recreate")
+    );
+    let service = Api::<Service>::namespaced(client.clone(), &ns)
+        .get("example-mail")
+        .await
+        .expect("Service");
+    let ports: Vec<i32> = service
+        .spec
+        .and_then(|s| s.ports)
+        .unwrap_or_default()
+        .iter()
+        .map(|p| p.port)
+        .collect();
+    assert_eq!(ports, [25, 587, 465, 143, 993, 110, 995, 8080]);
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns)
+        .get("example-mail")
+        .await
+        .expect("ServiceAccount");
+    let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+        .get("example-data")
+        .await
+        .expect("PVC");
+    assert!(
+        pvc.metadata.owner_references.is_none(),
+        "retained mail must not be garbage-collected"
+    );
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let tls = secrets
+        .get("example-tls")
+        .await
+        .expect("self-signed TLS Secret");
+    assert_eq!(tls.type_.as_deref(), Some("kubernetes.io/tls"));
+    let dkim = secrets.get("example-dkim").await.expect("DKIM Secret");
+
+    // Status: DNS records with the real DKIM key, mailbox count, conditions.
+    let md = eventually("the MailDomain status", || async {
+        Api::<MailDomain>::namespaced(client.clone(), &ns)
+            .get("example")
+            .await
+            .ok()
+            .filter(|m| m.status.as_ref().is_some_and(|s| s.mailboxes == 2))
+    })
+    .await;
+    let status = md.status.expect("status");
+    assert_eq!(status.observed_generation, md.metadata.generation);
+    let dkim_record = status
+        .dns_records
+        .iter()
+        .find(|r| r.purpose == "DKIM")
+        .expect("DKIM record");
+    let pem = String::from_utf8(dkim.data.expect("data")["private.pem"].0.clone()).expect("pem");
+    assert_eq!(
+        Some(dkim_record.value.clone()),
+        kubemail_operator::keys::dkim_dns_value(&pem)
+    );
+    assert!(
+        status
+            .dns_records
+            .iter()
+            .any(|r| r.type_ == "MX" && r.value == "10 mail.example.test.")
+    );
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready");
+    assert_eq!(
+        ready.status, "False",
+        "no runtime runs here, so the probes fail"
+    );
+    let smtp = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "SMTPReady")
+        .expect("SMTPReady");
+    assert_eq!(smtp.reason, "ProbeFailed");
+    assert_eq!(
+        condition(&client, &ns, "alice", "DomainFound")
+            .await
+            .map(|c| c.0)
+            .as_deref(),
+        Some("True")
+    );
+
+    // Nothing changed: no writes (resourceVersions stay) across more than one resync.
+    let versions = || async {
+        let (_, _, config_rv) = config(&client, &ns).await.expect("config");
+        let d = deployments
+            .get("example-mail")
+            .await
+            .expect("d")
+            .resource_version();
+        let m = Api::<MailDomain>::namespaced(client.clone(), &ns)
+            .get("example")
+            .await
+            .expect("md")
+            .resource_version();
+        let a = Api::<Mailbox>::namespaced(client.clone(), &ns)
+            .get("alice")
+            .await
+            .expect("mbx")
+            .resource_version();
+        (config_rv, d, m, a)
+    };
+    let before = versions().await;
+    let status_before = Api::<MailDomain>::namespaced(client.clone(), &ns)
+        .get("example")
+        .await
+        .expect("md")
+        .status;
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    let status_after = Api::<MailDomain>::namespaced(client.clone(), &ns)
+        .get("example")
+        .await
+        .expect("md")
+        .status;
+    assert_eq!(status_after, status_before);
+    assert_eq!(
+        versions().await,
+        before,
+        "an unchanged domain was written to"
+    );
+
+    // A changed mailbox changes the config Secret and nothing else.
+    let deployment_rv = deployments
+        .get("example-mail")
+        .await
+        .expect("d")
+        .resource_version();
+    Api::<Mailbox>::namespaced(client.clone(), &ns)
+        .patch(
+            "alice",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspended": true}})),
+        )
+        .await
+        .expect("suspend alice");
+    eventually("alice is suspended in the config", || async {
+        config(&client, &ns).await.filter(|(_, raw, _)| {
+            raw.mailboxes
+                .iter()
+                .any(|m| m.address == "alice@example.test" && m.suspended)
+        })
+    })
+    .await;
+    assert_eq!(
+        deployments
+            .get("example-mail")
+            .await
+            .expect("d")
+            .resource_version(),
+        deployment_rv,
+        "a mailbox change restarted the runtime"
+    );
+
+    // A missing Secret gives a condition, and the mailbox recovers when it appears.
+    apply(&client, &ns, mailbox("carol")).await;
+    let missing = eventually("carol's Secret is reported missing", || async {
+        condition(&client, &ns, "carol", "SecretFound")
+            .await
+            .filter(|c| c.0 == "False")
+    })
+    .await;
+    assert_eq!(missing.1, "SecretNotFound");
+    apply(&client, &ns, password("carol", "carol-pw")).await;
+    eventually("carol joins the config", || async {
+        config(&client, &ns)
+            .await
+            .filter(|(_, raw, _)| addresses(raw).contains(&"carol@example.test".to_string()))
+    })
+    .await;
+    assert_eq!(
+        condition(&client, &ns, "carol", "SecretFound")
+            .await
+            .map(|c| c.0)
+            .as_deref(),
+        Some("True")
+    );
+
+    // A deleted Mailbox leaves the config.
+    Api::<Mailbox>::namespaced(client.clone(), &ns)
+        .delete("bob", &DeleteParams::default())
+        .await
+        .expect("delete bob");
+    eventually("bob leaves the config", || async {
+        config(&client, &ns)
+            .await
+            .filter(|(_, raw, _)| !addresses(raw).contains(&"bob@example.test".to_string()))
+    })
+    .await;
+
+    // A deleted MailDomain takes its runtime with it and leaves the mail (the PVC).
+    Api::<MailDomain>::namespaced(client.clone(), &ns)
+        .delete("example", &DeleteParams::default())
+        .await
+        .expect("delete domain");
+    if ControlPlane::shared().has_controller_manager() {
+        eventually("the Deployment is garbage-collected", || async {
+            deployments
+                .get_opt("example-mail")
+                .await
+                .expect("get")
+                .is_none()
+                .then_some(())
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+            .get_opt("example-data")
+            .await
+            .expect("get")
+            .is_some(),
+        "the mail volume was deleted with the domain"
+    );
+}
+
+#[tokio::test]
+async fn the_rendered_pod_is_admitted_under_the_restricted_pod_security_standard() {
+    let labels = BTreeMap::from([(
+        "pod-security.kubernetes.io/enforce".to_string(),
+        "restricted".to_string(),
+    )]);
+    let (client, ns) = setup(labels).await;
+    let ns = ns.name;
+    let _operator = Operator::start(ControlPlane::shared(), &ns);
+    apply(&client, &ns, domain()).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let deployment = eventually("the Deployment", || async {
+        deployments.get_opt("example-mail").await.ok().flatten()
+    })
+    .await;
+    let template = deployment.spec.template;
+    let pod = Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some("admission-check".into()),
+            labels: template.metadata.and_then(|m| m.labels),
+            ..Default::default()
+        },
+        spec: template.spec,
+        ..Pod::default()
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    match pods.create(&PostParams::default(), &pod).await {
+        Ok(_) => {}
+        Err(err) => panic!("the restricted namespace refused the runtime's pod: {err}"),
+    }
+    // And a pod that breaks the standard is refused there, so the check above means something.
+    let mut bad = pod.clone();
+    bad.metadata.name = Some("privileged".into());
+    if let Some(spec) = bad.spec.as_mut() {
+        spec.containers[0].security_context = None;
+    }
+    assert!(pods.create(&PostParams::default(), &bad).await.is_err());
+}
+
+#[tokio::test]
+async fn a_restarted_operator_converges() {
+    let (client, ns) = setup(BTreeMap::new()).await;
+    let ns = ns.name;
+    let operator = Operator::start(ControlPlane::shared(), &ns);
+    for manifest in [domain(), password("alice", "pw"), mailbox("alice")] {
+        apply(&client, &ns, manifest).await;
+    }
+    eventually("alice in the config", || async {
+        config(&client, &ns)
+            .await
+            .filter(|(_, raw, _)| raw.mailboxes.len() == 1)
+    })
+    .await;
+    drop(operator);
+    // Changes made while it is down are picked up when it is back.
+    apply(&client, &ns, password("dave", "pw")).await;
+    apply(&client, &ns, mailbox("dave")).await;
+    let _operator = Operator::start(ControlPlane::shared(), &ns);
+    eventually("dave in the config after the restart", || async {
+        config(&client, &ns)
+            .await
+            .filter(|(_, raw, _)| raw.mailboxes.len() == 2)
+    })
+    .await;
+}
