@@ -8,4 +8,7 @@ bash e2e/scripts/install-deps.sh
 KUBEMAIL_TOOLS_BIN=$(bash e2e/scripts/build-control-plane.sh | tail -n 1)
 export KUBEMAIL_TOOLS_BIN
 
-cargo run --locked --quiet -p kubemail-e2e --bin kubemail-local -- "$@"
+cargo build --locked --quiet -p kubemail-operator -p mail-runtime -p kubemail-e2e
+export KUBEMAIL_OPERATOR_BIN="$CARGO_TARGET_DIR/debug/kubemail-operator"
+export KUBEMAIL_RUNTIME_BIN="$CARGO_TARGET_DIR/debug/mail-runtime"
+"$CARGO_TARGET_DIR/debug/kubemail-local" "$@"

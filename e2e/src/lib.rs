@@ -16,6 +16,7 @@
 mod control_plane;
 mod crds;
 mod namespace;
+mod node;
 mod pki;
 mod process;
 mod tools;
@@ -23,4 +24,5 @@ mod tools;
 pub use control_plane::ControlPlane;
 pub use crds::install_crds;
 pub use namespace::{TestNamespace, with_namespace};
+pub use node::PodRunner;
 pub use tools::{Tools, workspace_root};
