@@ -8,4 +8,6 @@ bash e2e/scripts/install-deps.sh
 KUBEMAIL_TOOLS_BIN=$(bash e2e/scripts/build-control-plane.sh | tail -n 1)
 export KUBEMAIL_TOOLS_BIN
 
+# The end-to-end tests start the operator and runtime binaries from the target directory.
+cargo build --workspace --locked --bins
 cargo test --workspace --locked --no-fail-fast

@@ -1,0 +1,331 @@
+//! From `kubectl apply` to mail in an inbox, on a real control plane with the real operator and
+//! the runtime pod started from the rendered Deployment (the harness plays the node). Prints a
+//! timing table: apply -> Ready, apply -> first login, password change -> effect.
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{PersistentVolumeClaim, Secret},
+};
+use kube::{
+    Api,
+    api::{DeleteParams, Patch, PatchParams},
+};
+use kubemail_crds::{MailDomain, Mailbox};
+use kubemail_e2e::{ControlPlane, PodRunner, TestNamespace, install_crds, workspace_root};
+
+const ENTRYPOINT: &str = "/usr/local/bin/mail-runtime";
+
+/// A workspace binary: from the environment, or next to this test in the target directory.
+fn workspace_binary(name: &str, var: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(var) {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build it (cargo build -p ...) or set {var}",
+        path.display()
+    );
+    path
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether `user` can log in over submission (587, STARTTLS + AUTH) — Python's smtplib.
+fn can_log_in(user: &str, password: &str) -> bool {
+    let script = "import smtplib, ssl, sys\n\
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n\
+s = smtplib.SMTP('127.0.0.1', 2587, timeout=5); s.starttls(context=ctx)\n\
+try:\n    s.login(sys.argv[1], sys.argv[2]); print('ok')\nexcept smtplib.SMTPAuthenticationError:\n    print('refused')\n";
+    let out = Command::new("python3")
+        .args(["-c", script, user, password])
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).trim() == "ok"
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what}: not within {timeout:?}");
+}
+
+fn runtime_pids() -> Vec<String> {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("^{ENTRYPOINT} serve")])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+fn kubectl_apply(plane: &ControlPlane, ns: &str, path: &std::path::Path) {
+    let out = plane
+        .kubectl()
+        .args(["apply", "-n", ns, "-f"])
+        .arg(path)
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn from_apply_to_an_inbox() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let plane = ControlPlane::start().expect("control plane");
+    let client = plane.client().await.expect("client");
+    install_crds(&client).await.expect("CRDs");
+    let ns = TestNamespace::create(&client, "e2e", Default::default())
+        .await
+        .expect("ns")
+        .name;
+    let log = std::fs::File::create(plane.scratch_dir("e2e").expect("dir").join("operator.log"))
+        .expect("log");
+    let _operator = Killed(
+        Command::new(workspace_binary(
+            "kubemail-operator",
+            "KUBEMAIL_OPERATOR_BIN",
+        ))
+        .args([
+            "--namespace",
+            &ns,
+            "--probe-host-override",
+            "127.0.0.1",
+            "--runtime-binary",
+            ENTRYPOINT,
+        ])
+        .env("KUBECONFIG", plane.kubeconfig())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("operator"),
+    );
+    let mut timings: Vec<(String, Duration)> = Vec::new();
+
+    // Apply the quickstart; the runtime pod starts from the rendered Deployment.
+    let applied = Instant::now();
+    kubectl_apply(&plane, &ns, &workspace_root().join("examples/quickstart"));
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let deployment = loop {
+        if let Some(d) = deployments.get_opt("example-test-mail").await.expect("get") {
+            break d;
+        }
+        assert!(applied.elapsed() < Duration::from_secs(60), "no Deployment");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let dir = plane.scratch_dir("e2e/pod").expect("dir");
+    let runtime = workspace_binary("mail-runtime", "KUBEMAIL_RUNTIME_BIN");
+    let mut pod = PodRunner::start(&client, &ns, &deployment, &runtime, ENTRYPOINT, &dir)
+        .await
+        .expect("pod");
+    let first_login = tokio::task::spawn_blocking(|| {
+        wait_for("alice's first login", Duration::from_secs(60), || {
+            can_log_in("alice@example.test", "alice-quickstart-password")
+        })
+    });
+    let domains: Api<MailDomain> = Api::namespaced(client.clone(), &ns);
+    loop {
+        let md = domains.get("example-test").await.expect("md");
+        let status = md.status.unwrap_or_default();
+        if status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+        {
+            for t in ["SMTPReady", "SubmissionReady", "POP3Ready"] {
+                assert!(
+                    status
+                        .conditions
+                        .iter()
+                        .any(|c| c.type_ == t && c.status == "True"),
+                    "{t}"
+                );
+            }
+            assert!(status.dns_records.iter().any(|r| r.purpose == "DKIM"));
+            break;
+        }
+        assert!(pod.running(), "the runtime exited:\n{}", pod.log_tail());
+        assert!(
+            applied.elapsed() < Duration::from_secs(120),
+            "not Ready: {:?}",
+            status.conditions
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    timings.push(("apply -> MailDomain Ready".into(), applied.elapsed()));
+    first_login.await.expect("login check");
+    timings.push(("apply -> first login".into(), applied.elapsed()));
+    let out = plane
+        .kubectl()
+        .args(["get", "mail", "-n", &ns])
+        .output()
+        .expect("kubectl");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains("example-test") && listing.contains("True"),
+        "{listing}"
+    );
+
+    // Real clients: swaks submits alice -> bob; Python's poplib downloads it for bob.
+    let out = Command::new("swaks")
+        .args(["--server", "127.0.0.1:2587", "--tls", "--auth", "PLAIN"])
+        .args([
+            "--auth-user",
+            "alice@example.test",
+            "--auth-password",
+            "alice-quickstart-password",
+        ])
+        .args([
+            "--from",
+            "alice@example.test",
+            "--to",
+            "bob@example.test",
+            "--header",
+            "Subject: e2e",
+        ])
+        .output()
+        .expect("swaks");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let poplib = workspace_root().join("mail-runtime/tests/clients/poplib_download.py");
+    let out = Command::new("python3")
+        .arg(&poplib)
+        .args([
+            "stls",
+            "127.0.0.1",
+            "2110",
+            "bob@example.test",
+            "bob-quickstart-password",
+            "list",
+        ])
+        .output()
+        .expect("poplib");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(listed["uidl"].as_array().map(Vec::len), Some(1));
+    let pids = runtime_pids();
+    assert_eq!(pids.len(), 1, "one runtime process: {pids:?}");
+
+    // A new Mailbox can log in within 2 s, without a runtime restart.
+    let carol = plane
+        .scratch_dir("e2e/carol")
+        .expect("dir")
+        .join("carol.yaml");
+    std::fs::write(&carol, "apiVersion: v1\nkind: Secret\nmetadata: {name: carol-password}\nstringData: {password: carol-pw}\n---\n\
+apiVersion: kubemail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: carol}\nspec: {address: carol@example.test, passwordSecretRef: {name: carol-password}}\n").expect("write");
+    let start = Instant::now();
+    kubectl_apply(&plane, &ns, &carol);
+    let took = tokio::task::spawn_blocking(|| {
+        wait_for("carol logs in", Duration::from_secs(10), || {
+            can_log_in("carol@example.test", "carol-pw")
+        })
+    })
+    .await
+    .expect("join");
+    timings.push(("new Mailbox apply -> login".into(), start.elapsed()));
+    assert!(took < Duration::from_secs(2), "a new mailbox took {took:?}");
+    assert_eq!(runtime_pids(), pids, "the runtime restarted");
+
+    // A changed password: the old one fails and the new one works within 2 s.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let start = Instant::now();
+    secrets
+        .patch(
+            "alice-password",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"stringData": {"password": "alice-new-password"}})),
+        )
+        .await
+        .expect("patch password");
+    let took = tokio::task::spawn_blocking(|| {
+        wait_for("the new password works", Duration::from_secs(10), || {
+            can_log_in("alice@example.test", "alice-new-password")
+        })
+    })
+    .await
+    .expect("join");
+    timings.push(("password change -> effect".into(), start.elapsed()));
+    assert!(
+        took < Duration::from_secs(2),
+        "a password change took {took:?}"
+    );
+    assert!(
+        !can_log_in("alice@example.test", "alice-quickstart-password"),
+        "the old password still works"
+    );
+    assert_eq!(runtime_pids(), pids, "the runtime restarted");
+
+    // A deleted Mailbox cannot log in, and its mail stays on disk.
+    Api::<Mailbox>::namespaced(client.clone(), &ns)
+        .delete("bob", &DeleteParams::default())
+        .await
+        .expect("delete bob");
+    tokio::task::spawn_blocking(|| {
+        wait_for("bob is refused", Duration::from_secs(10), || {
+            !can_log_in("bob@example.test", "bob-quickstart-password")
+        })
+    })
+    .await
+    .expect("join");
+    let bob_mail = pod
+        .data_dir
+        .clone()
+        .expect("data")
+        .join("mail/example.test/bob/new");
+    assert_eq!(
+        std::fs::read_dir(&bob_mail).map(|d| d.count()).unwrap_or(0),
+        1,
+        "bob's mail was deleted with his Mailbox"
+    );
+
+    // A deleted MailDomain leaves its PVC.
+    domains
+        .delete("example-test", &DeleteParams::default())
+        .await
+        .expect("delete domain");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pvc = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+        .get_opt("example-test-data")
+        .await
+        .expect("get");
+    assert!(pvc.is_some(), "the PVC went with the MailDomain");
+    pod.stop();
+
+    println!("\n| step | time |\n|---|---|");
+    for (step, took) in &timings {
+        println!("| {step} | {:.2} s |", took.as_secs_f64());
+    }
+}
