@@ -5,11 +5,11 @@ use std::{process::ExitCode, time::Duration};
 
 use kubemail_operator::{controller::Options, render::objects::RuntimeOptions};
 
-const USAGE: &str = "usage: kubemail-operator [--namespace NS] [--runtime-image IMAGE]
+const USAGE: &str = "usage: kubemail-operator [--namespace NS]... [--runtime-image IMAGE]
                          [--runtime-binary PATH] [--probe-host-override HOST]
                          [--probe-timeout SECONDS]
 
-  --namespace NS             watch one namespace (default: all)
+  --namespace NS             watch this namespace; repeat for several (default: all)
   --runtime-image IMAGE      the mail runtime's image (default: the version's release image)
   --runtime-binary PATH      mail-runtime in that image (default /usr/local/bin/mail-runtime)
   --probe-host-override HOST probe HOST:<container port> instead of the Service; for a runtime
@@ -60,7 +60,13 @@ fn main() -> ExitCode {
         probe_host_override: flag("--probe-host-override"),
         probe_timeout: Duration::from_secs_f64(timeout),
     };
-    let namespace = flag("--namespace");
+    // --namespace may be given several times; none: every namespace.
+    let namespaces: Vec<String> = args
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| *a == "--namespace")
+        .filter_map(|(i, _)| args.get(i + 1).cloned())
+        .collect();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -79,8 +85,16 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        tracing::info!(?namespace, "kubemail-operator starting");
-        kubemail_operator::run::run(client, options, namespace).await;
+        tracing::info!(?namespaces, "kubemail-operator starting");
+        if namespaces.is_empty() {
+            kubemail_operator::run::run(client, options, None).await;
+        } else {
+            // One set of controllers per namespace: each needs only that namespace's permissions.
+            let runs = namespaces
+                .into_iter()
+                .map(|ns| kubemail_operator::run::run(client.clone(), options.clone(), Some(ns)));
+            futures::future::join_all(runs).await;
+        }
         ExitCode::SUCCESS
     })
 }

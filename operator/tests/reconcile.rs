@@ -23,10 +23,13 @@ struct Operator(Child);
 
 impl Operator {
     fn start(plane: &ControlPlane, namespace: &str) -> Operator {
+        Operator::start_in(plane, &[namespace])
+    }
+
+    fn start_in(plane: &ControlPlane, namespaces: &[&str]) -> Operator {
         let child = Command::new(env!("CARGO_BIN_EXE_kubemail-operator"))
+            .args(namespaces.iter().flat_map(|ns| ["--namespace", ns]))
             .args([
-                "--namespace",
-                namespace,
                 "--probe-timeout",
                 "1",
                 "--runtime-image",
@@ -496,4 +499,30 @@ async fn a_restarted_operator_converges() {
             .filter(|(_, raw, _)| raw.mailboxes.len() == 2)
     })
     .await;
+}
+
+#[tokio::test]
+async fn one_operator_serves_several_namespaces_and_no_others() {
+    let (client, first) = setup(BTreeMap::new()).await;
+    let second = TestNamespace::create(&client, "operator", BTreeMap::new())
+        .await
+        .expect("ns");
+    let ignored = TestNamespace::create(&client, "operator", BTreeMap::new())
+        .await
+        .expect("ns");
+    let _operator = Operator::start_in(ControlPlane::shared(), &[&first.name, &second.name]);
+    for ns in [&first.name, &second.name, &ignored.name] {
+        apply(&client, ns, domain()).await;
+    }
+    for ns in [&first.name, &second.name] {
+        eventually("a config in each served namespace", || async {
+            config(&client, ns).await
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        config(&client, &ignored.name).await.is_none(),
+        "a namespace not served was written to"
+    );
 }
