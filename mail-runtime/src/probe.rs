@@ -105,6 +105,21 @@ struct Found {
 pub async fn probe(kind: Kind, address: &str, options: &Options) -> Report {
     let start = Instant::now();
     let mut found = Found::default();
+    // Name resolution happens first and on its own clock: how long a resolver takes to say
+    // "no such name" varies, and the probe's verdict must not vary with it.
+    if let Err(error) = resolve(address).await {
+        return Report {
+            protocol: kind,
+            address: address.to_string(),
+            ok: false,
+            latency_ms: start.elapsed().as_millis() as u64,
+            greeting: None,
+            capabilities: Vec::new(),
+            tls: false,
+            logged_in: None,
+            error: Some(error),
+        };
+    }
     let result = tokio::time::timeout(options.timeout, async {
         match kind {
             Kind::Smtp => smtp(address, options, &mut found).await,
@@ -148,18 +163,24 @@ fn tls_name(
     rustls::pki_types::ServerName::try_from(name).map_err(|e| format!("invalid TLS name: {e}"))
 }
 
-/// Resolves and connects. A name that does not resolve gives the same error every time,
+/// Resolves an address. A name that does not resolve gives the same error every time,
 /// whether the resolver says no or says nothing: a status built from it stays stable.
-async fn connect(address: &str) -> Result<TcpStream, String> {
-    let resolve = tokio::net::lookup_host(address);
+async fn resolve(address: &str) -> Result<Vec<std::net::SocketAddr>, String> {
+    let lookup = tokio::net::lookup_host(address);
     let addrs: Vec<std::net::SocketAddr> =
-        match tokio::time::timeout(Duration::from_secs(2), resolve).await {
+        match tokio::time::timeout(Duration::from_secs(5), lookup).await {
             Ok(Ok(addrs)) => addrs.collect(),
             Ok(Err(_)) | Err(_) => Vec::new(),
         };
     if addrs.is_empty() {
         return Err(format!("cannot resolve {}", host_of(address)));
     }
+    Ok(addrs)
+}
+
+/// Resolves and connects.
+async fn connect(address: &str) -> Result<TcpStream, String> {
+    let addrs = resolve(address).await?;
     let mut last = None;
     for addr in addrs {
         match TcpStream::connect(addr).await {

@@ -293,13 +293,12 @@ async fn a_domain_with_mailboxes_is_rendered_changed_and_cleaned_up() {
         .find(|c| c.type_ == "SMTPReady")
         .expect("SMTPReady");
     assert_eq!(smtp.reason, "ProbeFailed");
-    assert_eq!(
+    eventually("alice finds her domain", || async {
         condition(&client, &ns, "alice", "DomainFound")
             .await
-            .map(|c| c.0)
-            .as_deref(),
-        Some("True")
-    );
+            .filter(|c| c.0 == "True")
+    })
+    .await;
 
     // Nothing changed: no writes (resourceVersions stay) across more than one resync.
     let versions = || async {

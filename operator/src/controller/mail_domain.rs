@@ -147,7 +147,15 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
     let client = ctx.client.clone();
     let names = Names::of(&md);
     let generation = md.metadata.generation;
-    let previous = md.status.clone().unwrap_or_default();
+    // The status as stored now, not as the watch cache last saw it: a reconcile that follows
+    // our own status write closely must not take its stale copy for a change.
+    let stored = Api::<MailDomain>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&md.name_any())
+        .await?;
+    let Some(stored) = stored else {
+        return Ok(Action::await_change());
+    };
+    let previous = stored.status.clone().unwrap_or_default();
     let mut status = MailDomainStatus {
         observed_generation: generation,
         hostname: Some(hostname(&md)),
@@ -459,7 +467,7 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
     status.dns_records = dns::records(&md, dkim_public.as_deref());
 
     // Write status only when it changed: an unchanged domain makes no writes.
-    if md.status.as_ref() != Some(&status) {
+    if stored.status.as_ref() != Some(&status) {
         let api: Api<MailDomain> = Api::namespaced(client, &ns);
         let patch = serde_json::json!({
             "apiVersion": "kubemail.io/v1alpha1",

@@ -24,7 +24,15 @@ use crate::{
 pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Action> {
     let ns = mailbox.namespace().ok_or(Error::Incomplete("namespace"))?;
     let generation = mailbox.metadata.generation;
-    let previous = mailbox.status.clone().unwrap_or_default();
+    // The status as stored now, not as the watch cache last saw it: a reconcile that follows
+    // our own status write closely must not take its stale copy for a change.
+    let stored = Api::<Mailbox>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&mailbox.name_any())
+        .await?;
+    let Some(stored) = stored else {
+        return Ok(Action::await_change());
+    };
+    let previous = stored.status.clone().unwrap_or_default();
     let mut status = MailboxStatus {
         observed_generation: generation,
         conditions: previous.conditions.clone(),
@@ -122,7 +130,7 @@ pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Actio
         },
     );
     status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
-    if mailbox.status.as_ref() != Some(&status) {
+    if stored.status.as_ref() != Some(&status) {
         let api: Api<Mailbox> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = serde_json::json!({"apiVersion": "kubemail.io/v1alpha1", "kind": "Mailbox", "status": status});
         api.patch_status(

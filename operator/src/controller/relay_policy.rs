@@ -23,7 +23,15 @@ use crate::{
 pub async fn reconcile(rp: Arc<RelayPolicy>, ctx: Arc<Context>) -> Result<Action> {
     let ns = rp.namespace().ok_or(Error::Incomplete("namespace"))?;
     let generation = rp.metadata.generation;
-    let previous = rp.status.clone().unwrap_or_default();
+    // The status as stored now, not as the watch cache last saw it: a reconcile that follows
+    // our own status write closely must not take its stale copy for a change.
+    let stored = Api::<RelayPolicy>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&rp.name_any())
+        .await?;
+    let Some(stored) = stored else {
+        return Ok(Action::await_change());
+    };
+    let previous = stored.status.clone().unwrap_or_default();
     let mut status = RelayPolicyStatus {
         observed_generation: generation,
         conditions: previous.conditions.clone(),
@@ -138,7 +146,7 @@ pub async fn reconcile(rp: Arc<RelayPolicy>, ctx: Arc<Context>) -> Result<Action
         },
     );
     status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
-    if rp.status.as_ref() != Some(&status) {
+    if stored.status.as_ref() != Some(&status) {
         let api: Api<RelayPolicy> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = serde_json::json!({"apiVersion": "kubemail.io/v1alpha1", "kind": "RelayPolicy", "status": status});
         api.patch_status(
