@@ -525,3 +525,52 @@ async fn one_operator_serves_several_namespaces_and_no_others() {
         "a namespace not served was written to"
     );
 }
+
+#[tokio::test]
+async fn the_operator_converges_after_the_api_server_restarts() {
+    // A private control plane: restarting the shared one would disturb other tests.
+    let plane = ControlPlane::start().expect("a private control plane");
+    let client = plane.client().await.expect("client");
+    install_crds(&client).await.expect("CRDs");
+    let ns = TestNamespace::create(&client, "restart", BTreeMap::new())
+        .await
+        .expect("ns")
+        .name;
+    let kubectl_apply = |manifest: serde_json::Value| {
+        let mut child = plane
+            .kubectl()
+            .args(["apply", "--server-side", "-n", &ns, "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("kubectl");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(manifest.to_string().as_bytes())
+            .expect("write");
+        assert!(child.wait().expect("kubectl").success());
+    };
+    let _operator = Operator::start(&plane, &ns);
+    kubectl_apply(domain());
+    kubectl_apply(password("alice", "pw"));
+    kubectl_apply(mailbox("alice"));
+    eventually("alice in the config", || async {
+        config(&client, &ns)
+            .await
+            .filter(|(_, raw, _)| raw.mailboxes.len() == 1)
+    })
+    .await;
+    plane.restart_apiserver().expect("kube-apiserver restarts");
+    let client = plane.client().await.expect("client");
+    kubectl_apply(password("erin", "pw"));
+    kubectl_apply(mailbox("erin"));
+    eventually("erin in the config after the restart", || async {
+        config(&client, &ns)
+            .await
+            .filter(|(_, raw, _)| raw.mailboxes.len() == 2)
+    })
+    .await;
+}
