@@ -198,6 +198,7 @@ async fn install_run_with_the_charts_permissions_and_uninstall() {
             .unwrap_or(bin),
     )
     .args(["--namespace", &ns, "--probe-timeout", "1"])
+    .args(["--health-addr", "off"])
     .env("KUBECONFIG", &kubeconfig)
     .env("RUST_LOG", "warn")
     .spawn()

@@ -119,6 +119,7 @@ async fn from_apply_to_an_inbox() {
             "--runtime-binary",
             ENTRYPOINT,
         ])
+        .args(["--health-addr", "off"])
         .env("KUBECONFIG", plane.kubeconfig())
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))

@@ -6,6 +6,7 @@
 pub mod conditions;
 pub mod controller;
 pub mod error;
+pub mod health;
 pub mod keys;
 pub mod render;
 pub mod run;

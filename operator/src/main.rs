@@ -15,6 +15,7 @@ const USAGE: &str = "usage: kubemail-operator [--namespace NS]... [--runtime-ima
   --probe-host-override HOST probe HOST:<container port> instead of the Service; for a runtime
                              started outside the cluster (tests, the local command). Off by default.
   --probe-timeout SECONDS    per probe (default 3)
+  --health-addr ADDR         /healthz, /readyz and /metrics (default 0.0.0.0:8081; off to disable)
 
 Kubernetes access comes from the in-cluster ServiceAccount or KUBECONFIG.";
 
@@ -86,6 +87,22 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!(?namespaces, "kubemail-operator starting");
+        let health = flag("--health-addr").unwrap_or_else(|| "0.0.0.0:8081".into());
+        if health != "off" {
+            match health.parse() {
+                Ok(addr) => {
+                    tokio::spawn(async move {
+                        if let Err(err) = kubemail_operator::health::serve(addr).await {
+                            tracing::error!(error = %err, "the health endpoint stopped");
+                        }
+                    });
+                }
+                Err(_) => {
+                    eprintln!("kubemail-operator: --health-addr {health:?} is not an address");
+                    return ExitCode::from(2);
+                }
+            }
+        }
         if namespaces.is_empty() {
             kubemail_operator::run::run(client, options, None).await;
         } else {

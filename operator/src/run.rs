@@ -99,8 +99,12 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
             ctx.clone(),
         )
         .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "MailDomain controller event");
+            match &result {
+                Ok(_) => crate::health::reconciled("MailDomain", "ok"),
+                Err(kube::runtime::controller::Error::ReconcilerFailed(err, _)) => {
+                    crate::health::reconciled("MailDomain", err.category())
+                }
+                Err(err) => tracing::debug!(error = %err, "MailDomain controller event"),
             }
         });
 
@@ -118,8 +122,12 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
         .shutdown_on_signal()
         .run(mailbox::reconcile, mailbox::error_policy, ctx.clone())
         .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "Mailbox controller event");
+            match &result {
+                Ok(_) => crate::health::reconciled("Mailbox", "ok"),
+                Err(kube::runtime::controller::Error::ReconcilerFailed(err, _)) => {
+                    crate::health::reconciled("Mailbox", err.category())
+                }
+                Err(err) => tracing::debug!(error = %err, "Mailbox controller event"),
             }
         });
 
@@ -131,10 +139,15 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
             ctx.clone(),
         )
         .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "RelayPolicy controller event");
+            match &result {
+                Ok(_) => crate::health::reconciled("RelayPolicy", "ok"),
+                Err(kube::runtime::controller::Error::ReconcilerFailed(err, _)) => {
+                    crate::health::reconciled("RelayPolicy", err.category())
+                }
+                Err(err) => tracing::debug!(error = %err, "RelayPolicy controller event"),
             }
         });
 
+    crate::health::set_ready();
     futures::join!(domains, mailboxes, relays);
 }

@@ -27,8 +27,13 @@ impl Operator {
     }
 
     fn start_in(plane: &ControlPlane, namespaces: &[&str]) -> Operator {
+        Operator::start_with(plane, namespaces, "off")
+    }
+
+    fn start_with(plane: &ControlPlane, namespaces: &[&str], health: &str) -> Operator {
         let child = Command::new(env!("CARGO_BIN_EXE_kubemail-operator"))
             .args(namespaces.iter().flat_map(|ns| ["--namespace", ns]))
+            .args(["--health-addr", health])
             .args([
                 "--probe-timeout",
                 "1",
