@@ -197,7 +197,14 @@ async fn install_run_with_the_charts_permissions_and_uninstall() {
             .map(Into::into)
             .unwrap_or(bin),
     )
-    .args(["--namespace", &ns, "--probe-timeout", "1"])
+    .args([
+        "--namespace",
+        &ns,
+        "--probe-timeout",
+        "1",
+        "--leader-election",
+        &ns,
+    ])
     .args(["--health-addr", "off"])
     .env("KUBECONFIG", &kubeconfig)
     .env("RUST_LOG", "warn")

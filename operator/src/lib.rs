@@ -8,5 +8,6 @@ pub mod controller;
 pub mod error;
 pub mod health;
 pub mod keys;
+pub mod leader;
 pub mod render;
 pub mod run;

@@ -15,6 +15,8 @@ const USAGE: &str = "usage: kubemail-operator [--namespace NS]... [--runtime-ima
   --probe-host-override HOST probe HOST:<container port> instead of the Service; for a runtime
                              started outside the cluster (tests, the local command). Off by default.
   --probe-timeout SECONDS    per probe (default 3)
+  --leader-election NS       hold the Lease kubemail-operator in namespace NS before
+                             reconciling (identity: $POD_NAME or the host name)
   --health-addr ADDR         /healthz, /readyz and /metrics (default 0.0.0.0:8081; off to disable)
 
 Kubernetes access comes from the in-cluster ServiceAccount or KUBECONFIG.";
@@ -102,6 +104,28 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             }
+        }
+        if let Some(lease_ns) = flag("--leader-election") {
+            let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "kubemail-operator".into())
+            });
+            let identity = format!("{identity}-{}", std::process::id());
+            let election = kubemail_operator::leader::Election::new(
+                client.clone(),
+                &lease_ns,
+                "kubemail-operator",
+                &identity,
+            );
+            election.acquire().await;
+            let keeper = election.clone();
+            tokio::spawn(async move {
+                keeper.keep().await;
+                // No longer the leader: stop now, before another replica starts reconciling.
+                tracing::error!("lost the leader Lease; exiting");
+                std::process::exit(1);
+            });
         }
         if namespaces.is_empty() {
             kubemail_operator::run::run(client, options, None).await;

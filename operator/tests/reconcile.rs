@@ -579,3 +579,77 @@ async fn the_operator_converges_after_the_api_server_restarts() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn only_the_lease_holder_reconciles_and_a_follower_takes_over() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let (client, ns) = setup(BTreeMap::new()).await;
+    let ns = ns.name;
+    let start = |plane: &ControlPlane| {
+        Operator(
+            Command::new(env!("CARGO_BIN_EXE_kubemail-operator"))
+                .args([
+                    "--namespace",
+                    &ns,
+                    "--leader-election",
+                    &ns,
+                    "--health-addr",
+                    "off",
+                    "--probe-timeout",
+                    "1",
+                ])
+                .env("KUBECONFIG", plane.kubeconfig())
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("operator"),
+        )
+    };
+    let leader = start(ControlPlane::shared());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let first = eventually("a leader", || async {
+        leases
+            .get_opt("kubemail-operator")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+    })
+    .await;
+    let _follower = start(ControlPlane::shared());
+    apply(&client, &ns, domain()).await;
+    eventually("the leader reconciles", || async {
+        config(&client, &ns).await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let holder = leases
+        .get("kubemail-operator")
+        .await
+        .expect("lease")
+        .spec
+        .and_then(|s| s.holder_identity);
+    assert_eq!(
+        holder.as_ref(),
+        Some(&first),
+        "the follower took the Lease from a live leader"
+    );
+
+    // The leader dies; the follower takes over within the Lease's duration and reconciles.
+    drop(leader);
+    apply(&client, &ns, password("fay", "pw")).await;
+    apply(&client, &ns, mailbox("fay")).await;
+    eventually("the follower serves fay", || async {
+        config(&client, &ns)
+            .await
+            .filter(|(_, raw, _)| raw.mailboxes.len() == 1)
+    })
+    .await;
+    let holder = leases
+        .get("kubemail-operator")
+        .await
+        .expect("lease")
+        .spec
+        .and_then(|s| s.holder_identity);
+    assert_ne!(holder.as_ref(), Some(&first));
+}
