@@ -109,6 +109,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
         });
 
     let domains_for_domain_change = ctx.mailboxes.clone();
+    let mailboxes_for_their_secret = ctx.mailboxes.clone();
     let mailboxes = mailbox_controller
         .watches(api::<MailDomain>(&client, ns), cfg.clone(), move |md| {
             domains_for_domain_change
@@ -120,6 +121,18 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
                 .collect::<Vec<_>>()
         })
         .shutdown_on_signal()
+        .watches(api::<Secret>(&client, ns), cfg.clone(), move |s| {
+            // A password Secret appeared or changed: its Mailboxes report it at once.
+            mailboxes_for_their_secret
+                .state()
+                .into_iter()
+                .filter(|m| {
+                    m.namespace() == s.namespace()
+                        && m.spec.password_secret_ref.name == s.name_any()
+                })
+                .map(|m| ObjectRef::from(m.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .run(mailbox::reconcile, mailbox::error_policy, ctx.clone())
         .for_each(|result| async move {
             match &result {

@@ -27,13 +27,19 @@ impl Operator {
     }
 
     fn start_in(plane: &ControlPlane, namespaces: &[&str]) -> Operator {
-        Operator::start_with(plane, namespaces, "off")
+        Operator::start_with(plane, namespaces, "off", &[])
     }
 
-    fn start_with(plane: &ControlPlane, namespaces: &[&str], health: &str) -> Operator {
+    fn start_with(
+        plane: &ControlPlane,
+        namespaces: &[&str],
+        health: &str,
+        extra: &[&str],
+    ) -> Operator {
         let child = Command::new(env!("CARGO_BIN_EXE_kubemail-operator"))
             .args(namespaces.iter().flat_map(|ns| ["--namespace", ns]))
             .args(["--health-addr", health])
+            .args(extra)
             .args([
                 "--probe-timeout",
                 "1",
@@ -392,13 +398,12 @@ async fn a_domain_with_mailboxes_is_rendered_changed_and_cleaned_up() {
             .filter(|(_, raw, _)| addresses(raw).contains(&"carol@example.test".to_string()))
     })
     .await;
-    assert_eq!(
+    eventually("carol's Secret is found", || async {
         condition(&client, &ns, "carol", "SecretFound")
             .await
-            .map(|c| c.0)
-            .as_deref(),
-        Some("True")
-    );
+            .filter(|c| c.0 == "True")
+    })
+    .await;
 
     // A deleted Mailbox leaves the config.
     Api::<Mailbox>::namespaced(client.clone(), &ns)
@@ -586,24 +591,7 @@ async fn only_the_lease_holder_reconciles_and_a_follower_takes_over() {
     let (client, ns) = setup(BTreeMap::new()).await;
     let ns = ns.name;
     let start = |plane: &ControlPlane| {
-        Operator(
-            Command::new(env!("CARGO_BIN_EXE_kubemail-operator"))
-                .args([
-                    "--namespace",
-                    &ns,
-                    "--leader-election",
-                    &ns,
-                    "--health-addr",
-                    "off",
-                    "--probe-timeout",
-                    "1",
-                ])
-                .env("KUBECONFIG", plane.kubeconfig())
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("operator"),
-        )
+        Operator::start_with(plane, &[&ns], "off", &["--leader-election", &ns])
     };
     let leader = start(ControlPlane::shared());
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
