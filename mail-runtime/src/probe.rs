@@ -234,14 +234,7 @@ async fn smtp(address: &str, options: &Options, found: &mut Found) -> Result<(),
         c
     } else {
         let mut client = client;
-        let greeting = client
-            .read()
-            .await
-            .map_err(|e| format!("no SMTP greeting: {e}"))?;
-        found.greeting = Some(format!("{} {}", greeting.code(), greeting.message()));
-        if greeting.code() != 220 {
-            return Err(format!("greeting is {} instead of 220", greeting.code()));
-        }
+        smtp_greeting(&mut client, found).await?;
         let ehlo = client
             .ehlo("kubemail-probe")
             .await
@@ -258,14 +251,7 @@ async fn smtp(address: &str, options: &Options, found: &mut Found) -> Result<(),
         c
     };
     if options.implicit_tls {
-        let greeting = client
-            .read()
-            .await
-            .map_err(|e| format!("no SMTP greeting: {e}"))?;
-        found.greeting = Some(format!("{} {}", greeting.code(), greeting.message()));
-        if greeting.code() != 220 {
-            return Err(format!("greeting is {} instead of 220", greeting.code()));
-        }
+        smtp_greeting(&mut client, found).await?;
     }
     let ehlo = client
         .ehlo("kubemail-probe")
@@ -279,6 +265,22 @@ async fn smtp(address: &str, options: &Options, found: &mut Found) -> Result<(),
         result.map_err(|e| format!("login failed: {e}"))?;
     }
     let _ = client.quit().await;
+    Ok(())
+}
+
+/// Reads the SMTP greeting, which must be 220.
+async fn smtp_greeting<T: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut mail_send::SmtpClient<T>,
+    found: &mut Found,
+) -> Result<(), String> {
+    let greeting = client
+        .read()
+        .await
+        .map_err(|e| format!("no SMTP greeting: {e}"))?;
+    found.greeting = Some(format!("{} {}", greeting.code(), greeting.message()));
+    if greeting.code() != 220 {
+        return Err(format!("greeting is {} instead of 220", greeting.code()));
+    }
     Ok(())
 }
 
