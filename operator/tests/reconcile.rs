@@ -126,19 +126,27 @@ fn relay() -> serde_json::Value {
            "metadata": {"name": "apps"}, "spec": {"allow": {"clientCIDRs": ["10.42.0.0/16"]}}})
 }
 
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    eventually_within(what, Duration::from_secs(60), check).await
+}
+
+async fn eventually_within<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some(v) = check().await {
             return v;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{what}: not within 60 s"
+            "{what}: not within {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -577,11 +585,17 @@ async fn the_operator_converges_after_the_api_server_restarts() {
     let client = plane.client().await.expect("client");
     kubectl_apply(password("erin", "pw"));
     kubectl_apply(mailbox("erin"));
-    eventually("erin in the config after the restart", || async {
-        config(&client, &ns)
-            .await
-            .filter(|(_, raw, _)| raw.mailboxes.len() == 2)
-    })
+    // The operator's watches reconnect with exponential backoff (up to 30 s a step in
+    // kube-runtime) and then relist; on a loaded machine that takes more than a minute.
+    eventually_within(
+        "erin in the config after the restart",
+        Duration::from_secs(180),
+        || async {
+            config(&client, &ns)
+                .await
+                .filter(|(_, raw, _)| raw.mailboxes.len() == 2)
+        },
+    )
     .await;
 }
 
