@@ -133,7 +133,7 @@ pub fn write_dev_config(data: &Path, path: &Path, base_port: u16) -> Result<Vec<
             aliases: Vec::new(),
             forward_to: Vec::new(),
             keep_forwarded_copy: true,
-            quota_bytes: None,
+            quota_bytes: Some(1 << 30),
             protocols: vec![
                 crate::config::LoginProtocol::Smtp,
                 crate::config::LoginProtocol::Imap,

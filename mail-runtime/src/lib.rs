@@ -14,6 +14,7 @@ pub mod auth;
 pub mod config;
 pub mod dev;
 pub mod http;
+pub mod imap;
 pub mod metrics;
 pub mod net;
 pub mod pop3;

@@ -18,10 +18,12 @@ use crate::{
 };
 
 /// The protocols this build serves; listeners for others are skipped with a warning.
-pub const SERVED: [ListenerProtocol; 6] = [
+pub const SERVED: [ListenerProtocol; 8] = [
     ListenerProtocol::Smtp,
     ListenerProtocol::Submission,
     ListenerProtocol::Submissions,
+    ListenerProtocol::Imap,
+    ListenerProtocol::Imaps,
     ListenerProtocol::Pop3,
     ListenerProtocol::Pop3s,
     ListenerProtocol::Http,
@@ -143,6 +145,13 @@ impl Runtime {
                         self.clone(),
                     ));
                 }
+                ListenerProtocol::Imap | ListenerProtocol::Imaps => {
+                    tokio::spawn(crate::imap::server::serve(
+                        socket,
+                        listener.clone(),
+                        self.clone(),
+                    ));
+                }
                 ListenerProtocol::Pop3 | ListenerProtocol::Pop3s => {
                     tokio::spawn(crate::pop3::server::serve(
                         socket,
@@ -152,13 +161,6 @@ impl Runtime {
                 }
                 ListenerProtocol::Http => {
                     tokio::spawn(crate::http::serve(socket, self.clone()));
-                }
-                other => {
-                    tracing::warn!(
-                        protocol = other.name(),
-                        "this build does not serve this protocol yet"
-                    );
-                    continue;
                 }
             }
             tracing::info!(protocol = listener.protocol.name(), %addr, "listening");

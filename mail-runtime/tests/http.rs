@@ -142,8 +142,8 @@ print(json.dumps(out))
         expect("pop3", dev.port("pop3"), "STARTTLS");
         expect("smtp", dev.port("submissions"), "SSL");
         expect("smtp", dev.port("submission"), "STARTTLS");
-        // IMAP is not served by this build, so it is not advertised.
-        assert!(!servers.iter().any(|s| s[0] == "imap"), "{servers:?}");
+        expect("imap", dev.port("imaps"), "SSL");
+        expect("imap", dev.port("imap"), "STARTTLS");
     }
     let autodiscover = found["autodiscover"].as_array().expect("autodiscover");
     assert!(
@@ -152,6 +152,10 @@ print(json.dumps(out))
     );
     assert!(
         autodiscover.contains(&serde_json::json!(["SMTP", host, dev.port("submissions")])),
+        "{autodiscover:?}"
+    );
+    assert!(
+        autodiscover.contains(&serde_json::json!(["IMAP", host, dev.port("imaps")])),
         "{autodiscover:?}"
     );
     let sts = found["mta-sts"].as_str().expect("policy");

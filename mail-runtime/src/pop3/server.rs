@@ -142,9 +142,11 @@ impl Driver {
                         continue;
                     };
                     let store = self.runtime.store.clone();
-                    let read = tokio::task::spawn_blocking(move || store.read(&mailbox, &message))
-                        .await
-                        .map_err(io::Error::other)?;
+                    let read = tokio::task::spawn_blocking(move || {
+                        store.read(&mailbox, crate::store::INBOX, &message)
+                    })
+                    .await
+                    .map_err(io::Error::other)?;
                     match read {
                         Ok(Some(bytes)) => self
                             .out
@@ -166,11 +168,13 @@ impl Driver {
                         Some(mailbox) if !doomed.is_empty() => {
                             let store = self.runtime.store.clone();
                             let n = doomed.len();
-                            tokio::task::spawn_blocking(move || store.expunge(&mailbox, &doomed))
-                                .await
-                                .map_err(io::Error::other)?
-                                .map(|()| n)
-                                .map_err(|_| ())
+                            tokio::task::spawn_blocking(move || {
+                                store.expunge(&mailbox, crate::store::INBOX, &doomed)
+                            })
+                            .await
+                            .map_err(io::Error::other)?
+                            .map(|()| n)
+                            .map_err(|_| ())
                         }
                         _ => Ok(0),
                     };

@@ -1,13 +1,16 @@
-//! The embedded store: one Maildir per mailbox under `<data>/mail/<domain>/<local>/`.
+//! The embedded store: one Maildir++ per mailbox under `<data>/mail/<domain>/<local>/`.
 //!
-//! File names follow the Maildir convention plus two fields other tools already understand:
-//! `<secs>.M<usecs>P<pid>Q<n>.<host>,U=<uid>,S=<size>:2,<flags>`. `U=` carries the IMAP UID and
-//! `S=` the size, so the whole index (UIDs, sizes, flags) can be rebuilt from a directory listing
-//! without changing a UID a client already holds. `kubemail-uidvalidity` holds the folder's
-//! UIDVALIDITY, written once and fsynced.
+//! INBOX is the mailbox directory itself; every other folder is a sub-Maildir named `.` plus
+//! the IMAP name with `/` written as `.` (and `.`, `%` inside a name percent-escaped), the
+//! layout Dovecot and Courier read. File names follow the Maildir convention plus two fields
+//! other tools already understand: `<secs>.M<usecs>P<pid>Q<n>.<host>,U=<uid>,S=<size>:2,<flags>`.
+//! `U=` carries the IMAP UID and `S=` the size, so the whole index (UIDs, sizes, flags) can be
+//! rebuilt from a directory listing without changing a UID a client already holds; `<secs>` is
+//! the arrival time. `kubemail-uidvalidity` holds the folder's UIDVALIDITY (written once,
+//! fsynced) and, after an expunge, the next UID, so a UID is never handed out twice.
 //!
 //! Durability: the spool file is fsynced, hard-linked into `new/` of each mailbox, and each
-//! `new/` directory is fsynced before `deliver` returns.
+//! `new/` directory is fsynced before `deliver` returns. Flag changes are renames into `cur/`.
 use std::{
     collections::HashMap,
     fs,
@@ -19,26 +22,28 @@ use std::{
     },
 };
 
+use tokio::sync::watch;
+
 use super::{
-    FolderIndex, MessageMeta, SpoolWriter, SpooledMessage, Store, StoreError, Usage, unix_nanos,
+    DEFAULT_FOLDERS, FolderIndex, INBOX, MessageMeta, SpoolWriter, SpooledMessage, Store,
+    StoreError, Usage, unix_nanos,
 };
 
 const UIDVALIDITY_FILE: &str = "kubemail-uidvalidity";
+const SUBSCRIPTIONS_FILE: &str = "subscriptions";
+const DEFAULTS_MARKER: &str = "kubemail-default-folders";
 
 /// Maildir storage under a data directory.
 #[derive(Debug)]
 pub struct Maildir {
     root: PathBuf,
     host: String,
-    /// Per-mailbox state kept in memory after the first scan: next UID and usage.
-    folders: Mutex<HashMap<String, FolderState>>,
+    /// Next UID per folder (`mailbox\0folder`), kept in memory after the first scan.
+    uid_next: Mutex<HashMap<String, u32>>,
+    /// Usage per mailbox, kept in memory after the first scan.
+    usage: Mutex<HashMap<String, Usage>>,
+    watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
     seq: AtomicU64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct FolderState {
-    uid_next: u32,
-    usage: Usage,
 }
 
 impl Maildir {
@@ -57,12 +62,14 @@ impl Maildir {
         Ok(Self {
             root: root.to_path_buf(),
             host: host.replace(['/', ':', '.'], "_"),
-            folders: Mutex::new(HashMap::new()),
+            uid_next: Mutex::new(HashMap::new()),
+            usage: Mutex::new(HashMap::new()),
+            watchers: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
         })
     }
 
-    /// The Maildir of a mailbox's INBOX.
+    /// The Maildir of a mailbox's INBOX (the mailbox's directory).
     pub fn inbox_path(&self, mailbox: &str) -> Result<PathBuf, StoreError> {
         let (local, domain) = mailbox
             .rsplit_once('@')
@@ -80,18 +87,27 @@ impl Maildir {
         Ok(self.root.join("mail").join(domain).join(local))
     }
 
+    /// The Maildir of a folder.
+    pub fn folder_path(&self, mailbox: &str, folder: &str) -> Result<PathBuf, StoreError> {
+        let root = self.inbox_path(mailbox)?;
+        if folder.eq_ignore_ascii_case(INBOX) {
+            return Ok(root);
+        }
+        Ok(root.join(encode_folder(folder)?))
+    }
+
     fn ensure_maildir(&self, dir: &Path) -> Result<(), StoreError> {
-        if dir.join("new").is_dir() {
+        if dir.join("cur").is_dir() {
             return Ok(());
         }
         for sub in ["tmp", "new", "cur"] {
             fs::create_dir_all(dir.join(sub)).map_err(StoreError::from_io)?;
         }
         let validity = (unix_nanos() / 1_000_000_000) as u32;
-        let path = dir.join(UIDVALIDITY_FILE);
-        let mut f = fs::File::create(&path).map_err(StoreError::from_io)?;
-        writeln!(f, "{validity}").map_err(StoreError::from_io)?;
-        f.sync_all().map_err(StoreError::from_io)?;
+        write_synced(
+            &dir.join(UIDVALIDITY_FILE),
+            format!("{validity}\n").as_bytes(),
+        )?;
         for d in [
             dir.to_path_buf(),
             dir.parent().map(Path::to_path_buf).unwrap_or_default(),
@@ -101,37 +117,111 @@ impl Maildir {
         Ok(())
     }
 
-    fn state(&self, mailbox: &str, dir: &Path) -> Result<FolderState, StoreError> {
-        if let Some(s) = self.folders.lock().expect("store lock").get(mailbox) {
-            return Ok(*s);
+    /// An existing folder's directory.
+    fn existing(&self, mailbox: &str, folder: &str) -> Result<PathBuf, StoreError> {
+        let dir = self.folder_path(mailbox, folder)?;
+        if folder.eq_ignore_ascii_case(INBOX) {
+            self.ensure_maildir(&dir)?;
+        } else if !dir.join("cur").is_dir() {
+            return Err(StoreError::NoSuchFolder(folder.into()));
         }
-        let index = scan(dir)?;
-        let state = FolderState {
-            uid_next: index.uid_next,
-            usage: Usage {
-                bytes: index.messages.iter().map(|m| m.size).sum(),
-                messages: index.messages.len() as u64,
-            },
-        };
-        self.folders
-            .lock()
-            .expect("store lock")
-            .insert(mailbox.to_string(), state);
-        Ok(state)
+        Ok(dir)
     }
 
-    fn file_name(&self, uid: u32, size: u64) -> String {
+    /// Hands out `count` UIDs in a folder, under the lock so two writers never share one.
+    fn allocate(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        dir: &Path,
+        count: u32,
+    ) -> Result<(u32, u32), StoreError> {
+        let key = format!("{mailbox}\0{}", folder_key(folder));
+        let mut map = self.uid_next.lock().expect("store lock");
+        let next = match map.get(&key) {
+            Some(n) => *n,
+            None => scan(dir)?.uid_next,
+        };
+        map.insert(key, next + count);
+        Ok((read_validity(dir), next))
+    }
+
+    fn forget_uids(&self, mailbox: &str, folder: &str) {
+        let key = format!("{mailbox}\0{}", folder_key(folder));
+        self.uid_next.lock().expect("store lock").remove(&key);
+    }
+
+    fn add_usage(&self, mailbox: &str, bytes: i128, messages: i128) {
+        if let Some(u) = self.usage.lock().expect("store lock").get_mut(mailbox) {
+            u.bytes = (u.bytes as i128 + bytes).max(0) as u64;
+            u.messages = (u.messages as i128 + messages).max(0) as u64;
+        }
+    }
+
+    fn notify(&self, mailbox: &str) {
+        if let Some(tx) = self.watchers.lock().expect("store lock").get(mailbox) {
+            tx.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn file_name(&self, secs: i64, uid: u32, size: u64, flags: &str) -> String {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        format!(
-            "{}.M{}P{}Q{n}.{},U={uid},S={size}",
-            now.as_secs(),
+        let mut name = format!(
+            "{secs}.M{}P{}Q{n}.{},U={uid},S={size}",
             now.subsec_micros(),
             std::process::id(),
             self.host
-        )
+        );
+        if !flags.is_empty() {
+            name.push_str(":2,");
+            name.push_str(flags);
+        }
+        name
+    }
+
+    /// Links (or copies) `source` into a folder as a new message: `new/` without flags,
+    /// `cur/` with them. The caller fsyncs the directory.
+    fn place(
+        &self,
+        source: &Path,
+        dir: &Path,
+        uid: u32,
+        size: u64,
+        flags: &str,
+        secs: i64,
+    ) -> Result<PathBuf, StoreError> {
+        let sub = if flags.is_empty() { "new" } else { "cur" };
+        let target = dir.join(sub).join(self.file_name(secs, uid, size, flags));
+        if let Err(err) = fs::hard_link(source, &target) {
+            if err.raw_os_error() == Some(18) {
+                copy_synced(source, &target)?;
+            } else {
+                return Err(StoreError::from_io(err));
+            }
+        }
+        Ok(dir.join(sub))
+    }
+
+    fn mailbox_usage(&self, mailbox: &str) -> Result<Usage, StoreError> {
+        if let Some(u) = self.usage.lock().expect("store lock").get(mailbox) {
+            return Ok(*u);
+        }
+        let mut usage = Usage::default();
+        for folder in self.folders(mailbox)? {
+            let dir = self.folder_path(mailbox, &folder)?;
+            for m in scan(&dir)?.messages {
+                usage.bytes += m.size;
+                usage.messages += 1;
+            }
+        }
+        self.usage
+            .lock()
+            .expect("store lock")
+            .insert(mailbox.to_string(), usage);
+        Ok(usage)
     }
 }
 
@@ -141,35 +231,28 @@ impl Store for Maildir {
     }
 
     fn deliver(&self, message: SpooledMessage, mailboxes: &[String]) -> Result<(), StoreError> {
+        let now = (unix_nanos() / 1_000_000_000) as i64;
         let result = (|| {
             let mut touched = Vec::new();
             for mailbox in mailboxes {
                 let dir = self.inbox_path(mailbox)?;
                 self.ensure_maildir(&dir)?;
-                let state = self.state(mailbox, &dir)?;
-                // UIDs are handed out under the lock, so two deliveries never share one.
-                let uid = {
-                    let mut folders = self.folders.lock().expect("store lock");
-                    let s = folders.entry(mailbox.clone()).or_insert(state);
-                    let uid = s.uid_next;
-                    s.uid_next += 1;
-                    s.usage.bytes += message.size;
-                    s.usage.messages += 1;
-                    uid
-                };
-                let target = dir.join("new").join(self.file_name(uid, message.size));
-                if let Err(err) = fs::hard_link(&message.path, &target) {
-                    if err.raw_os_error() == Some(18) {
-                        copy_synced(&message.path, &target)?;
-                    } else {
-                        self.folders.lock().expect("store lock").remove(mailbox);
-                        return Err(StoreError::from_io(err));
+                let _ = self.mailbox_usage(mailbox)?;
+                let (_, uid) = self.allocate(mailbox, INBOX, &dir, 1)?;
+                match self.place(&message.path, &dir, uid, message.size, "", now) {
+                    Ok(sub) => touched.push((mailbox, sub)),
+                    Err(err) => {
+                        self.forget_uids(mailbox, INBOX);
+                        return Err(err);
                     }
                 }
-                touched.push(dir.join("new"));
+                self.add_usage(mailbox, message.size.into(), 1);
             }
-            for dir in touched {
-                sync_dir(&dir)?;
+            for (_, dir) in &touched {
+                sync_dir(dir)?;
+            }
+            for (mailbox, _) in touched {
+                self.notify(mailbox);
             }
             Ok(())
         })();
@@ -178,27 +261,34 @@ impl Store for Maildir {
     }
 
     fn usage(&self, mailbox: &str) -> Result<Usage, StoreError> {
-        let dir = self.inbox_path(mailbox)?;
-        if !dir.join("new").is_dir() {
+        if !self.inbox_path(mailbox)?.is_dir() {
             return Ok(Usage::default());
         }
-        Ok(self.state(mailbox, &dir)?.usage)
+        self.mailbox_usage(mailbox)
     }
 
-    fn inbox(&self, mailbox: &str) -> Result<FolderIndex, StoreError> {
-        let dir = self.inbox_path(mailbox)?;
-        if !dir.join("new").is_dir() {
-            return Ok(FolderIndex {
-                uid_validity: 0,
-                uid_next: 1,
-                messages: Vec::new(),
-            });
+    fn index(&self, mailbox: &str, folder: &str) -> Result<FolderIndex, StoreError> {
+        let dir = self.folder_path(mailbox, folder)?;
+        if !dir.join("cur").is_dir() {
+            if folder.eq_ignore_ascii_case(INBOX) {
+                return Ok(FolderIndex {
+                    uid_validity: 0,
+                    uid_next: 1,
+                    messages: Vec::new(),
+                });
+            }
+            return Err(StoreError::NoSuchFolder(folder.into()));
         }
         scan(&dir)
     }
 
-    fn read(&self, mailbox: &str, message: &MessageMeta) -> Result<Option<Vec<u8>>, StoreError> {
-        let dir = self.inbox_path(mailbox)?;
+    fn read(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        message: &MessageMeta,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let dir = self.folder_path(mailbox, folder)?;
         for sub in ["new", "cur"] {
             match fs::read(dir.join(sub).join(&message.file_name)) {
                 Ok(bytes) => return Ok(Some(bytes)),
@@ -207,66 +297,402 @@ impl Store for Maildir {
             }
         }
         // Renamed meanwhile (flags changed): find it by UID.
-        self.read_message(mailbox, message.uid)
-    }
-
-    fn expunge(&self, mailbox: &str, messages: &[MessageMeta]) -> Result<(), StoreError> {
-        let dir = self.inbox_path(mailbox)?;
-        let mut removed = Usage::default();
-        for sub in ["new", "cur"] {
-            let Ok(entries) = fs::read_dir(dir.join(sub)) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().to_string();
-                let Some((uid, size, _)) = parse_name(&name) else {
-                    continue;
-                };
-                if messages.iter().any(|m| m.uid == uid) {
-                    match fs::remove_file(entry.path()) {
-                        Ok(()) => {
-                            removed.bytes += size;
-                            removed.messages += 1;
-                        }
-                        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                        Err(err) => return Err(StoreError::from_io(err)),
-                    }
-                }
-            }
-            sync_dir(&dir.join(sub))?;
+        match find(&dir, message.uid) {
+            Some(path) => fs::read(path).map(Some).map_err(StoreError::from_io),
+            None => Ok(None),
         }
-        if let Some(state) = self.folders.lock().expect("store lock").get_mut(mailbox) {
-            state.usage.bytes = state.usage.bytes.saturating_sub(removed.bytes);
-            state.usage.messages = state.usage.messages.saturating_sub(removed.messages);
-        }
-        Ok(())
     }
 
     fn read_message(&self, mailbox: &str, uid: u32) -> Result<Option<Vec<u8>>, StoreError> {
         let dir = self.inbox_path(mailbox)?;
-        for sub in ["cur", "new"] {
-            let Ok(entries) = fs::read_dir(dir.join(sub)) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                if parse_name(&name.to_string_lossy()).is_some_and(|(u, _, _)| u == uid) {
-                    return fs::read(entry.path())
-                        .map(Some)
-                        .map_err(StoreError::from_io);
+        match find(&dir, uid) {
+            Some(path) => fs::read(path).map(Some).map_err(StoreError::from_io),
+            None => Ok(None),
+        }
+    }
+
+    fn expunge(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        messages: &[MessageMeta],
+    ) -> Result<(), StoreError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let dir = self.folder_path(mailbox, folder)?;
+        let doomed: std::collections::HashSet<u32> = messages.iter().map(|m| m.uid).collect();
+        // The next UID is recorded first: once the highest message is gone, the listing alone
+        // would hand its UID out again.
+        let index = scan(&dir)?;
+        write_synced(
+            &dir.join(UIDVALIDITY_FILE),
+            format!("{}\n{}\n", index.uid_validity, index.uid_next).as_bytes(),
+        )?;
+        let mut removed = (0i128, 0i128);
+        for m in index.messages.iter().filter(|m| doomed.contains(&m.uid)) {
+            for sub in ["new", "cur"] {
+                match fs::remove_file(dir.join(sub).join(&m.file_name)) {
+                    Ok(()) => {
+                        removed.0 += i128::from(m.size);
+                        removed.1 += 1;
+                        break;
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(StoreError::from_io(err)),
                 }
             }
         }
-        Ok(None)
+        for sub in ["new", "cur"] {
+            sync_dir(&dir.join(sub))?;
+        }
+        self.add_usage(mailbox, -removed.0, -removed.1);
+        self.notify(mailbox);
+        Ok(())
     }
+
+    fn append(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        message: SpooledMessage,
+        flags: &str,
+        internal_date: Option<i64>,
+    ) -> Result<(u32, u32), StoreError> {
+        let result = (|| {
+            let dir = self.existing(mailbox, folder)?;
+            let _ = self.mailbox_usage(mailbox)?;
+            let (validity, uid) = self.allocate(mailbox, folder, &dir, 1)?;
+            let secs = internal_date.unwrap_or((unix_nanos() / 1_000_000_000) as i64);
+            let sub = self.place(&message.path, &dir, uid, message.size, flags, secs)?;
+            sync_dir(&sub)?;
+            self.add_usage(mailbox, message.size.into(), 1);
+            self.notify(mailbox);
+            Ok((validity, uid))
+        })();
+        let _ = fs::remove_file(&message.path);
+        result
+    }
+
+    fn copy(
+        &self,
+        mailbox: &str,
+        from: &str,
+        messages: &[MessageMeta],
+        to: &str,
+    ) -> Result<(u32, Vec<(u32, u32)>), StoreError> {
+        let source = self.existing(mailbox, from)?;
+        let target = self.existing(mailbox, to)?;
+        let _ = self.mailbox_usage(mailbox)?;
+        let (validity, first) = self.allocate(mailbox, to, &target, messages.len() as u32)?;
+        let mut uids = Vec::new();
+        let mut subs = std::collections::BTreeSet::new();
+        let mut next = first;
+        for m in messages {
+            let path = ["cur", "new"]
+                .iter()
+                .map(|sub| source.join(sub).join(&m.file_name))
+                .find(|p| p.exists())
+                .or_else(|| find(&source, m.uid));
+            let Some(path) = path else { continue };
+            let flags = parse_name(&path.file_name().unwrap_or_default().to_string_lossy())
+                .map(|(_, _, f)| f)
+                .unwrap_or_default();
+            subs.insert(self.place(&path, &target, next, m.size, &flags, m.internal_date)?);
+            self.add_usage(mailbox, m.size.into(), 1);
+            uids.push((m.uid, next));
+            next += 1;
+        }
+        for sub in subs {
+            sync_dir(&sub)?;
+        }
+        self.notify(mailbox);
+        Ok((validity, uids))
+    }
+
+    fn set_flags(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        changes: &[(MessageMeta, String)],
+    ) -> Result<Vec<MessageMeta>, StoreError> {
+        let dir = self.folder_path(mailbox, folder)?;
+        let mut out = Vec::new();
+        let mut changed = false;
+        for (m, flags) in changes {
+            let mut flags: Vec<char> = flags.chars().collect();
+            flags.sort_unstable();
+            flags.dedup();
+            let flags: String = flags.into_iter().collect();
+            let current = ["cur", "new"]
+                .iter()
+                .map(|sub| dir.join(sub).join(&m.file_name))
+                .find(|p| p.exists())
+                .or_else(|| find(&dir, m.uid));
+            let Some(current) = current else { continue };
+            let name = current
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .to_string();
+            let base = name.split_once(":2,").map_or(name.as_str(), |(b, _)| b);
+            let new_name = format!("{base}:2,{flags}");
+            if current.parent() != Some(&dir.join("cur")) || name != new_name {
+                match fs::rename(&current, dir.join("cur").join(&new_name)) {
+                    Ok(()) => changed = true,
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                    Err(err) => return Err(StoreError::from_io(err)),
+                }
+            }
+            out.push(MessageMeta {
+                flags,
+                file_name: new_name,
+                ..m.clone()
+            });
+        }
+        if changed {
+            sync_dir(&dir.join("cur"))?;
+            self.notify(mailbox);
+        }
+        Ok(out)
+    }
+
+    fn folders(&self, mailbox: &str) -> Result<Vec<String>, StoreError> {
+        let root = self.inbox_path(mailbox)?;
+        let mut out = Vec::new();
+        if let Ok(entries) = fs::read_dir(&root) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if let Some(folder) = decode_folder(&name)
+                    && entry.path().join("cur").is_dir()
+                {
+                    out.push(folder);
+                }
+            }
+        }
+        out.sort();
+        out.insert(0, INBOX.to_string());
+        Ok(out)
+    }
+
+    fn create_folder(&self, mailbox: &str, folder: &str) -> Result<(), StoreError> {
+        let dir = self.folder_path(mailbox, folder)?;
+        if folder.eq_ignore_ascii_case(INBOX) || dir.join("cur").is_dir() {
+            return Err(StoreError::FolderExists(folder.into()));
+        }
+        self.ensure_maildir(&self.inbox_path(mailbox)?)?;
+        // Parents first, so the hierarchy is listable.
+        let parts: Vec<&str> = folder.split('/').collect();
+        for n in 1..=parts.len() {
+            let name = parts[..n].join("/");
+            if name.eq_ignore_ascii_case(INBOX) {
+                continue;
+            }
+            self.ensure_maildir(&self.folder_path(mailbox, &name)?)?;
+        }
+        self.notify(mailbox);
+        Ok(())
+    }
+
+    fn delete_folder(&self, mailbox: &str, folder: &str) -> Result<(), StoreError> {
+        if folder.eq_ignore_ascii_case(INBOX) {
+            return Err(StoreError::NotAllowed("INBOX cannot be deleted"));
+        }
+        let dir = self.existing(mailbox, folder)?;
+        let gone = scan(&dir)?.messages;
+        fs::remove_dir_all(&dir).map_err(StoreError::from_io)?;
+        sync_dir(&self.inbox_path(mailbox)?)?;
+        self.forget_uids(mailbox, folder);
+        self.add_usage(
+            mailbox,
+            -gone.iter().map(|m| i128::from(m.size)).sum::<i128>(),
+            -(gone.len() as i128),
+        );
+        self.notify(mailbox);
+        Ok(())
+    }
+
+    fn rename_folder(&self, mailbox: &str, from: &str, to: &str) -> Result<(), StoreError> {
+        let target = self.folder_path(mailbox, to)?;
+        if to.eq_ignore_ascii_case(INBOX) || target.join("cur").is_dir() {
+            return Err(StoreError::FolderExists(to.into()));
+        }
+        let source = self.existing(mailbox, from)?;
+        if from.eq_ignore_ascii_case(INBOX) {
+            // RFC 3501: renaming INBOX moves its messages and leaves INBOX empty.
+            self.create_folder(mailbox, to)?;
+            let messages = scan(&source)?.messages;
+            self.copy(mailbox, INBOX, &messages, to)?;
+            return self.expunge(mailbox, INBOX, &messages);
+        }
+        for n in 1..to.split('/').count() {
+            let parent = to.split('/').take(n).collect::<Vec<_>>().join("/");
+            if !parent.eq_ignore_ascii_case(INBOX) {
+                self.ensure_maildir(&self.folder_path(mailbox, &parent)?)?;
+            }
+        }
+        let root = self.inbox_path(mailbox)?;
+        // Children move with their parent.
+        let prefix = format!("{from}/");
+        for folder in self.folders(mailbox)? {
+            if let Some(rest) = folder.strip_prefix(&prefix) {
+                let new = format!("{to}/{rest}");
+                fs::rename(
+                    self.folder_path(mailbox, &folder)?,
+                    self.folder_path(mailbox, &new)?,
+                )
+                .map_err(StoreError::from_io)?;
+                self.forget_uids(mailbox, &folder);
+            }
+        }
+        fs::rename(&source, &target).map_err(StoreError::from_io)?;
+        sync_dir(&root)?;
+        self.forget_uids(mailbox, from);
+        self.notify(mailbox);
+        Ok(())
+    }
+
+    fn subscriptions(&self, mailbox: &str) -> Result<Vec<String>, StoreError> {
+        let path = self.inbox_path(mailbox)?.join(SUBSCRIPTIONS_FILE);
+        match fs::read_to_string(path) {
+            Ok(text) => Ok(text
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(err) => Err(StoreError::from_io(err)),
+        }
+    }
+
+    fn set_subscribed(&self, mailbox: &str, folder: &str, on: bool) -> Result<(), StoreError> {
+        let root = self.inbox_path(mailbox)?;
+        self.ensure_maildir(&root)?;
+        let mut list = self.subscriptions(mailbox)?;
+        list.retain(|f| f != folder);
+        if on {
+            list.push(folder.to_string());
+        }
+        let text: String = list.iter().map(|f| format!("{f}\n")).collect();
+        let tmp = root.join(format!(".{SUBSCRIPTIONS_FILE}.tmp"));
+        write_synced(&tmp, text.as_bytes())?;
+        fs::rename(&tmp, root.join(SUBSCRIPTIONS_FILE)).map_err(StoreError::from_io)?;
+        sync_dir(&root)
+    }
+
+    fn ensure_default_folders(&self, mailbox: &str) -> Result<(), StoreError> {
+        let root = self.inbox_path(mailbox)?;
+        if root.join(DEFAULTS_MARKER).exists() {
+            return Ok(());
+        }
+        self.ensure_maildir(&root)?;
+        let subscribed = self.subscriptions(mailbox)?;
+        for (name, _) in DEFAULT_FOLDERS {
+            match self.create_folder(mailbox, name) {
+                Ok(()) | Err(StoreError::FolderExists(_)) => {}
+                Err(err) => return Err(err),
+            }
+            if !subscribed.iter().any(|s| s == name) {
+                self.set_subscribed(mailbox, name, true)?;
+            }
+        }
+        if !subscribed.iter().any(|s| s == INBOX) {
+            self.set_subscribed(mailbox, INBOX, true)?;
+        }
+        write_synced(&root.join(DEFAULTS_MARKER), b"1\n")?;
+        sync_dir(&root)
+    }
+
+    fn changes(&self, mailbox: &str) -> watch::Receiver<u64> {
+        self.watchers
+            .lock()
+            .expect("store lock")
+            .entry(mailbox.to_string())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+}
+
+/// The folder key used for the in-memory UID table (INBOX in any case is one folder).
+fn folder_key(folder: &str) -> &str {
+    if folder.eq_ignore_ascii_case(INBOX) {
+        INBOX
+    } else {
+        folder
+    }
+}
+
+/// `Sent/2024` -> `.Sent.2024`; `.` and `%` inside a name are percent-escaped.
+fn encode_folder(folder: &str) -> Result<String, StoreError> {
+    let bad = folder.is_empty()
+        || folder.len() > 512
+        || folder.split('/').any(str::is_empty)
+        || folder.chars().any(|c| c.is_control());
+    if bad {
+        return Err(StoreError::InvalidName(folder.into()));
+    }
+    let mut out = String::from(".");
+    for c in folder.chars() {
+        match c {
+            '/' => out.push('.'),
+            '.' => out.push_str("%2E"),
+            '%' => out.push_str("%25"),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+fn decode_folder(dir_name: &str) -> Option<String> {
+    let rest = dir_name.strip_prefix('.')?;
+    if rest.is_empty() || rest.starts_with('.') || rest.ends_with(".tmp") {
+        return None;
+    }
+    Some(
+        rest.replace('.', "/")
+            .replace("%2E", ".")
+            .replace("%25", "%"),
+    )
+}
+
+/// A message's file by UID, in `cur/` or `new/`.
+fn find(dir: &Path, uid: u32) -> Option<PathBuf> {
+    for sub in ["cur", "new"] {
+        let Ok(entries) = fs::read_dir(dir.join(sub)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if parse_name(&entry.file_name().to_string_lossy()).is_some_and(|(u, _, _)| u == uid) {
+                return Some(entry.path());
+            }
+        }
+    }
+    None
+}
+
+/// The folder's UIDVALIDITY and the next UID recorded at the last expunge.
+fn read_uid_file(dir: &Path) -> (u32, u32) {
+    let text = fs::read_to_string(dir.join(UIDVALIDITY_FILE)).unwrap_or_default();
+    let mut lines = text.lines().map(|l| l.trim().parse::<u32>().ok());
+    (
+        lines.next().flatten().unwrap_or(1),
+        lines.next().flatten().unwrap_or(1),
+    )
+}
+
+fn read_validity(dir: &Path) -> u32 {
+    read_uid_file(dir).0
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut f = fs::File::create(path).map_err(StoreError::from_io)?;
+    f.write_all(bytes).map_err(StoreError::from_io)?;
+    f.sync_all().map_err(StoreError::from_io)
 }
 
 /// Reads a Maildir folder's index from its directory listing.
 pub fn scan(dir: &Path) -> Result<FolderIndex, StoreError> {
-    let uid_validity = fs::read_to_string(dir.join(UIDVALIDITY_FILE))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(1);
+    let (uid_validity, recorded_next) = read_uid_file(dir);
     let mut messages = Vec::new();
     for sub in ["new", "cur"] {
         let entries = match fs::read_dir(dir.join(sub)) {
@@ -294,7 +720,7 @@ pub fn scan(dir: &Path) -> Result<FolderIndex, StoreError> {
         }
     }
     messages.sort_by_key(|m| m.uid);
-    let uid_next = messages.last().map_or(1, |m| m.uid + 1);
+    let uid_next = messages.last().map_or(1, |m| m.uid + 1).max(recorded_next);
     Ok(FolderIndex {
         uid_validity,
         uid_next,

@@ -54,7 +54,7 @@ pub struct Usage {
     pub messages: u64,
 }
 
-/// Errors of the store; each maps to an SMTP reply in the session.
+/// Errors of the store; each maps to a protocol reply in the session.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The disk is full (ENOSPC or EDQUOT): a temporary failure.
@@ -63,9 +63,18 @@ pub enum StoreError {
     /// Any other I/O error.
     #[error("storage I/O error: {0}")]
     Io(#[from] io::Error),
-    /// The mailbox name cannot be a directory name.
-    #[error("invalid mailbox name {0:?}")]
+    /// The mailbox or folder name cannot be a directory name.
+    #[error("invalid name {0:?}")]
     InvalidName(String),
+    /// The folder does not exist.
+    #[error("no folder {0:?}")]
+    NoSuchFolder(String),
+    /// The folder already exists.
+    #[error("folder {0:?} already exists")]
+    FolderExists(String),
+    /// The operation is not allowed on this folder (deleting INBOX).
+    #[error("{0}")]
+    NotAllowed(&'static str),
 }
 
 impl StoreError {
@@ -78,7 +87,20 @@ impl StoreError {
     }
 }
 
-/// A store of mailboxes. Calls block on disk I/O: run them on a blocking thread.
+/// The folder every mailbox has, where mail is delivered.
+pub const INBOX: &str = "INBOX";
+
+/// The folders a mailbox starts with, with their RFC 6154 special use.
+pub const DEFAULT_FOLDERS: [(&str, &str); 5] = [
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+];
+
+/// A store of mailboxes, each with folders (INBOX always). Folder names are IMAP names with
+/// `/` as the hierarchy separator. Calls block on disk I/O: run them on a blocking thread.
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// A spool file for a message being received.
     fn spool(&self) -> Result<SpoolWriter, StoreError>;
@@ -87,22 +109,90 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The spool file is removed afterwards.
     fn deliver(&self, message: SpooledMessage, mailboxes: &[String]) -> Result<(), StoreError>;
 
-    /// Storage used by a mailbox.
+    /// Storage used by a mailbox, all folders together.
     fn usage(&self, mailbox: &str) -> Result<Usage, StoreError>;
 
-    /// The INBOX of a mailbox (other folders join with IMAP).
-    fn inbox(&self, mailbox: &str) -> Result<FolderIndex, StoreError>;
+    /// A folder's index. The INBOX of a mailbox that never received mail is empty, not missing.
+    fn index(&self, mailbox: &str, folder: &str) -> Result<FolderIndex, StoreError>;
 
-    /// The raw bytes of one message of the INBOX.
-    fn read_message(&self, mailbox: &str, uid: u32) -> Result<Option<Vec<u8>>, StoreError>;
-
-    /// The raw bytes of a message listed in an index; `None` if it is gone.
-    fn read(&self, mailbox: &str, message: &MessageMeta) -> Result<Option<Vec<u8>>, StoreError> {
-        self.read_message(mailbox, message.uid)
+    /// The INBOX's index.
+    fn inbox(&self, mailbox: &str) -> Result<FolderIndex, StoreError> {
+        self.index(mailbox, INBOX)
     }
 
-    /// Removes messages from the INBOX, durably. Messages already gone are not an error.
-    fn expunge(&self, mailbox: &str, messages: &[MessageMeta]) -> Result<(), StoreError>;
+    /// The raw bytes of a message listed in an index; `None` if it is gone.
+    fn read(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        message: &MessageMeta,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The raw bytes of one message of the INBOX by UID.
+    fn read_message(&self, mailbox: &str, uid: u32) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Removes messages from a folder, durably. Messages already gone are not an error.
+    fn expunge(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        messages: &[MessageMeta],
+    ) -> Result<(), StoreError>;
+
+    /// Stores a spooled message in a folder with flags (Maildir letters) and an arrival time
+    /// (now when `None`), durably. Returns the folder's UIDVALIDITY and the new UID.
+    fn append(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        message: SpooledMessage,
+        flags: &str,
+        internal_date: Option<i64>,
+    ) -> Result<(u32, u32), StoreError>;
+
+    /// Copies messages to another folder, keeping flags and arrival times, durably. Returns the
+    /// target's UIDVALIDITY and the new UIDs in the order of `messages` (gone ones skipped).
+    fn copy(
+        &self,
+        mailbox: &str,
+        from: &str,
+        messages: &[MessageMeta],
+        to: &str,
+    ) -> Result<(u32, Vec<(u32, u32)>), StoreError>;
+
+    /// Sets the flags of messages; returns them as they are now (gone ones left out).
+    fn set_flags(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        changes: &[(MessageMeta, String)],
+    ) -> Result<Vec<MessageMeta>, StoreError>;
+
+    /// Every folder of a mailbox, INBOX first.
+    fn folders(&self, mailbox: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Creates a folder (and its missing parents).
+    fn create_folder(&self, mailbox: &str, folder: &str) -> Result<(), StoreError>;
+
+    /// Deletes a folder and its messages (not INBOX).
+    fn delete_folder(&self, mailbox: &str, folder: &str) -> Result<(), StoreError>;
+
+    /// Renames a folder and its children. Renaming INBOX moves its messages to the new folder.
+    fn rename_folder(&self, mailbox: &str, from: &str, to: &str) -> Result<(), StoreError>;
+
+    /// The folders the user subscribed to.
+    fn subscriptions(&self, mailbox: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Subscribes to or unsubscribes from a folder.
+    fn set_subscribed(&self, mailbox: &str, folder: &str, on: bool) -> Result<(), StoreError>;
+
+    /// Creates the default folders once, subscribed; a folder the user deletes later stays
+    /// deleted.
+    fn ensure_default_folders(&self, mailbox: &str) -> Result<(), StoreError>;
+
+    /// A counter that moves whenever anything in the mailbox changes (delivery, flags,
+    /// expunge, folders), so every session on it can look again.
+    fn changes(&self, mailbox: &str) -> tokio::sync::watch::Receiver<u64>;
 }
 
 /// A message being written to the spool. Dropped without [`SpoolWriter::finish`], its file

@@ -1,0 +1,519 @@
+//! What FETCH reads out of a message: ENVELOPE, BODYSTRUCTURE, and the bytes of a section
+//! (RFC 9051 sections 6.4.5 and 7.5.2). MIME parsing is mail-parser's; this module only maps
+//! its parts onto IMAP's part numbers and writes them in IMAP syntax.
+use std::borrow::Cow;
+
+use imap_codec::imap_types::{
+    core::AString,
+    fetch::{Part as PartPath, Section},
+};
+use mail_parser::{Address, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders};
+
+use super::write::{nstring, string};
+
+/// Parses a stored message.
+pub fn parse(bytes: &[u8]) -> Message<'_> {
+    MessageParser::default().parse(bytes).unwrap_or_default()
+}
+
+/// A part together with the message whose bytes it points into.
+#[derive(Clone, Copy)]
+pub struct Node<'a, 'x> {
+    message: &'a Message<'x>,
+    part: &'a MessagePart<'x>,
+}
+
+impl std::fmt::Debug for Node<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("offset_header", &self.part.offset_header)
+            .finish()
+    }
+}
+
+impl<'a, 'x> Node<'a, 'x> {
+    /// The top of a message.
+    pub fn root(message: &'a Message<'x>) -> Option<Self> {
+        Some(Self {
+            message,
+            part: message.parts.first()?,
+        })
+    }
+
+    fn slice(&self, from: u32, to: u32) -> &'a [u8] {
+        self.message
+            .raw_message
+            .get(from as usize..to as usize)
+            .unwrap_or_default()
+    }
+
+    /// The header block, blank line included.
+    pub fn raw_headers(&self) -> &'a [u8] {
+        self.slice(self.part.offset_header, self.part.offset_body)
+    }
+
+    /// The body as written (still transfer-encoded).
+    pub fn raw_body(&self) -> &'a [u8] {
+        self.slice(self.part.offset_body, self.part.offset_end)
+    }
+
+    /// The body, transfer-decoded.
+    pub fn decoded(&self) -> Cow<'a, [u8]> {
+        match &self.part.body {
+            mail_parser::PartType::Message(_) | mail_parser::PartType::Multipart(_) => {
+                Cow::Borrowed(self.raw_body())
+            }
+            _ => Cow::Borrowed(self.part.contents()),
+        }
+    }
+
+    fn is_multipart(&self) -> bool {
+        self.part.is_multipart()
+    }
+
+    fn children(&self) -> Vec<Node<'a, 'x>> {
+        self.part
+            .sub_parts()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|id| {
+                Some(Node {
+                    message: self.message,
+                    part: self.message.parts.get(*id as usize)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The message inside a message/rfc822 part.
+    fn nested(&self) -> Option<Node<'a, 'x>> {
+        match &self.part.body {
+            mail_parser::PartType::Message(m) => Node::root(m),
+            _ => None,
+        }
+    }
+
+    /// A header field's value as written, unfolded and trimmed.
+    fn raw_header(&self, name: &str) -> Option<Vec<u8>> {
+        let h = self
+            .part
+            .headers
+            .iter()
+            .rev()
+            .find(|h| h.name.as_str().eq_ignore_ascii_case(name))?;
+        let raw = self.slice(h.offset_start, h.offset_end);
+        let unfolded: Vec<u8> = raw
+            .iter()
+            .copied()
+            .filter(|b| *b != b'\r' && *b != b'\n')
+            .collect();
+        Some(unfolded.trim_ascii().to_vec())
+    }
+
+    /// The parsed value of a header field.
+    pub fn header(&self, name: &str) -> Option<&'a HeaderValue<'x>> {
+        self.part
+            .headers
+            .iter()
+            .rev()
+            .find(|h| h.name.as_str().eq_ignore_ascii_case(name))
+            .map(|h| &h.value)
+    }
+
+    /// Every raw value of a header field.
+    pub fn raw_values(&self, name: &str) -> Vec<&'a [u8]> {
+        self.part
+            .headers
+            .iter()
+            .filter(|h| h.name.as_str().eq_ignore_ascii_case(name))
+            .map(|h| self.slice(h.offset_start, h.offset_end))
+            .collect()
+    }
+
+    fn address(&self, name: &str) -> Option<&'a Address<'x>> {
+        match self.header(name)? {
+            HeaderValue::Address(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// ENVELOPE of a message.
+pub fn envelope(out: &mut Vec<u8>, node: &Node<'_, '_>) {
+    out.push(b'(');
+    nstring(out, node.raw_header("Date").as_deref());
+    out.push(b' ');
+    nstring(out, node.raw_header("Subject").as_deref());
+    let from = node.address("From");
+    for list in [
+        from,
+        node.address("Sender").or(from),
+        node.address("Reply-To").or(from),
+        node.address("To"),
+        node.address("Cc"),
+        node.address("Bcc"),
+    ] {
+        out.push(b' ');
+        addresses(out, list);
+    }
+    out.push(b' ');
+    nstring(out, node.raw_header("In-Reply-To").as_deref());
+    out.push(b' ');
+    nstring(out, node.raw_header("Message-ID").as_deref());
+    out.push(b')');
+}
+
+fn address(out: &mut Vec<u8>, addr: &mail_parser::Addr<'_>) {
+    let address = addr.address.as_deref().unwrap_or_default();
+    let (local, host) = address.rsplit_once('@').unwrap_or((address, ""));
+    out.push(b'(');
+    nstring(out, addr.name.as_deref().map(str::as_bytes));
+    out.extend_from_slice(b" NIL ");
+    string(out, local.as_bytes());
+    out.push(b' ');
+    if host.is_empty() {
+        out.extend_from_slice(b"NIL");
+    } else {
+        string(out, host.as_bytes());
+    }
+    out.push(b')');
+}
+
+fn addresses(out: &mut Vec<u8>, list: Option<&Address<'_>>) {
+    let empty = match list {
+        None => true,
+        Some(Address::List(l)) => l.is_empty(),
+        Some(Address::Group(g)) => g.is_empty(),
+    };
+    if empty {
+        out.extend_from_slice(b"NIL");
+        return;
+    }
+    out.push(b'(');
+    match list {
+        Some(Address::List(l)) => l.iter().for_each(|a| address(out, a)),
+        Some(Address::Group(groups)) => {
+            for group in groups {
+                if let Some(name) = &group.name {
+                    out.extend_from_slice(b"(NIL NIL ");
+                    string(out, name.as_bytes());
+                    out.extend_from_slice(b" NIL)");
+                }
+                group.addresses.iter().for_each(|a| address(out, a));
+                if group.name.is_some() {
+                    out.extend_from_slice(b"(NIL NIL NIL NIL)");
+                }
+            }
+        }
+        None => {}
+    }
+    out.push(b')');
+}
+
+/// BODY (`extended == false`) or BODYSTRUCTURE of a part.
+pub fn body_structure(out: &mut Vec<u8>, node: &Node<'_, '_>, extended: bool) {
+    let content_type = node.part.content_type();
+    let (ctype, subtype) = match content_type {
+        Some(ct) => (
+            ct.c_type.to_ascii_lowercase(),
+            ct.c_subtype
+                .as_deref()
+                .unwrap_or_default()
+                .to_ascii_lowercase(),
+        ),
+        None => ("text".to_string(), "plain".to_string()),
+    };
+    out.push(b'(');
+    if node.is_multipart() {
+        let children = node.children();
+        if children.is_empty() {
+            // A multipart without parts: shown as an empty text part, as Dovecot does.
+            out.extend_from_slice(b"\"text\" \"plain\" NIL NIL NIL \"7bit\" 0 0)");
+            return;
+        }
+        for child in &children {
+            body_structure(out, child, extended);
+        }
+        out.push(b' ');
+        string(out, subtype.as_bytes());
+        if extended {
+            out.push(b' ');
+            parameters(out, node.part, false);
+            out.push(b' ');
+            disposition(out, node.part);
+            out.extend_from_slice(b" NIL NIL");
+        }
+        out.push(b')');
+        return;
+    }
+    let subtype = if subtype.is_empty() && ctype == "text" {
+        "plain".to_string()
+    } else {
+        subtype
+    };
+    string(out, ctype.as_bytes());
+    out.push(b' ');
+    string(out, subtype.as_bytes());
+    out.push(b' ');
+    parameters(out, node.part, ctype == "text");
+    out.push(b' ');
+    nstring(out, node.part.content_id().map(str::as_bytes));
+    out.push(b' ');
+    nstring(out, node.part.content_description().map(str::as_bytes));
+    out.push(b' ');
+    let encoding = node
+        .part
+        .content_transfer_encoding()
+        .map_or_else(|| "7bit".to_string(), |e| e.trim().to_ascii_lowercase());
+    string(out, encoding.as_bytes());
+    let body = node.raw_body();
+    out.extend_from_slice(format!(" {}", body.len()).as_bytes());
+    if let Some(nested) = node.nested() {
+        out.push(b' ');
+        envelope(out, &nested);
+        out.push(b' ');
+        body_structure(out, &nested, extended);
+        out.extend_from_slice(format!(" {}", lines(body)).as_bytes());
+    } else if ctype == "text" {
+        out.extend_from_slice(format!(" {}", lines(body)).as_bytes());
+    }
+    if extended {
+        out.extend_from_slice(b" NIL ");
+        disposition(out, node.part);
+        out.extend_from_slice(b" NIL NIL");
+    }
+    out.push(b')');
+}
+
+fn lines(body: &[u8]) -> usize {
+    let n = body.iter().filter(|b| **b == b'\n').count();
+    if body.last().is_some_and(|b| *b != b'\n') {
+        n + 1
+    } else {
+        n
+    }
+}
+
+fn attribute_list(out: &mut Vec<u8>, attributes: &[mail_parser::Attribute<'_>]) {
+    out.push(b'(');
+    for (i, a) in attributes.iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        string(out, a.name.to_ascii_lowercase().as_bytes());
+        out.push(b' ');
+        string(out, a.value.as_bytes());
+    }
+    out.push(b')');
+}
+
+fn parameters(out: &mut Vec<u8>, part: &MessagePart<'_>, text: bool) {
+    match part.content_type().and_then(|ct| ct.attributes.as_deref()) {
+        Some(attributes) if !attributes.is_empty() => attribute_list(out, attributes),
+        _ if text => out.extend_from_slice(b"(\"charset\" \"us-ascii\")"),
+        _ => out.extend_from_slice(b"NIL"),
+    }
+}
+
+fn disposition(out: &mut Vec<u8>, part: &MessagePart<'_>) {
+    let Some(d) = part.content_disposition() else {
+        out.extend_from_slice(b"NIL");
+        return;
+    };
+    out.push(b'(');
+    string(out, d.c_type.to_ascii_lowercase().as_bytes());
+    out.push(b' ');
+    match d.attributes.as_deref() {
+        Some(attributes) if !attributes.is_empty() => attribute_list(out, attributes),
+        _ => out.extend_from_slice(b"NIL"),
+    }
+    out.push(b')');
+}
+
+/// The part a part number points at (RFC 9051 section 6.4.5): children of a multipart are
+/// numbered from 1; part 1 of a single-part message is its body; the parts of a
+/// message/rfc822 part are those of the message inside.
+pub fn find_part<'a, 'x>(message: &'a Message<'x>, path: &[u32]) -> Option<Node<'a, 'x>> {
+    let mut current = Node::root(message)?;
+    for (i, &n) in path.iter().enumerate() {
+        if i > 0
+            && let Some(nested) = current.nested()
+        {
+            current = nested;
+        }
+        if current.is_multipart() {
+            let index = usize::try_from(n).ok()?.checked_sub(1)?;
+            current = current.children().into_iter().nth(index)?;
+        } else if n != 1 {
+            return None;
+        }
+    }
+    Some(current)
+}
+
+fn numbers(p: &PartPath) -> Vec<u32> {
+    p.0.as_ref().iter().map(|n| n.get()).collect()
+}
+
+/// The bytes of `BODY[section]`; `None` when the section does not exist (sent as empty).
+pub fn section_bytes<'a>(
+    message: &'a Message<'_>,
+    raw: &'a [u8],
+    section: Option<&Section<'_>>,
+) -> Option<Cow<'a, [u8]>> {
+    // The message a HEADER/TEXT section is about: the top one, or a message/rfc822 part's.
+    let headed = |p: &Option<PartPath>| match p {
+        None => Node::root(message),
+        Some(p) => find_part(message, &numbers(p))?.nested(),
+    };
+    match section {
+        None => Some(Cow::Borrowed(raw)),
+        Some(Section::Part(p)) => Some(Cow::Borrowed(find_part(message, &numbers(p))?.raw_body())),
+        Some(Section::Header(p)) => Some(Cow::Borrowed(headed(p)?.raw_headers())),
+        Some(Section::Text(p)) => Some(Cow::Borrowed(headed(p)?.raw_body())),
+        Some(Section::Mime(p)) => Some(Cow::Borrowed(
+            find_part(message, &numbers(p))?.raw_headers(),
+        )),
+        Some(Section::HeaderFields(p, names)) => Some(Cow::Owned(filter_headers(
+            headed(p)?.raw_headers(),
+            names.as_ref(),
+            true,
+        ))),
+        Some(Section::HeaderFieldsNot(p, names)) => Some(Cow::Owned(filter_headers(
+            headed(p)?.raw_headers(),
+            names.as_ref(),
+            false,
+        ))),
+    }
+}
+/// The header fields of a header block named (or not named) in `names`, with the blank line.
+fn filter_headers(block: &[u8], names: &[AString<'_>], keep_named: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut keep = false;
+    for line in block.split_inclusive(|b| *b == b'\n') {
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+        if !line.starts_with(b" ") && !line.starts_with(b"\t") {
+            let name = line.split(|b| *b == b':').next().unwrap_or_default();
+            let named = names
+                .iter()
+                .any(|n| n.as_ref().eq_ignore_ascii_case(name.trim_ascii()));
+            keep = named == keep_named;
+        }
+        if keep {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// How a section is named in the response: `1.2.HEADER.FIELDS ("Subject")`.
+pub fn section_name(section: Option<&Section<'_>>) -> String {
+    fn part(p: &PartPath) -> String {
+        p.0.as_ref()
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+    fn with(p: &Option<PartPath>, what: &str) -> String {
+        match p {
+            Some(p) => format!("{}.{what}", part(p)),
+            None => what.to_string(),
+        }
+    }
+    fn names(list: &[AString<'_>]) -> String {
+        let mut out = Vec::new();
+        for (i, n) in list.iter().enumerate() {
+            if i > 0 {
+                out.push(b' ');
+            }
+            string(&mut out, n.as_ref());
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    match section {
+        None => String::new(),
+        Some(Section::Part(p)) => part(p),
+        Some(Section::Header(p)) => with(p, "HEADER"),
+        Some(Section::Text(p)) => with(p, "TEXT"),
+        Some(Section::Mime(p)) => format!("{}.MIME", part(p)),
+        Some(Section::HeaderFields(p, n)) => {
+            format!("{} ({})", with(p, "HEADER.FIELDS"), names(n.as_ref()))
+        }
+        Some(Section::HeaderFieldsNot(p, n)) => {
+            format!("{} ({})", with(p, "HEADER.FIELDS.NOT"), names(n.as_ref()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIXED: &[u8] = b"From: Alice <alice@example.test>\r\n\
+To: bob@example.test, Team: carol@example.test;\r\n\
+Subject: =?utf-8?q?caf=C3=A9?=\r\n\
+Message-ID: <1@example.test>\r\n\
+Content-Type: multipart/mixed; boundary=\"b\"\r\n\
+\r\n\
+--b\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+\r\n\
+hello\r\n\
+--b\r\n\
+Content-Type: application/octet-stream\r\n\
+Content-Disposition: attachment; filename=\"a.bin\"\r\n\
+Content-Transfer-Encoding: base64\r\n\
+\r\n\
+AAEC\r\n\
+--b--\r\n";
+
+    fn render(f: impl FnOnce(&mut Vec<u8>)) -> String {
+        let mut out = Vec::new();
+        f(&mut out);
+        String::from_utf8(out).expect("ascii")
+    }
+
+    #[test]
+    fn envelope_keeps_raw_values_and_groups() {
+        let m = parse(MIXED);
+        let env = render(|o| envelope(o, &Node::root(&m).expect("root")));
+        assert_eq!(
+            env,
+            "(NIL \"=?utf-8?q?caf=C3=A9?=\" ((\"Alice\" NIL \"alice\" \"example.test\")) \
+((\"Alice\" NIL \"alice\" \"example.test\")) ((\"Alice\" NIL \"alice\" \"example.test\")) \
+((NIL NIL \"bob\" \"example.test\")(NIL NIL \"Team\" NIL)(NIL NIL \"carol\" \"example.test\")(NIL NIL NIL NIL)) \
+NIL NIL NIL \"<1@example.test>\")"
+        );
+    }
+
+    #[test]
+    fn bodystructure_of_a_multipart() {
+        let m = parse(MIXED);
+        let bs = render(|o| body_structure(o, &Node::root(&m).expect("root"), true));
+        assert_eq!(
+            bs,
+            "((\"text\" \"plain\" (\"charset\" \"utf-8\") NIL NIL \"7bit\" 5 1 NIL NIL NIL NIL)\
+(\"application\" \"octet-stream\" NIL NIL NIL \"base64\" 4 NIL (\"attachment\" (\"filename\" \"a.bin\")) NIL NIL) \
+\"mixed\" (\"boundary\" \"b\") NIL NIL NIL)"
+        );
+    }
+
+    #[test]
+    fn sections_by_part_number() {
+        let m = parse(MIXED);
+        let p = |s: &[u32]| find_part(&m, s).map(|p| p.raw_body().to_vec());
+        assert_eq!(p(&[1]).as_deref(), Some(&b"hello"[..]));
+        assert_eq!(p(&[2]).as_deref(), Some(&b"AAEC"[..]));
+        assert_eq!(p(&[3]), None);
+        let single = parse(b"Subject: x\r\n\r\nbody\r\n");
+        assert_eq!(
+            find_part(&single, &[1]).map(|p| p.raw_body().to_vec()),
+            Some(b"body\r\n".to_vec())
+        );
+        assert!(find_part(&single, &[2]).is_none());
+    }
+}

@@ -1,0 +1,142 @@
+//! SEARCH keys evaluated against a message (RFC 9051 section 6.4.4). Keys on flags, sizes,
+//! dates and sets need only the index; the others read the message once.
+use imap_codec::imap_types::search::SearchKey;
+
+use super::message;
+use crate::store::MessageMeta;
+
+/// One message as SEARCH sees it.
+#[derive(Debug)]
+pub struct Candidate<'a> {
+    /// Sequence number.
+    pub seq: u32,
+    /// The index entry.
+    pub meta: &'a MessageMeta,
+    /// The largest sequence number and UID in the folder (for `*`).
+    pub largest: (u32, u32),
+    /// The raw message, when a key needs it.
+    pub raw: Option<&'a [u8]>,
+}
+
+/// Whether any key in the tree needs the message's contents.
+pub fn needs_contents(key: &SearchKey<'_>) -> bool {
+    use SearchKey::*;
+    match key {
+        And(keys) => keys.as_ref().iter().any(needs_contents),
+        Not(k) => needs_contents(k),
+        Or(a, b) => needs_contents(a) || needs_contents(b),
+        Bcc(_) | Body(_) | Cc(_) | From(_) | Header(..) | Subject(_) | Text(_) | To(_)
+        | SentBefore(_) | SentOn(_) | SentSince(_) => true,
+        _ => false,
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    let needle: Vec<u8> = needle.to_ascii_lowercase();
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(&needle))
+}
+
+fn day(secs: i64) -> i64 {
+    secs.div_euclid(86_400)
+}
+
+fn date_day(date: &chrono::NaiveDate) -> i64 {
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+    (*date - epoch).num_days()
+}
+
+/// Whether the message matches the key.
+pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
+    use SearchKey::*;
+    let flag = |l: char| c.meta.flags.contains(l);
+    let header = |name: &str, value: &[u8]| -> bool {
+        let Some(raw) = c.raw else { return false };
+        let parsed = message::parse(raw);
+        let Some(root) = message::Node::root(&parsed) else {
+            return false;
+        };
+        let values = root.raw_values(name);
+        let decoded_matches = match root.header(name) {
+            // Encoded words: compare the decoded text too.
+            Some(mail_parser::HeaderValue::Text(t)) => contains(t.as_bytes(), value),
+            _ => false,
+        };
+        values.iter().any(|v| contains(v, value)) || decoded_matches
+    };
+    let sent_day = || -> Option<i64> {
+        let raw = c.raw?;
+        message::parse(raw).date().map(|d| day(d.to_timestamp()))
+    };
+    match key {
+        And(keys) => keys.as_ref().iter().all(|k| matches(k, c)),
+        Not(k) => !matches(k, c),
+        Or(a, b) => matches(a, c) || matches(b, c),
+        SequenceSet(set) => in_set(set, c.seq, c.largest.0),
+        Uid(set) => in_set(set, c.meta.uid, c.largest.1),
+        All => true,
+        Answered => flag('R'),
+        Unanswered => !flag('R'),
+        Deleted => flag('T'),
+        Undeleted => !flag('T'),
+        Draft => flag('D'),
+        Undraft => !flag('D'),
+        Flagged => flag('F'),
+        Unflagged => !flag('F'),
+        Seen => flag('S'),
+        Unseen => !flag('S'),
+        // Nothing is \Recent here (IMAP4rev2 drops it): NEW is unseen-and-recent.
+        Recent | New => false,
+        Old => true,
+        Keyword(_) => false,
+        Unkeyword(_) => true,
+        Larger(n) => c.meta.size > u64::from(*n),
+        Smaller(n) => c.meta.size < u64::from(*n),
+        Before(d) => day(c.meta.internal_date) < date_day(d.as_ref()),
+        On(d) => day(c.meta.internal_date) == date_day(d.as_ref()),
+        Since(d) => day(c.meta.internal_date) >= date_day(d.as_ref()),
+        SentBefore(d) => sent_day().is_some_and(|s| s < date_day(d.as_ref())),
+        SentOn(d) => sent_day().is_some_and(|s| s == date_day(d.as_ref())),
+        SentSince(d) => sent_day().is_some_and(|s| s >= date_day(d.as_ref())),
+        Bcc(v) => header("Bcc", v.as_ref()),
+        Cc(v) => header("Cc", v.as_ref()),
+        From(v) => header("From", v.as_ref()),
+        To(v) => header("To", v.as_ref()),
+        Subject(v) => header("Subject", v.as_ref()),
+        Header(name, v) => header(&String::from_utf8_lossy(name.as_ref()), v.as_ref()),
+        Body(v) => c
+            .raw
+            .is_some_and(|raw| text_matches(raw, v.as_ref(), false)),
+        Text(v) => c.raw.is_some_and(|raw| text_matches(raw, v.as_ref(), true)),
+        #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}
+
+/// BODY and TEXT: the raw bytes (TEXT includes the headers) or the decoded text parts.
+fn text_matches(raw: &[u8], needle: &[u8], with_headers: bool) -> bool {
+    let parsed = message::parse(raw);
+    let Some(root) = message::Node::root(&parsed) else {
+        return contains(raw, needle);
+    };
+    if with_headers && contains(root.raw_headers(), needle) {
+        return true;
+    }
+    if contains(root.raw_body(), needle) {
+        return true;
+    }
+    parsed.text_bodies().any(|t| {
+        t.text_contents()
+            .is_some_and(|t| contains(t.as_bytes(), needle))
+    })
+}
+
+fn in_set(set: &imap_codec::imap_types::sequence::SequenceSet, n: u32, largest: u32) -> bool {
+    super::selected::ranges(set, largest)
+        .iter()
+        .any(|(a, b)| (*a..=*b).contains(&n))
+}

@@ -1,0 +1,1519 @@
+//! An IMAP session (RFC 3501 and RFC 9051 via ENABLE): the command loop over imap-codec's
+//! fragmentizer (lines and literals, bounded), TLS, logins with the failed-login limit, and
+//! every command against the store. Changes made by other sessions or by delivery reach the
+//! client as untagged responses after each command and at once while it IDLEs.
+use std::{borrow::Cow, io, net::IpAddr, time::Duration};
+
+use imap_codec::{
+    AuthenticateDataCodec, CommandCodec, IdleDoneCodec,
+    fragmentizer::{DecodeMessageError, FragmentInfo, Fragmentizer, LiteralAnnouncement},
+    imap_types::{
+        IntoStatic,
+        auth::{AuthMechanism, AuthenticateData},
+        command::{Command, CommandBody},
+        core::{LiteralMode, Vec1},
+        extensions::{binary::LiteralOrLiteral8, enable::CapabilityEnable},
+        fetch::{MacroOrMessageDataItemNames, MessageDataItemName},
+        flag::{Flag, StoreResponse, StoreType},
+        mailbox::{ListMailbox, Mailbox},
+        search::SearchKey,
+        sequence::SequenceSet,
+        status::StatusDataItemName,
+    },
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    sync::watch,
+};
+
+use super::{
+    message,
+    search::{self, Candidate},
+    selected::Selected,
+    write,
+};
+use crate::{
+    auth,
+    config::{Listener, LoginProtocol},
+    net::{self, Accepted, Conn},
+    runtime::Runtime,
+    store::{DEFAULT_FOLDERS, INBOX, MessageMeta, StoreError},
+};
+
+/// Longest command line (without literals) a client may send.
+const LINE_LIMIT: usize = 64 * 1024;
+/// Largest literal before login.
+const PRE_AUTH_LITERAL_LIMIT: u32 = 8 * 1024;
+/// Autologout of an authenticated session (RFC 9051: at least 30 minutes).
+const AUTHENTICATED_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Messages read per blocking batch in FETCH.
+const FETCH_BATCH: usize = 256;
+
+/// Serves IMAP on `socket` forever.
+pub async fn serve(socket: TcpListener, listener: Listener, runtime: Runtime) {
+    net::serve(
+        socket,
+        listener,
+        runtime,
+        |why| format!("* BYE [UNAVAILABLE] {why}\r\n").into_bytes(),
+        |accepted, listener, runtime| async move {
+            Session::new(accepted, &listener, runtime).run().await
+        },
+    )
+    .await;
+}
+
+struct User {
+    address: String,
+    quota: Option<u64>,
+}
+
+struct Session {
+    conn: Conn,
+    runtime: Runtime,
+    peer: IpAddr,
+    early: Vec<u8>,
+    _slot: crate::runtime::ConnectionSlot,
+    frag: Fragmentizer,
+    out: Vec<u8>,
+    tls: bool,
+    tls_available: bool,
+    allow_plaintext: bool,
+    command_timeout: Duration,
+    max_literal: u32,
+    user: Option<User>,
+    selected: Option<Selected>,
+    changes: Option<watch::Receiver<u64>>,
+    rev2: bool,
+    closed: bool,
+}
+
+/// How a command ended: the tagged status line's kind, code and text.
+type Done = Result<String, String>;
+
+fn no(text: impl Into<String>) -> Done {
+    Err(format!("NO {}", text.into()))
+}
+
+fn bad(text: impl Into<String>) -> Done {
+    Err(format!("BAD {}", text.into()))
+}
+
+fn store_failure(err: &StoreError) -> String {
+    match err {
+        StoreError::NoSpace => "NO [LIMIT] the mail volume is full, try again later".into(),
+        StoreError::NoSuchFolder(f) => format!("NO [NONEXISTENT] no folder {f:?}"),
+        StoreError::FolderExists(f) => format!("NO [ALREADYEXISTS] folder {f:?} already exists"),
+        StoreError::InvalidName(f) => format!("NO [CANNOT] invalid folder name {f:?}"),
+        StoreError::NotAllowed(why) => format!("NO [CANNOT] {why}"),
+        StoreError::Io(_) => "NO [SERVERBUG] storage error, try again later".into(),
+    }
+}
+
+/// The folder name a client's mailbox argument stands for (INBOX in any case is INBOX).
+fn folder_name(mailbox: &Mailbox<'_>) -> String {
+    match mailbox {
+        Mailbox::Inbox => INBOX.to_string(),
+        Mailbox::Other(other) => {
+            let name = String::from_utf8_lossy(other.as_ref()).into_owned();
+            match name.split_once('/') {
+                Some((first, rest)) if first.eq_ignore_ascii_case(INBOX) => {
+                    format!("{INBOX}/{rest}")
+                }
+                _ => name,
+            }
+        }
+    }
+}
+
+/// Maildir flag letters of IMAP flags; keywords are not stored (PERMANENTFLAGS says so).
+fn letters(flags: &[Flag<'_>]) -> String {
+    let mut out: Vec<char> = flags
+        .iter()
+        .filter_map(|f| match f {
+            Flag::Answered => Some('R'),
+            Flag::Flagged => Some('F'),
+            Flag::Deleted => Some('T'),
+            Flag::Seen => Some('S'),
+            Flag::Draft => Some('D'),
+            _ => None,
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out.into_iter().collect()
+}
+
+/// LIST pattern matching: `*` matches anything, `%` anything but the separator.
+fn pattern_matches(pattern: &[u8], name: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => name.is_empty(),
+        Some((b'*', rest)) => (0..=name.len()).any(|i| pattern_matches(rest, &name[i..])),
+        Some((b'%', rest)) => (0..=name.len())
+            .take_while(|i| *i == 0 || name[i - 1] != b'/')
+            .any(|i| pattern_matches(rest, &name[i..])),
+        Some((c, rest)) => name
+            .split_first()
+            .is_some_and(|(n, tail)| n == c && pattern_matches(rest, tail)),
+    }
+}
+
+impl Session {
+    fn new(accepted: Accepted, listener: &Listener, runtime: Runtime) -> Self {
+        let config = runtime.config.get();
+        let limits = &config.raw.limits;
+        let max_literal = u32::try_from(limits.max_message_size).unwrap_or(u32::MAX);
+        Session {
+            conn: accepted.conn,
+            peer: accepted.peer,
+            early: accepted.early,
+            _slot: accepted.slot,
+            frag: Fragmentizer::new(max_literal.saturating_add(LINE_LIMIT as u32)),
+            out: Vec::new(),
+            tls: listener.protocol.implicit_tls(),
+            tls_available: accepted.tls_available,
+            allow_plaintext: config.raw.security.allow_plaintext_auth,
+            command_timeout: Duration::from_secs(limits.command_timeout_seconds.max(60)),
+            max_literal,
+            user: None,
+            selected: None,
+            changes: None,
+            rev2: false,
+            closed: false,
+            runtime,
+        }
+    }
+
+    fn capabilities(&self) -> String {
+        let mut caps = vec!["IMAP4rev1", "IMAP4rev2", "LITERAL+", "ENABLE", "ID", "IDLE"];
+        if self.user.is_none() {
+            caps.push("SASL-IR");
+            if !self.tls && self.tls_available {
+                caps.push("STARTTLS");
+            }
+            if self.tls || self.allow_plaintext {
+                caps.push("AUTH=PLAIN");
+            } else {
+                caps.push("LOGINDISABLED");
+            }
+        } else {
+            caps.extend([
+                "NAMESPACE",
+                "UNSELECT",
+                "UIDPLUS",
+                "MOVE",
+                "CHILDREN",
+                "SPECIAL-USE",
+                "QUOTA",
+                "QUOTA=RES-STORAGE",
+                "BINARY",
+                "ESEARCH",
+            ]);
+        }
+        caps.join(" ")
+    }
+
+    fn send(&mut self, text: impl AsRef<[u8]>) {
+        self.out.extend_from_slice(text.as_ref());
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.conn.write_all(&self.out).await?;
+            self.conn.flush().await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    async fn run(mut self) -> io::Result<()> {
+        let config = self.runtime.config.get();
+        let greeting = format!(
+            "* OK [CAPABILITY {}] {} kubemail IMAP ready\r\n",
+            self.capabilities(),
+            config.raw.hostname
+        );
+        drop(config);
+        self.send(greeting);
+        self.flush().await?;
+        let early = std::mem::take(&mut self.early);
+        self.frag.enqueue_bytes(&early);
+        let mut pending = early.len();
+        let mut awaiting_literal = false;
+        let mut buf = vec![0u8; 16 * 1024];
+        while !self.closed {
+            let Some(fragment) = self.frag.progress() else {
+                if !awaiting_literal && pending > LINE_LIMIT {
+                    self.send("* BYE [TOOBIG] command line too long\r\n");
+                    self.flush().await?;
+                    break;
+                }
+                let timeout = if self.user.is_some() {
+                    AUTHENTICATED_TIMEOUT
+                } else {
+                    self.command_timeout
+                };
+                let n = match tokio::time::timeout(timeout, self.conn.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => n,
+                    Err(_) => {
+                        self.send("* BYE autologout: idle for too long\r\n");
+                        let _ = self.flush().await;
+                        break;
+                    }
+                };
+                self.frag.enqueue_bytes(&buf[..n]);
+                pending += n;
+                continue;
+            };
+            pending = 0;
+            awaiting_literal = false;
+            if let FragmentInfo::Line {
+                announcement: Some(LiteralAnnouncement { mode, length }),
+                ..
+            } = fragment
+            {
+                let limit = if self.user.is_some() {
+                    self.max_literal
+                } else {
+                    PRE_AUTH_LITERAL_LIMIT
+                };
+                if length > limit {
+                    if mode == LiteralMode::Sync {
+                        let tag = self.frag.decode_tag().map(|t| t.inner().to_string());
+                        match tag {
+                            Some(tag) => {
+                                self.send(format!(
+                                    "{tag} NO [TOOBIG] literal of {length} bytes is over the limit of {limit}\r\n"
+                                ));
+                                self.flush().await?;
+                                self.frag.skip_message();
+                            }
+                            None => {
+                                self.send("* BYE [TOOBIG] literal over the limit\r\n");
+                                self.flush().await?;
+                                break;
+                            }
+                        }
+                        continue;
+                    }
+                    // A non-synchronizing literal is already on its way: it is read and
+                    // dropped (the fragmentizer keeps at most its limit), then refused.
+                    self.frag.poison_message();
+                }
+                awaiting_literal = true;
+                if mode == LiteralMode::Sync && length <= limit {
+                    self.send("+ go ahead\r\n");
+                    self.flush().await?;
+                }
+                continue;
+            }
+            if !self.frag.is_message_complete() {
+                continue;
+            }
+            let decoded = match self.frag.decode_message(&CommandCodec::default()) {
+                Ok(command) => Ok(command.into_static()),
+                Err(DecodeMessageError::MessagePoisoned { .. })
+                | Err(DecodeMessageError::MessageTooLong { .. }) => Err((
+                    self.frag.decode_tag().map(|t| t.inner().to_string()),
+                    "NO [TOOBIG] command or literal over the limit",
+                )),
+                Err(err) => {
+                    tracing::debug!(peer = %self.peer, error = ?err, "malformed IMAP command");
+                    Err((
+                        self.frag.decode_tag().map(|t| t.inner().to_string()),
+                        "BAD malformed command",
+                    ))
+                }
+            };
+            match decoded {
+                Ok(command) => self.command(command).await?,
+                Err((tag, text)) => {
+                    let tag = tag.unwrap_or_else(|| "*".into());
+                    self.send(format!("{tag} {text}\r\n"));
+                }
+            }
+            self.flush().await?;
+        }
+        let _ = self.conn.shutdown().await;
+        Ok(())
+    }
+
+    async fn command(&mut self, command: Command<'static>) -> io::Result<()> {
+        let tag = command.tag.inner().to_string();
+        let name = command.body.name();
+        let restricts_expunge = matches!(
+            &command.body,
+            CommandBody::Fetch { uid: false, .. }
+                | CommandBody::Store { uid: false, .. }
+                | CommandBody::Search { uid: false, .. }
+        );
+        let done = match command.body {
+            CommandBody::Capability => {
+                let caps = self.capabilities();
+                self.send(format!("* CAPABILITY {caps}\r\n"));
+                Ok("OK CAPABILITY completed".into())
+            }
+            CommandBody::Noop | CommandBody::Check => Ok(format!("OK {name} completed")),
+            CommandBody::Logout => {
+                self.send("* BYE logging out\r\n");
+                self.closed = true;
+                Ok("OK LOGOUT completed".into())
+            }
+            CommandBody::Id { .. } => {
+                self.send("* ID (\"name\" \"kubemail\" \"vendor\" \"kubemail\")\r\n");
+                Ok("OK ID completed".into())
+            }
+            CommandBody::StartTLS => return self.start_tls(&tag).await,
+            CommandBody::Login { username, password } => {
+                let username = String::from_utf8_lossy(username.as_ref()).into_owned();
+                let password = String::from_utf8_lossy(password.declassify().as_ref()).into_owned();
+                self.login(&username, &password).await
+            }
+            CommandBody::Authenticate {
+                mechanism,
+                initial_response,
+            } => {
+                self.authenticate(mechanism, initial_response.map(|r| r.declassify().to_vec()))
+                    .await?
+            }
+            _ if self.user.is_none() => no("log in first"),
+            CommandBody::Enable { capabilities } => Ok(self.enable(capabilities)),
+            CommandBody::Namespace => {
+                self.send("* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
+                Ok("OK NAMESPACE completed".into())
+            }
+            CommandBody::List {
+                reference,
+                mailbox_wildcard,
+            } => self.list(&reference, &mailbox_wildcard, false).await,
+            CommandBody::Lsub {
+                reference,
+                mailbox_wildcard,
+            } => self.list(&reference, &mailbox_wildcard, true).await,
+            CommandBody::Subscribe { mailbox } => {
+                let folder = folder_name(&mailbox);
+                self.blocking(move |s, m| s.set_subscribed(&m, &folder, true))
+                    .await
+                    .map(|()| "OK SUBSCRIBE completed".into())
+                    .map_err(|e| store_failure(&e))
+            }
+            CommandBody::Unsubscribe { mailbox } => {
+                let folder = folder_name(&mailbox);
+                self.blocking(move |s, m| s.set_subscribed(&m, &folder, false))
+                    .await
+                    .map(|()| "OK UNSUBSCRIBE completed".into())
+                    .map_err(|e| store_failure(&e))
+            }
+            CommandBody::Create { mailbox } => {
+                let folder = folder_name(&mailbox);
+                let folder = folder.trim_end_matches('/').to_string();
+                self.blocking(move |s, m| s.create_folder(&m, &folder))
+                    .await
+                    .map(|()| "OK CREATE completed".into())
+                    .map_err(|e| store_failure(&e))
+            }
+            CommandBody::Delete { mailbox } => {
+                let folder = folder_name(&mailbox);
+                if self.selected.as_ref().is_some_and(|s| s.folder == folder) {
+                    self.selected = None;
+                }
+                self.blocking(move |s, m| s.delete_folder(&m, &folder))
+                    .await
+                    .map(|()| "OK DELETE completed".into())
+                    .map_err(|e| store_failure(&e))
+            }
+            CommandBody::Rename { from, to } => {
+                let (from, to) = (folder_name(&from), folder_name(&to));
+                self.blocking(move |s, m| s.rename_folder(&m, &from, &to))
+                    .await
+                    .map(|()| "OK RENAME completed".into())
+                    .map_err(|e| store_failure(&e))
+            }
+            CommandBody::Status {
+                mailbox,
+                item_names,
+            } => self.status(&mailbox, &item_names).await,
+            CommandBody::Select { mailbox, .. } => self.select(&mailbox, false).await,
+            CommandBody::Examine { mailbox, .. } => self.select(&mailbox, true).await,
+            CommandBody::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } => {
+                let bytes = match message {
+                    LiteralOrLiteral8::Literal(l) => l.into_inner(),
+                    LiteralOrLiteral8::Literal8(l) => l.data,
+                };
+                let date = date.map(|d| d.as_ref().timestamp());
+                self.append(&mailbox, &flags, date, bytes).await
+            }
+            CommandBody::GetQuotaRoot { mailbox } => {
+                let folder = folder_name(&mailbox);
+                let mut line = Vec::new();
+                write::string(&mut line, folder.as_bytes());
+                let line = String::from_utf8_lossy(&line).into_owned();
+                if self.user.as_ref().and_then(|u| u.quota).is_some() {
+                    self.send(format!("* QUOTAROOT {line} \"\"\r\n"));
+                    self.quota().await;
+                } else {
+                    self.send(format!("* QUOTAROOT {line}\r\n"));
+                }
+                Ok("OK GETQUOTAROOT completed".into())
+            }
+            CommandBody::GetQuota { root } => {
+                if root.as_ref().is_empty() && self.user.as_ref().and_then(|u| u.quota).is_some() {
+                    self.quota().await;
+                    Ok("OK GETQUOTA completed".into())
+                } else {
+                    no("[NONEXISTENT] no such quota root")
+                }
+            }
+            CommandBody::SetQuota { .. } => {
+                no("[NOPERM] quotas are set on the Mailbox object, not over IMAP")
+            }
+            _ if self.selected.is_none() => no("select a folder first"),
+            CommandBody::Close => {
+                let expunged = self.expunge_deleted(None, false).await;
+                self.selected = None;
+                self.changes = None;
+                expunged.map(|_| "OK CLOSE completed".into())
+            }
+            CommandBody::Unselect => {
+                self.selected = None;
+                self.changes = None;
+                Ok("OK UNSELECT completed".into())
+            }
+            CommandBody::Expunge => self
+                .expunge_deleted(None, true)
+                .await
+                .map(|_| "OK EXPUNGE completed".into()),
+            CommandBody::ExpungeUid { sequence_set } => self
+                .expunge_deleted(Some(&sequence_set), true)
+                .await
+                .map(|_| "OK UID EXPUNGE completed".into()),
+            CommandBody::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+                ..
+            } => self.fetch(&sequence_set, macro_or_item_names, uid).await?,
+            CommandBody::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+                ..
+            } => {
+                self.store_flags(&sequence_set, kind, response, &flags, uid)
+                    .await
+            }
+            CommandBody::Search {
+                charset,
+                criteria,
+                uid,
+            } => {
+                let charset_ok = charset.as_ref().is_none_or(|c| {
+                    let c: &str = c.as_ref();
+                    c.eq_ignore_ascii_case("utf-8") || c.eq_ignore_ascii_case("us-ascii")
+                });
+                if charset_ok {
+                    self.search(&tag, criteria, uid).await
+                } else {
+                    no("[BADCHARSET (US-ASCII UTF-8)] unsupported charset")
+                }
+            }
+            CommandBody::Copy {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(&sequence_set, &mailbox, uid, false).await,
+            CommandBody::Move {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(&sequence_set, &mailbox, uid, true).await,
+            CommandBody::Idle => return self.idle(&tag).await,
+            _ => bad(format!("{name} is not supported")),
+        };
+        if self.selected.is_some() && !self.closed {
+            self.refresh(!restricts_expunge).await;
+        }
+        match done {
+            Ok(text) => self.send(format!("{tag} {text}\r\n")),
+            Err(text) => self.send(format!("{tag} {text}\r\n")),
+        }
+        Ok(())
+    }
+
+    /// Runs a store call for the logged-in mailbox on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn crate::store::Store, String) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let mailbox = self
+            .user
+            .as_ref()
+            .map(|u| u.address.clone())
+            .unwrap_or_default();
+        let store = self.runtime.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref(), mailbox))
+            .await
+            .map_err(|e| StoreError::Io(io::Error::other(e)))?
+    }
+
+    /// Reports changes to the selected folder made elsewhere.
+    async fn refresh(&mut self, expunges_allowed: bool) {
+        let changed = self
+            .changes
+            .as_mut()
+            .is_some_and(|rx| rx.has_changed().unwrap_or(false));
+        if !changed {
+            return;
+        }
+        if let Some(rx) = self.changes.as_mut() {
+            rx.borrow_and_update();
+        }
+        let Some(folder) = self.selected.as_ref().map(|s| s.folder.clone()) else {
+            return;
+        };
+        let fresh = self.blocking(move |s, m| s.index(&m, &folder)).await;
+        let mut out = Vec::new();
+        match (fresh, self.selected.as_mut()) {
+            (Ok(fresh), Some(selected)) => selected.refresh(fresh, expunges_allowed, &mut out),
+            (Err(StoreError::NoSuchFolder(_)), Some(_)) => {
+                out.extend_from_slice(b"* BYE the selected folder was deleted\r\n");
+                self.closed = true;
+            }
+            _ => {}
+        }
+        if !expunges_allowed {
+            // Held-back expunges are reported at the next command that allows them.
+            if let Some(rx) = self.changes.as_mut() {
+                rx.mark_changed();
+            }
+        }
+        self.out.extend_from_slice(&out);
+    }
+
+    async fn start_tls(&mut self, tag: &str) -> io::Result<()> {
+        let config = match self.runtime.tls.get() {
+            Some(c) if !self.tls => c,
+            _ => {
+                self.send(format!("{tag} BAD STARTTLS is not available now\r\n"));
+                return Ok(());
+            }
+        };
+        self.send(format!("{tag} OK begin TLS negotiation now\r\n"));
+        self.flush().await?;
+        if !self.conn.start_tls(config).await {
+            self.closed = true;
+            return Ok(());
+        }
+        self.tls = true;
+        // RFC 3501 section 6.2.1: anything the client sent after STARTTLS in the clear is
+        // discarded, so a man in the middle cannot inject commands into the TLS session.
+        self.frag = Fragmentizer::new(self.max_literal.saturating_add(LINE_LIMIT as u32));
+        Ok(())
+    }
+
+    async fn login(&mut self, username: &str, password: &str) -> Done {
+        if self.user.is_some() {
+            return bad("already logged in");
+        }
+        if !self.tls && !self.allow_plaintext {
+            return no("[PRIVACYREQUIRED] use STARTTLS or port 993 before logging in");
+        }
+        let config = self.runtime.config.get();
+        if !self
+            .runtime
+            .auth_limiter
+            .allows(self.peer, config.raw.limits.auth_failures_per_minute)
+        {
+            return no("[UNAVAILABLE] too many failed logins, try again later");
+        }
+        let index = match auth::login(&config, username, password, LoginProtocol::Imap).await {
+            Ok(i) => i,
+            Err(_) => {
+                self.runtime.auth_limiter.record_failure(self.peer);
+                crate::metrics::auth_failed("imap");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return no("[AUTHENTICATIONFAILED] invalid credentials");
+            }
+        };
+        let mailbox = config.mailbox(index);
+        let address = mailbox.address.to_ascii_lowercase();
+        self.user = Some(User {
+            address,
+            quota: mailbox.quota_bytes,
+        });
+        if let Err(err) = self.blocking(|s, m| s.ensure_default_folders(&m)).await {
+            tracing::warn!(error = %err, "creating the default folders failed");
+        }
+        Ok(format!("OK [CAPABILITY {}] logged in", self.capabilities()))
+    }
+
+    async fn authenticate(
+        &mut self,
+        mechanism: AuthMechanism<'_>,
+        initial: Option<Vec<u8>>,
+    ) -> io::Result<Done> {
+        if !matches!(mechanism, AuthMechanism::Plain) {
+            return Ok(no("unsupported mechanism; use PLAIN"));
+        }
+        if !self.tls && !self.allow_plaintext {
+            return Ok(no(
+                "[PRIVACYREQUIRED] use STARTTLS or port 993 before logging in",
+            ));
+        }
+        let response = match initial {
+            Some(r) => r,
+            None => {
+                self.send("+ \r\n");
+                self.flush().await?;
+                match self.read_authenticate_data().await? {
+                    Some(r) => r,
+                    None => return Ok(bad("authentication cancelled")),
+                }
+            }
+        };
+        let mut fields = response.split(|b| *b == 0);
+        let (_authz, user, pass) = (fields.next(), fields.next(), fields.next());
+        match (user, pass, fields.next()) {
+            (Some(user), Some(pass), None) => {
+                let user = String::from_utf8_lossy(user).into_owned();
+                let pass = String::from_utf8_lossy(pass).into_owned();
+                Ok(self.login(&user, &pass).await)
+            }
+            _ => Ok(bad("malformed PLAIN response")),
+        }
+    }
+
+    /// Reads one line of SASL data; `None` when the client cancels.
+    async fn read_authenticate_data(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            if let Some(FragmentInfo::Line { .. }) = self.frag.progress() {
+                let data = match self.frag.decode_message(&AuthenticateDataCodec::default()) {
+                    Ok(AuthenticateData::Continue(d)) => Some(d.declassify().to_vec()),
+                    _ => None,
+                };
+                return Ok(data);
+            }
+            let n = tokio::time::timeout(self.command_timeout, self.conn.read(&mut buf))
+                .await
+                .unwrap_or(Ok(0))?;
+            if n == 0 {
+                self.closed = true;
+                return Ok(None);
+            }
+            if n > LINE_LIMIT {
+                return Ok(None);
+            }
+            self.frag.enqueue_bytes(&buf[..n]);
+        }
+    }
+
+    fn enable(&mut self, capabilities: Vec1<CapabilityEnable<'_>>) -> String {
+        let mut enabled = Vec::new();
+        for c in capabilities.as_ref() {
+            if matches!(c, CapabilityEnable::Other(_))
+                && c.to_string().eq_ignore_ascii_case("IMAP4rev2")
+            {
+                self.rev2 = true;
+                enabled.push("IMAP4rev2");
+            }
+        }
+        if !enabled.is_empty() {
+            self.send(format!("* ENABLED {}\r\n", enabled.join(" ")));
+        }
+        "OK ENABLE completed".into()
+    }
+
+    async fn list(
+        &mut self,
+        reference: &Mailbox<'_>,
+        pattern: &ListMailbox<'_>,
+        subscribed_only: bool,
+    ) -> Done {
+        let reference = match reference {
+            Mailbox::Inbox => INBOX.to_string(),
+            Mailbox::Other(o) => String::from_utf8_lossy(o.as_ref()).into_owned(),
+        };
+        let pattern = match pattern {
+            ListMailbox::Token(t) => String::from_utf8_lossy(t.as_ref()).into_owned(),
+            ListMailbox::String(s) => String::from_utf8_lossy(s.as_ref()).into_owned(),
+        };
+        let command = if subscribed_only { "LSUB" } else { "LIST" };
+        if pattern.is_empty() && !subscribed_only {
+            self.send("* LIST (\\Noselect) \"/\" \"\"\r\n");
+            return Ok("OK LIST completed".into());
+        }
+        let full = format!("{reference}{pattern}");
+        let listed = self
+            .blocking(|s, m| Ok((s.folders(&m)?, s.subscriptions(&m)?)))
+            .await;
+        let (folders, subscribed) = match listed {
+            Ok(l) => l,
+            Err(e) => return Err(store_failure(&e)),
+        };
+        let upper_inbox = |name: &str| -> String {
+            match name.split_once('/') {
+                Some((first, rest)) if first.eq_ignore_ascii_case(INBOX) => {
+                    format!("{INBOX}/{rest}")
+                }
+                _ if name.eq_ignore_ascii_case(INBOX) => INBOX.to_string(),
+                _ => name.to_string(),
+            }
+        };
+        let full = upper_inbox(&full);
+        let names: Vec<&String> = if subscribed_only {
+            subscribed.iter().collect()
+        } else {
+            folders.iter().collect()
+        };
+        for name in names {
+            if !pattern_matches(full.as_bytes(), upper_inbox(name).as_bytes()) {
+                continue;
+            }
+            let mut attributes = Vec::new();
+            let exists = folders.contains(name);
+            if !exists {
+                attributes.push("\\NonExistent");
+            } else {
+                let prefix = format!("{name}/");
+                attributes.push(if folders.iter().any(|f| f.starts_with(&prefix)) {
+                    "\\HasChildren"
+                } else {
+                    "\\HasNoChildren"
+                });
+            }
+            if let Some((_, special)) = DEFAULT_FOLDERS.iter().find(|(n, _)| n == name) {
+                attributes.push(special);
+            }
+            let mut line = format!("* {command} ({}) \"/\" ", attributes.join(" ")).into_bytes();
+            write::string(&mut line, name.as_bytes());
+            line.extend_from_slice(b"\r\n");
+            self.send(line);
+        }
+        Ok(format!("OK {command} completed"))
+    }
+
+    async fn status(&mut self, mailbox: &Mailbox<'_>, items: &[StatusDataItemName]) -> Done {
+        let folder = folder_name(mailbox);
+        let name = folder.clone();
+        let index = match self.blocking(move |s, m| s.index(&m, &name)).await {
+            Ok(i) => i,
+            Err(e) => return Err(store_failure(&e)),
+        };
+        let mut parts = Vec::new();
+        for item in items {
+            let value = match item {
+                StatusDataItemName::Messages => format!("MESSAGES {}", index.messages.len()),
+                StatusDataItemName::Recent => "RECENT 0".into(),
+                StatusDataItemName::UidNext => format!("UIDNEXT {}", index.uid_next),
+                StatusDataItemName::UidValidity => format!("UIDVALIDITY {}", index.uid_validity),
+                StatusDataItemName::Unseen => format!(
+                    "UNSEEN {}",
+                    index
+                        .messages
+                        .iter()
+                        .filter(|m| !m.flags.contains('S'))
+                        .count()
+                ),
+                StatusDataItemName::Deleted => format!(
+                    "DELETED {}",
+                    index
+                        .messages
+                        .iter()
+                        .filter(|m| m.flags.contains('T'))
+                        .count()
+                ),
+                StatusDataItemName::DeletedStorage => format!(
+                    "DELETED-STORAGE {}",
+                    index
+                        .messages
+                        .iter()
+                        .filter(|m| m.flags.contains('T'))
+                        .map(|m| m.size)
+                        .sum::<u64>()
+                ),
+                #[allow(unreachable_patterns)]
+                _ => continue,
+            };
+            parts.push(value);
+        }
+        let mut line = b"* STATUS ".to_vec();
+        write::string(&mut line, folder.as_bytes());
+        line.extend_from_slice(format!(" ({})\r\n", parts.join(" ")).as_bytes());
+        self.send(line);
+        Ok("OK STATUS completed".into())
+    }
+
+    async fn select(&mut self, mailbox: &Mailbox<'_>, read_only: bool) -> Done {
+        self.selected = None;
+        self.changes = None;
+        let folder = folder_name(mailbox);
+        let address = self
+            .user
+            .as_ref()
+            .map(|u| u.address.clone())
+            .unwrap_or_default();
+        let mut changes = self.runtime.store.changes(&address);
+        changes.borrow_and_update();
+        let name = folder.clone();
+        let index = match self.blocking(move |s, m| s.index(&m, &name)).await {
+            Ok(i) => i,
+            Err(e) => return Err(store_failure(&e)),
+        };
+        let flags = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft)";
+        self.send(format!("* FLAGS {flags}\r\n"));
+        self.send(format!("* {} EXISTS\r\n", index.messages.len()));
+        if !self.rev2 {
+            self.send("* 0 RECENT\r\n");
+            if let Some(first) = index.messages.iter().position(|m| !m.flags.contains('S')) {
+                self.send(format!("* OK [UNSEEN {}] first unseen\r\n", first + 1));
+            }
+        }
+        if read_only {
+            self.send("* OK [PERMANENTFLAGS ()] read-only\r\n");
+        } else {
+            self.send(format!("* OK [PERMANENTFLAGS {flags}] flags permitted\r\n"));
+        }
+        self.send(format!(
+            "* OK [UIDVALIDITY {}] UIDs valid\r\n* OK [UIDNEXT {}] predicted next UID\r\n",
+            index.uid_validity, index.uid_next
+        ));
+        if self.rev2 {
+            let mut line = b"* LIST () \"/\" ".to_vec();
+            write::string(&mut line, folder.as_bytes());
+            line.extend_from_slice(b"\r\n");
+            self.send(line);
+        }
+        self.selected = Some(Selected::new(folder, read_only, index));
+        self.changes = Some(changes);
+        Ok(if read_only {
+            "OK [READ-ONLY] EXAMINE completed".into()
+        } else {
+            "OK [READ-WRITE] SELECT completed".into()
+        })
+    }
+
+    async fn over_quota(&self, adding: u64) -> bool {
+        let Some(limit) = self.user.as_ref().and_then(|u| u.quota) else {
+            return false;
+        };
+        match self.blocking(|s, m| s.usage(&m)).await {
+            Ok(usage) => usage.bytes + adding > limit,
+            Err(_) => false,
+        }
+    }
+
+    async fn quota(&mut self) {
+        let limit = self.user.as_ref().and_then(|u| u.quota).unwrap_or_default();
+        let used = self
+            .blocking(|s, m| s.usage(&m))
+            .await
+            .map(|u| u.bytes)
+            .unwrap_or_default();
+        self.send(format!(
+            "* QUOTA \"\" (STORAGE {} {})\r\n",
+            used.div_ceil(1024),
+            limit / 1024
+        ));
+    }
+
+    async fn append(
+        &mut self,
+        mailbox: &Mailbox<'_>,
+        flags: &[Flag<'_>],
+        date: Option<i64>,
+        bytes: Cow<'static, [u8]>,
+    ) -> Done {
+        let folder = folder_name(mailbox);
+        if self.over_quota(bytes.len() as u64).await {
+            return no("[OVERQUOTA] the mailbox is over its quota");
+        }
+        let letters = letters(flags);
+        let stored = self
+            .blocking(move |s, m| {
+                let mut spool = s.spool()?;
+                spool.write(&bytes)?;
+                let spooled = spool.finish()?;
+                s.append(&m, &folder, spooled, &letters, date)
+            })
+            .await;
+        match stored {
+            Ok((validity, uid)) => Ok(format!("OK [APPENDUID {validity} {uid}] APPEND completed")),
+            Err(StoreError::NoSuchFolder(f)) => no(format!("[TRYCREATE] no folder {f:?}")),
+            Err(e) => Err(store_failure(&e)),
+        }
+    }
+
+    /// EXPUNGE, UID EXPUNGE and CLOSE: removes \Deleted messages (of `only`, when given).
+    async fn expunge_deleted(&mut self, only: Option<&SequenceSet>, report: bool) -> Done {
+        let Some(selected) = self.selected.as_ref() else {
+            return no("select a folder first");
+        };
+        if selected.read_only {
+            return if report {
+                no("[READ-ONLY] the folder is read-only")
+            } else {
+                Ok(String::new())
+            };
+        }
+        let allowed: Option<Vec<usize>> = match only {
+            Some(set) => Some(
+                selected
+                    .resolve(set, true)
+                    .map_err(|e| format!("BAD {e}"))?,
+            ),
+            None => None,
+        };
+        let doomed: Vec<usize> = selected
+            .messages
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| {
+                m.flags.contains('T') && allowed.as_ref().is_none_or(|a| a.contains(i))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if doomed.is_empty() {
+            return Ok(String::new());
+        }
+        let folder = selected.folder.clone();
+        let metas: Vec<MessageMeta> = doomed
+            .iter()
+            .map(|i| selected.messages[*i].clone())
+            .collect();
+        if let Err(e) = self
+            .blocking(move |s, m| s.expunge(&m, &folder, &metas))
+            .await
+        {
+            return Err(store_failure(&e));
+        }
+        let Some(selected) = self.selected.as_mut() else {
+            return Ok(String::new());
+        };
+        for i in doomed.into_iter().rev() {
+            selected.messages.remove(i);
+            if report {
+                self.out
+                    .extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+            }
+        }
+        Ok(String::new())
+    }
+
+    async fn fetch(
+        &mut self,
+        set: &SequenceSet,
+        items: MacroOrMessageDataItemNames<'static>,
+        uid: bool,
+    ) -> io::Result<Done> {
+        let Some(selected) = self.selected.as_ref() else {
+            return Ok(no("select a folder first"));
+        };
+        let indexes = match selected.resolve(set, uid) {
+            Ok(i) => i,
+            Err(e) => return Ok(bad(e)),
+        };
+        let mut items = match items {
+            MacroOrMessageDataItemNames::Macro(m) => {
+                m.expand().into_iter().map(|i| i.into_static()).collect()
+            }
+            MacroOrMessageDataItemNames::MessageDataItemNames(items) => items,
+        };
+        if uid && !items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
+            items.insert(0, MessageDataItemName::Uid);
+        }
+        let read_only = selected.read_only;
+        let sets_seen = !read_only
+            && items.iter().any(|i| match i {
+                MessageDataItemName::BodyExt { peek, .. }
+                | MessageDataItemName::Binary { peek, .. } => !peek,
+                MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text => true,
+                _ => false,
+            });
+        let needs_contents = items.iter().any(|i| {
+            !matches!(
+                i,
+                MessageDataItemName::Uid
+                    | MessageDataItemName::Flags
+                    | MessageDataItemName::InternalDate
+                    | MessageDataItemName::Rfc822Size
+            )
+        });
+        let folder = selected.folder.clone();
+        let items = std::sync::Arc::new(items);
+        for batch in indexes.chunks(FETCH_BATCH) {
+            let Some(selected) = self.selected.as_mut() else {
+                break;
+            };
+            let mut metas: Vec<(usize, MessageMeta, bool)> = batch
+                .iter()
+                .map(|i| (*i, selected.messages[*i].clone(), false))
+                .collect();
+            if sets_seen {
+                let unseen: Vec<(MessageMeta, String)> = metas
+                    .iter()
+                    .filter(|(_, m, _)| !m.flags.contains('S'))
+                    .map(|(_, m, _)| (m.clone(), format!("{}S", m.flags)))
+                    .collect();
+                if !unseen.is_empty() {
+                    let name = folder.clone();
+                    if let Ok(updated) = self
+                        .blocking(move |s, m| s.set_flags(&m, &name, &unseen))
+                        .await
+                    {
+                        for u in updated {
+                            for (i, m, changed) in metas.iter_mut() {
+                                if m.uid == u.uid {
+                                    *m = u.clone();
+                                    *changed = true;
+                                    if let Some(sel) = self.selected.as_mut() {
+                                        sel.messages[*i] = u.clone();
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let (name, items) = (folder.clone(), items.clone());
+            let rendered = self
+                .blocking(move |s, m| {
+                    let mut out = Vec::new();
+                    for (i, meta, seen_now) in &metas {
+                        let raw = if needs_contents {
+                            s.read(&m, &name, meta)?
+                        } else {
+                            None
+                        };
+                        render_fetch(
+                            &mut out,
+                            *i as u32 + 1,
+                            meta,
+                            raw.as_deref(),
+                            &items,
+                            *seen_now,
+                        );
+                    }
+                    Ok(out)
+                })
+                .await;
+            match rendered {
+                Ok(bytes) => self.out.extend_from_slice(&bytes),
+                Err(e) => return Ok(Err(store_failure(&e))),
+            }
+            if self.out.len() > 256 * 1024 {
+                self.flush().await?;
+            }
+        }
+        Ok(Ok(format!(
+            "OK {}FETCH completed",
+            if uid { "UID " } else { "" }
+        )))
+    }
+
+    async fn store_flags(
+        &mut self,
+        set: &SequenceSet,
+        kind: StoreType,
+        response: StoreResponse,
+        flags: &[Flag<'_>],
+        uid: bool,
+    ) -> Done {
+        let Some(selected) = self.selected.as_ref() else {
+            return no("select a folder first");
+        };
+        if selected.read_only {
+            return no("[READ-ONLY] the folder is read-only");
+        }
+        let indexes = selected.resolve(set, uid).map_err(|e| format!("BAD {e}"))?;
+        let given = letters(flags);
+        let changes: Vec<(MessageMeta, String)> = indexes
+            .iter()
+            .map(|i| {
+                let m = &selected.messages[*i];
+                let new: String = match kind {
+                    StoreType::Replace => given.clone(),
+                    StoreType::Add => format!("{}{given}", m.flags),
+                    StoreType::Remove => m.flags.chars().filter(|c| !given.contains(*c)).collect(),
+                };
+                (m.clone(), new)
+            })
+            .collect();
+        let folder = selected.folder.clone();
+        let updated = match self
+            .blocking(move |s, m| s.set_flags(&m, &folder, &changes))
+            .await
+        {
+            Ok(u) => u,
+            Err(e) => return Err(store_failure(&e)),
+        };
+        let Some(selected) = self.selected.as_mut() else {
+            return Ok(String::new());
+        };
+        for u in updated {
+            if let Some(i) = selected.messages.iter().position(|m| m.uid == u.uid) {
+                selected.messages[i] = u.clone();
+                if response == StoreResponse::Answer {
+                    let uid_part = if uid {
+                        format!("UID {} ", u.uid)
+                    } else {
+                        String::new()
+                    };
+                    self.out.extend_from_slice(
+                        format!(
+                            "* {} FETCH ({uid_part}FLAGS {})\r\n",
+                            i + 1,
+                            write::flags(&u.flags)
+                        )
+                        .as_bytes(),
+                    );
+                }
+            }
+        }
+        Ok(format!(
+            "OK {}STORE completed",
+            if uid { "UID " } else { "" }
+        ))
+    }
+
+    async fn search(&mut self, tag: &str, criteria: Vec1<SearchKey<'static>>, uid: bool) -> Done {
+        let Some(selected) = self.selected.as_ref() else {
+            return no("select a folder first");
+        };
+        let key = SearchKey::And(criteria);
+        let contents = search::needs_contents(&key);
+        let metas = selected.messages.clone();
+        let largest = selected.largest();
+        let folder = selected.folder.clone();
+        let found = self
+            .blocking(move |s, m| {
+                let mut found = Vec::new();
+                for (i, meta) in metas.iter().enumerate() {
+                    let raw = if contents {
+                        s.read(&m, &folder, meta)?
+                    } else {
+                        None
+                    };
+                    let candidate = Candidate {
+                        seq: i as u32 + 1,
+                        meta,
+                        largest,
+                        raw: raw.as_deref(),
+                    };
+                    if search::matches(&key, &candidate) {
+                        found.push(if uid { meta.uid } else { i as u32 + 1 });
+                    }
+                }
+                Ok(found)
+            })
+            .await;
+        let found = match found {
+            Ok(f) => f,
+            Err(e) => return Err(store_failure(&e)),
+        };
+        if self.rev2 {
+            let mut line = b"* ESEARCH (TAG ".to_vec();
+            write::string(&mut line, tag.as_bytes());
+            line.push(b')');
+            if uid {
+                line.extend_from_slice(b" UID");
+            }
+            if !found.is_empty() {
+                line.extend_from_slice(format!(" ALL {}", write::sequence_set(&found)).as_bytes());
+            }
+            line.extend_from_slice(b"\r\n");
+            self.send(line);
+        } else {
+            let list: String = found.iter().map(|n| format!(" {n}")).collect();
+            self.send(format!("* SEARCH{list}\r\n"));
+        }
+        Ok(format!(
+            "OK {}SEARCH completed",
+            if uid { "UID " } else { "" }
+        ))
+    }
+
+    async fn copy(&mut self, set: &SequenceSet, to: &Mailbox<'_>, uid: bool, moving: bool) -> Done {
+        let Some(selected) = self.selected.as_ref() else {
+            return no("select a folder first");
+        };
+        if moving && selected.read_only {
+            return no("[READ-ONLY] the folder is read-only");
+        }
+        let indexes = selected.resolve(set, uid).map_err(|e| format!("BAD {e}"))?;
+        let metas: Vec<MessageMeta> = indexes
+            .iter()
+            .map(|i| selected.messages[*i].clone())
+            .collect();
+        let what = if moving { "MOVE" } else { "COPY" };
+        if metas.is_empty() {
+            return Ok(format!("OK {what} completed (nothing matched)"));
+        }
+        if self.over_quota(metas.iter().map(|m| m.size).sum()).await {
+            return no("[OVERQUOTA] the mailbox is over its quota");
+        }
+        let from = selected.folder.clone();
+        let target = folder_name(to);
+        let moved = metas.clone();
+        let copied = self
+            .blocking(move |s, m| {
+                let copied = s.copy(&m, &from, &metas, &target)?;
+                if moving {
+                    s.expunge(&m, &from, &metas)?;
+                }
+                Ok(copied)
+            })
+            .await;
+        let (validity, pairs) = match copied {
+            Ok(c) => c,
+            Err(StoreError::NoSuchFolder(f)) => return no(format!("[TRYCREATE] no folder {f:?}")),
+            Err(e) => return Err(store_failure(&e)),
+        };
+        let source: Vec<u32> = pairs.iter().map(|(s, _)| *s).collect();
+        let target: Vec<u32> = pairs.iter().map(|(_, t)| *t).collect();
+        let code = format!(
+            "COPYUID {validity} {} {}",
+            write::sequence_set(&source),
+            write::sequence_set(&target)
+        );
+        if !moving {
+            return Ok(format!("OK [{code}] COPY completed"));
+        }
+        self.send(format!("* OK [{code}] moved\r\n"));
+        if let Some(selected) = self.selected.as_mut() {
+            for m in moved.iter().rev() {
+                if let Some(i) = selected.messages.iter().position(|x| x.uid == m.uid) {
+                    selected.messages.remove(i);
+                    self.out
+                        .extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+                }
+            }
+        }
+        Ok("OK MOVE completed".into())
+    }
+
+    async fn idle(&mut self, tag: &str) -> io::Result<()> {
+        self.send("+ idling\r\n");
+        self.refresh(true).await;
+        self.flush().await?;
+        let mut buf = vec![0u8; 1024];
+        let deadline = tokio::time::Instant::now() + AUTHENTICATED_TIMEOUT;
+        loop {
+            // DONE may already be buffered.
+            if let Some(FragmentInfo::Line { .. }) = self.frag.progress() {
+                let done = self.frag.decode_message(&IdleDoneCodec::default()).is_ok();
+                if done {
+                    self.refresh(true).await;
+                    self.send(format!("{tag} OK IDLE terminated\r\n"));
+                } else {
+                    self.send(format!("{tag} BAD expected DONE\r\n"));
+                }
+                return Ok(());
+            }
+            let changed = async {
+                match self.changes.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                read = self.conn.read(&mut buf) => {
+                    let n = read?;
+                    if n == 0 {
+                        self.closed = true;
+                        return Ok(());
+                    }
+                    self.frag.enqueue_bytes(&buf[..n]);
+                }
+                ok = changed => {
+                    if ok {
+                        if let Some(rx) = self.changes.as_mut() {
+                            rx.mark_changed();
+                        }
+                        self.refresh(true).await;
+                        self.flush().await?;
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    self.send("* BYE autologout: idle for too long\r\n");
+                    self.closed = true;
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Writes one untagged FETCH response.
+fn render_fetch(
+    out: &mut Vec<u8>,
+    seq: u32,
+    meta: &MessageMeta,
+    raw: Option<&[u8]>,
+    items: &[MessageDataItemName<'_>],
+    flags_changed: bool,
+) {
+    let parsed = raw.map(message::parse);
+    let raw = raw.unwrap_or_default();
+    out.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            out.push(b' ');
+        }
+        match item {
+            MessageDataItemName::Uid => {
+                out.extend_from_slice(format!("UID {}", meta.uid).as_bytes())
+            }
+            MessageDataItemName::Flags => {
+                out.extend_from_slice(format!("FLAGS {}", write::flags(&meta.flags)).as_bytes());
+            }
+            MessageDataItemName::InternalDate => out.extend_from_slice(
+                format!("INTERNALDATE {}", write::date_time(meta.internal_date)).as_bytes(),
+            ),
+            MessageDataItemName::Rfc822Size => {
+                out.extend_from_slice(format!("RFC822.SIZE {}", meta.size).as_bytes());
+            }
+            MessageDataItemName::Envelope => {
+                out.extend_from_slice(b"ENVELOPE ");
+                match parsed.as_ref().and_then(message::Node::root) {
+                    Some(root) => message::envelope(out, &root),
+                    None => out.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"),
+                }
+            }
+            MessageDataItemName::Body | MessageDataItemName::BodyStructure => {
+                let extended = matches!(item, MessageDataItemName::BodyStructure);
+                out.extend_from_slice(if extended {
+                    b"BODYSTRUCTURE "
+                } else {
+                    b"BODY "
+                });
+                match parsed.as_ref().and_then(message::Node::root) {
+                    Some(root) => message::body_structure(out, &root, extended),
+                    None => out.extend_from_slice(
+                        b"(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0)",
+                    ),
+                }
+            }
+            MessageDataItemName::Rfc822 => {
+                out.extend_from_slice(b"RFC822 ");
+                write::literal(out, raw);
+            }
+            MessageDataItemName::Rfc822Header | MessageDataItemName::Rfc822Text => {
+                let header = matches!(item, MessageDataItemName::Rfc822Header);
+                out.extend_from_slice(if header {
+                    b"RFC822.HEADER "
+                } else {
+                    b"RFC822.TEXT "
+                });
+                let bytes = parsed
+                    .as_ref()
+                    .and_then(message::Node::root)
+                    .map(|p| {
+                        if header {
+                            p.raw_headers()
+                        } else {
+                            p.raw_body()
+                        }
+                    })
+                    .unwrap_or_default();
+                write::literal(out, bytes);
+            }
+            MessageDataItemName::BodyExt {
+                section, partial, ..
+            } => {
+                let bytes = parsed
+                    .as_ref()
+                    .and_then(|p| message::section_bytes(p, raw, section.as_ref()))
+                    .unwrap_or_default();
+                out.extend_from_slice(
+                    format!("BODY[{}]", message::section_name(section.as_ref())).as_bytes(),
+                );
+                partial_literal(out, &bytes, *partial);
+            }
+            MessageDataItemName::Binary {
+                section, partial, ..
+            } => {
+                let path: Vec<u32> = section.iter().map(|n| n.get()).collect();
+                let decoded = decoded_part(parsed.as_ref(), raw, &path);
+                let name: Vec<String> = path.iter().map(u32::to_string).collect();
+                out.extend_from_slice(format!("BINARY[{}]", name.join(".")).as_bytes());
+                partial_literal(out, decoded.as_deref().unwrap_or_default(), *partial);
+            }
+            MessageDataItemName::BinarySize { section } => {
+                let path: Vec<u32> = section.iter().map(|n| n.get()).collect();
+                let decoded = decoded_part(parsed.as_ref(), raw, &path);
+                let name: Vec<String> = path.iter().map(u32::to_string).collect();
+                out.extend_from_slice(
+                    format!(
+                        "BINARY.SIZE[{}] {}",
+                        name.join("."),
+                        decoded.map_or(0, |d| d.len())
+                    )
+                    .as_bytes(),
+                );
+            }
+            #[allow(unreachable_patterns)]
+            _ => out.extend_from_slice(b"NIL NIL"),
+        }
+    }
+    // RFC 9051 6.4.5: when fetching sets \Seen, the new flags go with the response.
+    if flags_changed
+        && !items
+            .iter()
+            .any(|i| matches!(i, MessageDataItemName::Flags))
+    {
+        out.extend_from_slice(format!(" FLAGS {}", write::flags(&meta.flags)).as_bytes());
+    }
+    out.extend_from_slice(b")\r\n");
+}
+
+fn decoded_part<'a>(
+    parsed: Option<&'a mail_parser::Message<'_>>,
+    raw: &'a [u8],
+    path: &[u32],
+) -> Option<Cow<'a, [u8]>> {
+    let parsed = parsed?;
+    if path.is_empty() {
+        return Some(Cow::Borrowed(raw));
+    }
+    message::find_part(parsed, path).map(|p| p.decoded())
+}
+
+fn partial_literal(out: &mut Vec<u8>, bytes: &[u8], partial: Option<(u32, std::num::NonZeroU32)>) {
+    match partial {
+        Some((start, length)) => {
+            let start = (start as usize).min(bytes.len());
+            let end = start.saturating_add(length.get() as usize).min(bytes.len());
+            out.extend_from_slice(format!("<{start}> ").as_bytes());
+            write::literal(out, &bytes[start..end]);
+        }
+        None => {
+            out.push(b' ');
+            write::literal(out, bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pattern_matches;
+
+    #[test]
+    fn list_wildcards() {
+        assert!(pattern_matches(b"*", b"Sent/2024"));
+        assert!(pattern_matches(b"%", b"Sent"));
+        assert!(!pattern_matches(b"%", b"Sent/2024"));
+        assert!(pattern_matches(b"Sent/%", b"Sent/2024"));
+        assert!(pattern_matches(b"INBOX", b"INBOX"));
+        assert!(!pattern_matches(b"Sent", b"Sent/2024"));
+    }
+}

@@ -1,0 +1,117 @@
+//! How IMAP values are written in responses: strings as quoted strings when they can be, as
+//! literals when they cannot (RFC 9051 section 4.3), dates, flags and sequence sets.
+use std::fmt::Write as _;
+
+/// Appends a string: quoted when it is short printable ASCII, a literal otherwise.
+pub fn string(out: &mut Vec<u8>, bytes: &[u8]) {
+    let quotable = bytes.len() <= 1024 && bytes.iter().all(|b| (0x20..0x7f).contains(b));
+    if quotable {
+        out.push(b'"');
+        for &b in bytes {
+            if b == b'"' || b == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    } else {
+        literal(out, bytes);
+    }
+}
+
+/// Appends a literal.
+pub fn literal(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(format!("{{{}}}\r\n", bytes.len()).as_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Appends a string, or NIL.
+pub fn nstring(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        Some(b) => string(out, b),
+        None => out.extend_from_slice(b"NIL"),
+    }
+}
+
+/// Maildir flag letters -> IMAP system flags.
+pub const FLAG_LETTERS: [(char, &str); 5] = [
+    ('R', "\\Answered"),
+    ('F', "\\Flagged"),
+    ('T', "\\Deleted"),
+    ('S', "\\Seen"),
+    ('D', "\\Draft"),
+];
+
+/// The flag list of a message, e.g. `(\Seen \Flagged)`.
+pub fn flags(letters: &str) -> String {
+    let names: Vec<&str> = FLAG_LETTERS
+        .iter()
+        .filter(|(l, _)| letters.contains(*l))
+        .map(|(_, n)| *n)
+        .collect();
+    format!("({})", names.join(" "))
+}
+
+/// `date-time` of RFC 9051: `"26-Nov-2026 11:14:37 +0000"`.
+pub fn date_time(secs: i64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let t =
+        time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "\"{:02}-{}-{:04} {:02}:{:02}:{:02} +0000\"",
+        t.day(),
+        MONTHS[usize::from(u8::from(t.month())) - 1],
+        t.year(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// A compact sequence set (`1:3,7`) of ascending numbers.
+pub fn sequence_set(numbers: &[u32]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < numbers.len() {
+        let start = numbers[i];
+        let mut end = start;
+        while i + 1 < numbers.len() && numbers[i + 1] == end + 1 {
+            i += 1;
+            end = numbers[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            let _ = write!(out, "{start}");
+        } else {
+            let _ = write!(out, "{start}:{end}");
+        }
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_are_quoted_or_literal() {
+        let mut out = Vec::new();
+        string(&mut out, b"say \"hi\"\\");
+        assert_eq!(out, b"\"say \\\"hi\\\"\\\\\"");
+        let mut out = Vec::new();
+        string(&mut out, "caf\u{e9}\r\n".as_bytes());
+        assert_eq!(out, b"{7}\r\ncaf\xc3\xa9\r\n");
+    }
+
+    #[test]
+    fn sets_dates_and_flags() {
+        assert_eq!(sequence_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
+        assert_eq!(date_time(0), "\"01-Jan-1970 00:00:00 +0000\"");
+        assert_eq!(flags("FS"), "(\\Flagged \\Seen)");
+    }
+}

@@ -1,0 +1,696 @@
+//! IMAP transcripts against the real runtime: every command the server offers, byte-exact
+//! requests (literals split across writes, pipelining, hostile input), and every response the
+//! server sends is parsed by imap-codec's response parser, an implementation we did not write.
+mod common;
+
+use std::{process::Command, time::Duration};
+
+use common::{Dev, run};
+use imap_codec::{ResponseCodec, decode::Decoder};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
+
+const BOB: &str = "bob@example.test";
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A byte-level IMAP client that keeps what the server said.
+struct Client {
+    stream: Box<dyn Stream>,
+    pending: Vec<u8>,
+    /// Every byte the server sent, for the syntax check at the end.
+    heard: Vec<u8>,
+}
+
+async fn tls(stream: TcpStream) -> Box<dyn Stream> {
+    let connector = mail_send::smtp::tls::build_tls_connector(true).expect("connector");
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    Box::new(
+        connector
+            .connect(name, stream)
+            .await
+            .expect("TLS handshake"),
+    )
+}
+
+impl Client {
+    /// Connects to implicit TLS (993) and reads the greeting.
+    async fn connect(dev: &Dev) -> Client {
+        let tcp = TcpStream::connect(("127.0.0.1", dev.port("imaps")))
+            .await
+            .expect("connect");
+        let mut client = Client {
+            stream: tls(tcp).await,
+            pending: Vec::new(),
+            heard: Vec::new(),
+        };
+        let greeting = client.line().await;
+        assert!(greeting.starts_with("* OK [CAPABILITY "), "{greeting}");
+        client
+    }
+
+    async fn login(dev: &Dev, user: &str) -> Client {
+        let mut c = Client::connect(dev).await;
+        let reply = c
+            .command("L", &format!("LOGIN {user} {}", dev.password(user)))
+            .await;
+        assert!(reply.contains("L OK [CAPABILITY"), "{reply}");
+        c
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+        self.stream.flush().await.expect("flush");
+    }
+
+    async fn fill(&mut self) {
+        let mut buf = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut buf))
+            .await
+            .expect("the server answers within 10 s")
+            .expect("read");
+        assert!(n > 0, "connection closed; heard so far:\n{}", self.text());
+        self.pending.extend_from_slice(&buf[..n]);
+        self.heard.extend_from_slice(&buf[..n]);
+    }
+
+    /// One line (without literals), CRLF removed.
+    async fn line(&mut self) -> String {
+        loop {
+            if let Some(end) = self.pending.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = self.pending.drain(..end + 2).collect();
+                return String::from_utf8_lossy(&line[..end]).into_owned();
+            }
+            self.fill().await;
+        }
+    }
+
+    /// Everything up to and including the tagged response of `tag`; literals are kept inline.
+    async fn until_tagged(&mut self, tag: &str) -> String {
+        let mut out = String::new();
+        loop {
+            let line = self.line().await;
+            out.push_str(&line);
+            out.push('\n');
+            if let Some(n) = line
+                .strip_suffix('}')
+                .and_then(|l| l.rsplit_once('{'))
+                .and_then(|(_, n)| n.parse::<usize>().ok())
+            {
+                while self.pending.len() < n {
+                    self.fill().await;
+                }
+                let literal: Vec<u8> = self.pending.drain(..n).collect();
+                out.push_str(&String::from_utf8_lossy(&literal));
+                // The rest of the line after the literal follows.
+                continue;
+            }
+            if line.starts_with(&format!("{tag} ")) {
+                return out;
+            }
+        }
+    }
+
+    async fn command(&mut self, tag: &str, command: &str) -> String {
+        self.send(format!("{tag} {command}\r\n").as_bytes()).await;
+        self.until_tagged(tag).await
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.heard).into_owned()
+    }
+
+    /// Every response heard parses as IMAP (ESEARCH, which imap-codec does not know, aside).
+    fn assert_well_formed(&self) {
+        let mut rest: &[u8] = &self.heard;
+        while !rest.is_empty() {
+            if rest.starts_with(b"+ ") || rest.starts_with(b"* ESEARCH") {
+                let end = rest.windows(2).position(|w| w == b"\r\n").expect("CRLF");
+                rest = &rest[end + 2..];
+                continue;
+            }
+            match ResponseCodec::default().decode(rest) {
+                Ok((remaining, _)) => rest = remaining,
+                Err(err) => {
+                    let end = rest.len().min(300);
+                    panic!(
+                        "imap-codec rejects a response ({err:?}):\n{}",
+                        String::from_utf8_lossy(&rest[..end])
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn deliver(dev: &Dev, subject: &str, body: &str) {
+    run(Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{}", dev.port("smtp"))])
+        .args(["--from", "carol@example.net", "--to", BOB])
+        .args(["--h-From", "Carol <carol@example.net>"])
+        .args(["--h-Subject", subject])
+        .args(["--body", body]));
+}
+
+#[tokio::test]
+async fn authentication_tls_and_session_commands() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+
+    // Port 143 in the clear: LOGINDISABLED, and LOGIN is refused before STARTTLS.
+    let mut plain = TcpStream::connect(("127.0.0.1", dev.port("imap")))
+        .await
+        .expect("connect");
+    let mut greeting = vec![0u8; 512];
+    let n = plain.read(&mut greeting).await.expect("greeting");
+    let greeting = String::from_utf8_lossy(&greeting[..n]).into_owned();
+    assert!(
+        greeting.contains("STARTTLS") && greeting.contains("LOGINDISABLED"),
+        "{greeting}"
+    );
+    let mut c = Client {
+        stream: Box::new(plain),
+        pending: Vec::new(),
+        heard: Vec::new(),
+    };
+    let refused = c
+        .command("a", &format!("LOGIN {BOB} {}", dev.password(BOB)))
+        .await;
+    assert!(refused.contains("a NO [PRIVACYREQUIRED]"), "{refused}");
+    let refused = c.command("b", "AUTHENTICATE PLAIN AGJvYgBwYXNz").await;
+    assert!(refused.contains("b NO [PRIVACYREQUIRED]"), "{refused}");
+    let not_yet = c.command("c", "SELECT INBOX").await;
+    assert!(not_yet.contains("c NO"), "{not_yet}");
+
+    drop(c);
+
+    // STARTTLS with a command pipelined behind it in the clear: the command is discarded
+    // (RFC 3501 6.2.1), so nothing a man in the middle adds runs inside the TLS session.
+    let tcp = TcpStream::connect(("127.0.0.1", dev.port("imap")))
+        .await
+        .expect("connect");
+    let mut raw = tcp;
+    let mut buf = vec![0u8; 512];
+    let _ = raw.read(&mut buf).await.expect("greeting");
+    raw.write_all(b"d STARTTLS\r\ne NOOP\r\n")
+        .await
+        .expect("write");
+    let n = raw.read(&mut buf).await.expect("STARTTLS reply");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("d OK"));
+    let mut c = Client {
+        stream: tls(raw).await,
+        pending: Vec::new(),
+        heard: Vec::new(),
+    };
+    let caps = c.command("f", "CAPABILITY").await;
+    assert!(
+        !caps.contains("e OK"),
+        "a pipelined plaintext command was run: {caps}"
+    );
+    assert!(
+        caps.contains("AUTH=PLAIN") && !caps.contains("STARTTLS"),
+        "{caps}"
+    );
+
+    // AUTHENTICATE PLAIN with a continuation, then the authenticated capabilities.
+    use base64::Engine as _;
+    let token =
+        base64::engine::general_purpose::STANDARD.encode(format!("\0{BOB}\0{}", dev.password(BOB)));
+    c.send(b"g AUTHENTICATE PLAIN\r\n").await;
+    assert_eq!(c.line().await, "+ ");
+    c.send(format!("{token}\r\n").as_bytes()).await;
+    let ok = c.until_tagged("g").await;
+    for cap in [
+        "UIDPLUS",
+        "MOVE",
+        "IDLE",
+        "QUOTA",
+        "SPECIAL-USE",
+        "NAMESPACE",
+        "LITERAL+",
+    ] {
+        assert!(ok.contains(cap), "{cap} missing after login: {ok}");
+    }
+    let id = c.command("h", "ID (\"name\" \"transcript\")").await;
+    assert!(id.contains("* ID (\"name\" \"kubemail\""), "{id}");
+    let ns = c.command("i", "NAMESPACE").await;
+    assert!(ns.contains("* NAMESPACE ((\"\" \"/\")) NIL NIL"), "{ns}");
+    let enabled = c.command("j", "ENABLE IMAP4rev2").await;
+    assert!(enabled.contains("* ENABLED IMAP4rev2"), "{enabled}");
+    assert!(c.command("k", "NOOP").await.contains("k OK"));
+    let bye = c.command("l", "LOGOUT").await;
+    assert!(bye.contains("* BYE") && bye.contains("l OK"), "{bye}");
+    c.assert_well_formed();
+
+    // A wrong password: NO [AUTHENTICATIONFAILED], and the session goes on.
+    let mut c = Client::connect(&dev).await;
+    let wrong = c.command("m", &format!("LOGIN {BOB} wrong-password")).await;
+    assert!(wrong.contains("m NO [AUTHENTICATIONFAILED]"), "{wrong}");
+    assert!(c.command("n", "CAPABILITY").await.contains("n OK"));
+}
+
+#[tokio::test]
+async fn folders_list_status_and_subscriptions() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    let mut c = Client::login(&dev, BOB).await;
+
+    let list = c.command("a", "LIST \"\" *").await;
+    for (name, special) in [
+        ("Sent", "\\Sent"),
+        ("Drafts", "\\Drafts"),
+        ("Trash", "\\Trash"),
+        ("Junk", "\\Junk"),
+        ("Archive", "\\Archive"),
+    ] {
+        assert!(
+            list.lines()
+                .any(|l| l.contains(special) && l.ends_with(&format!("\"{name}\""))),
+            "{name} with {special} missing: {list}"
+        );
+    }
+    assert!(list.contains("\"/\" \"INBOX\""), "{list}");
+    let root = c.command("b", "LIST \"\" \"\"").await;
+    assert!(root.contains("* LIST (\\Noselect) \"/\" \"\""), "{root}");
+
+    assert!(
+        c.command("c", "CREATE Projects/2026/")
+            .await
+            .contains("c OK")
+    );
+    let exists = c.command("d", "CREATE Projects").await;
+    assert!(exists.contains("d NO [ALREADYEXISTS]"), "{exists}");
+    let top = c.command("e", "LIST \"\" %").await;
+    assert!(top.contains("(\\HasChildren) \"/\" \"Projects\""), "{top}");
+    assert!(!top.contains("Projects/2026"), "% matched a child: {top}");
+    let children = c.command("f", "LIST Projects/ *").await;
+    assert!(children.contains("\"Projects/2026\""), "{children}");
+
+    assert!(
+        c.command("g", "RENAME Projects Work")
+            .await
+            .contains("g OK")
+    );
+    let renamed = c.command("h", "LIST \"\" Work*").await;
+    assert!(
+        renamed.contains("\"Work/2026\"") && renamed.contains("\"Work\""),
+        "{renamed}"
+    );
+    assert!(c.command("i", "SUBSCRIBE Work").await.contains("i OK"));
+    let lsub = c.command("j", "LSUB \"\" *").await;
+    assert!(
+        lsub.contains("\"Work\"") && lsub.contains("\"Sent\""),
+        "{lsub}"
+    );
+    assert!(c.command("k", "UNSUBSCRIBE Work").await.contains("k OK"));
+    assert!(!c.command("l", "LSUB \"\" W*").await.contains("\"Work\""));
+    assert!(c.command("m", "DELETE Work/2026").await.contains("m OK"));
+    let gone = c.command("n", "STATUS Work/2026 (MESSAGES)").await;
+    assert!(gone.contains("n NO [NONEXISTENT]"), "{gone}");
+    let inbox = c.command("o", "DELETE INBOX").await;
+    assert!(inbox.contains("o NO"), "{inbox}");
+
+    deliver(&dev, "one", "first body");
+    let status = c
+        .command(
+            "p",
+            "STATUS INBOX (MESSAGES UIDNEXT UIDVALIDITY UNSEEN DELETED)",
+        )
+        .await;
+    assert!(
+        status.contains("MESSAGES 1 UIDNEXT 2 UIDVALIDITY ")
+            && status.contains("UNSEEN 1 DELETED 0"),
+        "{status}"
+    );
+    let quota = c.command("q", "GETQUOTAROOT INBOX").await;
+    assert!(quota.contains("* QUOTAROOT \"INBOX\" \"\""), "{quota}");
+    assert!(
+        quota.contains("* QUOTA \"\" (STORAGE 1 1048576)"),
+        "{quota}"
+    );
+    assert!(
+        c.command("r", "GETQUOTA \"\"")
+            .await
+            .contains("(STORAGE 1 1048576)")
+    );
+    let set = c.command("s", "SETQUOTA \"\" (STORAGE 10)").await;
+    assert!(set.contains("s NO [NOPERM]"), "{set}");
+    c.assert_well_formed();
+}
+
+#[tokio::test]
+async fn select_fetch_store_search_and_expunge() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    deliver(&dev, "alpha report", "quarterly numbers");
+    deliver(&dev, "beta", "nothing to see");
+    deliver(&dev, "gamma", "more quarterly things");
+    let mut c = Client::login(&dev, BOB).await;
+
+    let select = c.command("a", "SELECT INBOX").await;
+    for expected in [
+        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
+        "* 3 EXISTS",
+        "* OK [UIDNEXT 4]",
+        "* OK [UNSEEN 1]",
+        "a OK [READ-WRITE]",
+    ] {
+        assert!(select.contains(expected), "{expected} missing: {select}");
+    }
+
+    let fast = c.command("b", "FETCH 1:* FAST").await;
+    assert_eq!(
+        fast.matches("FETCH (FLAGS () INTERNALDATE \"").count(),
+        3,
+        "{fast}"
+    );
+    let env = c
+        .command("c", "FETCH 1 (ENVELOPE BODYSTRUCTURE RFC822.SIZE UID)")
+        .await;
+    assert!(env.contains("\"alpha report\""), "{env}");
+    assert!(
+        env.contains("((\"Carol\" NIL \"carol\" \"example.net\"))"),
+        "{env}"
+    );
+    assert!(env.contains("BODYSTRUCTURE (\"text\" \"plain\""), "{env}");
+    let peek = c
+        .command(
+            "d",
+            "FETCH 2 (BODY.PEEK[HEADER.FIELDS (SUBJECT)] BODY.PEEK[TEXT]<0.7>)",
+        )
+        .await;
+    assert!(
+        peek.contains("BODY[HEADER.FIELDS (\"SUBJECT\")] {15}\r\nSubject: beta\r\n\r\n")
+            || peek.contains("Subject: beta"),
+        "{peek}"
+    );
+    assert!(peek.contains("BODY[TEXT]<0> {7}\nnothing"), "{peek}");
+    let flags = c.command("e", "FETCH 2 FLAGS").await;
+    assert!(flags.contains("FLAGS ()"), "PEEK set \\Seen: {flags}");
+    let body = c.command("f", "FETCH 2 (BODY[1] BINARY.SIZE[1])").await;
+    assert!(
+        body.contains("FLAGS (\\Seen)"),
+        "BODY[] did not set \\Seen: {body}"
+    );
+    assert!(body.contains("nothing to see"), "{body}");
+    let rfc822 = c
+        .command("g", "UID FETCH 3 (RFC822.HEADER RFC822.TEXT)")
+        .await;
+    assert!(
+        rfc822.contains("UID 3") && rfc822.contains("Subject: gamma"),
+        "{rfc822}"
+    );
+    let out_of_range = c.command("h", "FETCH 9 FLAGS").await;
+    assert!(out_of_range.contains("h BAD"), "{out_of_range}");
+    let uid_beyond = c.command("i", "UID FETCH 9:* FLAGS").await;
+    assert!(uid_beyond.contains("i OK"), "{uid_beyond}");
+
+    let store = c
+        .command("j", "STORE 1 +FLAGS (\\Flagged \\Answered)")
+        .await;
+    assert!(
+        store.contains("* 1 FETCH (FLAGS (\\Answered \\Flagged))"),
+        "{store}"
+    );
+    let silent = c
+        .command("k", "UID STORE 3 +FLAGS.SILENT (\\Deleted)")
+        .await;
+    assert!(!silent.contains("FETCH"), "{silent}");
+    let removed = c.command("l", "STORE 1 -FLAGS (\\Answered)").await;
+    assert!(removed.contains("FLAGS (\\Flagged)"), "{removed}");
+    let replaced = c.command("m", "UID STORE 1 FLAGS (\\Seen)").await;
+    assert!(replaced.contains("(UID 1 FLAGS (\\Seen))"), "{replaced}");
+
+    let searches = [
+        ("SEARCH ALL", "* SEARCH 1 2 3"),
+        // RFC822.TEXT above set \Seen on 3, like BODY[] on 2; 1 got it from STORE.
+        ("SEARCH SEEN", "* SEARCH 1 2 3"),
+        ("SEARCH UNSEEN", "* SEARCH"),
+        ("SEARCH FLAGGED", "* SEARCH"),
+        ("SEARCH DELETED", "* SEARCH 3"),
+        ("SEARCH SUBJECT alpha", "* SEARCH 1"),
+        ("SEARCH BODY quarterly", "* SEARCH 1 3"),
+        ("SEARCH TEXT Carol", "* SEARCH 1 2 3"),
+        (
+            "SEARCH FROM carol@example.net NOT SUBJECT beta",
+            "* SEARCH 1 3",
+        ),
+        ("SEARCH OR SUBJECT beta SUBJECT gamma", "* SEARCH 2 3"),
+        ("SEARCH HEADER Subject gamma", "* SEARCH 3"),
+        ("SEARCH LARGER 1 SMALLER 100000", "* SEARCH 1 2 3"),
+        (
+            "SEARCH SINCE 1-Jan-2020 BEFORE 1-Jan-2100",
+            "* SEARCH 1 2 3",
+        ),
+        ("SEARCH SENTSINCE 1-Jan-2020", "* SEARCH 1 2 3"),
+        ("SEARCH BEFORE 1-Jan-2020", "* SEARCH"),
+        ("SEARCH 2:*", "* SEARCH 2 3"),
+        ("UID SEARCH UID 2:3 UNDELETED", "* SEARCH 2"),
+        ("SEARCH CHARSET UTF-8 SUBJECT beta", "* SEARCH 2"),
+    ];
+    for (i, (query, expected)) in searches.iter().enumerate() {
+        let tag = format!("s{i}");
+        let reply = c.command(&tag, query).await;
+        assert!(
+            reply.lines().any(|l| l == *expected),
+            "{query}: expected {expected:?}, got {reply}"
+        );
+    }
+    let bad_charset = c.command("t", "SEARCH CHARSET KOI8-R ALL").await;
+    assert!(bad_charset.contains("[BADCHARSET"), "{bad_charset}");
+
+    let expunge = c.command("u", "EXPUNGE").await;
+    assert!(
+        expunge.contains("* 3 EXPUNGE") && expunge.contains("u OK"),
+        "{expunge}"
+    );
+    c.command("v", "STORE 1:2 +FLAGS (\\Deleted)").await;
+    let uid_expunge = c.command("w", "UID EXPUNGE 2").await;
+    assert!(
+        uid_expunge.contains("* 2 EXPUNGE") && !uid_expunge.contains("* 1 EXPUNGE"),
+        "{uid_expunge}"
+    );
+    let examine = c.command("x", "EXAMINE INBOX").await;
+    assert!(
+        examine.contains("* 1 EXISTS") && examine.contains("x OK [READ-ONLY]"),
+        "{examine}"
+    );
+    let read_only = c.command("y", "STORE 1 +FLAGS (\\Seen)").await;
+    assert!(read_only.contains("y NO"), "{read_only}");
+    assert!(c.command("z", "CLOSE").await.contains("z OK"));
+    // EXAMINE + CLOSE expunges nothing.
+    assert_eq!(dev.messages(BOB).len(), 1);
+    c.command("A", "SELECT INBOX").await;
+    assert!(c.command("B", "UNSELECT").await.contains("B OK"));
+    assert_eq!(dev.messages(BOB).len(), 1, "UNSELECT expunged");
+    c.command("C", "SELECT INBOX").await;
+    assert!(c.command("D", "CLOSE").await.contains("D OK"));
+    assert!(
+        dev.messages(BOB).is_empty(),
+        "CLOSE did not expunge the \\Deleted message"
+    );
+
+    // IMAP4rev2: ESEARCH instead of SEARCH, and no RECENT on SELECT.
+    c.command("E", "ENABLE IMAP4rev2").await;
+    deliver(&dev, "delta", "x");
+    let select = c.command("F", "SELECT INBOX").await;
+    assert!(
+        !select.contains("RECENT") && select.contains("* LIST () \"/\" \"INBOX\""),
+        "{select}"
+    );
+    let esearch = c.command("G", "UID SEARCH ALL").await;
+    assert!(
+        esearch.contains("* ESEARCH (TAG \"G\") UID ALL 4"),
+        "{esearch}"
+    );
+    c.assert_well_formed();
+}
+
+#[tokio::test]
+async fn append_copy_move_with_uidplus_and_literals() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    let mut c = Client::login(&dev, BOB).await;
+
+    // A synchronizing literal, sent in three writes: the command line, then the message in
+    // two pieces split inside a line.
+    let message = b"From: bob@example.test\r\nSubject: draft one\r\n\r\nhello there\r\n";
+    c.send(
+        format!(
+            "a APPEND Drafts (\\Draft \\Seen) \"26-Nov-2026 10:00:00 +0000\" {{{}}}\r\n",
+            message.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let go = c.line().await;
+    assert!(go.starts_with("+ "), "{go}");
+    c.send(&message[..20]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.send(&message[20..]).await;
+    c.send(b"\r\n").await;
+    let appended = c.until_tagged("a").await;
+    assert!(appended.contains("a OK [APPENDUID "), "{appended}");
+    let uid_validity: u32 = appended
+        .split("APPENDUID ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .expect("APPENDUID validity");
+
+    // LITERAL+: no continuation, data right behind the command line, in the same write.
+    let second = b"Subject: draft two\r\n\r\nsecond\r\n";
+    let mut bytes = format!("b APPEND Drafts {{{}+}}\r\n", second.len()).into_bytes();
+    bytes.extend_from_slice(second);
+    bytes.extend_from_slice(b"\r\n");
+    c.send(&bytes).await;
+    let appended = c.until_tagged("b").await;
+    assert!(
+        appended.contains(&format!("b OK [APPENDUID {uid_validity} 2]")),
+        "{appended}"
+    );
+
+    let missing = c.command("c", "APPEND Nowhere {2+}\r\nhi").await;
+    assert!(missing.contains("c NO [TRYCREATE]"), "{missing}");
+
+    let select = c.command("d", "SELECT Drafts").await;
+    assert!(select.contains("* 2 EXISTS"), "{select}");
+    let fetched = c
+        .command("e", "FETCH 1 (FLAGS INTERNALDATE BODY.PEEK[])")
+        .await;
+    assert!(
+        fetched.contains("FLAGS (\\Seen \\Draft)")
+            || fetched.contains("FLAGS (\\Draft \\Seen)")
+            || fetched.contains("\\Seen") && fetched.contains("\\Draft"),
+        "{fetched}"
+    );
+    assert!(
+        fetched.contains("INTERNALDATE \"26-Nov-2026 10:00:00 +0000\""),
+        "{fetched}"
+    );
+    assert!(fetched.contains("hello there"), "{fetched}");
+
+    let copy = c.command("f", "COPY 1:2 Archive").await;
+    assert!(
+        copy.contains("f OK [COPYUID ") && copy.contains(" 1:2 1:2]"),
+        "{copy}"
+    );
+    let moved = c.command("g", "UID MOVE 2 Trash").await;
+    assert!(
+        moved.contains("* OK [COPYUID ") && moved.contains("* 2 EXPUNGE"),
+        "{moved}"
+    );
+    let trycreate = c.command("h", "COPY 1 Nowhere").await;
+    assert!(trycreate.contains("h NO [TRYCREATE]"), "{trycreate}");
+    let status = c.command("i", "STATUS Archive (MESSAGES)").await;
+    assert!(status.contains("(MESSAGES 2)"), "{status}");
+    let status = c.command("j", "STATUS Trash (MESSAGES)").await;
+    assert!(status.contains("(MESSAGES 1)"), "{status}");
+    let status = c.command("k", "STATUS Drafts (MESSAGES UIDNEXT)").await;
+    assert!(status.contains("(MESSAGES 1 UIDNEXT 3)"), "{status}");
+    c.assert_well_formed();
+}
+
+#[tokio::test]
+async fn hostile_input_gets_bad_and_the_session_goes_on() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+
+    // Before login, literals are small: a 1 MB literal is refused before a byte of it is sent.
+    let mut c = Client::connect(&dev).await;
+    c.send(b"a LOGIN {1000000}\r\n").await;
+    let refused = c.line().await;
+    assert!(refused.starts_with("a NO [TOOBIG]"), "{refused}");
+    let garbage = c.command("b", "FROB the widget").await;
+    assert!(garbage.contains("b BAD"), "{garbage}");
+    let unbalanced = c.command("c", "LOGIN \"unterminated").await;
+    assert!(unbalanced.contains("c BAD"), "{unbalanced}");
+    assert!(c.command("d", "NOOP").await.contains("d OK"));
+
+    // After login, a literal over the message size limit is refused before its data.
+    let mut c = Client::login(&dev, BOB).await;
+    c.send(b"e APPEND INBOX {999999999}\r\n").await;
+    let refused = c.line().await;
+    assert!(refused.starts_with("e NO [TOOBIG]"), "{refused}");
+    // A non-synchronizing literal over the limit is read, dropped and refused.
+    let size = 30 * 1024 * 1024;
+    let mut bytes = format!("f APPEND INBOX {{{size}+}}\r\n").into_bytes();
+    bytes.resize(bytes.len() + size, b'x');
+    bytes.extend_from_slice(b"\r\n");
+    c.send(&bytes).await;
+    let refused = c.until_tagged("f").await;
+    assert!(refused.contains("f NO [TOOBIG]"), "{refused}");
+    assert!(dev.messages(BOB).is_empty());
+    let bad_set = c.command("g", "SELECT INBOX").await;
+    assert!(bad_set.contains("g OK"));
+    let bad = c.command("h", "FETCH 0:x FLAGS").await;
+    assert!(bad.contains("h BAD"), "{bad}");
+    assert!(c.command("i", "NOOP").await.contains("i OK"));
+    c.assert_well_formed();
+
+    // A line longer than 64 KiB ends the session with BYE instead of growing a buffer.
+    let mut c = Client::connect(&dev).await;
+    let mut long = b"j NOOP ".to_vec();
+    long.resize(200 * 1024, b'a');
+    c.send(&long).await;
+    let bye = c.line().await;
+    assert!(bye.starts_with("* BYE [TOOBIG]"), "{bye}");
+}
+
+#[tokio::test]
+async fn two_sessions_see_each_others_changes_and_idle_hears_delivery() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    deliver(&dev, "one", "1");
+    deliver(&dev, "two", "2");
+    let mut laptop = Client::login(&dev, BOB).await;
+    let mut phone = Client::login(&dev, BOB).await;
+    laptop.command("a", "SELECT INBOX").await;
+    phone.command("a", "SELECT INBOX").await;
+
+    laptop.command("b", "STORE 1 +FLAGS (\\Seen)").await;
+    let seen = phone.command("b", "NOOP").await;
+    assert!(seen.contains("* 1 FETCH (UID 1 FLAGS (\\Seen))"), "{seen}");
+
+    laptop.command("c", "STORE 2 +FLAGS (\\Deleted)").await;
+    laptop.command("d", "EXPUNGE").await;
+    // During FETCH an expunge is held back (sequence numbers must not move under it) ...
+    let during = phone.command("c", "FETCH 1:* FLAGS").await;
+    assert!(!during.contains("EXPUNGE"), "{during}");
+    // ... and reported at the next command that allows it.
+    let after = phone.command("d", "NOOP").await;
+    assert!(after.contains("* 2 EXPUNGE"), "{after}");
+
+    // IDLE: the phone hears of new mail delivered over SMTP within a second.
+    phone.send(b"e IDLE\r\n").await;
+    assert!(phone.line().await.starts_with("+ "));
+    let sent = std::time::Instant::now();
+    deliver(&dev, "three", "3");
+    let exists = phone.line().await;
+    let heard_after = sent.elapsed();
+    assert_eq!(exists, "* 2 EXISTS");
+    assert!(
+        heard_after < Duration::from_secs(1) + Duration::from_millis(500),
+        "IDLE heard of the delivery after {heard_after:?} (swaks included)"
+    );
+    // A flag change from the laptop reaches the idling phone too.
+    laptop.command("f", "NOOP").await;
+    laptop.command("g", "STORE 2 +FLAGS (\\Flagged)").await;
+    let flagged = phone.line().await;
+    assert_eq!(flagged, "* 2 FETCH (UID 3 FLAGS (\\Flagged))");
+    phone.send(b"DONE\r\n").await;
+    let done = phone.until_tagged("e").await;
+    assert!(done.contains("e OK"), "{done}");
+    // An APPEND by the laptop shows up as EXISTS for the phone.
+    let appended = laptop
+        .command("h", "APPEND INBOX {14+}\r\nSubject: x\r\n\r\n")
+        .await;
+    assert!(appended.contains("h OK [APPENDUID"), "{appended}");
+    let exists = phone.command("f", "NOOP").await;
+    assert!(exists.contains("* 3 EXISTS"), "{exists}");
+    laptop.assert_well_formed();
+    phone.assert_well_formed();
+}
