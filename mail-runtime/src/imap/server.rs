@@ -112,7 +112,7 @@ fn store_failure(err: &StoreError) -> String {
 }
 
 /// The folder name a client's mailbox argument stands for (INBOX in any case is INBOX).
-fn folder_name(mailbox: &Mailbox<'_>) -> String {
+pub fn folder_name(mailbox: &Mailbox<'_>) -> String {
     match mailbox {
         Mailbox::Inbox => INBOX.to_string(),
         Mailbox::Other(other) => {
@@ -146,7 +146,7 @@ fn letters(flags: &[Flag<'_>]) -> String {
 }
 
 /// LIST pattern matching: `*` matches anything, `%` anything but the separator.
-fn pattern_matches(pattern: &[u8], name: &[u8]) -> bool {
+pub fn pattern_matches(pattern: &[u8], name: &[u8]) -> bool {
     match pattern.split_first() {
         None => name.is_empty(),
         Some((b'*', rest)) => (0..=name.len()).any(|i| pattern_matches(rest, &name[i..])),
@@ -1354,7 +1354,7 @@ impl Session {
 }
 
 /// Writes one untagged FETCH response.
-fn render_fetch(
+pub fn render_fetch(
     out: &mut Vec<u8>,
     seq: u32,
     meta: &MessageMeta,

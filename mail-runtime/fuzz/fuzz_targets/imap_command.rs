@@ -1,0 +1,127 @@
+//! Arbitrary bytes, cut into arbitrary reads, through the IMAP command path: imap-codec's
+//! fragmentizer and command parser as the server runs them, then what the server does with
+//! each command that needs no disk: sequence sets resolved against a folder, SEARCH keys
+//! evaluated, FETCH items rendered, LIST patterns matched. Never a panic; every FETCH response
+//! ends in CRLF.
+#![no_main]
+
+use imap_codec::{
+    CommandCodec,
+    fragmentizer::{FragmentInfo, Fragmentizer},
+    imap_types::{
+        IntoStatic, command::CommandBody, fetch::MacroOrMessageDataItemNames, mailbox::ListMailbox,
+        search::SearchKey,
+    },
+};
+use libfuzzer_sys::fuzz_target;
+use mail_runtime::{
+    imap::{
+        search::{self, Candidate},
+        selected::Selected,
+        server::{folder_name, pattern_matches, render_fetch},
+    },
+    store::{FolderIndex, MessageMeta},
+};
+
+const MESSAGE: &[u8] = b"From: A <a@example.test>\r\nTo: b@example.test\r\nSubject: hi\r\n\
+Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: text/plain\r\n\r\nbody\r\n\
+--x\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ninner body\r\n--x--\r\n";
+
+fn folder() -> Selected {
+    let messages = (1..=4)
+        .map(|uid| MessageMeta {
+            uid: uid * 3,
+            size: MESSAGE.len() as u64,
+            flags: ["", "S", "FT", "DR"][uid as usize - 1].into(),
+            internal_date: i64::from(uid) * 86_400 * 400,
+            file_name: format!("m{uid}"),
+        })
+        .collect();
+    Selected::new(
+        "INBOX".into(),
+        false,
+        FolderIndex {
+            uid_validity: 1,
+            uid_next: 13,
+            messages,
+        },
+    )
+}
+
+fuzz_target!(|data: &[u8]| {
+    let selected = folder();
+    let mut fragmentizer = Fragmentizer::new(64 * 1024);
+    for chunk in data.split_inclusive(|&b| b == 0xff) {
+        fragmentizer.enqueue_bytes(chunk);
+        while let Some(fragment) = fragmentizer.progress() {
+            if matches!(
+                fragment,
+                FragmentInfo::Line {
+                    announcement: Some(_),
+                    ..
+                }
+            ) {
+                continue;
+            }
+            if !fragmentizer.is_message_complete() {
+                continue;
+            }
+            let Ok(command) = fragmentizer.decode_message(&CommandCodec::default()) else {
+                let _ = fragmentizer.decode_tag();
+                continue;
+            };
+            match command.body {
+                CommandBody::Fetch {
+                    sequence_set,
+                    macro_or_item_names,
+                    uid,
+                    ..
+                } => {
+                    let items: Vec<_> = match macro_or_item_names {
+                        MacroOrMessageDataItemNames::Macro(m) => m
+                            .expand()
+                            .into_iter()
+                            .map(IntoStatic::into_static)
+                            .collect(),
+                        MacroOrMessageDataItemNames::MessageDataItemNames(i) => i,
+                    };
+                    if let Ok(indexes) = selected.resolve(&sequence_set, uid) {
+                        for i in indexes {
+                            let mut out = Vec::new();
+                            let meta = &selected.messages[i];
+                            render_fetch(&mut out, i as u32 + 1, meta, Some(MESSAGE), &items, true);
+                            assert!(out.ends_with(b")\r\n"));
+                        }
+                    }
+                }
+                CommandBody::Search { criteria, .. } => {
+                    let key = SearchKey::And(criteria);
+                    for (i, meta) in selected.messages.iter().enumerate() {
+                        let candidate = Candidate {
+                            seq: i as u32 + 1,
+                            meta,
+                            largest: selected.largest(),
+                            raw: Some(MESSAGE),
+                        };
+                        let _ = search::matches(&key, &candidate);
+                    }
+                }
+                CommandBody::List {
+                    reference,
+                    mailbox_wildcard,
+                } => {
+                    let pattern = match mailbox_wildcard {
+                        ListMailbox::Token(t) => t.as_ref().to_vec(),
+                        ListMailbox::String(s) => s.as_ref().to_vec(),
+                    };
+                    let name = folder_name(&reference);
+                    let _ = pattern_matches(&pattern, name.as_bytes());
+                }
+                CommandBody::Select { mailbox, .. } | CommandBody::Create { mailbox } => {
+                    let _ = folder_name(&mailbox);
+                }
+                _ => {}
+            }
+        }
+    }
+});

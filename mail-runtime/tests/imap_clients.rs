@@ -1,0 +1,280 @@
+//! IMAP with real clients: Python's imaplib, curl, mbsync (isync) syncing both ways into a
+//! local Maildir, and async-imap's IDLE woken by mail delivered over SMTP.
+mod common;
+
+use std::{path::Path, process::Command, time::Duration};
+
+use common::{Dev, client_script, run};
+use futures::StreamExt;
+
+const BOB: &str = "bob@example.test";
+
+fn deliver(dev: &Dev, subject: &str) {
+    run(Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{}", dev.port("smtp"))])
+        .args(["--from", "carol@example.net", "--to", BOB])
+        .args(["--h-Subject", subject])
+        .args(["--body", &format!("This is {subject}.")]));
+}
+
+#[test]
+fn imaplib_battery() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    deliver(&dev, "first");
+    deliver(&dev, "second");
+    let out = run(Command::new("python3")
+        .arg(client_script("imaplib_battery.py"))
+        .args([
+            "127.0.0.1",
+            &dev.port("imap").to_string(),
+            &dev.port("imaps").to_string(),
+            BOB,
+            &dev.password(BOB),
+        ]));
+    let r: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    let caps_before: Vec<String> =
+        serde_json::from_value(r["caps_before_tls"].clone()).expect("caps");
+    assert!(
+        caps_before.contains(&"LOGINDISABLED".to_string()),
+        "{caps_before:?}"
+    );
+    assert!(
+        r["login_before_tls"]
+            .as_str()
+            .is_some_and(|s| s.contains("LOGINDISABLED") || s.contains("PRIVACYREQUIRED")),
+        "{}",
+        r["login_before_tls"]
+    );
+    let list = r["list"].to_string();
+    for folder in ["INBOX", "Sent", "Drafts", "Trash", "Junk", "Archive"] {
+        assert!(
+            list.contains(&format!("\\\"{folder}\\\"")),
+            "{folder} missing: {list}"
+        );
+    }
+    assert_eq!(r["select"], 2);
+    assert_eq!(r["subjects"], serde_json::json!(["first", "second"]));
+    assert_eq!(
+        r["unseen_after_fetch"], "",
+        "RFC822 fetch left messages unseen"
+    );
+    assert_eq!(r["unseen_after_store"], "1");
+    assert_eq!(r["search_subject"], "2");
+    // COPYUID <uidvalidity> <source UIDs> <target UIDs>
+    assert!(
+        r["copy"].as_str().is_some_and(|s| s.ends_with(" 1 1")),
+        "{}",
+        r["copy"]
+    );
+    assert!(
+        r["append"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("[APPENDUID ")),
+        "{}",
+        r["append"]
+    );
+    assert_eq!(r["status_sent"], "\"Sent\" (MESSAGES 1 UNSEEN 0)");
+    assert!(r["quota"].to_string().contains("STORAGE"), "{}", r["quota"]);
+    assert_eq!(
+        r["other_fetch"],
+        serde_json::json!(["2 (UID 2 FLAGS (\\Deleted \\Seen))"])
+    );
+    assert_eq!(r["other_expunge"], serde_json::json!(["2"]));
+    // On disk: INBOX lost the expunged message; Archive and Sent hold theirs.
+    let inbox = dev.messages(BOB);
+    assert_eq!(inbox.len(), 1);
+    assert!(inbox[0].contains("Subject: first"));
+}
+
+#[test]
+fn curl_lists_and_reads_over_993_and_starttls() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    deliver(&dev, "for curl");
+    let user = format!("{BOB}:{}", dev.password(BOB));
+    let list = run(Command::new("curl")
+        .args(["-sS", "--insecure", "-u", &user])
+        .arg(format!("imaps://127.0.0.1:{}/", dev.port("imaps"))));
+    assert!(
+        list.contains("\"INBOX\"") && list.contains("\\Sent"),
+        "{list}"
+    );
+    let message = run(Command::new("curl")
+        .args(["-sS", "--insecure", "--ssl-reqd", "-u", &user])
+        .arg(format!("imap://127.0.0.1:{}/INBOX;UID=1", dev.port("imap"))));
+    assert!(
+        message.contains("Subject: for curl") && message.contains("This is for curl."),
+        "{message}"
+    );
+    let examine = run(Command::new("curl")
+        .args(["-sS", "--insecure", "-u", &user, "-X", "EXAMINE INBOX"])
+        .arg(format!("imaps://127.0.0.1:{}/", dev.port("imaps"))));
+    assert!(examine.contains("1 EXISTS"), "{examine}");
+    // Without TLS curl is refused rather than sending the password in the clear.
+    let refused = Command::new("curl")
+        .args(["-sS", "-u", &user])
+        .arg(format!("imap://127.0.0.1:{}/", dev.port("imap")))
+        .output()
+        .expect("curl");
+    assert!(!refused.status.success(), "a plaintext login succeeded");
+}
+
+fn mbsync(home: &Path) -> String {
+    run(Command::new("mbsync")
+        .args(["-c"])
+        .arg(home.join("mbsyncrc"))
+        .arg("-a")
+        .env("HOME", home))
+}
+
+/// Local Maildir message files of a folder (mbsync's Maildir++ layout: INBOX at the top).
+fn local_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for sub in ["cur", "new"] {
+        if let Ok(entries) = std::fs::read_dir(dir.join(sub)) {
+            out.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    out
+}
+
+#[test]
+fn mbsync_syncs_both_ways() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(&tmp.path().join("server"));
+    deliver(&dev, "one");
+    deliver(&dev, "two");
+    deliver(&dev, "three");
+    let home = tmp.path().join("home");
+    let local = home.join("Mail");
+    std::fs::create_dir_all(&local).expect("local");
+    std::fs::write(
+        home.join("mbsyncrc"),
+        format!(
+            "IMAPAccount dev\nHost localhost\nPort {port}\nUser {BOB}\nPass {pass}\nSSLType IMAPS\n\
+CertificateFile {cert}\n\nIMAPStore remote\nAccount dev\n\nMaildirStore local\nInbox {local}/INBOX\nSubFolders Maildir++\n\nChannel sync\nFar :remote:\nNear :local:\n\
+Patterns *\nCreate Both\nExpunge Both\nSyncState *\n",
+            port = dev.port("imaps"),
+            pass = dev.password(BOB),
+            cert = dev.data.join("tls/tls.crt").display(),
+            local = local.display(),
+        ),
+    )
+    .expect("mbsyncrc");
+
+    mbsync(&home);
+    let inbox = local.join("INBOX");
+    assert_eq!(
+        local_files(&inbox).len(),
+        3,
+        "first sync did not bring 3 messages"
+    );
+    for folder in ["Sent", "Drafts", "Trash", "Junk", "Archive"] {
+        assert!(
+            inbox.join(format!(".{folder}")).join("cur").is_dir(),
+            "{folder} was not created locally"
+        );
+    }
+
+    // Near side: flag "one" (Maildir letter F in the file name). Far side: delete "three".
+    let one = local_files(&inbox)
+        .into_iter()
+        .find(|p| std::fs::read_to_string(p).is_ok_and(|t| t.contains("Subject: one")))
+        .expect("one locally");
+    let name = one.file_name().expect("name").to_string_lossy().to_string();
+    let flagged = match name.split_once(":2,") {
+        Some((base, flags)) => format!("{base}:2,F{flags}"),
+        None => format!("{name}:2,F"),
+    };
+    std::fs::rename(&one, inbox.join("cur").join(flagged)).expect("flag locally");
+    // Far side: another client (curl) deletes "three" (UID 3) and expunges.
+    let user = format!("{BOB}:{}", dev.password(BOB));
+    let inbox_url = format!("imaps://localhost:{}/INBOX", dev.port("imaps"));
+    for request in ["UID STORE 3 +FLAGS (\\Deleted)", "EXPUNGE"] {
+        run(Command::new("curl")
+            .args(["-sS", "--insecure", "-u", &user, "-X", request])
+            .arg(&inbox_url));
+    }
+    assert_eq!(
+        dev.messages(BOB).len(),
+        2,
+        "curl's expunge did not remove three"
+    );
+    let dir = dev.maildir(BOB);
+
+    mbsync(&home);
+    // The flag reached the server ...
+    let flagged_on_server = ["new", "cur"].iter().any(|sub| {
+        std::fs::read_dir(dir.join(sub)).is_ok_and(|d| {
+            d.flatten().any(|e| {
+                let n = e.file_name().to_string_lossy().to_string();
+                n.split_once(":2,").is_some_and(|(_, f)| f.contains('F'))
+                    && std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("Subject: one"))
+            })
+        })
+    });
+    assert!(flagged_on_server, "the local flag did not reach the server");
+    // ... and the deletion reached the local Maildir.
+    let local_subjects: Vec<String> = local_files(&inbox)
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .collect();
+    assert_eq!(
+        local_subjects.len(),
+        2,
+        "the server-side deletion did not reach the Maildir"
+    );
+    assert!(!local_subjects.iter().any(|t| t.contains("Subject: three")));
+}
+
+#[tokio::test]
+async fn async_imap_idle_is_woken_by_smtp_delivery() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", dev.port("imaps")))
+        .await
+        .expect("connect");
+    let connector = mail_send::smtp::tls::build_tls_connector(true).expect("connector");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = connector.connect(name, tcp).await.expect("TLS");
+    let mut client = async_imap::Client::new(tls);
+    let _greeting = client.read_response().await;
+    let mut session = client
+        .login(BOB, dev.password(BOB))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("login");
+    session.select("INBOX").await.expect("select");
+    let mut idle = session.idle();
+    idle.init().await.expect("IDLE");
+    let (wait, _stop) = idle.wait_with_timeout(Duration::from_secs(20));
+    let port = dev.port("smtp");
+    let sent = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        run(Command::new("swaks")
+            .args(["--server", &format!("127.0.0.1:{port}")])
+            .args(["--from", "carol@example.net", "--to", BOB]));
+        started
+    });
+    let woke = wait.await.expect("idle wait");
+    let delivered_at = sent.await.expect("swaks");
+    let latency = delivered_at.elapsed();
+    assert!(
+        matches!(woke, async_imap::extensions::idle::IdleResponse::NewData(_)),
+        "IDLE ended without news: {woke:?}"
+    );
+    assert!(
+        latency < Duration::from_secs(2),
+        "IDLE woke {latency:?} after swaks started"
+    );
+    let mut session = idle.done().await.expect("DONE");
+    let fetched: Vec<_> = session
+        .fetch("1", "RFC822.SIZE")
+        .await
+        .expect("fetch")
+        .collect()
+        .await;
+    assert_eq!(fetched.len(), 1);
+    session.logout().await.expect("logout");
+}
