@@ -2,6 +2,7 @@
 # The main command: kubemail on a local control plane. `--check` verifies and tears down.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+export KUBEMAIL_WORKSPACE=$PWD
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/kubemail/target}
 
 bash e2e/scripts/install-deps.sh

@@ -2,6 +2,7 @@
 # The test suite: installs what it needs, builds the control plane (cached), runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+export KUBEMAIL_WORKSPACE=$PWD
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/kubemail/target}
 
 bash e2e/scripts/install-deps.sh

@@ -16,7 +16,16 @@ pub struct Tools {
 
 /// The root of the kubemail workspace.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // At run time first: `KUBEMAIL_WORKSPACE` (the scripts set it) or the `CARGO_MANIFEST_DIR`
+    // cargo gives a test. The compile-time path can name another checkout that shared the
+    // target directory and built this crate first.
+    if let Some(dir) = std::env::var_os("KUBEMAIL_WORKSPACE") {
+        return PathBuf::from(dir);
+    }
+    let manifest: PathBuf = std::env::var_os("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+        .into();
+    manifest
         .parent()
         .expect("e2e sits inside the workspace")
         .to_path_buf()

@@ -159,7 +159,7 @@ async fn from_apply_to_an_inbox() {
             .iter()
             .any(|c| c.type_ == "Ready" && c.status == "True")
         {
-            for t in ["SMTPReady", "SubmissionReady", "POP3Ready"] {
+            for t in ["SMTPReady", "SubmissionReady", "IMAPReady", "POP3Ready"] {
                 assert!(
                     status
                         .conditions
@@ -237,6 +237,31 @@ async fn from_apply_to_an_inbox() {
     );
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(listed["uidl"].as_array().map(Vec::len), Some(1));
+
+    // Bob reads it over IMAP (143 STARTTLS), and an IDLE session hears of the next delivery.
+    let idle = workspace_root().join("mail-runtime/tests/clients/imap_idle.py");
+    let out = Command::new("python3")
+        .arg(&idle)
+        .args([
+            "127.0.0.1",
+            "2143",
+            "2525",
+            "bob@example.test",
+            "bob-quickstart-password",
+        ])
+        .output()
+        .expect("imap_idle.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let idle: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(idle["subjects"], serde_json::json!(["e2e"]));
+    assert_eq!(idle["exists"], "* 2 EXISTS");
+    let woke = Duration::from_millis(idle["latency_ms"].as_u64().expect("latency"));
+    timings.push(("SMTP delivery -> IDLE wakes".into(), woke));
+    assert!(woke < Duration::from_secs(1), "IDLE woke after {woke:?}");
     let pids = runtime_pids();
     assert_eq!(pids.len(), 1, "one runtime process: {pids:?}");
 
@@ -305,12 +330,16 @@ apiVersion: kubemail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: carol}\nspec: 
         .data_dir
         .clone()
         .expect("data")
-        .join("mail/example.test/bob/new");
-    assert_eq!(
-        std::fs::read_dir(&bob_mail).map(|d| d.count()).unwrap_or(0),
-        1,
-        "bob's mail was deleted with his Mailbox"
-    );
+        .join("mail/example.test/bob");
+    let kept: usize = ["new", "cur"]
+        .iter()
+        .map(|sub| {
+            std::fs::read_dir(bob_mail.join(sub))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(kept, 2, "bob's mail was deleted with his Mailbox");
 
     // A deleted MailDomain leaves its PVC.
     domains
@@ -327,6 +356,6 @@ apiVersion: kubemail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: carol}\nspec: 
 
     println!("\n| step | time |\n|---|---|");
     for (step, took) in &timings {
-        println!("| {step} | {:.2} s |", took.as_secs_f64());
+        println!("| {step} | {:.3} s |", took.as_secs_f64());
     }
 }

@@ -52,6 +52,14 @@ fn probes_pass_against_kubemail() {
     passes(&["smtp", &at("submissions"), "--implicit-tls"]);
     passes(&["pop3", &at("pop3")]);
     passes(&["pop3", &at("pop3s"), "--implicit-tls"]);
+    let report = passes(&["imap", &at("imap")]);
+    let caps: Vec<String> = serde_json::from_value(report["capabilities"].clone()).expect("caps");
+    // The capabilities the probe reports are those after STARTTLS: login is allowed then.
+    assert!(
+        caps.contains(&"AUTH=PLAIN".to_string()) && !caps.contains(&"LOGINDISABLED".to_string()),
+        "{caps:?}"
+    );
+    passes(&["imap", &at("imaps"), "--implicit-tls"]);
     // The certificate verifies when the probe is given its name and trusts it: with the dev
     // certificate not in the system store, verification must fail.
     fails(
@@ -82,6 +90,15 @@ fn probes_pass_against_kubemail() {
         "pop3",
         &at("pop3s"),
         "--implicit-tls",
+        "--login",
+        "alice@example.test",
+        "--password-file",
+        &pw,
+    ]);
+    assert_eq!(report["loggedIn"], true);
+    let report = passes(&[
+        "imap",
+        &at("imap"),
         "--login",
         "alice@example.test",
         "--password-file",
@@ -172,7 +189,7 @@ struct Peers {
 impl Peers {
     fn start() -> Peers {
         let dir = tempfile::tempdir().expect("tmp");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/peers/peers.sh");
+        let script = common::manifest_dir().join("../e2e/peers/peers.sh");
         let out = Command::new("bash")
             .arg(&script)
             .arg("start")
@@ -195,7 +212,7 @@ impl Peers {
 
 impl Drop for Peers {
     fn drop(&mut self) {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../e2e/peers/peers.sh");
+        let script = common::manifest_dir().join("../e2e/peers/peers.sh");
         let _ = Command::new("bash")
             .arg(script)
             .arg("stop")

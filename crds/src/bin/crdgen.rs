@@ -14,7 +14,13 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(dir) => Some(PathBuf::from(dir)),
-        None => Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/kubemail/crds")),
+        None => Some(
+            PathBuf::from(
+                env::var_os("CARGO_MANIFEST_DIR")
+                    .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+            )
+            .join("../charts/kubemail/crds"),
+        ),
     };
     for crd in kubemail_crds::crds() {
         let yaml = match kubemail_crds::crd_yaml(&crd) {

@@ -140,7 +140,7 @@ async fn serve(
     )
     .await?;
 
-    step("waiting until the MailDomain is Ready (real SMTP and POP3 probes)");
+    step("waiting until the MailDomain is Ready (real SMTP, IMAP and POP3 probes)");
     let domains: Api<MailDomain> = Api::namespaced(client.clone(), NAMESPACE);
     let started = Instant::now();
     loop {
@@ -217,6 +217,26 @@ async fn serve(
         delivered,
         bob.display()
     ));
+    step("bob reads it over IMAP (993) with curl");
+    let read = Command::new("curl")
+        .args([
+            "-sS",
+            "--insecure",
+            "-u",
+            "bob@example.test:bob-quickstart-password",
+        ])
+        .arg("imaps://127.0.0.1:2993/INBOX;UID=1;SECTION=HEADER.FIELDS%20(SUBJECT)")
+        .output()
+        .context("running curl")?;
+    let header = String::from_utf8_lossy(&read.stdout);
+    if !read.status.success() || !header.contains("hello from kubemail-local") {
+        bail!(
+            "bob cannot read the test message over IMAP: {}{}",
+            header,
+            String::from_utf8_lossy(&read.stderr)
+        );
+    }
+    step(&format!("IMAP: {}", header.trim()));
 
     if check {
         println!("kubemail-local --check: ok");
@@ -227,7 +247,8 @@ async fn serve(
          kubectl describe maildomain example-test\n\n\
          Mail (self-signed certificate; accounts from examples/quickstart/mailboxes.yaml):\n    \
          SMTP         127.0.0.1:2525\n    submission   127.0.0.1:2587 (STARTTLS)\n    \
-         submissions  127.0.0.1:2465 (TLS)\n    POP3         127.0.0.1:2110 (STLS), 2995 (TLS)\n    \
+         submissions  127.0.0.1:2465 (TLS)\n    IMAP         127.0.0.1:2143 (STARTTLS), 2993 (TLS)\n    \
+         POP3         127.0.0.1:2110 (STLS), 2995 (TLS)\n    \
          accounts     alice@example.test / alice-quickstart-password, bob@example.test / bob-quickstart-password\n\n\
          Press Ctrl-C to stop; everything started here stops with it.",
         plane.server_url(),

@@ -184,7 +184,13 @@ pub fn run(cmd: &mut Command) -> String {
 
 /// The path of a helper script under tests/clients.
 pub fn client_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/clients")
-        .join(name)
+    manifest_dir().join("tests/clients").join(name)
+}
+
+/// This package's directory, as `cargo test` says at run time (a test binary reused from
+/// another checkout sharing the target directory would otherwise read that checkout's files).
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+        .into()
 }
