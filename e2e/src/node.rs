@@ -41,6 +41,8 @@ struct SecretVolume {
     dir: PathBuf,
     optional: bool,
     mode: u32,
+    /// `items`: only these keys, each at its path.
+    items: Option<Vec<(String, String)>>,
 }
 
 /// Writes a Secret's data the way the kubelet does: files in `..<n>/`, `..data` pointing at the
@@ -51,6 +53,18 @@ fn publish(
     data: &BTreeMap<String, Vec<u8>>,
     gid: u32,
 ) -> Result<()> {
+    // `items` projects chosen keys to chosen paths; other keys are left out.
+    let projected: BTreeMap<String, Vec<u8>>;
+    let data = match &volume.items {
+        Some(items) => {
+            projected = items
+                .iter()
+                .filter_map(|(key, path)| Some((path.clone(), data.get(key)?.clone())))
+                .collect();
+            &projected
+        }
+        None => data,
+    };
     let version = format!("..{generation}");
     let version_dir = volume.dir.join(&version);
     std::fs::create_dir_all(&version_dir)?;
@@ -125,6 +139,12 @@ impl PodRunner {
                     dir: host.clone(),
                     optional: secret.optional.unwrap_or(false),
                     mode: secret.default_mode.unwrap_or(0o644) as u32,
+                    items: secret.items.as_ref().map(|items| {
+                        items
+                            .iter()
+                            .map(|i| (i.key.clone(), i.path.clone()))
+                            .collect()
+                    }),
                 };
                 match secret_data(&secrets, &sv.secret).await? {
                     Some(data) => publish(&sv, 1, &data, fs_group)?,

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use crate::{
     auth::hash_password,
     config::{
-        API_VERSION, Advertised, ConfigHandle, DomainConfig, KIND, Limits, Listener,
+        API_VERSION, Advertised, ConfigHandle, DomainConfig, InboundChecks, KIND, Limits, Listener,
         ListenerProtocol, MailboxConfig, RawConfig, RelayConfig, Security, Storage, TlsFiles,
         load_file,
     },
@@ -198,6 +198,14 @@ pub fn write_dev_config(data: &Path, path: &Path, base_port: u16) -> Result<Vec<
         },
         security: Security::default(),
         advertised,
+        dkim: None,
+        // Dev mode runs without DNS (a laptop, a CI box): sender checks would only say
+        // "temperror". Turn them on with `inbound.verify: true` and `nameservers`.
+        inbound: InboundChecks {
+            verify: false,
+            reject_on_dmarc_policy: false,
+        },
+        nameservers: Vec::new(),
     };
     std::fs::write(path, serde_yaml_ng::to_string(&raw)?)
         .with_context(|| format!("writing {}", path.display()))?;

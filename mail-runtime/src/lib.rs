@@ -13,10 +13,12 @@
 pub mod auth;
 pub mod config;
 pub mod dev;
+pub mod dns;
 pub mod http;
 pub mod imap;
 pub mod metrics;
 pub mod net;
+pub mod outbound;
 pub mod pop3;
 pub mod probe;
 pub mod proxy;

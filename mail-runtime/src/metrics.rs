@@ -123,6 +123,26 @@ pub fn message_accepted(mailboxes: usize) {
     m.delivered.inc_by(mailboxes as u64);
 }
 
+/// An outbound recipient was taken by the next hop.
+pub fn message_delivered() {
+    metrics().delivered.inc();
+}
+
+/// An outbound delivery attempt was deferred.
+pub fn message_deferred() {
+    metrics().deferred.inc();
+}
+
+/// An outbound recipient failed for good (the sender gets a report).
+pub fn message_bounced() {
+    metrics().bounced.inc();
+}
+
+/// Messages waiting in the outbound queue.
+pub fn queue_depth(depth: usize) {
+    metrics().queue_depth.set(depth as i64);
+}
+
 /// A message or recipient was refused.
 pub fn refused(reason: &'static str) {
     metrics()

@@ -42,6 +42,10 @@ pub struct Runtime {
     pub auth_limiter: Arc<AuthLimiter>,
     /// Mailboxes held by a POP3 session (RFC 1939's maildrop lock).
     pub pop3_locks: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// The outbound queue.
+    pub outbound: Arc<crate::outbound::Outbound>,
+    /// DNS resolvers for delivery and sender checks.
+    pub resolvers: Arc<crate::dns::Resolvers>,
     connections: Arc<Mutex<Connections>>,
     started: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -83,6 +87,8 @@ impl Runtime {
                     current.raw.storage.path.display()
                 )
             })?;
+        let outbound = crate::outbound::Outbound::open(&current.raw.storage.path)
+            .context("opening the outbound queue")?;
         let tls = TlsHandle::default();
         if let Err(err) = tls.load(&current.raw.tls.cert_file, &current.raw.tls.key_file) {
             // Serving without TLS would turn STARTTLS off; better to say so loudly and go on
@@ -95,6 +101,8 @@ impl Runtime {
             tls,
             auth_limiter: Arc::new(AuthLimiter::new()),
             pop3_locks: Arc::new(Mutex::new(std::collections::HashSet::new())),
+            outbound: Arc::new(outbound),
+            resolvers: Arc::new(crate::dns::Resolvers::default()),
             connections: Arc::new(Mutex::new(Connections::default())),
             started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
@@ -170,6 +178,7 @@ impl Runtime {
             tokio::spawn(crate::config::watch(path, self.config.clone(), |_| {}));
         }
         tokio::spawn(report_status(self.clone()));
+        tokio::spawn(self.outbound.clone().run(self.clone()));
         crate::metrics::init();
         self.started
             .store(true, std::sync::atomic::Ordering::Release);

@@ -69,6 +69,8 @@ pub struct Config {
     catch_all: BTreeMap<String, usize>,
     /// Client networks that may relay.
     relay_networks: Vec<IpNet>,
+    /// DNS servers; empty: the system's.
+    pub nameservers: Vec<SocketAddr>,
 }
 
 /// Where mail for one recipient goes.
@@ -218,6 +220,72 @@ impl Config {
             }
         }
 
+        let route = &raw.relay.route;
+        match (&route.mode, &route.smarthost) {
+            (RouteMode::Smarthost, None) => problem(
+                "relay.route.smarthost".into(),
+                "mode smarthost needs a smarthost".into(),
+            ),
+            (_, Some(host)) if host.host.is_empty() || host.port == 0 => problem(
+                "relay.route.smarthost".into(),
+                "a smarthost needs a host and a port".into(),
+            ),
+            _ => {}
+        }
+        for (field, rate) in [
+            (
+                "relay.rateLimits.perSender",
+                &raw.relay.rate_limits.per_sender,
+            ),
+            ("relay.rateLimits.total", &raw.relay.rate_limits.total),
+        ] {
+            if let Some(rate) = rate
+                && (rate.messages == 0 || rate.period_seconds == 0)
+            {
+                problem(
+                    field.into(),
+                    "messages and periodSeconds must be positive".into(),
+                );
+            }
+        }
+        let retry = &raw.relay.retry;
+        if retry.initial_interval_seconds == 0
+            || retry.max_interval_seconds < retry.initial_interval_seconds
+            || retry.max_age_seconds == 0
+        {
+            problem(
+                "relay.retry".into(),
+                "intervals must be positive, maxIntervalSeconds at least initialIntervalSeconds"
+                    .into(),
+            );
+        }
+        let mut nameservers = Vec::new();
+        for (i, ns) in raw.nameservers.iter().enumerate() {
+            let parsed = ns.parse::<SocketAddr>().or_else(|_| {
+                ns.parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Ok(addr) => nameservers.push(addr),
+                Err(_) => problem(
+                    format!("nameservers[{i}]"),
+                    format!("{ns:?} is not an IP address (with an optional port)"),
+                ),
+            }
+        }
+        if let Some(dkim) = &raw.dkim
+            && (dkim.selector.is_empty()
+                || !dkim
+                    .selector
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+        {
+            problem(
+                "dkim.selector".into(),
+                format!("{:?} is not a DKIM selector", dkim.selector),
+            );
+        }
+
         let mut bound = BTreeSet::new();
         for (i, l) in raw.listeners.iter().enumerate() {
             match l.address.parse::<SocketAddr>() {
@@ -284,6 +352,7 @@ impl Config {
             addresses,
             catch_all,
             relay_networks,
+            nameservers,
         })
     }
 

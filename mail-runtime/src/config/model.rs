@@ -42,6 +42,46 @@ pub struct RawConfig {
     /// How clients reach this server from outside (the Service's ports), for autoconfig.
     #[serde(default)]
     pub advertised: Advertised,
+    /// DKIM signing of outgoing mail; none: unsigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dkim: Option<DkimConfig>,
+    /// Checks of incoming mail on port 25 (SPF, DKIM, DMARC).
+    #[serde(default)]
+    pub inbound: InboundChecks,
+    /// DNS servers for MX lookups and sender checks (`IP` or `IP:port`); empty: the system's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+}
+
+/// The key that signs outgoing mail (RFC 6376).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DkimConfig {
+    /// The selector: the key is published at `<selector>._domainkey.<domain>`.
+    pub selector: String,
+    /// The private key, PEM (PKCS#1 or PKCS#8 RSA, or PKCS#8 Ed25519).
+    pub key_file: PathBuf,
+}
+
+/// What is checked on mail arriving on port 25.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundChecks {
+    /// Check SPF, DKIM and DMARC and add an `Authentication-Results` header.
+    #[serde(default = "yes")]
+    pub verify: bool,
+    /// Refuse mail that fails DMARC when the sender's domain publishes `p=reject`.
+    #[serde(default)]
+    pub reject_on_dmarc_policy: bool,
+}
+
+impl Default for InboundChecks {
+    fn default() -> Self {
+        Self {
+            verify: true,
+            reject_on_dmarc_policy: false,
+        }
+    }
 }
 
 /// The ports clients use (the Service's, not the container's), published in autoconfig.
@@ -200,6 +240,15 @@ pub struct RelayConfig {
     /// Recipient domains relayed mail may go to; empty: any.
     #[serde(default)]
     pub recipient_domains: Vec<String>,
+    /// Where relayed mail goes.
+    #[serde(default)]
+    pub route: RouteConfig,
+    /// Rate limits on relayed mail.
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
+    /// Retries of mail the next hop did not take.
+    #[serde(default)]
+    pub retry: RetryConfig,
 }
 
 impl Default for RelayConfig {
@@ -209,8 +258,126 @@ impl Default for RelayConfig {
             client_networks: Vec::new(),
             sender_domains: Vec::new(),
             recipient_domains: Vec::new(),
+            route: RouteConfig::default(),
+            rate_limits: RateLimitsConfig::default(),
+            retry: RetryConfig::default(),
         }
     }
+}
+
+/// The next hop of relayed mail.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Direct MX delivery, or one smarthost.
+    #[serde(default)]
+    pub mode: RouteMode,
+    /// Direct delivery only over TLS (otherwise TLS whenever the peer offers it).
+    #[serde(default)]
+    pub require_tls: bool,
+    /// The smarthost, for `mode: smarthost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smarthost: Option<SmarthostConfig>,
+}
+
+/// How relayed mail leaves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteMode {
+    /// To each recipient domain's MX hosts (A/AAAA of the domain when it has no MX).
+    #[default]
+    Direct,
+    /// To the smarthost.
+    Smarthost,
+}
+
+/// A smarthost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SmarthostConfig {
+    /// Host name or IP address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// TLS towards it.
+    #[serde(default)]
+    pub tls: SmarthostTls,
+    /// File holding the SMTP AUTH username (from the credentials Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_file: Option<PathBuf>,
+    /// File holding the SMTP AUTH password (from the credentials Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+}
+
+/// TLS towards a smarthost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmarthostTls {
+    /// STARTTLS, required.
+    #[default]
+    Starttls,
+    /// TLS from the first byte.
+    Implicit,
+    /// No TLS (a smarthost on a trusted network only).
+    None,
+}
+
+/// Rate limits on relayed mail; over them RCPT gets `450 4.7.1`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// Per sender (logged-in user, or client address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_sender: Option<RateConfig>,
+    /// All senders together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<RateConfig>,
+}
+
+/// A number of messages per period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateConfig {
+    /// Messages allowed per period.
+    pub messages: u32,
+    /// The period in seconds.
+    pub period_seconds: u64,
+}
+
+/// Retries of mail the next hop did not take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Wait before the first retry; each next wait doubles, with jitter.
+    #[serde(default = "default_retry_initial")]
+    pub initial_interval_seconds: u64,
+    /// The longest wait between two tries.
+    #[serde(default = "default_retry_max")]
+    pub max_interval_seconds: u64,
+    /// After this long, the sender gets a delivery report and the message is dropped.
+    #[serde(default = "default_retry_age")]
+    pub max_age_seconds: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            initial_interval_seconds: default_retry_initial(),
+            max_interval_seconds: default_retry_max(),
+            max_age_seconds: default_retry_age(),
+        }
+    }
+}
+
+fn default_retry_initial() -> u64 {
+    300
+}
+fn default_retry_max() -> u64 {
+    4 * 3600
+}
+fn default_retry_age() -> u64 {
+    5 * 86_400
 }
 
 /// Limits.

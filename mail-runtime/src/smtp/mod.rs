@@ -1,5 +1,6 @@
 //! SMTP: receiving on port 25 (MX and relay), submission on 587 (STARTTLS) and 465 (implicit
 //! TLS). `codec` frames bytes, `session` is the protocol, `server` does the I/O.
+pub mod checks;
 pub mod codec;
 pub mod reply;
 pub mod server;

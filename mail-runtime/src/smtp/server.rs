@@ -8,7 +8,7 @@ use tokio::{
 };
 
 use super::{
-    Reply,
+    Reply, checks,
     session::{Delivered, LOGIN_PROTOCOL, LoginFailure, Output, Session, SessionInfo},
 };
 use crate::{
@@ -16,7 +16,7 @@ use crate::{
     config::Listener,
     net::{self, Accepted, Conn},
     runtime::Runtime,
-    store::{SpoolWriter, StoreError},
+    store::{SpoolWriter, SpooledMessage, StoreError},
 };
 
 /// Serves SMTP on `socket` forever.
@@ -46,12 +46,14 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
         tls_available,
     };
     let (mut session, greeting) = Session::new(info, runtime.config.get(), runtime.store.clone());
+    session.set_rate_limiter(runtime.outbound.rates.clone());
     let mut driver = Driver {
         runtime: runtime.clone(),
         spool: None,
         spool_error: None,
         out: Vec::new(),
         peer_ip: peer,
+        mx: listener.protocol == crate::config::ListenerProtocol::Smtp,
     };
     driver
         .handle(&mut conn, &mut session, VecDeque::from([greeting]))
@@ -91,6 +93,8 @@ struct Driver {
     spool_error: Option<StoreError>,
     out: Vec<u8>,
     peer_ip: std::net::IpAddr,
+    /// Port 25: mail from outside, whose senders are checked.
+    mx: bool,
 }
 
 impl Driver {
@@ -201,10 +205,75 @@ impl Driver {
             return Delivered::Failed(StoreError::Io(io::Error::other("no spool file")));
         };
         let delivery = session.delivery();
+        let runtime = self.runtime.clone();
+        let config = runtime.config.get();
+        let message = match tokio::task::spawn_blocking(move || spool.finish()).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(err)) => return Delivered::Failed(err),
+            Err(join) => {
+                return Delivered::Failed(StoreError::Io(io::Error::other(join.to_string())));
+            }
+        };
+        // Mail from outside, on port 25: SPF, DKIM and DMARC, before anything is stored.
+        let mut results_header = None;
+        if self.mx
+            && !delivery.trusted
+            && config.raw.inbound.verify
+            && !delivery.mailboxes.is_empty()
+        {
+            let checked = match (
+                tokio::fs::read(&message.path).await,
+                runtime.resolvers.get(&config.nameservers),
+            ) {
+                (Ok(bytes), Ok(resolver)) => {
+                    checks::check(
+                        &resolver,
+                        &config.raw.hostname,
+                        self.peer_ip,
+                        &delivery.helo,
+                        &delivery.from,
+                        &bytes,
+                        config.raw.inbound.reject_on_dmarc_policy,
+                    )
+                    .await
+                }
+                _ => None,
+            };
+            if let Some(verdict) = checked {
+                if let Some(why) = verdict.refuse {
+                    let _ = std::fs::remove_file(&message.path);
+                    return Delivered::Refused(why);
+                }
+                results_header = Some(verdict.header);
+            }
+        }
         let count = delivery.mailboxes.len();
-        let store = self.runtime.store.clone();
+        let store = runtime.store.clone();
+        let outbound = runtime.outbound.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let message = spool.finish()?;
+            if !delivery.remote.is_empty() {
+                let signature = sign(&config, &delivery.from, &message.path);
+                let queued = outbound.enqueue(
+                    &delivery.from,
+                    &delivery.remote,
+                    signature.as_bytes(),
+                    &message.path,
+                    message.size,
+                    delivery.env_id.clone(),
+                );
+                if let Err(err) = queued {
+                    let _ = std::fs::remove_file(&message.path);
+                    return Err(err);
+                }
+            }
+            if delivery.mailboxes.is_empty() {
+                let _ = std::fs::remove_file(&message.path);
+                return Ok(());
+            }
+            let message = match results_header {
+                Some(header) => prepend(&*store, header.as_bytes(), message)?,
+                None => message,
+            };
             store.deliver(message, &delivery.mailboxes)
         })
         .await;
@@ -215,6 +284,69 @@ impl Driver {
             }
             Ok(Err(err)) => Delivered::Failed(err),
             Err(join) => Delivered::Failed(StoreError::Io(io::Error::other(join.to_string()))),
+        }
+    }
+}
+
+/// A new spool file with `header` in front of the message; the old one is removed.
+fn prepend(
+    store: &dyn crate::store::Store,
+    header: &[u8],
+    message: SpooledMessage,
+) -> Result<SpooledMessage, StoreError> {
+    let result = (|| {
+        let mut spool = store.spool()?;
+        spool.write(header)?;
+        let mut file = std::fs::File::open(&message.path).map_err(StoreError::from_io)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = io::Read::read(&mut file, &mut buf).map_err(StoreError::from_io)?;
+            if n == 0 {
+                break;
+            }
+            spool.write(&buf[..n])?;
+        }
+        spool.finish()
+    })();
+    let _ = std::fs::remove_file(&message.path);
+    result
+}
+
+/// The DKIM-Signature header for relayed mail whose From (or envelope sender) is a served
+/// domain; empty when there is no key or nothing to sign for. A signing failure is logged and
+/// the mail goes unsigned rather than not at all.
+fn sign(config: &crate::config::Config, from: &str, path: &std::path::Path) -> String {
+    let Some(dkim) = &config.raw.dkim else {
+        return String::new();
+    };
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
+    let header_from = crate::outbound::dsn::header_of(&bytes)
+        .split(|b| *b == b'\n')
+        .find(|l| l.len() > 5 && l[..5].eq_ignore_ascii_case(b"from:"))
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .and_then(|l| {
+            let start = l.rfind('@')?;
+            let domain: String = l[start + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '-')
+                .collect();
+            Some(domain.to_ascii_lowercase())
+        });
+    let envelope = from.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
+    let Some(domain) = [header_from, envelope]
+        .into_iter()
+        .flatten()
+        .find(|d| config.serves_domain(d))
+    else {
+        return String::new();
+    };
+    match crate::outbound::dkim::sign(dkim, &domain, &bytes) {
+        Ok(header) => header,
+        Err(err) => {
+            tracing::error!(error = %err, "DKIM signing failed; the message goes unsigned");
+            String::new()
         }
     }
 }

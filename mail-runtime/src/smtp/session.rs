@@ -68,17 +68,29 @@ pub struct SessionInfo {
 /// The outcome of a delivery, as the driver saw it.
 #[derive(Debug)]
 pub enum Delivered {
-    /// Stored durably.
+    /// Stored durably (and queued durably for other domains).
     Ok,
     /// The store failed.
     Failed(StoreError),
+    /// Refused by policy (sender checks): the reason.
+    Refused(String),
 }
 
-/// The mailboxes a message is stored in, decided when DATA ends.
+/// Where a message goes, decided when DATA ends.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Delivery {
     /// Mailbox addresses (lowercase, unique).
     pub mailboxes: Vec<String>,
+    /// Addresses in other domains, for the outbound queue (relayed or forwarded).
+    pub remote: Vec<String>,
+    /// The envelope sender.
+    pub from: String,
+    /// The HELO/EHLO name the client gave.
+    pub helo: String,
+    /// Whether the client logged in, or relays from a trusted network (no sender checks).
+    pub trusted: bool,
+    /// The DSN envelope ID.
+    pub env_id: Option<String>,
 }
 
 #[derive(Debug)]
@@ -100,6 +112,8 @@ struct Transaction {
     from: String,
     /// Accepted recipients: (envelope address, mailbox index).
     recipients: Vec<(String, usize)>,
+    /// Accepted recipients in other domains (relayed).
+    remote: Vec<String>,
     /// Bytes received so far (DATA or BDAT).
     size: u64,
     too_big: bool,
@@ -132,6 +146,7 @@ pub struct Session {
     txn: Option<Transaction>,
     errors: u32,
     queue_id: String,
+    rates: Arc<crate::outbound::limits::RateLimiter>,
 }
 
 impl Session {
@@ -153,8 +168,14 @@ impl Session {
             txn: None,
             errors: 0,
             queue_id: String::new(),
+            rates: Arc::new(crate::outbound::limits::RateLimiter::default()),
         };
         (session, greeting)
+    }
+
+    /// Counts relayed mail against the runtime's shared rate limits.
+    pub fn set_rate_limiter(&mut self, rates: Arc<crate::outbound::limits::RateLimiter>) {
+        self.rates = rates;
     }
 
     /// Uses a newer config for the next commands (a reload never interrupts a session).
@@ -328,6 +349,12 @@ impl Session {
         let Some(txn) = &self.txn else {
             return Delivery::default();
         };
+        let mut remote: Vec<String> = Vec::new();
+        for r in &txn.remote {
+            if !remote.iter().any(|x| x.eq_ignore_ascii_case(r)) {
+                remote.push(r.clone());
+            }
+        }
         let mut push = |address: &str| {
             let a = address.to_ascii_lowercase();
             if !mailboxes.contains(&a) {
@@ -342,18 +369,30 @@ impl Session {
             for target in &mailbox.forward_to {
                 match self.config.resolve(target) {
                     Recipient::Local(i) => push(&self.config.mailbox(i).address),
-                    Recipient::Remote | Recipient::UnknownLocal => {
+                    Recipient::Remote => {
+                        if !remote.iter().any(|x| x.eq_ignore_ascii_case(target)) {
+                            remote.push(target.clone());
+                        }
+                    }
+                    Recipient::UnknownLocal => {
                         tracing::warn!(
                             mailbox = %mailbox.address,
                             target = %target,
-                            "forwarding to other domains waits for the outbound queue; kept a copy"
+                            "forwarding to an unknown local address; kept a copy"
                         );
                         push(&mailbox.address);
                     }
                 }
             }
         }
-        Delivery { mailboxes }
+        Delivery {
+            mailboxes,
+            remote,
+            from: txn.from.clone(),
+            helo: self.helo.clone().unwrap_or_default(),
+            trusted: self.user.is_some() || self.config.relay_network_allows(self.info.peer),
+            env_id: txn.env_id.clone(),
+        }
     }
 
     /// The driver's report on a delivery.
@@ -362,6 +401,10 @@ impl Session {
             Delivered::Ok => Reply::new(250, "2.0.0", format!("OK queued as {}", self.queue_id)),
             Delivered::Failed(StoreError::NoSpace) => {
                 Reply::new(452, "4.3.1", "insufficient system storage, try again later")
+            }
+            Delivered::Refused(why) => {
+                crate::metrics::refused("dmarc");
+                Reply::new(550, "5.7.1", why)
             }
             Delivered::Failed(err) => {
                 tracing::error!(error = %err, "delivery failed");
@@ -725,22 +768,74 @@ impl Session {
                 Reply::new(250, "2.1.5", "recipient OK")
             }
             Recipient::UnknownLocal => Reply::new(550, "5.1.1", "no such user here"),
-            Recipient::Remote => {
-                let relay = &self.config.raw.relay;
-                let allowed = (self.user.is_some() && relay.authenticated_users)
-                    || self.config.relay_network_allows(self.info.peer);
-                if !allowed {
-                    return Reply::new(550, "5.7.1", "relaying denied");
-                }
-                // Accepted relaying needs the outbound queue; until it runs, say so honestly and
-                // let the client keep the message.
-                Reply::new(
-                    451,
-                    "4.3.2",
-                    "outbound delivery is not available on this server yet",
-                )
+            Recipient::Remote => self.relay_rcpt(address),
+        }
+    }
+
+    /// A recipient in another domain: who may relay, from which sender domains, to which
+    /// recipient domains, and how much (RelayPolicy).
+    fn relay_rcpt(&mut self, address: String) -> Reply {
+        let relay = &self.config.raw.relay;
+        let allowed = (self.user.is_some() && relay.authenticated_users)
+            || self.config.relay_network_allows(self.info.peer);
+        if !allowed {
+            return Reply::new(550, "5.7.1", "relaying denied");
+        }
+        let Some(txn) = self.txn.as_ref() else {
+            return Reply::new(503, "5.5.1", "send MAIL first");
+        };
+        let domain_of = |a: &str| {
+            a.rsplit_once('@')
+                .map(|(_, d)| d.to_ascii_lowercase())
+                .unwrap_or_default()
+        };
+        let listed =
+            |list: &[String], domain: &str| list.iter().any(|d| d.eq_ignore_ascii_case(domain));
+        if !txn.from.is_empty() {
+            let sender_domain = domain_of(&txn.from);
+            let sender_ok = if relay.sender_domains.is_empty() {
+                self.config.serves_domain(&sender_domain)
+            } else {
+                listed(&relay.sender_domains, &sender_domain)
+            };
+            if !sender_ok {
+                return Reply::new(
+                    550,
+                    "5.7.1",
+                    format!("relaying is not allowed for senders in {sender_domain}"),
+                );
             }
         }
+        let rcpt_domain = domain_of(&address);
+        if !relay.recipient_domains.is_empty() && !listed(&relay.recipient_domains, &rcpt_domain) {
+            return Reply::new(
+                550,
+                "5.7.1",
+                format!("relaying to {rcpt_domain} is not allowed"),
+            );
+        }
+        // Rate limits count messages: the first relayed recipient of a transaction counts.
+        if txn.remote.is_empty() {
+            let sender_key = match &self.user {
+                Some((_, user)) => format!("user:{user}"),
+                None => format!("ip:{}", self.info.peer),
+            };
+            let mut limits = Vec::new();
+            if let Some(rate) = &relay.rate_limits.per_sender {
+                limits.push((sender_key, rate));
+            }
+            if let Some(rate) = &relay.rate_limits.total {
+                limits.push(("*".to_string(), rate));
+            }
+            if !limits.is_empty() && !self.rates.take(&limits) {
+                crate::metrics::refused("rate-limit");
+                return Reply::new(450, "4.7.1", "relay rate limit reached, try again later");
+            }
+        }
+        if let Some(txn) = self.txn.as_mut() {
+            txn.remote.push(address);
+        }
+        Reply::new(250, "2.1.5", "recipient OK, relayed")
     }
 
     /// Quotas are checked when a recipient is given, against the SIZE the client declared.
@@ -771,7 +866,7 @@ impl Session {
     fn data(&mut self, out: &mut Vec<Output>) -> Option<Reply> {
         match &self.txn {
             None => return Some(Reply::new(503, "5.5.1", "send MAIL first")),
-            Some(t) if t.recipients.is_empty() => {
+            Some(t) if t.recipients.is_empty() && t.remote.is_empty() => {
                 return Some(Reply::new(554, "5.5.1", "no valid recipients"));
             }
             Some(_) => {}
@@ -786,7 +881,10 @@ impl Session {
     }
 
     fn bdat(&mut self, size: u64, last: bool, out: &mut Vec<Output>) -> Option<Reply> {
-        let ready = self.txn.as_ref().is_some_and(|t| !t.recipients.is_empty());
+        let ready = self
+            .txn
+            .as_ref()
+            .is_some_and(|t| !t.recipients.is_empty() || !t.remote.is_empty());
         if !ready {
             // The chunk must still be read and thrown away, or its bytes would run as commands.
             self.state = State::Bdat {

@@ -85,6 +85,9 @@ fn config(tmp: &std::path::Path) -> Config {
         },
         security: Security::default(),
         advertised: Default::default(),
+        dkim: None,
+        inbound: Default::default(),
+        nameservers: Vec::new(),
     })
     .expect("test config is valid")
 }
@@ -360,7 +363,13 @@ fn unknown_users_relaying_and_relay_networks() {
          C: MAIL FROM:<app@example.test>
          S: 250
          C: RCPT TO:<customer@example.net>
-         S: 451 4.3.2 outbound delivery is not available",
+         S: 250 2.1.5 recipient OK, relayed
+         C: RSET
+         S: 250
+         C: MAIL FROM:<app@elsewhere.test>
+         S: 250
+         C: RCPT TO:<customer@example.net>
+         S: 550 5.7.1 relaying is not allowed for senders in elsewhere.test",
     );
 }
 
@@ -402,7 +411,7 @@ fn submission_requires_tls_then_auth() {
          C: RCPT TO:<bob@example.test>
          S: 250
          C: RCPT TO:<friend@example.net>
-         S: 451 4.3.2
+         S: 250 2.1.5
          C: DATA
          S: 354
          C: Subject: from alice

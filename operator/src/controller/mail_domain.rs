@@ -316,7 +316,7 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
     .await?;
     apply(
         &Api::<Deployment>::namespaced(client.clone(), &ns),
-        &objects::deployment(&md, &ctx.options.runtime),
+        &objects::deployment(&md, relay.as_ref(), &ctx.options.runtime),
     )
     .await?;
     status.config_revision = Some(revision.clone());

@@ -1,8 +1,14 @@
 //! The runtime config for one MailDomain.
-use kubemail_crds::{MailDomain, Mailbox, Protocol, RelayPolicy, mailbox::MailboxProtocol};
+use kubemail_crds::{
+    MailDomain, Mailbox, Protocol, RelayPolicy,
+    mailbox::MailboxProtocol,
+    relay_policy::{Rate, RouteMode as SpecRouteMode, SmarthostTls as SpecSmarthostTls},
+};
 use mail_runtime::config::{
-    API_VERSION, Advertised, DomainConfig, KIND, Limits, Listener, ListenerProtocol, LoginProtocol,
-    MailboxConfig, RawConfig, RelayConfig, Security, Storage, TlsFiles,
+    API_VERSION, Advertised, DkimConfig, DomainConfig, InboundChecks, KIND, Limits, Listener,
+    ListenerProtocol, LoginProtocol, MailboxConfig, RateConfig, RateLimitsConfig, RawConfig,
+    RelayConfig, RetryConfig, RouteConfig, RouteMode, Security, SmarthostConfig, SmarthostTls,
+    Storage, TlsFiles,
 };
 
 use super::{HTTP_PORT, container_port, hostname, paths, quantity};
@@ -83,12 +89,7 @@ pub fn runtime_config(
             }
         })
         .collect();
-    let relay = relay.map_or_else(RelayConfig::default, |rp| RelayConfig {
-        authenticated_users: rp.spec.allow.authenticated_users,
-        client_networks: rp.spec.allow.client_cidrs.clone(),
-        sender_domains: rp.spec.sender_domains.clone(),
-        recipient_domains: rp.spec.recipient_domains.clone(),
-    });
+    let relay = relay.map_or_else(RelayConfig::default, relay_config);
     let limits = &spec.limits;
     RawConfig {
         api_version: API_VERSION.into(),
@@ -118,6 +119,12 @@ pub fn runtime_config(
             path: paths::DATA_DIR.into(),
         },
         security: Security::default(),
+        dkim: spec.dkim.enabled.then(|| DkimConfig {
+            selector: spec.dkim.selector.clone(),
+            key_file: paths::DKIM_KEY.into(),
+        }),
+        inbound: InboundChecks::default(),
+        nameservers: Vec::new(),
         advertised: Advertised {
             submission: port(Protocol::Submission),
             submissions: port(Protocol::Submissions),
@@ -126,6 +133,80 @@ pub fn runtime_config(
             pop3: port(Protocol::Pop3),
             pop3s: port(Protocol::Pop3s),
             ..Advertised::default()
+        },
+    }
+}
+
+/// Seconds of a duration such as `30s`, `5m`, `4h` or `5d` (the API's CEL rule allows only
+/// these forms).
+pub fn seconds(duration: &str) -> Option<u64> {
+    let (number, unit) = duration.split_at(duration.len().checked_sub(1)?);
+    let n: u64 = number.parse().ok()?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
+fn rate(r: &Rate) -> Option<RateConfig> {
+    Some(RateConfig {
+        messages: u32::try_from(r.messages).ok().filter(|n| *n > 0)?,
+        period_seconds: seconds(&r.period).filter(|s| *s > 0)?,
+    })
+}
+
+/// The runtime's relay rules from a RelayPolicy.
+fn relay_config(rp: &RelayPolicy) -> RelayConfig {
+    let spec = &rp.spec;
+    let defaults = RetryConfig::default();
+    let initial = seconds(&spec.retry.initial_interval)
+        .filter(|s| *s > 0)
+        .unwrap_or(defaults.initial_interval_seconds);
+    RelayConfig {
+        authenticated_users: spec.allow.authenticated_users,
+        client_networks: spec.allow.client_cidrs.clone(),
+        sender_domains: spec.sender_domains.clone(),
+        recipient_domains: spec.recipient_domains.clone(),
+        route: RouteConfig {
+            mode: match spec.route.mode {
+                SpecRouteMode::Direct => RouteMode::Direct,
+                SpecRouteMode::Smarthost => RouteMode::Smarthost,
+            },
+            require_tls: spec.route.require_tls,
+            smarthost: spec.route.smarthost.as_ref().map(|h| SmarthostConfig {
+                host: h.host.clone(),
+                port: u16::try_from(h.port).unwrap_or(587),
+                tls: match h.tls {
+                    SpecSmarthostTls::StartTLS => SmarthostTls::Starttls,
+                    SpecSmarthostTls::Implicit => SmarthostTls::Implicit,
+                    SpecSmarthostTls::None => SmarthostTls::None,
+                },
+                username_file: h
+                    .credentials_secret_ref
+                    .as_ref()
+                    .map(|_| format!("{}/username", paths::SMARTHOST_DIR).into()),
+                password_file: h
+                    .credentials_secret_ref
+                    .as_ref()
+                    .map(|_| format!("{}/password", paths::SMARTHOST_DIR).into()),
+            }),
+        },
+        rate_limits: RateLimitsConfig {
+            per_sender: spec.rate_limits.per_sender.as_ref().and_then(rate),
+            total: spec.rate_limits.total.as_ref().and_then(rate),
+        },
+        retry: RetryConfig {
+            initial_interval_seconds: initial,
+            max_interval_seconds: seconds(&spec.retry.max_interval)
+                .unwrap_or(defaults.max_interval_seconds)
+                .max(initial),
+            max_age_seconds: seconds(&spec.retry.max_age)
+                .filter(|s| *s > 0)
+                .unwrap_or(defaults.max_age_seconds),
         },
     }
 }

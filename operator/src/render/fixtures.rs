@@ -48,6 +48,11 @@ metadata: {name: apps, namespace: mail}
 spec:
   allow: {clientCIDRs: [10.42.0.0/16]}
   recipientDomains: [customers.example.net]
+  route:
+    mode: Smarthost
+    smarthost: {host: smtp.provider.example, port: 587, credentialsSecretRef: {name: provider-login}}
+  rateLimits: {perSender: {messages: 100, period: 1h}, total: {messages: 1000, period: 1h}}
+  retry: {initialInterval: 1m, maxInterval: 1h, maxAge: 2d}
 ",
     )
 }

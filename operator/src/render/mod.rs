@@ -42,6 +42,10 @@ pub mod paths {
     pub const TLS_DIR: &str = "/etc/kubemail/tls";
     /// The DKIM key Secret.
     pub const DKIM_DIR: &str = "/etc/kubemail/dkim";
+    /// The DKIM private key in it.
+    pub const DKIM_KEY: &str = "/etc/kubemail/dkim/private.pem";
+    /// The smarthost credentials Secret (the RelayPolicy's), as `username` and `password`.
+    pub const SMARTHOST_DIR: &str = "/etc/kubemail/smarthost";
     /// The PVC.
     pub const DATA_DIR: &str = "/var/lib/kubemail";
 }

@@ -6,7 +6,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy},
         core::v1::{
-            Capabilities, Container, ContainerPort, EmptyDirVolumeSource, ExecAction,
+            Capabilities, Container, ContainerPort, EmptyDirVolumeSource, ExecAction, KeyToPath,
             PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
             PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
             SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServiceAccount,
@@ -20,7 +20,7 @@ use k8s_openapi::{
     },
 };
 use kube::Resource;
-use kubemail_crds::{MailDomain, Protocol, mail_domain::RetentionPolicy};
+use kubemail_crds::{MailDomain, Protocol, RelayPolicy, mail_domain::RetentionPolicy};
 
 use super::{HTTP_PORT, Names, container_port, labels, paths, selector};
 
@@ -177,7 +177,11 @@ fn exec_probe(command: Vec<String>, period: i32, timeout: i32, failures: i32) ->
 }
 
 /// The runtime's Deployment, restricted Pod Security Standard throughout.
-pub fn deployment(md: &MailDomain, options: &RuntimeOptions) -> Deployment {
+pub fn deployment(
+    md: &MailDomain,
+    relay: Option<&RelayPolicy>,
+    options: &RuntimeOptions,
+) -> Deployment {
     let names = Names::of(md);
     let enabled: Vec<Protocol> = md
         .spec
@@ -232,6 +236,11 @@ pub fn deployment(md: &MailDomain, options: &RuntimeOptions) -> Deployment {
         probe.initial_delay_seconds = Some(10);
         probe
     });
+    // The smarthost's credentials come from the user's Secret, mounted as `username` and
+    // `password` (the operator never reads them).
+    let smarthost_credentials = relay
+        .and_then(|rp| rp.spec.route.smarthost.as_ref())
+        .and_then(|h| h.credentials_secret_ref.as_ref());
     let secret_volume = |name: &str, secret: &str, optional: bool| Volume {
         name: name.into(),
         secret: Some(SecretVolumeSource {
@@ -286,13 +295,19 @@ pub fn deployment(md: &MailDomain, options: &RuntimeOptions) -> Deployment {
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![
-            mount("config", paths::CONFIG_DIR, true),
-            mount("tls", paths::TLS_DIR, true),
-            mount("dkim", paths::DKIM_DIR, true),
-            mount("data", paths::DATA_DIR, false),
-            mount("tmp", "/tmp", false),
-        ]),
+        volume_mounts: Some({
+            let mut mounts = vec![
+                mount("config", paths::CONFIG_DIR, true),
+                mount("tls", paths::TLS_DIR, true),
+                mount("dkim", paths::DKIM_DIR, true),
+                mount("data", paths::DATA_DIR, false),
+                mount("tmp", "/tmp", false),
+            ];
+            if smarthost_credentials.is_some() {
+                mounts.push(mount("smarthost", paths::SMARTHOST_DIR, true));
+            }
+            mounts
+        }),
         ..Container::default()
     };
     let template = PodTemplateSpec {
@@ -316,27 +331,53 @@ pub fn deployment(md: &MailDomain, options: &RuntimeOptions) -> Deployment {
                 ..PodSecurityContext::default()
             }),
             containers: vec![container],
-            volumes: Some(vec![
-                secret_volume("config", &names.config, false),
-                secret_volume("tls", &names.tls, false),
-                secret_volume("dkim", &names.dkim, true),
-                Volume {
-                    name: "data".into(),
-                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                        claim_name: names.data.clone(),
-                        ..PersistentVolumeClaimVolumeSource::default()
+            volumes: Some(
+                vec![
+                    secret_volume("config", &names.config, false),
+                    secret_volume("tls", &names.tls, false),
+                    secret_volume("dkim", &names.dkim, true),
+                    Volume {
+                        name: "data".into(),
+                        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                            claim_name: names.data.clone(),
+                            ..PersistentVolumeClaimVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    },
+                    Volume {
+                        name: "tmp".into(),
+                        empty_dir: Some(EmptyDirVolumeSource {
+                            size_limit: Some(Quantity("64Mi".into())),
+                            ..EmptyDirVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    },
+                ]
+                .into_iter()
+                .chain(smarthost_credentials.map(|c| Volume {
+                    name: "smarthost".into(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(c.name.clone()),
+                        optional: Some(true),
+                        default_mode: Some(0o440),
+                        default_user: None,
+                        items: Some(vec![
+                            KeyToPath {
+                                key: c.username_key.clone(),
+                                path: "username".into(),
+                                ..KeyToPath::default()
+                            },
+                            KeyToPath {
+                                key: c.password_key.clone(),
+                                path: "password".into(),
+                                ..KeyToPath::default()
+                            },
+                        ]),
                     }),
                     ..Volume::default()
-                },
-                Volume {
-                    name: "tmp".into(),
-                    empty_dir: Some(EmptyDirVolumeSource {
-                        size_limit: Some(Quantity("64Mi".into())),
-                        ..EmptyDirVolumeSource::default()
-                    }),
-                    ..Volume::default()
-                },
-            ]),
+                }))
+                .collect(),
+            ),
             termination_grace_period_seconds: Some(30),
             ..PodSpec::default()
         }),

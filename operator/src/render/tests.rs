@@ -15,7 +15,10 @@ fn options() -> objects::RuntimeOptions {
 #[test]
 fn deployment_service_claim_and_account() {
     let md = fixtures::domain();
-    insta::assert_yaml_snapshot!("deployment", objects::deployment(&md, &options()));
+    insta::assert_yaml_snapshot!(
+        "deployment",
+        objects::deployment(&md, Some(&fixtures::relay()), &options())
+    );
     insta::assert_yaml_snapshot!("service", objects::service(&md));
     insta::assert_yaml_snapshot!("data_claim", objects::data_claim(&md));
     insta::assert_yaml_snapshot!("service_account", objects::service_account(&md));

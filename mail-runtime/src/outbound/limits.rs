@@ -1,0 +1,69 @@
+//! Rate limits on relayed mail: a sliding window of message times per key (one key per sender,
+//! one for everybody).
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use crate::config::RateConfig;
+
+/// Counts relayed messages.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    windows: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+impl RateLimiter {
+    /// Whether one more message fits every `(key, rate)` given; if it does, it is counted
+    /// against all of them.
+    pub fn take(&self, limits: &[(String, &RateConfig)]) -> bool {
+        let now = Instant::now();
+        let mut windows = self.windows.lock().expect("rate lock");
+        for (key, rate) in limits {
+            let period = Duration::from_secs(rate.period_seconds);
+            let window = windows.entry(key.clone()).or_default();
+            while window
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= period)
+            {
+                window.pop_front();
+            }
+            if window.len() >= rate.messages as usize {
+                return false;
+            }
+        }
+        for (key, _) in limits {
+            windows.entry(key.clone()).or_default().push_back(now);
+        }
+        // Keys that went quiet are forgotten now and then.
+        if windows.len() > 10_000 {
+            windows.retain(|_, w| !w.is_empty());
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_fills_and_other_keys_are_separate() {
+        let limiter = RateLimiter::default();
+        let two = RateConfig {
+            messages: 2,
+            period_seconds: 3600,
+        };
+        let total = RateConfig {
+            messages: 3,
+            period_seconds: 3600,
+        };
+        let take = |who: &str| limiter.take(&[(who.into(), &two), ("*".into(), &total)]);
+        assert!(take("alice"));
+        assert!(take("alice"));
+        assert!(!take("alice"), "a third message in the window");
+        assert!(take("bob"));
+        assert!(!take("carol"), "the total is spent");
+    }
+}

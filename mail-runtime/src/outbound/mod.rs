@@ -1,0 +1,373 @@
+//! Outbound delivery: the durable queue and the task that empties it.
+//!
+//! ```text
+//!   SMTP DATA (relayed recipients) --enqueue (fsync)--> queue/<id>.msg + <id>.json --> 250
+//!                                                            |
+//!            runner: due entries --send::attempt per domain (or smarthost)--> next hop
+//!                      | delivered: recipient done   | 4xx: retry later (backoff, jitter)
+//!                      | 5xx or too old: DSN to the sender (local mailbox or queued back)
+//! ```
+pub mod dkim;
+pub mod dsn;
+pub mod limits;
+pub mod queue;
+pub mod send;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use rand::Rng;
+use tokio::sync::{Notify, Semaphore};
+
+use self::{
+    queue::{Entry, QueueDir, Rcpt, RcptState},
+    send::Outcome,
+};
+use crate::{
+    config::{Recipient, RouteMode},
+    runtime::Runtime,
+    store::StoreError,
+};
+
+/// Attempts running at once, all destinations together.
+const PARALLEL_ATTEMPTS: usize = 16;
+/// Connections to one destination domain at once.
+const PER_DOMAIN: usize = 4;
+
+/// The queue and its bookkeeping.
+#[derive(Debug)]
+pub struct Outbound {
+    dir: QueueDir,
+    entries: Mutex<BTreeMap<String, Entry>>,
+    in_flight: Mutex<HashSet<String>>,
+    per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
+    wake: Notify,
+    /// Rate limits on relaying, shared by every SMTP session.
+    pub rates: Arc<limits::RateLimiter>,
+}
+
+fn now() -> i64 {
+    (crate::store::unix_nanos() / 1_000_000_000) as i64
+}
+
+/// A new queue ID: time and randomness, file-name safe.
+pub fn new_id() -> String {
+    let r: u64 = rand::rng().random();
+    format!("{:x}{:012x}", now(), r & 0xffff_ffff_ffff)
+}
+
+impl Outbound {
+    /// Opens the queue under the data directory.
+    pub fn open(data: &Path) -> Result<Self, StoreError> {
+        let (dir, entries) = QueueDir::open(data)?;
+        if !entries.is_empty() {
+            tracing::info!(queued = entries.len(), "resuming the outbound queue");
+        }
+        Ok(Self {
+            dir,
+            entries: Mutex::new(entries.into_iter().map(|e| (e.id.clone(), e)).collect()),
+            in_flight: Mutex::new(HashSet::new()),
+            per_domain: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            rates: Arc::new(limits::RateLimiter::default()),
+        })
+    }
+
+    /// Messages in the queue.
+    pub fn depth(&self) -> usize {
+        self.entries.lock().expect("queue lock").len()
+    }
+
+    /// The queue's entries (for status and tests).
+    pub fn entries(&self) -> Vec<Entry> {
+        self.entries
+            .lock()
+            .expect("queue lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Queues a message for `recipients`: `prefix` header fields, then the spool file's bytes.
+    /// Blocking; durable when it returns.
+    pub fn enqueue(
+        &self,
+        from: &str,
+        recipients: &[String],
+        prefix: &[u8],
+        source: &Path,
+        size: u64,
+        env_id: Option<String>,
+    ) -> Result<String, StoreError> {
+        let id = new_id();
+        let entry = Entry {
+            id: id.clone(),
+            from: from.to_string(),
+            recipients: recipients
+                .iter()
+                .map(|r| Rcpt {
+                    address: r.clone(),
+                    state: RcptState::Pending,
+                    last_reply: None,
+                    remote_mta: None,
+                })
+                .collect(),
+            created: now(),
+            attempts: 0,
+            next_attempt: now(),
+            size: size + prefix.len() as u64,
+            env_id,
+        };
+        self.dir.add(&entry, prefix, source)?;
+        self.entries
+            .lock()
+            .expect("queue lock")
+            .insert(id.clone(), entry);
+        crate::metrics::queue_depth(self.depth());
+        self.wake.notify_one();
+        Ok(id)
+    }
+
+    /// Queues bytes (a delivery report) through a spool file.
+    fn enqueue_bytes(
+        &self,
+        runtime: &Runtime,
+        from: &str,
+        to: &str,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut spool = runtime.store.spool()?;
+        spool.write(bytes)?;
+        let spooled = spool.finish()?;
+        let result = self.enqueue(
+            from,
+            &[to.to_string()],
+            b"",
+            &spooled.path,
+            spooled.size,
+            None,
+        );
+        let _ = std::fs::remove_file(&spooled.path);
+        result.map(|_| ())
+    }
+
+    /// Runs the queue until the process ends.
+    pub async fn run(self: Arc<Self>, runtime: Runtime) {
+        crate::metrics::queue_depth(self.depth());
+        let permits = Arc::new(Semaphore::new(PARALLEL_ATTEMPTS));
+        loop {
+            let now = now();
+            let (due, next) = {
+                let entries = self.entries.lock().expect("queue lock");
+                let in_flight = self.in_flight.lock().expect("queue lock");
+                let waiting = entries.values().filter(|e| !in_flight.contains(&e.id));
+                let due: Vec<String> = waiting
+                    .clone()
+                    .filter(|e| e.next_attempt <= now)
+                    .map(|e| e.id.clone())
+                    .collect();
+                let next = waiting
+                    .filter(|e| e.next_attempt > now)
+                    .map(|e| e.next_attempt)
+                    .min();
+                (due, next)
+            };
+            for id in due {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                self.in_flight
+                    .lock()
+                    .expect("queue lock")
+                    .insert(id.clone());
+                let (this, runtime) = (self.clone(), runtime.clone());
+                tokio::spawn(async move {
+                    this.attempt(&runtime, &id).await;
+                    this.in_flight.lock().expect("queue lock").remove(&id);
+                    drop(permit);
+                    this.wake.notify_one();
+                });
+            }
+            let sleep = next.map_or(Duration::from_secs(60), |at| {
+                Duration::from_secs((at - now).clamp(1, 60) as u64)
+            });
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    fn domain_slot(&self, domain: &str) -> Arc<Semaphore> {
+        self.per_domain
+            .lock()
+            .expect("queue lock")
+            .entry(domain.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(PER_DOMAIN)))
+            .clone()
+    }
+
+    fn save(&self, entry: &Entry) {
+        if let Err(err) = self.dir.save(entry) {
+            tracing::error!(id = %entry.id, error = %err, "cannot record delivery progress");
+        }
+        self.entries
+            .lock()
+            .expect("queue lock")
+            .insert(entry.id.clone(), entry.clone());
+    }
+
+    /// One attempt at every pending recipient of an entry.
+    async fn attempt(&self, runtime: &Runtime, id: &str) {
+        let Some(mut entry) = self.entries.lock().expect("queue lock").get(id).cloned() else {
+            return;
+        };
+        let path = self.dir.message_path(id);
+        let message = match tokio::fs::read(&path).await {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::error!(id, error = %err, "a queued message cannot be read; dropped");
+                let _ = self.dir.remove(id);
+                self.entries.lock().expect("queue lock").remove(id);
+                return;
+            }
+        };
+        let config = runtime.config.get();
+        let resolver = match runtime.resolvers.get(&config.nameservers) {
+            Ok(r) => r,
+            Err(err) => {
+                tracing::error!(error = %err, "no DNS resolver; delivery waits");
+                entry.next_attempt = now() + 60;
+                self.save(&entry);
+                return;
+            }
+        };
+        // Group pending recipients: one group per domain, or one for the smarthost.
+        let smarthost = config.raw.relay.route.mode == RouteMode::Smarthost;
+        let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for r in entry.pending() {
+            let domain = r
+                .address
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_ascii_lowercase())
+                .unwrap_or_default();
+            let key = if smarthost { String::new() } else { domain };
+            groups.entry(key).or_default().push(r.address.clone());
+        }
+        let mut newly_failed = Vec::new();
+        for (domain, rcpts) in groups {
+            let slot = self.domain_slot(&domain);
+            let Ok(_permit) = slot.acquire().await else {
+                return;
+            };
+            let result =
+                send::attempt(&config, &resolver, &domain, &entry.from, &rcpts, &message).await;
+            for (address, outcome) in rcpts.iter().zip(result.outcomes) {
+                let Some(r) = entry.recipients.iter_mut().find(|r| &r.address == address) else {
+                    continue;
+                };
+                r.remote_mta.clone_from(&result.host);
+                match outcome {
+                    Outcome::Delivered(reply) => {
+                        tracing::info!(id, rcpt = %address, host = ?result.host, %reply, "delivered");
+                        crate::metrics::message_delivered();
+                        r.state = RcptState::Delivered;
+                        r.last_reply = Some(reply);
+                    }
+                    Outcome::Temporary(reply) => {
+                        tracing::info!(id, rcpt = %address, %reply, "deferred");
+                        crate::metrics::message_deferred();
+                        r.last_reply = Some(reply);
+                    }
+                    Outcome::Permanent(reply) => {
+                        tracing::info!(id, rcpt = %address, %reply, "bounced");
+                        crate::metrics::message_bounced();
+                        r.state = RcptState::Failed;
+                        r.last_reply = Some(reply);
+                        newly_failed.push(r.clone());
+                    }
+                }
+            }
+            // Progress is on disk before the next group: nobody gets the message twice.
+            self.save(&entry);
+        }
+        entry.attempts += 1;
+        let retry = &config.raw.relay.retry;
+        let mut expired = Vec::new();
+        if entry.pending().next().is_some() {
+            if now() - entry.created >= retry.max_age_seconds as i64 {
+                for r in &mut entry.recipients {
+                    if r.state == RcptState::Pending {
+                        r.state = RcptState::Failed;
+                        expired.push(r.clone());
+                    }
+                }
+            } else {
+                let exponent = entry.attempts.saturating_sub(1).min(20);
+                let base = retry
+                    .initial_interval_seconds
+                    .saturating_mul(1 << exponent)
+                    .min(retry.max_interval_seconds);
+                // Up to a quarter more, so retries of many messages spread out.
+                let jitter = rand::rng().random_range(0..=base / 4);
+                entry.next_attempt = now() + (base + jitter) as i64;
+            }
+        }
+        for (failed, is_expired) in [(newly_failed, false), (expired, true)] {
+            if !failed.is_empty() {
+                self.bounce(runtime, &entry, &failed, is_expired, &message);
+            }
+        }
+        if entry.pending().next().is_none() {
+            if let Err(err) = self.dir.remove(id) {
+                tracing::error!(id, error = %err, "cannot remove a finished queue entry");
+            }
+            self.entries.lock().expect("queue lock").remove(id);
+        } else {
+            self.save(&entry);
+        }
+        crate::metrics::queue_depth(self.depth());
+    }
+
+    /// Tells the sender about failed recipients. Reports are never sent about reports.
+    fn bounce(
+        &self,
+        runtime: &Runtime,
+        entry: &Entry,
+        failed: &[Rcpt],
+        expired: bool,
+        message: &[u8],
+    ) {
+        if entry.from.is_empty() {
+            tracing::warn!(id = %entry.id, "a delivery report could not be delivered; dropped");
+            return;
+        }
+        let config = runtime.config.get();
+        let report = dsn::report(
+            &config.raw.hostname,
+            entry,
+            failed,
+            expired,
+            dsn::header_of(message),
+            now(),
+        );
+        let stored = match config.resolve(&entry.from) {
+            Recipient::Local(index) => {
+                let mailbox = config.mailbox(index).address.to_ascii_lowercase();
+                (|| {
+                    let mut spool = runtime.store.spool()?;
+                    spool.write(&report)?;
+                    runtime.store.deliver(spool.finish()?, &[mailbox])
+                })()
+            }
+            _ => self.enqueue_bytes(runtime, "", &entry.from, &report),
+        };
+        if let Err(err) = stored {
+            tracing::error!(id = %entry.id, error = %err, "cannot store a delivery report");
+        }
+    }
+}
