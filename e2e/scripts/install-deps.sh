@@ -10,7 +10,7 @@ for tool in go cargo; do
 done
 
 # Debian packages the test suites use; the list grows with the protocol issues.
-PACKAGES=(ca-certificates git curl openssl python3 swaks fetchmail isync postfix dovecot-imapd dovecot-pop3d libio-socket-ssl-perl libnet-ssleay-perl libauthen-sasl-perl)
+PACKAGES=(ca-certificates git curl openssl python3 swaks fetchmail isync dnsmasq-base postfix dovecot-imapd dovecot-pop3d libio-socket-ssl-perl libnet-ssleay-perl libauthen-sasl-perl)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,5 +25,7 @@ fi
 cargo clippy --version >/dev/null 2>&1 || { log "rustup component add clippy"; rustup component add clippy; }
 cargo fmt --version >/dev/null 2>&1 || { log "rustup component add rustfmt"; rustup component add rustfmt; }
 
-# Python packages the tests use (an independent Prometheus text-format parser).
-python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus-client
+# Python packages the tests use: an independent Prometheus text-format parser, aiosmtpd (the
+# remote MX and smarthost in the outbound tests) and dkimpy (an independent DKIM verifier).
+python3 -c 'import prometheus_client, aiosmtpd, dkim' 2>/dev/null ||
+    python3 -m pip install -q prometheus-client aiosmtpd dkimpy

@@ -1,0 +1,538 @@
+//! Outbound delivery against real peers on loopback: dnsmasq serves the MX, A and TXT records
+//! of the test domains (so direct delivery takes the real DNS path), aiosmtpd plays the remote
+//! MX or the smarthost, dkimpy verifies DKIM signatures, and Python's email package parses the
+//! delivery reports a sender finds in its mailbox.
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::UdpSocket,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{Dev, client_script, run};
+
+const ALICE: &str = "alice@example.test";
+
+/// dnsmasq on 127.0.0.1 at a free port, answering only for the records given.
+struct Dns {
+    child: Child,
+    port: u16,
+}
+
+impl Dns {
+    fn start(args: &[String]) -> Dns {
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-poll",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--user=root",
+                "--group=root",
+                "--pid-file=",
+                // Names under .test that are not listed do not exist (NXDOMAIN, not REFUSED).
+                "--local=/test/",
+                &format!("--port={port}"),
+            ])
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (Debian's dnsmasq-base) runs");
+        // Ready when it answers: the TCP side accepts.
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "dnsmasq did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Dns { child, port }
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An aiosmtpd server (tests/clients/smtp_peer.py).
+struct Peer {
+    child: Child,
+    _stdin: Option<ChildStdin>,
+    out: PathBuf,
+}
+
+impl Peer {
+    fn start(ip: &str, port: u16, out: &Path, extra: &[&str]) -> Peer {
+        let mut child = Command::new("python3")
+            .arg(client_script("smtp_peer.py"))
+            .args([ip, &port.to_string()])
+            .arg(out)
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with aiosmtpd");
+        let stdin = child.stdin.take();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ready line");
+        assert_eq!(line.trim(), "ready", "the SMTP peer did not start");
+        Peer {
+            child,
+            _stdin: stdin,
+            out: out.to_path_buf(),
+        }
+    }
+
+    /// The messages it accepted, in order.
+    fn received(&self) -> Vec<String> {
+        let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(&self.out)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        let n = e.path().file_stem()?.to_str()?.parse().ok()?;
+                        Some((n, e.path()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files
+            .into_iter()
+            .map(|(_, p)| std::fs::read_to_string(p).expect("a message"))
+            .collect()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self._stdin.take();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Rewrites the runtime's config (as the operator would) and waits until it is served.
+fn patch_config(dev: &Dev, revision: &str, patch: impl FnOnce(&mut serde_yaml_ng::Value)) {
+    let path = dev.data.join("runtime.yaml");
+    let mut config: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&path).expect("config")).expect("yaml");
+    patch(&mut config);
+    config["revision"] = revision.into();
+    let tmp = dev.data.join("runtime.yaml.tmp");
+    std::fs::write(&tmp, serde_yaml_ng::to_string(&config).expect("yaml")).expect("write");
+    std::fs::rename(&tmp, &path).expect("rename");
+    let status = dev.data.join("kubemail-runtime-status.json");
+    let start = Instant::now();
+    loop {
+        let served: serde_json::Value = std::fs::read(&status)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if served["revision"] == revision {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "config {revision} not served: {served}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Fast retries and the test DNS server.
+fn relay_setup(config: &mut serde_yaml_ng::Value, dns: &Dns) {
+    config["nameservers"] =
+        serde_yaml_ng::to_value(vec![format!("127.0.0.1:{}", dns.port)]).expect("yaml");
+    config["relay"]["retry"] = serde_yaml_ng::from_str(
+        "{initialIntervalSeconds: 1, maxIntervalSeconds: 2, maxAgeSeconds: 3600}",
+    )
+    .expect("yaml");
+}
+
+/// alice submits a message over 587 (STARTTLS + AUTH), as a mail client would.
+fn submit(dev: &Dev, to: &str, subject: &str) -> std::process::Output {
+    Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{}", dev.port("submission"))])
+        .args(["--tls", "--auth", "PLAIN", "--auth-user", ALICE])
+        .args(["--auth-password", &dev.password(ALICE)])
+        .args(["--from", ALICE, "--to", to])
+        .args([
+            "--h-Subject",
+            subject,
+            "--body",
+            &format!("Body of {subject}."),
+        ])
+        .output()
+        .expect("swaks")
+}
+
+fn submitted(dev: &Dev, to: &str, subject: &str) {
+    let out = submit(dev, to, subject);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "{what}: not after {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn queue_files(dev: &Dev) -> usize {
+    std::fs::read_dir(dev.data.join("queue"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn mx_records(domain: &str, ip: &str) -> Vec<String> {
+    vec![
+        format!("--mx-host={domain},mx.{domain},10"),
+        format!("--host-record=mx.{domain},{ip}"),
+    ]
+}
+
+#[test]
+fn direct_delivery_retries_a_451_and_delivers_once() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ip = "127.0.0.31";
+    let dns = Dns::start(&mx_records("remote.test", ip));
+    let peer = Peer::start(ip, 25, &tmp.path().join("peer"), &["--fail-first", "2"]);
+    let dev = Dev::start(&tmp.path().join("data"));
+    patch_config(&dev, "relay-1", |c| relay_setup(c, &dns));
+
+    submitted(&dev, "friend@remote.test", "retried");
+    wait_until("the peer has the message", Duration::from_secs(20), || {
+        !peer.received().is_empty()
+    });
+    wait_until("the queue is empty", Duration::from_secs(5), || {
+        queue_files(&dev) == 0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let received = peer.received();
+    assert_eq!(received.len(), 1, "delivered more than once");
+    assert!(received[0].contains("X-Peer-Rcpt: friend@remote.test"));
+    assert!(received[0].contains("Subject: retried"));
+    assert!(
+        dev.messages(ALICE).is_empty(),
+        "the sender got a report for a delivered message"
+    );
+}
+
+/// The DSN in alice's mailbox, as Python's email package reads it.
+fn parsed_reports(dev: &Dev) -> Vec<serde_json::Value> {
+    let script = r#"
+import email, json, sys, mailbox
+out = []
+for msg in mailbox.Maildir(sys.argv[1], factory=None):
+    m = email.message_from_bytes(bytes(msg))
+    if m.get_content_type() != "multipart/report":
+        continue
+    status = [p for p in m.walk() if p.get_content_type() == "message/delivery-status"][0]
+    fields = [dict(block.items()) for block in status.get_payload()]
+    out.append({"subject": m["Subject"], "to": m["To"], "report_type": m.get_param("report-type"), "fields": fields})
+print(json.dumps(out))
+"#;
+    let out = run(Command::new("python3")
+        .args(["-c", script])
+        .arg(dev.maildir(ALICE)));
+    serde_json::from_str(out.trim()).expect("json")
+}
+
+#[test]
+fn a_permanent_refusal_returns_a_report_to_the_sender() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ip = "127.0.0.32";
+    let dns = Dns::start(&mx_records("remote.test", ip));
+    let peer = Peer::start(
+        ip,
+        25,
+        &tmp.path().join("peer"),
+        &["--reject", "nobody@remote.test"],
+    );
+    let dev = Dev::start(&tmp.path().join("data"));
+    patch_config(&dev, "relay-1", |c| relay_setup(c, &dns));
+
+    submitted(&dev, "nobody@remote.test", "doomed");
+    wait_until("a report reaches alice", Duration::from_secs(20), || {
+        !dev.messages(ALICE).is_empty()
+    });
+    let reports = parsed_reports(&dev);
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let report = &reports[0];
+    assert_eq!(report["report_type"], "delivery-status");
+    assert_eq!(report["to"], format!("<{ALICE}>"));
+    let recipient = &report["fields"][1];
+    assert_eq!(recipient["Final-Recipient"], "rfc822; nobody@remote.test");
+    assert_eq!(recipient["Action"], "failed");
+    assert_eq!(recipient["Status"], "5.1.1");
+    assert!(
+        recipient["Diagnostic-Code"]
+            .as_str()
+            .is_some_and(|d| d.contains("550 5.1.1")),
+        "{recipient}"
+    );
+    assert!(peer.received().is_empty());
+    assert_eq!(queue_files(&dev), 0);
+}
+
+#[test]
+fn queued_mail_survives_a_sigkill_and_is_delivered_once() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ip = "127.0.0.33";
+    let dns = Dns::start(&mx_records("remote.test", ip));
+    let data = tmp.path().join("data");
+    let mut dev = Dev::start(&data);
+    patch_config(&dev, "relay-1", |c| relay_setup(c, &dns));
+    // No peer yet: every attempt fails to connect, and the messages wait in the queue.
+    for n in 0..3 {
+        submitted(&dev, "friend@remote.test", &format!("queued {n}"));
+    }
+    assert_eq!(queue_files(&dev), 3);
+    dev.kill9();
+
+    let peer = Peer::start(ip, 25, &tmp.path().join("peer"), &[]);
+    let dev = Dev::start(&data);
+    wait_until("all three arrive", Duration::from_secs(20), || {
+        peer.received().len() >= 3
+    });
+    wait_until("the queue is empty", Duration::from_secs(5), || {
+        queue_files(&dev) == 0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let mut subjects: Vec<String> = peer
+        .received()
+        .iter()
+        .filter_map(|m| {
+            m.lines()
+                .find(|l| l.starts_with("Subject:"))
+                .map(String::from)
+        })
+        .collect();
+    subjects.sort();
+    assert_eq!(
+        subjects,
+        [
+            "Subject: queued 0",
+            "Subject: queued 1",
+            "Subject: queued 2"
+        ],
+        "lost or duplicated after the restart"
+    );
+}
+
+#[test]
+fn dkim_signatures_verify_with_dkimpy_and_the_smarthost_gets_auth() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    // A 2048-bit RSA key, PKCS#8, as the operator makes it.
+    let key = tmp.path().join("dkim.pem");
+    run(Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key));
+    let public = run(Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(tmp.path().join("pub.der")));
+    let _ = public;
+    let der = std::fs::read(tmp.path().join("pub.der")).expect("der");
+    use base64::Engine as _;
+    let txt = format!(
+        "v=DKIM1; k=rsa; p={}",
+        base64::engine::general_purpose::STANDARD.encode(der)
+    );
+    std::fs::write(tmp.path().join("dkim.txt"), &txt).expect("txt");
+
+    let ip = "127.0.0.34";
+    let dns = Dns::start(&[]);
+    let peer = Peer::start(
+        ip,
+        2587,
+        &tmp.path().join("peer"),
+        &["--auth", "relay-user:relay-secret"],
+    );
+    std::fs::write(tmp.path().join("user"), "relay-user\n").expect("user");
+    std::fs::write(tmp.path().join("pass"), "relay-secret\n").expect("pass");
+    let dev = Dev::start(&tmp.path().join("data"));
+    let (user, pass) = (tmp.path().join("user"), tmp.path().join("pass"));
+    patch_config(&dev, "smarthost-1", |c| {
+        relay_setup(c, &dns);
+        c["dkim"] =
+            serde_yaml_ng::from_str(&format!("{{selector: sel1, keyFile: {}}}", key.display()))
+                .expect("yaml");
+        c["relay"]["route"] = serde_yaml_ng::from_str(&format!(
+            "{{mode: smarthost, smarthost: {{host: {ip}, port: 2587, tls: none, usernameFile: {}, passwordFile: {}}}}}",
+            user.display(),
+            pass.display()
+        ))
+        .expect("yaml");
+    });
+
+    submitted(&dev, "customer@anywhere.test", "signed");
+    wait_until("the smarthost has it", Duration::from_secs(20), || {
+        !peer.received().is_empty()
+    });
+    let message = &peer.received()[0];
+    assert!(
+        message.contains("X-Peer-Auth: relay-user"),
+        "no AUTH at the smarthost"
+    );
+    assert!(message.contains("DKIM-Signature: "), "{message}");
+    let file = peer.out.join("1.eml");
+    let verdict = Command::new("python3")
+        .arg(client_script("dkim_verify.py"))
+        .arg(&file)
+        .arg("sel1._domainkey.example.test")
+        .arg(tmp.path().join("dkim.txt"))
+        .output()
+        .expect("dkim_verify.py");
+    assert_eq!(
+        String::from_utf8_lossy(&verdict.stdout).trim(),
+        "pass",
+        "{}",
+        String::from_utf8_lossy(&verdict.stderr)
+    );
+    // A changed body no longer verifies: the check can fail.
+    let tampered = tmp.path().join("tampered.eml");
+    std::fs::write(
+        &tampered,
+        message.replace("Body of signed.", "Body of forged."),
+    )
+    .expect("w");
+    let verdict = Command::new("python3")
+        .arg(client_script("dkim_verify.py"))
+        .arg(&tampered)
+        .arg("sel1._domainkey.example.test")
+        .arg(tmp.path().join("dkim.txt"))
+        .output()
+        .expect("dkim_verify.py");
+    assert!(!verdict.status.success(), "a tampered message verified");
+}
+
+#[test]
+fn relay_rules_and_rate_limits_refuse_with_the_right_codes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ip = "127.0.0.35";
+    let dns = Dns::start(&mx_records("remote.test", ip));
+    let peer = Peer::start(ip, 25, &tmp.path().join("peer"), &[]);
+    let dev = Dev::start(&tmp.path().join("data"));
+    patch_config(&dev, "rules-1", |c| {
+        relay_setup(c, &dns);
+        c["relay"]["recipientDomains"] = serde_yaml_ng::from_str("[remote.test]").expect("yaml");
+        c["relay"]["rateLimits"] =
+            serde_yaml_ng::from_str("{perSender: {messages: 2, periodSeconds: 3600}}").expect("y");
+    });
+    // Only listed recipient domains.
+    let out = submit(&dev, "someone@elsewhere.test", "not listed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("550 5.7.1 relaying to elsewhere.test is not allowed"),
+        "{text}"
+    );
+    // Two messages an hour: the third is told to wait.
+    submitted(&dev, "friend@remote.test", "one");
+    submitted(&dev, "friend@remote.test", "two");
+    let out = submit(&dev, "friend@remote.test", "three");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("450 4.7.1"), "{text}");
+    // Local mail is not relaying and is not limited.
+    let out = submit(&dev, "bob@example.test", "local");
+    assert!(out.status.success());
+    wait_until("two relayed", Duration::from_secs(20), || {
+        peer.received().len() == 2
+    });
+    // Without login and outside the client networks: no relaying at all.
+    let out = Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{}", dev.port("smtp"))])
+        .args([
+            "--from",
+            "stranger@example.test",
+            "--to",
+            "friend@remote.test",
+        ])
+        .output()
+        .expect("swaks");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("550 5.7.1 relaying denied"), "{text}");
+}
+
+#[test]
+fn inbound_mail_is_checked_with_spf_and_dmarc() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dns = Dns::start(&[
+        "--txt-record=good.test,v=spf1 ip4:127.0.0.0/8 -all".into(),
+        "--txt-record=_dmarc.good.test,v=DMARC1; p=reject".into(),
+        "--txt-record=forged.test,v=spf1 -all".into(),
+        "--txt-record=_dmarc.forged.test,v=DMARC1; p=reject".into(),
+    ]);
+    let dev = Dev::start(&tmp.path().join("data"));
+    patch_config(&dev, "checks-1", |c| {
+        c["nameservers"] =
+            serde_yaml_ng::to_value(vec![format!("127.0.0.1:{}", dns.port)]).expect("yaml");
+        c["inbound"] =
+            serde_yaml_ng::from_str("{verify: true, rejectOnDmarcPolicy: true}").expect("yaml");
+    });
+    let send = |from: &str| {
+        Command::new("swaks")
+            .args(["--server", &format!("127.0.0.1:{}", dev.port("smtp"))])
+            .args(["--from", from, "--to", "bob@example.test"])
+            .args(["--h-From", from, "--ehlo", "client.good.test"])
+            .output()
+            .expect("swaks")
+    };
+    let out = send("news@good.test");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stored = dev.messages("bob@example.test");
+    assert_eq!(stored.len(), 1);
+    assert!(
+        stored[0].starts_with("Authentication-Results: mail.example.test;"),
+        "{}",
+        stored[0]
+    );
+    assert!(stored[0].contains("spf=pass"), "{}", stored[0]);
+    assert!(stored[0].contains("dmarc=pass"), "{}", stored[0]);
+
+    let out = send("ceo@forged.test");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("550 5.7.1"), "{text}");
+    assert_eq!(
+        dev.messages("bob@example.test").len(),
+        1,
+        "forged mail was stored"
+    );
+}
