@@ -15,7 +15,7 @@ use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams},
 };
-use kubemail_crds::{MailDomain, Mailbox};
+use kubemail_crds::{MailDomain, Mailbox, RelayPolicy};
 use kubemail_e2e::{ControlPlane, PodRunner, TestNamespace, install_crds, workspace_root};
 
 const ENTRYPOINT: &str = "/usr/local/bin/mail-runtime";
@@ -262,6 +262,142 @@ async fn from_apply_to_an_inbox() {
     let woke = Duration::from_millis(idle["latency_ms"].as_u64().expect("latency"));
     timings.push(("SMTP delivery -> IDLE wakes".into(), woke));
     assert!(woke < Duration::from_secs(1), "IDLE woke after {woke:?}");
+    // Mail to an outside address leaves through the RelayPolicy: switched to a smarthost on
+    // loopback (aiosmtpd), a change the runtime takes without a restart. The message arrives
+    // DKIM-signed with the operator's key, and dkimpy verifies it against the DKIM record the
+    // MailDomain's status says to publish.
+    let peer_dir = plane.scratch_dir("e2e/peer").expect("dir");
+    let mut peer = Command::new("python3")
+        .arg(workspace_root().join("mail-runtime/tests/clients/smtp_peer.py"))
+        .args(["127.0.0.36", "2526"])
+        .arg(&peer_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("smtp_peer.py");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(peer.stdout.take().expect("stdout")),
+        &mut ready,
+    )
+    .expect("ready");
+    assert_eq!(ready.trim(), "ready");
+    let _peer = Killed(peer);
+    let policies: Api<RelayPolicy> = Api::namespaced(client.clone(), &ns);
+    let start = Instant::now();
+    policies
+        .patch(
+            "apps",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"route": {
+                "mode": "Smarthost",
+                "smarthost": {"host": "127.0.0.36", "port": 2526, "tls": "None"}
+            }}})),
+        )
+        .await
+        .expect("patch the RelayPolicy");
+    let status_file = pod
+        .data_dir
+        .clone()
+        .expect("data")
+        .join("kubemail-runtime-status.json");
+    let configs: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    loop {
+        let secret = configs
+            .get("example-test-runtime-config")
+            .await
+            .expect("config");
+        let yaml = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get("runtime.yaml"))
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .unwrap_or_default();
+        let revision = secret
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("kubemail.io/config-revision"))
+            .cloned()
+            .unwrap_or_default();
+        let served: serde_json::Value = std::fs::read(&status_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if yaml.contains("127.0.0.36") && served["revision"] == revision.as_str() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the smarthost route was not served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    timings.push(("RelayPolicy change -> served".into(), start.elapsed()));
+    let out = Command::new("swaks")
+        .args(["--server", "127.0.0.1:2587", "--tls", "--auth", "PLAIN"])
+        .args([
+            "--auth-user",
+            "alice@example.test",
+            "--auth-password",
+            "alice-quickstart-password",
+        ])
+        .args([
+            "--from",
+            "alice@example.test",
+            "--to",
+            "friend@outside.test",
+        ])
+        .args(["--h-Subject", "leaving through the relay"])
+        .output()
+        .expect("swaks");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let sent = Instant::now();
+    let relayed = peer_dir.join("1.eml");
+    while !relayed.exists() {
+        assert!(
+            sent.elapsed() < Duration::from_secs(30),
+            "the smarthost never got the message"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    timings.push(("submit -> at the smarthost".into(), sent.elapsed()));
+    let dkim = domains
+        .get("example-test")
+        .await
+        .expect("md")
+        .status
+        .unwrap_or_default()
+        .dns_records
+        .into_iter()
+        .find(|r| r.purpose == "DKIM")
+        .expect("a DKIM record in status");
+    // A zone-file value may be split into quoted strings; DNS joins them.
+    let txt: String = if dkim.value.contains('"') {
+        dkim.value.split('"').skip(1).step_by(2).collect()
+    } else {
+        dkim.value.clone()
+    };
+    let txt_file = peer_dir.join("dkim.txt");
+    std::fs::write(&txt_file, &txt).expect("txt");
+    let verdict = Command::new("python3")
+        .arg(workspace_root().join("mail-runtime/tests/clients/dkim_verify.py"))
+        .arg(&relayed)
+        .arg(dkim.name.trim_end_matches('.'))
+        .arg(&txt_file)
+        .output()
+        .expect("dkim_verify.py");
+    assert_eq!(
+        String::from_utf8_lossy(&verdict.stdout).trim(),
+        "pass",
+        "{}",
+        String::from_utf8_lossy(&verdict.stderr)
+    );
+
     let pids = runtime_pids();
     assert_eq!(pids.len(), 1, "one runtime process: {pids:?}");
 

@@ -107,3 +107,19 @@ fn routing_tricks_are_not_addresses_of_other_domains() {
         assert_ne!(config.resolve(trick), Recipient::Remote, "{trick}");
     }
 }
+
+#[test]
+fn the_readme_example_uses_the_real_field_names() {
+    let dir: std::path::PathBuf = std::env::var_os("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+        .into();
+    let readme = std::fs::read_to_string(dir.join("../README.md")).expect("README.md");
+    let start = readme
+        .find("apiVersion: runtime.kubemail.io/v1")
+        .expect("the example");
+    let block = &readme[start..];
+    let block = &block[..block.find("```").expect("end of the example")];
+    let raw: RawConfig = serde_yaml_ng::from_str(block).expect("the README's example parses");
+    assert_eq!(raw.listeners.len(), 8);
+    assert!(raw.dkim.is_some() && raw.relay.rate_limits.per_sender.is_some());
+}
