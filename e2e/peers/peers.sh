@@ -91,6 +91,16 @@ disable_plaintext_auth = yes
 auth_mechanisms = plain
 first_valid_uid = 1
 mail_location = maildir:$dir/dovecot-mail/%u
+# Room for the benchmarks' 1,000 concurrent IDLE sessions from one address.
+default_process_limit = 2000
+default_client_limit = 4000
+default_vsz_limit = 0
+protocol imap {
+  mail_max_userip_connections = 2000
+}
+protocol pop3 {
+  mail_max_userip_connections = 2000
+}
 passdb {
   driver = passwd-file
   args = $dv/users

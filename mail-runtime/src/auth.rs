@@ -93,10 +93,7 @@ pub async fn login(
     let hash = index
         .and_then(|i| PasswordHash::parse(&config.mailbox(i).password_hash).ok())
         .unwrap_or_else(|| PasswordHash::Argon2(dummy_hash().to_string()));
-    let password = password.as_bytes().to_vec();
-    let matches = tokio::task::spawn_blocking(move || hash.verify(&password))
-        .await
-        .unwrap_or(false);
+    let matches = verify_cached(hash, password).await;
     match index {
         Some(i) if matches => {
             if config.mailbox(i).may_use(protocol) {
@@ -107,6 +104,156 @@ pub async fn login(
         }
         _ => Err(LoginRefused::BadCredentials),
     }
+}
+
+/// How long a verified password is remembered.
+const VERIFIED_FOR: Duration = Duration::from_secs(15 * 60);
+
+/// Recently verified (hash, password) pairs, as SHA-256 digests keyed with a secret made at
+/// start: a client that logs in again (a phone's every IDLE reconnect) costs no argon2 run, and
+/// the table holds nothing a password could be read back from. A changed password has another
+/// hash, so a cached pair never outlives it.
+struct Verified {
+    key: [u8; 32],
+    seen: Mutex<HashMap<[u8; 32], Instant>>,
+}
+
+fn verified() -> &'static Verified {
+    static VERIFIED: std::sync::OnceLock<Verified> = std::sync::OnceLock::new();
+    VERIFIED.get_or_init(|| {
+        use rand::RngCore;
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        Verified {
+            key,
+            seen: Mutex::new(HashMap::new()),
+        }
+    })
+}
+
+type HashJob = (PasswordHash, Vec<u8>, tokio::sync::oneshot::Sender<bool>);
+
+/// Password checks run on two long-lived threads of their own: argon2 takes ~19 MiB per run,
+/// and the allocator keeps that memory with the thread that used it, so a fixed pair of threads
+/// bounds it (on the blocking pool, every one of its threads would end up holding some).
+fn hasher() -> &'static std::sync::mpsc::SyncSender<HashJob> {
+    static QUEUE: std::sync::OnceLock<std::sync::mpsc::SyncSender<HashJob>> =
+        std::sync::OnceLock::new();
+    QUEUE.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<HashJob>(1024);
+        let rx = std::sync::Arc::new(Mutex::new(rx));
+        for n in 0..2 {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("kubemail-hash-{n}"))
+                .spawn(move || {
+                    // argon2's working memory, kept and reused from one check to the next.
+                    let mut blocks: Vec<argon2::Block> = Vec::new();
+                    loop {
+                        let job = rx.lock().expect("hash queue").recv();
+                        let Ok((hash, password, reply)) = job else {
+                            return;
+                        };
+                        let ok = match &hash {
+                            PasswordHash::Argon2(phc) => verify_argon2(phc, &password, &mut blocks),
+                            PasswordHash::Bcrypt(_) => hash.verify(&password),
+                        };
+                        let _ = reply.send(ok);
+                    }
+                });
+            if let Err(err) = spawned {
+                tracing::error!(error = %err, "cannot start a password hashing thread");
+            }
+        }
+        tx
+    })
+}
+
+/// Checks a password against an argon2 PHC string with `blocks` as the working memory.
+fn verify_argon2(phc: &str, password: &[u8], blocks: &mut Vec<argon2::Block>) -> bool {
+    let Ok(hash) = argon2::PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Some(expected), Some(salt)) = (hash.hash, hash.salt) else {
+        return false;
+    };
+    let Ok(params) = argon2::Params::try_from(&hash) else {
+        return false;
+    };
+    let Ok(algorithm) = argon2::Algorithm::try_from(hash.algorithm) else {
+        return false;
+    };
+    let version = match hash.version.map(argon2::Version::try_from) {
+        None => argon2::Version::V0x13,
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let count = params.block_count();
+    let context = Argon2::new(algorithm, version, params);
+    blocks.resize(count, argon2::Block::default());
+    let mut out = vec![0u8; expected.len()];
+    if context
+        .hash_password_into_with_memory(password, salt, &mut out, &mut blocks[..count])
+        .is_err()
+    {
+        return false;
+    }
+    // Compared in constant time.
+    out.iter()
+        .zip(expected.as_bytes())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+async fn verify_cached(hash: PasswordHash, password: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let table = verified();
+    let stored = match &hash {
+        PasswordHash::Argon2(s) | PasswordHash::Bcrypt(s) => s.clone(),
+    };
+    let digest: [u8; 32] = Sha256::new()
+        .chain_update(table.key)
+        .chain_update(stored.as_bytes())
+        .chain_update([0u8])
+        .chain_update(password.as_bytes())
+        .finalize()
+        .into();
+    let now = Instant::now();
+    {
+        let seen = table.seen.lock().expect("verified lock");
+        if seen
+            .get(&digest)
+            .is_some_and(|at| now.duration_since(*at) < VERIFIED_FOR)
+        {
+            return true;
+        }
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let queued = hasher().clone();
+    let job = (hash, password.as_bytes().to_vec(), reply);
+    // The queue is bounded: a flood of logins waits here instead of piling up memory.
+    if tokio::task::spawn_blocking(move || queued.send(job))
+        .await
+        .map_or(true, |r| r.is_err())
+    {
+        return false;
+    }
+    let matches = answer.await.unwrap_or(false);
+    if matches {
+        let mut seen = table.seen.lock().expect("verified lock");
+        if seen.len() >= 10_000 {
+            seen.retain(|_, at| now.duration_since(*at) < VERIFIED_FOR);
+            if seen.len() >= 10_000 {
+                seen.clear();
+            }
+        }
+        seen.insert(digest, now);
+    }
+    matches
 }
 
 fn dummy_hash() -> &'static str {
@@ -175,6 +322,20 @@ impl AuthLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reused_argon2_memory_checks_passwords_like_the_library() {
+        let hash = hash_password("right horse battery");
+        let mut blocks = Vec::new();
+        assert!(verify_argon2(&hash, b"right horse battery", &mut blocks));
+        assert!(!verify_argon2(&hash, b"wrong horse battery", &mut blocks));
+        assert!(verify_argon2(&hash, b"right horse battery", &mut blocks));
+        assert!(!verify_argon2(
+            "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$",
+            b"x",
+            &mut blocks
+        ));
+    }
 
     #[test]
     fn argon2_and_bcrypt_hashes_verify() {

@@ -1,0 +1,423 @@
+"""kubemail beside Postfix and Dovecot, in one run, on loopback.
+
+Started by bench/run.sh (which builds the release runtime and installs the peers). Every
+workload runs against kubemail and against its peer with the same messages and the same
+durability (fsync on, Maildir delivery); each figure is the median of --runs runs, with min and
+max. Writes report.md and chart.png under --out.
+"""
+import argparse
+import asyncio
+import imaplib
+import json
+import os
+import poplib
+import random
+import shutil
+import smtplib
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import time
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--runtime", required=True)
+ap.add_argument("--out", required=True)
+ap.add_argument("--runs", type=int, default=3)
+ap.add_argument("--smtp-messages", type=int, default=10000)
+ap.add_argument("--smtp-single", type=int, default=2000, help="messages in the 1-session run")
+ap.add_argument("--mailbox", type=int, default=100000, help="messages in the IMAP/POP3 mailbox")
+ap.add_argument("--idle", type=int, default=1000)
+args = ap.parse_args()
+os.makedirs(args.out, exist_ok=True)
+work = os.path.join(args.out, "work")
+shutil.rmtree(work, ignore_errors=True)
+os.makedirs(work)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CTX = ssl.create_default_context()
+CTX.check_hostname = False
+CTX.verify_mode = ssl.CERT_NONE
+results = []  # (workload, unit, kubemail [values], peer [values], better, target ratio)
+
+
+def log(msg):
+    print("bench: " + msg, flush=True)
+
+
+def message(i, size=4096):
+    head = ("From: sender%d@example.net\r\nTo: bench@example.test\r\nSubject: message %d%s\r\n"
+            "Message-ID: <%d@bench.example.net>\r\nDate: Thu, 26 Nov 2026 10:00:00 +0000\r\n\r\n"
+            % (i % 50, i, " needle" if i % 1000 == 7 else "", i))
+    body = ("line %d of a benchmark message, the same in every server.\r\n" % i) * 80
+    return (head + body)[:size].encode()
+
+
+# --- the servers ------------------------------------------------------------------------------
+log("starting Postfix and Dovecot (e2e/peers/peers.sh)")
+peers_dir = os.path.join(work, "peers")
+peers = json.loads(subprocess.check_output(["bash", os.path.join(ROOT, "e2e/peers/peers.sh"), "start", peers_dir]).decode().strip().splitlines()[-1])
+# Postfix delivers to a local user's ~/Maildir/: a user for the benchmark, home under the run.
+home = os.path.join(work, "kmbench-home")
+if subprocess.run(["id", "kmbench"], capture_output=True).returncode != 0:
+    subprocess.check_call(["useradd", "--home-dir", home, "--no-create-home", "kmbench"])
+else:
+    subprocess.check_call(["usermod", "--home", home, "kmbench"])
+os.makedirs(home, exist_ok=True)
+shutil.chown(home, "kmbench", "kmbench")
+postfix_maildir = os.path.join(work, "kmbench-home", "Maildir")
+dovecot_maildir = os.path.join(peers_dir, "dovecot-mail", peers["user"])
+
+log("starting kubemail (mail-runtime serve, release build, config from `mail-runtime dev`)")
+data = os.path.join(work, "kubemail")
+# dev writes a complete config (accounts, certificate, listeners on free ports) and stops; the
+# benchmark then runs `serve` on it, as a pod does.
+init = subprocess.run([args.runtime, "dev", "--base-port", "0", "--stop-on-eof", "--data", data],
+                      input=b"", stdout=subprocess.PIPE, env={**os.environ, "RUST_LOG": "warn"})
+info = json.loads(init.stdout.decode().splitlines()[0])
+ports = info["ports"]
+account = info["accounts"][1]  # bob
+config_path = os.path.join(data, "runtime.yaml")
+text = open(config_path).read()
+# Room for the IDLE workload (one client address) in both servers.
+text = text.replace("maxConnectionsPerIp: 50", "maxConnectionsPerIp: 5000").replace("maxConnections: 2000", "maxConnections: 8000")
+open(config_path, "w").write(text)
+dev = subprocess.Popen([args.runtime, "serve", "--config", config_path], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
+for _ in range(100):
+    try:
+        socket.create_connection(("127.0.0.1", ports["smtp"]), timeout=1).close()
+        break
+    except OSError:
+        time.sleep(0.1)
+time.sleep(1)
+idle_rss = None
+
+
+def rss_at_start():
+    global idle_rss
+    idle_rss = rss_kib([dev.pid])
+kubemail_maildir = os.path.join(data, "mail", "example.test", "bob")
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            for line in open("/proc/%d/smaps_rollup" % pid):
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def dovecot_pids():
+    master = int(open(os.path.join(peers_dir, "dovecot", "run", "master.pid")).read())
+    children = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(open("/proc/%s/stat" % d).read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [master]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def count(maildir):
+    n = 0
+    for sub in ("new", "cur"):
+        try:
+            n += len(os.listdir(os.path.join(maildir, sub)))
+        except FileNotFoundError:
+            pass
+    return n
+
+
+def clear(maildir):
+    for sub in ("new", "cur", "tmp"):
+        shutil.rmtree(os.path.join(maildir, sub), ignore_errors=True)
+    for f in ("dovecot-uidlist", "dovecot.index", "dovecot.index.log", "dovecot.index.cache", "kubemail-uidvalidity"):
+        try:
+            os.remove(os.path.join(maildir, f))
+        except FileNotFoundError:
+            pass
+
+
+def record(workload, unit, kube, peer, better, target):
+    results.append((workload, unit, kube, peer, better, target))
+    log("%s: kubemail %s, peer %s %s" % (workload, fmt(kube), fmt(peer), unit))
+
+
+def fmt(values):
+    return "%.3g (%.3g-%.3g)" % (statistics.median(values), min(values), max(values))
+
+
+rss_at_start()
+
+# --- SMTP ingest ------------------------------------------------------------------------------
+def smtp_source(port, rcpt, sessions, n):
+    start = time.monotonic()
+    subprocess.check_call(["smtp-source", "-s", str(sessions), "-m", str(n), "-l", "4096", "-c",
+                           "-f", "sender@example.net", "-t", rcpt, "127.0.0.1:%d" % port], stdout=subprocess.DEVNULL)
+    return time.monotonic() - start
+
+
+def ingest(port, rcpt, maildir, sessions, n):
+    clear(maildir)
+    accepted = smtp_source(port, rcpt, sessions, n)
+    start = time.monotonic()
+    while count(maildir) < n:
+        time.sleep(0.01)
+        if time.monotonic() - start > 600:
+            raise SystemExit("messages missing in %s: %d of %d" % (maildir, count(maildir), n))
+    return n / accepted, n / (accepted + time.monotonic() - start)
+
+
+for sessions, n in ((20, args.smtp_messages), (1, args.smtp_single)):
+    kube_rate, kube_stored, peer_rate, peer_stored = [], [], [], []
+    for r in range(args.runs):
+        log("SMTP ingest, %d sessions, run %d" % (sessions, r + 1))
+        a, b = ingest(ports["smtp"], "bob@example.test", kubemail_maildir, sessions, n)
+        kube_rate.append(a)
+        kube_stored.append(b)
+        a, b = ingest(peers["smtp"], "kmbench@example.test", postfix_maildir, sessions, n)
+        peer_rate.append(a)
+        peer_stored.append(b)
+    label = "%d session%s" % (sessions, "" if sessions == 1 else "s")
+    record("SMTP ingest, %s, %d x 4 KB: accepted" % (label, n), "msg/s", kube_rate, peer_rate, "higher", 2.0 if sessions == 20 else None)
+    record("SMTP ingest, %s: until all in the Maildir" % label, "msg/s", kube_stored, peer_stored, "higher", None)
+
+
+def latencies(port, rcpt, n):
+    s = smtplib.SMTP("127.0.0.1", port)
+    s.ehlo("bench")
+    out = []
+    body = message(1)
+    for _ in range(n):
+        t = time.monotonic()
+        s.sendmail("sender@example.net", [rcpt], body)
+        out.append((time.monotonic() - t) * 1000)
+    s.quit()
+    out.sort()
+    return out[len(out) // 2], out[int(len(out) * 0.99)]
+
+
+k50, k99, p50, p99 = [], [], [], []
+for r in range(args.runs):
+    log("SMTP latency per message (smtplib, 1 session), run %d" % (r + 1))
+    a, b = latencies(ports["smtp"], "bob@example.test", 500)
+    k50.append(a)
+    k99.append(b)
+    a, b = latencies(peers["smtp"], "kmbench@example.test", 500)
+    p50.append(a)
+    p99.append(b)
+record("SMTP latency per message, p50", "ms", k50, p50, "lower", None)
+record("SMTP latency per message, p99", "ms", k99, p99, "lower", None)
+clear(kubemail_maildir)
+clear(postfix_maildir)
+
+# --- the big mailbox --------------------------------------------------------------------------
+log("writing a %d-message mailbox into both stores (same messages)" % args.mailbox)
+for maildir in (kubemail_maildir, dovecot_maildir):
+    clear(maildir)
+    for sub in ("new", "cur", "tmp"):
+        os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+open(os.path.join(kubemail_maildir, "kubemail-uidvalidity"), "w").write("1\n")
+now = int(time.time())
+for i in range(1, args.mailbox + 1):
+    body = message(i, size=2048 + (i % 7) * 300)
+    base = "%d.M%dP1Q%d.bench" % (now, i, i)
+    with open(os.path.join(kubemail_maildir, "cur", "%s,U=%d,S=%d:2,S" % (base, i, len(body))), "wb") as f:
+        f.write(body)
+    with open(os.path.join(dovecot_maildir, "cur", "%s,S=%d:2,S" % (base, len(body))), "wb") as f:
+        f.write(body)
+subprocess.call(["chown", "-R", "mail:mail", os.path.dirname(dovecot_maildir)])
+servers = {
+    "kubemail": (ports["imaps"], ports["pop3s"], account["address"], account["password"]),
+    "peer": (peers["imaps"], peers["pop3s"], peers["user"], peers["password"]),
+}
+
+
+def imap_session(name):
+    port, _, user, password = servers[name]
+    m = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=CTX)
+    m.login(user, password)
+    return m
+
+
+def fetch_all(name):
+    t = time.monotonic()
+    m = imap_session(name)
+    m.select("INBOX")
+    typ, data = m.fetch("1:*", "(UID FLAGS RFC822.SIZE)")
+    assert typ == "OK" and len(data) == args.mailbox, (name, typ, len(data))
+    elapsed = time.monotonic() - t
+    m.logout()
+    return elapsed
+
+
+def fetch_bodies(name):
+    m = imap_session(name)
+    m.select("INBOX")
+    t = time.monotonic()
+    typ, data = m.fetch("1:1000", "(BODY.PEEK[])")
+    elapsed = time.monotonic() - t
+    assert typ == "OK"
+    m.logout()
+    return elapsed
+
+
+def search(name):
+    m = imap_session(name)
+    m.select("INBOX")
+    t = time.monotonic()
+    typ, data = m.search(None, "HEADER", "Subject", "needle")
+    elapsed = time.monotonic() - t
+    assert typ == "OK" and len(data[0].split()) == args.mailbox // 1000, (name, data[0][:80])
+    m.logout()
+    return elapsed
+
+
+for name in servers:  # warm-up: Dovecot builds its index, both fill the page cache
+    fetch_all(name)
+for label, fn, target in (("IMAP login + SELECT + FETCH 1:* (UID FLAGS RFC822.SIZE)", fetch_all, 0.5),
+                          ("IMAP FETCH BODY.PEEK[] of 1,000 messages", fetch_bodies, None),
+                          ("IMAP SEARCH HEADER Subject", search, None)):
+    kube, peer = [], []
+    for r in range(args.runs):
+        log("%s, run %d" % (label, r + 1))
+        kube.append(fn("kubemail"))
+        peer.append(fn("peer"))
+    record(label + " (%d messages)" % args.mailbox, "s", kube, peer, "lower", target)
+
+
+def pop3_stat_uidl(name):
+    _, port, user, password = servers[name]
+    t = time.monotonic()
+    p = poplib.POP3_SSL("127.0.0.1", port, context=CTX)
+    p.user(user)
+    p.pass_(password)
+    p.stat()
+    p.uidl()
+    p.quit()
+    return time.monotonic() - t
+
+
+def pop3_retr(name):
+    _, port, user, password = servers[name]
+    p = poplib.POP3_SSL("127.0.0.1", port, context=CTX)
+    p.user(user)
+    p.pass_(password)
+    n = min(10000, args.mailbox)
+    t = time.monotonic()
+    for i in range(1, n + 1):
+        p.retr(i)
+    elapsed = time.monotonic() - t
+    p.rset()
+    p.quit()
+    return n / elapsed
+
+
+for label, fn, unit, better, target in (("POP3 login + STAT + UIDL", pop3_stat_uidl, "s", "lower", None),
+                                        ("POP3 RETR of 10,000 messages", pop3_retr, "msg/s", "higher", 1.0)):
+    kube, peer = [], []
+    for r in range(args.runs):
+        log("%s, run %d" % (label, r + 1))
+        kube.append(fn("kubemail"))
+        peer.append(fn("peer"))
+    record(label + " (%d messages)" % args.mailbox, unit, kube, peer, better, target)
+
+# --- memory -----------------------------------------------------------------------------------
+clear(kubemail_maildir)
+clear(dovecot_maildir)
+for sub in ("new", "cur", "tmp"):
+    os.makedirs(os.path.join(dovecot_maildir, sub), exist_ok=True)
+subprocess.call(["chown", "-R", "mail:mail", os.path.dirname(dovecot_maildir)])
+
+
+async def idle_clients(name, n):
+    port, _, user, password = servers[name]
+    conns = []
+
+    async def one(i):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=CTX)
+        await reader.readline()
+        writer.write(b"a LOGIN %s %s\r\n" % (user.encode(), password.encode()))
+        while not (await reader.readline()).startswith(b"a "):
+            pass
+        writer.write(b"b SELECT INBOX\r\n")
+        while not (await reader.readline()).startswith(b"b "):
+            pass
+        writer.write(b"c IDLE\r\n")
+        line = await reader.readline()
+        assert line.startswith(b"+"), line
+        conns.append(writer)
+
+    for chunk in range(0, n, 50):
+        await asyncio.gather(*(one(i) for i in range(chunk, min(n, chunk + 50))))
+    await asyncio.sleep(2)
+    pids = [dev.pid] if name == "kubemail" else dovecot_pids()
+    memory = rss_kib(pids)
+    for w in conns:
+        w.close()
+    await asyncio.sleep(1)
+    return memory
+
+
+kube_mem, peer_mem = [], []
+for r in range(args.runs):
+    log("%d concurrent IDLE sessions, run %d" % (args.idle, r + 1))
+    kube_mem.append(asyncio.run(idle_clients("kubemail", args.idle)) / 1024)
+    peer_mem.append(asyncio.run(idle_clients("peer", args.idle)) / 1024)
+record("Memory (PSS) of the whole server with %d IDLE sessions" % args.idle, "MiB", kube_mem, peer_mem, "lower", 0.1)
+record("kubemail runtime idle memory at start (PSS)", "MiB", [idle_rss / 1024], [idle_rss / 1024], "lower", None)
+
+dev.terminate()
+dev.wait(timeout=10)
+subprocess.call(["bash", os.path.join(ROOT, "e2e/peers/peers.sh"), "stop", peers_dir])
+
+# --- the report -------------------------------------------------------------------------------
+lines = ["# kubemail beside Postfix and Dovecot", "",
+         "One run on %s (%d CPUs), %s. Each figure: median of %d runs (min-max). Peers: Postfix (SMTP, "
+         "Maildir delivery) and Dovecot (IMAP, POP3) from Debian's packages, started by "
+         "e2e/peers/peers.sh; kubemail: `mail-runtime serve`, release build. TLS on IMAP and POP3 for "
+         "both; fsync on for both." % (socket.gethostname(), os.cpu_count(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), args.runs), "",
+         "| workload | unit | kubemail | peer | kubemail / peer | target | met |", "|---|---|---|---|---|---|---|"]
+ratios = []
+for workload, unit, kube, peer, better, target in results:
+    if workload.startswith("kubemail runtime idle memory"):
+        value = statistics.median(kube)
+        lines.append("| %s | %s | %s | - | - | < 20 MiB | %s |" % (workload, unit, fmt(kube), "yes" if value < 20 else "no"))
+        continue
+    ratio = statistics.median(kube) / statistics.median(peer)
+    met = ""
+    if target is not None:
+        met = "yes" if (ratio >= target if better == "higher" else ratio <= target) else "no"
+    want = "" if target is None else ("%s %.1fx" % (">=" if better == "higher" else "<=", target))
+    lines.append("| %s | %s | %s | %s | %.2fx | %s | %s |" % (workload, unit, fmt(kube), fmt(peer), ratio, want, met))
+    ratios.append((workload, ratio if better == "higher" else 1 / ratio))
+open(os.path.join(args.out, "report.md"), "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+fig, ax = plt.subplots(figsize=(10, 0.5 * len(ratios) + 1.5))
+names = [w[:70] for w, _ in ratios]
+values = [r for _, r in ratios]
+ax.barh(names, values, color=["#2a7" if v >= 1 else "#d55" for v in values])
+ax.axvline(1.0, color="black", linewidth=1)
+ax.set_xscale("log")
+ax.set_xlabel("kubemail advantage (peer time / kubemail time, or kubemail rate / peer rate); > 1 is better")
+ax.invert_yaxis()
+fig.tight_layout()
+fig.savefig(os.path.join(args.out, "chart.png"), dpi=120)
+log("report: %s/report.md, chart: %s/chart.png" % (args.out, args.out))

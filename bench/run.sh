@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Benchmarks kubemail beside Postfix and Dovecot in one run (see bench/run.py). Not part of the
+# test run. Results go to results/bench-<time>/ (report.md, chart.png), which git ignores.
+#
+#   bash bench/run.sh                 # the full workloads (10,000 SMTP messages, 100,000-message mailbox)
+#   bash bench/run.sh --mailbox 20000 --smtp-messages 2000 --runs 3    # a quicker pass
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/kubemail/target}
+bash e2e/scripts/install-deps.sh
+python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib
+cargo build --locked --release -p mail-runtime
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+out="results/bench-$(date -u +%Y%m%d-%H%M%S)"
+python3 bench/run.py --runtime "$CARGO_TARGET_DIR/release/mail-runtime" --out "$out" "$@"
