@@ -58,6 +58,23 @@ try:\n    s.login(sys.argv[1], sys.argv[2]); print('ok')\nexcept smtplib.SMTPAut
     String::from_utf8_lossy(&out.stdout).trim() == "ok"
 }
 
+/// bob's messages on the pod's volume (new and cur).
+fn bob_messages(pod: &PodRunner) -> usize {
+    let dir = pod
+        .data_dir
+        .clone()
+        .expect("data")
+        .join("mail/example.test/bob");
+    ["new", "cur"]
+        .iter()
+        .map(|sub| {
+            std::fs::read_dir(dir.join(sub))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while start.elapsed() < timeout {
@@ -104,29 +121,82 @@ async fn from_apply_to_an_inbox() {
         .await
         .expect("ns")
         .name;
-    let log = std::fs::File::create(plane.scratch_dir("e2e").expect("dir").join("operator.log"))
-        .expect("log");
-    let _operator = Killed(
-        Command::new(workspace_binary(
-            "kubemail-operator",
-            "KUBEMAIL_OPERATOR_BIN",
-        ))
-        .args([
-            "--namespace",
-            &ns,
-            "--probe-host-override",
-            "127.0.0.1",
-            "--runtime-binary",
-            ENTRYPOINT,
-        ])
-        .args(["--health-addr", "off"])
-        .env("KUBECONFIG", plane.kubeconfig())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("operator"),
+    // The operator runs with the chart's ServiceAccount: the chart is installed (its operator
+    // Deployment has no node to run on here) and the operator is started by hand with a token
+    // for that ServiceAccount from the TokenRequest API.
+    let helm = plane
+        .helm()
+        .args(["install", "kubemail"])
+        .arg(workspace_root().join("charts/kubemail"))
+        .args(["-n", &ns, "--skip-crds", "--wait=false"])
+        .output()
+        .expect("helm");
+    assert!(
+        helm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&helm.stderr)
     );
+    let token = plane
+        .kubectl()
+        .args(["create", "token", "kubemail-operator", "-n", &ns])
+        .args(["--duration", "2h"])
+        .output()
+        .expect("kubectl create token");
+    assert!(
+        token.status.success(),
+        "no token for the chart's ServiceAccount"
+    );
+    let token = String::from_utf8_lossy(&token.stdout).trim().to_string();
+    let operator_kubeconfig = plane
+        .scratch_dir("e2e")
+        .expect("dir")
+        .join("operator.kubeconfig");
+    let admin = std::fs::read_to_string(plane.kubeconfig()).expect("kubeconfig");
+    std::fs::write(
+        &operator_kubeconfig,
+        admin
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("token:") {
+                    format!("    token: {token}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .expect("operator kubeconfig");
+    let log_path = plane.scratch_dir("e2e").expect("dir").join("operator.log");
+    let start_operator = || {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("log");
+        Killed(
+            Command::new(workspace_binary(
+                "kubemail-operator",
+                "KUBEMAIL_OPERATOR_BIN",
+            ))
+            .args([
+                "--namespace",
+                &ns,
+                "--probe-host-override",
+                "127.0.0.1",
+                "--runtime-binary",
+                ENTRYPOINT,
+            ])
+            .args(["--health-addr", "off"])
+            .env("KUBECONFIG", &operator_kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("operator"),
+        )
+    };
+    let operator = start_operator();
     let mut timings: Vec<(String, Duration)> = Vec::new();
 
     // Apply the quickstart; the runtime pod starts from the rendered Deployment.
@@ -172,6 +242,7 @@ async fn from_apply_to_an_inbox() {
             break;
         }
         assert!(pod.running(), "the runtime exited:\n{}", pod.log_tail());
+
         assert!(
             applied.elapsed() < Duration::from_secs(120),
             "not Ready: {:?}",
@@ -180,6 +251,7 @@ async fn from_apply_to_an_inbox() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     timings.push(("apply -> MailDomain Ready".into(), applied.elapsed()));
+
     first_login.await.expect("login check");
     timings.push(("apply -> first login".into(), applied.elapsed()));
     let out = plane
@@ -401,6 +473,34 @@ async fn from_apply_to_an_inbox() {
     let pids = runtime_pids();
     assert_eq!(pids.len(), 1, "one runtime process: {pids:?}");
 
+    // Kill the operator mid-run and restart kube-apiserver: a new operator converges (a Mailbox
+    // applied meanwhile can log in), nothing is lost and the runtime keeps running.
+    let mail_before = bob_messages(&pod);
+    drop(operator);
+    let start = Instant::now();
+    plane.restart_apiserver().expect("restart kube-apiserver");
+    let _operator = start_operator();
+    let dave = plane
+        .scratch_dir("e2e/dave")
+        .expect("dir")
+        .join("dave.yaml");
+    std::fs::write(&dave, "apiVersion: v1\nkind: Secret\nmetadata: {name: dave-password}\nstringData: {password: dave-pw}\n---\n\
+apiVersion: kubemail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: dave}\nspec: {address: dave@example.test, passwordSecretRef: {name: dave-password}}\n").expect("write");
+    kubectl_apply(&plane, &ns, &dave);
+    tokio::task::spawn_blocking(|| {
+        wait_for("dave logs in", Duration::from_secs(120), || {
+            can_log_in("dave@example.test", "dave-pw")
+        })
+    })
+    .await
+    .expect("join");
+    timings.push((
+        "operator kill + apiserver restart -> converged".into(),
+        start.elapsed(),
+    ));
+    assert_eq!(bob_messages(&pod), mail_before, "mail was lost");
+    assert_eq!(runtime_pids(), pids, "the runtime restarted");
+
     // A new Mailbox can log in within 2 s, without a runtime restart.
     let carol = plane
         .scratch_dir("e2e/carol")
@@ -420,6 +520,70 @@ apiVersion: kubemail.io/v1alpha1\nkind: Mailbox\nmetadata: {name: carol}\nspec: 
     timings.push(("new Mailbox apply -> login".into(), start.elapsed()));
     assert!(took < Duration::from_secs(2), "a new mailbox took {took:?}");
     assert_eq!(runtime_pids(), pids, "the runtime restarted");
+
+    // carol downloads her mail with fetchmail over POP3 (110 STLS, the certificate checked
+    // against the pod's own), and it is gone from the server.
+    let out = Command::new("swaks")
+        .args(["--server", "127.0.0.1:2525"])
+        .args([
+            "--from",
+            "sender@outside.test",
+            "--to",
+            "carol@example.test",
+        ])
+        .args(["--h-Subject", "for carol's fetchmail"])
+        .output()
+        .expect("swaks");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let home = plane.scratch_dir("e2e/fetchmail").expect("dir");
+    let fetched = home.join("fetched.mbox");
+    let rc = home.join(".fetchmailrc");
+    std::fs::write(
+        &rc,
+        format!(
+            "poll 127.0.0.1 service 2110 protocol POP3 auth password\n  \
+             user \"carol@example.test\" password \"carol-pw\" is \"carol\" here\n  \
+             sslproto 'tls1.2+' sslcertck sslcertfile \"{cert}\" sslcommonname \"mail.example.test\"\n  \
+             mda \"cat >> {out}\"\n",
+            cert = pod.dir.join("volumes/tls/tls.crt").display(),
+            out = fetched.display(),
+        ),
+    )
+    .expect("fetchmailrc");
+    std::fs::set_permissions(&rc, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let out = Command::new("fetchmail")
+        .args(["--nodetach", "--fetchmailrc"])
+        .arg(&rc)
+        .env("HOME", &home)
+        .output()
+        .expect("fetchmail");
+    assert!(
+        out.status.success(),
+        "fetchmail: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mbox = std::fs::read_to_string(&fetched).expect("fetched mail");
+    assert!(mbox.contains("Subject: for carol's fetchmail"), "{mbox}");
+    let carol_dir = pod
+        .data_dir
+        .clone()
+        .expect("data")
+        .join("mail/example.test/carol");
+    let left: usize = ["new", "cur"]
+        .iter()
+        .map(|sub| {
+            std::fs::read_dir(carol_dir.join(sub))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(left, 0, "fetchmail left carol's message on the server");
 
     // A changed password: the old one fails and the new one works within 2 s.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);

@@ -488,10 +488,11 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
             Err(e) => return Err(e.into()),
         }
     }
+    // A runtime that is still starting is looked at again soon, so Ready follows it closely.
     Ok(Action::requeue(if all_ok {
         RESYNC
     } else {
-        Duration::from_secs(10)
+        Duration::from_secs(3)
     }))
 }
 
