@@ -56,17 +56,23 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
     let flag = |l: char| c.meta.flags.contains(l);
     let header = |name: &str, value: &[u8]| -> bool {
         let Some(raw) = c.raw else { return false };
-        let parsed = message::parse(raw);
-        let Some(root) = message::Node::root(&parsed) else {
+        let values = header_values(raw, name);
+        if values.iter().any(|v| contains(v, value)) {
+            return true;
+        }
+        // Encoded words (RFC 2047) are compared decoded; only then is the message parsed.
+        if !values.iter().any(|v| contains(v, b"=?")) {
             return false;
-        };
-        let values = root.raw_values(name);
-        let decoded_matches = match root.header(name) {
-            // Encoded words: compare the decoded text too.
+        }
+        let parsed = message::parse(raw);
+        match message::Node::root(&parsed).and_then(|root| root.header(name)) {
             Some(mail_parser::HeaderValue::Text(t)) => contains(t.as_bytes(), value),
+            Some(mail_parser::HeaderValue::Address(a)) => {
+                let text = format!("{a:?}");
+                contains(text.as_bytes(), value)
+            }
             _ => false,
-        };
-        values.iter().any(|v| contains(v, value)) || decoded_matches
+        }
     };
     let sent_day = || -> Option<i64> {
         let raw = c.raw?;
@@ -117,6 +123,37 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
     }
 }
 
+/// The unfolded values of a header field, straight from the header block.
+fn header_values(raw: &[u8], name: &str) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut current: Option<Vec<u8>> = None;
+    for line in raw.split_inclusive(|b| *b == b'\n') {
+        let trimmed = line.strip_suffix(b"\n").unwrap_or(line);
+        let trimmed = trimmed.strip_suffix(b"\r").unwrap_or(trimmed);
+        if trimmed.is_empty() {
+            break;
+        }
+        if trimmed.starts_with(b" ") || trimmed.starts_with(b"\t") {
+            if let Some(v) = current.as_mut() {
+                v.extend_from_slice(trimmed);
+            }
+            continue;
+        }
+        if let Some(v) = current.take() {
+            out.push(v);
+        }
+        if let Some(colon) = trimmed.iter().position(|b| *b == b':')
+            && trimmed[..colon]
+                .trim_ascii()
+                .eq_ignore_ascii_case(name.as_bytes())
+        {
+            current = Some(trimmed[colon + 1..].trim_ascii().to_vec());
+        }
+    }
+    out.extend(current);
+    out
+}
+
 /// BODY and TEXT: the raw bytes (TEXT includes the headers) or the decoded text parts.
 fn text_matches(raw: &[u8], needle: &[u8], with_headers: bool) -> bool {
     let parsed = message::parse(raw);
@@ -139,4 +176,19 @@ fn in_set(set: &imap_codec::imap_types::sequence::SequenceSet, n: u32, largest: 
     super::selected::ranges(set, largest)
         .iter()
         .any(|(a, b)| (*a..=*b).contains(&n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::header_values;
+
+    #[test]
+    fn header_values_are_unfolded_and_stop_at_the_body() {
+        let raw = b"Subject: one\r\n two\r\nsubject:  again \r\nTo: x\r\n\r\nSubject: body\r\n";
+        assert_eq!(
+            header_values(raw, "Subject"),
+            vec![b"one two".to_vec(), b"again".to_vec()]
+        );
+        assert!(header_values(raw, "Cc").is_empty());
+    }
 }

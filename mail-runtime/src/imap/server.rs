@@ -1049,6 +1049,35 @@ impl Session {
             )
         });
         let folder = selected.folder.clone();
+        if !needs_contents && !sets_seen {
+            // Only index data: written straight from the view, no disk, no thread hand-off.
+            let view = self.selected.take();
+            let mut written = Ok(());
+            if let Some(view) = &view {
+                for i in &indexes {
+                    render_fetch(
+                        &mut self.out,
+                        *i as u32 + 1,
+                        &view.messages[*i],
+                        None,
+                        &items,
+                        false,
+                    );
+                    if self.out.len() > 256 * 1024 {
+                        written = self.flush().await;
+                        if written.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            self.selected = view;
+            written?;
+            return Ok(Ok(format!(
+                "OK {}FETCH completed",
+                if uid { "UID " } else { "" }
+            )));
+        }
         let items = std::sync::Arc::new(items);
         for batch in indexes.chunks(FETCH_BATCH) {
             let Some(selected) = self.selected.as_mut() else {

@@ -44,6 +44,14 @@ pub struct Maildir {
     usage: Mutex<HashMap<String, Usage>>,
     watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
     seq: AtomicU64,
+    /// Folder indexes by directory, valid while `new/` and `cur/` keep their mtimes.
+    indexes: Mutex<HashMap<PathBuf, CachedIndex>>,
+}
+
+#[derive(Debug)]
+struct CachedIndex {
+    mtimes: (std::time::SystemTime, std::time::SystemTime),
+    index: FolderIndex,
 }
 
 impl Maildir {
@@ -66,6 +74,7 @@ impl Maildir {
             usage: Mutex::new(HashMap::new()),
             watchers: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
+            indexes: Mutex::new(HashMap::new()),
         })
     }
 
@@ -205,6 +214,42 @@ impl Maildir {
         Ok(dir.join(sub))
     }
 
+    /// A folder's index, from the cache while its directories are unchanged. Like git's index,
+    /// an mtime too close to the scan is not trusted (file times are coarse: a change in the
+    /// same tick would not move them), so a folder that just changed is always read again.
+    fn cached_scan(&self, dir: &Path) -> Result<FolderIndex, StoreError> {
+        let mtime = |sub: &str| fs::metadata(dir.join(sub)).and_then(|m| m.modified()).ok();
+        let (Some(new), Some(cur)) = (mtime("new"), mtime("cur")) else {
+            return scan(dir);
+        };
+        if let Some(cached) = self.indexes.lock().expect("index lock").get(dir)
+            && cached.mtimes == (new, cur)
+        {
+            return Ok(cached.index.clone());
+        }
+        let started = std::time::SystemTime::now();
+        let index = scan(dir)?;
+        let settled = |t: std::time::SystemTime| {
+            started
+                .duration_since(t)
+                .is_ok_and(|age| age > std::time::Duration::from_secs(1))
+        };
+        if settled(new) && settled(cur) {
+            let mut cache = self.indexes.lock().expect("index lock");
+            if cache.len() > 1000 {
+                cache.clear();
+            }
+            cache.insert(
+                dir.to_path_buf(),
+                CachedIndex {
+                    mtimes: (new, cur),
+                    index: index.clone(),
+                },
+            );
+        }
+        Ok(index)
+    }
+
     fn mailbox_usage(&self, mailbox: &str) -> Result<Usage, StoreError> {
         if let Some(u) = self.usage.lock().expect("store lock").get(mailbox) {
             return Ok(*u);
@@ -279,7 +324,7 @@ impl Store for Maildir {
             }
             return Err(StoreError::NoSuchFolder(folder.into()));
         }
-        scan(&dir)
+        self.cached_scan(&dir)
     }
 
     fn read(
@@ -812,6 +857,53 @@ mod tests {
             .expect("deliver");
         let inbox = reopened.inbox("alice@example.test").expect("inbox");
         assert_eq!(inbox.messages.last().map(|m| m.uid), Some(3));
+    }
+
+    #[test]
+    fn a_cached_index_is_used_only_while_the_folder_is_unchanged() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = Maildir::open(tmp.path(), "h").expect("open");
+        let boxes = vec!["alice@example.test".to_string()];
+        store
+            .deliver(spooled(&store, b"Subject: one\r\n\r\n"), &boxes)
+            .expect("deliver");
+        let dir = store.inbox_path("alice@example.test").expect("dir");
+        // Age the directories, as if the last change were a while ago: now the index is cached.
+        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(10);
+        for sub in ["new", "cur"] {
+            fs::File::open(dir.join(sub))
+                .and_then(|f| f.set_modified(past))
+                .expect("set mtime");
+        }
+        assert_eq!(
+            store
+                .inbox("alice@example.test")
+                .expect("index")
+                .messages
+                .len(),
+            1
+        );
+        assert!(store.indexes.lock().expect("lock").contains_key(&dir));
+        assert_eq!(
+            store
+                .inbox("alice@example.test")
+                .expect("index")
+                .messages
+                .len(),
+            1
+        );
+        // A delivery moves new/'s mtime: the cache is not used.
+        store
+            .deliver(spooled(&store, b"Subject: two\r\n\r\n"), &boxes)
+            .expect("deliver");
+        assert_eq!(
+            store
+                .inbox("alice@example.test")
+                .expect("index")
+                .messages
+                .len(),
+            2
+        );
     }
 
     #[test]
