@@ -13,7 +13,7 @@ use k8s_openapi::api::{
 };
 use kube::{Api, api::ListParams};
 use kubemail_crds::MailDomain;
-use kubemail_e2e::{ControlPlane, TestNamespace, install_crds, workspace_root};
+use kubemail_e2e::{ControlPlane, TestNamespace, Tools, install_crds, workspace_root};
 
 fn chart() -> String {
     workspace_root()
@@ -63,6 +63,97 @@ fn the_chart_lints_and_refuses_wrong_values() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// Runs `helm template` with `values` and feeds the output to kubeconform in strict mode.
+fn kubeconform(plane: &ControlPlane, schemas: &std::path::Path, values: &[&str]) -> (bool, String) {
+    let rendered = ok(plane
+        .helm()
+        .args(["template", "kubemail", &chart(), "--kube-version", "1.37.2"])
+        .args(values));
+    let mut check = Command::new(Tools::get().expect("tools").path("kubeconform"))
+        .args(["-strict", "-summary", "-output", "text"])
+        .arg("-schema-location")
+        .arg(format!(
+            "{}/{{{{ .ResourceKind }}}}_{{{{ .Group }}}}_{{{{ .ResourceAPIVersion }}}}.json",
+            schemas.display()
+        ))
+        // The Prometheus Operator's kinds are not installed here, so there are no schemas.
+        .args(["-skip", "ServiceMonitor,PrometheusRule", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubeconform");
+    std::io::Write::write_all(check.stdin.as_mut().expect("stdin"), rendered.as_bytes())
+        .expect("write");
+    let out = check.wait_with_output().expect("kubeconform");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn helm_template_passes_kubeconform_strict_with_schemas_made_here() {
+    let plane = ControlPlane::shared();
+    let client = plane.client().await.expect("client");
+    install_crds(&client).await.expect("CRDs");
+    // The schemas: every kind the API server knows (built-in and our CRDs from crds/), from its
+    // OpenAPI document, since kubeconform's own come from the internet.
+    let dir = plane.scratch_dir("kubeconform").expect("dir");
+    let openapi = ok(plane.kubectl().args(["get", "--raw", "/openapi/v2"]));
+    std::fs::write(dir.join("openapi.json"), openapi).expect("write");
+    let schemas = dir.join("schemas");
+    ok(Command::new("python3")
+        .arg(workspace_root().join("e2e/scripts/kubeconform-schemas.py"))
+        .arg(dir.join("openapi.json"))
+        .arg(&schemas));
+    assert!(
+        schemas
+            .join("maildomain_kubemail.io_v1alpha1.json")
+            .exists()
+    );
+    for values in [
+        &[][..],
+        &[
+            "--set",
+            "monitoring.serviceMonitor.enabled=true,monitoring.prometheusRule.enabled=true,monitoring.grafanaDashboard.enabled=true,podDisruptionBudget.enabled=true",
+        ][..],
+        &["--set", "watchNamespaces={*}"][..],
+    ] {
+        let (passed, said) = kubeconform(plane, &schemas, values);
+        assert!(passed, "kubeconform {values:?}:\n{said}");
+        assert!(said.contains("Invalid: 0, Errors: 0"), "{said}");
+    }
+    // Strict mode bites: an unknown field in a rendered Deployment is refused.
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec:\n  replicaz: 1\n  selector: {matchLabels: {a: b}}\n  template:\n    metadata: {labels: {a: b}}\n    spec: {containers: [{name: c, image: i}]}\n",
+    )
+    .expect("write");
+    let out = Command::new(Tools::get().expect("tools").path("kubeconform"))
+        .args(["-strict", "-schema-location"])
+        .arg(format!(
+            "{}/{{{{ .ResourceKind }}}}_{{{{ .Group }}}}_{{{{ .ResourceAPIVersion }}}}.json",
+            schemas.display()
+        ))
+        .arg(&bad)
+        .output()
+        .expect("kubeconform");
+    assert!(!out.status.success(), "an unknown field passed kubeconform");
+    // The dashboard is valid JSON with panels.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace_root().join("charts/kubemail/dashboards/kubemail.json"))
+            .expect("dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() >= 5));
 }
 
 #[tokio::test]

@@ -1,11 +1,11 @@
 //! The operator's own HTTP endpoint: `/healthz`, `/readyz` and Prometheus `/metrics`
-//! (reconciles by kind and outcome).
+//! (reconciles by kind and outcome, and the last probe result of each MailDomain's protocols).
 use std::{
     convert::Infallible,
     net::SocketAddr,
     sync::{
         OnceLock,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
 };
 
@@ -14,7 +14,7 @@ use hyper::{Response, StatusCode, body::Bytes, server::conn::http1, service::ser
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     encoding::text::encode,
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -23,6 +23,7 @@ type Labels = Vec<(&'static str, &'static str)>;
 struct Metrics {
     registry: Registry,
     reconciles: Family<Labels, Counter<u64, AtomicU64>>,
+    probes: Family<Vec<(&'static str, String)>, Gauge<i64, AtomicI64>>,
 }
 
 static READY: AtomicBool = AtomicBool::new(false);
@@ -37,9 +38,16 @@ fn metrics() -> &'static Metrics {
             "Reconciles by kind and outcome (ok, or the error category)",
             reconciles.clone(),
         );
+        let probes = Family::<Vec<(&'static str, String)>, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "protocol_ready",
+            "1 when the operator's last probe of a MailDomain's protocol passed, 0 when it failed",
+            probes.clone(),
+        );
         Metrics {
             registry,
             reconciles,
+            probes,
         }
     })
 }
@@ -50,6 +58,18 @@ pub fn reconciled(kind: &'static str, outcome: &'static str) {
         .reconciles
         .get_or_create(&vec![("kind", kind), ("outcome", outcome)])
         .inc();
+}
+
+/// Records a probe result of a MailDomain's protocol group (`SMTPReady`, ...).
+pub fn probe_result(namespace: &str, name: &str, condition: &str, ok: bool) {
+    metrics()
+        .probes
+        .get_or_create(&vec![
+            ("namespace", namespace.to_string()),
+            ("maildomain", name.to_string()),
+            ("condition", condition.to_string()),
+        ])
+        .set(i64::from(ok));
 }
 
 /// Marks the operator ready (its controllers run).

@@ -409,6 +409,12 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
         }
         let ok = failures.is_empty();
         all_ok &= ok;
+        crate::health::probe_result(
+            md.metadata.namespace.as_deref().unwrap_or_default(),
+            md.metadata.name.as_deref().unwrap_or_default(),
+            type_,
+            ok,
+        );
         let message = if ok {
             format!("probes passed: {}", passed.join(", "))
         } else {
