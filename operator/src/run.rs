@@ -7,7 +7,7 @@ use std::{
 use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount},
+    core::v1::{PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount},
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -47,6 +47,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
     let mailboxes_for_secret = ctx.mailboxes.clone();
     let domains_for_secret = ctx.domains.clone();
     let domains_for_relay = ctx.domains.clone();
+    let domains_for_pods = ctx.domains.clone();
     let domain_of_mailbox =
         move |m: &Mailbox, domains: &kube::runtime::reflector::Store<MailDomain>| {
             let d = domain_of(&m.spec.address).to_ascii_lowercase();
@@ -88,6 +89,18 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
                         .relay_policy_ref
                         .as_ref()
                         .is_some_and(|r| r.name == rp.name_any())
+                })
+                .map(|md| ObjectRef::from(md.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .watches(api::<Pod>(&client, ns), cfg.clone(), move |pod| {
+            // A pod came, went or got its address: domains whose RelayPolicy picks pods by
+            // label look again (the selector is checked when the config is rendered).
+            domains_for_pods
+                .state()
+                .into_iter()
+                .filter(|md| {
+                    md.namespace() == pod.namespace() && md.spec.relay_policy_ref.is_some()
                 })
                 .map(|md| ObjectRef::from(md.as_ref()))
                 .collect::<Vec<_>>()

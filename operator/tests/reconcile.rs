@@ -655,3 +655,58 @@ async fn only_the_lease_holder_reconciles_and_a_follower_takes_over() {
         .and_then(|s| s.holder_identity);
     assert_ne!(holder.as_ref(), Some(&first));
 }
+
+#[tokio::test]
+async fn pods_chosen_by_a_relay_policy_relay_by_their_addresses() {
+    let (client, ns) = setup(BTreeMap::new()).await;
+    let ns = ns.name;
+    let _operator = Operator::start(ControlPlane::shared(), &ns);
+    apply(&client, &ns, domain()).await;
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": "kubemail.io/v1alpha1", "kind": "RelayPolicy",
+               "metadata": {"name": "apps"},
+               "spec": {"allow": {"podSelector": {"matchLabels": {"kubemail.io/relay": "allowed"}}}}}),
+    )
+    .await;
+    // Pods as a kubelet would report them: nothing schedules them here, so their status (the
+    // address) is written the way the kubelet writes it, through the status subresource.
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &ns);
+    for (name, label, ip) in [
+        ("shop", "allowed", "10.42.1.7"),
+        ("other", "denied", "10.42.1.8"),
+    ] {
+        apply(
+            &client,
+            &ns,
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": name, "labels": {"kubemail.io/relay": label}},
+                   "spec": {"containers": [{"name": "app", "image": "example/app"}]}}),
+        )
+        .await;
+        pods.patch_status(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"podIP": ip, "podIPs": [{"ip": ip}]}})),
+        )
+        .await
+        .expect("pod status");
+    }
+    eventually("the chosen pod's address in the relay networks", || async {
+        config(&client, &ns)
+            .await
+            .filter(|(_, raw, _)| raw.relay.client_networks == ["10.42.1.7/32"])
+    })
+    .await;
+    // It goes away with the pod.
+    pods.delete("shop", &kube::api::DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete");
+    eventually("the address gone with the pod", || async {
+        config(&client, &ns)
+            .await
+            .filter(|(_, raw, _)| raw.relay.client_networks.is_empty())
+    })
+    .await;
+}

@@ -295,8 +295,17 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
         });
     }
 
-    // Render and apply.
-    let config = render::config::runtime_config(&md, &hashed, relay.as_ref());
+    // Render and apply. Pods the RelayPolicy chooses by label relay by their addresses.
+    let mut config = render::config::runtime_config(&md, &hashed, relay.as_ref());
+    if let Some(selector) = relay
+        .as_ref()
+        .and_then(|rp| rp.spec.allow.pod_selector.clone())
+    {
+        config
+            .relay
+            .client_networks
+            .extend(pod_networks(&client, &ns, selector).await?);
+    }
     let (revision, yaml) = render::config::with_revision(config);
     apply(
         &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
@@ -500,6 +509,40 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
     } else {
         Duration::from_secs(3)
     }))
+}
+
+/// The addresses (as /32 and /128 networks, sorted) of the pods in `ns` that `selector`
+/// chooses. A selector that cannot be turned into a query chooses nothing.
+async fn pod_networks(
+    client: &kube::Client,
+    ns: &str,
+    selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+) -> Result<Vec<String>> {
+    let Ok(selector) = kube::core::Selector::try_from(selector) else {
+        return Ok(Vec::new());
+    };
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns)
+        .list(&kube::api::ListParams::default().labels_from(&selector))
+        .await?;
+    let mut networks: Vec<String> = pods
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .flat_map(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.pod_ips.clone())
+                .unwrap_or_default()
+        })
+        .filter_map(|ip| ip.ip.parse::<std::net::IpAddr>().ok())
+        .map(|ip| match ip {
+            std::net::IpAddr::V4(v4) => format!("{v4}/32"),
+            std::net::IpAddr::V6(v6) => format!("{v6}/128"),
+        })
+        .collect();
+    networks.sort();
+    networks.dedup();
+    Ok(networks)
 }
 
 /// The config revision the runtime reports on `/readyz`, if it answers.
