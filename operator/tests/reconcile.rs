@@ -672,7 +672,7 @@ async fn pods_chosen_by_a_relay_policy_relay_by_their_addresses() {
     .await;
     // Pods as a kubelet would report them: nothing schedules them here, so their status (the
     // address) is written the way the kubelet writes it, through the status subresource.
-    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &ns);
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns);
     for (name, label, ip) in [
         ("shop", "allowed", "10.42.1.7"),
         ("other", "denied", "10.42.1.8"),
@@ -687,8 +687,8 @@ async fn pods_chosen_by_a_relay_policy_relay_by_their_addresses() {
         .await;
         pods.patch_status(
             name,
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"status": {"podIP": ip, "podIPs": [{"ip": ip}]}})),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"podIP": ip, "podIPs": [{"ip": ip}]}})),
         )
         .await
         .expect("pod status");
@@ -700,7 +700,7 @@ async fn pods_chosen_by_a_relay_policy_relay_by_their_addresses() {
     })
     .await;
     // It goes away with the pod.
-    pods.delete("shop", &kube::api::DeleteParams::default().grace_period(0))
+    pods.delete("shop", &DeleteParams::default().grace_period(0))
         .await
         .expect("delete");
     eventually("the address gone with the pod", || async {
