@@ -55,6 +55,19 @@ pub fn set(
     });
 }
 
+/// The conditions whose status differs from before (or that are new): what `kubectl describe`
+/// should show as events.
+pub fn transitions<'a>(previous: &[Condition], current: &'a [Condition]) -> Vec<&'a Condition> {
+    current
+        .iter()
+        .filter(|c| {
+            !previous
+                .iter()
+                .any(|p| p.type_ == c.type_ && p.status == c.status)
+        })
+        .collect()
+}
+
 /// Whether a condition of this type is True.
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     conditions

@@ -41,6 +41,13 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
         hashes: Arc::new(Mutex::new(HashMap::new())),
         domains: domain_controller.store(),
         mailboxes: mailbox_controller.store(),
+        recorder: kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: "kubemail-operator".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
     });
 
     let domains_for_mailbox = ctx.domains.clone();

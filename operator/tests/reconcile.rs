@@ -710,3 +710,36 @@ async fn pods_chosen_by_a_relay_policy_relay_by_their_addresses() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn condition_changes_show_as_events_in_kubectl_describe() {
+    let (client, ns) = setup(BTreeMap::new()).await;
+    let ns = ns.name;
+    let _operator = Operator::start(ControlPlane::shared(), &ns);
+    // The Mailbox comes first: its domain and Secret are missing (Warning events), then appear.
+    apply(&client, &ns, mailbox("erin")).await;
+    eventually("a Warning about the missing Secret", || async {
+        let out = ControlPlane::shared()
+            .kubectl()
+            .args(["describe", "mailbox", "erin", "-n", &ns])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.contains("Warning  SecretFoundFalse").then_some(())
+    })
+    .await;
+    for manifest in [domain(), password("erin", "pw")] {
+        apply(&client, &ns, manifest).await;
+    }
+    eventually("Normal events once it is found", || async {
+        let out = ControlPlane::shared()
+            .kubectl()
+            .args(["describe", "mailbox", "erin", "-n", &ns])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (text.contains("Normal   SecretFound") && text.contains("Normal   DomainFound"))
+            .then_some(())
+    })
+    .await;
+}

@@ -483,6 +483,8 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
 
     // Write status only when it changed: an unchanged domain makes no writes.
     if stored.status.as_ref() != Some(&status) {
+        super::publish_transitions(&ctx, md.as_ref(), &previous.conditions, &status.conditions)
+            .await;
         let api: Api<MailDomain> = Api::namespaced(client, &ns);
         let patch = serde_json::json!({
             "apiVersion": "kubemail.io/v1alpha1",

@@ -131,6 +131,13 @@ pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Actio
     );
     status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
     if stored.status.as_ref() != Some(&status) {
+        super::publish_transitions(
+            &ctx,
+            mailbox.as_ref(),
+            &previous.conditions,
+            &status.conditions,
+        )
+        .await;
         let api: Api<Mailbox> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = serde_json::json!({"apiVersion": "kubemail.io/v1alpha1", "kind": "Mailbox", "status": status});
         api.patch_status(

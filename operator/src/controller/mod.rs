@@ -49,6 +49,39 @@ pub struct Context {
     pub domains: Store<MailDomain>,
     /// Every Mailbox.
     pub mailboxes: Store<Mailbox>,
+    /// Publishes events (condition changes) for `kubectl describe`.
+    pub recorder: kube::runtime::events::Recorder,
+}
+
+/// Publishes one event per condition that changed, on the object: Normal when it became
+/// True, Warning when it became False. An event that cannot be written is logged, never fatal.
+pub async fn publish_transitions<K>(
+    ctx: &Context,
+    object: &K,
+    previous: &[kubemail_crds::Condition],
+    current: &[kubemail_crds::Condition],
+) where
+    K: kube::Resource<DynamicType = ()>,
+{
+    use kube::runtime::events::{Event, EventType};
+    let reference = object.object_ref(&());
+    for c in crate::conditions::transitions(previous, current) {
+        let ok = c.status == "True";
+        let event = Event {
+            type_: if ok {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: format!("{}{}", c.type_, if ok { "" } else { "False" }),
+            note: Some(c.message.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&event, &reference).await {
+            tracing::debug!(error = %err, "an event could not be written");
+        }
+    }
 }
 
 impl std::fmt::Debug for Context {

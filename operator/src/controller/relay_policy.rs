@@ -147,6 +147,8 @@ pub async fn reconcile(rp: Arc<RelayPolicy>, ctx: Arc<Context>) -> Result<Action
     );
     status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
     if stored.status.as_ref() != Some(&status) {
+        super::publish_transitions(&ctx, rp.as_ref(), &previous.conditions, &status.conditions)
+            .await;
         let api: Api<RelayPolicy> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = serde_json::json!({"apiVersion": "kubemail.io/v1alpha1", "kind": "RelayPolicy", "status": status});
         api.patch_status(
