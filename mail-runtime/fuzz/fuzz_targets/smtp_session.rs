@@ -31,14 +31,68 @@ impl Store for NoStore {
             messages: 1,
         })
     }
-    fn inbox(&self, _: &str) -> Result<FolderIndex, StoreError> {
+    fn index(&self, _: &str, _: &str) -> Result<FolderIndex, StoreError> {
         Err(StoreError::NoSpace)
+    }
+    fn read(&self, _: &str, _: &str, _: &MessageMeta) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
     }
     fn read_message(&self, _: &str, _: u32) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(None)
     }
-    fn expunge(&self, _: &str, _: &[MessageMeta]) -> Result<(), StoreError> {
+    fn expunge(&self, _: &str, _: &str, _: &[MessageMeta]) -> Result<(), StoreError> {
         Ok(())
+    }
+    fn append(
+        &self,
+        _: &str,
+        _: &str,
+        _: SpooledMessage,
+        _: &str,
+        _: Option<i64>,
+    ) -> Result<(u32, u32), StoreError> {
+        Err(StoreError::NoSpace)
+    }
+    fn copy(
+        &self,
+        _: &str,
+        _: &str,
+        _: &[MessageMeta],
+        _: &str,
+    ) -> Result<(u32, Vec<(u32, u32)>), StoreError> {
+        Err(StoreError::NoSpace)
+    }
+    fn set_flags(
+        &self,
+        _: &str,
+        _: &str,
+        _: &[(MessageMeta, String)],
+    ) -> Result<Vec<MessageMeta>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn folders(&self, _: &str) -> Result<Vec<String>, StoreError> {
+        Ok(vec!["INBOX".into()])
+    }
+    fn create_folder(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        Err(StoreError::NoSpace)
+    }
+    fn delete_folder(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        Err(StoreError::NoSpace)
+    }
+    fn rename_folder(&self, _: &str, _: &str, _: &str) -> Result<(), StoreError> {
+        Err(StoreError::NoSpace)
+    }
+    fn subscriptions(&self, _: &str) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn set_subscribed(&self, _: &str, _: &str, _: bool) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn ensure_default_folders(&self, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn changes(&self, _: &str) -> tokio::sync::watch::Receiver<u64> {
+        tokio::sync::watch::channel(0).1
     }
 }
 
