@@ -131,7 +131,13 @@ fn verified() -> &'static Verified {
     })
 }
 
-type HashJob = (PasswordHash, Vec<u8>, tokio::sync::oneshot::Sender<bool>);
+/// Work for the hashing threads.
+enum HashJob {
+    /// Check a password against a stored hash.
+    Verify(PasswordHash, Vec<u8>, tokio::sync::oneshot::Sender<bool>),
+    /// Hash a new password (the operator's job).
+    Hash(String, tokio::sync::oneshot::Sender<String>),
+}
 
 /// Password checks run on two long-lived threads of their own: argon2 takes ~19 MiB per run,
 /// and the allocator keeps that memory with the thread that used it, so a fixed pair of threads
@@ -151,14 +157,21 @@ fn hasher() -> &'static std::sync::mpsc::SyncSender<HashJob> {
                     let mut blocks: Vec<argon2::Block> = Vec::new();
                     loop {
                         let job = rx.lock().expect("hash queue").recv();
-                        let Ok((hash, password, reply)) = job else {
-                            return;
-                        };
-                        let ok = match &hash {
-                            PasswordHash::Argon2(phc) => verify_argon2(phc, &password, &mut blocks),
-                            PasswordHash::Bcrypt(_) => hash.verify(&password),
-                        };
-                        let _ = reply.send(ok);
+                        match job {
+                            Err(_) => return,
+                            Ok(HashJob::Verify(hash, password, reply)) => {
+                                let ok = match &hash {
+                                    PasswordHash::Argon2(phc) => {
+                                        verify_argon2(phc, &password, &mut blocks)
+                                    }
+                                    PasswordHash::Bcrypt(_) => hash.verify(&password),
+                                };
+                                let _ = reply.send(ok);
+                            }
+                            Ok(HashJob::Hash(password, reply)) => {
+                                let _ = reply.send(hash_password(&password));
+                            }
+                        }
                     }
                 });
             if let Err(err) = spawned {
@@ -167,6 +180,17 @@ fn hasher() -> &'static std::sync::mpsc::SyncSender<HashJob> {
         }
         tx
     })
+}
+
+/// Hashes a password on the hashing threads (bounded memory however many arrive at once).
+pub async fn hash_password_bounded(password: String) -> Option<String> {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let queued = hasher().clone();
+    tokio::task::spawn_blocking(move || queued.send(HashJob::Hash(password, reply)))
+        .await
+        .ok()?
+        .ok()?;
+    answer.await.ok()
 }
 
 /// Checks a password against an argon2 PHC string with `blocks` as the working memory.
@@ -234,7 +258,7 @@ async fn verify_cached(hash: PasswordHash, password: &str) -> bool {
     }
     let (reply, answer) = tokio::sync::oneshot::channel();
     let queued = hasher().clone();
-    let job = (hash, password.as_bytes().to_vec(), reply);
+    let job = HashJob::Verify(hash, password.as_bytes().to_vec(), reply);
     // The queue is bounded: a flood of logins waits here instead of piling up memory.
     if tokio::task::spawn_blocking(move || queued.send(job))
         .await

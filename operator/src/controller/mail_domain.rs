@@ -72,9 +72,12 @@ pub async fn password_hash(ctx: &Context, mailbox: &Mailbox) -> Result<Password>
     if let Some(hash) = ctx.hashes.lock().expect("hash cache").get(&digest) {
         return Ok(Password::Hash(hash.clone()));
     }
-    let hash = tokio::task::spawn_blocking(move || mail_runtime::auth::hash_password(&text))
+    // On the runtime library's two hashing threads: argon2 takes ~19 MiB per run, and a
+    // thousand new Mailboxes at once would otherwise spread that over hundreds of blocking
+    // threads that keep it.
+    let hash = mail_runtime::auth::hash_password_bounded(text)
         .await
-        .map_err(|e| Error::Keys(e.to_string()))?;
+        .ok_or_else(|| Error::Keys("the password hashing threads are gone".into()))?;
     ctx.hashes
         .lock()
         .expect("hash cache")
@@ -505,11 +508,20 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
             Err(e) => return Err(e.into()),
         }
     }
-    // A runtime that is still starting is looked at again soon, so Ready follows it closely.
+    // A new domain whose runtime is still starting is looked at again soon, so Ready follows
+    // it closely; later a failing domain is probed every 15 s (each look reads every Mailbox's
+    // Secret, which matters with thousands of them).
+    let young = md.metadata.creation_timestamp.as_ref().is_some_and(|t| {
+        t.0.duration_until(k8s_openapi::jiff::Timestamp::now())
+            .as_secs()
+            < 120
+    });
     Ok(Action::requeue(if all_ok {
         RESYNC
-    } else {
+    } else if young {
         Duration::from_secs(3)
+    } else {
+        Duration::from_secs(15)
     }))
 }
 

@@ -147,10 +147,13 @@ pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Actio
         )
         .await?;
     }
+    // Not served yet: the MailDomain's status (ConfigServed, configRevision) changing wakes this
+    // Mailbox through the watch; the requeue is only a fallback, so a thousand waiting
+    // Mailboxes do not poll the API server.
     Ok(if served {
         Action::await_change()
     } else {
-        Action::requeue(Duration::from_secs(5))
+        Action::requeue(Duration::from_secs(60))
     })
 }
 
