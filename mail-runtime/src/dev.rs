@@ -143,20 +143,25 @@ pub fn write_dev_config(data: &Path, path: &Path, base_port: u16) -> Result<Vec<
         })
         .collect();
     // Base port 0: each listener gets a port that is free now, written into the config so that
-    // autoconfig advertises the real ports and a restart keeps them.
-    let ports: Vec<(ListenerProtocol, u16)> = PORT_ORDER
-        .iter()
-        .enumerate()
-        .filter(|(_, protocol)| crate::runtime::SERVED.contains(protocol))
-        .map(|(i, protocol)| {
-            let port = if base_port == 0 {
-                free_port()?
-            } else {
-                base_port + i as u16
-            };
-            Ok((*protocol, port))
-        })
-        .collect::<Result<_>>()?;
+    // autoconfig advertises the real ports and a restart keeps them. The probe sockets stay open
+    // until every port is chosen, or the kernel could hand the same one out twice.
+    let mut held = Vec::new();
+    let mut ports: Vec<(ListenerProtocol, u16)> = Vec::new();
+    for (i, protocol) in PORT_ORDER.iter().enumerate() {
+        if !crate::runtime::SERVED.contains(protocol) {
+            continue;
+        }
+        let port = if base_port == 0 {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let port = probe.local_addr()?.port();
+            held.push(probe);
+            port
+        } else {
+            base_port + i as u16
+        };
+        ports.push((*protocol, port));
+    }
+    drop(held);
     let port_of = |p: ListenerProtocol| ports.iter().find(|(q, _)| *q == p).map_or(0, |(_, n)| *n);
     let advertised = Advertised {
         submission: port_of(ListenerProtocol::Submission),
@@ -211,12 +216,6 @@ pub fn write_dev_config(data: &Path, path: &Path, base_port: u16) -> Result<Vec<
         .with_context(|| format!("writing {}", path.display()))?;
     std::fs::write(&accounts_file, serde_json::to_string(&accounts)?)?;
     Ok(accounts)
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn random_password() -> String {

@@ -148,7 +148,7 @@ fn patch_config(dev: &Dev, revision: &str, patch: impl FnOnce(&mut serde_yaml_ng
             return;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(10),
+            start.elapsed() < Duration::from_secs(20),
             "config {revision} not served: {served}"
         );
         std::thread::sleep(Duration::from_millis(50));

@@ -87,7 +87,9 @@ pub async fn watch(
     handle: ConfigHandle,
     on_change: impl Fn(&Config) + Send + 'static,
 ) {
-    let mut last = stamp(&path);
+    // No stamp yet: the first tick reads the file and compares its contents with the config in
+    // force, so a change made between the first load and this task's start is not missed.
+    let mut last = None;
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     loop {
         ticker.tick().await;
