@@ -308,26 +308,39 @@ impl AuthLimiter {
         }
     }
 
-    /// Whether `ip` may try to log in now.
-    pub fn allows(&self, ip: IpAddr, per_minute: u32) -> bool {
+    /// Whether `ip` may try to log in now. An attempt that may go ahead is counted at once, as
+    /// a failure until [`AuthLimiter::succeeded`] says otherwise: attempts made in parallel
+    /// (many connections guessing at the same moment) are counted before their answers.
+    pub fn begin(&self, ip: IpAddr, per_minute: u32) -> bool {
         let mut map = self.failures.lock().expect("limiter lock");
-        let Some(times) = map.get_mut(&ip) else {
-            return true;
-        };
         let now = Instant::now();
-        while times
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > WINDOW)
-        {
-            times.pop_front();
+        if let Some(times) = map.get_mut(&ip) {
+            while times
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > WINDOW)
+            {
+                times.pop_front();
+            }
+            if times.len() >= per_minute as usize {
+                return false;
+            }
         }
-        times.len() < per_minute as usize
+        Self::record(&mut map, ip, now);
+        true
     }
 
-    /// Records a failed login from `ip`.
-    pub fn record_failure(&self, ip: IpAddr) {
+    /// The attempt `ip` began succeeded: it no longer counts.
+    pub fn succeeded(&self, ip: IpAddr) {
         let mut map = self.failures.lock().expect("limiter lock");
-        let now = Instant::now();
+        if let Some(times) = map.get_mut(&ip) {
+            times.pop_back();
+            if times.is_empty() {
+                map.remove(&ip);
+            }
+        }
+    }
+
+    fn record(map: &mut HashMap<IpAddr, VecDeque<Instant>>, ip: IpAddr, now: Instant) {
         if map.len() >= MAX_TRACKED {
             map.retain(|_, times| {
                 times
@@ -421,11 +434,16 @@ mod tests {
         let limiter = AuthLimiter::new();
         let bad: IpAddr = "192.0.2.1".parse().expect("ip");
         let good: IpAddr = "192.0.2.2".parse().expect("ip");
+        // Three attempts begun at once (nobody has answered yet) use up the limit.
         for _ in 0..3 {
-            assert!(limiter.allows(bad, 3));
-            limiter.record_failure(bad);
+            assert!(limiter.begin(bad, 3));
         }
-        assert!(!limiter.allows(bad, 3));
-        assert!(limiter.allows(good, 3));
+        assert!(!limiter.begin(bad, 3));
+        // Successes do not count.
+        for _ in 0..5 {
+            assert!(limiter.begin(good, 3));
+            limiter.succeeded(good);
+        }
+        assert!(limiter.begin(good, 3));
     }
 }

@@ -631,14 +631,16 @@ impl Session {
         if !self
             .runtime
             .auth_limiter
-            .allows(self.peer, config.raw.limits.auth_failures_per_minute)
+            .begin(self.peer, config.raw.limits.auth_failures_per_minute)
         {
             return no("[UNAVAILABLE] too many failed logins, try again later");
         }
         let index = match auth::login(&config, username, password, LoginProtocol::Imap).await {
-            Ok(i) => i,
+            Ok(i) => {
+                self.runtime.auth_limiter.succeeded(self.peer);
+                i
+            }
             Err(_) => {
-                self.runtime.auth_limiter.record_failure(self.peer);
                 crate::metrics::auth_failed("imap");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 return no("[AUTHENTICATIONFAILED] invalid credentials");

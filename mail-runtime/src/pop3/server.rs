@@ -205,14 +205,16 @@ impl Driver {
         if !self
             .runtime
             .auth_limiter
-            .allows(self.peer, config.raw.limits.auth_failures_per_minute)
+            .begin(self.peer, config.raw.limits.auth_failures_per_minute)
         {
             return Err(OpenFailure::TooManyFailures);
         }
         let index = match auth::login(&config, username, password, LoginProtocol::Pop3).await {
-            Ok(i) => i,
+            Ok(i) => {
+                self.runtime.auth_limiter.succeeded(self.peer);
+                i
+            }
             Err(_) => {
-                self.runtime.auth_limiter.record_failure(self.peer);
                 crate::metrics::auth_failed("pop3");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 return Err(OpenFailure::Invalid);

@@ -181,13 +181,15 @@ impl Driver {
     ) -> Result<(usize, String), LoginFailure> {
         let config = self.runtime.config.get();
         let per_minute = config.raw.limits.auth_failures_per_minute;
-        if !self.runtime.auth_limiter.allows(self.peer_ip, per_minute) {
+        if !self.runtime.auth_limiter.begin(self.peer_ip, per_minute) {
             return Err(LoginFailure::TooManyFailures);
         }
         match auth::login(&config, username, password, LOGIN_PROTOCOL).await {
-            Ok(index) => Ok((index, config.mailbox(index).address.to_ascii_lowercase())),
+            Ok(index) => {
+                self.runtime.auth_limiter.succeeded(self.peer_ip);
+                Ok((index, config.mailbox(index).address.to_ascii_lowercase()))
+            }
             Err(_) => {
-                self.runtime.auth_limiter.record_failure(self.peer_ip);
                 crate::metrics::auth_failed("smtp");
                 // A failed login costs the client a second: guessing gets slow.
                 tokio::time::sleep(Duration::from_secs(1)).await;
