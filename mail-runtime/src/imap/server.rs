@@ -115,15 +115,16 @@ fn store_failure(err: &StoreError) -> String {
 pub fn folder_name(mailbox: &Mailbox<'_>) -> String {
     match mailbox {
         Mailbox::Inbox => INBOX.to_string(),
-        Mailbox::Other(other) => {
-            let name = String::from_utf8_lossy(other.as_ref()).into_owned();
-            match name.split_once('/') {
-                Some((first, rest)) if first.eq_ignore_ascii_case(INBOX) => {
-                    format!("{INBOX}/{rest}")
-                }
-                _ => name,
-            }
-        }
+        Mailbox::Other(other) => canonical_inbox(&String::from_utf8_lossy(other.as_ref())),
+    }
+}
+
+/// A name with INBOX (and INBOX's children) spelled the one way: INBOX is case-insensitive.
+fn canonical_inbox(name: &str) -> String {
+    match name.split_once('/') {
+        Some((first, rest)) if first.eq_ignore_ascii_case(INBOX) => format!("{INBOX}/{rest}"),
+        _ if name.eq_ignore_ascii_case(INBOX) => INBOX.to_string(),
+        _ => name.to_string(),
     }
 }
 
@@ -762,23 +763,14 @@ impl Session {
             Ok(l) => l,
             Err(e) => return Err(store_failure(&e)),
         };
-        let upper_inbox = |name: &str| -> String {
-            match name.split_once('/') {
-                Some((first, rest)) if first.eq_ignore_ascii_case(INBOX) => {
-                    format!("{INBOX}/{rest}")
-                }
-                _ if name.eq_ignore_ascii_case(INBOX) => INBOX.to_string(),
-                _ => name.to_string(),
-            }
-        };
-        let full = upper_inbox(&full);
+        let full = canonical_inbox(&full);
         let names: Vec<&String> = if subscribed_only {
             subscribed.iter().collect()
         } else {
             folders.iter().collect()
         };
         for name in names {
-            if !pattern_matches(full.as_bytes(), upper_inbox(name).as_bytes()) {
+            if !pattern_matches(full.as_bytes(), canonical_inbox(name).as_bytes()) {
                 continue;
             }
             let mut attributes = Vec::new();

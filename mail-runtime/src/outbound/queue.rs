@@ -11,7 +11,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::StoreError;
+use crate::store::{StoreError, maildir::sync_dir};
 
 /// Where one recipient stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,12 +77,6 @@ impl Entry {
 #[derive(Debug)]
 pub struct QueueDir {
     dir: PathBuf,
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(StoreError::from_io)
 }
 
 impl QueueDir {

@@ -434,12 +434,9 @@ impl Store for Maildir {
         let mut subs = std::collections::BTreeSet::new();
         let mut next = first;
         for m in messages {
-            let path = ["cur", "new"]
-                .iter()
-                .map(|sub| source.join(sub).join(&m.file_name))
-                .find(|p| p.exists())
-                .or_else(|| find(&source, m.uid));
-            let Some(path) = path else { continue };
+            let Some(path) = locate(&source, m) else {
+                continue;
+            };
             let flags = parse_name(&path.file_name().unwrap_or_default().to_string_lossy())
                 .map(|(_, _, f)| f)
                 .unwrap_or_default();
@@ -469,12 +466,9 @@ impl Store for Maildir {
             flags.sort_unstable();
             flags.dedup();
             let flags: String = flags.into_iter().collect();
-            let current = ["cur", "new"]
-                .iter()
-                .map(|sub| dir.join(sub).join(&m.file_name))
-                .find(|p| p.exists())
-                .or_else(|| find(&dir, m.uid));
-            let Some(current) = current else { continue };
+            let Some(current) = locate(&dir, m) else {
+                continue;
+            };
             let name = current
                 .file_name()
                 .unwrap_or_default()
@@ -700,6 +694,16 @@ fn decode_folder(dir_name: &str) -> Option<String> {
     )
 }
 
+/// A listed message's file: by its name in `cur/` or `new/`, or by UID when a flag change
+/// renamed it since it was listed.
+fn locate(dir: &Path, message: &MessageMeta) -> Option<PathBuf> {
+    ["cur", "new"]
+        .iter()
+        .map(|sub| dir.join(sub).join(&message.file_name))
+        .find(|p| p.exists())
+        .or_else(|| find(dir, message.uid))
+}
+
 /// A message's file by UID, in `cur/` or `new/`.
 fn find(dir: &Path, uid: u32) -> Option<PathBuf> {
     for sub in ["cur", "new"] {
@@ -800,7 +804,8 @@ fn copy_synced(from: &Path, to: &Path) -> Result<(), StoreError> {
         .map_err(StoreError::from_io)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+/// Fsyncs a directory, so the entries created or renamed in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     fs::File::open(dir)
         .and_then(|f| f.sync_all())
         .map_err(StoreError::from_io)
