@@ -56,10 +56,10 @@ pub async fn run(options: DevOptions) -> Result<()> {
     };
     std::fs::create_dir_all(&data)?;
     let config_path = data.join("runtime.yaml");
-    let accounts = write_dev_config(&data, &config_path, options.base_port)?;
+    let (accounts, held) = write_dev_config(&data, &config_path, options.base_port)?;
     let config = load_file(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let runtime = Runtime::new(ConfigHandle::new(config))?;
-    let bound = runtime.start(Some(config_path)).await?;
+    let bound = runtime.start_with(Some(config_path), held).await?;
     let ports: serde_json::Map<String, serde_json::Value> = bound
         .iter()
         .map(|(l, addr)| (l.protocol.name().to_string(), addr.port().into()))
@@ -100,14 +100,19 @@ async fn stdin_closed() {
     }
 }
 
-/// Writes the dev config (and a self-signed certificate) into `data`; returns the accounts.
+/// Writes the dev config (and a self-signed certificate) into `data`; returns the accounts and,
+/// for base port 0, the sockets holding the chosen ports (the runtime serves them as they are).
 /// A config already there is kept (its accounts too), so a restarted dev runtime serves the
 /// same mailboxes.
-pub fn write_dev_config(data: &Path, path: &Path, base_port: u16) -> Result<Vec<(String, String)>> {
+pub fn write_dev_config(
+    data: &Path,
+    path: &Path,
+    base_port: u16,
+) -> Result<(Vec<(String, String)>, Vec<std::net::TcpListener>)> {
     let accounts_file = data.join("dev-accounts.json");
     if let (Ok(text), true) = (std::fs::read_to_string(&accounts_file), path.exists()) {
         let accounts: Vec<(String, String)> = serde_json::from_str(&text)?;
-        return Ok(accounts);
+        return Ok((accounts, Vec::new()));
     }
     let cert = data.join("tls/tls.crt");
     let key = data.join("tls/tls.key");
@@ -143,8 +148,9 @@ pub fn write_dev_config(data: &Path, path: &Path, base_port: u16) -> Result<Vec<
         })
         .collect();
     // Base port 0: each listener gets a port that is free now, written into the config so that
-    // autoconfig advertises the real ports and a restart keeps them. The probe sockets stay open
-    // until every port is chosen, or the kernel could hand the same one out twice.
+    // autoconfig advertises the real ports and a restart keeps them. The sockets that chose the
+    // ports are handed to the runtime and served as they are: closing them first would let the
+    // kernel give the port to another process (CI saw "Address already in use").
     let mut held = Vec::new();
     let mut ports: Vec<(ListenerProtocol, u16)> = Vec::new();
     for (i, protocol) in PORT_ORDER.iter().enumerate() {
@@ -161,7 +167,6 @@ pub fn write_dev_config(data: &Path, path: &Path, base_port: u16) -> Result<Vec<
         };
         ports.push((*protocol, port));
     }
-    drop(held);
     let port_of = |p: ListenerProtocol| ports.iter().find(|(q, _)| *q == p).map_or(0, |(_, n)| *n);
     let advertised = Advertised {
         submission: port_of(ListenerProtocol::Submission),
@@ -215,7 +220,7 @@ pub fn write_dev_config(data: &Path, path: &Path, base_port: u16) -> Result<Vec<
     std::fs::write(path, serde_yaml_ng::to_string(&raw)?)
         .with_context(|| format!("writing {}", path.display()))?;
     std::fs::write(&accounts_file, serde_json::to_string(&accounts)?)?;
-    Ok(accounts)
+    Ok((accounts, held))
 }
 
 fn random_password() -> String {

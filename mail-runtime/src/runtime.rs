@@ -130,18 +130,40 @@ impl Runtime {
     /// Binds every listener of the config and serves them until the process ends. Returns the
     /// bound addresses (a port 0 in the config becomes a real port).
     pub async fn start(&self, config_path: Option<PathBuf>) -> Result<Vec<(Listener, SocketAddr)>> {
+        self.start_with(config_path, Vec::new()).await
+    }
+
+    /// Like [`Runtime::start`], but a listener whose address is one of `prebound`'s is served
+    /// from that socket instead of a new bind (dev mode chooses free ports by holding them, and
+    /// letting go before the bind would let another process take one).
+    pub async fn start_with(
+        &self,
+        config_path: Option<PathBuf>,
+        mut prebound: Vec<std::net::TcpListener>,
+    ) -> Result<Vec<(Listener, SocketAddr)>> {
         let config = self.config.get();
         let mut bound = Vec::new();
         for listener in &config.raw.listeners {
-            let socket = TcpListener::bind(&listener.address)
-                .await
-                .with_context(|| {
-                    format!(
-                        "binding {} ({})",
-                        listener.address,
-                        listener.protocol.name()
-                    )
-                })?;
+            let held = prebound.iter().position(|s| {
+                s.local_addr()
+                    .is_ok_and(|a| a.to_string() == listener.address)
+            });
+            let socket = match held {
+                Some(i) => {
+                    let socket = prebound.swap_remove(i);
+                    socket
+                        .set_nonblocking(true)
+                        .and_then(|()| TcpListener::from_std(socket))
+                }
+                None => TcpListener::bind(&listener.address).await,
+            }
+            .with_context(|| {
+                format!(
+                    "binding {} ({})",
+                    listener.address,
+                    listener.protocol.name()
+                )
+            })?;
             let addr = socket.local_addr()?;
             match listener.protocol {
                 ListenerProtocol::Smtp
