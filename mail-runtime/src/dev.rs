@@ -100,6 +100,9 @@ async fn stdin_closed() {
     }
 }
 
+/// A dev account: address and password.
+type Account = (String, String);
+
 /// Writes the dev config (and a self-signed certificate) into `data`; returns the accounts and,
 /// for base port 0, the sockets holding the chosen ports (the runtime serves them as they are).
 /// A config already there is kept (its accounts too), so a restarted dev runtime serves the
@@ -108,7 +111,7 @@ pub fn write_dev_config(
     data: &Path,
     path: &Path,
     base_port: u16,
-) -> Result<(Vec<(String, String)>, Vec<std::net::TcpListener>)> {
+) -> Result<(Vec<Account>, Vec<std::net::TcpListener>)> {
     let accounts_file = data.join("dev-accounts.json");
     if let (Ok(text), true) = (std::fs::read_to_string(&accounts_file), path.exists()) {
         let accounts: Vec<(String, String)> = serde_json::from_str(&text)?;
