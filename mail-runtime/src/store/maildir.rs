@@ -24,6 +24,9 @@ use std::{
 
 use tokio::sync::watch;
 
+mod repair;
+pub use repair::Repaired;
+
 use super::{
     DEFAULT_FOLDERS, FolderIndex, INBOX, MessageMeta, SpoolWriter, SpooledMessage, Store,
     StoreError, Usage, unix_nanos,
@@ -67,7 +70,7 @@ impl Maildir {
         {
             let _ = fs::remove_file(entry.path());
         }
-        Ok(Self {
+        let store = Self {
             root: root.to_path_buf(),
             host: host.replace(['/', ':', '.'], "_"),
             uid_next: Mutex::new(HashMap::new()),
@@ -75,7 +78,9 @@ impl Maildir {
             watchers: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
             indexes: Mutex::new(HashMap::new()),
-        })
+        };
+        store.repair_all()?;
+        Ok(store)
     }
 
     /// The Maildir of a mailbox's INBOX (the mailbox's directory).
@@ -613,10 +618,7 @@ impl Store for Maildir {
             list.push(folder.to_string());
         }
         let text: String = list.iter().map(|f| format!("{f}\n")).collect();
-        let tmp = root.join(format!(".{SUBSCRIPTIONS_FILE}.tmp"));
-        write_synced(&tmp, text.as_bytes())?;
-        fs::rename(&tmp, root.join(SUBSCRIPTIONS_FILE)).map_err(StoreError::from_io)?;
-        sync_dir(&root)
+        write_synced(&root.join(SUBSCRIPTIONS_FILE), text.as_bytes())
     }
 
     fn ensure_default_folders(&self, mailbox: &str) -> Result<(), StoreError> {
@@ -719,24 +721,33 @@ fn find(dir: &Path, uid: u32) -> Option<PathBuf> {
     None
 }
 
-/// The folder's UIDVALIDITY and the next UID recorded at the last expunge.
+/// The folder's UIDVALIDITY and the next UID recorded at the last expunge. (The start-up check
+/// rewrites a missing or unreadable file, so the fallback is only for one removed while serving.)
 fn read_uid_file(dir: &Path) -> (u32, u32) {
-    let text = fs::read_to_string(dir.join(UIDVALIDITY_FILE)).unwrap_or_default();
-    let mut lines = text.lines().map(|l| l.trim().parse::<u32>().ok());
-    (
-        lines.next().flatten().unwrap_or(1),
-        lines.next().flatten().unwrap_or(1),
-    )
+    fs::read_to_string(dir.join(UIDVALIDITY_FILE))
+        .ok()
+        .and_then(|text| repair::parse_uid_file(&text))
+        .unwrap_or((1, 1))
 }
 
 fn read_validity(dir: &Path) -> u32 {
     read_uid_file(dir).0
 }
 
+/// Replaces a small file atomically: a temporary file is written and fsynced, then renamed over
+/// it, then the directory is fsynced. A crash leaves the old file or the new, never a truncated
+/// one (an empty UID file would lose the folder's UIDVALIDITY).
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let mut f = fs::File::create(path).map_err(StoreError::from_io)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        "{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let mut f = fs::File::create(&tmp).map_err(StoreError::from_io)?;
     f.write_all(bytes).map_err(StoreError::from_io)?;
-    f.sync_all().map_err(StoreError::from_io)
+    f.sync_all().map_err(StoreError::from_io)?;
+    fs::rename(&tmp, path).map_err(StoreError::from_io)?;
+    sync_dir(dir)
 }
 
 /// Reads a Maildir folder's index from its directory listing.
