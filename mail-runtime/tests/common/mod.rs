@@ -66,6 +66,10 @@ impl Dev {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn port(&self, protocol: &str) -> u16 {
         self.ports[protocol]
     }

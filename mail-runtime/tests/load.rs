@@ -1,0 +1,179 @@
+//! Load: 5,000 concurrent connections across SMTP, IMAP and POP3, every one of them a slowloris
+//! (a half-sent command line, or an IMAP literal announced and never sent), held open at once
+//! while real clients (smtplib, imaplib, poplib) work: each of their commands must answer
+//! within a second, and the runtime's memory must stay bounded.
+//!
+//! The held connections come from loopback addresses (127.0.1.1 on), 100 each, as a distributed
+//! attack would; the per-address limit is raised to 100 and the total to the count plus 200 for
+//! the test. `LOAD_CONNECTIONS` changes the count (a longer variant: `LOAD_CONNECTIONS=15000`,
+//! within the default 20,000 open files).
+mod common;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{Dev, client_script, run};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpSocket, TcpStream},
+    task::JoinSet,
+};
+
+const BOB: &str = "bob@example.test";
+
+fn proc_status(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("/proc status")
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("the field")
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or_default()
+}
+
+/// Raises the limits the held connections need, by restarting dev mode on its own config.
+fn raise_limits(data: &Path, connections: usize) {
+    let path = data.join("runtime.yaml");
+    let mut config: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&path).expect("config")).expect("yaml");
+    let limits = &mut config["limits"];
+    limits["maxConnections"] = (connections as u64 + 200).into();
+    limits["maxConnectionsPerIp"] = 100u64.into();
+    std::fs::write(&path, serde_yaml_ng::to_string(&config).expect("yaml")).expect("write");
+}
+
+/// Opens one slowloris connection: reads the greeting, sends half a command, keeps the socket.
+async fn slowloris(i: usize, ports: [u16; 3]) -> Result<TcpStream, String> {
+    let address = i / 100;
+    let source = IpAddr::V4(Ipv4Addr::new(
+        127,
+        0,
+        1 + (address / 250) as u8,
+        (address % 250 + 1) as u8,
+    ));
+    let (port, expected, half): (u16, &[u8], &[u8]) = match i % 3 {
+        0 => (ports[0], b"220 ", b"EHLO slowloris.example"),
+        1 => (ports[1], b"* OK", b"a1 LOGIN {5000}\r\n"),
+        _ => (ports[2], b"+OK", b"USER bo"),
+    };
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(20),
+        socket.connect(SocketAddr::from(([127, 0, 0, 1], port))),
+    )
+    .await
+    .map_err(|_| format!("connection {i}: connect timed out"))?
+    .map_err(|e| format!("connection {i}: {e}"))?;
+    let mut greeting = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut greeting))
+        .await
+        .map_err(|_| format!("connection {i}: no greeting"))?
+        .map_err(|e| e.to_string())?;
+    if !greeting[..n].starts_with(expected) {
+        return Err(format!(
+            "connection {i}: greeting {:?}",
+            String::from_utf8_lossy(&greeting[..n])
+        ));
+    }
+    stream.write_all(half).await.map_err(|e| e.to_string())?;
+    Ok(stream)
+}
+
+#[test]
+fn five_thousand_slowloris_connections_are_held_and_real_clients_still_answer_within_a_second() {
+    let connections: usize = std::env::var("LOAD_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("data");
+    drop(Dev::start(&data));
+    raise_limits(&data, connections);
+    let dev = Dev::start(&data);
+    let pid = dev.pid();
+    let password = dev.password(BOB);
+    let responsive = |rounds: &str| -> serde_json::Value {
+        let out = run(Command::new("python3")
+            .arg(client_script("responsive.py"))
+            .arg("127.0.0.1")
+            .args(["smtp", "imaps", "pop3s"].map(|p| dev.port(p).to_string()))
+            .args([BOB, &password, rounds]));
+        serde_json::from_str(out.trim()).expect("timings JSON")
+    };
+    // Unloaded: warms the login cache and gives a baseline.
+    let unloaded = responsive("2");
+    let rss_before = proc_status(pid, "VmRSS:");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ports = [dev.port("smtp"), dev.port("imap"), dev.port("pop3")];
+    let started = Instant::now();
+    let held: Vec<TcpStream> = rt.block_on(async {
+        let mut held = Vec::with_capacity(connections);
+        // 250 connects in flight at a time: the listen backlog is not what is under test.
+        for chunk in (0..connections).collect::<Vec<_>>().chunks(250) {
+            let mut set = JoinSet::new();
+            for &i in chunk {
+                set.spawn(slowloris(i, ports));
+            }
+            while let Some(done) = set.join_next().await {
+                held.push(done.expect("task").unwrap_or_else(|e| panic!("{e}")));
+            }
+        }
+        held
+    });
+    let opened_in = started.elapsed();
+    let fds = open_fds(pid);
+    let rss_held = proc_status(pid, "VmRSS:");
+    let threads = proc_status(pid, "Threads:");
+
+    let loaded = responsive("3");
+    let rss_peak = proc_status(pid, "VmHWM:");
+    drop(held);
+    drop(rt);
+
+    println!(
+        "{connections} slowloris connections (SMTP, IMAP, POP3) opened in {:.1} s and held; \
+         runtime: {fds} open fds, {threads} threads, RSS {} MiB before, {} MiB held \
+         ({:.1} KiB per connection), peak {} MiB",
+        opened_in.as_secs_f64(),
+        rss_before / 1024,
+        rss_held / 1024,
+        (rss_held.saturating_sub(rss_before)) as f64 / connections as f64,
+        rss_peak / 1024,
+    );
+    println!("slowest answer per step, unloaded: {unloaded}");
+    println!("slowest answer per step, {connections} held: {loaded}");
+    assert!(
+        fds >= connections,
+        "the runtime holds {fds} descriptors, fewer than the {connections} connections"
+    );
+    for (step, seconds) in loaded.as_object().expect("timings") {
+        let seconds = seconds.as_f64().expect("seconds");
+        assert!(
+            seconds < 1.0,
+            "{step} took {seconds:.3} s with {connections} connections held"
+        );
+    }
+    // Bounded: well under what a naive server would use (a thread or a 64 KiB buffer each).
+    let per_connection_kib = (rss_held.saturating_sub(rss_before)) / connections as u64;
+    assert!(
+        per_connection_kib < 32,
+        "{per_connection_kib} KiB of RSS per held connection"
+    );
+}
