@@ -24,6 +24,12 @@ pub mod reason {
     pub const RELAY_POLICY_NOT_FOUND: &str = "RelayPolicyNotFound";
     /// Another Mailbox already has the address.
     pub const DUPLICATE: &str = "DuplicateAddress";
+    /// The MailDomain's catch-all address is no served Mailbox's.
+    pub const CATCH_ALL_NOT_FOUND: &str = "CatchAllNotFound";
+    /// Some aliases of the Mailbox are left out (taken, or in a domain not served).
+    pub const ALIAS_REFUSED: &str = "AliasRefused";
+    /// The rendered runtime config failed the runtime's own check and was not written.
+    pub const INVALID_CONFIG: &str = "InvalidConfig";
     /// Something this condition depends on is not ready.
     pub const NOT_READY: &str = "NotReady";
 }

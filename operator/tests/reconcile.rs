@@ -743,3 +743,145 @@ async fn condition_changes_show_as_events_in_kubectl_describe() {
     })
     .await;
 }
+
+async fn domain_condition(client: &Client, ns: &str, type_: &str) -> Option<(String, String)> {
+    let md = Api::<MailDomain>::namespaced(client.clone(), ns)
+        .get_opt("example")
+        .await
+        .ok()??;
+    md.status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status, c.reason))
+}
+
+#[tokio::test]
+async fn hostile_mailboxes_cannot_stop_the_domain_and_ten_thousand_aliases_are_served() {
+    let (client, ns) = setup(BTreeMap::new()).await;
+    let ns = ns.name;
+    let mut operator = Operator::start(ControlPlane::shared(), &ns);
+    let mut domain = domain();
+    domain["spec"]["catchAll"] = json!("postmaster@example.test");
+    let mut alice = mailbox("alice");
+    alice["spec"]["aliases"] = json!(["info@example.test", "alice@elsewhere.test"]);
+    // Unicode tricks where the API allows free text: a right-to-left override and a wide name.
+    alice["spec"]["displayName"] = json!("\u{202e}ecilA \u{FF21}lice \u{1F4E8}");
+    let mut bob = mailbox("bob");
+    // Alice's alias, alice's address and one of its own.
+    bob["spec"]["aliases"] = json!([
+        "INFO@example.test",
+        "alice@example.test",
+        "bob2@example.test"
+    ]);
+    let mut items = vec![
+        relay(),
+        domain,
+        password("alice", "alice-pw"),
+        alice,
+        password("bob", "bob-pw"),
+    ];
+    // 40 Mailboxes with 250 aliases each (the most one Mailbox may have): 10,000 aliases.
+    for i in 0..40 {
+        let name = format!("m{i:02}");
+        let mut m = mailbox(&name);
+        m["spec"]["aliases"] = (0..250)
+            .map(|j| format!("{name}-alias{j}@example.test"))
+            .collect();
+        items.push(password(
+            &name,
+            "$2b$04$0123456789012345678901uJ2eQ0R8vCgkSIfTpIGVDSzlPs6Y3xW",
+        ));
+        items.push(m);
+    }
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": "v1", "kind": "List", "items": items}),
+    )
+    .await;
+    // Bob comes later than alice: the older Mailbox keeps what they share.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    apply(&client, &ns, bob).await;
+
+    let (yaml, raw, _) = eventually("the config holds all 42 mailboxes", || async {
+        config(&client, &ns)
+            .await
+            .filter(|(_, raw, _)| raw.mailboxes.len() == 42)
+    })
+    .await;
+    mail_runtime::config::Config::parse(&yaml).expect("the runtime accepts the rendered config");
+    let of = |address: &str| {
+        raw.mailboxes
+            .iter()
+            .find(|m| m.address == address)
+            .unwrap_or_else(|| panic!("{address} is served"))
+    };
+    assert_eq!(of("alice@example.test").aliases, ["info@example.test"]);
+    assert_eq!(of("bob@example.test").aliases, ["bob2@example.test"]);
+    let aliases: usize = raw.mailboxes.iter().map(|m| m.aliases.len()).sum();
+    assert_eq!(aliases, 10_002);
+    assert_eq!(
+        raw.domains[0].catch_all, None,
+        "no Mailbox has the catch-all address"
+    );
+    println!(
+        "42 mailboxes, {aliases} aliases: the rendered config is {} KiB",
+        yaml.len() / 1024
+    );
+
+    // Each owner of a problem reads it in its status.
+    let (status, reason) = eventually("bob reports its refused aliases", || async {
+        condition(&client, &ns, "bob", "AliasesAccepted").await
+    })
+    .await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "AliasRefused")
+    );
+    let (status, _) = eventually("alice reports its foreign alias", || async {
+        condition(&client, &ns, "alice", "AliasesAccepted").await
+    })
+    .await;
+    assert_eq!(status, "False");
+    let (status, reason) = eventually("the domain reports the missing catch-all", || async {
+        domain_condition(&client, &ns, "CatchAllFound").await
+    })
+    .await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "CatchAllNotFound")
+    );
+    assert_eq!(domain_condition(&client, &ns, "ConfigValid").await, None);
+
+    // The catch-all's Mailbox appears: it is rendered and the condition turns.
+    apply(&client, &ns, password("postmaster", "pm-pw")).await;
+    apply(&client, &ns, mailbox("postmaster")).await;
+    eventually("the catch-all is rendered", || async {
+        config(&client, &ns).await.filter(|(_, raw, _)| {
+            raw.domains[0].catch_all.as_deref() == Some("postmaster@example.test")
+        })
+    })
+    .await;
+    eventually("CatchAllFound turns True", || async {
+        domain_condition(&client, &ns, "CatchAllFound")
+            .await
+            .filter(|(s, _)| s == "True")
+    })
+    .await;
+    // Bob drops the colliding aliases: its condition goes away.
+    let mut bob = mailbox("bob");
+    bob["spec"]["aliases"] = json!(["bob2@example.test"]);
+    apply(&client, &ns, bob).await;
+    eventually("bob's condition clears", || async {
+        condition(&client, &ns, "bob", "AliasesAccepted")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        operator.0.try_wait().expect("status").is_none(),
+        "the operator is still running"
+    );
+}

@@ -278,25 +278,28 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
         None
     };
 
-    // Mailboxes with their password hashes; one mailbox per address (the oldest wins).
-    let mut hashed = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
+    // Mailboxes with their password hashes; each address and alias belongs to one Mailbox
+    // (the oldest wins, see render::claims).
     let mailboxes = mailboxes_of(&ctx, &md);
+    let refs: Vec<&Mailbox> = mailboxes.iter().map(AsRef::as_ref).collect();
+    let claims = render::claims::claim(&md, &refs);
     let mut hashes = Vec::new();
-    for mailbox in &mailboxes {
-        if !seen.insert(mailbox.spec.address.to_ascii_lowercase()) {
+    for (mailbox, claim) in mailboxes.iter().zip(claims) {
+        if claim.duplicate_of.is_some() {
             continue;
         }
         if let Password::Hash(hash) = password_hash(&ctx, mailbox).await? {
-            hashes.push((mailbox.clone(), hash));
+            hashes.push((mailbox.clone(), hash, claim.aliases));
         }
     }
-    for (mailbox, hash) in &hashes {
-        hashed.push(HashedMailbox {
+    let hashed: Vec<HashedMailbox<'_>> = hashes
+        .iter()
+        .map(|(mailbox, hash, aliases)| HashedMailbox {
             mailbox,
             password_hash: hash.clone(),
-        });
-    }
+            aliases: aliases.clone(),
+        })
+        .collect();
 
     // Render and apply. Pods the RelayPolicy chooses by label relay by their addresses.
     let mut config = render::config::runtime_config(&md, &hashed, relay.as_ref());
@@ -309,13 +312,51 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
             .client_networks
             .extend(pod_networks(&client, &ns, selector).await?);
     }
+    match &md.spec.catch_all {
+        Some(target) if !render::config::serves(&config.mailboxes, target) => set(
+            &mut status.conditions,
+            "CatchAllFound",
+            false,
+            reason::CATCH_ALL_NOT_FOUND,
+            format!(
+                "no served Mailbox has the address {target}; mail to unknown addresses is refused until one does"
+            ),
+        ),
+        Some(target) => set(
+            &mut status.conditions,
+            "CatchAllFound",
+            true,
+            reason::READY,
+            format!("mail to unknown addresses goes to {target}"),
+        ),
+        None => status.conditions.retain(|c| c.type_ != "CatchAllFound"),
+    }
+    // The runtime's own check, before anything is written: a config it would refuse is never
+    // handed to it (it would keep serving the last good one, and nobody would see why).
+    let invalid = mail_runtime::config::Config::validate(config.clone()).err();
+    let valid = invalid.is_none();
     let (revision, yaml) = render::config::with_revision(config);
     apply(
         &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
         &objects::service_account(&md),
     )
     .await?;
-    apply(&secrets, &objects::config_secret(&md, &revision, &yaml)).await?;
+    match invalid {
+        None => {
+            status.conditions.retain(|c| c.type_ != "ConfigValid");
+            apply(&secrets, &objects::config_secret(&md, &revision, &yaml)).await?;
+        }
+        Some(invalid) => {
+            tracing::warn!(domain = %md.spec.domain, %invalid, "rendered config refused; the last one stays");
+            set(
+                &mut status.conditions,
+                "ConfigValid",
+                false,
+                reason::INVALID_CONFIG,
+                invalid.to_string(),
+            );
+        }
+    }
     apply(
         &Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns),
         &objects::data_claim(&md),
@@ -331,7 +372,11 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
         &objects::deployment(&md, relay.as_ref(), &ctx.options.runtime),
     )
     .await?;
-    status.config_revision = Some(revision.clone());
+    status.config_revision = if valid {
+        Some(revision.clone())
+    } else {
+        previous.config_revision.clone()
+    };
     status.mailboxes = hashed.len() as i32;
 
     // Probe what runs, in each protocol.
@@ -366,7 +411,7 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
             None => format!("revision {revision} is written; the runtime has not answered yet"),
         },
     );
-    let mut all_ok = tls_ok && config_served;
+    let mut all_ok = tls_ok && config_served && valid;
     let groups = [
         ("SMTPReady", probe::Kind::Smtp, vec![Protocol::Smtp]),
         (

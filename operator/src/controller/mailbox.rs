@@ -17,7 +17,7 @@ use super::{
 use crate::{
     conditions::{self, reason},
     error::{Error, Result},
-    render::Names,
+    render::{Names, claims},
 };
 
 /// The reconcile of one Mailbox.
@@ -85,14 +85,32 @@ pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Actio
             false
         }
     };
-    let mut duplicate_of = None;
-    if let Some(d) = &domain {
-        let first = mailboxes_of(&ctx, d)
+    // What this Mailbox may have, decided as the domain's config is (render::claims).
+    let claimed = domain.as_ref().and_then(|d| {
+        let all = mailboxes_of(&ctx, d);
+        let refs: Vec<&Mailbox> = all.iter().map(AsRef::as_ref).collect();
+        claims::claim(d, &refs)
             .into_iter()
-            .find(|m| m.spec.address.eq_ignore_ascii_case(&mailbox.spec.address));
-        if let Some(first) = first.filter(|f| f.name_any() != mailbox.name_any()) {
-            duplicate_of = Some(first.name_any());
+            .zip(&all)
+            .find(|(_, m)| m.name_any() == mailbox.name_any())
+            .map(|(c, _)| c)
+    });
+    let duplicate_of = claimed.as_ref().and_then(|c| c.duplicate_of.clone());
+    match claimed.as_ref().map(|c| c.refused.as_slice()) {
+        Some(refused) if !refused.is_empty() => {
+            let list: Vec<String> = refused
+                .iter()
+                .map(|(a, why)| format!("{a} ({why})"))
+                .collect();
+            set(
+                &mut status.conditions,
+                "AliasesAccepted",
+                false,
+                reason::ALIAS_REFUSED,
+                format!("served without these aliases: {}", list.join(", ")),
+            );
         }
+        _ => status.conditions.retain(|c| c.type_ != "AliasesAccepted"),
     }
     match &duplicate_of {
         Some(other) => set(

@@ -13,13 +13,16 @@ use mail_runtime::config::{
 
 use super::{HTTP_PORT, container_port, hostname, paths, quantity};
 
-/// A Mailbox with the hash of its password (never the password).
+/// A Mailbox with the hash of its password (never the password) and the aliases it may have
+/// (see `claims`).
 #[derive(Debug, Clone)]
 pub struct HashedMailbox<'a> {
     /// The Mailbox.
     pub mailbox: &'a Mailbox,
     /// Its password hash.
     pub password_hash: String,
+    /// Its aliases that no older Mailbox has.
+    pub aliases: Vec<String>,
 }
 
 fn listener_protocol(p: Protocol) -> ListenerProtocol {
@@ -32,6 +35,15 @@ fn listener_protocol(p: Protocol) -> ListenerProtocol {
         Protocol::Pop3 => ListenerProtocol::Pop3,
         Protocol::Pop3s => ListenerProtocol::Pop3s,
     }
+}
+
+/// Whether one of the rendered mailboxes has `address`, as its address or an alias.
+pub fn serves(mailboxes: &[MailboxConfig], address: &str) -> bool {
+    mailboxes.iter().any(|m| {
+        std::iter::once(&m.address)
+            .chain(&m.aliases)
+            .any(|a| a.eq_ignore_ascii_case(address))
+    })
 }
 
 /// Renders the config. `mailboxes` are the Mailboxes of this domain that are ready to serve
@@ -64,7 +76,7 @@ pub fn runtime_config(
     };
     let mut sorted: Vec<&HashedMailbox<'_>> = mailboxes.iter().collect();
     sorted.sort_by(|a, b| a.mailbox.spec.address.cmp(&b.mailbox.spec.address));
-    let mailboxes = sorted
+    let mailboxes: Vec<MailboxConfig> = sorted
         .into_iter()
         .map(|m| {
             let s = &m.mailbox.spec;
@@ -72,7 +84,7 @@ pub fn runtime_config(
                 address: s.address.clone(),
                 display_name: s.display_name.clone(),
                 password_hash: m.password_hash.clone(),
-                aliases: s.aliases.clone(),
+                aliases: m.aliases.clone(),
                 forward_to: s.forward_to.clone(),
                 keep_forwarded_copy: s.keep_forwarded_copy,
                 quota_bytes: s.quota.as_deref().and_then(quantity::bytes),
@@ -99,7 +111,8 @@ pub fn runtime_config(
         domains: vec![DomainConfig {
             name: spec.domain.clone(),
             aliases: spec.alias_domains.clone(),
-            catch_all: spec.catch_all.clone(),
+            // Only an address some served Mailbox has: the runtime refuses any other.
+            catch_all: spec.catch_all.clone().filter(|c| serves(&mailboxes, c)),
         }],
         mailboxes,
         relay,

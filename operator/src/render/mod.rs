@@ -8,6 +8,7 @@
 //!        |-- objects::*             --> ServiceAccount, Service, PVC, Deployment
 //!        \-- dns::records           --> status.dnsRecords
 //! ```
+pub mod claims;
 pub mod config;
 pub mod dns;
 pub mod objects;

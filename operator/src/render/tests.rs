@@ -35,6 +35,7 @@ fn runtime_config_is_stable_and_holds_only_hashes() {
     let hashed = |m| HashedMailbox {
         mailbox: m,
         password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
+        aliases: m.spec.aliases.clone(),
     };
     // Order of input does not matter.
     let a = runtime_config(&md, &[hashed(&jane), hashed(&john)], Some(&relay));
