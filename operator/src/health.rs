@@ -24,6 +24,7 @@ struct Metrics {
     registry: Registry,
     reconciles: Family<Labels, Counter<u64, AtomicU64>>,
     probes: Family<Vec<(&'static str, String)>, Gauge<i64, AtomicI64>>,
+    api_requests: Family<Vec<(&'static str, String)>, Counter<u64, AtomicU64>>,
 }
 
 static READY: AtomicBool = AtomicBool::new(false);
@@ -44,10 +45,17 @@ fn metrics() -> &'static Metrics {
             "1 when the operator's last probe of a MailDomain's protocol passed, 0 when it failed",
             probes.clone(),
         );
+        let api_requests = Family::<Vec<(&'static str, String)>, Counter<u64, AtomicU64>>::default();
+        registry.register(
+            "api_requests",
+            "Requests the operator made to the Kubernetes API server, by verb and resource (a watch counts once, when it starts)",
+            api_requests.clone(),
+        );
         Metrics {
             registry,
             reconciles,
             probes,
+            api_requests,
         }
     })
 }
@@ -58,6 +66,52 @@ pub fn reconciled(kind: &'static str, outcome: &'static str) {
         .reconciles
         .get_or_create(&vec![("kind", kind), ("outcome", outcome)])
         .inc();
+}
+
+/// Counts one request to the API server: `watch`, or the HTTP method in lowercase, and the
+/// resource (`secrets`, `mailboxes/status`, ...).
+pub fn api_request<B>(request: &hyper::Request<B>) {
+    let watch = request
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+    let verb = match *request.method() {
+        _ if watch => "watch",
+        hyper::Method::GET => "get",
+        hyper::Method::POST => "post",
+        hyper::Method::PUT => "put",
+        hyper::Method::PATCH => "patch",
+        hyper::Method::DELETE => "delete",
+        _ => "other",
+    };
+    metrics()
+        .api_requests
+        .get_or_create(&vec![
+            ("verb", verb.to_string()),
+            ("resource", resource_of(request.uri().path())),
+        ])
+        .inc();
+}
+
+/// The resource a request path names: `/api/v1/namespaces/mail/secrets/x` -> `secrets`,
+/// `/apis/kubemail.io/v1alpha1/namespaces/mail/mailboxes/x/status` -> `mailboxes/status`.
+fn resource_of(path: &str) -> String {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let rest = match segments.first() {
+        Some(&"api") => segments.get(2..),
+        Some(&"apis") => segments.get(3..),
+        _ => None,
+    }
+    .unwrap_or_default();
+    let rest = match rest {
+        ["namespaces", _, tail @ ..] if !tail.is_empty() => tail,
+        other => other,
+    };
+    match rest {
+        [resource, _, sub, ..] => format!("{resource}/{sub}"),
+        [resource, ..] => (*resource).to_string(),
+        [] => "other".into(),
+    }
 }
 
 /// Records a probe result of a MailDomain's protocol group (`SMTPReady`, ...).
@@ -110,5 +164,31 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<()> {
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resource_of;
+
+    #[test]
+    fn request_paths_name_their_resource() {
+        for (path, resource) in [
+            ("/api/v1/namespaces/mail/secrets/x", "secrets"),
+            ("/api/v1/namespaces/mail/secrets", "secrets"),
+            ("/api/v1/secrets", "secrets"),
+            ("/api/v1/namespaces/mail", "namespaces"),
+            (
+                "/apis/kubemail.io/v1alpha1/namespaces/mail/mailboxes/x/status",
+                "mailboxes/status",
+            ),
+            (
+                "/apis/coordination.k8s.io/v1/namespaces/k/leases/op",
+                "leases",
+            ),
+            ("/version", "other"),
+        ] {
+            assert_eq!(resource_of(path), resource, "{path}");
+        }
     }
 }

@@ -81,7 +81,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let client = match kube::Client::try_default().await {
+        let client = match counted_client().await {
             Ok(c) => c,
             Err(err) => {
                 eprintln!("kubemail-operator: no Kubernetes client: {err}");
@@ -138,4 +138,19 @@ fn main() -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// The client from the kubeconfig or the pod's service account, counting every request it makes
+/// (`kubemail_operator_api_requests_total`).
+async fn counted_client() -> Result<kube::Client, kube::Error> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    let count = tower::util::MapRequestLayer::new(|request: hyper::Request<kube::client::Body>| {
+        kubemail_operator::health::api_request(&request);
+        request
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .build())
 }
