@@ -11,7 +11,12 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    runtime::{Controller, reflector::ObjectRef, watcher},
+    core::PartialObjectMeta,
+    runtime::{
+        Controller, WatchStreamExt,
+        reflector::{self, ObjectRef},
+        watcher,
+    },
 };
 use kubemail_crds::{MailDomain, Mailbox, RelayPolicy};
 
@@ -35,12 +40,28 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
     let mailbox_controller = Controller::new(api::<Mailbox>(&client, ns), cfg.clone());
     let domain_controller = Controller::new(api::<MailDomain>(&client, ns), cfg.clone());
     let relay_controller = Controller::new(api::<RelayPolicy>(&client, ns), cfg.clone());
+    // Secrets' metadata only (no data, no managed fields): what changed, not what they hold.
+    let (secret_versions, writer) = reflector::store();
+    let secret_metadata = reflector::reflector(
+        writer,
+        watcher(api::<PartialObjectMeta<Secret>>(&client, ns), cfg.clone())
+            .modify(|s| s.metadata.managed_fields = None)
+            .default_backoff(),
+    )
+    .for_each(|event| async move {
+        if let Err(err) = event {
+            tracing::debug!(error = %err, "Secret metadata watch");
+        }
+    });
     let ctx = Arc::new(Context {
         client: client.clone(),
         options,
         hashes: Arc::new(Mutex::new(HashMap::new())),
         domains: domain_controller.store(),
         mailboxes: mailbox_controller.store(),
+        secret_versions,
+        hash_by_version: Arc::new(Mutex::new(HashMap::new())),
+        config_addresses: Arc::new(Mutex::new(HashMap::new())),
         recorder: kube::runtime::events::Recorder::new(
             client.clone(),
             kube::runtime::events::Reporter {
@@ -55,16 +76,15 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
     let domains_for_secret = ctx.domains.clone();
     let domains_for_relay = ctx.domains.clone();
     let domains_for_pods = ctx.domains.clone();
-    let domain_of_mailbox =
-        move |m: &Mailbox, domains: &kube::runtime::reflector::Store<MailDomain>| {
-            let d = domain_of(&m.spec.address).to_ascii_lowercase();
-            domains
-                .state()
-                .into_iter()
-                .filter(|md| md.namespace() == m.namespace() && md.spec.domain == d)
-                .map(|md| ObjectRef::from(md.as_ref()))
-                .collect::<Vec<_>>()
-        };
+    let domain_of_mailbox = move |m: &Mailbox, domains: &reflector::Store<MailDomain>| {
+        let d = domain_of(&m.spec.address).to_ascii_lowercase();
+        domains
+            .state()
+            .into_iter()
+            .filter(|md| md.namespace() == m.namespace() && md.spec.domain == d)
+            .map(|md| ObjectRef::from(md.as_ref()))
+            .collect::<Vec<_>>()
+    };
     let domains = domain_controller
         .owns(api::<Secret>(&client, ns), cfg.clone())
         .owns(api::<Deployment>(&client, ns), cfg.clone())
@@ -181,6 +201,13 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
             }
         });
 
+    // The controllers start once the Secret metadata is listed, or every reconcile of the first
+    // moments would read each Secret from the API server.
+    let secret_metadata = tokio::spawn(secret_metadata);
+    if ctx.secret_versions.wait_until_ready().await.is_err() {
+        tracing::error!("the Secret metadata watch ended before listing");
+    }
     crate::health::set_ready();
     futures::join!(domains, mailboxes, relays);
+    secret_metadata.abort();
 }

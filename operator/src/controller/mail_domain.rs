@@ -45,6 +45,20 @@ pub enum Password {
 pub async fn password_hash(ctx: &Context, mailbox: &Mailbox) -> Result<Password> {
     let ns = mailbox.namespace().ok_or(Error::Incomplete("namespace"))?;
     let reference = &mailbox.spec.password_secret_ref;
+    // The Secret is read only when its version differs from the one last hashed.
+    let version = ctx.secret_version(&ns, &reference.name);
+    if let Some((uid, resource_version)) = &version {
+        let known = ctx
+            .hash_by_version
+            .lock()
+            .expect("hash cache")
+            .get(&(uid.clone(), reference.key.clone()))
+            .filter(|(v, _)| v == resource_version)
+            .map(|(_, hash)| hash.clone());
+        if let Some(hash) = known {
+            return Ok(Password::Hash(hash));
+        }
+    }
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let Some(secret) = secrets.get_opt(&reference.name).await? else {
         return Ok(Password::Missing(
@@ -61,16 +75,34 @@ pub async fn password_hash(ctx: &Context, mailbox: &Mailbox) -> Result<Password>
     let text = String::from_utf8_lossy(&value.0)
         .trim_end_matches(['\r', '\n'])
         .to_string();
+    let remember = |hash: &String| {
+        if let (Some(uid), Some(v)) = (&secret.metadata.uid, &secret.metadata.resource_version) {
+            ctx.hash_by_version.lock().expect("hash cache").insert(
+                (uid.clone(), reference.key.clone()),
+                (v.clone(), hash.clone()),
+            );
+        }
+    };
     if mail_runtime::auth::PasswordHash::parse(&text).is_ok() {
+        remember(&text);
         return Ok(Password::Hash(text));
     }
     let mut hasher = Sha256::new();
-    hasher.update(secret.metadata.uid.unwrap_or_default().as_bytes());
+    hasher.update(
+        secret
+            .metadata
+            .uid
+            .as_deref()
+            .unwrap_or_default()
+            .as_bytes(),
+    );
     hasher.update([0]);
     hasher.update(text.as_bytes());
     let digest: [u8; 32] = hasher.finalize().into();
-    if let Some(hash) = ctx.hashes.lock().expect("hash cache").get(&digest) {
-        return Ok(Password::Hash(hash.clone()));
+    let known = ctx.hashes.lock().expect("hash cache").get(&digest).cloned();
+    if let Some(hash) = known {
+        remember(&hash);
+        return Ok(Password::Hash(hash));
     }
     // On the runtime library's two hashing threads: argon2 takes ~19 MiB per run, and a
     // thousand new Mailboxes at once would otherwise spread that over hundreds of blocking
@@ -82,6 +114,7 @@ pub async fn password_hash(ctx: &Context, mailbox: &Mailbox) -> Result<Password>
         .lock()
         .expect("hash cache")
         .insert(digest, hash.clone());
+    remember(&hash);
     Ok(Password::Hash(hash))
 }
 

@@ -166,12 +166,12 @@ pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Actio
         .await?;
     }
     // Not served yet: the MailDomain's status (ConfigServed, configRevision) changing wakes this
-    // Mailbox through the watch; the requeue is only a fallback, so a thousand waiting
-    // Mailboxes do not poll the API server.
+    // Mailbox through the watch; the requeue is only a fallback (every 5 minutes), so a thousand
+    // waiting Mailboxes do not poll the API server.
     Ok(if served {
         Action::await_change()
     } else {
-        Action::requeue(Duration::from_secs(60))
+        Action::requeue(Duration::from_secs(300))
     })
 }
 
@@ -184,35 +184,67 @@ async fn served_in(ctx: &Context, domain: &MailDomain, ns: &str, address: &str) 
     if !served {
         return Ok(false);
     }
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(secret) = secrets.get_opt(&Names::of(domain).config).await? else {
-        return Ok(false);
-    };
-    let revision = secret
-        .annotations()
-        .get("kubemail.io/config-revision")
-        .cloned()
-        .unwrap_or_default();
+    let name = Names::of(domain).config;
     let current = domain
         .status
         .as_ref()
         .and_then(|s| s.config_revision.clone())
         .unwrap_or_default();
-    if revision != current {
+    // The revision from the watch cache, then the addresses: read from the API server once per
+    // version of the config Secret, not once per Mailbox.
+    if ctx
+        .secret_annotation(ns, &name, "kubemail.io/config-revision")
+        .is_some_and(|r| r != current)
+    {
         return Ok(false);
     }
-    let yaml = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get("runtime.yaml"))
-        .map(|b| String::from_utf8_lossy(&b.0).to_string())
-        .unwrap_or_default();
-    let config: Option<mail_runtime::config::RawConfig> = serde_yaml_ng::from_str(&yaml).ok();
-    Ok(config.is_some_and(|c| {
-        c.mailboxes
-            .iter()
-            .any(|m| m.address.eq_ignore_ascii_case(address))
-    }))
+    let key = (ns.to_string(), name.clone());
+    let version = ctx.secret_version(ns, &name).map(|(_, v)| v);
+    let cached = ctx
+        .config_addresses
+        .lock()
+        .expect("config cache")
+        .get(&key)
+        .filter(|(v, _)| Some(v) == version.as_ref())
+        .map(|(_, a)| a.clone());
+    let addresses = match cached {
+        Some(addresses) => addresses,
+        None => {
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+            let Some(secret) = secrets.get_opt(&name).await? else {
+                return Ok(false);
+            };
+            if secret.annotations().get("kubemail.io/config-revision") != Some(&current) {
+                return Ok(false);
+            }
+            let yaml = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get("runtime.yaml"))
+                .map(|b| String::from_utf8_lossy(&b.0).to_string())
+                .unwrap_or_default();
+            let config: Option<mail_runtime::config::RawConfig> =
+                serde_yaml_ng::from_str(&yaml).ok();
+            let addresses: Arc<std::collections::BTreeSet<String>> = Arc::new(
+                config
+                    .map(|c| {
+                        c.mailboxes
+                            .into_iter()
+                            .map(|m| m.address.to_ascii_lowercase())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            );
+            if let Some(v) = secret.resource_version() {
+                ctx.config_addresses
+                    .lock()
+                    .expect("config cache")
+                    .insert(key, (v, addresses.clone()));
+            }
+            addresses
+        }
+    };
+    Ok(addresses.contains(&address.to_ascii_lowercase()))
 }
 
 /// Retry policy on errors.

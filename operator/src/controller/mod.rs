@@ -15,7 +15,12 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use kube::{Client, runtime::reflector::Store};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Client,
+    core::PartialObjectMeta,
+    runtime::reflector::{ObjectRef, Store},
+};
 use kubemail_crds::{MailDomain, Mailbox};
 
 use crate::render::objects::RuntimeOptions;
@@ -49,8 +54,50 @@ pub struct Context {
     pub domains: Store<MailDomain>,
     /// Every Mailbox.
     pub mailboxes: Store<Mailbox>,
+    /// The metadata (uid, resourceVersion, annotations; never the data) of every Secret in the
+    /// watched namespaces: a reconcile asks the API server for a Secret only when the version
+    /// it last read has changed.
+    pub secret_versions: Store<PartialObjectMeta<Secret>>,
+    /// The hash served for a Secret's key, by (Secret uid, key), with the resourceVersion it
+    /// was read at.
+    pub hash_by_version: Arc<Mutex<HashesByVersion>>,
+    /// The addresses in a rendered config Secret, by (namespace, name), with the
+    /// resourceVersion they were read at.
+    pub config_addresses: Arc<Mutex<ConfigAddresses>>,
     /// Publishes events (condition changes) for `kubectl describe`.
     pub recorder: kube::runtime::events::Recorder,
+}
+
+/// See [`Context::hash_by_version`]: (Secret uid, key) -> (resourceVersion, hash).
+pub type HashesByVersion = HashMap<(String, String), (String, String)>;
+
+/// See [`Context::config_addresses`].
+pub type ConfigAddresses =
+    HashMap<(String, String), (String, Arc<std::collections::BTreeSet<String>>)>;
+
+impl Context {
+    /// A Secret's (uid, resourceVersion) from the watch cache; `None` when the cache does not
+    /// have it (it does not exist, or was created a moment ago).
+    pub fn secret_version(&self, namespace: &str, name: &str) -> Option<(String, String)> {
+        let meta = self
+            .secret_versions
+            .get(&ObjectRef::new(name).within(namespace))?;
+        Some((
+            meta.metadata.uid.clone()?,
+            meta.metadata.resource_version.clone()?,
+        ))
+    }
+
+    /// A Secret's annotation, from the watch cache.
+    pub fn secret_annotation(&self, namespace: &str, name: &str, key: &str) -> Option<String> {
+        self.secret_versions
+            .get(&ObjectRef::new(name).within(namespace))?
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(key)
+            .cloned()
+    }
 }
 
 /// Publishes one event per condition that changed, on the object: Normal when it became
