@@ -20,7 +20,44 @@ use kube::{
 };
 use kubemail_crds::{MailDomain, Mailbox, RelayPolicy};
 
-use crate::controller::{Context, Options, domain_of, mail_domain, mailbox, relay_policy};
+use crate::controller::{Context, Live, Options, domain_of, mail_domain, mailbox, relay_policy};
+
+/// A watch cache of the metadata of `K`s that `config` selects, and the task that fills it.
+fn metadata_store<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    config: &watcher::Config,
+) -> (
+    reflector::Store<PartialObjectMeta<K>>,
+    impl Future<Output = ()> + Send + 'static,
+)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    <K as kube::Resource>::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store();
+    let task = reflector::reflector(
+        writer,
+        watcher(
+            api::<PartialObjectMeta<K>>(client, namespace),
+            config.clone(),
+        )
+        .modify(|o| o.metadata.managed_fields = None)
+        .default_backoff(),
+    )
+    .for_each(|event| async move {
+        if let Err(err) = event {
+            tracing::debug!(error = %err, "metadata watch");
+        }
+    });
+    (store, task)
+}
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -53,6 +90,20 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
             tracing::debug!(error = %err, "Secret metadata watch");
         }
     });
+    // The metadata of what the operator renders, so an apply that would change nothing is
+    // skipped (Context::apply).
+    let managed =
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=kubemail-operator");
+    let (service_accounts, sa_metadata) = metadata_store::<ServiceAccount>(&client, ns, &managed);
+    let (services, service_metadata) = metadata_store::<Service>(&client, ns, &managed);
+    let (claims, claim_metadata) = metadata_store::<PersistentVolumeClaim>(&client, ns, &managed);
+    let (deployments, deployment_metadata) = metadata_store::<Deployment>(&client, ns, &managed);
+    let metadata_watches = [
+        tokio::spawn(sa_metadata),
+        tokio::spawn(service_metadata),
+        tokio::spawn(claim_metadata),
+        tokio::spawn(deployment_metadata),
+    ];
     let ctx = Arc::new(Context {
         client: client.clone(),
         options,
@@ -62,6 +113,13 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
         secret_versions,
         hash_by_version: Arc::new(Mutex::new(HashMap::new())),
         config_addresses: Arc::new(Mutex::new(HashMap::new())),
+        live: Live {
+            service_accounts,
+            services,
+            claims,
+            deployments,
+        },
+        applied: Arc::new(Mutex::new(HashMap::new())),
         recorder: kube::runtime::events::Recorder::new(
             client.clone(),
             kube::runtime::events::Reporter {
@@ -210,4 +268,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
     crate::health::set_ready();
     futures::join!(domains, mailboxes, relays);
     secret_metadata.abort();
+    for watch in metadata_watches {
+        watch.abort();
+    }
 }

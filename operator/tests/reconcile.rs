@@ -358,7 +358,39 @@ async fn a_domain_with_mailboxes_is_rendered_changed_and_cleaned_up() {
         "an unchanged domain was written to"
     );
 
+    // Someone edits the Deployment by hand: the operator puts its image back (an apply it
+    // skips while nothing changed is made again once the object moved).
+    let mut out = ControlPlane::shared().kubectl();
+    let out = out
+        .args(["-n", &ns, "set", "image", "deployment/example-mail"])
+        .arg("mail-runtime=example.invalid/hand-edited:1")
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("the operator restores the runtime image", || async {
+        deployments
+            .get("example-mail")
+            .await
+            .ok()
+            .and_then(|d| d.spec.template.spec)
+            .and_then(|pod| pod.containers.into_iter().next()?.image)
+            .filter(|image| image == "kubemail/mail-runtime:test")
+    })
+    .await;
+
     // A changed mailbox changes the config Secret and nothing else.
+    // The controller-manager records the two rollouts in the Deployment's status; wait for
+    // that, so the write below is not mistaken for ours.
+    eventually("the Deployment's status catches up", || async {
+        deployments.get("example-mail").await.ok().filter(|d| {
+            d.status.as_ref().and_then(|s| s.observed_generation) == d.metadata.generation
+        })
+    })
+    .await;
     let deployment_rv = deployments
         .get("example-mail")
         .await

@@ -7,7 +7,7 @@ use k8s_openapi::api::{
     core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount},
 };
 use kube::{
-    Api, Resource, ResourceExt,
+    Api, ResourceExt,
     api::{Patch, PatchParams, PostParams},
     runtime::controller::Action,
 };
@@ -15,7 +15,6 @@ use kubemail_crds::{
     MailDomain, MailDomainStatus, Mailbox, Protocol, RelayPolicy, mail_domain::Endpoint,
 };
 use mail_runtime::probe;
-use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 
 use super::{Context, FIELD_MANAGER, domain_of};
@@ -36,6 +35,8 @@ const RESYNC: Duration = Duration::from_secs(30);
 pub enum Password {
     /// The hash to serve.
     Hash(String),
+    /// A plaintext password not hashed yet (from [`password_found`], which does not hash).
+    Unhashed,
     /// Why there is none.
     Missing(&'static str, String),
 }
@@ -43,6 +44,21 @@ pub enum Password {
 /// Reads a Mailbox's password Secret and returns the hash to serve (hashing a plaintext
 /// password once; the result is cached by content).
 pub async fn password_hash(ctx: &Context, mailbox: &Mailbox) -> Result<Password> {
+    resolve_password(ctx, mailbox, true).await
+}
+
+/// Whether a Mailbox's password is there, without hashing it: the Mailbox's own reconcile
+/// reports this, and leaves the hashing to its MailDomain's (one argon2 run per password, not
+/// two racing ones).
+pub async fn password_found(ctx: &Context, mailbox: &Mailbox) -> Result<Password> {
+    resolve_password(ctx, mailbox, false).await
+}
+
+async fn resolve_password(
+    ctx: &Context,
+    mailbox: &Mailbox,
+    hash_plaintext: bool,
+) -> Result<Password> {
     let ns = mailbox.namespace().ok_or(Error::Incomplete("namespace"))?;
     let reference = &mailbox.spec.password_secret_ref;
     // The Secret is read only when its version differs from the one last hashed.
@@ -104,6 +120,9 @@ pub async fn password_hash(ctx: &Context, mailbox: &Mailbox) -> Result<Password>
         remember(&hash);
         return Ok(Password::Hash(hash));
     }
+    if !hash_plaintext {
+        return Ok(Password::Unhashed);
+    }
     // On the runtime library's two hashing threads: argon2 takes ~19 MiB per run, and a
     // thousand new Mailboxes at once would otherwise spread that over hundreds of blocking
     // threads that keep it.
@@ -135,24 +154,6 @@ pub fn mailboxes_of(ctx: &Context, md: &MailDomain) -> Vec<Arc<Mailbox>> {
         )
     });
     out
-}
-
-async fn apply<K>(api: &Api<K>, object: &K) -> Result<K>
-where
-    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
-{
-    let name = object
-        .meta()
-        .name
-        .clone()
-        .ok_or(Error::Incomplete("name"))?;
-    Ok(api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(object),
-        )
-        .await?)
 }
 
 /// Creates a Secret when it does not exist; never changes one that does.
@@ -369,7 +370,7 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
     let invalid = mail_runtime::config::Config::validate(config.clone()).err();
     let valid = invalid.is_none();
     let (revision, yaml) = render::config::with_revision(config);
-    apply(
+    ctx.apply(
         &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
         &objects::service_account(&md),
     )
@@ -377,7 +378,8 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
     match invalid {
         None => {
             status.conditions.retain(|c| c.type_ != "ConfigValid");
-            apply(&secrets, &objects::config_secret(&md, &revision, &yaml)).await?;
+            ctx.apply(&secrets, &objects::config_secret(&md, &revision, &yaml))
+                .await?;
         }
         Some(invalid) => {
             tracing::warn!(domain = %md.spec.domain, %invalid, "rendered config refused; the last one stays");
@@ -390,17 +392,17 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
             );
         }
     }
-    apply(
+    ctx.apply(
         &Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns),
         &objects::data_claim(&md),
     )
     .await?;
-    apply(
+    ctx.apply(
         &Api::<Service>::namespaced(client.clone(), &ns),
         &objects::service(&md),
     )
     .await?;
-    apply(
+    ctx.apply(
         &Api::<Deployment>::namespaced(client.clone(), &ns),
         &objects::deployment(&md, relay.as_ref(), &ctx.options.runtime),
     )

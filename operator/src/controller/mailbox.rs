@@ -12,7 +12,7 @@ use kubemail_crds::{MailDomain, Mailbox, MailboxStatus};
 
 use super::{
     Context, FIELD_MANAGER, domain_of,
-    mail_domain::{Password, mailboxes_of, password_hash},
+    mail_domain::{Password, mailboxes_of, password_found},
 };
 use crate::{
     conditions::{self, reason},
@@ -66,8 +66,8 @@ pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Actio
             format!("no MailDomain in namespace {ns} serves {domain_name}"),
         ),
     }
-    let secret_ok = match password_hash(&ctx, &mailbox).await? {
-        Password::Hash(_) => {
+    let secret_ok = match password_found(&ctx, &mailbox).await? {
+        Password::Hash(_) | Password::Unhashed => {
             set(
                 &mut status.conditions,
                 "SecretFound",

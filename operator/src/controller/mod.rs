@@ -15,13 +15,19 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount},
+};
 use kube::{
-    Client,
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
     core::PartialObjectMeta,
     runtime::reflector::{ObjectRef, Store},
 };
 use kubemail_crds::{MailDomain, Mailbox};
+use serde::{Serialize, de::DeserializeOwned};
+use sha2::{Digest, Sha256};
 
 use crate::render::objects::RuntimeOptions;
 
@@ -64,9 +70,73 @@ pub struct Context {
     /// The addresses in a rendered config Secret, by (namespace, name), with the
     /// resourceVersion they were read at.
     pub config_addresses: Arc<Mutex<ConfigAddresses>>,
+    /// The metadata of the objects this operator renders (label
+    /// `app.kubernetes.io/managed-by=kubemail-operator`), to see whether one changed since it
+    /// was applied.
+    pub live: Live,
+    /// What was last applied: (type, namespace, name) -> (SHA-256 of the object, the
+    /// resourceVersion the API server answered).
+    pub applied: Arc<Mutex<AppliedObjects>>,
     /// Publishes events (condition changes) for `kubectl describe`.
     pub recorder: kube::runtime::events::Recorder,
 }
+
+/// Watch caches of the metadata of the objects the operator renders, one per kind (Secrets are
+/// [`Context::secret_versions`]).
+#[derive(Clone)]
+pub struct Live {
+    /// ServiceAccounts.
+    pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
+    /// Services.
+    pub services: Store<PartialObjectMeta<Service>>,
+    /// PersistentVolumeClaims.
+    pub claims: Store<PartialObjectMeta<PersistentVolumeClaim>>,
+    /// Deployments.
+    pub deployments: Store<PartialObjectMeta<Deployment>>,
+}
+
+/// A kind the operator applies, with the watch cache that holds its live metadata.
+pub trait Applied:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + std::fmt::Debug
+    + Sized
+    + 'static
+{
+    /// The cache.
+    fn live(ctx: &Context) -> &Store<PartialObjectMeta<Self>>;
+}
+
+impl Applied for Secret {
+    fn live(ctx: &Context) -> &Store<PartialObjectMeta<Self>> {
+        &ctx.secret_versions
+    }
+}
+impl Applied for ServiceAccount {
+    fn live(ctx: &Context) -> &Store<PartialObjectMeta<Self>> {
+        &ctx.live.service_accounts
+    }
+}
+impl Applied for Service {
+    fn live(ctx: &Context) -> &Store<PartialObjectMeta<Self>> {
+        &ctx.live.services
+    }
+}
+impl Applied for PersistentVolumeClaim {
+    fn live(ctx: &Context) -> &Store<PartialObjectMeta<Self>> {
+        &ctx.live.claims
+    }
+}
+impl Applied for Deployment {
+    fn live(ctx: &Context) -> &Store<PartialObjectMeta<Self>> {
+        &ctx.live.deployments
+    }
+}
+
+/// See [`Context::applied`].
+pub type AppliedObjects = HashMap<(&'static str, String, String), ([u8; 32], String)>;
 
 /// See [`Context::hash_by_version`]: (Secret uid, key) -> (resourceVersion, hash).
 pub type HashesByVersion = HashMap<(String, String), (String, String)>;
@@ -86,6 +156,48 @@ impl Context {
             meta.metadata.uid.clone()?,
             meta.metadata.resource_version.clone()?,
         ))
+    }
+
+    /// Server-side applies `object` under [`FIELD_MANAGER`], unless it is what was applied last
+    /// time and the object has not changed since (its live resourceVersion is the one that
+    /// apply returned): an unchanged domain sends no request at all. Someone else's edit moves
+    /// the resourceVersion, and the next reconcile applies again.
+    pub async fn apply<K: Applied>(&self, api: &Api<K>, object: &K) -> crate::error::Result<()> {
+        let name = object
+            .meta()
+            .name
+            .clone()
+            .ok_or(crate::error::Error::Incomplete("name"))?;
+        let ns = object.meta().namespace.clone().unwrap_or_default();
+        let key = (std::any::type_name::<K>(), ns.clone(), name.clone());
+        let digest: [u8; 32] =
+            Sha256::digest(serde_json::to_vec(object).unwrap_or_default()).into();
+        let live = K::live(self)
+            .get(&ObjectRef::new(&name).within(&ns))
+            .and_then(|m| m.resource_version());
+        let unchanged = self
+            .applied
+            .lock()
+            .expect("applied cache")
+            .get(&key)
+            .is_some_and(|(d, rv)| *d == digest && Some(rv) == live.as_ref());
+        if unchanged {
+            return Ok(());
+        }
+        let result = api
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(object),
+            )
+            .await?;
+        if let Some(rv) = result.resource_version() {
+            self.applied
+                .lock()
+                .expect("applied cache")
+                .insert(key, (digest, rv));
+        }
+        Ok(())
     }
 
     /// A Secret's annotation, from the watch cache.
@@ -108,7 +220,7 @@ pub async fn publish_transitions<K>(
     previous: &[kubemail_crds::Condition],
     current: &[kubemail_crds::Condition],
 ) where
-    K: kube::Resource<DynamicType = ()>,
+    K: Resource<DynamicType = ()>,
 {
     use kube::runtime::events::{Event, EventType};
     let reference = object.object_ref(&());
@@ -136,6 +248,14 @@ impl std::fmt::Debug for Context {
         f.debug_struct("Context")
             .field("options", &self.options)
             .finish()
+    }
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("deployments", &self.deployments.state().len())
+            .finish_non_exhaustive()
     }
 }
 
