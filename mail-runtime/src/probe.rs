@@ -105,9 +105,24 @@ struct Found {
 pub async fn probe(kind: Kind, address: &str, options: &Options) -> Report {
     let start = Instant::now();
     let mut found = Found::default();
+    // Credentials with a line break (or NUL) would end the command they are sent in and start
+    // another one of the caller's choosing: refused before anything is sent.
+    let unsafe_login = options.login.as_ref().is_some_and(|(user, password)| {
+        [user, password]
+            .iter()
+            .any(|v| v.contains(['\r', '\n', '\0']))
+    });
+    let checked = if unsafe_login {
+        Err("the login contains a line break or NUL; refused before connecting".to_string())
+    } else {
+        Ok(())
+    };
     // Name resolution happens first and on its own clock: how long a resolver takes to say
     // "no such name" varies, and the probe's verdict must not vary with it.
-    if let Err(error) = resolve(address).await {
+    if let Err(error) = match checked {
+        Ok(()) => resolve(address).await,
+        Err(e) => Err(e),
+    } {
         return Report {
             protocol: kind,
             address: address.to_string(),

@@ -139,6 +139,22 @@ fn probes_fail_clearly_on_a_closed_port_the_wrong_protocol_and_no_starttls() {
         "not a POP3 greeting",
     );
     fails(&["smtp", &format!("127.0.0.1:{}", dev.port("pop3"))], "");
+    // A password file whose password goes on after a line break would send a second command
+    // (`a2 DELETE INBOX`): the probe refuses it before connecting.
+    let password_file = tmp.path().join("injected-password");
+    std::fs::write(&password_file, "x\r\na2 DELETE INBOX\r\n").expect("password file");
+    fails(
+        &[
+            "imap",
+            &format!("127.0.0.1:{}", dev.port("imaps")),
+            "--implicit-tls",
+            "--login",
+            "alice@example.test",
+            "--password-file",
+            password_file.to_str().expect("utf-8 path"),
+        ],
+        "line break",
+    );
 
     // The same runtime without a usable certificate offers no STARTTLS: the probe says so.
     let data = tmp.path().join("notls");
