@@ -139,9 +139,25 @@ enum HashJob {
     Hash(String, tokio::sync::oneshot::Sender<String>),
 }
 
+/// Jobs sent to the hashing threads and not yet taken.
+static QUEUED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sends a job to the hashing threads, counting it as queued (blocks while the queue is full).
+fn queue_job(job: HashJob) -> Result<(), std::sync::mpsc::SendError<HashJob>> {
+    use std::sync::atomic::Ordering;
+    QUEUED.fetch_add(1, Ordering::SeqCst);
+    let sent = hasher().send(job);
+    if sent.is_err() {
+        QUEUED.fetch_sub(1, Ordering::SeqCst);
+    }
+    sent
+}
+
 /// Password checks run on two long-lived threads of their own: argon2 takes ~19 MiB per run,
 /// and the allocator keeps that memory with the thread that used it, so a fixed pair of threads
-/// bounds it (on the blocking pool, every one of its threads would end up holding some).
+/// bounds it (on the blocking pool, every one of its threads would end up holding some). Each
+/// thread keeps its working memory while more jobs are queued and lets it go when none are,
+/// so an idle runtime or operator holds none of it.
 fn hasher() -> &'static std::sync::mpsc::SyncSender<HashJob> {
     static QUEUE: std::sync::OnceLock<std::sync::mpsc::SyncSender<HashJob>> =
         std::sync::OnceLock::new();
@@ -156,7 +172,13 @@ fn hasher() -> &'static std::sync::mpsc::SyncSender<HashJob> {
                     // argon2's working memory, kept and reused from one check to the next.
                     let mut blocks: Vec<argon2::Block> = Vec::new();
                     loop {
+                        if QUEUED.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                            blocks = Vec::new();
+                        }
                         let job = rx.lock().expect("hash queue").recv();
+                        if job.is_ok() {
+                            QUEUED.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                        }
                         match job {
                             Err(_) => return,
                             Ok(HashJob::Verify(hash, password, reply)) => {
@@ -185,8 +207,7 @@ fn hasher() -> &'static std::sync::mpsc::SyncSender<HashJob> {
 /// Hashes a password on the hashing threads (bounded memory however many arrive at once).
 pub async fn hash_password_bounded(password: String) -> Option<String> {
     let (reply, answer) = tokio::sync::oneshot::channel();
-    let queued = hasher().clone();
-    tokio::task::spawn_blocking(move || queued.send(HashJob::Hash(password, reply)))
+    tokio::task::spawn_blocking(move || queue_job(HashJob::Hash(password, reply)))
         .await
         .ok()?
         .ok()?;
@@ -298,10 +319,9 @@ async fn verify_cached(hash: PasswordHash, password: &str) -> bool {
         }
     }
     let (reply, answer) = tokio::sync::oneshot::channel();
-    let queued = hasher().clone();
     let job = HashJob::Verify(hash, password.as_bytes().to_vec(), reply);
     // The queue is bounded: a flood of logins waits here instead of piling up memory.
-    if tokio::task::spawn_blocking(move || queued.send(job))
+    if tokio::task::spawn_blocking(move || queue_job(job))
         .await
         .map_or(true, |r| r.is_err())
     {
