@@ -8,7 +8,9 @@
 //! its domain's runtime config, the API requests the operator made (its own
 //! `kubemail_operator_api_requests_total`), its CPU time and peak memory, and the writes it made
 //! during a quiet minute afterwards (which must be none). `SCALE_HASHED=1` gives the Secrets
-//! argon2 hashes instead, to see the operator without its hashing.
+//! argon2 hashes instead, to see the operator without its hashing. `KUBEMAIL_OPERATOR_BIN`
+//! runs another build of the operator (memory is a release build's figure:
+//! `cargo build --release -p kubemail-operator`, then point it at target/release).
 use std::{
     collections::BTreeMap,
     io::Write,
@@ -112,7 +114,9 @@ async fn a_thousand_mailboxes_in_ten_domains() {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let mut operator = Command::new(env!("CARGO_BIN_EXE_kubemail-operator"))
+    let binary = std::env::var("KUBEMAIL_OPERATOR_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_kubemail-operator").to_string());
+    let mut operator = Command::new(&binary)
         .args(["--namespace", &ns, "--probe-timeout", "1"])
         .args(["--health-addr", &format!("127.0.0.1:{port}")])
         .args(["--runtime-image", "kubemail/mail-runtime:bench"])
