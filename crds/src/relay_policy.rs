@@ -96,13 +96,10 @@ pub struct RelayAllow {
     #[x_kube(validation = kube::core::Rule::new("self.all(c, isCIDR(c))").message("every entry of clientCIDRs must be a network in CIDR notation such as 10.0.0.0/8"), merge_strategy = kube::core::ListMerge::Set)]
     #[serde(rename = "clientCIDRs")]
     pub client_cidrs: Vec<String>,
-    /// Pods that may relay without logging in, chosen by label (in this namespace unless
-    /// `namespaceSelector` is set). The operator keeps their addresses in the runtime's config.
+    /// Pods that may relay without logging in, chosen by label in this namespace. The operator
+    /// keeps their addresses in the runtime's config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
-    /// Namespaces in which `podSelector` chooses pods. Without it, only this namespace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace_selector: Option<LabelSelector>,
 }
 
 impl Default for RelayAllow {
@@ -111,7 +108,6 @@ impl Default for RelayAllow {
             authenticated_users: true,
             client_cidrs: Vec::new(),
             pod_selector: None,
-            namespace_selector: None,
         }
     }
 }
