@@ -917,3 +917,102 @@ async fn hostile_mailboxes_cannot_stop_the_domain_and_ten_thousand_aliases_are_s
         "the operator is still running"
     );
 }
+
+/// Postfix from e2e/peers/peers.sh (SMTP with STARTTLS), stopped when dropped.
+struct Postfix {
+    dir: tempfile::TempDir,
+    port: u64,
+}
+
+impl Postfix {
+    fn start() -> Postfix {
+        let dir = tempfile::tempdir().expect("tmp");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../e2e/peers/peers.sh");
+        let out = Command::new("bash")
+            .args([script, "start"])
+            .arg(dir.path())
+            .output()
+            .expect("peers.sh");
+        assert!(
+            out.status.success(),
+            "peers.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ports: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        let port = ports["smtp"].as_u64().expect("smtp port");
+        Postfix { dir, port }
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../e2e/peers/peers.sh");
+        let _ = Command::new("bash")
+            .args([script, "stop"])
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+async fn relay_condition(client: &Client, ns: &str, type_: &str) -> Option<(String, String)> {
+    let rp = Api::<kubemail_crds::RelayPolicy>::namespaced(client.clone(), ns)
+        .get_opt("apps")
+        .await
+        .ok()??;
+    rp.status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status, c.reason))
+}
+
+#[tokio::test]
+async fn a_smarthost_is_probed_for_real_and_a_dead_one_is_reported() {
+    let postfix = Postfix::start();
+    let (client, ns) = setup(BTreeMap::new()).await;
+    let ns = ns.name;
+    let _operator = Operator::start(ControlPlane::shared(), &ns);
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "provider-login"},
+               "stringData": {"username": "relay", "password": "relay-pw"}}),
+    )
+    .await;
+    let policy = |port: u64| {
+        json!({"apiVersion": "kubemail.io/v1alpha1", "kind": "RelayPolicy",
+               "metadata": {"name": "apps"},
+               "spec": {"route": {"mode": "Smarthost", "smarthost": {
+                   "host": "127.0.0.1", "port": port, "tls": "StartTLS",
+                   "credentialsSecretRef": {"name": "provider-login"}}}}})
+    };
+    apply(&client, &ns, policy(postfix.port)).await;
+    for (type_, reason) in [
+        ("SmarthostReachable", "ProbePassed"),
+        ("CredentialsFound", "Ready"),
+        ("Ready", "Ready"),
+    ] {
+        let (status, got) = eventually(&format!("{type_} against Postfix"), || async {
+            relay_condition(&client, &ns, type_)
+                .await
+                .filter(|(s, _)| s == "True")
+        })
+        .await;
+        assert_eq!((status.as_str(), got.as_str()), ("True", reason));
+    }
+
+    // Postfix stops answering: the probe says so.
+    drop(postfix);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a port")
+        .port();
+    apply(&client, &ns, policy(u64::from(closed))).await;
+    let (_, reason) = eventually("SmarthostReachable turns False", || async {
+        relay_condition(&client, &ns, "SmarthostReachable")
+            .await
+            .filter(|(s, _)| s == "False")
+    })
+    .await;
+    assert_eq!(reason, "ProbeFailed");
+}
