@@ -61,15 +61,15 @@ pub fn set(
     });
 }
 
-/// The conditions whose status differs from before (or that are new): what `kubectl describe`
-/// should show as events.
+/// The conditions whose status differs from before, and the new ones that are not True: what
+/// `kubectl describe` should show as events. A condition that starts out True is no news (a
+/// thousand new Mailboxes would otherwise post thousands of "found" events).
 pub fn transitions<'a>(previous: &[Condition], current: &'a [Condition]) -> Vec<&'a Condition> {
     current
         .iter()
-        .filter(|c| {
-            !previous
-                .iter()
-                .any(|p| p.type_ == c.type_ && p.status == c.status)
+        .filter(|c| match previous.iter().find(|p| p.type_ == c.type_) {
+            Some(p) => p.status != c.status,
+            None => c.status != "True",
         })
         .collect()
 }
@@ -79,4 +79,32 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     conditions
         .iter()
         .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conditions(list: &[(&str, bool)]) -> Vec<Condition> {
+        let mut out = Vec::new();
+        for (type_, ok) in list {
+            set(&mut out, &[], type_, *ok, reason::READY, "m", Some(1));
+        }
+        out
+    }
+
+    #[test]
+    fn events_are_changes_and_new_problems_not_new_good_news() {
+        let types = |v: Vec<&Condition>| v.iter().map(|c| c.type_.clone()).collect::<Vec<_>>();
+        // A new object: only what is wrong is news.
+        let first = conditions(&[("DomainFound", true), ("SecretFound", false)]);
+        assert_eq!(types(transitions(&[], &first)), ["SecretFound"]);
+        // The Secret appears: a recovery is news; an unchanged condition is not.
+        let second = conditions(&[("DomainFound", true), ("SecretFound", true)]);
+        assert_eq!(types(transitions(&first, &second)), ["SecretFound"]);
+        assert!(transitions(&second, &second).is_empty());
+        // Something breaks.
+        let third = conditions(&[("DomainFound", false), ("SecretFound", true)]);
+        assert_eq!(types(transitions(&second, &third)), ["DomainFound"]);
+    }
 }
