@@ -8,7 +8,8 @@ export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$HOME/.cache/kubemail/fuzz-target}
 # Built as the runtime ships (-O: optimised, no debug assertions) plus overflow checks. A
 # dependency's debug_assert! is not what production runs: mail-parser 0.11.9 asserts on a nested
 # multipart without its boundary (seeds/mime_message/nested-multipart-without-boundary.eml), a
-# message the release build parses fine.
+# message the release build parses fine. -timeout=10: an input that runs longer is a hang (a LIST
+# pattern once backtracked for minutes; seeds/imap_command/list-backtracking).
 export RUSTFLAGS="${RUSTFLAGS:-} -C overflow-checks=on"
 
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
@@ -23,7 +24,7 @@ for target in $(cargo +nightly fuzz list); do
     log="$CARGO_TARGET_DIR/fuzz-$target.log"
     status=0
     cargo +nightly fuzz run -O "$target" "$corpus" "${seeds[@]}" -- \
-        -max_total_time="$SECONDS_PER_TARGET" -print_final_stats=1 >"$log" 2>&1 || status=$?
+        -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -print_final_stats=1 >"$log" 2>&1 || status=$?
     grep -E '^(Done|stat::number_of_executed_units|stat::peak_rss_mb)|SUMMARY|panicked|ERROR' "$log" || true
     if [[ $status -ne 0 ]]; then
         tail -n 60 "$log" >&2
