@@ -203,3 +203,22 @@ fn messages_are_dot_stuffed_and_top_stops_after_n_body_lines() {
     let top = String::from_utf8(Session::format_message(message, Some(1))).expect("utf8");
     assert!(top.ends_with("\r\n\r\nline1\r\n.\r\n"), "{top}");
 }
+
+#[test]
+fn commands_pipelined_behind_stls_are_discarded() {
+    // A man in the middle appends a login to the client's STLS; after the handshake none of
+    // it may run (RFC 2595 section 4).
+    let mut h = Harness::new(false);
+    h.out.clear();
+    let outputs = h
+        .session
+        .feed(b"STLS\r\nUSER alice\r\nPASS pw\r\nSTAT\r\nDELE 1\r\nQUIT\r\n");
+    h.drive(outputs);
+    assert_eq!(h.out, ["+OK begin TLS negotiation"]);
+    assert!(h.committed.is_none(), "nothing was deleted");
+    h.out.clear();
+    h.run(
+        "C: STAT
+         S: -ERR unknown command or not allowed before login",
+    );
+}
