@@ -536,3 +536,61 @@ fn inbound_mail_is_checked_with_spf_and_dmarc() {
         "forged mail was stored"
     );
 }
+
+/// The last reply recorded for each queued recipient.
+fn queued_replies(dev: &Dev) -> Vec<String> {
+    std::fs::read_dir(dev.data.join("queue"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .flat_map(|entry| {
+                    entry["recipients"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|r| r["lastReply"].as_str().map(String::from))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn with_tls_required_an_mx_without_starttls_gets_nothing() {
+    // The peer offers no STARTTLS, as an MX looks to us when a man in the middle strips it
+    // from the EHLO reply. With requireTls the message waits in the queue; without, it goes.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ip = "127.0.0.34";
+    let dns = Dns::start(&mx_records("remote.test", ip));
+    let peer = Peer::start(ip, 25, &tmp.path().join("peer"), &[]);
+    let dev = Dev::start(&tmp.path().join("data"));
+    patch_config(&dev, "relay-1", |c| {
+        relay_setup(c, &dns);
+        c["relay"]["route"]["requireTls"] = true.into();
+    });
+    submitted(&dev, "friend@remote.test", "only over TLS");
+    wait_until(
+        "a refused attempt is recorded",
+        Duration::from_secs(20),
+        || {
+            queued_replies(&dev)
+                .iter()
+                .any(|r| r.contains("does not offer STARTTLS and TLS is required"))
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(peer.received().is_empty(), "mail went out in the clear");
+    assert_eq!(queue_files(&dev), 1, "the message waits in the queue");
+
+    patch_config(&dev, "relay-2", |c| {
+        c["relay"]["route"]["requireTls"] = false.into();
+    });
+    wait_until(
+        "delivered once TLS is optional",
+        Duration::from_secs(20),
+        || peer.received().len() == 1,
+    );
+}
