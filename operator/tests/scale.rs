@@ -256,8 +256,13 @@ async fn a_thousand_mailboxes_in_ten_domains() {
     } else {
         "plaintext passwords, hashed by the operator"
     };
+    let build = if binary.contains("/release/") {
+        "release build"
+    } else {
+        "debug build"
+    };
     println!(
-        "\n| operator, {MAILBOXES} Mailboxes in {DOMAINS} MailDomains ({what}) | figure |\n|---|---|"
+        "\n| operator ({build}), {MAILBOXES} Mailboxes in {DOMAINS} MailDomains ({what}) | figure |\n|---|---|"
     );
     println!(
         "| creating {MAILBOXES} Mailboxes + Secrets (16 in flight) | {:.1} s |",
