@@ -16,11 +16,19 @@ pub fn parse(bytes: &[u8]) -> Message<'_> {
     MessageParser::default().parse(bytes).unwrap_or_default()
 }
 
+/// How deep parts may nest (multiparts and message/rfc822 together). Deeper parts are not
+/// shown: every walk over the tree recurses, and a message is as deep as its sender likes.
+const MAX_DEPTH: u16 = 64;
+
 /// A part together with the message whose bytes it points into.
 #[derive(Clone, Copy)]
 pub struct Node<'a, 'x> {
     message: &'a Message<'x>,
     part: &'a MessagePart<'x>,
+    /// Its index in `message.parts`.
+    index: usize,
+    /// How many multiparts and messages it is inside.
+    depth: u16,
 }
 
 impl std::fmt::Debug for Node<'_, '_> {
@@ -37,6 +45,8 @@ impl<'a, 'x> Node<'a, 'x> {
         Some(Self {
             message,
             part: message.parts.first()?,
+            index: 0,
+            depth: 0,
         })
     }
 
@@ -71,15 +81,26 @@ impl<'a, 'x> Node<'a, 'x> {
         self.part.is_multipart()
     }
 
+    /// The parts of a multipart. A child comes after its parent in mail-parser's list, so only
+    /// later parts are taken: a malformed message whose part lists an earlier one (itself, an
+    /// ancestor) would otherwise make every walk endless (the fuzzer found one; it overflowed the
+    /// stack).
     fn children(&self) -> Vec<Node<'a, 'x>> {
+        if self.depth >= MAX_DEPTH {
+            return Vec::new();
+        }
         self.part
             .sub_parts()
             .unwrap_or_default()
             .iter()
+            .map(|id| *id as usize)
+            .filter(|id| *id > self.index)
             .filter_map(|id| {
                 Some(Node {
                     message: self.message,
-                    part: self.message.parts.get(*id as usize)?,
+                    part: self.message.parts.get(id)?,
+                    index: id,
+                    depth: self.depth + 1,
                 })
             })
             .collect()
@@ -87,8 +108,14 @@ impl<'a, 'x> Node<'a, 'x> {
 
     /// The message inside a message/rfc822 part.
     fn nested(&self) -> Option<Node<'a, 'x>> {
+        if self.depth >= MAX_DEPTH {
+            return None;
+        }
         match &self.part.body {
-            mail_parser::PartType::Message(m) => Node::root(m),
+            mail_parser::PartType::Message(m) => Node::root(m).map(|n| Node {
+                depth: self.depth + 1,
+                ..n
+            }),
             _ => None,
         }
     }
@@ -470,6 +497,21 @@ Content-Transfer-Encoding: base64\r\n\
 \r\n\
 AAEC\r\n\
 --b--\r\n";
+
+    #[test]
+    fn deep_messages_stop_at_the_depth_limit() {
+        // 200 message/rfc822 parts inside each other: BODYSTRUCTURE shows the top and 64 levels
+        // below it, and ends.
+        let mut m = b"Subject: innermost\r\n\r\nhi\r\n".to_vec();
+        for _ in 0..200 {
+            m = [&b"Content-Type: message/rfc822\r\n\r\n"[..], &m].concat();
+        }
+        let parsed = parse(&m);
+        let text = render(|o| body_structure(o, &Node::root(&parsed).expect("root"), true));
+        let levels = text.matches("\"message\" \"rfc822\"").count();
+        assert_eq!(levels, usize::from(MAX_DEPTH) + 1, "{text}");
+        assert_eq!(text.matches('(').count(), text.matches(')').count());
+    }
 
     fn render(f: impl FnOnce(&mut Vec<u8>)) -> String {
         let mut out = Vec::new();
