@@ -5,6 +5,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
@@ -76,6 +77,9 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// The read timeout of a session not logged in while the server is near its connection limit.
+pub const STRESSED_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Runtime {
     /// Opens the store and loads TLS for a config.
     pub fn new(config: ConfigHandle) -> Result<Self> {
@@ -106,6 +110,20 @@ impl Runtime {
             connections: Arc::new(Mutex::new(Connections::default())),
             started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
+    }
+
+    /// How long a session that has not logged in may wait for its client's next bytes: the
+    /// configured command timeout, or 10 s once the connections in use reach 80% of the limit.
+    /// A slow or silent client (a slowloris) then gives its slot back quickly instead of holding
+    /// it until the server refuses everyone (Postfix's stress mode does the same).
+    pub fn idle_timeout(&self, configured: Duration) -> Duration {
+        let max = self.config.get().raw.limits.max_connections as u64;
+        let total = self.connections.lock().expect("connections lock").total as u64;
+        if total * 5 >= max * 4 {
+            configured.min(STRESSED_TIMEOUT)
+        } else {
+            configured
+        }
     }
 
     /// Counts a new connection from `ip`, or says why it is refused.
@@ -232,7 +250,7 @@ impl Runtime {
 /// atomically, so a probe or a person can read which revision is served.
 async fn report_status(runtime: Runtime) {
     let mut last = serde_json::Value::Null;
-    let mut ticker = tokio::time::interval(std::time::Duration::from_millis(250));
+    let mut ticker = tokio::time::interval(Duration::from_millis(250));
     loop {
         ticker.tick().await;
         let status = runtime.status();

@@ -274,7 +274,7 @@ impl Session {
                 let timeout = if self.user.is_some() {
                     AUTHENTICATED_TIMEOUT
                 } else {
-                    self.command_timeout
+                    self.runtime.idle_timeout(self.command_timeout)
                 };
                 let n = match tokio::time::timeout(timeout, self.conn.read(&mut buf)).await {
                     Ok(Ok(0)) | Ok(Err(_)) => break,

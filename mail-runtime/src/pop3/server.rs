@@ -78,9 +78,14 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
             .handle(&mut conn, &mut session, &mut lock, outputs)
             .await?;
     }
-    let timeout = Duration::from_secs(config.raw.limits.command_timeout_seconds.max(600));
+    let configured = Duration::from_secs(config.raw.limits.command_timeout_seconds.max(600));
     let mut buf = vec![0u8; 8192];
     while !session.closed() {
+        let timeout = if session.in_transaction() {
+            configured
+        } else {
+            runtime.idle_timeout(configured)
+        };
         let n = match tokio::time::timeout(timeout, conn.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => break,
             Ok(Ok(n)) => n,

@@ -64,9 +64,11 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
             .handle(&mut conn, &mut session, outputs.into())
             .await?;
     }
-    let timeout = Duration::from_secs(runtime.config.get().raw.limits.command_timeout_seconds);
+    let configured = Duration::from_secs(runtime.config.get().raw.limits.command_timeout_seconds);
     let mut buf = vec![0u8; 16 * 1024];
     while !session.closed() {
+        // SMTP clients send without pause; under stress every session gets the short timeout.
+        let timeout = runtime.idle_timeout(configured);
         let n = match tokio::time::timeout(timeout, conn.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => break,
             Ok(Ok(n)) => n,
