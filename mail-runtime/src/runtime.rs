@@ -51,10 +51,36 @@ pub struct Runtime {
     started: Arc<std::sync::atomic::AtomicBool>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Connections {
     total: u32,
     per_ip: HashMap<IpAddr, u32>,
+    /// The limit in force when the last connection was admitted.
+    max: u32,
+    /// Whether 80% of the connections are in use; sessions waiting for input watch it.
+    stress: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Self {
+            total: 0,
+            per_ip: HashMap::new(),
+            max: 0,
+            stress: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
+impl Connections {
+    fn update_stress(&self) {
+        let stressed = self.max > 0 && u64::from(self.total) * 5 >= u64::from(self.max) * 4;
+        self.stress.send_if_modified(|s| {
+            let changed = *s != stressed;
+            *s = stressed;
+            changed
+        });
+    }
 }
 
 /// A counted connection; the count drops when it is dropped.
@@ -74,6 +100,7 @@ impl Drop for ConnectionSlot {
                 c.per_ip.remove(&self.ip);
             }
         }
+        c.update_stress();
     }
 }
 
@@ -112,17 +139,45 @@ impl Runtime {
         })
     }
 
-    /// How long a session that has not logged in may wait for its client's next bytes: the
-    /// configured command timeout, or 10 s once the connections in use reach 80% of the limit.
-    /// A slow or silent client (a slowloris) then gives its slot back quickly instead of holding
-    /// it until the server refuses everyone (Postfix's stress mode does the same).
-    pub fn idle_timeout(&self, configured: Duration) -> Duration {
-        let max = self.config.get().raw.limits.max_connections as u64;
-        let total = self.connections.lock().expect("connections lock").total as u64;
-        if total * 5 >= max * 4 {
-            configured.min(STRESSED_TIMEOUT)
-        } else {
-            configured
+    /// Reads the client's next bytes, or `None` when it stays silent too long: `configured`, or
+    /// for a session that has not logged in (`stressable`) 10 s once 80% of the connections
+    /// are in use — also when that happens while the read waits. A slow or silent client (a
+    /// slowloris) then gives its slot back instead of holding it until the server refuses
+    /// everyone (Postfix's stress mode does the same).
+    pub async fn read_idle<R>(
+        &self,
+        conn: &mut R,
+        buf: &mut [u8],
+        configured: Duration,
+        stressable: bool,
+    ) -> Option<std::io::Result<usize>>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+    {
+        use tokio::io::AsyncReadExt;
+        let start = tokio::time::Instant::now();
+        let mut stress = self
+            .connections
+            .lock()
+            .expect("connections lock")
+            .stress
+            .subscribe();
+        loop {
+            let limit = if stressable && *stress.borrow_and_update() {
+                configured.min(STRESSED_TIMEOUT)
+            } else {
+                configured
+            };
+            // A read dropped here for a new deadline loses nothing: reads are cancel-safe.
+            tokio::select! {
+                read = conn.read(buf) => return Some(read),
+                () = tokio::time::sleep_until(start + limit) => return None,
+                changed = stress.changed(), if stressable => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                }
+            }
         }
     }
 
@@ -139,6 +194,8 @@ impl Runtime {
         }
         *per_ip += 1;
         c.total += 1;
+        c.max = limits.max_connections;
+        c.update_stress();
         Ok(ConnectionSlot {
             connections: self.connections.clone(),
             ip,

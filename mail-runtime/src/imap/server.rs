@@ -271,15 +271,19 @@ impl Session {
                     self.flush().await?;
                     break;
                 }
-                let timeout = if self.user.is_some() {
-                    AUTHENTICATED_TIMEOUT
+                let (timeout, stressable) = if self.user.is_some() {
+                    (AUTHENTICATED_TIMEOUT, false)
                 } else {
-                    self.runtime.idle_timeout(self.command_timeout)
+                    (self.command_timeout, true)
                 };
-                let n = match tokio::time::timeout(timeout, self.conn.read(&mut buf)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) => break,
-                    Ok(Ok(n)) => n,
-                    Err(_) => {
+                let n = match self
+                    .runtime
+                    .read_idle(&mut self.conn, &mut buf, timeout, stressable)
+                    .await
+                {
+                    Some(Ok(0)) | Some(Err(_)) => break,
+                    Some(Ok(n)) => n,
+                    None => {
                         self.send("* BYE autologout: idle for too long\r\n");
                         let _ = self.flush().await;
                         break;

@@ -2,10 +2,7 @@
 //! reading messages and the UPDATE state.
 use std::{collections::VecDeque, io, time::Duration};
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-};
+use tokio::{io::AsyncWriteExt, net::TcpListener};
 
 use super::session::{OpenFailure, Output, Session};
 use crate::{
@@ -81,15 +78,14 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
     let configured = Duration::from_secs(config.raw.limits.command_timeout_seconds.max(600));
     let mut buf = vec![0u8; 8192];
     while !session.closed() {
-        let timeout = if session.in_transaction() {
-            configured
-        } else {
-            runtime.idle_timeout(configured)
-        };
-        let n = match tokio::time::timeout(timeout, conn.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => n,
-            Err(_) => {
+        let stressable = !session.in_transaction();
+        let n = match runtime
+            .read_idle(&mut conn, &mut buf, configured, stressable)
+            .await
+        {
+            Some(Ok(0)) | Some(Err(_)) => break,
+            Some(Ok(n)) => n,
+            None => {
                 let _ = conn
                     .write_all(b"-ERR autologout: idle for too long\r\n")
                     .await;

@@ -2,10 +2,7 @@
 //! STARTTLS, timeouts, spooling and delivery. The protocol itself lives in `session`.
 use std::{collections::VecDeque, io, time::Duration};
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-};
+use tokio::{io::AsyncWriteExt, net::TcpListener};
 
 use super::{
     Reply, checks,
@@ -68,11 +65,13 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
     let mut buf = vec![0u8; 16 * 1024];
     while !session.closed() {
         // SMTP clients send without pause; under stress every session gets the short timeout.
-        let timeout = runtime.idle_timeout(configured);
-        let n = match tokio::time::timeout(timeout, conn.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => n,
-            Err(_) => {
+        let n = match runtime
+            .read_idle(&mut conn, &mut buf, configured, true)
+            .await
+        {
+            Some(Ok(0)) | Some(Err(_)) => break,
+            Some(Ok(n)) => n,
+            None => {
                 let reply = Reply::new(421, "4.4.2", "timeout waiting for input, closing");
                 let _ = conn.write_all(&reply.to_bytes()).await;
                 break;
