@@ -172,8 +172,9 @@ fn sigkills_during_imap_append_expunge_and_pop3_update_lose_nothing_acknowledged
     let newest = after.keys().max().copied();
     assert!(newest > highest_issued, "{newest:?} <= {highest_issued:?}");
 
-    // POP3: every message delivered (250) is in the maildrop unless a QUIT that answered +OK
-    // deleted it; what is there is whole.
+    // POP3: every message delivered (250) is in the maildrop unless its session reached QUIT
+    // after DELE (a QUIT whose +OK the kill swallowed may or may not have deleted: RFC 1939
+    // leaves that to the UPDATE state); what is there is whole.
     let entries = journal(&pop_journal);
     let mut left = BTreeSet::new();
     for e in &entries {
@@ -181,7 +182,7 @@ fn sigkills_during_imap_append_expunge_and_pop3_update_lose_nothing_acknowledged
             Some("delivered") => {
                 left.insert(e["id"].as_u64().expect("id"));
             }
-            Some("deleted") => {
+            Some("quitting" | "deleted") => {
                 for id in e["ids"].as_array().expect("ids") {
                     left.remove(&id.as_u64().expect("id"));
                 }
@@ -194,7 +195,7 @@ fn sigkills_during_imap_append_expunge_and_pop3_update_lose_nothing_acknowledged
     let missing: Vec<_> = left.difference(&present).collect();
     assert!(
         missing.is_empty(),
-        "delivered, never deleted, but gone: {missing:?}"
+        "delivered, never marked for deletion, but gone: {missing:?}"
     );
     let deleted_back: Vec<_> = entries
         .iter()

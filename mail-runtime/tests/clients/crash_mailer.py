@@ -13,6 +13,7 @@ Journal lines (JSON, flushed one by one):
   {"op": "append", "id": N, "uid": U, "uidvalidity": V}   APPEND answered OK [APPENDUID]
   {"op": "expunge", "id": N, "uid": U}                    UID EXPUNGE answered OK
   {"op": "delivered", "id": N}                            SMTP answered 250
+  {"op": "quitting", "ids": [...]}                        POP3 QUIT about to be sent
   {"op": "deleted", "ids": [...]}                         POP3 QUIT answered +OK
 """
 import email
@@ -103,6 +104,8 @@ def pop3_loop(host, port, smtp_port, user, password, journal, first):
             assert found is not None and intact(raw, "pop", found), raw[:200]
             read.append(found)
             pop.dele(i)
+        # From here the server may delete them (UPDATE) even if its +OK never arrives.
+        write(op="quitting", ids=read)
         pop.quit()
         write(op="deleted", ids=read)
 
