@@ -9,10 +9,10 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
-use common::Dev;
+use common::{Dev, KillClock};
 
 /// Sends messages to bob on port 25 over one connection until told to stop or the connection
 /// dies; records the ids that got 250.
@@ -76,23 +76,12 @@ fn sender(
     }
 }
 
-fn pseudo_random(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
 #[test]
 fn no_acknowledged_message_is_lost_across_sigkills() {
     let tmp = tempfile::tempdir().expect("tmp");
     let next_id = Arc::new(Mutex::new(0u64));
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
-    let mut seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(42)
-        | 1;
+    let mut clock = KillClock::new();
     let kills = 12;
     for round in 0..kills {
         let mut dev = Dev::start(tmp.path());
@@ -108,7 +97,7 @@ fn no_acknowledged_message_is_lost_across_sigkills() {
                 std::thread::spawn(move || sender(port, next_id, acked, stop))
             })
             .collect();
-        let wait = 100 + pseudo_random(&mut seed) % 400;
+        let wait = clock.next_ms(100, 400);
         std::thread::sleep(Duration::from_millis(wait));
         dev.kill9();
         stop.store(true, Ordering::Relaxed);

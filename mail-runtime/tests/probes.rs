@@ -196,50 +196,9 @@ fn probes_fail_clearly_on_a_closed_port_the_wrong_protocol_and_no_starttls() {
     let _ = server.wait();
 }
 
-/// Postfix and Dovecot, started by e2e/peers/peers.sh, stopped when dropped.
-struct Peers {
-    dir: tempfile::TempDir,
-    ports: serde_json::Value,
-}
-
-impl Peers {
-    fn start() -> Peers {
-        let dir = tempfile::tempdir().expect("tmp");
-        let script = common::manifest_dir().join("../e2e/peers/peers.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .arg(dir.path())
-            .output()
-            .expect("peers.sh");
-        assert!(
-            out.status.success(),
-            "peers.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ports = serde_json::from_slice(&out.stdout).expect("peers.sh prints JSON");
-        Peers { dir, ports }
-    }
-
-    fn at(&self, name: &str) -> String {
-        format!("127.0.0.1:{}", self.ports[name])
-    }
-}
-
-impl Drop for Peers {
-    fn drop(&mut self) {
-        let script = common::manifest_dir().join("../e2e/peers/peers.sh");
-        let _ = Command::new("bash")
-            .arg(script)
-            .arg("stop")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 #[test]
 fn probes_pass_against_postfix_and_dovecot() {
-    let peers = Peers::start();
+    let peers = kubemail_e2e::Peers::start().expect("Postfix and Dovecot start");
     let report = passes(&["smtp", &peers.at("smtp")]);
     assert!(
         report["greeting"]
@@ -261,9 +220,9 @@ fn probes_pass_against_postfix_and_dovecot() {
         "{report}"
     );
     passes(&["pop3", &peers.at("pop3s"), "--implicit-tls"]);
-    let pw = peers.dir.path().join("probe-password");
-    std::fs::write(&pw, peers.ports["password"].as_str().expect("password")).expect("pw");
-    let user = peers.ports["user"].as_str().expect("user").to_string();
+    let (user, password) = peers.login();
+    let pw = peers.dir().join("probe-password");
+    std::fs::write(&pw, password).expect("pw");
     let pw = pw.to_string_lossy().to_string();
     let report = passes(&[
         "imap",

@@ -10,10 +10,10 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     path::Path,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
-use common::{Dev, client_script, run};
+use common::{Dev, KillClock, client_script, run};
 
 const ALICE: &str = "alice@example.test";
 const BOB: &str = "bob@example.test";
@@ -74,11 +74,7 @@ fn sigkills_during_imap_append_expunge_and_pop3_update_lose_nothing_acknowledged
     let tmp = tempfile::tempdir().expect("tmp");
     let imap_journal = tmp.path().join("imap.journal");
     let pop_journal = tmp.path().join("pop.journal");
-    let mut seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(7)
-        | 1;
+    let mut clock = KillClock::new();
     let kills = 10;
     for round in 0..kills {
         let mut dev = Dev::start(&tmp.path().join("data"));
@@ -105,10 +101,7 @@ fn sigkills_during_imap_append_expunge_and_pop3_update_lose_nothing_acknowledged
         // Kill once both clients are at work, at a moment that differs from round to round.
         wait_for_lines(&imap_journal, journal(&imap_journal).len() + 1);
         wait_for_lines(&pop_journal, journal(&pop_journal).len() + 1);
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let wait = 20 + seed % 300;
+        let wait = clock.next_ms(20, 300);
         std::thread::sleep(Duration::from_millis(wait));
         dev.kill9();
         for client in [imap, pop] {

@@ -908,42 +908,6 @@ async fn hostile_mailboxes_cannot_stop_the_domain_and_ten_thousand_aliases_are_s
     );
 }
 
-/// Postfix from e2e/peers/peers.sh (SMTP with STARTTLS), stopped when dropped.
-struct Postfix {
-    dir: tempfile::TempDir,
-    port: u64,
-}
-
-impl Postfix {
-    fn start() -> Postfix {
-        let dir = tempfile::tempdir().expect("tmp");
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../e2e/peers/peers.sh");
-        let out = Command::new("bash")
-            .args([script, "start"])
-            .arg(dir.path())
-            .output()
-            .expect("peers.sh");
-        assert!(
-            out.status.success(),
-            "peers.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ports: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-        let port = ports["smtp"].as_u64().expect("smtp port");
-        Postfix { dir, port }
-    }
-}
-
-impl Drop for Postfix {
-    fn drop(&mut self) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../e2e/peers/peers.sh");
-        let _ = Command::new("bash")
-            .args([script, "stop"])
-            .arg(self.dir.path())
-            .output();
-    }
-}
-
 async fn relay_condition(client: &Client, ns: &str, type_: &str) -> Option<(String, String)> {
     let rp = Api::<kubemail_crds::RelayPolicy>::namespaced(client.clone(), ns)
         .get_opt("apps")
@@ -958,7 +922,7 @@ async fn relay_condition(client: &Client, ns: &str, type_: &str) -> Option<(Stri
 
 #[tokio::test]
 async fn a_smarthost_is_probed_for_real_and_a_dead_one_is_reported() {
-    let postfix = Postfix::start();
+    let postfix = kubemail_e2e::Peers::start().expect("Postfix starts");
     let (client, ns) = setup(BTreeMap::new()).await;
     let ns = ns.name;
     let _operator = Operator::start(ControlPlane::shared(), &ns);
@@ -976,7 +940,7 @@ async fn a_smarthost_is_probed_for_real_and_a_dead_one_is_reported() {
                    "host": "127.0.0.1", "port": port, "tls": "StartTLS",
                    "credentialsSecretRef": {"name": "provider-login"}}}}})
     };
-    apply(&client, &ns, policy(postfix.port)).await;
+    apply(&client, &ns, policy(u64::from(postfix.port("smtp")))).await;
     for (type_, reason) in [
         ("SmarthostReachable", "ProbePassed"),
         ("CredentialsFound", "Ready"),

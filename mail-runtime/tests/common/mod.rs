@@ -186,6 +186,27 @@ pub fn run(cmd: &mut Command) -> String {
     text
 }
 
+/// Kill moments for crash drills: a different sequence each run (xorshift from the clock).
+pub struct KillClock(u64);
+
+impl KillClock {
+    pub fn new() -> KillClock {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(42);
+        KillClock(seed | 1)
+    }
+
+    /// A wait of `from` up to `from + spread` milliseconds.
+    pub fn next_ms(&mut self, from: u64, spread: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        from + self.0 % spread
+    }
+}
+
 /// The path of a helper script under tests/clients.
 pub fn client_script(name: &str) -> PathBuf {
     manifest_dir().join("tests/clients").join(name)
