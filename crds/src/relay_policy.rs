@@ -203,7 +203,8 @@ fn default_password_key() -> String {
     "password".into()
 }
 
-/// Rate limits on relayed mail.
+/// Rate limits on relayed mail. Each relayed recipient counts as one message: a message to 50
+/// outside addresses spends 50, as Postfix's recipient rate limits count.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimits {

@@ -11,9 +11,126 @@ use mail_parser::{Address, HeaderValue, Message, MessageParser, MessagePart, Mim
 
 use super::write::{nstring, string};
 
-/// Parses a stored message.
-pub fn parse(bytes: &[u8]) -> Message<'_> {
-    MessageParser::default().parse(bytes).unwrap_or_default()
+/// A parsed message whose tree is at most [`MAX_DEPTH`] messages deep, and whose drop does not
+/// recurse. mail-parser parses nested message/rfc822 parts without recursion, but the tree it
+/// builds nests one `Message` inside the other, and dropping it recurses once per level: a sender
+/// who nests 100,000 parts (4.4 MB) overflows the stack of whoever drops it, aborting the whole
+/// process. Such a message is shown as one opaque part: its own headers and its body as bytes.
+#[derive(Debug)]
+pub struct Parsed<'x>(Message<'x>);
+
+impl<'x> std::ops::Deref for Parsed<'x> {
+    type Target = Message<'x>;
+    fn deref(&self) -> &Message<'x> {
+        &self.0
+    }
+}
+
+impl Drop for Parsed<'_> {
+    fn drop(&mut self) {
+        dismantle(std::mem::take(&mut self.0));
+    }
+}
+
+/// Drops a message tree one level at a time, with its own stack instead of the thread's.
+fn dismantle(message: Message<'_>) {
+    let mut pending = vec![message];
+    while let Some(mut message) = pending.pop() {
+        for part in &mut message.parts {
+            if let mail_parser::PartType::Message(inner) = std::mem::take(&mut part.body) {
+                pending.push(inner);
+            }
+        }
+    }
+}
+
+/// How many messages deep the tree goes (the top counts as 1), without recursion.
+fn nesting(message: &Message<'_>) -> usize {
+    let mut deepest = 0;
+    let mut pending = vec![(message, 1)];
+    while let Some((message, depth)) = pending.pop() {
+        deepest = deepest.max(depth);
+        for part in &message.parts {
+            if let mail_parser::PartType::Message(inner) = &part.body {
+                pending.push((inner, depth + 1));
+            }
+        }
+    }
+    deepest
+}
+
+/// Upper bound on the content types that can start a nested message (`message/rfc822`,
+/// `message/global`, or any part of a `multipart/digest`), counted in the raw bytes. Above it the
+/// message is not parsed at all: a tree of 100,000 levels would cost ~100 MB to build only to be
+/// thrown away. Transfer-encoded nested messages hide their content types from this count;
+/// [`nesting`] still catches them after parsing.
+fn could_nest_deeper_than(bytes: &[u8], levels: usize) -> bool {
+    let mut count = 0;
+    for window in bytes.windows(7) {
+        if window.eq_ignore_ascii_case(b"message") || window[..6].eq_ignore_ascii_case(b"digest") {
+            count += 1;
+            if count > levels * 2 {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Parses a stored message; one nested too deep (see [`Parsed`]) comes back as a single part.
+pub fn parse(bytes: &[u8]) -> Parsed<'_> {
+    let limit = usize::from(MAX_DEPTH);
+    if !could_nest_deeper_than(bytes, limit) {
+        let message = MessageParser::default().parse(bytes).unwrap_or_default();
+        if nesting(&message) <= limit {
+            return Parsed(message);
+        }
+        dismantle(message);
+    }
+    tracing::info!(
+        size = bytes.len(),
+        "a message nested deeper than {limit} levels is served as one opaque part"
+    );
+    Parsed(opaque(bytes))
+}
+
+/// A message of one part: its top-level headers and its body as bytes.
+fn opaque(bytes: &[u8]) -> Message<'_> {
+    let headers = MessageParser::default()
+        .parse_headers(bytes)
+        .and_then(|m| m.parts.into_iter().next())
+        .map(|p| p.headers)
+        .unwrap_or_default();
+    let end = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    // The body starts after the first empty line (CRLF or bare LF endings).
+    let body_start = (0..bytes.len())
+        .find_map(|i| {
+            let rest = &bytes[i..];
+            if rest.starts_with(b"\r\n\r\n") {
+                Some(i + 4)
+            } else if rest.starts_with(b"\n\n") {
+                Some(i + 2)
+            } else {
+                None
+            }
+        })
+        .unwrap_or(bytes.len());
+    let offset_body = u32::try_from(body_start).unwrap_or(end).min(end);
+    Message {
+        parts: vec![MessagePart {
+            headers,
+            is_encoding_problem: true,
+            body: mail_parser::PartType::Binary(Cow::Borrowed(
+                bytes.get(offset_body as usize..).unwrap_or_default(),
+            )),
+            encoding: mail_parser::Encoding::None,
+            offset_header: 0,
+            offset_body,
+            offset_end: end,
+        }],
+        raw_message: Cow::Borrowed(bytes),
+        ..Message::default()
+    }
 }
 
 /// How deep parts may nest (multiparts and message/rfc822 together). Deeper parts are not
@@ -278,6 +395,17 @@ pub fn body_structure(out: &mut Vec<u8>, node: &Node<'_, '_>, extended: bool) {
     } else {
         subtype
     };
+    let nested = node.nested();
+    // A message or multipart whose structure is not shown (too deep, or served as one opaque
+    // part) is described as the bytes it is: IMAP's syntax for message/rfc822 demands an
+    // envelope and a structure, and clients fail to parse the answer without them.
+    let (ctype, subtype) = if nested.is_none()
+        && (ctype == "multipart" || ctype == "message" && is_nested_type(&subtype))
+    {
+        ("application".to_string(), "octet-stream".to_string())
+    } else {
+        (ctype, subtype)
+    };
     string(out, ctype.as_bytes());
     out.push(b' ');
     string(out, subtype.as_bytes());
@@ -295,7 +423,7 @@ pub fn body_structure(out: &mut Vec<u8>, node: &Node<'_, '_>, extended: bool) {
     string(out, encoding.as_bytes());
     let body = node.raw_body();
     out.extend_from_slice(format!(" {}", body.len()).as_bytes());
-    if let Some(nested) = node.nested() {
+    if let Some(nested) = nested {
         out.push(b' ');
         envelope(out, &nested);
         out.push(b' ');
@@ -310,6 +438,11 @@ pub fn body_structure(out: &mut Vec<u8>, node: &Node<'_, '_>, extended: bool) {
         out.extend_from_slice(b" NIL NIL");
     }
     out.push(b')');
+}
+
+/// The message subtypes whose body is a message of its own (RFC 2046, RFC 6532).
+fn is_nested_type(subtype: &str) -> bool {
+    subtype == "rfc822" || subtype == "global"
 }
 
 fn lines(body: &[u8]) -> usize {
@@ -499,18 +632,49 @@ AAEC\r\n\
 --b--\r\n";
 
     #[test]
-    fn deep_messages_stop_at_the_depth_limit() {
-        // 200 message/rfc822 parts inside each other: BODYSTRUCTURE shows the top and 64 levels
-        // below it, and ends.
+    fn messages_nested_within_the_limit_are_shown_whole() {
         let mut m = b"Subject: innermost\r\n\r\nhi\r\n".to_vec();
-        for _ in 0..200 {
+        for _ in 0..60 {
             m = [&b"Content-Type: message/rfc822\r\n\r\n"[..], &m].concat();
         }
         let parsed = parse(&m);
         let text = render(|o| body_structure(o, &Node::root(&parsed).expect("root"), true));
-        let levels = text.matches("\"message\" \"rfc822\"").count();
-        assert_eq!(levels, usize::from(MAX_DEPTH) + 1, "{text}");
+        assert_eq!(text.matches("\"message\" \"rfc822\"").count(), 60, "{text}");
         assert_eq!(text.matches('(').count(), text.matches(')').count());
+    }
+
+    /// The attack of issue 17: 100,000 message/rfc822 parts inside each other (4.4 MB) aborted
+    /// the process when the parsed tree was dropped. 100 levels pass the raw pre-check and are
+    /// caught after parsing; 100,000 are not parsed at all.
+    #[test]
+    fn messages_nested_too_deep_are_one_opaque_part() {
+        for levels in [100, 100_000] {
+            let mut m = b"Content-Type: message/rfc822\r\n\r\n".repeat(levels);
+            m.extend_from_slice(b"Subject: innermost\r\n\r\nhi\r\n");
+            let parsed = parse(&m);
+            assert_eq!(parsed.parts.len(), 1, "{levels} levels");
+            let root = Node::root(&parsed).expect("root");
+            let text = render(|o| body_structure(o, &root, true));
+            assert!(
+                text.starts_with("(\"application\" \"octet-stream\""),
+                "{text}"
+            );
+            assert_eq!(root.raw_body().len(), m.len() - 32, "{levels} levels");
+        }
+    }
+
+    /// A nested message hidden in base64 is invisible to the raw pre-check; the tree's depth is
+    /// still measured after parsing.
+    #[test]
+    fn depth_is_checked_after_decoding_too() {
+        use base64::Engine;
+        let inner = b"Content-Type: message/rfc822\r\n\r\n".repeat(100);
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&inner);
+        let m = format!(
+            "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n{encoded}\r\n"
+        );
+        let parsed = parse(m.as_bytes());
+        assert!(nesting(&parsed) <= usize::from(MAX_DEPTH));
     }
 
     fn render(f: impl FnOnce(&mut Vec<u8>)) -> String {

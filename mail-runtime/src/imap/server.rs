@@ -45,6 +45,11 @@ use crate::{
 const LINE_LIMIT: usize = 64 * 1024;
 /// Largest literal before login.
 const PRE_AUTH_LITERAL_LIMIT: u32 = 8 * 1024;
+/// Most bytes one command may hold before login, its literals included: what a stranger can
+/// make the server keep per connection.
+const PRE_AUTH_COMMAND_LIMIT: usize = LINE_LIMIT + PRE_AUTH_LITERAL_LIMIT as usize;
+/// Longest SASL response line (PLAIN's is a few hundred bytes).
+const AUTHENTICATE_LINE_LIMIT: usize = 8 * 1024;
 /// Autologout of an authenticated session (RFC 9051: at least 30 minutes).
 const AUTHENTICATED_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Messages read per blocking batch in FETCH.
@@ -265,7 +270,13 @@ impl Session {
         let mut awaiting_literal = false;
         let mut buf = vec![0u8; 16 * 1024];
         while !self.closed {
-            let Some(fragment) = self.frag.progress() else {
+            let fragment = self.frag.progress();
+            if self.user.is_none() && self.frag.message_bytes().len() > PRE_AUTH_COMMAND_LIMIT {
+                self.send("* BYE [TOOBIG] command over the limit before login\r\n");
+                self.flush().await?;
+                break;
+            }
+            let Some(fragment) = fragment else {
                 if !awaiting_literal && pending > LINE_LIMIT {
                     self.send("* BYE [TOOBIG] command line too long\r\n");
                     self.flush().await?;
@@ -324,8 +335,15 @@ impl Session {
                         }
                         continue;
                     }
-                    // A non-synchronizing literal is already on its way: it is read and
-                    // dropped (the fragmentizer keeps at most its limit), then refused.
+                    // A non-synchronizing literal is already on its way. Before login the
+                    // connection ends: reading it only to drop it is what a stranger wants.
+                    if self.user.is_none() {
+                        self.send("* BYE [TOOBIG] literal over the limit before login\r\n");
+                        self.flush().await?;
+                        break;
+                    }
+                    // After login it is read and dropped (the fragmentizer keeps at most its
+                    // limit), then refused.
                     self.frag.poison_message();
                 }
                 awaiting_literal = true;
@@ -738,10 +756,13 @@ impl Session {
                 self.closed = true;
                 return Ok(None);
             }
-            if n > LINE_LIMIT {
+            self.frag.enqueue_bytes(&buf[..n]);
+            if self.frag.message_bytes().len() + n > AUTHENTICATE_LINE_LIMIT {
+                self.send("* BYE [TOOBIG] authentication data over the limit\r\n");
+                self.flush().await?;
+                self.closed = true;
                 return Ok(None);
             }
-            self.frag.enqueue_bytes(&buf[..n]);
         }
     }
 
@@ -1411,6 +1432,7 @@ pub fn render_fetch(
     flags_changed: bool,
 ) {
     let parsed = raw.map(message::parse);
+    let parsed = parsed.as_deref();
     let raw = raw.unwrap_or_default();
     out.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
     for (n, item) in items.iter().enumerate() {
@@ -1432,7 +1454,7 @@ pub fn render_fetch(
             }
             MessageDataItemName::Envelope => {
                 out.extend_from_slice(b"ENVELOPE ");
-                match parsed.as_ref().and_then(message::Node::root) {
+                match parsed.and_then(message::Node::root) {
                     Some(root) => message::envelope(out, &root),
                     None => out.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"),
                 }
@@ -1444,7 +1466,7 @@ pub fn render_fetch(
                 } else {
                     b"BODY "
                 });
-                match parsed.as_ref().and_then(message::Node::root) {
+                match parsed.and_then(message::Node::root) {
                     Some(root) => message::body_structure(out, &root, extended),
                     None => out.extend_from_slice(
                         b"(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7bit\" 0 0)",
@@ -1463,7 +1485,6 @@ pub fn render_fetch(
                     b"RFC822.TEXT "
                 });
                 let bytes = parsed
-                    .as_ref()
                     .and_then(message::Node::root)
                     .map(|p| {
                         if header {
@@ -1491,14 +1512,14 @@ pub fn render_fetch(
                 section, partial, ..
             } => {
                 let path: Vec<u32> = section.iter().map(|n| n.get()).collect();
-                let decoded = decoded_part(parsed.as_ref(), raw, &path);
+                let decoded = decoded_part(parsed, raw, &path);
                 let name: Vec<String> = path.iter().map(u32::to_string).collect();
                 out.extend_from_slice(format!("BINARY[{}]", name.join(".")).as_bytes());
                 partial_literal(out, decoded.as_deref().unwrap_or_default(), *partial);
             }
             MessageDataItemName::BinarySize { section } => {
                 let path: Vec<u32> = section.iter().map(|n| n.get()).collect();
-                let decoded = decoded_part(parsed.as_ref(), raw, &path);
+                let decoded = decoded_part(parsed, raw, &path);
                 let name: Vec<String> = path.iter().map(u32::to_string).collect();
                 out.extend_from_slice(
                     format!(

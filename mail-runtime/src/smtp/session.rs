@@ -100,7 +100,8 @@ enum State {
     AuthLoginUser,
     AuthLoginPass(String),
     Data(DataReceiver),
-    Bdat { left: u64, last: bool },
+    /// Reading a BDAT chunk; `discard`: it was refused and is thrown away without a reply.
+    Bdat { left: u64, last: bool, discard: bool },
     WaitLogin,
     WaitDelivery,
     WaitTls,
@@ -237,19 +238,28 @@ impl Session {
                         }
                     }
                 }
-                State::Bdat { left, last } => {
-                    let last = *last;
+                State::Bdat {
+                    left,
+                    last,
+                    discard,
+                } => {
+                    let (last, discard) = (*last, *discard);
                     let take = (*left).min(self.buf.len() as u64) as usize;
                     *left -= take as u64;
                     let done = *left == 0;
                     if take > 0 {
                         let bytes: Vec<u8> = self.buf.drain(..take).collect();
-                        self.body_bytes(bytes, &mut out);
+                        if !discard {
+                            self.body_bytes(bytes, &mut out);
+                        }
                     }
                     if !done {
                         return out;
                     }
-                    if last {
+                    if discard {
+                        // The refusal was the chunk's one reply.
+                        self.state = State::Command;
+                    } else if last {
                         self.end_of_message(false, &mut out);
                     } else {
                         self.state = State::Command;
@@ -715,6 +725,17 @@ impl Session {
         if (from.flags & MAIL_SMTPUTF8) == 0 && !address.is_ascii() {
             return Reply::new(553, "5.6.7", "non-ASCII address without SMTPUTF8");
         }
+        // RFC 3461 s4.4: an ENVID is at most 100 printable characters once xtext-decoded. It is
+        // copied into delivery reports, so a line break in it would write the sender's headers.
+        if let Some(env_id) = &from.env_id
+            && (env_id.len() > 100 || !env_id.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Reply::new(
+                501,
+                "5.5.4",
+                "ENVID must be at most 100 printable ASCII characters",
+            );
+        }
         if let Some((index, _)) = &self.user {
             // A logged-in user sends as one of their own addresses (or with a null sender).
             let own = address.is_empty()
@@ -744,7 +765,8 @@ impl Session {
         let Some(txn) = self.txn.as_ref() else {
             return Reply::new(503, "5.5.1", "send MAIL first");
         };
-        if txn.recipients.len() >= max_recipients {
+        // Local and relayed recipients together: the limit bounds the work one message makes.
+        if txn.recipients.len() + txn.remote.len() >= max_recipients {
             return Reply::new(452, "4.5.3", "too many recipients");
         }
         let address = to.address.to_string();
@@ -814,8 +836,9 @@ impl Session {
                 format!("relaying to {rcpt_domain} is not allowed"),
             );
         }
-        // Rate limits count messages: the first relayed recipient of a transaction counts.
-        if txn.remote.is_empty() {
+        // Rate limits count copies: every relayed recipient spends one, so one message to
+        // 100 outside addresses is 100 sends, not 1.
+        {
             let sender_key = match &self.user {
                 Some((_, user)) => format!("user:{user}"),
                 None => format!("ip:{}", self.info.peer),
@@ -886,34 +909,25 @@ impl Session {
             .as_ref()
             .is_some_and(|t| !t.recipients.is_empty() || !t.remote.is_empty());
         if !ready {
-            // The chunk must still be read and thrown away, or its bytes would run as commands.
+            // The chunk must still be read and thrown away, or its bytes would run as
+            // commands; the refusal is its only reply (a second one would desynchronise a
+            // pipelining client).
+            self.txn = None;
             self.state = State::Bdat {
                 left: size,
                 last: false,
+                discard: true,
             };
-            self.txn = None;
-            let reply = Reply::new(503, "5.5.1", "send MAIL and RCPT first");
-            return self.discard_bdat(size, reply, out);
+            return Some(Reply::new(503, "5.5.1", "send MAIL and RCPT first"));
         }
         if !self.txn.as_ref().is_some_and(|t| t.begun) {
             self.begin_message(out);
         }
-        self.state = State::Bdat { left: size, last };
-        None
-    }
-
-    fn discard_bdat(&mut self, size: u64, reply: Reply, out: &mut Vec<Output>) -> Option<Reply> {
-        let take = size.min(self.buf.len() as u64) as usize;
-        self.buf.drain(..take);
-        if take as u64 == size {
-            self.state = State::Command;
-        } else {
-            self.state = State::Bdat {
-                left: size - take as u64,
-                last: false,
-            };
-        }
-        out.push(Output::Reply(reply));
+        self.state = State::Bdat {
+            left: size,
+            last,
+            discard: false,
+        };
         None
     }
 
