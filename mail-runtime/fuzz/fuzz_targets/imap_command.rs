@@ -96,12 +96,14 @@ fuzz_target!(|data: &[u8]| {
                 }
                 CommandBody::Search { criteria, .. } => {
                     let key = SearchKey::And(criteria);
+                    let sets = search::SetCache::default();
                     for (i, meta) in selected.messages.iter().enumerate() {
                         let candidate = Candidate {
                             seq: i as u32 + 1,
                             meta,
                             largest: selected.largest(),
                             raw: Some(MESSAGE),
+                            sets: &sets,
                         };
                         let _ = search::matches(&key, &candidate);
                     }

@@ -80,6 +80,7 @@ fuzz_target!(|data: &[u8]| {
         meta: &meta,
         largest: (1, 1),
         raw: Some(data),
+        sets: &search::SetCache::default(),
     };
     let _ = search::matches(key(), &candidate);
 });

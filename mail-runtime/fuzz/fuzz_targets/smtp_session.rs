@@ -43,6 +43,9 @@ impl Store for NoStore {
     fn expunge(&self, _: &str, _: &str, _: &[MessageMeta]) -> Result<(), StoreError> {
         Ok(())
     }
+    fn expunge_deleted(&self, _: &str, _: &str, _: &[MessageMeta]) -> Result<Vec<u32>, StoreError> {
+        Ok(Vec::new())
+    }
     fn append(
         &self,
         _: &str,

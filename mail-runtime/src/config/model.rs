@@ -249,6 +249,10 @@ pub struct RelayConfig {
     /// Retries of mail the next hop did not take.
     #[serde(default)]
     pub retry: RetryConfig,
+    /// Logged-in users may put any address in the From and Sender header fields (shared
+    /// mailboxes, sending on behalf of others). Off: only their own address and aliases.
+    #[serde(default)]
+    pub any_header_from: bool,
 }
 
 impl Default for RelayConfig {
@@ -261,6 +265,7 @@ impl Default for RelayConfig {
             route: RouteConfig::default(),
             rate_limits: RateLimitsConfig::default(),
             retry: RetryConfig::default(),
+            any_header_from: false,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! SEARCH keys evaluated against a message (RFC 9051 section 6.4.4). Keys on flags, sizes,
 //! dates and sets need only the index; the others read the message once.
-use imap_codec::imap_types::search::SearchKey;
+use imap_codec::imap_types::{search::SearchKey, sequence::SequenceSet};
 
 use super::message;
 use crate::store::MessageMeta;
@@ -16,6 +16,25 @@ pub struct Candidate<'a> {
     pub largest: (u32, u32),
     /// The raw message, when a key needs it.
     pub raw: Option<&'a [u8]>,
+    /// The SEARCH's sequence sets, merged once for all messages.
+    pub sets: &'a SetCache,
+}
+
+/// The sequence sets of one SEARCH, each merged into sorted ranges on first use: a set may list
+/// thousands of ranges, and SEARCH asks about every message. Keyed by the set's address in the
+/// command, which lives as long as the SEARCH.
+#[derive(Debug, Default)]
+pub struct SetCache(std::cell::RefCell<std::collections::HashMap<usize, Vec<(u32, u32)>>>);
+
+impl SetCache {
+    fn contains(&self, set: &SequenceSet, largest: u32, n: u32) -> bool {
+        let key = std::ptr::from_ref(set) as usize;
+        let mut sets = self.0.borrow_mut();
+        let ranges = sets
+            .entry(key)
+            .or_insert_with(|| super::selected::ranges(set, largest));
+        super::selected::contains(ranges, n)
+    }
 }
 
 /// Whether any key in the tree needs the message's contents.
@@ -82,8 +101,8 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
         And(keys) => keys.as_ref().iter().all(|k| matches(k, c)),
         Not(k) => !matches(k, c),
         Or(a, b) => matches(a, c) || matches(b, c),
-        SequenceSet(set) => in_set(set, c.seq, c.largest.0),
-        Uid(set) => in_set(set, c.meta.uid, c.largest.1),
+        SequenceSet(set) => c.sets.contains(set, c.largest.0, c.seq),
+        Uid(set) => c.sets.contains(set, c.largest.1, c.meta.uid),
         All => true,
         Answered => flag('R'),
         Unanswered => !flag('R'),
@@ -170,12 +189,6 @@ fn text_matches(raw: &[u8], needle: &[u8], with_headers: bool) -> bool {
         t.text_contents()
             .is_some_and(|t| contains(t.as_bytes(), needle))
     })
-}
-
-fn in_set(set: &imap_codec::imap_types::sequence::SequenceSet, n: u32, largest: u32) -> bool {
-    super::selected::ranges(set, largest)
-        .iter()
-        .any(|(a, b)| (*a..=*b).contains(&n))
 }
 
 #[cfg(test)]

@@ -21,13 +21,17 @@ pub struct Selected {
     pub messages: Vec<MessageMeta>,
 }
 
-/// Inclusive ranges of a sequence set, `*` standing for `largest`, each with `a <= b`.
+/// The numbers a sequence set names, as sorted, disjoint, inclusive ranges with `*` standing
+/// for `largest`. A set may list thousands of ranges (a command line holds ~15,000): merged once,
+/// a membership test is a binary search and a listing is never longer than the folder, where
+/// expanding each range took seconds and hundreds of MB.
 pub fn ranges(set: &SequenceSet, largest: u32) -> Vec<(u32, u32)> {
     let value = |v: &SeqOrUid| match v {
         SeqOrUid::Value(n) => n.get(),
         SeqOrUid::Asterisk => largest,
     };
-    set.0
+    let mut listed: Vec<(u32, u32)> = set
+        .0
         .as_ref()
         .iter()
         .map(|s| match s {
@@ -37,7 +41,22 @@ pub fn ranges(set: &SequenceSet, largest: u32) -> Vec<(u32, u32)> {
                 (a.min(b), a.max(b))
             }
         })
-        .collect()
+        .collect();
+    listed.sort_unstable();
+    let mut merged: Vec<(u32, u32)> = Vec::with_capacity(listed.len());
+    for (a, b) in listed {
+        match merged.last_mut() {
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    merged
+}
+
+/// Whether `n` is in merged `ranges` (see [`ranges`]).
+pub fn contains(ranges: &[(u32, u32)], n: u32) -> bool {
+    let after = ranges.partition_point(|(a, _)| *a <= n);
+    after > 0 && ranges[after - 1].1 >= n
 }
 
 impl Selected {
@@ -70,21 +89,19 @@ impl Selected {
                 .messages
                 .iter()
                 .enumerate()
-                .filter(|(_, m)| ranges.iter().any(|(a, b)| (*a..=*b).contains(&m.uid)))
+                .filter(|(_, m)| contains(&ranges, m.uid))
                 .map(|(i, _)| i)
                 .collect())
         } else {
             let ranges = ranges(set, max_seq.max(1));
-            if ranges.iter().any(|(_, b)| *b > max_seq) {
+            if ranges.last().is_some_and(|(_, b)| *b > max_seq) {
                 return Err("message sequence number out of range".into());
             }
-            let mut out: Vec<usize> = ranges
+            // Disjoint and within 1..=max_seq: at most one entry per message.
+            Ok(ranges
                 .iter()
                 .flat_map(|(a, b)| (*a as usize - 1)..(*b as usize))
-                .collect();
-            out.sort_unstable();
-            out.dedup();
-            Ok(out)
+                .collect())
         }
     }
 
@@ -151,6 +168,30 @@ mod tests {
             uid_next: messages.last().map_or(1, |m| m.uid + 1),
             messages,
         }
+    }
+
+    /// Issue 17: a STORE naming 15,000 ranges over 2,000 messages took 9 s and 234 MB.
+    #[test]
+    fn thousands_of_ranges_are_merged_not_expanded() {
+        let view = Selected::new(
+            "INBOX".into(),
+            false,
+            index((1..=2_000).map(|u| meta(u, "")).collect()),
+        );
+        let text = vec!["1:*"; 15_000].join(",");
+        let set = SequenceSet::try_from(text.as_str()).expect("a valid set");
+        assert_eq!(ranges(&set, 2_000), vec![(1, 2_000)]);
+        let started = std::time::Instant::now();
+        let all = view.resolve(&set, false).expect("in range");
+        assert_eq!(all.len(), 2_000);
+        assert_eq!(view.resolve(&set, true).expect("uids").len(), 2_000);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+
+        let scattered = SequenceSet::try_from("7,3:4,2,10:*,5").expect("a valid set");
+        assert_eq!(ranges(&scattered, 12), vec![(2, 5), (7, 7), (10, 12)]);
+        let merged = ranges(&scattered, 12);
+        let members: Vec<u32> = (0..14).filter(|n| contains(&merged, *n)).collect();
+        assert_eq!(members, vec![2, 3, 4, 5, 7, 10, 11, 12]);
     }
 
     #[test]

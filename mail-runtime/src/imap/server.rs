@@ -1030,16 +1030,21 @@ impl Session {
             .iter()
             .map(|i| selected.messages[*i].clone())
             .collect();
-        if let Err(e) = self
-            .blocking(move |s, m| s.expunge(&m, &folder, &metas))
+        let removed = match self
+            .blocking(move |s, m| s.expunge_deleted(&m, &folder, &metas))
             .await
         {
-            return Err(store_failure(&e));
-        }
+            Ok(removed) => removed,
+            Err(e) => return Err(store_failure(&e)),
+        };
         let Some(selected) = self.selected.as_mut() else {
             return Ok(String::new());
         };
+        // Only what the store removed: a message another session un-deleted meanwhile stays.
         for i in doomed.into_iter().rev() {
+            if !removed.contains(&selected.messages[i].uid) {
+                continue;
+            }
             selected.messages.remove(i);
             if report {
                 self.out
@@ -1266,6 +1271,7 @@ impl Session {
         let found = self
             .blocking(move |s, m| {
                 let mut found = Vec::new();
+                let sets = search::SetCache::default();
                 for (i, meta) in metas.iter().enumerate() {
                     let raw = if contents {
                         s.read(&m, &folder, meta)?
@@ -1277,6 +1283,7 @@ impl Session {
                         meta,
                         largest,
                         raw: raw.as_deref(),
+                        sets: &sets,
                     };
                     if search::matches(&key, &candidate) {
                         found.push(if uid { meta.uid } else { i as u32 + 1 });

@@ -142,6 +142,7 @@ mod tests {
             next_attempt: 0,
             size: 10,
             env_id: Some("env-1".into()),
+            no_report: false,
         };
         let failed = vec![Rcpt {
             address: "nobody@remote.test".into(),

@@ -12,6 +12,7 @@ pub mod dsn;
 pub mod limits;
 pub mod queue;
 pub mod send;
+pub mod srs;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -48,6 +49,22 @@ pub struct Outbound {
     wake: Notify,
     /// Rate limits on relaying, shared by every SMTP session.
     pub rates: Arc<limits::RateLimiter>,
+    /// Signs the senders of mail forwarded from outside.
+    pub srs: srs::SrsKey,
+}
+
+/// What the queue needs to know of a message besides its bytes.
+#[derive(Debug, Clone, Default)]
+pub struct Envelope {
+    /// The envelope sender (empty: the null sender).
+    pub from: String,
+    /// The recipients in other domains.
+    pub recipients: Vec<String>,
+    /// The DSN envelope ID the client gave, if any.
+    pub env_id: Option<String>,
+    /// Mail that arrived from outside and is forwarded: a failure is logged, never reported
+    /// to a sender nobody verified (that would be backscatter).
+    pub no_report: bool,
 }
 
 fn now() -> i64 {
@@ -64,6 +81,7 @@ impl Outbound {
     /// Opens the queue under the data directory.
     pub fn open(data: &Path) -> Result<Self, StoreError> {
         let (dir, entries) = QueueDir::open(data)?;
+        let srs = srs::SrsKey::open(data).map_err(StoreError::from_io)?;
         if !entries.is_empty() {
             tracing::info!(queued = entries.len(), "resuming the outbound queue");
         }
@@ -74,6 +92,7 @@ impl Outbound {
             per_domain: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             rates: Arc::new(limits::RateLimiter::default()),
+            srs,
         })
     }
 
@@ -92,22 +111,21 @@ impl Outbound {
             .collect()
     }
 
-    /// Queues a message for `recipients`: `prefix` header fields, then the spool file's bytes.
-    /// Blocking; durable when it returns.
+    /// Queues a message: `prefix` header fields, then the spool file's bytes. Blocking; durable
+    /// when it returns.
     pub fn enqueue(
         &self,
-        from: &str,
-        recipients: &[String],
+        envelope: &Envelope,
         prefix: &[u8],
         source: &Path,
         size: u64,
-        env_id: Option<String>,
     ) -> Result<String, StoreError> {
         let id = new_id();
         let entry = Entry {
             id: id.clone(),
-            from: from.to_string(),
-            recipients: recipients
+            from: envelope.from.clone(),
+            recipients: envelope
+                .recipients
                 .iter()
                 .map(|r| Rcpt {
                     address: r.clone(),
@@ -120,7 +138,8 @@ impl Outbound {
             attempts: 0,
             next_attempt: now(),
             size: size + prefix.len() as u64,
-            env_id,
+            env_id: envelope.env_id.clone(),
+            no_report: envelope.no_report,
         };
         self.dir.add(&entry, prefix, source)?;
         self.entries
@@ -143,14 +162,12 @@ impl Outbound {
         let mut spool = runtime.store.spool()?;
         spool.write(bytes)?;
         let spooled = spool.finish()?;
-        let result = self.enqueue(
-            from,
-            &[to.to_string()],
-            b"",
-            &spooled.path,
-            spooled.size,
-            None,
-        );
+        let envelope = Envelope {
+            from: from.to_string(),
+            recipients: vec![to.to_string()],
+            ..Envelope::default()
+        };
+        let result = self.enqueue(&envelope, b"", &spooled.path, spooled.size);
         let _ = std::fs::remove_file(&spooled.path);
         result.map(|_| ())
     }
@@ -344,6 +361,17 @@ impl Outbound {
     ) {
         if entry.from.is_empty() {
             tracing::warn!(id = %entry.id, "a delivery report could not be delivered; dropped");
+            return;
+        }
+        if entry.no_report {
+            for rcpt in failed {
+                tracing::warn!(
+                    id = %entry.id,
+                    recipient = %rcpt.address,
+                    reply = rcpt.last_reply.as_deref().unwrap_or_default(),
+                    "a message forwarded from outside could not be delivered; no report is sent to its unverified sender"
+                );
+            }
             return;
         }
         let config = runtime.config.get();

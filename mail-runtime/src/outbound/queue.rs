@@ -62,6 +62,9 @@ pub struct Entry {
     /// The DSN envelope ID the client gave, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_id: Option<String>,
+    /// Forwarded from outside: failures are logged, not reported to the sender.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_report: bool,
 }
 
 impl Entry {

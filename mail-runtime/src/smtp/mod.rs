@@ -2,6 +2,7 @@
 //! TLS). `codec` frames bytes, `session` is the protocol, `server` does the I/O.
 pub mod checks;
 pub mod codec;
+pub mod policy;
 pub mod reply;
 pub mod server;
 pub mod session;

@@ -5,7 +5,7 @@ use std::{collections::VecDeque, io, time::Duration};
 use tokio::{io::AsyncWriteExt, net::TcpListener};
 
 use super::{
-    Reply, checks,
+    Reply, checks, policy,
     session::{Delivered, LOGIN_PROTOCOL, LoginFailure, Output, Session, SessionInfo},
 };
 use crate::{
@@ -217,6 +217,19 @@ impl Driver {
                 return Delivered::Failed(StoreError::Io(io::Error::other(join.to_string())));
             }
         };
+        // The header decides two refusals before anything is stored: a loop, and a logged-in
+        // user writing someone else's address in From.
+        let head = read_head(&message.path).await;
+        if let Some(reply) = policy::loop_check(&head, &delivery.forwarded_by) {
+            let _ = std::fs::remove_file(&message.path);
+            return Delivered::Refused(reply, "loop");
+        }
+        if let Some(user) = delivery.user
+            && let Some(reply) = policy::author_check(&head, &config, user)
+        {
+            let _ = std::fs::remove_file(&message.path);
+            return Delivered::Refused(reply, "header-from");
+        }
         // Mail from outside, on port 25: SPF, DKIM and DMARC, before anything is stored.
         let mut results_header = None;
         if self.mx
@@ -245,7 +258,7 @@ impl Driver {
             if let Some(verdict) = checked {
                 if let Some(why) = verdict.refuse {
                     let _ = std::fs::remove_file(&message.path);
-                    return Delivered::Refused(why);
+                    return Delivered::Refused(Reply::new(550, "5.7.1", why), "dmarc");
                 }
                 results_header = Some(verdict.header);
             }
@@ -255,15 +268,19 @@ impl Driver {
         let outbound = runtime.outbound.clone();
         let result = tokio::task::spawn_blocking(move || {
             if !delivery.remote.is_empty() {
-                let signature = sign(&config, &delivery.from, &message.path);
-                let queued = outbound.enqueue(
-                    &delivery.from,
-                    &delivery.remote,
-                    signature.as_bytes(),
-                    &message.path,
-                    message.size,
-                    delivery.env_id.clone(),
-                );
+                let envelope = outbound_envelope(&config, &outbound.srs, &delivery);
+                // Only mail from a logged-in user or a relay network is signed: a message from
+                // outside that a mailbox forwards keeps its own authentication, not ours.
+                let mut prefix = if delivery.trusted {
+                    sign(&config, &delivery.from, &message.path)
+                } else {
+                    String::new()
+                };
+                for mailbox in &delivery.forwarded_by {
+                    prefix.push_str(&format!("Delivered-To: {mailbox}\r\n"));
+                }
+                let queued =
+                    outbound.enqueue(&envelope, prefix.as_bytes(), &message.path, message.size);
                 if let Err(err) = queued {
                     let _ = std::fs::remove_file(&message.path);
                     return Err(err);
@@ -288,6 +305,44 @@ impl Driver {
             Ok(Err(err)) => Delivered::Failed(err),
             Err(join) => Delivered::Failed(StoreError::Io(io::Error::other(join.to_string()))),
         }
+    }
+}
+
+/// The header block of a spooled message (at most 64 KiB of it).
+async fn read_head(path: &std::path::Path) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    if let Ok(file) = tokio::fs::File::open(path).await {
+        let _ = file.take(64 * 1024).read_to_end(&mut head).await;
+    }
+    let end = crate::outbound::dsn::header_of(&head).len();
+    head.truncate(end);
+    head
+}
+
+/// The queue's envelope for a message's remote recipients. Mail from outside that a mailbox
+/// forwards travels under an SRS address of the forwarding domain and is never reported back:
+/// its sender is unverified, and a report to a forged sender is backscatter.
+fn outbound_envelope(
+    config: &crate::config::Config,
+    srs: &crate::outbound::srs::SrsKey,
+    delivery: &super::session::Delivery,
+) -> crate::outbound::Envelope {
+    let from = if delivery.trusted || delivery.from.is_empty() {
+        delivery.from.clone()
+    } else {
+        let forwarder = delivery
+            .forwarded_by
+            .first()
+            .and_then(|a| a.rsplit_once('@'))
+            .map_or(config.raw.hostname.as_str(), |(_, domain)| domain);
+        srs.rewrite(&delivery.from, forwarder, crate::outbound::srs::today())
+    };
+    crate::outbound::Envelope {
+        from,
+        recipients: delivery.remote.clone(),
+        env_id: delivery.env_id.clone(),
+        no_report: !delivery.trusted,
     }
 }
 

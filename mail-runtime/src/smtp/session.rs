@@ -72,8 +72,9 @@ pub enum Delivered {
     Ok,
     /// The store failed.
     Failed(StoreError),
-    /// Refused by policy (sender checks): the reason.
-    Refused(String),
+    /// Refused by policy (sender checks, loops, header From): the reply, and the reason's
+    /// label for the refusals metric.
+    Refused(Reply, &'static str),
 }
 
 /// Where a message goes, decided when DATA ends.
@@ -91,6 +92,11 @@ pub struct Delivery {
     pub trusted: bool,
     /// The DSN envelope ID.
     pub env_id: Option<String>,
+    /// The mailboxes whose `forwardTo` sends this message to `remote` addresses (loop checks
+    /// look for them in `Delivered-To`).
+    pub forwarded_by: Vec<String>,
+    /// The logged-in mailbox, whose addresses the header From must use.
+    pub user: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -101,7 +107,11 @@ enum State {
     AuthLoginPass(String),
     Data(DataReceiver),
     /// Reading a BDAT chunk; `discard`: it was refused and is thrown away without a reply.
-    Bdat { left: u64, last: bool, discard: bool },
+    Bdat {
+        left: u64,
+        last: bool,
+        discard: bool,
+    },
     WaitLogin,
     WaitDelivery,
     WaitTls,
@@ -360,6 +370,7 @@ impl Session {
             return Delivery::default();
         };
         let mut remote: Vec<String> = Vec::new();
+        let mut forwarded_by: Vec<String> = Vec::new();
         for r in &txn.remote {
             if !remote.iter().any(|x| x.eq_ignore_ascii_case(r)) {
                 remote.push(r.clone());
@@ -383,6 +394,10 @@ impl Session {
                         if !remote.iter().any(|x| x.eq_ignore_ascii_case(target)) {
                             remote.push(target.clone());
                         }
+                        let by = mailbox.address.to_ascii_lowercase();
+                        if !forwarded_by.contains(&by) {
+                            forwarded_by.push(by);
+                        }
                     }
                     Recipient::UnknownLocal => {
                         tracing::warn!(
@@ -402,6 +417,8 @@ impl Session {
             helo: self.helo.clone().unwrap_or_default(),
             trusted: self.user.is_some() || self.config.relay_network_allows(self.info.peer),
             env_id: txn.env_id.clone(),
+            forwarded_by,
+            user: self.user.as_ref().map(|(index, _)| *index),
         }
     }
 
@@ -412,9 +429,9 @@ impl Session {
             Delivered::Failed(StoreError::NoSpace) => {
                 Reply::new(452, "4.3.1", "insufficient system storage, try again later")
             }
-            Delivered::Refused(why) => {
-                crate::metrics::refused("dmarc");
-                Reply::new(550, "5.7.1", why)
+            Delivered::Refused(reply, reason) => {
+                crate::metrics::refused(reason);
+                reply
             }
             Delivered::Failed(err) => {
                 tracing::error!(error = %err, "delivery failed");

@@ -58,6 +58,57 @@ struct CachedIndex {
 }
 
 impl Maildir {
+    /// Removes messages from a folder, durably; with `only_deleted`, only those whose file
+    /// carries `\Deleted` (letter T) now. Flags live in the file name, so a message whose flags
+    /// another session changed after the listing below has another name and is left alone:
+    /// the removal is a compare-and-delete. Returns the UIDs removed.
+    fn remove(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        messages: &[MessageMeta],
+        only_deleted: bool,
+    ) -> Result<Vec<u32>, StoreError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dir = self.folder_path(mailbox, folder)?;
+        let doomed: std::collections::HashSet<u32> = messages.iter().map(|m| m.uid).collect();
+        // The next UID is recorded first: once the highest message is gone, the listing alone
+        // would hand its UID out again.
+        let index = scan(&dir)?;
+        write_synced(
+            &dir.join(UIDVALIDITY_FILE),
+            format!("{}\n{}\n", index.uid_validity, index.uid_next).as_bytes(),
+        )?;
+        let mut removed = (0i128, 0i128);
+        let mut uids = Vec::new();
+        let chosen = index
+            .messages
+            .iter()
+            .filter(|m| doomed.contains(&m.uid) && (!only_deleted || m.flags.contains('T')));
+        for m in chosen {
+            for sub in ["new", "cur"] {
+                match fs::remove_file(dir.join(sub).join(&m.file_name)) {
+                    Ok(()) => {
+                        removed.0 += i128::from(m.size);
+                        removed.1 += 1;
+                        uids.push(m.uid);
+                        break;
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                    Err(err) => return Err(StoreError::from_io(err)),
+                }
+            }
+        }
+        for sub in ["new", "cur"] {
+            sync_dir(&dir.join(sub))?;
+        }
+        self.add_usage(mailbox, -removed.0, -removed.1);
+        self.notify(mailbox);
+        Ok(uids)
+    }
+
     /// Opens (creating if needed) the store under `root`.
     pub fn open(root: &Path, host: &str) -> Result<Self, StoreError> {
         for dir in [root.join("mail"), root.join("spool")] {
@@ -367,38 +418,16 @@ impl Store for Maildir {
         folder: &str,
         messages: &[MessageMeta],
     ) -> Result<(), StoreError> {
-        if messages.is_empty() {
-            return Ok(());
-        }
-        let dir = self.folder_path(mailbox, folder)?;
-        let doomed: std::collections::HashSet<u32> = messages.iter().map(|m| m.uid).collect();
-        // The next UID is recorded first: once the highest message is gone, the listing alone
-        // would hand its UID out again.
-        let index = scan(&dir)?;
-        write_synced(
-            &dir.join(UIDVALIDITY_FILE),
-            format!("{}\n{}\n", index.uid_validity, index.uid_next).as_bytes(),
-        )?;
-        let mut removed = (0i128, 0i128);
-        for m in index.messages.iter().filter(|m| doomed.contains(&m.uid)) {
-            for sub in ["new", "cur"] {
-                match fs::remove_file(dir.join(sub).join(&m.file_name)) {
-                    Ok(()) => {
-                        removed.0 += i128::from(m.size);
-                        removed.1 += 1;
-                        break;
-                    }
-                    Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-                    Err(err) => return Err(StoreError::from_io(err)),
-                }
-            }
-        }
-        for sub in ["new", "cur"] {
-            sync_dir(&dir.join(sub))?;
-        }
-        self.add_usage(mailbox, -removed.0, -removed.1);
-        self.notify(mailbox);
-        Ok(())
+        self.remove(mailbox, folder, messages, false).map(|_| ())
+    }
+
+    fn expunge_deleted(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        messages: &[MessageMeta],
+    ) -> Result<Vec<u32>, StoreError> {
+        self.remove(mailbox, folder, messages, true)
     }
 
     fn append(

@@ -139,6 +139,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         messages: &[MessageMeta],
     ) -> Result<(), StoreError>;
 
+    /// IMAP's EXPUNGE: removes those of `messages` that are flagged `\Deleted` now, as the
+    /// store has them, not as a session last saw them (another session may have cleared the
+    /// flag meanwhile). Returns the UIDs removed.
+    fn expunge_deleted(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        messages: &[MessageMeta],
+    ) -> Result<Vec<u32>, StoreError>;
+
     /// Stores a spooled message in a folder with flags (Maildir letters) and an arrival time
     /// (now when `None`), durably. Returns the folder's UIDVALIDITY and the new UID.
     fn append(
