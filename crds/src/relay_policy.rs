@@ -100,6 +100,12 @@ pub struct RelayAllow {
     /// keeps their addresses in the runtime's config.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
+    /// Logged-in users may write any address in the From and Sender header fields (shared
+    /// mailboxes, sending on behalf of someone). Defaults to false: a message whose From or
+    /// Sender is not the user's own address or alias is refused with `550 5.7.1`, so no user
+    /// can send mail signed with the domain's DKIM key in another person's name.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub any_header_from: bool,
 }
 
 impl Default for RelayAllow {
@@ -108,6 +114,7 @@ impl Default for RelayAllow {
             authenticated_users: true,
             client_cidrs: Vec::new(),
             pod_selector: None,
+            any_header_from: false,
         }
     }
 }

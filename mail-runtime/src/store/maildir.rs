@@ -49,6 +49,8 @@ pub struct Maildir {
     seq: AtomicU64,
     /// Folder indexes by directory, valid while `new/` and `cur/` keep their mtimes.
     indexes: Mutex<HashMap<PathBuf, CachedIndex>>,
+    /// Serialises handing out UIDVALIDITY values.
+    validity: Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -57,7 +59,36 @@ struct CachedIndex {
     index: FolderIndex,
 }
 
+/// The last UIDVALIDITY handed out under a mailbox, in its Maildir root.
+const LAST_VALIDITY_FILE: &str = "kubemail-uidvalidity-last";
+
 impl Maildir {
+    /// A UIDVALIDITY for a folder being made (or repaired) at `dir`: the clock's second, but
+    /// always above every value handed out before in the same mailbox, so folders made in one
+    /// second differ and a folder deleted and made again never reuses its old value with other
+    /// messages under the same UIDs (RFC 9051 s2.3.1.1).
+    pub(super) fn new_validity(&self, dir: &Path) -> Result<u32, StoreError> {
+        let is_folder = dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        let root = if is_folder {
+            dir.parent().unwrap_or(dir)
+        } else {
+            dir
+        };
+        let _serial = self.validity.lock().expect("validity lock");
+        let path = root.join(LAST_VALIDITY_FILE);
+        let last = fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+            .unwrap_or(0);
+        let now = u32::try_from(unix_nanos() / 1_000_000_000).unwrap_or(u32::MAX);
+        let fresh = now.max(last.saturating_add(1)).max(1);
+        fs::create_dir_all(root).map_err(StoreError::from_io)?;
+        write_synced(&path, format!("{fresh}\n").as_bytes())?;
+        Ok(fresh)
+    }
+
     /// Removes messages from a folder, durably; with `only_deleted`, only those whose file
     /// carries `\Deleted` (letter T) now. Flags live in the file name, so a message whose flags
     /// another session changed after the listing below has another name and is left alone:
@@ -129,6 +160,7 @@ impl Maildir {
             watchers: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
             indexes: Mutex::new(HashMap::new()),
+            validity: Mutex::new(()),
         };
         store.repair_all()?;
         Ok(store)
@@ -168,7 +200,7 @@ impl Maildir {
         for sub in ["tmp", "new", "cur"] {
             fs::create_dir_all(dir.join(sub)).map_err(StoreError::from_io)?;
         }
-        let validity = (unix_nanos() / 1_000_000_000) as u32;
+        let validity = self.new_validity(dir)?;
         write_synced(
             &dir.join(UIDVALIDITY_FILE),
             format!("{validity}\n").as_bytes(),
@@ -715,7 +747,7 @@ fn encode_folder(folder: &str) -> Result<String, StoreError> {
 
 fn decode_folder(dir_name: &str) -> Option<String> {
     let rest = dir_name.strip_prefix('.')?;
-    if rest.is_empty() || rest.starts_with('.') || rest.ends_with(".tmp") {
+    if rest.is_empty() || rest.starts_with('.') {
         return None;
     }
     Some(
@@ -768,9 +800,14 @@ fn read_validity(dir: &Path) -> u32 {
 /// one (an empty UID file would lose the folder's UIDVALIDITY).
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    // A name of its own per write: two sessions replacing the same file through one shared
+    // temporary name truncated each other's data, and a reader found an empty UID file.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
     let tmp = dir.join(format!(
-        "{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy()
+        "{}.{}.{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id(),
+        WRITES.fetch_add(1, Ordering::Relaxed)
     ));
     let mut f = fs::File::create(&tmp).map_err(StoreError::from_io)?;
     f.write_all(bytes).map_err(StoreError::from_io)?;
@@ -902,6 +939,100 @@ mod tests {
             .expect("deliver");
         let inbox = reopened.inbox("alice@example.test").expect("inbox");
         assert_eq!(inbox.messages.last().map(|m| m.uid), Some(3));
+    }
+
+    /// Issue 17 item 11: default folders made in one second shared one UIDVALIDITY, and a
+    /// folder deleted and made again within a second kept it, with other messages under its
+    /// old UIDs.
+    #[test]
+    fn every_folder_gets_its_own_uidvalidity_and_a_new_one_when_made_again() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = Maildir::open(tmp.path(), "h").expect("open");
+        let alice = "alice@example.test";
+        let mut seen = vec![store.inbox(alice).expect("inbox").uid_validity];
+        for folder in ["Sent", "Drafts", "Junk", "Trash", "Archive/2026"] {
+            store.create_folder(alice, folder).expect("create");
+            seen.push(store.index(alice, folder).expect("index").uid_validity);
+        }
+        let mut distinct = seen.clone();
+        distinct.dedup();
+        assert_eq!(distinct, seen, "strictly increasing: {seen:?}");
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        let before = store.index(alice, "Sent").expect("index").uid_validity;
+        store.delete_folder(alice, "Sent").expect("delete");
+        store.create_folder(alice, "Sent").expect("create again");
+        let after = store.index(alice, "Sent").expect("index").uid_validity;
+        assert!(after > before, "{after} after {before}");
+        // A restart keeps counting up.
+        let reopened = Maildir::open(tmp.path(), "h").expect("reopen");
+        reopened.create_folder(alice, "Later").expect("create");
+        assert!(reopened.index(alice, "Later").expect("index").uid_validity > after);
+    }
+
+    /// Issue 17 item 10: a folder named `x/tmp` (directory `.x.tmp`) disappeared from LIST and
+    /// its bytes from the quota after a restart.
+    #[test]
+    fn folders_named_tmp_are_listed_and_counted() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = Maildir::open(tmp.path(), "h").expect("open");
+        let alice = "alice@example.test";
+        store.create_folder(alice, "x/tmp").expect("create");
+        store
+            .append(
+                alice,
+                "x/tmp",
+                spooled(&store, b"Subject: kept\r\n\r\n12345\r\n"),
+                "",
+                None,
+            )
+            .expect("append");
+        assert!(
+            store
+                .folders(alice)
+                .expect("folders")
+                .contains(&"x/tmp".to_string())
+        );
+        let reopened = Maildir::open(tmp.path(), "h").expect("reopen");
+        assert!(
+            reopened
+                .folders(alice)
+                .expect("folders")
+                .contains(&"x/tmp".to_string())
+        );
+        assert_eq!(reopened.usage(alice).expect("usage").messages, 1);
+    }
+
+    /// Issue 17 item 7: EXPUNGE by a session whose view still had \Deleted destroyed a message
+    /// another session had un-deleted.
+    #[test]
+    fn expunge_removes_only_what_is_deleted_now() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = Maildir::open(tmp.path(), "h").expect("open");
+        let alice = "alice@example.test";
+        for _ in 0..2 {
+            store
+                .deliver(spooled(&store, b"Subject: x\r\n\r\n"), &[alice.to_string()])
+                .expect("deliver");
+        }
+        let listed = store.inbox(alice).expect("inbox").messages;
+        let deleted: Vec<(MessageMeta, String)> = listed
+            .iter()
+            .map(|m| (m.clone(), "T".to_string()))
+            .collect();
+        let stale_view = store.set_flags(alice, INBOX, &deleted).expect("flag both");
+        // Another session takes \Deleted off the first message.
+        store
+            .set_flags(alice, INBOX, &[(stale_view[0].clone(), String::new())])
+            .expect("undelete");
+        let removed = store
+            .expunge_deleted(alice, INBOX, &stale_view)
+            .expect("expunge");
+        assert_eq!(removed, vec![stale_view[1].uid]);
+        let left = store.inbox(alice).expect("inbox").messages;
+        assert_eq!(
+            left.iter().map(|m| m.uid).collect::<Vec<_>>(),
+            [stale_view[0].uid]
+        );
     }
 
     #[test]

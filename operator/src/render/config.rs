@@ -181,6 +181,7 @@ fn relay_config(rp: &RelayPolicy) -> RelayConfig {
         .unwrap_or(defaults.initial_interval_seconds);
     RelayConfig {
         authenticated_users: spec.allow.authenticated_users,
+        any_header_from: spec.allow.any_header_from,
         client_networks: spec.allow.client_cidrs.clone(),
         sender_domains: spec.sender_domains.clone(),
         recipient_domains: spec.recipient_domains.clone(),

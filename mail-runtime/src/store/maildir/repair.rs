@@ -10,7 +10,7 @@
 use std::{collections::HashSet, fs, path::Path};
 
 use super::{Maildir, UIDVALIDITY_FILE, parse_name, sync_dir, write_synced};
-use crate::store::{StoreError, unix_nanos};
+use crate::store::StoreError;
 
 /// What the check changed in one folder.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -80,11 +80,14 @@ impl Maildir {
             }
         }
         let mut repaired = Repaired::default();
-        let (validity, recorded_next) = recorded.unwrap_or_else(|| {
-            let fresh = ((unix_nanos() / 1_000_000_000) as u32).max(1);
-            repaired.new_validity = Some(fresh);
-            (fresh, 1)
-        });
+        let (validity, recorded_next) = match recorded {
+            Some(recorded) => recorded,
+            None => {
+                let fresh = self.new_validity(dir)?;
+                repaired.new_validity = Some(fresh);
+                (fresh, 1)
+            }
+        };
         let mut next = in_use
             .iter()
             .max()
