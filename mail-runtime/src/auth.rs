@@ -135,8 +135,12 @@ fn verified() -> &'static Verified {
 enum HashJob {
     /// Check a password against a stored hash.
     Verify(PasswordHash, Vec<u8>, tokio::sync::oneshot::Sender<bool>),
-    /// Hash a new password (the operator's job).
-    Hash(String, tokio::sync::oneshot::Sender<String>),
+    /// Hash a new password (the operator's job), with a given salt or a random one.
+    Hash(
+        String,
+        Option<[u8; 16]>,
+        tokio::sync::oneshot::Sender<String>,
+    ),
 }
 
 /// Sends a job to the hashing threads (blocks while the queue is full).
@@ -185,8 +189,8 @@ fn hasher() -> &'static std::sync::mpsc::SyncSender<HashJob> {
                                 };
                                 let _ = reply.send(ok);
                             }
-                            Ok(HashJob::Hash(password, reply)) => {
-                                let _ = reply.send(hash_argon2(&password, &mut blocks));
+                            Ok(HashJob::Hash(password, salt, reply)) => {
+                                let _ = reply.send(hash_argon2(&password, salt, &mut blocks));
                             }
                         }
                     }
@@ -200,9 +204,13 @@ fn hasher() -> &'static std::sync::mpsc::SyncSender<HashJob> {
 }
 
 /// Hashes a password on the hashing threads (bounded memory however many arrive at once).
-pub async fn hash_password_bounded(password: String) -> Option<String> {
+///
+/// `salt`: the salt to use, so that the same password given again hashes to the same string
+/// (the operator derives it from the Secret and the password: a hash that changed then means a
+/// password that changed, and the runtime ends that mailbox's sessions); random when `None`.
+pub async fn hash_password_bounded(password: String, salt: Option<[u8; 16]>) -> Option<String> {
     let (reply, answer) = tokio::sync::oneshot::channel();
-    tokio::task::spawn_blocking(move || queue_job(HashJob::Hash(password, reply)))
+    tokio::task::spawn_blocking(move || queue_job(HashJob::Hash(password, salt, reply)))
         .await
         .ok()?
         .ok()?;
@@ -211,8 +219,11 @@ pub async fn hash_password_bounded(password: String) -> Option<String> {
 
 /// [`hash_password`] with `blocks` as argon2's working memory (the operator hashes a thousand
 /// new passwords in a row: a fresh 19 MiB for each left the allocator holding hundreds of MiB).
-fn hash_argon2(password: &str, blocks: &mut Vec<argon2::Block>) -> String {
-    let salt = SaltString::generate(&mut OsRng);
+fn hash_argon2(password: &str, salt: Option<[u8; 16]>, blocks: &mut Vec<argon2::Block>) -> String {
+    let salt = match salt.map(|bytes| SaltString::encode_b64(&bytes)) {
+        Some(Ok(salt)) => salt,
+        _ => SaltString::generate(&mut OsRng),
+    };
     let params = argon2::Params::default();
     let count = params.block_count();
     blocks.resize(count, argon2::Block::default());
@@ -433,8 +444,8 @@ mod tests {
     #[test]
     fn hashes_made_in_reused_memory_are_the_library_s_format_and_verify() {
         let mut blocks = Vec::new();
-        let first = hash_argon2("right horse battery", &mut blocks);
-        let second = hash_argon2("right horse battery", &mut blocks);
+        let first = hash_argon2("right horse battery", None, &mut blocks);
+        let second = hash_argon2("right horse battery", None, &mut blocks);
         assert!(
             first.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
             "{first}"

@@ -594,3 +594,125 @@ fn with_tls_required_an_mx_without_starttls_gets_nothing() {
         || peer.received().len() == 1,
     );
 }
+
+/// Sends a message on port 25 as an outside MTA would; returns the reply to its end of data.
+fn send_from_outside(dev: &Dev, from: &str, to: &str, message: &str) -> String {
+    let mut smtp = common::Raw::connect(dev.port("smtp"));
+    assert!(smtp.cmd("EHLO mx.outside.test").starts_with("250"));
+    assert!(smtp.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250"));
+    let rcpt = smtp.cmd(&format!("RCPT TO:<{to}>"));
+    assert!(rcpt.starts_with("250"), "{rcpt}");
+    assert!(smtp.cmd("DATA").starts_with("354"));
+    smtp.send_raw(message.replace('\n', "\r\n").as_bytes());
+    smtp.cmd(".")
+}
+
+/// Issue 17 items 3 and 9: mail from outside with `From: ceo@<our domain>` that a Mailbox
+/// forwards out was DKIM-signed with our key, and a failed forward bounced (with the sender's
+/// headers and our signature) to the forged envelope sender; one message ping-ponged between
+/// forwards 252 times. Now the forward leaves unsigned under an SRS0 sender, a refused copy
+/// is logged and reported to no one, and a looping message is refused.
+#[test]
+fn outside_mail_forwarded_out_is_not_signed_nor_bounced_and_loops_stop() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let key = tmp.path().join("dkim.pem");
+    run(Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key));
+    let ip = "127.0.0.36";
+    let dns = Dns::start(&mx_records("remote.test", ip));
+    let peer = Peer::start(
+        ip,
+        25,
+        &tmp.path().join("peer"),
+        &["--reject", "gone@remote.test"],
+    );
+    let dev = Dev::start(&tmp.path().join("data"));
+    patch_config(&dev, "forward-1", |c| {
+        relay_setup(c, &dns);
+        c["dkim"] =
+            serde_yaml_ng::from_str(&format!("{{selector: sel1, keyFile: {}}}", key.display()))
+                .expect("yaml");
+        let alice = c["mailboxes"]
+            .as_sequence_mut()
+            .and_then(|s| s.iter_mut().find(|m| m["address"] == ALICE))
+            .expect("alice in the dev config");
+        alice["forwardTo"] =
+            serde_yaml_ng::from_str("[friend@remote.test, gone@remote.test]").expect("yaml");
+    });
+
+    let reply = send_from_outside(
+        &dev,
+        "attacker@victim.test",
+        ALICE,
+        "From: ceo@example.test\nTo: alice@example.test\nSubject: wire the money\n\nNow.\n",
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    wait_until("the forward arrives", Duration::from_secs(20), || {
+        !peer.received().is_empty()
+    });
+    let forwarded = &peer.received()[0];
+    assert!(
+        !forwarded.contains("DKIM-Signature"),
+        "signed for an outsider:\n{forwarded}"
+    );
+    assert!(
+        forwarded.contains("Delivered-To: alice@example.test"),
+        "{forwarded}"
+    );
+    let envelope_from = forwarded
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Peer-From: "))
+        .expect("the peer records the envelope sender");
+    assert!(
+        envelope_from.starts_with("SRS0=")
+            && envelope_from.ends_with("=victim.test=attacker@example.test"),
+        "{envelope_from}"
+    );
+    // The copy to gone@ was refused for good: logged, reported to no one.
+    wait_until("the queue is done", Duration::from_secs(30), || {
+        queued_replies(&dev).is_empty()
+            && std::fs::read_dir(dev.data.join("queue"))
+                .map(|d| d.count() == 0)
+                .unwrap_or(true)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        peer.received().len(),
+        1,
+        "a report went out to the forged sender"
+    );
+    for mailbox in [ALICE, "bob@example.test"] {
+        assert!(
+            dev.messages(mailbox)
+                .iter()
+                .all(|m| !m.contains("delivery-status")),
+            "a report reached {mailbox}"
+        );
+    }
+
+    // Loops: one already delivered to a forwarding mailbox, and one with too many hops.
+    let looped = send_from_outside(
+        &dev,
+        "someone@victim.test",
+        ALICE,
+        "Delivered-To: alice@example.test\nFrom: someone@victim.test\nSubject: again\n\nx\n",
+    );
+    assert!(looped.starts_with("554 5.4.6"), "{looped}");
+    let hops = "Received: from a by b; Mon, 30 Nov 2026 00:00:00 +0000\n".repeat(51);
+    let far = send_from_outside(
+        &dev,
+        "someone@victim.test",
+        "bob@example.test",
+        &format!("{hops}From: someone@victim.test\nSubject: far\n\nx\n"),
+    );
+    assert!(far.starts_with("554 5.4.6"), "{far}");
+    assert!(dev.messages("bob@example.test").is_empty());
+}

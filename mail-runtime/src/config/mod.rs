@@ -366,6 +366,21 @@ impl Config {
         self.addresses.get(&address.to_ascii_lowercase()).copied()
     }
 
+    /// The mailbox a session logged in as, while it may still use `protocol` with the password
+    /// it logged in with; `None` once it is removed, suspended or its password changed (its
+    /// open sessions end then). Indexes move when mailboxes come and go: sessions keep the
+    /// address and look the index up again.
+    pub fn still_serves(
+        &self,
+        address: &str,
+        password_hash: &str,
+        protocol: LoginProtocol,
+    ) -> Option<usize> {
+        let index = self.mailbox_by_address(address)?;
+        let mailbox = self.mailbox(index);
+        (mailbox.password_hash == password_hash && mailbox.may_use(protocol)).then_some(index)
+    }
+
     /// Whether a domain (primary or alias) is served here.
     pub fn serves_domain(&self, domain: &str) -> bool {
         self.domains.contains_key(&domain.to_ascii_lowercase())

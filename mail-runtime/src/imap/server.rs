@@ -52,6 +52,8 @@ const PRE_AUTH_COMMAND_LIMIT: usize = LINE_LIMIT + PRE_AUTH_LITERAL_LIMIT as usi
 const AUTHENTICATE_LINE_LIMIT: usize = 8 * 1024;
 /// Autologout of an authenticated session (RFC 9051: at least 30 minutes).
 const AUTHENTICATED_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// How often an idle session looks whether its account was suspended or changed.
+const REVOCATION_CHECK: Duration = Duration::from_secs(1);
 /// Messages read per blocking batch in FETCH.
 const FETCH_BATCH: usize = 256;
 
@@ -72,6 +74,8 @@ pub async fn serve(socket: TcpListener, listener: Listener, runtime: Runtime) {
 struct User {
     address: String,
     quota: Option<u64>,
+    /// The password hash in force at login: another one means the password changed.
+    password_hash: String,
 }
 
 struct Session {
@@ -384,7 +388,28 @@ impl Session {
         Ok(())
     }
 
+    /// Whether the logged-in mailbox was removed, suspended or given another password since
+    /// login; the session then ends.
+    fn revoked(&self) -> bool {
+        self.user.as_ref().is_some_and(|user| {
+            self.runtime
+                .config
+                .get()
+                .still_serves(&user.address, &user.password_hash, LoginProtocol::Imap)
+                .is_none()
+        })
+    }
+
+    fn end_revoked(&mut self) {
+        self.send("* BYE [UNAVAILABLE] this account was suspended or removed, or its password changed\r\n");
+        self.closed = true;
+    }
+
     async fn command(&mut self, command: Command<'static>) -> io::Result<()> {
+        if self.revoked() {
+            self.end_revoked();
+            return Ok(());
+        }
         let tag = command.tag.inner().to_string();
         let name = command.body.name();
         let restricts_expunge = matches!(
@@ -695,6 +720,7 @@ impl Session {
         self.user = Some(User {
             address,
             quota: mailbox.quota_bytes,
+            password_hash: mailbox.password_hash.clone(),
         });
         if let Err(err) = self.blocking(|s, m| s.ensure_default_folders(&m)).await {
             tracing::warn!(error = %err, "creating the default folders failed");
@@ -1423,6 +1449,13 @@ impl Session {
                     self.send("* BYE autologout: idle for too long\r\n");
                     self.closed = true;
                     return Ok(());
+                }
+                // A config reload may have suspended the account: looked at every second.
+                () = tokio::time::sleep(REVOCATION_CHECK) => {
+                    if self.revoked() {
+                        self.end_revoked();
+                        return Ok(());
+                    }
                 }
             }
         }

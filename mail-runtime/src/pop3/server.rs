@@ -28,6 +28,21 @@ pub async fn serve(socket: TcpListener, listener: Listener, runtime: Runtime) {
 struct Lock {
     runtime: Runtime,
     mailbox: Option<String>,
+    /// The mailbox's password hash at login.
+    password_hash: String,
+}
+
+impl Lock {
+    /// Whether the logged-in mailbox was suspended, removed or given another password.
+    fn revoked(&self) -> bool {
+        self.mailbox.as_ref().is_some_and(|mailbox| {
+            self.runtime
+                .config
+                .get()
+                .still_serves(mailbox, &self.password_hash, LoginProtocol::Pop3)
+                .is_none()
+        })
+    }
 }
 
 impl Drop for Lock {
@@ -60,6 +75,7 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
     let mut lock = Lock {
         runtime: runtime.clone(),
         mailbox: None,
+        password_hash: String::new(),
     };
     let mut driver = Driver {
         runtime: runtime.clone(),
@@ -92,6 +108,13 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
                 break;
             }
         };
+        if lock.revoked() {
+            // Nothing marked is deleted: the session never reaches UPDATE.
+            let _ = conn
+                .write_all(b"-ERR [AUTH] this account was suspended or removed, or its password changed\r\n")
+                .await;
+            break;
+        }
         let outputs = session.feed(&buf[..n]);
         driver
             .handle(&mut conn, &mut session, &mut lock, outputs)
@@ -232,6 +255,7 @@ impl Driver {
             return Err(OpenFailure::InUse);
         }
         lock.mailbox = Some(mailbox.clone());
+        lock.password_hash = config.mailbox(index).password_hash.clone();
         let store = self.runtime.store.clone();
         let listed = tokio::task::spawn_blocking(move || store.inbox(&mailbox)).await;
         match listed {

@@ -154,6 +154,10 @@ pub struct Session {
     helo: Option<String>,
     esmtp: bool,
     user: Option<(usize, String)>,
+    /// The logged-in mailbox's password hash at login.
+    user_hash: String,
+    /// The logged-in mailbox was suspended, removed or its password changed: the session ends.
+    revoked: bool,
     txn: Option<Transaction>,
     errors: u32,
     queue_id: String,
@@ -176,6 +180,8 @@ impl Session {
             helo: None,
             esmtp: false,
             user: None,
+            user_hash: String::new(),
+            revoked: false,
             txn: None,
             errors: 0,
             queue_id: String::new(),
@@ -189,8 +195,15 @@ impl Session {
         self.rates = rates;
     }
 
-    /// Uses a newer config for the next commands (a reload never interrupts a session).
+    /// Uses a newer config for the next commands (a reload never interrupts a session, unless
+    /// it suspends, removes or changes the password of the logged-in mailbox).
     pub fn set_config(&mut self, config: Arc<Config>) {
+        if let Some((index, address)) = &mut self.user {
+            match config.still_serves(address, &self.user_hash, LOGIN_PROTOCOL) {
+                Some(now) => *index = now,
+                None => self.revoked = true,
+            }
+        }
         self.config = config;
     }
 
@@ -280,6 +293,16 @@ impl Session {
                             format!("{size} octets received"),
                         )));
                     }
+                }
+                _ if self.revoked => {
+                    out.push(Output::Reply(Reply::new(
+                        421,
+                        "4.7.0",
+                        "this account was suspended or removed, or its password changed",
+                    )));
+                    out.push(Output::Close);
+                    self.state = State::Closed;
+                    return out;
                 }
                 _ => {
                     let Some(line) = take_line(&mut self.buf, &mut self.skipping) else {
@@ -466,6 +489,7 @@ impl Session {
         self.state = State::Command;
         let reply = match result {
             Ok((index, address)) => {
+                self.user_hash = self.config.mailbox(index).password_hash.clone();
                 self.user = Some((index, address));
                 Reply::new(235, "2.7.0", "authentication succeeded")
             }

@@ -642,3 +642,48 @@ fn a_full_disk_is_a_temporary_failure() {
     h.drive(outputs);
     h.run("S: 452 4.3.1 insufficient system storage");
 }
+
+/// Issue 17 item 13: `BDAT` refused for want of MAIL answered 503 and then, once the chunk's
+/// bytes arrived in a later segment, a second `250`, which a pipelining client takes for the
+/// next command's reply; and an ENVID with an encoded line break wrote the sender's lines into
+/// delivery reports.
+#[test]
+fn a_refused_bdat_chunk_gets_one_reply_and_envid_cannot_break_lines() {
+    let mut h = mx();
+    h.run(
+        "S: 220
+         C: EHLO c.example
+         E: 250 STARTTLS
+         R: BDAT 10\\r\\n01234
+         S: 503 5.5.1 send MAIL and RCPT first
+         R: 56789
+         C: NOOP
+         S: 250 2.0.0 OK
+         C: MAIL FROM:<a@example.net> ENVID=x+0D+0AX-Injected:+yes
+         S: 501 5.5.4 ENVID must be
+         C: MAIL FROM:<a@example.net> ENVID=QQ314159
+         S: 250",
+    );
+}
+
+/// Issue 17 item 6: the recipient limit applied to local recipients only (300 relayed ones
+/// were taken in one message), and the relay rate limit counted a message once.
+#[test]
+fn relayed_recipients_count_against_the_limit() {
+    let mut trusted = Harness::new(ListenerProtocol::Smtp, "192.0.2.10");
+    trusted.run(
+        "S: 220
+         C: HELO app.cluster.local
+         S: 250
+         C: MAIL FROM:<app@example.test>
+         S: 250
+         C: RCPT TO:<one@example.net>
+         S: 250 2.1.5 recipient OK, relayed
+         C: RCPT TO:<bob@example.test>
+         S: 250
+         C: RCPT TO:<two@example.net>
+         S: 250 2.1.5 recipient OK, relayed
+         C: RCPT TO:<three@example.net>
+         S: 452 4.5.3 too many recipients",
+    );
+}

@@ -126,7 +126,23 @@ async fn resolve_password(
     // On the runtime library's two hashing threads: argon2 takes ~19 MiB per run, and a
     // thousand new Mailboxes at once would otherwise spread that over hundreds of blocking
     // threads that keep it.
-    let hash = mail_runtime::auth::hash_password_bounded(text)
+    // The salt comes from the Secret's UID (never from the password: a fast hash of it in the
+    // PHC string would undo argon2), so an operator restart hashes an unchanged password to
+    // the same string. The runtime ends a mailbox's open sessions when its hash changes, which
+    // must then mean the password did.
+    let mut salter = Sha256::new();
+    salter.update(b"kubemail argon2 salt\0");
+    salter.update(
+        secret
+            .metadata
+            .uid
+            .as_deref()
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    let salted: [u8; 32] = salter.finalize().into();
+    let salt: [u8; 16] = salted[..16].try_into().unwrap_or_default();
+    let hash = mail_runtime::auth::hash_password_bounded(text, Some(salt))
         .await
         .ok_or_else(|| Error::Keys("the password hashing threads are gone".into()))?;
     ctx.hashes
