@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Dev, client_script, run};
+use common::{Dev, client_script, patch_config, run};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
@@ -43,30 +43,11 @@ fn open_fds(pid: u32) -> usize {
 /// until it serves it (a live reload: restarting on fixed ports could race another test for
 /// them).
 fn set_limits(dev: &Dev, max_connections: usize) {
-    let path = dev.data.join("runtime.yaml");
-    let mut config: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(&path).expect("config")).expect("yaml");
-    let limits = &mut config["limits"];
-    limits["maxConnections"] = (max_connections as u64).into();
-    limits["maxConnectionsPerIp"] = 100u64.into();
-    let revision = format!("load-{max_connections}");
-    config["revision"] = revision.clone().into();
-    let tmp = dev.data.join("runtime.yaml.tmp");
-    std::fs::write(&tmp, serde_yaml_ng::to_string(&config).expect("yaml")).expect("write");
-    std::fs::rename(&tmp, &path).expect("rename");
-    let status = dev.data.join("kubemail-runtime-status.json");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let served: serde_json::Value = std::fs::read(&status)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        if served["revision"] == revision.as_str() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the new limits were not served");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    patch_config(dev, &format!("load-{max_connections}"), |config| {
+        let limits = &mut config["limits"];
+        limits["maxConnections"] = (max_connections as u64).into();
+        limits["maxConnectionsPerIp"] = 100u64.into();
+    });
 }
 
 /// Opens one slowloris connection: reads the greeting, sends half a command, keeps the socket.

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Dev, client_script, run};
+use common::{Dev, client_script, patch_config, run};
 
 const ALICE: &str = "alice@example.test";
 
@@ -124,34 +124,6 @@ impl Drop for Peer {
         self._stdin.take();
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Rewrites the runtime's config (as the operator would) and waits until it is served.
-fn patch_config(dev: &Dev, revision: &str, patch: impl FnOnce(&mut serde_yaml_ng::Value)) {
-    let path = dev.data.join("runtime.yaml");
-    let mut config: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(&path).expect("config")).expect("yaml");
-    patch(&mut config);
-    config["revision"] = revision.into();
-    let tmp = dev.data.join("runtime.yaml.tmp");
-    std::fs::write(&tmp, serde_yaml_ng::to_string(&config).expect("yaml")).expect("write");
-    std::fs::rename(&tmp, &path).expect("rename");
-    let status = dev.data.join("kubemail-runtime-status.json");
-    let start = Instant::now();
-    loop {
-        let served: serde_json::Value = std::fs::read(&status)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        if served["revision"] == revision {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "config {revision} not served: {served}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

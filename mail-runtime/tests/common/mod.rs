@@ -3,13 +3,15 @@
 //! curl and Python, run as programs).
 #![allow(dead_code)]
 
+pub mod imap;
+
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// A running `mail-runtime dev`. It exits when this value (its stdin) is dropped, and also when
@@ -218,4 +220,32 @@ pub fn manifest_dir() -> PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
         .into()
+}
+
+/// Rewrites the runtime's config (as the operator would) and waits until it is served.
+pub fn patch_config(dev: &Dev, revision: &str, patch: impl FnOnce(&mut serde_yaml_ng::Value)) {
+    let path = dev.data.join("runtime.yaml");
+    let mut config: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&path).expect("config")).expect("yaml");
+    patch(&mut config);
+    config["revision"] = revision.into();
+    let tmp = dev.data.join("runtime.yaml.tmp");
+    std::fs::write(&tmp, serde_yaml_ng::to_string(&config).expect("yaml")).expect("write");
+    std::fs::rename(&tmp, &path).expect("rename");
+    let status = dev.data.join("kubemail-runtime-status.json");
+    let start = Instant::now();
+    loop {
+        let served: serde_json::Value = std::fs::read(&status)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if served["revision"] == revision {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "config {revision} not served: {served}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
