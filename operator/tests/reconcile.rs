@@ -249,7 +249,34 @@ async fn a_domain_with_mailboxes_is_rendered_changed_and_cleaned_up() {
         .iter()
         .map(|p| p.port)
         .collect();
-    assert_eq!(ports, [25, 587, 465, 143, 993, 110, 995, 8080]);
+    assert_eq!(
+        ports,
+        [25, 587, 465, 143, 993, 110, 995],
+        "the mail Service has no HTTP port"
+    );
+    // /metrics and /readyz are on their own ClusterIP Service, owned by the domain.
+    let metrics = Api::<Service>::namespaced(client.clone(), &ns)
+        .get("example-metrics")
+        .await
+        .expect("metrics Service");
+    assert_eq!(
+        metrics
+            .metadata
+            .owner_references
+            .as_ref()
+            .and_then(|o| o.first())
+            .map(|o| o.kind.as_str()),
+        Some("MailDomain")
+    );
+    let spec = metrics.spec.expect("spec");
+    assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+    let ports: Vec<(Option<String>, i32)> = spec
+        .ports
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.name, p.port))
+        .collect();
+    assert_eq!(ports, [(Some("http".to_string()), 8080)]);
     Api::<ServiceAccount>::namespaced(client.clone(), &ns)
         .get("example-mail")
         .await
@@ -380,6 +407,38 @@ async fn a_domain_with_mailboxes_is_rendered_changed_and_cleaned_up() {
             .and_then(|pod| pod.containers.into_iter().next()?.image)
             .filter(|image| image == "kubemail/mail-runtime:test")
     })
+    .await;
+
+    // Someone makes the metrics Service public: the operator makes it ClusterIP again.
+    let mut out = ControlPlane::shared().kubectl();
+    let out = out
+        .args([
+            "-n",
+            &ns,
+            "patch",
+            "service",
+            "example-metrics",
+            "--type=merge",
+        ])
+        .args(["-p", r#"{"spec":{"type":"LoadBalancer"}}"#])
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        "the operator makes the metrics Service ClusterIP again",
+        || async {
+            Api::<Service>::namespaced(client.clone(), &ns)
+                .get("example-metrics")
+                .await
+                .ok()
+                .and_then(|s| s.spec?.type_)
+                .filter(|t| t == "ClusterIP")
+        },
+    )
     .await;
 
     // A changed mailbox changes the config Secret and nothing else: the Deployment's spec (what
