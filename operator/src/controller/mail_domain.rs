@@ -237,6 +237,27 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
         }
     };
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    // The smarthost's credentials reach the runtime only from a Secret labelled for it (the
+    // RelayPolicy's own reconcile reports why not).
+    let relay = match relay {
+        Some(rp) => {
+            let labels = match rp
+                .spec
+                .route
+                .smarthost
+                .as_ref()
+                .and_then(|h| h.credentials_secret_ref.as_ref())
+            {
+                Some(creds) => secrets
+                    .get_metadata_opt(&creds.name)
+                    .await?
+                    .map(|s| s.metadata.labels.unwrap_or_default()),
+                None => None,
+            };
+            Some(render::smarthost::usable(&rp, labels.as_ref()))
+        }
+        None => None,
+    };
     let tls_ok = match &md.spec.tls.secret_name {
         Some(name) => secrets.get_opt(name).await?.is_some_and(|s| {
             s.data

@@ -14,6 +14,7 @@ pub mod config;
 pub mod dns;
 pub mod objects;
 pub mod quantity;
+pub mod smarthost;
 
 use kubemail_crds::{MailDomain, Protocol};
 
