@@ -148,8 +148,14 @@ pub enum RouteMode {
     Smarthost,
 }
 
+/// The label a Secret must carry (value `"true"`) before the operator mounts it as a
+/// smarthost's credentials: a RelayPolicy could otherwise name any Secret of its namespace and
+/// have it sent to a host of its choosing.
+pub const SMARTHOST_CREDENTIALS_LABEL: &str = "kubemail.io/smarthost-credentials";
+
 /// A smarthost: the server that takes all relayed mail.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = kube::core::Rule::new("!has(self.credentialsSecretRef) || !has(self.tls) || self.tls != 'None'").message("route.smarthost.credentialsSecretRef needs tls StartTLS or Implicit: credentials are never sent without TLS").field_path(".credentialsSecretRef"))]
 #[serde(rename_all = "camelCase")]
 pub struct Smarthost {
     /// Host name or IP address of the smarthost.
@@ -161,10 +167,13 @@ pub struct Smarthost {
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
     /// `StartTLS` (the default, required), `Implicit` (TLS from the first byte, usually port
-    /// 465) or `None` (plaintext; only for a smarthost on a trusted network).
+    /// 465) or `None` (plaintext, so no `credentialsSecretRef`; only for a smarthost on a
+    /// trusted network).
     #[serde(default)]
     pub tls: SmarthostTls,
-    /// The Secret with the username and password for SMTP AUTH at the smarthost.
+    /// The Secret with the username and password for SMTP AUTH at the smarthost. The Secret
+    /// must carry the label `kubemail.io/smarthost-credentials: "true"` (otherwise it is not
+    /// used, and the policy reports `CredentialsFound=False`), and `tls` must not be `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<CredentialsSecretRef>,
 }

@@ -418,6 +418,13 @@ fn invalid_manifests() -> Vec<Invalid> {
             "DNS name or an IP address",
         ),
         r(
+            "smarthost credentials over plaintext",
+            json!({"route": {"mode": "Smarthost", "smarthost": {"host": "smtp.example.net", "tls": "None",
+                   "credentialsSecretRef": {"name": "provider-login"}}}}),
+            "spec.route.smarthost.credentialsSecretRef",
+            "are never sent without TLS",
+        ),
+        r(
             "unknown smarthost TLS mode",
             json!({"route": {"mode": "Smarthost", "smarthost": {"host": "smtp.example.net", "tls": "SSLv3"}}}),
             "spec.route.smarthost.tls",

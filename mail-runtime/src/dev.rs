@@ -113,12 +113,24 @@ pub fn write_dev_config(
     base_port: u16,
 ) -> Result<(Vec<Account>, Vec<std::net::TcpListener>)> {
     let accounts_file = data.join("dev-accounts.json");
-    if let (Ok(text), true) = (std::fs::read_to_string(&accounts_file), path.exists()) {
-        let accounts: Vec<(String, String)> = serde_json::from_str(&text)?;
-        return Ok((accounts, Vec::new()));
-    }
     let cert = data.join("tls/tls.crt");
     let key = data.join("tls/tls.key");
+    if let (Ok(text), true) = (std::fs::read_to_string(&accounts_file), path.exists()) {
+        let accounts: Vec<(String, String)> = serde_json::from_str(&text)?;
+        // A data directory written before these files were made private is tightened now.
+        for file in [accounts_file.as_path(), key.as_path(), path] {
+            if file.exists() {
+                make_private(file)?;
+            }
+        }
+        return Ok((accounts, Vec::new()));
+    }
+    // The key is created owner-only before it is written, so it is never readable by others,
+    // not even for a moment (`write_self_signed` truncates and keeps the mode).
+    if let Some(dir) = key.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    write_private(&key, b"")?;
     crate::tls::write_self_signed(
         &[
             format!("mail.{DOMAIN}"),
@@ -220,10 +232,38 @@ pub fn write_dev_config(
         },
         nameservers: Vec::new(),
     };
-    std::fs::write(path, serde_yaml_ng::to_string(&raw)?)
+    // The config holds password hashes and the accounts file the passwords themselves: both
+    // owner-only, like the key.
+    write_private(path, serde_yaml_ng::to_string(&raw)?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
-    std::fs::write(&accounts_file, serde_json::to_string(&accounts)?)?;
+    write_private(&accounts_file, serde_json::to_string(&accounts)?.as_bytes())
+        .with_context(|| format!("writing {}", accounts_file.display()))?;
     Ok((accounts, held))
+}
+
+/// Writes `contents` to `path`, readable and writable by the owner only (0600) from the moment
+/// the file exists; a file already there gets that mode before it is truncated and written.
+fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::{io::Write, os::unix::fs::OpenOptionsExt};
+    if path.exists() {
+        make_private(path)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.write_all(contents)?;
+    Ok(())
+}
+
+/// Sets a file's mode to 0600.
+fn make_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("making {} private", path.display()))
 }
 
 fn random_password() -> String {
@@ -241,7 +281,10 @@ fn tempfile_dir() -> Result<PathBuf> {
         std::process::id(),
         random_password()
     ));
-    std::fs::create_dir_all(&dir)?;
+    // Owner-only: it holds the demo mailboxes' mail, passwords and key.
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
 }
 
@@ -257,5 +300,57 @@ pub async fn wait_for_shutdown() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path)
+            .expect("the file exists")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[test]
+    fn the_accounts_config_and_tls_key_are_readable_by_their_owner_only() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("runtime.yaml");
+        write_dev_config(dir.path(), &config, 42500).expect("dev config");
+        for file in [
+            dir.path().join("dev-accounts.json"),
+            config.clone(),
+            dir.path().join("tls/tls.key"),
+        ] {
+            assert_eq!(
+                mode(&file),
+                0o600,
+                "{} is mode {:o}",
+                file.display(),
+                mode(&file)
+            );
+        }
+        // A data directory from before this fix has world-readable files: they are tightened
+        // when dev mode reuses them.
+        for file in ["dev-accounts.json", "runtime.yaml", "tls/tls.key"] {
+            std::fs::set_permissions(
+                dir.path().join(file),
+                std::fs::Permissions::from_mode(0o644),
+            )
+            .expect("chmod");
+        }
+        write_dev_config(dir.path(), &config, 42500).expect("dev config again");
+        for file in ["dev-accounts.json", "runtime.yaml", "tls/tls.key"] {
+            assert_eq!(
+                mode(&dir.path().join(file)),
+                0o600,
+                "{file} after a restart"
+            );
+        }
     }
 }

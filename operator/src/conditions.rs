@@ -16,6 +16,11 @@ pub mod reason {
     pub const PROBE_FAILED: &str = "ProbeFailed";
     /// A referenced Secret does not exist (yet).
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// A RelayPolicy's credentials Secret lacks the label that allows its use as smarthost
+    /// credentials.
+    pub const SECRET_NOT_LABELLED: &str = "SecretNotLabelled";
+    /// A RelayPolicy names credentials for a smarthost reached without TLS.
+    pub const CREDENTIALS_NEED_TLS: &str = "CredentialsNeedTLS";
     /// A referenced Secret lacks the key.
     pub const KEY_NOT_FOUND: &str = "KeyNotFound";
     /// No MailDomain in the namespace serves the address's domain.

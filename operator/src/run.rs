@@ -129,6 +129,21 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
         ),
     });
 
+    // Which RelayPolicies take their smarthost credentials from a Secret: a Secret that
+    // appears, changes or gets (or loses) the label reconciles them and their domains.
+    let relay_policies = relay_controller.store();
+    let uses_credentials = |rp: &RelayPolicy, s: &Secret| {
+        rp.namespace() == s.namespace()
+            && rp
+                .spec
+                .route
+                .smarthost
+                .as_ref()
+                .and_then(|h| h.credentials_secret_ref.as_ref())
+                .is_some_and(|c| c.name == s.name_any())
+    };
+    let relays_for_secret = relay_policies.clone();
+    let domains_for_relay_secret = ctx.domains.clone();
     let domains_for_mailbox = ctx.domains.clone();
     let mailboxes_for_secret = ctx.mailboxes.clone();
     let domains_for_secret = ctx.domains.clone();
@@ -162,6 +177,27 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
                         && m.spec.password_secret_ref.name == s.name_any()
                 })
                 .flat_map(|m| domain_of_mailbox(&m, &domains_for_secret))
+                .chain(
+                    // A RelayPolicy's credentials Secret: the domains that use the policy.
+                    relays_for_secret
+                        .state()
+                        .into_iter()
+                        .filter(|rp| uses_credentials(rp, &s))
+                        .flat_map(|rp| {
+                            domains_for_relay_secret
+                                .state()
+                                .into_iter()
+                                .filter(move |md| {
+                                    md.namespace() == rp.namespace()
+                                        && md
+                                            .spec
+                                            .relay_policy_ref
+                                            .as_ref()
+                                            .is_some_and(|r| r.name == rp.name_any())
+                                })
+                                .map(|md| ObjectRef::from(md.as_ref()))
+                        }),
+                )
                 .collect::<Vec<_>>()
         })
         .watches(api::<RelayPolicy>(&client, ns), cfg.clone(), move |rp| {
@@ -243,6 +279,14 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
         });
 
     let relays = relay_controller
+        .watches(api::<Secret>(&client, ns), cfg.clone(), move |s| {
+            relay_policies
+                .state()
+                .into_iter()
+                .filter(|rp| uses_credentials(rp, &s))
+                .map(|rp| ObjectRef::from(rp.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .shutdown_on_signal()
         .run(
             relay_policy::reconcile,

@@ -249,7 +249,34 @@ async fn a_domain_with_mailboxes_is_rendered_changed_and_cleaned_up() {
         .iter()
         .map(|p| p.port)
         .collect();
-    assert_eq!(ports, [25, 587, 465, 143, 993, 110, 995, 8080]);
+    assert_eq!(
+        ports,
+        [25, 587, 465, 143, 993, 110, 995],
+        "the mail Service has no HTTP port"
+    );
+    // /metrics and /readyz are on their own ClusterIP Service, owned by the domain.
+    let metrics = Api::<Service>::namespaced(client.clone(), &ns)
+        .get("example-metrics")
+        .await
+        .expect("metrics Service");
+    assert_eq!(
+        metrics
+            .metadata
+            .owner_references
+            .as_ref()
+            .and_then(|o| o.first())
+            .map(|o| o.kind.as_str()),
+        Some("MailDomain")
+    );
+    let spec = metrics.spec.expect("spec");
+    assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+    let ports: Vec<(Option<String>, i32)> = spec
+        .ports
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.name, p.port))
+        .collect();
+    assert_eq!(ports, [(Some("http".to_string()), 8080)]);
     Api::<ServiceAccount>::namespaced(client.clone(), &ns)
         .get("example-mail")
         .await
@@ -380,6 +407,38 @@ async fn a_domain_with_mailboxes_is_rendered_changed_and_cleaned_up() {
             .and_then(|pod| pod.containers.into_iter().next()?.image)
             .filter(|image| image == "kubemail/mail-runtime:test")
     })
+    .await;
+
+    // Someone makes the metrics Service public: the operator makes it ClusterIP again.
+    let mut out = ControlPlane::shared().kubectl();
+    let out = out
+        .args([
+            "-n",
+            &ns,
+            "patch",
+            "service",
+            "example-metrics",
+            "--type=merge",
+        ])
+        .args(["-p", r#"{"spec":{"type":"LoadBalancer"}}"#])
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        "the operator makes the metrics Service ClusterIP again",
+        || async {
+            Api::<Service>::namespaced(client.clone(), &ns)
+                .get("example-metrics")
+                .await
+                .ok()
+                .and_then(|s| s.spec?.type_)
+                .filter(|t| t == "ClusterIP")
+        },
+    )
     .await;
 
     // A changed mailbox changes the config Secret and nothing else: the Deployment's spec (what
@@ -929,7 +988,9 @@ async fn a_smarthost_is_probed_for_real_and_a_dead_one_is_reported() {
     apply(
         &client,
         &ns,
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "provider-login"},
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "provider-login",
+                            "labels": {"kubemail.io/smarthost-credentials": "true"}},
                "stringData": {"username": "relay", "password": "relay-pw"}}),
     )
     .await;
@@ -969,4 +1030,118 @@ async fn a_smarthost_is_probed_for_real_and_a_dead_one_is_reported() {
     })
     .await;
     assert_eq!(reason, "ProbeFailed");
+}
+
+/// A RelayPolicy's credentials Secret is used (mounted, rendered, sent to the smarthost) only
+/// when the Secret says it is meant for that: any Secret of the namespace could be named.
+#[tokio::test]
+async fn smarthost_credentials_are_used_only_from_a_labelled_secret() {
+    let (client, ns) = setup(BTreeMap::new()).await;
+    let ns = ns.name;
+    let _operator = Operator::start(ControlPlane::shared(), &ns);
+    let login = |labels: serde_json::Value| {
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "provider-login", "labels": labels},
+               "stringData": {"username": "relay", "password": "relay-pw"}})
+    };
+    apply(&client, &ns, login(json!({}))).await;
+    apply(&client, &ns, domain()).await;
+    // The smarthost need not answer: the credentials' condition does not depend on it.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a port")
+        .port();
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": "kubemail.io/v1alpha1", "kind": "RelayPolicy",
+               "metadata": {"name": "apps"},
+               "spec": {"route": {"mode": "Smarthost", "smarthost": {
+                   "host": "127.0.0.1", "port": closed, "tls": "StartTLS",
+                   "credentialsSecretRef": {"name": "provider-login"}}}}}),
+    )
+    .await;
+    let (status, reason) = eventually("CredentialsFound without the label", || async {
+        relay_condition(&client, &ns, "CredentialsFound").await
+    })
+    .await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "SecretNotLabelled")
+    );
+    let rp = Api::<kubemail_crds::RelayPolicy>::namespaced(client.clone(), &ns)
+        .get("apps")
+        .await
+        .expect("RelayPolicy");
+    let message = rp
+        .status
+        .and_then(|s| {
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == "CredentialsFound")
+        })
+        .map(|c| c.message)
+        .unwrap_or_default();
+    assert!(
+        message.contains("kubemail.io/smarthost-credentials"),
+        "the message says which label to add: {message}"
+    );
+    // Nothing of the Secret reaches the runtime: no volume, no credential files in the config.
+    let smarthost_volume = |d: &Deployment| {
+        d.spec
+            .template
+            .spec
+            .as_ref()
+            .and_then(|p| p.volumes.as_ref())
+            .is_some_and(|v| v.iter().any(|v| v.name == "smarthost"))
+    };
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let raw = eventually("the config routes to the smarthost", || async {
+        config(&client, &ns)
+            .await
+            .map(|(_, raw, _)| raw)
+            .filter(|raw| raw.relay.route.smarthost.is_some())
+    })
+    .await;
+    let smarthost = raw.relay.route.smarthost.expect("smarthost");
+    assert!(smarthost.username_file.is_none() && smarthost.password_file.is_none());
+    let deployment = deployments.get("example-mail").await.expect("Deployment");
+    assert!(
+        !smarthost_volume(&deployment),
+        "an unlabelled Secret is mounted"
+    );
+
+    // Labelled: used.
+    apply(
+        &client,
+        &ns,
+        login(json!({"kubemail.io/smarthost-credentials": "true"})),
+    )
+    .await;
+    let (_, reason) = eventually("CredentialsFound with the label", || async {
+        relay_condition(&client, &ns, "CredentialsFound")
+            .await
+            .filter(|(s, _)| s == "True")
+    })
+    .await;
+    assert_eq!(reason, "Ready");
+    eventually("the credentials in the config", || async {
+        config(&client, &ns).await.filter(|(_, raw, _)| {
+            raw.relay
+                .route
+                .smarthost
+                .as_ref()
+                .is_some_and(|h| h.username_file.is_some() && h.password_file.is_some())
+        })
+    })
+    .await;
+    eventually("the credentials mounted", || async {
+        deployments
+            .get_opt("example-mail")
+            .await
+            .ok()
+            .flatten()
+            .filter(smarthost_volume)
+    })
+    .await;
 }

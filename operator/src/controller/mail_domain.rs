@@ -1,5 +1,6 @@
-//! MailDomain: renders and applies the runtime's objects and config, probes the Service in
-//! each protocol, and reports conditions, endpoints and DNS records.
+//! MailDomain: renders and applies the runtime's objects and config, probes the mail Service in
+//! each protocol, reads the served config revision from the metrics Service, and reports
+//! conditions, endpoints and DNS records.
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::{
@@ -252,6 +253,27 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
         }
     };
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    // The smarthost's credentials reach the runtime only from a Secret labelled for it (the
+    // RelayPolicy's own reconcile reports why not).
+    let relay = match relay {
+        Some(rp) => {
+            let labels = match rp
+                .spec
+                .route
+                .smarthost
+                .as_ref()
+                .and_then(|h| h.credentials_secret_ref.as_ref())
+            {
+                Some(creds) => secrets
+                    .get_metadata_opt(&creds.name)
+                    .await?
+                    .map(|s| s.metadata.labels.unwrap_or_default()),
+                None => None,
+            };
+            Some(render::smarthost::usable(&rp, labels.as_ref()))
+        }
+        None => None,
+    };
     let tls_ok = match &md.spec.tls.secret_name {
         Some(name) => secrets.get_opt(name).await?.is_some_and(|s| {
             s.data
@@ -413,11 +435,9 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
         &objects::data_claim(&md),
     )
     .await?;
-    ctx.apply(
-        &Api::<Service>::namespaced(client.clone(), &ns),
-        &objects::service(&md),
-    )
-    .await?;
+    let services = Api::<Service>::namespaced(client.clone(), &ns);
+    ctx.apply(&services, &objects::service(&md)).await?;
+    ctx.apply(&services, &objects::metrics_service(&md)).await?;
     ctx.apply(
         &Api::<Deployment>::namespaced(client.clone(), &ns),
         &objects::deployment(&md, relay.as_ref(), &ctx.options.runtime),
@@ -443,7 +463,13 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
             service_port
         }
     };
-    let served = served_revision(&host, HTTP_PORT).await;
+    // The revision is read from the metrics Service: the mail Service has no HTTP port.
+    let http_host = ctx
+        .options
+        .probe_host_override
+        .clone()
+        .unwrap_or_else(|| format!("{}.{ns}.svc", names.metrics));
+    let served = served_revision(&http_host, HTTP_PORT).await;
     let config_served = served.as_deref() == Some(revision.as_str());
     set(
         &mut status.conditions,

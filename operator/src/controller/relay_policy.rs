@@ -1,4 +1,5 @@
-//! RelayPolicy: which domains use it, and whether its smarthost answers.
+//! RelayPolicy: which domains use it, whether its smarthost answers, and whether its
+//! credentials Secret may be used (see `render::smarthost`).
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -17,6 +18,7 @@ use super::{Context, FIELD_MANAGER};
 use crate::{
     conditions::{self, reason},
     error::{Error, Result},
+    render::smarthost,
 };
 
 /// The reconcile of one RelayPolicy.
@@ -61,31 +63,35 @@ pub async fn reconcile(rp: Arc<RelayPolicy>, ctx: Arc<Context>) -> Result<Action
                 let found = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
                     .get_opt(&creds.name)
                     .await?;
-                let ok = found
+                let labels = found
+                    .as_ref()
+                    .map(|s| s.metadata.labels.clone().unwrap_or_default());
+                let keys = found
                     .as_ref()
                     .and_then(|s| s.data.as_ref())
                     .is_some_and(|d| {
                         d.contains_key(&creds.username_key) && d.contains_key(&creds.password_key)
                     });
-                ready &= ok;
-                set(
-                    &mut status.conditions,
-                    "CredentialsFound",
-                    ok,
-                    if ok {
-                        reason::READY
-                    } else {
-                        reason::SECRET_NOT_FOUND
-                    },
-                    if ok {
-                        format!("credentials from Secret {}", creds.name)
-                    } else {
+                let (ok, why, message) = match smarthost::refusal(host, labels.as_ref()) {
+                    Some((why, message)) => (false, why, message),
+                    None if !keys => (
+                        false,
+                        reason::KEY_NOT_FOUND,
                         format!(
-                            "Secret {} with keys {} and {} does not exist yet",
+                            "Secret {} lacks the key {} or {}",
                             creds.name, creds.username_key, creds.password_key
-                        )
-                    },
-                );
+                        ),
+                    ),
+                    None => (
+                        true,
+                        reason::READY,
+                        format!("credentials from Secret {}", creds.name),
+                    ),
+                };
+                ready &= ok;
+                set(&mut status.conditions, "CredentialsFound", ok, why, message);
+            } else {
+                status.conditions.retain(|c| c.type_ != "CredentialsFound");
             }
             if host.tls == SmarthostTls::None {
                 status

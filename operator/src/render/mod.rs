@@ -5,7 +5,8 @@
 //! ```text
 //!   MailDomain + [Mailbox + password hash] + RelayPolicy?
 //!        |-- config::runtime_config --> RuntimeConfig (YAML in Secret <name>-runtime-config)
-//!        |-- objects::*             --> ServiceAccount, Service, PVC, Deployment
+//!        |-- objects::*             --> ServiceAccount, Service (mail ports), metrics Service
+//!        |                              (HTTP, ClusterIP only), PVC, Deployment
 //!        \-- dns::records           --> status.dnsRecords
 //! ```
 pub mod claims;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod dns;
 pub mod objects;
 pub mod quantity;
+pub mod smarthost;
 
 use kubemail_crds::{MailDomain, Protocol};
 
@@ -30,7 +32,10 @@ pub fn container_port(protocol: Protocol) -> i32 {
     }
 }
 
-/// The runtime's HTTP port (health, metrics, autoconfig).
+/// The runtime's HTTP port (health, metrics, autoconfig). It is served only by the metrics
+/// Service, which is ClusterIP: `/readyz` tells config errors and `/metrics` tells traffic, and
+/// neither has authentication, so it never shares the mail Service (often a public
+/// LoadBalancer).
 pub const HTTP_PORT: i32 = 8080;
 
 /// Where the pod mounts what.
@@ -54,8 +59,10 @@ pub mod paths {
 /// Names of the objects made for a MailDomain.
 #[derive(Debug, Clone)]
 pub struct Names {
-    /// The Deployment and the Service.
+    /// The Deployment and the mail Service.
     pub runtime: String,
+    /// The ClusterIP Service of the runtime's HTTP port (`/metrics`, `/readyz`).
+    pub metrics: String,
     /// The ServiceAccount.
     pub service_account: String,
     /// The rendered config Secret.
@@ -77,6 +84,7 @@ impl Names {
         let self_signed_tls = format!("{name}-tls");
         Names {
             runtime: format!("{name}-mail"),
+            metrics: format!("{name}-metrics"),
             service_account: format!("{name}-mail"),
             config: format!("{name}-runtime-config"),
             dkim: format!("{name}-dkim"),

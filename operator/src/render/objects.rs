@@ -93,10 +93,11 @@ pub fn pem_secret(md: &MailDomain, name: &str, type_: &str, files: &[(&str, &str
     }
 }
 
-/// The Service: one port per enabled protocol, plus HTTP.
+/// The mail Service: one port per enabled protocol, of the type the spec asks for (often a
+/// public LoadBalancer). The HTTP port is not on it: see [`metrics_service`].
 pub fn service(md: &MailDomain) -> Service {
     let spec = &md.spec.runtime.service;
-    let mut ports: Vec<ServicePort> = md
+    let ports: Vec<ServicePort> = md
         .spec
         .protocols
         .iter()
@@ -109,13 +110,6 @@ pub fn service(md: &MailDomain) -> Service {
             ..ServicePort::default()
         })
         .collect();
-    ports.push(ServicePort {
-        name: Some("http".into()),
-        port: HTTP_PORT,
-        target_port: Some(IntOrString::Int(HTTP_PORT)),
-        protocol: Some("TCP".into()),
-        ..ServicePort::default()
-    });
     let mut metadata = meta(md, &Names::of(md).runtime, true);
     if !spec.annotations.is_empty() {
         metadata.annotations = Some(spec.annotations.clone());
@@ -135,6 +129,38 @@ pub fn service(md: &MailDomain) -> Service {
             // load balancer passes it in the PROXY header instead.
             external_traffic_policy: (type_ != "ClusterIP" && !spec.proxy_protocol)
                 .then(|| "Local".to_string()),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The label that tells the metrics Service from the mail Service (the chart's ServiceMonitor
+/// selects by it).
+pub const METRICS_SERVICE_LABEL: &str = "kubemail.io/metrics";
+
+/// The metrics Service: the runtime's HTTP port (`/metrics`, `/healthz`, `/readyz`, autoconfig)
+/// on a ClusterIP Service of its own, for Prometheus and the operator's revision reads. Always
+/// ClusterIP, without the mail Service's annotations (which are for the load balancer):
+/// `/readyz` tells config errors and `/metrics` traffic, without authentication.
+pub fn metrics_service(md: &MailDomain) -> Service {
+    let mut metadata = meta(md, &Names::of(md).metrics, true);
+    metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert(METRICS_SERVICE_LABEL.into(), "true".into());
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector(md)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: HTTP_PORT,
+                target_port: Some(IntOrString::Int(HTTP_PORT)),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
             ..ServiceSpec::default()
         }),
         ..Service::default()

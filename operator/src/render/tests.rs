@@ -20,6 +20,7 @@ fn deployment_service_claim_and_account() {
         objects::deployment(&md, Some(&fixtures::relay()), &options())
     );
     insta::assert_yaml_snapshot!("service", objects::service(&md));
+    insta::assert_yaml_snapshot!("metrics_service", objects::metrics_service(&md));
     insta::assert_yaml_snapshot!("data_claim", objects::data_claim(&md));
     insta::assert_yaml_snapshot!("service_account", objects::service_account(&md));
 }
@@ -67,4 +68,59 @@ fn retained_storage_has_no_owner_and_deleted_storage_does() {
     assert!(objects::data_claim(&md).metadata.owner_references.is_none());
     md.spec.storage.retention_policy = kubemail_crds::mail_domain::RetentionPolicy::Delete;
     assert!(objects::data_claim(&md).metadata.owner_references.is_some());
+}
+
+#[test]
+fn the_mail_service_has_no_http_port_even_as_a_public_load_balancer() {
+    // The fixture's Service is an internet-facing LoadBalancer: /metrics and /readyz (which
+    // tells config errors) must not be on it.
+    let md = fixtures::domain();
+    let service = objects::service(&md);
+    let spec = service.spec.expect("spec");
+    assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+    let ports = spec.ports.unwrap_or_default();
+    assert!(
+        ports
+            .iter()
+            .all(|p| p.name.as_deref() != Some("http") && p.port != super::HTTP_PORT),
+        "the mail Service exposes the HTTP port: {ports:?}"
+    );
+    assert!(!ports.is_empty());
+}
+
+#[test]
+fn the_http_port_is_on_a_cluster_ip_service_owned_like_the_mail_service() {
+    let md = fixtures::domain();
+    let (mail, metrics) = (objects::service(&md), objects::metrics_service(&md));
+    assert_eq!(metrics.metadata.name.as_deref(), Some("example-metrics"));
+    assert_eq!(metrics.metadata.namespace, mail.metadata.namespace);
+    assert_eq!(
+        metrics.metadata.owner_references,
+        mail.metadata.owner_references
+    );
+    assert!(metrics.metadata.owner_references.is_some());
+    // The mail Service's labels (the operator's watches select by them), plus one that tells
+    // the two apart; none of the load balancer's annotations.
+    let labels = metrics.metadata.labels.clone().unwrap_or_default();
+    for (k, v) in mail.metadata.labels.as_ref().expect("labels") {
+        assert_eq!(labels.get(k), Some(v), "label {k}");
+    }
+    assert_eq!(
+        labels
+            .get(objects::METRICS_SERVICE_LABEL)
+            .map(String::as_str),
+        Some("true")
+    );
+    assert!(metrics.metadata.annotations.is_none());
+    let (mail, metrics) = (mail.spec.expect("spec"), metrics.spec.expect("spec"));
+    assert_eq!(metrics.type_.as_deref(), Some("ClusterIP"));
+    assert_eq!(metrics.selector, mail.selector);
+    assert!(metrics.external_traffic_policy.is_none());
+    let ports: Vec<(Option<String>, i32)> = metrics
+        .ports
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.name, p.port))
+        .collect();
+    assert_eq!(ports, [(Some("http".to_string()), super::HTTP_PORT)]);
 }
