@@ -248,3 +248,119 @@ fn near_the_connection_limit_silent_sessions_give_their_slot_back_within_seconds
         "dropped after {fastest:?}-{slowest:?}, not after about 10 s"
     );
 }
+
+/// One hostile pre-login IMAP connection: a LOGIN whose arguments are LITERAL+ literals of 8,000
+/// bytes (each under the pre-login literal limit), up to `total` bytes, then held open. Returns
+/// the bytes the server took and whether it closed the connection.
+async fn literal_flood(source: IpAddr, port: u16, total: usize) -> Result<(usize, bool), String> {
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(20),
+        socket.connect(SocketAddr::from(([127, 0, 0, 1], port))),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_string())?
+    .map_err(|e| e.to_string())?;
+    let mut greeting = [0u8; 256];
+    let _ = stream
+        .read(&mut greeting)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut chunk = b" {8000+}\r\n".to_vec();
+    chunk.resize(chunk.len() + 8000, b'x');
+    let mut sent = 0;
+    if stream.write_all(b"a LOGIN").await.is_err() {
+        return Ok((0, true));
+    }
+    while sent < total {
+        if stream.write_all(&chunk).await.is_err() {
+            return Ok((sent, true));
+        }
+        sent += chunk.len();
+    }
+    // Held: does the server let go of it?
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok((sent, true)),
+            Ok(Ok(_)) => continue,
+            Err(_) => return Ok((sent, false)),
+        }
+    }
+}
+
+/// Issue 17 item 2: before login, literals were buffered up to the message size limit (25 MiB):
+/// 16 connections took the runtime from 97 to 474 MB, and about 22 from one address passed a
+/// pod's 512 Mi limit. 50 hostile connections from one address and 1,000 from ten others, each
+/// trying to send 1 MiB of literals, now cost a bounded amount each, and real clients are
+/// served meanwhile.
+#[test]
+fn hostile_literals_before_login_stay_under_a_pod_memory_limit() {
+    const LIMIT_KIB: u64 = 512 * 1024;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(&tmp.path().join("data"));
+    set_limits(&dev, 4_000);
+    let pid = dev.pid();
+    let password = dev.password(BOB);
+    let responsive = |rounds: &str| -> serde_json::Value {
+        let out = run(Command::new("python3")
+            .arg(client_script("responsive.py"))
+            .arg("127.0.0.1")
+            .args(["smtp", "imaps", "pop3s"].map(|p| dev.port(p).to_string()))
+            .args([BOB, &password, rounds]));
+        serde_json::from_str(out.trim()).expect("timings JSON")
+    };
+    responsive("1");
+    let rss_before = proc_status(pid, "VmRSS:");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let port = dev.port("imap");
+    let flood = rt.spawn(async move {
+        let mut set = JoinSet::new();
+        let one = IpAddr::V4(Ipv4Addr::new(127, 0, 2, 1));
+        for _ in 0..50 {
+            set.spawn(literal_flood(one, port, 1 << 20));
+        }
+        for i in 0..1_000u32 {
+            let source = IpAddr::V4(Ipv4Addr::new(127, 0, 3, 1 + (i / 100) as u8));
+            set.spawn(literal_flood(source, port, 1 << 20));
+        }
+        let mut results = Vec::new();
+        while let Some(done) = set.join_next().await {
+            results.push(done.expect("task").unwrap_or_else(|e| panic!("{e}")));
+        }
+        results
+    });
+    // A real client while the flood runs.
+    std::thread::sleep(Duration::from_millis(300));
+    let during = responsive("1");
+    let results = rt.block_on(flood).expect("flood");
+    let rss_peak = proc_status(pid, "VmHWM:");
+    let closed = results.iter().filter(|(_, c)| *c).count();
+    let taken: usize = results.iter().map(|(s, _)| s).sum();
+    println!(
+        "{} hostile pre-login IMAP connections (50 from one address, 1,000 from ten): {closed} \
+         closed by the server, {:.1} MiB sent by the clients in all; runtime RSS {} MiB before, \
+         peak {} MiB (pod limit 512 MiB); a real client meanwhile: {during}",
+        results.len(),
+        taken as f64 / 1048576.0,
+        rss_before / 1024,
+        rss_peak / 1024,
+    );
+    assert_eq!(
+        closed,
+        results.len(),
+        "connections left holding their bytes"
+    );
+    assert!(rss_peak < LIMIT_KIB, "peak RSS {rss_peak} KiB");
+    for (step, seconds) in during.as_object().expect("timings") {
+        let seconds = seconds.as_f64().expect("seconds");
+        assert!(seconds < 5.0, "{step} took {seconds:.3} s during the flood");
+    }
+}
