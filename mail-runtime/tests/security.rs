@@ -315,6 +315,25 @@ async fn suspension_and_password_changes_end_open_sessions() {
     assert!(idle.line().await.starts_with('+'));
     let mut busy = Client::login(&dev, BOB).await;
     let mut alice = Client::login(&dev, ALICE).await;
+    // bob on POP3 and on submission too, logged in before the change.
+    let mut pop3 = Client::connect_tls(&dev, "pop3s").await;
+    assert!(pop3.line().await.starts_with("+OK"));
+    pop3.send(format!("USER {BOB}\r\nPASS {}\r\n", dev.password(BOB)).as_bytes())
+        .await;
+    assert!(pop3.line().await.starts_with("+OK"));
+    assert!(pop3.line().await.starts_with("+OK"), "POP3 login");
+    let mut smtp = Client::connect_tls(&dev, "submissions").await;
+    assert!(smtp.line().await.starts_with("220"));
+    use base64::Engine as _;
+    let plain =
+        base64::engine::general_purpose::STANDARD.encode(format!("\0{BOB}\0{}", dev.password(BOB)));
+    smtp.send(format!("EHLO c.example\r\nAUTH PLAIN {plain}\r\n").as_bytes())
+        .await;
+    let mut line = smtp.line().await;
+    while line.starts_with("250") {
+        line = smtp.line().await;
+    }
+    assert!(line.starts_with("235"), "SMTP login: {line}");
 
     let set =
         |c: &mut serde_yaml_ng::Value, address: &str, field: &str, value: serde_yaml_ng::Value| {
@@ -341,6 +360,12 @@ async fn suspension_and_password_changes_end_open_sessions() {
         alice.command("n", "NOOP").await.contains("n OK"),
         "others go on"
     );
+    pop3.send(b"STAT\r\n").await;
+    let refused = pop3.line().await;
+    assert!(refused.starts_with("-ERR [AUTH]"), "{refused}");
+    smtp.send(format!("MAIL FROM:<{BOB}>\r\n").as_bytes()).await;
+    let refused = smtp.line().await;
+    assert!(refused.starts_with("421 4.7.0"), "{refused}");
 
     // A new password for alice ends her session too.
     let hash = mail_runtime::auth::hash_password("a new password");

@@ -33,16 +33,22 @@ pub async fn tls(stream: TcpStream) -> Box<dyn Stream> {
 }
 
 impl Client {
-    /// Connects to implicit TLS (993) and reads the greeting.
-    pub async fn connect(dev: &Dev) -> Client {
-        let tcp = TcpStream::connect(("127.0.0.1", dev.port("imaps")))
+    /// Connects to one of dev mode's implicit-TLS ports (`imaps`, `pop3s`, `submissions`); the
+    /// line reading works for any line protocol.
+    pub async fn connect_tls(dev: &Dev, protocol: &str) -> Client {
+        let tcp = TcpStream::connect(("127.0.0.1", dev.port(protocol)))
             .await
             .expect("connect");
-        let mut client = Client {
+        Client {
             stream: tls(tcp).await,
             pending: Vec::new(),
             heard: Vec::new(),
-        };
+        }
+    }
+
+    /// Connects to implicit TLS (993) and reads the greeting.
+    pub async fn connect(dev: &Dev) -> Client {
+        let mut client = Client::connect_tls(dev, "imaps").await;
         let greeting = client.line().await;
         assert!(greeting.starts_with("* OK [CAPABILITY "), "{greeting}");
         client
