@@ -141,7 +141,8 @@ impl Client {
         self.until_tagged(tag).await
     }
 
-    /// Sends a command and reads until its tagged answer, a BYE, or the end of the connection.
+    /// Sends a command and reads until its tagged answer, a BYE, or the end of the connection
+    /// (an empty answer: closed or reset without a word).
     pub async fn command_or_bye(&mut self, tag: &str, command: &str) -> String {
         let _ = self
             .stream_write(format!("{tag} {command}\r\n").as_bytes())
@@ -160,7 +161,11 @@ impl Client {
             }
             match tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut buf)).await {
                 Ok(Ok(n)) if n > 0 => self.pending.extend_from_slice(&buf[..n]),
-                _ => return out,
+                Ok(_) => return out,
+                Err(_) => {
+                    out.push_str("<no answer within 10 s>");
+                    return out;
+                }
             }
         }
     }
