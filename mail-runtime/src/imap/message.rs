@@ -663,6 +663,34 @@ AAEC\r\n\
         }
     }
 
+    /// The fuzz seeds of deep nesting (plain, digest defaults, base64-hidden) parse to a tree
+    /// within the limit.
+    #[test]
+    fn the_deep_seeds_stay_within_the_limit() {
+        let seeds = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/mime_message");
+        for name in [
+            "deep-rfc822-2000.eml",
+            "deep-digest-300.eml",
+            "deep-rfc822-in-base64.eml",
+        ] {
+            let bytes = std::fs::read(format!("{seeds}/{name}")).expect("a seed");
+            // mail-parser itself builds a tree deeper than the limit from each of them.
+            let raw = MessageParser::default().parse(&bytes).expect("parses");
+            let depth = nesting(&raw);
+            dismantle(raw);
+            assert!(depth > usize::from(MAX_DEPTH), "{name}: only {depth} deep");
+            let parsed = parse(&bytes);
+            assert!(nesting(&parsed) <= usize::from(MAX_DEPTH), "{name}");
+            let root = Node::root(&parsed).expect("root");
+            let text = render(|o| body_structure(o, &root, true));
+            assert_eq!(
+                text.matches('(').count(),
+                text.matches(')').count(),
+                "{name}"
+            );
+        }
+    }
+
     /// A nested message hidden in base64 is invisible to the raw pre-check; the tree's depth is
     /// still measured after parsing.
     #[test]
