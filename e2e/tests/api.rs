@@ -201,6 +201,24 @@ fn invalid_manifests() -> Vec<Invalid> {
     let many_aliases: Vec<String> = (0..10_000).map(|i| format!("a{i}@example.com")).collect();
     vec![
         d(
+            "PROXY protocol without trusted proxies",
+            json!({"runtime": {"service": {"type": "LoadBalancer", "proxyProtocol": true}}}),
+            "spec.runtime.service.trustedProxies",
+            "proxyProtocol needs trustedProxies",
+        ),
+        d(
+            "trusted proxies holding the pod's own probes",
+            json!({"runtime": {"service": {"proxyProtocol": true, "trustedProxies": ["10.0.0.0/16", "0.0.0.0/0"]}}}),
+            "spec.runtime.service.trustedProxies",
+            "without 127.0.0.1 or ::1",
+        ),
+        d(
+            "trusted proxy that is no network",
+            json!({"runtime": {"service": {"proxyProtocol": true, "trustedProxies": ["10.0.0.0/33"]}}}),
+            "spec.runtime.service.trustedProxies",
+            "CIDR notation",
+        ),
+        d(
             "uppercase domain",
             json!({"domain": "Example.COM"}),
             "spec.domain",
