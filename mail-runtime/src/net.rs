@@ -19,7 +19,7 @@ use tokio::{
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 use crate::{
-    config::Listener,
+    config::{Config, Listener},
     runtime::{ConnectionSlot, Runtime},
 };
 
@@ -154,6 +154,18 @@ pub async fn serve<H, F>(
     }
 }
 
+/// Whether a listener reads PROXY headers, as the config in force says: a live reload that
+/// switches `proxyProtocol` applies to the listener's next connection (its socket stays bound).
+/// A listener the config no longer has keeps what it started with.
+fn expects_proxy(config: &Config, listener: &Listener) -> bool {
+    config
+        .raw
+        .listeners
+        .iter()
+        .find(|l| l.protocol == listener.protocol && l.address == listener.address)
+        .map_or(listener.proxy_protocol, |l| l.proxy_protocol)
+}
+
 async fn accept(
     mut stream: TcpStream,
     mut peer: IpAddr,
@@ -164,7 +176,10 @@ async fn accept(
     let _ = stream.set_nodelay(true);
     // Only a trusted load balancer speaks first with a header; anyone else (a pod's probe, an
     // in-cluster client, an attacker) is a direct client whose header would be a bad command.
-    if listener.proxy_protocol && runtime.config.get().trusts_proxy(peer) {
+    let config = runtime.config.get();
+    let expects_header = expects_proxy(&config, listener) && config.trusts_proxy(peer);
+    drop(config);
+    if expects_header {
         match crate::proxy::read_header(&mut stream).await {
             Ok(Some(addr)) => peer = crate::config::canonical_ip(addr.ip()),
             // The proxy's own health check (v2 LOCAL, v1 UNKNOWN) keeps its address.
@@ -208,7 +223,7 @@ mod tests {
     use tokio::{io::AsyncReadExt, net::TcpSocket};
 
     use super::*;
-    use crate::config::{Config, ConfigHandle, ListenerProtocol};
+    use crate::config::{ConfigHandle, ListenerProtocol};
 
     /// A runtime whose only trusted proxy is 127.0.0.2.
     fn runtime(dir: &std::path::Path) -> Runtime {
@@ -229,15 +244,35 @@ security: {{trustedProxies: [127.0.0.2/32]}}
     }
 
     /// Connects from `source` (a loopback alias), sends `sent`, and runs `accept` on the other
-    /// end; returns what it made of the connection and the bytes it left unread.
+    /// end for a listener started with `proxy_protocol`; returns what it made of the connection
+    /// and the bytes it left unread.
     async fn accept_from(
         source: &str,
         proxy_protocol: bool,
         sent: &[u8],
     ) -> Option<(IpAddr, Vec<u8>)> {
+        accept_with(source, proxy_protocol, None, sent).await
+    }
+
+    /// Like `accept_from`, and the config in force later says `reloaded` for the listener.
+    async fn accept_with(
+        source: &str,
+        proxy_protocol: bool,
+        reloaded: Option<bool>,
+        sent: &[u8],
+    ) -> Option<(IpAddr, Vec<u8>)> {
         let dir = tempfile::tempdir().expect("tmp");
         let runtime = runtime(dir.path());
         let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = socket.local_addr().expect("addr").to_string();
+        if let Some(reloaded) = reloaded {
+            let mut raw = runtime.config.get().raw.clone();
+            raw.listeners[0].address = address.clone();
+            raw.listeners[0].proxy_protocol = reloaded;
+            runtime
+                .config
+                .set(Config::validate(raw).expect("valid reload"));
+        }
         let client = TcpSocket::new_v4().expect("socket");
         client
             .bind(format!("{source}:0").parse().expect("source"))
@@ -251,7 +286,7 @@ security: {{trustedProxies: [127.0.0.2/32]}}
         let (stream, peer) = socket.accept().await.expect("accept");
         let listener = Listener {
             protocol: ListenerProtocol::Smtp,
-            address: "127.0.0.1:0".into(),
+            address,
             proxy_protocol,
         };
         let mut accepted = accept(stream, peer.ip(), &listener, &runtime, |_| Vec::new()).await?;
@@ -306,6 +341,19 @@ security: {{trustedProxies: [127.0.0.2/32]}}
     #[tokio::test]
     async fn a_listener_without_proxy_protocol_believes_no_header() {
         let (peer, rest) = accept_from("127.0.0.2", false, HEADER)
+            .await
+            .expect("accepted");
+        assert_eq!(peer, "127.0.0.2".parse::<IpAddr>().expect("ip"));
+        assert_eq!(rest, HEADER);
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_switches_proxy_protocol_applies_to_the_next_connection() {
+        let (peer, _) = accept_with("127.0.0.2", false, Some(true), HEADER)
+            .await
+            .expect("accepted");
+        assert_eq!(peer, "192.0.2.9".parse::<IpAddr>().expect("ip"));
+        let (peer, rest) = accept_with("127.0.0.2", true, Some(false), HEADER)
             .await
             .expect("accepted");
         assert_eq!(peer, "127.0.0.2".parse::<IpAddr>().expect("ip"));
