@@ -109,9 +109,6 @@ pub struct Accepted {
     pub conn: Conn,
     /// The client's address (from the PROXY header when there is one).
     pub peer: IpAddr,
-    /// Bytes the client sent before the protocol started; always empty now that the PROXY header
-    /// is read exactly (what follows it stays in the socket).
-    pub early: Vec<u8>,
     /// Whether a certificate is loaded (STARTTLS can be offered).
     pub tls_available: bool,
     /// Holds the connection's place in the limits until dropped.
@@ -212,7 +209,6 @@ async fn accept(
     Some(Accepted {
         conn,
         peer,
-        early: Vec::new(),
         tls_available: tls.is_some(),
         slot,
     })
