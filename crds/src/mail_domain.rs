@@ -507,7 +507,10 @@ fn default_replicas() -> i32 {
 }
 
 /// The Service that exposes the runtime.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.proxyProtocol) || !self.proxyProtocol || (has(self.trustedProxies) && size(self.trustedProxies) > 0)"
+).message("proxyProtocol needs trustedProxies: the networks the load balancer connects from").field_path(".trustedProxies"))]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// `ClusterIP` (the default), `NodePort` or `LoadBalancer`.
@@ -517,10 +520,19 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
     /// Whether the load balancer in front sends the PROXY protocol header (v1 or v2), so the
-    /// runtime sees the real client address. Only turn this on when it does: the runtime then
-    /// refuses connections without the header.
+    /// runtime sees the real client address. Connections from `trustedProxies` must then start
+    /// with the header; connections from anywhere else are served under their own address, and
+    /// a header they send is not believed.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// The networks the load balancer connects to the pods from, such as the nodes' CIDR
+    /// (`10.0.0.0/16`), whose PROXY headers are believed. Required with `proxyProtocol`. Must
+    /// not hold 127.0.0.1 or ::1 (the pod's own probes) nor the operator's address (its probes
+    /// connect without a header).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 3, max = 43)))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(c, isCIDR(c) && !cidr(c).containsIP('127.0.0.1') && !cidr(c).containsIP('::1'))").message("every entry of trustedProxies must be a network in CIDR notation such as 10.0.0.0/16, without 127.0.0.1 or ::1"), merge_strategy = kube::core::ListMerge::Set)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// A Kubernetes Service type.

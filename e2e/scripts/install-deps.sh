@@ -10,7 +10,7 @@ for tool in go cargo; do
 done
 
 # Debian packages the test suites use; the list grows with the protocol issues.
-PACKAGES=(ca-certificates git curl openssl python3 swaks fetchmail isync dnsmasq-base postfix dovecot-imapd dovecot-pop3d libio-socket-ssl-perl libnet-ssleay-perl libauthen-sasl-perl)
+PACKAGES=(ca-certificates git curl openssl python3 swaks fetchmail isync dnsmasq-base postfix dovecot-imapd dovecot-pop3d haproxy libio-socket-ssl-perl libnet-ssleay-perl libauthen-sasl-perl)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -201,6 +201,24 @@ fn invalid_manifests() -> Vec<Invalid> {
     let many_aliases: Vec<String> = (0..10_000).map(|i| format!("a{i}@example.com")).collect();
     vec![
         d(
+            "PROXY protocol without trusted proxies",
+            json!({"domain": "example.com", "runtime": {"service": {"type": "LoadBalancer", "proxyProtocol": true}}}),
+            "spec.runtime.service.trustedProxies",
+            "proxyProtocol needs trustedProxies",
+        ),
+        d(
+            "trusted proxies holding the pod's own probes",
+            json!({"domain": "example.com", "runtime": {"service": {"proxyProtocol": true, "trustedProxies": ["10.0.0.0/16", "0.0.0.0/0"]}}}),
+            "spec.runtime.service.trustedProxies",
+            "without 127.0.0.1 or ::1",
+        ),
+        d(
+            "trusted proxy that is no network",
+            json!({"domain": "example.com", "runtime": {"service": {"proxyProtocol": true, "trustedProxies": ["10.0.0.0/33"]}}}),
+            "spec.runtime.service.trustedProxies",
+            "CIDR notation",
+        ),
+        d(
             "uppercase domain",
             json!({"domain": "Example.COM"}),
             "spec.domain",
@@ -455,6 +473,23 @@ fn invalid_manifests() -> Vec<Invalid> {
             "must be a duration",
         ),
     ]
+}
+
+#[tokio::test]
+async fn proxy_protocol_with_trusted_proxies_is_accepted() {
+    let client = client().await;
+    with_namespace(&client, "proxy", |ns| async move {
+        let manifest = domain(json!({"domain": "example.com", "runtime": {"service": {
+            "type": "LoadBalancer", "proxyProtocol": true,
+            "trustedProxies": ["10.0.0.0/16", "127.0.0.2/32", "2001:db8::/32"]}}}));
+        let manifest = serde_json::to_string(&manifest).expect("json");
+        let out = kubectl(
+            &["create", "--dry-run=server", "-n", &ns.name, "-f", "-"],
+            Some(&manifest),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    })
+    .await;
 }
 
 #[tokio::test]

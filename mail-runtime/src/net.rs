@@ -1,5 +1,5 @@
 //! What every protocol's listener does before its protocol starts: accept, read a PROXY
-//! header when the listener expects one, count the connection against the limits, run the
+//! header when the listener expects one and the peer is a trusted proxy, count the connection against the limits, run the
 //! implicit-TLS handshake; and the connection type that STARTTLS/STLS upgrades in place.
 use std::{
     future::Future,
@@ -19,7 +19,7 @@ use tokio::{
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 use crate::{
-    config::Listener,
+    config::{Config, Listener},
     runtime::{ConnectionSlot, Runtime},
 };
 
@@ -109,8 +109,6 @@ pub struct Accepted {
     pub conn: Conn,
     /// The client's address (from the PROXY header when there is one).
     pub peer: IpAddr,
-    /// Bytes the client sent right after the PROXY header.
-    pub early: Vec<u8>,
     /// Whether a certificate is loaded (STARTTLS can be offered).
     pub tls_available: bool,
     /// Holds the connection's place in the limits until dropped.
@@ -153,6 +151,18 @@ pub async fn serve<H, F>(
     }
 }
 
+/// Whether a listener reads PROXY headers, as the config in force says: a live reload that
+/// switches `proxyProtocol` applies to the listener's next connection (its socket stays bound).
+/// A listener the config no longer has keeps what it started with.
+fn expects_proxy(config: &Config, listener: &Listener) -> bool {
+    config
+        .raw
+        .listeners
+        .iter()
+        .find(|l| l.protocol == listener.protocol && l.address == listener.address)
+        .map_or(listener.proxy_protocol, |l| l.proxy_protocol)
+}
+
 async fn accept(
     mut stream: TcpStream,
     mut peer: IpAddr,
@@ -161,17 +171,18 @@ async fn accept(
     busy: fn(&str) -> Vec<u8>,
 ) -> Option<Accepted> {
     let _ = stream.set_nodelay(true);
-    let mut early = Vec::new();
-    if listener.proxy_protocol {
+    // Only a trusted load balancer speaks first with a header; anyone else (a pod's probe, an
+    // in-cluster client, an attacker) is a direct client whose header would be a bad command.
+    let config = runtime.config.get();
+    let expects_header = expects_proxy(&config, listener) && config.trusts_proxy(peer);
+    drop(config);
+    if expects_header {
         match crate::proxy::read_header(&mut stream).await {
-            Ok((addr, rest)) => {
-                if let Some(addr) = addr {
-                    peer = addr.ip();
-                }
-                early = rest;
-            }
+            Ok(Some(addr)) => peer = crate::config::canonical_ip(addr.ip()),
+            // The proxy's own health check (v2 LOCAL, v1 UNKNOWN) keeps its address.
+            Ok(None) => {}
             Err(err) => {
-                tracing::info!(%peer, error = %err, "connection refused: bad PROXY header");
+                tracing::info!(%peer, error = %err, "connection from a trusted proxy refused: bad PROXY header");
                 return None;
             }
         }
@@ -198,8 +209,150 @@ async fn accept(
     Some(Accepted {
         conn,
         peer,
-        early,
         tls_available: tls.is_some(),
         slot,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{io::AsyncReadExt, net::TcpSocket};
+
+    use super::*;
+    use crate::config::{ConfigHandle, ListenerProtocol};
+
+    /// A runtime whose only trusted proxy is 127.0.0.2.
+    fn runtime(dir: &std::path::Path) -> Runtime {
+        let config = Config::parse(&format!(
+            r#"
+apiVersion: runtime.kubemail.io/v1
+kind: RuntimeConfig
+hostname: mail.example.test
+domains: [{{name: example.test}}]
+tls: {{certFile: /nonexistent.crt, keyFile: /nonexistent.key}}
+listeners: [{{protocol: smtp, address: "127.0.0.1:0", proxyProtocol: true}}]
+storage: {{path: {dir:?}}}
+security: {{trustedProxies: [127.0.0.2/32]}}
+"#
+        ))
+        .expect("valid config");
+        Runtime::new(ConfigHandle::new(config)).expect("runtime")
+    }
+
+    /// Connects from `source` (a loopback alias), sends `sent`, and runs `accept` on the other
+    /// end for a listener started with `proxy_protocol`; returns what it made of the connection
+    /// and the bytes it left unread.
+    async fn accept_from(
+        source: &str,
+        proxy_protocol: bool,
+        sent: &[u8],
+    ) -> Option<(IpAddr, Vec<u8>)> {
+        accept_with(source, proxy_protocol, None, sent).await
+    }
+
+    /// Like `accept_from`, and the config in force later says `reloaded` for the listener.
+    async fn accept_with(
+        source: &str,
+        proxy_protocol: bool,
+        reloaded: Option<bool>,
+        sent: &[u8],
+    ) -> Option<(IpAddr, Vec<u8>)> {
+        let dir = tempfile::tempdir().expect("tmp");
+        let runtime = runtime(dir.path());
+        let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = socket.local_addr().expect("addr").to_string();
+        if let Some(reloaded) = reloaded {
+            let mut raw = runtime.config.get().raw.clone();
+            raw.listeners[0].address = address.clone();
+            raw.listeners[0].proxy_protocol = reloaded;
+            runtime
+                .config
+                .set(Config::validate(raw).expect("valid reload"));
+        }
+        let client = TcpSocket::new_v4().expect("socket");
+        client
+            .bind(format!("{source}:0").parse().expect("source"))
+            .expect("bind source");
+        let mut client = client
+            .connect(socket.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        client.write_all(sent).await.expect("send");
+        client.shutdown().await.expect("shutdown");
+        let (stream, peer) = socket.accept().await.expect("accept");
+        let listener = Listener {
+            protocol: ListenerProtocol::Smtp,
+            address,
+            proxy_protocol,
+        };
+        let mut accepted = accept(stream, peer.ip(), &listener, &runtime, |_| Vec::new()).await?;
+        let mut rest = Vec::new();
+        accepted
+            .conn
+            .read_to_end(&mut rest)
+            .await
+            .expect("read the rest");
+        Some((accepted.peer, rest))
+    }
+
+    const HEADER: &[u8] = b"PROXY TCP4 192.0.2.9 192.0.2.1 40000 25\r\nEHLO x\r\n";
+
+    #[tokio::test]
+    async fn a_trusted_proxy_names_the_client_and_nothing_after_its_header_is_consumed() {
+        let (peer, rest) = accept_from("127.0.0.2", true, HEADER)
+            .await
+            .expect("accepted");
+        assert_eq!(peer, "192.0.2.9".parse::<IpAddr>().expect("ip"));
+        assert_eq!(rest, b"EHLO x\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_trusted_proxy_without_a_header_is_refused() {
+        assert!(
+            accept_from("127.0.0.2", true, b"EHLO x\r\n")
+                .await
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn anyone_else_is_a_direct_client_whose_header_is_not_honoured() {
+        // An attacker claiming an address in the relay networks, or rotating addresses.
+        let (peer, rest) = accept_from("127.0.0.3", true, HEADER)
+            .await
+            .expect("accepted");
+        assert_eq!(peer, "127.0.0.3".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            rest, HEADER,
+            "the header reaches the protocol as a bad command"
+        );
+        // A probe from loopback, no header.
+        let (peer, rest) = accept_from("127.0.0.1", true, b"QUIT\r\n")
+            .await
+            .expect("accepted");
+        assert_eq!(peer, "127.0.0.1".parse::<IpAddr>().expect("ip"));
+        assert_eq!(rest, b"QUIT\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_listener_without_proxy_protocol_believes_no_header() {
+        let (peer, rest) = accept_from("127.0.0.2", false, HEADER)
+            .await
+            .expect("accepted");
+        assert_eq!(peer, "127.0.0.2".parse::<IpAddr>().expect("ip"));
+        assert_eq!(rest, HEADER);
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_switches_proxy_protocol_applies_to_the_next_connection() {
+        let (peer, _) = accept_with("127.0.0.2", false, Some(true), HEADER)
+            .await
+            .expect("accepted");
+        assert_eq!(peer, "192.0.2.9".parse::<IpAddr>().expect("ip"));
+        let (peer, rest) = accept_with("127.0.0.2", true, Some(false), HEADER)
+            .await
+            .expect("accepted");
+        assert_eq!(peer, "127.0.0.2".parse::<IpAddr>().expect("ip"));
+        assert_eq!(rest, HEADER);
+    }
 }

@@ -576,11 +576,8 @@ pub fn targets_of(listeners: &[crate::config::Listener]) -> Vec<(Kind, String, O
                 P::Pop3 | P::Pop3s => Kind::Pop3,
                 P::Http => return None,
             };
-            // A listener behind the PROXY protocol expects a header first; probing it directly
-            // would only be refused.
-            if l.proxy_protocol {
-                return None;
-            }
+            // A listener behind the PROXY protocol reads a header only from trusted proxies,
+            // which never include loopback: the probe is served as a direct client.
             let port = l.address.rsplit_once(':').map(|(_, p)| p.to_string())?;
             let options = Options {
                 implicit_tls: l.protocol.implicit_tls(),
@@ -589,4 +586,35 @@ pub fn targets_of(listeners: &[crate::config::Listener]) -> Vec<(Kind, String, O
             Some((kind, format!("127.0.0.1:{port}"), options))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Listener, ListenerProtocol};
+
+    #[test]
+    fn listeners_behind_the_proxy_protocol_are_probed_too() {
+        let listener = |protocol, address: &str| Listener {
+            protocol,
+            address: address.into(),
+            proxy_protocol: true,
+        };
+        let targets = targets_of(&[
+            listener(ListenerProtocol::Smtp, "0.0.0.0:25"),
+            listener(ListenerProtocol::Imaps, "0.0.0.0:993"),
+            listener(ListenerProtocol::Http, "0.0.0.0:8080"),
+        ]);
+        let found: Vec<(Kind, &str, bool)> = targets
+            .iter()
+            .map(|(kind, address, options)| (*kind, address.as_str(), options.implicit_tls))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (Kind::Smtp, "127.0.0.1:25", false),
+                (Kind::Imap, "127.0.0.1:993", true)
+            ]
+        );
+    }
 }

@@ -17,7 +17,7 @@ pub use watch::{ConfigHandle, load_file, watch};
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
 };
 
 use ipnet::IpNet;
@@ -69,6 +69,8 @@ pub struct Config {
     catch_all: BTreeMap<String, usize>,
     /// Client networks that may relay.
     relay_networks: Vec<IpNet>,
+    /// Load balancers whose PROXY headers are believed.
+    trusted_proxies: Vec<IpNet>,
     /// DNS servers; empty: the system's.
     pub nameservers: Vec<SocketAddr>,
 }
@@ -261,10 +263,9 @@ impl Config {
         }
         let mut nameservers = Vec::new();
         for (i, ns) in raw.nameservers.iter().enumerate() {
-            let parsed = ns.parse::<SocketAddr>().or_else(|_| {
-                ns.parse::<std::net::IpAddr>()
-                    .map(|ip| SocketAddr::new(ip, 53))
-            });
+            let parsed = ns
+                .parse::<SocketAddr>()
+                .or_else(|_| ns.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
             match parsed {
                 Ok(addr) => nameservers.push(addr),
                 Err(_) => problem(
@@ -306,6 +307,35 @@ impl Config {
         }
         if raw.listeners.is_empty() {
             problem("listeners".into(), "at least one listener is needed".into());
+        }
+
+        let mut trusted_proxies = Vec::new();
+        for (i, net) in raw.security.trusted_proxies.iter().enumerate() {
+            let field = format!("security.trustedProxies[{i}]");
+            match net.parse::<IpNet>() {
+                // The pod's exec probes connect to 127.0.0.1 without a header; a proxy network
+                // holding their address would make every probe fail and the pod restart.
+                Ok(parsed) if PROBE_SOURCES.iter().any(|ip| parsed.contains(ip)) => problem(
+                    field,
+                    format!(
+                        "{net:?} holds 127.0.0.1 or ::1, where the pod's own probes connect from \
+                         without a PROXY header"
+                    ),
+                ),
+                Ok(parsed) => trusted_proxies.push(parsed),
+                Err(_) => problem(field, format!("{net:?} is not a network in CIDR notation")),
+            }
+        }
+        if raw.security.trusted_proxies.is_empty()
+            && let Some(i) = raw.listeners.iter().position(|l| l.proxy_protocol)
+        {
+            problem(
+                "security.trustedProxies".into(),
+                format!(
+                    "listeners[{i}] has proxyProtocol: name the networks of the load balancers \
+                     whose PROXY headers are believed"
+                ),
+            );
         }
 
         let limits = &raw.limits;
@@ -352,6 +382,7 @@ impl Config {
             addresses,
             catch_all,
             relay_networks,
+            trusted_proxies,
             nameservers,
         })
     }
@@ -418,17 +449,34 @@ impl Config {
     }
 
     /// Whether a client address may relay without logging in.
-    pub fn relay_network_allows(&self, ip: std::net::IpAddr) -> bool {
-        let ip = match ip {
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
+    pub fn relay_network_allows(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
         self.relay_networks.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether a peer is a load balancer whose PROXY header is believed (and required).
+    pub fn trusts_proxy(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
     }
 
     /// The revision to report as served.
     pub fn revision(&self) -> &str {
         &self.raw.revision
+    }
+}
+
+/// Where the pod's own exec probes connect from.
+const PROBE_SOURCES: [IpAddr; 2] = [
+    IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+];
+
+/// An IPv4 address seen through an IPv6 socket (`::ffff:a.b.c.d`) as the IPv4 address it is.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
     }
 }
 

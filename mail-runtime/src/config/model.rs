@@ -502,8 +502,10 @@ pub struct Listener {
     pub protocol: ListenerProtocol,
     /// `IP:port`.
     pub address: String,
-    /// Whether each connection starts with a PROXY protocol header (v1 or v2); connections
-    /// without one are refused.
+    /// Whether connections from `security.trustedProxies` start with a PROXY protocol header
+    /// (v1 or v2) naming the real client; such a connection without one is refused. Any other
+    /// peer is served as a direct client under its own address, and a header it sends is not
+    /// honoured.
     #[serde(default)]
     pub proxy_protocol: bool,
 }
@@ -523,4 +525,9 @@ pub struct Security {
     /// Allow AUTH/LOGIN without TLS. Off by default and in dev mode.
     #[serde(default)]
     pub allow_plaintext_auth: bool,
+    /// Networks (CIDR) of the load balancers whose PROXY headers are believed, on listeners with
+    /// `proxyProtocol`. Needed when a listener has it; must not hold 127.0.0.1 or ::1, where the
+    /// pod's own probes connect from without a header.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
 }

@@ -123,3 +123,35 @@ fn the_readme_example_uses_the_real_field_names() {
     assert_eq!(raw.listeners.len(), 8);
     assert!(raw.dkim.is_some() && raw.relay.rate_limits.per_sender.is_some());
 }
+
+#[test]
+fn proxy_listeners_need_trusted_proxies_that_leave_the_probes_out() {
+    let proxied = valid().replace(
+        r#"address: "0.0.0.0:25"}"#,
+        r#"address: "0.0.0.0:25", proxyProtocol: true}"#,
+    );
+    let fields = |text: &str| match Config::parse(text) {
+        Ok(_) => Vec::new(),
+        Err(Invalid(problems)) => problems.into_iter().map(|p| p.field).collect(),
+    };
+    assert_eq!(fields(&proxied), ["security.trustedProxies"]);
+    let text = format!(
+        "{proxied}security: {{trustedProxies: [10.0.0.0/8, 0.0.0.0/0, \"::/0\", 127.0.0.0/8, nope]}}\n"
+    );
+    assert_eq!(
+        fields(&text),
+        [
+            "security.trustedProxies[1]",
+            "security.trustedProxies[2]",
+            "security.trustedProxies[3]",
+            "security.trustedProxies[4]",
+        ]
+    );
+    let text = format!("{proxied}security: {{trustedProxies: [10.0.0.0/8, 127.0.0.2/32]}}\n");
+    let config = Config::parse(&text).expect("valid");
+    assert!(config.trusts_proxy("10.1.2.3".parse().expect("ip")));
+    assert!(config.trusts_proxy("::ffff:10.1.2.3".parse().expect("ip")));
+    assert!(config.trusts_proxy("127.0.0.2".parse().expect("ip")));
+    assert!(!config.trusts_proxy("127.0.0.1".parse().expect("ip")));
+    assert!(!config.trusts_proxy("192.0.2.1".parse().expect("ip")));
+}

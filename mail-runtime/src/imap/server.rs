@@ -82,7 +82,6 @@ struct Session {
     conn: Conn,
     runtime: Runtime,
     peer: IpAddr,
-    early: Vec<u8>,
     _slot: crate::runtime::ConnectionSlot,
     frag: Fragmentizer,
     out: Vec<u8>,
@@ -198,7 +197,6 @@ impl Session {
         Session {
             conn: accepted.conn,
             peer: accepted.peer,
-            early: accepted.early,
             _slot: accepted.slot,
             frag: Fragmentizer::new(max_literal.saturating_add(LINE_LIMIT as u32)),
             out: Vec::new(),
@@ -268,9 +266,7 @@ impl Session {
         drop(config);
         self.send(greeting);
         self.flush().await?;
-        let early = std::mem::take(&mut self.early);
-        self.frag.enqueue_bytes(&early);
-        let mut pending = early.len();
+        let mut pending = 0;
         let mut awaiting_literal = false;
         let mut buf = vec![0u8; 16 * 1024];
         while !self.closed {

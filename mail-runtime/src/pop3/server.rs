@@ -61,7 +61,6 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
     let Accepted {
         mut conn,
         peer,
-        early,
         tls_available,
         slot,
     } = accepted;
@@ -85,12 +84,6 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
     driver
         .handle(&mut conn, &mut session, &mut lock, vec![greeting])
         .await?;
-    if !early.is_empty() {
-        let outputs = session.feed(&early);
-        driver
-            .handle(&mut conn, &mut session, &mut lock, outputs)
-            .await?;
-    }
     let configured = Duration::from_secs(config.raw.limits.command_timeout_seconds.max(600));
     let mut buf = vec![0u8; 8192];
     while !session.closed() {

@@ -32,7 +32,6 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
     let Accepted {
         mut conn,
         peer,
-        early,
         tls_available,
         slot,
     } = accepted;
@@ -55,12 +54,6 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
     driver
         .handle(&mut conn, &mut session, VecDeque::from([greeting]))
         .await?;
-    if !early.is_empty() {
-        let outputs = session.feed(&early);
-        driver
-            .handle(&mut conn, &mut session, outputs.into())
-            .await?;
-    }
     let configured = Duration::from_secs(runtime.config.get().raw.limits.command_timeout_seconds);
     let mut buf = vec![0u8; 16 * 1024];
     while !session.closed() {

@@ -131,7 +131,15 @@ pub fn runtime_config(
         storage: Storage {
             path: paths::DATA_DIR.into(),
         },
-        security: Security::default(),
+        security: Security {
+            // Only where the runtime uses them: a list without PROXY listeners would mislead.
+            trusted_proxies: if proxy {
+                spec.runtime.service.trusted_proxies.clone()
+            } else {
+                Vec::new()
+            },
+            ..Security::default()
+        },
         dkim: spec.dkim.enabled.then(|| DkimConfig {
             selector: spec.dkim.selector.clone(),
             key_file: paths::DKIM_KEY.into(),

@@ -54,6 +54,33 @@ fn runtime_config_is_stable_and_holds_only_hashes() {
 }
 
 #[test]
+fn proxy_protocol_renders_the_trusted_proxies() {
+    let mut md = fixtures::domain();
+    md.spec.runtime.service.trusted_proxies = vec!["10.0.0.0/16".into()];
+    let plain = runtime_config(&md, &[], None);
+    assert!(plain.security.trusted_proxies.is_empty());
+    assert!(plain.listeners.iter().all(|l| !l.proxy_protocol));
+
+    md.spec.runtime.service.proxy_protocol = true;
+    let proxied = runtime_config(&md, &[], None);
+    assert_eq!(proxied.security.trusted_proxies, ["10.0.0.0/16"]);
+    let mail = |l: &&mail_runtime::config::Listener| {
+        l.protocol != mail_runtime::config::ListenerProtocol::Http
+    };
+    assert!(
+        proxied
+            .listeners
+            .iter()
+            .filter(mail)
+            .all(|l| l.proxy_protocol)
+    );
+    let (_, yaml) = with_revision(proxied);
+    let config = mail_runtime::config::Config::parse(&yaml).expect("the rendered config validates");
+    assert!(config.trusts_proxy("10.0.3.4".parse().expect("ip")));
+    assert!(!config.trusts_proxy("127.0.0.1".parse().expect("ip")));
+}
+
+#[test]
 fn dns_records() {
     let md = fixtures::domain();
     insta::assert_yaml_snapshot!(
