@@ -380,3 +380,37 @@ async fn suspension_and_password_changes_end_open_sessions() {
     let refused = alice.command_or_bye("n", "NOOP").await;
     assert!(refused.contains("* BYE"), "{refused}");
 }
+
+/// Found by this suite's own probing after the fixes: one outside message of 5 million one-line
+/// header fields (20 MB) took one FETCH BODYSTRUCTURE to 666 MiB, past a pod's limit, and every
+/// sync did it again. SMTP now refuses a header block over 1 MiB (`552 5.3.4`, Exim's rule); one
+/// that is stored anyway (APPENDed, or from before) is served as one opaque part.
+#[tokio::test]
+async fn a_message_of_millions_of_header_fields_costs_no_memory() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    let mut bomb = b"Subject: fields\r\n".to_vec();
+    bomb.extend(b"a:\r\n".repeat(2_000_000));
+    bomb.extend_from_slice(b"\r\nbody\r\n");
+    let reply = deliver_from_outside(&dev, BOB, &bomb);
+    assert!(reply.starts_with("552 5.3.4"), "{reply}");
+    assert!(dev.messages(BOB).is_empty());
+
+    let mut c = Client::login(&dev, BOB).await;
+    let append = c.command_with_literal("a", "APPEND INBOX", &bomb).await;
+    assert!(append.contains("a OK"), "{append:.200}");
+    assert!(c.command("s", "SELECT INBOX").await.contains("s OK"));
+    let before = proc_status(dev.pid(), "VmHWM:");
+    let fetched = c
+        .command(
+            "f",
+            "FETCH 1 (ENVELOPE BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS (Subject)])",
+        )
+        .await;
+    assert!(fetched.contains("f OK"), "{fetched:.300}");
+    let searched = c.command("q", "SEARCH HEADER a x TEXT body").await;
+    assert!(searched.contains("q OK"), "{searched:.300}");
+    let grown = proc_status(dev.pid(), "VmHWM:").saturating_sub(before);
+    println!("FETCH and SEARCH of a message of 2 million header fields: peak RSS +{grown} KiB");
+    assert!(grown < 48 * 1024, "peak RSS grew by {grown} KiB");
+}

@@ -59,45 +59,90 @@ fn nesting(message: &Message<'_>) -> usize {
     deepest
 }
 
-/// Upper bound on the content types that can start a nested message (`message/rfc822`,
-/// `message/global`, or any part of a `multipart/digest`), counted in the raw bytes. Above it the
-/// message is not parsed at all: a tree of 100,000 levels would cost ~100 MB to build only to be
-/// thrown away. Transfer-encoded nested messages hide their content types from this count;
-/// [`nesting`] still catches them after parsing.
-fn could_nest_deeper_than(bytes: &[u8], levels: usize) -> bool {
-    let mut count = 0;
-    for window in bytes.windows(7) {
-        if window.eq_ignore_ascii_case(b"message") || window[..6].eq_ignore_ascii_case(b"digest") {
-            count += 1;
-            if count > levels * 2 {
-                return true;
-            }
+/// How many things mail-parser would build objects for (parts, header fields, addresses,
+/// parameters, encoded words) a message may hold before it is served opaque: each costs ~100
+/// bytes of parsed tree, and a 20 MB message of 5 million one-line header fields took one FETCH
+/// to 666 MiB (a pod's limit is 512 MiB). 100,000 is ~13 MB; a real message with a
+/// thousand-recipient header uses a few thousand.
+const MAX_STRUCTURE: usize = 100_000;
+
+/// Why a message is not parsed into a tree, found in one pass over its lines without building
+/// anything: too many things to build (see [`MAX_STRUCTURE`]), or more content types that can
+/// start a nested message (`message/rfc822`, `message/global`, `multipart/digest` whose parts
+/// default to messages) than twice the depth limit: a tree of 100,000 levels costs ~100 MB to
+/// build only to be thrown away. Only header-like lines count (a name, a colon), so a body that
+/// talks about messages is parsed as usual. Transfer-encoded nested messages hide from this
+/// scan; [`nesting`] still catches them after parsing.
+fn too_complex(bytes: &[u8], levels: usize) -> Option<&'static str> {
+    let (mut structure, mut nesting_types) = (0usize, 0usize);
+    let mut in_field = false;
+    for line in bytes.split(|b| *b == b'\n') {
+        let field = if line.starts_with(b"--") {
+            structure += 1;
+            false
+        } else if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+            in_field
+        } else {
+            let name_end = line
+                .iter()
+                .position(|b| *b == b':' || b.is_ascii_whitespace());
+            let is_field = matches!(name_end, Some(end) if end > 0 && line[end] == b':');
+            structure += usize::from(is_field);
+            is_field
+        };
+        in_field = field;
+        if field {
+            structure += line
+                .iter()
+                .filter(|b| matches!(b, b',' | b'@' | b';'))
+                .count()
+                + line.windows(2).filter(|w| w == b"=?").count();
+            nesting_types += line
+                .windows(7)
+                .filter(|w| {
+                    w.eq_ignore_ascii_case(b"message") || w[..6].eq_ignore_ascii_case(b"digest")
+                })
+                .count();
+        }
+        if structure > MAX_STRUCTURE {
+            return Some("too many parts, header fields or addresses");
+        }
+        if nesting_types > levels * 2 {
+            return Some("nested deeper than the limit");
         }
     }
-    false
+    None
 }
 
-/// Parses a stored message; one nested too deep (see [`Parsed`]) comes back as a single part.
+/// Parses a stored message; one too deep or too complex (see [`Parsed`], [`too_complex`])
+/// comes back as a single part.
 pub fn parse(bytes: &[u8]) -> Parsed<'_> {
     let limit = usize::from(MAX_DEPTH);
-    if !could_nest_deeper_than(bytes, limit) {
-        let message = MessageParser::default().parse(bytes).unwrap_or_default();
-        if nesting(&message) <= limit {
-            return Parsed(message);
+    let why = match too_complex(bytes, limit) {
+        Some(why) => why,
+        None => {
+            let message = MessageParser::default().parse(bytes).unwrap_or_default();
+            if nesting(&message) <= limit {
+                return Parsed(message);
+            }
+            dismantle(message);
+            "nested deeper than the limit"
         }
-        dismantle(message);
-    }
+    };
     tracing::info!(
         size = bytes.len(),
-        "a message nested deeper than {limit} levels is served as one opaque part"
+        why,
+        "a message is served as one opaque part"
     );
     Parsed(opaque(bytes))
 }
 
 /// A message of one part: its top-level headers and its body as bytes.
 fn opaque(bytes: &[u8]) -> Message<'_> {
+    // Its own header block may be what is too big: only the first 64 KiB of it are read.
+    let head = &bytes[..bytes.len().min(64 * 1024)];
     let headers = MessageParser::default()
-        .parse_headers(bytes)
+        .parse_headers(head)
         .and_then(|m| m.parts.into_iter().next())
         .map(|p| p.headers)
         .unwrap_or_default();
@@ -689,6 +734,36 @@ AAEC\r\n\
                 "{name}"
             );
         }
+    }
+
+    /// One outside message of 5 million one-line header fields took a FETCH to 666 MiB; 2
+    /// million empty parts to a BODYSTRUCTURE of tens of MB. Both are served opaque now, while
+    /// a message that only talks about messages, or has a long To list, is parsed as usual.
+    #[test]
+    fn messages_with_too_much_structure_are_one_opaque_part() {
+        let mut fields = b"Subject: fields\r\n".to_vec();
+        fields.extend(b"a:\r\n".repeat(200_000));
+        fields.extend_from_slice(b"\r\nbody\r\n");
+        let mut parts = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n".to_vec();
+        parts.extend(b"--b\r\n\r\n".repeat(200_000));
+        parts.extend_from_slice(b"--b--\r\n");
+        let mut to = String::from("To: ");
+        for i in 0..2_000 {
+            to.push_str(&format!("user{i}@example.test, "));
+        }
+        for bomb in [fields, parts] {
+            let parsed = parse(&bomb);
+            assert_eq!(parsed.parts.len(), 1);
+            let root = Node::root(&parsed).expect("root");
+            assert_eq!(root.raw_headers().len() + root.raw_body().len(), bomb.len());
+        }
+        let talkative = format!(
+            "{to}\r\nSubject: about messages\r\n\r\n{}",
+            "this message forwards a message digest\r\n".repeat(500)
+        );
+        let parsed = parse(talkative.as_bytes());
+        let envelope = render(|o| envelope(o, &Node::root(&parsed).expect("root")));
+        assert_eq!(envelope.matches("\"example.test\"").count(), 2_000);
     }
 
     /// A nested message hidden in base64 is invisible to the raw pre-check; the tree's depth is

@@ -75,12 +75,16 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
     let flag = |l: char| c.meta.flags.contains(l);
     let header = |name: &str, value: &[u8]| -> bool {
         let Some(raw) = c.raw else { return false };
-        let values = header_values(raw, name);
-        if values.iter().any(|v| contains(v, value)) {
+        let mut encoded = false;
+        let found = any_header_value(raw, name, |v| {
+            encoded |= contains(v, b"=?");
+            contains(v, value)
+        });
+        if found {
             return true;
         }
         // Encoded words (RFC 2047) are compared decoded; only then is the message parsed.
-        if !values.iter().any(|v| contains(v, b"=?")) {
+        if !encoded {
             return false;
         }
         let parsed = message::parse(raw);
@@ -142,9 +146,9 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
     }
 }
 
-/// The unfolded values of a header field, straight from the header block.
-fn header_values(raw: &[u8], name: &str) -> Vec<Vec<u8>> {
-    let mut out: Vec<Vec<u8>> = Vec::new();
+/// Whether `check` holds for one of the unfolded values of a header field, read straight from
+/// the header block one value at a time (a message may hold millions of fields).
+fn any_header_value(raw: &[u8], name: &str, mut check: impl FnMut(&[u8]) -> bool) -> bool {
     let mut current: Option<Vec<u8>> = None;
     for line in raw.split_inclusive(|b| *b == b'\n') {
         let trimmed = line.strip_suffix(b"\n").unwrap_or(line);
@@ -158,8 +162,10 @@ fn header_values(raw: &[u8], name: &str) -> Vec<Vec<u8>> {
             }
             continue;
         }
-        if let Some(v) = current.take() {
-            out.push(v);
+        if let Some(v) = current.take()
+            && check(&v)
+        {
+            return true;
         }
         if let Some(colon) = trimmed.iter().position(|b| *b == b':')
             && trimmed[..colon]
@@ -169,8 +175,7 @@ fn header_values(raw: &[u8], name: &str) -> Vec<Vec<u8>> {
             current = Some(trimmed[colon + 1..].trim_ascii().to_vec());
         }
     }
-    out.extend(current);
-    out
+    current.is_some_and(|v| check(&v))
 }
 
 /// BODY and TEXT: the raw bytes (TEXT includes the headers) or the decoded text parts.
@@ -193,15 +198,25 @@ fn text_matches(raw: &[u8], needle: &[u8], with_headers: bool) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::header_values;
+    use super::any_header_value;
+
+    fn values(raw: &[u8], name: &str) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        any_header_value(raw, name, |v| {
+            out.push(v.to_vec());
+            false
+        });
+        out
+    }
 
     #[test]
     fn header_values_are_unfolded_and_stop_at_the_body() {
         let raw = b"Subject: one\r\n two\r\nsubject:  again \r\nTo: x\r\n\r\nSubject: body\r\n";
         assert_eq!(
-            header_values(raw, "Subject"),
+            values(raw, "Subject"),
             vec![b"one two".to_vec(), b"again".to_vec()]
         );
-        assert!(header_values(raw, "Cc").is_empty());
+        assert!(values(raw, "Cc").is_empty());
+        assert!(any_header_value(raw, "to", |v| v == b"x"));
     }
 }

@@ -136,7 +136,17 @@ struct Transaction {
     env_id: Option<String>,
     /// The SIZE the client declared in MAIL FROM (0: none).
     declared_size: u64,
+    /// Bytes of the header block seen so far, until its end (the first empty line).
+    header_bytes: u64,
+    header_done: bool,
+    /// The last bytes seen while in the header, to find its end across chunks.
+    header_tail: [u8; 2],
 }
+
+/// Largest header block a message may have (Exim's `max_header_size` is the same): everything
+/// that reads headers (DMARC checks, loop and From checks, IMAP's ENVELOPE) builds per-field
+/// objects, and 5 million one-line fields in a 20 MB message made one FETCH take 666 MiB.
+pub const MAX_HEADER_BYTES: u64 = 1024 * 1024;
 
 /// Too many bad commands in one session end it.
 const MAX_ERRORS: u32 = 20;
@@ -348,6 +358,22 @@ impl Session {
         if txn.size > max {
             txn.too_big = true;
         }
+        if !txn.header_done {
+            for b in &bytes {
+                txn.header_bytes += 1;
+                // The header ends at the first empty line: LF (CR) LF.
+                if *b == b'\n' && (txn.header_tail[1] == b'\n' || txn.header_tail == *b"\n\r") {
+                    txn.header_done = true;
+                    break;
+                }
+                txn.header_tail = [txn.header_tail[1], *b];
+                if txn.header_bytes > MAX_HEADER_BYTES {
+                    txn.too_big = true;
+                    txn.header_done = true;
+                    break;
+                }
+            }
+        }
         if !txn.too_big && !bytes.is_empty() {
             out.push(Output::Body(bytes));
         }
@@ -356,11 +382,21 @@ impl Session {
     fn end_of_message(&mut self, bare_line_end: bool, out: &mut Vec<Output>) {
         let max = self.config.raw.limits.max_message_size;
         let too_big = self.txn.as_ref().is_some_and(|t| t.too_big);
+        let header_too_big = self
+            .txn
+            .as_ref()
+            .is_some_and(|t| t.header_bytes > MAX_HEADER_BYTES);
         let refusal = if bare_line_end {
             Some(Reply::new(
                 550,
                 "5.5.2",
                 "message refused: it contains a bare CR or LF (lines must end with CRLF)",
+            ))
+        } else if header_too_big {
+            Some(Reply::new(
+                552,
+                "5.3.4",
+                format!("message header exceeds the maximum of {MAX_HEADER_BYTES} bytes"),
             ))
         } else if too_big {
             Some(Reply::new(
@@ -977,6 +1013,8 @@ impl Session {
         if let Some(txn) = self.txn.as_mut() {
             txn.begun = true;
             txn.size = 0;
+            // As if after a line break: a message may start with its empty line.
+            txn.header_tail = [0, b'\n'];
         }
         out.push(Output::BeginMessage);
         out.push(Output::Body(received.into_bytes()));

@@ -687,3 +687,39 @@ fn relayed_recipients_count_against_the_limit() {
          S: 452 4.5.3 too many recipients",
     );
 }
+
+/// A header block over 1 MiB (5 million one-line fields took one IMAP FETCH to 666 MiB) is
+/// refused at the end of DATA; a normal one, even one that starts with its empty line, passes.
+#[test]
+fn a_header_block_over_a_mebibyte_is_refused() {
+    let mut h = mx();
+    h.config = Arc::new({
+        let mut raw = h.config.raw.clone();
+        raw.limits.max_message_size = 8 * 1024 * 1024;
+        Config::validate(raw).expect("valid")
+    });
+    h.session.set_config(h.config.clone());
+    let fields = "a:\r\n".repeat(300_000);
+    h.run(&format!(
+        "S: 220
+         C: HELO c.example
+         S: 250
+         C: MAIL FROM:<a@example.net>
+         S: 250
+         C: RCPT TO:<bob@example.test>
+         S: 250
+         C: DATA
+         S: 354
+         R: {}\\r\\nbody\\r\\n.\\r\\n
+         S: 552 5.3.4 message header exceeds
+         C: MAIL FROM:<a@example.net>
+         S: 250
+         C: RCPT TO:<bob@example.test>
+         S: 250
+         C: DATA
+         S: 354
+         R: \\r\\nno header at all\\r\\n.\\r\\n
+         S: 250",
+        fields.replace("\r\n", "\\r\\n")
+    ));
+}
