@@ -11,7 +11,7 @@ use mail_runtime::{
         Output, Session, SessionInfo,
         session::{Delivered, LoginFailure},
     },
-    store::{FolderIndex, MessageMeta, SpoolWriter, SpooledMessage, Store, StoreError, Usage},
+    store::{FlagChange, FolderIndex, MessageMeta, SpoolWriter, SpooledMessage, Store, StoreError, Usage},
 };
 
 /// A store that holds nothing: the fuzz target exercises the protocol, not the disk.
@@ -69,7 +69,7 @@ impl Store for NoStore {
         &self,
         _: &str,
         _: &str,
-        _: &[(MessageMeta, String)],
+        _: &[(MessageMeta, FlagChange)],
     ) -> Result<Vec<MessageMeta>, StoreError> {
         Ok(Vec::new())
     }

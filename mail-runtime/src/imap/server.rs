@@ -38,7 +38,7 @@ use crate::{
     config::{Listener, LoginProtocol},
     net::{self, Accepted, Conn},
     runtime::Runtime,
-    store::{DEFAULT_FOLDERS, INBOX, MessageMeta, StoreError},
+    store::{DEFAULT_FOLDERS, FlagChange, INBOX, MessageMeta, StoreError},
 };
 
 /// Longest command line (without literals) a client may send.
@@ -1155,10 +1155,10 @@ impl Session {
                 .map(|i| (*i, selected.messages[*i].clone(), false))
                 .collect();
             if sets_seen {
-                let unseen: Vec<(MessageMeta, String)> = metas
+                let unseen: Vec<(MessageMeta, FlagChange)> = metas
                     .iter()
                     .filter(|(_, m, _)| !m.flags.contains('S'))
-                    .map(|(_, m, _)| (m.clone(), format!("{}S", m.flags)))
+                    .map(|(_, m, _)| (m.clone(), FlagChange::Add("S".into())))
                     .collect();
                 if !unseen.is_empty() {
                     let name = folder.clone();
@@ -1232,17 +1232,16 @@ impl Session {
         }
         let indexes = selected.resolve(set, uid).map_err(|e| format!("BAD {e}"))?;
         let given = letters(flags);
-        let changes: Vec<(MessageMeta, String)> = indexes
+        // A delta, applied by the store to the flags the message has now: the session's view
+        // may be stale, and writing it back would undo another session's change.
+        let change = match kind {
+            StoreType::Replace => FlagChange::Replace(given),
+            StoreType::Add => FlagChange::Add(given),
+            StoreType::Remove => FlagChange::Remove(given),
+        };
+        let changes: Vec<(MessageMeta, FlagChange)> = indexes
             .iter()
-            .map(|i| {
-                let m = &selected.messages[*i];
-                let new: String = match kind {
-                    StoreType::Replace => given.clone(),
-                    StoreType::Add => format!("{}{given}", m.flags),
-                    StoreType::Remove => m.flags.chars().filter(|c| !given.contains(*c)).collect(),
-                };
-                (m.clone(), new)
-            })
+            .map(|i| (selected.messages[*i].clone(), change.clone()))
             .collect();
         let folder = selected.folder.clone();
         let updated = match self

@@ -17,7 +17,7 @@ use std::{
     io::{self, Write},
     path::{Path, PathBuf},
     sync::{
-        Mutex,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -28,8 +28,8 @@ mod repair;
 pub use repair::Repaired;
 
 use super::{
-    DEFAULT_FOLDERS, FolderIndex, INBOX, MessageMeta, SpoolWriter, SpooledMessage, Store,
-    StoreError, Usage, unix_nanos,
+    DEFAULT_FOLDERS, FlagChange, FolderIndex, INBOX, MessageMeta, SpoolWriter, SpooledMessage,
+    Store, StoreError, Usage, unix_nanos,
 };
 
 const UIDVALIDITY_FILE: &str = "kubemail-uidvalidity";
@@ -51,6 +51,8 @@ pub struct Maildir {
     indexes: Mutex<HashMap<PathBuf, CachedIndex>>,
     /// Serialises handing out UIDVALIDITY values.
     validity: Mutex<()>,
+    /// One lock per folder directory for flag changes and expunges.
+    folder_locks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
 }
 
 #[derive(Debug)]
@@ -89,6 +91,16 @@ impl Maildir {
         Ok(fresh)
     }
 
+    /// The lock that serialises flag changes and expunges in a folder.
+    fn folder_lock(&self, dir: &Path) -> Arc<Mutex<()>> {
+        self.folder_locks
+            .lock()
+            .expect("folder locks")
+            .entry(dir.to_path_buf())
+            .or_default()
+            .clone()
+    }
+
     /// Removes messages from a folder, durably; with `only_deleted`, only those whose file
     /// carries `\Deleted` (letter T) now. Flags live in the file name, so a message whose flags
     /// another session changed after the listing below has another name and is left alone:
@@ -104,6 +116,8 @@ impl Maildir {
             return Ok(Vec::new());
         }
         let dir = self.folder_path(mailbox, folder)?;
+        let lock = self.folder_lock(&dir);
+        let _serial = lock.lock().expect("folder lock");
         let doomed: std::collections::HashSet<u32> = messages.iter().map(|m| m.uid).collect();
         // The next UID is recorded first: once the highest message is gone, the listing alone
         // would hand its UID out again.
@@ -161,6 +175,7 @@ impl Maildir {
             seq: AtomicU64::new(0),
             indexes: Mutex::new(HashMap::new()),
             validity: Mutex::new(()),
+            folder_locks: Mutex::new(HashMap::new()),
         };
         store.repair_all()?;
         Ok(store)
@@ -522,16 +537,16 @@ impl Store for Maildir {
         &self,
         mailbox: &str,
         folder: &str,
-        changes: &[(MessageMeta, String)],
+        changes: &[(MessageMeta, FlagChange)],
     ) -> Result<Vec<MessageMeta>, StoreError> {
         let dir = self.folder_path(mailbox, folder)?;
+        // One writer per folder at a time: each change reads the flags the file has now and
+        // renames it, with no other session renaming in between.
+        let lock = self.folder_lock(&dir);
+        let _serial = lock.lock().expect("folder lock");
         let mut out = Vec::new();
         let mut changed = false;
-        for (m, flags) in changes {
-            let mut flags: Vec<char> = flags.chars().collect();
-            flags.sort_unstable();
-            flags.dedup();
-            let flags: String = flags.into_iter().collect();
+        for (m, change) in changes {
             let Some(current) = locate(&dir, m) else {
                 continue;
             };
@@ -540,6 +555,8 @@ impl Store for Maildir {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .to_string();
+            let now = parse_name(&name).map(|(_, _, f)| f).unwrap_or_default();
+            let flags = change.apply(&now);
             let base = name.split_once(":2,").map_or(name.as_str(), |(b, _)| b);
             let new_name = format!("{base}:2,{flags}");
             if current.parent() != Some(&dir.join("cur")) || name != new_name {
@@ -969,6 +986,75 @@ mod tests {
         assert!(reopened.index(alice, "Later").expect("index").uid_validity > after);
     }
 
+    /// Issue 15 item 4: session 1 `+FLAGS (\Answered)` and session 2 `-FLAGS (\Seen)` from the
+    /// same stale view left `FLAGS ()`: the second write put back what it had read.
+    #[test]
+    fn flag_changes_from_stale_views_all_take_effect() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = Maildir::open(tmp.path(), "h").expect("open");
+        let alice = "alice@example.test";
+        store
+            .deliver(spooled(&store, b"Subject: x\r\n\r\n"), &[alice.to_string()])
+            .expect("deliver");
+        let view = store.inbox(alice).expect("inbox").messages;
+        store
+            .set_flags(
+                alice,
+                INBOX,
+                &[(view[0].clone(), FlagChange::Add("S".into()))],
+            )
+            .expect("seen");
+        // Two sessions, both still seeing the message as it was delivered.
+        store
+            .set_flags(
+                alice,
+                INBOX,
+                &[(view[0].clone(), FlagChange::Add("R".into()))],
+            )
+            .expect("answered");
+        store
+            .set_flags(
+                alice,
+                INBOX,
+                &[(view[0].clone(), FlagChange::Remove("S".into()))],
+            )
+            .expect("unseen");
+        assert_eq!(store.inbox(alice).expect("inbox").messages[0].flags, "R");
+        // Threads at once: every flag added by one of them is there at the end.
+        let store = Arc::new(store);
+        let threads: Vec<_> = "DFT"
+            .chars()
+            .map(|flag| {
+                let (store, meta) = (store.clone(), view[0].clone());
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        store
+                            .set_flags(
+                                alice,
+                                INBOX,
+                                &[(meta.clone(), FlagChange::Add(flag.into()))],
+                            )
+                            .expect("add");
+                        store
+                            .set_flags(
+                                alice,
+                                INBOX,
+                                &[(meta.clone(), FlagChange::Remove(flag.into()))],
+                            )
+                            .expect("remove");
+                    }
+                    store
+                        .set_flags(alice, INBOX, &[(meta, FlagChange::Add(flag.into()))])
+                        .expect("add");
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        assert_eq!(store.inbox(alice).expect("inbox").messages[0].flags, "DFRT");
+    }
+
     /// Issue 17 item 10: a folder named `x/tmp` (directory `.x.tmp`) disappeared from LIST and
     /// its bytes from the quota after a restart.
     #[test]
@@ -1015,14 +1101,18 @@ mod tests {
                 .expect("deliver");
         }
         let listed = store.inbox(alice).expect("inbox").messages;
-        let deleted: Vec<(MessageMeta, String)> = listed
+        let deleted: Vec<(MessageMeta, FlagChange)> = listed
             .iter()
-            .map(|m| (m.clone(), "T".to_string()))
+            .map(|m| (m.clone(), FlagChange::Add("T".into())))
             .collect();
         let stale_view = store.set_flags(alice, INBOX, &deleted).expect("flag both");
         // Another session takes \Deleted off the first message.
         store
-            .set_flags(alice, INBOX, &[(stale_view[0].clone(), String::new())])
+            .set_flags(
+                alice,
+                INBOX,
+                &[(stale_view[0].clone(), FlagChange::Remove("T".into()))],
+            )
             .expect("undelete");
         let removed = store
             .expunge_deleted(alice, INBOX, &stale_view)

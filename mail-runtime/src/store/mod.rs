@@ -34,6 +34,31 @@ pub struct MessageMeta {
     pub file_name: String,
 }
 
+/// A change to a message's flags (Maildir letters), as STORE asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlagChange {
+    /// These flags and no others (`FLAGS`).
+    Replace(String),
+    /// These flags too (`+FLAGS`).
+    Add(String),
+    /// Not these flags (`-FLAGS`).
+    Remove(String),
+}
+
+impl FlagChange {
+    /// The flags after the change, from `current`; sorted, each once.
+    pub fn apply(&self, current: &str) -> String {
+        let mut flags: Vec<char> = match self {
+            FlagChange::Replace(new) => new.chars().collect(),
+            FlagChange::Add(more) => current.chars().chain(more.chars()).collect(),
+            FlagChange::Remove(less) => current.chars().filter(|c| !less.contains(*c)).collect(),
+        };
+        flags.sort_unstable();
+        flags.dedup();
+        flags.into_iter().collect()
+    }
+}
+
 /// A folder's identity and contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FolderIndex {
@@ -170,12 +195,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         to: &str,
     ) -> Result<(u32, Vec<(u32, u32)>), StoreError>;
 
-    /// Sets the flags of messages; returns them as they are now (gone ones left out).
+    /// Changes the flags of messages, each change applied to the flags the message has now (not
+    /// to those a session last saw: two sessions adding and removing different flags both
+    /// take effect). Returns the messages as they are now (gone ones left out).
     fn set_flags(
         &self,
         mailbox: &str,
         folder: &str,
-        changes: &[(MessageMeta, String)],
+        changes: &[(MessageMeta, FlagChange)],
     ) -> Result<Vec<MessageMeta>, StoreError>;
 
     /// Every folder of a mailbox, INBOX first.
