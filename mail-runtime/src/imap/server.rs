@@ -1146,6 +1146,7 @@ impl Session {
             )));
         }
         let items = std::sync::Arc::new(items);
+        let mut expunged_meanwhile = false;
         for batch in indexes.chunks(FETCH_BATCH) {
             let Some(selected) = self.selected.as_mut() else {
                 break;
@@ -1184,9 +1185,18 @@ impl Session {
             let rendered = self
                 .blocking(move |s, m| {
                     let mut out = Vec::new();
+                    let mut gone = false;
                     for (i, meta, seen_now) in &metas {
                         let raw = if needs_contents {
-                            s.read(&m, &name, meta)?
+                            match s.read(&m, &name, meta)? {
+                                Some(raw) => Some(raw),
+                                None => {
+                                    // Expunged by another session meanwhile: no answer with
+                                    // other (or empty) content for this UID, ever.
+                                    gone = true;
+                                    continue;
+                                }
+                            }
                         } else {
                             None
                         };
@@ -1199,16 +1209,25 @@ impl Session {
                             *seen_now,
                         );
                     }
-                    Ok(out)
+                    Ok((out, gone))
                 })
                 .await;
             match rendered {
-                Ok(bytes) => self.out.extend_from_slice(&bytes),
+                Ok((bytes, gone)) => {
+                    self.out.extend_from_slice(&bytes);
+                    expunged_meanwhile |= gone;
+                }
                 Err(e) => return Ok(Err(store_failure(&e))),
             }
             if self.out.len() > 256 * 1024 {
                 self.flush().await?;
             }
+        }
+        if expunged_meanwhile {
+            // RFC 5530, as Dovecot answers: the client learns of the expunge at its next NOOP.
+            return Ok(no(
+                "[EXPUNGEISSUED] some of the messages were expunged by another session",
+            ));
         }
         Ok(Ok(format!(
             "OK {}FETCH completed",
