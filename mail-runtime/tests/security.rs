@@ -160,6 +160,26 @@ fn the_header_from_must_be_the_senders_own_address() {
     };
     let forged = submit("The Boss <bob@example.test>");
     assert!(forged.contains("550 5.7.1"), "{forged}");
+    // Behind 200 KiB of other fields, where a check reading only the start would not look.
+    let filler: String = (0..4_000)
+        .map(|i| format!("X-Filler-{i}: {}\n", "f".repeat(40)))
+        .collect();
+    let data = tmp.path().join("deep-from.eml");
+    std::fs::write(
+        &data,
+        format!("{filler}From: bob@example.test\nSubject: deep\n\nx\n"),
+    )
+    .expect("message file");
+    let out = Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{}", dev.port("submission"))])
+        .args(["--tls", "--auth", "PLAIN", "--auth-user", ALICE])
+        .args(["--auth-password", &dev.password(ALICE)])
+        .args(["--from", ALICE, "--to", BOB])
+        .args(["--data", &format!("@{}", data.display())])
+        .output()
+        .expect("swaks");
+    let deep = String::from_utf8_lossy(&out.stdout);
+    assert!(deep.contains("550 5.7.1"), "{deep:.2000}");
     let own = submit("Alice <alice@example.test>");
     assert!(own.contains("250 2.0.0"), "{own}");
     let bobs: Vec<String> = dev.messages(BOB);

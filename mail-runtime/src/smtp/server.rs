@@ -301,14 +301,29 @@ impl Driver {
     }
 }
 
-/// The header block of a spooled message (at most 64 KiB of it).
+/// The header block of a spooled message, whole: the session refused any over
+/// [`MAX_HEADER_BYTES`](super::session::MAX_HEADER_BYTES), and a From placed after a long run of
+/// other fields must still be seen by the checks.
 async fn read_head(path: &std::path::Path) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
+    // Our own Received field comes on top of what the client sent.
+    let most = super::session::MAX_HEADER_BYTES + 16 * 1024;
     let mut head = Vec::new();
     if let Ok(file) = tokio::fs::File::open(path).await {
-        let _ = file.take(64 * 1024).read_to_end(&mut head).await;
+        let _ = file.take(most).read_to_end(&mut head).await;
     }
-    let end = crate::outbound::dsn::header_of(&head).len();
+    let end = (0..head.len())
+        .find_map(|i| {
+            let rest = &head[i..];
+            if rest.starts_with(b"\r\n\r\n") {
+                Some(i + 2)
+            } else if rest.starts_with(b"\n\n") {
+                Some(i + 1)
+            } else {
+                None
+            }
+        })
+        .unwrap_or(head.len());
     head.truncate(end);
     head
 }
