@@ -565,3 +565,33 @@ async fn two_sessions_see_each_others_changes_and_idle_hears_delivery() {
     laptop.assert_well_formed();
     phone.assert_well_formed();
 }
+
+/// Issue 15 items 13 and 14: LSUB left out the unsubscribed parent of a subscribed child (RFC
+/// 3501 s6.3.9 wants it, flagged \Noselect, for `%`), and UNSELECT or SEARCH without a selected
+/// folder answered NO where RFC 3691 and RFC 9051 say BAD.
+#[tokio::test]
+async fn lsub_shows_unsubscribed_parents_and_selected_state_commands_need_a_folder() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    let mut c = Client::login(&dev, BOB).await;
+    assert!(c.command("c", "CREATE Work/2026").await.contains("c OK"));
+    assert!(c.command("s", "SUBSCRIBE Work/2026").await.contains("s OK"));
+    let _ = c.command("u", "UNSUBSCRIBE Work").await;
+    let top = c.command("l", "LSUB \"\" %").await;
+    assert!(top.contains("* LSUB (\\Noselect) \"/\" \"Work\""), "{top}");
+    assert!(!top.contains("Work/2026"), "{top}");
+    let all = c.command("a", "LSUB \"\" *").await;
+    assert!(all.contains("\"Work/2026\""), "{all}");
+    for (tag, command) in [
+        ("x", "UNSELECT"),
+        ("y", "SEARCH ALL"),
+        ("z", "FETCH 1 FLAGS"),
+    ] {
+        let answer = c.command(tag, command).await;
+        assert!(
+            answer.contains(&format!("{tag} BAD")),
+            "{command}: {answer}"
+        );
+    }
+    c.assert_well_formed();
+}

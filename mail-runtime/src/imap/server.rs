@@ -104,6 +104,12 @@ fn no(text: impl Into<String>) -> Done {
     Err(format!("NO {}", text.into()))
 }
 
+/// A selected-state command with no folder selected: a protocol error, so BAD (RFC 9051 s6.4,
+/// RFC 3691 for UNSELECT), not NO.
+fn not_selected() -> Done {
+    bad("no folder is selected")
+}
+
 fn bad(text: impl Into<String>) -> Done {
     Err(format!("BAD {}", text.into()))
 }
@@ -539,7 +545,7 @@ impl Session {
             CommandBody::SetQuota { .. } => {
                 no("[NOPERM] quotas are set on the Mailbox object, not over IMAP")
             }
-            _ if self.selected.is_none() => no("select a folder first"),
+            _ if self.selected.is_none() => not_selected(),
             CommandBody::Close => {
                 let expunged = self.expunge_deleted(None, false).await;
                 self.selected = None;
@@ -861,6 +867,29 @@ impl Session {
             line.extend_from_slice(b"\r\n");
             self.send(line);
         }
+        if subscribed_only {
+            // RFC 3501 s6.3.9: with `%`, a subscribed `foo/bar` under an unsubscribed `foo`
+            // shows as `foo`, flagged \Noselect.
+            let mut parents: Vec<String> = Vec::new();
+            for name in &subscribed {
+                let parts: Vec<&str> = name.split('/').collect();
+                for n in 1..parts.len() {
+                    let parent = parts[..n].join("/");
+                    let shown = subscribed.contains(&parent) || parents.contains(&parent);
+                    if !shown
+                        && pattern_matches(full.as_bytes(), canonical_inbox(&parent).as_bytes())
+                    {
+                        parents.push(parent);
+                    }
+                }
+            }
+            for parent in parents {
+                let mut line = b"* LSUB (\\Noselect) \"/\" ".to_vec();
+                write::string(&mut line, parent.as_bytes());
+                line.extend_from_slice(b"\r\n");
+                self.send(line);
+            }
+        }
         Ok(format!("OK {command} completed"))
     }
 
@@ -1018,7 +1047,7 @@ impl Session {
     /// EXPUNGE, UID EXPUNGE and CLOSE: removes \Deleted messages (of `only`, when given).
     async fn expunge_deleted(&mut self, only: Option<&SequenceSet>, report: bool) -> Done {
         let Some(selected) = self.selected.as_ref() else {
-            return no("select a folder first");
+            return not_selected();
         };
         if selected.read_only {
             return if report {
@@ -1083,7 +1112,7 @@ impl Session {
         uid: bool,
     ) -> io::Result<Done> {
         let Some(selected) = self.selected.as_ref() else {
-            return Ok(no("select a folder first"));
+            return Ok(not_selected());
         };
         let indexes = match selected.resolve(set, uid) {
             Ok(i) => i,
@@ -1244,7 +1273,7 @@ impl Session {
         uid: bool,
     ) -> Done {
         let Some(selected) = self.selected.as_ref() else {
-            return no("select a folder first");
+            return not_selected();
         };
         if selected.read_only {
             return no("[READ-ONLY] the folder is read-only");
@@ -1301,7 +1330,7 @@ impl Session {
 
     async fn search(&mut self, tag: &str, criteria: Vec1<SearchKey<'static>>, uid: bool) -> Done {
         let Some(selected) = self.selected.as_ref() else {
-            return no("select a folder first");
+            return not_selected();
         };
         let key = SearchKey::And(criteria);
         let contents = search::needs_contents(&key);
@@ -1360,7 +1389,7 @@ impl Session {
 
     async fn copy(&mut self, set: &SequenceSet, to: &Mailbox<'_>, uid: bool, moving: bool) -> Done {
         let Some(selected) = self.selected.as_ref() else {
-            return no("select a folder first");
+            return not_selected();
         };
         if moving && selected.read_only {
             return no("[READ-ONLY] the folder is read-only");
