@@ -369,10 +369,15 @@ fn address(out: &mut Vec<u8>, addr: &mail_parser::Addr<'_>) {
 }
 
 fn addresses(out: &mut Vec<u8>, list: Option<&Address<'_>>) {
+    // An entry without an address (a comment or a phrase alone, as in `group2: (foo) ;`) is no
+    // mailbox: written, it would read as one, or as the end of a group.
+    let mailbox = |a: &&mail_parser::Addr<'_>| a.address.as_deref().is_some_and(|x| !x.is_empty());
     let empty = match list {
         None => true,
-        Some(Address::List(l)) => l.is_empty(),
-        Some(Address::Group(g)) => g.is_empty(),
+        Some(Address::List(l)) => !l.iter().any(|a| mailbox(&a)),
+        Some(Address::Group(g)) => !g
+            .iter()
+            .any(|g| g.name.is_some() || g.addresses.iter().any(|a| mailbox(&a))),
     };
     if empty {
         out.extend_from_slice(b"NIL");
@@ -380,7 +385,7 @@ fn addresses(out: &mut Vec<u8>, list: Option<&Address<'_>>) {
     }
     out.push(b'(');
     match list {
-        Some(Address::List(l)) => l.iter().for_each(|a| address(out, a)),
+        Some(Address::List(l)) => l.iter().filter(mailbox).for_each(|a| address(out, a)),
         Some(Address::Group(groups)) => {
             for group in groups {
                 if let Some(name) = &group.name {
@@ -388,7 +393,11 @@ fn addresses(out: &mut Vec<u8>, list: Option<&Address<'_>>) {
                     string(out, name.as_bytes());
                     out.extend_from_slice(b" NIL)");
                 }
-                group.addresses.iter().for_each(|a| address(out, a));
+                group
+                    .addresses
+                    .iter()
+                    .filter(mailbox)
+                    .for_each(|a| address(out, a));
                 if group.name.is_some() {
                     out.extend_from_slice(b"(NIL NIL NIL NIL)");
                 }
@@ -797,6 +806,19 @@ AAEC\r\n\
 ((NIL NIL \"bob\" \"example.test\")(NIL NIL \"Team\" NIL)(NIL NIL \"carol\" \"example.test\")(NIL NIL NIL NIL)) \
 NIL NIL NIL \"<1@example.test>\")"
         );
+    }
+
+    /// Issue 15 item 12: `Cc: group:;, group2: (foo) ;` gave a spurious address.
+    #[test]
+    fn empty_groups_and_bare_comments_are_no_addresses() {
+        let m = parse(b"From: a@example.test\r\nCc: group:;, group2: (foo) ;\r\nBcc: (only a comment)\r\n\r\nx\r\n");
+        let env = render(|o| envelope(o, &Node::root(&m).expect("root")));
+        assert!(
+            env.contains("((NIL NIL \"group\" NIL)(NIL NIL NIL NIL)(NIL NIL \"group2\" NIL)(NIL NIL NIL NIL))"),
+            "{env}"
+        );
+        assert!(!env.contains("\"foo\""), "{env}");
+        assert!(!env.contains("()"), "{env}");
     }
 
     #[test]

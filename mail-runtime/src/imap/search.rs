@@ -99,7 +99,12 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
     };
     let sent_day = || -> Option<i64> {
         let raw = c.raw?;
-        message::parse(raw).date().map(|d| day(d.to_timestamp()))
+        // The Date field's own calendar day, not the UTC one (RFC 9051 s6.4.4: "disregarding
+        // time and timezone"): a message sent late on the 3rd in New York was sent on the 3rd.
+        message::parse(raw).date().and_then(|d| {
+            chrono::NaiveDate::from_ymd_opt(i32::from(d.year), u32::from(d.month), u32::from(d.day))
+                .map(|date| date_day(&date))
+        })
     };
     match key {
         And(keys) => keys.as_ref().iter().all(|k| matches(k, c)),
@@ -207,6 +212,45 @@ mod tests {
             false
         });
         out
+    }
+
+    /// Issue 15 item 10: SENTON compared the UTC day, so a message sent on the evening of the 3rd
+    /// in New York (the 4th in UTC) was not found on the 3rd.
+    #[test]
+    fn sent_dates_are_the_date_fields_own_days() {
+        use imap_codec::{CommandCodec, decode::Decoder, imap_types::command::CommandBody};
+        let raw = b"Date: Tue, 3 Nov 2026 23:30:00 -0500\r\nSubject: x\r\n\r\nbody\r\n";
+        let meta = crate::store::MessageMeta {
+            uid: 1,
+            size: raw.len() as u64,
+            flags: String::new(),
+            internal_date: 0,
+            file_name: "m".into(),
+        };
+        let sets = super::SetCache::default();
+        let candidate = super::Candidate {
+            seq: 1,
+            meta: &meta,
+            largest: (1, 1),
+            raw: Some(raw),
+            sets: &sets,
+        };
+        for (criteria, expected) in [
+            ("SENTON 3-Nov-2026", true),
+            ("SENTON 4-Nov-2026", false),
+            ("SENTBEFORE 4-Nov-2026", true),
+            ("SENTSINCE 4-Nov-2026", false),
+        ] {
+            let line = format!("a SEARCH {criteria}\r\n");
+            let (_, command) = CommandCodec::default()
+                .decode(line.as_bytes())
+                .expect("a SEARCH command");
+            let CommandBody::Search { criteria: keys, .. } = command.body else {
+                panic!("not a SEARCH");
+            };
+            let key = imap_codec::imap_types::search::SearchKey::And(keys);
+            assert_eq!(super::matches(&key, &candidate), expected, "{criteria}");
+        }
     }
 
     #[test]
