@@ -1589,7 +1589,7 @@ pub fn render_fetch(
                 out.extend_from_slice(
                     format!("BODY[{}]", message::section_name(section.as_ref())).as_bytes(),
                 );
-                partial_literal(out, &bytes, *partial);
+                partial_literal(out, &bytes, *partial, false);
             }
             MessageDataItemName::Binary {
                 section, partial, ..
@@ -1598,7 +1598,7 @@ pub fn render_fetch(
                 let decoded = decoded_part(parsed, raw, &path);
                 let name: Vec<String> = path.iter().map(u32::to_string).collect();
                 out.extend_from_slice(format!("BINARY[{}]", name.join(".")).as_bytes());
-                partial_literal(out, decoded.as_deref().unwrap_or_default(), *partial);
+                partial_literal(out, decoded.as_deref().unwrap_or_default(), *partial, true);
             }
             MessageDataItemName::BinarySize { section } => {
                 let path: Vec<u32> = section.iter().map(|n| n.get()).collect();
@@ -1640,23 +1640,71 @@ fn decoded_part<'a>(
     message::find_part(parsed, path).map(|p| p.decoded())
 }
 
-fn partial_literal(out: &mut Vec<u8>, bytes: &[u8], partial: Option<(u32, std::num::NonZeroU32)>) {
-    match partial {
+/// A section's bytes, or the part `<start.length>` asks for; `binary`: a BINARY answer, which
+/// may carry NUL in a literal8.
+fn partial_literal(
+    out: &mut Vec<u8>,
+    bytes: &[u8],
+    partial: Option<(u32, std::num::NonZeroU32)>,
+    binary: bool,
+) {
+    let bytes = match partial {
         Some((start, length)) => {
             let start = (start as usize).min(bytes.len());
             let end = start.saturating_add(length.get() as usize).min(bytes.len());
             out.extend_from_slice(format!("<{start}> ").as_bytes());
-            write::literal(out, &bytes[start..end]);
+            &bytes[start..end]
         }
         None => {
             out.push(b' ');
-            write::literal(out, bytes);
+            bytes
         }
+    };
+    if binary {
+        write::literal8(out, bytes);
+    } else {
+        write::literal(out, bytes);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    /// Issue 15 item 9: a message APPENDed with NULs (binary) came back with NUL inside a plain
+    /// literal, and BINARY answered `{8}` where RFC 3516 asks `~{8}`.
+    #[test]
+    fn nul_never_travels_in_a_plain_literal() {
+        use imap_codec::{
+            CommandCodec,
+            decode::Decoder,
+            imap_types::{command::CommandBody, fetch::MacroOrMessageDataItemNames},
+        };
+        let raw = b"Subject: x\r\nContent-Transfer-Encoding: binary\r\n\r\na\0b\r\n";
+        let meta = crate::store::MessageMeta {
+            uid: 1,
+            size: raw.len() as u64,
+            flags: String::new(),
+            internal_date: 0,
+            file_name: "m".into(),
+        };
+        let (_, command) = CommandCodec::default()
+            .decode(b"a FETCH 1 (BODY.PEEK[] BINARY.PEEK[1] BINARY.PEEK[])\r\n")
+            .expect("a FETCH");
+        let CommandBody::Fetch {
+            macro_or_item_names: MacroOrMessageDataItemNames::MessageDataItemNames(items),
+            ..
+        } = command.body
+        else {
+            panic!("not a FETCH");
+        };
+        let mut out = Vec::new();
+        super::render_fetch(&mut out, 1, &meta, Some(raw), &items, false);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("BODY[] {"), "{text}");
+        assert!(text.contains("BINARY[1] ~{5}\r\na\0b\r\n"), "{text:?}");
+        let body_literal = &out[..out.windows(6).position(|w| w == b"BINARY").expect("BINARY")];
+        assert!(!body_literal.contains(&0), "NUL in BODY[]: {text:?}");
+    }
+
     use super::pattern_matches;
 
     #[test]

@@ -20,9 +20,28 @@ pub fn string(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// Appends a literal.
+///
+/// A literal may not hold NUL (RFC 9051 s4.3): a message stored with NULs (a binary APPEND) has
+/// each written as 0x80, as Dovecot does, keeping every length and offset; BINARY answers send
+/// the real bytes with [`literal8`].
 pub fn literal(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(format!("{{{}}}\r\n", bytes.len()).as_bytes());
-    out.extend_from_slice(bytes);
+    if bytes.contains(&0) {
+        out.extend(bytes.iter().map(|b| if *b == 0 { 0x80 } else { *b }));
+    } else {
+        out.extend_from_slice(bytes);
+    }
+}
+
+/// Appends bytes for a BINARY answer: a literal8 (`~{n}`, RFC 3516) when they hold NUL, a plain
+/// literal otherwise.
+pub fn literal8(out: &mut Vec<u8>, bytes: &[u8]) {
+    if bytes.contains(&0) {
+        out.extend_from_slice(format!("~{{{}}}\r\n", bytes.len()).as_bytes());
+        out.extend_from_slice(bytes);
+    } else {
+        literal(out, bytes);
+    }
 }
 
 /// Appends a string, or NIL.
