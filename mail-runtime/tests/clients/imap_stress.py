@@ -117,7 +117,7 @@ def session(n):
     who = "session %d" % n
     rnd = random.Random(n)
     try:
-        m = imaplib.IMAP4_SSL(HOST, IMAPS, ssl_context=CTX)
+        m = imaplib.IMAP4_SSL(HOST, IMAPS, ssl_context=CTX, timeout=30)
         check_ok(who, "LOGIN", *m.login(USER, PASSWORD))
         folder = "INBOX"
         check_ok(who, "SELECT", *m.select(folder))
@@ -209,7 +209,7 @@ def deliveries():
 
 
 def main():
-    setup = imaplib.IMAP4_SSL(HOST, IMAPS, ssl_context=CTX)
+    setup = imaplib.IMAP4_SSL(HOST, IMAPS, ssl_context=CTX, timeout=30)
     setup.login(USER, PASSWORD)
     setup.create("Stress")
     for f in FOLDERS:
