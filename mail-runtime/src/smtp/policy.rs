@@ -51,52 +51,121 @@ pub fn loop_check(head: &[u8], forwarded_by: &[String]) -> Option<Reply> {
     })
 }
 
-/// The header fields naming who a message is from (RFC 5322 From and Sender).
-fn authors(head: &[u8]) -> Vec<String> {
+/// The fields that name a message's author to its readers (RFC 5322 s3.6.2, s3.6.6).
+const AUTHOR_FIELDS: [&str; 4] = ["from", "sender", "resent-from", "resent-sender"];
+
+/// Characters a reader takes for `@` in a display name.
+fn has_at(text: &str) -> bool {
+    text.contains(['@', '\u{FF20}', '\u{FE6B}'])
+}
+
+/// What each author field says: per field, its display or group names and its addresses.
+fn author_fields(head: &[u8]) -> Vec<(String, Vec<String>, Vec<String>)> {
     let Some(message) = MessageParser::default().parse_headers(head) else {
         return Vec::new();
     };
+    let Some(part) = message.parts.first() else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
-    for address in [message.from(), message.sender()].into_iter().flatten() {
-        let list: Vec<&mail_parser::Addr<'_>> = match address {
-            Address::List(list) => list.iter().collect(),
-            Address::Group(groups) => groups.iter().flat_map(|g| g.addresses.iter()).collect(),
-        };
-        out.extend(
-            list.into_iter()
-                .map(|a| a.address.as_deref().unwrap_or_default().to_string()),
+    for header in &part.headers {
+        let name = header.name.as_str().to_ascii_lowercase();
+        if !AUTHOR_FIELDS.contains(&name.as_str()) {
+            continue;
+        }
+        let mut names = Vec::new();
+        let mut entries: Vec<&mail_parser::Addr<'_>> = Vec::new();
+        match &header.value {
+            mail_parser::HeaderValue::Address(Address::List(list)) => entries.extend(list),
+            mail_parser::HeaderValue::Address(Address::Group(groups)) => {
+                for group in groups {
+                    names.extend(group.name.as_deref().map(str::to_string));
+                    entries.extend(&group.addresses);
+                }
+            }
+            mail_parser::HeaderValue::Text(text) => names.push(text.to_string()),
+            _ => {}
+        }
+        names.extend(
+            entries
+                .iter()
+                .filter_map(|a| a.name.as_deref().map(str::to_string)),
         );
+        let addresses: Vec<String> = entries
+            .iter()
+            .filter_map(|a| a.address.as_deref().filter(|x| !x.is_empty()))
+            .map(str::to_string)
+            .collect();
+        out.push((name, names, addresses));
     }
     out
 }
 
 /// A logged-in user's message must name only that user's own addresses (its address and
-/// aliases) in From and Sender, unless the relay policy allows any: otherwise alice could send
-/// mail that says it is from bob, signed with the domain's DKIM key.
+/// aliases) in From, Sender, Resent-From and Resent-Sender, unless the relay policy allows any:
+/// otherwise alice could send mail that says it is from bob, signed with the domain's DKIM key.
+/// Readers differ in how they read a doubtful header, so every doubt is a refusal: one From and
+/// at most one Sender; a field that names no address; a name or comment that shows another
+/// address; a field name spelled oddly (`From\0:`).
 pub fn author_check(head: &[u8], config: &Config, user: usize) -> Option<Reply> {
     if config.raw.relay.any_header_from {
         return None;
     }
-    let own = |a: &str| matches!(config.resolve(a), Recipient::Local(i) if i == user);
-    let foreign: Vec<String> = authors(head).into_iter().filter(|a| !own(a)).collect();
-    if foreign.is_empty() {
-        return None;
+    let refuse = |why: String| Some(Reply::new(550, "5.7.1", why));
+    let printable =
+        |text: &str| -> String { text.chars().filter(|c| !c.is_control()).take(200).collect() };
+    let mut counts = [0usize; 4];
+    for line in head.split(|b| *b == b'\n') {
+        if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+            continue;
+        }
+        let written = line.split(|b| *b == b':').next().unwrap_or_default();
+        let squeezed: String = written
+            .iter()
+            .filter(|b| b.is_ascii_alphanumeric() || **b == b'-')
+            .map(|b| b.to_ascii_lowercase() as char)
+            .collect();
+        let Some(kind) = AUTHOR_FIELDS.iter().position(|f| *f == squeezed) else {
+            continue;
+        };
+        if !line.contains(&b':')
+            || !written
+                .trim_ascii()
+                .eq_ignore_ascii_case(squeezed.as_bytes())
+        {
+            return refuse(format!("a malformed {} field", AUTHOR_FIELDS[kind]));
+        }
+        counts[kind] += 1;
     }
-    let list = foreign
-        .iter()
-        .map(|a| {
-            format!(
-                "<{}>",
-                a.chars().filter(|c| !c.is_control()).collect::<String>()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    Some(Reply::new(
-        550,
-        "5.7.1",
-        format!("the From/Sender header names {list}, which is not one of your addresses"),
-    ))
+    if counts[0] > 1 || counts[1] > 1 {
+        return refuse("more than one From or Sender field".into());
+    }
+    let own = |a: &str| matches!(config.resolve(a), Recipient::Local(i) if i == user);
+    for (field, names, addresses) in author_fields(head) {
+        if addresses.is_empty() {
+            return refuse(format!("the {field} field names no address of yours"));
+        }
+        if let Some(other) = addresses.iter().find(|a| !own(a)) {
+            return refuse(format!(
+                "the {field} field names <{}>, which is not one of your addresses",
+                printable(other)
+            ));
+        }
+        // A display name, group name or comment that shows an address must show one's own.
+        for name in names.iter().filter(|n| has_at(n)) {
+            let shown_own = name
+                .split(|c: char| c.is_whitespace() || "<>\"(),;:'".contains(c))
+                .filter(|t| has_at(t))
+                .all(|t| t.contains('@') && own(t));
+            if !shown_own {
+                return refuse(format!(
+                    "the {field} field shows \"{}\", which is not one of your addresses",
+                    printable(name)
+                ));
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -132,11 +201,26 @@ storage: {{path: /data}}
             "From: Alice <alice@example.com>\r\n\r\n",
             "From: \"Sales\" <SALES@example.com>\r\nSender: alice@example.com\r\n\r\n",
             "From: alice+tag@example.com (me)\r\n\r\n",
+            "From : alice@example.com\r\n\r\n",
+            "From: \"Alice (alice@example.com)\" <alice@example.com>\r\n\r\n",
             "Subject: no From at all\r\n\r\n",
         ] {
             assert_eq!(author_check(ok.as_bytes(), &c, alice), None, "{ok}");
         }
         for forged in [
+            "From: bob@example.com\r\nFrom: alice@example.com\r\n\r\n",
+            "From: alice@example.com\r\nSender: bob@example.com\r\nSender: alice@example.com\r\n\r\n",
+            "From: alice@example.com\r\nResent-From: bob@example.com\r\n\r\n",
+            "From: Bob Example\r\n\r\n",
+            "From:\r\n\r\n",
+            "From: <>\r\n\r\n",
+            "From: bob@example.com:;\r\n\r\n",
+            "From: (bob@example.com) alice@example.com\r\n\r\n",
+            "From: \"bob@example.com\" <alice@example.com>\r\n\r\n",
+            "From: =?utf-8?b?Ym9iQGV4YW1wbGUuY29t?= <alice@example.com>\r\n\r\n",
+            "From: bob\u{FF20}example.com <alice@example.com>\r\n\r\n",
+            "From\0: bob@example.com\r\n\r\n",
+            "From \r\n : bob@example.com\r\n\r\n",
             "From: Bob <bob@example.com>\r\n\r\n",
             "From: alice@example.com\r\nSender: bob@example.com\r\n\r\n",
             "From: alice@example.com, ceo@bank.example\r\n\r\n",
