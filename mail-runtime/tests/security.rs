@@ -434,3 +434,35 @@ async fn a_message_of_millions_of_header_fields_costs_no_memory() {
     println!("FETCH and SEARCH of a message of 2 million header fields: peak RSS +{grown} KiB");
     assert!(grown < 48 * 1024, "peak RSS grew by {grown} KiB");
 }
+
+/// Found by an outside tester: `FETCH 1 (BODY.PEEK[] x100)` of a 2 MB message built the whole
+/// answer in memory (+340 MB; a 64 KiB command names ~5,000 items). One message's answer now
+/// holds at most twice the message; more is refused with `NO [LIMIT]`.
+#[tokio::test]
+async fn a_fetch_cannot_amplify_a_message_in_memory() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    let mut c = Client::login(&dev, BOB).await;
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    for _ in 0..30_000 {
+        big.extend_from_slice(&[b'x'; 70]);
+        big.extend_from_slice(b"\r\n");
+    }
+    let append = c.command_with_literal("a", "APPEND INBOX", &big).await;
+    assert!(append.contains("a OK"), "{append:.200}");
+    assert!(c.command("s", "SELECT INBOX").await.contains("s OK"));
+    let before = proc_status(dev.pid(), "VmHWM:");
+    let items = vec!["BODY.PEEK[]"; 100].join(" ");
+    let answer = c.command("f", &format!("FETCH 1 ({items})")).await;
+    assert!(answer.contains("f NO [LIMIT]"), "{:.300}", answer);
+    let grown = proc_status(dev.pid(), "VmHWM:").saturating_sub(before);
+    assert!(grown < 32 * 1024, "peak RSS grew by {grown} KiB");
+    // What a client really asks for still comes.
+    let normal = c
+        .command(
+            "g",
+            "FETCH 1 (BODY.PEEK[HEADER] BODY.PEEK[TEXT] RFC822.SIZE)",
+        )
+        .await;
+    assert!(normal.contains("g OK"), "{:.300}", normal);
+}

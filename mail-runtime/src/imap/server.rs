@@ -54,6 +54,8 @@ const AUTHENTICATE_LINE_LIMIT: usize = 8 * 1024;
 const AUTHENTICATED_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How often an idle session looks whether its account was suspended or changed.
 const REVOCATION_CHECK: Duration = Duration::from_secs(1);
+/// Bytes of FETCH answers rendered before they go to the client.
+const RENDER_CHUNK: usize = 4 * 1024 * 1024;
 /// Messages read per blocking batch in FETCH.
 const FETCH_BATCH: usize = 256;
 
@@ -1151,7 +1153,7 @@ impl Session {
             let mut written = Ok(());
             if let Some(view) = &view {
                 for i in &indexes {
-                    render_fetch(
+                    let _ = render_fetch(
                         &mut self.out,
                         *i as u32 + 1,
                         &view.messages[*i],
@@ -1175,7 +1177,7 @@ impl Session {
             )));
         }
         let items = std::sync::Arc::new(items);
-        let mut expunged_meanwhile = false;
+        let (mut expunged_meanwhile, mut over_budget) = (false, false);
         for batch in indexes.chunks(FETCH_BATCH) {
             let Some(selected) = self.selected.as_mut() else {
                 break;
@@ -1210,47 +1212,64 @@ impl Session {
                     }
                 }
             }
-            let (name, items) = (folder.clone(), items.clone());
-            let rendered = self
-                .blocking(move |s, m| {
-                    let mut out = Vec::new();
-                    let mut gone = false;
-                    for (i, meta, seen_now) in &metas {
-                        let raw = if needs_contents {
-                            match s.read(&m, &name, meta)? {
-                                Some(raw) => Some(raw),
-                                None => {
-                                    // Expunged by another session meanwhile: no answer with
-                                    // other (or empty) content for this UID, ever.
-                                    gone = true;
-                                    continue;
+            // Rendered a few MiB at a time (256 messages of 25 MiB would otherwise be one 6 GiB
+            // buffer), flushed to the client in between.
+            let mut pending = metas;
+            while !pending.is_empty() {
+                let (name, items) = (folder.clone(), items.clone());
+                let chunk = std::mem::take(&mut pending);
+                let rendered = self
+                    .blocking(move |s, m| {
+                        let mut out = Vec::new();
+                        let (mut gone, mut over) = (false, false);
+                        let mut chunk = chunk.into_iter();
+                        for (i, meta, seen_now) in chunk.by_ref() {
+                            let raw = if needs_contents {
+                                match s.read(&m, &name, &meta)? {
+                                    Some(raw) => Some(raw),
+                                    None => {
+                                        // Expunged by another session meanwhile: no answer
+                                        // with other (or empty) content for this UID, ever.
+                                        gone = true;
+                                        continue;
+                                    }
                                 }
+                            } else {
+                                None
+                            };
+                            over |= !render_fetch(
+                                &mut out,
+                                i as u32 + 1,
+                                &meta,
+                                raw.as_deref(),
+                                &items,
+                                seen_now,
+                            );
+                            if out.len() > RENDER_CHUNK {
+                                break;
                             }
-                        } else {
-                            None
-                        };
-                        render_fetch(
-                            &mut out,
-                            *i as u32 + 1,
-                            meta,
-                            raw.as_deref(),
-                            &items,
-                            *seen_now,
-                        );
+                        }
+                        Ok((out, gone, over, chunk.collect::<Vec<_>>()))
+                    })
+                    .await;
+                match rendered {
+                    Ok((bytes, gone, over, rest)) => {
+                        self.out.extend_from_slice(&bytes);
+                        expunged_meanwhile |= gone;
+                        over_budget |= over;
+                        pending = rest;
                     }
-                    Ok((out, gone))
-                })
-                .await;
-            match rendered {
-                Ok((bytes, gone)) => {
-                    self.out.extend_from_slice(&bytes);
-                    expunged_meanwhile |= gone;
+                    Err(e) => return Ok(Err(store_failure(&e))),
                 }
-                Err(e) => return Ok(Err(store_failure(&e))),
+                if self.out.len() > 256 * 1024 {
+                    self.flush().await?;
+                }
             }
-            if self.out.len() > 256 * 1024 {
-                self.flush().await?;
-            }
+        }
+        if over_budget {
+            return Ok(no(
+                "[LIMIT] a FETCH may return each message at most twice over; ask for fewer sections",
+            ));
         }
         if expunged_meanwhile {
             // RFC 5530, as Dovecot answers: the client learns of the expunge at its next NOOP.
@@ -1506,6 +1525,10 @@ impl Session {
 }
 
 /// Writes one untagged FETCH response.
+///
+/// One message's answer may hold at most twice the message and 1 MiB (the same sections asked
+/// for a hundred times made one FETCH of a 2 MB message take 340 MB); past that nothing is
+/// written for it and `false` comes back, for a `NO [LIMIT]`.
 pub fn render_fetch(
     out: &mut Vec<u8>,
     seq: u32,
@@ -1513,12 +1536,18 @@ pub fn render_fetch(
     raw: Option<&[u8]>,
     items: &[MessageDataItemName<'_>],
     flags_changed: bool,
-) {
+) -> bool {
     let parsed = raw.map(message::parse);
     let parsed = parsed.as_deref();
     let raw = raw.unwrap_or_default();
+    let start = out.len();
+    let budget = raw.len().saturating_mul(2).saturating_add(1024 * 1024);
     out.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
     for (n, item) in items.iter().enumerate() {
+        if out.len() - start > budget {
+            out.truncate(start);
+            return false;
+        }
         if n > 0 {
             out.push(b' ');
         }
@@ -1625,7 +1654,12 @@ pub fn render_fetch(
     {
         out.extend_from_slice(format!(" FLAGS {}", write::flags(&meta.flags)).as_bytes());
     }
+    if out.len() - start > budget {
+        out.truncate(start);
+        return false;
+    }
     out.extend_from_slice(b")\r\n");
+    true
 }
 
 fn decoded_part<'a>(
@@ -1697,7 +1731,14 @@ mod tests {
             panic!("not a FETCH");
         };
         let mut out = Vec::new();
-        super::render_fetch(&mut out, 1, &meta, Some(raw), &items, false);
+        assert!(super::render_fetch(
+            &mut out,
+            1,
+            &meta,
+            Some(raw),
+            &items,
+            false
+        ));
         let text = String::from_utf8_lossy(&out);
         assert!(text.contains("BODY[] {"), "{text}");
         assert!(text.contains("BINARY[1] ~{5}\r\na\0b\r\n"), "{text:?}");
