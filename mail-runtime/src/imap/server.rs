@@ -123,7 +123,11 @@ fn store_failure(err: &StoreError) -> String {
         StoreError::FolderExists(f) => format!("NO [ALREADYEXISTS] folder {f:?} already exists"),
         StoreError::InvalidName(f) => format!("NO [CANNOT] invalid folder name {f:?}"),
         StoreError::NotAllowed(why) => format!("NO [CANNOT] {why}"),
-        StoreError::Io(_) => "NO [SERVERBUG] storage error, try again later".into(),
+        StoreError::Io(err) => {
+            // The client sees a code; the operator needs the cause.
+            tracing::error!(error = %err, "IMAP storage error");
+            "NO [SERVERBUG] storage error, try again later".into()
+        }
     }
 }
 

@@ -141,6 +141,9 @@ struct Transaction {
     header_done: bool,
     /// The last bytes seen while in the header, to find its end across chunks.
     header_tail: [u8; 2],
+    /// BDAT: the last byte was CR, and whether a CR or LF stood alone (refused as with DATA).
+    bdat_cr: bool,
+    bdat_bare: bool,
 }
 
 /// Largest header block a message may have (Exim's `max_header_size` is the same): everything
@@ -283,6 +286,14 @@ impl Session {
                     if take > 0 {
                         let bytes: Vec<u8> = self.buf.drain(..take).collect();
                         if !discard {
+                            if let Some(txn) = self.txn.as_mut() {
+                                for b in &bytes {
+                                    if (*b == b'\n') != txn.bdat_cr {
+                                        txn.bdat_bare = true;
+                                    }
+                                    txn.bdat_cr = *b == b'\r';
+                                }
+                            }
                             self.body_bytes(bytes, &mut out);
                         }
                     }
@@ -293,7 +304,10 @@ impl Session {
                         // The refusal was the chunk's one reply.
                         self.state = State::Command;
                     } else if last {
-                        self.end_of_message(false, &mut out);
+                        // Smuggling guard, as for DATA: a bare CR or LF anywhere, or a CR at the
+                        // very end, refuses the whole message.
+                        let bare = self.txn.as_ref().is_some_and(|t| t.bdat_bare || t.bdat_cr);
+                        self.end_of_message(bare, &mut out);
                     } else {
                         self.state = State::Command;
                         let size = self.txn.as_ref().map_or(0, |t| t.size);
@@ -966,6 +980,14 @@ impl Session {
     fn data(&mut self, out: &mut Vec<Output>) -> Option<Reply> {
         match &self.txn {
             None => return Some(Reply::new(503, "5.5.1", "send MAIL first")),
+            // RFC 3030 s3: a transaction sends its message with BDAT or with DATA, not both.
+            Some(t) if t.begun => {
+                return Some(Reply::new(
+                    503,
+                    "5.5.1",
+                    "DATA is not allowed after BDAT in one transaction",
+                ));
+            }
             Some(t) if t.recipients.is_empty() && t.remote.is_empty() => {
                 return Some(Reply::new(554, "5.5.1", "no valid recipients"));
             }

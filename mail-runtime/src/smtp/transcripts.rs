@@ -723,3 +723,40 @@ fn a_header_block_over_a_mebibyte_is_refused() {
         fields.replace("\r\n", "\\r\\n")
     ));
 }
+
+/// Found by an outside tester: BDAT took bare LF and CR that DATA refuses (`550 5.5.2`), and
+/// DATA after a BDAT chunk answered 354.
+#[test]
+fn bdat_refuses_bare_line_ends_and_data_after_it() {
+    let mut h = mx();
+    h.run(
+        "S: 220
+         C: EHLO c.example
+         E: 250 STARTTLS
+         C: MAIL FROM:<a@example.net>
+         S: 250
+         C: RCPT TO:<bob@example.test>
+         S: 250
+         R: BDAT 15 LAST\\r\\nSubject: x\\n\\r\\nhi
+         S: 550 5.5.2
+         C: MAIL FROM:<a@example.net>
+         S: 250
+         C: RCPT TO:<bob@example.test>
+         S: 250
+         R: BDAT 4\\r\\nab\\rc
+         S: 250 2.0.0 4 octets received
+         R: BDAT 0 LAST\\r\\n
+         S: 550 5.5.2
+         C: MAIL FROM:<a@example.net>
+         S: 250
+         C: RCPT TO:<bob@example.test>
+         S: 250
+         R: BDAT 4\\r\\nab\\r\\n
+         S: 250 2.0.0 4 octets received
+         C: DATA
+         S: 503 5.5.1 DATA is not allowed after BDAT
+         R: BDAT 3 LAST\\r\\nc\\r\\n
+         S: 250 2.0.0 OK queued as",
+    );
+    assert_eq!(h.inbox_len("bob@example.test"), 1);
+}

@@ -759,6 +759,10 @@ fn encode_folder(folder: &str) -> Result<String, StoreError> {
             c => out.push(c),
         }
     }
+    // One directory name: the file system takes 255 bytes (a longer name was a storage error).
+    if out.len() > 255 {
+        return Err(StoreError::InvalidName(folder.into()));
+    }
     Ok(out)
 }
 
