@@ -760,3 +760,30 @@ fn bdat_refuses_bare_line_ends_and_data_after_it() {
     );
     assert_eq!(h.inbox_len("bob@example.test"), 1);
 }
+
+/// Issue 17 item 6, the rate half: a message to many outside addresses spent one unit of the
+/// relay rate limit; now each relayed recipient spends one.
+#[test]
+fn the_relay_rate_limit_counts_every_relayed_recipient() {
+    let mut trusted = Harness::new(ListenerProtocol::Smtp, "192.0.2.10");
+    let mut raw = trusted.config.raw.clone();
+    raw.relay.rate_limits.per_sender = Some(crate::config::RateConfig {
+        messages: 2,
+        period_seconds: 3600,
+    });
+    trusted.config = Arc::new(Config::validate(raw).expect("valid"));
+    trusted.session.set_config(trusted.config.clone());
+    trusted.run(
+        "S: 220
+         C: HELO app.cluster.local
+         S: 250
+         C: MAIL FROM:<app@example.test>
+         S: 250
+         C: RCPT TO:<one@example.net>
+         S: 250 2.1.5 recipient OK, relayed
+         C: RCPT TO:<two@example.net>
+         S: 250 2.1.5 recipient OK, relayed
+         C: RCPT TO:<three@example.net>
+         S: 450 4.7.1 relay rate limit reached",
+    );
+}
