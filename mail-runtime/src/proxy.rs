@@ -66,6 +66,10 @@ async fn read_exact_header<S: AsyncRead + Unpin>(
             buf.resize(at + want, 0);
             fill(stream, &mut buf[at..]).await?;
         }
+        // ppp reads an UNKNOWN line leniently; the line must end in CR LF all the same.
+        if !buf.ends_with(b"\r\n") || buf.iter().filter(|&&b| b == b'\r').count() != 1 {
+            return Err("invalid PROXY header: the line does not end with CRLF".to_string());
+        }
     } else {
         return Err("the connection does not start with a PROXY header".to_string());
     }
@@ -197,6 +201,8 @@ mod tests {
             b"PROXY TCP4 203.0.113.7 192.0.2.1 40000 25\rEHLO x\r\n",
             b"PROXY TCP4 203.0.113.7 192.0.2.1 40000\r\n",
             b"PROXY TCP4 203.0.113.7",
+            // ppp takes this UNKNOWN line (the fuzzer found it): it does not end in CRLF.
+            b"PROXY UNKNOWN 1 N 1 \n\r0\x16\x03:7 \x039\x03",
         ] {
             assert!(
                 split(input).await.0.is_err(),
