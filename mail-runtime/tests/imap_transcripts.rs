@@ -603,3 +603,83 @@ async fn lsub_shows_unsubscribed_parents_and_selected_state_commands_need_a_fold
     }
     c.assert_well_formed();
 }
+
+/// Issue 15 item 6: keywords (`$Junk`, `$Forwarded`, Thunderbird's tags) were dropped, and
+/// PERMANENTFLAGS had no `\*`. They are kept per folder (Dovecot's `dovecot-keywords` letters),
+/// shown to other sessions, searchable, and carried by COPY into a folder with other letters.
+#[tokio::test]
+async fn keywords_are_kept_shown_searched_and_copied() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    let mut a = Client::login(&dev, BOB).await;
+    let mut b = Client::login(&dev, BOB).await;
+    assert!(a.command("c", "CREATE Tagged").await.contains("c OK"));
+    // Tagged gets `work` first, so its letters differ from INBOX's.
+    let appended = a
+        .command_with_literal("p", "APPEND Tagged (work)", b"Subject: t\r\n\r\nx\r\n")
+        .await;
+    assert!(appended.contains("p OK"), "{appended}");
+    let appended = a
+        .command_with_literal(
+            "q",
+            "APPEND INBOX ($Junk \\Seen)",
+            b"Subject: j\r\n\r\nx\r\n",
+        )
+        .await;
+    assert!(appended.contains("q OK"), "{appended}");
+    let selected = a.command("s", "SELECT INBOX").await;
+    assert!(
+        selected
+            .contains("[PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Junk \\*)]"),
+        "{selected}"
+    );
+    assert!(b.command("s", "SELECT INBOX").await.contains("s OK"));
+    let fetched = a.command("f", "FETCH 1 FLAGS").await;
+    assert!(fetched.contains("FLAGS (\\Seen $Junk)"), "{fetched}");
+    let stored = a.command("t", "STORE 1 +FLAGS ($Forwarded work)").await;
+    assert!(
+        stored.contains("* FLAGS ("),
+        "the folder's FLAGS grew: {stored}"
+    );
+    assert!(
+        stored.contains("FLAGS (\\Seen $Junk $Forwarded work)"),
+        "{stored}"
+    );
+    // The other session hears of both.
+    let heard = b.command("n", "NOOP").await;
+    assert!(heard.contains("$Forwarded"), "{heard}");
+    assert!(
+        heard.contains("FETCH (UID 1 FLAGS (\\Seen $Junk $Forwarded work))"),
+        "{heard}"
+    );
+    let found = a
+        .command("k", "SEARCH KEYWORD $junk UNKEYWORD nothing")
+        .await;
+    assert!(found.contains("* SEARCH 1"), "{found}");
+    let none = a.command("u", "SEARCH UNKEYWORD $Junk").await;
+    assert!(
+        none.contains("* SEARCH\r") || none.contains("* SEARCH\n"),
+        "{none}"
+    );
+    assert!(a.command("y", "COPY 1 Tagged").await.contains("y OK"));
+    assert!(a.command("x", "SELECT Tagged").await.contains("x OK"));
+    // Order within a flag list means nothing; Tagged's own table has `work` first.
+    let copied = a.command("g", "FETCH 2 FLAGS").await;
+    assert!(
+        copied.contains("FLAGS (\\Seen work $Junk $Forwarded)"),
+        "{copied}"
+    );
+    let removed = a.command("r", "STORE 2 -FLAGS ($Junk)").await;
+    assert!(
+        removed.contains("FLAGS (\\Seen work $Forwarded)"),
+        "{removed}"
+    );
+    // 26 keywords per folder; the 27th is refused and nothing else changes.
+    let many: Vec<String> = (0..24).map(|i| format!("tag{i}")).collect();
+    let more = a
+        .command("m", &format!("STORE 2 +FLAGS ({})", many.join(" ")))
+        .await;
+    assert!(more.contains("m NO [CANNOT]"), "{more}");
+    a.assert_well_formed();
+    b.assert_well_formed();
+}

@@ -89,7 +89,7 @@ fuzz_target!(|data: &[u8]| {
                         for i in indexes {
                             let mut out = Vec::new();
                             let meta = &selected.messages[i];
-                            let _ = render_fetch(&mut out, i as u32 + 1, meta, Some(MESSAGE), &items, true);
+                            let _ = render_fetch(&mut out, i as u32 + 1, meta, &[], Some(MESSAGE), &items, true);
                             assert!(out.ends_with(b")\r\n"));
                         }
                     }
@@ -104,6 +104,7 @@ fuzz_target!(|data: &[u8]| {
                             largest: selected.largest(),
                             raw: Some(MESSAGE),
                             sets: &sets,
+                            keywords: &[],
                         };
                         let _ = search::matches(&key, &candidate);
                     }

@@ -73,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
         file_name: "m".into(),
     };
     let mut out = Vec::new();
-    if render_fetch(&mut out, 1, &meta, Some(data), items(), false) {
+    if render_fetch(&mut out, 1, &meta, &[], Some(data), items(), false) {
         assert!(out.ends_with(b")\r\n"));
     }
     let candidate = Candidate {
@@ -82,6 +82,7 @@ fuzz_target!(|data: &[u8]| {
         largest: (1, 1),
         raw: Some(data),
         sets: &search::SetCache::default(),
+        keywords: &[],
     };
     let _ = search::matches(key(), &candidate);
 });

@@ -46,6 +46,9 @@ impl Store for NoStore {
     fn expunge_deleted(&self, _: &str, _: &str, _: &[MessageMeta]) -> Result<Vec<u32>, StoreError> {
         Ok(Vec::new())
     }
+    fn keyword_letters(&self, _: &str, _: &str, _: &[String]) -> Result<String, StoreError> {
+        Ok(String::new())
+    }
     fn append(
         &self,
         _: &str,

@@ -18,6 +18,8 @@ pub struct Candidate<'a> {
     pub raw: Option<&'a [u8]>,
     /// The SEARCH's sequence sets, merged once for all messages.
     pub sets: &'a SetCache,
+    /// The folder's keyword table (letter `a + n` is entry `n`).
+    pub keywords: &'a [String],
 }
 
 /// The sequence sets of one SEARCH, each merged into sorted ranges on first use: a set may list
@@ -78,6 +80,13 @@ fn date_day(date: &chrono::NaiveDate) -> i64 {
 pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
     use SearchKey::*;
     let flag = |l: char| c.meta.flags.contains(l);
+    let keyword = |name: &str| {
+        c.keywords
+            .iter()
+            .position(|k| k.eq_ignore_ascii_case(name))
+            .and_then(crate::store::keyword_letter)
+            .is_some_and(flag)
+    };
     let header = |name: &str, value: &[u8]| -> bool {
         let Some(raw) = c.raw else { return false };
         let mut encoded = false;
@@ -131,8 +140,8 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
         // Nothing is \Recent here (IMAP4rev2 drops it): NEW is unseen-and-recent.
         Recent | New => false,
         Old => true,
-        Keyword(_) => false,
-        Unkeyword(_) => true,
+        Keyword(k) => keyword(k.inner()),
+        Unkeyword(k) => !keyword(k.inner()),
         Larger(n) => c.meta.size > u64::from(*n),
         Smaller(n) => c.meta.size < u64::from(*n),
         Before(d) => day(c.meta.internal_date) < date_day(d.as_ref()),
@@ -239,6 +248,7 @@ mod tests {
             largest: (1, 1),
             raw: Some(raw),
             sets: &sets,
+            keywords: &[],
         };
         for (criteria, expected) in [
             ("SENTON 3-Nov-2026", true),

@@ -19,6 +19,8 @@ pub struct Selected {
     pub uid_next: u32,
     /// The messages as the client knows them, by sequence number (index + 1).
     pub messages: Vec<MessageMeta>,
+    /// The folder's keyword table (letter `a + n` is entry `n`), as last read.
+    pub keywords: Vec<String>,
 }
 
 /// The numbers a sequence set names, as sorted, disjoint, inclusive ranges with `*` standing
@@ -68,6 +70,7 @@ impl Selected {
             uid_validity: index.uid_validity,
             uid_next: index.uid_next,
             messages: index.messages,
+            keywords: index.keywords,
         }
     }
 
@@ -109,6 +112,20 @@ impl Selected {
     /// so. Expunges are held back when `expunges_allowed` is false (during FETCH, STORE and
     /// SEARCH, where they would shift the sequence numbers under the client).
     pub fn refresh(&mut self, fresh: FolderIndex, expunges_allowed: bool, out: &mut Vec<u8>) {
+        // A keyword another session added first: the client learns the folder's new FLAGS
+        // before any message shows it (RFC 9051 s7.3.5).
+        if fresh.keywords.len() > self.keywords.len()
+            || fresh
+                .keywords
+                .iter()
+                .zip(&self.keywords)
+                .any(|(a, b)| a != b)
+        {
+            self.keywords.clone_from(&fresh.keywords);
+            out.extend_from_slice(
+                format!("* FLAGS {}\r\n", write::folder_flags(&self.keywords)).as_bytes(),
+            );
+        }
         let current: std::collections::HashMap<u32, &MessageMeta> =
             fresh.messages.iter().map(|m| (m.uid, m)).collect();
         if expunges_allowed {
@@ -128,7 +145,7 @@ impl Selected {
                         "* {} FETCH (UID {} FLAGS {})\r\n",
                         i + 1,
                         m.uid,
-                        write::flags(&now.flags)
+                        write::flags(&now.flags, &self.keywords)
                     )
                     .as_bytes(),
                 );
@@ -167,6 +184,7 @@ mod tests {
             uid_validity: 1,
             uid_next: messages.last().map_or(1, |m| m.uid + 1),
             messages,
+            keywords: Vec::new(),
         }
     }
 

@@ -148,22 +148,30 @@ fn canonical_inbox(name: &str) -> String {
     }
 }
 
-/// Maildir flag letters of IMAP flags; keywords are not stored (PERMANENTFLAGS says so).
-fn letters(flags: &[Flag<'_>]) -> String {
-    let mut out: Vec<char> = flags
-        .iter()
-        .filter_map(|f| match f {
-            Flag::Answered => Some('R'),
-            Flag::Flagged => Some('F'),
-            Flag::Deleted => Some('T'),
-            Flag::Seen => Some('S'),
-            Flag::Draft => Some('D'),
-            _ => None,
-        })
-        .collect();
+/// Maildir flag letters of IMAP's system flags, and the keywords named (their letters are the
+/// folder's: see [`Session::keyword_letters`]).
+fn letters(flags: &[Flag<'_>]) -> (String, Vec<String>) {
+    let mut out: Vec<char> = Vec::new();
+    let mut keywords: Vec<String> = Vec::new();
+    for flag in flags {
+        match flag {
+            Flag::Answered => out.push('R'),
+            Flag::Flagged => out.push('F'),
+            Flag::Deleted => out.push('T'),
+            Flag::Seen => out.push('S'),
+            Flag::Draft => out.push('D'),
+            Flag::Keyword(atom) => {
+                let name = atom.inner().to_string();
+                if !keywords.iter().any(|k| k.eq_ignore_ascii_case(&name)) {
+                    keywords.push(name);
+                }
+            }
+            _ => {}
+        }
+    }
     out.sort_unstable();
     out.dedup();
-    out.into_iter().collect()
+    (out.into_iter().collect(), keywords)
 }
 
 /// LIST pattern matching: `*` matches anything, `%` anything but the separator. One pass per
@@ -966,7 +974,7 @@ impl Session {
             Ok(i) => i,
             Err(e) => return Err(store_failure(&e)),
         };
-        let flags = "(\\Answered \\Flagged \\Deleted \\Seen \\Draft)";
+        let flags = write::folder_flags(&index.keywords);
         self.send(format!("* FLAGS {flags}\r\n"));
         self.send(format!("* {} EXISTS\r\n", index.messages.len()));
         if !self.rev2 {
@@ -978,7 +986,11 @@ impl Session {
         if read_only {
             self.send("* OK [PERMANENTFLAGS ()] read-only\r\n");
         } else {
-            self.send(format!("* OK [PERMANENTFLAGS {flags}] flags permitted\r\n"));
+            // `\*`: clients may make new keywords (26 per folder).
+            let permanent = format!("{} \\*)", flags.trim_end_matches(')'));
+            self.send(format!(
+                "* OK [PERMANENTFLAGS {permanent}] flags permitted\r\n"
+            ));
         }
         self.send(format!(
             "* OK [UIDVALIDITY {}] UIDs valid\r\n* OK [UIDNEXT {}] predicted next UID\r\n",
@@ -1034,9 +1046,10 @@ impl Session {
         if self.over_quota(bytes.len() as u64).await {
             return no("[OVERQUOTA] the mailbox is over its quota");
         }
-        let letters = letters(flags);
+        let (mut letters, keywords) = letters(flags);
         let stored = self
             .blocking(move |s, m| {
+                letters.push_str(&s.keyword_letters(&m, &folder, &keywords)?);
                 let mut spool = s.spool()?;
                 spool.write(&bytes)?;
                 let spooled = spool.finish()?;
@@ -1161,6 +1174,7 @@ impl Session {
                         &mut self.out,
                         *i as u32 + 1,
                         &view.messages[*i],
+                        &view.keywords,
                         None,
                         &items,
                         false,
@@ -1219,8 +1233,14 @@ impl Session {
             // Rendered a few MiB at a time (256 messages of 25 MiB would otherwise be one 6 GiB
             // buffer), flushed to the client in between.
             let mut pending = metas;
+            let keywords = std::sync::Arc::new(
+                self.selected
+                    .as_ref()
+                    .map(|s| s.keywords.clone())
+                    .unwrap_or_default(),
+            );
             while !pending.is_empty() {
-                let (name, items) = (folder.clone(), items.clone());
+                let (name, items, keywords) = (folder.clone(), items.clone(), keywords.clone());
                 let chunk = std::mem::take(&mut pending);
                 let rendered = self
                     .blocking(move |s, m| {
@@ -1245,6 +1265,7 @@ impl Session {
                                 &mut out,
                                 i as u32 + 1,
                                 &meta,
+                                &keywords,
                                 raw.as_deref(),
                                 &items,
                                 seen_now,
@@ -1302,29 +1323,56 @@ impl Session {
             return no("[READ-ONLY] the folder is read-only");
         }
         let indexes = selected.resolve(set, uid).map_err(|e| format!("BAD {e}"))?;
-        let given = letters(flags);
-        // A delta, applied by the store to the flags the message has now: the session's view
-        // may be stale, and writing it back would undo another session's change.
-        let change = match kind {
-            StoreType::Replace => FlagChange::Replace(given),
-            StoreType::Add => FlagChange::Add(given),
-            StoreType::Remove => FlagChange::Remove(given),
-        };
-        let changes: Vec<(MessageMeta, FlagChange)> = indexes
+        let (given, keywords) = letters(flags);
+        let removing = kind == StoreType::Remove;
+        let messages: Vec<MessageMeta> = indexes
             .iter()
-            .map(|i| (selected.messages[*i].clone(), change.clone()))
+            .map(|i| selected.messages[*i].clone())
             .collect();
         let folder = selected.folder.clone();
-        let updated = match self
-            .blocking(move |s, m| s.set_flags(&m, &folder, &changes))
-            .await
-        {
+        let updated = self
+            .blocking(move |s, m| {
+                // Keywords get their letters in this folder (new ones a letter of their own);
+                // one being removed needs none if the folder never had it.
+                let letters = if removing {
+                    let table = s.index(&m, &folder)?.keywords;
+                    keywords
+                        .iter()
+                        .filter_map(|k| table.iter().position(|t| t.eq_ignore_ascii_case(k)))
+                        .filter_map(crate::store::keyword_letter)
+                        .collect::<String>()
+                } else {
+                    s.keyword_letters(&m, &folder, &keywords)?
+                };
+                let given = format!("{given}{letters}");
+                // A delta, applied by the store to the flags the message has now: the
+                // session's view may be stale, and writing it back would undo another
+                // session's change.
+                let change = match kind {
+                    StoreType::Replace => FlagChange::Replace(given),
+                    StoreType::Add => FlagChange::Add(given),
+                    StoreType::Remove => FlagChange::Remove(given),
+                };
+                let changes: Vec<(MessageMeta, FlagChange)> =
+                    messages.into_iter().map(|m| (m, change.clone())).collect();
+                let updated = s.set_flags(&m, &folder, &changes)?;
+                Ok((updated, s.index(&m, &folder)?.keywords))
+            })
+            .await;
+        let (updated, table) = match updated {
             Ok(u) => u,
             Err(e) => return Err(store_failure(&e)),
         };
         let Some(selected) = self.selected.as_mut() else {
             return Ok(String::new());
         };
+        if table != selected.keywords {
+            // New keywords: the folder's FLAGS grew (RFC 9051 s7.3.5).
+            selected.keywords = table;
+            self.out.extend_from_slice(
+                format!("* FLAGS {}\r\n", write::folder_flags(&selected.keywords)).as_bytes(),
+            );
+        }
         for u in updated {
             if let Some(i) = selected.messages.iter().position(|m| m.uid == u.uid) {
                 selected.messages[i] = u.clone();
@@ -1338,7 +1386,7 @@ impl Session {
                         format!(
                             "* {} FETCH ({uid_part}FLAGS {})\r\n",
                             i + 1,
-                            write::flags(&u.flags)
+                            write::flags(&u.flags, &selected.keywords)
                         )
                         .as_bytes(),
                     );
@@ -1358,6 +1406,7 @@ impl Session {
         let key = SearchKey::And(criteria);
         let contents = search::needs_contents(&key);
         let metas = selected.messages.clone();
+        let keywords = selected.keywords.clone();
         let largest = selected.largest();
         let folder = selected.folder.clone();
         let found = self
@@ -1376,6 +1425,7 @@ impl Session {
                         largest,
                         raw: raw.as_deref(),
                         sets: &sets,
+                        keywords: &keywords,
                     };
                     if search::matches(&key, &candidate) {
                         found.push(if uid { meta.uid } else { i as u32 + 1 });
@@ -1537,6 +1587,7 @@ pub fn render_fetch(
     out: &mut Vec<u8>,
     seq: u32,
     meta: &MessageMeta,
+    keywords: &[String],
     raw: Option<&[u8]>,
     items: &[MessageDataItemName<'_>],
     flags_changed: bool,
@@ -1560,7 +1611,9 @@ pub fn render_fetch(
                 out.extend_from_slice(format!("UID {}", meta.uid).as_bytes())
             }
             MessageDataItemName::Flags => {
-                out.extend_from_slice(format!("FLAGS {}", write::flags(&meta.flags)).as_bytes());
+                out.extend_from_slice(
+                    format!("FLAGS {}", write::flags(&meta.flags, keywords)).as_bytes(),
+                );
             }
             MessageDataItemName::InternalDate => out.extend_from_slice(
                 format!("INTERNALDATE {}", write::date_time(meta.internal_date)).as_bytes(),
@@ -1656,7 +1709,7 @@ pub fn render_fetch(
             .iter()
             .any(|i| matches!(i, MessageDataItemName::Flags))
     {
-        out.extend_from_slice(format!(" FLAGS {}", write::flags(&meta.flags)).as_bytes());
+        out.extend_from_slice(format!(" FLAGS {}", write::flags(&meta.flags, keywords)).as_bytes());
     }
     if out.len() - start > budget {
         out.truncate(start);
@@ -1739,6 +1792,7 @@ mod tests {
             &mut out,
             1,
             &meta,
+            &[],
             Some(raw),
             &items,
             false

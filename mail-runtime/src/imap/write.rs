@@ -61,13 +61,34 @@ pub const FLAG_LETTERS: [(char, &str); 5] = [
     ('D', "\\Draft"),
 ];
 
-/// The flag list of a message, e.g. `(\Seen \Flagged)`.
-pub fn flags(letters: &str) -> String {
-    let names: Vec<&str> = FLAG_LETTERS
+/// The flag list of a message, e.g. `(\Seen \Flagged $Junk)`: system flags by their letters,
+/// keywords (`a` to `z`) through the folder's table.
+pub fn flags(letters: &str, keywords: &[String]) -> String {
+    let mut names: Vec<&str> = FLAG_LETTERS
         .iter()
         .filter(|(l, _)| letters.contains(*l))
         .map(|(_, n)| *n)
         .collect();
+    names.extend(
+        letters
+            .bytes()
+            .filter(u8::is_ascii_lowercase)
+            .filter_map(|l| keywords.get(usize::from(l - b'a')))
+            .filter(|k| !k.is_empty())
+            .map(String::as_str),
+    );
+    format!("({})", names.join(" "))
+}
+
+/// The FLAGS of a folder: the system flags and its keywords.
+pub fn folder_flags(keywords: &[String]) -> String {
+    let mut names: Vec<&str> = FLAG_LETTERS.iter().map(|(_, n)| *n).collect();
+    names.extend(
+        keywords
+            .iter()
+            .filter(|k| !k.is_empty())
+            .map(String::as_str),
+    );
     format!("({})", names.join(" "))
 }
 
@@ -131,6 +152,12 @@ mod tests {
     fn sets_dates_and_flags() {
         assert_eq!(sequence_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
         assert_eq!(date_time(0), "\"01-Jan-1970 00:00:00 +0000\"");
-        assert_eq!(flags("FS"), "(\\Flagged \\Seen)");
+        assert_eq!(flags("FS", &[]), "(\\Flagged \\Seen)");
+        let keywords = ["$Junk".to_string(), String::new(), "work".to_string()];
+        assert_eq!(flags("Sac", &keywords), "(\\Seen $Junk work)");
+        assert_eq!(
+            folder_flags(&keywords),
+            "(\\Answered \\Flagged \\Deleted \\Seen \\Draft $Junk work)"
+        );
     }
 }

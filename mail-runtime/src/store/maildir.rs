@@ -33,6 +33,9 @@ use super::{
 };
 
 const UIDVALIDITY_FILE: &str = "kubemail-uidvalidity";
+/// A folder's keyword table, in Dovecot's format (`<n> <name>` per line, letter `a + n`), so
+/// Dovecot reading the Maildir sees the same keywords.
+const KEYWORDS_FILE: &str = "dovecot-keywords";
 const SUBSCRIPTIONS_FILE: &str = "subscriptions";
 const DEFAULTS_MARKER: &str = "kubemail-default-folders";
 
@@ -89,6 +92,50 @@ impl Maildir {
         fs::create_dir_all(root).map_err(StoreError::from_io)?;
         write_synced(&path, format!("{fresh}\n").as_bytes())?;
         Ok(fresh)
+    }
+
+    /// The letters of `names` in the folder at `dir`, adding the new ones to its table.
+    /// Keywords compare without regard to case (RFC 9051 s2.3.2), and keep the first spelling.
+    fn letters_for(&self, dir: &Path, names: &[String]) -> Result<String, StoreError> {
+        if names.is_empty() {
+            return Ok(String::new());
+        }
+        let lock = self.folder_lock(dir);
+        let _serial = lock.lock().expect("folder lock");
+        let mut table = read_keywords(dir);
+        let mut letters = String::new();
+        let mut grown = false;
+        for name in names {
+            let at = match table.iter().position(|k| k.eq_ignore_ascii_case(name)) {
+                Some(at) => at,
+                None => {
+                    let free = table
+                        .iter()
+                        .position(String::is_empty)
+                        .unwrap_or(table.len());
+                    if free >= super::MAX_KEYWORDS {
+                        return Err(StoreError::NotAllowed("a folder holds at most 26 keywords"));
+                    }
+                    if free == table.len() {
+                        table.push(String::new());
+                    }
+                    table[free] = name.clone();
+                    grown = true;
+                    free
+                }
+            };
+            letters.extend(super::keyword_letter(at));
+        }
+        if grown {
+            let text: String = table
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| !k.is_empty())
+                .map(|(n, k)| format!("{n} {k}\n"))
+                .collect();
+            write_synced(&dir.join(KEYWORDS_FILE), text.as_bytes())?;
+        }
+        Ok(letters)
     }
 
     /// The lock that serialises flag changes and expunges in a folder.
@@ -423,6 +470,7 @@ impl Store for Maildir {
                     uid_validity: 0,
                     uid_next: 1,
                     messages: Vec::new(),
+                    keywords: Vec::new(),
                 });
             }
             return Err(StoreError::NoSuchFolder(folder.into()));
@@ -477,6 +525,16 @@ impl Store for Maildir {
         self.remove(mailbox, folder, messages, true)
     }
 
+    fn keyword_letters(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        names: &[String],
+    ) -> Result<String, StoreError> {
+        let dir = self.existing(mailbox, folder)?;
+        self.letters_for(&dir, names)
+    }
+
     fn append(
         &self,
         mailbox: &str,
@@ -510,6 +568,25 @@ impl Store for Maildir {
         let source = self.existing(mailbox, from)?;
         let target = self.existing(mailbox, to)?;
         let _ = self.mailbox_usage(mailbox)?;
+        // Keyword letters are per folder: the target's letters for the source's keywords.
+        let source_keywords = read_keywords(&source);
+        let target_letters = self.letters_for(
+            &target,
+            &source_keywords
+                .iter()
+                .filter(|k| !k.is_empty())
+                .cloned()
+                .collect::<Vec<_>>(),
+        )?;
+        let mut translate: HashMap<char, char> = HashMap::new();
+        for ((n, _), letter) in source_keywords
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| !k.is_empty())
+            .zip(target_letters.chars())
+        {
+            translate.extend(super::keyword_letter(n).map(|from| (from, letter)));
+        }
         let (validity, first) = self.allocate(mailbox, to, &target, messages.len() as u32)?;
         let mut uids = Vec::new();
         let mut subs = std::collections::BTreeSet::new();
@@ -518,9 +595,19 @@ impl Store for Maildir {
             let Some(path) = locate(&source, m) else {
                 continue;
             };
-            let flags = parse_name(&path.file_name().unwrap_or_default().to_string_lossy())
+            let flags: String = parse_name(&path.file_name().unwrap_or_default().to_string_lossy())
                 .map(|(_, _, f)| f)
-                .unwrap_or_default();
+                .unwrap_or_default()
+                .chars()
+                .filter_map(|c| {
+                    if c.is_ascii_lowercase() {
+                        translate.get(&c).copied()
+                    } else {
+                        Some(c)
+                    }
+                })
+                .collect();
+            let flags = FlagChange::Replace(flags).apply("");
             subs.insert(self.place(&path, &target, next, m.size, &flags, m.internal_date)?);
             self.add_usage(mailbox, m.size.into(), 1);
             uids.push((m.uid, next));
@@ -812,6 +899,30 @@ fn read_uid_file(dir: &Path) -> (u32, u32) {
         .unwrap_or((1, 1))
 }
 
+/// A folder's keywords by letter (`a` first); a missing or unreadable table is empty.
+fn read_keywords(dir: &Path) -> Vec<String> {
+    let mut table: Vec<String> = Vec::new();
+    let Ok(text) = fs::read_to_string(dir.join(KEYWORDS_FILE)) else {
+        return table;
+    };
+    for line in text.lines() {
+        let Some((n, name)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(n) = n.parse::<usize>() else {
+            continue;
+        };
+        if n >= super::MAX_KEYWORDS || name.is_empty() {
+            continue;
+        }
+        if table.len() <= n {
+            table.resize(n + 1, String::new());
+        }
+        table[n] = name.to_string();
+    }
+    table
+}
+
 fn read_validity(dir: &Path) -> u32 {
     read_uid_file(dir).0
 }
@@ -872,6 +983,7 @@ pub fn scan(dir: &Path) -> Result<FolderIndex, StoreError> {
         uid_validity,
         uid_next,
         messages,
+        keywords: read_keywords(dir),
     })
 }
 
@@ -890,7 +1002,7 @@ fn parse_name(name: &str) -> Option<(u32, u64, String)> {
             size = v.parse().ok();
         }
     }
-    let mut flags: Vec<char> = info.chars().filter(char::is_ascii_uppercase).collect();
+    let mut flags: Vec<char> = info.chars().filter(char::is_ascii_alphabetic).collect();
     flags.sort_unstable();
     Some((uid?, size?, flags.into_iter().collect()))
 }

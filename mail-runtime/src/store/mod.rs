@@ -68,6 +68,17 @@ pub struct FolderIndex {
     pub uid_next: u32,
     /// Messages by ascending UID.
     pub messages: Vec<MessageMeta>,
+    /// The folder's keywords (`$Junk`, user tags): the one at `n` is flag letter `a + n`.
+    pub keywords: Vec<String>,
+}
+
+/// Most keywords one folder can hold: a Maildir flag letter each, `a` to `z` (Dovecot's
+/// `dovecot-keywords` layout).
+pub const MAX_KEYWORDS: usize = 26;
+
+/// The flag letter of the keyword at `index` in a folder's table.
+pub fn keyword_letter(index: usize) -> Option<char> {
+    (index < MAX_KEYWORDS).then(|| char::from(b'a' + index as u8))
 }
 
 /// Bytes and messages stored for a mailbox, all folders together.
@@ -163,6 +174,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         folder: &str,
         messages: &[MessageMeta],
     ) -> Result<(), StoreError>;
+
+    /// The flag letters of keywords in a folder, giving new ones the next free letters (and
+    /// keeping them from then on). More than [`MAX_KEYWORDS`] in one folder: `NotAllowed`.
+    fn keyword_letters(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        names: &[String],
+    ) -> Result<String, StoreError>;
 
     /// IMAP's EXPUNGE: removes those of `messages` that are flagged `\Deleted` now, as the
     /// store has them, not as a session last saw them (another session may have cleared the
