@@ -213,7 +213,7 @@ impl Driver {
         // The header decides two refusals before anything is stored: a loop, and a logged-in
         // user writing someone else's address in From.
         let head = read_head(&message.path).await;
-        if let Some(reply) = policy::loop_check(&head, &delivery.forwarded_by) {
+        if let Some(reply) = policy::loop_check(&head, &config, &delivery.forwarded_by) {
             let _ = std::fs::remove_file(&message.path);
             return Delivered::Refused(reply, "loop");
         }

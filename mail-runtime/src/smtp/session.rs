@@ -856,6 +856,11 @@ impl Session {
         let Some(txn) = self.txn.as_ref() else {
             return Reply::new(503, "5.5.1", "send MAIL first");
         };
+        // Recipients come before the message: BDAT has begun it (and its quota checks and
+        // Received line are behind us).
+        if txn.begun {
+            return Reply::new(503, "5.5.1", "RCPT is not allowed after BDAT");
+        }
         // Local and relayed recipients together: the limit bounds the work one message makes.
         if txn.recipients.len() + txn.remote.len() >= max_recipients {
             return Reply::new(452, "4.5.3", "too many recipients");

@@ -753,6 +753,8 @@ fn bdat_refuses_bare_line_ends_and_data_after_it() {
          S: 250
          R: BDAT 4\\r\\nab\\r\\n
          S: 250 2.0.0 4 octets received
+         C: RCPT TO:<alice@example.test>
+         S: 503 5.5.1 RCPT is not allowed after BDAT
          C: DATA
          S: 503 5.5.1 DATA is not allowed after BDAT
          R: BDAT 3 LAST\\r\\nc\\r\\n
