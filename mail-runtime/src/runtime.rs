@@ -144,6 +144,30 @@ impl Runtime {
     /// are in use — also when that happens while the read waits. A slow or silent client (a
     /// slowloris) then gives its slot back instead of holding it until the server refuses
     /// everyone (Postfix's stress mode does the same).
+    /// Resolves once the mailbox a session logged in as (its address, and the password hash it
+    /// logged in with) may no longer use `protocol`: removed, suspended, or given another
+    /// password. Looked at every second; never resolves before login (`None`).
+    pub async fn revoked(
+        &self,
+        login: Option<(&str, &str)>,
+        protocol: crate::config::LoginProtocol,
+    ) {
+        let Some((address, hash)) = login else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if self
+                .config
+                .get()
+                .still_serves(address, hash, protocol)
+                .is_none()
+            {
+                return;
+            }
+        }
+    }
+
     pub async fn read_idle<R>(
         &self,
         conn: &mut R,

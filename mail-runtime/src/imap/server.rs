@@ -307,15 +307,25 @@ impl Session {
                 } else {
                     (self.command_timeout, true)
                 };
-                let n = match self
-                    .runtime
-                    .read_idle(&mut self.conn, &mut buf, timeout, stressable)
-                    .await
-                {
-                    Some(Ok(0)) | Some(Err(_)) => break,
-                    Some(Ok(n)) => n,
-                    None => {
+                // A silent session learns of its mailbox's suspension too, within a second.
+                let login = self
+                    .user
+                    .as_ref()
+                    .map(|u| (u.address.clone(), u.password_hash.clone()));
+                let read = tokio::select! {
+                    read = self.runtime.read_idle(&mut self.conn, &mut buf, timeout, stressable) => Some(read),
+                    () = self.runtime.revoked(login.as_ref().map(|(a, h)| (a.as_str(), h.as_str())), LoginProtocol::Imap) => None,
+                };
+                let n = match read {
+                    Some(Some(Ok(0))) | Some(Some(Err(_))) => break,
+                    Some(Some(Ok(n))) => n,
+                    Some(None) => {
                         self.send("* BYE autologout: idle for too long\r\n");
+                        let _ = self.flush().await;
+                        break;
+                    }
+                    None => {
+                        self.end_revoked();
                         let _ = self.flush().await;
                         break;
                     }

@@ -88,21 +88,34 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
     let mut buf = vec![0u8; 8192];
     while !session.closed() {
         let stressable = !session.in_transaction();
-        let n = match runtime
-            .read_idle(&mut conn, &mut buf, configured, stressable)
-            .await
-        {
-            Some(Ok(0)) | Some(Err(_)) => break,
-            Some(Ok(n)) => n,
-            None => {
+        // A silent session learns of its mailbox's suspension too, within a second.
+        let login = lock
+            .mailbox
+            .clone()
+            .map(|m| (m, lock.password_hash.clone()));
+        let read = tokio::select! {
+            read = runtime.read_idle(&mut conn, &mut buf, configured, stressable) => Some(read),
+            () = runtime.revoked(login.as_ref().map(|(a, h)| (a.as_str(), h.as_str())), LoginProtocol::Pop3) => None,
+        };
+        let n = match read {
+            Some(Some(Ok(0))) | Some(Some(Err(_))) => break,
+            Some(Some(Ok(n))) => n,
+            Some(None) => {
                 let _ = conn
                     .write_all(b"-ERR autologout: idle for too long\r\n")
                     .await;
                 break;
             }
+            None => {
+                // Nothing marked is deleted: the session never reaches UPDATE, and the
+                // maildrop's lock goes with it.
+                let _ = conn
+                    .write_all(b"-ERR [AUTH] this account was suspended or removed, or its password changed\r\n")
+                    .await;
+                break;
+            }
         };
         if lock.revoked() {
-            // Nothing marked is deleted: the session never reaches UPDATE.
             let _ = conn
                 .write_all(b"-ERR [AUTH] this account was suspended or removed, or its password changed\r\n")
                 .await;

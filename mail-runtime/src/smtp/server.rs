@@ -58,14 +58,27 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
     let mut buf = vec![0u8; 16 * 1024];
     while !session.closed() {
         // SMTP clients send without pause; under stress every session gets the short timeout.
-        let n = match runtime
-            .read_idle(&mut conn, &mut buf, configured, true)
-            .await
-        {
-            Some(Ok(0)) | Some(Err(_)) => break,
-            Some(Ok(n)) => n,
-            None => {
+        // A logged-in session learns of its mailbox's suspension within a second, silent or
+        // in the middle of a message (which is then not delivered).
+        let login = session.login();
+        let read = tokio::select! {
+            read = runtime.read_idle(&mut conn, &mut buf, configured, true) => Some(read),
+            () = runtime.revoked(login.as_ref().map(|(a, h)| (a.as_str(), h.as_str())), LOGIN_PROTOCOL) => None,
+        };
+        let n = match read {
+            Some(Some(Ok(0))) | Some(Some(Err(_))) => break,
+            Some(Some(Ok(n))) => n,
+            Some(None) => {
                 let reply = Reply::new(421, "4.4.2", "timeout waiting for input, closing");
+                let _ = conn.write_all(&reply.to_bytes()).await;
+                break;
+            }
+            None => {
+                let reply = Reply::new(
+                    421,
+                    "4.7.0",
+                    "this account was suspended or removed, or its password changed",
+                );
                 let _ = conn.write_all(&reply.to_bytes()).await;
                 break;
             }
@@ -210,6 +223,23 @@ impl Driver {
                 return Delivered::Failed(StoreError::Io(io::Error::other(join.to_string())));
             }
         };
+        // A mailbox suspended (or given a new password) while its message was on the wire
+        // sends nothing more.
+        if let Some((address, hash)) = session.login()
+            && config
+                .still_serves(&address, &hash, LOGIN_PROTOCOL)
+                .is_none()
+        {
+            let _ = std::fs::remove_file(&message.path);
+            return Delivered::Refused(
+                Reply::new(
+                    421,
+                    "4.7.0",
+                    "this account was suspended or removed, or its password changed",
+                ),
+                "revoked",
+            );
+        }
         // The header decides two refusals before anything is stored: a loop, and a logged-in
         // user writing someone else's address in From.
         let head = read_head(&message.path).await;

@@ -233,6 +233,13 @@ impl Session {
         matches!(self.state, State::Closed)
     }
 
+    /// The logged-in mailbox's address and the password hash it logged in with.
+    pub fn login(&self) -> Option<(String, String)> {
+        self.user
+            .as_ref()
+            .map(|(_, address)| (address.clone(), self.user_hash.clone()))
+    }
+
     /// The logged-in mailbox's address, if any.
     pub fn user(&self) -> Option<&str> {
         self.user.as_ref().map(|(_, a)| a.as_str())
