@@ -469,4 +469,14 @@ async fn a_fetch_cannot_amplify_a_message_in_memory() {
         )
         .await;
     assert!(normal.contains("g OK"), "{:.300}", normal);
+    // SEARCH reads each message once whatever its keys, and takes at most 64 that read it
+    // (a second tester's 9,300 TEXT keys were 48 CPU-minutes a message).
+    let keys = |n: usize| vec!["TEXT xx"; n].join(" ");
+    let many = c.command("h", &format!("SEARCH {}", keys(65))).await;
+    assert!(many.contains("h NO [LIMIT]"), "{many}");
+    let fine = c.command("i", &format!("SEARCH {}", keys(64))).await;
+    assert!(
+        fine.contains("* SEARCH 1") && fine.contains("i OK"),
+        "{fine}"
+    );
 }

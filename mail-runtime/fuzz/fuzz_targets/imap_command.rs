@@ -105,6 +105,7 @@ fuzz_target!(|data: &[u8]| {
                             raw: Some(MESSAGE),
                             sets: &sets,
                             keywords: &[],
+                            contents: Default::default(),
                         };
                         let _ = search::matches(&key, &candidate);
                     }

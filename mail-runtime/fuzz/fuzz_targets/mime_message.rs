@@ -83,6 +83,7 @@ fuzz_target!(|data: &[u8]| {
         raw: Some(data),
         sets: &search::SetCache::default(),
         keywords: &[],
+        contents: Default::default(),
     };
     let _ = search::matches(key(), &candidate);
 });

@@ -20,6 +20,32 @@ pub struct Candidate<'a> {
     pub sets: &'a SetCache,
     /// The folder's keyword table (letter `a + n` is entry `n`).
     pub keywords: &'a [String],
+    /// What the keys learn of the message's contents, once for all of them.
+    pub contents: Contents<'a>,
+}
+
+/// One message's contents as SEARCH reads them, made once whatever the number of keys: every
+/// TEXT or BODY key parsing and lowering a 24 MB message again cost 0.3 s a key, and a command
+/// line holds thousands of keys.
+#[derive(Debug, Default)]
+pub struct Contents<'a> {
+    parsed: std::cell::OnceCell<message::Parsed<'a>>,
+    lowered: std::cell::OnceCell<Vec<u8>>,
+    texts: std::cell::OnceCell<Vec<Vec<u8>>>,
+}
+
+/// Most keys that read a message's contents (text, headers, dates) in one SEARCH.
+pub const MAX_CONTENT_KEYS: usize = 64;
+
+/// How many keys of the tree read the message's contents.
+pub fn content_keys(key: &SearchKey<'_>) -> usize {
+    use SearchKey::*;
+    match key {
+        And(keys) => keys.as_ref().iter().map(content_keys).sum(),
+        Not(k) => content_keys(k),
+        Or(a, b) => content_keys(a) + content_keys(b),
+        k => usize::from(needs_contents(k)),
+    }
 }
 
 /// The sequence sets of one SEARCH, each merged into sorted ranges on first use: a set may list
@@ -62,9 +88,14 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     if needle.len() > haystack.len() {
         return false;
     }
-    let needle = needle.to_ascii_lowercase();
-    let haystack = haystack.to_ascii_lowercase();
-    memchr::memmem::find(&haystack, &needle).is_some()
+    contains_lowered(&haystack.to_ascii_lowercase(), needle)
+}
+
+/// [`contains`] in a haystack already lowered.
+fn contains_lowered(lowered: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty()
+        || (needle.len() <= lowered.len()
+            && memchr::memmem::find(lowered, &needle.to_ascii_lowercase()).is_some())
 }
 
 fn day(secs: i64) -> i64 {
@@ -101,8 +132,8 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
         if !encoded {
             return false;
         }
-        let parsed = message::parse(raw);
-        match message::Node::root(&parsed).and_then(|root| root.header(name)) {
+        let parsed = c.contents.parsed.get_or_init(|| message::parse(raw));
+        match message::Node::root(parsed).and_then(|root| root.header(name)) {
             Some(mail_parser::HeaderValue::Text(t)) => contains(t.as_bytes(), value),
             Some(mail_parser::HeaderValue::Address(a)) => {
                 let text = format!("{a:?}");
@@ -115,7 +146,8 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
         let raw = c.raw?;
         // The Date field's own calendar day, not the UTC one (RFC 9051 s6.4.4: "disregarding
         // time and timezone"): a message sent late on the 3rd in New York was sent on the 3rd.
-        message::parse(raw).date().and_then(|d| {
+        let parsed = c.contents.parsed.get_or_init(|| message::parse(raw));
+        parsed.date().and_then(|d| {
             chrono::NaiveDate::from_ymd_opt(i32::from(d.year), u32::from(d.month), u32::from(d.day))
                 .map(|date| date_day(&date))
         })
@@ -156,10 +188,8 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
         To(v) => header("To", v.as_ref()),
         Subject(v) => header("Subject", v.as_ref()),
         Header(name, v) => header(&String::from_utf8_lossy(name.as_ref()), v.as_ref()),
-        Body(v) => c
-            .raw
-            .is_some_and(|raw| text_matches(raw, v.as_ref(), false)),
-        Text(v) => c.raw.is_some_and(|raw| text_matches(raw, v.as_ref(), true)),
+        Body(v) => text_matches(c, v.as_ref(), false),
+        Text(v) => text_matches(c, v.as_ref(), true),
         #[allow(unreachable_patterns)]
         _ => false,
     }
@@ -198,21 +228,37 @@ fn any_header_value(raw: &[u8], name: &str, mut check: impl FnMut(&[u8]) -> bool
 }
 
 /// BODY and TEXT: the raw bytes (TEXT includes the headers) or the decoded text parts.
-fn text_matches(raw: &[u8], needle: &[u8], with_headers: bool) -> bool {
-    let parsed = message::parse(raw);
-    let Some(root) = message::Node::root(&parsed) else {
-        return contains(raw, needle);
+fn text_matches(c: &Candidate<'_>, needle: &[u8], with_headers: bool) -> bool {
+    let Some(raw) = c.raw else {
+        return false;
     };
-    if with_headers && contains(root.raw_headers(), needle) {
+    let lowered = c.contents.lowered.get_or_init(|| raw.to_ascii_lowercase());
+    let parsed = c.contents.parsed.get_or_init(|| message::parse(raw));
+    let Some(root) = message::Node::root(parsed) else {
+        return contains_lowered(lowered, needle);
+    };
+    // The header and body are slices of `raw`: the same ranges of its lowered copy.
+    let lowered_part = |part: &[u8]| -> Option<&[u8]> {
+        let start = (part.as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
+        lowered.get(start..start + part.len())
+    };
+    let found = |part: &[u8]| match lowered_part(part) {
+        Some(low) => contains_lowered(low, needle),
+        None => contains(part, needle),
+    };
+    if with_headers && found(root.raw_headers()) {
         return true;
     }
-    if contains(root.raw_body(), needle) {
+    if found(root.raw_body()) {
         return true;
     }
-    parsed.text_bodies().any(|t| {
-        t.text_contents()
-            .is_some_and(|t| contains(t.as_bytes(), needle))
-    })
+    let texts = c.contents.texts.get_or_init(|| {
+        parsed
+            .text_bodies()
+            .filter_map(|t| t.text_contents().map(|t| t.as_bytes().to_ascii_lowercase()))
+            .collect()
+    });
+    texts.iter().any(|t| contains_lowered(t, needle))
 }
 
 #[cfg(test)]
@@ -249,6 +295,7 @@ mod tests {
             raw: Some(raw),
             sets: &sets,
             keywords: &[],
+            contents: Default::default(),
         };
         for (criteria, expected) in [
             ("SENTON 3-Nov-2026", true),

@@ -1414,6 +1414,12 @@ impl Session {
             return not_selected();
         };
         let key = SearchKey::And(criteria);
+        if search::content_keys(&key) > search::MAX_CONTENT_KEYS {
+            return no(format!(
+                "[LIMIT] a SEARCH may have at most {} text, header and date keys",
+                search::MAX_CONTENT_KEYS
+            ));
+        }
         let contents = search::needs_contents(&key);
         let metas = selected.messages.clone();
         let keywords = selected.keywords.clone();
@@ -1436,6 +1442,7 @@ impl Session {
                         raw: raw.as_deref(),
                         sets: &sets,
                         keywords: &keywords,
+                        contents: Default::default(),
                     };
                     if search::matches(&key, &candidate) {
                         found.push(if uid { meta.uid } else { i as u32 + 1 });
