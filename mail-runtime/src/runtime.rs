@@ -47,6 +47,9 @@ pub struct Runtime {
     pub outbound: Arc<crate::outbound::Outbound>,
     /// DNS resolvers for delivery and sender checks.
     pub resolvers: Arc<crate::dns::Resolvers>,
+    /// MiB that message bodies being answered (IMAP FETCH) may hold, all sessions together;
+    /// a session waits for its share, and gives it back once the client took the bytes.
+    pub answer_memory: Arc<tokio::sync::Semaphore>,
     connections: Arc<Mutex<Connections>>,
     started: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -107,6 +110,11 @@ impl Drop for ConnectionSlot {
 /// The read timeout of a session not logged in while the server is near its connection limit.
 pub const STRESSED_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What message bodies in flight to clients may hold (see [`Runtime::answer_memory`]): ten
+/// sessions fetching a 24 MB message at once reached 766 MB before there was a bound, past a
+/// pod's 512 MiB.
+pub const ANSWER_MEMORY_MIB: u32 = 160;
+
 impl Runtime {
     /// Opens the store and loads TLS for a config.
     pub fn new(config: ConfigHandle) -> Result<Self> {
@@ -134,6 +142,7 @@ impl Runtime {
             pop3_locks: Arc::new(Mutex::new(std::collections::HashSet::new())),
             outbound: Arc::new(outbound),
             resolvers: Arc::new(crate::dns::Resolvers::default()),
+            answer_memory: Arc::new(tokio::sync::Semaphore::new(ANSWER_MEMORY_MIB as usize)),
             connections: Arc::new(Mutex::new(Connections::default())),
             started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })

@@ -480,3 +480,46 @@ async fn a_fetch_cannot_amplify_a_message_in_memory() {
         "{fine}"
     );
 }
+
+/// Found by a second outside tester: ten sessions each asking for a 24 MB message and reading
+/// nothing held 766 MB (each had the message, its answer and a copy). Message bodies in flight
+/// to clients share one bound across sessions; a session waits for its share.
+#[tokio::test]
+async fn many_sessions_fetching_a_large_message_share_one_memory_bound() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    while big.len() < 20 * 1024 * 1024 {
+        big.extend_from_slice(&[b'y'; 998]);
+        big.extend_from_slice(b"\r\n");
+    }
+    let mut c = Client::login(&dev, BOB).await;
+    let append = c.command_with_literal("a", "APPEND INBOX", &big).await;
+    assert!(append.contains("a OK"), "{append:.200}");
+    let before = proc_status(dev.pid(), "VmHWM:");
+    let mut sessions = Vec::new();
+    for _ in 0..8 {
+        let mut s = Client::login(&dev, BOB).await;
+        assert!(s.command("s", "SELECT INBOX").await.contains("s OK"));
+        s.send(b"f FETCH 1 BODY.PEEK[]\r\n").await;
+        sessions.push(s);
+    }
+    // Nobody reads for a while: what the server holds meanwhile is bounded.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let held = proc_status(dev.pid(), "VmHWM:").saturating_sub(before);
+    // Then everyone reads, and gets the whole message.
+    for mut s in sessions {
+        let answer = s.until_tagged("f").await;
+        assert!(answer.contains("f OK"), "{:.200}", answer);
+        assert!(
+            answer.len() > big.len(),
+            "a short answer: {} bytes",
+            answer.len()
+        );
+    }
+    println!(
+        "8 sessions fetching a 20 MiB message without reading: peak RSS +{} MiB",
+        held / 1024
+    );
+    assert!(held < 256 * 1024, "peak RSS grew by {held} KiB");
+}

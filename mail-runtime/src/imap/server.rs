@@ -54,6 +54,8 @@ const AUTHENTICATE_LINE_LIMIT: usize = 8 * 1024;
 const AUTHENTICATED_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How often an idle session looks whether its account was suspended or changed.
 const REVOCATION_CHECK: Duration = Duration::from_secs(1);
+/// Longest a client may take to read what the server sent.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bytes of FETCH answers rendered before they go to the client.
 const RENDER_CHUNK: usize = 4 * 1024 * 1024;
 /// Messages read per blocking batch in FETCH.
@@ -267,11 +269,25 @@ impl Session {
         self.out.extend_from_slice(text.as_ref());
     }
 
+    /// Sends what is buffered. A client that takes none of it for two minutes is gone (or
+    /// holding the server's memory hostage): the session ends.
     async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
-            self.conn.write_all(&self.out).await?;
-            self.conn.flush().await?;
-            self.out.clear();
+            let write = async {
+                self.conn.write_all(&self.out).await?;
+                self.conn.flush().await
+            };
+            tokio::time::timeout(WRITE_TIMEOUT, write)
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "the client reads nothing")
+                })??;
+            // A large answer's buffer is not kept by a session that goes quiet after it.
+            if self.out.capacity() > 1 << 20 {
+                self.out = Vec::new();
+            } else {
+                self.out.clear();
+            }
         }
         Ok(())
     }
@@ -1252,6 +1268,28 @@ impl Session {
             while !pending.is_empty() {
                 let (name, items, keywords) = (folder.clone(), items.clone(), keywords.clone());
                 let chunk = std::mem::take(&mut pending);
+                // This session's share of the answer memory: the chunk's output, the largest
+                // message read, its answer (at most twice it) and one more in the flush.
+                let largest = chunk
+                    .iter()
+                    .map(|(_, m, _)| m.size)
+                    .max()
+                    .unwrap_or_default();
+                let mib = if needs_contents {
+                    (largest.saturating_mul(3) + (RENDER_CHUNK as u64) * 2).div_ceil(1 << 20)
+                } else {
+                    1
+                };
+                let share = mib.min(u64::from(crate::runtime::ANSWER_MEMORY_MIB)) as u32;
+                let Ok(_share) = self
+                    .runtime
+                    .answer_memory
+                    .clone()
+                    .acquire_many_owned(share)
+                    .await
+                else {
+                    return Ok(no("[UNAVAILABLE] the server is stopping"));
+                };
                 let rendered = self
                     .blocking(move |s, m| {
                         let mut out = Vec::new();
@@ -1289,16 +1327,19 @@ impl Session {
                     .await;
                 match rendered {
                     Ok((bytes, gone, over, rest)) => {
-                        self.out.extend_from_slice(&bytes);
+                        if self.out.is_empty() {
+                            self.out = bytes;
+                        } else {
+                            self.out.extend_from_slice(&bytes);
+                        }
                         expunged_meanwhile |= gone;
                         over_budget |= over;
                         pending = rest;
                     }
                     Err(e) => return Ok(Err(store_failure(&e))),
                 }
-                if self.out.len() > 256 * 1024 {
-                    self.flush().await?;
-                }
+                // Sent while the share is held: the memory is free once the client has it.
+                self.flush().await?;
             }
         }
         if over_budget {
