@@ -44,6 +44,7 @@ fn folder() -> Selected {
             uid_validity: 1,
             uid_next: 13,
             messages,
+            keywords: vec!["$Junk".into(), "work".into()],
         },
     )
 }
