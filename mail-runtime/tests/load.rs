@@ -274,10 +274,11 @@ async fn literal_flood(
     .map_err(|_| "connect timed out".to_string())?
     .map_err(|e| e.to_string())?;
     let mut greeting = [0u8; 256];
-    let _ = stream
-        .read(&mut greeting)
+    tokio::time::timeout(Duration::from_secs(30), stream.read(&mut greeting))
         .await
+        .map_err(|_| format!("no greeting to {source} within 30 s"))?
         .map_err(|e| e.to_string())?;
+    drop(gate);
     let mut chunk = b" {8000+}\r\n".to_vec();
     chunk.resize(chunk.len() + 8000, b'x');
     let mut sent = 0;
