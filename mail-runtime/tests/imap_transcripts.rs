@@ -587,6 +587,20 @@ async fn lsub_shows_unsubscribed_parents_and_selected_state_commands_need_a_fold
     assert!(!top.contains("Work/2026"), "{top}");
     let all = c.command("a", "LSUB \"\" *").await;
     assert!(all.contains("\"Work/2026\""), "{all}");
+    // Issue 15 item 8 (part): STATUS with SIZE (RFC 8438) and DELETED.
+    let appended = c
+        .command_with_literal(
+            "p",
+            "APPEND INBOX (\\Deleted)",
+            b"Subject: s\r\n\r\n12345\r\n",
+        )
+        .await;
+    assert!(appended.contains("p OK"), "{appended}");
+    let status = c.command("t", "STATUS INBOX (MESSAGES SIZE DELETED)").await;
+    assert!(
+        status.contains("(MESSAGES 1 SIZE 21 DELETED 1)"),
+        "{status}"
+    );
     // A name longer than a directory name may be is refused as a name, not a storage failure.
     let long = c.command("n", &format!("CREATE {}", "x".repeat(300))).await;
     assert!(long.contains("n NO [CANNOT]"), "{long}");

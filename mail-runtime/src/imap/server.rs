@@ -260,6 +260,7 @@ impl Session {
                 "QUOTA=RES-STORAGE",
                 "BINARY",
                 "ESEARCH",
+                "STATUS=SIZE",
             ]);
         }
         caps.join(" ")
@@ -971,6 +972,10 @@ impl Session {
                         .filter(|m| m.flags.contains('T'))
                         .map(|m| m.size)
                         .sum::<u64>()
+                ),
+                StatusDataItemName::Size => format!(
+                    "SIZE {}",
+                    index.messages.iter().map(|m| m.size).sum::<u64>()
                 ),
                 #[allow(unreachable_patterns)]
                 _ => continue,
