@@ -67,45 +67,105 @@ fn nesting(message: &Message<'_>) -> usize {
 const MAX_STRUCTURE: usize = 100_000;
 
 /// Why a message is not parsed into a tree, found in one pass over its lines without building
-/// anything: too many things to build (see [`MAX_STRUCTURE`]), or more content types that can
-/// start a nested message (`message/rfc822`, `message/global`, `multipart/digest` whose parts
-/// default to messages) than twice the depth limit: a tree of 100,000 levels costs ~100 MB to
-/// build only to be thrown away. Only header-like lines count (a name, a colon), so a body that
-/// talks about messages is parsed as usual. Transfer-encoded nested messages hide from this
-/// scan; [`nesting`] still catches them after parsing.
+/// anything:
+/// - too many things to build (see [`MAX_STRUCTURE`]): header fields and their folded lines,
+///   addresses, parameters and encoded words in header blocks, part boundaries, and body lines
+///   that look like fields (a part header this scan did not take for one);
+/// - more content types that can start a nested message (`message/rfc822`, `message/global`,
+///   `multipart/digest` whose parts default to messages) than twice the depth limit: a tree of
+///   100,000 levels costs ~100 MB to build only to be thrown away;
+/// - a nested message that is transfer-encoded (RFC 2046 s5.2.1 forbids it): mail-parser
+///   parses its decoded bytes, invisible here, and copies the tree it builds recursively, so
+///   100,000 levels under base64 overflow the stack inside mail-parser itself.
+///
+/// Header blocks are the top one, the one after each `--` line, and the one right after a
+/// nested message's (its own header), which is where mail-parser reads fields.
 fn too_complex(bytes: &[u8], levels: usize) -> Option<&'static str> {
+    #[derive(Default)]
+    struct Block {
+        has_type: bool,
+        nested: bool,
+        encoded: bool,
+    }
     let (mut structure, mut nesting_types) = (0usize, 0usize);
-    let mut in_field = false;
+    let mut digest_seen = false;
+    let mut in_block = true;
+    let mut block = Block::default();
+    // The Content-Type or Content-Transfer-Encoding field being read, lowered, without
+    // whitespace (bounded: the tokens that matter are short).
+    let mut field: Option<Vec<u8>> = None;
+    let mut finish = |field: &mut Option<Vec<u8>>, block: &mut Block, digest: &mut bool| -> usize {
+        let Some(f) = field.take() else {
+            return 0;
+        };
+        let has = |needle: &[u8]| f.windows(needle.len()).any(|w| w == needle);
+        if f.starts_with(b"content-type:") {
+            block.has_type = true;
+            if has(b"message/") {
+                block.nested = true;
+                return 1;
+            }
+            if has(b"/digest") {
+                *digest = true;
+                return 1;
+            }
+        } else if has(b"base64") || has(b"quoted-printable") {
+            block.encoded = true;
+        }
+        0
+    };
+    let tokens = |line: &[u8]| {
+        line.iter()
+            .filter(|b| matches!(b, b',' | b'@' | b';'))
+            .count()
+            + line.windows(2).filter(|w| w == b"=?").count()
+    };
     for line in bytes.split(|b| *b == b'\n') {
-        // Any line with a colon may be a field to mail-parser (`X : y` is one, with a space
-        // before the colon), so every such line counts, in bodies too: a body with a hundred
-        // thousand of them is served opaque, which loses nothing but its structure.
-        let field = if line.starts_with(b"--") {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.starts_with(b"--") {
             structure += 1;
-            false
+            nesting_types += finish(&mut field, &mut block, &mut digest_seen);
+            in_block = true;
+            block = Block::default();
+        } else if !in_block {
+            structure += usize::from(line.contains(&b':'));
+        } else if line.is_empty() {
+            nesting_types += finish(&mut field, &mut block, &mut digest_seen);
+            let defaults_to_message = !block.has_type && digest_seen;
+            if block.encoded && (block.nested || defaults_to_message) {
+                return Some("a transfer-encoded nested message");
+            }
+            // A nested message's own header follows its part's.
+            in_block = block.nested || defaults_to_message;
+            block = Block::default();
         } else if line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
             // A folded line costs mail-parser a token or two of its own (6 million of them in
             // one field took a FETCH to 390 MB).
-            structure += usize::from(in_field);
-            in_field
+            structure += 1 + tokens(line);
+            if let Some(f) = field.as_mut()
+                && f.len() < 1024
+            {
+                f.extend(
+                    line.iter()
+                        .filter(|b| !b.is_ascii_whitespace())
+                        .map(u8::to_ascii_lowercase),
+                );
+            }
         } else {
-            let is_field = line.contains(&b':');
-            structure += usize::from(is_field);
-            is_field
-        };
-        in_field = field;
-        if field {
-            structure += line
+            nesting_types += finish(&mut field, &mut block, &mut digest_seen);
+            // Any line with a colon is a field to mail-parser (`X : y` is one too).
+            structure += 1 + tokens(line);
+            let lowered: Vec<u8> = line
                 .iter()
-                .filter(|b| matches!(b, b',' | b'@' | b';'))
-                .count()
-                + line.windows(2).filter(|w| w == b"=?").count();
-            nesting_types += line
-                .windows(8)
-                .filter(|w| {
-                    w.eq_ignore_ascii_case(b"message/") || w[..7].eq_ignore_ascii_case(b"/digest")
-                })
-                .count();
+                .take(1024)
+                .filter(|b| !b.is_ascii_whitespace())
+                .map(u8::to_ascii_lowercase)
+                .collect();
+            if lowered.starts_with(b"content-type:")
+                || lowered.starts_with(b"content-transfer-encoding:")
+            {
+                field = Some(lowered);
+            }
         }
         if structure > MAX_STRUCTURE {
             return Some("too many parts, header fields or addresses");
@@ -799,6 +859,31 @@ AAEC\r\n\
         );
         let parsed = parse(m.as_bytes());
         assert!(nesting(&parsed) <= usize::from(MAX_DEPTH));
+        // 100,000 levels under base64 (a reviewer found mail-parser's own copy of the decoded
+        // tree overflowing the stack before any check), and the same behind quoted-printable
+        // and as a digest's default-typed part: one opaque part, at once.
+        let deep = b"Content-Type: message/rfc822\r\n\r\n".repeat(100_000);
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&deep);
+        for m in [
+            format!(
+                "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n{encoded}\r\n"
+            ),
+            format!(
+                "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: Message/RFC822\r\nContent-Transfer-Encoding:\r\n Quoted-Printable\r\n\r\nx\r\n--b--\r\n"
+            ),
+            format!(
+                "Content-Type: multipart/digest; boundary=d\r\n\r\n--d\r\nContent-Transfer-Encoding: base64\r\n\r\n{encoded}\r\n--d--\r\n"
+            ),
+        ] {
+            let parsed = parse(m.as_bytes());
+            assert_eq!(parsed.parts.len(), 1, "{:.120}", m);
+        }
+        // A forwarded message attached as it is, beside a base64 image, is parsed as usual.
+        let normal = "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\
+Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nhi\r\n--b\r\n\
+Content-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n\r\nAAAA\r\n--b--\r\n";
+        let parsed = parse(normal.as_bytes());
+        assert!(parsed.parts.len() > 2, "{:?}", parsed.parts.len());
     }
 
     fn render(f: impl FnOnce(&mut Vec<u8>)) -> String {
