@@ -94,7 +94,7 @@ fn too_complex(bytes: &[u8], levels: usize) -> Option<&'static str> {
     // The Content-Type or Content-Transfer-Encoding field being read, lowered, without
     // whitespace (bounded: the tokens that matter are short).
     let mut field: Option<Vec<u8>> = None;
-    let mut finish = |field: &mut Option<Vec<u8>>, block: &mut Block, digest: &mut bool| -> usize {
+    let finish = |field: &mut Option<Vec<u8>>, block: &mut Block, digest: &mut bool| -> usize {
         let Some(f) = field.take() else {
             return 0;
         };
@@ -868,9 +868,7 @@ AAEC\r\n\
             format!(
                 "Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n{encoded}\r\n"
             ),
-            format!(
-                "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: Message/RFC822\r\nContent-Transfer-Encoding:\r\n Quoted-Printable\r\n\r\nx\r\n--b--\r\n"
-            ),
+            "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: Message/RFC822\r\nContent-Transfer-Encoding:\r\n Quoted-Printable\r\n\r\nx\r\n--b--\r\n".to_string(),
             format!(
                 "Content-Type: multipart/digest; boundary=d\r\n\r\n--d\r\nContent-Transfer-Encoding: base64\r\n\r\n{encoded}\r\n--d--\r\n"
             ),
