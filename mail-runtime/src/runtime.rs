@@ -50,6 +50,8 @@ pub struct Runtime {
     /// MiB that message bodies being answered (IMAP FETCH) may hold, all sessions together;
     /// a session waits for its share, and gives it back once the client took the bytes.
     pub answer_memory: Arc<tokio::sync::Semaphore>,
+    /// Each mailbox's part of `answer_memory` in use.
+    pub answer_shares: Arc<AnswerShares>,
     connections: Arc<Mutex<Connections>>,
     started: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -115,6 +117,29 @@ pub const STRESSED_TIMEOUT: Duration = Duration::from_secs(10);
 /// pod's 512 MiB.
 pub const ANSWER_MEMORY_MIB: u32 = 160;
 
+/// Most of [`ANSWER_MEMORY_MIB`] one mailbox's sessions may hold together: enough for one
+/// answer of the largest message, and the rest is left for everybody else.
+pub const ANSWER_MIB_PER_MAILBOX: u32 = 96;
+
+/// Each mailbox's part of the answer memory: a semaphore of [`ANSWER_MIB_PER_MAILBOX`] per
+/// mailbox that has fetched (the map holds one entry per such mailbox).
+#[derive(Debug, Default)]
+pub struct AnswerShares(Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>);
+
+impl AnswerShares {
+    /// `mailbox`'s semaphore.
+    pub fn of(&self, mailbox: &str) -> Arc<tokio::sync::Semaphore> {
+        self.0
+            .lock()
+            .expect("answer shares")
+            .entry(mailbox.to_string())
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Semaphore::new(ANSWER_MIB_PER_MAILBOX as usize))
+            })
+            .clone()
+    }
+}
+
 impl Runtime {
     /// Opens the store and loads TLS for a config.
     pub fn new(config: ConfigHandle) -> Result<Self> {
@@ -143,6 +168,7 @@ impl Runtime {
             outbound: Arc::new(outbound),
             resolvers: Arc::new(crate::dns::Resolvers::default()),
             answer_memory: Arc::new(tokio::sync::Semaphore::new(ANSWER_MEMORY_MIB as usize)),
+            answer_shares: Arc::new(AnswerShares::default()),
             connections: Arc::new(Mutex::new(Connections::default())),
             started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })

@@ -54,7 +54,9 @@ const AUTHENTICATE_LINE_LIMIT: usize = 8 * 1024;
 const AUTHENTICATED_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// How often an idle session looks whether its account was suspended or changed.
 const REVOCATION_CHECK: Duration = Duration::from_secs(1);
-/// Longest a client may take to read what the server sent.
+/// Longest a FETCH waits for its share of the answer memory.
+const ANSWER_WAIT: Duration = Duration::from_secs(30);
+/// Longest a client may take to read the next 64 KiB of what the server sent.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bytes of FETCH answers rendered before they go to the client.
 const RENDER_CHUNK: usize = 4 * 1024 * 1024;
@@ -274,15 +276,17 @@ impl Session {
     /// holding the server's memory hostage): the session ends.
     async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
-            let write = async {
-                self.conn.write_all(&self.out).await?;
-                self.conn.flush().await
-            };
-            tokio::time::timeout(WRITE_TIMEOUT, write)
+            // The timeout is for progress, not for the whole answer: a phone on a slow link
+            // takes minutes for a large message, a client that takes nothing is gone.
+            let stalled = || io::Error::new(io::ErrorKind::TimedOut, "the client reads nothing");
+            for piece in self.out.chunks(64 * 1024) {
+                tokio::time::timeout(WRITE_TIMEOUT, self.conn.write_all(piece))
+                    .await
+                    .map_err(|_| stalled())??;
+            }
+            tokio::time::timeout(WRITE_TIMEOUT, self.conn.flush())
                 .await
-                .map_err(|_| {
-                    io::Error::new(io::ErrorKind::TimedOut, "the client reads nothing")
-                })??;
+                .map_err(|_| stalled())??;
             // A large answer's buffer is not kept by a session that goes quiet after it.
             if self.out.capacity() > 1 << 20 {
                 self.out = Vec::new();
@@ -908,7 +912,7 @@ impl Session {
             line.extend_from_slice(b"\r\n");
             self.send(line);
         }
-        if subscribed_only {
+        if subscribed_only && full.contains('%') {
             // RFC 3501 s6.3.9: with `%`, a subscribed `foo/bar` under an unsubscribed `foo`
             // shows as `foo`, flagged \Noselect.
             let mut parents: Vec<String> = Vec::new();
@@ -1081,6 +1085,8 @@ impl Session {
         let stored = self
             .blocking(move |s, m| {
                 letters.push_str(&s.keyword_letters(&m, &folder, &keywords)?);
+                // Maildir's info letters in ASCII order.
+                let letters = FlagChange::Replace(letters).apply("");
                 let mut spool = s.spool()?;
                 spool.write(&bytes)?;
                 let spooled = spool.finish()?;
@@ -1286,14 +1292,23 @@ impl Session {
                     1
                 };
                 let share = mib.min(u64::from(crate::runtime::ANSWER_MEMORY_MIB)) as u32;
-                let Ok(_share) = self
-                    .runtime
-                    .answer_memory
-                    .clone()
-                    .acquire_many_owned(share)
-                    .await
-                else {
-                    return Ok(no("[UNAVAILABLE] the server is stopping"));
+                // One mailbox may hold at most part of the pool, and nobody waits for it long:
+                // a user's sessions that read nothing must not stall everyone's mail.
+                let address = self
+                    .user
+                    .as_ref()
+                    .map(|u| u.address.clone())
+                    .unwrap_or_default();
+                let mailbox = self.runtime.answer_shares.of(&address);
+                let mine = share.min(crate::runtime::ANSWER_MIB_PER_MAILBOX);
+                let memory = self.runtime.answer_memory.clone();
+                let shares = async {
+                    let mine = mailbox.acquire_many_owned(mine).await?;
+                    let pool = memory.acquire_many_owned(share).await?;
+                    Ok::<_, tokio::sync::AcquireError>((mine, pool))
+                };
+                let Ok(Ok(_shares)) = tokio::time::timeout(ANSWER_WAIT, shares).await else {
+                    return Ok(no("[UNAVAILABLE] the server is busy, try again shortly"));
                 };
                 let rendered = self
                     .blocking(move |s, m| {
@@ -1588,6 +1603,10 @@ impl Session {
         self.flush().await?;
         let mut buf = vec![0u8; 1024];
         let deadline = tokio::time::Instant::now() + AUTHENTICATED_TIMEOUT;
+        // One clock for the whole IDLE: mail arriving more often than once a second must not
+        // keep putting the suspension check off.
+        let mut check = tokio::time::interval(REVOCATION_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // DONE may already be buffered.
             if let Some(FragmentInfo::Line { .. }) = self.frag.progress() {
@@ -1630,7 +1649,7 @@ impl Session {
                     return Ok(());
                 }
                 // A config reload may have suspended the account: looked at every second.
-                () = tokio::time::sleep(REVOCATION_CHECK) => {
+                _ = check.tick() => {
                     if self.revoked() {
                         self.end_revoked();
                         return Ok(());

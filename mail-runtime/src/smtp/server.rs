@@ -242,12 +242,22 @@ impl Driver {
         }
         // The header decides two refusals before anything is stored: a loop, and a logged-in
         // user writing someone else's address in From.
-        let head = read_head(&message.path).await;
+        let Some(head) = read_head(&message.path).await else {
+            let _ = std::fs::remove_file(&message.path);
+            return Delivered::Failed(StoreError::Io(io::Error::other(
+                "the spooled message cannot be read back",
+            )));
+        };
         if let Some(reply) = policy::loop_check(&head, &config, &delivery.forwarded_by) {
             let _ = std::fs::remove_file(&message.path);
             return Delivered::Refused(reply, "loop");
         }
-        if let Some(user) = delivery.user
+        // The mailbox as the config in force knows it (a reload may have moved its index).
+        let user = delivery.user.and_then(|_| {
+            let (address, hash) = session.login()?;
+            config.still_serves(&address, &hash, LOGIN_PROTOCOL)
+        });
+        if let Some(user) = user
             && let Some(reply) = policy::author_check(&head, &config, user)
         {
             let _ = std::fs::remove_file(&message.path);
@@ -334,14 +344,13 @@ impl Driver {
 /// The header block of a spooled message, whole: the session refused any over
 /// [`MAX_HEADER_BYTES`](super::session::MAX_HEADER_BYTES), and a From placed after a long run of
 /// other fields must still be seen by the checks.
-async fn read_head(path: &std::path::Path) -> Vec<u8> {
+async fn read_head(path: &std::path::Path) -> Option<Vec<u8>> {
     use tokio::io::AsyncReadExt;
     // Our own Received field comes on top of what the client sent.
     let most = super::session::MAX_HEADER_BYTES + 16 * 1024;
     let mut head = Vec::new();
-    if let Ok(file) = tokio::fs::File::open(path).await {
-        let _ = file.take(most).read_to_end(&mut head).await;
-    }
+    let file = tokio::fs::File::open(path).await.ok()?;
+    file.take(most).read_to_end(&mut head).await.ok()?;
     let end = (0..head.len())
         .find_map(|i| {
             let rest = &head[i..];
@@ -355,7 +364,7 @@ async fn read_head(path: &std::path::Path) -> Vec<u8> {
         })
         .unwrap_or(head.len());
     head.truncate(end);
-    head
+    Some(head)
 }
 
 /// The queue's envelope for a message's remote recipients. Mail from outside that a mailbox

@@ -568,25 +568,30 @@ impl Store for Maildir {
         let source = self.existing(mailbox, from)?;
         let target = self.existing(mailbox, to)?;
         let _ = self.mailbox_usage(mailbox)?;
-        // Keyword letters are per folder: the target's letters for the source's keywords.
+        // Keyword letters are per folder: the target's letters for the keywords the copied
+        // messages carry (only those: a Trash that took every folder's whole table would run
+        // out of its 26 letters and refuse every move).
         let source_keywords = read_keywords(&source);
-        let target_letters = self.letters_for(
-            &target,
-            &source_keywords
-                .iter()
-                .filter(|k| !k.is_empty())
-                .cloned()
-                .collect::<Vec<_>>(),
-        )?;
-        let mut translate: HashMap<char, char> = HashMap::new();
-        for ((n, _), letter) in source_keywords
-            .iter()
-            .enumerate()
-            .filter(|(_, k)| !k.is_empty())
-            .zip(target_letters.chars())
-        {
-            translate.extend(super::keyword_letter(n).map(|from| (from, letter)));
+        let mut carried: Vec<(char, String)> = Vec::new();
+        for m in messages {
+            for letter in m.flags.chars().filter(char::is_ascii_lowercase) {
+                let name = source_keywords
+                    .get(usize::from(letter as u8 - b'a'))
+                    .filter(|k| !k.is_empty());
+                if let Some(name) = name
+                    && !carried.iter().any(|(l, _)| *l == letter)
+                {
+                    carried.push((letter, name.clone()));
+                }
+            }
         }
+        let names: Vec<String> = carried.iter().map(|(_, n)| n.clone()).collect();
+        let target_letters = self.letters_for(&target, &names)?;
+        let translate: HashMap<char, char> = carried
+            .iter()
+            .map(|(l, _)| *l)
+            .zip(target_letters.chars())
+            .collect();
         let (validity, first) = self.allocate(mailbox, to, &target, messages.len() as u32)?;
         let mut uids = Vec::new();
         let mut subs = std::collections::BTreeSet::new();
