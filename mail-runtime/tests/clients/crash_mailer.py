@@ -11,6 +11,8 @@ usage: crash_mailer.py imap   HOST IMAPS_PORT USER PASSWORD JOURNAL FIRST_ID
          prints JSON {"uidvalidity": V, "messages": [{"uid": U, "id": N, "intact": bool}]}.
 Journal lines (JSON, flushed one by one):
   {"op": "append", "id": N, "uid": U, "uidvalidity": V}   APPEND answered OK [APPENDUID]
+  {"op": "expunging", "id": N, "uid": U}                  UID STORE \\Deleted answered OK, UID
+                                                          EXPUNGE about to be sent
   {"op": "expunge", "id": N, "uid": U}                    UID EXPUNGE answered OK
   {"op": "delivered", "id": N}                            SMTP answered 250
   {"op": "quitting", "ids": [...]}                        POP3 QUIT about to be sent
@@ -77,6 +79,7 @@ def imap_loop(host, port, user, password, journal, first):
             victim, victim_uid = live.pop(0)
             typ, data = imap.uid("STORE", str(victim_uid), "+FLAGS.SILENT", "(\\Deleted)")
             assert typ == "OK", data
+            write(op="expunging", id=victim, uid=victim_uid)
             typ, data = imap.uid("EXPUNGE", str(victim_uid))
             assert typ == "OK", data
             write(op="expunge", id=victim, uid=victim_uid)
