@@ -14,6 +14,7 @@ pub mod auth;
 pub mod config;
 pub mod dev;
 pub mod dns;
+pub mod header;
 pub mod http;
 pub mod imap;
 pub mod metrics;

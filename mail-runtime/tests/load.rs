@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Dev, client_script, patch_config, run};
+use common::{Dev, client_script, patch_config, proc_status, run};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpSocket, TcpStream},
@@ -23,15 +23,6 @@ use tokio::{
 };
 
 const BOB: &str = "bob@example.test";
-
-fn proc_status(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("/proc status")
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("the field")
-}
 
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -50,6 +41,29 @@ fn set_limits(dev: &Dev, max_connections: usize) {
     });
 }
 
+/// Connects from `source` to the runtime's `port` on loopback and reads its greeting, each
+/// within 20 s (a connection the kernel dropped from an overflowing backlog waits forever).
+async fn connect_from(source: IpAddr, port: u16) -> Result<(TcpStream, Vec<u8>), String> {
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(20),
+        socket.connect(SocketAddr::from(([127, 0, 0, 1], port))),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_string())?
+    .map_err(|e| e.to_string())?;
+    let mut greeting = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut greeting))
+        .await
+        .map_err(|_| format!("no greeting to {source} within 20 s"))?
+        .map_err(|e| e.to_string())?;
+    greeting.truncate(n);
+    Ok((stream, greeting))
+}
+
 /// Opens one slowloris connection: reads the greeting, sends half a command, keeps the socket.
 async fn slowloris(i: usize, ports: [u16; 3]) -> Result<TcpStream, String> {
     let address = i / 100;
@@ -64,26 +78,13 @@ async fn slowloris(i: usize, ports: [u16; 3]) -> Result<TcpStream, String> {
         1 => (ports[1], b"* OK", b"a1 LOGIN {5000}\r\n"),
         _ => (ports[2], b"+OK", b"USER bo"),
     };
-    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    socket
-        .bind(SocketAddr::new(source, 0))
-        .map_err(|e| format!("bind {source}: {e}"))?;
-    let mut stream = tokio::time::timeout(
-        Duration::from_secs(20),
-        socket.connect(SocketAddr::from(([127, 0, 0, 1], port))),
-    )
-    .await
-    .map_err(|_| format!("connection {i}: connect timed out"))?
-    .map_err(|e| format!("connection {i}: {e}"))?;
-    let mut greeting = [0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut greeting))
+    let (mut stream, greeting) = connect_from(source, port)
         .await
-        .map_err(|_| format!("connection {i}: no greeting"))?
-        .map_err(|e| e.to_string())?;
-    if !greeting[..n].starts_with(expected) {
+        .map_err(|e| format!("connection {i}: {e}"))?;
+    if !greeting.starts_with(expected) {
         return Err(format!(
             "connection {i}: greeting {:?}",
-            String::from_utf8_lossy(&greeting[..n])
+            String::from_utf8_lossy(&greeting)
         ));
     }
     stream.write_all(half).await.map_err(|e| e.to_string())?;
@@ -262,22 +263,7 @@ async fn literal_flood(
     // under test, and a connection the kernel dropped from an overflowing backlog would wait
     // for a greeting forever (CI hung on one).
     let gate = connects.acquire_owned().await.map_err(|e| e.to_string())?;
-    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    socket
-        .bind(SocketAddr::new(source, 0))
-        .map_err(|e| format!("bind {source}: {e}"))?;
-    let mut stream = tokio::time::timeout(
-        Duration::from_secs(20),
-        socket.connect(SocketAddr::from(([127, 0, 0, 1], port))),
-    )
-    .await
-    .map_err(|_| "connect timed out".to_string())?
-    .map_err(|e| e.to_string())?;
-    let mut greeting = [0u8; 256];
-    tokio::time::timeout(Duration::from_secs(30), stream.read(&mut greeting))
-        .await
-        .map_err(|_| format!("no greeting to {source} within 30 s"))?
-        .map_err(|e| e.to_string())?;
+    let (mut stream, _greeting) = connect_from(source, port).await?;
     drop(gate);
     let mut chunk = b" {8000+}\r\n".to_vec();
     chunk.resize(chunk.len() + 8000, b'x');

@@ -14,19 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Dev, Raw, imap::Client, patch_config};
+use common::{Dev, Raw, imap::Client, patch_config, proc_status};
 
 const ALICE: &str = "alice@example.test";
 const BOB: &str = "bob@example.test";
-
-fn proc_status(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("/proc status")
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("the field")
-}
 
 /// Delivers `message` to `to` on port 25, as any outside sender can.
 fn deliver_from_outside(dev: &Dev, to: &str, message: &[u8]) -> String {

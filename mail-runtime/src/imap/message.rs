@@ -210,29 +210,7 @@ fn opaque(bytes: &[u8]) -> Message<'_> {
         .map(|p| p.headers)
         .unwrap_or_default();
     let end = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-    // The body starts after the first empty line (CRLF or bare LF endings), which may be the
-    // very first line.
-    let leading = if bytes.starts_with(b"\r\n") {
-        Some(2)
-    } else if bytes.starts_with(b"\n") {
-        Some(1)
-    } else {
-        None
-    };
-    let body_start = leading
-        .or_else(|| {
-            (0..bytes.len()).find_map(|i| {
-                let rest = &bytes[i..];
-                if rest.starts_with(b"\r\n\r\n") {
-                    Some(i + 4)
-                } else if rest.starts_with(b"\n\n") {
-                    Some(i + 2)
-                } else {
-                    None
-                }
-            })
-        })
-        .unwrap_or(bytes.len());
+    let body_start = crate::header::split(bytes).map_or(bytes.len(), |(_, body)| body);
     let offset_body = u32::try_from(body_start).unwrap_or(end).min(end);
     Message {
         parts: vec![MessagePart {

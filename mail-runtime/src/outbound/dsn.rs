@@ -117,12 +117,7 @@ fn one_line(s: &str) -> String {
 
 /// The header block of a message (up to the blank line), at most 64 KiB.
 pub fn header_of(message: &[u8]) -> &[u8] {
-    let end = message
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 2)
-        .or_else(|| message.windows(2).position(|w| w == b"\n\n").map(|i| i + 1))
-        .unwrap_or(message.len());
+    let end = crate::header::split(message).map_or(message.len(), |(header, _)| header);
     &message[..end.min(64 * 1024)]
 }
 

@@ -351,18 +351,7 @@ async fn read_head(path: &std::path::Path) -> Option<Vec<u8>> {
     let mut head = Vec::new();
     let file = tokio::fs::File::open(path).await.ok()?;
     file.take(most).read_to_end(&mut head).await.ok()?;
-    let end = (0..head.len())
-        .find_map(|i| {
-            let rest = &head[i..];
-            if rest.starts_with(b"\r\n\r\n") {
-                Some(i + 2)
-            } else if rest.starts_with(b"\n\n") {
-                Some(i + 1)
-            } else {
-                None
-            }
-        })
-        .unwrap_or(head.len());
+    let end = crate::header::split(&head).map_or(head.len(), |(header, _)| header);
     head.truncate(end);
     Some(head)
 }

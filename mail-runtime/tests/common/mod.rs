@@ -249,3 +249,13 @@ pub fn patch_config(dev: &Dev, revision: &str, patch: impl FnOnce(&mut serde_yam
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A number from a process's `/proc/PID/status` (`VmRSS:`, `VmHWM:`, `Threads:`), in its unit.
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("/proc status")
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("the field")
+}
