@@ -220,8 +220,13 @@ async fn a_domain_with_mailboxes_is_rendered_changed_and_cleaned_up() {
     assert_eq!(raw.relay.client_networks, ["10.42.0.0/16"]);
     mail_runtime::config::Config::parse(&yaml).expect("the runtime accepts the rendered config");
 
+    // The config Secret is applied before the Deployment (and the Services between them): the
+    // Deployment follows within the same reconcile, not necessarily before the check above.
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let deployment = deployments.get("example-mail").await.expect("Deployment");
+    let deployment = eventually("the Deployment", || async {
+        deployments.get_opt("example-mail").await.ok().flatten()
+    })
+    .await;
     let pod = deployment.spec.template.spec.clone().expect("pod spec");
     let container = &pod.containers[0];
     assert_eq!(

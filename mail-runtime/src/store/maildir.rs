@@ -596,6 +596,11 @@ impl Store for Maildir {
         let mut uids = Vec::new();
         let mut subs = std::collections::BTreeSet::new();
         let mut next = first;
+        // No flag change or expunge in the source between finding a file and linking it (the
+        // stress test caught a rename in that gap: a storage error for a plain UID COPY). No
+        // other lock is taken while this one is held.
+        let lock = self.folder_lock(&source);
+        let _serial = lock.lock().expect("folder lock");
         for m in messages {
             let Some(path) = locate(&source, m) else {
                 continue;
