@@ -213,6 +213,14 @@ impl Harness {
         );
     }
 
+    /// Serves a changed config from now on, as a live reload would.
+    fn reconfigure(&mut self, change: impl FnOnce(&mut RawConfig)) {
+        let mut raw = self.config.raw.clone();
+        change(&mut raw);
+        self.config = Arc::new(Config::validate(raw).expect("valid"));
+        self.session.set_config(self.config.clone());
+    }
+
     fn inbox_len(&self, mailbox: &str) -> usize {
         self.store.inbox(mailbox).expect("inbox").messages.len()
     }
@@ -693,12 +701,7 @@ fn relayed_recipients_count_against_the_limit() {
 #[test]
 fn a_header_block_over_a_mebibyte_is_refused() {
     let mut h = mx();
-    h.config = Arc::new({
-        let mut raw = h.config.raw.clone();
-        raw.limits.max_message_size = 8 * 1024 * 1024;
-        Config::validate(raw).expect("valid")
-    });
-    h.session.set_config(h.config.clone());
+    h.reconfigure(|raw| raw.limits.max_message_size = 8 * 1024 * 1024);
     let fields = "a:\r\n".repeat(300_000);
     h.run(&format!(
         "S: 220
@@ -768,13 +771,12 @@ fn bdat_refuses_bare_line_ends_and_data_after_it() {
 #[test]
 fn the_relay_rate_limit_counts_every_relayed_recipient() {
     let mut trusted = Harness::new(ListenerProtocol::Smtp, "192.0.2.10");
-    let mut raw = trusted.config.raw.clone();
-    raw.relay.rate_limits.per_sender = Some(crate::config::RateConfig {
-        messages: 2,
-        period_seconds: 3600,
+    trusted.reconfigure(|raw| {
+        raw.relay.rate_limits.per_sender = Some(crate::config::RateConfig {
+            messages: 2,
+            period_seconds: 3600,
+        });
     });
-    trusted.config = Arc::new(Config::validate(raw).expect("valid"));
-    trusted.session.set_config(trusted.config.clone());
     trusted.run(
         "S: 220
          C: HELO app.cluster.local

@@ -104,15 +104,9 @@ async fn resolve_password(
         remember(&text);
         return Ok(Password::Hash(text));
     }
+    let uid = secret.metadata.uid.as_deref().unwrap_or_default();
     let mut hasher = Sha256::new();
-    hasher.update(
-        secret
-            .metadata
-            .uid
-            .as_deref()
-            .unwrap_or_default()
-            .as_bytes(),
-    );
+    hasher.update(uid.as_bytes());
     hasher.update([0]);
     hasher.update(text.as_bytes());
     let digest: [u8; 32] = hasher.finalize().into();
@@ -124,25 +118,18 @@ async fn resolve_password(
     if !hash_plaintext {
         return Ok(Password::Unhashed);
     }
-    // On the runtime library's two hashing threads: argon2 takes ~19 MiB per run, and a
-    // thousand new Mailboxes at once would otherwise spread that over hundreds of blocking
-    // threads that keep it.
     // The salt comes from the Secret's UID (never from the password: a fast hash of it in the
     // PHC string would undo argon2), so an operator restart hashes an unchanged password to
     // the same string. The runtime ends a mailbox's open sessions when its hash changes, which
     // must then mean the password did.
     let mut salter = Sha256::new();
     salter.update(b"kubemail argon2 salt\0");
-    salter.update(
-        secret
-            .metadata
-            .uid
-            .as_deref()
-            .unwrap_or_default()
-            .as_bytes(),
-    );
+    salter.update(uid.as_bytes());
     let salted: [u8; 32] = salter.finalize().into();
     let salt: [u8; 16] = salted[..16].try_into().unwrap_or_default();
+    // On the runtime library's two hashing threads: argon2 takes ~19 MiB per run, and a
+    // thousand new Mailboxes at once would otherwise spread that over hundreds of blocking
+    // threads that keep it.
     let hash = mail_runtime::auth::hash_password_bounded(text, Some(salt))
         .await
         .ok_or_else(|| Error::Keys("the password hashing threads are gone".into()))?;
