@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main command: kubemail on a local control plane. `--check` verifies and tears down.
+# The main command: kubemail on a real single-node cluster on this machine (kubelet + containerd
+# in a network namespace of its own), installed with helm. `--check` verifies and tears down.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export KUBEMAIL_WORKSPACE=$PWD

@@ -23,8 +23,48 @@ pub struct ControlPlane {
     dir: PathBuf,
     kubeconfig: PathBuf,
     api_port: u16,
+    placement: Placement,
     processes: Option<Processes>,
 }
+
+/// Where the control plane runs.
+#[derive(Debug, Clone)]
+pub(crate) enum Placement {
+    /// On the host's loopback, with no node: the API server alone.
+    Loopback,
+    /// Inside a real node's network namespace, advertising the node's address (so pods reach it
+    /// through the `kubernetes` Service); the host reaches it through a loopback bridge on the
+    /// same port.
+    Node { netns: String, node_ip: String },
+}
+
+impl Placement {
+    /// Starts `program` here: in the node's network namespace, or on the host.
+    pub(crate) fn spawn(
+        &self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+    ) -> Result<Guarded> {
+        match self {
+            Placement::Loopback => Guarded::spawn(name, program, args, log),
+            Placement::Node { netns, .. } => {
+                let mut all = vec![
+                    "netns".to_string(),
+                    "exec".to_string(),
+                    netns.clone(),
+                    program.to_string_lossy().to_string(),
+                ];
+                all.extend_from_slice(args);
+                Guarded::spawn(name, Path::new("/usr/sbin/ip"), &all, log)
+            }
+        }
+    }
+}
+
+/// The identity the node's kubelet uses (the Node authorizer knows it by this name).
+pub(crate) const NODE_NAME: &str = "kubemail-node";
 
 #[derive(Debug)]
 struct Processes {
@@ -32,6 +72,8 @@ struct Processes {
     apiserver: Mutex<Guarded>,
     apiserver_args: Vec<String>,
     controller_manager: Option<Mutex<Guarded>>,
+    /// The host's way in to an API server inside a node's network namespace.
+    bridge: Vec<Guarded>,
 }
 
 const DIR_PREFIX: &str = "kubemail-e2e-";
@@ -61,6 +103,7 @@ impl ControlPlane {
             dir: kubeconfig.parent().unwrap_or(Path::new(".")).to_path_buf(),
             kubeconfig,
             api_port: 0,
+            placement: Placement::Loopback,
             processes: None,
         })
     }
@@ -68,6 +111,10 @@ impl ControlPlane {
     /// Starts etcd and kube-apiserver (and kube-controller-manager when built) on free loopback
     /// ports and waits until the API server reports ready.
     pub fn start() -> Result<Self> {
+        Self::start_at(Placement::Loopback)
+    }
+
+    pub(crate) fn start_at(placement: Placement) -> Result<Self> {
         let tools = Tools::get()?;
         remove_stale_dirs();
         // pid first, so a later run can tell a dead run's directory; then a random part, so two
@@ -78,13 +125,28 @@ impl ControlPlane {
             random_suffix()
         ));
         fs::create_dir_all(dir.join("logs"))?;
-        let pki = pki::write(&dir.join("pki"))?;
+        let extra_names = match &placement {
+            Placement::Loopback => vec![],
+            // The node's address, and the `kubernetes` Service's first address of 10.96.0.0/16.
+            Placement::Node { node_ip, .. } => vec![
+                node_ip.clone(),
+                "10.96.0.1".to_string(),
+                "kubernetes".to_string(),
+                "kubernetes.default".to_string(),
+                "kubernetes.default.svc.cluster.local".to_string(),
+            ],
+        };
+        let pki = pki::write(&dir.join("pki"), &extra_names)?;
 
         let token = random_hex(16)?;
+        let node_token = random_hex(16)?;
         let tokens = dir.join("tokens.csv");
         fs::write(
             &tokens,
-            format!("{token},kubemail-test-admin,kubemail-test-admin,\"system:masters\"\n"),
+            format!(
+                "{token},kubemail-test-admin,kubemail-test-admin,\"system:masters\"\n\
+                 {node_token},system:node:{NODE_NAME},{NODE_NAME},\"system:nodes\"\n"
+            ),
         )?;
 
         let etcd_port = free_port()?;
@@ -103,26 +165,21 @@ impl ControlPlane {
             "--unsafe-no-fsync=true".to_string(),
             "--log-level=warn".to_string(),
         ];
-        let etcd = Guarded::spawn(
+        let etcd = placement.spawn(
             "etcd",
             &tools.path("etcd"),
             &etcd_args,
             &dir.join("logs/etcd.log"),
         )?;
 
-        let apiserver_args = vec![
+        let mut apiserver_args = vec![
             format!("--etcd-servers={etcd_url}"),
-            "--bind-address=127.0.0.1".to_string(),
-            "--advertise-address=127.0.0.1".to_string(),
-            // No kubelet, no Endpoints for the kubernetes Service (and loopback is refused there).
-            "--endpoint-reconciler-type=none".to_string(),
             format!("--secure-port={api_port}"),
             format!("--cert-dir={}", dir.join("pki").display()),
             format!("--tls-cert-file={}", pki.serving_cert.display()),
             format!("--tls-private-key-file={}", pki.serving_key.display()),
             format!("--client-ca-file={}", pki.ca_cert.display()),
             format!("--token-auth-file={}", tokens.display()),
-            "--authorization-mode=RBAC".to_string(),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_string(),
             format!("--service-account-key-file={}", pki.sa_public_key.display()),
             format!(
@@ -135,39 +192,110 @@ impl ControlPlane {
             "--enable-priority-and-fairness=false".to_string(),
             "--event-ttl=10m".to_string(),
         ];
-        let apiserver = Guarded::spawn(
+        match &placement {
+            Placement::Loopback => apiserver_args.extend([
+                "--bind-address=127.0.0.1".to_string(),
+                "--advertise-address=127.0.0.1".to_string(),
+                // No kubelet, no Endpoints for the kubernetes Service (and loopback is refused
+                // there).
+                "--endpoint-reconciler-type=none".to_string(),
+                "--authorization-mode=RBAC".to_string(),
+            ]),
+            Placement::Node { node_ip, .. } => apiserver_args.extend([
+                "--bind-address=0.0.0.0".to_string(),
+                format!("--advertise-address={node_ip}"),
+                "--authorization-mode=Node,RBAC".to_string(),
+                "--enable-admission-plugins=NodeRestriction".to_string(),
+                format!(
+                    "--kubelet-client-certificate={}",
+                    pki.kubelet_client_cert.display()
+                ),
+                format!("--kubelet-client-key={}", pki.kubelet_client_key.display()),
+                "--kubelet-preferred-address-types=InternalIP".to_string(),
+            ]),
+        }
+        let apiserver = placement.spawn(
             "kube-apiserver",
             &tools.path("kube-apiserver"),
             &apiserver_args,
             &dir.join("logs/kube-apiserver.log"),
         )?;
 
+        // The same address works on the host and in the node: the bridge listens on the host's
+        // loopback at the API server's port and hands each connection to the node's loopback.
+        let mut bridge = Vec::new();
+        if let Placement::Node { .. } = &placement {
+            let socket = dir.join("apiserver.sock");
+            bridge.push(placement.spawn(
+                "apiserver bridge (node side)",
+                Path::new("/usr/bin/socat"),
+                &[
+                    format!("UNIX-LISTEN:{},fork,mode=0600", socket.display()),
+                    format!("TCP:127.0.0.1:{api_port}"),
+                ],
+                &dir.join("logs/bridge-node.log"),
+            )?);
+            bridge.push(Guarded::spawn(
+                "apiserver bridge (host side)",
+                Path::new("/usr/bin/socat"),
+                &[
+                    format!("TCP-LISTEN:{api_port},bind=127.0.0.1,reuseaddr,fork"),
+                    format!("UNIX-CONNECT:{}", socket.display()),
+                ],
+                &dir.join("logs/bridge-host.log"),
+            )?);
+        }
+
         let kubeconfig = dir.join("kubeconfig");
-        fs::write(&kubeconfig, kubeconfig_yaml(api_port, &pki.ca_cert, &token))?;
+        fs::write(
+            &kubeconfig,
+            kubeconfig_yaml(api_port, &pki.ca_cert, "kubemail-test-admin", &token),
+        )?;
+        fs::write(
+            dir.join("kubelet.kubeconfig"),
+            kubeconfig_yaml(
+                api_port,
+                &pki.ca_cert,
+                &format!("system:node:{NODE_NAME}"),
+                &node_token,
+            ),
+        )?;
 
         let mut plane = ControlPlane {
             dir: dir.clone(),
             kubeconfig,
             api_port,
+            placement: placement.clone(),
             processes: Some(Processes {
                 etcd: Mutex::new(etcd),
                 apiserver: Mutex::new(apiserver),
                 apiserver_args,
                 controller_manager: None,
+                bridge,
             }),
         };
         plane.wait_ready(Duration::from_secs(90))?;
 
         if tools.has("kube-controller-manager") {
+            let controllers = match &placement {
+                Placement::Loopback => {
+                    "namespace-controller,garbage-collector-controller,deployment-controller,replicaset-controller,serviceaccount-controller,serviceaccount-token-controller"
+                }
+                // Every controller a cluster runs, but pod addresses come from the node's CNI.
+                Placement::Node { .. } => "*,-node-ipam-controller",
+            };
             let args = vec![
                 format!("--kubeconfig={}", plane.kubeconfig.display()),
-                format!("--service-account-private-key-file={}", pki.sa_key.display()),
+                format!(
+                    "--service-account-private-key-file={}",
+                    pki.sa_key.display()
+                ),
                 format!("--root-ca-file={}", pki.ca_cert.display()),
                 "--leader-elect=false".to_string(),
                 "--secure-port=0".to_string(),
-                "--controllers=namespace-controller,garbage-collector-controller,deployment-controller,replicaset-controller,serviceaccount-controller,serviceaccount-token-controller".to_string(),
+                format!("--controllers={controllers}"),
             ];
-            let cm = Guarded::spawn(
+            let cm = placement.spawn(
                 "kube-controller-manager",
                 &tools.path("kube-controller-manager"),
                 &args,
@@ -183,6 +311,11 @@ impl ControlPlane {
     /// The kubeconfig file for kubectl, helm and the operator (admin rights).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// The directory holding this control plane's files (PKI, kubeconfigs, logs).
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The API server's URL.
@@ -247,7 +380,7 @@ impl ControlPlane {
         {
             let mut apiserver = p.apiserver.lock().expect("apiserver lock");
             apiserver.stop();
-            *apiserver = Guarded::spawn(
+            *apiserver = self.placement.spawn(
                 "kube-apiserver",
                 &Tools::get()?.path("kube-apiserver"),
                 &p.apiserver_args,
@@ -296,6 +429,7 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         if let Some(p) = self.processes.take() {
             drop(p.controller_manager);
+            drop(p.bridge);
             drop(p.apiserver);
             drop(p.etcd);
             let _ = fs::remove_dir_all(&self.dir);
@@ -303,7 +437,7 @@ impl Drop for ControlPlane {
     }
 }
 
-fn kubeconfig_yaml(port: u16, ca: &Path, token: &str) -> String {
+fn kubeconfig_yaml(port: u16, ca: &Path, user: &str, token: &str) -> String {
     format!(
         "apiVersion: v1
 kind: Config
@@ -313,14 +447,14 @@ clusters:
     server: https://127.0.0.1:{port}
     certificate-authority: {ca}
 users:
-- name: kubemail-test-admin
+- name: {user}
   user:
     token: {token}
 contexts:
 - name: kubemail-test
   context:
     cluster: kubemail-test
-    user: kubemail-test-admin
+    user: {user}
     namespace: default
 current-context: kubemail-test
 ",

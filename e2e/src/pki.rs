@@ -1,5 +1,7 @@
 //! The certificates and keys a test control plane needs: a CA, the API server's serving
-//! certificate for 127.0.0.1, and the service-account signing key.
+//! certificate for 127.0.0.1 (and, on a real node, the node's address and the `kubernetes`
+//! Service's), the API server's client certificate for kubelets, and the service-account
+//! signing key.
 use std::{fs, path::Path};
 
 use anyhow::Result;
@@ -16,9 +18,13 @@ pub(crate) struct Pki {
     pub serving_key: std::path::PathBuf,
     pub sa_key: std::path::PathBuf,
     pub sa_public_key: std::path::PathBuf,
+    /// The API server's identity towards kubelets (logs, exec, port-forward).
+    pub kubelet_client_cert: std::path::PathBuf,
+    pub kubelet_client_key: std::path::PathBuf,
 }
 
-pub(crate) fn write(dir: &Path) -> Result<Pki> {
+/// Writes the files; `extra_names` are more names and addresses the API server answers to.
+pub(crate) fn write(dir: &Path, extra_names: &[String]) -> Result<Pki> {
     fs::create_dir_all(dir)?;
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
@@ -31,16 +37,29 @@ pub(crate) fn write(dir: &Path) -> Result<Pki> {
     let issuer = Issuer::new(ca_params, ca_key);
 
     let serving_key = KeyPair::generate()?;
-    let mut serving = CertificateParams::new(vec![
+    let mut names = vec![
         "127.0.0.1".to_string(),
         "localhost".to_string(),
         "kubernetes.default.svc".to_string(),
-    ])?;
+    ];
+    names.extend_from_slice(extra_names);
+    let mut serving = CertificateParams::new(names)?;
     serving
         .distinguished_name
         .push(DnType::CommonName, "kube-apiserver");
     serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let serving_cert = serving.signed_by(&serving_key, &issuer)?;
+
+    let client_key = KeyPair::generate()?;
+    let mut client = CertificateParams::new(Vec::<String>::new())?;
+    client
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver-kubelet-client");
+    client
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = client.signed_by(&client_key, &issuer)?;
 
     let sa_key = KeyPair::generate()?;
 
@@ -50,11 +69,15 @@ pub(crate) fn write(dir: &Path) -> Result<Pki> {
         serving_key: dir.join("apiserver.key"),
         sa_key: dir.join("service-account.key"),
         sa_public_key: dir.join("service-account.pub"),
+        kubelet_client_cert: dir.join("apiserver-kubelet-client.crt"),
+        kubelet_client_key: dir.join("apiserver-kubelet-client.key"),
     };
     fs::write(&pki.ca_cert, ca_cert.pem())?;
     fs::write(&pki.serving_cert, serving_cert.pem())?;
     fs::write(&pki.serving_key, serving_key.serialize_pem())?;
     fs::write(&pki.sa_key, sa_key.serialize_pem())?;
     fs::write(&pki.sa_public_key, sa_key.public_key_pem())?;
+    fs::write(&pki.kubelet_client_cert, client_cert.pem())?;
+    fs::write(&pki.kubelet_client_key, client_key.serialize_pem())?;
     Ok(pki)
 }

@@ -89,3 +89,29 @@ impl Tools {
         &self.bin
     }
 }
+
+/// A binary of this workspace: from the environment variable `var`, or from the target
+/// directory the running test or tool was built into.
+pub fn workspace_binary(name: &str, var: &str) -> Result<PathBuf> {
+    let path = match std::env::var_os(var) {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let exe = std::env::current_exe()?;
+            // target/debug/deps/<test> or target/debug/<tool>
+            let mut dir = exe
+                .parent()
+                .context("the running binary has no directory")?;
+            if dir.ends_with("deps") {
+                dir = dir.parent().context("deps has no parent")?;
+            }
+            dir.join(name)
+        }
+    };
+    if !path.is_file() {
+        bail!(
+            "{} is missing: build it (cargo build -p ...) or set {var}",
+            path.display()
+        );
+    }
+    Ok(path)
+}

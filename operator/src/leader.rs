@@ -4,7 +4,9 @@
 //! The holder renews the Lease every `RENEW`; another replica takes it over once it has not
 //! been renewed for `DURATION`. Every write carries the resourceVersion it read, so two
 //! replicas cannot both win. A leader that cannot renew in time exits, and its Deployment
-//! restarts it as a follower.
+//! restarts it as a follower. A leader that stops (SIGTERM: a rollout, a drain, `kubectl delete
+//! pod`) releases the Lease, so its successor takes over within a second instead of waiting for
+//! the Lease to run out.
 use std::time::Duration;
 
 use k8s_openapi::{
@@ -21,6 +23,8 @@ use kube::{
 pub const DURATION: Duration = Duration::from_secs(15);
 /// How often the holder renews.
 pub const RENEW: Duration = Duration::from_secs(5);
+/// How often a replica waiting for the Lease looks again.
+pub const STANDBY_POLL: Duration = Duration::from_secs(1);
 
 /// A Lease held, or to be held, by this process.
 #[derive(Debug, Clone)]
@@ -70,13 +74,15 @@ impl Election {
         };
         let spec = lease.spec.clone().unwrap_or_default();
         let mine = spec.holder_identity.as_deref() == Some(self.identity.as_str());
-        let expired = spec.renew_time.as_ref().is_none_or(|t| {
-            let held = spec
-                .lease_duration_seconds
-                .map_or(DURATION, |s| Duration::from_secs(s.max(1) as u64));
-            // A renewal time in the future (clock skew) counts as fresh, not as expired.
-            Timestamp::now().duration_since(t.0).as_secs() >= held.as_secs() as i64
-        });
+        let released = spec.holder_identity.as_deref().is_none_or(str::is_empty);
+        let expired = released
+            || spec.renew_time.as_ref().is_none_or(|t| {
+                let held = spec
+                    .lease_duration_seconds
+                    .map_or(DURATION, |s| Duration::from_secs(s.max(1) as u64));
+                // A renewal time in the future (clock skew) counts as fresh, not as expired.
+                Timestamp::now().duration_since(t.0).as_secs() >= held.as_secs() as i64
+            });
         if !mine && !expired {
             return Ok(false);
         }
@@ -110,7 +116,33 @@ impl Election {
                 Ok(false) => {}
                 Err(err) => tracing::warn!(error = %err, "leader election attempt failed"),
             }
-            tokio::time::sleep(RENEW).await;
+            tokio::time::sleep(STANDBY_POLL).await;
+        }
+    }
+
+    /// Gives the Lease up if this process holds it (on shutdown, after the controllers
+    /// stopped), so a successor need not wait for it to run out.
+    pub async fn release(&self) -> kube::Result<()> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(());
+        };
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.acquire_time = None;
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            // Taken over meanwhile: nothing of ours to give up.
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            other => other.map(|_| ()),
         }
     }
 

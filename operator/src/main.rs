@@ -105,6 +105,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        let mut elected = None;
         if let Some(lease_ns) = flag("--leader-election") {
             let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
                 std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -119,6 +120,7 @@ fn main() -> ExitCode {
                 &identity,
             );
             election.acquire().await;
+            elected = Some(election.clone());
             let keeper = election.clone();
             tokio::spawn(async move {
                 keeper.keep().await;
@@ -135,6 +137,13 @@ fn main() -> ExitCode {
                 .into_iter()
                 .map(|ns| kubemail_operator::run::run(client.clone(), options.clone(), Some(ns)));
             futures::future::join_all(runs).await;
+        }
+        // The controllers stopped on a signal: hand the Lease on at once.
+        if let Some(election) = elected {
+            match election.release().await {
+                Ok(()) => tracing::info!("released the leader Lease"),
+                Err(err) => tracing::warn!(error = %err, "releasing the leader Lease failed"),
+            }
         }
         ExitCode::SUCCESS
     })

@@ -704,7 +704,7 @@ async fn only_the_lease_holder_reconciles_and_a_follower_takes_over() {
             .and_then(|l| l.spec?.holder_identity)
     })
     .await;
-    let _follower = start(ControlPlane::shared());
+    let follower = start(ControlPlane::shared());
     apply(&client, &ns, domain()).await;
     eventually("the leader reconciles", || async {
         config(&client, &ns).await
@@ -740,6 +740,33 @@ async fn only_the_lease_holder_reconciles_and_a_follower_takes_over() {
         .spec
         .and_then(|s| s.holder_identity);
     assert_ne!(holder.as_ref(), Some(&first));
+
+    // A leader stopped the way Kubernetes stops pods (SIGTERM) gives the Lease up: a new
+    // standby takes it within a few seconds, not after the Lease's 15 s.
+    let second = holder.expect("a holder");
+    let _standby = start(ControlPlane::shared());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stopped = std::time::Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &follower.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let third = eventually("a standby takes the released Lease", || async {
+        leases
+            .get_opt("kubemail-operator")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+            .filter(|h| *h != second)
+    })
+    .await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(8),
+        "{third} took the Lease {:?} after SIGTERM",
+        stopped.elapsed()
+    );
 }
 
 #[tokio::test]

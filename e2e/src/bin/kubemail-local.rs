@@ -1,24 +1,33 @@
-//! `kubemail-local`: kubemail on a local control plane, the README's main command.
+//! `kubemail-local`: kubemail on a real single-node cluster on this machine, the README's main
+//! command.
 //!
-//! Starts etcd, kube-apiserver and kube-controller-manager on loopback, installs the CRDs from
-//! the chart, runs the operator, applies `examples/quickstart/`, plays the node for the runtime
-//! pod the operator renders, waits until the MailDomain is Ready from real protocol probes,
-//! sends a test message alice -> bob, prints how to connect, and serves until Ctrl-C.
-//! `--check` does the same, verifies, and tears down.
+//! Brings up the node (control plane, containerd, kubelet, kube-proxy, CoreDNS in a network
+//! namespace of its own), assembles and imports kubemail's images, installs the chart with
+//! `helm install` into `kubemail-system` (the operator runs as a pod under the restricted Pod
+//! Security Standard), applies `examples/quickstart/` in `default`, waits until the MailDomain
+//! is Ready from real protocol probes, port-forwards the mail ports to the host's loopback, sends
+//! a test message alice -> bob, prints how to connect, and serves until Ctrl-C. `--check` does
+//! the same, verifies, and tears down.
 use std::{
-    path::PathBuf,
-    process::{Command, ExitCode, Stdio},
+    process::{Child, Command, ExitCode, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::Api;
-use kubemail_crds::MailDomain;
-use kubemail_e2e::{ControlPlane, PodRunner, install_crds, workspace_root};
+use kubemail_e2e::{Cluster, workspace_root};
 
 const NAMESPACE: &str = "default";
-const ENTRYPOINT: &str = "/usr/local/bin/mail-runtime";
+const SYSTEM: &str = "kubemail-system";
+/// Host port -> Service port of the mail Service.
+const FORWARDS: [(u16, u16, &str); 7] = [
+    (2525, 25, "SMTP"),
+    (2587, 587, "submission (STARTTLS)"),
+    (2465, 465, "submissions (TLS)"),
+    (2143, 143, "IMAP (STARTTLS)"),
+    (2993, 993, "IMAPS (TLS)"),
+    (2110, 110, "POP3 (STLS)"),
+    (2995, 995, "POP3S (TLS)"),
+];
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -40,133 +49,150 @@ async fn main() -> ExitCode {
     }
 }
 
-fn binary(var: &str) -> Result<PathBuf> {
-    let path = PathBuf::from(
-        std::env::var_os(var)
-            .with_context(|| format!("{var} is not set (run e2e/scripts/local.sh)"))?,
-    );
-    if !path.is_file() {
-        bail!("{} does not exist", path.display());
-    }
-    Ok(path)
-}
-
 fn step(what: &str) {
     eprintln!("kubemail-local: {what}");
 }
 
-async fn run(check: bool) -> Result<()> {
-    let operator_bin = binary("KUBEMAIL_OPERATOR_BIN")?;
-    let runtime_bin = binary("KUBEMAIL_RUNTIME_BIN")?;
-    step("starting etcd, kube-apiserver and kube-controller-manager");
-    let plane = ControlPlane::start()?;
-    let client = plane.client().await?;
-    let crds = install_crds(&client).await?;
-    step(&format!("CRDs established: {}", crds.join(", ")));
-
-    step("starting the operator");
-    let work = plane.scratch_dir("local")?;
-    let operator_log = std::fs::File::create(work.join("operator.log"))?;
-    let mut operator = Command::new(&operator_bin)
-        .args([
-            "--namespace",
-            NAMESPACE,
-            "--probe-host-override",
-            "127.0.0.1",
-        ])
-        .args([
-            "--runtime-image",
-            "kubemail/mail-runtime:local",
-            "--runtime-binary",
-            ENTRYPOINT,
-        ])
-        .env("KUBECONFIG", plane.kubeconfig())
-        .stdin(Stdio::null())
-        .stdout(operator_log.try_clone()?)
-        .stderr(operator_log)
-        .spawn()
-        .context("starting the operator")?;
-
-    let result = serve(&plane, &client, &runtime_bin, &work, check).await;
-    let _ = operator.kill();
-    let _ = operator.wait();
-    if result.is_err() {
-        eprintln!("operator log: {}", work.join("operator.log").display());
-    }
-    result
-}
-
-async fn serve(
-    plane: &ControlPlane,
-    client: &kube::Client,
-    runtime_bin: &std::path::Path,
-    work: &std::path::Path,
-    check: bool,
-) -> Result<()> {
-    step("kubectl apply -f examples/quickstart/");
-    let out = plane
-        .kubectl()
-        .args(["apply", "-n", NAMESPACE, "-f"])
-        .arg(workspace_root().join("examples/quickstart"))
-        .output()?;
+fn kubectl(cluster: &Cluster, args: &[&str]) -> Result<String> {
+    let out = cluster.plane().kubectl().args(args).output()?;
     if !out.status.success() {
         bail!(
-            "kubectl apply failed:\n{}",
+            "kubectl {} failed:\n{}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    print!("{}", String::from_utf8_lossy(&out.stdout));
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
 
-    step("waiting for the runtime Deployment the operator renders");
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let deployment = loop {
-        if let Some(d) = deployments.get_opt("example-test-mail").await? {
-            break d;
-        }
-        if Instant::now() > deadline {
-            bail!("the operator rendered no Deployment within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    step("playing the node: starting the runtime pod from the Deployment's pod spec");
-    let mut pod = PodRunner::start(
-        client,
-        NAMESPACE,
-        &deployment,
-        runtime_bin,
-        ENTRYPOINT,
-        &work.join("pod"),
-    )
-    .await?;
+struct Killed(Child);
 
-    step("waiting until the MailDomain is Ready (real SMTP, IMAP and POP3 probes)");
-    let domains: Api<MailDomain> = Api::namespaced(client.clone(), NAMESPACE);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn run(check: bool) -> Result<()> {
+    step(
+        "starting the node: etcd, kube-apiserver, controller-manager, scheduler, containerd, kubelet, kube-proxy, CoreDNS",
+    );
+    let started = Instant::now();
+    let cluster = tokio::task::spawn_blocking(Cluster::start).await??;
+    step(&format!(
+        "node Ready with CoreDNS in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+    let result = serve(&cluster, check).await;
+    if result.is_err() {
+        eprintln!("{}", cluster.diagnostics(NAMESPACE));
+        eprintln!("{}", cluster.diagnostics(SYSTEM));
+    }
+    step("stopping");
+    result
+}
+
+async fn serve(cluster: &Cluster, check: bool) -> Result<()> {
+    for ns in [SYSTEM, NAMESPACE] {
+        if ns != NAMESPACE {
+            kubectl(cluster, &["create", "namespace", ns])?;
+        }
+        kubectl(
+            cluster,
+            &[
+                "label",
+                "namespace",
+                ns,
+                "--overwrite",
+                "pod-security.kubernetes.io/enforce=restricted",
+            ],
+        )?;
+    }
+    let images = cluster.images();
+    let chart = workspace_root().join("charts/kubemail");
+    step(&format!(
+        "helm install kubemail {} -n {SYSTEM} --set watchNamespaces={{{NAMESPACE}}} (images {}:{}, {}:{})",
+        chart.display(),
+        images.operator_repository,
+        images.tag,
+        images.runtime_repository,
+        images.tag
+    ));
+    let out = cluster
+        .plane()
+        .helm()
+        .args(["install", "kubemail"])
+        .arg(&chart)
+        .args(["-n", SYSTEM, "--wait", "--timeout=180s"])
+        .args(["--set", &format!("watchNamespaces={{{NAMESPACE}}}")])
+        .args([
+            "--set",
+            &format!("operator.image.repository={}", images.operator_repository),
+        ])
+        .args(["--set", &format!("operator.image.tag={}", images.tag)])
+        .args([
+            "--set",
+            &format!("runtime.image.repository={}", images.runtime_repository),
+        ])
+        .args(["--set", &format!("runtime.image.tag={}", images.tag)])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "helm install failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    step("kubectl apply -f examples/quickstart/");
+    let quickstart = workspace_root().join("examples/quickstart");
+    print!(
+        "{}",
+        kubectl(
+            cluster,
+            &[
+                "apply",
+                "-n",
+                NAMESPACE,
+                "-f",
+                &quickstart.to_string_lossy()
+            ]
+        )?
+    );
+    step(
+        "waiting until the MailDomain is Ready (real SMTP, IMAP and POP3 probes through its Service)",
+    );
     let started = Instant::now();
     loop {
-        let md = domains.get("example-test").await?;
-        let ready = md.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        });
-        if ready {
+        let ready = kubectl(
+            cluster,
+            &[
+                "get",
+                "maildomain",
+                "example-test",
+                "-n",
+                NAMESPACE,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ],
+        )?;
+        if ready.trim() == "True" {
             break;
         }
-        if !pod.running() {
-            bail!("the runtime pod exited:\n{}", pod.log_tail());
-        }
-        if started.elapsed() > Duration::from_secs(120) {
-            let conditions = md.status.map(|s| s.conditions).unwrap_or_default();
-            let summary: Vec<String> = conditions
-                .iter()
-                .map(|c| format!("{}={} ({})", c.type_, c.status, c.message))
-                .collect();
-            bail!(
-                "the MailDomain is not Ready after 120 s: {}\nruntime log:\n{}",
-                summary.join("; "),
-                pod.log_tail()
-            );
+        if started.elapsed() > Duration::from_secs(180) {
+            let conditions = kubectl(
+                cluster,
+                &[
+                    "get",
+                    "maildomain",
+                    "example-test",
+                    "-n",
+                    NAMESPACE,
+                    "-o",
+                    "yaml",
+                ],
+            )?;
+            bail!("the MailDomain is not Ready after 180 s:\n{conditions}");
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -174,15 +200,42 @@ async fn serve(
         "MailDomain Ready after {:.1} s",
         started.elapsed().as_secs_f64()
     ));
-
-    let out = plane
-        .kubectl()
-        .args(["get", "mail", "-n", NAMESPACE])
-        .output()?;
     println!(
-        "\n$ kubectl get mail\n{}",
-        String::from_utf8_lossy(&out.stdout)
+        "\n$ kubectl get mail\n{}\n$ kubectl get pods -A\n{}",
+        kubectl(cluster, &["get", "mail", "-n", NAMESPACE])?,
+        kubectl(cluster, &["get", "pods", "-A", "-o", "wide"])?
     );
+
+    step("kubectl port-forward service/example-test-mail: the mail ports on the host's 127.0.0.1");
+    let mut forward = cluster.plane().kubectl();
+    forward
+        .args([
+            "port-forward",
+            "-n",
+            NAMESPACE,
+            "--address",
+            "127.0.0.1",
+            "service/example-test-mail",
+        ])
+        .args(
+            FORWARDS
+                .iter()
+                .map(|(host, service, _)| format!("{host}:{service}")),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _forward = Killed(forward.spawn().context("starting kubectl port-forward")?);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while FORWARDS
+        .iter()
+        .any(|(port, _, _)| std::net::TcpStream::connect(("127.0.0.1", *port)).is_err())
+    {
+        if Instant::now() > deadline {
+            bail!("kubectl port-forward did not listen on the mail ports within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     step("sending a test message alice -> bob over submission (587 STARTTLS + AUTH) with swaks");
     let send = Command::new("swaks")
@@ -200,23 +253,6 @@ async fn serve(
     if !send.status.success() {
         bail!("swaks failed:\n{}", String::from_utf8_lossy(&send.stdout));
     }
-    let bob = pod
-        .data_dir
-        .clone()
-        .context("no data volume")?
-        .join("mail/example.test/bob/new");
-    let delivered = std::fs::read_dir(&bob).map(|d| d.count()).unwrap_or(0);
-    if delivered == 0 {
-        bail!(
-            "the test message is not in bob's Maildir ({})",
-            bob.display()
-        );
-    }
-    step(&format!(
-        "delivered: {} message(s) in {}",
-        delivered,
-        bob.display()
-    ));
     step("bob reads it over IMAP (993) with curl");
     let read = Command::new("curl")
         .args([
@@ -242,24 +278,31 @@ async fn serve(
         println!("kubemail-local --check: ok");
         return Ok(());
     }
+    let forwards: Vec<String> = FORWARDS
+        .iter()
+        .map(|(host, service, what)| {
+            format!("    {what:<22} 127.0.0.1:{host} -> Service port {service}")
+        })
+        .collect();
     println!(
-        "kubemail is up. The control plane: {}\n\n    export KUBECONFIG={}\n    kubectl get mail\n    \
+        "kubemail is up on a real node (kubelet + containerd in network namespace {}).\n\n    \
+         export KUBECONFIG={}\n    kubectl get mail\n    kubectl get pods -A\n    \
          kubectl describe maildomain example-test\n\n\
-         Mail (self-signed certificate; accounts from examples/quickstart/mailboxes.yaml):\n    \
-         SMTP         127.0.0.1:2525\n    submission   127.0.0.1:2587 (STARTTLS)\n    \
-         submissions  127.0.0.1:2465 (TLS)\n    IMAP         127.0.0.1:2143 (STARTTLS), 2993 (TLS)\n    \
-         POP3         127.0.0.1:2110 (STLS), 2995 (TLS)\n    \
-         accounts     alice@example.test / alice-quickstart-password, bob@example.test / bob-quickstart-password\n\n\
+         Mail, port-forwarded to this machine (self-signed certificate; accounts from\n\
+         examples/quickstart/mailboxes.yaml: alice@example.test / alice-quickstart-password,\n\
+         bob@example.test / bob-quickstart-password):\n{}\n\n\
+         Clients inside the node's network reach the Service directly:\n    \
+         ip netns exec {} swaks --server $(kubectl get svc example-test-mail -o jsonpath='{{.spec.clusterIP}}'):25 ...\n\n\
          Press Ctrl-C to stop; everything started here stops with it.",
-        plane.server_url(),
-        plane.kubeconfig().display()
+        cluster.netns(),
+        cluster.plane().kubeconfig().display(),
+        forwards.join("\n"),
+        cluster.netns(),
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
     }
-    step("stopping");
-    pod.stop();
     Ok(())
 }

@@ -90,7 +90,7 @@ pub async fn watch(
     // No stamp yet: the first tick reads the file and compares its contents with the config in
     // force, so a change made between the first load and this task's start is not missed.
     let mut last = None;
-    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    let mut ticker = tokio::time::interval(Duration::from_millis(200));
     loop {
         ticker.tick().await;
         let now = stamp(&path);

@@ -430,6 +430,7 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
         &objects::deployment(&md, relay.as_ref(), &ctx.options.runtime),
     )
     .await?;
+    let marked = valid && refresh_pods(&client, &ns, &md, &revision, false).await?;
     status.config_revision = if valid {
         Some(revision.clone())
     } else {
@@ -475,6 +476,11 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
             None => format!("revision {revision} is written; the runtime has not answered yet"),
         },
     );
+    if valid && !marked && served.is_some() && !config_served {
+        // Marked earlier, yet still the old revision: the kubelet may have synced the pod before
+        // its cache saw the new Secret. Another change makes it sync again.
+        refresh_pods(&client, &ns, &md, &revision, true).await?;
+    }
     let mut all_ok = tls_ok && config_served && valid;
     let groups = [
         ("SMTPReady", probe::Kind::Smtp, vec![Protocol::Smtp]),
@@ -666,6 +672,64 @@ async fn pod_networks(
     networks.sort();
     networks.dedup();
     Ok(networks)
+}
+
+/// The annotation on a runtime pod naming the config revision it should serve.
+const POD_REVISION: &str = "kubemail.io/config-revision";
+/// When the operator last asked again (see [`refresh_pods`]).
+const POD_REFRESH: &str = "kubemail.io/config-refresh";
+
+/// Makes the runtime's pods see config revision `revision` now rather than in a minute.
+///
+/// The kubelet rewrites a pod's Secret volumes when it syncs the pod: on its periodic sync
+/// (`syncFrequency`, one minute by default) or as soon as the Pod object changes. Marking each
+/// running pod with the revision just written is such a change, so the new config reaches the
+/// runtime's files within about a second and the runtime reloads it; no pod restarts, and
+/// nothing but the revision's name passes through the pod. With `again`, pods already marked
+/// are touched once more. Returns whether any pod was changed.
+async fn refresh_pods(
+    client: &kube::Client,
+    ns: &str,
+    md: &MailDomain,
+    revision: &str,
+    again: bool,
+) -> Result<bool> {
+    use kube::api::{ListParams, Patch, PatchParams};
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns);
+    let selector = render::selector(md)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let list = pods.list(&ListParams::default().labels(&selector)).await?;
+    let mut changed = false;
+    for pod in list.items {
+        let current = pod.annotations().get(POD_REVISION).map(String::as_str);
+        if pod.metadata.deletion_timestamp.is_some() || (current == Some(revision) && !again) {
+            continue;
+        }
+        let Some(name) = pod.metadata.name.as_deref() else {
+            continue;
+        };
+        let mut annotations = serde_json::json!({POD_REVISION: revision});
+        if again {
+            annotations[POD_REFRESH] = k8s_openapi::jiff::Timestamp::now().to_string().into();
+        }
+        let patch = serde_json::json!({"metadata": {"annotations": annotations}});
+        match pods
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                changed = true;
+                tracing::debug!(pod = name, revision, "pod marked with the config revision");
+            }
+            // Gone meanwhile: its replacement mounts the current Secret at start.
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(changed)
 }
 
 /// The config revision the runtime reports on `/readyz`, if it answers.

@@ -1,0 +1,37 @@
+# Tears the test node down completely: its pods' processes (by cgroup), every process in its
+# network namespace (control plane, containerd, shims, kubelet, kube-proxy, bridges), its
+# cgroups, its network namespace and its directory. Idempotent; safe to run from the host at any
+# time, and run by the harness when the test binary ends, however it ends.
+#   teardown.sh [pods]   -- `pods`: only the pods' processes (the node script stopping)
+DIR={{DIR}}
+NETNS={{NETNS}}
+CGROUP={{CGROUP}}
+
+kill_cgroup_procs() {
+    for h in /sys/fs/cgroup/*/"$CGROUP"; do
+        [ -d "$h" ] || continue
+        find "$h" -name cgroup.procs -exec cat {} + 2>/dev/null
+    done | sort -u | xargs -r kill -KILL 2>/dev/null
+}
+kill_cgroup_procs
+pkill -KILL -f "containerd-shim-runc-v2 .*-address $DIR/containerd.sock" 2>/dev/null
+[ "${1:-}" = pods ] && exit 0
+
+ip netns pids "$NETNS" 2>/dev/null | xargs -r kill -KILL 2>/dev/null
+i=0
+while [ "$i" -lt 50 ]; do
+    kill_cgroup_procs
+    left=$(ip netns pids "$NETNS" 2>/dev/null)
+    busy=""
+    for h in /sys/fs/cgroup/*/"$CGROUP"; do
+        [ -d "$h" ] && find "$h" -depth -type d -exec rmdir {} \; 2>/dev/null
+        [ -d "$h" ] && busy=1
+    done
+    [ -z "$left" ] && [ -z "$busy" ] && break
+    [ -n "$left" ] && echo "$left" | xargs -r kill -KILL 2>/dev/null
+    i=$((i + 1))
+    sleep 0.1
+done
+ip netns del "$NETNS" 2>/dev/null
+rm -rf "$DIR"
+exit 0
