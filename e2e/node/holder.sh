@@ -18,7 +18,8 @@ for path in /var/lib/kubelet /var/log/pods /var/log/containers /var/lib/cni /run
     mkdir -p "$path"
     mount -t tmpfs -o mode=0755 kubemail-node "$path"
 done
-echo $$ > "$DIR/holder.pid"
+echo $$ > "$DIR/holder.pid.tmp"
+mv "$DIR/holder.pid.tmp" "$DIR/holder.pid"
 # Stopping the node stops its pods: containers outlive containerd and the kubelet by design.
 trap 'sh "$DIR/teardown.sh" pods; exit 0' TERM INT
 while :; do

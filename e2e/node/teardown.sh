@@ -1,11 +1,17 @@
 # Tears the test node down completely: its pods' processes (by cgroup), every process in its
 # network namespace (control plane, containerd, shims, kubelet, kube-proxy, bridges), its
-# cgroups, its network namespace and its directory. Idempotent; safe to run from the host at any
-# time, and run by the harness when the test binary ends, however it ends.
-#   teardown.sh [pods]   -- `pods`: only the pods' processes (the node script stopping)
-DIR={{DIR}}
-NETNS={{NETNS}}
-CGROUP={{CGROUP}}
+# cgroups, its network namespace and its directory. Idempotent. The harness writes it into the
+# node's own root-only directory for the guard that runs it when the test binary ends, and
+# renders it afresh for a dead run's node (it never runs a file it finds).
+#   teardown.sh [pods]   -- `pods`: only the pods' processes (the node's mounts going away)
+DIR='{{DIR}}'
+NETNS='{{NETNS}}'
+CGROUP='{{CGROUP}}'
+: "${DIR:?}" "${NETNS:?}" "${CGROUP:?}"
+case "$DIR:$NETNS:$CGROUP" in
+    */kubemail-node-*:kubemail-e2e-*:kubemail-*) ;;
+    *) echo "teardown.sh: refusing to tear down $DIR $NETNS $CGROUP" >&2; exit 1 ;;
+esac
 
 kill_cgroup_procs() {
     for h in /sys/fs/cgroup/*/"$CGROUP"; do

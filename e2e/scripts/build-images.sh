@@ -4,10 +4,12 @@
 #
 #   build-images.sh OUT_DIR
 #
-# The final stage of operator/Dockerfile and mail-runtime/Dockerfile is reproduced exactly: the
-# same base (distroless cc-debian12's contents, assembled here from the Debian packages it is made
-# of), the binary at the path the Dockerfile copies it to, its USER and ENTRYPOINT read from the
-# Dockerfile itself. The binary is the one built outside (the Dockerfile's `prebuilt` path).
+# The final stage of operator/Dockerfile and mail-runtime/Dockerfile is reproduced: the same base
+# (distroless cc-debian12's contents, assembled here from the Debian 12 packages it is made of,
+# its working directory), the binary at the path the Dockerfile copies it to, its USER and
+# ENTRYPOINT read from the Dockerfile itself; a final stage with another base or an instruction
+# this script does not model fails the build. The binary is the one built outside (the
+# Dockerfile's `prebuilt` path). amd64 only, like the machines the tests run on.
 #
 # Environment:
 #   KUBEMAIL_OPERATOR_BIN, KUBEMAIL_RUNTIME_BIN  the binaries to put in the images (required)
@@ -22,7 +24,9 @@ OUT=${1:?usage: build-images.sh OUT_DIR}
 TAG=${KUBEMAIL_IMAGE_TAG:-dev}
 CACHE_ROOT=${KUBEMAIL_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kubemail-tools}
 DEBS="$CACHE_ROOT/debs"
-# distroless/cc-debian12 is these packages' files plus a CA bundle and the nonroot user.
+# distroless/cc-debian12 is these packages' files (from Debian 12) plus a CA bundle and the
+# nonroot user.
+DISTROLESS=gcr.io/distroless/cc-debian12:nonroot
 BASE_PACKAGES=(libc6 libgcc-s1 libgomp1 libstdc++6 libssl3 netbase tzdata)
 COREDNS_VERSION=v1.14.7
 
@@ -45,6 +49,9 @@ layer() {
 
 base_rootfs() {
     local root=$1
+    [[ "$(cut -d. -f1 /etc/debian_version 2>/dev/null)" == 12 ]] ||
+        die "the base is assembled from this machine's Debian packages, which must be Debian 12 (bookworm) like $DISTROLESS"
+
     (
         cd "$DEBS"
         local missing=()
@@ -82,9 +89,9 @@ EOF
     chmod 0700 "$root/root"
 }
 
-# write_image NAME ARCHIVE USER ENTRYPOINT_JSON LAYER_DIR...
+# write_image NAME ARCHIVE USER ENTRYPOINT_JSON WORKDIR LAYER_DIR...
 write_image() {
-    local name=$1 archive=$2 user=$3 entrypoint=$4; shift 4
+    local name=$1 archive=$2 user=$3 entrypoint=$4 workdir=$5; shift 5
     local dir="$WORK/image"
     rm -rf "$dir" && mkdir -p "$dir"
     local layers=() diff_ids=() i=0
@@ -98,7 +105,7 @@ write_image() {
     [[ -n "$user" ]] && user_json="\"User\":\"$user\","
     local IFS=,
     cat > "$dir/config.json" <<EOF
-{"architecture":"amd64","os":"linux","created":"1970-01-01T00:00:00Z","config":{${user_json}"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"],"Entrypoint":${entrypoint},"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":[${diff_ids[*]}]}}
+{"architecture":"amd64","os":"linux","created":"1970-01-01T00:00:00Z","config":{${user_json}"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"],"Entrypoint":${entrypoint},"WorkingDir":"${workdir}"},"rootfs":{"type":"layers","diff_ids":[${diff_ids[*]}]}}
 EOF
     local config="$(sha "$dir/config.json").json"
     mv "$dir/config.json" "$dir/$config"
@@ -107,16 +114,25 @@ EOF
     echo "$archive $name"
 }
 
-# The final stage of a Dockerfile: its USER, its ENTRYPOINT and where it copies the binary.
+# The final stage of a Dockerfile: its base, USER, ENTRYPOINT and where it copies the binary.
+# An instruction this script does not reproduce fails the build rather than being dropped.
 final_stage() {
     local dockerfile=$1 field=$2
-    awk -v field="$field" '
-        /^FROM / { user = ""; entry = ""; dest = "" }
-        /^USER / { user = $2 }
-        /^ENTRYPOINT / { sub(/^ENTRYPOINT /, ""); entry = $0 }
-        /^COPY --from=binary / { dest = $NF }
-        END { if (field == "user") print user; else if (field == "entrypoint") print entry; else print dest }
-    ' "$dockerfile"
+    tr -d '\r' < "$dockerfile" | awk -v field="$field" '
+        /^FROM / { from = $2; user = ""; entry = ""; dest = ""; other = ""; next }
+        /^USER / { user = $2; next }
+        /^ENTRYPOINT / { sub(/^ENTRYPOINT /, ""); entry = $0; next }
+        /^COPY --from=binary / { dest = $NF; next }
+        /^(ARG|#)/ || /^[[:space:]]*$/ { next }
+        { other = other $1 " " }
+        END {
+            if (field == "user") print user
+            else if (field == "entrypoint") print entry
+            else if (field == "from") print from
+            else if (field == "other") print other
+            else print dest
+        }
+    '
 }
 
 kubemail_image() {
@@ -128,11 +144,15 @@ kubemail_image() {
     user=$(final_stage "$dockerfile" user)
     entrypoint=$(final_stage "$dockerfile" entrypoint)
     [[ -n "$dest" && -n "$user" && -n "$entrypoint" ]] || die "could not read the final stage of $dockerfile"
+    [[ "$(final_stage "$dockerfile" from)" == "$DISTROLESS" ]] ||
+        die "the final stage of $dockerfile is not FROM $DISTROLESS: teach base_rootfs its new base"
+    [[ -z "$(final_stage "$dockerfile" other)" ]] ||
+        die "the final stage of $dockerfile has instructions this script does not reproduce: $(final_stage "$dockerfile" other)"
     local top="$WORK/$component-binary"
     rm -rf "$top" && mkdir -p "$top$(dirname "$dest")"
     cp "$binary" "$top$dest"
     chmod 0755 "$top$dest"
-    write_image "localhost/kubemail/$image:$TAG" "$OUT/$image.tar" "$user" "$entrypoint" "$WORK/base" "$top"
+    write_image "localhost/kubemail/$image:$TAG" "$OUT/$image.tar" "$user" "$entrypoint" /home/nonroot "$WORK/base" "$top"
 }
 
 # The pod sandbox: a process that sleeps until it is told to stop and reaps orphans.
@@ -157,7 +177,7 @@ int main(void) {
 }
 EOF
     gcc -static -Os -s -o "$root/pause" "$WORK/pause.c" || die "building the pause program needs gcc and libc6-dev"
-    write_image "localhost/kubemail/pause:3.10" "$OUT/pause.tar" "65535:65535" '["/pause"]' "$root"
+    write_image "localhost/kubemail/pause:3.10" "$OUT/pause.tar" "65535:65535" '["/pause"]' / "$root"
 }
 
 coredns_image() {
@@ -166,7 +186,7 @@ coredns_image() {
     local root="$WORK/coredns"
     mkdir -p "$root"
     cp "$coredns" "$root/coredns"
-    write_image "localhost/kubemail/coredns:$COREDNS_VERSION" "$OUT/coredns.tar" "65532:65532" '["/coredns"]' "$WORK/base" "$root"
+    write_image "localhost/kubemail/coredns:$COREDNS_VERSION" "$OUT/coredns.tar" "65532:65532" '["/coredns"]' / "$WORK/base" "$root"
 }
 
 base_rootfs "$WORK/base"

@@ -12,15 +12,18 @@
 //! ```
 //!
 //! Started once per test binary ([`Cluster::shared`]); torn down completely (processes, cgroups,
-//! network namespace, files) when the test binary ends, however it ends: a guard process runs
-//! `teardown.sh` when its pipe from the test binary closes, and a later run removes what a
-//! killed one left.
+//! network namespace, files) when the test binary exits, panics or is killed: a guard process
+//! runs `teardown.sh` when its pipe from the test binary closes, and a later run removes what a
+//! dead run's guard could not.
 use std::{
     fs,
-    os::unix::fs::PermissionsExt,
+    os::unix::fs::{DirBuilderExt, PermissionsExt},
     path::{Path, PathBuf},
     process::Command,
-    sync::{Mutex, OnceLock},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -60,6 +63,8 @@ pub struct Cluster {
     kubelet: Mutex<Guarded>,
     proxy: Guarded,
     scheduler: Guarded,
+    /// Tells the volume provisioner to stop.
+    provisioner: Arc<AtomicBool>,
     /// Runs teardown.sh when the test binary ends.
     _teardown: Guarded,
 }
@@ -91,20 +96,17 @@ impl Cluster {
                 bail!("{program} is missing: run e2e/scripts/install-deps.sh");
             }
         }
+        check_host()?;
         remove_stale_nodes();
         let id = format!("{}-{}", std::process::id(), random_suffix());
         let netns = format!("kubemail-e2e-{id}");
         let cgroup = format!("kubemail-{id}");
-        let dir = std::env::temp_dir().join(format!("{DIR_PREFIX}{id}"));
+        let dir = node_dir(&id);
+        // Root only: it holds the node's kubeconfig and the teardown script the guard runs.
+        fs::DirBuilder::new().mode(0o700).create(&dir)?;
         fs::create_dir_all(dir.join("logs"))?;
         let render = |template: &str, extra: &[(&str, &str)]| {
-            let mut text = template
-                .replace("{{DIR}}", &dir.to_string_lossy())
-                .replace("{{NETNS}}", &netns)
-                .replace("{{CGROUP}}", &cgroup)
-                .replace("{{NODE_IP}}", NODE_IP)
-                .replace("{{NODE_NAME}}", NODE_NAME)
-                .replace("{{POD_CIDR}}", POD_CIDR);
+            let mut text = render_node_file(template, &id).replace("{{POD_CIDR}}", POD_CIDR);
             for (key, value) in extra {
                 text = text.replace(&format!("{{{{{key}}}}}"), value);
             }
@@ -233,10 +235,15 @@ impl Cluster {
             kubelet: Mutex::new(kubelet),
             proxy,
             scheduler,
+            provisioner: Arc::new(AtomicBool::new(false)),
             _teardown: teardown,
         };
         cluster.wait_node_ready(Duration::from_secs(120))?;
-        provisioner::start(&cluster.plane, &cluster.dir.join("volumes"))?;
+        provisioner::start(
+            &cluster.plane,
+            &cluster.dir.join("volumes"),
+            cluster.provisioner.clone(),
+        )?;
         cluster.apply_manifest(include_str!("../node/coredns.yaml"))?;
         cluster.wait_rollout(
             "kube-system",
@@ -363,6 +370,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        self.provisioner.store(true, Ordering::Relaxed);
         self.scheduler.stop();
         self.proxy.stop();
         self.kubelet.lock().map(|mut k| k.stop()).ok();
@@ -574,26 +582,68 @@ fn create_cgroups(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Removes the nodes of earlier test binaries that are no longer running.
+fn node_dir(id: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{DIR_PREFIX}{id}"))
+}
+
+/// A file of `e2e/node/` with the node `id`'s names filled in.
+fn render_node_file(template: &str, id: &str) -> String {
+    template
+        .replace("{{DIR}}", &node_dir(id).to_string_lossy())
+        .replace("{{NETNS}}", &format!("kubemail-e2e-{id}"))
+        .replace("{{CGROUP}}", &format!("kubemail-{id}"))
+        .replace("{{NODE_IP}}", NODE_IP)
+        .replace("{{NODE_NAME}}", NODE_NAME)
+}
+
+/// What this harness needs of the machine, checked before anything starts.
+fn check_host() -> Result<()> {
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        bail!(
+            "this machine mounts cgroup v2 only; the test node runs containerd 1.6 and the kubelet \
+             with cgroup v1 hierarchies (cgroupfs driver), as this project's machines have"
+        );
+    }
+    if !Path::new("/proc/sys/net/bridge").exists() {
+        let _ = Command::new("modprobe").arg("br_netfilter").status();
+        if !Path::new("/proc/sys/net/bridge").exists() {
+            bail!(
+                "the br_netfilter kernel module is not loaded and could not be loaded: \
+                 kube-proxy's Service rules need it for traffic between pods on the node's bridge"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Removes the nodes of earlier test binaries that are no longer running. Only directories this
+/// harness made (root's, writable by nobody else, named as it names them) are considered, and
+/// their teardown is rendered afresh from the template, never run from the directory.
 fn remove_stale_nodes() {
     let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(DIR_PREFIX))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
+        let Some(id) = name.to_str().and_then(|n| n.strip_prefix(DIR_PREFIX)) else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let script = entry.path().join("teardown.sh");
-            if script.is_file() {
-                let _ = Command::new("sh").arg(&script).status();
-            }
+        let Some((pid, suffix)) = id.split_once('-') else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if suffix.len() != 8 || !suffix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        let ours = fs::symlink_metadata(entry.path()).is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0
+        });
+        if ours && !Path::new(&format!("/proc/{pid}")).exists() {
+            let script = render_node_file(include_str!("../node/teardown.sh"), id);
+            let _ = Command::new("sh").arg("-c").arg(script).status();
             let _ = fs::remove_dir_all(entry.path());
         }
     }

@@ -125,6 +125,8 @@ impl ControlPlane {
             random_suffix()
         ));
         fs::create_dir_all(dir.join("logs"))?;
+        // Root only: the admin kubeconfig and the CA's and API server's keys live here.
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let extra_names = match &placement {
             Placement::Loopback => vec![],
             // The node's address, and the `kubernetes` Service's first address of 10.96.0.0/16.

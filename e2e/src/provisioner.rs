@@ -2,7 +2,17 @@
 //! local-path-provisioner does it. Every pending claim gets a volume of its size and access
 //! modes, pre-bound to it, backed by a fresh directory on the node; a released volume is deleted
 //! with its directory. Runs on its own thread for as long as the test binary.
-use std::{collections::BTreeMap, fs, os::unix::fs::PermissionsExt, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::{
@@ -17,8 +27,8 @@ use kube::{
 
 use crate::control_plane::ControlPlane;
 
-/// Starts provisioning volumes under `root`.
-pub(crate) fn start(plane: &ControlPlane, root: &Path) -> Result<()> {
+/// Starts provisioning volumes under `root`, until `stop` is set.
+pub(crate) fn start(plane: &ControlPlane, root: &Path, stop: Arc<AtomicBool>) -> Result<()> {
     fs::create_dir_all(root)?;
     let kubeconfig = plane.kubeconfig().to_path_buf();
     let root = root.to_path_buf();
@@ -30,9 +40,18 @@ pub(crate) fn start(plane: &ControlPlane, root: &Path) -> Result<()> {
                 .build()
                 .expect("a runtime for the provisioner");
             runtime.block_on(async move {
-                loop {
-                    if let Err(err) = provision_once(&kubeconfig, &root).await {
-                        eprintln!("kubemail-e2e: provisioner: {err:#}");
+                // Each new error once (the API server restarts in the drills).
+                let mut last_error = String::new();
+                while !stop.load(Ordering::Relaxed) {
+                    match provision_once(&kubeconfig, &root).await {
+                        Ok(()) => last_error.clear(),
+                        Err(err) => {
+                            let err = format!("{err:#}");
+                            if err != last_error && !stop.load(Ordering::Relaxed) {
+                                eprintln!("kubemail-e2e: provisioner: {err}");
+                            }
+                            last_error = err;
+                        }
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }

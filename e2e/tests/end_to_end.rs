@@ -323,6 +323,54 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
         "{operator_pod}"
     );
 
+    // The operator may patch pods (to mark them with a config revision), and nothing else of
+    // them: the chart's admission policy refuses it an image swap or a new label.
+    let pod_name = runtime
+        .split_whitespace()
+        .next()
+        .expect("a runtime pod")
+        .to_string();
+    let operator_user = format!("system:serviceaccount:{}:kubemail-operator", world.system);
+    for (patch, allowed) in [
+        (
+            r#"{"metadata":{"annotations":{"kubemail.io/config-refresh":"test"}}}"#,
+            true,
+        ),
+        (
+            r#"{"spec":{"containers":[{"name":"mail-runtime","image":"localhost/evil:1"}]}}"#,
+            false,
+        ),
+        (
+            r#"{"metadata":{"labels":{"kubemail.io/relay":"allowed"}}}"#,
+            false,
+        ),
+        (
+            r#"{"metadata":{"annotations":{"other.example/x":"y"}}}"#,
+            false,
+        ),
+    ] {
+        let (success, out, err) = output(world.kubectl().args([
+            "patch",
+            "pod",
+            &pod_name,
+            "-n",
+            &world.ns,
+            "--as",
+            &operator_user,
+            // Strategic: containers are merged by name, so only the image changes.
+            "--type=strategic",
+            "-p",
+            patch,
+        ]));
+        assert_eq!(success, allowed, "operator patch {patch}: {out}{err}");
+        if !allowed {
+            assert!(
+                err.contains("only the kubemail.io/config-* annotations"),
+                "refused by the policy, not by RBAC: {err}"
+            );
+        }
+    }
+
     // Real clients: swaks submits alice -> bob; poplib lists it for bob.
     world.submit("bob@example.test", "e2e");
     let ip = world.service_ip();
@@ -650,14 +698,31 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
         "the runtime container survives a containerd and kubelet restart"
     );
     drill("kube-apiserver restarted", &mut timings, &|| {
+        let down = Instant::now();
         cluster
             .plane()
             .restart_apiserver()
             .expect("restart kube-apiserver");
+        eprintln!(
+            "kube-apiserver stopped and ready again after {:.1} s",
+            down.elapsed().as_secs_f64()
+        );
         world.apply(&world.mailbox("frank", "frank-pw"));
         world.wait("frank logs in", Duration::from_secs(120), || {
             world.can_log_in("frank@example.test", "frank-pw")
         });
+        eprintln!(
+            "operator restarts so far: {}",
+            output(world.kubectl().args([
+                "get",
+                "pods",
+                "-n",
+                &world.system,
+                "-o",
+                "jsonpath={.items[*].status.containerStatuses[0].restartCount}",
+            ]))
+            .1
+        );
     });
     assert!(world.messages_of("bob") >= bob_before + 10);
 

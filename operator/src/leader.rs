@@ -134,6 +134,7 @@ impl Election {
         }
         spec.holder_identity = None;
         spec.acquire_time = None;
+        spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
         match self
             .api

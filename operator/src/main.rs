@@ -120,14 +120,14 @@ fn main() -> ExitCode {
                 &identity,
             );
             election.acquire().await;
-            elected = Some(election.clone());
             let keeper = election.clone();
-            tokio::spawn(async move {
+            let renewal = tokio::spawn(async move {
                 keeper.keep().await;
                 // No longer the leader: stop now, before another replica starts reconciling.
                 tracing::error!("lost the leader Lease; exiting");
                 std::process::exit(1);
             });
+            elected = Some((election, renewal));
         }
         if namespaces.is_empty() {
             kubemail_operator::run::run(client, options, None).await;
@@ -138,8 +138,10 @@ fn main() -> ExitCode {
                 .map(|ns| kubemail_operator::run::run(client.clone(), options.clone(), Some(ns)));
             futures::future::join_all(runs).await;
         }
-        // The controllers stopped on a signal: hand the Lease on at once.
-        if let Some(election) = elected {
+        // The controllers stopped on a signal: stop renewing, then hand the Lease on at once.
+        if let Some((election, renewal)) = elected {
+            renewal.abort();
+            let _ = renewal.await;
             match election.release().await {
                 Ok(()) => tracing::info!("released the leader Lease"),
                 Err(err) => tracing::warn!(error = %err, "releasing the leader Lease failed"),

@@ -430,7 +430,10 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
         &objects::deployment(&md, relay.as_ref(), &ctx.options.runtime),
     )
     .await?;
-    let marked = valid && refresh_pods(&client, &ns, &md, &revision, false).await?;
+    // A revision that status does not show yet was (probably) just written: its pods are marked.
+    let marked = valid
+        && previous.config_revision.as_deref() != Some(revision.as_str())
+        && refresh_pods(&ctx, &client, &ns, &md, &revision, false).await;
     status.config_revision = if valid {
         Some(revision.clone())
     } else {
@@ -477,9 +480,10 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
         },
     );
     if valid && !marked && served.is_some() && !config_served {
-        // Marked earlier, yet still the old revision: the kubelet may have synced the pod before
-        // its cache saw the new Secret. Another change makes it sync again.
-        refresh_pods(&client, &ns, &md, &revision, true).await?;
+        // Marked earlier (or by an operator that stopped before writing status), yet still the
+        // old revision: the kubelet may have synced the pod before its cache saw the new Secret.
+        // Another change makes it sync again, at most every REFRESH_AGAIN per pod.
+        refresh_pods(&ctx, &client, &ns, &md, &revision, true).await;
     }
     let mut all_ok = tls_ok && config_served && valid;
     let groups = [
@@ -676,8 +680,10 @@ async fn pod_networks(
 
 /// The annotation on a runtime pod naming the config revision it should serve.
 const POD_REVISION: &str = "kubemail.io/config-revision";
-/// When the operator last asked again (see [`refresh_pods`]).
+/// When the operator last marked the pod (RFC 3339).
 const POD_REFRESH: &str = "kubemail.io/config-refresh";
+/// How long a marked pod is given before it is marked again.
+const REFRESH_AGAIN: Duration = Duration::from_secs(10);
 
 /// Makes the runtime's pods see config revision `revision` now rather than in a minute.
 ///
@@ -685,15 +691,20 @@ const POD_REFRESH: &str = "kubemail.io/config-refresh";
 /// (`syncFrequency`, one minute by default) or as soon as the Pod object changes. Marking each
 /// running pod with the revision just written is such a change, so the new config reaches the
 /// runtime's files within about a second and the runtime reloads it; no pod restarts, and
-/// nothing but the revision's name passes through the pod. With `again`, pods already marked
-/// are touched once more. Returns whether any pod was changed.
+/// nothing but the revision's name passes through the pod (the chart's admission policy lets
+/// the operator change nothing else of a pod). With `again`, pods marked with this revision
+/// more than [`REFRESH_AGAIN`] ago are marked once more. Returns whether any pod was changed.
+///
+/// Best effort: the kubelet's periodic sync delivers the config anyway, so a failure here (a
+/// Role without `patch` on pods, a webhook that refuses) is logged and the reconcile goes on.
 async fn refresh_pods(
+    ctx: &Context,
     client: &kube::Client,
     ns: &str,
     md: &MailDomain,
     revision: &str,
     again: bool,
-) -> Result<bool> {
+) -> bool {
     use kube::api::{ListParams, Patch, PatchParams};
     let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns);
     let selector = render::selector(md)
@@ -701,21 +712,32 @@ async fn refresh_pods(
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",");
-    let list = pods.list(&ListParams::default().labels(&selector)).await?;
+    let list = match pods.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => list,
+        Err(err) => {
+            tracing::warn!(error = %err, "listing the runtime pods failed; the kubelet's periodic sync will deliver the config");
+            return false;
+        }
+    };
+    let now = k8s_openapi::jiff::Timestamp::now();
     let mut changed = false;
     for pod in list.items {
-        let current = pod.annotations().get(POD_REVISION).map(String::as_str);
-        if pod.metadata.deletion_timestamp.is_some() || (current == Some(revision) && !again) {
+        let annotations = pod.annotations();
+        let marked = annotations.get(POD_REVISION).map(String::as_str) == Some(revision);
+        let recently = annotations
+            .get(POD_REFRESH)
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            .is_some_and(|t| now.duration_since(t).as_secs() < REFRESH_AGAIN.as_secs() as i64);
+        if pod.metadata.deletion_timestamp.is_some() || (marked && (!again || recently)) {
             continue;
         }
         let Some(name) = pod.metadata.name.as_deref() else {
             continue;
         };
-        let mut annotations = serde_json::json!({POD_REVISION: revision});
-        if again {
-            annotations[POD_REFRESH] = k8s_openapi::jiff::Timestamp::now().to_string().into();
-        }
-        let patch = serde_json::json!({"metadata": {"annotations": annotations}});
+        let patch = serde_json::json!({"metadata": {"annotations": {
+            POD_REVISION: revision,
+            POD_REFRESH: now.to_string(),
+        }}});
         match pods
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
@@ -726,10 +748,29 @@ async fn refresh_pods(
             }
             // Gone meanwhile: its replacement mounts the current Secret at start.
             Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
+            Err(err) => {
+                tracing::warn!(pod = name, error = %err, "marking the runtime pod failed; the kubelet's periodic sync will deliver the config");
+                use kube::runtime::events::{Event, EventType};
+                let event = Event {
+                    type_: EventType::Warning,
+                    reason: "PodRefreshFailed".into(),
+                    note: Some(format!(
+                        "could not mark pod {name} with config revision {revision}: {err}; the kubelet delivers it on its periodic sync (about a minute)"
+                    ).chars().take(1000).collect()),
+                    action: "Reconcile".into(),
+                    secondary: None,
+                };
+                if let Err(err) = ctx
+                    .recorder
+                    .publish(&event, &kube::Resource::object_ref(md, &()))
+                    .await
+                {
+                    tracing::debug!(error = %err, "an event could not be written");
+                }
+            }
         }
     }
-    Ok(changed)
+    changed
 }
 
 /// The config revision the runtime reports on `/readyz`, if it answers.
