@@ -133,14 +133,12 @@ impl Cluster {
         create_network(&netns)?;
         create_cgroups(&cgroup)?;
 
-        let plane = ControlPlane::start_at(Placement::Node {
-            netns: netns.clone(),
-            node_ip: NODE_IP.to_string(),
-        })?;
         let placement = Placement::Node {
             netns: netns.clone(),
             node_ip: NODE_IP.to_string(),
+            dir: dir.join("control-plane"),
         };
+        let plane = ControlPlane::start_at(placement.clone())?;
         fs::copy(
             plane.dir().join("kubelet.kubeconfig"),
             dir.join("kubelet.kubeconfig"),

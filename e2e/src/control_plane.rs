@@ -34,8 +34,12 @@ pub(crate) enum Placement {
     Loopback,
     /// Inside a real node's network namespace, advertising the node's address (so pods reach it
     /// through the `kubernetes` Service); the host reaches it through a loopback bridge on the
-    /// same port.
-    Node { netns: String, node_ip: String },
+    /// same port. Its files go to `dir`, inside the node's, so the node's teardown removes them.
+    Node {
+        netns: String,
+        node_ip: String,
+        dir: PathBuf,
+    },
 }
 
 impl Placement {
@@ -119,11 +123,14 @@ impl ControlPlane {
         remove_stale_dirs();
         // pid first, so a later run can tell a dead run's directory; then a random part, so two
         // control planes of one test binary never share one.
-        let dir = std::env::temp_dir().join(format!(
-            "{DIR_PREFIX}{}-{}",
-            std::process::id(),
-            random_suffix()
-        ));
+        let dir = match &placement {
+            Placement::Node { dir, .. } => dir.clone(),
+            Placement::Loopback => std::env::temp_dir().join(format!(
+                "{DIR_PREFIX}{}-{}",
+                std::process::id(),
+                random_suffix()
+            )),
+        };
         fs::create_dir_all(dir.join("logs"))?;
         // Root only: the admin kubeconfig and the CA's and API server's keys live here.
         fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
