@@ -722,13 +722,9 @@ async fn refresh_pods(
     let now = k8s_openapi::jiff::Timestamp::now();
     let mut changed = false;
     for pod in list.items {
-        let annotations = pod.annotations();
-        let marked = annotations.get(POD_REVISION).map(String::as_str) == Some(revision);
-        let recently = annotations
-            .get(POD_REFRESH)
-            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
-            .is_some_and(|t| now.duration_since(t).as_secs() < REFRESH_AGAIN.as_secs() as i64);
-        if pod.metadata.deletion_timestamp.is_some() || (marked && (!again || recently)) {
+        if pod.metadata.deletion_timestamp.is_some()
+            || !needs_mark(pod.annotations(), revision, again, now)
+        {
             continue;
         }
         let Some(name) = pod.metadata.name.as_deref() else {
@@ -773,6 +769,24 @@ async fn refresh_pods(
     changed
 }
 
+/// Whether a pod with `annotations` is to be marked with `revision` at `now`: when it names
+/// another revision, or (asked `again`) when it was marked more than [`REFRESH_AGAIN`] ago.
+fn needs_mark(
+    annotations: &std::collections::BTreeMap<String, String>,
+    revision: &str,
+    again: bool,
+    now: k8s_openapi::jiff::Timestamp,
+) -> bool {
+    if annotations.get(POD_REVISION).map(String::as_str) != Some(revision) {
+        return true;
+    }
+    let recently = annotations
+        .get(POD_REFRESH)
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .is_some_and(|t| now.duration_since(t).as_secs() < REFRESH_AGAIN.as_secs() as i64);
+    again && !recently
+}
+
 /// The config revision the runtime reports on `/readyz`, if it answers.
 async fn served_revision(host: &str, port: i32) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -805,4 +819,48 @@ async fn served_revision(host: &str, port: i32) -> Option<String> {
 pub fn error_policy(_md: Arc<MailDomain>, error: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(error = %error, category = error.category(), "MailDomain reconcile failed");
     Action::requeue(error.retry_after())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+    use super::{POD_REFRESH, POD_REVISION, needs_mark};
+
+    fn pod(revision: Option<&str>, refreshed: Option<Timestamp>) -> BTreeMap<String, String> {
+        let mut annotations = BTreeMap::new();
+        if let Some(r) = revision {
+            annotations.insert(POD_REVISION.to_string(), r.to_string());
+        }
+        if let Some(t) = refreshed {
+            annotations.insert(POD_REFRESH.to_string(), t.to_string());
+        }
+        annotations
+    }
+
+    #[test]
+    fn a_pod_is_marked_once_per_revision_and_again_at_most_every_ten_seconds() {
+        let now = Timestamp::now();
+        let ago = |s: i64| {
+            now.checked_sub(SignedDuration::from_secs(s))
+                .expect("a time in range")
+        };
+        // Never marked, or marked with an older revision: marked.
+        assert!(needs_mark(&pod(None, None), "b", false, now));
+        assert!(needs_mark(&pod(Some("a"), Some(ago(1))), "b", false, now));
+        // Already marked with this revision: left alone unless asked again...
+        assert!(!needs_mark(&pod(Some("b"), Some(ago(1))), "b", false, now));
+        assert!(!needs_mark(&pod(Some("b"), Some(ago(60))), "b", false, now));
+        // ...and then only when the last mark is 10 s old (each mark is a pod update that
+        // brings the operator back here: no storm).
+        assert!(!needs_mark(&pod(Some("b"), Some(ago(3))), "b", true, now));
+        assert!(needs_mark(&pod(Some("b"), Some(ago(11))), "b", true, now));
+        assert!(needs_mark(&pod(Some("b"), None), "b", true, now));
+        // An unreadable time counts as old.
+        let mut garbled = pod(Some("b"), None);
+        garbled.insert(POD_REFRESH.to_string(), "yesterday".into());
+        assert!(needs_mark(&garbled, "b", true, now));
+    }
 }
