@@ -556,7 +556,9 @@ pub struct MailDomainStatus {
     pub observed_generation: Option<i64>,
     /// `Ready` (every enabled protocol answers its probe and the runtime serves the current
     /// config), one condition per protocol probe (`SMTPReady`, `SubmissionReady`, `IMAPReady`,
-    /// `POP3Ready`), `ConfigApplied`, `Degraded`.
+    /// `POP3Ready`), `ConfigServed` (the runtime serves the revision written), `TLSReady`,
+    /// `RelayPolicyFound` when a RelayPolicy is named, `CatchAllFound` when a catch-all is set,
+    /// and `ConfigValid=False` while a rendered config is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

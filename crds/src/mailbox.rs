@@ -153,7 +153,8 @@ pub struct MailboxStatus {
     /// The name of the MailDomain that serves this mailbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
-    /// Storage used, when the runtime has reported it.
+    /// Storage used. Reserved: nothing writes it yet (the runtime does not report usage to
+    /// the operator); quota is enforced by the runtime itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<MailboxUsage>,
 }
