@@ -708,7 +708,10 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
             down.elapsed().as_secs_f64()
         );
         world.apply(&world.mailbox("frank", "frank-pw"));
-        world.wait("frank logs in", Duration::from_secs(120), || {
+        // Watch backoffs after the restart (the operator's, then the kubelet's for the config
+        // Secret; each up to 30 s between tries) make this the slowest drill: about a minute on
+        // an idle machine, two on a loaded one.
+        world.wait("frank logs in", Duration::from_secs(300), || {
             world.can_log_in("frank@example.test", "frank-pw")
         });
         eprintln!(
