@@ -695,15 +695,15 @@ async fn only_the_lease_holder_reconciles_and_a_follower_takes_over() {
     };
     let leader = start(ControlPlane::shared());
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
-    let first = eventually("a leader", || async {
+    let holder = || async {
         leases
             .get_opt("kubemail-operator")
             .await
             .ok()
             .flatten()
             .and_then(|l| l.spec?.holder_identity)
-    })
-    .await;
+    };
+    let first = eventually("a leader", holder).await;
     let follower = start(ControlPlane::shared());
     apply(&client, &ns, domain()).await;
     eventually("the leader reconciles", || async {
@@ -711,14 +711,8 @@ async fn only_the_lease_holder_reconciles_and_a_follower_takes_over() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let holder = leases
-        .get("kubemail-operator")
-        .await
-        .expect("lease")
-        .spec
-        .and_then(|s| s.holder_identity);
     assert_eq!(
-        holder.as_ref(),
+        holder().await.as_ref(),
         Some(&first),
         "the follower took the Lease from a live leader"
     );
@@ -733,17 +727,11 @@ async fn only_the_lease_holder_reconciles_and_a_follower_takes_over() {
             .filter(|(_, raw, _)| raw.mailboxes.len() == 1)
     })
     .await;
-    let holder = leases
-        .get("kubemail-operator")
-        .await
-        .expect("lease")
-        .spec
-        .and_then(|s| s.holder_identity);
-    assert_ne!(holder.as_ref(), Some(&first));
+    let second = holder().await.expect("a holder");
+    assert_ne!(second, first);
 
     // A leader stopped the way Kubernetes stops pods (SIGTERM) gives the Lease up: a new
     // standby takes it within a few seconds, not after the Lease's 15 s.
-    let second = holder.expect("a holder");
     let _standby = start(ControlPlane::shared());
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stopped = std::time::Instant::now();
@@ -753,13 +741,7 @@ async fn only_the_lease_holder_reconciles_and_a_follower_takes_over() {
         .expect("kill");
     assert!(status.success());
     let third = eventually("a standby takes the released Lease", || async {
-        leases
-            .get_opt("kubemail-operator")
-            .await
-            .ok()
-            .flatten()
-            .and_then(|l| l.spec?.holder_identity)
-            .filter(|h| *h != second)
+        holder().await.filter(|h| *h != second)
     })
     .await;
     assert!(
