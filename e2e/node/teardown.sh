@@ -1,7 +1,7 @@
 # Tears the test node down completely: its pods' processes (by cgroup), every process in its
 # network namespace (control plane, containerd, shims, kubelet, kube-proxy, bridges), its
 # cgroups, its network namespace and its directory. Idempotent. The harness writes it into the
-# node's own root-only directory for the guard that runs it when the test binary ends, and
+# node's own root-only directory for the watcher that runs it when the test binary ends, and
 # renders it afresh for a dead run's node (it never runs a file it finds).
 #   teardown.sh [pods]   -- `pods`: only the pods' processes (the node's mounts going away)
 DIR='{{DIR}}'

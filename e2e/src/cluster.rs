@@ -12,9 +12,9 @@
 //! ```
 //!
 //! Started once per test binary ([`Cluster::shared`]); torn down completely (processes, cgroups,
-//! network namespace, files) when the test binary exits, panics or is killed: a guard process
-//! runs `teardown.sh` when its pipe from the test binary closes, and a later run removes what a
-//! dead run's guard could not.
+//! network namespace, files) when the test binary exits, panics or is killed: a watcher in a
+//! session of its own runs `teardown.sh` once the test binary's process is gone (its process
+//! group killed included), and a later run removes what a dead run's watcher could not.
 use std::{
     fs,
     os::unix::fs::{DirBuilderExt, PermissionsExt},
@@ -65,8 +65,6 @@ pub struct Cluster {
     scheduler: Guarded,
     /// Tells the volume provisioner to stop.
     provisioner: Arc<AtomicBool>,
-    /// Runs teardown.sh when the test binary ends.
-    _teardown: Guarded,
 }
 
 impl Cluster {
@@ -117,18 +115,20 @@ impl Cluster {
             render(include_str!("../node/teardown.sh"), &[]),
         )?;
         // From here on, whatever happens, the teardown guard removes the node.
-        let teardown = Guarded::spawn(
-            "node teardown",
-            Path::new("/bin/sh"),
-            &[
-                "-c".into(),
-                format!(
-                    "trap 'sh {}/teardown.sh; exit 0' TERM; while :; do sleep 1 & wait $!; done",
-                    dir.display()
-                ),
-            ],
-            &dir.join("logs/teardown.log"),
-        )?;
+        // In a session of its own, so that killing this process's whole group (a CI runner's
+        // timeout, Ctrl-C on a terminal) does not take the watcher with it.
+        Command::new("/usr/bin/setsid")
+            .args(["--fork", "sh", "-c"])
+            .arg(format!(
+                "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; exec sh '{dir}/teardown.sh'",
+                pid = std::process::id(),
+                dir = dir.display()
+            ))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .context("starting the node's teardown watcher")?;
         let started = Instant::now();
         create_network(&netns)?;
         create_cgroups(&cgroup)?;
@@ -234,7 +234,6 @@ impl Cluster {
             proxy,
             scheduler,
             provisioner: Arc::new(AtomicBool::new(false)),
-            _teardown: teardown,
         };
         cluster.wait_node_ready(Duration::from_secs(120))?;
         provisioner::start(
