@@ -515,9 +515,15 @@ async fn many_sessions_fetching_a_large_message_share_one_memory_bound() {
     // Nobody reads for a while: what the server holds meanwhile is bounded.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let held = proc_status(dev.pid(), "VmHWM:").saturating_sub(before);
-    // Then everyone reads, and gets the whole message.
-    for mut s in sessions {
-        let answer = s.until_tagged("f").await;
+    // Then everyone reads, each device at its own pace, and gets the whole message. (Read one
+    // after another, a session waiting for answer memory could wait on one that holds it and
+    // that nobody reads yet: a deadlock of the test's making, not of the server's.)
+    let readers: Vec<_> = sessions
+        .into_iter()
+        .map(|mut s| tokio::spawn(async move { s.until_tagged("f").await }))
+        .collect();
+    for reader in readers {
+        let answer = reader.await.expect("a reader");
         assert!(answer.contains("f OK"), "{:.200}", answer);
         assert!(
             answer.len() > big.len(),
