@@ -17,7 +17,7 @@
 //! group killed included), and a later run removes what a dead run's watcher could not.
 use std::{
     fs,
-    os::unix::fs::{DirBuilderExt, PermissionsExt},
+    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     process::Command,
     sync::{
@@ -90,7 +90,7 @@ impl Cluster {
             }
         }
         for program in ["/usr/bin/containerd", "/usr/sbin/runc", "/usr/bin/ctr"] {
-            if !Path::new(program).exists() && which(program).is_none() {
+            if !Path::new(program).exists() {
                 bail!("{program} is missing: run e2e/scripts/install-deps.sh");
             }
         }
@@ -191,9 +191,9 @@ impl Cluster {
         )?;
 
         let images = build_images(&dir.join("images"))?;
-        let containerd = spawn_containerd(&holder_pid, &netns, &dir)?;
+        let containerd = spawn_containerd(&holder_pid, &dir)?;
         import_images(&dir)?;
-        let kubelet = spawn_kubelet(&holder_pid, &netns, &dir, tools)?;
+        let kubelet = spawn_kubelet(&holder_pid, &dir, tools)?;
         let kubeconfig = plane.kubeconfig().to_string_lossy().to_string();
         let proxy = placement.spawn(
             "kube-proxy",
@@ -277,6 +277,61 @@ impl Cluster {
         cmd
     }
 
+    /// Makes `namespace` (unless it exists) and labels it to enforce the restricted Pod Security
+    /// Standard.
+    pub fn restricted_namespace(&self, namespace: &str) -> Result<()> {
+        let kubectl = |args: &[&str]| -> Result<bool> {
+            Ok(self.plane.kubectl().args(args).output()?.status.success())
+        };
+        if !kubectl(&["get", "namespace", namespace])?
+            && !kubectl(&["create", "namespace", namespace])?
+        {
+            bail!("kubectl create namespace {namespace} failed");
+        }
+        if !kubectl(&[
+            "label",
+            "namespace",
+            namespace,
+            "--overwrite",
+            "pod-security.kubernetes.io/enforce=restricted",
+            "pod-security.kubernetes.io/enforce-version=latest",
+        ])? {
+            bail!("labelling namespace {namespace} failed");
+        }
+        Ok(())
+    }
+
+    /// `helm install kubemail charts/kubemail -n <namespace>` with this node's images, serving
+    /// `watch`; returns once the operator's pod is Ready.
+    pub fn install_chart(&self, namespace: &str, watch: &str) -> Result<()> {
+        let images = &self.images;
+        let out = self
+            .plane
+            .helm()
+            .args(["install", "kubemail"])
+            .arg(workspace_root().join("charts/kubemail"))
+            .args(["-n", namespace, "--wait", "--timeout=180s"])
+            .args(["--set", &format!("watchNamespaces={{{watch}}}")])
+            .args([
+                "--set",
+                &format!("operator.image.repository={}", images.operator_repository),
+            ])
+            .args(["--set", &format!("operator.image.tag={}", images.tag)])
+            .args([
+                "--set",
+                &format!("runtime.image.repository={}", images.runtime_repository),
+            ])
+            .args(["--set", &format!("runtime.image.tag={}", images.tag)])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "helm install failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Applies a manifest with kubectl (server-side).
     pub fn apply_manifest(&self, yaml: &str) -> Result<()> {
         let file = self.dir.join(format!("manifest-{}.yaml", random_suffix()));
@@ -338,7 +393,7 @@ impl Cluster {
         let holder_pid = fs::read_to_string(self.dir.join("holder.pid"))?;
         let mut kubelet = self.kubelet.lock().expect("kubelet lock");
         kubelet.stop();
-        *kubelet = spawn_kubelet(holder_pid.trim(), &self.netns, &self.dir, Tools::get()?)?;
+        *kubelet = spawn_kubelet(holder_pid.trim(), &self.dir, Tools::get()?)?;
         Ok(())
     }
 
@@ -347,7 +402,7 @@ impl Cluster {
         let holder_pid = fs::read_to_string(self.dir.join("holder.pid"))?;
         let mut containerd = self.containerd.lock().expect("containerd lock");
         containerd.stop();
-        *containerd = spawn_containerd(holder_pid.trim(), &self.netns, &self.dir)?;
+        *containerd = spawn_containerd(holder_pid.trim(), &self.dir)?;
         Ok(())
     }
 
@@ -392,7 +447,7 @@ fn in_node_namespaces(holder_pid: &str, program: &Path, args: &[String]) -> Vec<
     all
 }
 
-fn spawn_containerd(holder_pid: &str, _netns: &str, dir: &Path) -> Result<Guarded> {
+fn spawn_containerd(holder_pid: &str, dir: &Path) -> Result<Guarded> {
     let _ = fs::remove_file(dir.join("containerd.sock"));
     let containerd = Guarded::spawn(
         "containerd",
@@ -423,7 +478,7 @@ fn spawn_containerd(holder_pid: &str, _netns: &str, dir: &Path) -> Result<Guarde
     Ok(containerd)
 }
 
-fn spawn_kubelet(holder_pid: &str, _netns: &str, dir: &Path, tools: &Tools) -> Result<Guarded> {
+fn spawn_kubelet(holder_pid: &str, dir: &Path, tools: &Tools) -> Result<Guarded> {
     Guarded::spawn(
         "kubelet",
         Path::new("/usr/bin/nsenter"),
@@ -668,17 +723,4 @@ fn is_root() -> bool {
     fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    let name = Path::new(program).file_name()?;
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| {
-            p.metadata()
-                .map(|m| m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
 }

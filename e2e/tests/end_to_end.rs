@@ -229,17 +229,9 @@ apiVersion: kubemail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: {name}}}\nspe
 
 fn restricted_namespace(cluster: &Cluster, prefix: &str) -> String {
     let name = format!("{prefix}-{}", std::process::id());
-    ok(cluster
-        .plane()
-        .kubectl()
-        .args(["create", "namespace", &name]));
-    ok(cluster.plane().kubectl().args([
-        "label",
-        "namespace",
-        &name,
-        "pod-security.kubernetes.io/enforce=restricted",
-        "pod-security.kubernetes.io/enforce-version=latest",
-    ]));
+    cluster
+        .restricted_namespace(&name)
+        .expect("a restricted namespace");
     name
 }
 
@@ -254,27 +246,10 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
     let mut timings: Vec<(String, Duration)> = Vec::new();
 
     // helm install, as the README says, with the images this node has.
-    let images = cluster.images();
     let started = Instant::now();
-    ok(cluster.plane().helm().args([
-        "install",
-        "kubemail",
-        &workspace_root().join("charts/kubemail").to_string_lossy(),
-        "-n",
-        &world.system,
-        "--set",
-        &format!("operator.image.repository={}", images.operator_repository),
-        "--set",
-        &format!("operator.image.tag={}", images.tag),
-        "--set",
-        &format!("runtime.image.repository={}", images.runtime_repository),
-        "--set",
-        &format!("runtime.image.tag={}", images.tag),
-        "--set",
-        &format!("watchNamespaces={{{}}}", world.ns),
-        "--wait",
-        "--timeout=180s",
-    ]));
+    cluster
+        .install_chart(&world.system, &world.ns)
+        .expect("helm install");
     timings.push(("helm install -> operator Ready".into(), started.elapsed()));
 
     // The quickstart, applied with kubectl; Ready comes from real probes through the Service.

@@ -94,55 +94,14 @@ async fn run(check: bool) -> Result<()> {
 }
 
 async fn serve(cluster: &Cluster, check: bool) -> Result<()> {
-    for ns in [SYSTEM, NAMESPACE] {
-        if ns != NAMESPACE {
-            kubectl(cluster, &["create", "namespace", ns])?;
-        }
-        kubectl(
-            cluster,
-            &[
-                "label",
-                "namespace",
-                ns,
-                "--overwrite",
-                "pod-security.kubernetes.io/enforce=restricted",
-            ],
-        )?;
-    }
+    cluster.restricted_namespace(SYSTEM)?;
+    cluster.restricted_namespace(NAMESPACE)?;
     let images = cluster.images();
-    let chart = workspace_root().join("charts/kubemail");
     step(&format!(
-        "helm install kubemail {} -n {SYSTEM} --set watchNamespaces={{{NAMESPACE}}} (images {}:{}, {}:{})",
-        chart.display(),
-        images.operator_repository,
-        images.tag,
-        images.runtime_repository,
-        images.tag
+        "helm install kubemail charts/kubemail -n {SYSTEM} --set watchNamespaces={{{NAMESPACE}}} (images {}:{}, {}:{})",
+        images.operator_repository, images.tag, images.runtime_repository, images.tag
     ));
-    let out = cluster
-        .plane()
-        .helm()
-        .args(["install", "kubemail"])
-        .arg(&chart)
-        .args(["-n", SYSTEM, "--wait", "--timeout=180s"])
-        .args(["--set", &format!("watchNamespaces={{{NAMESPACE}}}")])
-        .args([
-            "--set",
-            &format!("operator.image.repository={}", images.operator_repository),
-        ])
-        .args(["--set", &format!("operator.image.tag={}", images.tag)])
-        .args([
-            "--set",
-            &format!("runtime.image.repository={}", images.runtime_repository),
-        ])
-        .args(["--set", &format!("runtime.image.tag={}", images.tag)])
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "helm install failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    cluster.install_chart(SYSTEM, NAMESPACE)?;
 
     step("kubectl apply -f examples/quickstart/");
     let quickstart = workspace_root().join("examples/quickstart");
