@@ -697,3 +697,180 @@ async fn keywords_are_kept_shown_searched_and_copied() {
     a.assert_well_formed();
     b.assert_well_formed();
 }
+
+/// The number after `key` in a response (`[HIGHESTMODSEQ 12]`, `UIDVALIDITY 3`).
+fn number_after(text: &str, key: &str) -> u64 {
+    let at = text
+        .find(key)
+        .unwrap_or_else(|| panic!("{key} missing: {text}"))
+        + key.len();
+    text[at..]
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {key}: {text}"))
+}
+
+/// Issue 15: CONDSTORE and QRESYNC (RFC 7162), the fast resync phones use. A device that was
+/// away learns, in its SELECT, exactly what changed since its last HIGHESTMODSEQ (flags, new
+/// mail, expunges as VANISHED) and nothing else; a conditional STORE loses to a change made
+/// meanwhile; a session with QRESYNC on hears expunges as VANISHED.
+#[tokio::test]
+async fn condstore_and_qresync_resync_what_changed_and_nothing_else() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    for n in 1..=4 {
+        deliver(&dev, &format!("message {n}"), "body");
+    }
+
+    // The phone syncs once and goes away with (UIDVALIDITY, HIGHESTMODSEQ).
+    let mut phone = Client::login(&dev, BOB).await;
+    let caps = phone.command("a", "CAPABILITY").await;
+    assert!(
+        caps.contains(" CONDSTORE") && caps.contains(" QRESYNC"),
+        "{caps}"
+    );
+    let enabled = phone.command("b", "ENABLE QRESYNC").await;
+    assert!(enabled.contains("* ENABLED QRESYNC"), "{enabled}");
+    let select = phone.command("c", "SELECT INBOX").await;
+    let validity = number_after(&select, "[UIDVALIDITY");
+    let synced = number_after(&select, "[HIGHESTMODSEQ");
+    let all = phone.command("d", "FETCH 1:* (UID FLAGS MODSEQ)").await;
+    assert_eq!(all.matches(" MODSEQ (").count(), 4, "{all}");
+    assert!(
+        all.lines()
+            .filter(|l| l.contains("MODSEQ ("))
+            .all(|l| number_after(l, "MODSEQ (") <= synced),
+        "{all}"
+    );
+    phone.assert_well_formed();
+    drop(phone);
+
+    // Meanwhile the laptop reads one, deletes one, and new mail comes.
+    let mut laptop = Client::login(&dev, BOB).await;
+    assert!(laptop.command("e", "SELECT INBOX").await.contains("e OK"));
+    assert!(
+        laptop
+            .command("f", "STORE 2 +FLAGS.SILENT (\\Seen)")
+            .await
+            .contains("f OK")
+    );
+    assert!(
+        laptop
+            .command("g", "STORE 3 +FLAGS.SILENT (\\Deleted)")
+            .await
+            .contains("g OK")
+    );
+    let expunged = laptop.command("h", "EXPUNGE").await;
+    assert!(expunged.contains("* 3 EXPUNGE"), "{expunged}");
+    deliver(&dev, "message 5", "body");
+    // A conditional STORE: UID 1 is unchanged since the phone's sync, UID 2 is not.
+    let conditional = laptop
+        .command(
+            "i",
+            &format!("UID STORE 1,2 (UNCHANGEDSINCE {synced}) +FLAGS (\\Flagged)"),
+        )
+        .await;
+    assert!(
+        conditional.contains("i OK [MODIFIED 2]"),
+        "UID 2 changed after {synced}: {conditional}"
+    );
+    assert!(
+        conditional.contains("FETCH (UID 1 FLAGS (\\Flagged) MODSEQ ("),
+        "{conditional}"
+    );
+    assert!(!conditional.contains("UID 2 FLAGS"), "{conditional}");
+    laptop.assert_well_formed();
+
+    // The phone comes back: VANISHED for the expunged UID, FETCH for UIDs 1, 2 and 5 only.
+    let mut phone = Client::login(&dev, BOB).await;
+    assert!(phone.command("j", "ENABLE QRESYNC").await.contains("j OK"));
+    let resync = phone
+        .command(
+            "k",
+            &format!("SELECT INBOX (QRESYNC ({validity} {synced} 1:4))"),
+        )
+        .await;
+    assert!(resync.contains("* VANISHED (EARLIER) 3\n"), "{resync}");
+    let fetched: Vec<&str> = resync.lines().filter(|l| l.contains(" FETCH (")).collect();
+    assert_eq!(fetched.len(), 3, "{resync}");
+    for (line, expected) in fetched.iter().zip([
+        "UID 1 FLAGS (\\Flagged)",
+        "UID 2 FLAGS (\\Seen)",
+        "UID 5 FLAGS ()",
+    ]) {
+        assert!(line.contains(expected), "{expected}: {resync}");
+        assert!(number_after(line, "MODSEQ (") > synced, "{resync}");
+    }
+    let highest = number_after(&resync, "[HIGHESTMODSEQ");
+    assert!(highest > synced, "{resync}");
+    // The same answer by UID FETCH ... (CHANGEDSINCE ... VANISHED).
+    let changed = phone
+        .command(
+            "l",
+            &format!("UID FETCH 1:* (FLAGS) (CHANGEDSINCE {synced} VANISHED)"),
+        )
+        .await;
+    assert!(changed.contains("* VANISHED (EARLIER) 3\n"), "{changed}");
+    assert_eq!(changed.matches(" FETCH (").count(), 3, "{changed}");
+    let nothing = phone
+        .command("m", &format!("FETCH 1:* (FLAGS) (CHANGEDSINCE {highest})"))
+        .await;
+    assert!(!nothing.contains(" FETCH ("), "{nothing}");
+
+    // Live: the laptop's changes reach the phone with MODSEQ, its expunge as VANISHED.
+    assert!(
+        laptop
+            .command("n", "UID STORE 1 -FLAGS (\\Flagged)")
+            .await
+            .contains("n OK")
+    );
+    assert!(
+        laptop
+            .command("o", "UID STORE 4 +FLAGS (\\Deleted)")
+            .await
+            .contains("o OK")
+    );
+    assert!(laptop.command("p", "EXPUNGE").await.contains("p OK"));
+    let heard = phone.command("q", "NOOP").await;
+    assert!(heard.contains("* VANISHED 4\n"), "{heard}");
+    assert!(!heard.contains("EXPUNGE"), "{heard}");
+    assert!(heard.contains("FETCH (UID 1 FLAGS () MODSEQ ("), "{heard}");
+    let latest = number_after(
+        heard.lines().find(|l| l.contains("UID 1")).unwrap_or(""),
+        "MODSEQ (",
+    );
+    let found = phone.command("r", &format!("SEARCH MODSEQ {latest}")).await;
+    assert!(
+        found.contains(&format!("* SEARCH 1 (MODSEQ {latest})")),
+        "{found}"
+    );
+    let status = phone
+        .command("s", "STATUS INBOX (HIGHESTMODSEQ MESSAGES)")
+        .await;
+    assert!(number_after(&status, "HIGHESTMODSEQ") > latest, "{status}");
+
+    // A cache for another UIDVALIDITY gets a plain SELECT; the closed folder is marked.
+    let stale = phone
+        .command("t", "SELECT INBOX (QRESYNC (1 1 1:10))")
+        .await;
+    assert!(stale.contains("* OK [CLOSED]"), "{stale}");
+    assert!(
+        !stale.contains("VANISHED") && !stale.contains(" FETCH ("),
+        "{stale}"
+    );
+    phone.assert_well_formed();
+
+    // QRESYNC in SELECT without ENABLE is a protocol error; CONDSTORE in SELECT turns it on.
+    let mut other = Client::login(&dev, BOB).await;
+    let refused = other
+        .command("u", &format!("SELECT INBOX (QRESYNC ({validity} 1))"))
+        .await;
+    assert!(refused.contains("u BAD"), "{refused}");
+    let select = other.command("v", "EXAMINE INBOX (CONDSTORE)").await;
+    assert!(select.contains("[HIGHESTMODSEQ"), "{select}");
+    let flags = other.command("w", "FETCH 1 (FLAGS)").await;
+    assert!(!flags.contains("MODSEQ"), "asked for FLAGS only: {flags}");
+    other.assert_well_formed();
+}

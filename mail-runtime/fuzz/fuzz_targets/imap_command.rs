@@ -1,15 +1,19 @@
 //! Arbitrary bytes, cut into arbitrary reads, through the IMAP command path: imap-codec's
 //! fragmentizer and command parser as the server runs them, then what the server does with
 //! each command that needs no disk: sequence sets resolved against a folder, SEARCH keys
-//! evaluated, FETCH items rendered, LIST patterns matched. Never a panic; every FETCH response
-//! ends in CRLF.
+//! evaluated, FETCH items rendered, LIST patterns matched, QRESYNC's known UIDs turned into
+//! VANISHED ranges. Never a panic; every FETCH response ends in CRLF; VANISHED names only known
+//! UIDs the folder does not hold.
 #![no_main]
 
 use imap_codec::{
     CommandCodec,
     fragmentizer::{FragmentInfo, Fragmentizer},
     imap_types::{
-        IntoStatic, command::CommandBody, fetch::MacroOrMessageDataItemNames, mailbox::ListMailbox,
+        IntoStatic,
+        command::{CommandBody, SelectParameter},
+        fetch::MacroOrMessageDataItemNames,
+        mailbox::ListMailbox,
         search::SearchKey,
     },
 };
@@ -17,7 +21,7 @@ use libfuzzer_sys::fuzz_target;
 use mail_runtime::{
     imap::{
         search::{self, Candidate},
-        selected::Selected,
+        selected::{self, Selected},
         server::{folder_name, pattern_matches, render_fetch},
     },
     store::{FolderIndex, MessageMeta},
@@ -35,6 +39,7 @@ fn folder() -> Selected {
             flags: ["", "S", "FT", "DR"][uid as usize - 1].into(),
             internal_date: i64::from(uid) * 86_400 * 400,
             file_name: format!("m{uid}"),
+            modseq: 1,
         })
         .collect();
     Selected::new(
@@ -45,6 +50,7 @@ fn folder() -> Selected {
             uid_next: 13,
             messages,
             keywords: vec!["$Junk".into(), "work".into()],
+            highest_modseq: 1,
         },
     )
 }
@@ -122,7 +128,20 @@ fuzz_target!(|data: &[u8]| {
                     let name = folder_name(&reference);
                     let _ = pattern_matches(&pattern, name.as_bytes());
                 }
-                CommandBody::Select { mailbox, .. } | CommandBody::Create { mailbox } => {
+                CommandBody::Select { mailbox, parameters } => {
+                    let _ = folder_name(&mailbox);
+                    for parameter in parameters {
+                        if let SelectParameter::QResync { known_uids: Some(set), .. } = parameter {
+                            let known = selected::ranges(&set, selected.largest().1.max(1));
+                            for (a, b) in selected.vanished(&known) {
+                                assert!(a <= b && b < selected.uid_next);
+                                assert!(selected.messages.iter().all(|m| m.uid < a || m.uid > b));
+                                assert!(selected::contains(&known, a) && selected::contains(&known, b));
+                            }
+                        }
+                    }
+                }
+                CommandBody::Create { mailbox } => {
                     let _ = folder_name(&mailbox);
                 }
                 _ => {}

@@ -71,6 +71,7 @@ fuzz_target!(|data: &[u8]| {
         flags: "S".into(),
         internal_date: 0,
         file_name: "m".into(),
+        modseq: 1,
     };
     let mut out = Vec::new();
     if render_fetch(&mut out, 1, &meta, &[], Some(data), items(), false) {

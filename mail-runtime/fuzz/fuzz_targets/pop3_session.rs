@@ -15,6 +15,7 @@ fn meta(uid: u32) -> MessageMeta {
         flags: String::new(),
         internal_date: 0,
         file_name: format!("m{uid}"),
+        modseq: 1,
     }
 }
 

@@ -11,7 +11,7 @@ use mail_runtime::{
         Output, Session, SessionInfo,
         session::{Delivered, LoginFailure},
     },
-    store::{FlagChange, FolderIndex, MessageMeta, SpoolWriter, SpooledMessage, Store, StoreError, Usage},
+    store::{FlagChange, FlagsSet, FolderIndex, MessageMeta, SpoolWriter, SpooledMessage, Store, StoreError, Usage},
 };
 
 /// A store that holds nothing: the fuzz target exercises the protocol, not the disk.
@@ -73,8 +73,9 @@ impl Store for NoStore {
         _: &str,
         _: &str,
         _: &[(MessageMeta, FlagChange)],
-    ) -> Result<Vec<MessageMeta>, StoreError> {
-        Ok(Vec::new())
+        _: Option<u64>,
+    ) -> Result<FlagsSet, StoreError> {
+        Ok(FlagsSet::default())
     }
     fn folders(&self, _: &str) -> Result<Vec<String>, StoreError> {
         Ok(vec!["INBOX".into()])

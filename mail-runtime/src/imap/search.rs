@@ -190,7 +190,22 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
         Header(name, v) => header(&String::from_utf8_lossy(name.as_ref()), v.as_ref()),
         Body(v) => text_matches(c, v.as_ref(), false),
         Text(v) => text_matches(c, v.as_ref(), true),
+        // RFC 7162 s3.1.5: changed at or after that mod-sequence. Flags are not tracked one by
+        // one, so the per-flag entry names the message's own mod-sequence (as the RFC allows).
+        ModSequence { modseq, .. } => c.meta.modseq >= *modseq,
         #[allow(unreachable_patterns)]
+        _ => false,
+    }
+}
+
+/// Whether the tree has a MODSEQ key: then the answer names the highest mod-sequence found.
+pub fn uses_modseq(key: &SearchKey<'_>) -> bool {
+    use SearchKey::*;
+    match key {
+        And(keys) => keys.as_ref().iter().any(uses_modseq),
+        Not(k) => uses_modseq(k),
+        Or(a, b) => uses_modseq(a) || uses_modseq(b),
+        ModSequence { .. } => true,
         _ => false,
     }
 }
@@ -286,6 +301,7 @@ mod tests {
             flags: String::new(),
             internal_date: 0,
             file_name: "m".into(),
+            modseq: 1,
         };
         let sets = super::SetCache::default();
         let candidate = super::Candidate {

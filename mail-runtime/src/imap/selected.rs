@@ -1,6 +1,7 @@
 //! The selected folder as one session sees it: the messages by sequence number, and what to
 //! tell the client when the folder changed under it (RFC 9051 section 7.4: EXISTS, EXPUNGE and
-//! FETCH FLAGS for changes made by other sessions or by delivery).
+//! FETCH FLAGS for changes made by other sessions or by delivery; with CONDSTORE the MODSEQ of
+//! each change, with QRESYNC VANISHED instead of EXPUNGE, RFC 7162).
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 
 use super::write;
@@ -21,6 +22,48 @@ pub struct Selected {
     pub messages: Vec<MessageMeta>,
     /// The folder's keyword table (letter `a + n` is entry `n`), as last read.
     pub keywords: Vec<String>,
+    /// The folder's HIGHESTMODSEQ, as last read.
+    pub highest_modseq: u64,
+}
+
+/// How a session reports changes: the extensions its client enabled (RFC 7162).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reporting {
+    /// CONDSTORE: every FETCH with FLAGS carries MODSEQ.
+    pub modseq: bool,
+    /// QRESYNC: expunges are `VANISHED <uids>`, not `<seq> EXPUNGE`.
+    pub vanished: bool,
+}
+
+impl Reporting {
+    /// ` MODSEQ (n)` when CONDSTORE is on, for the end of a FETCH response.
+    pub fn modseq_item(&self, meta: &MessageMeta) -> String {
+        if self.modseq {
+            format!(" MODSEQ ({})", meta.modseq)
+        } else {
+            String::new()
+        }
+    }
+
+    /// Writes the responses for messages gone from the view: `removed` holds their sequence
+    /// numbers (as they were, one after another, so each counts the ones before it as gone:
+    /// descending order) and UIDs.
+    pub fn expunged(&self, removed: &[(u32, u32)], out: &mut Vec<u8>) {
+        if removed.is_empty() {
+            return;
+        }
+        if self.vanished {
+            let mut uids: Vec<u32> = removed.iter().map(|(_, uid)| *uid).collect();
+            uids.sort_unstable();
+            out.extend_from_slice(
+                format!("* VANISHED {}\r\n", write::sequence_set(&uids)).as_bytes(),
+            );
+        } else {
+            for (seq, _) in removed {
+                out.extend_from_slice(format!("* {seq} EXPUNGE\r\n").as_bytes());
+            }
+        }
+    }
 }
 
 /// The numbers a sequence set names, as sorted, disjoint, inclusive ranges with `*` standing
@@ -71,7 +114,38 @@ impl Selected {
             uid_next: index.uid_next,
             messages: index.messages,
             keywords: index.keywords,
+            highest_modseq: index.highest_modseq,
         }
+    }
+
+    /// The UIDs in `known` (merged ranges, see [`ranges`]) below UIDNEXT that are not in the
+    /// folder: what QRESYNC reports as `VANISHED (EARLIER)`. The store keeps no record of when
+    /// each was expunged, so every one in `known` is named (RFC 7162 s3.2.5.1 lets a server
+    /// do so; clients ignore UIDs they never had). As ranges: a client may name 1:4294967295.
+    pub fn vanished(&self, known: &[(u32, u32)]) -> Vec<(u32, u32)> {
+        let last = self.uid_next.saturating_sub(1);
+        let mut out: Vec<(u32, u32)> = Vec::new();
+        let mut present = self.messages.iter().map(|m| m.uid).peekable();
+        for &(a, b) in known {
+            let (mut a, b) = (a.max(1), b.min(last));
+            while a <= b {
+                while present.next_if(|uid| *uid < a).is_some() {}
+                match present.peek() {
+                    Some(&uid) if uid <= b => {
+                        if uid > a {
+                            out.push((a, uid - 1));
+                        }
+                        a = uid + 1;
+                        present.next();
+                    }
+                    _ => {
+                        out.push((a, b));
+                        break;
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The largest sequence number and UID.
@@ -111,7 +185,13 @@ impl Selected {
     /// Brings the view up to date with the folder and writes the untagged responses that say
     /// so. Expunges are held back when `expunges_allowed` is false (during FETCH, STORE and
     /// SEARCH, where they would shift the sequence numbers under the client).
-    pub fn refresh(&mut self, fresh: FolderIndex, expunges_allowed: bool, out: &mut Vec<u8>) {
+    pub fn refresh(
+        &mut self,
+        fresh: FolderIndex,
+        expunges_allowed: bool,
+        reporting: Reporting,
+        out: &mut Vec<u8>,
+    ) {
         // A keyword another session added first: the client learns the folder's new FLAGS
         // before any message shows it (RFC 9051 s7.3.5).
         if fresh.keywords.len() > self.keywords.len()
@@ -129,29 +209,32 @@ impl Selected {
         let current: std::collections::HashMap<u32, &MessageMeta> =
             fresh.messages.iter().map(|m| (m.uid, m)).collect();
         if expunges_allowed {
+            let mut removed = Vec::new();
             for i in (0..self.messages.len()).rev() {
                 if !current.contains_key(&self.messages[i].uid) {
-                    self.messages.remove(i);
-                    out.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+                    removed.push((i as u32 + 1, self.messages.remove(i).uid));
                 }
             }
+            reporting.expunged(&removed, out);
         }
         for (i, m) in self.messages.iter_mut().enumerate() {
             if let Some(now) = current.get(&m.uid)
-                && now.flags != m.flags
+                && (now.flags != m.flags || (reporting.modseq && now.modseq != m.modseq))
             {
                 out.extend_from_slice(
                     format!(
-                        "* {} FETCH (UID {} FLAGS {})\r\n",
+                        "* {} FETCH (UID {} FLAGS {}{})\r\n",
                         i + 1,
                         m.uid,
-                        write::flags(&now.flags, &self.keywords)
+                        write::flags(&now.flags, &self.keywords),
+                        reporting.modseq_item(now)
                     )
                     .as_bytes(),
                 );
                 *m = MessageMeta::clone(now);
             } else if let Some(now) = current.get(&m.uid) {
-                m.file_name.clone_from(&now.file_name);
+                // The file's new name and mod-sequence, for a CHANGEDSINCE later on.
+                *m = MessageMeta::clone(now);
             }
         }
         let last = self.messages.last().map_or(0, |m| m.uid);
@@ -162,6 +245,7 @@ impl Selected {
             out.extend_from_slice(format!("* {} EXISTS\r\n", self.messages.len()).as_bytes());
         }
         self.uid_next = self.uid_next.max(fresh.uid_next);
+        self.highest_modseq = self.highest_modseq.max(fresh.highest_modseq);
     }
 }
 
@@ -176,6 +260,7 @@ mod tests {
             flags: flags.into(),
             internal_date: 0,
             file_name: format!("{uid}"),
+            modseq: 1,
         }
     }
 
@@ -185,6 +270,7 @@ mod tests {
             uid_next: messages.last().map_or(1, |m| m.uid + 1),
             messages,
             keywords: Vec::new(),
+            highest_modseq: 1,
         }
     }
 
@@ -223,6 +309,7 @@ mod tests {
         view.refresh(
             index(vec![meta(1, "S"), meta(3, ""), meta(4, "")]),
             true,
+            Reporting::default(),
             &mut out,
         );
         assert_eq!(
@@ -235,11 +322,57 @@ mod tests {
         );
     }
 
+    /// QRESYNC's VANISHED (EARLIER): the known UIDs below UIDNEXT that are gone, as ranges, even
+    /// for a client that names every UID there could be.
+    #[test]
+    fn vanished_names_known_uids_that_are_gone() {
+        let view = Selected::new(
+            "INBOX".into(),
+            false,
+            index(vec![meta(2, ""), meta(5, ""), meta(6, ""), meta(9, "")]),
+        );
+        assert_eq!(view.uid_next, 10);
+        assert_eq!(
+            view.vanished(&[(1, u32::MAX)]),
+            vec![(1, 1), (3, 4), (7, 8)]
+        );
+        assert_eq!(view.vanished(&[(3, 3), (5, 7)]), vec![(3, 3), (7, 7)]);
+        assert_eq!(view.vanished(&[(9, 100)]), vec![]);
+        let empty = Selected::new("INBOX".into(), false, index(Vec::new()));
+        assert_eq!(empty.vanished(&[(1, u32::MAX)]), vec![]);
+    }
+
+    #[test]
+    fn with_qresync_expunges_are_vanished_and_flag_changes_carry_modseq() {
+        let mut view = Selected::new(
+            "INBOX".into(),
+            false,
+            index(vec![meta(1, ""), meta(2, ""), meta(3, "")]),
+        );
+        let mut changed = meta(1, "S");
+        changed.modseq = 7;
+        let mut out = Vec::new();
+        let reporting = Reporting {
+            modseq: true,
+            vanished: true,
+        };
+        view.refresh(index(vec![changed]), true, reporting, &mut out);
+        assert_eq!(
+            String::from_utf8(out).expect("ascii"),
+            "* VANISHED 2:3\r\n* 1 FETCH (UID 1 FLAGS (\\Seen) MODSEQ (7))\r\n"
+        );
+    }
+
     #[test]
     fn expunges_wait_when_not_allowed() {
         let mut view = Selected::new("INBOX".into(), false, index(vec![meta(1, ""), meta(2, "")]));
         let mut out = Vec::new();
-        view.refresh(index(vec![meta(2, "")]), false, &mut out);
+        view.refresh(
+            index(vec![meta(2, "")]),
+            false,
+            Reporting::default(),
+            &mut out,
+        );
         assert!(out.is_empty());
         assert_eq!(view.messages.len(), 2);
     }

@@ -10,7 +10,7 @@ use imap_codec::{
     imap_types::{
         IntoStatic,
         auth::{AuthMechanism, AuthenticateData},
-        command::{Command, CommandBody},
+        command::{Command, CommandBody, FetchModifier, SelectParameter, StoreModifier},
         core::{LiteralMode, Vec1},
         extensions::{binary::LiteralOrLiteral8, enable::CapabilityEnable},
         fetch::{MacroOrMessageDataItemNames, MessageDataItemName},
@@ -30,7 +30,7 @@ use tokio::{
 use super::{
     message,
     search::{self, Candidate},
-    selected::Selected,
+    selected::{self as view, Reporting, Selected},
     write,
 };
 use crate::{
@@ -38,7 +38,7 @@ use crate::{
     config::{Listener, LoginProtocol},
     net::{self, Accepted, Conn},
     runtime::Runtime,
-    store::{DEFAULT_FOLDERS, FlagChange, INBOX, MessageMeta, StoreError},
+    store::{DEFAULT_FOLDERS, FlagChange, FlagsSet, INBOX, MessageMeta, StoreError},
 };
 
 /// Longest command line (without literals) a client may send.
@@ -100,11 +100,22 @@ struct Session {
     selected: Option<Selected>,
     changes: Option<watch::Receiver<u64>>,
     rev2: bool,
+    /// CONDSTORE and QRESYNC as the client enabled them (RFC 7162).
+    reporting: Reporting,
     closed: bool,
 }
 
 /// How a command ended: the tagged status line's kind, code and text.
 type Done = Result<String, String>;
+
+/// A STORE's arguments besides the set and the flags.
+struct FlagStore {
+    kind: StoreType,
+    response: StoreResponse,
+    uid: bool,
+    /// CONDSTORE's UNCHANGEDSINCE.
+    unchanged_since: Option<u64>,
+}
 
 fn no(text: impl Into<String>) -> Done {
     Err(format!("NO {}", text.into()))
@@ -233,6 +244,7 @@ impl Session {
             selected: None,
             changes: None,
             rev2: false,
+            reporting: Reporting::default(),
             closed: false,
             runtime,
         }
@@ -263,6 +275,8 @@ impl Session {
                 "BINARY",
                 "ESEARCH",
                 "STATUS=SIZE",
+                "CONDSTORE",
+                "QRESYNC",
             ]);
         }
         caps.join(" ")
@@ -551,8 +565,14 @@ impl Session {
                 mailbox,
                 item_names,
             } => self.status(&mailbox, &item_names).await,
-            CommandBody::Select { mailbox, .. } => self.select(&mailbox, false).await,
-            CommandBody::Examine { mailbox, .. } => self.select(&mailbox, true).await,
+            CommandBody::Select {
+                mailbox,
+                parameters,
+            } => self.select(&mailbox, false, &parameters).await,
+            CommandBody::Examine {
+                mailbox,
+                parameters,
+            } => self.select(&mailbox, true, &parameters).await,
             CommandBody::Append {
                 mailbox,
                 flags,
@@ -614,18 +634,30 @@ impl Session {
                 sequence_set,
                 macro_or_item_names,
                 uid,
-                ..
-            } => self.fetch(&sequence_set, macro_or_item_names, uid).await?,
+                modifiers,
+            } => {
+                self.fetch(&sequence_set, macro_or_item_names, uid, &modifiers)
+                    .await?
+            }
             CommandBody::Store {
                 sequence_set,
                 kind,
                 response,
                 flags,
                 uid,
-                ..
+                modifiers,
             } => {
-                self.store_flags(&sequence_set, kind, response, &flags, uid)
-                    .await
+                let unchanged_since = modifiers
+                    .iter()
+                    .map(|StoreModifier::UnchangedSince(n)| *n)
+                    .next();
+                let store = FlagStore {
+                    kind,
+                    response,
+                    uid,
+                    unchanged_since,
+                };
+                self.store_flags(&sequence_set, &flags, store).await
             }
             CommandBody::Search {
                 charset,
@@ -699,7 +731,9 @@ impl Session {
         let fresh = self.blocking(move |s, m| s.index(&m, &folder)).await;
         let mut out = Vec::new();
         match (fresh, self.selected.as_mut()) {
-            (Ok(fresh), Some(selected)) => selected.refresh(fresh, expunges_allowed, &mut out),
+            (Ok(fresh), Some(selected)) => {
+                selected.refresh(fresh, expunges_allowed, self.reporting, &mut out);
+            }
             (Err(StoreError::NoSuchFolder(_)), Some(_)) => {
                 out.extend_from_slice(b"* BYE the selected folder was deleted\r\n");
                 self.closed = true;
@@ -842,17 +876,44 @@ impl Session {
     fn enable(&mut self, capabilities: Vec1<CapabilityEnable<'_>>) -> String {
         let mut enabled = Vec::new();
         for c in capabilities.as_ref() {
-            if matches!(c, CapabilityEnable::Other(_))
-                && c.to_string().eq_ignore_ascii_case("IMAP4rev2")
-            {
-                self.rev2 = true;
-                enabled.push("IMAP4rev2");
+            match c {
+                CapabilityEnable::CondStore => {
+                    self.enable_condstore();
+                    enabled.push("CONDSTORE");
+                }
+                // QRESYNC implies CONDSTORE (RFC 7162 s3.2.3).
+                CapabilityEnable::Other(_) if c.to_string().eq_ignore_ascii_case("QRESYNC") => {
+                    self.enable_condstore();
+                    self.reporting.vanished = true;
+                    enabled.push("QRESYNC");
+                }
+                CapabilityEnable::Other(_) if c.to_string().eq_ignore_ascii_case("IMAP4rev2") => {
+                    self.rev2 = true;
+                    enabled.push("IMAP4rev2");
+                }
+                _ => {}
             }
         }
         if !enabled.is_empty() {
             self.send(format!("* ENABLED {}\r\n", enabled.join(" ")));
         }
         "OK ENABLE completed".into()
+    }
+
+    /// CONDSTORE on, by ENABLE or by the first command that uses it (RFC 7162 s3.1). With a
+    /// folder selected, the client learns its HIGHESTMODSEQ now (s3.1.2.1).
+    fn enable_condstore(&mut self) {
+        if self.reporting.modseq {
+            return;
+        }
+        self.reporting.modseq = true;
+        if let Some(selected) = &self.selected {
+            let line = format!(
+                "* OK [HIGHESTMODSEQ {}] mod-sequences on\r\n",
+                selected.highest_modseq
+            );
+            self.send(line);
+        }
     }
 
     async fn list(
@@ -981,6 +1042,10 @@ impl Session {
                     "SIZE {}",
                     index.messages.iter().map(|m| m.size).sum::<u64>()
                 ),
+                StatusDataItemName::HighestModSeq => {
+                    self.enable_condstore();
+                    format!("HIGHESTMODSEQ {}", index.highest_modseq)
+                }
                 #[allow(unreachable_patterns)]
                 _ => continue,
             };
@@ -993,8 +1058,31 @@ impl Session {
         Ok("OK STATUS completed".into())
     }
 
-    async fn select(&mut self, mailbox: &Mailbox<'_>, read_only: bool) -> Done {
-        self.selected = None;
+    async fn select(
+        &mut self,
+        mailbox: &Mailbox<'_>,
+        read_only: bool,
+        parameters: &[SelectParameter],
+    ) -> Done {
+        let mut resync = None;
+        for parameter in parameters {
+            match parameter {
+                SelectParameter::CondStore => self.enable_condstore(),
+                SelectParameter::QResync { .. } if !self.reporting.vanished => {
+                    return bad("QRESYNC is not enabled (ENABLE QRESYNC first)");
+                }
+                SelectParameter::QResync {
+                    uid_validity,
+                    mod_sequence_value,
+                    known_uids,
+                    ..
+                } => resync = Some((uid_validity.get(), mod_sequence_value.get(), known_uids)),
+            }
+        }
+        // RFC 7162 s3.2.11: what follows is the new folder's, not the one closed.
+        if self.selected.take().is_some() {
+            self.send("* OK [CLOSED] previous folder closed\r\n");
+        }
         self.changes = None;
         let folder = folder_name(mailbox);
         let address = self
@@ -1028,8 +1116,9 @@ impl Session {
             ));
         }
         self.send(format!(
-            "* OK [UIDVALIDITY {}] UIDs valid\r\n* OK [UIDNEXT {}] predicted next UID\r\n",
-            index.uid_validity, index.uid_next
+            "* OK [UIDVALIDITY {}] UIDs valid\r\n* OK [UIDNEXT {}] predicted next UID\r\n\
+             * OK [HIGHESTMODSEQ {}] mod-sequences kept\r\n",
+            index.uid_validity, index.uid_next, index.highest_modseq
         ));
         if self.rev2 {
             let mut line = b"* LIST () \"/\" ".to_vec();
@@ -1037,7 +1126,36 @@ impl Session {
             line.extend_from_slice(b"\r\n");
             self.send(line);
         }
-        self.selected = Some(Selected::new(folder, read_only, index));
+        let selected = Selected::new(folder, read_only, index);
+        // QRESYNC (RFC 7162 s3.2.5): what changed since the client's last sync, in this
+        // answer, when its cache is for this UIDVALIDITY.
+        if let Some((validity, since, known)) = resync
+            && validity == selected.uid_validity
+        {
+            let (_, largest_uid) = selected.largest();
+            let known = match known {
+                Some(set) => view::ranges(set, largest_uid.max(1)),
+                None => vec![(1, u32::MAX)],
+            };
+            let vanished = selected.vanished(&known);
+            if !vanished.is_empty() {
+                let set = write::range_set(&vanished);
+                self.send(format!("* VANISHED (EARLIER) {set}\r\n"));
+            }
+            for (i, m) in selected.messages.iter().enumerate() {
+                if m.modseq > since {
+                    let line = format!(
+                        "* {} FETCH (UID {} FLAGS {} MODSEQ ({}))\r\n",
+                        i + 1,
+                        m.uid,
+                        write::flags(&m.flags, &selected.keywords),
+                        m.modseq
+                    );
+                    self.out.extend_from_slice(line.as_bytes());
+                }
+            }
+        }
+        self.selected = Some(selected);
         self.changes = Some(changes);
         Ok(if read_only {
             "OK [READ-ONLY] EXAMINE completed".into()
@@ -1148,15 +1266,14 @@ impl Session {
             return Ok(String::new());
         };
         // Only what the store removed: a message another session un-deleted meanwhile stays.
+        let mut gone = Vec::new();
         for i in doomed.into_iter().rev() {
-            if !removed.contains(&selected.messages[i].uid) {
-                continue;
+            if removed.contains(&selected.messages[i].uid) {
+                gone.push((i as u32 + 1, selected.messages.remove(i).uid));
             }
-            selected.messages.remove(i);
-            if report {
-                self.out
-                    .extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
-            }
+        }
+        if report {
+            self.reporting.expunged(&gone, &mut self.out);
         }
         Ok(String::new())
     }
@@ -1166,20 +1283,55 @@ impl Session {
         set: &SequenceSet,
         items: MacroOrMessageDataItemNames<'static>,
         uid: bool,
+        modifiers: &[FetchModifier],
     ) -> io::Result<Done> {
-        let Some(selected) = self.selected.as_ref() else {
-            return Ok(not_selected());
-        };
-        let indexes = match selected.resolve(set, uid) {
-            Ok(i) => i,
-            Err(e) => return Ok(bad(e)),
-        };
+        let mut changed_since = None;
+        let mut vanished = false;
+        for modifier in modifiers {
+            match modifier {
+                FetchModifier::ChangedSince(n) => changed_since = Some(n.get()),
+                FetchModifier::Vanished => vanished = true,
+            }
+        }
+        // RFC 7162 s3.2.6: VANISHED only in UID FETCH with CHANGEDSINCE, once QRESYNC is on.
+        if vanished && !(uid && changed_since.is_some() && self.reporting.vanished) {
+            return Ok(bad(
+                "VANISHED needs UID FETCH with CHANGEDSINCE and QRESYNC enabled",
+            ));
+        }
         let mut items = match items {
             MacroOrMessageDataItemNames::Macro(m) => {
                 m.expand().into_iter().map(|i| i.into_static()).collect()
             }
             MacroOrMessageDataItemNames::MessageDataItemNames(items) => items,
         };
+        let asks_modseq = items
+            .iter()
+            .any(|i| matches!(i, MessageDataItemName::ModSeq));
+        if changed_since.is_some() || asks_modseq {
+            self.enable_condstore();
+        }
+        if changed_since.is_some() && !asks_modseq {
+            items.push(MessageDataItemName::ModSeq);
+        }
+        let Some(selected) = self.selected.as_ref() else {
+            return Ok(not_selected());
+        };
+        let mut indexes = match selected.resolve(set, uid) {
+            Ok(i) => i,
+            Err(e) => return Ok(bad(e)),
+        };
+        if let Some(since) = changed_since {
+            indexes.retain(|i| selected.messages[*i].modseq > since);
+        }
+        if vanished {
+            let (_, largest_uid) = selected.largest();
+            let gone = selected.vanished(&view::ranges(set, largest_uid.max(1)));
+            if !gone.is_empty() {
+                let line = format!("* VANISHED (EARLIER) {}\r\n", write::range_set(&gone));
+                self.out.extend_from_slice(line.as_bytes());
+            }
+        }
         if uid && !items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
             items.insert(0, MessageDataItemName::Uid);
         }
@@ -1198,6 +1350,7 @@ impl Session {
                     | MessageDataItemName::Flags
                     | MessageDataItemName::InternalDate
                     | MessageDataItemName::Rfc822Size
+                    | MessageDataItemName::ModSeq
             )
         });
         let folder = selected.folder.clone();
@@ -1250,10 +1403,10 @@ impl Session {
                 if !unseen.is_empty() {
                     let name = folder.clone();
                     if let Ok(updated) = self
-                        .blocking(move |s, m| s.set_flags(&m, &name, &unseen))
+                        .blocking(move |s, m| s.set_flags(&m, &name, &unseen, None))
                         .await
                     {
-                        for u in updated {
+                        for u in updated.now {
                             for (i, m, changed) in metas.iter_mut() {
                                 if m.uid == u.uid {
                                     *m = u.clone();
@@ -1382,11 +1535,18 @@ impl Session {
     async fn store_flags(
         &mut self,
         set: &SequenceSet,
-        kind: StoreType,
-        response: StoreResponse,
         flags: &[Flag<'_>],
-        uid: bool,
+        store: FlagStore,
     ) -> Done {
+        let FlagStore {
+            kind,
+            response,
+            uid,
+            unchanged_since,
+        } = store;
+        if unchanged_since.is_some() {
+            self.enable_condstore();
+        }
         let Some(selected) = self.selected.as_ref() else {
             return not_selected();
         };
@@ -1426,11 +1586,11 @@ impl Session {
                 };
                 let changes: Vec<(MessageMeta, FlagChange)> =
                     messages.into_iter().map(|m| (m, change.clone())).collect();
-                let updated = s.set_flags(&m, &folder, &changes)?;
+                let updated = s.set_flags(&m, &folder, &changes, unchanged_since)?;
                 Ok((updated, s.index(&m, &folder)?.keywords))
             })
             .await;
-        let (updated, table) = match updated {
+        let (FlagsSet { now, modified }, table) = match updated {
             Ok(u) => u,
             Err(e) => return Err(store_failure(&e)),
         };
@@ -1444,36 +1604,54 @@ impl Session {
                 format!("* FLAGS {}\r\n", write::folder_flags(&selected.keywords)).as_bytes(),
             );
         }
-        for u in updated {
+        for u in now {
             if let Some(i) = selected.messages.iter().position(|m| m.uid == u.uid) {
-                selected.messages[i] = u.clone();
-                if response == StoreResponse::Answer {
-                    let uid_part = if uid {
-                        format!("UID {} ", u.uid)
-                    } else {
-                        String::new()
-                    };
-                    self.out.extend_from_slice(
-                        format!(
-                            "* {} FETCH ({uid_part}FLAGS {})\r\n",
-                            i + 1,
-                            write::flags(&u.flags, &selected.keywords)
-                        )
-                        .as_bytes(),
-                    );
-                }
+                let before = std::mem::replace(&mut selected.messages[i], u.clone());
+                let uid_part = if uid {
+                    format!("UID {} ", u.uid)
+                } else {
+                    String::new()
+                };
+                let line = if response == StoreResponse::Answer {
+                    let modseq = self.reporting.modseq_item(&u);
+                    let flags = write::flags(&u.flags, &selected.keywords);
+                    format!("* {} FETCH ({uid_part}FLAGS {flags}{modseq})\r\n", i + 1)
+                } else if self.reporting.modseq && before.modseq != u.modseq {
+                    // .SILENT still tells a CONDSTORE client the new mod-sequence (RFC 7162
+                    // s3.1.3), so it need not fetch it back.
+                    format!("* {} FETCH ({uid_part}MODSEQ ({}))\r\n", i + 1, u.modseq)
+                } else {
+                    continue;
+                };
+                self.out.extend_from_slice(line.as_bytes());
             }
         }
+        let what = if uid { "UID STORE" } else { "STORE" };
+        if modified.is_empty() {
+            return Ok(format!("OK {what} completed"));
+        }
+        // Left alone because they changed after UNCHANGEDSINCE: by UID for UID STORE, else
+        // by sequence number.
+        let mut numbers: Vec<u32> = if uid {
+            modified
+        } else {
+            modified
+                .iter()
+                .filter_map(|u| selected.messages.iter().position(|m| m.uid == *u))
+                .map(|i| i as u32 + 1)
+                .collect()
+        };
+        numbers.sort_unstable();
         Ok(format!(
-            "OK {}STORE completed",
-            if uid { "UID " } else { "" }
+            "OK [MODIFIED {}] {what} completed, conditional STORE failed for some",
+            write::sequence_set(&numbers)
         ))
     }
 
     async fn search(&mut self, tag: &str, criteria: Vec1<SearchKey<'static>>, uid: bool) -> Done {
-        let Some(selected) = self.selected.as_ref() else {
+        if self.selected.is_none() {
             return not_selected();
-        };
+        }
         let key = SearchKey::And(criteria);
         if search::content_keys(&key) > search::MAX_CONTENT_KEYS {
             return no(format!(
@@ -1482,6 +1660,13 @@ impl Session {
             ));
         }
         let contents = search::needs_contents(&key);
+        let with_modseq = search::uses_modseq(&key);
+        if with_modseq {
+            self.enable_condstore();
+        }
+        let Some(selected) = self.selected.as_ref() else {
+            return not_selected();
+        };
         let metas = selected.messages.clone();
         let keywords = selected.keywords.clone();
         let largest = selected.largest();
@@ -1489,6 +1674,7 @@ impl Session {
         let found = self
             .blocking(move |s, m| {
                 let mut found = Vec::new();
+                let mut highest = 0;
                 let sets = search::SetCache::default();
                 for (i, meta) in metas.iter().enumerate() {
                     let raw = if contents {
@@ -1507,15 +1693,18 @@ impl Session {
                     };
                     if search::matches(&key, &candidate) {
                         found.push(if uid { meta.uid } else { i as u32 + 1 });
+                        highest = highest.max(meta.modseq);
                     }
                 }
-                Ok(found)
+                Ok((found, highest))
             })
             .await;
-        let found = match found {
+        let (found, highest) = match found {
             Ok(f) => f,
             Err(e) => return Err(store_failure(&e)),
         };
+        // RFC 7162 s3.1.5: with a MODSEQ key, the highest mod-sequence of what was found.
+        let modseq = (with_modseq && !found.is_empty()).then_some(highest);
         if self.rev2 {
             let mut line = b"* ESEARCH (TAG ".to_vec();
             write::string(&mut line, tag.as_bytes());
@@ -1526,11 +1715,15 @@ impl Session {
             if !found.is_empty() {
                 line.extend_from_slice(format!(" ALL {}", write::sequence_set(&found)).as_bytes());
             }
+            if let Some(n) = modseq {
+                line.extend_from_slice(format!(" MODSEQ {n}").as_bytes());
+            }
             line.extend_from_slice(b"\r\n");
             self.send(line);
         } else {
             let list: String = found.iter().map(|n| format!(" {n}")).collect();
-            self.send(format!("* SEARCH{list}\r\n"));
+            let modseq = modseq.map(|n| format!(" (MODSEQ {n})")).unwrap_or_default();
+            self.send(format!("* SEARCH{list}{modseq}\r\n"));
         }
         Ok(format!(
             "OK {}SEARCH completed",
@@ -1586,13 +1779,13 @@ impl Session {
         }
         self.send(format!("* OK [{code}] moved\r\n"));
         if let Some(selected) = self.selected.as_mut() {
+            let mut gone = Vec::new();
             for m in moved.iter().rev() {
                 if let Some(i) = selected.messages.iter().position(|x| x.uid == m.uid) {
-                    selected.messages.remove(i);
-                    self.out
-                        .extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+                    gone.push((i as u32 + 1, selected.messages.remove(i).uid));
                 }
             }
+            self.reporting.expunged(&gone, &mut self.out);
         }
         Ok("OK MOVE completed".into())
     }
@@ -1702,6 +1895,9 @@ pub fn render_fetch(
             ),
             MessageDataItemName::Rfc822Size => {
                 out.extend_from_slice(format!("RFC822.SIZE {}", meta.size).as_bytes());
+            }
+            MessageDataItemName::ModSeq => {
+                out.extend_from_slice(format!("MODSEQ ({})", meta.modseq).as_bytes());
             }
             MessageDataItemName::Envelope => {
                 out.extend_from_slice(b"ENVELOPE ");
@@ -1858,6 +2054,7 @@ mod tests {
             flags: String::new(),
             internal_date: 0,
             file_name: "m".into(),
+            modseq: 1,
         };
         let (_, command) = CommandCodec::default()
             .decode(b"a FETCH 1 (BODY.PEEK[] BINARY.PEEK[1] BINARY.PEEK[])\r\n")

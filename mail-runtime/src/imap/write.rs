@@ -112,15 +112,20 @@ pub fn date_time(secs: i64) -> String {
 
 /// A compact sequence set (`1:3,7`) of ascending numbers.
 pub fn sequence_set(numbers: &[u32]) -> String {
-    let mut out = String::new();
-    let mut i = 0;
-    while i < numbers.len() {
-        let start = numbers[i];
-        let mut end = start;
-        while i + 1 < numbers.len() && numbers[i + 1] == end + 1 {
-            i += 1;
-            end = numbers[i];
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for &n in numbers {
+        match runs.last_mut() {
+            Some(last) if last.1.checked_add(1) == Some(n) => last.1 = n,
+            _ => runs.push((n, n)),
         }
+    }
+    range_set(&runs)
+}
+
+/// A sequence set from inclusive ranges, in their order (`1:3,7`).
+pub fn range_set(ranges: &[(u32, u32)]) -> String {
+    let mut out = String::new();
+    for (start, end) in ranges {
         if !out.is_empty() {
             out.push(',');
         }
@@ -129,7 +134,6 @@ pub fn sequence_set(numbers: &[u32]) -> String {
         } else {
             let _ = write!(out, "{start}:{end}");
         }
-        i += 1;
     }
     out
 }

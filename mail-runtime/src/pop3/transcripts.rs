@@ -16,6 +16,7 @@ fn message(uid: u32, size: u64) -> MessageMeta {
         flags: String::new(),
         internal_date: 0,
         file_name: format!("m{uid}"),
+        modseq: 1,
     }
 }
 

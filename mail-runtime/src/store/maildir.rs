@@ -3,11 +3,20 @@
 //! INBOX is the mailbox directory itself; every other folder is a sub-Maildir named `.` plus
 //! the IMAP name with `/` written as `.` (and `.`, `%` inside a name percent-escaped), the
 //! layout Dovecot and Courier read. File names follow the Maildir convention plus two fields
-//! other tools already understand: `<secs>.M<usecs>P<pid>Q<n>.<host>,U=<uid>,S=<size>:2,<flags>`.
-//! `U=` carries the IMAP UID and `S=` the size, so the whole index (UIDs, sizes, flags) can be
-//! rebuilt from a directory listing without changing a UID a client already holds; `<secs>` is
-//! the arrival time. `kubemail-uidvalidity` holds the folder's UIDVALIDITY (written once,
-//! fsynced) and, after an expunge, the next UID, so a UID is never handed out twice.
+//! other tools already understand, and one of ours:
+//! `<secs>.M<usecs>P<pid>Q<n>.<host>,U=<uid>,S=<size>,M=<modseq>:2,<flags>`.
+//! `U=` carries the IMAP UID, `S=` the size and `M=` the CONDSTORE mod-sequence of the last
+//! change (a name without one counts as 1), so the whole index (UIDs, sizes, flags, modseqs) can
+//! be rebuilt from a directory listing without changing a UID a client already holds; `<secs>`
+//! is the arrival time. `kubemail-uidvalidity` holds the folder's UIDVALIDITY (written once,
+//! fsynced) and, after an expunge, the next UID and the expunge's mod-sequence, so neither a UID
+//! nor a mod-sequence is handed out twice or goes backwards when the newest message is gone.
+//!
+//! One lock per folder serialises everything that hands out a UID or a mod-sequence together
+//! with the file change that makes it visible (delivery, APPEND, COPY, flag changes, expunge),
+//! and a fresh listing is read under it: a change with a lower mod-sequence is never visible
+//! after one with a higher, so a client that saw HIGHESTMODSEQ `n` has seen every change up to
+//! `n`.
 //!
 //! Durability: the spool file is fsynced, hard-linked into `new/` of each mailbox, and each
 //! `new/` directory is fsynced before `deliver` returns. Flag changes are renames into `cur/`.
@@ -28,8 +37,8 @@ mod repair;
 pub use repair::Repaired;
 
 use super::{
-    DEFAULT_FOLDERS, FlagChange, FolderIndex, INBOX, MessageMeta, SpoolWriter, SpooledMessage,
-    Store, StoreError, Usage, unix_nanos,
+    DEFAULT_FOLDERS, FlagChange, FlagsSet, FolderIndex, INBOX, MessageMeta, SpoolWriter,
+    SpooledMessage, Store, StoreError, Usage, unix_nanos,
 };
 
 const UIDVALIDITY_FILE: &str = "kubemail-uidvalidity";
@@ -54,8 +63,10 @@ pub struct Maildir {
     indexes: Mutex<HashMap<PathBuf, CachedIndex>>,
     /// Serialises handing out UIDVALIDITY values.
     validity: Mutex<()>,
-    /// One lock per folder directory for flag changes and expunges.
+    /// One lock per folder directory for everything that changes it (see the module comment).
     folder_locks: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
+    /// The highest mod-sequence handed out per folder directory, after the first scan.
+    modseqs: Mutex<HashMap<PathBuf, u64>>,
 }
 
 #[derive(Debug)]
@@ -138,7 +149,7 @@ impl Maildir {
         Ok(letters)
     }
 
-    /// The lock that serialises flag changes and expunges in a folder.
+    /// The lock that serialises changes in a folder.
     fn folder_lock(&self, dir: &Path) -> Arc<Mutex<()>> {
         self.folder_locks
             .lock()
@@ -146,6 +157,37 @@ impl Maildir {
             .entry(dir.to_path_buf())
             .or_default()
             .clone()
+    }
+
+    /// A new mod-sequence in the folder at `dir`, above every one handed out before (the
+    /// caller holds the folder's lock).
+    fn next_modseq(&self, dir: &Path) -> Result<u64, StoreError> {
+        let mut map = self.modseqs.lock().expect("modseq lock");
+        let highest = match map.get(dir) {
+            Some(h) => *h,
+            None => scan(dir)?.highest_modseq,
+        };
+        map.insert(dir.to_path_buf(), highest + 1);
+        Ok(highest + 1)
+    }
+
+    /// Forgets the counters of a folder that was deleted or renamed, children included (a
+    /// folder made again at the same path starts from its own files).
+    fn forget_modseqs(&self, dir: &Path) {
+        let name = dir.as_os_str().to_owned();
+        self.modseqs.lock().expect("modseq lock").retain(|d, _| {
+            let d = d.as_os_str().as_encoded_bytes();
+            let name = name.as_encoded_bytes();
+            // `.Work` and `.Work.2024` (a child), not `.Workshop`.
+            !(d.starts_with(name) && matches!(d.get(name.len()), None | Some(b'.')))
+        });
+    }
+
+    /// Reads a folder's listing under its lock (see the module comment).
+    fn locked_scan(&self, dir: &Path) -> Result<FolderIndex, StoreError> {
+        let lock = self.folder_lock(dir);
+        let _serial = lock.lock().expect("folder lock");
+        scan(dir)
     }
 
     /// Removes messages from a folder, durably; with `only_deleted`, only those whose file
@@ -166,13 +208,16 @@ impl Maildir {
         let lock = self.folder_lock(&dir);
         let _serial = lock.lock().expect("folder lock");
         let doomed: std::collections::HashSet<u32> = messages.iter().map(|m| m.uid).collect();
-        // The next UID is recorded first: once the highest message is gone, the listing alone
-        // would hand its UID out again.
+        // The next UID and the expunge's mod-sequence are recorded first: once the highest
+        // message is gone, the listing alone would hand its UID out again and HIGHESTMODSEQ
+        // would go back.
         let index = scan(&dir)?;
-        write_synced(
-            &dir.join(UIDVALIDITY_FILE),
-            format!("{}\n{}\n", index.uid_validity, index.uid_next).as_bytes(),
-        )?;
+        let record = UidFile {
+            validity: index.uid_validity,
+            uid_next: index.uid_next,
+            modseq: self.next_modseq(&dir)?,
+        };
+        write_synced(&dir.join(UIDVALIDITY_FILE), record.render().as_bytes())?;
         let mut removed = (0i128, 0i128);
         let mut uids = Vec::new();
         let chosen = index
@@ -223,6 +268,7 @@ impl Maildir {
             indexes: Mutex::new(HashMap::new()),
             validity: Mutex::new(()),
             folder_locks: Mutex::new(HashMap::new()),
+            modseqs: Mutex::new(HashMap::new()),
         };
         store.repair_all()?;
         Ok(store)
@@ -323,13 +369,13 @@ impl Maildir {
         }
     }
 
-    fn file_name(&self, secs: i64, uid: u32, size: u64, flags: &str) -> String {
+    fn file_name(&self, secs: i64, uid: u32, size: u64, modseq: u64, flags: &str) -> String {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let mut name = format!(
-            "{secs}.M{}P{}Q{n}.{},U={uid},S={size}",
+            "{secs}.M{}P{}Q{n}.{},U={uid},S={size},M={modseq}",
             now.subsec_micros(),
             std::process::id(),
             self.host
@@ -342,18 +388,19 @@ impl Maildir {
     }
 
     /// Links (or copies) `source` into a folder as a new message: `new/` without flags,
-    /// `cur/` with them. The caller fsyncs the directory.
-    fn place(
-        &self,
-        source: &Path,
-        dir: &Path,
-        uid: u32,
-        size: u64,
-        flags: &str,
-        secs: i64,
-    ) -> Result<PathBuf, StoreError> {
+    /// `cur/` with them. The caller holds the folder's lock and fsyncs the directory.
+    fn place(&self, source: &Path, dir: &Path, new: NewMessage<'_>) -> Result<PathBuf, StoreError> {
+        let NewMessage {
+            uid,
+            size,
+            flags,
+            secs,
+            modseq,
+        } = new;
         let sub = if flags.is_empty() { "new" } else { "cur" };
-        let target = dir.join(sub).join(self.file_name(secs, uid, size, flags));
+        let target = dir
+            .join(sub)
+            .join(self.file_name(secs, uid, size, modseq, flags));
         if let Err(err) = fs::hard_link(source, &target) {
             if err.raw_os_error() == Some(18) {
                 copy_synced(source, &target)?;
@@ -370,7 +417,7 @@ impl Maildir {
     fn cached_scan(&self, dir: &Path) -> Result<FolderIndex, StoreError> {
         let mtime = |sub: &str| fs::metadata(dir.join(sub)).and_then(|m| m.modified()).ok();
         let (Some(new), Some(cur)) = (mtime("new"), mtime("cur")) else {
-            return scan(dir);
+            return self.locked_scan(dir);
         };
         if let Some(cached) = self.indexes.lock().expect("index lock").get(dir)
             && cached.mtimes == (new, cur)
@@ -378,7 +425,7 @@ impl Maildir {
             return Ok(cached.index.clone());
         }
         let started = std::time::SystemTime::now();
-        let index = scan(dir)?;
+        let index = self.locked_scan(dir)?;
         let settled = |t: std::time::SystemTime| {
             started
                 .duration_since(t)
@@ -433,8 +480,17 @@ impl Store for Maildir {
                 let dir = self.inbox_path(mailbox)?;
                 self.ensure_maildir(&dir)?;
                 let _ = self.mailbox_usage(mailbox)?;
+                let lock = self.folder_lock(&dir);
+                let _serial = lock.lock().expect("folder lock");
                 let (_, uid) = self.allocate(mailbox, INBOX, &dir, 1)?;
-                match self.place(&message.path, &dir, uid, message.size, "", now) {
+                let new = NewMessage {
+                    uid,
+                    size: message.size,
+                    flags: "",
+                    secs: now,
+                    modseq: self.next_modseq(&dir)?,
+                };
+                match self.place(&message.path, &dir, new) {
                     Ok(sub) => touched.push((mailbox, sub)),
                     Err(err) => {
                         self.forget_uids(mailbox, INBOX);
@@ -471,6 +527,7 @@ impl Store for Maildir {
                     uid_next: 1,
                     messages: Vec::new(),
                     keywords: Vec::new(),
+                    highest_modseq: 1,
                 });
             }
             return Err(StoreError::NoSuchFolder(folder.into()));
@@ -546,9 +603,18 @@ impl Store for Maildir {
         let result = (|| {
             let dir = self.existing(mailbox, folder)?;
             let _ = self.mailbox_usage(mailbox)?;
+            let lock = self.folder_lock(&dir);
+            let serial = lock.lock().expect("folder lock");
             let (validity, uid) = self.allocate(mailbox, folder, &dir, 1)?;
-            let secs = internal_date.unwrap_or((unix_nanos() / 1_000_000_000) as i64);
-            let sub = self.place(&message.path, &dir, uid, message.size, flags, secs)?;
+            let new = NewMessage {
+                uid,
+                size: message.size,
+                flags,
+                secs: internal_date.unwrap_or((unix_nanos() / 1_000_000_000) as i64),
+                modseq: self.next_modseq(&dir)?,
+            };
+            let sub = self.place(&message.path, &dir, new)?;
+            drop(serial);
             sync_dir(&sub)?;
             self.add_usage(mailbox, message.size.into(), 1);
             self.notify(mailbox);
@@ -592,21 +658,29 @@ impl Store for Maildir {
             .map(|(l, _)| *l)
             .zip(target_letters.chars())
             .collect();
+        // No flag change or expunge in the source between finding a file and linking it (the
+        // stress test caught a rename in that gap: a storage error for a plain UID COPY), and
+        // the target's UIDs and mod-sequence handed out with the links that make them visible.
+        // Both locks are taken in path order, so two COPYs in opposite directions cannot each
+        // hold the one the other waits for.
+        let (first_lock, second_lock) = if source <= target {
+            (self.folder_lock(&source), self.folder_lock(&target))
+        } else {
+            (self.folder_lock(&target), self.folder_lock(&source))
+        };
+        let _first = first_lock.lock().expect("folder lock");
+        let _second = (source != target).then(|| second_lock.lock().expect("folder lock"));
         let (validity, first) = self.allocate(mailbox, to, &target, messages.len() as u32)?;
+        let modseq = self.next_modseq(&target)?;
         let mut uids = Vec::new();
         let mut subs = std::collections::BTreeSet::new();
         let mut next = first;
-        // No flag change or expunge in the source between finding a file and linking it (the
-        // stress test caught a rename in that gap: a storage error for a plain UID COPY). No
-        // other lock is taken while this one is held.
-        let lock = self.folder_lock(&source);
-        let _serial = lock.lock().expect("folder lock");
         for m in messages {
             let Some(path) = locate(&source, m) else {
                 continue;
             };
             let flags: String = parse_name(&path.file_name().unwrap_or_default().to_string_lossy())
-                .map(|(_, _, f)| f)
+                .map(|n| n.flags)
                 .unwrap_or_default()
                 .chars()
                 .filter_map(|c| {
@@ -618,7 +692,14 @@ impl Store for Maildir {
                 })
                 .collect();
             let flags = FlagChange::Replace(flags).apply("");
-            subs.insert(self.place(&path, &target, next, m.size, &flags, m.internal_date)?);
+            let new = NewMessage {
+                uid: next,
+                size: m.size,
+                flags: &flags,
+                secs: m.internal_date,
+                modseq,
+            };
+            subs.insert(self.place(&path, &target, new)?);
             self.add_usage(mailbox, m.size.into(), 1);
             uids.push((m.uid, next));
             next += 1;
@@ -635,14 +716,16 @@ impl Store for Maildir {
         mailbox: &str,
         folder: &str,
         changes: &[(MessageMeta, FlagChange)],
-    ) -> Result<Vec<MessageMeta>, StoreError> {
+        unchanged_since: Option<u64>,
+    ) -> Result<FlagsSet, StoreError> {
         let dir = self.folder_path(mailbox, folder)?;
         // One writer per folder at a time: each change reads the flags the file has now and
         // renames it, with no other session renaming in between.
         let lock = self.folder_lock(&dir);
         let _serial = lock.lock().expect("folder lock");
-        let mut out = Vec::new();
-        let mut changed = false;
+        let mut out = FlagsSet::default();
+        // One mod-sequence for the whole command, taken at the first real change.
+        let mut modseq = None;
         for (m, change) in changes {
             let Some(current) = locate(&dir, m) else {
                 continue;
@@ -652,24 +735,38 @@ impl Store for Maildir {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .to_string();
-            let now = parse_name(&name).map(|(_, _, f)| f).unwrap_or_default();
-            let flags = change.apply(&now);
-            let base = name.split_once(":2,").map_or(name.as_str(), |(b, _)| b);
-            let new_name = format!("{base}:2,{flags}");
-            if current.parent() != Some(&dir.join("cur")) || name != new_name {
+            let Some(named) = parse_name(&name) else {
+                continue;
+            };
+            if unchanged_since.is_some_and(|limit| named.modseq > limit) {
+                out.modified.push(m.uid);
+                continue;
+            }
+            let flags = change.apply(&named.flags);
+            let mut now = MessageMeta {
+                flags,
+                file_name: name.clone(),
+                modseq: named.modseq,
+                ..m.clone()
+            };
+            if now.flags != named.flags || current.parent() != Some(&dir.join("cur")) {
+                let next = match modseq {
+                    Some(n) => n,
+                    None => *modseq.insert(self.next_modseq(&dir)?),
+                };
+                let base = name.split_once(":2,").map_or(name.as_str(), |(b, _)| b);
+                let new_name = format!("{}:2,{}", with_modseq(base, next), now.flags);
                 match fs::rename(&current, dir.join("cur").join(&new_name)) {
-                    Ok(()) => changed = true,
+                    Ok(()) => {}
                     Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
                     Err(err) => return Err(StoreError::from_io(err)),
                 }
+                now.file_name = new_name;
+                now.modseq = next;
             }
-            out.push(MessageMeta {
-                flags,
-                file_name: new_name,
-                ..m.clone()
-            });
+            out.now.push(now);
         }
-        if changed {
+        if modseq.is_some() {
             sync_dir(&dir.join("cur"))?;
             self.notify(mailbox);
         }
@@ -722,6 +819,7 @@ impl Store for Maildir {
         fs::remove_dir_all(&dir).map_err(StoreError::from_io)?;
         sync_dir(&self.inbox_path(mailbox)?)?;
         self.forget_uids(mailbox, folder);
+        self.forget_modseqs(&dir);
         self.add_usage(
             mailbox,
             -gone.iter().map(|m| i128::from(m.size)).sum::<i128>(),
@@ -767,6 +865,8 @@ impl Store for Maildir {
         fs::rename(&source, &target).map_err(StoreError::from_io)?;
         sync_dir(&root)?;
         self.forget_uids(mailbox, from);
+        self.forget_modseqs(&source);
+        self.forget_modseqs(&target);
         self.notify(mailbox);
         Ok(())
     }
@@ -892,7 +992,7 @@ fn find(dir: &Path, uid: u32) -> Option<PathBuf> {
             continue;
         };
         for entry in entries.flatten() {
-            if parse_name(&entry.file_name().to_string_lossy()).is_some_and(|(u, _, _)| u == uid) {
+            if parse_name(&entry.file_name().to_string_lossy()).is_some_and(|n| n.uid == uid) {
                 return Some(entry.path());
             }
         }
@@ -900,13 +1000,69 @@ fn find(dir: &Path, uid: u32) -> Option<PathBuf> {
     None
 }
 
-/// The folder's UIDVALIDITY and the next UID recorded at the last expunge. (The start-up check
-/// rewrites a missing or unreadable file, so the fallback is only for one removed while serving.)
-fn read_uid_file(dir: &Path) -> (u32, u32) {
+/// A folder's `kubemail-uidvalidity` file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct UidFile {
+    validity: u32,
+    /// The next UID, as recorded at the last expunge (1 before any).
+    uid_next: u32,
+    /// The mod-sequence of the last expunge (0 before any).
+    modseq: u64,
+}
+
+impl UidFile {
+    /// `<uidvalidity>\n<next uid>\n<modseq>\n`; the last two lines are optional when read.
+    fn parse(text: &str) -> Option<Self> {
+        let mut lines = text.lines();
+        let validity = lines
+            .next()?
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|v| *v > 0)?;
+        let uid_next = match lines.next() {
+            Some(line) => line.trim().parse::<u32>().ok()?,
+            None => 1,
+        };
+        let modseq = match lines.next() {
+            Some(line) => line.trim().parse::<u64>().ok()?,
+            None => 0,
+        };
+        lines.next().is_none().then_some(Self {
+            validity,
+            uid_next,
+            modseq,
+        })
+    }
+
+    fn render(&self) -> String {
+        format!("{}\n{}\n{}\n", self.validity, self.uid_next, self.modseq)
+    }
+}
+
+/// A message being linked into a folder.
+#[derive(Debug, Clone, Copy)]
+struct NewMessage<'a> {
+    uid: u32,
+    size: u64,
+    /// Maildir letters, sorted.
+    flags: &'a str,
+    /// Arrival time, seconds since the epoch.
+    secs: i64,
+    modseq: u64,
+}
+
+/// The folder's UID file. (The start-up check rewrites a missing or unreadable file, so the
+/// fallback is only for one removed while serving.)
+fn read_uid_file(dir: &Path) -> UidFile {
     fs::read_to_string(dir.join(UIDVALIDITY_FILE))
         .ok()
-        .and_then(|text| repair::parse_uid_file(&text))
-        .unwrap_or((1, 1))
+        .and_then(|text| UidFile::parse(&text))
+        .unwrap_or(UidFile {
+            validity: 1,
+            uid_next: 1,
+            modseq: 0,
+        })
 }
 
 /// A folder's keywords by letter (`a` first); a missing or unreadable table is empty.
@@ -934,7 +1090,7 @@ fn read_keywords(dir: &Path) -> Vec<String> {
 }
 
 fn read_validity(dir: &Path) -> u32 {
-    read_uid_file(dir).0
+    read_uid_file(dir).validity
 }
 
 /// Replaces a small file atomically: a temporary file is written and fsynced, then renamed over
@@ -960,7 +1116,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 
 /// Reads a Maildir folder's index from its directory listing.
 pub fn scan(dir: &Path) -> Result<FolderIndex, StoreError> {
-    let (uid_validity, recorded_next) = read_uid_file(dir);
+    let recorded = read_uid_file(dir);
     let mut messages = Vec::new();
     for sub in ["new", "cur"] {
         let entries = match fs::read_dir(dir.join(sub)) {
@@ -970,7 +1126,13 @@ pub fn scan(dir: &Path) -> Result<FolderIndex, StoreError> {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
-            let Some((uid, size, flags)) = parse_name(&name) else {
+            let Some(Named {
+                uid,
+                size,
+                flags,
+                modseq,
+            }) = parse_name(&name)
+            else {
                 continue;
             };
             let internal_date = name
@@ -984,37 +1146,77 @@ pub fn scan(dir: &Path) -> Result<FolderIndex, StoreError> {
                 flags,
                 internal_date,
                 file_name: name,
+                modseq,
             });
         }
     }
     messages.sort_by_key(|m| m.uid);
-    let uid_next = messages.last().map_or(1, |m| m.uid + 1).max(recorded_next);
+    let uid_next = messages
+        .last()
+        .map_or(1, |m| m.uid + 1)
+        .max(recorded.uid_next);
+    let highest_modseq = messages
+        .iter()
+        .map(|m| m.modseq)
+        .max()
+        .unwrap_or(1)
+        .max(recorded.modseq);
     Ok(FolderIndex {
-        uid_validity,
+        uid_validity: recorded.validity,
         uid_next,
         messages,
         keywords: read_keywords(dir),
+        highest_modseq,
     })
 }
 
-/// `(uid, size, flags)` from a file name written by this store.
-fn parse_name(name: &str) -> Option<(u32, u64, String)> {
+/// What a file name written by this store says of its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Named {
+    uid: u32,
+    size: u64,
+    /// Maildir letters, sorted.
+    flags: String,
+    /// 1 for a name without `M=` (written before mod-sequences were kept).
+    modseq: u64,
+}
+
+fn parse_name(name: &str) -> Option<Named> {
     let (base, info) = match name.split_once(":2,") {
         Some((b, i)) => (b, i),
         None => (name, ""),
     };
     let mut uid = None;
     let mut size = None;
+    let mut modseq = 1;
     for field in base.split(',').skip(1) {
         if let Some(v) = field.strip_prefix("U=") {
             uid = v.parse().ok();
         } else if let Some(v) = field.strip_prefix("S=") {
             size = v.parse().ok();
+        } else if let Some(v) = field.strip_prefix("M=") {
+            modseq = v.parse::<u64>().unwrap_or(1).max(1);
         }
     }
     let mut flags: Vec<char> = info.chars().filter(char::is_ascii_alphabetic).collect();
     flags.sort_unstable();
-    Some((uid?, size?, flags.into_iter().collect()))
+    Some(Named {
+        uid: uid?,
+        size: size?,
+        flags: flags.into_iter().collect(),
+        modseq,
+    })
+}
+
+/// A file name's base (before `:2,`) with its `M=` field set to `modseq`.
+fn with_modseq(base: &str, modseq: u64) -> String {
+    let mut fields: Vec<String> = base
+        .split(',')
+        .filter(|f| !f.starts_with("M="))
+        .map(String::from)
+        .collect();
+    fields.push(format!("M={modseq}"));
+    fields.join(",")
 }
 
 fn copy_synced(from: &Path, to: &Path) -> Result<(), StoreError> {
@@ -1084,6 +1286,85 @@ mod tests {
         assert_eq!(inbox.messages.last().map(|m| m.uid), Some(3));
     }
 
+    /// CONDSTORE (RFC 7162): every change gets a mod-sequence above all before it, in this
+    /// process and after a restart, and HIGHESTMODSEQ never goes back, not even when the
+    /// message changed last is expunged; UNCHANGEDSINCE refuses a message changed since.
+    #[test]
+    fn mod_sequences_only_go_up_and_survive_restarts_and_expunges() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let alice = "alice@example.test";
+        let boxes = vec![alice.to_string()];
+        let store = Maildir::open(tmp.path(), "h").expect("open");
+        for body in [&b"one\r\n"[..], b"two\r\n", b"three\r\n"] {
+            store
+                .deliver(spooled(&store, body), &boxes)
+                .expect("deliver");
+        }
+        let first = store.inbox(alice).expect("inbox");
+        let seqs: Vec<u64> = first.messages.iter().map(|m| m.modseq).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        assert_eq!(first.highest_modseq, seqs[2]);
+
+        let flagged = store
+            .set_flags(
+                alice,
+                INBOX,
+                &[(first.messages[2].clone(), FlagChange::Add("F".into()))],
+                None,
+            )
+            .expect("flag");
+        let changed = flagged.now[0].modseq;
+        assert!(changed > first.highest_modseq);
+        // A no-op change takes no new mod-sequence.
+        let again = store
+            .set_flags(
+                alice,
+                INBOX,
+                &[(flagged.now[0].clone(), FlagChange::Add("F".into()))],
+                None,
+            )
+            .expect("flag again");
+        assert_eq!(again.now[0].modseq, changed);
+        // UNCHANGEDSINCE below the message's mod-sequence: left alone, reported.
+        let refused = store
+            .set_flags(
+                alice,
+                INBOX,
+                &[
+                    (first.messages[0].clone(), FlagChange::Add("S".into())),
+                    (first.messages[2].clone(), FlagChange::Add("S".into())),
+                ],
+                Some(changed - 1),
+            )
+            .expect("conditional");
+        assert_eq!(refused.modified, vec![3]);
+        assert_eq!(refused.now.len(), 1);
+        assert_eq!(refused.now[0].uid, 1);
+        assert!(refused.now[0].modseq > changed);
+        let before_expunge = store.inbox(alice).expect("inbox").highest_modseq;
+
+        // The newest change's message is expunged: HIGHESTMODSEQ still moves up.
+        let newest = store.inbox(alice).expect("inbox").messages[0].clone();
+        store.expunge(alice, INBOX, &[newest]).expect("expunge");
+        let after = store.inbox(alice).expect("inbox");
+        assert!(after.highest_modseq > before_expunge);
+
+        // A restart reads the same values back and goes on above them.
+        let reopened = Maildir::open(tmp.path(), "h").expect("reopen");
+        let read_back = reopened.inbox(alice).expect("inbox");
+        assert_eq!(read_back.highest_modseq, after.highest_modseq);
+        assert_eq!(read_back.messages, after.messages);
+        reopened
+            .deliver(spooled(&reopened, b"four\r\n"), &boxes)
+            .expect("deliver");
+        let last = reopened.inbox(alice).expect("inbox");
+        assert!(last.highest_modseq > after.highest_modseq);
+        assert_eq!(
+            last.messages.last().map(|m| m.modseq),
+            Some(last.highest_modseq)
+        );
+    }
+
     /// Issue 17 item 11: default folders made in one second shared one UIDVALIDITY, and a
     /// folder deleted and made again within a second kept it, with other messages under its
     /// old UIDs.
@@ -1128,6 +1409,7 @@ mod tests {
                 alice,
                 INBOX,
                 &[(view[0].clone(), FlagChange::Add("S".into()))],
+                None,
             )
             .expect("seen");
         // Two sessions, both still seeing the message as it was delivered.
@@ -1136,6 +1418,7 @@ mod tests {
                 alice,
                 INBOX,
                 &[(view[0].clone(), FlagChange::Add("R".into()))],
+                None,
             )
             .expect("answered");
         store
@@ -1143,6 +1426,7 @@ mod tests {
                 alice,
                 INBOX,
                 &[(view[0].clone(), FlagChange::Remove("S".into()))],
+                None,
             )
             .expect("unseen");
         assert_eq!(store.inbox(alice).expect("inbox").messages[0].flags, "R");
@@ -1159,6 +1443,7 @@ mod tests {
                                 alice,
                                 INBOX,
                                 &[(meta.clone(), FlagChange::Add(flag.into()))],
+                                None,
                             )
                             .expect("add");
                         store
@@ -1166,11 +1451,12 @@ mod tests {
                                 alice,
                                 INBOX,
                                 &[(meta.clone(), FlagChange::Remove(flag.into()))],
+                                None,
                             )
                             .expect("remove");
                     }
                     store
-                        .set_flags(alice, INBOX, &[(meta, FlagChange::Add(flag.into()))])
+                        .set_flags(alice, INBOX, &[(meta, FlagChange::Add(flag.into()))], None)
                         .expect("add");
                 })
             })
@@ -1231,13 +1517,17 @@ mod tests {
             .iter()
             .map(|m| (m.clone(), FlagChange::Add("T".into())))
             .collect();
-        let stale_view = store.set_flags(alice, INBOX, &deleted).expect("flag both");
+        let stale_view = store
+            .set_flags(alice, INBOX, &deleted, None)
+            .expect("flag both")
+            .now;
         // Another session takes \Deleted off the first message.
         store
             .set_flags(
                 alice,
                 INBOX,
                 &[(stale_view[0].clone(), FlagChange::Remove("T".into()))],
+                None,
             )
             .expect("undelete");
         let removed = store
@@ -1332,11 +1622,21 @@ mod tests {
     fn flags_and_sizes_come_from_the_file_name() {
         assert_eq!(
             parse_name("1.M1P1Q1.h,U=7,S=42:2,SF"),
-            Some((7, 42, "FS".to_string()))
+            Some(Named {
+                uid: 7,
+                size: 42,
+                flags: "FS".into(),
+                modseq: 1
+            })
         );
         assert_eq!(
-            parse_name("1.M1P1Q1.h,U=7,S=42"),
-            Some((7, 42, String::new()))
+            parse_name("1.M1P1Q1.h,U=7,S=42,M=9"),
+            Some(Named {
+                uid: 7,
+                size: 42,
+                flags: String::new(),
+                modseq: 9
+            })
         );
         assert_eq!(parse_name("foreign-file"), None);
     }

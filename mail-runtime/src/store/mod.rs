@@ -32,6 +32,9 @@ pub struct MessageMeta {
     pub internal_date: i64,
     /// The message's file name in the Maildir (without the directory).
     pub file_name: String,
+    /// CONDSTORE's mod-sequence (RFC 7162): the folder's counter when the message arrived or
+    /// its flags last changed; at least 1.
+    pub modseq: u64,
 }
 
 /// A change to a message's flags (Maildir letters), as STORE asks for it.
@@ -70,6 +73,18 @@ pub struct FolderIndex {
     pub messages: Vec<MessageMeta>,
     /// The folder's keywords (`$Junk`, user tags): the one at `n` is flag letter `a + n`.
     pub keywords: Vec<String>,
+    /// The highest mod-sequence of any change in the folder, expunges included: it never goes
+    /// backwards while the folder exists, restarts included (RFC 7162 HIGHESTMODSEQ).
+    pub highest_modseq: u64,
+}
+
+/// What a flag change did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlagsSet {
+    /// The messages as they are now, changed or not (gone ones left out).
+    pub now: Vec<MessageMeta>,
+    /// UIDs left alone because they changed after the caller's `UNCHANGEDSINCE`.
+    pub modified: Vec<u32>,
 }
 
 /// Most keywords one folder can hold: a Maildir flag letter each, `a` to `z` (Dovecot's
@@ -217,13 +232,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Changes the flags of messages, each change applied to the flags the message has now (not
     /// to those a session last saw: two sessions adding and removing different flags both
-    /// take effect). Returns the messages as they are now (gone ones left out).
+    /// take effect). With `unchanged_since` (CONDSTORE's UNCHANGEDSINCE), a message whose
+    /// mod-sequence is above it is left alone and listed in `modified`; the test and the change
+    /// are one step, so no other change slips in between.
     fn set_flags(
         &self,
         mailbox: &str,
         folder: &str,
         changes: &[(MessageMeta, FlagChange)],
-    ) -> Result<Vec<MessageMeta>, StoreError>;
+        unchanged_since: Option<u64>,
+    ) -> Result<FlagsSet, StoreError>;
 
     /// Every folder of a mailbox, INBOX first.
     fn folders(&self, mailbox: &str) -> Result<Vec<String>, StoreError>;

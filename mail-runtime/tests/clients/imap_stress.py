@@ -13,7 +13,11 @@ What is checked (RFC 9051, RFC 2180):
   empty content);
 - no NO or BAD for commands that are valid whatever the others do (UID commands, APPEND,
   SELECT, NOOP, EXPUNGE);
-- the server never drops a session.
+- the server never drops a session;
+- CONDSTORE (RFC 7162): one (UID, MODSEQ) pair always comes with the same flags (no change
+  without a new mod-sequence), and a resync is complete: after STATUS said HIGHESTMODSEQ `h`,
+  `UID FETCH 1:* (FLAGS) (CHANGEDSINCE s)` names every message whose change `m` has
+  `s < m <= h`, with that change or a later one.
 """
 import imaplib
 import json
@@ -36,7 +40,8 @@ validity = {}  # folder -> UIDVALIDITY first seen
 handed = {f: set() for f in FOLDERS}  # UIDs named by APPENDUID/COPYUID
 tokens = {f: {} for f in FOLDERS}  # folder -> uid -> token
 violations = []
-counts = {"ops": 0, "appends": 0, "deliveries": 0, "expunges": 0, "stores": 0, "fetches": 0, "copies": 0, "moves": 0}
+counts = {"ops": 0, "appends": 0, "deliveries": 0, "expunges": 0, "stores": 0, "fetches": 0, "copies": 0, "moves": 0, "resyncs": 0}
+pairs = {f: {} for f in FOLDERS}  # folder -> (uid, modseq) -> flags
 deadline = time.time() + SECONDS
 
 
@@ -103,6 +108,38 @@ def note_fetch(who, folder, data):
             violation("%s: UID %d of %s changed content (%s -> %s)" % (who, uid, folder, first, token))
 
 
+FETCH_FLAGS = re.compile(rb"UID (\d+) FLAGS \(([^)]*)\) MODSEQ \((\d+)\)|MODSEQ \((\d+)\) UID (\d+) FLAGS \(([^)]*)\)")
+
+
+def fetched_modseqs(who, folder, data):
+    """uid -> (flags, modseq) from FETCH answers with UID, FLAGS and MODSEQ; each pair checked."""
+    out = {}
+    for item in data:
+        line = item[0] if isinstance(item, tuple) else item
+        if not isinstance(line, bytes):
+            continue
+        found = FETCH_FLAGS.search(line)
+        if not found:
+            continue
+        if found.group(1):
+            uid, flags, modseq = int(found.group(1)), found.group(2), int(found.group(3))
+        else:
+            modseq, uid, flags = int(found.group(4)), int(found.group(5)), found.group(6)
+        flags = " ".join(sorted(flags.decode().split()))
+        with lock:
+            first = pairs[folder].setdefault((uid, modseq), flags)
+        if first != flags:
+            violation("%s: UID %d of %s at MODSEQ %d had flags (%s), now (%s)" % (who, uid, folder, modseq, first, flags))
+        if uid not in out or out[uid][1] < modseq:
+            out[uid] = (flags, modseq)
+    return out
+
+
+def highest_modseq(m):
+    found = m.untagged_responses.pop("HIGHESTMODSEQ", None)
+    return int(found[-1]) if found else None
+
+
 def message(subject):
     token = uuid.uuid4().hex
     return token, ("From: stress@example.test\r\nSubject: %s\r\nX-Token: %s\r\n\r\n%s\r\n" % (subject, token, token * 3)).encode()
@@ -119,9 +156,11 @@ def session(n):
     try:
         m = imaplib.IMAP4_SSL(HOST, IMAPS, ssl_context=CTX, timeout=30)
         check_ok(who, "LOGIN", *m.login(USER, PASSWORD))
+        check_ok(who, "ENABLE", *m.enable("CONDSTORE"))
         folder = "INBOX"
         check_ok(who, "SELECT", *m.select(folder))
         note_validity(who, folder, m)
+        synced = highest_modseq(m)
         while time.time() < deadline:
             op = rnd.random()
             uids = known_uids(folder)
@@ -172,11 +211,34 @@ def session(n):
                 typ, data = m.uid("MOVE", span, other)
                 check_ok(who, "UID MOVE", typ, data)
                 count("moves")
-            elif op < 0.92:
+            elif op < 0.90:
                 folder = rnd.choice(FOLDERS)
                 check_ok(who, "SELECT", *m.select(folder))
                 note_validity(who, folder, m)
+                synced = highest_modseq(m)
                 count("ops")
+            elif op < 0.95:
+                typ, data = m.status(folder, "(HIGHESTMODSEQ)")
+                if check_ok(who, "STATUS", typ, data):
+                    found = re.search(rb"HIGHESTMODSEQ (\d+)", data[0] or b"")
+                    if not found or synced is None:
+                        violation("%s: no HIGHESTMODSEQ (%r, %r)" % (who, data, synced))
+                        continue
+                    known = int(found.group(1))
+                    m.untagged_responses.pop("FETCH", None)
+                    typ, changed = m.uid("FETCH", "1:*", "(UID FLAGS)", "(CHANGEDSINCE %d)" % synced)
+                    if not check_ok(who, "UID FETCH CHANGEDSINCE", typ, changed):
+                        continue
+                    changed = fetched_modseqs(who, folder, changed)
+                    typ, everything = m.uid("FETCH", "1:*", "(UID FLAGS MODSEQ)")
+                    if not check_ok(who, "UID FETCH MODSEQ", typ, everything):
+                        continue
+                    for uid, (flags, modseq) in fetched_modseqs(who, folder, everything).items():
+                        if synced < modseq <= known and changed.get(uid, ("", 0))[1] < modseq:
+                            violation("%s: resync of %s since %d missed UID %d at MODSEQ %d (HIGHESTMODSEQ was %d)"
+                                      % (who, folder, synced, uid, modseq, known))
+                    synced = known
+                count("resyncs")
             else:
                 check_ok(who, "NOOP", *m.noop())
                 count("ops")

@@ -9,7 +9,7 @@
 //!   (a restored copy) is renamed with a new UID above every UID in use.
 use std::{collections::HashSet, fs, path::Path};
 
-use super::{Maildir, UIDVALIDITY_FILE, parse_name, sync_dir, write_synced};
+use super::{Maildir, UIDVALIDITY_FILE, UidFile, parse_name, sync_dir, write_synced};
 use crate::store::StoreError;
 
 /// What the check changed in one folder.
@@ -54,9 +54,10 @@ impl Maildir {
     pub(super) fn repair_folder(&self, dir: &Path) -> Result<Repaired, StoreError> {
         let recorded = fs::read_to_string(dir.join(UIDVALIDITY_FILE))
             .ok()
-            .and_then(|text| parse_uid_file(&text));
+            .and_then(|text| UidFile::parse(&text));
         let mut named = Vec::new();
         let mut unnamed = Vec::new();
+        let mut highest_modseq = recorded.map_or(0, |r| r.modseq);
         for sub in ["new", "cur"] {
             let Ok(entries) = fs::read_dir(dir.join(sub)) else {
                 continue;
@@ -67,7 +68,10 @@ impl Maildir {
                 }
                 let name = entry.file_name().to_string_lossy().into_owned();
                 match parse_name(&name) {
-                    Some((uid, _, _)) if uid > 0 => named.push((uid, sub, name)),
+                    Some(n) if n.uid > 0 => {
+                        highest_modseq = highest_modseq.max(n.modseq);
+                        named.push((n.uid, sub, name));
+                    }
                     _ => unnamed.push((sub, name)),
                 }
             }
@@ -81,7 +85,7 @@ impl Maildir {
         }
         let mut repaired = Repaired::default();
         let (validity, recorded_next) = match recorded {
-            Some(recorded) => recorded,
+            Some(recorded) => (recorded.validity, recorded.uid_next),
             None => {
                 let fresh = self.new_validity(dir)?;
                 repaired.new_validity = Some(fresh);
@@ -114,18 +118,22 @@ impl Maildir {
             flags.sort_unstable();
             flags.dedup();
             let flags: String = flags.into_iter().collect();
-            let target = dir
-                .join(sub)
-                .join(self.file_name(secs, next, meta.len(), &flags));
+            // A message new to every client: a mod-sequence above all before it.
+            highest_modseq += 1;
+            let target =
+                dir.join(sub)
+                    .join(self.file_name(secs, next, meta.len(), highest_modseq, &flags));
             fs::rename(&path, &target).map_err(StoreError::from_io)?;
             next += 1;
             repaired.renumbered += 1;
         }
         if repaired != Repaired::default() {
-            write_synced(
-                &dir.join(UIDVALIDITY_FILE),
-                format!("{validity}\n{next}\n").as_bytes(),
-            )?;
+            let record = UidFile {
+                validity,
+                uid_next: next,
+                modseq: highest_modseq,
+            };
+            write_synced(&dir.join(UIDVALIDITY_FILE), record.render().as_bytes())?;
             for sub in ["new", "cur"] {
                 if dir.join(sub).is_dir() {
                     sync_dir(&dir.join(sub))?;
@@ -134,23 +142,6 @@ impl Maildir {
         }
         Ok(repaired)
     }
-}
-
-/// `(uidvalidity, next uid)` from a UID file, or `None` when it is not one: the first line is a
-/// UIDVALIDITY (not 0), the optional second the next UID, and nothing else.
-pub(super) fn parse_uid_file(text: &str) -> Option<(u32, u32)> {
-    let mut lines = text.lines();
-    let validity = lines
-        .next()?
-        .trim()
-        .parse::<u32>()
-        .ok()
-        .filter(|v| *v > 0)?;
-    let next = match lines.next() {
-        Some(line) => line.trim().parse::<u32>().ok()?,
-        None => 1,
-    };
-    lines.next().is_none().then_some((validity, next))
 }
 
 fn subdirs(dir: &Path) -> impl Iterator<Item = std::path::PathBuf> {
