@@ -1,5 +1,6 @@
 //! IMAP with real clients: Python's imaplib, curl, mbsync (isync) syncing both ways into a
-//! local Maildir, and async-imap's IDLE woken by mail delivered over SMTP.
+//! local Maildir, async-imap's IDLE woken by mail delivered over SMTP, and async-imap's CONDSTORE
+//! resync (the way Delta Chat, built on it, syncs flags).
 mod common;
 
 use std::{path::Path, process::Command, time::Duration};
@@ -228,10 +229,10 @@ Patterns *\nCreate Both\nExpunge Both\nSyncState *\n",
     assert!(!local_subjects.iter().any(|t| t.contains("Subject: three")));
 }
 
-#[tokio::test]
-async fn async_imap_idle_is_woken_by_smtp_delivery() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dev = Dev::start(tmp.path());
+type AsyncSession = async_imap::Session<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// An async-imap session logged in as Bob over IMAPS.
+async fn async_imap_login(dev: &Dev) -> AsyncSession {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", dev.port("imaps")))
         .await
         .expect("connect");
@@ -240,11 +241,18 @@ async fn async_imap_idle_is_woken_by_smtp_delivery() {
     let tls = connector.connect(name, tcp).await.expect("TLS");
     let mut client = async_imap::Client::new(tls);
     let _greeting = client.read_response().await;
-    let mut session = client
+    client
         .login(BOB, dev.password(BOB))
         .await
         .map_err(|(e, _)| e)
-        .expect("login");
+        .expect("login")
+}
+
+#[tokio::test]
+async fn async_imap_idle_is_woken_by_smtp_delivery() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    let mut session = async_imap_login(&dev).await;
     session.select("INBOX").await.expect("select");
     let mut idle = session.idle();
     idle.init().await.expect("IDLE");
@@ -277,4 +285,74 @@ async fn async_imap_idle_is_woken_by_smtp_delivery() {
         .await;
     assert_eq!(fetched.len(), 1);
     session.logout().await.expect("logout");
+}
+
+/// Issue 15, CONDSTORE: a phone on async-imap keeps HIGHESTMODSEQ, and after another device
+/// changed a flag, `UID FETCH 1:* (FLAGS) (CHANGEDSINCE n)` brings exactly that message with
+/// its new flags and a higher MODSEQ; asked again from there, nothing; after a restart of the
+/// server the folder's HIGHESTMODSEQ has not gone back.
+#[tokio::test]
+async fn async_imap_resyncs_flags_with_condstore() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut dev = Dev::start(tmp.path());
+    for subject in ["one", "two", "three"] {
+        deliver(&dev, subject);
+    }
+    let mut phone = async_imap_login(&dev).await;
+    let inbox = phone.select_condstore("INBOX").await.expect("select");
+    let synced = inbox
+        .highest_modseq
+        .expect("HIGHESTMODSEQ in SELECT (CONDSTORE)");
+
+    let mut laptop = async_imap_login(&dev).await;
+    laptop.select("INBOX").await.expect("select");
+    let stored: Vec<_> = laptop
+        .store("2", "+FLAGS (\\Seen \\Flagged)")
+        .await
+        .expect("store")
+        .collect()
+        .await;
+    assert_eq!(stored.len(), 1);
+
+    let changed: Vec<async_imap::types::Fetch> = phone
+        .uid_fetch("1:*", format!("(FLAGS) (CHANGEDSINCE {synced})"))
+        .await
+        .expect("uid fetch")
+        .filter_map(|f| async { f.ok() })
+        .collect()
+        .await;
+    assert_eq!(
+        changed.iter().map(|f| f.uid).collect::<Vec<_>>(),
+        [Some(2)],
+        "{changed:?}"
+    );
+    let flags: Vec<_> = changed[0].flags().collect();
+    assert!(
+        flags.contains(&async_imap::types::Flag::Seen)
+            && flags.contains(&async_imap::types::Flag::Flagged),
+        "{flags:?}"
+    );
+    let newest = changed[0].modseq.expect("MODSEQ in a CHANGEDSINCE answer");
+    assert!(newest > synced);
+    let again: Vec<_> = phone
+        .uid_fetch("1:*", format!("(FLAGS) (CHANGEDSINCE {newest})"))
+        .await
+        .expect("uid fetch")
+        .collect()
+        .await;
+    assert!(
+        again.is_empty(),
+        "nothing changed since {newest}: {again:?}"
+    );
+    drop((phone, laptop));
+
+    dev.kill9();
+    let dev = Dev::start(tmp.path());
+    let mut phone = async_imap_login(&dev).await;
+    let inbox = phone.select_condstore("INBOX").await.expect("select");
+    assert!(
+        inbox.highest_modseq.is_some_and(|h| h >= newest),
+        "HIGHESTMODSEQ went back after a restart: {:?} < {newest}",
+        inbox.highest_modseq
+    );
 }
