@@ -1,5 +1,6 @@
 //! IMAP with real clients: Python's imaplib, curl, mbsync (isync) syncing both ways into a
-//! local Maildir, async-imap's IDLE woken by mail delivered over SMTP, and async-imap's CONDSTORE
+//! local Maildir, mbsync and offlineimap keeping two devices in step while curl changes the
+//! server, async-imap's IDLE woken by mail delivered over SMTP, and async-imap's CONDSTORE
 //! resync (the way Delta Chat, built on it, syncs flags).
 mod common;
 
@@ -138,6 +139,188 @@ fn local_files(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// `subject -> flag letters` of the messages in a Maildir folder (`cur/` and `new/`).
+fn flags_by_subject(dir: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for path in local_files(dir) {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let Some(subject) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Subject: "))
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let mut flags: Vec<char> = name
+            .split_once(":2,")
+            .map(|(_, f)| f.chars().filter(char::is_ascii_uppercase).collect())
+            .unwrap_or_default();
+        flags.sort_unstable();
+        out.insert(subject, flags.into_iter().collect());
+    }
+    out
+}
+
+/// Issue 15: two devices with different sync programs (mbsync, offlineimap) and a third
+/// session (curl) changing the server meanwhile: each device's own change reaches the other
+/// through the server, the third session's flag and expunge reach both, and in the end all
+/// three hold the same messages with the same flags in both folders.
+#[test]
+fn mbsync_and_offlineimap_agree_with_a_third_session() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(&tmp.path().join("server"));
+    for subject in ["one", "two", "three"] {
+        deliver(&dev, subject);
+    }
+    let user = format!("{BOB}:{}", dev.password(BOB));
+    let base = format!("imaps://localhost:{}", dev.port("imaps"));
+    let curl = |url: &str, args: &[&str]| {
+        run(Command::new("curl")
+            .args(["-sS", "--insecure", "-u", &user])
+            .args(args)
+            .arg(url))
+    };
+    curl(&format!("{base}/"), &["-X", "CREATE Work"]);
+    let four = tmp.path().join("four.eml");
+    std::fs::write(
+        &four,
+        "From: carol@example.net\r\nSubject: four\r\n\r\nWork.\r\n",
+    )
+    .expect("four");
+    curl(
+        &format!("{base}/Work"),
+        &["-T", four.to_str().expect("utf-8 path")],
+    );
+
+    let cert = dev.data.join("tls/tls.crt");
+    // Device A: mbsync, Maildir++ under A/Mail (INBOX at A/Mail/INBOX, Work as .Work in it).
+    let a = tmp.path().join("A");
+    let a_mail = a.join("Mail");
+    std::fs::create_dir_all(&a_mail).expect("A");
+    std::fs::write(
+        a.join("mbsyncrc"),
+        format!(
+            "IMAPAccount dev\nHost localhost\nPort {port}\nUser {BOB}\nPass {pass}\nSSLType IMAPS\n\
+CertificateFile {cert}\n\nIMAPStore remote\nAccount dev\n\nMaildirStore local\nInbox {local}/INBOX\nSubFolders Maildir++\n\nChannel sync\nFar :remote:\nNear :local:\n\
+Patterns *\nCreate Both\nExpunge Both\nSyncState *\n",
+            port = dev.port("imaps"),
+            pass = dev.password(BOB),
+            cert = cert.display(),
+            local = a_mail.display(),
+        ),
+    )
+    .expect("mbsyncrc");
+    // Device B: offlineimap, one Maildir per folder under B/Mail.
+    let b = tmp.path().join("B");
+    let b_mail = b.join("Mail");
+    std::fs::create_dir_all(&b_mail).expect("B");
+    std::fs::write(
+        b.join("offlineimaprc"),
+        format!(
+            "[general]\naccounts = dev\nmetadata = {meta}\n\n[Account dev]\nlocalrepository = local\n\
+remoterepository = remote\n\n[Repository local]\ntype = Maildir\nlocalfolders = {local}\n\n\
+[Repository remote]\ntype = IMAP\nremotehost = localhost\nremoteport = {port}\nssl = yes\n\
+sslcacertfile = {cert}\nremoteuser = {BOB}\nremotepass = {pass}\n",
+            meta = b.join("meta").display(),
+            local = b_mail.display(),
+            port = dev.port("imaps"),
+            cert = cert.display(),
+            pass = dev.password(BOB),
+        ),
+    )
+    .expect("offlineimaprc");
+    let sync_a = || mbsync(&a);
+    let sync_b = || {
+        run(Command::new("offlineimap")
+            .args(["-o", "-u", "basic", "-c"])
+            .arg(b.join("offlineimaprc"))
+            .env("HOME", &b))
+    };
+    sync_a();
+    sync_b();
+    let (a_inbox, a_work) = (a_mail.join("INBOX"), a_mail.join("INBOX/.Work"));
+    let (b_inbox, b_work) = (b_mail.join("INBOX"), b_mail.join("Work"));
+    assert_eq!(flags_by_subject(&a_inbox).len(), 3, "A's first sync");
+    assert_eq!(flags_by_subject(&b_inbox).len(), 3, "B's first sync");
+    assert_eq!(flags_by_subject(&b_work).len(), 1, "B's first sync of Work");
+
+    // A flags "one", B reads "two", both offline; the third session answers "four" and
+    // deletes "three" on the server.
+    let mark = |dir: &Path, subject: &str, letter: char| {
+        let path = local_files(dir)
+            .into_iter()
+            .find(|p| {
+                std::fs::read_to_string(p).is_ok_and(|t| t.contains(&format!("Subject: {subject}")))
+            })
+            .unwrap_or_else(|| panic!("{subject} in {}", dir.display()));
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .to_string();
+        let (base, flags) = name.split_once(":2,").unwrap_or((&name, ""));
+        let mut flags: Vec<char> = flags.chars().chain([letter]).collect();
+        flags.sort_unstable();
+        flags.dedup();
+        let renamed = format!("{base}:2,{}", flags.into_iter().collect::<String>());
+        std::fs::rename(&path, dir.join("cur").join(renamed)).expect("mark locally");
+    };
+    mark(&a_inbox, "one", 'F');
+    mark(&b_inbox, "two", 'S');
+    curl(
+        &format!("{base}/Work"),
+        &["-X", "UID STORE 1 +FLAGS (\\Answered)"],
+    );
+    curl(
+        &format!("{base}/INBOX"),
+        &["-X", "UID STORE 3 +FLAGS (\\Deleted)"],
+    );
+    curl(&format!("{base}/INBOX"), &["-X", "EXPUNGE"]);
+
+    // Two rounds: each device's change travels through the server to the other.
+    for _ in 0..2 {
+        sync_a();
+        sync_b();
+    }
+    let server = (
+        flags_by_subject(&dev.maildir(BOB)),
+        flags_by_subject(&dev.maildir(BOB).join(".Work")),
+    );
+    let expected_inbox: std::collections::BTreeMap<String, String> = [
+        ("one".to_string(), "F".to_string()),
+        ("two".into(), "S".into()),
+    ]
+    .into();
+    // curl's APPEND stores "four" \Seen; the third session answered it.
+    let expected_work: std::collections::BTreeMap<String, String> =
+        [("four".to_string(), "RS".to_string())].into();
+    assert_eq!(server.0, expected_inbox, "server INBOX");
+    assert_eq!(server.1, expected_work, "server Work");
+    assert_eq!(
+        flags_by_subject(&a_inbox),
+        expected_inbox,
+        "A's INBOX (mbsync)"
+    );
+    assert_eq!(
+        flags_by_subject(&a_work),
+        expected_work,
+        "A's Work (mbsync)"
+    );
+    assert_eq!(
+        flags_by_subject(&b_inbox),
+        expected_inbox,
+        "B's INBOX (offlineimap)"
+    );
+    assert_eq!(
+        flags_by_subject(&b_work),
+        expected_work,
+        "B's Work (offlineimap)"
+    );
 }
 
 #[test]

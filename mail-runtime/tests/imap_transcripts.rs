@@ -219,6 +219,14 @@ async fn select_fetch_store_search_and_expunge() {
     deliver(&dev, "alpha report", "quarterly numbers");
     deliver(&dev, "beta", "nothing to see");
     deliver(&dev, "gamma", "more quarterly things");
+    // Another device saw them first: `\Recent` is its, the flags below are the stored ones.
+    let mut other = Client::login(&dev, BOB).await;
+    assert!(
+        other
+            .command("z", "SELECT INBOX")
+            .await
+            .contains("* 3 RECENT")
+    );
     let mut c = Client::login(&dev, BOB).await;
 
     let select = c.command("a", "SELECT INBOX").await;
@@ -548,6 +556,8 @@ async fn two_sessions_see_each_others_changes_and_idle_hears_delivery() {
     let exists = phone.line().await;
     let heard_after = sent.elapsed();
     assert_eq!(exists, "* 2 EXISTS");
+    // The phone is the first session to see it: `\Recent` there.
+    assert_eq!(phone.line().await, "* 1 RECENT");
     assert!(
         heard_after < Duration::from_secs(1) + Duration::from_millis(500),
         "IDLE heard of the delivery after {heard_after:?} (swaks included)"
@@ -556,7 +566,7 @@ async fn two_sessions_see_each_others_changes_and_idle_hears_delivery() {
     laptop.command("f", "NOOP").await;
     laptop.command("g", "STORE 2 +FLAGS (\\Flagged)").await;
     let flagged = phone.line().await;
-    assert_eq!(flagged, "* 2 FETCH (UID 3 FLAGS (\\Flagged))");
+    assert_eq!(flagged, "* 2 FETCH (UID 3 FLAGS (\\Flagged \\Recent))");
     phone.send(b"DONE\r\n").await;
     let done = phone.until_tagged("e").await;
     assert!(done.contains("e OK"), "{done}");
@@ -873,4 +883,132 @@ async fn condstore_and_qresync_resync_what_changed_and_nothing_else() {
     let flags = other.command("w", "FETCH 1 (FLAGS)").await;
     assert!(!flags.contains("MODSEQ"), "asked for FLAGS only: {flags}");
     other.assert_well_formed();
+}
+
+/// Issue 15 item 7: `\Recent` was never set and SEARCH RECENT / NEW were always empty. A message
+/// is `\Recent` in exactly one session: the first read-write one to see it, at SELECT or when it
+/// arrives while selected (RFC 3501 s2.3.2); EXAMINE shows what nobody claimed and claims
+/// nothing; IMAP4rev2 shows none of it.
+#[tokio::test]
+async fn recent_belongs_to_the_first_session_that_sees_a_message() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    deliver(&dev, "one", "x");
+    deliver(&dev, "two", "x");
+
+    let mut a = Client::login(&dev, BOB).await;
+    let status = a.command("a", "STATUS INBOX (RECENT MESSAGES)").await;
+    assert!(status.contains("RECENT 2"), "{status}");
+    let select = a.command("b", "SELECT INBOX").await;
+    assert!(select.contains("* 2 RECENT"), "{select}");
+    let flags = a.command("c", "FETCH 1:* FLAGS").await;
+    assert_eq!(flags.matches("FLAGS (\\Recent)").count(), 2, "{flags}");
+    let stored = a.command("d", "STORE 1 +FLAGS (\\Seen)").await;
+    assert!(stored.contains("FLAGS (\\Seen \\Recent)"), "{stored}");
+    assert!(
+        a.command("e", "SEARCH RECENT")
+            .await
+            .contains("* SEARCH 1 2")
+    );
+    let new = a.command("f", "SEARCH NEW").await;
+    assert!(new.contains("* SEARCH 2\n"), "{new}");
+    let old = a.command("g", "SEARCH OLD").await;
+    assert!(old.contains("* SEARCH\n"), "{old}");
+
+    // Another session: nothing is recent for it, and nothing is left to claim.
+    let mut b = Client::login(&dev, BOB).await;
+    let status = b.command("h", "STATUS INBOX (RECENT)").await;
+    assert!(status.contains("RECENT 0"), "{status}");
+    let select = b.command("i", "SELECT INBOX").await;
+    assert!(select.contains("* 0 RECENT"), "{select}");
+    let flags = b.command("j", "FETCH 1:* FLAGS").await;
+    assert!(!flags.contains("\\Recent"), "{flags}");
+    let old = b.command("k", "SEARCH OLD").await;
+    assert!(old.contains("* SEARCH 1 2"), "{old}");
+
+    // Mail arriving while both have INBOX selected is recent in the first to hear of it.
+    deliver(&dev, "three", "x");
+    let heard = a.command("l", "NOOP").await;
+    assert!(
+        heard.contains("* 3 EXISTS") && heard.contains("* 3 RECENT"),
+        "{heard}"
+    );
+    let heard = b.command("m", "NOOP").await;
+    assert!(
+        heard.contains("* 3 EXISTS") && heard.contains("* 0 RECENT"),
+        "{heard}"
+    );
+    let flags = a.command("n", "FETCH 3 FLAGS").await;
+    assert!(flags.contains("FLAGS (\\Recent)"), "{flags}");
+
+    // EXAMINE shows what nobody claimed and leaves it for the next SELECT.
+    let mut c = Client::login(&dev, BOB).await;
+    assert!(c.command("o", "UNSELECT").await.contains("o BAD"));
+    let mut d = Client::login(&dev, BOB).await;
+    deliver(&dev, "four", "x");
+    let examine = c.command("p", "EXAMINE INBOX").await;
+    assert!(examine.contains("* 1 RECENT"), "{examine}");
+    let select = d.command("q", "SELECT INBOX").await;
+    assert!(select.contains("* 1 RECENT"), "{select}");
+
+    // IMAP4rev2 has no \Recent.
+    let mut e = Client::login(&dev, BOB).await;
+    assert!(e.command("r", "ENABLE IMAP4rev2").await.contains("r OK"));
+    deliver(&dev, "five", "x");
+    let select = e.command("s", "SELECT INBOX").await;
+    assert!(!select.contains("RECENT"), "{select}");
+    let flags = e.command("t", "FETCH 1:* FLAGS").await;
+    assert!(!flags.contains("\\Recent"), "{flags}");
+    for client in [&a, &b, &c, &d, &e] {
+        client.assert_well_formed();
+    }
+}
+
+/// Issue 15 item 8: `SEARCH RETURN (...)` (RFC 4731, IMAP4rev2) was refused with BAD although
+/// ESEARCH is advertised. MIN, MAX, ALL and COUNT come back as asked, in IMAP4rev1 and rev2,
+/// with UID and MODSEQ; an option the server does not offer is a clear BAD.
+#[tokio::test]
+async fn search_return_options_answer_esearch() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    for n in 1..=5 {
+        deliver(&dev, &format!("report {n}"), "quarterly");
+    }
+    let mut c = Client::login(&dev, BOB).await;
+    assert!(c.command("a", "SELECT INBOX").await.contains("a OK"));
+    assert!(
+        c.command("b", "STORE 2,4 +FLAGS (\\Seen)")
+            .await
+            .contains("b OK")
+    );
+    let all = c.command("c", "SEARCH RETURN (ALL) ALL").await;
+    assert!(all.contains("* ESEARCH (TAG \"c\") ALL 1:5\n"), "{all}");
+    let unseen = c.command("d", "SEARCH RETURN (MIN MAX COUNT) UNSEEN").await;
+    assert!(
+        unseen.contains("* ESEARCH (TAG \"d\") MIN 1 MAX 5 COUNT 3\n"),
+        "{unseen}"
+    );
+    let by_uid = c.command("e", "UID SEARCH RETURN () SEEN").await;
+    assert!(
+        by_uid.contains("* ESEARCH (TAG \"e\") UID ALL 2,4\n"),
+        "{by_uid}"
+    );
+    let none = c
+        .command("f", "SEARCH RETURN (MIN COUNT) SUBJECT {7+}\r\nnothing")
+        .await;
+    assert!(none.contains("* ESEARCH (TAG \"f\") COUNT 0\n"), "{none}");
+    let modseq = c.command("g", "SEARCH RETURN (COUNT) MODSEQ 1").await;
+    assert!(
+        modseq.contains("* ESEARCH (TAG \"g\") COUNT 5 MODSEQ "),
+        "{modseq}"
+    );
+    let save = c.command("h", "SEARCH RETURN (SAVE) ALL").await;
+    assert!(save.contains("h BAD"), "{save}");
+    // The plain form is unchanged, and RETURN options do not leak into the next SEARCH.
+    let plain = c.command("i", "SEARCH SEEN").await;
+    assert!(plain.contains("* SEARCH 2 4\n"), "{plain}");
+    assert!(c.command("j", "ENABLE IMAP4rev2").await.contains("j OK"));
+    let rev2 = c.command("k", "SEARCH RETURN (MAX) ALL").await;
+    assert!(rev2.contains("* ESEARCH (TAG \"k\") MAX 5\n"), "{rev2}");
+    c.assert_well_formed();
 }

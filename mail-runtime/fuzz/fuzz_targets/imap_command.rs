@@ -22,7 +22,7 @@ use mail_runtime::{
     imap::{
         search::{self, Candidate},
         selected::{self, Selected},
-        server::{folder_name, pattern_matches, render_fetch},
+        server::{SessionFlags, folder_name, pattern_matches, render_fetch},
     },
     store::{FolderIndex, MessageMeta},
 };
@@ -96,7 +96,8 @@ fuzz_target!(|data: &[u8]| {
                         for i in indexes {
                             let mut out = Vec::new();
                             let meta = &selected.messages[i];
-                            let _ = render_fetch(&mut out, i as u32 + 1, meta, &[], Some(MESSAGE), &items, true);
+                            let shown = SessionFlags { seen_now: true, recent: i % 2 == 0 };
+                            let _ = render_fetch(&mut out, i as u32 + 1, meta, &[], Some(MESSAGE), &items, shown);
                             assert!(out.ends_with(b")\r\n"));
                         }
                     }
@@ -112,6 +113,7 @@ fuzz_target!(|data: &[u8]| {
                             raw: Some(MESSAGE),
                             sets: &sets,
                             keywords: &[],
+                            recent: i % 2 == 0,
                             contents: Default::default(),
                         };
                         let _ = search::matches(&key, &candidate);

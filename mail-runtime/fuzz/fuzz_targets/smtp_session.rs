@@ -77,6 +77,9 @@ impl Store for NoStore {
     ) -> Result<FlagsSet, StoreError> {
         Ok(FlagsSet::default())
     }
+    fn claim_recent(&self, _: &str, _: &str) -> Result<Vec<u32>, StoreError> {
+        Ok(Vec::new())
+    }
     fn folders(&self, _: &str) -> Result<Vec<String>, StoreError> {
         Ok(vec!["INBOX".into()])
     }

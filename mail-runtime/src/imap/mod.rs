@@ -5,6 +5,7 @@
 //! written by [`write`], [`message`] and [`selected`]: they are plain text built from the
 //! store's index and mail-parser's view of a message, checked in tests by imap-codec's own
 //! response parser and by real clients.
+pub mod esearch;
 pub mod message;
 pub mod search;
 pub mod selected;

@@ -20,6 +20,8 @@ pub struct Candidate<'a> {
     pub sets: &'a SetCache,
     /// The folder's keyword table (letter `a + n` is entry `n`).
     pub keywords: &'a [String],
+    /// `\Recent` in this session.
+    pub recent: bool,
     /// What the keys learn of the message's contents, once for all of them.
     pub contents: Contents<'a>,
 }
@@ -169,9 +171,9 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
         Unflagged => !flag('F'),
         Seen => flag('S'),
         Unseen => !flag('S'),
-        // Nothing is \Recent here (IMAP4rev2 drops it): NEW is unseen-and-recent.
-        Recent | New => false,
-        Old => true,
+        Recent => c.recent,
+        New => c.recent && !flag('S'),
+        Old => !c.recent,
         Keyword(k) => keyword(k.inner()),
         Unkeyword(k) => !keyword(k.inner()),
         Larger(n) => c.meta.size > u64::from(*n),
@@ -311,6 +313,7 @@ mod tests {
             raw: Some(raw),
             sets: &sets,
             keywords: &[],
+            recent: false,
             contents: Default::default(),
         };
         for (criteria, expected) in [

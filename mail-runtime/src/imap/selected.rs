@@ -24,6 +24,9 @@ pub struct Selected {
     pub keywords: Vec<String>,
     /// The folder's HIGHESTMODSEQ, as last read.
     pub highest_modseq: u64,
+    /// UIDs that are `\Recent` in this session: the ones it claimed (see
+    /// [`crate::store::Store::claim_recent`]), or for EXAMINE the ones nobody claimed yet.
+    pub recent: std::collections::HashSet<u32>,
 }
 
 /// How a session reports changes: the extensions its client enabled (RFC 7162).
@@ -33,6 +36,8 @@ pub struct Reporting {
     pub modseq: bool,
     /// QRESYNC: expunges are `VANISHED <uids>`, not `<seq> EXPUNGE`.
     pub vanished: bool,
+    /// IMAP4rev1's `\Recent` and `RECENT` responses (IMAP4rev2 has neither).
+    pub recent: bool,
 }
 
 impl Reporting {
@@ -115,7 +120,21 @@ impl Selected {
             messages: index.messages,
             keywords: index.keywords,
             highest_modseq: index.highest_modseq,
+            recent: std::collections::HashSet::new(),
         }
+    }
+
+    /// Whether `uid` is `\Recent` for this session, as `reporting` shows it.
+    pub fn is_recent(&self, uid: u32, reporting: Reporting) -> bool {
+        reporting.recent && self.recent.contains(&uid)
+    }
+
+    /// How many messages of the view are `\Recent` in this session.
+    pub fn recent_count(&self) -> usize {
+        self.messages
+            .iter()
+            .filter(|m| self.recent.contains(&m.uid))
+            .count()
     }
 
     /// The UIDs in `known` (merged ranges, see [`ranges`]) below UIDNEXT that are not in the
@@ -226,7 +245,11 @@ impl Selected {
                         "* {} FETCH (UID {} FLAGS {}{})\r\n",
                         i + 1,
                         m.uid,
-                        write::flags(&now.flags, &self.keywords),
+                        write::session_flags(
+                            &now.flags,
+                            &self.keywords,
+                            reporting.recent && self.recent.contains(&m.uid)
+                        ),
                         reporting.modseq_item(now)
                     )
                     .as_bytes(),
@@ -355,6 +378,7 @@ mod tests {
         let reporting = Reporting {
             modseq: true,
             vanished: true,
+            recent: false,
         };
         view.refresh(index(vec![changed]), true, reporting, &mut out);
         assert_eq!(

@@ -28,6 +28,7 @@ use tokio::{
 };
 
 use super::{
+    esearch::{self, Lifted, ReturnOptions},
     message,
     search::{self, Candidate},
     selected::{self as view, Reporting, Selected},
@@ -102,6 +103,8 @@ struct Session {
     rev2: bool,
     /// CONDSTORE and QRESYNC as the client enabled them (RFC 7162).
     reporting: Reporting,
+    /// The RETURN options of the SEARCH being run (lifted before parsing, see [`esearch`]).
+    search_return: Option<ReturnOptions>,
     closed: bool,
 }
 
@@ -244,7 +247,11 @@ impl Session {
             selected: None,
             changes: None,
             rev2: false,
-            reporting: Reporting::default(),
+            reporting: Reporting {
+                recent: true,
+                ..Reporting::default()
+            },
+            search_return: None,
             closed: false,
             runtime,
         }
@@ -421,20 +428,53 @@ impl Session {
             if !self.frag.is_message_complete() {
                 continue;
             }
-            let decoded = match self.frag.decode_message(&CommandCodec::default()) {
-                Ok(command) => Ok(command.into_static()),
-                Err(DecodeMessageError::MessagePoisoned { .. })
-                | Err(DecodeMessageError::MessageTooLong { .. }) => Err((
-                    self.frag.decode_tag().map(|t| t.inner().to_string()),
-                    "NO [TOOBIG] command or literal over the limit",
-                )),
-                Err(err) => {
-                    tracing::debug!(peer = %self.peer, error = ?err, "malformed IMAP command");
-                    Err((
-                        self.frag.decode_tag().map(|t| t.inner().to_string()),
-                        "BAD malformed command",
-                    ))
+            let lifted = if self.user.is_some() {
+                esearch::lift(self.frag.message_bytes())
+            } else {
+                Lifted::No
+            };
+            let decoded = match lifted {
+                Lifted::Yes(command, options) => {
+                    self.frag.skip_message();
+                    match imap_codec::decode::Decoder::decode(&CommandCodec::default(), &command) {
+                        Ok((_, command)) => {
+                            self.search_return = Some(options);
+                            Ok(command.into_static())
+                        }
+                        Err(_) => Err((
+                            Some(
+                                String::from_utf8_lossy(
+                                    command.split(|b| *b == b' ').next().unwrap_or_default(),
+                                )
+                                .into_owned(),
+                            ),
+                            "BAD malformed command",
+                        )),
+                    }
                 }
+                Lifted::Unsupported(why) => {
+                    let tag = self.frag.decode_tag().map(|t| t.inner().to_string());
+                    self.frag.skip_message();
+                    let tag = tag.unwrap_or_else(|| "*".into());
+                    self.send(format!("{tag} BAD {why}\r\n"));
+                    self.flush().await?;
+                    continue;
+                }
+                Lifted::No => match self.frag.decode_message(&CommandCodec::default()) {
+                    Ok(command) => Ok(command.into_static()),
+                    Err(DecodeMessageError::MessagePoisoned { .. })
+                    | Err(DecodeMessageError::MessageTooLong { .. }) => Err((
+                        self.frag.decode_tag().map(|t| t.inner().to_string()),
+                        "NO [TOOBIG] command or literal over the limit",
+                    )),
+                    Err(err) => {
+                        tracing::debug!(peer = %self.peer, error = ?err, "malformed IMAP command");
+                        Err((
+                            self.frag.decode_tag().map(|t| t.inner().to_string()),
+                            "BAD malformed command",
+                        ))
+                    }
+                },
             };
             match decoded {
                 Ok(command) => self.command(command).await?,
@@ -687,6 +727,8 @@ impl Session {
             CommandBody::Idle => return self.idle(&tag).await,
             _ => bad(format!("{name} is not supported")),
         };
+        // RETURN options belong to the SEARCH they came with, answered or not.
+        self.search_return = None;
         if self.selected.is_some() && !self.closed {
             self.refresh(!restricts_expunge).await;
         }
@@ -725,14 +767,34 @@ impl Session {
         if let Some(rx) = self.changes.as_mut() {
             rx.borrow_and_update();
         }
-        let Some(folder) = self.selected.as_ref().map(|s| s.folder.clone()) else {
+        let Some((folder, claims)) = self
+            .selected
+            .as_ref()
+            .map(|s| (s.folder.clone(), !s.read_only))
+        else {
             return;
         };
-        let fresh = self.blocking(move |s, m| s.index(&m, &folder)).await;
+        // New mail is `\Recent` in the first read-write session to hear of it.
+        let fresh = self
+            .blocking(move |s, m| {
+                let claimed = if claims {
+                    s.claim_recent(&m, &folder)?
+                } else {
+                    Vec::new()
+                };
+                Ok((claimed, s.index(&m, &folder)?))
+            })
+            .await;
         let mut out = Vec::new();
         match (fresh, self.selected.as_mut()) {
-            (Ok(fresh), Some(selected)) => {
+            (Ok((claimed, fresh)), Some(selected)) => {
+                let (exists, recent) = (selected.messages.len(), selected.recent_count());
+                selected.recent.extend(claimed);
                 selected.refresh(fresh, expunges_allowed, self.reporting, &mut out);
+                let now = selected.recent_count();
+                if self.reporting.recent && (now != recent || selected.messages.len() > exists) {
+                    out.extend_from_slice(format!("* {now} RECENT\r\n").as_bytes());
+                }
             }
             (Err(StoreError::NoSuchFolder(_)), Some(_)) => {
                 out.extend_from_slice(b"* BYE the selected folder was deleted\r\n");
@@ -889,6 +951,7 @@ impl Session {
                 }
                 CapabilityEnable::Other(_) if c.to_string().eq_ignore_ascii_case("IMAP4rev2") => {
                     self.rev2 = true;
+                    self.reporting.recent = false;
                     enabled.push("IMAP4rev2");
                 }
                 _ => {}
@@ -1010,7 +1073,10 @@ impl Session {
         for item in items {
             let value = match item {
                 StatusDataItemName::Messages => format!("MESSAGES {}", index.messages.len()),
-                StatusDataItemName::Recent => "RECENT 0".into(),
+                StatusDataItemName::Recent => format!(
+                    "RECENT {}",
+                    index.messages.iter().filter(|m| m.is_new()).count()
+                ),
                 StatusDataItemName::UidNext => format!("UIDNEXT {}", index.uid_next),
                 StatusDataItemName::UidValidity => format!("UIDVALIDITY {}", index.uid_validity),
                 StatusDataItemName::Unseen => format!(
@@ -1093,15 +1159,42 @@ impl Session {
         let mut changes = self.runtime.store.changes(&address);
         changes.borrow_and_update();
         let name = folder.clone();
-        let index = match self.blocking(move |s, m| s.index(&m, &name)).await {
-            Ok(i) => i,
+        // SELECT claims the messages nobody has seen: `\Recent` here and nowhere else. EXAMINE
+        // changes nothing and shows them as they are.
+        let opened = self
+            .blocking(move |s, m| {
+                let claimed = if read_only {
+                    Vec::new()
+                } else {
+                    s.claim_recent(&m, &name)?
+                };
+                Ok((claimed, s.index(&m, &name)?))
+            })
+            .await;
+        let (claimed, index) = match opened {
+            Ok(opened) => opened,
             Err(e) => return Err(store_failure(&e)),
+        };
+        let recent: std::collections::HashSet<u32> = if read_only {
+            index
+                .messages
+                .iter()
+                .filter(|m| m.is_new())
+                .map(|m| m.uid)
+                .collect()
+        } else {
+            claimed.into_iter().collect()
         };
         let flags = write::folder_flags(&index.keywords);
         self.send(format!("* FLAGS {flags}\r\n"));
         self.send(format!("* {} EXISTS\r\n", index.messages.len()));
         if !self.rev2 {
-            self.send("* 0 RECENT\r\n");
+            let count = index
+                .messages
+                .iter()
+                .filter(|m| recent.contains(&m.uid))
+                .count();
+            self.send(format!("* {count} RECENT\r\n"));
             if let Some(first) = index.messages.iter().position(|m| !m.flags.contains('S')) {
                 self.send(format!("* OK [UNSEEN {}] first unseen\r\n", first + 1));
             }
@@ -1126,7 +1219,8 @@ impl Session {
             line.extend_from_slice(b"\r\n");
             self.send(line);
         }
-        let selected = Selected::new(folder, read_only, index);
+        let mut selected = Selected::new(folder, read_only, index);
+        selected.recent = recent;
         // QRESYNC (RFC 7162 s3.2.5): what changed since the client's last sync, in this
         // answer, when its cache is for this UIDVALIDITY.
         if let Some((validity, since, known)) = resync
@@ -1144,11 +1238,12 @@ impl Session {
             }
             for (i, m) in selected.messages.iter().enumerate() {
                 if m.modseq > since {
+                    let recent = selected.is_recent(m.uid, self.reporting);
                     let line = format!(
                         "* {} FETCH (UID {} FLAGS {} MODSEQ ({}))\r\n",
                         i + 1,
                         m.uid,
-                        write::flags(&m.flags, &selected.keywords),
+                        write::session_flags(&m.flags, &selected.keywords, recent),
                         m.modseq
                     );
                     self.out.extend_from_slice(line.as_bytes());
@@ -1360,14 +1455,19 @@ impl Session {
             let mut written = Ok(());
             if let Some(view) = &view {
                 for i in &indexes {
+                    let meta = &view.messages[*i];
+                    let shown = SessionFlags {
+                        seen_now: false,
+                        recent: view.is_recent(meta.uid, self.reporting),
+                    };
                     let _ = render_fetch(
                         &mut self.out,
                         *i as u32 + 1,
-                        &view.messages[*i],
+                        meta,
                         &view.keywords,
                         None,
                         &items,
-                        false,
+                        shown,
                     );
                     if self.out.len() > 256 * 1024 {
                         written = self.flush().await;
@@ -1429,8 +1529,16 @@ impl Session {
                     .map(|s| s.keywords.clone())
                     .unwrap_or_default(),
             );
+            let recent: std::sync::Arc<std::collections::HashSet<u32>> = std::sync::Arc::new(
+                self.selected
+                    .as_ref()
+                    .filter(|_| self.reporting.recent)
+                    .map(|s| s.recent.clone())
+                    .unwrap_or_default(),
+            );
             while !pending.is_empty() {
                 let (name, items, keywords) = (folder.clone(), items.clone(), keywords.clone());
+                let recent = recent.clone();
                 let chunk = std::mem::take(&mut pending);
                 // This session's share of the answer memory: the chunk's output, the largest
                 // message read, its answer (at most twice it) and one more in the flush.
@@ -1482,6 +1590,10 @@ impl Session {
                             } else {
                                 None
                             };
+                            let shown = SessionFlags {
+                                seen_now,
+                                recent: recent.contains(&meta.uid),
+                            };
                             over |= !render_fetch(
                                 &mut out,
                                 i as u32 + 1,
@@ -1489,7 +1601,7 @@ impl Session {
                                 &keywords,
                                 raw.as_deref(),
                                 &items,
-                                seen_now,
+                                shown,
                             );
                             if out.len() > RENDER_CHUNK {
                                 break;
@@ -1614,7 +1726,8 @@ impl Session {
                 };
                 let line = if response == StoreResponse::Answer {
                     let modseq = self.reporting.modseq_item(&u);
-                    let flags = write::flags(&u.flags, &selected.keywords);
+                    let recent = selected.is_recent(u.uid, self.reporting);
+                    let flags = write::session_flags(&u.flags, &selected.keywords, recent);
                     format!("* {} FETCH ({uid_part}FLAGS {flags}{modseq})\r\n", i + 1)
                 } else if self.reporting.modseq && before.modseq != u.modseq {
                     // .SILENT still tells a CONDSTORE client the new mod-sequence (RFC 7162
@@ -1670,6 +1783,7 @@ impl Session {
         let metas = selected.messages.clone();
         let keywords = selected.keywords.clone();
         let largest = selected.largest();
+        let recent = selected.recent.clone();
         let folder = selected.folder.clone();
         let found = self
             .blocking(move |s, m| {
@@ -1689,6 +1803,7 @@ impl Session {
                         raw: raw.as_deref(),
                         sets: &sets,
                         keywords: &keywords,
+                        recent: recent.contains(&meta.uid),
                         contents: Default::default(),
                     };
                     if search::matches(&key, &candidate) {
@@ -1705,16 +1820,19 @@ impl Session {
         };
         // RFC 7162 s3.1.5: with a MODSEQ key, the highest mod-sequence of what was found.
         let modseq = (with_modseq && !found.is_empty()).then_some(highest);
-        if self.rev2 {
+        let returns = self.search_return.take();
+        if self.rev2 || returns.is_some() {
             let mut line = b"* ESEARCH (TAG ".to_vec();
             write::string(&mut line, tag.as_bytes());
             line.push(b')');
             if uid {
                 line.extend_from_slice(b" UID");
             }
-            if !found.is_empty() {
-                line.extend_from_slice(format!(" ALL {}", write::sequence_set(&found)).as_bytes());
-            }
+            let options = returns.unwrap_or(ReturnOptions {
+                all: true,
+                ..ReturnOptions::default()
+            });
+            line.extend_from_slice(esearch::results(options, &found).as_bytes());
             if let Some(n) = modseq {
                 line.extend_from_slice(format!(" MODSEQ {n}").as_bytes());
             }
@@ -1853,6 +1971,15 @@ impl Session {
     }
 }
 
+/// What a FETCH response shows of a message besides what the store holds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionFlags {
+    /// This FETCH set `\Seen`: the new FLAGS go with the answer (RFC 9051 s6.4.5).
+    pub seen_now: bool,
+    /// `\Recent` in this session (IMAP4rev1).
+    pub recent: bool,
+}
+
 /// Writes one untagged FETCH response.
 ///
 /// One message's answer may hold at most twice the message and 1 MiB (the same sections asked
@@ -1865,7 +1992,7 @@ pub fn render_fetch(
     keywords: &[String],
     raw: Option<&[u8]>,
     items: &[MessageDataItemName<'_>],
-    flags_changed: bool,
+    shown: SessionFlags,
 ) -> bool {
     let parsed = raw.map(message::parse);
     let parsed = parsed.as_deref();
@@ -1886,9 +2013,8 @@ pub fn render_fetch(
                 out.extend_from_slice(format!("UID {}", meta.uid).as_bytes())
             }
             MessageDataItemName::Flags => {
-                out.extend_from_slice(
-                    format!("FLAGS {}", write::flags(&meta.flags, keywords)).as_bytes(),
-                );
+                let flags = write::session_flags(&meta.flags, keywords, shown.recent);
+                out.extend_from_slice(format!("FLAGS {flags}").as_bytes());
             }
             MessageDataItemName::InternalDate => out.extend_from_slice(
                 format!("INTERNALDATE {}", write::date_time(meta.internal_date)).as_bytes(),
@@ -1982,12 +2108,13 @@ pub fn render_fetch(
         }
     }
     // RFC 9051 6.4.5: when fetching sets \Seen, the new flags go with the response.
-    if flags_changed
+    if shown.seen_now
         && !items
             .iter()
             .any(|i| matches!(i, MessageDataItemName::Flags))
     {
-        out.extend_from_slice(format!(" FLAGS {}", write::flags(&meta.flags, keywords)).as_bytes());
+        let flags = write::session_flags(&meta.flags, keywords, shown.recent);
+        out.extend_from_slice(format!(" FLAGS {flags}").as_bytes());
     }
     if out.len() - start > budget {
         out.truncate(start);
@@ -2074,7 +2201,7 @@ mod tests {
             &[],
             Some(raw),
             &items,
-            false
+            super::SessionFlags::default()
         ));
         let text = String::from_utf8_lossy(&out);
         assert!(text.contains("BODY[] {"), "{text}");

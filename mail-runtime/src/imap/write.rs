@@ -64,11 +64,19 @@ pub const FLAG_LETTERS: [(char, &str); 5] = [
 /// The flag list of a message, e.g. `(\Seen \Flagged $Junk)`: system flags by their letters,
 /// keywords (`a` to `z`) through the folder's table.
 pub fn flags(letters: &str, keywords: &[String]) -> String {
+    session_flags(letters, keywords, false)
+}
+
+/// [`flags`] with the session flag `\Recent` when `recent` (IMAP4rev1 only).
+pub fn session_flags(letters: &str, keywords: &[String], recent: bool) -> String {
     let mut names: Vec<&str> = FLAG_LETTERS
         .iter()
         .filter(|(l, _)| letters.contains(*l))
         .map(|(_, n)| *n)
         .collect();
+    if recent {
+        names.push("\\Recent");
+    }
     names.extend(
         letters
             .bytes()

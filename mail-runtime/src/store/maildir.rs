@@ -773,6 +773,39 @@ impl Store for Maildir {
         Ok(out)
     }
 
+    fn claim_recent(&self, mailbox: &str, folder: &str) -> Result<Vec<u32>, StoreError> {
+        let dir = self.folder_path(mailbox, folder)?;
+        if !dir.join("cur").is_dir() {
+            return Ok(Vec::new());
+        }
+        let lock = self.folder_lock(&dir);
+        let _serial = lock.lock().expect("folder lock");
+        let entries = match fs::read_dir(dir.join("new")) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(StoreError::from_io(err)),
+        };
+        let mut claimed = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(named) = parse_name(&name) else {
+                continue;
+            };
+            let base = name.split_once(":2,").map_or(name.as_str(), |(b, _)| b);
+            let target = dir.join("cur").join(format!("{base}:2,{}", named.flags));
+            match fs::rename(entry.path(), target) {
+                Ok(()) => claimed.push(named.uid),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(StoreError::from_io(err)),
+            }
+        }
+        if !claimed.is_empty() {
+            sync_dir(&dir.join("cur"))?;
+        }
+        claimed.sort_unstable();
+        Ok(claimed)
+    }
+
     fn folders(&self, mailbox: &str) -> Result<Vec<String>, StoreError> {
         let root = self.inbox_path(mailbox)?;
         let mut out = Vec::new();

@@ -30,11 +30,19 @@ pub struct MessageMeta {
     pub flags: String,
     /// Arrival time, seconds since the epoch.
     pub internal_date: i64,
-    /// The message's file name in the Maildir (without the directory).
+    /// The message's file name in the Maildir (without the directory); one without Maildir's
+    /// `:2,` info part is still in `new/`: no IMAP session has seen it (see [`Self::is_new`]).
     pub file_name: String,
     /// CONDSTORE's mod-sequence (RFC 7162): the folder's counter when the message arrived or
     /// its flags last changed; at least 1.
     pub modseq: u64,
+}
+
+impl MessageMeta {
+    /// Still in Maildir's `new/`: IMAP's `\Recent` for the next session that claims it.
+    pub fn is_new(&self) -> bool {
+        !self.file_name.contains(":2,")
+    }
 }
 
 /// A change to a message's flags (Maildir letters), as STORE asks for it.
@@ -242,6 +250,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         changes: &[(MessageMeta, FlagChange)],
         unchanged_since: Option<u64>,
     ) -> Result<FlagsSet, StoreError>;
+
+    /// IMAP's `\Recent`: moves the folder's messages that no session has seen yet (Maildir's
+    /// `new/`) to `cur/` and returns their UIDs. Exactly one caller gets each one, so a message
+    /// is `\Recent` in one session only (RFC 3501 s2.3.2). Flags and mod-sequences stay.
+    fn claim_recent(&self, mailbox: &str, folder: &str) -> Result<Vec<u32>, StoreError>;
 
     /// Every folder of a mailbox, INBOX first.
     fn folders(&self, mailbox: &str) -> Result<Vec<String>, StoreError>;

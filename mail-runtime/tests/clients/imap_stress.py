@@ -125,7 +125,8 @@ def fetched_modseqs(who, folder, data):
             uid, flags, modseq = int(found.group(1)), found.group(2), int(found.group(3))
         else:
             modseq, uid, flags = int(found.group(4)), int(found.group(5)), found.group(6)
-        flags = " ".join(sorted(flags.decode().split()))
+        # \Recent is the session's own (RFC 3501 s2.3.2), not a stored flag.
+        flags = " ".join(sorted(f for f in flags.decode().split() if f != "\\Recent"))
         with lock:
             first = pairs[folder].setdefault((uid, modseq), flags)
         if first != flags:
