@@ -19,7 +19,7 @@ use libfuzzer_sys::fuzz_target;
 use mail_runtime::{
     imap::{
         search::{self, Candidate},
-        server::render_fetch,
+        server::{SessionFlags, render_fetch},
     },
     store::MessageMeta,
 };
@@ -74,7 +74,7 @@ fuzz_target!(|data: &[u8]| {
         modseq: 1,
     };
     let mut out = Vec::new();
-    if render_fetch(&mut out, 1, &meta, &[], Some(data), items(), false) {
+    if render_fetch(&mut out, 1, &meta, &[], Some(data), items(), SessionFlags::default()) {
         assert!(out.ends_with(b")\r\n"));
     }
     let candidate = Candidate {
@@ -84,6 +84,7 @@ fuzz_target!(|data: &[u8]| {
         raw: Some(data),
         sets: &search::SetCache::default(),
         keywords: &[],
+        recent: false,
         contents: Default::default(),
     };
     let _ = search::matches(key(), &candidate);
