@@ -144,7 +144,11 @@ fn sigkills_during_imap_append_expunge_and_pop3_update_lose_nothing_acknowledged
         }
     }
     let (validity, stored) = list(&dev, ALICE);
-    assert_eq!(validities.len(), 1, "UIDVALIDITY changed across kills");
+    assert_eq!(
+        validities.len(),
+        1,
+        "UIDVALIDITY changed across kills: {validities:?}"
+    );
     assert!(validities.contains(&validity));
     let mut lost = Vec::new();
     for (uid, id) in &expected {

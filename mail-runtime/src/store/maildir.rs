@@ -301,18 +301,28 @@ impl Maildir {
         Ok(root.join(encode_folder(folder)?))
     }
 
+    /// Makes the Maildir at `dir` unless it exists. `cur/` is what makes a folder exist, so it
+    /// is made last, after the UID file: a session that finds `cur/` always finds the folder's
+    /// UIDVALIDITY (an APPEND racing the first login once read no UID file and answered
+    /// `APPENDUID 1`). Two creators take turns under the folder's lock.
     fn ensure_maildir(&self, dir: &Path) -> Result<(), StoreError> {
         if dir.join("cur").is_dir() {
             return Ok(());
         }
-        for sub in ["tmp", "new", "cur"] {
-            fs::create_dir_all(dir.join(sub)).map_err(StoreError::from_io)?;
+        let lock = self.folder_lock(dir);
+        let _serial = lock.lock().expect("folder lock");
+        if dir.join("cur").is_dir() {
+            return Ok(());
         }
+        fs::create_dir_all(dir).map_err(StoreError::from_io)?;
         let validity = self.new_validity(dir)?;
         write_synced(
             &dir.join(UIDVALIDITY_FILE),
             format!("{validity}\n").as_bytes(),
         )?;
+        for sub in ["tmp", "new", "cur"] {
+            fs::create_dir_all(dir.join(sub)).map_err(StoreError::from_io)?;
+        }
         for d in [
             dir.to_path_buf(),
             dir.parent().map(Path::to_path_buf).unwrap_or_default(),
@@ -348,7 +358,7 @@ impl Maildir {
             None => scan(dir)?.uid_next,
         };
         map.insert(key, next + count);
-        Ok((read_validity(dir), next))
+        Ok((read_uid_file(dir)?.validity, next))
     }
 
     fn forget_uids(&self, mailbox: &str, folder: &str) {
@@ -749,7 +759,9 @@ impl Store for Maildir {
                 modseq: named.modseq,
                 ..m.clone()
             };
-            if now.flags != named.flags || current.parent() != Some(&dir.join("cur")) {
+            // A change that changes nothing takes no mod-sequence and leaves the file where it
+            // is (moving it out of `new/` would take `\Recent` from the session due it).
+            if now.flags != named.flags {
                 let next = match modseq {
                     Some(n) => n,
                     None => *modseq.insert(self.next_modseq(&dir)?),
@@ -1085,17 +1097,20 @@ struct NewMessage<'a> {
     modseq: u64,
 }
 
-/// The folder's UID file. (The start-up check rewrites a missing or unreadable file, so the
-/// fallback is only for one removed while serving.)
-fn read_uid_file(dir: &Path) -> UidFile {
-    fs::read_to_string(dir.join(UIDVALIDITY_FILE))
-        .ok()
-        .and_then(|text| UidFile::parse(&text))
-        .unwrap_or(UidFile {
-            validity: 1,
-            uid_next: 1,
-            modseq: 0,
-        })
+/// The folder's UID file. The start-up check rewrites a missing or unreadable one; one that
+/// goes missing while serving is a storage error, never a default (a UIDVALIDITY of 1 written
+/// back by the next expunge would make every client's cache wrong for good).
+fn read_uid_file(dir: &Path) -> Result<UidFile, StoreError> {
+    let text = fs::read_to_string(dir.join(UIDVALIDITY_FILE)).map_err(StoreError::from_io)?;
+    UidFile::parse(&text).ok_or_else(|| {
+        StoreError::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} holds no UIDVALIDITY",
+                dir.join(UIDVALIDITY_FILE).display()
+            ),
+        ))
+    })
 }
 
 /// A folder's keywords by letter (`a` first); a missing or unreadable table is empty.
@@ -1122,10 +1137,6 @@ fn read_keywords(dir: &Path) -> Vec<String> {
     table
 }
 
-fn read_validity(dir: &Path) -> u32 {
-    read_uid_file(dir).validity
-}
-
 /// Replaces a small file atomically: a temporary file is written and fsynced, then renamed over
 /// it, then the directory is fsynced. A crash leaves the old file or the new, never a truncated
 /// one (an empty UID file would lose the folder's UIDVALIDITY).
@@ -1149,7 +1160,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
 
 /// Reads a Maildir folder's index from its directory listing.
 pub fn scan(dir: &Path) -> Result<FolderIndex, StoreError> {
-    let recorded = read_uid_file(dir);
+    let recorded = read_uid_file(dir)?;
     let mut messages = Vec::new();
     for sub in ["new", "cur"] {
         let entries = match fs::read_dir(dir.join(sub)) {
@@ -1319,6 +1330,34 @@ mod tests {
         assert_eq!(inbox.messages.last().map(|m| m.uid), Some(3));
     }
 
+    /// A UID file gone while serving is a storage error, never UIDVALIDITY 1: an expunge used
+    /// to write the default back, and every client's cache was wrong from then on. A restart
+    /// repairs it loudly, with a new UIDVALIDITY.
+    #[test]
+    fn a_uid_file_gone_while_serving_is_an_error_not_a_default() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let alice = "alice@example.test";
+        let store = Maildir::open(tmp.path(), "h").expect("open");
+        store
+            .deliver(spooled(&store, b"one\r\n"), &[alice.to_string()])
+            .expect("deliver");
+        let before = store.inbox(alice).expect("inbox");
+        let file = store
+            .inbox_path(alice)
+            .expect("path")
+            .join(UIDVALIDITY_FILE);
+        fs::remove_file(&file).expect("remove the UID file");
+        assert!(matches!(
+            store.expunge(alice, INBOX, &before.messages),
+            Err(StoreError::Io(_))
+        ));
+        assert!(!file.exists(), "an expunge wrote a UID file back");
+        let reopened = Maildir::open(tmp.path(), "h").expect("reopen");
+        let after = reopened.inbox(alice).expect("inbox");
+        assert!(after.uid_validity > before.uid_validity);
+        assert_eq!(after.messages.len(), 1);
+    }
+
     /// CONDSTORE (RFC 7162): every change gets a mod-sequence above all before it, in this
     /// process and after a restart, and HIGHESTMODSEQ never goes back, not even when the
     /// message changed last is expunged; UNCHANGEDSINCE refuses a message changed since.
@@ -1334,6 +1373,18 @@ mod tests {
                 .expect("deliver");
         }
         let first = store.inbox(alice).expect("inbox");
+        // A change that changes nothing, on a message still in new/: no new mod-sequence, and
+        // the message stays unclaimed (\Recent for the next session).
+        let noop = store
+            .set_flags(
+                alice,
+                INBOX,
+                &[(first.messages[0].clone(), FlagChange::Remove("S".into()))],
+                None,
+            )
+            .expect("no-op");
+        assert_eq!(noop.now[0].modseq, first.messages[0].modseq);
+        assert_eq!(store.inbox(alice).expect("inbox"), first);
         let seqs: Vec<u64> = first.messages.iter().map(|m| m.modseq).collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
         assert_eq!(first.highest_modseq, seqs[2]);
