@@ -1012,3 +1012,186 @@ async fn search_return_options_answer_esearch() {
     assert!(rev2.contains("* ESEARCH (TAG \"k\") MAX 5\n"), "{rev2}");
     c.assert_well_formed();
 }
+
+/// What an outside review of CONDSTORE/QRESYNC found: FETCH answers caused by STORE or by an
+/// implicit `\Seen` lacked UID or MODSEQ (RFC 7162 s3.2.4); `1:*` in VANISHED missed UIDs
+/// expunged above the last message; a conditional STORE on a message another session expunged
+/// answered OK; mod-sequences above 63 bits were taken.
+#[tokio::test]
+async fn condstore_answers_carry_uid_and_modseq_and_refuse_what_they_must() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    for n in 1..=4 {
+        deliver(&dev, &format!("message {n}"), "body");
+    }
+    let mut a = Client::login(&dev, BOB).await;
+    let mut b = Client::login(&dev, BOB).await;
+    assert!(a.command("a", "ENABLE QRESYNC").await.contains("a OK"));
+    let select = a.command("b", "SELECT INBOX").await;
+    let synced = number_after(&select, "[HIGHESTMODSEQ");
+    assert!(b.command("c", "SELECT INBOX").await.contains("c OK"));
+
+    let stored = a.command("d", "STORE 1 +FLAGS (\\Seen)").await;
+    assert!(
+        stored.contains("* 1 FETCH (UID 1 FLAGS (\\Seen \\Recent) MODSEQ ("),
+        "{stored}"
+    );
+    let silent = a.command("e", "STORE 2 +FLAGS.SILENT (\\Flagged)").await;
+    assert!(silent.contains("* 2 FETCH (UID 2 MODSEQ ("), "{silent}");
+    let read = a.command("f", "FETCH 3 (BODY[TEXT])").await;
+    let line = read
+        .lines()
+        .find(|l| l.starts_with("* 3 FETCH"))
+        .unwrap_or("");
+    assert!(
+        line.contains("UID 3") && read.contains("MODSEQ ("),
+        "implicit \\Seen: {read}"
+    );
+
+    // The last message goes: `1:*` still reports it.
+    assert!(
+        b.command("g", "UID STORE 4 +FLAGS.SILENT (\\Deleted)")
+            .await
+            .contains("g OK")
+    );
+    assert!(b.command("h", "EXPUNGE").await.contains("h OK"));
+    let changed = a
+        .command(
+            "i",
+            &format!("UID FETCH 1:* (FLAGS) (CHANGEDSINCE {synced} VANISHED)"),
+        )
+        .await;
+    assert!(changed.contains("VANISHED 4\n"), "{changed}");
+
+    // A conditional STORE on a message another session expunged meanwhile: NO [MODIFIED].
+    assert!(
+        b.command("j", "UID STORE 3 +FLAGS.SILENT (\\Deleted)")
+            .await
+            .contains("j OK")
+    );
+    assert!(b.command("k", "EXPUNGE").await.contains("k OK"));
+    let conditional = a
+        .command(
+            "l",
+            "UID STORE 3 (UNCHANGEDSINCE 9999999) +FLAGS (\\Answered)",
+        )
+        .await;
+    assert!(conditional.contains("l NO [MODIFIED 3]"), "{conditional}");
+
+    for (tag, command) in [
+        (
+            "m",
+            "UID FETCH 1:* (FLAGS) (CHANGEDSINCE 9223372036854775808)",
+        ),
+        (
+            "n",
+            "UID STORE 1 (UNCHANGEDSINCE 9223372036854775808) +FLAGS (\\Seen)",
+        ),
+        ("o", "SEARCH MODSEQ 9223372036854775808"),
+    ] {
+        let refused = a.command(tag, command).await;
+        assert!(refused.contains(&format!("{tag} BAD")), "{refused}");
+    }
+    let twice = a.command("p", "ENABLE CONDSTORE CONDSTORE").await;
+    assert!(twice.contains("* ENABLED CONDSTORE\n"), "{twice}");
+    a.assert_well_formed();
+    b.assert_well_formed();
+}
+
+/// Issue 15: SORT and THREAD (RFC 5256), which webmail clients list folders with; the answers'
+/// syntax is checked by imap-codec's response parser.
+#[tokio::test]
+async fn sort_and_thread_order_a_folder_as_webmail_asks() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    let mut c = Client::login(&dev, BOB).await;
+    let messages = [
+        (
+            "<a@x>",
+            "",
+            "topic",
+            "Thu, 1 Jan 2026 10:00:00 +0000",
+            "Zed <zed@x.test>",
+        ),
+        (
+            "<b@x>",
+            "References: <a@x>\r\n",
+            "Re: topic",
+            "Fri, 2 Jan 2026 10:00:00 +0000",
+            "Amy <amy@x.test>",
+        ),
+        (
+            "<c@x>",
+            "In-Reply-To: <b@x>\r\n",
+            "RE: topic",
+            "Sat, 3 Jan 2026 10:00:00 +0000",
+            "bob@x.test",
+        ),
+        (
+            "<d@x>",
+            "",
+            "other",
+            "Mon, 1 Dec 2025 10:00:00 +0000",
+            "Carl <carl@x.test>",
+        ),
+    ];
+    for (n, (id, refs, subject, date, from)) in messages.iter().enumerate() {
+        let body = format!(
+            "Message-ID: {id}\r\n{refs}Subject: {subject}\r\nDate: {date}\r\nFrom: {from}\r\n\r\n{}\r\n",
+            "x".repeat(100 * (4 - n))
+        );
+        let appended = c
+            .command_with_literal(
+                &format!("a{n}"),
+                &format!("APPEND INBOX () \"1{n}-Jan-2026 10:00:00 +0000\""),
+                body.as_bytes(),
+            )
+            .await;
+        assert!(appended.contains(&format!("a{n} OK")), "{appended}");
+    }
+    assert!(c.command("s", "SELECT INBOX").await.contains("s OK"));
+    let caps = c.command("k", "CAPABILITY").await;
+    assert!(
+        caps.contains(" SORT ") && caps.contains("THREAD=REFERENCES"),
+        "{caps}"
+    );
+    for (tag, command, expected) in [
+        ("b", "SORT (DATE) UTF-8 ALL", "* SORT 4 1 2 3\n"),
+        ("c", "SORT (REVERSE ARRIVAL) UTF-8 ALL", "* SORT 4 3 2 1\n"),
+        ("d", "SORT (FROM) UTF-8 ALL", "* SORT 2 3 4 1\n"),
+        ("e", "SORT (DISPLAYFROM) UTF-8 ALL", "* SORT 2 3 4 1\n"),
+        (
+            "f",
+            "SORT (SUBJECT REVERSE DATE) UTF-8 ALL",
+            "* SORT 4 3 2 1\n",
+        ),
+        (
+            "g",
+            "SORT (SIZE) US-ASCII NOT SUBJECT other",
+            "* SORT 3 2 1\n",
+        ),
+        ("h", "UID SORT (DATE) UTF-8 SEEN", "* SORT\n"),
+        ("i", "THREAD REFERENCES UTF-8 ALL", "* THREAD (4)(1 2 3)\n"),
+        (
+            "j",
+            "THREAD ORDEREDSUBJECT UTF-8 ALL",
+            "* THREAD (4)(1 (2)(3))\n",
+        ),
+        (
+            "l",
+            "UID THREAD REFERENCES UTF-8 SUBJECT topic",
+            "* THREAD (1 2 3)\n",
+        ),
+    ] {
+        let answer = c.command(tag, command).await;
+        assert!(
+            answer.contains(expected) && answer.contains(&format!("{tag} OK")),
+            "{command}: {answer}"
+        );
+    }
+    let unknown = c.command("m", "THREAD FOO UTF-8 ALL").await;
+    assert!(unknown.contains("m BAD"), "{unknown}");
+    let charset = c.command("n", "SORT (DATE) KOI8-R ALL").await;
+    assert!(charset.contains("n NO [BADCHARSET"), "{charset}");
+    c.assert_well_formed();
+}

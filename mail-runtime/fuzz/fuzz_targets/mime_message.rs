@@ -20,6 +20,7 @@ use mail_runtime::{
     imap::{
         search::{self, Candidate},
         server::{SessionFlags, render_fetch},
+        sort,
     },
     store::MessageMeta,
 };
@@ -88,4 +89,13 @@ fuzz_target!(|data: &[u8]| {
         contents: Default::default(),
     };
     let _ = search::matches(key(), &candidate);
+    // SORT and THREAD read the same message's headers (References loops, odd subjects).
+    let keys = sort::keys(1, &meta, data);
+    let mut reply = keys.clone();
+    reply.seq = 2;
+    reply.references = keys.message_id.iter().cloned().collect();
+    let both = [keys, reply];
+    let threads = sort::references(&both);
+    assert!(!sort::write(&threads, |i| both[i].seq).is_empty());
+    let _ = sort::ordered_subject(&both);
 });

@@ -10,4 +10,5 @@ pub mod message;
 pub mod search;
 pub mod selected;
 pub mod server;
+pub mod sort;
 pub mod write;

@@ -200,6 +200,18 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
     }
 }
 
+/// The largest value a MODSEQ key of the tree names (0 without one).
+pub fn largest_modseq(key: &SearchKey<'_>) -> u64 {
+    use SearchKey::*;
+    match key {
+        And(keys) => keys.as_ref().iter().map(largest_modseq).max().unwrap_or(0),
+        Not(k) => largest_modseq(k),
+        Or(a, b) => largest_modseq(a).max(largest_modseq(b)),
+        ModSequence { modseq, .. } => *modseq,
+        _ => 0,
+    }
+}
+
 /// Whether the tree has a MODSEQ key: then the answer names the highest mod-sequence found.
 pub fn uses_modseq(key: &SearchKey<'_>) -> bool {
     use SearchKey::*;

@@ -12,7 +12,10 @@ use imap_codec::{
         auth::{AuthMechanism, AuthenticateData},
         command::{Command, CommandBody, FetchModifier, SelectParameter, StoreModifier},
         core::{LiteralMode, Vec1},
-        extensions::{binary::LiteralOrLiteral8, enable::CapabilityEnable},
+        extensions::{
+            binary::LiteralOrLiteral8, enable::CapabilityEnable, sort::SortCriterion,
+            thread::ThreadingAlgorithm,
+        },
         fetch::{MacroOrMessageDataItemNames, MessageDataItemName},
         flag::{Flag, StoreResponse, StoreType},
         mailbox::{ListMailbox, Mailbox},
@@ -32,7 +35,7 @@ use super::{
     message,
     search::{self, Candidate},
     selected::{self as view, Reporting, Selected},
-    write,
+    sort, write,
 };
 use crate::{
     auth,
@@ -61,6 +64,8 @@ const ANSWER_WAIT: Duration = Duration::from_secs(30);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Bytes of FETCH answers rendered before they go to the client.
 const RENDER_CHUNK: usize = 4 * 1024 * 1024;
+/// The largest mod-sequence a client may name (RFC 7162 `mod-sequence-value`: 63 bits).
+const MAX_MODSEQ: u64 = i64::MAX as u64;
 /// Messages read per blocking batch in FETCH.
 const FETCH_BATCH: usize = 256;
 
@@ -110,6 +115,19 @@ struct Session {
 
 /// How a command ended: the tagged status line's kind, code and text.
 type Done = Result<String, String>;
+
+/// The charsets SEARCH, SORT and THREAD take (the strings compared are UTF-8).
+fn known_charset(charset: &imap_codec::imap_types::core::Charset<'_>) -> bool {
+    let c: &str = charset.as_ref();
+    c.eq_ignore_ascii_case("utf-8") || c.eq_ignore_ascii_case("us-ascii")
+}
+
+/// What SORT or THREAD makes of the messages a search finds.
+enum Arrange {
+    Sort(Vec<SortCriterion>),
+    References,
+    OrderedSubject,
+}
 
 /// A STORE's arguments besides the set and the flags.
 struct FlagStore {
@@ -284,6 +302,10 @@ impl Session {
                 "STATUS=SIZE",
                 "CONDSTORE",
                 "QRESYNC",
+                "SORT",
+                "SORT=DISPLAY",
+                "THREAD=ORDEREDSUBJECT",
+                "THREAD=REFERENCES",
             ]);
         }
         caps.join(" ")
@@ -518,6 +540,8 @@ impl Session {
             CommandBody::Fetch { uid: false, .. }
                 | CommandBody::Store { uid: false, .. }
                 | CommandBody::Search { uid: false, .. }
+                | CommandBody::Sort { uid: false, .. }
+                | CommandBody::Thread { uid: false, .. }
         );
         let done = match command.body {
             CommandBody::Capability => {
@@ -704,14 +728,42 @@ impl Session {
                 criteria,
                 uid,
             } => {
-                let charset_ok = charset.as_ref().is_none_or(|c| {
-                    let c: &str = c.as_ref();
-                    c.eq_ignore_ascii_case("utf-8") || c.eq_ignore_ascii_case("us-ascii")
-                });
-                if charset_ok {
+                if charset.as_ref().is_none_or(known_charset) {
                     self.search(&tag, criteria, uid).await
                 } else {
                     no("[BADCHARSET (US-ASCII UTF-8)] unsupported charset")
+                }
+            }
+            CommandBody::Sort {
+                sort_criteria,
+                charset,
+                search_criteria,
+                uid,
+            } => {
+                if known_charset(&charset) {
+                    let order = Arrange::Sort(sort_criteria.into_inner());
+                    self.arrange(order, search_criteria, uid).await
+                } else {
+                    no("[BADCHARSET (US-ASCII UTF-8)] unsupported charset")
+                }
+            }
+            CommandBody::Thread {
+                algorithm,
+                charset,
+                search_criteria,
+                uid,
+            } => {
+                let order = match algorithm {
+                    ThreadingAlgorithm::References => Some(Arrange::References),
+                    ThreadingAlgorithm::OrderedSubject => Some(Arrange::OrderedSubject),
+                    ThreadingAlgorithm::Other(_) => None,
+                };
+                match order {
+                    None => bad("THREAD offers REFERENCES and ORDEREDSUBJECT"),
+                    Some(_) if !known_charset(&charset) => {
+                        no("[BADCHARSET (US-ASCII UTF-8)] unsupported charset")
+                    }
+                    Some(order) => self.arrange(order, search_criteria, uid).await,
                 }
             }
             CommandBody::Copy {
@@ -941,18 +993,24 @@ impl Session {
             match c {
                 CapabilityEnable::CondStore => {
                     self.enable_condstore();
-                    enabled.push("CONDSTORE");
+                    if !enabled.contains(&"CONDSTORE") {
+                        enabled.push("CONDSTORE");
+                    }
                 }
                 // QRESYNC implies CONDSTORE (RFC 7162 s3.2.3).
                 CapabilityEnable::Other(_) if c.to_string().eq_ignore_ascii_case("QRESYNC") => {
                     self.enable_condstore();
                     self.reporting.vanished = true;
-                    enabled.push("QRESYNC");
+                    if !enabled.contains(&"QRESYNC") {
+                        enabled.push("QRESYNC");
+                    }
                 }
                 CapabilityEnable::Other(_) if c.to_string().eq_ignore_ascii_case("IMAP4rev2") => {
                     self.rev2 = true;
                     self.reporting.recent = false;
-                    enabled.push("IMAP4rev2");
+                    if !enabled.contains(&"IMAP4rev2") {
+                        enabled.push("IMAP4rev2");
+                    }
                 }
                 _ => {}
             }
@@ -1138,6 +1196,11 @@ impl Session {
                     return bad("QRESYNC is not enabled (ENABLE QRESYNC first)");
                 }
                 SelectParameter::QResync {
+                    mod_sequence_value, ..
+                } if mod_sequence_value.get() > MAX_MODSEQ => {
+                    return bad("a mod-sequence is at most 9223372036854775807");
+                }
+                SelectParameter::QResync {
                     uid_validity,
                     mod_sequence_value,
                     known_uids,
@@ -1226,9 +1289,10 @@ impl Session {
         if let Some((validity, since, known)) = resync
             && validity == selected.uid_validity
         {
-            let (_, largest_uid) = selected.largest();
+            // `*` reaches past the last message: UIDs expunged above it are gone too (naming
+            // more than the client holds is allowed; it ignores what it never had).
             let known = match known {
-                Some(set) => view::ranges(set, largest_uid.max(1)),
+                Some(set) => view::ranges(set, u32::MAX),
                 None => vec![(1, u32::MAX)],
             };
             let vanished = selected.vanished(&known);
@@ -1247,6 +1311,11 @@ impl Session {
                         m.modseq
                     );
                     self.out.extend_from_slice(line.as_bytes());
+                    // A folder of 100,000 changed messages: sent as it is written.
+                    if self.out.len() > 256 * 1024 && self.flush().await.is_err() {
+                        self.closed = true;
+                        break;
+                    }
                 }
             }
         }
@@ -1388,6 +1457,9 @@ impl Session {
                 FetchModifier::Vanished => vanished = true,
             }
         }
+        if changed_since.is_some_and(|n| n > MAX_MODSEQ) {
+            return Ok(bad("a mod-sequence is at most 9223372036854775807"));
+        }
         // RFC 7162 s3.2.6: VANISHED only in UID FETCH with CHANGEDSINCE, once QRESYNC is on.
         if vanished && !(uid && changed_since.is_some() && self.reporting.vanished) {
             return Ok(bad(
@@ -1420,15 +1492,11 @@ impl Session {
             indexes.retain(|i| selected.messages[*i].modseq > since);
         }
         if vanished {
-            let (_, largest_uid) = selected.largest();
-            let gone = selected.vanished(&view::ranges(set, largest_uid.max(1)));
+            let gone = selected.vanished(&view::ranges(set, u32::MAX));
             if !gone.is_empty() {
                 let line = format!("* VANISHED (EARLIER) {}\r\n", write::range_set(&gone));
                 self.out.extend_from_slice(line.as_bytes());
             }
-        }
-        if uid && !items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
-            items.insert(0, MessageDataItemName::Uid);
         }
         let read_only = selected.read_only;
         let sets_seen = !read_only
@@ -1438,6 +1506,20 @@ impl Session {
                 MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text => true,
                 _ => false,
             });
+        // RFC 7162 s3.2.4: a FETCH that sets \Seen tells a CONDSTORE client the UID and the new
+        // mod-sequence too.
+        let with_uid = uid || (sets_seen && self.reporting.modseq);
+        if with_uid && !items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
+            items.insert(0, MessageDataItemName::Uid);
+        }
+        if sets_seen
+            && self.reporting.modseq
+            && !items
+                .iter()
+                .any(|i| matches!(i, MessageDataItemName::ModSeq))
+        {
+            items.push(MessageDataItemName::ModSeq);
+        }
         let needs_contents = items.iter().any(|i| {
             !matches!(
                 i,
@@ -1656,6 +1738,9 @@ impl Session {
             uid,
             unchanged_since,
         } = store;
+        if unchanged_since.is_some_and(|n| n > MAX_MODSEQ) {
+            return bad("a mod-sequence is at most 9223372036854775807");
+        }
         if unchanged_since.is_some() {
             self.enable_condstore();
         }
@@ -1672,6 +1757,7 @@ impl Session {
             .iter()
             .map(|i| selected.messages[*i].clone())
             .collect();
+        let asked: Vec<u32> = messages.iter().map(|m| m.uid).collect();
         let folder = selected.folder.clone();
         let updated = self
             .blocking(move |s, m| {
@@ -1706,6 +1792,7 @@ impl Session {
             Ok(u) => u,
             Err(e) => return Err(store_failure(&e)),
         };
+        let stored: std::collections::HashSet<u32> = now.iter().map(|u| u.uid).collect();
         let Some(selected) = self.selected.as_mut() else {
             return Ok(String::new());
         };
@@ -1719,7 +1806,8 @@ impl Session {
         for u in now {
             if let Some(i) = selected.messages.iter().position(|m| m.uid == u.uid) {
                 let before = std::mem::replace(&mut selected.messages[i], u.clone());
-                let uid_part = if uid {
+                // With CONDSTORE every FETCH a STORE causes carries UID and MODSEQ (s3.2.4).
+                let uid_part = if uid || self.reporting.modseq {
                     format!("UID {} ", u.uid)
                 } else {
                     String::new()
@@ -1740,6 +1828,20 @@ impl Session {
             }
         }
         let what = if uid { "UID STORE" } else { "STORE" };
+        // A conditional STORE on a message another session expunged cannot have held: NO with
+        // it among the MODIFIED ones (RFC 7162 s3.1.3), so the client does not take it as done.
+        let gone: Vec<u32> = if unchanged_since.is_some() {
+            let refused: std::collections::HashSet<u32> = modified.iter().copied().collect();
+            asked
+                .iter()
+                .copied()
+                .filter(|u| !stored.contains(u) && !refused.contains(u))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let verdict = if gone.is_empty() { "OK" } else { "NO" };
+        let modified: Vec<u32> = modified.into_iter().chain(gone.iter().copied()).collect();
         if modified.is_empty() {
             return Ok(format!("OK {what} completed"));
         }
@@ -1755,10 +1857,16 @@ impl Session {
                 .collect()
         };
         numbers.sort_unstable();
-        Ok(format!(
-            "OK [MODIFIED {}] {what} completed, conditional STORE failed for some",
+        numbers.dedup();
+        let text = format!(
+            "[MODIFIED {}] {what} completed, conditional STORE failed for some",
             write::sequence_set(&numbers)
-        ))
+        );
+        if verdict == "NO" {
+            Err(format!("NO {text}; some of the messages no longer exist"))
+        } else {
+            Ok(format!("OK {text}"))
+        }
     }
 
     async fn search(&mut self, tag: &str, criteria: Vec1<SearchKey<'static>>, uid: bool) -> Done {
@@ -1773,6 +1881,9 @@ impl Session {
             ));
         }
         let contents = search::needs_contents(&key);
+        if search::largest_modseq(&key) > MAX_MODSEQ {
+            return bad("a mod-sequence is at most 9223372036854775807");
+        }
         let with_modseq = search::uses_modseq(&key);
         if with_modseq {
             self.enable_condstore();
@@ -1845,6 +1956,89 @@ impl Session {
         }
         Ok(format!(
             "OK {}SEARCH completed",
+            if uid { "UID " } else { "" }
+        ))
+    }
+
+    /// SORT and THREAD (RFC 5256): the messages the criteria find, read once each for their
+    /// keys, sorted or threaded.
+    async fn arrange(
+        &mut self,
+        order: Arrange,
+        criteria: Vec1<SearchKey<'static>>,
+        uid: bool,
+    ) -> Done {
+        let key = SearchKey::And(criteria);
+        if search::content_keys(&key) > search::MAX_CONTENT_KEYS {
+            return no(format!(
+                "[LIMIT] at most {} text, header and date keys",
+                search::MAX_CONTENT_KEYS
+            ));
+        }
+        if search::largest_modseq(&key) > MAX_MODSEQ {
+            return bad("a mod-sequence is at most 9223372036854775807");
+        }
+        let Some(selected) = self.selected.as_ref() else {
+            return not_selected();
+        };
+        let metas = selected.messages.clone();
+        let keywords = selected.keywords.clone();
+        let largest = selected.largest();
+        let recent = selected.recent.clone();
+        let folder = selected.folder.clone();
+        let found = self
+            .blocking(move |s, m| {
+                let mut found = Vec::new();
+                let sets = search::SetCache::default();
+                for (i, meta) in metas.iter().enumerate() {
+                    let Some(raw) = s.read(&m, &folder, meta)? else {
+                        continue;
+                    };
+                    let seq = i as u32 + 1;
+                    let candidate = Candidate {
+                        seq,
+                        meta,
+                        largest,
+                        raw: Some(&raw),
+                        sets: &sets,
+                        keywords: &keywords,
+                        recent: recent.contains(&meta.uid),
+                        contents: Default::default(),
+                    };
+                    if search::matches(&key, &candidate) {
+                        found.push(sort::keys(seq, meta, &raw));
+                    }
+                }
+                Ok(found)
+            })
+            .await;
+        let found = match found {
+            Ok(f) => f,
+            Err(e) => return Err(store_failure(&e)),
+        };
+        let id = |k: &sort::Keys| if uid { k.uid } else { k.seq };
+        let (name, line) = match order {
+            Arrange::Sort(criteria) => {
+                let ids: String = sort::sort(&found, &criteria)
+                    .into_iter()
+                    .map(|i| format!(" {}", id(&found[i])))
+                    .collect();
+                ("SORT", format!("* SORT{ids}\r\n"))
+            }
+            Arrange::References | Arrange::OrderedSubject => {
+                let threads = if matches!(order, Arrange::References) {
+                    sort::references(&found)
+                } else {
+                    sort::ordered_subject(&found)
+                };
+                let text = sort::write(&threads, |i| id(&found[i]));
+                let space = if text.is_empty() { "" } else { " " };
+                ("THREAD", format!("* THREAD{space}{text}\r\n"))
+            }
+        };
+        self.send(line);
+        Ok(format!(
+            "OK {}{name} completed",
             if uid { "UID " } else { "" }
         ))
     }
