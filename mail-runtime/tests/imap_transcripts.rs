@@ -1195,3 +1195,100 @@ async fn sort_and_thread_order_a_folder_as_webmail_asks() {
     assert!(charset.contains("n NO [BADCHARSET"), "{charset}");
     c.assert_well_formed();
 }
+
+/// Issue 15 item 8: LIST-EXTENDED (RFC 5258) and LIST-STATUS (RFC 5819), part of IMAP4rev2,
+/// were refused with BAD: selection options, several patterns, RETURN (SUBSCRIBED SPECIAL-USE
+/// STATUS (...)), CHILDINFO for RECURSIVEMATCH.
+#[tokio::test]
+async fn extended_list_selects_returns_and_reports_status() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    deliver(&dev, "one", "x");
+    deliver(&dev, "two", "x");
+    let mut c = Client::login(&dev, BOB).await;
+    for (tag, command) in [
+        ("a", "CREATE Work/2026"),
+        ("b", "SUBSCRIBE Work/2026"),
+        ("c", "SUBSCRIBE Gone"),
+        ("d", "SELECT INBOX"),
+        ("e", "STORE 1 +FLAGS (\\Seen)"),
+        ("f", "UNSELECT"),
+    ] {
+        let done = c.command(tag, command).await;
+        assert!(done.contains(&format!("{tag} OK")), "{command}: {done}");
+    }
+    let caps = c.command("g", "CAPABILITY").await;
+    assert!(
+        caps.contains("LIST-EXTENDED") && caps.contains("LIST-STATUS"),
+        "{caps}"
+    );
+
+    let subscribed = c.command("h", "LIST (SUBSCRIBED) \"\" \"*\"").await;
+    for line in [
+        "* LIST (\\HasNoChildren \\Subscribed) \"/\" \"Work/2026\"",
+        "* LIST (\\NonExistent \\Subscribed) \"/\" \"Gone\"",
+        "* LIST (\\HasNoChildren \\Subscribed \\Sent) \"/\" \"Sent\"",
+    ] {
+        assert!(subscribed.contains(line), "{line}: {subscribed}");
+    }
+    assert!(!subscribed.contains("\"Work\"\n"), "{subscribed}");
+
+    let recursive = c
+        .command("i", "LIST (SUBSCRIBED RECURSIVEMATCH) \"\" \"%\"")
+        .await;
+    assert!(
+        recursive
+            .contains("* LIST (\\HasChildren) \"/\" \"Work\" (\"CHILDINFO\" (\"SUBSCRIBED\"))"),
+        "{recursive}"
+    );
+
+    let special = c.command("j", "LIST (SPECIAL-USE) \"\" \"*\"").await;
+    assert!(special.contains("\\Trash) \"/\" \"Trash\""), "{special}");
+    assert!(
+        !special.contains("\"INBOX\"") && !special.contains("\"Work"),
+        "{special}"
+    );
+
+    let status = c
+        .command(
+            "k",
+            "LIST \"\" (\"INBOX\" \"Work/%\") RETURN (SUBSCRIBED STATUS (MESSAGES UNSEEN))",
+        )
+        .await;
+    for line in [
+        "* LIST (\\HasNoChildren \\Subscribed) \"/\" \"INBOX\"\n* STATUS \"INBOX\" (MESSAGES 2 UNSEEN 1)",
+        "* LIST (\\HasNoChildren \\Subscribed) \"/\" \"Work/2026\"\n* STATUS \"Work/2026\" (MESSAGES 0 UNSEEN 0)",
+    ] {
+        assert!(status.contains(line), "{line}: {status}");
+    }
+    assert!(!status.contains("\"Sent\""), "{status}");
+
+    let refused = c.command("l", "LIST (FOO) \"\" \"*\"").await;
+    assert!(refused.contains("l BAD"), "{refused}");
+    let refused = c.command("m", "LIST (RECURSIVEMATCH) \"\" \"*\"").await;
+    assert!(refused.contains("m BAD"), "{refused}");
+
+    // What the compliance suite sent after ENABLE IMAP4rev2.
+    assert!(c.command("n", "ENABLE IMAP4rev2").await.contains("n OK"));
+    let rev2 = c
+        .command(
+            "o",
+            "LIST \"\" \"*\" RETURN (SPECIAL-USE STATUS (MESSAGES SIZE DELETED))",
+        )
+        .await;
+    assert!(
+        rev2.contains("* STATUS \"INBOX\" (MESSAGES 2 SIZE ") && rev2.contains("o OK"),
+        "{rev2}"
+    );
+    let plain = c.command("p", "STATUS INBOX (MESSAGES SIZE DELETED)").await;
+    assert!(
+        plain.contains("DELETED 0)") && plain.contains("p OK"),
+        "{plain}"
+    );
+    let basic = c.command("q", "LIST \"\" \"%\"").await;
+    assert!(
+        basic.contains("\"Work\"") && basic.contains("q OK"),
+        "{basic}"
+    );
+    c.assert_well_formed();
+}

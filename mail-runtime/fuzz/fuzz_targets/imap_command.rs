@@ -20,6 +20,7 @@ use imap_codec::{
 use libfuzzer_sys::fuzz_target;
 use mail_runtime::{
     imap::{
+        esearch, list_extended,
         search::{self, Candidate},
         selected::{self, Selected},
         server::{SessionFlags, folder_name, pattern_matches, render_fetch},
@@ -72,6 +73,11 @@ fuzz_target!(|data: &[u8]| {
             }
             if !fragmentizer.is_message_complete() {
                 continue;
+            }
+            // What the session reads itself before imap-codec: extended LIST, SEARCH RETURN.
+            let _ = list_extended::parse(fragmentizer.message_bytes());
+            if let esearch::Lifted::Yes(rest, _) = esearch::lift(fragmentizer.message_bytes()) {
+                assert!(rest.len() < fragmentizer.message_bytes().len());
             }
             let Ok(command) = fragmentizer.decode_message(&CommandCodec::default()) else {
                 let _ = fragmentizer.decode_tag();

@@ -6,6 +6,7 @@
 //! store's index and mail-parser's view of a message, checked in tests by imap-codec's own
 //! response parser and by real clients.
 pub mod esearch;
+pub mod list_extended;
 pub mod message;
 pub mod search;
 pub mod selected;

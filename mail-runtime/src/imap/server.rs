@@ -32,6 +32,7 @@ use tokio::{
 
 use super::{
     esearch::{self, Lifted, ReturnOptions},
+    list_extended::{self, ExtendedList},
     message,
     search::{self, Candidate},
     selected::{self as view, Reporting, Selected},
@@ -127,6 +128,35 @@ enum Arrange {
     Sort(Vec<SortCriterion>),
     References,
     OrderedSubject,
+}
+
+/// One STATUS item (`MESSAGES 3`) of a folder, by its name; `None` for an unknown name.
+fn status_value(index: &crate::store::FolderIndex, name: &str) -> Option<String> {
+    let count = |f: &dyn Fn(&MessageMeta) -> bool| index.messages.iter().filter(|m| f(m)).count();
+    let value = match name {
+        "MESSAGES" => index.messages.len().to_string(),
+        "RECENT" => count(&|m| m.is_new()).to_string(),
+        "UIDNEXT" => index.uid_next.to_string(),
+        "UIDVALIDITY" => index.uid_validity.to_string(),
+        "UNSEEN" => count(&|m| !m.flags.contains('S')).to_string(),
+        "DELETED" => count(&|m| m.flags.contains('T')).to_string(),
+        "DELETED-STORAGE" => index
+            .messages
+            .iter()
+            .filter(|m| m.flags.contains('T'))
+            .map(|m| m.size)
+            .sum::<u64>()
+            .to_string(),
+        "SIZE" => index
+            .messages
+            .iter()
+            .map(|m| m.size)
+            .sum::<u64>()
+            .to_string(),
+        "HIGHESTMODSEQ" => index.highest_modseq.to_string(),
+        _ => return None,
+    };
+    Some(format!("{name} {value}"))
 }
 
 /// A STORE's arguments besides the set and the flags.
@@ -304,6 +334,8 @@ impl Session {
                 "QRESYNC",
                 "SORT",
                 "SORT=DISPLAY",
+                "LIST-EXTENDED",
+                "LIST-STATUS",
                 "THREAD=ORDEREDSUBJECT",
                 "THREAD=REFERENCES",
             ]);
@@ -449,6 +481,23 @@ impl Session {
             }
             if !self.frag.is_message_complete() {
                 continue;
+            }
+            if self.user.is_some() {
+                match list_extended::parse(self.frag.message_bytes()) {
+                    list_extended::Parsed::Basic => {}
+                    list_extended::Parsed::Extended(list) => {
+                        self.frag.skip_message();
+                        self.extended_list_command(list).await;
+                        self.flush().await?;
+                        continue;
+                    }
+                    list_extended::Parsed::Bad(tag, why) => {
+                        self.frag.skip_message();
+                        self.send(format!("{tag} BAD {why}\r\n"));
+                        self.flush().await?;
+                        continue;
+                    }
+                }
             }
             let lifted = if self.user.is_some() {
                 esearch::lift(self.frag.message_bytes())
@@ -1037,6 +1086,115 @@ impl Session {
         }
     }
 
+    /// An extended LIST as a command: the same checks before and reports after as the rest.
+    async fn extended_list_command(&mut self, list: ExtendedList) {
+        if self.revoked() {
+            self.end_revoked();
+            return;
+        }
+        let tag = list.tag.clone();
+        let done = self.extended_list(list).await;
+        if self.selected.is_some() && !self.closed {
+            self.refresh(true).await;
+        }
+        match done {
+            Ok(text) | Err(text) => self.send(format!("{tag} {text}\r\n")),
+        }
+    }
+
+    /// LIST-EXTENDED (RFC 5258) and LIST-STATUS (RFC 5819).
+    async fn extended_list(&mut self, list: ExtendedList) -> Done {
+        let listed = self
+            .blocking(|s, m| Ok((s.folders(&m)?, s.subscriptions(&m)?)))
+            .await;
+        let (folders, subscribed) = match listed {
+            Ok(l) => l,
+            Err(e) => return Err(store_failure(&e)),
+        };
+        // (name, CHILDINFO SUBSCRIBED): every name once, in the order the patterns find them.
+        let mut shown: Vec<(String, bool)> = Vec::new();
+        for pattern in &list.patterns {
+            if pattern.is_empty() && !list.subscribed {
+                self.send("* LIST (\\Noselect) \"/\" \"\"\r\n");
+                continue;
+            }
+            let full = canonical_inbox(&format!("{}{pattern}", list.reference));
+            let matches =
+                |name: &str| pattern_matches(full.as_bytes(), canonical_inbox(name).as_bytes());
+            let candidates = if list.subscribed {
+                &subscribed
+            } else {
+                &folders
+            };
+            for name in candidates {
+                if matches(name) && !shown.iter().any(|(n, _)| n == name) {
+                    shown.push((name.clone(), false));
+                }
+            }
+            if list.recursive_match {
+                // A parent that matches while only a child is subscribed (RFC 5258 s3.5).
+                for name in &folders {
+                    let prefix = format!("{name}/");
+                    let child_subscribed = subscribed.iter().any(|s| s.starts_with(&prefix));
+                    if child_subscribed && matches(name) && !shown.iter().any(|(n, _)| n == name) {
+                        shown.push((name.clone(), true));
+                    }
+                }
+            }
+        }
+        for (name, child_info) in shown {
+            let exists = folders.contains(&name);
+            let special = DEFAULT_FOLDERS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, s)| *s);
+            if list.special_use && special.is_none() {
+                continue;
+            }
+            let mut attributes = Vec::new();
+            if exists {
+                let prefix = format!("{name}/");
+                attributes.push(if folders.iter().any(|f| f.starts_with(&prefix)) {
+                    "\\HasChildren"
+                } else {
+                    "\\HasNoChildren"
+                });
+            } else {
+                attributes.push("\\NonExistent");
+            }
+            if (list.subscribed || list.return_subscribed) && subscribed.contains(&name) {
+                attributes.push("\\Subscribed");
+            }
+            attributes.extend(special);
+            let mut line = format!("* LIST ({}) \"/\" ", attributes.join(" ")).into_bytes();
+            write::string(&mut line, name.as_bytes());
+            if child_info {
+                line.extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))");
+            }
+            line.extend_from_slice(b"\r\n");
+            self.send(line);
+            // RFC 5819: the STATUS of every selectable name, right after its LIST line.
+            if let (Some(items), true) = (&list.status, exists) {
+                let folder = name.clone();
+                let Ok(index) = self.blocking(move |s, m| s.index(&m, &folder)).await else {
+                    continue;
+                };
+                if items.iter().any(|i| i == "HIGHESTMODSEQ") {
+                    self.enable_condstore();
+                }
+                let values: Vec<String> = items
+                    .iter()
+                    .filter_map(|i| status_value(&index, i))
+                    .collect();
+                let mut line = b"* STATUS ".to_vec();
+                write::string(&mut line, name.as_bytes());
+                line.extend_from_slice(format!(" ({})\r\n", values.join(" ")).as_bytes());
+                self.send(line);
+            }
+        }
+        Ok("OK LIST completed".into())
+    }
+
     async fn list(
         &mut self,
         reference: &Mailbox<'_>,
@@ -1129,51 +1287,23 @@ impl Session {
         };
         let mut parts = Vec::new();
         for item in items {
-            let value = match item {
-                StatusDataItemName::Messages => format!("MESSAGES {}", index.messages.len()),
-                StatusDataItemName::Recent => format!(
-                    "RECENT {}",
-                    index.messages.iter().filter(|m| m.is_new()).count()
-                ),
-                StatusDataItemName::UidNext => format!("UIDNEXT {}", index.uid_next),
-                StatusDataItemName::UidValidity => format!("UIDVALIDITY {}", index.uid_validity),
-                StatusDataItemName::Unseen => format!(
-                    "UNSEEN {}",
-                    index
-                        .messages
-                        .iter()
-                        .filter(|m| !m.flags.contains('S'))
-                        .count()
-                ),
-                StatusDataItemName::Deleted => format!(
-                    "DELETED {}",
-                    index
-                        .messages
-                        .iter()
-                        .filter(|m| m.flags.contains('T'))
-                        .count()
-                ),
-                StatusDataItemName::DeletedStorage => format!(
-                    "DELETED-STORAGE {}",
-                    index
-                        .messages
-                        .iter()
-                        .filter(|m| m.flags.contains('T'))
-                        .map(|m| m.size)
-                        .sum::<u64>()
-                ),
-                StatusDataItemName::Size => format!(
-                    "SIZE {}",
-                    index.messages.iter().map(|m| m.size).sum::<u64>()
-                ),
+            let name = match item {
+                StatusDataItemName::Messages => "MESSAGES",
+                StatusDataItemName::Recent => "RECENT",
+                StatusDataItemName::UidNext => "UIDNEXT",
+                StatusDataItemName::UidValidity => "UIDVALIDITY",
+                StatusDataItemName::Unseen => "UNSEEN",
+                StatusDataItemName::Deleted => "DELETED",
+                StatusDataItemName::DeletedStorage => "DELETED-STORAGE",
+                StatusDataItemName::Size => "SIZE",
                 StatusDataItemName::HighestModSeq => {
                     self.enable_condstore();
-                    format!("HIGHESTMODSEQ {}", index.highest_modseq)
+                    "HIGHESTMODSEQ"
                 }
                 #[allow(unreachable_patterns)]
                 _ => continue,
             };
-            parts.push(value);
+            parts.extend(status_value(&index, name));
         }
         let mut line = b"* STATUS ".to_vec();
         write::string(&mut line, folder.as_bytes());
