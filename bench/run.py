@@ -301,11 +301,59 @@ def search(name):
     return elapsed
 
 
+def qresync_state(name):
+    """(UIDVALIDITY, HIGHESTMODSEQ) the way a phone keeps them after its last sync."""
+    m = imap_session(name)
+    m.enable("QRESYNC")
+    m.select("INBOX")
+    state = int(m.untagged_responses["UIDVALIDITY"][-1]), int(m.untagged_responses["HIGHESTMODSEQ"][-1])
+    m.logout()
+    return state
+
+
+def qresync(name, flip=[0]):
+    """A phone comes back: 100 flags were changed by another device since its last sync; the
+    timed part is login + ENABLE QRESYNC + SELECT (QRESYNC ...) read to the tagged OK."""
+    validity, highest = qresync_state(name)
+    other = imap_session(name)
+    other.select("INBOX")
+    flip[0] += 1
+    sign = "+" if flip[0] % 2 else "-"
+    step = max(1, args.mailbox // 100)
+    for i in range(100):
+        typ, _ = other.store(str(1 + i * step), sign + "FLAGS.SILENT", "(\\Flagged)")
+        assert typ == "OK"
+    other.logout()
+    port, _, user, password = servers[name]
+    t = time.monotonic()
+    sock = CTX.wrap_socket(socket.create_connection(("127.0.0.1", port)))
+    f = sock.makefile("rb")
+    f.readline()
+    sock.sendall(b"a LOGIN %s %s\r\nb ENABLE QRESYNC\r\nc SELECT INBOX (QRESYNC (%d %d))\r\n"
+                 % (user.encode(), password.encode(), validity, highest))
+    changed = 0
+    while True:
+        line = f.readline()
+        if not line:
+            raise SystemExit("%s closed the connection during SELECT (QRESYNC)" % name)
+        if line.startswith(b"* ") and b" FETCH " in line:
+            changed += 1
+        if line.startswith(b"c "):
+            assert line.startswith(b"c OK"), line
+            break
+    elapsed = time.monotonic() - t
+    assert changed == 100, (name, changed)
+    sock.sendall(b"d LOGOUT\r\n")
+    sock.close()
+    return elapsed
+
+
 for name in servers:  # warm-up: Dovecot builds its index, both fill the page cache
     fetch_all(name)
 for label, fn, target in (("IMAP login + SELECT + FETCH 1:* (UID FLAGS RFC822.SIZE)", fetch_all, 0.5),
                           ("IMAP FETCH BODY.PEEK[] of 1,000 messages", fetch_bodies, None),
-                          ("IMAP SEARCH HEADER Subject", search, None)):
+                          ("IMAP SEARCH HEADER Subject", search, None),
+                          ("IMAP QRESYNC resync after 100 flag changes: login + SELECT (QRESYNC)", qresync, None)):
     kube, peer = [], []
     for r in range(args.runs):
         log("%s, run %d" % (label, r + 1))

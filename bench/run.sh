@@ -11,5 +11,5 @@ bash e2e/scripts/install-deps.sh
 python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib
 cargo build --locked --release -p mail-runtime
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-out="results/bench-$(date -u +%Y%m%d-%H%M%S)"
+out="$PWD/results/bench-$(date -u +%Y%m%d-%H%M%S)"  # absolute: useradd refuses a relative home
 python3 bench/run.py --runtime "$CARGO_TARGET_DIR/release/mail-runtime" --out "$out" "$@"

@@ -52,6 +52,8 @@ pub struct Runtime {
     pub answer_memory: Arc<tokio::sync::Semaphore>,
     /// Each mailbox's part of `answer_memory` in use.
     pub answer_shares: Arc<AnswerShares>,
+    /// Header fields IMAP SEARCH read before (see [`crate::imap::search::HeaderCache`]).
+    pub header_cache: Arc<crate::imap::search::HeaderCache>,
     connections: Arc<Mutex<Connections>>,
     started: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -169,6 +171,7 @@ impl Runtime {
             resolvers: Arc::new(crate::dns::Resolvers::default()),
             answer_memory: Arc::new(tokio::sync::Semaphore::new(ANSWER_MEMORY_MIB as usize)),
             answer_shares: Arc::new(AnswerShares::default()),
+            header_cache: Arc::new(crate::imap::search::HeaderCache::default()),
             connections: Arc::new(Mutex::new(Connections::default())),
             started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })

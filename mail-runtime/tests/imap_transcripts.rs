@@ -1292,3 +1292,55 @@ async fn extended_list_selects_returns_and_reports_status() {
     );
     c.assert_well_formed();
 }
+
+/// Header SEARCHes are answered from a cache of the fields asked before: a second SEARCH finds
+/// what the first found, new mail is found too, and a folder deleted and made again (a new
+/// UIDVALIDITY, the same UIDs) never answers with the old messages' fields.
+#[tokio::test]
+async fn cached_header_searches_follow_the_folder() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    let mut c = Client::login(&dev, BOB).await;
+    assert!(c.command("a", "CREATE Cached").await.contains("a OK"));
+    let append =
+        |subject: &str| format!("Subject: {subject}\r\nFrom: carol@example.net\r\n\r\nx\r\n");
+    for (n, subject) in ["needle one", "hay", "needle two"].iter().enumerate() {
+        let done = c
+            .command_with_literal(
+                &format!("b{n}"),
+                "APPEND Cached",
+                append(subject).as_bytes(),
+            )
+            .await;
+        assert!(done.contains(&format!("b{n} OK")), "{done}");
+    }
+    assert!(c.command("c", "SELECT Cached").await.contains("c OK"));
+    for tag in ["d", "e"] {
+        let found = c.command(tag, "SEARCH SUBJECT needle").await;
+        assert!(found.contains("* SEARCH 1 3\n"), "{found}");
+    }
+    let done = c
+        .command_with_literal("f", "APPEND Cached", append("needle three").as_bytes())
+        .await;
+    assert!(done.contains("f OK"), "{done}");
+    let found = c.command("g", "SEARCH SUBJECT needle NOT FROM dave").await;
+    assert!(found.contains("* SEARCH 1 3 4\n"), "{found}");
+
+    assert!(c.command("h", "UNSELECT").await.contains("h OK"));
+    assert!(c.command("i", "DELETE Cached").await.contains("i OK"));
+    assert!(c.command("j", "CREATE Cached").await.contains("j OK"));
+    for (n, subject) in ["hay", "needle again"].iter().enumerate() {
+        let done = c
+            .command_with_literal(
+                &format!("k{n}"),
+                "APPEND Cached",
+                append(subject).as_bytes(),
+            )
+            .await;
+        assert!(done.contains(&format!("k{n} OK")), "{done}");
+    }
+    assert!(c.command("l", "SELECT Cached").await.contains("l OK"));
+    let found = c.command("m", "SEARCH SUBJECT needle").await;
+    assert!(found.contains("* SEARCH 2\n"), "{found}");
+    c.assert_well_formed();
+}

@@ -67,6 +67,121 @@ impl SetCache {
     }
 }
 
+/// The header fields the tree reads, when header fields are all the contents it reads (no
+/// BODY, TEXT or SENT* key): then SEARCH can be answered from [`HeaderCache`].
+pub fn header_fields(key: &SearchKey<'_>) -> Option<Vec<String>> {
+    use SearchKey::*;
+    let mut names: Vec<String> = Vec::new();
+    let mut pending = vec![key];
+    while let Some(key) = pending.pop() {
+        let name = match key {
+            And(keys) => {
+                pending.extend(keys.as_ref());
+                continue;
+            }
+            Not(k) => {
+                pending.push(k);
+                continue;
+            }
+            Or(a, b) => {
+                pending.extend([a.as_ref(), b.as_ref()]);
+                continue;
+            }
+            Bcc(_) => "bcc".to_string(),
+            Cc(_) => "cc".to_string(),
+            From(_) => "from".to_string(),
+            To(_) => "to".to_string(),
+            Subject(_) => "subject".to_string(),
+            Header(name, _) => String::from_utf8_lossy(name.as_ref()).to_ascii_lowercase(),
+            Body(_) | Text(_) | SentBefore(_) | SentOn(_) | SentSince(_) => return None,
+            _ => continue,
+        };
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names.sort_unstable();
+    Some(names)
+}
+
+/// The header fields SEARCH asked for before, per message, so the next SEARCH on them reads no
+/// message file (Dovecot keeps such fields in its index cache; a header SEARCH on 100,000
+/// messages otherwise reads 100,000 files each time). A message's bytes never change under its
+/// UID in one UIDVALIDITY, so an entry never goes stale; expunged ones wait for the next clear.
+/// At most [`HeaderCache::LIMIT`] bytes: past it the cache starts over.
+#[derive(Debug, Default)]
+pub struct HeaderCache {
+    entries: std::sync::Mutex<HeaderEntries>,
+}
+
+/// A message in the header cache: `(mailbox, folder, UIDVALIDITY, UID)`.
+pub type HeaderKey = (String, String, u32, u32);
+
+#[derive(Debug, Default)]
+struct HeaderEntries {
+    /// The fields held for a message, and a header block of them.
+    map: std::collections::HashMap<HeaderKey, (Vec<String>, Vec<u8>)>,
+    bytes: usize,
+}
+
+impl HeaderCache {
+    /// Bytes of header blocks kept, all mailboxes together.
+    pub const LIMIT: usize = 64 << 20;
+
+    /// A header block (`Name: value` lines, a blank line) holding at least `names` of the
+    /// message, when cached.
+    pub fn get(&self, key: &HeaderKey, names: &[String]) -> Option<Vec<u8>> {
+        let entries = self.entries.lock().expect("header cache");
+        let (held, block) = entries.map.get(key)?;
+        names
+            .iter()
+            .all(|n| held.contains(n))
+            .then(|| block.clone())
+    }
+
+    /// Keeps the fields `names` of a message read from `raw`; returns their header block.
+    pub fn put(&self, key: HeaderKey, names: &[String], raw: &[u8]) -> Vec<u8> {
+        let mut entries = self.entries.lock().expect("header cache");
+        let mut held: Vec<String> = entries
+            .map
+            .get(&key)
+            .map(|e| e.0.clone())
+            .unwrap_or_default();
+        for name in names {
+            if !held.contains(name) {
+                held.push(name.clone());
+            }
+        }
+        let block = header_block(raw, &held);
+        if entries.bytes + block.len() > Self::LIMIT {
+            entries.map.clear();
+            entries.bytes = 0;
+        }
+        entries.bytes += block.len();
+        if let Some((_, old)) = entries.map.insert(key, (held, block.clone())) {
+            entries.bytes = entries.bytes.saturating_sub(old.len());
+        }
+        block
+    }
+}
+
+/// The fields `names` of a message's header as a header block of their own, unfolded, in the
+/// order they come, ending with a blank line: what [`matches`] reads for header keys.
+pub fn header_block(raw: &[u8], names: &[String]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for name in names {
+        any_header_value(raw, name, |value| {
+            block.extend_from_slice(name.as_bytes());
+            block.extend_from_slice(b": ");
+            block.extend_from_slice(value);
+            block.extend_from_slice(b"\r\n");
+            false
+        });
+    }
+    block.extend_from_slice(b"\r\n");
+    block
+}
+
 /// Whether any key in the tree needs the message's contents.
 pub fn needs_contents(key: &SearchKey<'_>) -> bool {
     use SearchKey::*;
@@ -292,7 +407,49 @@ fn text_matches(c: &Candidate<'_>, needle: &[u8], with_headers: bool) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::any_header_value;
+    use super::{HeaderCache, any_header_value, header_block, header_fields};
+
+    #[test]
+    fn header_only_searches_are_told_apart_and_cached_by_field() {
+        use imap_codec::{CommandCodec, decode::Decoder, imap_types::command::CommandBody};
+        let criteria = |line: &str| {
+            let text = format!("a SEARCH {line}\r\n");
+            let (_, command) = CommandCodec::default()
+                .decode(text.as_bytes())
+                .expect("a SEARCH");
+            let CommandBody::Search { criteria, .. } = command.body else {
+                panic!("not a SEARCH");
+            };
+            imap_codec::imap_types::IntoStatic::into_static(
+                imap_codec::imap_types::search::SearchKey::And(criteria),
+            )
+        };
+        assert_eq!(
+            header_fields(&criteria("OR SUBJECT a NOT HEADER X-Spam yes UNSEEN")),
+            Some(vec!["subject".to_string(), "x-spam".to_string()])
+        );
+        assert_eq!(header_fields(&criteria("SUBJECT a BODY b")), None);
+        assert_eq!(header_fields(&criteria("SENTON 1-Jan-2026")), None);
+
+        let raw =
+            b"Subject: hello\r\n  world\r\nFrom: a@b\r\nX-Spam: no\r\n\r\nbody Subject: not\r\n";
+        let block = header_block(raw, &["subject".to_string()]);
+        assert_eq!(block, b"subject: hello  world\r\n\r\n");
+        let cache = HeaderCache::default();
+        let key = ("bob@x".to_string(), "INBOX".to_string(), 7, 1);
+        assert_eq!(cache.get(&key, &["subject".to_string()]), None);
+        cache.put(key.clone(), &["subject".to_string()], raw);
+        assert_eq!(cache.get(&key, &["subject".to_string()]), Some(block));
+        // Another field is a miss until read, then both are held; another UIDVALIDITY never hits.
+        assert_eq!(cache.get(&key, &["from".to_string()]), None);
+        cache.put(key.clone(), &["from".to_string()], raw);
+        let both = cache
+            .get(&key, &["subject".to_string(), "from".to_string()])
+            .expect("both fields");
+        assert!(both.starts_with(b"subject: hello  world\r\nfrom: a@b\r\n"));
+        let other = ("bob@x".to_string(), "INBOX".to_string(), 8, 1);
+        assert_eq!(cache.get(&other, &["subject".to_string()]), None);
+    }
 
     fn values(raw: &[u8], name: &str) -> Vec<Vec<u8>> {
         let mut out = Vec::new();

@@ -2011,6 +2011,13 @@ impl Session {
             ));
         }
         let contents = search::needs_contents(&key);
+        // Header keys only: answered from the header cache, filled from the files on a miss.
+        let fields = if contents {
+            search::header_fields(&key)
+        } else {
+            None
+        };
+        let cache = self.runtime.header_cache.clone();
         if search::largest_modseq(&key) > MAX_MODSEQ {
             return bad("a mod-sequence is at most 9223372036854775807");
         }
@@ -2026,16 +2033,25 @@ impl Session {
         let largest = selected.largest();
         let recent = selected.recent.clone();
         let folder = selected.folder.clone();
+        let validity = selected.uid_validity;
         let found = self
             .blocking(move |s, m| {
                 let mut found = Vec::new();
                 let mut highest = 0;
                 let sets = search::SetCache::default();
                 for (i, meta) in metas.iter().enumerate() {
-                    let raw = if contents {
-                        s.read(&m, &folder, meta)?
-                    } else {
-                        None
+                    let raw = match &fields {
+                        _ if !contents => None,
+                        Some(names) => {
+                            let key = (m.clone(), folder.clone(), validity, meta.uid);
+                            match cache.get(&key, names) {
+                                Some(block) => Some(block),
+                                None => s
+                                    .read(&m, &folder, meta)?
+                                    .map(|raw| cache.put(key, names, &raw)),
+                            }
+                        }
+                        None => s.read(&m, &folder, meta)?,
                     };
                     let candidate = Candidate {
                         seq: i as u32 + 1,
