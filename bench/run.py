@@ -311,14 +311,17 @@ def qresync_state(name):
     return state
 
 
-def qresync(name, flip=[0]):
+flips = {}  # per server: flags go on in odd runs and off in even ones, 100 changes each time
+
+
+def qresync(name):
     """A phone comes back: 100 flags were changed by another device since its last sync; the
     timed part is login + ENABLE QRESYNC + SELECT (QRESYNC ...) read to the tagged OK."""
     validity, highest = qresync_state(name)
     other = imap_session(name)
     other.select("INBOX")
-    flip[0] += 1
-    sign = "+" if flip[0] % 2 else "-"
+    flips[name] = flips.get(name, 0) + 1
+    sign = "+" if flips[name] % 2 else "-"
     step = max(1, args.mailbox // 100)
     for i in range(100):
         typ, _ = other.store(str(1 + i * step), sign + "FLAGS.SILENT", "(\\Flagged)")

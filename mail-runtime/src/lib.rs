@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod deflate;
 pub mod dev;
 pub mod dns;
 pub mod header;

@@ -34,6 +34,8 @@ pub enum Conn {
     Plain(TcpStream),
     /// After TLS.
     Tls(Box<TlsStream<TcpStream>>),
+    /// After IMAP COMPRESS=DEFLATE, over one of the others.
+    Deflate(Box<crate::deflate::Deflate>),
     /// Unusable.
     Gone,
 }
@@ -51,6 +53,7 @@ impl AsyncRead for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Conn::Deflate(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Conn::Gone => Poll::Ready(Err(gone())),
         }
     }
@@ -65,6 +68,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Conn::Deflate(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Conn::Gone => Poll::Ready(Err(gone())),
         }
     }
@@ -72,6 +76,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_flush(cx),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Conn::Deflate(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Conn::Gone => Poll::Ready(Err(gone())),
         }
     }
@@ -79,12 +84,27 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Conn::Deflate(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Conn::Gone => Poll::Ready(Ok(())),
         }
     }
 }
 
 impl Conn {
+    /// Turns on DEFLATE both ways (IMAP COMPRESS); `false` if it already is on.
+    pub fn start_deflate(&mut self) -> bool {
+        match std::mem::replace(self, Conn::Gone) {
+            Conn::Deflate(d) => {
+                *self = Conn::Deflate(d);
+                false
+            }
+            other => {
+                *self = Conn::Deflate(Box::new(crate::deflate::Deflate::new(other)));
+                true
+            }
+        }
+    }
+
     /// Upgrades a plain connection to TLS (STARTTLS, STLS). On failure the connection is gone.
     pub async fn start_tls(&mut self, config: Arc<ServerConfig>) -> bool {
         let Conn::Plain(stream) = std::mem::replace(self, Conn::Gone) else {

@@ -30,6 +30,9 @@ pub const SERVED: [ListenerProtocol; 8] = [
     ListenerProtocol::Http,
 ];
 
+/// IMAP sessions with COMPRESS=DEFLATE at once, per pod (about 80 MiB of compressor state).
+pub const DEFLATE_SESSIONS: usize = 256;
+
 /// Shared state of a running runtime.
 #[derive(Debug, Clone)]
 pub struct Runtime {
@@ -54,6 +57,8 @@ pub struct Runtime {
     pub answer_shares: Arc<AnswerShares>,
     /// Header fields IMAP SEARCH read before (see [`crate::imap::search::HeaderCache`]).
     pub header_cache: Arc<crate::imap::search::HeaderCache>,
+    /// IMAP sessions that may run COMPRESS=DEFLATE at once: a compressor holds about 300 KiB.
+    pub deflate_sessions: Arc<tokio::sync::Semaphore>,
     connections: Arc<Mutex<Connections>>,
     started: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -172,6 +177,7 @@ impl Runtime {
             answer_memory: Arc::new(tokio::sync::Semaphore::new(ANSWER_MEMORY_MIB as usize)),
             answer_shares: Arc::new(AnswerShares::default()),
             header_cache: Arc::new(crate::imap::search::HeaderCache::default()),
+            deflate_sessions: Arc::new(tokio::sync::Semaphore::new(DEFLATE_SESSIONS)),
             connections: Arc::new(Mutex::new(Connections::default())),
             started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })

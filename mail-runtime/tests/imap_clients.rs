@@ -123,8 +123,9 @@ fn curl_lists_and_reads_over_993_and_starttls() {
 }
 
 fn mbsync(home: &Path) -> String {
+    // -Dn: the IMAP dialogue on stdout, to see what mbsync chose (COMPRESS among others).
     run(Command::new("mbsync")
-        .args(["-c"])
+        .args(["-Dn", "-c"])
         .arg(home.join("mbsyncrc"))
         .arg("-a")
         .env("HOME", home))
@@ -347,7 +348,14 @@ Patterns *\nCreate Both\nExpunge Both\nSyncState *\n",
     )
     .expect("mbsyncrc");
 
-    mbsync(&home);
+    let dialogue = mbsync(&home);
+    // mbsync (isync 1.4) turns COMPRESS=DEFLATE on when offered: the rest of its dialogue,
+    // the whole sync, went through the server's DEFLATE both ways.
+    assert!(
+        dialogue.contains("COMPRESS DEFLATE") && dialogue.contains("OK DEFLATE active"),
+        "mbsync did not compress: {}",
+        &dialogue[..dialogue.len().min(3000)]
+    );
     let inbox = local.join("INBOX");
     assert_eq!(
         local_files(&inbox).len(),

@@ -1344,3 +1344,61 @@ async fn cached_header_searches_follow_the_folder() {
     assert!(found.contains("* SEARCH 2\n"), "{found}");
     c.assert_well_formed();
 }
+
+/// Issue 15: COMPRESS=DEFLATE (RFC 4978) for mobile links. Through DEFLATE both ways (Python's
+/// zlib on the client side; mbsync's use of it is in imap_clients.rs): APPEND, SELECT and a
+/// FETCH of a 640 KB message come back intact, COMPRESS again is NO [COMPRESSIONACTIVE]. A
+/// deflate bomb (200 MB in one line, 200 KB on the wire) ends its session at the line limit and
+/// leaves the server serving others.
+#[test]
+fn compress_deflate_carries_a_session_and_survives_a_bomb() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    let script = |mode: &str| -> serde_json::Value {
+        let out = run(Command::new("python3")
+            .arg(common::client_script("imap_compress.py"))
+            .args(["127.0.0.1", &dev.port("imaps").to_string(), BOB])
+            .arg(dev.password(BOB))
+            .arg(mode));
+        serde_json::from_str(out.trim()).expect("JSON")
+    };
+    let session = script("session");
+    assert!(
+        session["compress"].as_str().unwrap_or("").contains("b OK"),
+        "{session}"
+    );
+    for (key, expected) in [
+        ("append", "c OK"),
+        ("select", "d OK"),
+        ("fetch", "e OK"),
+        ("again", "f NO [COMPRESSIONACTIVE]"),
+        ("logout", "g OK"),
+    ] {
+        assert!(
+            session[key].as_str().unwrap_or("").starts_with(expected),
+            "{key}: {session}"
+        );
+    }
+    assert_eq!(session["fetched_intact"], true, "{session}");
+
+    let bomb = script("bomb");
+    let answer = bomb["bomb_answer"].as_str().unwrap_or("");
+    assert!(!answer.contains("h OK"), "a 200 MB line was taken: {bomb}");
+    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", dev.pid()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        rss_kib < 200 * 1024,
+        "the server's peak memory reached {rss_kib} KiB"
+    );
+    // The server goes on.
+    assert_eq!(
+        script("session")["again"]
+            .as_str()
+            .map(|a| a.starts_with("f NO")),
+        Some(true)
+    );
+}

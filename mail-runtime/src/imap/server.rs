@@ -111,6 +111,8 @@ struct Session {
     reporting: Reporting,
     /// The RETURN options of the SEARCH being run (lifted before parsing, see [`esearch`]).
     search_return: Option<ReturnOptions>,
+    /// This session's place among the COMPRESS=DEFLATE sessions, once it asked.
+    deflate: Option<tokio::sync::OwnedSemaphorePermit>,
     closed: bool,
 }
 
@@ -300,6 +302,7 @@ impl Session {
                 ..Reporting::default()
             },
             search_return: None,
+            deflate: None,
             closed: false,
             runtime,
         }
@@ -336,6 +339,7 @@ impl Session {
                 "SORT=DISPLAY",
                 "LIST-EXTENDED",
                 "LIST-STATUS",
+                "COMPRESS=DEFLATE",
                 "THREAD=ORDEREDSUBJECT",
                 "THREAD=REFERENCES",
             ]);
@@ -623,6 +627,7 @@ impl Session {
             }
             _ if self.user.is_none() => no("log in first"),
             CommandBody::Enable { capabilities } => Ok(self.enable(capabilities)),
+            CommandBody::Compress { .. } => return self.compress(&tag).await,
             CommandBody::Namespace => {
                 self.send("* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
                 Ok("OK NAMESPACE completed".into())
@@ -826,6 +831,9 @@ impl Session {
                 uid,
             } => self.copy(&sequence_set, &mailbox, uid, true).await,
             CommandBody::Idle => return self.idle(&tag).await,
+            // Every command imap-codec parses with the features on is handled above; one a
+            // new feature adds is refused until it is.
+            #[allow(unreachable_patterns)]
             _ => bad(format!("{name} is not supported")),
         };
         // RETURN options belong to the SEARCH they came with, answered or not.
@@ -910,6 +918,28 @@ impl Session {
             }
         }
         self.out.extend_from_slice(&out);
+    }
+
+    /// COMPRESS DEFLATE (RFC 4978): the tagged OK goes out as it is, everything after it both
+    /// ways is DEFLATE. A client must wait for the OK before it sends compressed bytes.
+    async fn compress(&mut self, tag: &str) -> io::Result<()> {
+        if self.deflate.is_some() {
+            self.send(format!(
+                "{tag} NO [COMPRESSIONACTIVE] DEFLATE is already on\r\n"
+            ));
+            return Ok(());
+        }
+        let Ok(permit) = self.runtime.deflate_sessions.clone().try_acquire_owned() else {
+            self.send(format!(
+                "{tag} NO [LIMIT] too many compressed sessions, go on without\r\n"
+            ));
+            return Ok(());
+        };
+        self.send(format!("{tag} OK DEFLATE active\r\n"));
+        self.flush().await?;
+        self.conn.start_deflate();
+        self.deflate = Some(permit);
+        Ok(())
     }
 
     async fn start_tls(&mut self, tag: &str) -> io::Result<()> {
