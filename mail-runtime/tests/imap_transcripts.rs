@@ -651,6 +651,14 @@ async fn keywords_are_kept_shown_searched_and_copied() {
         )
         .await;
     assert!(appended.contains("q OK"), "{appended}");
+    // Another device sees the new messages first: `\Recent` is its, not a's or b's.
+    let mut claimer = Client::login(&dev, BOB).await;
+    assert!(
+        claimer
+            .command("cl", "SELECT INBOX")
+            .await
+            .contains("cl OK")
+    );
     let selected = a.command("s", "SELECT INBOX").await;
     assert!(
         selected
@@ -686,6 +694,12 @@ async fn keywords_are_kept_shown_searched_and_copied() {
         "{none}"
     );
     assert!(a.command("y", "COPY 1 Tagged").await.contains("y OK"));
+    assert!(
+        claimer
+            .command("cm", "SELECT Tagged")
+            .await
+            .contains("cm OK")
+    );
     assert!(a.command("x", "SELECT Tagged").await.contains("x OK"));
     // Order within a flag list means nothing; Tagged's own table has `work` first.
     let copied = a.command("g", "FETCH 2 FLAGS").await;
@@ -951,7 +965,7 @@ async fn recent_belongs_to_the_first_session_that_sees_a_message() {
     let select = d.command("q", "SELECT INBOX").await;
     assert!(select.contains("* 1 RECENT"), "{select}");
 
-    // IMAP4rev2 has no \Recent.
+    // IMAP4rev2 has no \Recent, and claims nothing from IMAP4rev1 clients.
     let mut e = Client::login(&dev, BOB).await;
     assert!(e.command("r", "ENABLE IMAP4rev2").await.contains("r OK"));
     deliver(&dev, "five", "x");
@@ -959,7 +973,29 @@ async fn recent_belongs_to_the_first_session_that_sees_a_message() {
     assert!(!select.contains("RECENT"), "{select}");
     let flags = e.command("t", "FETCH 1:* FLAGS").await;
     assert!(!flags.contains("\\Recent"), "{flags}");
-    for client in [&a, &b, &c, &d, &e] {
+    for (tag, command) in [("u", "SEARCH RECENT"), ("v", "STATUS INBOX (RECENT)")] {
+        let refused = e.command(tag, command).await;
+        assert!(refused.contains(&format!("{tag} BAD")), "{refused}");
+    }
+    let mut f = Client::login(&dev, BOB).await;
+    let select = f.command("w", "SELECT INBOX").await;
+    assert!(
+        select.contains("* 1 RECENT"),
+        "five is still unclaimed: {select}"
+    );
+    // A message that arrives with flags (a client's copy in Sent, a COPY) is recent too.
+    let appended = f
+        .command_with_literal("x", "APPEND INBOX (\\Seen)", b"Subject: six\r\n\r\nx\r\n")
+        .await;
+    assert!(
+        appended.contains("* 2 RECENT") && appended.contains("x OK"),
+        "{appended}"
+    );
+    assert!(f.command("y", "CREATE Copies").await.contains("y OK"));
+    assert!(f.command("z", "COPY 1:* Copies").await.contains("z OK"));
+    let status = f.command("za", "STATUS Copies (MESSAGES RECENT)").await;
+    assert!(status.contains("RECENT 6"), "{status}");
+    for client in [&a, &b, &c, &d, &e, &f] {
         client.assert_well_formed();
     }
 }
@@ -1001,6 +1037,18 @@ async fn search_return_options_answer_esearch() {
     assert!(
         modseq.contains("* ESEARCH (TAG \"g\") COUNT 5 MODSEQ "),
         "{modseq}"
+    );
+    // With MIN (or MAX) alone, the MODSEQ is the returned message's (RFC 4731 s3.2).
+    let first = c.command("ga", "FETCH 1 (MODSEQ)").await;
+    let at = first.find("MODSEQ (").expect("MODSEQ") + 8;
+    let first_modseq: String = first[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let min = c.command("gb", "SEARCH RETURN (MIN) MODSEQ 1").await;
+    assert!(
+        min.contains(&format!("MIN 1 MODSEQ {first_modseq}\n")),
+        "{min}"
     );
     let save = c.command("h", "SEARCH RETURN (SAVE) ALL").await;
     assert!(save.contains("h BAD"), "{save}");
@@ -1181,6 +1229,11 @@ async fn sort_and_thread_order_a_folder_as_webmail_asks() {
             "l",
             "UID THREAD REFERENCES UTF-8 SUBJECT topic",
             "* THREAD (1 2 3)\n",
+        ),
+        (
+            "la",
+            "SORT (DATE) UTF-8 MODSEQ 1",
+            "* SORT 4 1 2 3 (MODSEQ ",
         ),
     ] {
         let answer = c.command(tag, command).await;

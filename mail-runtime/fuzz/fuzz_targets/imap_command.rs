@@ -41,6 +41,7 @@ fn folder() -> Selected {
             internal_date: i64::from(uid) * 86_400 * 400,
             file_name: format!("m{uid}"),
             modseq: 1,
+            in_new: false,
         })
         .collect();
     Selected::new(

@@ -73,6 +73,7 @@ fuzz_target!(|data: &[u8]| {
         internal_date: 0,
         file_name: "m".into(),
         modseq: 1,
+        in_new: false,
     };
     let mut out = Vec::new();
     if render_fetch(&mut out, 1, &meta, &[], Some(data), items(), SessionFlags::default()) {

@@ -16,6 +16,7 @@ fn meta(uid: u32) -> MessageMeta {
         internal_date: 0,
         file_name: format!("m{uid}"),
         modseq: 1,
+        in_new: false,
     }
 }
 

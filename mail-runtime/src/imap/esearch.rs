@@ -61,10 +61,20 @@ pub fn lift(message: &[u8]) -> Lifted {
             b"ALL" => options.all = true,
             b"COUNT" => options.count = true,
             other => {
-                return Lifted::Unsupported(format!(
-                    "RETURN option {} is not supported",
-                    String::from_utf8_lossy(other)
-                ));
+                // Named back only if it is a plain word: a client's CR LF in the answer would
+                // read as lines of the server's (a tagged completion it never sent).
+                let word = other.len() <= 32
+                    && other
+                        .iter()
+                        .all(|b| b.is_ascii_alphanumeric() || *b == b'-');
+                return Lifted::Unsupported(if word {
+                    format!(
+                        "RETURN option {} is not supported",
+                        String::from_utf8_lossy(other)
+                    )
+                } else {
+                    "malformed RETURN options".to_string()
+                });
             }
         }
     }
@@ -136,6 +146,12 @@ mod tests {
             lift(b"e SEARCH RETURN (SAVE) ALL\r\n"),
             Lifted::Unsupported(_)
         ));
+        // An outside review: a literal inside the clause echoed CR LF into the BAD text.
+        let Lifted::Unsupported(why) = lift(b"g SEARCH RETURN (MIN {10+}\r\nX\r\n*\r\nA9) ALL\r\n")
+        else {
+            panic!("not refused");
+        };
+        assert!(!why.contains(['\r', '\n']), "{why:?}");
         let long = format!("f SEARCH RETURN ({} ALL\r\n", "MIN ".repeat(200));
         assert!(matches!(lift(long.as_bytes()), Lifted::Unsupported(_)));
     }

@@ -247,6 +247,9 @@ pub fn parse(message: &[u8]) -> Parsed {
                         return bad("RETURN STATUS needs a list of items");
                     };
                     let items: Vec<String> = items.split_whitespace().map(String::from).collect();
+                    if items.is_empty() {
+                        return bad("RETURN STATUS needs at least one item");
+                    }
                     if let Some(unknown) =
                         items.iter().find(|i| !STATUS_ITEMS.contains(&i.as_str()))
                     {
@@ -319,6 +322,7 @@ mod tests {
             "a LIST \"\" \"*\" RETURN (BAR)\r\n",
             "a LIST \"\" \"*\" RETURN (STATUS (MESSAGES NOPE))\r\n",
             "a LIST \"\" \"*\" RETURN (STATUS)\r\n",
+            "a LIST \"\" \"*\" RETURN (STATUS ())\r\n",
             "a LIST \"\" ()\r\n",
             "a LIST (SUBSCRIBED \"\" \"*\"\r\n",
             "a LIST (SUBSCRIBED) \"\" \"*\" trailing\r\n",

@@ -327,6 +327,18 @@ pub fn largest_modseq(key: &SearchKey<'_>) -> u64 {
     }
 }
 
+/// Whether the tree has a RECENT, NEW or OLD key (gone from IMAP4rev2).
+pub fn uses_recent(key: &SearchKey<'_>) -> bool {
+    use SearchKey::*;
+    match key {
+        And(keys) => keys.as_ref().iter().any(uses_recent),
+        Not(k) => uses_recent(k),
+        Or(a, b) => uses_recent(a) || uses_recent(b),
+        Recent | New | Old => true,
+        _ => false,
+    }
+}
+
 /// Whether the tree has a MODSEQ key: then the answer names the highest mod-sequence found.
 pub fn uses_modseq(key: &SearchKey<'_>) -> bool {
     use SearchKey::*;
@@ -473,6 +485,7 @@ mod tests {
             internal_date: 0,
             file_name: "m".into(),
             modseq: 1,
+            in_new: false,
         };
         let sets = super::SetCache::default();
         let candidate = super::Candidate {

@@ -284,6 +284,7 @@ mod tests {
             internal_date: 0,
             file_name: format!("{uid}"),
             modseq: 1,
+            in_new: false,
         }
     }
 

@@ -879,7 +879,7 @@ impl Session {
         let Some((folder, claims)) = self
             .selected
             .as_ref()
-            .map(|s| (s.folder.clone(), !s.read_only))
+            .map(|s| (s.folder.clone(), !s.read_only && self.reporting.recent))
         else {
             return;
         };
@@ -1319,6 +1319,9 @@ impl Session {
         for item in items {
             let name = match item {
                 StatusDataItemName::Messages => "MESSAGES",
+                StatusDataItemName::Recent if self.rev2 => {
+                    return bad("RECENT is not IMAP4rev2's");
+                }
                 StatusDataItemName::Recent => "RECENT",
                 StatusDataItemName::UidNext => "UIDNEXT",
                 StatusDataItemName::UidValidity => "UIDVALIDITY",
@@ -1384,9 +1387,12 @@ impl Session {
         let name = folder.clone();
         // SELECT claims the messages nobody has seen: `\Recent` here and nowhere else. EXAMINE
         // changes nothing and shows them as they are.
+        // An IMAP4rev2 session has no `\Recent` and claims nothing (it would take it from
+        // IMAP4rev1 clients on the same mailbox).
+        let claims = !read_only && self.reporting.recent;
         let opened = self
             .blocking(move |s, m| {
-                let claimed = if read_only {
+                let claimed = if !claims {
                     Vec::new()
                 } else {
                     s.claim_recent(&m, &name)?
@@ -2051,6 +2057,9 @@ impl Session {
         if search::largest_modseq(&key) > MAX_MODSEQ {
             return bad("a mod-sequence is at most 9223372036854775807");
         }
+        if self.rev2 && search::uses_recent(&key) {
+            return bad("RECENT, NEW and OLD are not IMAP4rev2's (RFC 9051 appendix E)");
+        }
         let with_modseq = search::uses_modseq(&key);
         if with_modseq {
             self.enable_condstore();
@@ -2067,7 +2076,7 @@ impl Session {
         let found = self
             .blocking(move |s, m| {
                 let mut found = Vec::new();
-                let mut highest = 0;
+                let mut modseqs: Vec<u64> = Vec::new();
                 let sets = search::SetCache::default();
                 for (i, meta) in metas.iter().enumerate() {
                     let raw = match &fields {
@@ -2095,19 +2104,30 @@ impl Session {
                     };
                     if search::matches(&key, &candidate) {
                         found.push(if uid { meta.uid } else { i as u32 + 1 });
-                        highest = highest.max(meta.modseq);
+                        modseqs.push(meta.modseq);
                     }
                 }
-                Ok((found, highest))
+                Ok((found, modseqs))
             })
             .await;
-        let (found, highest) = match found {
+        let (found, modseqs) = match found {
             Ok(f) => f,
             Err(e) => return Err(store_failure(&e)),
         };
-        // RFC 7162 s3.1.5: with a MODSEQ key, the highest mod-sequence of what was found.
-        let modseq = (with_modseq && !found.is_empty()).then_some(highest);
         let returns = self.search_return.take();
+        // RFC 7162 s3.1.5: with a MODSEQ key, the highest mod-sequence of the messages
+        // returned: with only MIN and/or MAX, of those (RFC 4731 s3.2), else of all found.
+        let highest = match returns {
+            Some(r) if !r.all && !r.count => [
+                r.min.then(|| modseqs.first().copied()).flatten(),
+                r.max.then(|| modseqs.last().copied()).flatten(),
+            ]
+            .into_iter()
+            .flatten()
+            .max(),
+            _ => modseqs.iter().copied().max(),
+        };
+        let modseq = highest.filter(|_| with_modseq);
         if self.rev2 || returns.is_some() {
             let mut line = b"* ESEARCH (TAG ".to_vec();
             write::string(&mut line, tag.as_bytes());
@@ -2154,6 +2174,13 @@ impl Session {
         if search::largest_modseq(&key) > MAX_MODSEQ {
             return bad("a mod-sequence is at most 9223372036854775807");
         }
+        if self.rev2 && search::uses_recent(&key) {
+            return bad("RECENT, NEW and OLD are not IMAP4rev2's (RFC 9051 appendix E)");
+        }
+        let with_modseq = search::uses_modseq(&key);
+        if with_modseq {
+            self.enable_condstore();
+        }
         let Some(selected) = self.selected.as_ref() else {
             return not_selected();
         };
@@ -2199,7 +2226,15 @@ impl Session {
                     .into_iter()
                     .map(|i| format!(" {}", id(&found[i])))
                     .collect();
-                ("SORT", format!("* SORT{ids}\r\n"))
+                // RFC 7162 s3.1.5: with a MODSEQ key, the highest mod-sequence found.
+                let modseq = found
+                    .iter()
+                    .map(|k| k.modseq)
+                    .max()
+                    .filter(|_| with_modseq)
+                    .map(|n| format!(" (MODSEQ {n})"))
+                    .unwrap_or_default();
+                ("SORT", format!("* SORT{ids}{modseq}\r\n"))
             }
             Arrange::References | Arrange::OrderedSubject => {
                 let threads = if matches!(order, Arrange::References) {
@@ -2552,6 +2587,7 @@ mod tests {
             internal_date: 0,
             file_name: "m".into(),
             modseq: 1,
+            in_new: false,
         };
         let (_, command) = CommandCodec::default()
             .decode(b"a FETCH 1 (BODY.PEEK[] BINARY.PEEK[1] BINARY.PEEK[])\r\n")

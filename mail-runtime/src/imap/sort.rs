@@ -22,13 +22,15 @@ pub struct Keys {
     /// INTERNALDATE, seconds.
     pub arrival: i64,
     pub size: u64,
+    /// CONDSTORE's mod-sequence, for SORT's `(MODSEQ n)`.
+    pub modseq: u64,
     /// The Date field in UTC; the arrival time when it is missing or unreadable (s2.2).
     pub sent: i64,
-    /// The base subject (s2.1), case folded.
+    /// The base subject (s2.1), upper-cased for i;unicode-casemap order.
     pub subject: String,
     /// Whether taking the base subject removed a reply or forward marker.
     pub is_reply: bool,
-    /// The first address's mailbox (local part), case folded; empty without one.
+    /// The first address's mailbox (local part), upper-cased; empty without one.
     pub from: String,
     pub to: String,
     pub cc: String,
@@ -54,26 +56,32 @@ pub fn keys(seq: u32, meta: &MessageMeta, raw: &[u8]) -> Keys {
             .as_deref()
             .filter(|n| !n.trim().is_empty())
             .unwrap_or(address);
-        (local.to_lowercase(), display.trim().to_lowercase())
+        (local.to_uppercase(), display.trim().to_uppercase())
     };
     let (from, display_from) = mailbox(parsed.from());
     let (to, display_to) = mailbox(parsed.to());
     let (cc, _) = mailbox(parsed.cc());
     let (subject, is_reply) = base_subject(parsed.subject().unwrap_or_default());
-    let ids = |v: &mail_parser::HeaderValue<'_>| -> Vec<String> {
-        v.as_text_list()
-            .map(|l| l.iter().map(|id| id.to_string()).collect())
+    // Compared in i;unicode-casemap's order (RFC 5051: title case, which is upper case for
+    // ASCII, so `[` and `_` sort after letters); accents are not decomposed.
+    let subject = subject.to_uppercase();
+    let root = message::Node::root(&parsed);
+    let ids = |name: &str| -> Vec<String> {
+        root.as_ref()
+            .map(|r| r.raw_values(name).into_iter().flat_map(msg_ids).collect())
             .unwrap_or_default()
     };
-    let mut references = ids(parsed.references());
+    // References, or In-Reply-To's first when References names no valid ID (s3 step 1).
+    let mut references = ids("References");
     if references.is_empty() {
-        references = ids(parsed.in_reply_to()).into_iter().take(1).collect();
+        references = ids("In-Reply-To").into_iter().take(1).collect();
     }
     Keys {
         seq,
         uid: meta.uid,
         arrival: meta.internal_date,
         size: meta.size,
+        modseq: meta.modseq,
         sent: parsed
             .date()
             .map(|d| d.to_timestamp())
@@ -85,9 +93,60 @@ pub fn keys(seq: u32, meta: &MessageMeta, raw: &[u8]) -> Keys {
         cc,
         display_from,
         display_to,
-        message_id: parsed.message_id().map(str::to_string),
+        message_id: ids("Message-ID").into_iter().next(),
         references,
     }
+}
+
+/// The message IDs (`<local@domain>`) in a header value, normalised as RFC 5256 asks: comments
+/// skipped, quotes and backslash escapes taken out, so `<"a.b"@x>` and `<a.b@x>` are one ID.
+/// Anything outside angle brackets is not an ID.
+pub fn msg_ids(value: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < value.len() {
+        match value[i] {
+            b'(' => {
+                // A comment, nested or not, skipped without recursion.
+                let mut depth = 0usize;
+                while i < value.len() {
+                    match value[i] {
+                        b'\\' => i += 1,
+                        b'(' => depth += 1,
+                        b')' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                    i += 1;
+                }
+            }
+            b'<' => {
+                let mut id = Vec::new();
+                i += 1;
+                while i < value.len() && value[i] != b'>' {
+                    match value[i] {
+                        b'\\' if i + 1 < value.len() => {
+                            id.push(value[i + 1]);
+                            i += 1;
+                        }
+                        b'"' | b' ' | b'\t' | b'\r' | b'\n' => {}
+                        c => id.push(c),
+                    }
+                    i += 1;
+                }
+                if i < value.len() && !id.is_empty() && id.contains(&b'@') {
+                    out.push(String::from_utf8_lossy(&id).into_owned());
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out
 }
 
 /// The base subject of RFC 5256 s2.1, case folded, and whether a reply or forward marker was
@@ -382,6 +441,9 @@ pub fn references(keys: &[Keys]) -> Vec<Node> {
             build(&arena, c, &mut roots, true);
         }
     }
+    // (4) the top level by sent date (a dummy by its earliest child) before (5) looks for
+    // the first thread of each subject.
+    sort_tree(&mut roots, keys);
     // (5) top-level threads with the same base subject belong together.
     let subject_of = |n: &Node| -> Option<(usize, bool)> {
         let m = n
@@ -627,6 +689,33 @@ mod tests {
             write(&threads, |i| keys[i].uid),
             "(10 (20 30)(40))((50)(60))(70)"
         );
+    }
+
+    /// An outside review: the top level was merged by subject before it was sorted by date
+    /// (RFC 5256 s3 step 4 comes before 5), and a dummy's first child was not its earliest.
+    #[test]
+    fn subjects_merge_after_the_top_level_is_sorted_by_date() {
+        let keys = vec![
+            message(1, "a1", &[], "a", 102),
+            message(2, "a2", &[], "Re: a", 105),
+            message(3, "a3", &[], "a", 104),
+        ];
+        assert_eq!(write(&references(&keys), |i| keys[i].seq), "((1)(3)(2))");
+        let keys = vec![
+            message(1, "p1", &["root"], "Fwd: apple", 105),
+            message(2, "p2", &["root"], "Re: banana", 101),
+            message(3, "q", &[], "banana", 100),
+        ];
+        assert_eq!(write(&references(&keys), |i| keys[i].seq), "((3)(2)(1))");
+    }
+
+    #[test]
+    fn message_ids_are_normalised_and_bare_words_are_not_ids() {
+        assert_eq!(
+            msg_ids(b" <\"a.b\"@x> (a comment <not@this>) <a\\.c@x> garbage <> <p@x>"),
+            ["a.b@x", "a.c@x", "p@x"]
+        );
+        assert!(msg_ids(b"garbage (comment only)").is_empty());
     }
 
     /// Hostile headers: a message that names itself and its child as parents, a References

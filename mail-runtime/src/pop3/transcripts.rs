@@ -17,6 +17,7 @@ fn message(uid: u32, size: u64) -> MessageMeta {
         internal_date: 0,
         file_name: format!("m{uid}"),
         modseq: 1,
+        in_new: false,
     }
 }
 

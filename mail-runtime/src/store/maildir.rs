@@ -397,8 +397,9 @@ impl Maildir {
         name
     }
 
-    /// Links (or copies) `source` into a folder as a new message: `new/` without flags,
-    /// `cur/` with them. The caller holds the folder's lock and fsyncs the directory.
+    /// Links (or copies) `source` into a folder as a new message, in `new/` whatever its flags:
+    /// it is `\Recent` for the first session to see it (an APPEND to Sent, a COPY, a MOVE), as
+    /// a delivery is. The caller holds the folder's lock and fsyncs the directory.
     fn place(&self, source: &Path, dir: &Path, new: NewMessage<'_>) -> Result<PathBuf, StoreError> {
         let NewMessage {
             uid,
@@ -407,7 +408,7 @@ impl Maildir {
             secs,
             modseq,
         } = new;
-        let sub = if flags.is_empty() { "new" } else { "cur" };
+        let sub = "new";
         let target = dir
             .join(sub)
             .join(self.file_name(secs, uid, size, modseq, flags));
@@ -757,6 +758,7 @@ impl Store for Maildir {
                 flags,
                 file_name: name.clone(),
                 modseq: named.modseq,
+                in_new: current.parent() == Some(dir.join("new").as_path()),
                 ..m.clone()
             };
             // A change that changes nothing takes no mod-sequence and leaves the file where it
@@ -775,6 +777,7 @@ impl Store for Maildir {
                 }
                 now.file_name = new_name;
                 now.modseq = next;
+                now.in_new = false;
             }
             out.now.push(now);
         }
@@ -1191,6 +1194,7 @@ pub fn scan(dir: &Path) -> Result<FolderIndex, StoreError> {
                 internal_date,
                 file_name: name,
                 modseq,
+                in_new: sub == "new",
             });
         }
     }

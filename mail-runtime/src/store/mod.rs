@@ -30,18 +30,19 @@ pub struct MessageMeta {
     pub flags: String,
     /// Arrival time, seconds since the epoch.
     pub internal_date: i64,
-    /// The message's file name in the Maildir (without the directory); one without Maildir's
-    /// `:2,` info part is still in `new/`: no IMAP session has seen it (see [`Self::is_new`]).
+    /// The message's file name in the Maildir (without the directory).
     pub file_name: String,
     /// CONDSTORE's mod-sequence (RFC 7162): the folder's counter when the message arrived or
     /// its flags last changed; at least 1.
     pub modseq: u64,
+    /// Still in Maildir's `new/`: no IMAP session has claimed it (see [`Self::is_new`]).
+    pub in_new: bool,
 }
 
 impl MessageMeta {
     /// Still in Maildir's `new/`: IMAP's `\Recent` for the next session that claims it.
     pub fn is_new(&self) -> bool {
-        !self.file_name.contains(":2,")
+        self.in_new
     }
 }
 
