@@ -252,30 +252,35 @@ def imap_session(name):
     return m
 
 
-def fetch_all(name):
-    """Raw bytes over TLS, read to the tagged OK: the client does no parsing, so the figure is
-    the server's (imaplib's parser would take longer than either server)."""
+def timed_raw(name, commands, what):
+    """Logs in and sends `commands` (the last tagged c) over TLS as raw bytes, read to c's OK:
+    the client does no parsing, so the figure is the server's (imaplib's parser would take
+    longer than either server). Returns (seconds, FETCH lines seen)."""
     port, _, user, password = servers[name]
     t = time.monotonic()
     sock = CTX.wrap_socket(socket.create_connection(("127.0.0.1", port)))
     f = sock.makefile("rb")
     f.readline()
-    sock.sendall(b"a LOGIN %s %s\r\nb SELECT INBOX\r\nc FETCH 1:* (UID FLAGS RFC822.SIZE)\r\n"
-                 % (user.encode(), password.encode()))
+    sock.sendall(b"a LOGIN %s %s\r\n" % (user.encode(), password.encode()) + commands)
     lines = 0
     while True:
         line = f.readline()
         if not line:
-            raise SystemExit("%s closed the connection during FETCH" % name)
+            raise SystemExit("%s closed the connection during %s" % (name, what))
         if line.startswith(b"* ") and b" FETCH " in line:
             lines += 1
         if line.startswith(b"c "):
             assert line.startswith(b"c OK"), line
             break
     elapsed = time.monotonic() - t
-    assert lines == args.mailbox, (name, lines)
     sock.sendall(b"d LOGOUT\r\n")
     sock.close()
+    return elapsed, lines
+
+
+def fetch_all(name):
+    elapsed, lines = timed_raw(name, b"b SELECT INBOX\r\nc FETCH 1:* (UID FLAGS RFC822.SIZE)\r\n", "FETCH")
+    assert lines == args.mailbox, (name, lines)
     return elapsed
 
 
@@ -327,27 +332,10 @@ def qresync(name):
         typ, _ = other.store(str(1 + i * step), sign + "FLAGS.SILENT", "(\\Flagged)")
         assert typ == "OK"
     other.logout()
-    port, _, user, password = servers[name]
-    t = time.monotonic()
-    sock = CTX.wrap_socket(socket.create_connection(("127.0.0.1", port)))
-    f = sock.makefile("rb")
-    f.readline()
-    sock.sendall(b"a LOGIN %s %s\r\nb ENABLE QRESYNC\r\nc SELECT INBOX (QRESYNC (%d %d))\r\n"
-                 % (user.encode(), password.encode(), validity, highest))
-    changed = 0
-    while True:
-        line = f.readline()
-        if not line:
-            raise SystemExit("%s closed the connection during SELECT (QRESYNC)" % name)
-        if line.startswith(b"* ") and b" FETCH " in line:
-            changed += 1
-        if line.startswith(b"c "):
-            assert line.startswith(b"c OK"), line
-            break
-    elapsed = time.monotonic() - t
+    elapsed, changed = timed_raw(
+        name, b"b ENABLE QRESYNC\r\nc SELECT INBOX (QRESYNC (%d %d))\r\n" % (validity, highest),
+        "SELECT (QRESYNC)")
     assert changed == 100, (name, changed)
-    sock.sendall(b"d LOGOUT\r\n")
-    sock.close()
     return elapsed
 
 

@@ -122,6 +122,23 @@ fn curl_lists_and_reads_over_993_and_starttls() {
     assert!(!refused.status.success(), "a plaintext login succeeded");
 }
 
+/// `home/mbsyncrc`: Bob's folders, all of them both ways, into a Maildir++ under `local`.
+fn write_mbsyncrc(dev: &Dev, home: &Path, local: &Path) {
+    std::fs::write(
+        home.join("mbsyncrc"),
+        format!(
+            "IMAPAccount dev\nHost localhost\nPort {port}\nUser {BOB}\nPass {pass}\nSSLType IMAPS\n\
+CertificateFile {cert}\n\nIMAPStore remote\nAccount dev\n\nMaildirStore local\nInbox {local}/INBOX\nSubFolders Maildir++\n\nChannel sync\nFar :remote:\nNear :local:\n\
+Patterns *\nCreate Both\nExpunge Both\nSyncState *\n",
+            port = dev.port("imaps"),
+            pass = dev.password(BOB),
+            cert = dev.data.join("tls/tls.crt").display(),
+            local = local.display(),
+        ),
+    )
+    .expect("mbsyncrc");
+}
+
 fn mbsync(home: &Path) -> String {
     // -Dn: the IMAP dialogue on stdout, to see what mbsync chose (COMPRESS among others).
     run(Command::new("mbsync")
@@ -203,19 +220,7 @@ fn mbsync_and_offlineimap_agree_with_a_third_session() {
     let a = tmp.path().join("A");
     let a_mail = a.join("Mail");
     std::fs::create_dir_all(&a_mail).expect("A");
-    std::fs::write(
-        a.join("mbsyncrc"),
-        format!(
-            "IMAPAccount dev\nHost localhost\nPort {port}\nUser {BOB}\nPass {pass}\nSSLType IMAPS\n\
-CertificateFile {cert}\n\nIMAPStore remote\nAccount dev\n\nMaildirStore local\nInbox {local}/INBOX\nSubFolders Maildir++\n\nChannel sync\nFar :remote:\nNear :local:\n\
-Patterns *\nCreate Both\nExpunge Both\nSyncState *\n",
-            port = dev.port("imaps"),
-            pass = dev.password(BOB),
-            cert = cert.display(),
-            local = a_mail.display(),
-        ),
-    )
-    .expect("mbsyncrc");
+    write_mbsyncrc(&dev, &a, &a_mail);
     // Device B: offlineimap, one Maildir per folder under B/Mail.
     let b = tmp.path().join("B");
     let b_mail = b.join("Mail");
@@ -334,19 +339,7 @@ fn mbsync_syncs_both_ways() {
     let home = tmp.path().join("home");
     let local = home.join("Mail");
     std::fs::create_dir_all(&local).expect("local");
-    std::fs::write(
-        home.join("mbsyncrc"),
-        format!(
-            "IMAPAccount dev\nHost localhost\nPort {port}\nUser {BOB}\nPass {pass}\nSSLType IMAPS\n\
-CertificateFile {cert}\n\nIMAPStore remote\nAccount dev\n\nMaildirStore local\nInbox {local}/INBOX\nSubFolders Maildir++\n\nChannel sync\nFar :remote:\nNear :local:\n\
-Patterns *\nCreate Both\nExpunge Both\nSyncState *\n",
-            port = dev.port("imaps"),
-            pass = dev.password(BOB),
-            cert = dev.data.join("tls/tls.crt").display(),
-            local = local.display(),
-        ),
-    )
-    .expect("mbsyncrc");
+    write_mbsyncrc(&dev, &home, &local);
 
     let dialogue = mbsync(&home);
     // mbsync (isync 1.4) turns COMPRESS=DEFLATE on when offered: the rest of its dialogue,

@@ -125,6 +125,64 @@ fn known_charset(charset: &imap_codec::imap_types::core::Charset<'_>) -> bool {
     c.eq_ignore_ascii_case("utf-8") || c.eq_ignore_ascii_case("us-ascii")
 }
 
+/// The selected folder as SEARCH, SORT and THREAD go through it, on a blocking thread.
+struct Matching {
+    metas: Vec<MessageMeta>,
+    keywords: Vec<String>,
+    largest: (u32, u32),
+    recent: std::collections::HashSet<u32>,
+    folder: String,
+    validity: u32,
+}
+
+impl Matching {
+    fn of(selected: &Selected) -> Self {
+        Self {
+            metas: selected.messages.clone(),
+            keywords: selected.keywords.clone(),
+            largest: selected.largest(),
+            recent: selected.recent.clone(),
+            folder: selected.folder.clone(),
+            validity: selected.uid_validity,
+        }
+    }
+
+    /// Calls `found` with the sequence number, entry and bytes of every message that matches
+    /// `key`, in order; `read` gives the bytes the keys need (none, a header block, the whole
+    /// message). With `skip_gone`, a message whose bytes are gone (expunged meanwhile) is left
+    /// out rather than matched without them.
+    fn each(
+        &self,
+        key: &SearchKey<'_>,
+        read: impl Fn(&MessageMeta) -> Result<Option<Vec<u8>>, StoreError>,
+        skip_gone: bool,
+        mut found: impl FnMut(u32, &MessageMeta, Option<&[u8]>),
+    ) -> Result<(), StoreError> {
+        let sets = search::SetCache::default();
+        for (i, meta) in self.metas.iter().enumerate() {
+            let raw = read(meta)?;
+            if skip_gone && raw.is_none() {
+                continue;
+            }
+            let seq = i as u32 + 1;
+            let candidate = Candidate {
+                seq,
+                meta,
+                largest: self.largest,
+                raw: raw.as_deref(),
+                sets: &sets,
+                keywords: &self.keywords,
+                recent: self.recent.contains(&meta.uid),
+                contents: Default::default(),
+            };
+            if search::matches(key, &candidate) {
+                found(seq, meta, raw.as_deref());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What SORT or THREAD makes of the messages a search finds.
 enum Arrange {
     Sort(Vec<SortCriterion>),
@@ -2040,12 +2098,10 @@ impl Session {
             return not_selected();
         }
         let key = SearchKey::And(criteria);
-        if search::content_keys(&key) > search::MAX_CONTENT_KEYS {
-            return no(format!(
-                "[LIMIT] a SEARCH may have at most {} text, header and date keys",
-                search::MAX_CONTENT_KEYS
-            ));
-        }
+        let with_modseq = match self.check_criteria(&key) {
+            Ok(m) => m,
+            Err(refused) => return Err(refused),
+        };
         let contents = search::needs_contents(&key);
         // Header keys only: answered from the header cache, filled from the files on a miss.
         let fields = if contents {
@@ -2054,59 +2110,30 @@ impl Session {
             None
         };
         let cache = self.runtime.header_cache.clone();
-        if search::largest_modseq(&key) > MAX_MODSEQ {
-            return bad("a mod-sequence is at most 9223372036854775807");
-        }
-        if self.rev2 && search::uses_recent(&key) {
-            return bad("RECENT, NEW and OLD are not IMAP4rev2's (RFC 9051 appendix E)");
-        }
-        let with_modseq = search::uses_modseq(&key);
-        if with_modseq {
-            self.enable_condstore();
-        }
-        let Some(selected) = self.selected.as_ref() else {
+        let Some(scan) = self.selected.as_ref().map(Matching::of) else {
             return not_selected();
         };
-        let metas = selected.messages.clone();
-        let keywords = selected.keywords.clone();
-        let largest = selected.largest();
-        let recent = selected.recent.clone();
-        let folder = selected.folder.clone();
-        let validity = selected.uid_validity;
         let found = self
             .blocking(move |s, m| {
                 let mut found = Vec::new();
                 let mut modseqs: Vec<u64> = Vec::new();
-                let sets = search::SetCache::default();
-                for (i, meta) in metas.iter().enumerate() {
-                    let raw = match &fields {
-                        _ if !contents => None,
-                        Some(names) => {
-                            let key = (m.clone(), folder.clone(), validity, meta.uid);
-                            match cache.get(&key, names) {
-                                Some(block) => Some(block),
-                                None => s
-                                    .read(&m, &folder, meta)?
-                                    .map(|raw| cache.put(key, names, &raw)),
-                            }
+                let read = |meta: &MessageMeta| match &fields {
+                    _ if !contents => Ok(None),
+                    Some(names) => {
+                        let key = (m.clone(), scan.folder.clone(), scan.validity, meta.uid);
+                        match cache.get(&key, names) {
+                            Some(block) => Ok(Some(block)),
+                            None => Ok(s
+                                .read(&m, &scan.folder, meta)?
+                                .map(|raw| cache.put(key, names, &raw))),
                         }
-                        None => s.read(&m, &folder, meta)?,
-                    };
-                    let candidate = Candidate {
-                        seq: i as u32 + 1,
-                        meta,
-                        largest,
-                        raw: raw.as_deref(),
-                        sets: &sets,
-                        keywords: &keywords,
-                        recent: recent.contains(&meta.uid),
-                        contents: Default::default(),
-                    };
-                    if search::matches(&key, &candidate) {
-                        found.push(if uid { meta.uid } else { i as u32 + 1 });
-                        modseqs.push(meta.modseq);
                     }
-                }
+                    None => s.read(&m, &scan.folder, meta),
+                };
+                scan.each(&key, read, false, |seq, meta, _| {
+                    found.push(if uid { meta.uid } else { seq });
+                    modseqs.push(meta.modseq);
+                })?;
                 Ok((found, modseqs))
             })
             .await;
@@ -2165,53 +2192,20 @@ impl Session {
         uid: bool,
     ) -> Done {
         let key = SearchKey::And(criteria);
-        if search::content_keys(&key) > search::MAX_CONTENT_KEYS {
-            return no(format!(
-                "[LIMIT] at most {} text, header and date keys",
-                search::MAX_CONTENT_KEYS
-            ));
-        }
-        if search::largest_modseq(&key) > MAX_MODSEQ {
-            return bad("a mod-sequence is at most 9223372036854775807");
-        }
-        if self.rev2 && search::uses_recent(&key) {
-            return bad("RECENT, NEW and OLD are not IMAP4rev2's (RFC 9051 appendix E)");
-        }
-        let with_modseq = search::uses_modseq(&key);
-        if with_modseq {
-            self.enable_condstore();
-        }
-        let Some(selected) = self.selected.as_ref() else {
+        let with_modseq = match self.check_criteria(&key) {
+            Ok(m) => m,
+            Err(refused) => return Err(refused),
+        };
+        let Some(scan) = self.selected.as_ref().map(Matching::of) else {
             return not_selected();
         };
-        let metas = selected.messages.clone();
-        let keywords = selected.keywords.clone();
-        let largest = selected.largest();
-        let recent = selected.recent.clone();
-        let folder = selected.folder.clone();
         let found = self
             .blocking(move |s, m| {
                 let mut found = Vec::new();
-                let sets = search::SetCache::default();
-                for (i, meta) in metas.iter().enumerate() {
-                    let Some(raw) = s.read(&m, &folder, meta)? else {
-                        continue;
-                    };
-                    let seq = i as u32 + 1;
-                    let candidate = Candidate {
-                        seq,
-                        meta,
-                        largest,
-                        raw: Some(&raw),
-                        sets: &sets,
-                        keywords: &keywords,
-                        recent: recent.contains(&meta.uid),
-                        contents: Default::default(),
-                    };
-                    if search::matches(&key, &candidate) {
-                        found.push(sort::keys(seq, meta, &raw));
-                    }
-                }
+                let read = |meta: &MessageMeta| s.read(&m, &scan.folder, meta);
+                scan.each(&key, read, true, |seq, meta, raw| {
+                    found.push(sort::keys(seq, meta, raw.unwrap_or_default()));
+                })?;
                 Ok(found)
             })
             .await;
@@ -2252,6 +2246,30 @@ impl Session {
             "OK {}{name} completed",
             if uid { "UID " } else { "" }
         ))
+    }
+
+    /// What SEARCH, SORT and THREAD check of their criteria before reading anything; whether
+    /// they hold a MODSEQ key (which turns CONDSTORE on).
+    fn check_criteria(&mut self, key: &SearchKey<'_>) -> Result<bool, String> {
+        if search::content_keys(key) > search::MAX_CONTENT_KEYS {
+            return no(format!(
+                "[LIMIT] at most {} text, header and date keys",
+                search::MAX_CONTENT_KEYS
+            ))
+            .map(|_| false);
+        }
+        if search::largest_modseq(key) > MAX_MODSEQ {
+            return bad("a mod-sequence is at most 9223372036854775807").map(|_| false);
+        }
+        if self.rev2 && search::uses_recent(key) {
+            return bad("RECENT, NEW and OLD are not IMAP4rev2's (RFC 9051 appendix E)")
+                .map(|_| false);
+        }
+        let with_modseq = search::uses_modseq(key);
+        if with_modseq {
+            self.enable_condstore();
+        }
+        Ok(with_modseq)
     }
 
     async fn copy(&mut self, set: &SequenceSet, to: &Mailbox<'_>, uid: bool, moving: bool) -> Done {
