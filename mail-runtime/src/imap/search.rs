@@ -119,47 +119,72 @@ pub type HeaderKey = (String, String, u32, u32);
 
 #[derive(Debug, Default)]
 struct HeaderEntries {
-    /// The fields held for a message, and a header block of them.
-    map: std::collections::HashMap<HeaderKey, (Vec<String>, Vec<u8>)>,
+    /// Per folder (`mailbox`, `folder`, UIDVALIDITY): the fields held and every message's block
+    /// of them. One name list and one key per folder, not per message: 100,000 cached subjects
+    /// cost their own bytes and little more.
+    folders: std::collections::HashMap<(String, String, u32), FolderFields>,
     bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct FolderFields {
+    /// Every block in `blocks` holds these fields.
+    names: Vec<String>,
+    blocks: std::collections::HashMap<u32, Box<[u8]>>,
 }
 
 impl HeaderCache {
     /// Bytes of header blocks kept, all mailboxes together.
     pub const LIMIT: usize = 64 << 20;
+    /// What one cached block costs besides its bytes (map slot, allocation).
+    const OVERHEAD: usize = 48;
 
     /// A header block (`Name: value` lines, a blank line) holding at least `names` of the
     /// message, when cached.
     pub fn get(&self, key: &HeaderKey, names: &[String]) -> Option<Vec<u8>> {
         let entries = self.entries.lock().expect("header cache");
-        let (held, block) = entries.map.get(key)?;
-        names
-            .iter()
-            .all(|n| held.contains(n))
-            .then(|| block.clone())
+        let (mailbox, folder, validity, uid) = key;
+        let fields = entries
+            .folders
+            .get(&(mailbox.clone(), folder.clone(), *validity))?;
+        if !names.iter().all(|n| fields.names.contains(n)) {
+            return None;
+        }
+        fields.blocks.get(uid).map(|b| b.to_vec())
     }
 
     /// Keeps the fields `names` of a message read from `raw`; returns their header block.
+    /// Asking a folder for a field it did not hold starts its blocks over with that field too.
     pub fn put(&self, key: HeaderKey, names: &[String], raw: &[u8]) -> Vec<u8> {
         let mut entries = self.entries.lock().expect("header cache");
-        let mut held: Vec<String> = entries
-            .map
-            .get(&key)
-            .map(|e| e.0.clone())
-            .unwrap_or_default();
-        for name in names {
-            if !held.contains(name) {
-                held.push(name.clone());
+        let (mailbox, folder, validity, uid) = key;
+        let fields = entries
+            .folders
+            .entry((mailbox, folder, validity))
+            .or_default();
+        let mut dropped = 0;
+        if !names.iter().all(|n| fields.names.contains(n)) {
+            for name in names {
+                if !fields.names.contains(name) {
+                    fields.names.push(name.clone());
+                }
             }
+            dropped = fields
+                .blocks
+                .drain()
+                .map(|(_, b)| b.len() + Self::OVERHEAD)
+                .sum();
         }
-        let block = header_block(raw, &held);
-        if entries.bytes + block.len() > Self::LIMIT {
-            entries.map.clear();
+        let block = header_block(raw, &fields.names);
+        let cost = block.len() + Self::OVERHEAD;
+        let replaced = fields
+            .blocks
+            .insert(uid, block.clone().into_boxed_slice())
+            .map_or(0, |b| b.len() + Self::OVERHEAD);
+        entries.bytes = entries.bytes.saturating_sub(dropped + replaced) + cost;
+        if entries.bytes > Self::LIMIT {
+            entries.folders.clear();
             entries.bytes = 0;
-        }
-        entries.bytes += block.len();
-        if let Some((_, old)) = entries.map.insert(key, (held, block.clone())) {
-            entries.bytes = entries.bytes.saturating_sub(old.len());
         }
         block
     }
