@@ -289,10 +289,18 @@ pub fn matches(key: &SearchKey<'_>, c: &Candidate<'_>) -> bool {
         // The Date field's own calendar day, not the UTC one (RFC 9051 s6.4.4: "disregarding
         // time and timezone"): a message sent late on the 3rd in New York was sent on the 3rd.
         let parsed = c.contents.parsed.get_or_init(|| message::parse(raw));
-        parsed.date().and_then(|d| {
-            chrono::NaiveDate::from_ymd_opt(i32::from(d.year), u32::from(d.month), u32::from(d.day))
+        // Through the root part: mail-parser's `date()` panics on a message it could not parse.
+        let root = message::Node::root(parsed)?;
+        root.header("Date")
+            .and_then(|v| v.as_datetime())
+            .and_then(|d| {
+                chrono::NaiveDate::from_ymd_opt(
+                    i32::from(d.year),
+                    u32::from(d.month),
+                    u32::from(d.day),
+                )
                 .map(|date| date_day(&date))
-        })
+            })
     };
     match key {
         And(keys) => keys.as_ref().iter().all(|k| matches(k, c)),

@@ -45,6 +45,10 @@ pub struct Keys {
 /// Reads the sort and thread keys of a message.
 pub fn keys(seq: u32, meta: &MessageMeta, raw: &[u8]) -> Keys {
     let parsed = message::parse(raw);
+    // Through the root part only: mail-parser's own `from()`, `date()` ... index the first part
+    // and panic on a message it could not parse at all (an empty file; the fuzzer's first try).
+    let root = message::Node::root(&parsed);
+    let header = |name: &str| root.as_ref().and_then(|r| r.header(name));
     let mailbox = |a: Option<&mail_parser::Address<'_>>| -> (String, String) {
         let Some(first) = a.and_then(|a| a.first()) else {
             return (String::new(), String::new());
@@ -58,14 +62,17 @@ pub fn keys(seq: u32, meta: &MessageMeta, raw: &[u8]) -> Keys {
             .unwrap_or(address);
         (local.to_uppercase(), display.trim().to_uppercase())
     };
-    let (from, display_from) = mailbox(parsed.from());
-    let (to, display_to) = mailbox(parsed.to());
-    let (cc, _) = mailbox(parsed.cc());
-    let (subject, is_reply) = base_subject(parsed.subject().unwrap_or_default());
+    let (from, display_from) = mailbox(header("From").and_then(|v| v.as_address()));
+    let (to, display_to) = mailbox(header("To").and_then(|v| v.as_address()));
+    let (cc, _) = mailbox(header("Cc").and_then(|v| v.as_address()));
+    let (subject, is_reply) = base_subject(
+        header("Subject")
+            .and_then(|v| v.as_text())
+            .unwrap_or_default(),
+    );
     // Compared in i;unicode-casemap's order (RFC 5051: title case, which is upper case for
     // ASCII, so `[` and `_` sort after letters); accents are not decomposed.
     let subject = subject.to_uppercase();
-    let root = message::Node::root(&parsed);
     let ids = |name: &str| -> Vec<String> {
         root.as_ref()
             .map(|r| r.raw_values(name).into_iter().flat_map(msg_ids).collect())
@@ -82,8 +89,8 @@ pub fn keys(seq: u32, meta: &MessageMeta, raw: &[u8]) -> Keys {
         arrival: meta.internal_date,
         size: meta.size,
         modseq: meta.modseq,
-        sent: parsed
-            .date()
+        sent: header("Date")
+            .and_then(|v| v.as_datetime())
             .map(|d| d.to_timestamp())
             .unwrap_or(meta.internal_date),
         subject,
@@ -707,6 +714,23 @@ mod tests {
             message(3, "q", &[], "banana", 100),
         ];
         assert_eq!(write(&references(&keys), |i| keys[i].seq), "((3)(2)(1))");
+    }
+
+    /// The fuzzer's first input: an empty message, which mail-parser cannot parse (its own
+    /// accessors then panic). SORT and SEARCH SENTON read it as a message without fields.
+    #[test]
+    fn a_message_mail_parser_cannot_parse_has_no_keys() {
+        let meta = MessageMeta {
+            uid: 4,
+            size: 0,
+            flags: String::new(),
+            internal_date: 77,
+            file_name: "m".into(),
+            modseq: 1,
+            in_new: false,
+        };
+        let k = keys(1, &meta, b"");
+        assert_eq!((k.sent, k.subject.as_str(), k.message_id), (77, "", None));
     }
 
     #[test]
