@@ -238,6 +238,9 @@ pub fn parse(message: &[u8]) -> Parsed {
                 "SUBSCRIBED" => list.return_subscribed = true,
                 // Both are always returned.
                 "CHILDREN" | "SPECIAL-USE" => {}
+                "STATUS" if list.status.is_some() => {
+                    return bad("RETURN STATUS given twice");
+                }
                 "STATUS" => {
                     let Some(items) = options.next().and_then(|i| {
                         i.strip_prefix('(')
@@ -323,6 +326,7 @@ mod tests {
             "a LIST \"\" \"*\" RETURN (STATUS (MESSAGES NOPE))\r\n",
             "a LIST \"\" \"*\" RETURN (STATUS)\r\n",
             "a LIST \"\" \"*\" RETURN (STATUS ())\r\n",
+            "a LIST \"\" \"*\" RETURN (STATUS (MESSAGES) STATUS (UNSEEN))\r\n",
             "a LIST \"\" ()\r\n",
             "a LIST (SUBSCRIBED \"\" \"*\"\r\n",
             "a LIST (SUBSCRIBED) \"\" \"*\" trailing\r\n",

@@ -89,8 +89,18 @@ pub fn keys(seq: u32, meta: &MessageMeta, raw: &[u8]) -> Keys {
         arrival: meta.internal_date,
         size: meta.size,
         modseq: meta.modseq,
+        // A date that cannot be (day 32, 30 February) is no date: INTERNALDATE (s2.2).
         sent: header("Date")
             .and_then(|v| v.as_datetime())
+            .filter(|d| {
+                d.is_valid()
+                    && chrono::NaiveDate::from_ymd_opt(
+                        i32::from(d.year),
+                        u32::from(d.month),
+                        u32::from(d.day),
+                    )
+                    .is_some()
+            })
             .map(|d| d.to_timestamp())
             .unwrap_or(meta.internal_date),
         subject,
@@ -731,6 +741,16 @@ mod tests {
         };
         let k = keys(1, &meta, b"");
         assert_eq!((k.sent, k.subject.as_str(), k.message_id), (77, "", None));
+        // Dates that cannot be are no dates either (an outside review: they were rolled over).
+        for date in [
+            "Wed, 32 Jan 2024 10:00:00 +0000",
+            "Fri, 30 Feb 2024 10:00:00 +0000",
+        ] {
+            let raw = format!("Date: {date}\r\nSubject: x\r\n\r\nbody\r\n");
+            assert_eq!(keys(1, &meta, raw.as_bytes()).sent, 77, "{date}");
+        }
+        let raw = b"Date: Mon, 1 Jan 2024 10:20:00 +0100\r\n\r\nbody\r\n";
+        assert_eq!(keys(1, &meta, raw).sent, 1_704_100_800);
     }
 
     #[test]
