@@ -190,6 +190,32 @@ enum Arrange {
     OrderedSubject,
 }
 
+/// A folder's RFC 6154 special use (`\\Sent`), if it is one of the default folders.
+fn special_use(name: &str) -> Option<&'static str> {
+    DEFAULT_FOLDERS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
+}
+
+/// The attributes of a LIST line: `\\NonExistent` or whether it has children, `\\Subscribed`
+/// when `subscribed`, then its special use.
+fn list_attributes(name: &str, folders: &[String], subscribed: bool) -> Vec<&'static str> {
+    let prefix = format!("{name}/");
+    let mut attributes = vec![if !folders.iter().any(|f| f == name) {
+        "\\NonExistent"
+    } else if folders.iter().any(|f| f.starts_with(&prefix)) {
+        "\\HasChildren"
+    } else {
+        "\\HasNoChildren"
+    }];
+    if subscribed {
+        attributes.push("\\Subscribed");
+    }
+    attributes.extend(special_use(name));
+    attributes
+}
+
 /// One STATUS item (`MESSAGES 3`) of a folder, by its name; `None` for an unknown name.
 fn status_value(index: &crate::store::FolderIndex, name: &str) -> Option<String> {
     let count = |f: &dyn Fn(&MessageMeta) -> bool| index.messages.iter().filter(|m| f(m)).count();
@@ -1190,15 +1216,16 @@ impl Session {
         }
     }
 
+    /// The mailbox's folders and subscriptions, for LIST and LSUB.
+    async fn folders_and_subscriptions(&self) -> Result<(Vec<String>, Vec<String>), String> {
+        self.blocking(|s, m| Ok((s.folders(&m)?, s.subscriptions(&m)?)))
+            .await
+            .map_err(|e| store_failure(&e))
+    }
+
     /// LIST-EXTENDED (RFC 5258) and LIST-STATUS (RFC 5819).
     async fn extended_list(&mut self, list: ExtendedList) -> Done {
-        let listed = self
-            .blocking(|s, m| Ok((s.folders(&m)?, s.subscriptions(&m)?)))
-            .await;
-        let (folders, subscribed) = match listed {
-            Ok(l) => l,
-            Err(e) => return Err(store_failure(&e)),
-        };
+        let (folders, subscribed) = self.folders_and_subscriptions().await?;
         // (name, CHILDINFO SUBSCRIBED): every name once, in the order the patterns find them.
         let mut shown: Vec<(String, bool)> = Vec::new();
         for pattern in &list.patterns {
@@ -1232,28 +1259,12 @@ impl Session {
         }
         for (name, child_info) in shown {
             let exists = folders.contains(&name);
-            let special = DEFAULT_FOLDERS
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, s)| *s);
-            if list.special_use && special.is_none() {
+            if list.special_use && special_use(&name).is_none() {
                 continue;
             }
-            let mut attributes = Vec::new();
-            if exists {
-                let prefix = format!("{name}/");
-                attributes.push(if folders.iter().any(|f| f.starts_with(&prefix)) {
-                    "\\HasChildren"
-                } else {
-                    "\\HasNoChildren"
-                });
-            } else {
-                attributes.push("\\NonExistent");
-            }
-            if (list.subscribed || list.return_subscribed) && subscribed.contains(&name) {
-                attributes.push("\\Subscribed");
-            }
-            attributes.extend(special);
+            let shows_subscribed =
+                (list.subscribed || list.return_subscribed) && subscribed.contains(&name);
+            let attributes = list_attributes(&name, &folders, shows_subscribed);
             let mut line = format!("* LIST ({}) \"/\" ", attributes.join(" ")).into_bytes();
             write::string(&mut line, name.as_bytes());
             if child_info {
@@ -1303,13 +1314,7 @@ impl Session {
             return Ok("OK LIST completed".into());
         }
         let full = format!("{reference}{pattern}");
-        let listed = self
-            .blocking(|s, m| Ok((s.folders(&m)?, s.subscriptions(&m)?)))
-            .await;
-        let (folders, subscribed) = match listed {
-            Ok(l) => l,
-            Err(e) => return Err(store_failure(&e)),
-        };
+        let (folders, subscribed) = self.folders_and_subscriptions().await?;
         let full = canonical_inbox(&full);
         let names: Vec<&String> = if subscribed_only {
             subscribed.iter().collect()
@@ -1320,21 +1325,7 @@ impl Session {
             if !pattern_matches(full.as_bytes(), canonical_inbox(name).as_bytes()) {
                 continue;
             }
-            let mut attributes = Vec::new();
-            let exists = folders.contains(name);
-            if !exists {
-                attributes.push("\\NonExistent");
-            } else {
-                let prefix = format!("{name}/");
-                attributes.push(if folders.iter().any(|f| f.starts_with(&prefix)) {
-                    "\\HasChildren"
-                } else {
-                    "\\HasNoChildren"
-                });
-            }
-            if let Some((_, special)) = DEFAULT_FOLDERS.iter().find(|(n, _)| n == name) {
-                attributes.push(special);
-            }
+            let attributes = list_attributes(name, &folders, false);
             let mut line = format!("* {command} ({}) \"/\" ", attributes.join(" ")).into_bytes();
             write::string(&mut line, name.as_bytes());
             line.extend_from_slice(b"\r\n");
