@@ -27,4 +27,6 @@ pub mod proxy;
 pub mod runtime;
 pub mod smtp;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod tls;

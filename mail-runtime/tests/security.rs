@@ -6,7 +6,8 @@
 //! - PROXY headers from untrusted peers: `proxy_protocol.rs`;
 //! - BDAT/ENVID and relayed recipient limits: the SMTP transcripts (`src/smtp/transcripts.rs`);
 //! - what was already refused (open relay, smuggling, STARTTLS injection, login floods):
-//!   `open_relay.rs`, `smuggling.rs`, `imap_transcripts.rs`, `login_flood.rs`.
+//!   `open_relay.rs`, `smuggling.rs`, `imap_transcripts.rs`, `login_flood.rs`; hostile IMAP
+//!   input (huge literals and lines): `src/imap/transcripts.rs`.
 mod common;
 
 use std::{

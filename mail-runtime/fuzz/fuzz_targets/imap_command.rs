@@ -1,29 +1,30 @@
-//! Arbitrary bytes, cut into arbitrary reads, through the IMAP command path: imap-codec's
-//! fragmentizer and command parser as the server runs them, then what the server does with
+//! Arbitrary bytes, cut into arbitrary reads, through the IMAP command path: the driver's
+//! reader (imap-codec's fragmentizer and command parser, the bounds, extended LIST and SEARCH
+//! RETURN), before login or after as the first byte says, then what the server does with
 //! each command that needs no disk: sequence sets resolved against a folder, SEARCH keys
 //! evaluated, FETCH items rendered, LIST patterns matched, QRESYNC's known UIDs turned into
 //! VANISHED ranges. Never a panic; every FETCH response ends in CRLF; VANISHED names only known
 //! UIDs the folder does not hold.
 #![no_main]
 
-use imap_codec::{
-    CommandCodec,
-    fragmentizer::{FragmentInfo, Fragmentizer},
-    imap_types::{
-        IntoStatic,
-        command::{CommandBody, SelectParameter},
-        fetch::MacroOrMessageDataItemNames,
-        mailbox::ListMailbox,
-        search::SearchKey,
-    },
+use imap_codec::imap_types::{
+    IntoStatic,
+    command::{CommandBody, SelectParameter},
+    fetch::MacroOrMessageDataItemNames,
+    mailbox::ListMailbox,
+    search::SearchKey,
 };
 use libfuzzer_sys::fuzz_target;
 use mail_runtime::{
     imap::{
-        esearch, list_extended,
+        codec::{Input, Reader},
+        op::{
+            fetch::{SessionFlags, render_fetch},
+            list::pattern_matches,
+        },
         search::{self, Candidate},
         selected::{self, Selected},
-        server::{SessionFlags, folder_name, pattern_matches, render_fetch},
+        session::folder_name,
     },
     store::{FolderIndex, MessageMeta},
 };
@@ -59,30 +60,15 @@ fn folder() -> Selected {
 
 fuzz_target!(|data: &[u8]| {
     let selected = folder();
-    let mut fragmentizer = Fragmentizer::new(64 * 1024);
+    let logged_in = data.first().is_some_and(|b| b & 1 == 1);
+    let mut reader = Reader::new(64 * 1024);
     for chunk in data.split_inclusive(|&b| b == 0xff) {
-        fragmentizer.enqueue_bytes(chunk);
-        while let Some(fragment) = fragmentizer.progress() {
-            if matches!(
-                fragment,
-                FragmentInfo::Line {
-                    announcement: Some(_),
-                    ..
-                }
-            ) {
-                continue;
-            }
-            if !fragmentizer.is_message_complete() {
-                continue;
-            }
-            // What the session reads itself before imap-codec: extended LIST, SEARCH RETURN.
-            let _ = list_extended::parse(fragmentizer.message_bytes());
-            if let esearch::Lifted::Yes(rest, _) = esearch::lift(fragmentizer.message_bytes()) {
-                assert!(rest.len() < fragmentizer.message_bytes().len());
-            }
-            let Ok(command) = fragmentizer.decode_message(&CommandCodec::default()) else {
-                let _ = fragmentizer.decode_tag();
-                continue;
+        reader.enqueue(chunk);
+        while let Some(input) = reader.next(logged_in) {
+            let command = match input {
+                Input::Command(command, _) => *command,
+                Input::ExtendedList(_) | Input::Reply(_) => continue,
+                Input::Fatal(_) => return,
             };
             match command.body {
                 CommandBody::Fetch {
@@ -103,8 +89,19 @@ fuzz_target!(|data: &[u8]| {
                         for i in indexes {
                             let mut out = Vec::new();
                             let meta = &selected.messages[i];
-                            let shown = SessionFlags { seen_now: true, recent: i % 2 == 0 };
-                            let _ = render_fetch(&mut out, i as u32 + 1, meta, &[], Some(MESSAGE), &items, shown);
+                            let shown = SessionFlags {
+                                seen_now: true,
+                                recent: i % 2 == 0,
+                            };
+                            let _ = render_fetch(
+                                &mut out,
+                                i as u32 + 1,
+                                meta,
+                                &[],
+                                Some(MESSAGE),
+                                &items,
+                                shown,
+                            );
                             assert!(out.ends_with(b")\r\n"));
                         }
                     }
@@ -137,15 +134,24 @@ fuzz_target!(|data: &[u8]| {
                     let name = folder_name(&reference);
                     let _ = pattern_matches(&pattern, name.as_bytes());
                 }
-                CommandBody::Select { mailbox, parameters } => {
+                CommandBody::Select {
+                    mailbox,
+                    parameters,
+                } => {
                     let _ = folder_name(&mailbox);
                     for parameter in parameters {
-                        if let SelectParameter::QResync { known_uids: Some(set), .. } = parameter {
+                        if let SelectParameter::QResync {
+                            known_uids: Some(set),
+                            ..
+                        } = parameter
+                        {
                             let known = selected::ranges(&set, selected.largest().1.max(1));
                             for (a, b) in selected.vanished(&known) {
                                 assert!(a <= b && b < selected.uid_next);
                                 assert!(selected.messages.iter().all(|m| m.uid < a || m.uid > b));
-                                assert!(selected::contains(&known, a) && selected::contains(&known, b));
+                                assert!(
+                                    selected::contains(&known, a) && selected::contains(&known, b)
+                                );
                             }
                         }
                     }

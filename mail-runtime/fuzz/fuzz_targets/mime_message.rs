@@ -18,8 +18,8 @@ use imap_codec::{
 use libfuzzer_sys::fuzz_target;
 use mail_runtime::{
     imap::{
+        op::fetch::{SessionFlags, render_fetch},
         search::{self, Candidate},
-        server::{SessionFlags, render_fetch},
         sort,
     },
     store::MessageMeta,
@@ -76,7 +76,15 @@ fuzz_target!(|data: &[u8]| {
         in_new: false,
     };
     let mut out = Vec::new();
-    if render_fetch(&mut out, 1, &meta, &[], Some(data), items(), SessionFlags::default()) {
+    if render_fetch(
+        &mut out,
+        1,
+        &meta,
+        &[],
+        Some(data),
+        items(),
+        SessionFlags::default(),
+    ) {
         assert!(out.ends_with(b")\r\n"));
     }
     let candidate = Candidate {

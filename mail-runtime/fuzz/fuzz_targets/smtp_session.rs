@@ -11,7 +11,10 @@ use mail_runtime::{
         Output, Session, SessionInfo,
         session::{Delivered, LoginFailure},
     },
-    store::{FlagChange, FlagsSet, FolderIndex, MessageMeta, SpoolWriter, SpooledMessage, Store, StoreError, Usage},
+    store::{
+        FlagChange, FlagsSet, FolderIndex, MessageMeta, SpoolWriter, SpooledMessage, Store,
+        StoreError, Usage,
+    },
 };
 
 /// A store that holds nothing: the fuzz target exercises the protocol, not the disk.

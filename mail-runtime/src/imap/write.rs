@@ -146,6 +146,51 @@ pub fn range_set(ranges: &[(u32, u32)]) -> String {
     out
 }
 
+/// Whether `bytes` are well-formed IMAP responses, as imap-codec's parser (an implementation
+/// we did not write) reads them: the tests' check of everything a session said. ESEARCH, which
+/// imap-codec does not know, is skipped; a LIST line's RFC 5258 CHILDINFO item, which its
+/// parser does not know either, must be exactly RFC 5258's spelling and the rest of the line
+/// is parsed.
+pub fn check_responses(bytes: &[u8]) -> Result<(), String> {
+    use imap_codec::{ResponseCodec, decode::Decoder};
+    const CHILDINFO: &[u8] = b" (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n";
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .unwrap_or(rest.len());
+        let line = &rest[..(end + 2).min(rest.len())];
+        if rest.starts_with(b"+ ") || rest.starts_with(b"* ESEARCH") {
+            rest = &rest[line.len()..];
+            continue;
+        }
+        if rest.starts_with(b"* LIST ") && line.ends_with(CHILDINFO) {
+            let mut basic = line[..line.len() - CHILDINFO.len()].to_vec();
+            basic.extend_from_slice(b"\r\n");
+            if let Err(err) = ResponseCodec::default().decode(&basic) {
+                return Err(format!(
+                    "imap-codec rejects a LIST response ({err:?}): {}",
+                    String::from_utf8_lossy(line)
+                ));
+            }
+            rest = &rest[line.len()..];
+            continue;
+        }
+        match ResponseCodec::default().decode(rest) {
+            Ok((remaining, _)) => rest = remaining,
+            Err(err) => {
+                let end = rest.len().min(300);
+                return Err(format!(
+                    "imap-codec rejects a response ({err:?}):\n{}",
+                    String::from_utf8_lossy(&rest[..end])
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,10 +8,7 @@ use std::{collections::VecDeque, sync::Arc};
 
 use super::*;
 use crate::{
-    config::{
-        API_VERSION, DomainConfig, KIND, Limits, Listener, MailboxConfig, RawConfig, RelayConfig,
-        Security, Storage, TlsFiles,
-    },
+    config::{Limits, RawConfig},
     store::{SpoolWriter, maildir::Maildir},
 };
 
@@ -25,25 +22,8 @@ struct Harness {
     _tmp: tempfile::TempDir,
 }
 
-fn mailbox(address: &str, password: &str) -> MailboxConfig {
-    MailboxConfig {
-        address: address.into(),
-        display_name: None,
-        password_hash: bcrypt::hash(password, 4).expect("bcrypt"),
-        aliases: Vec::new(),
-        forward_to: Vec::new(),
-        keep_forwarded_copy: true,
-        quota_bytes: None,
-        protocols: vec![
-            LoginProtocol::Smtp,
-            LoginProtocol::Imap,
-            LoginProtocol::Pop3,
-        ],
-        suspended: false,
-    }
-}
-
 fn config(tmp: &std::path::Path) -> Config {
+    let mailbox = crate::testing::mailbox;
     let mut alice = mailbox("alice@example.test", "alice-pw");
     alice.aliases = vec!["postmaster@example.test".into()];
     let bob = mailbox("bob@example.test", "bob-pw");
@@ -51,45 +31,17 @@ fn config(tmp: &std::path::Path) -> Config {
     full.quota_bytes = Some(10);
     let mut imap_only = mailbox("imaponly@example.test", "imap-pw");
     imap_only.protocols = vec![LoginProtocol::Imap];
-    Config::validate(RawConfig {
-        api_version: API_VERSION.into(),
-        kind: KIND.into(),
-        revision: "t1".into(),
-        hostname: "mail.example.test".into(),
-        domains: vec![DomainConfig {
-            name: "example.test".into(),
-            aliases: vec!["example.org".into()],
-            catch_all: None,
-        }],
-        mailboxes: vec![alice, bob, full, imap_only],
-        relay: RelayConfig {
-            client_networks: vec!["192.0.2.0/24".into()],
-            ..RelayConfig::default()
-        },
-        limits: Limits {
-            max_message_size: 2048,
-            max_recipients: 3,
-            ..Limits::default()
-        },
-        tls: TlsFiles {
-            cert_file: "/unused.crt".into(),
-            key_file: "/unused.key".into(),
-        },
-        listeners: vec![Listener {
-            protocol: ListenerProtocol::Smtp,
-            address: "127.0.0.1:0".into(),
-            proxy_protocol: false,
-        }],
-        storage: Storage {
-            path: tmp.to_path_buf(),
-        },
-        security: Security::default(),
-        advertised: Default::default(),
-        dkim: None,
-        inbound: Default::default(),
-        nameservers: Vec::new(),
-    })
-    .expect("test config is valid")
+    let limits = Limits {
+        max_message_size: 2048,
+        max_recipients: 3,
+        ..Limits::default()
+    };
+    crate::testing::config(
+        tmp,
+        vec![alice, bob, full, imap_only],
+        limits,
+        ListenerProtocol::Smtp,
+    )
 }
 
 impl Harness {

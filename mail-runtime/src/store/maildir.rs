@@ -502,19 +502,18 @@ impl Store for Maildir {
                     modseq: self.next_modseq(&dir)?,
                 };
                 match self.place(&message.path, &dir, new) {
-                    Ok(sub) => touched.push((mailbox, sub)),
+                    Ok(sub) => touched.push(sub),
                     Err(err) => {
                         self.forget_uids(mailbox, INBOX);
                         return Err(err);
                     }
                 }
+                // Under the lock, as in `append`.
+                self.notify(mailbox);
                 self.add_usage(mailbox, message.size.into(), 1);
             }
-            for (_, dir) in &touched {
+            for dir in &touched {
                 sync_dir(dir)?;
-            }
-            for (mailbox, _) in touched {
-                self.notify(mailbox);
             }
             Ok(())
         })();
@@ -625,10 +624,12 @@ impl Store for Maildir {
                 modseq: self.next_modseq(&dir)?,
             };
             let sub = self.place(&message.path, &dir, new)?;
+            // Told while the lock is held: a reader that sees the message (STATUS, a scan
+            // under the lock) finds its session already told to refresh.
+            self.notify(mailbox);
             drop(serial);
             sync_dir(&sub)?;
             self.add_usage(mailbox, message.size.into(), 1);
-            self.notify(mailbox);
             Ok((validity, uid))
         })();
         let _ = fs::remove_file(&message.path);

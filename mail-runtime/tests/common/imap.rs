@@ -2,7 +2,6 @@
 //! (transcripts, attacks); every response it hears can be checked with imap-codec's parser.
 use std::time::Duration;
 
-use imap_codec::{ResponseCodec, decode::Decoder};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
@@ -174,45 +173,10 @@ impl Client {
         String::from_utf8_lossy(&self.heard).into_owned()
     }
 
-    /// Every response heard parses as IMAP (ESEARCH, which imap-codec does not know, aside;
-    /// a LIST line's RFC 5258 CHILDINFO item, which its parser does not know either, is checked
-    /// as exactly RFC 5258's example spells it and the rest of the line by imap-codec).
+    /// Every response heard parses as IMAP (see `check_responses`).
     pub fn assert_well_formed(&self) {
-        const CHILDINFO: &[u8] = b" (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n";
-        let mut rest: &[u8] = &self.heard;
-        while !rest.is_empty() {
-            if rest.starts_with(b"+ ") || rest.starts_with(b"* ESEARCH") {
-                let end = rest.windows(2).position(|w| w == b"\r\n").expect("CRLF");
-                rest = &rest[end + 2..];
-                continue;
-            }
-            let end = rest
-                .windows(2)
-                .position(|w| w == b"\r\n")
-                .unwrap_or(rest.len());
-            let line = &rest[..(end + 2).min(rest.len())];
-            if rest.starts_with(b"* LIST ") && line.ends_with(CHILDINFO) {
-                let mut basic = line[..line.len() - CHILDINFO.len()].to_vec();
-                basic.extend_from_slice(b"\r\n");
-                if let Err(err) = ResponseCodec::default().decode(&basic) {
-                    panic!(
-                        "imap-codec rejects a LIST response ({err:?}): {}",
-                        String::from_utf8_lossy(line)
-                    );
-                }
-                rest = &rest[line.len()..];
-                continue;
-            }
-            match ResponseCodec::default().decode(rest) {
-                Ok((remaining, _)) => rest = remaining,
-                Err(err) => {
-                    let end = rest.len().min(300);
-                    panic!(
-                        "imap-codec rejects a response ({err:?}):\n{}",
-                        String::from_utf8_lossy(&rest[..end])
-                    );
-                }
-            }
+        if let Err(err) = mail_runtime::imap::write::check_responses(&self.heard) {
+            panic!("{err}");
         }
     }
 }

@@ -1,0 +1,76 @@
+//! COPY and MOVE (RFC 6851), with UIDPLUS's COPYUID.
+
+use imap_codec::imap_types::{mailbox::Mailbox, sequence::SequenceSet};
+
+use crate::imap::{
+    session::{Done, Session, folder_name, no, not_selected, store_failure},
+    write,
+};
+use crate::store::{MessageMeta, StoreError};
+
+impl Session {
+    pub(in crate::imap) async fn copy(
+        &mut self,
+        set: &SequenceSet,
+        to: &Mailbox<'_>,
+        uid: bool,
+        moving: bool,
+    ) -> Done {
+        let Some(selected) = self.selected.as_ref() else {
+            return not_selected();
+        };
+        if moving && selected.read_only {
+            return no("[READ-ONLY] the folder is read-only");
+        }
+        let indexes = selected.resolve(set, uid).map_err(|e| format!("BAD {e}"))?;
+        let metas: Vec<MessageMeta> = indexes
+            .iter()
+            .map(|i| selected.messages[*i].clone())
+            .collect();
+        let what = if moving { "MOVE" } else { "COPY" };
+        if metas.is_empty() {
+            return Ok(format!("OK {what} completed (nothing matched)"));
+        }
+        if self.over_quota(metas.iter().map(|m| m.size).sum()).await {
+            return no("[OVERQUOTA] the mailbox is over its quota");
+        }
+        let from = selected.folder.clone();
+        let target = folder_name(to);
+        let moved = metas.clone();
+        let copied = self
+            .blocking(move |s, m| {
+                let copied = s.copy(&m, &from, &metas, &target)?;
+                if moving {
+                    s.expunge(&m, &from, &metas)?;
+                }
+                Ok(copied)
+            })
+            .await;
+        let (validity, pairs) = match copied {
+            Ok(c) => c,
+            Err(StoreError::NoSuchFolder(f)) => return no(format!("[TRYCREATE] no folder {f:?}")),
+            Err(e) => return Err(store_failure(&e)),
+        };
+        let source: Vec<u32> = pairs.iter().map(|(s, _)| *s).collect();
+        let target: Vec<u32> = pairs.iter().map(|(_, t)| *t).collect();
+        let code = format!(
+            "COPYUID {validity} {} {}",
+            write::sequence_set(&source),
+            write::sequence_set(&target)
+        );
+        if !moving {
+            return Ok(format!("OK [{code}] COPY completed"));
+        }
+        self.send(format!("* OK [{code}] moved\r\n"));
+        if let Some(selected) = self.selected.as_mut() {
+            let mut gone = Vec::new();
+            for m in moved.iter().rev() {
+                if let Some(i) = selected.messages.iter().position(|x| x.uid == m.uid) {
+                    gone.push((i as u32 + 1, selected.messages.remove(i).uid));
+                }
+            }
+            self.reporting.expunged(&gone, &mut self.out);
+        }
+        Ok("OK MOVE completed".into())
+    }
+}

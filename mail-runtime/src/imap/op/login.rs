@@ -1,0 +1,101 @@
+//! LOGIN and AUTHENTICATE PLAIN, with the failed-login limit.
+use std::time::Duration;
+
+use imap_codec::imap_types::auth::AuthMechanism;
+
+use crate::imap::session::{Done, Session, Step, User, bad, no};
+use crate::{auth, config::LoginProtocol};
+
+impl Session {
+    pub(in crate::imap) async fn login(&mut self, username: &str, password: &str) -> Done {
+        if self.user.is_some() {
+            return bad("already logged in");
+        }
+        if !self.tls && !self.allow_plaintext {
+            return no("[PRIVACYREQUIRED] use STARTTLS or port 993 before logging in");
+        }
+        let config = self.runtime.config.get();
+        if !self
+            .runtime
+            .auth_limiter
+            .begin(self.peer, config.raw.limits.auth_failures_per_minute)
+        {
+            return no("[UNAVAILABLE] too many failed logins, try again later");
+        }
+        let index = match auth::login(&config, username, password, LoginProtocol::Imap).await {
+            Ok(i) => {
+                self.runtime.auth_limiter.succeeded(self.peer);
+                i
+            }
+            Err(_) => {
+                crate::metrics::auth_failed("imap");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return no("[AUTHENTICATIONFAILED] invalid credentials");
+            }
+        };
+        let mailbox = config.mailbox(index);
+        let address = mailbox.address.to_ascii_lowercase();
+        self.user = Some(User {
+            address,
+            quota: mailbox.quota_bytes,
+            password_hash: mailbox.password_hash.clone(),
+        });
+        if let Err(err) = self.blocking(|s, m| s.ensure_default_folders(&m)).await {
+            tracing::warn!(error = %err, "creating the default folders failed");
+        }
+        Ok(format!("OK [CAPABILITY {}] logged in", self.capabilities()))
+    }
+
+    /// AUTHENTICATE PLAIN: `None` when the response is still to come (a continuation request
+    /// is buffered; the driver reads the line and calls [`Session::authenticate_data`]).
+    pub(in crate::imap) async fn authenticate(
+        &mut self,
+        tag: &str,
+        mechanism: AuthMechanism<'_>,
+        initial: Option<Vec<u8>>,
+    ) -> Option<Done> {
+        if !matches!(mechanism, AuthMechanism::Plain) {
+            return Some(no("unsupported mechanism; use PLAIN"));
+        }
+        if !self.tls && !self.allow_plaintext {
+            return Some(no(
+                "[PRIVACYREQUIRED] use STARTTLS or port 993 before logging in",
+            ));
+        }
+        match initial {
+            Some(response) => Some(self.plain(&response).await),
+            None => {
+                self.send("+ \r\n");
+                self.sasl = Some(tag.to_string());
+                None
+            }
+        }
+    }
+
+    /// AUTHENTICATE's response line (`None`: the client cancelled).
+    pub async fn authenticate_data(&mut self, response: Option<Vec<u8>>) -> Step {
+        let tag = self.sasl.take().unwrap_or_else(|| "*".into());
+        let done = match response {
+            Some(response) => self.plain(&response).await,
+            None => bad("authentication cancelled"),
+        };
+        match done {
+            Ok(text) | Err(text) => self.send(format!("{tag} {text}\r\n")),
+        }
+        Step::Next
+    }
+
+    /// A PLAIN response (RFC 4616): authorization identity, user, password.
+    async fn plain(&mut self, response: &[u8]) -> Done {
+        let mut fields = response.split(|b| *b == 0);
+        let (_authz, user, pass) = (fields.next(), fields.next(), fields.next());
+        match (user, pass, fields.next()) {
+            (Some(user), Some(pass), None) => {
+                let user = String::from_utf8_lossy(user).into_owned();
+                let pass = String::from_utf8_lossy(pass).into_owned();
+                self.login(&user, &pass).await
+            }
+            _ => bad("malformed PLAIN response"),
+        }
+    }
+}
