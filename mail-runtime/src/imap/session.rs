@@ -106,11 +106,21 @@ pub struct Session {
     pub(super) closed: bool,
 }
 
-/// How a command ended: the tagged status line's kind, code and text.
-pub(super) type Done = Result<String, String>;
+/// How a command ended (RFC 9051 s7.1): `Ok` holds the text after the tag's `OK` (a response
+/// code first, when there is one), `Err` says why it was not done.
+pub(super) type Done = Result<String, Refused>;
+
+/// Why a command was not done.
+#[derive(Debug)]
+pub(super) enum Refused {
+    /// `NO`: a valid command that cannot be done now or on this object.
+    No(String),
+    /// `BAD`: a protocol error (a command that makes no sense, or not in this state).
+    Bad(String),
+}
 
 pub(super) fn no(text: impl Into<String>) -> Done {
-    Err(format!("NO {}", text.into()))
+    Err(Refused::No(text.into()))
 }
 
 /// A selected-state command with no folder selected: a protocol error, so BAD (RFC 9051 s6.4,
@@ -120,22 +130,32 @@ pub(super) fn not_selected() -> Done {
 }
 
 pub(super) fn bad(text: impl Into<String>) -> Done {
-    Err(format!("BAD {}", text.into()))
+    Err(Refused::Bad(text.into()))
 }
 
-pub(super) fn store_failure(err: &StoreError) -> String {
-    match err {
-        StoreError::NoSpace => "NO [LIMIT] the mail volume is full, try again later".into(),
-        StoreError::NoSuchFolder(f) => format!("NO [NONEXISTENT] no folder {f:?}"),
-        StoreError::FolderExists(f) => format!("NO [ALREADYEXISTS] folder {f:?} already exists"),
-        StoreError::InvalidName(f) => format!("NO [CANNOT] invalid folder name {f:?}"),
-        StoreError::NotAllowed(why) => format!("NO [CANNOT] {why}"),
+/// The tagged line that ends a command.
+pub(super) fn tagged(tag: &str, done: Done) -> String {
+    match done {
+        Ok(text) => format!("{tag} OK {text}\r\n"),
+        Err(Refused::No(text)) => format!("{tag} NO {text}\r\n"),
+        Err(Refused::Bad(text)) => format!("{tag} BAD {text}\r\n"),
+    }
+}
+
+/// What a client is told when the store fails: a response code it can act on.
+pub(super) fn store_failure(err: &StoreError) -> Refused {
+    Refused::No(match err {
+        StoreError::NoSpace => "[LIMIT] the mail volume is full, try again later".into(),
+        StoreError::NoSuchFolder(f) => format!("[NONEXISTENT] no folder {f:?}"),
+        StoreError::FolderExists(f) => format!("[ALREADYEXISTS] folder {f:?} already exists"),
+        StoreError::InvalidName(f) => format!("[CANNOT] invalid folder name {f:?}"),
+        StoreError::NotAllowed(why) => format!("[CANNOT] {why}"),
         StoreError::Io(err) => {
             // The client sees a code; the operator needs the cause.
             tracing::error!(error = %err, "IMAP storage error");
-            "NO [SERVERBUG] storage error, try again later".into()
+            "[SERVERBUG] storage error, try again later".into()
         }
-    }
+    })
 }
 
 /// The folder name a client's mailbox argument stands for (INBOX in any case is INBOX).
@@ -351,7 +371,7 @@ impl Session {
         );
         let done = match command.body {
             CommandBody::Capability => self.capability(),
-            CommandBody::Noop | CommandBody::Check => Ok(format!("OK {name} completed")),
+            CommandBody::Noop | CommandBody::Check => Ok(format!("{name} completed")),
             CommandBody::Logout => self.logout(),
             CommandBody::Id { .. } => self.id(),
             CommandBody::StartTLS => return Ok(self.start_tls(&tag)),
@@ -423,11 +443,11 @@ impl Session {
             CommandBody::Expunge => self
                 .expunge_deleted(None, true)
                 .await
-                .map(|_| "OK EXPUNGE completed".into()),
+                .map(|_| "EXPUNGE completed".into()),
             CommandBody::ExpungeUid { sequence_set } => self
                 .expunge_deleted(Some(&sequence_set), true)
                 .await
-                .map(|_| "OK UID EXPUNGE completed".into()),
+                .map(|_| "UID EXPUNGE completed".into()),
             CommandBody::Fetch {
                 sequence_set,
                 macro_or_item_names,
@@ -508,9 +528,7 @@ impl Session {
         if self.selected.is_some() && !self.closed {
             self.refresh(!restricts_expunge).await;
         }
-        match done {
-            Ok(text) | Err(text) => self.send(format!("{tag} {text}\r\n")),
-        }
+        self.send(tagged(&tag, done));
         Ok(self.next_step())
     }
 

@@ -34,7 +34,7 @@ impl Session {
             })
             .await;
         match stored {
-            Ok((validity, uid)) => Ok(format!("OK [APPENDUID {validity} {uid}] APPEND completed")),
+            Ok((validity, uid)) => Ok(format!("[APPENDUID {validity} {uid}] APPEND completed")),
             Err(StoreError::NoSuchFolder(f)) => no(format!("[TRYCREATE] no folder {f:?}")),
             Err(e) => Err(store_failure(&e)),
         }

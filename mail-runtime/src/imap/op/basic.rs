@@ -6,22 +6,22 @@ impl Session {
     pub(in crate::imap) fn capability(&mut self) -> Done {
         let caps = self.capabilities();
         self.send(format!("* CAPABILITY {caps}\r\n"));
-        Ok("OK CAPABILITY completed".into())
+        Ok("CAPABILITY completed".into())
     }
 
     pub(in crate::imap) fn logout(&mut self) -> Done {
         self.send("* BYE logging out\r\n");
         self.closed = true;
-        Ok("OK LOGOUT completed".into())
+        Ok("LOGOUT completed".into())
     }
 
     pub(in crate::imap) fn id(&mut self) -> Done {
         self.send("* ID (\"name\" \"kubemail\" \"vendor\" \"kubemail\")\r\n");
-        Ok("OK ID completed".into())
+        Ok("ID completed".into())
     }
 
     pub(in crate::imap) fn namespace(&mut self) -> Done {
         self.send("* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n");
-        Ok("OK NAMESPACE completed".into())
+        Ok("NAMESPACE completed".into())
     }
 }

@@ -3,7 +3,7 @@
 use imap_codec::imap_types::{mailbox::Mailbox, sequence::SequenceSet};
 
 use crate::imap::{
-    session::{Done, Session, folder_name, no, not_selected, store_failure},
+    session::{Done, Refused, Session, folder_name, no, not_selected, store_failure},
     write,
 };
 use crate::store::{MessageMeta, StoreError};
@@ -22,14 +22,14 @@ impl Session {
         if moving && selected.read_only {
             return no("[READ-ONLY] the folder is read-only");
         }
-        let indexes = selected.resolve(set, uid).map_err(|e| format!("BAD {e}"))?;
+        let indexes = selected.resolve(set, uid).map_err(Refused::Bad)?;
         let metas: Vec<MessageMeta> = indexes
             .iter()
             .map(|i| selected.messages[*i].clone())
             .collect();
         let what = if moving { "MOVE" } else { "COPY" };
         if metas.is_empty() {
-            return Ok(format!("OK {what} completed (nothing matched)"));
+            return Ok(format!("{what} completed (nothing matched)"));
         }
         if self.over_quota(metas.iter().map(|m| m.size).sum()).await {
             return no("[OVERQUOTA] the mailbox is over its quota");
@@ -59,7 +59,7 @@ impl Session {
             write::sequence_set(&target)
         );
         if !moving {
-            return Ok(format!("OK [{code}] COPY completed"));
+            return Ok(format!("[{code}] COPY completed"));
         }
         self.send(format!("* OK [{code}] moved\r\n"));
         if let Some(selected) = self.selected.as_mut() {
@@ -71,6 +71,6 @@ impl Session {
             }
             self.reporting.expunged(&gone, &mut self.out);
         }
-        Ok("OK MOVE completed".into())
+        Ok("MOVE completed".into())
     }
 }

@@ -36,7 +36,7 @@ impl Session {
         if !enabled.is_empty() {
             self.send(format!("* ENABLED {}\r\n", enabled.join(" ")));
         }
-        "OK ENABLE completed".into()
+        "ENABLE completed".into()
     }
 
     /// CONDSTORE on, by ENABLE or by the first command that uses it (RFC 7162 s3.1). With a

@@ -2,7 +2,7 @@
 
 use imap_codec::imap_types::sequence::SequenceSet;
 
-use crate::imap::session::{Done, Session, no, not_selected, store_failure};
+use crate::imap::session::{Done, Refused, Session, no, not_selected, store_failure};
 use crate::store::MessageMeta;
 
 impl Session {
@@ -23,11 +23,7 @@ impl Session {
             };
         }
         let allowed: Option<Vec<usize>> = match only {
-            Some(set) => Some(
-                selected
-                    .resolve(set, true)
-                    .map_err(|e| format!("BAD {e}"))?,
-            ),
+            Some(set) => Some(selected.resolve(set, true).map_err(Refused::Bad)?),
             None => None,
         };
         let doomed: Vec<usize> = selected

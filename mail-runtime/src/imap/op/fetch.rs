@@ -338,7 +338,7 @@ impl Session {
             self.selected = view;
             written?;
             return Ok(Ok(format!(
-                "OK {}FETCH completed",
+                "{}FETCH completed",
                 if uid { "UID " } else { "" }
             )));
         }
@@ -497,7 +497,7 @@ impl Session {
             ));
         }
         Ok(Ok(format!(
-            "OK {}FETCH completed",
+            "{}FETCH completed",
             if uid { "UID " } else { "" }
         )))
     }

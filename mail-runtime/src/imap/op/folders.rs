@@ -10,9 +10,9 @@ impl Session {
             .await
             .map_err(|e| store_failure(&e))?;
         Ok(if on {
-            "OK SUBSCRIBE completed".into()
+            "SUBSCRIBE completed".into()
         } else {
-            "OK UNSUBSCRIBE completed".into()
+            "UNSUBSCRIBE completed".into()
         })
     }
 
@@ -21,7 +21,7 @@ impl Session {
         let folder = folder_name(mailbox).trim_end_matches('/').to_string();
         self.blocking(move |s, m| s.create_folder(&m, &folder))
             .await
-            .map(|()| "OK CREATE completed".into())
+            .map(|()| "CREATE completed".into())
             .map_err(|e| store_failure(&e))
     }
 
@@ -33,7 +33,7 @@ impl Session {
         }
         self.blocking(move |s, m| s.delete_folder(&m, &folder))
             .await
-            .map(|()| "OK DELETE completed".into())
+            .map(|()| "DELETE completed".into())
             .map_err(|e| store_failure(&e))
     }
 
@@ -41,7 +41,7 @@ impl Session {
         let (from, to) = (folder_name(from), folder_name(to));
         self.blocking(move |s, m| s.rename_folder(&m, &from, &to))
             .await
-            .map(|()| "OK RENAME completed".into())
+            .map(|()| "RENAME completed".into())
             .map_err(|e| store_failure(&e))
     }
 }

@@ -6,7 +6,7 @@ use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox};
 use crate::imap::{
     list_extended::ExtendedList,
     op::status::status_value,
-    session::{Done, Session, canonical_inbox, store_failure},
+    session::{Done, Refused, Session, canonical_inbox, store_failure, tagged},
     write,
 };
 use crate::store::{DEFAULT_FOLDERS, INBOX};
@@ -84,15 +84,13 @@ impl Session {
         if self.selected.is_some() && !self.closed {
             self.refresh(true).await;
         }
-        match done {
-            Ok(text) | Err(text) => self.send(format!("{tag} {text}\r\n")),
-        }
+        self.send(tagged(&tag, done));
     }
 
     /// The mailbox's folders and subscriptions, for LIST and LSUB.
     pub(in crate::imap) async fn folders_and_subscriptions(
         &self,
-    ) -> Result<(Vec<String>, Vec<String>), String> {
+    ) -> Result<(Vec<String>, Vec<String>), Refused> {
         self.blocking(|s, m| Ok((s.folders(&m)?, s.subscriptions(&m)?)))
             .await
             .map_err(|e| store_failure(&e))
@@ -166,7 +164,7 @@ impl Session {
                 self.send(line);
             }
         }
-        Ok("OK LIST completed".into())
+        Ok("LIST completed".into())
     }
 
     pub(in crate::imap) async fn list(
@@ -186,7 +184,7 @@ impl Session {
         let command = if subscribed_only { "LSUB" } else { "LIST" };
         if pattern.is_empty() && !subscribed_only {
             self.send("* LIST (\\Noselect) \"/\" \"\"\r\n");
-            return Ok("OK LIST completed".into());
+            return Ok("LIST completed".into());
         }
         let full = format!("{reference}{pattern}");
         let (folders, subscribed) = self.folders_and_subscriptions().await?;
@@ -229,7 +227,7 @@ impl Session {
                 self.send(line);
             }
         }
-        Ok(format!("OK {command} completed"))
+        Ok(format!("{command} completed"))
     }
 }
 

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use imap_codec::imap_types::auth::AuthMechanism;
 
-use crate::imap::session::{Done, Session, Step, User, bad, no};
+use crate::imap::session::{Done, Session, Step, User, bad, no, tagged};
 use crate::{auth, config::LoginProtocol};
 
 impl Session {
@@ -43,7 +43,7 @@ impl Session {
         if let Err(err) = self.blocking(|s, m| s.ensure_default_folders(&m)).await {
             tracing::warn!(error = %err, "creating the default folders failed");
         }
-        Ok(format!("OK [CAPABILITY {}] logged in", self.capabilities()))
+        Ok(format!("[CAPABILITY {}] logged in", self.capabilities()))
     }
 
     /// AUTHENTICATE PLAIN: `None` when the response is still to come (a continuation request
@@ -79,9 +79,7 @@ impl Session {
             Some(response) => self.plain(&response).await,
             None => bad("authentication cancelled"),
         };
-        match done {
-            Ok(text) | Err(text) => self.send(format!("{tag} {text}\r\n")),
-        }
+        self.send(tagged(&tag, done));
         Step::Next
     }
 

@@ -43,13 +43,13 @@ impl Session {
         } else {
             self.send(format!("* QUOTAROOT {line}\r\n"));
         }
-        Ok("OK GETQUOTAROOT completed".into())
+        Ok("GETQUOTAROOT completed".into())
     }
 
     pub(in crate::imap) async fn get_quota(&mut self, root: &[u8]) -> Done {
         if root.is_empty() && self.user.as_ref().and_then(|u| u.quota).is_some() {
             self.quota().await;
-            Ok("OK GETQUOTA completed".into())
+            Ok("GETQUOTA completed".into())
         } else {
             no("[NONEXISTENT] no such quota root")
         }

@@ -8,7 +8,7 @@ use crate::imap::{
     esearch::{self, ReturnOptions},
     search::{self, Candidate},
     selected::Selected,
-    session::{Done, MAX_MODSEQ, Session, bad, no, not_selected, store_failure},
+    session::{Done, MAX_MODSEQ, Refused, Session, bad, no, not_selected, store_failure},
     sort, write,
 };
 use crate::store::{MessageMeta, StoreError};
@@ -181,10 +181,7 @@ impl Session {
             let modseq = modseq.map(|n| format!(" (MODSEQ {n})")).unwrap_or_default();
             self.send(format!("* SEARCH{list}{modseq}\r\n"));
         }
-        Ok(format!(
-            "OK {}SEARCH completed",
-            if uid { "UID " } else { "" }
-        ))
+        Ok(format!("{}SEARCH completed", if uid { "UID " } else { "" }))
     }
 
     /// SORT and THREAD (RFC 5256): the messages the criteria find, read once each for their
@@ -250,15 +247,12 @@ impl Session {
             }
         };
         self.send(line);
-        Ok(format!(
-            "OK {}{name} completed",
-            if uid { "UID " } else { "" }
-        ))
+        Ok(format!("{}{name} completed", if uid { "UID " } else { "" }))
     }
 
     /// What SEARCH, SORT and THREAD check of their criteria before reading anything; whether
     /// they hold a MODSEQ key (which turns CONDSTORE on).
-    pub(in crate::imap) fn check_criteria(&mut self, key: &SearchKey<'_>) -> Result<bool, String> {
+    pub(in crate::imap) fn check_criteria(&mut self, key: &SearchKey<'_>) -> Result<bool, Refused> {
         if search::content_keys(key) > search::MAX_CONTENT_KEYS {
             return no(format!(
                 "[LIMIT] at most {} text, header and date keys",

@@ -153,9 +153,9 @@ impl Session {
         self.selected = Some(selected);
         self.changes = Some(changes);
         Ok(if read_only {
-            "OK [READ-ONLY] EXAMINE completed".into()
+            "[READ-ONLY] EXAMINE completed".into()
         } else {
-            "OK [READ-WRITE] SELECT completed".into()
+            "[READ-WRITE] SELECT completed".into()
         })
     }
 
@@ -164,13 +164,13 @@ impl Session {
         let expunged = self.expunge_deleted(None, false).await;
         self.selected = None;
         self.changes = None;
-        expunged.map(|_| "OK CLOSE completed".into())
+        expunged.map(|_| "CLOSE completed".into())
     }
 
     /// UNSELECT (RFC 3691): closed, nothing expunged.
     pub(in crate::imap) fn unselect(&mut self) -> Done {
         self.selected = None;
         self.changes = None;
-        Ok("OK UNSELECT completed".into())
+        Ok("UNSELECT completed".into())
     }
 }

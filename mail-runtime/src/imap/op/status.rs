@@ -79,6 +79,6 @@ impl Session {
         write::string(&mut line, folder.as_bytes());
         line.extend_from_slice(format!(" ({})\r\n", parts.join(" ")).as_bytes());
         self.send(line);
-        Ok("OK STATUS completed".into())
+        Ok("STATUS completed".into())
     }
 }

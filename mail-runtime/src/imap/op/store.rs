@@ -6,7 +6,7 @@ use imap_codec::imap_types::{
 };
 
 use crate::imap::{
-    session::{Done, MAX_MODSEQ, Session, bad, no, not_selected, store_failure},
+    session::{Done, MAX_MODSEQ, Refused, Session, bad, no, not_selected, store_failure},
     write,
 };
 use crate::store::{FlagChange, FlagsSet, MessageMeta};
@@ -71,7 +71,7 @@ impl Session {
         if selected.read_only {
             return no("[READ-ONLY] the folder is read-only");
         }
-        let indexes = selected.resolve(set, uid).map_err(|e| format!("BAD {e}"))?;
+        let indexes = selected.resolve(set, uid).map_err(Refused::Bad)?;
         let (given, keywords) = letters(flags);
         let removing = kind == StoreType::Remove;
         let messages: Vec<MessageMeta> = indexes
@@ -161,10 +161,10 @@ impl Session {
         } else {
             Vec::new()
         };
-        let verdict = if gone.is_empty() { "OK" } else { "NO" };
+        let expunged_meanwhile = !gone.is_empty();
         let modified: Vec<u32> = modified.into_iter().chain(gone.iter().copied()).collect();
         if modified.is_empty() {
-            return Ok(format!("OK {what} completed"));
+            return Ok(format!("{what} completed"));
         }
         // Left alone because they changed after UNCHANGEDSINCE: by UID for UID STORE, else
         // by sequence number.
@@ -183,10 +183,12 @@ impl Session {
             "[MODIFIED {}] {what} completed, conditional STORE failed for some",
             write::sequence_set(&numbers)
         );
-        if verdict == "NO" {
-            Err(format!("NO {text}; some of the messages no longer exist"))
+        if expunged_meanwhile {
+            Err(Refused::No(format!(
+                "{text}; some of the messages no longer exist"
+            )))
         } else {
-            Ok(format!("OK {text}"))
+            Ok(text)
         }
     }
 }
