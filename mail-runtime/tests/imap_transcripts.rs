@@ -218,6 +218,18 @@ fn compress_deflate_carries_a_session_and_survives_a_bomb() {
     }
     assert_eq!(session["fetched_intact"], true, "{session}");
 
+    // A command sent in the clear before COMPRESS's OK is dropped, as one sent behind STARTTLS
+    // is: it was neither compressed nor allowed (RFC 4978 s3), and the session goes on.
+    let pipelined = script("pipelined");
+    assert!(
+        pipelined["after"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("c OK"),
+        "{pipelined}"
+    );
+    assert_eq!(pipelined["pipelined_answered"], false, "{pipelined}");
+
     let bomb = script("bomb");
     let answer = bomb["bomb_answer"].as_str().unwrap_or("");
     assert!(!answer.contains("h OK"), "a 200 MB line was taken: {bomb}");

@@ -2,29 +2,30 @@
 //! reader (imap-codec's fragmentizer and command parser, the bounds, extended LIST and SEARCH
 //! RETURN), before login or after as the first byte says, then what the server does with
 //! each command that needs no disk: sequence sets resolved against a folder, SEARCH keys
-//! evaluated, FETCH items rendered, LIST patterns matched, QRESYNC's known UIDs turned into
-//! VANISHED ranges. Never a panic; every FETCH response ends in CRLF; VANISHED names only known
-//! UIDs the folder does not hold.
+//! evaluated, FETCH items rendered, LIST patterns matched, folder names through modified
+//! UTF-7, QRESYNC's known UIDs turned into VANISHED ranges. Never a panic; every FETCH response
+//! ends in CRLF; VANISHED names only known UIDs the folder does not hold; a folder name has one
+//! modified UTF-7 spelling.
 #![no_main]
 
 use imap_codec::imap_types::{
     IntoStatic,
     command::{CommandBody, SelectParameter},
     fetch::MacroOrMessageDataItemNames,
-    mailbox::ListMailbox,
+    mailbox::{ListMailbox, Mailbox},
     search::SearchKey,
 };
 use libfuzzer_sys::fuzz_target;
 use mail_runtime::{
     imap::{
         codec::{Input, Reader},
+        mutf7,
         op::{
             fetch::{SessionFlags, render_fetch},
             list::pattern_matches,
         },
         search::{self, Candidate},
         selected::{self, Selected},
-        session::folder_name,
     },
     store::{FolderIndex, MessageMeta},
 };
@@ -56,6 +57,28 @@ fn folder() -> Selected {
             highest_modseq: 1,
         },
     )
+}
+
+fn folder_bytes(mailbox: &Mailbox<'_>) -> Vec<u8> {
+    match mailbox {
+        Mailbox::Inbox => b"INBOX".to_vec(),
+        Mailbox::Other(other) => other.as_ref().to_vec(),
+    }
+}
+
+/// A folder name in modified UTF-7 has one spelling: what decodes encodes back to itself, and
+/// what a UTF-8 name encodes to decodes back to it.
+fn one_spelling(mailbox: &Mailbox<'_>) {
+    let Ok(name) = String::from_utf8(folder_bytes(mailbox)) else {
+        return;
+    };
+    if let Some(utf8) = mutf7::decode(&name) {
+        assert_eq!(mutf7::encode(&utf8), name);
+    }
+    assert_eq!(
+        mutf7::decode(&mutf7::encode(&name)).as_deref(),
+        Some(name.as_str())
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -131,14 +154,13 @@ fuzz_target!(|data: &[u8]| {
                         ListMailbox::Token(t) => t.as_ref().to_vec(),
                         ListMailbox::String(s) => s.as_ref().to_vec(),
                     };
-                    let name = folder_name(&reference);
-                    let _ = pattern_matches(&pattern, name.as_bytes());
+                    let _ = pattern_matches(&pattern, &folder_bytes(&reference));
                 }
                 CommandBody::Select {
                     mailbox,
                     parameters,
                 } => {
-                    let _ = folder_name(&mailbox);
+                    one_spelling(&mailbox);
                     for parameter in parameters {
                         if let SelectParameter::QResync {
                             known_uids: Some(set),
@@ -156,9 +178,7 @@ fuzz_target!(|data: &[u8]| {
                         }
                     }
                 }
-                CommandBody::Create { mailbox } => {
-                    let _ = folder_name(&mailbox);
-                }
+                CommandBody::Create { mailbox } => one_spelling(&mailbox),
                 _ => {}
             }
         }

@@ -15,6 +15,7 @@ pub mod codec;
 pub mod esearch;
 pub mod list_extended;
 pub mod message;
+pub mod mutf7;
 pub mod op;
 pub mod search;
 pub mod selected;

@@ -108,6 +108,9 @@ async fn drive(accepted: Accepted, listener: &Listener, runtime: Runtime) -> io:
                 }
                 Step::Compress => {
                     conn.start_deflate();
+                    // What the client sent before the OK was not compressed, and RFC 4978 says
+                    // to wait for it: dropped, as after STARTTLS, rather than inflated.
+                    reader.reset();
                     break;
                 }
                 Step::SaslData => match sasl_line(&mut conn, &mut reader, command_timeout).await? {

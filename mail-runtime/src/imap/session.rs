@@ -12,7 +12,7 @@
 //!                                         |  \--op/<command>.rs
 //!                                         \--store (blocking thread)
 //! ```
-use std::{io, net::IpAddr, sync::Arc, time::Duration};
+use std::{borrow::Cow, io, net::IpAddr, sync::Arc, time::Duration};
 
 use imap_codec::imap_types::{
     command::{Command, CommandBody, StoreModifier},
@@ -158,14 +158,6 @@ pub(super) fn store_failure(err: &StoreError) -> Refused {
     })
 }
 
-/// The folder name a client's mailbox argument stands for (INBOX in any case is INBOX).
-pub fn folder_name(mailbox: &Mailbox<'_>) -> String {
-    match mailbox {
-        Mailbox::Inbox => INBOX.to_string(),
-        Mailbox::Other(other) => canonical_inbox(&String::from_utf8_lossy(other.as_ref())),
-    }
-}
-
 /// A name with INBOX (and INBOX's children) spelled the one way: INBOX is case-insensitive.
 pub(super) fn canonical_inbox(name: &str) -> String {
     match name.split_once('/') {
@@ -282,6 +274,38 @@ impl Session {
             ]);
         }
         caps.join(" ")
+    }
+
+    /// The store's name (modified UTF-7, see [`super::mutf7`]) of a client's mailbox
+    /// argument: an IMAP4rev2 client's UTF-8 is converted; an IMAP4rev1 client's must already
+    /// be modified UTF-7, so that one folder has one name.
+    pub(super) fn folder(&self, mailbox: &Mailbox<'_>) -> Result<String, Refused> {
+        let Mailbox::Other(other) = mailbox else {
+            return Ok(INBOX.to_string());
+        };
+        let Ok(name) = std::str::from_utf8(other.as_ref()) else {
+            return Err(Refused::Bad("a folder name is UTF-8".into()));
+        };
+        let name = canonical_inbox(name);
+        if self.rev2 {
+            Ok(super::mutf7::encode(&name))
+        } else if super::mutf7::decode(&name).is_some() {
+            Ok(name)
+        } else {
+            Err(Refused::No(
+                "[CANNOT] folder names are modified UTF-7 (RFC 3501 s5.1.3); UTF-8 after \
+                 ENABLE IMAP4rev2"
+                    .into(),
+            ))
+        }
+    }
+
+    /// A stored folder name as this client reads it: UTF-8 for IMAP4rev2, as stored otherwise.
+    pub(super) fn shown<'a>(&self, stored: &'a str) -> Cow<'a, str> {
+        match self.rev2.then(|| super::mutf7::decode(stored)).flatten() {
+            Some(utf8) => Cow::Owned(utf8),
+            None => Cow::Borrowed(stored),
+        }
     }
 
     /// Buffers an answer.

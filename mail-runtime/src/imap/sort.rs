@@ -42,6 +42,38 @@ pub struct Keys {
     pub references: Vec<String>,
 }
 
+/// A string in i;unicode-casemap's form (RFC 5051), compared as bytes: each character's title
+/// case (upper case here: they differ only for a few digraphs such as `ǅ`), then its
+/// decomposition, again until nothing changes. `[` and `_` sort after letters, `é` with `e`
+/// (just after it), `ﬁ` as `FI`.
+pub fn casemap(text: &str) -> String {
+    let decompose = icu_normalizer::DecomposingNormalizerBorrowed::new_nfkd();
+    let mut out = text.to_uppercase();
+    // Twice is enough for any character; a third round would change nothing.
+    for _ in 0..2 {
+        let next = decompose.normalize(&out).to_uppercase();
+        if next == out {
+            break;
+        }
+        out = next;
+    }
+    out
+}
+
+/// Whether a Date field's zone (`+hhmm`, the last such word) has more than 23 hours or 59
+/// minutes.
+fn impossible_zone(raw: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(raw);
+    let zone = text
+        .split(|c: char| c.is_whitespace() || c == '(')
+        .rfind(|w| {
+            w.len() == 5
+                && (w.starts_with('+') || w.starts_with('-'))
+                && w[1..].bytes().all(|b| b.is_ascii_digit())
+        });
+    zone.is_some_and(|z| z[1..3] > *"23" || z[3..5] > *"59")
+}
+
 /// Reads the sort and thread keys of a message.
 pub fn keys(seq: u32, meta: &MessageMeta, raw: &[u8]) -> Keys {
     let parsed = message::parse(raw);
@@ -60,7 +92,7 @@ pub fn keys(seq: u32, meta: &MessageMeta, raw: &[u8]) -> Keys {
             .as_deref()
             .filter(|n| !n.trim().is_empty())
             .unwrap_or(address);
-        (local.to_uppercase(), display.trim().to_uppercase())
+        (casemap(local), casemap(display.trim()))
     };
     let (from, display_from) = mailbox(header("From").and_then(|v| v.as_address()));
     let (to, display_to) = mailbox(header("To").and_then(|v| v.as_address()));
@@ -70,9 +102,7 @@ pub fn keys(seq: u32, meta: &MessageMeta, raw: &[u8]) -> Keys {
             .and_then(|v| v.as_text())
             .unwrap_or_default(),
     );
-    // Compared in i;unicode-casemap's order (RFC 5051: title case, which is upper case for
-    // ASCII, so `[` and `_` sort after letters); accents are not decomposed.
-    let subject = subject.to_uppercase();
+    let subject = casemap(&subject);
     let ids = |name: &str| -> Vec<String> {
         root.as_ref()
             .map(|r| r.raw_values(name).into_iter().flat_map(msg_ids).collect())
@@ -101,7 +131,19 @@ pub fn keys(seq: u32, meta: &MessageMeta, raw: &[u8]) -> Keys {
                     )
                     .is_some()
             })
-            .map(|d| d.to_timestamp())
+            .map(|d| {
+                let mut d = *d;
+                // mail-parser wraps a zone that cannot be (+9999 reads as +0339): such a zone
+                // is no zone, and the time is UTC's.
+                let raw = root
+                    .as_ref()
+                    .and_then(|r| r.raw_values("Date").into_iter().next())
+                    .unwrap_or_default();
+                if impossible_zone(raw) {
+                    (d.tz_hour, d.tz_minute, d.tz_before_gmt) = (0, 0, false);
+                }
+                d.to_timestamp()
+            })
             .unwrap_or(meta.internal_date),
         subject,
         is_reply,
@@ -751,6 +793,36 @@ mod tests {
         }
         let raw = b"Date: Mon, 1 Jan 2024 10:20:00 +0100\r\n\r\nbody\r\n";
         assert_eq!(keys(1, &meta, raw).sent, 1_704_100_800);
+        // An impossible zone is UTC (an outside review: mail-parser read +9999 as 99 hours).
+        let raw = b"Date: Mon, 1 Jan 2024 09:20:00 +9999\r\n\r\nbody\r\n";
+        assert_eq!(keys(1, &meta, raw).sent, 1_704_100_800);
+    }
+
+    /// i;unicode-casemap (an outside review: accented subjects sorted after Z).
+    #[test]
+    fn accents_sort_beside_their_letters_and_case_is_ignored() {
+        let mut subjects = [
+            "Zebra",
+            "\u{c9}cole",
+            "ecole",
+            "Eagle",
+            "\u{e9}clair",
+            "\u{fb01}sh",
+        ];
+        subjects.sort_by_key(|s| casemap(s));
+        assert_eq!(
+            subjects,
+            [
+                "Eagle",
+                "ecole",
+                "\u{e9}clair",
+                "\u{c9}cole",
+                "\u{fb01}sh",
+                "Zebra"
+            ]
+        );
+        assert_eq!(casemap("\u{e9}COLE"), casemap("\u{c9}cole"));
+        assert!(casemap("[x]") > casemap("ZZ"));
     }
 
     #[test]

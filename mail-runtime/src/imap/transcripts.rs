@@ -1538,3 +1538,92 @@ async fn continuations_idle_and_pipelining_go_through_the_driver_steps() {
     assert!(c.command("k", "NOOP").await.contains("k OK"));
     c.assert_well_formed();
 }
+
+/// Folder names (from a review of issue 15): an IMAP4rev1 client names folders in modified
+/// UTF-7 and an IMAP4rev2 client in UTF-8, and both must reach the same folder; the store keeps
+/// modified UTF-7 on disk, as Dovecot's Maildir++ does.
+#[tokio::test]
+async fn folder_names_are_modified_utf7_to_imap4rev1_and_utf8_to_imap4rev2() {
+    let server = Server::start();
+    let mut old = server.login(BOB).await;
+    let mut new = server.login(BOB).await;
+    assert!(new.command("a", "ENABLE IMAP4rev2").await.contains("a OK"));
+
+    // RFC 3501's example, created by the old client, listed in UTF-8 to the new one.
+    let created = old.command("b", "CREATE \"&ZeVnLIqe-\"").await;
+    assert!(created.contains("b OK"), "{created}");
+    let list = new.command("c", "LIST \"\" *").await;
+    // Not printable ASCII: a literal (RFC 9051 allows it quoted as well).
+    assert!(
+        list.contains("\"/\" {9}\n\u{65e5}\u{672c}\u{8a9e}"),
+        "{list}"
+    );
+    assert!(!list.contains("&ZeVnLIqe-"), "{list}");
+
+    // Created in UTF-8 by the new client (quoted, and as a literal), seen in modified UTF-7 by
+    // the old one; a pattern in UTF-8 matches.
+    let created = new.command("d", "CREATE \"Gr\u{fc}\u{df}e\"").await;
+    assert!(created.contains("d OK"), "{created}");
+    let created = new
+        .command_with_literal("e", "CREATE", "\u{e9}t\u{e9}/Juin".as_bytes())
+        .await;
+    assert!(created.contains("e OK"), "{created}");
+    let list = old.command("f", "LIST \"\" *").await;
+    for name in ["\"Gr&APwA3w-e\"", "\"&AOk-t&AOk-\"", "\"&AOk-t&AOk-/Juin\""] {
+        assert!(list.contains(name), "{name} missing: {list}");
+    }
+    let list = new.command("g", "LIST \"\" \"\u{e9}t\u{e9}/%\"").await;
+    assert!(list.contains("{10}\n\u{e9}t\u{e9}/Juin"), "{list}");
+
+    // One folder under both names: APPENDed to by one client, counted by the other.
+    let appended = new
+        .command_with_literal(
+            "h",
+            "APPEND \"Gr\u{fc}\u{df}e\"",
+            b"Subject: x\r\n\r\nx\r\n",
+        )
+        .await;
+    assert!(appended.contains("h OK"), "{appended}");
+    let status = old.command("i", "STATUS \"Gr&APwA3w-e\" (MESSAGES)").await;
+    assert!(
+        status.contains("* STATUS \"Gr&APwA3w-e\" (MESSAGES 1)"),
+        "{status}"
+    );
+    let status = new
+        .command("j", "STATUS \"Gr\u{fc}\u{df}e\" (MESSAGES)")
+        .await;
+    assert!(
+        status.contains("* STATUS {7}\nGr\u{fc}\u{df}e (MESSAGES 1)"),
+        "{status}"
+    );
+    let selected = new.command("k", "SELECT \"Gr\u{fc}\u{df}e\"").await;
+    assert!(
+        selected.contains("* LIST () \"/\" {7}\nGr\u{fc}\u{df}e"),
+        "{selected}"
+    );
+
+    // The old client may not use what is not modified UTF-7: raw UTF-8, a bare `&`. A `&`
+    // spelled `&-` is one.
+    let raw = old
+        .command_with_literal("l", "CREATE", "Gr\u{fc}\u{df}e2".as_bytes())
+        .await;
+    assert!(raw.contains("l NO [CANNOT]"), "{raw}");
+    let bare = old.command("m", "CREATE \"Tom & Jerry\"").await;
+    assert!(bare.contains("m NO [CANNOT]"), "{bare}");
+    assert!(
+        old.command("n", "CREATE \"Tom &- Jerry\"")
+            .await
+            .contains("n OK")
+    );
+    let list = new.command("o", "LIST \"\" Tom*").await;
+    assert!(list.contains("\"Tom & Jerry\""), "{list}");
+
+    // On disk, Dovecot's spelling: `.Gr&APwA3w-e`, `.&AOk-t&AOk-.Juin`.
+    let folders = server.runtime.store.folders(BOB).expect("folders");
+    for name in ["Gr&APwA3w-e", "&AOk-t&AOk-/Juin", "Tom &- Jerry"] {
+        assert!(folders.iter().any(|f| f == name), "{name}: {folders:?}");
+    }
+    assert!(!folders.iter().any(|f| f.contains('\u{fc}')), "{folders:?}");
+    old.assert_well_formed();
+    new.assert_well_formed();
+}

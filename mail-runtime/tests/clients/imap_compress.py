@@ -6,6 +6,8 @@ usage: imap_compress.py HOST IMAPS_PORT USER PASSWORD MODE
   MODE session: SELECT, FETCH and APPEND through DEFLATE, COMPRESS again refused
   MODE bomb:    200 MB of one line, 200 KB compressed: the server must end the session, not
                 inflate it into memory
+  MODE pipelined: a NOOP sent in the clear behind COMPRESS, before its OK (RFC 4978 says wait):
+                dropped, not inflated as garbage, and the compressed session goes on
 """
 import json
 import socket
@@ -33,7 +35,7 @@ def until(tag, read):
 plain.readline()
 sock.sendall(b"a LOGIN %s %s\r\n" % (USER.encode(), PASSWORD.encode()))
 until(b"a", plain.readline)
-sock.sendall(b"b COMPRESS DEFLATE\r\n")
+sock.sendall(b"b COMPRESS DEFLATE\r\n" + (b"x NOOP\r\n" if MODE == "pipelined" else b""))
 started = until(b"b", plain.readline)
 assert b"b OK" in started, started
 
@@ -87,6 +89,11 @@ if MODE == "session":
     result["again"] = until(b"f", readline).decode().strip().splitlines()[-1]
     send(b"g LOGOUT\r\n")
     result["logout"] = until(b"g", readline).decode().strip().splitlines()[-1]
+elif MODE == "pipelined":
+    send(b"c NOOP\r\n")
+    heard = until(b"c", readline)
+    result["after"] = heard.decode(errors="replace").strip().splitlines()[-1]
+    result["pipelined_answered"] = b"x " in heard
 else:
     # One line of 200 MB, sent compressed in pieces; the server ends the session at its line
     # limit, and what it inflated is bounded by that limit, not by what was sent.

@@ -5,7 +5,7 @@ use imap_codec::imap_types::{flag::Flag, mailbox::Mailbox};
 
 use crate::imap::{
     op::store::letters,
-    session::{Done, Session, folder_name, no, store_failure},
+    session::{Done, Session, no, store_failure},
 };
 use crate::store::{FlagChange, StoreError};
 
@@ -17,7 +17,7 @@ impl Session {
         date: Option<i64>,
         bytes: Cow<'static, [u8]>,
     ) -> Done {
-        let folder = folder_name(mailbox);
+        let folder = self.folder(mailbox)?;
         if self.over_quota(bytes.len() as u64).await {
             return no("[OVERQUOTA] the mailbox is over its quota");
         }

@@ -3,7 +3,7 @@
 use imap_codec::imap_types::{mailbox::Mailbox, sequence::SequenceSet};
 
 use crate::imap::{
-    session::{Done, Refused, Session, folder_name, no, not_selected, store_failure},
+    session::{Done, Refused, Session, no, not_selected, store_failure},
     write,
 };
 use crate::store::{MessageMeta, StoreError};
@@ -35,7 +35,7 @@ impl Session {
             return no("[OVERQUOTA] the mailbox is over its quota");
         }
         let from = selected.folder.clone();
-        let target = folder_name(to);
+        let target = self.folder(to)?;
         let moved = metas.clone();
         let copied = self
             .blocking(move |s, m| {

@@ -107,8 +107,10 @@ impl Session {
                 continue;
             }
             let full = canonical_inbox(&format!("{}{pattern}", list.reference));
-            let matches =
-                |name: &str| pattern_matches(full.as_bytes(), canonical_inbox(name).as_bytes());
+            let matches = |name: &str| {
+                let name = canonical_inbox(&self.shown(name));
+                pattern_matches(full.as_bytes(), name.as_bytes())
+            };
             let candidates = if list.subscribed {
                 &subscribed
             } else {
@@ -139,7 +141,7 @@ impl Session {
                 (list.subscribed || list.return_subscribed) && subscribed.contains(&name);
             let attributes = list_attributes(&name, &folders, shows_subscribed);
             let mut line = format!("* LIST ({}) \"/\" ", attributes.join(" ")).into_bytes();
-            write::string(&mut line, name.as_bytes());
+            write::string(&mut line, self.shown(&name).as_bytes());
             if child_info {
                 line.extend_from_slice(b" (\"CHILDINFO\" (\"SUBSCRIBED\"))");
             }
@@ -159,7 +161,7 @@ impl Session {
                     .filter_map(|i| status_value(&index, i))
                     .collect();
                 let mut line = b"* STATUS ".to_vec();
-                write::string(&mut line, name.as_bytes());
+                write::string(&mut line, self.shown(&name).as_bytes());
                 line.extend_from_slice(format!(" ({})\r\n", values.join(" ")).as_bytes());
                 self.send(line);
             }
@@ -195,12 +197,13 @@ impl Session {
             folders.iter().collect()
         };
         for name in names {
-            if !pattern_matches(full.as_bytes(), canonical_inbox(name).as_bytes()) {
+            let shown = self.shown(name);
+            if !pattern_matches(full.as_bytes(), canonical_inbox(&shown).as_bytes()) {
                 continue;
             }
             let attributes = list_attributes(name, &folders, false);
             let mut line = format!("* {command} ({}) \"/\" ", attributes.join(" ")).into_bytes();
-            write::string(&mut line, name.as_bytes());
+            write::string(&mut line, shown.as_bytes());
             line.extend_from_slice(b"\r\n");
             self.send(line);
         }
@@ -214,7 +217,10 @@ impl Session {
                     let parent = parts[..n].join("/");
                     let shown = subscribed.contains(&parent) || parents.contains(&parent);
                     if !shown
-                        && pattern_matches(full.as_bytes(), canonical_inbox(&parent).as_bytes())
+                        && pattern_matches(
+                            full.as_bytes(),
+                            canonical_inbox(&self.shown(&parent)).as_bytes(),
+                        )
                     {
                         parents.push(parent);
                     }
@@ -222,7 +228,7 @@ impl Session {
             }
             for parent in parents {
                 let mut line = b"* LSUB (\\Noselect) \"/\" ".to_vec();
-                write::string(&mut line, parent.as_bytes());
+                write::string(&mut line, self.shown(&parent).as_bytes());
                 line.extend_from_slice(b"\r\n");
                 self.send(line);
             }

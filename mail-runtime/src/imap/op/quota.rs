@@ -3,7 +3,7 @@
 use imap_codec::imap_types::mailbox::Mailbox;
 
 use crate::imap::{
-    session::{Done, Session, folder_name, no},
+    session::{Done, Session, no},
     write,
 };
 
@@ -33,9 +33,9 @@ impl Session {
     }
 
     pub(in crate::imap) async fn get_quota_root(&mut self, mailbox: &Mailbox<'_>) -> Done {
-        let folder = folder_name(mailbox);
+        let folder = self.folder(mailbox)?;
         let mut line = Vec::new();
-        write::string(&mut line, folder.as_bytes());
+        write::string(&mut line, self.shown(&folder).as_bytes());
         let line = String::from_utf8_lossy(&line).into_owned();
         if self.user.as_ref().and_then(|u| u.quota).is_some() {
             self.send(format!("* QUOTAROOT {line} \"\"\r\n"));

@@ -4,7 +4,7 @@ use imap_codec::imap_types::{command::SelectParameter, mailbox::Mailbox};
 
 use crate::imap::{
     selected::{self as view, Selected},
-    session::{Done, MAX_MODSEQ, Outlet, Session, bad, folder_name, store_failure},
+    session::{Done, MAX_MODSEQ, Outlet, Session, bad, store_failure},
     write,
 };
 
@@ -41,7 +41,7 @@ impl Session {
             self.send("* OK [CLOSED] previous folder closed\r\n");
         }
         self.changes = None;
-        let folder = folder_name(mailbox);
+        let folder = self.folder(mailbox)?;
         let address = self
             .user
             .as_ref()
@@ -109,7 +109,7 @@ impl Session {
         ));
         if self.rev2 {
             let mut line = b"* LIST () \"/\" ".to_vec();
-            write::string(&mut line, folder.as_bytes());
+            write::string(&mut line, self.shown(&folder).as_bytes());
             line.extend_from_slice(b"\r\n");
             self.send(line);
         }

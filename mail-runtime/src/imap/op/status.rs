@@ -3,7 +3,7 @@
 use imap_codec::imap_types::{mailbox::Mailbox, status::StatusDataItemName};
 
 use crate::imap::{
-    session::{Done, Session, bad, folder_name, store_failure},
+    session::{Done, Session, bad, store_failure},
     write,
 };
 use crate::store::MessageMeta;
@@ -46,7 +46,7 @@ impl Session {
         mailbox: &Mailbox<'_>,
         items: &[StatusDataItemName],
     ) -> Done {
-        let folder = folder_name(mailbox);
+        let folder = self.folder(mailbox)?;
         let name = folder.clone();
         let index = match self.blocking(move |s, m| s.index(&m, &name)).await {
             Ok(i) => i,
@@ -76,7 +76,7 @@ impl Session {
             parts.extend(status_value(&index, name));
         }
         let mut line = b"* STATUS ".to_vec();
-        write::string(&mut line, folder.as_bytes());
+        write::string(&mut line, self.shown(&folder).as_bytes());
         line.extend_from_slice(format!(" ({})\r\n", parts.join(" ")).as_bytes());
         self.send(line);
         Ok("STATUS completed".into())
