@@ -1627,3 +1627,110 @@ async fn folder_names_are_modified_utf7_to_imap4rev1_and_utf8_to_imap4rev2() {
     old.assert_well_formed();
     new.assert_well_formed();
 }
+
+/// Issue 15 item 11: `BODY[1.TEXT]` of a message/rfc822 part is the encapsulated message's
+/// body whole, its own epilogue included, up to the CRLF that belongs to the outer boundary
+/// (RFC 2046 s5.1.1).
+#[tokio::test]
+async fn the_text_of_an_attached_message_keeps_its_epilogue() {
+    let server = Server::start();
+    let inner_body =
+        "--in\r\nContent-Type: text/plain\r\n\r\ninner one\r\n--in--\r\nthe inner epilogue";
+    let raw = format!(
+        "From: a@example.net\r\nSubject: outer\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=out\r\n\r\npreamble\r\n--out\r\n\
+         Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\
+         Content-Type: multipart/alternative; boundary=in\r\n\r\n{inner_body}\r\n\
+         --out--\r\nthe outer epilogue\r\n"
+    );
+    server.deliver_raw(BOB, raw.as_bytes());
+    let mut c = server.login(BOB).await;
+    assert!(c.command("a", "SELECT INBOX").await.contains("a OK"));
+    let text = c.command("b", "FETCH 1 BODY.PEEK[1.TEXT]").await;
+    let expected = format!("BODY[1.TEXT] {{{}}}\n{inner_body})", inner_body.len());
+    assert!(text.contains(&expected), "{text}");
+    let whole = c.command("c", "FETCH 1 BODY.PEEK[1]").await;
+    assert!(whole.contains("\r\nthe inner epilogue)"), "{whole}");
+    let outer = c.command("d", "FETCH 1 BODY.PEEK[TEXT]").await;
+    assert!(outer.contains("the outer epilogue\r\n)"), "{outer}");
+    c.assert_well_formed();
+}
+
+/// Issue 15 items 1 to 5, two sessions in turn (the stress test does the same at random):
+/// UIDVALIDITY stays, two EXPUNGEs of one message both succeed, a message expunged by the other
+/// session is never served with other content, `+FLAGS` and `-FLAGS` change only what they
+/// name, and a folder made again under a deleted one's name gets a greater UIDVALIDITY.
+#[tokio::test]
+async fn two_sessions_on_one_folder_keep_its_state_whole() {
+    let server = Server::start();
+    server.deliver(BOB, "one", "first");
+    server.deliver(BOB, "two", "second");
+    let mut a = server.login(BOB).await;
+    let mut b = server.login(BOB).await;
+    let first = a.command("a1", "SELECT INBOX").await;
+    let second = b.command("b1", "SELECT INBOX").await;
+    let validity = number_after(&first, "[UIDVALIDITY");
+    assert_eq!(number_after(&second, "[UIDVALIDITY"), validity);
+
+    // Item 4: flags are deltas, not what a session last read.
+    assert!(
+        a.command("a2", "STORE 1 +FLAGS (\\Seen)")
+            .await
+            .contains("a2 OK")
+    );
+    assert!(b.command("b2", "NOOP").await.contains("FLAGS (\\Seen)"));
+    a.command("a3", "STORE 1 +FLAGS.SILENT (\\Answered)").await;
+    b.command("b3", "STORE 1 -FLAGS.SILENT (\\Seen)").await;
+    // a hears of b's change (its own view said \Seen), and then reads both changes kept.
+    let heard = a.command("a4", "NOOP").await;
+    assert!(heard.contains("FLAGS (\\Answered \\Recent))"), "{heard}");
+    let flags = a.command("a4f", "FETCH 1 FLAGS").await;
+    assert!(
+        flags.contains("* 1 FETCH (FLAGS (\\Answered \\Recent))"),
+        "{flags}"
+    );
+
+    // Item 3: b still shows message 2 (no expunge is reported during FETCH) but may not serve
+    // it once a expunged it: NO [EXPUNGEISSUED], never an empty body.
+    a.command("a5", "STORE 2 +FLAGS.SILENT (\\Deleted)").await;
+    assert!(a.command("a6", "EXPUNGE").await.contains("* 2 EXPUNGE"));
+    let gone = b.command("b4", "FETCH 2 BODY.PEEK[]").await;
+    assert!(gone.contains("b4 NO [EXPUNGEISSUED]"), "{gone}");
+    assert!(!gone.contains("{0}"), "{gone}");
+    assert!(b.command("b5", "NOOP").await.contains("* 2 EXPUNGE"));
+
+    // Item 2: both expunge the same message; both OK, nothing lost besides it.
+    a.command("a7", "STORE 1 +FLAGS.SILENT (\\Deleted)").await;
+    assert!(b.command("b6", "NOOP").await.contains("\\Deleted"));
+    let (x, y) = (
+        a.command("a8", "EXPUNGE").await,
+        b.command("b7", "EXPUNGE").await,
+    );
+    assert!(x.contains("a8 OK") && y.contains("b7 OK"), "{x}{y}");
+    assert!(y.contains("* 1 EXPUNGE"), "{y}");
+
+    // Item 1: UIDVALIDITY is what it was.
+    let again = b.command("b8", "SELECT INBOX").await;
+    assert_eq!(number_after(&again, "[UIDVALIDITY"), validity);
+    assert!(again.contains("[UIDNEXT 3]"), "{again}");
+
+    // Item 5: DELETE and CREATE again: a new UIDVALIDITY, greater, and UIDs from 1.
+    assert!(a.command("a9", "CREATE Project").await.contains("a9 OK"));
+    let appended = a
+        .command_with_literal("a10", "APPEND Project", b"Subject: p\r\n\r\np\r\n")
+        .await;
+    let old = number_after(&appended, "[APPENDUID");
+    assert!(a.command("a11", "DELETE Project").await.contains("a11 OK"));
+    assert!(a.command("a12", "CREATE Project").await.contains("a12 OK"));
+    let appended = a
+        .command_with_literal("a13", "APPEND Project", b"Subject: q\r\n\r\nq\r\n")
+        .await;
+    let new = number_after(&appended, "[APPENDUID");
+    assert!(new > old, "UIDVALIDITY {new} after {old}: {appended}");
+    assert!(
+        appended.contains(&format!("[APPENDUID {new} 1]")),
+        "{appended}"
+    );
+    a.assert_well_formed();
+    b.assert_well_formed();
+}
