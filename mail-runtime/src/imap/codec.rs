@@ -214,7 +214,8 @@ impl Reader {
                 },
             ));
         }
-        if self.frag.message_bytes().len() + self.pending > AUTHENTICATE_LINE_LIMIT {
+        // The fragmentizer holds the line read so far in its message bytes.
+        if self.frag.message_bytes().len() > AUTHENTICATE_LINE_LIMIT {
             return Some(Err(
                 "* BYE [TOOBIG] authentication data over the limit".into()
             ));

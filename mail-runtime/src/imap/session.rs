@@ -276,10 +276,11 @@ impl Session {
         caps.join(" ")
     }
 
-    /// The store's name (modified UTF-7, see [`super::mutf7`]) of a client's mailbox
-    /// argument: an IMAP4rev2 client's UTF-8 is converted; an IMAP4rev1 client's must already
-    /// be modified UTF-7, so that one folder has one name.
-    pub(super) fn folder(&self, mailbox: &Mailbox<'_>) -> Result<String, Refused> {
+    /// The store's name (modified UTF-7, see [`super::mutf7`]) for a folder a client names
+    /// anew (CREATE, RENAME's target): an IMAP4rev2 client's UTF-8 is converted; an IMAP4rev1
+    /// client's must already be modified UTF-7, so that one folder has one name. Control
+    /// characters are refused in either spelling.
+    pub(super) fn new_folder(&self, mailbox: &Mailbox<'_>) -> Result<String, Refused> {
         let Mailbox::Other(other) = mailbox else {
             return Ok(INBOX.to_string());
         };
@@ -287,16 +288,54 @@ impl Session {
             return Err(Refused::Bad("a folder name is UTF-8".into()));
         };
         let name = canonical_inbox(name);
-        if self.rev2 {
-            Ok(super::mutf7::encode(&name))
-        } else if super::mutf7::decode(&name).is_some() {
-            Ok(name)
+        let (stored, utf8) = if self.rev2 {
+            (super::mutf7::encode(&name), name)
         } else {
-            Err(Refused::No(
-                "[CANNOT] folder names are modified UTF-7 (RFC 3501 s5.1.3); UTF-8 after \
-                 ENABLE IMAP4rev2"
-                    .into(),
-            ))
+            match super::mutf7::decode(&name) {
+                Some(utf8) => (name, utf8),
+                None => {
+                    return Err(Refused::No(
+                        "[CANNOT] folder names are modified UTF-7 (RFC 3501 s5.1.3); UTF-8 \
+                         after ENABLE IMAP4rev2"
+                            .into(),
+                    ));
+                }
+            }
+        };
+        if utf8.chars().any(char::is_control) {
+            return Err(Refused::No(
+                "[CANNOT] a folder name has no control characters".into(),
+            ));
+        }
+        Ok(stored)
+    }
+
+    /// The store's name of a folder a client names: as [`Session::new_folder`] spells it, or,
+    /// for a folder made before names were checked (`Tom & Jerry`, raw UTF-8), the exact
+    /// spelling it was made with.
+    pub(super) async fn folder(&self, mailbox: &Mailbox<'_>) -> Result<String, Refused> {
+        let strict = self.new_folder(mailbox);
+        let Mailbox::Other(other) = mailbox else {
+            return strict;
+        };
+        let Ok(raw) = std::str::from_utf8(other.as_ref()) else {
+            return strict;
+        };
+        let raw = canonical_inbox(raw);
+        if super::mutf7::decode(&raw).is_some() && !self.rev2
+            || strict.as_ref().is_ok_and(|s| *s == raw)
+        {
+            return strict;
+        }
+        // Only when the strict spelling names no folder and the old one does.
+        let folders = self
+            .blocking(|s, m| s.folders(&m))
+            .await
+            .unwrap_or_default();
+        match strict {
+            Ok(stored) if folders.contains(&stored) => Ok(stored),
+            _ if folders.contains(&raw) => Ok(raw),
+            strict => strict,
         }
     }
 

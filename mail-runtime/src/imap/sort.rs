@@ -134,10 +134,10 @@ pub fn keys(seq: u32, meta: &MessageMeta, raw: &[u8]) -> Keys {
             .map(|d| {
                 let mut d = *d;
                 // mail-parser wraps a zone that cannot be (+9999 reads as +0339): such a zone
-                // is no zone, and the time is UTC's.
+                // is no zone, and the time is UTC's. The last Date field, as `header` reads.
                 let raw = root
                     .as_ref()
-                    .and_then(|r| r.raw_values("Date").into_iter().next())
+                    .and_then(|r| r.raw_values("Date").into_iter().next_back())
                     .unwrap_or_default();
                 if impossible_zone(raw) {
                     (d.tz_hour, d.tz_minute, d.tz_before_gmt) = (0, 0, false);
@@ -795,6 +795,10 @@ mod tests {
         assert_eq!(keys(1, &meta, raw).sent, 1_704_100_800);
         // An impossible zone is UTC (an outside review: mail-parser read +9999 as 99 hours).
         let raw = b"Date: Mon, 1 Jan 2024 09:20:00 +9999\r\n\r\nbody\r\n";
+        assert_eq!(keys(1, &meta, raw).sent, 1_704_100_800);
+        // With two Date fields, the zone checked is the one of the field read (the last).
+        let raw = b"Date: Mon, 1 Jan 2024 09:20:00 +9999\r\n\
+                    Date: Mon, 1 Jan 2024 10:20:00 +0100\r\n\r\nbody\r\n";
         assert_eq!(keys(1, &meta, raw).sent, 1_704_100_800);
     }
 

@@ -1509,6 +1509,19 @@ async fn continuations_idle_and_pipelining_go_through_the_driver_steps() {
     c.send(&vec![b'A'; 20 * 1024]).await;
     assert!(c.rest().starts_with("* BYE [TOOBIG]"));
     assert!(c.closed);
+    // Under the limit, in pieces, it is read whole (and refused as PLAIN, not as too long).
+    let mut c = server.connect().await;
+    c.send(b"d2 AUTHENTICATE PLAIN\r\n").await;
+    assert_eq!(c.line().await, "+ ");
+    for _ in 0..5 {
+        c.send(&[b'A'; 1400]).await;
+    }
+    c.send(b"\r\n").await;
+    let answer = c.until_tagged("d2").await;
+    assert!(
+        answer.starts_with("d2 NO") || answer.starts_with("d2 BAD"),
+        "{answer}"
+    );
 
     // Three commands in one write: three answers, in order.
     let mut c = server.login(BOB).await;
@@ -1617,6 +1630,33 @@ async fn folder_names_are_modified_utf7_to_imap4rev1_and_utf8_to_imap4rev2() {
     );
     let list = new.command("o", "LIST \"\" Tom*").await;
     assert!(list.contains("\"Tom & Jerry\""), "{list}");
+
+    // No control characters in either spelling.
+    let control = new
+        .command_with_literal("p", "CREATE", "x\u{1}y".as_bytes())
+        .await;
+    assert!(control.contains("p NO [CANNOT]"), "{control}");
+    let control = old.command("q", "CREATE \"&AAE-\"").await;
+    assert!(control.contains("q NO [CANNOT]"), "{control}");
+
+    // A folder made before names were checked keeps its exact spelling as a way in.
+    server
+        .runtime
+        .store
+        .create_folder(BOB, "Old & Raw")
+        .expect("a folder as an earlier version made it");
+    for c in [&mut old, &mut new] {
+        let selected = c.command("r", "SELECT \"Old & Raw\"").await;
+        assert!(selected.contains("r OK"), "{selected}");
+    }
+    // A name that is not UTF-8 is BAD and leaves the selected folder selected.
+    let mut bytes = b"s SELECT {2+}\r\n".to_vec();
+    bytes.extend_from_slice(&[0xff, 0xfe]);
+    bytes.extend_from_slice(b"\r\n");
+    new.send(&bytes).await;
+    assert!(new.until_tagged("s").await.contains("s BAD"));
+    let still = new.command("t", "UID SEARCH ALL").await;
+    assert!(still.contains("t OK"), "the folder was closed: {still}");
 
     // On disk, Dovecot's spelling: `.Gr&APwA3w-e`, `.&AOk-t&AOk-.Juin`.
     let folders = server.runtime.store.folders(BOB).expect("folders");

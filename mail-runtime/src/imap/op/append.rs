@@ -17,7 +17,7 @@ impl Session {
         date: Option<i64>,
         bytes: Cow<'static, [u8]>,
     ) -> Done {
-        let folder = self.folder(mailbox)?;
+        let folder = self.folder(mailbox).await?;
         if self.over_quota(bytes.len() as u64).await {
             return no("[OVERQUOTA] the mailbox is over its quota");
         }

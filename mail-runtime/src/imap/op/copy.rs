@@ -35,7 +35,7 @@ impl Session {
             return no("[OVERQUOTA] the mailbox is over its quota");
         }
         let from = selected.folder.clone();
-        let target = self.folder(to)?;
+        let target = self.folder(to).await?;
         let moved = metas.clone();
         let copied = self
             .blocking(move |s, m| {

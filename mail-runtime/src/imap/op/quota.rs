@@ -33,7 +33,7 @@ impl Session {
     }
 
     pub(in crate::imap) async fn get_quota_root(&mut self, mailbox: &Mailbox<'_>) -> Done {
-        let folder = self.folder(mailbox)?;
+        let folder = self.folder(mailbox).await?;
         let mut line = Vec::new();
         write::string(&mut line, self.shown(&folder).as_bytes());
         let line = String::from_utf8_lossy(&line).into_owned();

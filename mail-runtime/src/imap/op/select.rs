@@ -36,12 +36,13 @@ impl Session {
                 } => resync = Some((uid_validity.get(), mod_sequence_value.get(), known_uids)),
             }
         }
+        // Named before anything changes: a BAD leaves the selected folder as it was.
+        let folder = self.folder(mailbox).await?;
         // RFC 7162 s3.2.11: what follows is the new folder's, not the one closed.
         if self.selected.take().is_some() {
             self.send("* OK [CLOSED] previous folder closed\r\n");
         }
         self.changes = None;
-        let folder = self.folder(mailbox)?;
         let address = self
             .user
             .as_ref()

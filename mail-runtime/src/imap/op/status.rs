@@ -46,7 +46,7 @@ impl Session {
         mailbox: &Mailbox<'_>,
         items: &[StatusDataItemName],
     ) -> Done {
-        let folder = self.folder(mailbox)?;
+        let folder = self.folder(mailbox).await?;
         let name = folder.clone();
         let index = match self.blocking(move |s, m| s.index(&m, &name)).await {
             Ok(i) => i,
