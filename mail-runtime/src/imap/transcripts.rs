@@ -229,25 +229,12 @@ impl Client {
 
     /// Everything up to and including the tagged response of `tag`; literals are kept inline.
     async fn until_tagged(&mut self, tag: &str) -> String {
-        let mut out = String::new();
-        loop {
-            let line = self.line().await;
-            out.push_str(&line);
-            out.push('\n');
-            if let Some(n) = line
-                .strip_suffix('}')
-                .and_then(|l| l.rsplit_once('{'))
-                .and_then(|(_, n)| n.parse::<usize>().ok())
-            {
-                assert!(self.pending.len() >= n, "a literal cut short: {out}");
-                let literal: Vec<u8> = self.pending.drain(..n).collect();
-                out.push_str(&String::from_utf8_lossy(&literal));
-                continue;
-            }
-            if line.starts_with(&format!("{tag} ")) {
-                return out;
-            }
-        }
+        super::write::take_tagged(&mut self.pending, tag).unwrap_or_else(|| {
+            panic!(
+                "no tagged answer for {tag}; heard so far:\n{}",
+                String::from_utf8_lossy(&self.heard)
+            )
+        })
     }
 
     async fn command(&mut self, tag: &str, command: &str) -> String {

@@ -146,6 +146,35 @@ pub fn range_set(ranges: &[(u32, u32)]) -> String {
     out
 }
 
+/// Takes from `pending` everything up to and including the tagged response of `tag`, as text
+/// with one `\n` after each line and literals inline; `None` (and `pending` untouched) until
+/// all of it has arrived. The tests' way of reading answers, over a socket or from memory.
+pub fn take_tagged(pending: &mut Vec<u8>, tag: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut at = 0;
+    loop {
+        let end = at + pending[at..].windows(2).position(|w| w == b"\r\n")?;
+        let line = String::from_utf8_lossy(&pending[at..end]).into_owned();
+        at = end + 2;
+        out.push_str(&line);
+        out.push('\n');
+        if let Some(n) = line
+            .strip_suffix('}')
+            .and_then(|l| l.rsplit_once('{'))
+            .and_then(|(_, n)| n.parse::<usize>().ok())
+        {
+            let literal = pending.get(at..at + n)?;
+            out.push_str(&String::from_utf8_lossy(literal));
+            at += n;
+            continue;
+        }
+        if line.starts_with(&format!("{tag} ")) {
+            pending.drain(..at);
+            return Some(out);
+        }
+    }
+}
+
 /// Whether `bytes` are well-formed IMAP responses, as imap-codec's parser (an implementation
 /// we did not write) reads them: the tests' check of everything a session said. ESEARCH, which
 /// imap-codec does not know, is skipped; a LIST line's RFC 5258 CHILDINFO item, which its

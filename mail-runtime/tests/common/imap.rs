@@ -91,27 +91,11 @@ impl Client {
 
     /// Everything up to and including the tagged response of `tag`; literals are kept inline.
     pub async fn until_tagged(&mut self, tag: &str) -> String {
-        let mut out = String::new();
         loop {
-            let line = self.line().await;
-            out.push_str(&line);
-            out.push('\n');
-            if let Some(n) = line
-                .strip_suffix('}')
-                .and_then(|l| l.rsplit_once('{'))
-                .and_then(|(_, n)| n.parse::<usize>().ok())
-            {
-                while self.pending.len() < n {
-                    self.fill().await;
-                }
-                let literal: Vec<u8> = self.pending.drain(..n).collect();
-                out.push_str(&String::from_utf8_lossy(&literal));
-                // The rest of the line after the literal follows.
-                continue;
-            }
-            if line.starts_with(&format!("{tag} ")) {
+            if let Some(out) = mail_runtime::imap::write::take_tagged(&mut self.pending, tag) {
                 return out;
             }
+            self.fill().await;
         }
     }
 
