@@ -1,10 +1,14 @@
-//! kubemail's mail runtime: SMTP (receiving and submission) with the Maildir store, configured
-//! by the file the operator renders. IMAP and POP3 join as their issues land.
+//! kubemail's mail runtime: SMTP (receiving, submission, outbound delivery), IMAP and POP3 over
+//! the Maildir store, configured by the file the operator renders (`kubemail-config`) and
+//! reloaded when it changes.
 //!
 //! ```text
-//!   config (file, live reload) --> Runtime { ConfigHandle, Store, TlsHandle, limits }
+//!   config file --config::watch--> Runtime { ConfigHandle, Store, TlsHandle, limits, queues }
 //!                                      |
-//!          listeners: smtp 25 / submission 587 / submissions 465 --> smtp::server --> Session
+//!   net::serve (PROXY header, limits, TLS) --> smtp::server / imap::server / pop3::server
+//!                                                 (drivers)  --> session state machines
+//!   outbound: queue --> MX or smarthost (DKIM-signed, rate-limited, DSNs)
+//!   http: health, readiness, metrics, autoconfig, MTA-STS
 //! ```
 //!
 //! Nothing here knows about Kubernetes.
@@ -22,7 +26,6 @@ pub mod metrics;
 pub mod net;
 pub mod outbound;
 pub mod pop3;
-pub mod probe;
 pub mod proxy;
 pub mod runtime;
 pub mod smtp;
@@ -30,3 +33,7 @@ pub mod store;
 #[cfg(test)]
 mod testing;
 pub mod tls;
+
+/// The health checks (`mail-runtime probe ...`), from their own crate, which the operator
+/// links too.
+pub use kubemail_probe as probe;

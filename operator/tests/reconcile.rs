@@ -152,10 +152,7 @@ where
     }
 }
 
-async fn config(
-    client: &Client,
-    ns: &str,
-) -> Option<(String, mail_runtime::config::RawConfig, String)> {
+async fn config(client: &Client, ns: &str) -> Option<(String, kubemail_config::RawConfig, String)> {
     let secret = Api::<Secret>::namespaced(client.clone(), ns)
         .get_opt("example-runtime-config")
         .await
@@ -165,7 +162,7 @@ async fn config(
     Some((yaml, raw, secret.resource_version().unwrap_or_default()))
 }
 
-fn addresses(raw: &mail_runtime::config::RawConfig) -> Vec<String> {
+fn addresses(raw: &kubemail_config::RawConfig) -> Vec<String> {
     raw.mailboxes.iter().map(|m| m.address.clone()).collect()
 }
 
@@ -218,7 +215,7 @@ async fn a_domain_with_mailboxes_is_rendered_changed_and_cleaned_up() {
         "a given hash is used as it is"
     );
     assert_eq!(raw.relay.client_networks, ["10.42.0.0/16"]);
-    mail_runtime::config::Config::parse(&yaml).expect("the runtime accepts the rendered config");
+    kubemail_config::Config::parse(&yaml).expect("the runtime accepts the rendered config");
 
     // The config Secret is applied before the Deployment (and the Services between them): the
     // Deployment follows within the same reconcile, not necessarily before the check above.
@@ -905,7 +902,7 @@ async fn hostile_mailboxes_cannot_stop_the_domain_and_ten_thousand_aliases_are_s
             .filter(|(_, raw, _)| raw.mailboxes.len() == 42)
     })
     .await;
-    mail_runtime::config::Config::parse(&yaml).expect("the runtime accepts the rendered config");
+    kubemail_config::Config::parse(&yaml).expect("the runtime accepts the rendered config");
     let of = |address: &str| {
         raw.mailboxes
             .iter()

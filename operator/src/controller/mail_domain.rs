@@ -15,7 +15,7 @@ use kube::{
 use kubemail_crds::{
     MailDomain, MailDomainStatus, Mailbox, Protocol, RelayPolicy, mail_domain::Endpoint,
 };
-use mail_runtime::probe;
+use kubemail_probe as probe;
 use sha2::{Digest, Sha256};
 
 use super::{Context, FIELD_MANAGER, domain_of};
@@ -100,7 +100,7 @@ async fn resolve_password(
             );
         }
     };
-    if mail_runtime::auth::PasswordHash::parse(&text).is_ok() {
+    if kubemail_config::password::PasswordHash::parse(&text).is_ok() {
         remember(&text);
         return Ok(Password::Hash(text));
     }
@@ -130,7 +130,7 @@ async fn resolve_password(
     // On the runtime library's two hashing threads: argon2 takes ~19 MiB per run, and a
     // thousand new Mailboxes at once would otherwise spread that over hundreds of blocking
     // threads that keep it.
-    let hash = mail_runtime::auth::hash_password_bounded(text, Some(salt))
+    let hash = kubemail_config::password::hash_password_bounded(text, Some(salt))
         .await
         .ok_or_else(|| Error::Keys("the password hashing threads are gone".into()))?;
     ctx.hashes
@@ -392,7 +392,7 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
     }
     // The runtime's own check, before anything is written: a config it would refuse is never
     // handed to it (it would keep serving the last good one, and nobody would see why).
-    let invalid = mail_runtime::config::Config::validate(config.clone()).err();
+    let invalid = kubemail_config::Config::validate(config.clone()).err();
     let valid = invalid.is_none();
     let (revision, yaml) = render::config::with_revision(config);
     ctx.apply(

@@ -223,8 +223,7 @@ async fn served_in(ctx: &Context, domain: &MailDomain, ns: &str, address: &str) 
                 .and_then(|d| d.get("runtime.yaml"))
                 .map(|b| String::from_utf8_lossy(&b.0).to_string())
                 .unwrap_or_default();
-            let config: Option<mail_runtime::config::RawConfig> =
-                serde_yaml_ng::from_str(&yaml).ok();
+            let config: Option<kubemail_config::RawConfig> = serde_yaml_ng::from_str(&yaml).ok();
             let addresses: Arc<std::collections::BTreeSet<String>> = Arc::new(
                 config
                     .map(|c| {

@@ -12,7 +12,7 @@ use kubemail_crds::{
     RelayPolicy, RelayPolicyStatus,
     relay_policy::{RouteMode, SmarthostTls},
 };
-use mail_runtime::probe;
+use kubemail_probe as probe;
 
 use super::{Context, FIELD_MANAGER};
 use crate::{

@@ -1,14 +1,14 @@
 //! The runtime config for one MailDomain.
-use kubemail_crds::{
-    MailDomain, Mailbox, Protocol, RelayPolicy,
-    mailbox::MailboxProtocol,
-    relay_policy::{Rate, RouteMode as SpecRouteMode, SmarthostTls as SpecSmarthostTls},
-};
-use mail_runtime::config::{
+use kubemail_config::{
     API_VERSION, Advertised, DkimConfig, DomainConfig, InboundChecks, KIND, Limits, Listener,
     ListenerProtocol, LoginProtocol, MailboxConfig, RateConfig, RateLimitsConfig, RawConfig,
     RelayConfig, RetryConfig, RouteConfig, RouteMode, Security, SmarthostConfig, SmarthostTls,
     Storage, TlsFiles,
+};
+use kubemail_crds::{
+    MailDomain, Mailbox, Protocol, RelayPolicy,
+    mailbox::MailboxProtocol,
+    relay_policy::{Rate, RouteMode as SpecRouteMode, SmarthostTls as SpecSmarthostTls},
 };
 
 use super::{HTTP_PORT, container_port, hostname, paths, quantity};

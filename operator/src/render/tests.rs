@@ -49,7 +49,7 @@ fn runtime_config_is_stable_and_holds_only_hashes() {
     changed.mailboxes[0].suspended = true;
     assert_ne!(with_revision(changed).0, revision);
     // What the runtime reads back is valid.
-    mail_runtime::config::Config::parse(&yaml).expect("the rendered config validates");
+    kubemail_config::Config::parse(&yaml).expect("the rendered config validates");
     insta::assert_snapshot!("runtime_config", yaml);
 }
 
@@ -64,9 +64,8 @@ fn proxy_protocol_renders_the_trusted_proxies() {
     md.spec.runtime.service.proxy_protocol = true;
     let proxied = runtime_config(&md, &[], None);
     assert_eq!(proxied.security.trusted_proxies, ["10.0.0.0/16"]);
-    let mail = |l: &&mail_runtime::config::Listener| {
-        l.protocol != mail_runtime::config::ListenerProtocol::Http
-    };
+    let mail =
+        |l: &&kubemail_config::Listener| l.protocol != kubemail_config::ListenerProtocol::Http;
     assert!(
         proxied
             .listeners
@@ -75,7 +74,7 @@ fn proxy_protocol_renders_the_trusted_proxies() {
             .all(|l| l.proxy_protocol)
     );
     let (_, yaml) = with_revision(proxied);
-    let config = mail_runtime::config::Config::parse(&yaml).expect("the rendered config validates");
+    let config = kubemail_config::Config::parse(&yaml).expect("the rendered config validates");
     assert!(config.trusts_proxy("10.0.3.4".parse().expect("ip")));
     assert!(!config.trusts_proxy("127.0.0.1".parse().expect("ip")));
 }

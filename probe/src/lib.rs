@@ -565,8 +565,8 @@ pub async fn probe_all(targets: &[(Kind, String, Options)]) -> Vec<Report> {
 }
 
 /// The probes for a config's mail listeners, aimed at loopback (the pod's own view).
-pub fn targets_of(listeners: &[crate::config::Listener]) -> Vec<(Kind, String, Options)> {
-    use crate::config::ListenerProtocol as P;
+pub fn targets_of(listeners: &[kubemail_config::Listener]) -> Vec<(Kind, String, Options)> {
+    use kubemail_config::ListenerProtocol as P;
     listeners
         .iter()
         .filter_map(|l| {
@@ -591,7 +591,7 @@ pub fn targets_of(listeners: &[crate::config::Listener]) -> Vec<(Kind, String, O
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Listener, ListenerProtocol};
+    use kubemail_config::{Listener, ListenerProtocol};
 
     #[test]
     fn listeners_behind_the_proxy_protocol_are_probed_too() {

@@ -1,7 +1,7 @@
 use super::*;
 
 fn valid() -> String {
-    let hash = crate::auth::hash_password("pw");
+    let hash = password::hash_password("pw");
     format!(
         r#"
 apiVersion: runtime.kubemail.io/v1

@@ -1,0 +1,510 @@
+//! The runtime config: the contract between the operator (which renders it into a Secret) and
+//! the runtime (which serves it). Typed, versioned, validated as a whole: every problem is
+//! collected and named by its field before the runtime accepts a file.
+//!
+//! ```text
+//!   YAML/JSON file --parse--> RawConfig --validate--> Config (indexes built, hashes parsed)
+//!                                  \--> Vec<Problem> ("mailboxes[2].address: ...")
+//! ```
+//!
+//! This crate is the contract and nothing else: no Kubernetes types, no network, no store.
+//! Both binaries link it: the operator to render and check what it writes, the runtime to
+//! read it (the runtime's `config::watch` reloads it from disk). Passwords are hashed by the
+//! rules in [`password`], which both sides share.
+#![forbid(unsafe_code)]
+mod model;
+pub mod password;
+
+pub use model::*;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
+
+use ipnet::IpNet;
+
+/// The only `apiVersion` this runtime reads.
+pub const API_VERSION: &str = "runtime.kubemail.io/v1";
+/// The only `kind`.
+pub const KIND: &str = "RuntimeConfig";
+
+/// One thing wrong with a config file, with the field it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where: `mailboxes[2].address`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct Invalid(pub Vec<Problem>);
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} problem(s) in the runtime config", self.0.len())?;
+        for p in &self.0 {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A validated config with the lookups the protocols need.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file as written.
+    pub raw: RawConfig,
+    /// Every served domain (primary and alias), lowercase, to its primary domain.
+    domains: BTreeMap<String, String>,
+    /// Every address that delivers somewhere: mailbox addresses and aliases, lowercase.
+    addresses: BTreeMap<String, usize>,
+    /// Catch-all mailbox index per primary domain.
+    catch_all: BTreeMap<String, usize>,
+    /// Client networks that may relay.
+    relay_networks: Vec<IpNet>,
+    /// Load balancers whose PROXY headers are believed.
+    trusted_proxies: Vec<IpNet>,
+    /// DNS servers; empty: the system's.
+    pub nameservers: Vec<SocketAddr>,
+}
+
+/// Where mail for one recipient goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipient {
+    /// A local mailbox (index into `raw.mailboxes`).
+    Local(usize),
+    /// A served domain, but no such address and no catch-all.
+    UnknownLocal,
+    /// A domain this runtime does not serve: relaying.
+    Remote,
+}
+
+impl Config {
+    /// Parses and validates a file's text.
+    pub fn parse(text: &str) -> Result<Config, Invalid> {
+        let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|err| {
+            let field = err
+                .location()
+                .map(|l| format!("line {} column {}", l.line(), l.column()))
+                .unwrap_or_else(|| "(file)".into());
+            Invalid(vec![Problem {
+                field,
+                message: err.to_string(),
+            }])
+        })?;
+        Config::validate(raw)
+    }
+
+    /// Validates a parsed config, collecting every problem.
+    pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
+        let mut problems = Vec::new();
+        let mut problem =
+            |field: String, message: String| problems.push(Problem { field, message });
+
+        if raw.api_version != API_VERSION {
+            problem(
+                "apiVersion".into(),
+                format!("must be {API_VERSION}, not {:?}", raw.api_version),
+            );
+        }
+        if raw.kind != KIND {
+            problem("kind".into(), format!("must be {KIND}, not {:?}", raw.kind));
+        }
+        if !is_domain(&raw.hostname) {
+            problem(
+                "hostname".into(),
+                format!("{:?} is not a DNS name", raw.hostname),
+            );
+        }
+
+        let mut domains = BTreeMap::new();
+        for (i, d) in raw.domains.iter().enumerate() {
+            for (j, name) in std::iter::once(&d.name).chain(&d.aliases).enumerate() {
+                let field = if j == 0 {
+                    format!("domains[{i}].name")
+                } else {
+                    format!("domains[{i}].aliases[{}]", j - 1)
+                };
+                let lower = name.to_ascii_lowercase();
+                if !is_domain(&lower) {
+                    problem(field, format!("{name:?} is not a DNS domain name"));
+                } else if domains.insert(lower, d.name.to_ascii_lowercase()).is_some() {
+                    problem(field, format!("{name:?} is listed twice"));
+                }
+            }
+        }
+        if raw.domains.is_empty() {
+            problem("domains".into(), "at least one domain is needed".into());
+        }
+
+        let mut addresses = BTreeMap::new();
+        for (i, m) in raw.mailboxes.iter().enumerate() {
+            let all = std::iter::once((format!("mailboxes[{i}].address"), &m.address)).chain(
+                m.aliases
+                    .iter()
+                    .enumerate()
+                    .map(|(j, a)| (format!("mailboxes[{i}].aliases[{j}]"), a)),
+            );
+            for (field, address) in all {
+                let lower = address.to_ascii_lowercase();
+                match split_address(&lower) {
+                    None => problem(field, format!("{address:?} is not a mail address")),
+                    Some((_, domain)) if !domains.contains_key(domain) => problem(
+                        field,
+                        format!("{address:?} is not in a domain listed under domains"),
+                    ),
+                    Some(_) => {
+                        if addresses.insert(lower, i).is_some() {
+                            problem(field, format!("{address:?} belongs to two mailboxes"));
+                        }
+                    }
+                }
+            }
+            for (j, f) in m.forward_to.iter().enumerate() {
+                if split_address(f).is_none() {
+                    problem(
+                        format!("mailboxes[{i}].forwardTo[{j}]"),
+                        format!("{f:?} is not a mail address"),
+                    );
+                }
+            }
+            if let Err(err) = password::PasswordHash::parse(&m.password_hash) {
+                problem(format!("mailboxes[{i}].passwordHash"), err.to_string());
+            }
+        }
+
+        let mut catch_all = BTreeMap::new();
+        for (i, d) in raw.domains.iter().enumerate() {
+            if let Some(target) = &d.catch_all {
+                match addresses.get(&target.to_ascii_lowercase()) {
+                    Some(&mailbox) => {
+                        catch_all.insert(d.name.to_ascii_lowercase(), mailbox);
+                    }
+                    None => problem(
+                        format!("domains[{i}].catchAll"),
+                        format!("{target:?} is not the address of a mailbox"),
+                    ),
+                }
+            }
+        }
+
+        let mut relay_networks = Vec::new();
+        for (i, net) in raw.relay.client_networks.iter().enumerate() {
+            match net.parse::<IpNet>() {
+                Ok(net) => relay_networks.push(net),
+                Err(_) => problem(
+                    format!("relay.clientNetworks[{i}]"),
+                    format!("{net:?} is not a network in CIDR notation"),
+                ),
+            }
+        }
+        for (i, d) in raw.relay.sender_domains.iter().enumerate() {
+            if !is_domain(d) {
+                problem(
+                    format!("relay.senderDomains[{i}]"),
+                    format!("{d:?} is not a domain"),
+                );
+            }
+        }
+        for (i, d) in raw.relay.recipient_domains.iter().enumerate() {
+            if !is_domain(d) {
+                problem(
+                    format!("relay.recipientDomains[{i}]"),
+                    format!("{d:?} is not a domain"),
+                );
+            }
+        }
+
+        let route = &raw.relay.route;
+        match (&route.mode, &route.smarthost) {
+            (RouteMode::Smarthost, None) => problem(
+                "relay.route.smarthost".into(),
+                "mode smarthost needs a smarthost".into(),
+            ),
+            (_, Some(host)) if host.host.is_empty() || host.port == 0 => problem(
+                "relay.route.smarthost".into(),
+                "a smarthost needs a host and a port".into(),
+            ),
+            _ => {}
+        }
+        for (field, rate) in [
+            (
+                "relay.rateLimits.perSender",
+                &raw.relay.rate_limits.per_sender,
+            ),
+            ("relay.rateLimits.total", &raw.relay.rate_limits.total),
+        ] {
+            if let Some(rate) = rate
+                && (rate.messages == 0 || rate.period_seconds == 0)
+            {
+                problem(
+                    field.into(),
+                    "messages and periodSeconds must be positive".into(),
+                );
+            }
+        }
+        let retry = &raw.relay.retry;
+        if retry.initial_interval_seconds == 0
+            || retry.max_interval_seconds < retry.initial_interval_seconds
+            || retry.max_age_seconds == 0
+        {
+            problem(
+                "relay.retry".into(),
+                "intervals must be positive, maxIntervalSeconds at least initialIntervalSeconds"
+                    .into(),
+            );
+        }
+        let mut nameservers = Vec::new();
+        for (i, ns) in raw.nameservers.iter().enumerate() {
+            let parsed = ns
+                .parse::<SocketAddr>()
+                .or_else(|_| ns.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+            match parsed {
+                Ok(addr) => nameservers.push(addr),
+                Err(_) => problem(
+                    format!("nameservers[{i}]"),
+                    format!("{ns:?} is not an IP address (with an optional port)"),
+                ),
+            }
+        }
+        if let Some(dkim) = &raw.dkim
+            && (dkim.selector.is_empty()
+                || !dkim
+                    .selector
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+        {
+            problem(
+                "dkim.selector".into(),
+                format!("{:?} is not a DKIM selector", dkim.selector),
+            );
+        }
+
+        let mut bound = BTreeSet::new();
+        for (i, l) in raw.listeners.iter().enumerate() {
+            match l.address.parse::<SocketAddr>() {
+                Ok(addr) => {
+                    // Port 0 asks the kernel for a free port; several listeners may ask.
+                    if addr.port() != 0 && !bound.insert(addr) {
+                        problem(
+                            format!("listeners[{i}].address"),
+                            format!("{addr} is used by two listeners"),
+                        );
+                    }
+                }
+                Err(_) => problem(
+                    format!("listeners[{i}].address"),
+                    format!("{:?} is not an IP address and port", l.address),
+                ),
+            }
+        }
+        if raw.listeners.is_empty() {
+            problem("listeners".into(), "at least one listener is needed".into());
+        }
+
+        let mut trusted_proxies = Vec::new();
+        for (i, net) in raw.security.trusted_proxies.iter().enumerate() {
+            let field = format!("security.trustedProxies[{i}]");
+            match net.parse::<IpNet>() {
+                // The pod's exec probes connect to 127.0.0.1 without a header; a proxy network
+                // holding their address would make every probe fail and the pod restart.
+                Ok(parsed) if PROBE_SOURCES.iter().any(|ip| parsed.contains(ip)) => problem(
+                    field,
+                    format!(
+                        "{net:?} holds 127.0.0.1 or ::1, where the pod's own probes connect from \
+                         without a PROXY header"
+                    ),
+                ),
+                Ok(parsed) => trusted_proxies.push(parsed),
+                Err(_) => problem(field, format!("{net:?} is not a network in CIDR notation")),
+            }
+        }
+        if raw.security.trusted_proxies.is_empty()
+            && let Some(i) = raw.listeners.iter().position(|l| l.proxy_protocol)
+        {
+            problem(
+                "security.trustedProxies".into(),
+                format!(
+                    "listeners[{i}] has proxyProtocol: name the networks of the load balancers \
+                     whose PROXY headers are believed"
+                ),
+            );
+        }
+
+        let limits = &raw.limits;
+        for (field, value, min) in [
+            ("limits.maxMessageSize", limits.max_message_size, 1024),
+            ("limits.maxRecipients", limits.max_recipients as u64, 1),
+            ("limits.maxConnections", limits.max_connections as u64, 1),
+            (
+                "limits.maxConnectionsPerIp",
+                limits.max_connections_per_ip as u64,
+                1,
+            ),
+            (
+                "limits.commandTimeoutSeconds",
+                limits.command_timeout_seconds,
+                1,
+            ),
+            (
+                "limits.authFailuresPerMinute",
+                limits.auth_failures_per_minute as u64,
+                1,
+            ),
+        ] {
+            if value < min {
+                problem(field.into(), format!("must be at least {min}"));
+            }
+        }
+        if !["testing", "enforce", "none"].contains(&raw.advertised.mta_sts_mode.as_str()) {
+            problem(
+                "advertised.mtaStsMode".into(),
+                "must be testing, enforce or none".into(),
+            );
+        }
+        if raw.tls.cert_file.as_os_str().is_empty() || raw.tls.key_file.as_os_str().is_empty() {
+            problem("tls".into(), "certFile and keyFile are both needed".into());
+        }
+
+        if !problems.is_empty() {
+            return Err(Invalid(problems));
+        }
+        Ok(Config {
+            raw,
+            domains,
+            addresses,
+            catch_all,
+            relay_networks,
+            trusted_proxies,
+            nameservers,
+        })
+    }
+
+    /// The mailbox at an index.
+    pub fn mailbox(&self, index: usize) -> &MailboxConfig {
+        &self.raw.mailboxes[index]
+    }
+
+    /// The mailbox with this address (or alias), case-insensitively.
+    pub fn mailbox_by_address(&self, address: &str) -> Option<usize> {
+        self.addresses.get(&address.to_ascii_lowercase()).copied()
+    }
+
+    /// The mailbox a session logged in as, while it may still use `protocol` with the password
+    /// it logged in with; `None` once it is removed, suspended or its password changed (its
+    /// open sessions end then). Indexes move when mailboxes come and go: sessions keep the
+    /// address and look the index up again.
+    pub fn still_serves(
+        &self,
+        address: &str,
+        password_hash: &str,
+        protocol: LoginProtocol,
+    ) -> Option<usize> {
+        let index = self.mailbox_by_address(address)?;
+        let mailbox = self.mailbox(index);
+        (mailbox.password_hash == password_hash && mailbox.may_use(protocol)).then_some(index)
+    }
+
+    /// Whether a domain (primary or alias) is served here.
+    pub fn serves_domain(&self, domain: &str) -> bool {
+        self.domains.contains_key(&domain.to_ascii_lowercase())
+    }
+
+    /// Resolves an envelope recipient. The address must already be a plain `local@domain`.
+    pub fn resolve(&self, address: &str) -> Recipient {
+        let lower = address.to_ascii_lowercase();
+        let Some((local, domain)) = split_address(&lower) else {
+            return Recipient::UnknownLocal;
+        };
+        let Some(primary) = self.domains.get(domain) else {
+            return Recipient::Remote;
+        };
+        // An alias domain maps onto its primary domain's local parts.
+        let canonical = format!("{local}@{primary}");
+        if let Some(&i) = self
+            .addresses
+            .get(&lower)
+            .or_else(|| self.addresses.get(&canonical))
+        {
+            return Recipient::Local(i);
+        }
+        // Subaddressing: jane+tag@ reaches jane@.
+        if let Some((base, _tag)) = local.split_once('+') {
+            let base = format!("{base}@{primary}");
+            if let Some(&i) = self.addresses.get(&base) {
+                return Recipient::Local(i);
+            }
+        }
+        match self.catch_all.get(primary) {
+            Some(&i) => Recipient::Local(i),
+            None => Recipient::UnknownLocal,
+        }
+    }
+
+    /// Whether a client address may relay without logging in.
+    pub fn relay_network_allows(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.relay_networks.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether a peer is a load balancer whose PROXY header is believed (and required).
+    pub fn trusts_proxy(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The revision to report as served.
+    pub fn revision(&self) -> &str {
+        &self.raw.revision
+    }
+}
+
+/// Where the pod's own exec probes connect from.
+const PROBE_SOURCES: [IpAddr; 2] = [
+    IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+];
+
+/// An IPv4 address seen through an IPv6 socket (`::ffff:a.b.c.d`) as the IPv4 address it is.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// Splits `local@domain` at its last `@`; both parts must be non-empty.
+pub fn split_address(address: &str) -> Option<(&str, &str)> {
+    let (local, domain) = address.rsplit_once('@')?;
+    if local.is_empty() || local.len() > 64 || !is_domain(domain) {
+        return None;
+    }
+    Some((local, domain))
+}
+
+/// A DNS name of letters, digits and hyphens, at least two labels.
+pub fn is_domain(name: &str) -> bool {
+    let labels: Vec<&str> = name.split('.').collect();
+    name.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+#[cfg(test)]
+mod tests;
