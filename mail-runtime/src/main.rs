@@ -1,40 +1,107 @@
 //! The `mail-runtime` binary.
 #![forbid(unsafe_code)]
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use mail_runtime::{config, dev, runtime::Runtime};
+use clap::{Parser, Subcommand};
+use mail_runtime::{config, dev, probe, runtime::Runtime};
 
-const USAGE: &str = "usage:
-  mail-runtime serve --config FILE      serve the config (reloaded when the file changes)
-  mail-runtime dev [--data DIR] [--base-port N] [--stop-on-eof]
-                                        every protocol on loopback with demo mailboxes
-                                        (--base-port 0: free ports; --stop-on-eof: exit
-                                        when stdin closes)
-  mail-runtime probe smtp|imap|pop3 HOST:PORT [--implicit-tls] [--verify-tls]
-                    [--tls-name NAME] [--timeout SECONDS] [--login USER --password-file FILE]
-                                        speak the protocol; one JSON line; exit 0 when healthy
-  mail-runtime probe-config FILE        probe every listener of a config on 127.0.0.1 (the
-                                        pod's readiness check); exit 0 when all are healthy
-  mail-runtime check-config FILE        validate a config and list every problem
-  mail-runtime hash-password            read a password on stdin, print its argon2id hash
-  mail-runtime --version";
+/// kubemail's SMTP, IMAP and POP3 runtime.
+#[derive(Debug, Parser)]
+#[command(name = "mail-runtime", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the config (reloaded when the file changes).
+    Serve {
+        /// The runtime config the operator renders.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Every protocol on loopback with demo mailboxes.
+    Dev {
+        /// The data directory (default: a new temporary one).
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// The first port (SMTP); the others follow. 0: free ports chosen by the kernel.
+        #[arg(long, value_name = "N", default_value_t = 2500)]
+        base_port: u16,
+        /// Exit when standard input closes.
+        #[arg(long)]
+        stop_on_eof: bool,
+    },
+    /// Speak a protocol as a client would; one JSON line; exit 0 when healthy.
+    Probe {
+        /// smtp, imap or pop3.
+        #[arg(value_parser = parse_kind)]
+        kind: probe::Kind,
+        /// HOST:PORT.
+        address: String,
+        /// TLS from the first byte (465, 993, 995) instead of STARTTLS.
+        #[arg(long)]
+        implicit_tls: bool,
+        /// Check the server's certificate against the system's roots.
+        #[arg(long)]
+        verify_tls: bool,
+        /// The name to send in SNI and check the certificate against.
+        #[arg(long, value_name = "NAME")]
+        tls_name: Option<String>,
+        /// Seconds for the whole exchange.
+        #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+        timeout: Option<Duration>,
+        /// Log in as USER too (the password comes from --password-file, never the command line).
+        #[arg(long, value_name = "USER", requires = "password_file")]
+        login: Option<String>,
+        /// A file holding the password for --login.
+        #[arg(long, value_name = "FILE", requires = "login")]
+        password_file: Option<PathBuf>,
+    },
+    /// Probe every listener of a config on 127.0.0.1 (the pod's readiness check).
+    ProbeConfig {
+        /// The runtime config.
+        file: PathBuf,
+    },
+    /// Validate a config and list every problem.
+    CheckConfig {
+        /// The runtime config.
+        file: PathBuf,
+    },
+    /// Read a password on standard input, print its argon2id hash.
+    HashPassword,
+}
+
+fn parse_kind(text: &str) -> Result<probe::Kind, String> {
+    text.parse()
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= 3600.0 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds between 0 and 3600"
+        )),
+    }
+}
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let log_json = args.first().is_some_and(|a| a == "serve");
+    // Usage errors: clap's message and exit code 2.
+    let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if log_json {
+    if matches!(cli.command, Command::Serve { .. }) {
         builder.json().init();
     } else {
         builder.init();
     }
-    match run(&args) {
+    match run(cli.command) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("mail-runtime: {err:#}");
@@ -43,23 +110,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &[String]) -> anyhow::Result<ExitCode> {
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    match args.first().map(String::as_str) {
-        Some("--version") => {
-            println!("mail-runtime {}", env!("CARGO_PKG_VERSION"));
-            Ok(ExitCode::SUCCESS)
-        }
-        Some("serve") => {
-            let Some(path) = flag("--config").map(PathBuf::from) else {
-                eprintln!("{USAGE}");
-                return Ok(ExitCode::from(2));
-            };
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config: path } => {
             let config = config::load_file(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
             tokio_runtime()?.block_on(async move {
                 let runtime = Runtime::new(config::ConfigHandle::new(config))?;
@@ -68,43 +121,43 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             })
         }
-        Some("dev") => {
-            let base_port = match flag("--base-port") {
-                Some(p) => p.parse()?,
-                None => 2500,
-            };
+        Command::Dev {
+            data,
+            base_port,
+            stop_on_eof,
+        } => {
             let options = dev::DevOptions {
-                data: flag("--data").map(PathBuf::from),
+                data,
                 base_port,
-                stop_on_eof: args.iter().any(|a| a == "--stop-on-eof"),
+                stop_on_eof,
             };
             tokio_runtime()?.block_on(dev::run(options))?;
             Ok(ExitCode::SUCCESS)
         }
-        Some("probe") => {
-            let (Some(kind), Some(address)) = (args.get(1), args.get(2)) else {
-                eprintln!("{USAGE}");
-                return Ok(ExitCode::from(2));
-            };
-            let kind: mail_runtime::probe::Kind = kind.parse().map_err(anyhow::Error::msg)?;
-            let mut options = mail_runtime::probe::Options {
-                implicit_tls: args.iter().any(|a| a == "--implicit-tls"),
-                verify_tls: args.iter().any(|a| a == "--verify-tls"),
-                tls_name: flag("--tls-name"),
+        Command::Probe {
+            kind,
+            address,
+            implicit_tls,
+            verify_tls,
+            tls_name,
+            timeout,
+            login,
+            password_file,
+        } => {
+            let mut options = probe::Options {
+                implicit_tls,
+                verify_tls,
+                tls_name,
                 ..Default::default()
             };
-            if let Some(t) = flag("--timeout") {
-                options.timeout = std::time::Duration::from_secs_f64(t.parse()?);
+            if let Some(timeout) = timeout {
+                options.timeout = timeout;
             }
-            if let Some(user) = flag("--login") {
-                // The password comes from a file (a mounted Secret), never from the command line.
-                let file = flag("--password-file")
-                    .ok_or_else(|| anyhow::anyhow!("--login needs --password-file"))?;
+            if let (Some(user), Some(file)) = (login, password_file) {
                 let password = std::fs::read_to_string(&file)?;
                 options.login = Some((user, password.trim_end_matches(['\r', '\n']).to_string()));
             }
-            let report =
-                tokio_runtime()?.block_on(mail_runtime::probe::probe(kind, address, &options));
+            let report = tokio_runtime()?.block_on(probe::probe(kind, &address, &options));
             println!("{}", serde_json::to_string(&report)?);
             Ok(if report.ok {
                 ExitCode::SUCCESS
@@ -112,15 +165,10 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Some("probe-config") => {
-            let Some(path) = args.get(1) else {
-                eprintln!("{USAGE}");
-                return Ok(ExitCode::from(2));
-            };
-            let config = config::load_file(std::path::Path::new(path))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let targets = mail_runtime::probe::targets_of(&config.raw.listeners);
-            let reports = tokio_runtime()?.block_on(mail_runtime::probe::probe_all(&targets));
+        Command::ProbeConfig { file } => {
+            let config = config::load_file(&file).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let targets = probe::targets_of(&config.raw.listeners);
+            let reports = tokio_runtime()?.block_on(probe::probe_all(&targets));
             println!("{}", serde_json::to_string(&reports)?);
             Ok(if reports.iter().all(|r| r.ok) {
                 ExitCode::SUCCESS
@@ -128,27 +176,21 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Some("check-config") => {
-            let Some(path) = args.get(1) else {
-                eprintln!("{USAGE}");
-                return Ok(ExitCode::from(2));
-            };
-            match config::load_file(std::path::Path::new(path)) {
-                Ok(c) => {
-                    println!(
-                        "ok: revision {:?}, {} mailbox(es)",
-                        c.revision(),
-                        c.raw.mailboxes.len()
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(invalid) => {
-                    eprintln!("{invalid}");
-                    Ok(ExitCode::FAILURE)
-                }
+        Command::CheckConfig { file } => match config::load_file(&file) {
+            Ok(c) => {
+                println!(
+                    "ok: revision {:?}, {} mailbox(es)",
+                    c.revision(),
+                    c.raw.mailboxes.len()
+                );
+                Ok(ExitCode::SUCCESS)
             }
-        }
-        Some("hash-password") => {
+            Err(invalid) => {
+                eprintln!("{invalid}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::HashPassword => {
             let mut password = String::new();
             std::io::stdin().read_line(&mut password)?;
             println!(
@@ -156,10 +198,6 @@ fn run(args: &[String]) -> anyhow::Result<ExitCode> {
                 mail_runtime::auth::hash_password(password.trim_end_matches(['\r', '\n']))
             );
             Ok(ExitCode::SUCCESS)
-        }
-        _ => {
-            eprintln!("{USAGE}");
-            Ok(ExitCode::from(2))
         }
     }
 }

@@ -1,43 +1,72 @@
 //! The kubemail operator binary.
 #![forbid(unsafe_code)]
 
-use std::{process::ExitCode, time::Duration};
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
+
+use clap::Parser;
 
 use kubemail_operator::{controller::Options, render::objects::RuntimeOptions};
 
-const USAGE: &str = "usage: kubemail-operator [--namespace NS]... [--runtime-image IMAGE]
-                         [--runtime-binary PATH] [--probe-host-override HOST]
-                         [--probe-timeout SECONDS]
+/// The kubemail operator: turns MailDomain, Mailbox and RelayPolicy objects into running mail
+/// servers.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubemail-operator",
+    version,
+    after_help = "Kubernetes access comes from the in-cluster ServiceAccount or KUBECONFIG."
+)]
+struct Args {
+    /// Watch this namespace; repeat for several (default: all).
+    #[arg(long = "namespace", value_name = "NS")]
+    namespaces: Vec<String>,
+    /// The mail runtime's image (default: this version's release image).
+    #[arg(long, value_name = "IMAGE")]
+    runtime_image: Option<String>,
+    /// mail-runtime in that image.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/usr/local/bin/mail-runtime"
+    )]
+    runtime_binary: String,
+    /// Probe HOST:<container port> instead of the Service: for a runtime started outside the
+    /// cluster (tests, the local command). Off by default.
+    #[arg(long, value_name = "HOST")]
+    probe_host_override: Option<String>,
+    /// Seconds per probe.
+    #[arg(long, value_name = "SECONDS", default_value = "3", value_parser = parse_seconds)]
+    probe_timeout: Duration,
+    /// Hold the Lease kubemail-operator in namespace NS before reconciling (identity: $POD_NAME
+    /// or the host name).
+    #[arg(long, value_name = "NS")]
+    leader_election: Option<String>,
+    /// /healthz, /readyz and /metrics; `off` to disable.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8081", value_parser = parse_health)]
+    health_addr: Option<SocketAddr>,
+}
 
-  --namespace NS             watch this namespace; repeat for several (default: all)
-  --runtime-image IMAGE      the mail runtime's image (default: the version's release image)
-  --runtime-binary PATH      mail-runtime in that image (default /usr/local/bin/mail-runtime)
-  --probe-host-override HOST probe HOST:<container port> instead of the Service; for a runtime
-                             started outside the cluster (tests, the local command). Off by default.
-  --probe-timeout SECONDS    per probe (default 3)
-  --leader-election NS       hold the Lease kubemail-operator in namespace NS before
-                             reconciling (identity: $POD_NAME or the host name)
-  --health-addr ADDR         /healthz, /readyz and /metrics (default 0.0.0.0:8081; off to disable)
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= 600.0 => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds between 0 and 600"
+        )),
+    }
+}
 
-Kubernetes access comes from the in-cluster ServiceAccount or KUBECONFIG.";
+fn parse_health(text: &str) -> Result<Option<SocketAddr>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| format!("{text:?} is not an address (HOST:PORT) or `off`"))
+}
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    if args.first().is_some_and(|a| a == "--version") {
-        println!("kubemail-operator {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
-    }
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    // Usage errors: clap's message and exit code 2.
+    let args = Args::parse();
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(
@@ -46,30 +75,21 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let timeout = flag("--probe-timeout")
-        .and_then(|t| t.parse::<f64>().ok())
-        .unwrap_or(3.0);
     let options = Options {
         runtime: RuntimeOptions {
-            image: flag("--runtime-image").unwrap_or_else(|| {
+            image: args.runtime_image.unwrap_or_else(|| {
                 format!(
                     "ghcr.io/kubemail/mail-runtime:{}",
                     env!("CARGO_PKG_VERSION")
                 )
             }),
-            binary: flag("--runtime-binary")
-                .unwrap_or_else(|| "/usr/local/bin/mail-runtime".into()),
+            binary: args.runtime_binary,
         },
-        probe_host_override: flag("--probe-host-override"),
-        probe_timeout: Duration::from_secs_f64(timeout),
+        probe_host_override: args.probe_host_override,
+        probe_timeout: args.probe_timeout,
     };
-    // --namespace may be given several times; none: every namespace.
-    let namespaces: Vec<String> = args
-        .iter()
-        .enumerate()
-        .filter(|(_, a)| *a == "--namespace")
-        .filter_map(|(i, _)| args.get(i + 1).cloned())
-        .collect();
+    // None: every namespace.
+    let namespaces = args.namespaces;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -89,24 +109,15 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!(?namespaces, "kubemail-operator starting");
-        let health = flag("--health-addr").unwrap_or_else(|| "0.0.0.0:8081".into());
-        if health != "off" {
-            match health.parse() {
-                Ok(addr) => {
-                    tokio::spawn(async move {
-                        if let Err(err) = kubemail_operator::health::serve(addr).await {
-                            tracing::error!(error = %err, "the health endpoint stopped");
-                        }
-                    });
+        if let Some(addr) = args.health_addr {
+            tokio::spawn(async move {
+                if let Err(err) = kubemail_operator::health::serve(addr).await {
+                    tracing::error!(error = %err, "the health endpoint stopped");
                 }
-                Err(_) => {
-                    eprintln!("kubemail-operator: --health-addr {health:?} is not an address");
-                    return ExitCode::from(2);
-                }
-            }
+            });
         }
         let mut elected = None;
-        if let Some(lease_ns) = flag("--leader-election") {
+        if let Some(lease_ns) = args.leader_election {
             let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
                 std::fs::read_to_string("/proc/sys/kernel/hostname")
                     .map(|h| h.trim().to_string())
