@@ -500,6 +500,9 @@ impl Session {
             CommandBody::SetQuota { .. } => {
                 no("[NOPERM] quotas are set on the Mailbox object, not over IMAP")
             }
+            // IDLE is the authenticated state's too (RFC 9051 s6.3.13): with no folder
+            // selected it reports nothing until DONE.
+            CommandBody::Idle => return Ok(self.idle(&tag).await),
             _ if self.selected.is_none() => not_selected(),
             CommandBody::Close => self.close().await,
             CommandBody::Unselect => self.unselect(),
@@ -580,7 +583,6 @@ impl Session {
                 mailbox,
                 uid,
             } => self.copy(&sequence_set, &mailbox, uid, true).await,
-            CommandBody::Idle => return Ok(self.idle(&tag).await),
             // Every command imap-codec parses with the features on is handled above; one a
             // new feature adds is refused until it is.
             #[allow(unreachable_patterns)]

@@ -1761,3 +1761,67 @@ async fn two_sessions_on_one_folder_keep_its_state_whole() {
     a.assert_well_formed();
     b.assert_well_formed();
 }
+
+/// From an outside attack on this stop's build: a folder renamed into its own subtree, levels
+/// of the hierarchy missing from LIST once their folder was deleted, IDLE refused without a
+/// selected folder, and PLAIN's authorization identity ignored.
+#[tokio::test]
+async fn hierarchy_levels_renames_idle_and_plain_identities() {
+    use base64::Engine as _;
+    let server = Server::start();
+    let mut c = server.login(BOB).await;
+    assert!(c.command("a", "CREATE x").await.contains("a OK"));
+    let into_itself = c.command("b", "RENAME x x/y/z").await;
+    assert!(into_itself.contains("b NO [CANNOT]"), "{into_itself}");
+    let list = c.command("c", "LIST \"\" x*").await;
+    assert!(!list.contains("x/y"), "{list}");
+
+    // A deleted parent stays a level of the hierarchy while it has children.
+    assert!(c.command("d", "CREATE b2/b").await.contains("d OK"));
+    assert!(c.command("e", "DELETE b2").await.contains("e OK"));
+    let level = c.command("f", "LIST \"\" %").await;
+    assert!(
+        level.contains("* LIST (\\Noselect \\HasChildren) \"/\" \"b2\""),
+        "{level}"
+    );
+    let below = c.command("g", "LIST \"\" b2/%").await;
+    assert!(below.contains("\"b2/b\""), "{below}");
+    assert!(c.command("h", "ENABLE IMAP4rev2").await.contains("h OK"));
+    let level = c.command("i", "LIST \"\" b2").await;
+    assert!(
+        level.contains("* LIST (\\NonExistent \\HasChildren) \"/\" \"b2\""),
+        "{level}"
+    );
+
+    // IDLE with no folder selected: allowed (RFC 9051 s6.3.13), quiet until DONE.
+    c.send(b"j IDLE\r\n").await;
+    assert_eq!(c.line().await, "+ idling");
+    c.send(b"DONE\r\n").await;
+    assert_eq!(c.line().await, "j OK IDLE terminated");
+    c.assert_well_formed();
+
+    // PLAIN as someone else (authzid alice, bob's credentials) is refused; naming oneself is
+    // fine.
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut c = server.connect().await;
+    let other = c
+        .command(
+            "k",
+            &format!(
+                "AUTHENTICATE PLAIN {}",
+                b64(&format!("{ALICE}\0{BOB}\0bob-pw"))
+            ),
+        )
+        .await;
+    assert!(other.contains("k NO [AUTHORIZATIONFAILED]"), "{other}");
+    let me = c
+        .command(
+            "l",
+            &format!(
+                "AUTHENTICATE PLAIN {}",
+                b64(&format!("{BOB}\0{BOB}\0bob-pw"))
+            ),
+        )
+        .await;
+    assert!(me.contains("l OK"), "{me}");
+}

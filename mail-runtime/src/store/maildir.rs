@@ -891,6 +891,12 @@ impl Store for Maildir {
             self.copy(mailbox, INBOX, &messages, to)?;
             return self.expunge(mailbox, INBOX, &messages);
         }
+        // Into its own subtree (`x` to `x/y`): its parents would be made inside it first.
+        if to.starts_with(&format!("{from}/")) {
+            return Err(StoreError::NotAllowed(
+                "a folder cannot be renamed into itself",
+            ));
+        }
         for n in 1..to.split('/').count() {
             let parent = to.split('/').take(n).collect::<Vec<_>>().join("/");
             if !parent.eq_ignore_ascii_case(INBOX) {

@@ -37,6 +37,27 @@ fn list_attributes(name: &str, folders: &[String], subscribed: bool) -> Vec<&'st
     attributes
 }
 
+/// The folders and every level above them that is no folder itself (`a/b/c` without `a/b`),
+/// each once, a level before what it holds.
+fn with_parents(folders: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(folders.len());
+    let mut seen: std::collections::HashSet<&str> = folders.iter().map(String::as_str).collect();
+    let mut missing: Vec<String> = Vec::new();
+    for name in folders {
+        let mut at = 0;
+        while let Some(slash) = name[at..].find('/') {
+            let parent = &name[..at + slash];
+            if seen.insert(parent) {
+                missing.push(parent.to_string());
+            }
+            at += slash + 1;
+        }
+    }
+    out.extend(missing);
+    out.extend(folders.iter().cloned());
+    out
+}
+
 /// LIST pattern matching: `*` matches anything, `%` anything but the separator. One pass per
 /// pattern byte over the name, O(pattern x name): the backtracking way takes exponential time
 /// on a pattern such as `*%*%*%...x` (the fuzzer found one that ran for minutes).
@@ -191,17 +212,25 @@ impl Session {
         let full = format!("{reference}{pattern}");
         let (folders, subscribed) = self.folders_and_subscriptions().await?;
         let full = canonical_inbox(&full);
-        let names: Vec<&String> = if subscribed_only {
-            subscribed.iter().collect()
+        let names: Vec<String> = if subscribed_only {
+            subscribed.clone()
         } else {
-            folders.iter().collect()
+            with_parents(&folders)
         };
-        for name in names {
+        for name in &names {
             let shown = self.shown(name);
             if !pattern_matches(full.as_bytes(), canonical_inbox(&shown).as_bytes()) {
                 continue;
             }
-            let attributes = list_attributes(name, &folders, false);
+            let attributes = if subscribed_only || folders.contains(name) {
+                list_attributes(name, &folders, false)
+            } else if self.rev2 {
+                // A level of the hierarchy that is no folder (its parent was deleted, or
+                // never made): RFC 9051 s6.3.9 names it so, RFC 3501 with \Noselect.
+                vec!["\\NonExistent", "\\HasChildren"]
+            } else {
+                vec!["\\Noselect", "\\HasChildren"]
+            };
             let mut line = format!("* {command} ({}) \"/\" ", attributes.join(" ")).into_bytes();
             write::string(&mut line, shown.as_bytes());
             line.extend_from_slice(b"\r\n");

@@ -86,8 +86,15 @@ impl Session {
     /// A PLAIN response (RFC 4616): authorization identity, user, password.
     async fn plain(&mut self, response: &[u8]) -> Done {
         let mut fields = response.split(|b| *b == 0);
-        let (_authz, user, pass) = (fields.next(), fields.next(), fields.next());
+        let (authz, user, pass) = (fields.next(), fields.next(), fields.next());
         match (user, pass, fields.next()) {
+            // Acting as another user is not offered (RFC 4616 s2: the server refuses an
+            // authorization identity it does not allow).
+            (Some(user), Some(_), None)
+                if authz.is_some_and(|a| !a.is_empty() && !a.eq_ignore_ascii_case(user)) =>
+            {
+                no("[AUTHORIZATIONFAILED] logging in as another user is not allowed")
+            }
             (Some(user), Some(pass), None) => {
                 let user = String::from_utf8_lossy(user).into_owned();
                 let pass = String::from_utf8_lossy(pass).into_owned();
