@@ -207,3 +207,57 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    /// Every subcommand's good arguments reach the struct (a type clap's derive does not match
+    /// panics only here, at run time).
+    #[test]
+    fn good_arguments_parse() {
+        for args in [
+            &["mail-runtime", "serve", "--config", "c.yaml"][..],
+            &[
+                "mail-runtime",
+                "dev",
+                "--data",
+                "d",
+                "--base-port",
+                "0",
+                "--stop-on-eof",
+            ][..],
+            &["mail-runtime", "dev"][..],
+            &[
+                "mail-runtime",
+                "probe",
+                "imap",
+                "127.0.0.1:993",
+                "--implicit-tls",
+                "--verify-tls",
+                "--tls-name",
+                "mail.example.test",
+                "--timeout",
+                "2.5",
+                "--login",
+                "a@example.test",
+                "--password-file",
+                "p",
+            ][..],
+            &["mail-runtime", "probe-config", "c.yaml"][..],
+            &["mail-runtime", "check-config", "c.yaml"][..],
+            &["mail-runtime", "hash-password"][..],
+        ] {
+            Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+        let Command::Dev { base_port, .. } = Cli::try_parse_from(["mail-runtime", "dev"])
+            .expect("dev")
+            .command
+        else {
+            panic!("not dev");
+        };
+        assert_eq!(base_port, 2500);
+    }
+}

@@ -42,8 +42,12 @@ struct Args {
     leader_election: Option<String>,
     /// /healthz, /readyz and /metrics; `off` to disable.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8081", value_parser = parse_health)]
-    health_addr: Option<SocketAddr>,
+    health_addr: HealthAddr,
 }
+
+/// Where the health endpoint listens, or nowhere (`off`).
+#[derive(Debug, Clone, Copy)]
+struct HealthAddr(Option<SocketAddr>);
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     match text.parse::<f64>() {
@@ -54,12 +58,12 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
     }
 }
 
-fn parse_health(text: &str) -> Result<Option<SocketAddr>, String> {
+fn parse_health(text: &str) -> Result<HealthAddr, String> {
     if text == "off" {
-        return Ok(None);
+        return Ok(HealthAddr(None));
     }
     text.parse()
-        .map(Some)
+        .map(|addr| HealthAddr(Some(addr)))
         .map_err(|_| format!("{text:?} is not an address (HOST:PORT) or `off`"))
 }
 
@@ -109,7 +113,7 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!(?namespaces, "kubemail-operator starting");
-        if let Some(addr) = args.health_addr {
+        if let HealthAddr(Some(addr)) = args.health_addr {
             tokio::spawn(async move {
                 if let Err(err) = kubemail_operator::health::serve(addr).await {
                     tracing::error!(error = %err, "the health endpoint stopped");
@@ -175,4 +179,45 @@ async fn counted_client() -> Result<kube::Client, kube::Error> {
     Ok(kube::client::ClientBuilder::try_from(config)?
         .with_layer(&count)
         .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Args;
+
+    /// Every flag with a value that is right reaches the struct (a type clap's derive does not
+    /// match panics only here, at run time).
+    #[test]
+    fn good_arguments_parse() {
+        let args = Args::try_parse_from([
+            "kubemail-operator",
+            "--namespace",
+            "a",
+            "--namespace",
+            "b",
+            "--runtime-image",
+            "r:1",
+            "--probe-host-override",
+            "127.0.0.1",
+            "--probe-timeout",
+            "1.5",
+            "--leader-election",
+            "kubemail-system",
+            "--health-addr",
+            "127.0.0.1:0",
+        ])
+        .expect("parses");
+        assert_eq!(args.namespaces, ["a", "b"]);
+        assert!(args.health_addr.0.is_some());
+        let defaults = Args::try_parse_from(["kubemail-operator"]).expect("parses");
+        assert_eq!(defaults.probe_timeout, std::time::Duration::from_secs(3));
+        assert_eq!(
+            defaults.health_addr.0,
+            Some("0.0.0.0:8081".parse().expect("addr"))
+        );
+        let off = Args::try_parse_from(["kubemail-operator", "--health-addr", "off"]).expect("off");
+        assert!(off.health_addr.0.is_none());
+    }
 }
