@@ -558,7 +558,10 @@ pub struct MailDomainStatus {
     /// config), one condition per protocol probe (`SMTPReady`, `SubmissionReady`, `IMAPReady`,
     /// `POP3Ready`), `ConfigServed` (the runtime serves the revision written), `TLSReady`,
     /// `RelayPolicyFound` when a RelayPolicy is named, `CatchAllFound` when a catch-all is set,
-    /// and `ConfigValid=False` while a rendered config is refused.
+    /// and `ConfigValid=False` while a rendered config is refused. While not Ready, kstatus's `Reconciling`
+    /// (waiting: for a Secret, a domain, the runtime) or `Stalled` (a change by the user is
+    /// needed: an invalid config, a duplicate address, a Secret without its key, ...) says which,
+    /// present only while True, as Flux and Argo CD read them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

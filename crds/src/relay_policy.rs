@@ -294,7 +294,10 @@ pub struct RelayPolicyStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, and `SmarthostReachable` from a probe of the smarthost when one is set.
+    /// `Ready`, and `SmarthostReachable` from a probe of the smarthost when one is set. While not Ready, kstatus's `Reconciling`
+    /// (waiting: for a Secret, a domain, the runtime) or `Stalled` (a change by the user is
+    /// needed: an invalid config, a duplicate address, a Secret without its key, ...) says which,
+    /// present only while True, as Flux and Argo CD read them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

@@ -274,6 +274,17 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
             "{condition}"
         );
     }
+    // kstatus: Ready leaves neither Reconciling nor Stalled behind (Flux and Argo CD read them).
+    for condition in ["Reconciling", "Stalled"] {
+        assert_eq!(
+            world.get(
+                &["get", "maildomain", "example-test"],
+                &format!("{{.status.conditions[?(@.type==\"{condition}\")].status}}"),
+            ),
+            "",
+            "{condition} is still set on a Ready MailDomain"
+        );
+    }
     world.wait("alice's first login", Duration::from_secs(60), || {
         world.can_log_in("alice@example.test", "alice-quickstart-password")
     });

@@ -39,6 +39,71 @@ pub mod reason {
     pub const NOT_READY: &str = "NotReady";
 }
 
+/// kstatus's condition types (Flux's and Argo CD's generic health checks read them): present
+/// only while True, beside `Ready`.
+pub const RECONCILING: &str = "Reconciling";
+/// See [`RECONCILING`].
+pub const STALLED: &str = "Stalled";
+
+/// Reasons no amount of waiting clears: the user must change the object or its Secret. A
+/// condition False for one of them makes the object `Stalled`; any other not-ready state is
+/// `Reconciling` (a Secret or a domain may still be on its way, a runtime still starting).
+const NEEDS_A_CHANGE: &[&str] = &[
+    reason::INVALID_CONFIG,
+    reason::DUPLICATE,
+    reason::KEY_NOT_FOUND,
+    reason::SECRET_NOT_LABELLED,
+    reason::CREDENTIALS_NEED_TLS,
+    reason::CATCH_ALL_NOT_FOUND,
+];
+
+/// Sets kstatus's `Reconciling` or `Stalled` from the other conditions (`Ready` among them):
+/// neither once Ready; `Stalled` with the first failing condition's reason and message when a
+/// change by the user is needed; `Reconciling` with what is awaited otherwise.
+pub fn set_kstatus(
+    conditions: &mut Vec<Condition>,
+    previous: &[Condition],
+    generation: Option<i64>,
+) {
+    conditions.retain(|c| c.type_ != RECONCILING && c.type_ != STALLED);
+    let failing: Vec<&Condition> = conditions
+        .iter()
+        .filter(|c| c.type_ != "Ready" && c.status != "True")
+        .collect();
+    let ready = conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    if ready {
+        return;
+    }
+    let stuck = failing
+        .iter()
+        .find(|c| NEEDS_A_CHANGE.contains(&c.reason.as_str()));
+    let (type_, reason, message) = match stuck {
+        Some(c) => (
+            STALLED,
+            c.reason.clone(),
+            format!("{}: {}", c.type_, c.message),
+        ),
+        None => {
+            let awaited: Vec<&str> = failing.iter().map(|c| c.type_.as_str()).collect();
+            let reason = failing
+                .first()
+                .map_or(reason::NOT_READY, |c| c.reason.as_str())
+                .to_string();
+            let message = if awaited.is_empty() {
+                "not ready yet".to_string()
+            } else {
+                format!("waiting for {}", awaited.join(", "))
+            };
+            (RECONCILING, reason, message)
+        }
+    };
+    set(
+        conditions, previous, type_, true, &reason, message, generation,
+    );
+}
+
 /// Sets a condition, keeping its `lastTransitionTime` when its status does not change.
 pub fn set(
     conditions: &mut Vec<Condition>,
@@ -89,6 +154,72 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn condition(type_: &str, ok: bool, reason: &str) -> Condition {
+        let mut out = Vec::new();
+        set(
+            &mut out,
+            &[],
+            type_,
+            ok,
+            reason,
+            format!("{type_} says so"),
+            Some(3),
+        );
+        out.remove(0)
+    }
+
+    fn kstatus(conditions: &[Condition]) -> Vec<(String, String, String)> {
+        let mut conditions = conditions.to_vec();
+        set_kstatus(&mut conditions, &[], Some(3));
+        conditions
+            .into_iter()
+            .filter(|c| c.type_ == RECONCILING || c.type_ == STALLED)
+            .map(|c| (c.type_, c.status, c.reason))
+            .collect()
+    }
+
+    #[test]
+    fn kstatus_follows_ready_and_the_reason_of_what_fails() {
+        let ready = condition("Ready", true, reason::READY);
+        let not_ready = condition("Ready", false, reason::NOT_READY);
+        // Ready: neither, and earlier ones are removed.
+        let mut done = vec![ready.clone(), condition(STALLED, true, reason::DUPLICATE)];
+        set_kstatus(&mut done, &[], Some(3));
+        assert_eq!(done.len(), 1);
+        // A Secret not there yet: Reconciling, with its reason.
+        assert_eq!(
+            kstatus(&[
+                condition("SecretFound", false, reason::SECRET_NOT_FOUND),
+                not_ready.clone()
+            ]),
+            [(
+                RECONCILING.into(),
+                "True".into(),
+                reason::SECRET_NOT_FOUND.into()
+            )]
+        );
+        // A Secret without its key, a duplicate address: Stalled until the user acts.
+        for why in [
+            reason::KEY_NOT_FOUND,
+            reason::DUPLICATE,
+            reason::INVALID_CONFIG,
+        ] {
+            assert_eq!(
+                kstatus(&[
+                    condition("DomainFound", false, reason::DOMAIN_NOT_FOUND),
+                    condition("Other", false, why),
+                    not_ready.clone(),
+                ]),
+                [(STALLED.into(), "True".into(), why.into())]
+            );
+        }
+        // Not ready with nothing failing (a config not served yet): Reconciling.
+        assert_eq!(
+            kstatus(&[not_ready]),
+            [(RECONCILING.into(), "True".into(), reason::NOT_READY.into())]
+        );
+    }
 
     fn conditions(list: &[(&str, bool)]) -> Vec<Condition> {
         let mut out = Vec::new();

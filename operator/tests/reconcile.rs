@@ -482,6 +482,30 @@ async fn a_domain_with_mailboxes_is_rendered_changed_and_cleaned_up() {
     })
     .await;
     assert_eq!(missing.1, "SecretNotFound");
+    // kstatus: a Secret that may still come is awaited (Reconciling), not a dead end.
+    let reconciling = eventually("carol is Reconciling", || async {
+        condition(&client, &ns, "carol", "Reconciling").await
+    })
+    .await;
+    assert_eq!(
+        reconciling,
+        ("True".to_string(), "SecretNotFound".to_string())
+    );
+    assert_eq!(condition(&client, &ns, "carol", "Stalled").await, None);
+    // A Secret without the key needs a change by the user: Stalled, at once.
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "carol-password"},
+               "stringData": {"passwd": "carol-pw"}}),
+    )
+    .await;
+    let stalled = eventually("carol is Stalled", || async {
+        condition(&client, &ns, "carol", "Stalled").await
+    })
+    .await;
+    assert_eq!(stalled, ("True".to_string(), "KeyNotFound".to_string()));
+    assert_eq!(condition(&client, &ns, "carol", "Reconciling").await, None);
     apply(&client, &ns, password("carol", "carol-pw")).await;
     eventually("carol joins the config", || async {
         config(&client, &ns)
@@ -493,6 +517,14 @@ async fn a_domain_with_mailboxes_is_rendered_changed_and_cleaned_up() {
         condition(&client, &ns, "carol", "SecretFound")
             .await
             .filter(|c| c.0 == "True")
+    })
+    .await;
+    // Recovered from the user's side: no longer Stalled; with no runtime running here, she
+    // waits for it to serve her (Reconciling). Ready clears both: the end-to-end test.
+    eventually("carol is no longer Stalled", || async {
+        let reconciling = condition(&client, &ns, "carol", "Reconciling").await?;
+        let stalled = condition(&client, &ns, "carol", "Stalled").await;
+        (reconciling.0 == "True" && stalled.is_none()).then_some(())
     })
     .await;
 

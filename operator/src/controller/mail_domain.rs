@@ -584,6 +584,7 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
             format!("not ready: {}", failing.join(", "))
         },
     );
+    conditions::set_kstatus(&mut status.conditions, &previous.conditions, generation);
     status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
     status.endpoints = md
         .spec

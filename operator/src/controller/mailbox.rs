@@ -147,6 +147,7 @@ pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Actio
             "waiting for the domain, the password Secret or the runtime".to_string()
         },
     );
+    conditions::set_kstatus(&mut status.conditions, &previous.conditions, generation);
     status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
     if stored.status.as_ref() != Some(&status) {
         super::publish_transitions(

@@ -151,6 +151,7 @@ pub async fn reconcile(rp: Arc<RelayPolicy>, ctx: Arc<Context>) -> Result<Action
             "the smarthost or its credentials are not ready".to_string()
         },
     );
+    conditions::set_kstatus(&mut status.conditions, &previous.conditions, generation);
     status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
     if stored.status.as_ref() != Some(&status) {
         super::publish_transitions(&ctx, rp.as_ref(), &previous.conditions, &status.conditions)
