@@ -790,24 +790,29 @@ fn needs_mark(
 
 /// The config revision the runtime reports on `/readyz`, if it answers.
 async fn served_revision(host: &str, port: i32) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use http_body_util::BodyExt;
     let fetch = async {
-        let mut stream = tokio::net::TcpStream::connect(format!("{host}:{port}"))
+        let stream = tokio::net::TcpStream::connect(format!("{host}:{port}"))
             .await
             .ok()?;
-        stream
-            .write_all(format!("GET /readyz HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-            .await
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .ok()?;
+        // Ends once the answer is read and the sender dropped.
+        tokio::spawn(connection);
+        let request = hyper::Request::get("/readyz")
+            .header(hyper::header::HOST, host)
+            .body(http_body_util::Empty::<hyper::body::Bytes>::new())
             .ok()?;
-        let mut body = Vec::new();
-        (&mut stream)
-            .take(64 * 1024)
-            .read_to_end(&mut body)
+        // Not ready (503) still says which revision it serves.
+        let response = sender.send_request(request).await.ok()?;
+        let body = http_body_util::Limited::new(response.into_body(), 64 * 1024)
+            .collect()
             .await
-            .ok()?;
-        let text = String::from_utf8_lossy(&body);
-        let json = text.split_once("\r\n\r\n")?.1;
-        let value: serde_json::Value = serde_json::from_str(json).ok()?;
+            .ok()?
+            .to_bytes();
+        let value: serde_json::Value = serde_json::from_slice(&body).ok()?;
         value["status"]["revision"].as_str().map(str::to_string)
     };
     tokio::time::timeout(Duration::from_secs(3), fetch)
@@ -828,7 +833,39 @@ mod tests {
 
     use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
-    use super::{POD_REFRESH, POD_REVISION, needs_mark};
+    use super::{POD_REFRESH, POD_REVISION, needs_mark, served_revision};
+
+    /// The runtime answers `/readyz` with 503 while it is not ready, and still names the
+    /// revision it serves; anything else (no server, not JSON) is no revision.
+    #[tokio::test]
+    async fn the_served_revision_is_read_from_readyz_ready_or_not() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = i32::from(listener.local_addr().expect("addr").port());
+        let server = tokio::spawn(async move {
+            for body in [r#"{"status":{"revision":"r42","ready":false}}"#, "not json"] {
+                let (mut socket, _) = listener.accept().await.expect("accept");
+                let mut request = vec![0u8; 1024];
+                let n = socket.read(&mut request).await.expect("read");
+                assert!(request[..n].starts_with(b"GET /readyz HTTP/1.1\r\n"));
+                let answer = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                socket.write_all(answer.as_bytes()).await.expect("write");
+            }
+        });
+        assert_eq!(
+            served_revision("127.0.0.1", port).await.as_deref(),
+            Some("r42")
+        );
+        assert_eq!(served_revision("127.0.0.1", port).await, None);
+        server.await.expect("server");
+        assert_eq!(served_revision("127.0.0.1", port).await, None);
+    }
 
     fn pod(revision: Option<&str>, refreshed: Option<Timestamp>) -> BTreeMap<String, String> {
         let mut annotations = BTreeMap::new();
