@@ -8,9 +8,9 @@ pub enum Error {
     /// The API server refused or could not be reached.
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    /// A key could not be made.
+    /// A key could not be made (its cause kept as the source).
     #[error("key generation: {0}")]
-    Keys(String),
+    Keys(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The object has no namespace or name (never for stored objects).
     #[error("object without {0}")]
     Incomplete(&'static str),

@@ -271,7 +271,7 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
             if secrets.get_opt(&names.self_signed_tls).await?.is_none() {
                 let host = hostname(&md);
                 let (cert, key) = keys::self_signed(std::slice::from_ref(&host))
-                    .map_err(|e| Error::Keys(e.to_string()))?;
+                    .map_err(|e| Error::Keys(e.into()))?;
                 let secret = objects::pem_secret(
                     &md,
                     &names.self_signed_tls,
@@ -314,8 +314,8 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
                 let algorithm = md.spec.dkim.algorithm;
                 let key = tokio::task::spawn_blocking(move || keys::new_dkim_key(algorithm))
                     .await
-                    .map_err(|e| Error::Keys(e.to_string()))?
-                    .map_err(|e| Error::Keys(e.to_string()))?;
+                    .map_err(|e| Error::Keys(e.into()))?
+                    .map_err(|e| Error::Keys(e.into()))?;
                 let secret = objects::pem_secret(
                     &md,
                     &names.dkim,
