@@ -1,5 +1,11 @@
 //! Delivery status notifications (RFC 3464): a `multipart/report` that tells the sender which
 //! recipients failed and why, with the original header for reference.
+use mail_builder::{
+    MessageBuilder,
+    headers::{content_type::ContentType, date::Date, raw::Raw},
+    mime::{BodyPart, MimePart},
+};
+
 use super::queue::{Entry, Rcpt};
 
 /// An RFC 5322 date.
@@ -42,7 +48,6 @@ pub fn report(
     header: &[u8],
     now: i64,
 ) -> Vec<u8> {
-    let boundary = format!("{}.report/{hostname}", entry.id);
     let mut text = format!(
         "This is the mail system at {hostname}.\r\n\r\nYour message could not be delivered to \
          the recipients below{}.\r\n\r\n",
@@ -76,36 +81,39 @@ pub fn report(
     if !header.ends_with(b"\n") {
         header.extend_from_slice(b"\r\n");
     }
-    let mut out = format!(
-        "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
-         To: <{to}>\r\n\
-         Subject: Undelivered Mail Returned to Sender\r\n\
-         Date: {date}\r\n\
-         Message-ID: <{id}.dsn@{hostname}>\r\n\
-         Auto-Submitted: auto-replied\r\n\
-         MIME-Version: 1.0\r\n\
-         Content-Type: multipart/report; report-type=delivery-status;\r\n\
-         \tboundary=\"{boundary}\"\r\n\
-         \r\n\
-         --{boundary}\r\n\
-         Content-Type: text/plain; charset=us-ascii\r\n\
-         \r\n\
-         {text}\r\n\
-         --{boundary}\r\n\
-         Content-Type: message/delivery-status\r\n\
-         \r\n\
-         {fields}\r\n\
-         --{boundary}\r\n\
-         Content-Type: text/rfc822-headers\r\n\
-         \r\n",
-        to = entry.from,
-        date = rfc2822_date(now),
-        id = entry.id,
-    )
-    .into_bytes();
-    out.extend_from_slice(&header);
-    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    out
+    // message/* and the original header go out as they are (RFC 3464 s2, RFC 6522): 7bit, or
+    // 8bit for an SMTPUTF8 message's header, never re-encoded.
+    let header_encoding = if header.is_ascii() { "7bit" } else { "8bit" };
+    let report = MimePart::new(
+        ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
+        vec![
+            MimePart::new(
+                ContentType::new("text/plain").attribute("charset", "us-ascii"),
+                BodyPart::Text(text.into()),
+            ),
+            MimePart::new(
+                ContentType::new("message/delivery-status"),
+                BodyPart::Binary(fields.into_bytes().into()),
+            )
+            .transfer_encoding("7bit"),
+            MimePart::new(
+                ContentType::new("text/rfc822-headers"),
+                BodyPart::Binary(header.into()),
+            )
+            .transfer_encoding(header_encoding),
+        ],
+    );
+    let daemon = format!("MAILER-DAEMON@{hostname}");
+    MessageBuilder::new()
+        .from(("Mail Delivery System", daemon.as_str()))
+        .to(entry.from.as_str())
+        .subject("Undelivered Mail Returned to Sender")
+        .date(Date::new(now))
+        .message_id(format!("{}.dsn@{hostname}", entry.id))
+        .header("Auto-Submitted", Raw::new("auto-replied"))
+        .body(report)
+        .write_to_vec()
+        .unwrap_or_default()
 }
 
 fn one_line(s: &str) -> String {
@@ -155,14 +163,49 @@ mod tests {
         ))
         .expect("ascii");
         for expected in [
-            "Content-Type: multipart/report; report-type=delivery-status;",
             "Final-Recipient: rfc822; nobody@remote.test\r\nAction: failed\r\nStatus: 5.1.1",
             "Remote-MTA: dns; mx.remote.test",
             "Original-Envelope-Id: env-1",
-            "Content-Type: text/rfc822-headers\r\n\r\nSubject: hi\r\n",
+            "Auto-Submitted: auto-replied",
         ] {
             assert!(report.contains(expected), "{expected} missing:\n{report}");
         }
+        // Its structure, as a parser we did not write reads it (RFC 6522: the report's parts
+        // in order, the machine-readable one as it was written).
+        use mail_parser::MimeHeaders;
+        let parsed = mail_parser::MessageParser::default()
+            .parse(report.as_bytes())
+            .expect("parses");
+        let root = parsed.content_type().expect("a content type");
+        assert_eq!(
+            (root.ctype(), root.subtype()),
+            ("multipart", Some("report"))
+        );
+        assert_eq!(root.attribute("report-type"), Some("delivery-status"));
+        let kinds: Vec<String> = parsed.parts[1..]
+            .iter()
+            .map(|p| {
+                let t = p.content_type().expect("typed");
+                format!("{}/{}", t.ctype(), t.subtype().unwrap_or_default())
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "text/plain",
+                "message/delivery-status",
+                "text/rfc822-headers"
+            ]
+        );
+        let status = String::from_utf8_lossy(parsed.parts[2].contents());
+        assert!(
+            status.starts_with("Reporting-MTA: dns; mail.example.test\r\n"),
+            "{status}"
+        );
+        assert!(
+            String::from_utf8_lossy(parsed.parts[3].contents()).starts_with("Subject: hi"),
+            "{report}"
+        );
         assert_eq!(status_of("451 4.4.1 try later", true), "5.4.1");
         assert_eq!(status_of("timeout", true), "5.4.7");
     }
