@@ -227,17 +227,33 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     if needle.is_empty() {
         return true;
     }
+    if !needle.is_ascii() {
+        return contains_folded(haystack, needle);
+    }
     if needle.len() > haystack.len() {
         return false;
     }
     contains_lowered(&haystack.to_ascii_lowercase(), needle)
 }
 
-/// [`contains`] in a haystack already lowered.
+/// [`contains`] in a haystack already lowered (ASCII letters only: what is not ASCII is as it
+/// was, so a needle that is not ASCII is folded against it the same way).
 fn contains_lowered(lowered: &[u8], needle: &[u8]) -> bool {
+    if !needle.is_ascii() {
+        return contains_folded(lowered, needle);
+    }
     needle.is_empty()
         || (needle.len() <= lowered.len()
             && memchr::memmem::find(lowered, &needle.to_ascii_lowercase()).is_some())
+}
+
+/// A needle with letters beyond ASCII (`été`) is compared with Unicode's lower case on both
+/// sides, as RFC 9051 s6.4.4 asks of a case-insensitive search (`Été` matches); the common ASCII
+/// needle keeps the byte-wise path. Still linear: one lowered copy, one two-way search.
+fn contains_folded(haystack: &[u8], needle: &[u8]) -> bool {
+    let needle = String::from_utf8_lossy(needle).to_lowercase();
+    let haystack = String::from_utf8_lossy(haystack).to_lowercase();
+    memchr::memmem::find(haystack.as_bytes(), needle.as_bytes()).is_some()
 }
 
 fn day(secs: i64) -> i64 {
@@ -452,7 +468,22 @@ fn text_matches(c: &Candidate<'_>, needle: &[u8], with_headers: bool) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{HeaderCache, any_header_value, header_block, header_fields};
+    use super::{HeaderCache, any_header_value, contains, header_block, header_fields};
+
+    /// From an outside attack: `été` did not find `Été` (only ASCII letters were folded).
+    #[test]
+    fn letters_beyond_ascii_are_compared_without_case() {
+        let subject = "Subject: \u{c9}t\u{e9} \u{c0} PARIS".as_bytes();
+        for needle in ["\u{e9}t\u{e9}", "\u{c9}T\u{c9}", "\u{e0} paris", "PARIS"] {
+            assert!(contains(subject, needle.as_bytes()), "{needle}");
+        }
+        assert!(!contains(subject, "\u{e9}t\u{e9}s".as_bytes()));
+        // Bytes that are not UTF-8 do not stop the search.
+        assert!(contains(
+            b"\xff\xc3\x89T\xc3\x89",
+            "\u{e9}t\u{e9}".as_bytes()
+        ));
+    }
 
     #[test]
     fn header_only_searches_are_told_apart_and_cached_by_field() {
@@ -556,8 +587,8 @@ mod tests {
         let mut needle = vec![b'A'; 400_000];
         needle.push(b'b');
         let started = std::time::Instant::now();
-        assert!(!super::contains(&haystack, &needle));
-        assert!(super::contains(&haystack, &needle[..1_000]));
+        assert!(!contains(&haystack, &needle));
+        assert!(contains(&haystack, &needle[..1_000]));
         assert!(
             started.elapsed() < std::time::Duration::from_secs(2),
             "{:?}",

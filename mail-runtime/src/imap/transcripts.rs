@@ -1825,3 +1825,38 @@ async fn hierarchy_levels_renames_idle_and_plain_identities() {
         .await;
     assert!(me.contains("l OK"), "{me}");
 }
+
+/// SEARCH ignores case beyond ASCII too (RFC 9051 s6.4.4; an outside attack found `été`
+/// missing `Été`): in a raw UTF-8 header, in an encoded word, and in a body.
+#[tokio::test]
+async fn search_ignores_case_beyond_ascii() {
+    let server = Server::start();
+    server.deliver_raw(
+        BOB,
+        "From: a@example.net\r\nSubject: \u{c9}t\u{e9} \u{e0} Paris\r\n\r\nhello\r\n".as_bytes(),
+    );
+    server.deliver_raw(
+        BOB,
+        b"From: a@example.net\r\nSubject: =?UTF-8?Q?=C3=89T=C3=89?=\r\n\r\nhello\r\n",
+    );
+    server.deliver_raw(
+        BOB,
+        "From: a@example.net\r\nSubject: winter\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\u{c9}T\u{c9} next year\r\n"
+            .as_bytes(),
+    );
+    let mut c = server.login(BOB).await;
+    assert!(c.command("a", "SELECT INBOX").await.contains("a OK"));
+    let subject = c
+        .command_with_literal(
+            "b",
+            "SEARCH CHARSET UTF-8 SUBJECT",
+            "\u{e9}t\u{e9}".as_bytes(),
+        )
+        .await;
+    assert!(subject.contains("* SEARCH 1 2\n"), "{subject}");
+    let text = c
+        .command_with_literal("c", "SEARCH CHARSET UTF-8 BODY", "\u{e9}t\u{e9}".as_bytes())
+        .await;
+    assert!(text.contains("* SEARCH 3\n"), "{text}");
+    c.assert_well_formed();
+}
