@@ -158,6 +158,16 @@ pub(super) fn store_failure(err: &StoreError) -> Refused {
     })
 }
 
+/// The name a mailbox argument spells, as the client sent it (INBOX in any case is INBOX).
+fn named(mailbox: &Mailbox<'_>) -> Result<String, Refused> {
+    match mailbox {
+        Mailbox::Inbox => Ok(INBOX.to_string()),
+        Mailbox::Other(other) => std::str::from_utf8(other.as_ref())
+            .map(canonical_inbox)
+            .map_err(|_| Refused::Bad("a folder name is UTF-8".into())),
+    }
+}
+
 /// A name with INBOX (and INBOX's children) spelled the one way: INBOX is case-insensitive.
 pub(super) fn canonical_inbox(name: &str) -> String {
     match name.split_once('/') {
@@ -281,13 +291,7 @@ impl Session {
     /// client's must already be modified UTF-7, so that one folder has one name. Control
     /// characters are refused in either spelling.
     pub(super) fn new_folder(&self, mailbox: &Mailbox<'_>) -> Result<String, Refused> {
-        let Mailbox::Other(other) = mailbox else {
-            return Ok(INBOX.to_string());
-        };
-        let Ok(name) = std::str::from_utf8(other.as_ref()) else {
-            return Err(Refused::Bad("a folder name is UTF-8".into()));
-        };
-        let name = canonical_inbox(name);
+        let name = named(mailbox)?;
         let (stored, utf8) = if self.rev2 {
             (super::mutf7::encode(&name), name)
         } else {
@@ -315,13 +319,7 @@ impl Session {
     /// spelling it was made with.
     pub(super) async fn folder(&self, mailbox: &Mailbox<'_>) -> Result<String, Refused> {
         let strict = self.new_folder(mailbox);
-        let Mailbox::Other(other) = mailbox else {
-            return strict;
-        };
-        let Ok(raw) = std::str::from_utf8(other.as_ref()) else {
-            return strict;
-        };
-        let raw = canonical_inbox(raw);
+        let raw = named(mailbox)?;
         if super::mutf7::decode(&raw).is_some() && !self.rev2
             || strict.as_ref().is_ok_and(|s| *s == raw)
         {
