@@ -181,6 +181,31 @@ impl Config {
             if let Err(err) = password::PasswordHash::parse(&m.password_hash) {
                 problem(format!("mailboxes[{i}].passwordHash"), err.to_string());
             }
+            if m.app_passwords.len() > MAX_APP_PASSWORDS {
+                problem(
+                    format!("mailboxes[{i}].appPasswords"),
+                    format!("at most {MAX_APP_PASSWORDS} app passwords per mailbox"),
+                );
+            }
+            let mut names = BTreeSet::new();
+            for (j, a) in m.app_passwords.iter().enumerate() {
+                let field = format!("mailboxes[{i}].appPasswords[{j}]");
+                if a.name.is_empty() || a.name.len() > 63 || a.name.chars().any(|c| c.is_control())
+                {
+                    problem(
+                        format!("{field}.name"),
+                        format!("{:?} is not a name (1 to 63 printable characters)", a.name),
+                    );
+                } else if !names.insert(a.name.as_str()) {
+                    problem(
+                        format!("{field}.name"),
+                        format!("{:?} is listed twice", a.name),
+                    );
+                }
+                if let Err(err) = password::PasswordHash::parse(&a.password_hash) {
+                    problem(format!("{field}.passwordHash"), err.to_string());
+                }
+            }
         }
 
         let mut catch_all = BTreeMap::new();
@@ -401,8 +426,9 @@ impl Config {
     }
 
     /// The mailbox a session logged in as, while it may still use `protocol` with the password
-    /// it logged in with; `None` once it is removed, suspended or its password changed (its
-    /// open sessions end then). Indexes move when mailboxes come and go: sessions keep the
+    /// it logged in with (its own or an app password, by hash); `None` once it is removed,
+    /// suspended, its password changed or that app password is revoked (its open sessions end
+    /// then; sessions opened with its other passwords go on). Indexes move when mailboxes come and go: sessions keep the
     /// address and look the index up again.
     pub fn still_serves(
         &self,
@@ -411,8 +437,9 @@ impl Config {
         protocol: LoginProtocol,
     ) -> Option<usize> {
         let index = self.mailbox_by_address(address)?;
-        let mailbox = self.mailbox(index);
-        (mailbox.password_hash == password_hash && mailbox.may_use(protocol)).then_some(index)
+        self.mailbox(index)
+            .opens(password_hash, protocol)
+            .then_some(index)
     }
 
     /// Whether a domain (primary or alias) is served here.

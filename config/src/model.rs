@@ -203,6 +203,28 @@ pub struct MailboxConfig {
     /// A suspended mailbox receives mail but cannot log in.
     #[serde(default)]
     pub suspended: bool,
+    /// Further passwords, one per device or application, each revoked on its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub app_passwords: Vec<AppPasswordConfig>,
+}
+
+/// The most app passwords a mailbox may have: a wrong password is checked against each, so
+/// their number bounds what one failed login costs.
+pub const MAX_APP_PASSWORDS: usize = 8;
+
+/// An app password: a further password of a mailbox, for one device or application. Removing
+/// it ends the sessions opened with it and no others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AppPasswordConfig {
+    /// Its name, unique in the mailbox (`phone`, `laptop-thunderbird`): named in the log of
+    /// each login made with it.
+    pub name: String,
+    /// An argon2 or bcrypt hash, as for the mailbox's own password.
+    pub password_hash: String,
+    /// The protocols it opens, within the mailbox's own.
+    #[serde(default = "all_protocols")]
+    pub protocols: Vec<LoginProtocol>,
 }
 
 fn yes() -> bool {
@@ -221,6 +243,47 @@ impl MailboxConfig {
     /// Whether this mailbox may log in with a protocol.
     pub fn may_use(&self, protocol: LoginProtocol) -> bool {
         !self.suspended && self.protocols.contains(&protocol)
+    }
+
+    /// Every password hash that opens this mailbox, each with the app password's name (`None`
+    /// for the mailbox's own password) and the protocols it opens: the own password first.
+    pub fn credentials(&self) -> impl Iterator<Item = Credential<'_>> {
+        std::iter::once(Credential {
+            app_password: None,
+            hash: &self.password_hash,
+            protocols: &self.protocols,
+        })
+        .chain(self.app_passwords.iter().map(|a| Credential {
+            app_password: Some(&a.name),
+            hash: &a.password_hash,
+            protocols: &a.protocols,
+        }))
+    }
+
+    /// Whether the password with this hash (the own one or an app password) still opens the
+    /// mailbox with `protocol`.
+    pub fn opens(&self, hash: &str, protocol: LoginProtocol) -> bool {
+        self.credentials()
+            .any(|c| c.hash == hash && c.opens(self, protocol))
+    }
+}
+
+/// One password of a mailbox, as [`MailboxConfig::credentials`] lists them.
+#[derive(Debug, Clone, Copy)]
+pub struct Credential<'a> {
+    /// The app password's name; `None` for the mailbox's own password.
+    pub app_password: Option<&'a str>,
+    /// The hash.
+    pub hash: &'a str,
+    /// The protocols it opens (an app password's own list; the mailbox's for its own).
+    pub protocols: &'a [LoginProtocol],
+}
+
+impl Credential<'_> {
+    /// Whether it opens `mailbox` with `protocol`: the mailbox may use the protocol (it is not
+    /// suspended, the protocol is among its own) and so may this password.
+    pub fn opens(&self, mailbox: &MailboxConfig, protocol: LoginProtocol) -> bool {
+        mailbox.may_use(protocol) && self.protocols.contains(&protocol)
     }
 }
 

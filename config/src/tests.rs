@@ -155,3 +155,76 @@ fn proxy_listeners_need_trusted_proxies_that_leave_the_probes_out() {
     assert!(!config.trusts_proxy("127.0.0.1".parse().expect("ip")));
     assert!(!config.trusts_proxy("192.0.2.1".parse().expect("ip")));
 }
+
+#[test]
+fn an_app_password_opens_only_its_protocols_and_is_checked_like_a_password() {
+    let phone = password::hash_password("phone-pw");
+    let text = valid().replace(
+        "  - address: info@example.com\n",
+        &format!(
+            "    appPasswords:\n      - {{name: phone, passwordHash: \"{phone}\", protocols: [imap]}}\n  - address: info@example.com\n"
+        ),
+    );
+    let config = Config::parse(&text).expect("valid");
+    let jane = config.mailbox(0);
+    let own = jane.password_hash.clone();
+    let names: Vec<Option<&str>> = jane.credentials().map(|c| c.app_password).collect();
+    assert_eq!(names, [None, Some("phone")], "the own password comes first");
+    assert!(jane.opens(&phone, LoginProtocol::Imap));
+    assert!(
+        !jane.opens(&phone, LoginProtocol::Smtp),
+        "declared for IMAP only"
+    );
+    assert!(jane.opens(&own, LoginProtocol::Smtp));
+    // A session opened with the phone's password ends when it is revoked; one opened with the
+    // own password goes on.
+    let revoked = Config::parse(
+        &text
+            .replace(
+                &format!("      - {{name: phone, passwordHash: \"{phone}\", protocols: [imap]}}\n"),
+                "",
+            )
+            .replace("    appPasswords:\n", ""),
+    )
+    .expect("valid");
+    assert_eq!(
+        revoked.still_serves("jane@example.com", &phone, LoginProtocol::Imap),
+        None
+    );
+    assert_eq!(
+        revoked.still_serves("jane@example.com", &own, LoginProtocol::Imap),
+        Some(0)
+    );
+    // A suspended mailbox is closed to its app passwords too.
+    let suspended = text.replace(
+        "    appPasswords:",
+        "    suspended: true\n    appPasswords:",
+    );
+    let config = Config::parse(&suspended).expect("valid");
+    assert!(!config.mailbox(0).opens(&phone, LoginProtocol::Imap));
+
+    // Names are unique, hashes are hashes, and their number is bounded.
+    let bad = valid().replace(
+        "  - address: info@example.com\n",
+        &format!(
+            "    appPasswords:\n      - {{name: a, passwordHash: \"{phone}\"}}\n      - {{name: a, passwordHash: \"plaintext\"}}\n      - {{name: \"\", passwordHash: \"{phone}\"}}\n  - address: info@example.com\n"
+        ),
+    );
+    let err = Config::parse(&bad).expect_err("invalid").to_string();
+    for field in [
+        "mailboxes[0].appPasswords[1].name",
+        "mailboxes[0].appPasswords[1].passwordHash",
+        "mailboxes[0].appPasswords[2].name",
+    ] {
+        assert!(err.contains(field), "{field} not named in {err}");
+    }
+    let many: String = (0..=MAX_APP_PASSWORDS)
+        .map(|i| format!("      - {{name: d{i}, passwordHash: \"{phone}\"}}\n"))
+        .collect();
+    let too_many = valid().replace(
+        "  - address: info@example.com\n",
+        &format!("    appPasswords:\n{many}  - address: info@example.com\n"),
+    );
+    let err = Config::parse(&too_many).expect_err("too many").to_string();
+    assert!(err.contains("mailboxes[0].appPasswords:"), "{err}");
+}

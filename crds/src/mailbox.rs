@@ -112,6 +112,49 @@ pub struct MailboxSpec {
     /// A suspended mailbox still receives mail but cannot log in or send.
     #[serde(default)]
     pub suspended: bool,
+
+    /// Further passwords, one per device or application (a phone, a laptop's mail client), each
+    /// opening only the protocols listed for it. Removing one (or its Secret) revokes it: the
+    /// sessions opened with it end within seconds, and no others. At most 8.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
+    pub app_passwords: Vec<AppPassword>,
+}
+
+impl Mailbox {
+    /// Whether this Mailbox reads a password from the Secret `name` (its own or an app
+    /// password's).
+    pub fn uses_secret(&self, name: &str) -> bool {
+        self.spec.password_secret_ref.name == name
+            || self
+                .spec
+                .app_passwords
+                .iter()
+                .any(|a| a.secret_ref.name == name)
+    }
+}
+
+/// A password for one device or application.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AppPassword {
+    /// Its name, unique in the Mailbox (`phone`, `laptop`): named in status and in the runtime's
+    /// log of each login made with it.
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("name must be lowercase letters, digits and '-', starting and ending with a letter or digit"))]
+    pub name: String,
+
+    /// The Secret key holding it: plaintext, or an argon2 or bcrypt hash, as for
+    /// `passwordSecretRef` (the runtime gets only a hash). The key defaults to `password`.
+    pub secret_ref: SecretKeyRef,
+
+    /// The protocols it opens, within the Mailbox's own: `SMTP`, `IMAP`, `POP3`. Defaults to
+    /// all three.
+    #[serde(default = "all_protocols")]
+    #[schemars(length(min = 1, max = 3))]
+    #[x_kube(merge_strategy = kube::core::ListMerge::Set)]
+    pub protocols: Vec<MailboxProtocol>,
 }
 
 /// A protocol a mailbox may log in with.
@@ -146,7 +189,9 @@ pub struct MailboxStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready` once the runtime serves a config that contains this mailbox; `DomainFound` and
-    /// `SecretFound` say what it is waiting for otherwise. While not Ready, kstatus's `Reconciling`
+    /// `SecretFound` say what it is waiting for otherwise. `AppPasswordsFound` (only with app
+    /// passwords) names those whose Secret or key is missing: they are left out, the rest
+    /// serve. While not Ready, kstatus's `Reconciling`
     /// (waiting: for a Secret, a domain, the runtime) or `Stalled` (a change by the user is
     /// needed: an invalid config, a duplicate address, a Secret without its key, ...) says which,
     /// present only while True, as Flux and Argo CD read them.

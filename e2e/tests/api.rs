@@ -334,6 +334,30 @@ fn invalid_manifests() -> Vec<Invalid> {
             "Unsupported value",
         ),
         m(
+            "an app password with a name that is not a label",
+            json!({"appPasswords": [{"name": "My Phone", "secretRef": {"name": "p"}}]}),
+            "spec.appPasswords[0].name",
+            "lowercase letters, digits and '-'",
+        ),
+        m(
+            "two app passwords with one name",
+            json!({"appPasswords": [{"name": "phone", "secretRef": {"name": "p"}}, {"name": "phone", "secretRef": {"name": "q"}}]}),
+            "spec.appPasswords[1]",
+            "Duplicate value",
+        ),
+        m(
+            "nine app passwords",
+            json!({"appPasswords": (0..9).map(|i| json!({"name": format!("d{i}"), "secretRef": {"name": "p"}})).collect::<Vec<_>>()}),
+            "spec.appPasswords",
+            "must have at most 8 items",
+        ),
+        m(
+            "an app password that opens no protocol",
+            json!({"appPasswords": [{"name": "phone", "secretRef": {"name": "p"}, "protocols": []}]}),
+            "spec.appPasswords[0].protocols",
+            "should have at least 1 items",
+        ),
+        m(
             "address without @",
             json!({"address": "jane"}),
             "spec.address",

@@ -22,29 +22,63 @@ pub enum LoginRefused {
     NotAllowed,
 }
 
-/// Checks credentials against the config. Runs the hash on a blocking thread.
+/// A login that succeeded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    /// The mailbox's index in the config it was checked against.
+    pub index: usize,
+    /// Its address, lower case.
+    pub address: String,
+    /// The hash of the password that matched (the mailbox's own or an app password's): the
+    /// session lasts while the config still has it ([`Config::still_serves`]).
+    pub credential: String,
+    /// The app password's name, when one was used.
+    pub app_password: Option<String>,
+}
+
+/// Checks credentials against the config: the mailbox's own password, then each of its app
+/// passwords (at most [`kubemail_config::MAX_APP_PASSWORDS`]). The hashes run on the bounded
+/// hashing threads.
 pub async fn login(
     config: &Config,
     username: &str,
     password: &str,
     protocol: LoginProtocol,
-) -> Result<usize, LoginRefused> {
-    let index = config.mailbox_by_address(username);
-    // Hash even for an unknown user, so timing does not tell which addresses exist.
-    let hash = index
-        .and_then(|i| PasswordHash::parse(&config.mailbox(i).password_hash).ok())
-        .unwrap_or_else(|| PasswordHash::Argon2(dummy_hash().to_string()));
-    let matches = verify_cached(hash, password).await;
-    match index {
-        Some(i) if matches => {
-            if config.mailbox(i).may_use(protocol) {
-                Ok(i)
-            } else {
-                Err(LoginRefused::NotAllowed)
-            }
+) -> Result<Login, LoginRefused> {
+    // Hash even for an unknown user or one without a usable hash, so timing does not tell
+    // which addresses exist.
+    let unknown = || verify_cached(PasswordHash::Argon2(dummy_hash().to_string()), password);
+    let Some(index) = config.mailbox_by_address(username) else {
+        unknown().await;
+        return Err(LoginRefused::BadCredentials);
+    };
+    let mailbox = config.mailbox(index);
+    let mut checked = false;
+    for credential in mailbox.credentials() {
+        let Ok(hash) = PasswordHash::parse(credential.hash) else {
+            continue;
+        };
+        checked = true;
+        if !verify_cached(hash, password).await {
+            continue;
         }
-        _ => Err(LoginRefused::BadCredentials),
+        if !credential.opens(mailbox, protocol) {
+            return Err(LoginRefused::NotAllowed);
+        }
+        if let Some(name) = credential.app_password {
+            tracing::info!(address = %mailbox.address, app_password = name, ?protocol, "login with an app password");
+        }
+        return Ok(Login {
+            index,
+            address: mailbox.address.to_ascii_lowercase(),
+            credential: credential.hash.to_string(),
+            app_password: credential.app_password.map(str::to_string),
+        });
     }
+    if !checked {
+        unknown().await;
+    }
+    Err(LoginRefused::BadCredentials)
 }
 
 /// How long a verified password is remembered.
@@ -204,8 +238,10 @@ mod tests {
         ))
         .expect("config");
         assert_eq!(
-            login(&config, "POP@example.test", "pw", LoginProtocol::Pop3).await,
-            Ok(0)
+            login(&config, "POP@example.test", "pw", LoginProtocol::Pop3)
+                .await
+                .map(|l| (l.index, l.address, l.app_password)),
+            Ok((0, "pop@example.test".to_string(), None))
         );
         assert_eq!(
             login(&config, "pop@example.test", "pw", LoginProtocol::Imap).await,

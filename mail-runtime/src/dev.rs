@@ -160,6 +160,7 @@ pub fn write_dev_config(
                 crate::config::LoginProtocol::Pop3,
             ],
             suspended: false,
+            app_passwords: Vec::new(),
         })
         .collect();
     // Base port 0: each listener gets a port that is free now, written into the config so that

@@ -20,6 +20,7 @@ pub fn mailbox(address: &str, password: &str) -> MailboxConfig {
             LoginProtocol::Pop3,
         ],
         suspended: false,
+        app_passwords: Vec::new(),
     }
 }
 

@@ -172,10 +172,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
             mailboxes_for_secret
                 .state()
                 .into_iter()
-                .filter(|m| {
-                    m.namespace() == s.namespace()
-                        && m.spec.password_secret_ref.name == s.name_any()
-                })
+                .filter(|m| m.namespace() == s.namespace() && m.uses_secret(&s.name_any()))
                 .flat_map(|m| domain_of_mailbox(&m, &domains_for_secret))
                 .chain(
                     // A RelayPolicy's credentials Secret: the domains that use the policy.
@@ -260,10 +257,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
             mailboxes_for_their_secret
                 .state()
                 .into_iter()
-                .filter(|m| {
-                    m.namespace() == s.namespace()
-                        && m.spec.password_secret_ref.name == s.name_any()
-                })
+                .filter(|m| m.namespace() == s.namespace() && m.uses_secret(&s.name_any()))
                 .map(|m| ObjectRef::from(m.as_ref()))
                 .collect::<Vec<_>>()
         })

@@ -1188,3 +1188,126 @@ async fn smarthost_credentials_are_used_only_from_a_labelled_secret() {
     })
     .await;
 }
+
+/// App passwords reach the runtime as hashes with their protocols; one whose Secret is missing
+/// is named in the Mailbox's status and left out while the rest serve; removing one from the
+/// spec takes its hash out of the config (the runtime then ends its sessions).
+#[tokio::test]
+async fn app_passwords_are_served_reported_and_revoked() {
+    let (client, ns) = setup(BTreeMap::new()).await;
+    let ns = ns.name;
+    let _operator = Operator::start(ControlPlane::shared(), &ns);
+    let mut gina = mailbox("gina");
+    gina["spec"]["appPasswords"] = json!([
+        {"name": "phone", "secretRef": {"name": "gina-phone"}, "protocols": ["IMAP"]},
+        {"name": "tablet", "secretRef": {"name": "gina-tablet", "key": "pw"}},
+    ]);
+    let phone = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gina-phone"},
+                       "stringData": {"password": "phone-secret"}});
+    for manifest in [
+        domain(),
+        password("gina", "own-secret"),
+        phone,
+        gina.clone(),
+    ] {
+        apply(&client, &ns, manifest).await;
+    }
+    // The tablet's Secret is missing: named, and the phone is served meanwhile.
+    let (_, message) = eventually("the missing tablet Secret reported", || async {
+        let mbx = Api::<Mailbox>::namespaced(client.clone(), &ns)
+            .get_opt("gina")
+            .await
+            .ok()??;
+        let c = mbx
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "AppPasswordsFound" && c.status == "False")?;
+        Some((c.reason, c.message))
+    })
+    .await;
+    assert!(
+        message.contains("tablet") && !message.contains("phone"),
+        "{message}"
+    );
+    let served =
+        |raw: &kubemail_config::RawConfig| -> Vec<(String, Vec<kubemail_config::LoginProtocol>)> {
+            raw.mailboxes
+                .iter()
+                .find(|m| m.address == "gina@example.test")
+                .map(|m| {
+                    m.app_passwords
+                        .iter()
+                        .map(|a| (a.name.clone(), a.protocols.clone()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+    use kubemail_config::LoginProtocol::{Imap, Pop3, Smtp};
+    let raw = eventually("the phone served", || async {
+        let (_, raw, _) = config(&client, &ns).await?;
+        (served(&raw) == [("phone".to_string(), vec![Imap])]).then_some(raw)
+    })
+    .await;
+    // Only hashes, each verifying its own password.
+    let gina_config = raw
+        .mailboxes
+        .iter()
+        .find(|m| m.address == "gina@example.test")
+        .expect("gina");
+    let phone_hash = &gina_config.app_passwords[0].password_hash;
+    assert!(!raw_contains_plaintext(&raw, "phone-secret"));
+    let parsed = kubemail_config::password::PasswordHash::parse(phone_hash).expect("a hash");
+    assert!(parsed.verify(b"phone-secret") && !parsed.verify(b"own-secret"));
+
+    // The tablet's Secret appears: served too, with every protocol.
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gina-tablet"},
+               "stringData": {"pw": "tablet-secret"}}),
+    )
+    .await;
+    eventually("the tablet served", || async {
+        let (_, raw, _) = config(&client, &ns).await?;
+        (served(&raw).len() == 2
+            && served(&raw)[1] == ("tablet".to_string(), vec![Smtp, Imap, Pop3]))
+            .then_some(())
+    })
+    .await;
+    eventually("AppPasswordsFound", || async {
+        let (status, _) = condition(&client, &ns, "gina", "AppPasswordsFound").await?;
+        (status == "True").then_some(())
+    })
+    .await;
+
+    // The phone is revoked: its hash leaves the config, the tablet's and the own stay.
+    gina["spec"]["appPasswords"] =
+        json!([{"name": "tablet", "secretRef": {"name": "gina-tablet", "key": "pw"}}]);
+    apply(&client, &ns, gina).await;
+    let raw = eventually("the phone revoked", || async {
+        let (_, raw, _) = config(&client, &ns).await?;
+        (served(&raw)
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            == ["tablet"])
+        .then_some(raw)
+    })
+    .await;
+    let gina_config = raw
+        .mailboxes
+        .iter()
+        .find(|m| m.address == "gina@example.test")
+        .expect("gina");
+    let own =
+        kubemail_config::password::PasswordHash::parse(&gina_config.password_hash).expect("a hash");
+    assert!(own.verify(b"own-secret"), "the own password stays");
+    assert!(!raw_contains_plaintext(&raw, "tablet-secret"));
+}
+
+fn raw_contains_plaintext(raw: &kubemail_config::RawConfig, secret: &str) -> bool {
+    serde_yaml_ng::to_string(raw)
+        .expect("yaml")
+        .contains(secret)
+}

@@ -165,7 +165,12 @@ fuzz_target!(|data: &[u8]| {
                     Output::StartTls => next.extend(session.tls_started(chunk.len() % 2 == 0)),
                     Output::CheckLogin { username, .. } => {
                         next.extend(session.login_result(if username.len() % 2 == 0 {
-                            Ok((0, "alice@example.test".to_string()))
+                            Ok(mail_runtime::auth::Login {
+                                index: 0,
+                                address: "alice@example.test".to_string(),
+                                credential: String::new(),
+                                app_password: None,
+                            })
                         } else {
                             Err(LoginFailure::Invalid)
                         }))

@@ -77,7 +77,8 @@ pub struct SessionInfo {
 pub(super) struct User {
     pub(super) address: String,
     pub(super) quota: Option<u64>,
-    /// The password hash in force at login: another one means the password changed.
+    /// The hash of the password it logged in with (its own or an app password's): once the
+    /// config no longer has it, the password changed or was revoked.
     pub(super) password_hash: String,
 }
 
@@ -389,7 +390,7 @@ impl Session {
 
     /// Ends a session whose account was suspended, removed or given another password.
     pub fn end_revoked(&mut self) {
-        self.send("* BYE [UNAVAILABLE] this account was suspended or removed, or its password changed\r\n");
+        self.send("* BYE [UNAVAILABLE] this account was suspended or removed, or the password used was changed or revoked\r\n");
         self.closed = true;
     }
 

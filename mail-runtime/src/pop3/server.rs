@@ -28,12 +28,13 @@ pub async fn serve(socket: TcpListener, listener: Listener, runtime: Runtime) {
 struct Lock {
     runtime: Runtime,
     mailbox: Option<String>,
-    /// The mailbox's password hash at login.
+    /// The hash of the password it logged in with (its own or an app password's).
     password_hash: String,
 }
 
 impl Lock {
-    /// Whether the logged-in mailbox was suspended, removed or given another password.
+    /// Whether the logged-in mailbox was suspended, removed, given another password, or the
+    /// app password it logged in with was revoked.
     fn revoked(&self) -> bool {
         self.mailbox.as_ref().is_some_and(|mailbox| {
             self.runtime
@@ -110,14 +111,14 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
                 // Nothing marked is deleted: the session never reaches UPDATE, and the
                 // maildrop's lock goes with it.
                 let _ = conn
-                    .write_all(b"-ERR [AUTH] this account was suspended or removed, or its password changed\r\n")
+                    .write_all(b"-ERR [AUTH] this account was suspended or removed, or the password used was changed or revoked\r\n")
                     .await;
                 break;
             }
         };
         if lock.revoked() {
             let _ = conn
-                .write_all(b"-ERR [AUTH] this account was suspended or removed, or its password changed\r\n")
+                .write_all(b"-ERR [AUTH] this account was suspended or removed, or the password used was changed or revoked\r\n")
                 .await;
             break;
         }
@@ -239,10 +240,10 @@ impl Driver {
         {
             return Err(OpenFailure::TooManyFailures);
         }
-        let index = match auth::login(&config, username, password, LoginProtocol::Pop3).await {
-            Ok(i) => {
+        let login = match auth::login(&config, username, password, LoginProtocol::Pop3).await {
+            Ok(login) => {
                 self.runtime.auth_limiter.succeeded(self.peer);
-                i
+                login
             }
             Err(_) => {
                 crate::metrics::auth_failed("pop3");
@@ -250,7 +251,7 @@ impl Driver {
                 return Err(OpenFailure::Invalid);
             }
         };
-        let mailbox = config.mailbox(index).address.to_ascii_lowercase();
+        let mailbox = login.address;
         if !self
             .runtime
             .pop3_locks
@@ -261,7 +262,7 @@ impl Driver {
             return Err(OpenFailure::InUse);
         }
         lock.mailbox = Some(mailbox.clone());
-        lock.password_hash = config.mailbox(index).password_hash.clone();
+        lock.password_hash = login.credential;
         let store = self.runtime.store.clone();
         let listed = tokio::task::spawn_blocking(move || store.inbox(&mailbox)).await;
         match listed {

@@ -77,7 +77,7 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
                 let reply = Reply::new(
                     421,
                     "4.7.0",
-                    "this account was suspended or removed, or its password changed",
+                    "this account was suspended or removed, or the password used was changed or revoked",
                 );
                 let _ = conn.write_all(&reply.to_bytes()).await;
                 break;
@@ -185,16 +185,16 @@ impl Driver {
         &self,
         username: &str,
         password: &str,
-    ) -> Result<(usize, String), LoginFailure> {
+    ) -> Result<auth::Login, LoginFailure> {
         let config = self.runtime.config.get();
         let per_minute = config.raw.limits.auth_failures_per_minute;
         if !self.runtime.auth_limiter.begin(self.peer_ip, per_minute) {
             return Err(LoginFailure::TooManyFailures);
         }
         match auth::login(&config, username, password, LOGIN_PROTOCOL).await {
-            Ok(index) => {
+            Ok(login) => {
                 self.runtime.auth_limiter.succeeded(self.peer_ip);
-                Ok((index, config.mailbox(index).address.to_ascii_lowercase()))
+                Ok(login)
             }
             Err(_) => {
                 crate::metrics::auth_failed("smtp");
@@ -235,7 +235,7 @@ impl Driver {
                 Reply::new(
                     421,
                     "4.7.0",
-                    "this account was suspended or removed, or its password changed",
+                    "this account was suspended or removed, or the password used was changed or revoked",
                 ),
                 "revoked",
             );

@@ -167,7 +167,8 @@ pub struct Session {
     helo: Option<String>,
     esmtp: bool,
     user: Option<(usize, String)>,
-    /// The logged-in mailbox's password hash at login.
+    /// The hash of the password the session logged in with (the mailbox's own or an app
+    /// password's).
     user_hash: String,
     /// The logged-in mailbox was suspended, removed or its password changed: the session ends.
     revoked: bool,
@@ -329,7 +330,7 @@ impl Session {
                     out.push(Output::Reply(Reply::new(
                         421,
                         "4.7.0",
-                        "this account was suspended or removed, or its password changed",
+                        "this account was suspended or removed, or the password used was changed or revoked",
                     )));
                     out.push(Output::Close);
                     self.state = State::Closed;
@@ -542,12 +543,15 @@ impl Session {
     }
 
     /// The driver's report on a credentials check.
-    pub fn login_result(&mut self, result: Result<(usize, String), LoginFailure>) -> Vec<Output> {
+    pub fn login_result(
+        &mut self,
+        result: Result<crate::auth::Login, LoginFailure>,
+    ) -> Vec<Output> {
         self.state = State::Command;
         let reply = match result {
-            Ok((index, address)) => {
-                self.user_hash = self.config.mailbox(index).password_hash.clone();
-                self.user = Some((index, address));
+            Ok(login) => {
+                self.user_hash = login.credential;
+                self.user = Some((login.index, login.address));
                 Reply::new(235, "2.7.0", "authentication succeeded")
             }
             Err(LoginFailure::Invalid) => {

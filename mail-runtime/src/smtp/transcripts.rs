@@ -81,18 +81,26 @@ impl Harness {
                 Output::Close => self.closed = true,
                 Output::StartTls => queue.extend(self.session.tls_started(true)),
                 Output::CheckLogin { username, password } => {
-                    let result = match self.config.mailbox_by_address(&username) {
-                        Some(i)
-                            if crate::auth::PasswordHash::parse(
-                                &self.config.mailbox(i).password_hash,
-                            )
-                            .is_ok_and(|h| h.verify(password.as_bytes()))
-                                && self.config.mailbox(i).may_use(LoginProtocol::Smtp) =>
-                        {
-                            Ok((i, username.to_ascii_lowercase()))
-                        }
-                        _ => Err(LoginFailure::Invalid),
-                    };
+                    // The driver's check (auth::login), without its hashing threads.
+                    let result = self
+                        .config
+                        .mailbox_by_address(&username)
+                        .and_then(|index| {
+                            let mailbox = self.config.mailbox(index);
+                            let credential = mailbox.credentials().find(|c| {
+                                crate::auth::PasswordHash::parse(c.hash)
+                                    .is_ok_and(|h| h.verify(password.as_bytes()))
+                            })?;
+                            credential.opens(mailbox, LoginProtocol::Smtp).then(|| {
+                                crate::auth::Login {
+                                    index,
+                                    address: mailbox.address.to_ascii_lowercase(),
+                                    credential: credential.hash.to_string(),
+                                    app_password: credential.app_password.map(str::to_string),
+                                }
+                            })
+                        })
+                        .ok_or(LoginFailure::Invalid);
                     queue.extend(self.session.login_result(result));
                 }
                 Output::BeginMessage => self.spool = Some(self.store.spool().expect("spool")),

@@ -13,7 +13,8 @@ use kube::{
     runtime::controller::Action,
 };
 use kubemail_crds::{
-    MailDomain, MailDomainStatus, Mailbox, Protocol, RelayPolicy, mail_domain::Endpoint,
+    MailDomain, MailDomainStatus, Mailbox, Protocol, RelayPolicy, SecretKeyRef,
+    mail_domain::Endpoint, mailbox::AppPassword,
 };
 use kubemail_probe as probe;
 use sha2::{Digest, Sha256};
@@ -45,23 +46,42 @@ pub enum Password {
 /// Reads a Mailbox's password Secret and returns the hash to serve (hashing a plaintext
 /// password once; the result is cached by content).
 pub async fn password_hash(ctx: &Context, mailbox: &Mailbox) -> Result<Password> {
-    resolve_password(ctx, mailbox, true).await
+    resolve_password(ctx, mailbox, &mailbox.spec.password_secret_ref, None, true).await
 }
 
 /// Whether a Mailbox's password is there, without hashing it: the Mailbox's own reconcile
 /// reports this, and leaves the hashing to its MailDomain's (one argon2 run per password, not
 /// two racing ones).
 pub async fn password_found(ctx: &Context, mailbox: &Mailbox) -> Result<Password> {
-    resolve_password(ctx, mailbox, false).await
+    resolve_password(ctx, mailbox, &mailbox.spec.password_secret_ref, None, false).await
 }
 
+/// Each app password of a Mailbox with its hash, as [`password_hash`] resolves the own one
+/// (`hash: false`: only whether it is there, as [`password_found`]).
+pub async fn app_passwords<'a>(
+    ctx: &Context,
+    mailbox: &'a Mailbox,
+    hash: bool,
+) -> Result<Vec<(&'a AppPassword, Password)>> {
+    let mut out = Vec::new();
+    for app in &mailbox.spec.app_passwords {
+        let found = resolve_password(ctx, mailbox, &app.secret_ref, Some(&app.name), hash).await?;
+        out.push((app, found));
+    }
+    Ok(out)
+}
+
+/// Reads the password at `reference`. `app_password` names the app password it is (its name
+/// goes into the salt, so two app passwords in one Secret get different ones); `None` for the
+/// Mailbox's own.
 async fn resolve_password(
     ctx: &Context,
     mailbox: &Mailbox,
+    reference: &SecretKeyRef,
+    app_password: Option<&str>,
     hash_plaintext: bool,
 ) -> Result<Password> {
     let ns = mailbox.namespace().ok_or(Error::Incomplete("namespace"))?;
-    let reference = &mailbox.spec.password_secret_ref;
     // The Secret is read only when its version differs from the one last hashed.
     let version = ctx.secret_version(&ns, &reference.name);
     if let Some((uid, resource_version)) = &version {
@@ -125,6 +145,10 @@ async fn resolve_password(
     let mut salter = Sha256::new();
     salter.update(b"kubemail argon2 salt\0");
     salter.update(uid.as_bytes());
+    if let Some(name) = app_password {
+        salter.update(b"\0app password\0");
+        salter.update(name.as_bytes());
+    }
     let salted: [u8; 32] = salter.finalize().into();
     let salt: [u8; 16] = salted[..16].try_into().unwrap_or_default();
     // On the runtime library's two hashing threads: argon2 takes ~19 MiB per run, and a
@@ -348,15 +372,26 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
             continue;
         }
         if let Password::Hash(hash) = password_hash(&ctx, mailbox).await? {
-            hashes.push((mailbox.clone(), hash, claim.aliases));
+            // An app password whose Secret is missing is left out (the Mailbox's status says
+            // so); the others and the own password are served.
+            let apps: Vec<(String, String)> = app_passwords(&ctx, mailbox, true)
+                .await?
+                .into_iter()
+                .filter_map(|(app, found)| match found {
+                    Password::Hash(hash) => Some((app.name.clone(), hash)),
+                    _ => None,
+                })
+                .collect();
+            hashes.push((mailbox.clone(), hash, claim.aliases, apps));
         }
     }
     let hashed: Vec<HashedMailbox<'_>> = hashes
         .iter()
-        .map(|(mailbox, hash, aliases)| HashedMailbox {
+        .map(|(mailbox, hash, aliases, apps)| HashedMailbox {
             mailbox,
             password_hash: hash.clone(),
             aliases: aliases.clone(),
+            app_password_hashes: apps.clone(),
         })
         .collect();
 

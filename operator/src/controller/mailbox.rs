@@ -12,7 +12,7 @@ use kubemail_crds::{MailDomain, Mailbox, MailboxStatus};
 
 use super::{
     Context, FIELD_MANAGER, domain_of,
-    mail_domain::{Password, mailboxes_of, password_found},
+    mail_domain::{Password, app_passwords, mailboxes_of, password_found},
 };
 use crate::{
     conditions::{self, reason},
@@ -85,6 +85,46 @@ pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Actio
             false
         }
     };
+    // App passwords: each one's Secret, by name. One that is missing is left out of the config
+    // and named here; the own password and the other app passwords serve meanwhile.
+    let apps = app_passwords(&ctx, &mailbox, false).await?;
+    let missing: Vec<(&str, String)> = apps
+        .iter()
+        .filter_map(|(app, found)| match found {
+            Password::Missing(why, message) => Some((*why, format!("{}: {message}", app.name))),
+            _ => None,
+        })
+        .collect();
+    match missing.first() {
+        _ if apps.is_empty() => status.conditions.retain(|c| c.type_ != "AppPasswordsFound"),
+        None => set(
+            &mut status.conditions,
+            "AppPasswordsFound",
+            true,
+            reason::READY,
+            format!(
+                "served: {}",
+                apps.iter()
+                    .map(|(a, _)| a.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        Some((why, _)) => set(
+            &mut status.conditions,
+            "AppPasswordsFound",
+            false,
+            why,
+            format!(
+                "not served until their Secret is there: {}",
+                missing
+                    .iter()
+                    .map(|(_, m)| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ),
+    }
     // What this Mailbox may have, decided as the domain's config is (render::claims).
     let claimed = domain.as_ref().and_then(|d| {
         let all = mailboxes_of(&ctx, d);

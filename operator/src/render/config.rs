@@ -1,9 +1,9 @@
 //! The runtime config for one MailDomain.
 use kubemail_config::{
-    API_VERSION, Advertised, DkimConfig, DomainConfig, InboundChecks, KIND, Limits, Listener,
-    ListenerProtocol, LoginProtocol, MailboxConfig, RateConfig, RateLimitsConfig, RawConfig,
-    RelayConfig, RetryConfig, RouteConfig, RouteMode, Security, SmarthostConfig, SmarthostTls,
-    Storage, TlsFiles,
+    API_VERSION, Advertised, AppPasswordConfig, DkimConfig, DomainConfig, InboundChecks, KIND,
+    Limits, Listener, ListenerProtocol, LoginProtocol, MailboxConfig, RateConfig, RateLimitsConfig,
+    RawConfig, RelayConfig, RetryConfig, RouteConfig, RouteMode, Security, SmarthostConfig,
+    SmarthostTls, Storage, TlsFiles,
 };
 use kubemail_crds::{
     MailDomain, Mailbox, Protocol, RelayPolicy,
@@ -23,6 +23,19 @@ pub struct HashedMailbox<'a> {
     pub password_hash: String,
     /// Its aliases that no older Mailbox has.
     pub aliases: Vec<String>,
+    /// The hashes of its app passwords whose Secrets were found, by name.
+    pub app_password_hashes: Vec<(String, String)>,
+}
+
+fn login_protocols(protocols: &[MailboxProtocol]) -> Vec<LoginProtocol> {
+    protocols
+        .iter()
+        .map(|p| match p {
+            MailboxProtocol::Smtp => LoginProtocol::Smtp,
+            MailboxProtocol::Imap => LoginProtocol::Imap,
+            MailboxProtocol::Pop3 => LoginProtocol::Pop3,
+        })
+        .collect()
 }
 
 fn listener_protocol(p: Protocol) -> ListenerProtocol {
@@ -88,16 +101,21 @@ pub fn runtime_config(
                 forward_to: s.forward_to.clone(),
                 keep_forwarded_copy: s.keep_forwarded_copy,
                 quota_bytes: s.quota.as_deref().and_then(quantity::bytes),
-                protocols: s
-                    .protocols
+                protocols: login_protocols(&s.protocols),
+                suspended: s.suspended,
+                app_passwords: s
+                    .app_passwords
                     .iter()
-                    .map(|p| match p {
-                        MailboxProtocol::Smtp => LoginProtocol::Smtp,
-                        MailboxProtocol::Imap => LoginProtocol::Imap,
-                        MailboxProtocol::Pop3 => LoginProtocol::Pop3,
+                    .filter_map(|app| {
+                        let (_, hash) =
+                            m.app_password_hashes.iter().find(|(n, _)| *n == app.name)?;
+                        Some(AppPasswordConfig {
+                            name: app.name.clone(),
+                            password_hash: hash.clone(),
+                            protocols: login_protocols(&app.protocols),
+                        })
                     })
                     .collect(),
-                suspended: s.suspended,
             }
         })
         .collect();

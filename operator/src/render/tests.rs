@@ -37,6 +37,7 @@ fn runtime_config_is_stable_and_holds_only_hashes() {
         mailbox: m,
         password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
         aliases: m.spec.aliases.clone(),
+        app_password_hashes: Vec::new(),
     };
     // Order of input does not matter.
     let a = runtime_config(&md, &[hashed(&jane), hashed(&john)], Some(&relay));
@@ -51,6 +52,43 @@ fn runtime_config_is_stable_and_holds_only_hashes() {
     // What the runtime reads back is valid.
     kubemail_config::Config::parse(&yaml).expect("the rendered config validates");
     insta::assert_snapshot!("runtime_config", yaml);
+}
+
+#[test]
+fn app_passwords_are_rendered_with_their_protocols_and_only_when_their_secret_was_found() {
+    let md = fixtures::domain();
+    let mut jane = fixtures::mailbox("jane", "jane@example.com");
+    jane.spec.app_passwords = serde_yaml_ng::from_str(
+        "[{name: phone, secretRef: {name: jane-phone}, protocols: [IMAP]},
+          {name: tablet, secretRef: {name: jane-tablet}}]",
+    )
+    .expect("app passwords");
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+    // The tablet's Secret was not found: only the phone's hash is there.
+    let hashed = HashedMailbox {
+        mailbox: &jane,
+        password_hash: hash.into(),
+        aliases: Vec::new(),
+        app_password_hashes: vec![("phone".into(), format!("{hash}-phone"))],
+    };
+    let config = runtime_config(&md, &[hashed], None);
+    let apps = &config.mailboxes[0].app_passwords;
+    assert_eq!(apps.len(), 1, "{apps:?}");
+    assert_eq!(apps[0].name, "phone");
+    assert_eq!(apps[0].password_hash, format!("{hash}-phone"));
+    assert_eq!(apps[0].protocols, [kubemail_config::LoginProtocol::Imap]);
+    // A Mailbox without app passwords renders as before (no empty list in the file).
+    let (_, yaml) = with_revision(runtime_config(
+        &md,
+        &[HashedMailbox {
+            mailbox: &fixtures::mailbox("john", "john@example.com"),
+            password_hash: hash.into(),
+            aliases: Vec::new(),
+            app_password_hashes: Vec::new(),
+        }],
+        None,
+    ));
+    assert!(!yaml.contains("appPasswords"), "{yaml}");
 }
 
 #[test]

@@ -22,10 +22,10 @@ impl Session {
         {
             return no("[UNAVAILABLE] too many failed logins, try again later");
         }
-        let index = match auth::login(&config, username, password, LoginProtocol::Imap).await {
-            Ok(i) => {
+        let login = match auth::login(&config, username, password, LoginProtocol::Imap).await {
+            Ok(login) => {
                 self.runtime.auth_limiter.succeeded(self.peer);
-                i
+                login
             }
             Err(_) => {
                 crate::metrics::auth_failed("imap");
@@ -33,12 +33,10 @@ impl Session {
                 return no("[AUTHENTICATIONFAILED] invalid credentials");
             }
         };
-        let mailbox = config.mailbox(index);
-        let address = mailbox.address.to_ascii_lowercase();
         self.user = Some(User {
-            address,
-            quota: mailbox.quota_bytes,
-            password_hash: mailbox.password_hash.clone(),
+            quota: config.mailbox(login.index).quota_bytes,
+            address: login.address,
+            password_hash: login.credential,
         });
         if let Err(err) = self.blocking(|s, m| s.ensure_default_folders(&m)).await {
             tracing::warn!(error = %err, "creating the default folders failed");
