@@ -40,6 +40,24 @@ use crate::common::{
         priority = 1
     ),
     printcolumn(
+        name = "Used",
+        type_ = "string",
+        json_path = ".status.usage.used",
+        description = "Storage used, all folders"
+    ),
+    printcolumn(
+        name = "Quota",
+        type_ = "string",
+        json_path = ".spec.quota",
+        description = "The most mail it may hold"
+    ),
+    printcolumn(
+        name = "Messages",
+        type_ = "integer",
+        json_path = ".status.usage.messages",
+        priority = 1
+    ),
+    printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status",
@@ -201,13 +219,15 @@ pub struct MailboxStatus {
     /// The name of the MailDomain that serves this mailbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
-    /// Storage used. Reserved: nothing writes it yet (the runtime does not report usage to
-    /// the operator); quota is enforced by the runtime itself.
+    /// Storage used, as the runtime counts it (all folders). Written when it changes, at most
+    /// once per the operator's `--usage-interval` (5 minutes) per Mailbox after the first
+    /// figures; the runtime enforces the quota itself, at once. Prometheus gets the live
+    /// figures from the runtime's `/metrics` (`kubemail_mailbox_used_bytes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<MailboxUsage>,
 }
 
-/// Storage used by a mailbox.
+/// Storage used by a mailbox, as its runtime counts it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MailboxUsage {
@@ -215,4 +235,63 @@ pub struct MailboxUsage {
     pub bytes: i64,
     /// Messages stored, all folders together.
     pub messages: i64,
+    /// `bytes` for people, in the units of `quota` (`512Ki`, `1.5Gi`).
+    #[serde(default)]
+    pub used: String,
+    /// `bytes` as a percentage of the quota, rounded down; absent without a quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_percent: Option<i32>,
+}
+
+impl MailboxUsage {
+    /// The usage of `bytes` and `messages` under a quota of `quota` bytes.
+    pub fn of(bytes: u64, messages: u64, quota: Option<u64>) -> Self {
+        const UNITS: [&str; 6] = ["", "Ki", "Mi", "Gi", "Ti", "Pi"];
+        let mut unit = 0;
+        let mut value = bytes as f64;
+        while value >= 1024.0 && unit + 1 < UNITS.len() {
+            value /= 1024.0;
+            unit += 1;
+        }
+        let used = if unit == 0 {
+            bytes.to_string()
+        } else if value < 10.0 {
+            // One decimal, rounded down, so 1023.99Ki never reads as 1024.0Ki.
+            let tenths = (value * 10.0).floor() / 10.0;
+            format!("{tenths:.1}{}", UNITS[unit])
+        } else {
+            format!("{}{}", value.floor(), UNITS[unit])
+        };
+        Self {
+            bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+            messages: i64::try_from(messages).unwrap_or(i64::MAX),
+            used,
+            quota_percent: quota.filter(|q| *q > 0).map(|q| {
+                i32::try_from(u128::from(bytes) * 100 / u128::from(q)).unwrap_or(i32::MAX)
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MailboxUsage;
+
+    #[test]
+    fn usage_reads_like_a_quota() {
+        let used = |bytes| MailboxUsage::of(bytes, 1, None).used;
+        assert_eq!(used(0), "0");
+        assert_eq!(used(1023), "1023");
+        assert_eq!(used(1024), "1.0Ki");
+        assert_eq!(used(1536), "1.5Ki");
+        assert_eq!(used(1024 * 1024 - 1), "1023Ki");
+        assert_eq!(used(10 * 1024 * 1024 + 1), "10Mi");
+        assert_eq!(used(3 << 30), "3.0Gi");
+        let percent = |bytes, quota| MailboxUsage::of(bytes, 1, quota).quota_percent;
+        assert_eq!(percent(950, Some(1000)), Some(95));
+        assert_eq!(percent(999, Some(1000)), Some(99), "rounded down");
+        assert_eq!(percent(2000, Some(1000)), Some(200), "over quota says so");
+        assert_eq!(percent(1, None), None);
+        assert_eq!(percent(1, Some(0)), None);
+    }
 }

@@ -347,3 +347,75 @@ async fn install_run_with_the_charts_permissions_and_uninstall() {
             .is_some()
     );
 }
+
+/// The chart's alerts, evaluated by Prometheus's own `promtool test rules` over series shaped
+/// like the runtime's `/metrics`: a mailbox at 95% of its quota for 15 minutes fires
+/// KubemailMailboxNearQuota (naming it), one at 50% and one without a quota do not.
+#[test]
+fn the_quota_alert_fires_near_the_quota_and_only_there() {
+    let plane = ControlPlane::shared();
+    let rendered = ok(plane.helm().args([
+        "template",
+        "kubemail",
+        &chart(),
+        "--set",
+        "monitoring.prometheusRule.enabled=true",
+        "--show-only",
+        "templates/monitoring.yaml",
+        "--kube-version",
+        "1.37.2",
+    ]));
+    let rule: serde_yaml_ng::Value = rendered
+        .split("\n---")
+        .filter_map(|doc| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(doc).ok())
+        .find(|doc| doc["kind"] == "PrometheusRule")
+        .unwrap_or_else(|| panic!("no PrometheusRule in:\n{rendered}"));
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("rules.yaml"),
+        serde_yaml_ng::to_string(&rule["spec"]).expect("yaml"),
+    )
+    .expect("write");
+    let target = r#"namespace="mail", pod="example-runtime-0", job="example-metrics""#;
+    let tests = format!(
+        r#"rule_files: [rules.yaml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'kubemail_mailbox_used_bytes{{{target}, mailbox="full@example.test"}}'
+        values: '500x5 950x25'
+      - series: 'kubemail_mailbox_quota_bytes{{{target}, mailbox="full@example.test"}}'
+        values: '1000x30'
+      - series: 'kubemail_mailbox_used_bytes{{{target}, mailbox="half@example.test"}}'
+        values: '500x30'
+      - series: 'kubemail_mailbox_quota_bytes{{{target}, mailbox="half@example.test"}}'
+        values: '1000x30'
+      - series: 'kubemail_mailbox_used_bytes{{{target}, mailbox="unlimited@example.test"}}'
+        values: '99999999x30'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: KubemailMailboxNearQuota
+        exp_alerts: []
+      - eval_time: 25m
+        alertname: KubemailMailboxNearQuota
+        exp_alerts:
+          - exp_labels: {{severity: warning, namespace: mail, pod: example-runtime-0, job: example-metrics, mailbox: full@example.test}}
+            exp_annotations:
+              summary: "Mailbox full@example.test is 95% full"
+              description: "Mail over its quota is refused (452 4.2.2); raise the Mailbox's quota or ask its owner to delete mail. `kubectl get mbx -n mail` shows USED and QUOTA."
+"#
+    );
+    std::fs::write(dir.path().join("tests.yaml"), tests).expect("write");
+    let out = Command::new("promtool")
+        .args(["test", "rules", "tests.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("promtool (Debian's prometheus package) runs");
+    assert!(
+        out.status.success(),
+        "promtool:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

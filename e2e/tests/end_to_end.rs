@@ -6,6 +6,7 @@
 //! rollout restart, operator killed, containerd and kubelet restarted, kube-apiserver
 //! restarted). Prints a timing table.
 use std::{
+    io::{BufRead, BufReader, Write},
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -398,6 +399,43 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
     timings.push(("SMTP delivery -> IDLE wakes".into(), woke));
     assert!(woke < Duration::from_secs(1), "IDLE woke after {woke:?}");
 
+    // Usage: bob's two messages show in `kubectl get mbx` (the chart's usage interval is 2 s
+    // here), in the size the runtime stored them; the quota beside it is alice's 1Gi.
+    let stored_bytes = || -> u64 {
+        let dir = world.data_dir().join("mail/example.test/bob");
+        ["new", "cur"]
+            .iter()
+            .flat_map(|sub| std::fs::read_dir(dir.join(sub)).into_iter().flatten())
+            .flatten()
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    world.wait("bob's usage in status", Duration::from_secs(60), || {
+        world.get(&["get", "mailbox", "bob"], "{.status.usage.messages}") == "2"
+    });
+    assert_eq!(
+        world.get(&["get", "mailbox", "bob"], "{.status.usage.bytes}"),
+        stored_bytes().to_string()
+    );
+    let table = ok(world.kubectl().args(["get", "mbx", "-n", &world.ns]));
+    eprintln!("kubectl get mbx:\n{table}");
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert!(
+        header.contains(&"USED") && header.contains(&"QUOTA"),
+        "{table}"
+    );
+    let alice_row = table
+        .lines()
+        .find(|l| l.starts_with("alice "))
+        .unwrap_or_else(|| panic!("alice in {table}"));
+    assert!(alice_row.split_whitespace().any(|c| c == "1Gi"), "{table}");
+
     // Outside mail leaves through the RelayPolicy, switched to a smarthost peer on the node's
     // address; the runtime takes the change without a restart, the message arrives DKIM-signed
     // and dkimpy verifies it against the record the MailDomain's status says to publish.
@@ -413,8 +451,8 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
         .spawn()
         .expect("smtp_peer.py");
     let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(peer.stdout.take().expect("stdout")),
+    BufRead::read_line(
+        &mut BufReader::new(peer.stdout.take().expect("stdout")),
         &mut ready,
     )
     .expect("ready");
@@ -591,6 +629,102 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
     world.wait("the password back", Duration::from_secs(30), || {
         world.can_log_in("alice@example.test", "alice-quickstart-password")
     });
+    // An app password for alice's phone, IMAP only: it opens IMAP, not submission; revoked, the
+    // phone's open session ends within 2 s while alice's own goes on. Few refused logins here:
+    // each counts against the runtime's failed-login limit for the node's address.
+    world.apply(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: alice-phone}\nstringData: {password: alice-phone-password}\n",
+    );
+    ok(world.kubectl().args([
+        "patch",
+        "mailbox",
+        "alice",
+        "-n",
+        &world.ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"appPasswords":[{"name":"phone","secretRef":{"name":"alice-phone"},"protocols":["IMAP"]}]}}"#,
+    ]));
+    world.wait("AppPasswordsFound", Duration::from_secs(60), || {
+        world.get(
+            &["get", "mailbox", "alice"],
+            "{.status.conditions[?(@.type==\"AppPasswordsFound\")].status}",
+        ) == "True"
+    });
+    let app_password = |only: &str| {
+        let (_, out, err) = output(
+            cluster
+                .in_node("python3")
+                .arg(workspace_root().join("mail-runtime/tests/clients/app_password.py"))
+                .args([
+                    &world.service_ip(),
+                    "993",
+                    "465",
+                    "995",
+                    "alice@example.test",
+                    "alice-phone-password",
+                    "--only",
+                    only,
+                ]),
+        );
+        serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("app_password.py: {e}: {out}{err}"))
+    };
+    world.wait("the phone's IMAP login", Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(400));
+        app_password("imap")["imap"] == "ok"
+    });
+    assert_eq!(
+        app_password("smtp")["smtp"],
+        "refused",
+        "an IMAP-only app password sent mail"
+    );
+    let mut phone = Killed(
+        cluster
+            .in_node("python3")
+            .arg(workspace_root().join("mail-runtime/tests/clients/app_password.py"))
+            .args([
+                &world.service_ip(),
+                "993",
+                "465",
+                "995",
+                "alice@example.test",
+                "alice-phone-password",
+                "--only",
+                "imap",
+                "--hold",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3"),
+    );
+    let mut phone_out = BufReader::new(phone.0.stdout.take().expect("stdout")).lines();
+    let mut next = || phone_out.next().and_then(Result::ok).unwrap_or_default();
+    assert!(next().contains("\"imap\": \"ok\""));
+    assert_eq!(next(), "holding");
+    writeln!(phone.0.stdin.as_mut().expect("stdin"), "revoked").expect("tell the phone");
+    ok(world.kubectl().args([
+        "patch",
+        "mailbox",
+        "alice",
+        "-n",
+        &world.ns,
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/appPasswords"}]"#,
+    ]));
+    let ended: serde_json::Value = serde_json::from_str(&next()).expect("the phone's report");
+    let took = Duration::from_millis(ended["after_ms"].as_u64().unwrap_or(u64::MAX));
+    timings.push(("app password revoked -> its session ends".into(), took));
+    assert!(
+        !ended["ended"].is_null() && took < Duration::from_secs(2),
+        "the revoked phone's session: {ended}"
+    );
+    assert!(
+        world.can_log_in("alice@example.test", "alice-quickstart-password"),
+        "alice's own password stopped working"
+    );
     assert_eq!(world.runtime_container(), runtime, "the runtime restarted");
 
     // Drills. After each: converged (Ready, a login works), no acknowledged mail lost.

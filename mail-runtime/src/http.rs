@@ -1,7 +1,9 @@
 //! The HTTP side of the runtime, on its own port: `/healthz`, `/readyz` (with the config
-//! revision served), `/metrics`, Thunderbird autoconfig, Outlook autodiscover and the MTA-STS
-//! policy. Plain HTTP: inside the cluster it is read by the kubelet and Prometheus; from outside
-//! it sits behind an Ingress that terminates TLS.
+//! revision served), `/metrics`, `/usage` (each mailbox's storage, for the operator),
+//! Thunderbird autoconfig, Outlook autodiscover and the MTA-STS policy. Plain HTTP: inside the
+//! cluster it is read by the kubelet, the operator and Prometheus; from outside only the
+//! autoconfig and MTA-STS paths belong behind an Ingress that terminates TLS (`/usage` and
+//! `/metrics` name every mailbox).
 use std::convert::Infallible;
 
 use http_body_util::Full;
@@ -28,7 +30,7 @@ pub async fn serve(socket: TcpListener, runtime: Runtime) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let runtime = runtime.clone();
-                async move { Ok::<_, Infallible>(route(&runtime, req)) }
+                async move { Ok::<_, Infallible>(handle(&runtime, req).await) }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -52,6 +54,59 @@ fn respond(
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
+/// The two answers that read the store (each served mailbox's storage), on a blocking thread;
+/// everything else from memory.
+async fn handle<B>(runtime: &Runtime, req: Request<B>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if req.method() != Method::GET || !matches!(path, "/metrics" | "/usage") {
+        return route(runtime, req);
+    }
+    let usage = {
+        let runtime = runtime.clone();
+        tokio::task::spawn_blocking(move || mailbox_usage(&runtime))
+            .await
+            .unwrap_or_default()
+    };
+    if path == "/metrics" {
+        return respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::render(&usage),
+        );
+    }
+    let body = serde_json::json!({
+        "revision": runtime.config.get().raw.revision,
+        "mailboxes": usage,
+    });
+    respond(StatusCode::OK, "application/json", body.to_string())
+}
+
+/// Each served mailbox's storage, from the store's running totals (a mailbox not counted since
+/// the start is counted once, here). One the store cannot read is left out, and logged.
+fn mailbox_usage(runtime: &Runtime) -> Vec<crate::metrics::MailboxUsage> {
+    let config = runtime.config.get();
+    config
+        .raw
+        .mailboxes
+        .iter()
+        .filter_map(|m| {
+            let address = m.address.to_ascii_lowercase();
+            match runtime.store.usage(&address) {
+                Ok(u) => Some(crate::metrics::MailboxUsage {
+                    address,
+                    bytes: u.bytes,
+                    messages: u.messages,
+                    quota_bytes: m.quota_bytes,
+                }),
+                Err(err) => {
+                    tracing::warn!(mailbox = %address, error = %err, "its storage cannot be counted");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
 fn route<B>(runtime: &Runtime, req: Request<B>) -> Response<Full<Bytes>> {
     let config = runtime.config.get();
     let path = req.uri().path();
@@ -68,11 +123,6 @@ fn route<B>(runtime: &Runtime, req: Request<B>) -> Response<Full<Bytes>> {
             let body = serde_json::json!({"ready": ready, "status": status});
             respond(code, "application/json", body.to_string())
         }
-        (&Method::GET, "/metrics") => respond(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            crate::metrics::render(),
-        ),
         (
             &Method::GET,
             "/mail/config-v1.1.xml" | "/.well-known/autoconfig/mail/config-v1.1.xml",

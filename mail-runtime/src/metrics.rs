@@ -24,6 +24,12 @@ struct Metrics {
     auth_failures: Family<Labels, Counter<u64, AtomicU64>>,
     queue_depth: Gauge<i64, AtomicI64>,
     config: Family<Labels, Gauge<i64, AtomicI64>>,
+    mailbox_bytes: Family<Labels, Gauge<i64, AtomicI64>>,
+    mailbox_messages: Family<Labels, Gauge<i64, AtomicI64>>,
+    mailbox_quota: Family<Labels, Gauge<i64, AtomicI64>>,
+    /// Held while the mailbox gauges are refilled and the text encoded, so two scrapes at once
+    /// never see each other's half-filled families.
+    scrape: std::sync::Mutex<()>,
 }
 
 fn metrics() -> &'static Metrics {
@@ -42,6 +48,10 @@ fn metrics() -> &'static Metrics {
             auth_failures: Family::default(),
             queue_depth: Gauge::default(),
             config: Family::default(),
+            mailbox_bytes: Family::default(),
+            mailbox_messages: Family::default(),
+            mailbox_quota: Family::default(),
+            scrape: std::sync::Mutex::new(()),
         };
         registry.register(
             "sessions",
@@ -92,6 +102,21 @@ fn metrics() -> &'static Metrics {
             "config_info",
             "The runtime config revision served (value 1)",
             m.config.clone(),
+        );
+        registry.register(
+            "mailbox_used_bytes",
+            "Bytes stored in a mailbox, all folders together",
+            m.mailbox_bytes.clone(),
+        );
+        registry.register(
+            "mailbox_messages",
+            "Messages stored in a mailbox, all folders together",
+            m.mailbox_messages.clone(),
+        );
+        registry.register(
+            "mailbox_quota_bytes",
+            "A mailbox's quota (mailboxes that have one)",
+            m.mailbox_quota.clone(),
         );
         Metrics { registry, ..m }
     })
@@ -176,8 +201,41 @@ pub fn init() {
     m.queue_depth.set(0);
 }
 
-/// The text exposition.
-pub fn render() -> String {
+/// One mailbox's storage, as `/metrics` and `/usage` report it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MailboxUsage {
+    /// The address.
+    pub address: String,
+    /// Bytes stored.
+    pub bytes: u64,
+    /// Messages stored.
+    pub messages: u64,
+    /// Its quota, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<u64>,
+}
+
+/// The text exposition, with each served mailbox's storage.
+pub fn render(mailboxes: &[MailboxUsage]) -> String {
+    let m = metrics();
+    let _scrape = m.scrape.lock().unwrap_or_else(|e| e.into_inner());
+    // Refilled from the config's mailboxes each time: a mailbox removed from the config leaves
+    // no stale series behind.
+    m.mailbox_bytes.clear();
+    m.mailbox_messages.clear();
+    m.mailbox_quota.clear();
+    for u in mailboxes {
+        let labels = vec![("mailbox", u.address.clone())];
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        m.mailbox_bytes.get_or_create(&labels).set(gauge(u.bytes));
+        m.mailbox_messages
+            .get_or_create(&labels)
+            .set(gauge(u.messages));
+        if let Some(q) = u.quota_bytes {
+            m.mailbox_quota.get_or_create(&labels).set(gauge(q));
+        }
+    }
     let mut out = String::new();
     if encode(&mut out, &metrics().registry).is_err() {
         out.clear();

@@ -1,5 +1,6 @@
 //! The runtime's HTTP side: health, readiness with the revision served, Prometheus metrics
-//! (parsed by the official Python client's parser, with counters that moved), Thunderbird
+//! (parsed by the official Python client's parser, with counters that moved and each mailbox's
+//! storage), the usage the operator reads, Thunderbird
 //! autoconfig and Outlook autodiscover (checked against the config), and the MTA-STS policy.
 mod common;
 
@@ -74,6 +75,46 @@ fn health_readiness_and_metrics() {
         "{after}"
     );
     assert!(after.get("kubemail_queue_depth").is_some(), "{after}");
+
+    // Each mailbox's storage: bob got one message, of the size the store holds; the dev
+    // mailboxes have a 1 GiB quota. /usage says the same, for the operator.
+    let stored: u64 = dev
+        .messages("bob@example.test")
+        .iter()
+        .map(|m| m.len() as u64)
+        .sum();
+    assert_eq!(
+        value(
+            &after,
+            "kubemail_mailbox_messages{mailbox=bob@example.test}"
+        ),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        value(
+            &after,
+            "kubemail_mailbox_used_bytes{mailbox=bob@example.test}"
+        ),
+        stored as f64,
+        "{after}"
+    );
+    assert_eq!(
+        value(
+            &after,
+            "kubemail_mailbox_quota_bytes{mailbox=bob@example.test}"
+        ),
+        (1u64 << 30) as f64
+    );
+    let usage: serde_json::Value = serde_json::from_str(&get(&dev, "/usage")).expect("json");
+    assert_eq!(usage["revision"], "dev-1");
+    let bob = usage["mailboxes"]
+        .as_array()
+        .and_then(|list| list.iter().find(|m| m["address"] == "bob@example.test"))
+        .unwrap_or_else(|| panic!("bob in {usage}"));
+    assert_eq!(bob["messages"], 1);
+    assert_eq!(bob["bytes"], stored);
+    assert_eq!(bob["quotaBytes"], 1u64 << 30);
 }
 
 /// Every sample of /metrics, as parsed by prometheus_client's text parser.

@@ -40,6 +40,10 @@ struct Args {
     /// or the host name).
     #[arg(long, value_name = "NS")]
     leader_election: Option<String>,
+    /// Write a Mailbox's status.usage at most once per this many seconds after its first
+    /// figures (each MailDomain's runtime is read every 30 s).
+    #[arg(long, value_name = "SECONDS", default_value = "300", value_parser = parse_seconds)]
+    usage_interval: Duration,
     /// /healthz, /readyz and /metrics; `off` to disable.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8081", value_parser = parse_health)]
     health_addr: HealthAddr,
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
         },
         probe_host_override: args.probe_host_override,
         probe_timeout: args.probe_timeout,
+        usage_every: args.usage_interval,
     };
     // None: every namespace.
     let namespaces = args.namespaces;

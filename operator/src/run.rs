@@ -120,6 +120,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
             deployments,
         },
         applied: Arc::new(Mutex::new(HashMap::new())),
+        usage_writes: Arc::new(Mutex::new(HashMap::new())),
         recorder: kube::runtime::events::Recorder::new(
             client.clone(),
             kube::runtime::events::Reporter {

@@ -2,8 +2,9 @@
 and reports what each said; with --hold, keeps the IMAP session open, sends NOOP every 100 ms and
 reports when (and how) the server ends it.
 
-usage: app_password.py HOST IMAPS SUBMISSIONS POP3S USER PASSWORD [--hold]
-Prints one JSON line: {"imap": "ok"|"refused", "smtp": ..., "pop3": ...}; with --hold, then
+usage: app_password.py HOST IMAPS SUBMISSIONS POP3S USER PASSWORD [--only imap,smtp] [--hold]
+Prints one JSON line: {"imap": "ok"|"refused", "smtp": ..., "pop3": ...} (with --only, just
+those; each refused login counts against the server's failed-login limit); with --hold, then
 "holding" once the IMAP session is in, and a JSON line {"ended": "<why>", "after_ms": N} when the
 session ends (N counted from the line "revoked" on stdin).
 """
@@ -16,7 +17,9 @@ import sys
 import time
 
 host, imaps, submissions, pop3s, user, password = sys.argv[1:7]
-hold = "--hold" in sys.argv[7:]
+options = sys.argv[7:]
+hold = "--hold" in options
+only = options[options.index("--only") + 1].split(",") if "--only" in options else ["imap", "smtp", "pop3"]
 context = ssl.create_default_context()
 context.check_hostname = False
 context.verify_mode = ssl.CERT_NONE  # the dev runtime's certificate is self-signed
@@ -53,8 +56,13 @@ def pop3():
         return "refused"
 
 
-said, session = imap()
-print(json.dumps({"imap": said, "smtp": smtp(), "pop3": pop3()}), flush=True)
+said, session = imap() if "imap" in only or hold else (None, None)
+report = {"imap": said} if "imap" in only else {}
+if "smtp" in only:
+    report["smtp"] = smtp()
+if "pop3" in only:
+    report["pop3"] = pop3()
+print(json.dumps(report), flush=True)
 if hold and session is not None:
     session.select("INBOX")
     print("holding", flush=True)

@@ -496,6 +496,13 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
         .clone()
         .unwrap_or_else(|| format!("{}.{ns}.svc", names.metrics));
     let served = served_revision(&http_host, HTTP_PORT).await;
+    // Each Mailbox's storage, from the runtime (rate-limited writes, see `usage`).
+    if served.is_some()
+        && let Some(report) =
+            runtime_json::<super::usage::Report>(&http_host, HTTP_PORT, "/usage").await
+    {
+        super::usage::write(&ctx, &ns, &report).await;
+    }
     let config_served = served.as_deref() == Some(revision.as_str());
     set(
         &mut status.conditions,
@@ -825,6 +832,18 @@ fn needs_mark(
 
 /// The config revision the runtime reports on `/readyz`, if it answers.
 async fn served_revision(host: &str, port: i32) -> Option<String> {
+    // Not ready (503) still says which revision it serves.
+    let value: serde_json::Value = runtime_json(host, port, "/readyz").await?;
+    value["status"]["revision"].as_str().map(str::to_string)
+}
+
+/// A JSON answer of the runtime's HTTP side at `path` (whatever its status code), if it
+/// answers within 3 s with at most 16 MiB.
+async fn runtime_json<T: serde::de::DeserializeOwned>(
+    host: &str,
+    port: i32,
+    path: &str,
+) -> Option<T> {
     use http_body_util::BodyExt;
     let fetch = async {
         let stream = tokio::net::TcpStream::connect(format!("{host}:{port}"))
@@ -836,19 +855,17 @@ async fn served_revision(host: &str, port: i32) -> Option<String> {
                 .ok()?;
         // Ends once the answer is read and the sender dropped.
         tokio::spawn(connection);
-        let request = hyper::Request::get("/readyz")
+        let request = hyper::Request::get(path)
             .header(hyper::header::HOST, host)
             .body(http_body_util::Empty::<hyper::body::Bytes>::new())
             .ok()?;
-        // Not ready (503) still says which revision it serves.
         let response = sender.send_request(request).await.ok()?;
-        let body = http_body_util::Limited::new(response.into_body(), 64 * 1024)
+        let body = http_body_util::Limited::new(response.into_body(), 16 << 20)
             .collect()
             .await
             .ok()?
             .to_bytes();
-        let value: serde_json::Value = serde_json::from_slice(&body).ok()?;
-        value["status"]["revision"].as_str().map(str::to_string)
+        serde_json::from_slice(&body).ok()
     };
     tokio::time::timeout(Duration::from_secs(3), fetch)
         .await

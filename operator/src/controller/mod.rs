@@ -9,6 +9,7 @@
 pub mod mail_domain;
 pub mod mailbox;
 pub mod relay_policy;
+pub mod usage;
 
 use std::{
     collections::HashMap,
@@ -44,6 +45,8 @@ pub struct Options {
     pub probe_host_override: Option<String>,
     /// Probe timeout.
     pub probe_timeout: std::time::Duration,
+    /// How often at most a Mailbox's `status.usage` is written after its first figures.
+    pub usage_every: std::time::Duration,
 }
 
 /// What every reconcile shares.
@@ -77,6 +80,8 @@ pub struct Context {
     /// What was last applied: (type, namespace, name) -> (SHA-256 of the object, the
     /// resourceVersion the API server answered).
     pub applied: Arc<Mutex<AppliedObjects>>,
+    /// When each Mailbox's usage was last written (see [`usage`]).
+    pub usage_writes: Arc<Mutex<usage::UsageWrites>>,
     /// Publishes events (condition changes) for `kubectl describe`.
     pub recorder: kube::runtime::events::Recorder,
 }

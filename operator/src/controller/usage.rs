@@ -1,0 +1,148 @@
+//! Mailbox usage: read from the domain's runtime (`/usage` on the metrics Service) by the
+//! MailDomain reconcile, written to each Mailbox's `status.usage`. Writes are rate-limited: a
+//! Mailbox gets its first figures at once and later ones at most once per
+//! [`Options::usage_every`](super::Options), and one pass writes at most
+//! [`WRITES_PER_PASS`] Mailboxes, so a thousand busy mailboxes make a steady trickle of
+//! writes, never a storm. Nothing here decides anything about mail: the runtime enforces
+//! quotas itself.
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+};
+use kubemail_crds::{Mailbox, mailbox::MailboxUsage};
+use serde::Deserialize;
+
+use super::Context;
+
+/// The most Mailboxes one pass writes; the rest wait for the next pass.
+pub const WRITES_PER_PASS: usize = 50;
+
+/// One mailbox in the runtime's `/usage` answer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reported {
+    /// The address.
+    pub address: String,
+    /// Bytes stored.
+    pub bytes: u64,
+    /// Messages stored.
+    pub messages: u64,
+    /// The quota the runtime enforces.
+    #[serde(default)]
+    pub quota_bytes: Option<u64>,
+}
+
+/// The runtime's `/usage` answer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Report {
+    /// The mailboxes of the config it serves.
+    pub mailboxes: Vec<Reported>,
+}
+
+/// When each Mailbox's usage was last written, by (namespace, name).
+pub type UsageWrites = HashMap<(String, String), Instant>;
+
+/// Whether a Mailbox's usage is written now: when it differs from what its status says, at once
+/// if its status has none yet, otherwise once the last write is `every` old.
+pub fn due(
+    stored: Option<&MailboxUsage>,
+    current: &MailboxUsage,
+    last_write: Option<Instant>,
+    now: Instant,
+    every: Duration,
+) -> bool {
+    match stored {
+        None => true,
+        Some(stored) if stored == current => false,
+        Some(_) => last_write.is_none_or(|at| now.duration_since(at) >= every),
+    }
+}
+
+/// Writes the usage in `report` to the Mailboxes of `namespace` that are due (see [`due`]), at
+/// most [`WRITES_PER_PASS`]. A write that fails is logged and tried again on a later pass.
+/// Returns how many were written.
+pub async fn write(ctx: &Context, namespace: &str, report: &Report) -> usize {
+    let by_address: HashMap<String, &Reported> = report
+        .mailboxes
+        .iter()
+        .map(|r| (r.address.to_ascii_lowercase(), r))
+        .collect();
+    let now = Instant::now();
+    let mut due_now = Vec::new();
+    {
+        let writes = ctx.usage_writes.lock().expect("usage writes");
+        for mailbox in ctx.mailboxes.state() {
+            if mailbox.namespace().as_deref() != Some(namespace) {
+                continue;
+            }
+            let Some(reported) = by_address.get(&mailbox.spec.address.to_ascii_lowercase()) else {
+                continue;
+            };
+            let current = MailboxUsage::of(reported.bytes, reported.messages, reported.quota_bytes);
+            let stored = mailbox.status.as_ref().and_then(|s| s.usage.as_ref());
+            let key = (namespace.to_string(), mailbox.name_any());
+            if due(
+                stored,
+                &current,
+                writes.get(&key).copied(),
+                now,
+                ctx.options.usage_every,
+            ) {
+                // The oldest writes first, so none waits behind busier ones for long.
+                due_now.push((writes.get(&key).copied(), key, current));
+            }
+        }
+    }
+    due_now.sort_by_key(|(last, _, _)| *last);
+    let api: Api<Mailbox> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut written = 0;
+    for (_, key, usage) in due_now.into_iter().take(WRITES_PER_PASS) {
+        // A merge patch of this one field: the Mailbox's own reconcile applies the rest of the
+        // status, and keeps the usage it finds there.
+        let patch = serde_json::json!({"status": {"usage": usage}});
+        match api
+            .patch_status(&key.1, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                written += 1;
+                ctx.usage_writes
+                    .lock()
+                    .expect("usage writes")
+                    .insert(key, Instant::now());
+            }
+            Err(err) => {
+                tracing::debug!(mailbox = %key.1, error = %err, "the usage could not be written")
+            }
+        }
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_written_first_at_once_then_at_most_once_per_interval_and_only_when_changed() {
+        let every = Duration::from_secs(300);
+        let now = Instant::now();
+        let a = MailboxUsage::of(1000, 1, Some(10_000));
+        let b = MailboxUsage::of(2000, 2, Some(10_000));
+        // No figures yet: at once, even just after another write.
+        assert!(due(None, &a, Some(now), now, every));
+        // Unchanged: never.
+        assert!(!due(Some(&a), &a, None, now, every));
+        // Changed: when the last write is old enough, or was before this operator started.
+        assert!(due(Some(&a), &b, None, now, every));
+        let recently = now.checked_sub(Duration::from_secs(10)).unwrap_or(now);
+        assert!(!due(Some(&a), &b, Some(recently), now, every));
+        let long_ago = now.checked_sub(every).unwrap_or(now);
+        assert!(due(Some(&a), &b, Some(long_ago), now, every));
+    }
+}
