@@ -580,6 +580,10 @@ pub struct MailDomainStatus {
     /// The DNS records to publish for this domain, with their exact values.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns_records: Vec<DnsRecord>,
+    /// Messages waiting in the runtime's outbound queue, as last read from it: updated when it
+    /// changes, at most once per the operator's usage interval (5 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued: Option<i64>,
 }
 
 /// Where a client reaches one protocol.

@@ -382,10 +382,24 @@ impl Cluster {
                 .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
                 .unwrap_or_default()
         };
+        // The components between a Ready pod and a Service that answers: their last errors
+        // (klog's error lines start with E).
+        let errors = |path: PathBuf| {
+            let text = fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('E')).collect();
+            format!(
+                "last errors of {}:\n{}\n",
+                path.display(),
+                lines[lines.len().saturating_sub(15)..].join("\n")
+            )
+        };
         format!(
-            "pods:\n{}\nevents:\n{}\n{}",
+            "pods:\n{}\nendpoint slices:\n{}\nevents:\n{}\n{}{}{}",
             run(&["get", "pods", "-n", namespace, "-o", "wide"]),
+            run(&["get", "endpointslices", "-n", namespace, "-o", "wide"]),
             run(&["get", "events", "-n", namespace, "--sort-by=.lastTimestamp"]),
+            errors(self.dir.join("logs/kube-proxy.log")),
+            errors(self.plane.dir().join("logs/kube-controller-manager.log")),
             self.kubelet.lock().expect("kubelet lock").log_tail()
         )
     }

@@ -436,6 +436,38 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
         .unwrap_or_else(|| panic!("alice in {table}"));
     assert!(alice_row.split_whitespace().any(|c| c == "1Gi"), "{table}");
 
+    // `kubectl mail test`, found by kubectl on PATH: a temporary mailbox sends itself a message
+    // through submission and reads it over IMAP, through a port-forward to the runtime's pod.
+    let plugin = kubemail_e2e::workspace_binary("kubectl-mail", "KUBECTL_MAIL_BIN")
+        .expect("kubectl-mail (cargo build --bins)");
+    let path = format!(
+        "{}:{}",
+        plugin.parent().expect("a directory").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let started = Instant::now();
+    let said = ok(world
+        .kubectl()
+        .args(["mail", "test", "example.test", "-n", &world.ns])
+        .env("PATH", &path));
+    timings.push(("kubectl mail test".into(), started.elapsed()));
+    eprintln!("kubectl mail test example.test:\n{said}");
+    assert!(said.trim_end().ends_with("OK"), "{said}");
+    assert!(said.contains("message found in"), "{said}");
+    assert_eq!(
+        world.get(
+            &[
+                "get",
+                "mailboxes",
+                "-l",
+                "app.kubernetes.io/managed-by=kubectl-mail"
+            ],
+            "{.items[*].metadata.name}"
+        ),
+        "",
+        "the temporary mailbox stayed"
+    );
+
     // Outside mail leaves through the RelayPolicy, switched to a smarthost peer on the node's
     // address; the runtime takes the change without a restart, the message arrives DKIM-signed
     // and dkimpy verifies it against the record the MailDomain's status says to publish.
@@ -651,22 +683,24 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
             "{.status.conditions[?(@.type==\"AppPasswordsFound\")].status}",
         ) == "True"
     });
+    let phone_client = |only: &str| {
+        let mut command = cluster.in_node("python3");
+        command
+            .arg(workspace_root().join("mail-runtime/tests/clients/app_password.py"))
+            .args([
+                &world.service_ip(),
+                "993",
+                "465",
+                "995",
+                "alice@example.test",
+                "alice-phone-password",
+                "--only",
+                only,
+            ]);
+        command
+    };
     let app_password = |only: &str| {
-        let (_, out, err) = output(
-            cluster
-                .in_node("python3")
-                .arg(workspace_root().join("mail-runtime/tests/clients/app_password.py"))
-                .args([
-                    &world.service_ip(),
-                    "993",
-                    "465",
-                    "995",
-                    "alice@example.test",
-                    "alice-phone-password",
-                    "--only",
-                    only,
-                ]),
-        );
+        let (_, out, err) = output(&mut phone_client(only));
         serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap_or_default())
             .unwrap_or_else(|e| panic!("app_password.py: {e}: {out}{err}"))
     };
@@ -680,20 +714,8 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
         "an IMAP-only app password sent mail"
     );
     let mut phone = Killed(
-        cluster
-            .in_node("python3")
-            .arg(workspace_root().join("mail-runtime/tests/clients/app_password.py"))
-            .args([
-                &world.service_ip(),
-                "993",
-                "465",
-                "995",
-                "alice@example.test",
-                "alice-phone-password",
-                "--only",
-                "imap",
-                "--hold",
-            ])
+        phone_client("imap")
+            .arg("--hold")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

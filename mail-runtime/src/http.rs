@@ -77,6 +77,7 @@ async fn handle<B>(runtime: &Runtime, req: Request<B>) -> Response<Full<Bytes>> 
     let body = serde_json::json!({
         "revision": runtime.config.get().raw.revision,
         "mailboxes": usage,
+        "queueDepth": crate::metrics::queue_depth_now(),
     });
     respond(StatusCode::OK, "application/json", body.to_string())
 }

@@ -168,6 +168,11 @@ pub fn queue_depth(depth: usize) {
     metrics().queue_depth.set(depth as i64);
 }
 
+/// Messages waiting in the outbound queue, as last reported.
+pub fn queue_depth_now() -> i64 {
+    metrics().queue_depth.get()
+}
+
 /// A message or recipient was refused.
 pub fn refused(reason: &'static str) {
     metrics()

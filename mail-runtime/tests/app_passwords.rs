@@ -13,20 +13,23 @@ use common::{Dev, client_script, imap::Client, patch_config};
 
 const BOB: &str = "bob@example.test";
 
+/// app_password.py logging in as bob with `password` over implicit TLS.
+fn client(dev: &Dev, password: &str) -> Command {
+    let mut command = Command::new("python3");
+    command.arg(client_script("app_password.py")).args([
+        "127.0.0.1",
+        &dev.port("imaps").to_string(),
+        &dev.port("submissions").to_string(),
+        &dev.port("pop3s").to_string(),
+        BOB,
+        password,
+    ]);
+    command
+}
+
 /// What each protocol said to `password` for bob, as the real clients saw it.
 fn logins(dev: &Dev, password: &str) -> serde_json::Value {
-    let out = common::run(
-        Command::new("python3")
-            .arg(client_script("app_password.py"))
-            .args([
-                "127.0.0.1",
-                &dev.port("imaps").to_string(),
-                &dev.port("submissions").to_string(),
-                &dev.port("pop3s").to_string(),
-                BOB,
-                password,
-            ]),
-    );
+    let out = common::run(&mut client(dev, password));
     serde_json::from_str(out.lines().next().unwrap_or_default())
         .unwrap_or_else(|e| panic!("{e}: {out}"))
 }
@@ -92,17 +95,8 @@ async fn an_app_password_opens_its_protocols_and_its_revocation_ends_only_its_se
 
     // The phone holds a session open (imaplib, NOOP every 100 ms); bob's own password and the
     // laptop's hold theirs.
-    let mut held = Command::new("python3")
-        .arg(client_script("app_password.py"))
-        .args([
-            "127.0.0.1",
-            &dev.port("imaps").to_string(),
-            &dev.port("submissions").to_string(),
-            &dev.port("pop3s").to_string(),
-            BOB,
-            "phone-secret-1",
-            "--hold",
-        ])
+    let mut held = client(&dev, "phone-secret-1")
+        .arg("--hold")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

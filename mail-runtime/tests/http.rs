@@ -108,6 +108,7 @@ fn health_readiness_and_metrics() {
     );
     let usage: serde_json::Value = serde_json::from_str(&get(&dev, "/usage")).expect("json");
     assert_eq!(usage["revision"], "dev-1");
+    assert_eq!(usage["queueDepth"], 0, "nothing was relayed");
     let bob = usage["mailboxes"]
         .as_array()
         .and_then(|list| list.iter().find(|m| m["address"] == "bob@example.test"))

@@ -1230,11 +1230,15 @@ async fn app_passwords_are_served_reported_and_revoked() {
         message.contains("tablet") && !message.contains("phone"),
         "{message}"
     );
+    let gina_of = |raw: &kubemail_config::RawConfig| -> Option<kubemail_config::MailboxConfig> {
+        raw.mailboxes
+            .iter()
+            .find(|m| m.address == "gina@example.test")
+            .cloned()
+    };
     let served =
         |raw: &kubemail_config::RawConfig| -> Vec<(String, Vec<kubemail_config::LoginProtocol>)> {
-            raw.mailboxes
-                .iter()
-                .find(|m| m.address == "gina@example.test")
+            gina_of(raw)
                 .map(|m| {
                     m.app_passwords
                         .iter()
@@ -1250,11 +1254,7 @@ async fn app_passwords_are_served_reported_and_revoked() {
     })
     .await;
     // Only hashes, each verifying its own password.
-    let gina_config = raw
-        .mailboxes
-        .iter()
-        .find(|m| m.address == "gina@example.test")
-        .expect("gina");
+    let gina_config = gina_of(&raw).expect("gina");
     let phone_hash = &gina_config.app_passwords[0].password_hash;
     assert!(!raw_contains_plaintext(&raw, "phone-secret"));
     let parsed = kubemail_config::password::PasswordHash::parse(phone_hash).expect("a hash");
@@ -1295,11 +1295,7 @@ async fn app_passwords_are_served_reported_and_revoked() {
         .then_some(raw)
     })
     .await;
-    let gina_config = raw
-        .mailboxes
-        .iter()
-        .find(|m| m.address == "gina@example.test")
-        .expect("gina");
+    let gina_config = gina_of(&raw).expect("gina");
     let own =
         kubemail_config::password::PasswordHash::parse(&gina_config.password_hash).expect("a hash");
     assert!(own.verify(b"own-secret"), "the own password stays");

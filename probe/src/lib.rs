@@ -5,6 +5,8 @@
 //!
 //! A probe passes when the greeting is positive and, unless the port is implicit TLS, STARTTLS
 //! (STLS) is advertised and negotiated. Deep mode also logs in.
+mod round_trip;
+
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -14,6 +16,8 @@ use tokio::{
     net::TcpStream,
 };
 use tokio_rustls::TlsConnector;
+
+pub use round_trip::{RoundTrip, round_trip};
 
 /// The protocol to probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -496,13 +496,16 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
         .clone()
         .unwrap_or_else(|| format!("{}.{ns}.svc", names.metrics));
     let served = served_revision(&http_host, HTTP_PORT).await;
-    // Each Mailbox's storage, from the runtime (rate-limited writes, see `usage`).
-    if served.is_some()
-        && let Some(report) =
-            runtime_json::<super::usage::Report>(&http_host, HTTP_PORT, "/usage").await
-    {
-        super::usage::write(&ctx, &ns, &report).await;
+    // Each Mailbox's storage and the queue, from the runtime (rate-limited, see `usage`).
+    let usage = match served {
+        Some(_) => runtime_json::<super::usage::Report>(&http_host, HTTP_PORT, "/usage").await,
+        None => None,
+    };
+    if let Some(report) = &usage {
+        super::usage::write(&ctx, &ns, report).await;
     }
+    status.queued =
+        super::usage::queued(&ctx, &ns, &md.name_any(), previous.queued, usage.as_ref());
     let config_served = served.as_deref() == Some(revision.as_str());
     set(
         &mut status.conditions,

@@ -39,19 +39,24 @@ pub struct Reported {
 
 /// The runtime's `/usage` answer.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Report {
     /// The mailboxes of the config it serves.
     pub mailboxes: Vec<Reported>,
+    /// Messages waiting in its outbound queue.
+    #[serde(default)]
+    pub queue_depth: i64,
 }
 
 /// When each Mailbox's usage was last written, by (namespace, name).
 pub type UsageWrites = HashMap<(String, String), Instant>;
 
-/// Whether a Mailbox's usage is written now: when it differs from what its status says, at once
-/// if its status has none yet, otherwise once the last write is `every` old.
-pub fn due(
-    stored: Option<&MailboxUsage>,
-    current: &MailboxUsage,
+/// Whether a figure (a Mailbox's usage, a domain's queue) is written now: when it differs from
+/// what status says, at once if status has none yet, otherwise once the last write is `every`
+/// old.
+pub fn due<T: PartialEq>(
+    stored: Option<&T>,
+    current: &T,
     last_write: Option<Instant>,
     now: Instant,
     every: Duration,
@@ -122,6 +127,35 @@ pub async fn write(ctx: &Context, namespace: &str, report: &Report) -> usize {
         }
     }
     written
+}
+
+/// The queue size a MailDomain's status shows: the reported one when [`due`], else what it
+/// showed before.
+pub fn queued(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    previous: Option<i64>,
+    report: Option<&Report>,
+) -> Option<i64> {
+    let Some(report) = report else {
+        return previous;
+    };
+    let key = (format!("MailDomain/{namespace}"), name.to_string());
+    let mut writes = ctx.usage_writes.lock().expect("usage writes");
+    let now = Instant::now();
+    if due(
+        previous.as_ref(),
+        &report.queue_depth,
+        writes.get(&key).copied(),
+        now,
+        ctx.options.usage_every,
+    ) {
+        writes.insert(key, now);
+        Some(report.queue_depth)
+    } else {
+        previous
+    }
 }
 
 #[cfg(test)]
