@@ -39,11 +39,50 @@ pub mod reason {
     pub const NOT_READY: &str = "NotReady";
 }
 
-/// kstatus's condition types (Flux's and Argo CD's generic health checks read them): present
-/// only while True, beside `Ready`.
-pub const RECONCILING: &str = "Reconciling";
-/// See [`RECONCILING`].
-pub const STALLED: &str = "Stalled";
+/// Condition types, as the three kinds' status docs name them.
+pub mod types {
+    /// Everything the object needs works (all three kinds).
+    pub const READY: &str = "Ready";
+    /// kstatus (Flux's and Argo CD's generic health checks read it): present only while True,
+    /// while something is awaited.
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus: present only while True, while a change by the user is needed.
+    pub const STALLED: &str = "Stalled";
+    /// MailDomain: the SMTP (port 25) probe.
+    pub const SMTP_READY: &str = "SMTPReady";
+    /// MailDomain: the submission probes (587, 465).
+    pub const SUBMISSION_READY: &str = "SubmissionReady";
+    /// MailDomain: the IMAP probes (143, 993).
+    pub const IMAP_READY: &str = "IMAPReady";
+    /// MailDomain: the POP3 probes (110, 995).
+    pub const POP3_READY: &str = "POP3Ready";
+    /// MailDomain: its certificate Secret is there.
+    pub const TLS_READY: &str = "TLSReady";
+    /// MailDomain: the runtime serves the config revision written.
+    pub const CONFIG_SERVED: &str = "ConfigServed";
+    /// MailDomain: present (False) only while a rendered config is refused.
+    pub const CONFIG_VALID: &str = "ConfigValid";
+    /// MailDomain: the RelayPolicy it names exists.
+    pub const RELAY_POLICY_FOUND: &str = "RelayPolicyFound";
+    /// MailDomain: its catch-all address is a served Mailbox's.
+    pub const CATCH_ALL_FOUND: &str = "CatchAllFound";
+    /// Mailbox: a MailDomain serves its address's domain.
+    pub const DOMAIN_FOUND: &str = "DomainFound";
+    /// Mailbox: its password Secret and key are there.
+    pub const SECRET_FOUND: &str = "SecretFound";
+    /// Mailbox: every app password's Secret and key are there (only with app passwords).
+    pub const APP_PASSWORDS_FOUND: &str = "AppPasswordsFound";
+    /// Mailbox: present (False) only while some aliases are left out.
+    pub const ALIASES_ACCEPTED: &str = "AliasesAccepted";
+    /// Mailbox: present (False) only while another Mailbox has its address.
+    pub const UNIQUE: &str = "Unique";
+    /// RelayPolicy: its smarthost credentials may be used.
+    pub const CREDENTIALS_FOUND: &str = "CredentialsFound";
+    /// RelayPolicy: its smarthost answers.
+    pub const SMARTHOST_REACHABLE: &str = "SmarthostReachable";
+}
+
+pub use types::{RECONCILING, STALLED};
 
 /// Reasons no amount of waiting clears: the user must change the object or its Secret. A
 /// condition False for one of them makes the object `Stalled`; any other not-ready state is
@@ -68,11 +107,9 @@ pub fn set_kstatus(
     conditions.retain(|c| c.type_ != RECONCILING && c.type_ != STALLED);
     let failing: Vec<&Condition> = conditions
         .iter()
-        .filter(|c| c.type_ != "Ready" && c.status != "True")
+        .filter(|c| c.type_ != types::READY && c.status != "True")
         .collect();
-    let ready = conditions
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let ready = is_true(conditions, types::READY);
     if ready {
         return;
     }

@@ -121,6 +121,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
         },
         applied: Arc::new(Mutex::new(HashMap::new())),
         usage_writes: Arc::new(Mutex::new(HashMap::new())),
+        backoff: Arc::default(),
         recorder: kube::runtime::events::Recorder::new(
             client.clone(),
             kube::runtime::events::Reporter {

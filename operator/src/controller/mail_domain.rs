@@ -1,17 +1,22 @@
 //! MailDomain: renders and applies the runtime's objects and config, probes the mail Service in
 //! each protocol, reads the served config revision from the metrics Service, and reports
-//! conditions, endpoints and DNS records.
+//! conditions, endpoints and DNS records. The reconcile is a pipeline:
+//!
+//! ```text
+//!   dereference (RelayPolicy, certificate, DKIM key, Mailboxes + hashes)   -- reads, makes keys once
+//!     -> build (config, Deployment, Services, ...)                          -- pure
+//!     -> apply (server-side apply, only what changed; mark pods)            -- writes
+//!     -> observe (served revision, usage, protocol probes)                  -- asks the runtime
+//!     -> status_of (conditions, endpoints, DNS records)                     -- pure
+//!     -> write_status (only when it changed)
+//! ```
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount},
 };
-use kube::{
-    Api, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
-    runtime::controller::Action,
-};
+use kube::{Api, ResourceExt, api::PostParams, runtime::controller::Action};
 use kubemail_crds::{
     MailDomain, MailDomainStatus, Mailbox, Protocol, RelayPolicy, SecretKeyRef,
     mail_domain::Endpoint, mailbox::AppPassword,
@@ -19,9 +24,9 @@ use kubemail_crds::{
 use kubemail_probe as probe;
 use sha2::{Digest, Sha256};
 
-use super::{Context, FIELD_MANAGER, domain_of};
+use super::{Context, domain_of};
 use crate::{
-    conditions::{self, reason},
+    conditions::{self, reason, types},
     error::{Error, Result},
     keys,
     render::{
@@ -202,16 +207,21 @@ async fn create_once(api: &Api<Secret>, secret: Secret) -> Result<Secret> {
     }
 }
 
-/// The reconcile of one MailDomain.
+/// The reconcile of one MailDomain; a success resets its retry backoff.
 pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action> {
+    let result = reconcile_once(md.clone(), ctx.clone()).await;
+    if result.is_ok() {
+        ctx.backoff.succeeded(md.as_ref());
+    }
+    result
+}
+
+async fn reconcile_once(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action> {
     let ns = md.namespace().ok_or(Error::Incomplete("namespace"))?;
     if md.metadata.deletion_timestamp.is_some() {
         // Owner references take the runtime's objects away; the PVC stays unless it is owned.
         return Ok(Action::await_change());
     }
-    let client = ctx.client.clone();
-    let names = Names::of(&md);
-    let generation = md.metadata.generation;
     // The status as stored now, not as the watch cache last saw it: a reconcile that follows
     // our own status write closely must not take its stale copy for a change.
     let stored = Api::<MailDomain>::namespaced(ctx.client.clone(), &ns)
@@ -221,71 +231,115 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
         return Ok(Action::await_change());
     };
     let previous = stored.status.clone().unwrap_or_default();
-    let mut status = MailDomainStatus {
-        observed_generation: generation,
-        hostname: Some(hostname(&md)),
-        conditions: previous.conditions.clone(),
-        ..MailDomainStatus::default()
-    };
-    let set = |conditions: &mut Vec<_>, t: &str, ok: bool, r: &str, m: String| {
-        conditions::set(conditions, &previous.conditions, t, ok, r, m, generation)
-    };
 
-    // Read what the domain refers to.
-    let relay = match &md.spec.relay_policy_ref {
+    let referred = dereference(&ctx, &md, &ns).await?;
+    let desired = build(&md, &referred, &ctx.options.runtime);
+    let marked = apply(&ctx, &md, &ns, &desired, &previous).await?;
+    let observed = observe(&ctx, &md, &ns, &desired, marked, &previous).await;
+    let status = status_of(&md, &previous, &referred, &desired, &observed);
+
+    // Written only when it changed: an unchanged domain makes no writes.
+    let present = super::write_status(
+        &ctx,
+        md.as_ref(),
+        stored.status.as_ref(),
+        &previous.conditions,
+        &status,
+        &status.conditions,
+    )
+    .await?;
+    if !present {
+        // Deleted while this reconcile ran: nothing left to report on.
+        return Ok(Action::await_change());
+    }
+    let ready = conditions::is_true(&status.conditions, types::READY);
+    Ok(Action::requeue(next_look(&md, ready)))
+}
+
+/// When a domain is looked at again: a healthy one every [`RESYNC`]; a new one whose runtime
+/// is still starting soon, so Ready follows it closely; later a failing one every 15 s (each
+/// look reads every Mailbox's Secret, which matters with thousands of them).
+fn next_look(md: &MailDomain, ready: bool) -> Duration {
+    let young = md.metadata.creation_timestamp.as_ref().is_some_and(|t| {
+        t.0.duration_until(k8s_openapi::jiff::Timestamp::now())
+            .as_secs()
+            < 120
+    });
+    if ready {
+        RESYNC
+    } else if young {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(15)
+    }
+}
+
+/// A served Mailbox with its hashes, as [`dereference`] found it.
+#[derive(Debug, Clone)]
+struct Hashed {
+    mailbox: Arc<Mailbox>,
+    password_hash: String,
+    aliases: Vec<String>,
+    app_password_hashes: Vec<(String, String)>,
+}
+
+/// What a MailDomain refers to, read from the API server (and the keys it needs, made once).
+#[derive(Debug, Clone, Default)]
+struct Referred {
+    /// The RelayPolicy it names, and whether it exists; `None` when it names none.
+    relay_policy: Option<(String, bool)>,
+    /// That RelayPolicy as the runtime may use it (smarthost credentials only from a labelled
+    /// Secret).
+    relay: Option<RelayPolicy>,
+    /// The addresses of the pods the RelayPolicy chooses by label.
+    relay_pods: Vec<String>,
+    /// Whether the certificate Secret is there.
+    tls_ok: bool,
+    /// The DKIM record's value, when DKIM is on.
+    dkim_public: Option<String>,
+    /// The Mailboxes to serve, with their hashes; each address belongs to one (the oldest).
+    mailboxes: Vec<Hashed>,
+}
+
+/// Reads what the domain refers to: its RelayPolicy and credentials' labels, its certificate
+/// (making a self-signed one when it names none), its DKIM key (made once), its Mailboxes and
+/// their password hashes, and the pods its RelayPolicy chooses.
+async fn dereference(ctx: &Context, md: &MailDomain, ns: &str) -> Result<Referred> {
+    let client = &ctx.client;
+    let names = Names::of(md);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let mut referred = Referred::default();
+    let found = match &md.spec.relay_policy_ref {
         Some(r) => {
-            let found = Api::<RelayPolicy>::namespaced(client.clone(), &ns)
+            let found = Api::<RelayPolicy>::namespaced(client.clone(), ns)
                 .get_opt(&r.name)
                 .await?;
-            match &found {
-                Some(_) => set(
-                    &mut status.conditions,
-                    "RelayPolicyFound",
-                    true,
-                    reason::READY,
-                    format!("RelayPolicy {} is used", r.name),
-                ),
-                None => set(
-                    &mut status.conditions,
-                    "RelayPolicyFound",
-                    false,
-                    reason::RELAY_POLICY_NOT_FOUND,
-                    format!(
-                        "RelayPolicy {} does not exist; only logged-in mailboxes may relay until it does",
-                        r.name
-                    ),
-                ),
-            }
+            referred.relay_policy = Some((r.name.clone(), found.is_some()));
             found
-        }
-        None => {
-            status.conditions.retain(|c| c.type_ != "RelayPolicyFound");
-            None
-        }
-    };
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    // The smarthost's credentials reach the runtime only from a Secret labelled for it (the
-    // RelayPolicy's own reconcile reports why not).
-    let relay = match relay {
-        Some(rp) => {
-            let labels = match rp
-                .spec
-                .route
-                .smarthost
-                .as_ref()
-                .and_then(|h| h.credentials_secret_ref.as_ref())
-            {
-                Some(creds) => secrets
-                    .get_metadata_opt(&creds.name)
-                    .await?
-                    .map(|s| s.metadata.labels.unwrap_or_default()),
-                None => None,
-            };
-            Some(render::smarthost::usable(&rp, labels.as_ref()))
         }
         None => None,
     };
-    let tls_ok = match &md.spec.tls.secret_name {
+    if let Some(rp) = found {
+        let credentials = rp
+            .spec
+            .route
+            .smarthost
+            .as_ref()
+            .and_then(|h| h.credentials_secret_ref.as_ref());
+        let labels = match credentials {
+            Some(creds) => secrets
+                .get_metadata_opt(&creds.name)
+                .await?
+                .map(|s| s.metadata.labels.unwrap_or_default()),
+            None => None,
+        };
+        let usable = render::smarthost::usable(&rp, labels.as_ref());
+        if let Some(selector) = usable.spec.allow.pod_selector.clone() {
+            referred.relay_pods = pod_networks(client, ns, selector).await?;
+        }
+        referred.relay = Some(usable);
+    }
+    referred.tls_ok = match &md.spec.tls.secret_name {
         Some(name) => secrets.get_opt(name).await?.is_some_and(|s| {
             s.data
                 .as_ref()
@@ -293,11 +347,11 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
         }),
         None => {
             if secrets.get_opt(&names.self_signed_tls).await?.is_none() {
-                let host = hostname(&md);
+                let host = hostname(md);
                 let (cert, key) = keys::self_signed(std::slice::from_ref(&host))
                     .map_err(|e| Error::Keys(e.into()))?;
                 let secret = objects::pem_secret(
-                    &md,
+                    md,
                     &names.self_signed_tls,
                     "kubernetes.io/tls",
                     &[("tls.crt", &cert), ("tls.key", &key)],
@@ -307,27 +361,7 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
             true
         }
     };
-    if tls_ok {
-        set(
-            &mut status.conditions,
-            "TLSReady",
-            true,
-            reason::READY,
-            format!("certificate from Secret {}", names.tls),
-        );
-    } else {
-        set(
-            &mut status.conditions,
-            "TLSReady",
-            false,
-            reason::SECRET_NOT_FOUND,
-            format!(
-                "Secret {} (type kubernetes.io/tls, keys tls.crt and tls.key) does not exist yet",
-                names.tls
-            ),
-        );
-    }
-    let dkim_public = if md.spec.dkim.enabled {
+    if md.spec.dkim.enabled {
         let existing = secrets.get_opt(&names.dkim).await?;
         let pem = match existing
             .as_ref()
@@ -341,7 +375,7 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
                     .map_err(|e| Error::Keys(e.into()))?
                     .map_err(|e| Error::Keys(e.into()))?;
                 let secret = objects::pem_secret(
-                    &md,
+                    md,
                     &names.dkim,
                     "Opaque",
                     &[("private.pem", &key.private_pem)],
@@ -356,25 +390,20 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
                     .unwrap_or(key.private_pem)
             }
         };
-        keys::dkim_dns_value(&pem)
-    } else {
-        None
-    };
-
-    // Mailboxes with their password hashes; each address and alias belongs to one Mailbox
-    // (the oldest wins, see render::claims).
-    let mailboxes = mailboxes_of(&ctx, &md);
+        referred.dkim_public = keys::dkim_dns_value(&pem);
+    }
+    // Each address and alias belongs to one Mailbox (the oldest wins, see render::claims).
+    let mailboxes = mailboxes_of(ctx, md);
     let refs: Vec<&Mailbox> = mailboxes.iter().map(AsRef::as_ref).collect();
-    let claims = render::claims::claim(&md, &refs);
-    let mut hashes = Vec::new();
+    let claims = render::claims::claim(md, &refs);
     for (mailbox, claim) in mailboxes.iter().zip(claims) {
         if claim.duplicate_of.is_some() {
             continue;
         }
-        if let Password::Hash(hash) = password_hash(&ctx, mailbox).await? {
+        if let Password::Hash(hash) = password_hash(ctx, mailbox).await? {
             // An app password whose Secret is missing is left out (the Mailbox's status says
             // so); the others and the own password are served.
-            let apps: Vec<(String, String)> = app_passwords(&ctx, mailbox, true)
+            let app_password_hashes = app_passwords(ctx, mailbox, true)
                 .await?
                 .into_iter()
                 .filter_map(|(app, found)| match found {
@@ -382,113 +411,189 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
                     _ => None,
                 })
                 .collect();
-            hashes.push((mailbox.clone(), hash, claim.aliases, apps));
+            referred.mailboxes.push(Hashed {
+                mailbox: mailbox.clone(),
+                password_hash: hash,
+                aliases: claim.aliases,
+                app_password_hashes,
+            });
         }
     }
-    let hashed: Vec<HashedMailbox<'_>> = hashes
+    Ok(referred)
+}
+
+/// What is to be in the cluster for a domain, built without a client.
+#[derive(Debug, Clone)]
+struct Desired {
+    /// The config's revision.
+    revision: String,
+    /// Why the runtime would refuse the config; then it is not written.
+    invalid: Option<String>,
+    /// The catch-all address, and whether a served Mailbox has it.
+    catch_all: Option<(String, bool)>,
+    /// How many Mailboxes the config serves.
+    mailboxes: usize,
+    service_account: ServiceAccount,
+    /// The config Secret, when the config is valid.
+    config: Option<Secret>,
+    claim: PersistentVolumeClaim,
+    service: Service,
+    metrics_service: Service,
+    deployment: Deployment,
+}
+
+/// Renders the runtime config and the objects around it. Pure: the same inputs give the same
+/// objects.
+fn build(md: &MailDomain, referred: &Referred, runtime: &objects::RuntimeOptions) -> Desired {
+    let hashed: Vec<HashedMailbox<'_>> = referred
+        .mailboxes
         .iter()
-        .map(|(mailbox, hash, aliases, apps)| HashedMailbox {
-            mailbox,
-            password_hash: hash.clone(),
-            aliases: aliases.clone(),
-            app_password_hashes: apps.clone(),
+        .map(|h| HashedMailbox {
+            mailbox: &h.mailbox,
+            password_hash: h.password_hash.clone(),
+            aliases: h.aliases.clone(),
+            app_password_hashes: h.app_password_hashes.clone(),
         })
         .collect();
-
-    // Render and apply. Pods the RelayPolicy chooses by label relay by their addresses.
-    let mut config = render::config::runtime_config(&md, &hashed, relay.as_ref());
-    if let Some(selector) = relay
-        .as_ref()
-        .and_then(|rp| rp.spec.allow.pod_selector.clone())
-    {
-        config
-            .relay
-            .client_networks
-            .extend(pod_networks(&client, &ns, selector).await?);
-    }
-    match &md.spec.catch_all {
-        Some(target) if !render::config::serves(&config.mailboxes, target) => set(
-            &mut status.conditions,
-            "CatchAllFound",
-            false,
-            reason::CATCH_ALL_NOT_FOUND,
-            format!(
-                "no served Mailbox has the address {target}; mail to unknown addresses is refused until one does"
-            ),
-        ),
-        Some(target) => set(
-            &mut status.conditions,
-            "CatchAllFound",
-            true,
-            reason::READY,
-            format!("mail to unknown addresses goes to {target}"),
-        ),
-        None => status.conditions.retain(|c| c.type_ != "CatchAllFound"),
-    }
+    // Pods the RelayPolicy chooses by label relay by their addresses.
+    let mut config = render::config::runtime_config(md, &hashed, referred.relay.as_ref());
+    config
+        .relay
+        .client_networks
+        .extend(referred.relay_pods.iter().cloned());
+    let catch_all = md.spec.catch_all.as_ref().map(|target| {
+        (
+            target.clone(),
+            render::config::serves(&config.mailboxes, target),
+        )
+    });
     // The runtime's own check, before anything is written: a config it would refuse is never
     // handed to it (it would keep serving the last good one, and nobody would see why).
-    let invalid = kubemail_config::Config::validate(config.clone()).err();
-    let valid = invalid.is_none();
+    let invalid = kubemail_config::Config::validate(config.clone())
+        .err()
+        .map(|e| e.to_string());
+    let mailboxes = config.mailboxes.len();
     let (revision, yaml) = render::config::with_revision(config);
+    Desired {
+        config: invalid
+            .is_none()
+            .then(|| objects::config_secret(md, &revision, &yaml)),
+        revision,
+        invalid,
+        catch_all,
+        mailboxes,
+        service_account: objects::service_account(md),
+        claim: objects::data_claim(md),
+        service: objects::service(md),
+        metrics_service: objects::metrics_service(md),
+        deployment: objects::deployment(md, referred.relay.as_ref(), runtime),
+    }
+}
+
+/// Applies what [`build`] made (each object only when it changed, see [`Context::apply`]), and
+/// marks the runtime's pods when a new config revision was written. Returns whether any pod was
+/// marked.
+async fn apply(
+    ctx: &Context,
+    md: &MailDomain,
+    ns: &str,
+    desired: &Desired,
+    previous: &MailDomainStatus,
+) -> Result<bool> {
+    let client = &ctx.client;
     ctx.apply(
-        &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
-        &objects::service_account(&md),
+        &Api::<ServiceAccount>::namespaced(client.clone(), ns),
+        &desired.service_account,
     )
     .await?;
-    match invalid {
-        None => {
-            status.conditions.retain(|c| c.type_ != "ConfigValid");
-            ctx.apply(&secrets, &objects::config_secret(&md, &revision, &yaml))
+    match (&desired.config, &desired.invalid) {
+        (Some(secret), _) => {
+            ctx.apply(&Api::<Secret>::namespaced(client.clone(), ns), secret)
                 .await?;
         }
-        Some(invalid) => {
-            tracing::warn!(domain = %md.spec.domain, %invalid, "rendered config refused; the last one stays");
-            set(
-                &mut status.conditions,
-                "ConfigValid",
-                false,
-                reason::INVALID_CONFIG,
-                invalid.to_string(),
-            );
+        (None, invalid) => {
+            tracing::warn!(domain = %md.spec.domain, invalid = invalid.as_deref().unwrap_or_default(), "rendered config refused; the last one stays");
         }
     }
     ctx.apply(
-        &Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns),
-        &objects::data_claim(&md),
+        &Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
+        &desired.claim,
     )
     .await?;
-    let services = Api::<Service>::namespaced(client.clone(), &ns);
-    ctx.apply(&services, &objects::service(&md)).await?;
-    ctx.apply(&services, &objects::metrics_service(&md)).await?;
+    let services = Api::<Service>::namespaced(client.clone(), ns);
+    ctx.apply(&services, &desired.service).await?;
+    ctx.apply(&services, &desired.metrics_service).await?;
     ctx.apply(
-        &Api::<Deployment>::namespaced(client.clone(), &ns),
-        &objects::deployment(&md, relay.as_ref(), &ctx.options.runtime),
+        &Api::<Deployment>::namespaced(client.clone(), ns),
+        &desired.deployment,
     )
     .await?;
     // A revision that status does not show yet was (probably) just written: its pods are marked.
-    let marked = valid
-        && previous.config_revision.as_deref() != Some(revision.as_str())
-        && refresh_pods(&ctx, &client, &ns, &md, &revision, false).await;
-    status.config_revision = if valid {
-        Some(revision.clone())
-    } else {
-        previous.config_revision.clone()
-    };
-    status.mailboxes = hashed.len() as i32;
+    let marked = desired.config.is_some()
+        && previous.config_revision.as_deref() != Some(desired.revision.as_str())
+        && refresh_pods(ctx, client, ns, md, &desired.revision, false).await;
+    Ok(marked)
+}
 
-    // Probe what runs, in each protocol.
+/// One protocol group's probes: the condition type, and each enabled port's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Probed {
+    type_: &'static str,
+    /// The protocols that passed.
+    passed: Vec<String>,
+    /// `protocol: error` of those that failed.
+    failures: Vec<String>,
+}
+
+/// What the running domain answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Observed {
+    /// The config revision the runtime serves, if it answers.
+    served: Option<String>,
+    /// The probes of the protocol groups that have an enabled port (the others have no
+    /// condition).
+    probes: Vec<Probed>,
+    /// The outbound queue as status shows it (rate-limited, see `usage`).
+    queued: Option<i64>,
+}
+
+/// The protocol groups, each one condition.
+const GROUPS: [(&str, probe::Kind, &[Protocol]); 4] = [
+    (types::SMTP_READY, probe::Kind::Smtp, &[Protocol::Smtp]),
+    (
+        types::SUBMISSION_READY,
+        probe::Kind::Smtp,
+        &[Protocol::Submission, Protocol::Submissions],
+    ),
+    (
+        types::IMAP_READY,
+        probe::Kind::Imap,
+        &[Protocol::Imap, Protocol::Imaps],
+    ),
+    (
+        types::POP3_READY,
+        probe::Kind::Pop3,
+        &[Protocol::Pop3, Protocol::Pop3s],
+    ),
+];
+
+/// Asks the running domain: the revision its runtime serves, each Mailbox's usage and the queue
+/// (written to the Mailboxes, see `usage`), and a probe of each enabled protocol through the
+/// Service. Marks the pods again when the runtime still serves an old revision.
+async fn observe(
+    ctx: &Context,
+    md: &MailDomain,
+    ns: &str,
+    desired: &Desired,
+    marked: bool,
+    previous: &MailDomainStatus,
+) -> Observed {
+    let names = Names::of(md);
     let host = ctx
         .options
         .probe_host_override
         .clone()
         .unwrap_or_else(|| format!("{}.{ns}.svc", names.runtime));
-    let port = |protocol: Protocol, service_port: i32| {
-        if ctx.options.probe_host_override.is_some() {
-            container_port(protocol)
-        } else {
-            service_port
-        }
-    };
     // The revision is read from the metrics Service: the mail Service has no HTTP port.
     let http_host = ctx
         .options
@@ -502,54 +607,21 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
         None => None,
     };
     if let Some(report) = &usage {
-        super::usage::write(&ctx, &ns, report).await;
+        super::usage::write(ctx, ns, report).await;
     }
-    status.queued =
-        super::usage::queued(&ctx, &ns, &md.name_any(), previous.queued, usage.as_ref());
-    let config_served = served.as_deref() == Some(revision.as_str());
-    set(
-        &mut status.conditions,
-        "ConfigServed",
-        config_served,
-        if config_served {
-            reason::SERVED
-        } else {
-            reason::PENDING
-        },
-        match &served {
-            Some(r) if config_served => format!("the runtime serves revision {r}"),
-            Some(r) => format!(
-                "the runtime serves revision {r}; revision {revision} is written and will be picked up"
-            ),
-            None => format!("revision {revision} is written; the runtime has not answered yet"),
-        },
-    );
-    if valid && !marked && served.is_some() && !config_served {
+    let queued = super::usage::queued(ctx, ns, &md.name_any(), previous.queued, usage.as_ref());
+    if desired.config.is_some()
+        && !marked
+        && served.is_some()
+        && served.as_deref() != Some(desired.revision.as_str())
+    {
         // Marked earlier (or by an operator that stopped before writing status), yet still the
         // old revision: the kubelet may have synced the pod before its cache saw the new Secret.
         // Another change makes it sync again, at most every REFRESH_AGAIN per pod.
-        refresh_pods(&ctx, &client, &ns, &md, &revision, true).await;
+        refresh_pods(ctx, &ctx.client, ns, md, &desired.revision, true).await;
     }
-    let mut all_ok = tls_ok && config_served && valid;
-    let groups = [
-        ("SMTPReady", probe::Kind::Smtp, vec![Protocol::Smtp]),
-        (
-            "SubmissionReady",
-            probe::Kind::Smtp,
-            vec![Protocol::Submission, Protocol::Submissions],
-        ),
-        (
-            "IMAPReady",
-            probe::Kind::Imap,
-            vec![Protocol::Imap, Protocol::Imaps],
-        ),
-        (
-            "POP3Ready",
-            probe::Kind::Pop3,
-            vec![Protocol::Pop3, Protocol::Pop3s],
-        ),
-    ];
-    for (type_, kind, protocols) in groups {
+    let mut probes = Vec::new();
+    for (type_, kind, protocols) in GROUPS {
         let enabled: Vec<(Protocol, i32)> = md
             .spec
             .protocols
@@ -558,136 +630,236 @@ pub async fn reconcile(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action>
             .map(|(p, s)| (p, s.port_or_default(p)))
             .collect();
         if enabled.is_empty() {
-            status.conditions.retain(|c| c.type_ != type_);
             continue;
         }
-        let mut failures = Vec::new();
-        let mut passed = Vec::new();
+        let mut group = Probed {
+            type_,
+            passed: Vec::new(),
+            failures: Vec::new(),
+        };
         for (protocol, service_port) in &enabled {
             let options = probe::Options {
                 implicit_tls: protocol.implicit_tls(),
                 timeout: ctx.options.probe_timeout,
                 ..probe::Options::default()
             };
-            let address = format!("{host}:{}", port(*protocol, *service_port));
-            let report = probe::probe(kind, &address, &options).await;
+            let port = if ctx.options.probe_host_override.is_some() {
+                container_port(*protocol)
+            } else {
+                *service_port
+            };
+            let report = probe::probe(kind, &format!("{host}:{port}"), &options).await;
             if report.ok {
                 // No latency here: a status that changes on every probe would be a write every
                 // resync for nothing.
-                passed.push(protocol.field().to_string());
+                group.passed.push(protocol.field().to_string());
             } else {
-                failures.push(format!(
+                group.failures.push(format!(
                     "{}: {}",
                     protocol.field(),
                     report.error.unwrap_or_default()
                 ));
             }
         }
-        let ok = failures.is_empty();
-        all_ok &= ok;
         crate::health::probe_result(
             md.metadata.namespace.as_deref().unwrap_or_default(),
             md.metadata.name.as_deref().unwrap_or_default(),
             type_,
-            ok,
+            group.failures.is_empty(),
         );
-        let message = if ok {
-            format!("probes passed: {}", passed.join(", "))
-        } else {
-            failures.join("; ")
-        };
-        set(
-            &mut status.conditions,
+        probes.push(group);
+    }
+    Observed {
+        served,
+        probes,
+        queued,
+    }
+}
+
+/// The status, from what was read, built and observed, with the conditions' transition times
+/// kept where nothing changed. Pure but for the clock of a new transition.
+fn status_of(
+    md: &MailDomain,
+    previous: &MailDomainStatus,
+    referred: &Referred,
+    desired: &Desired,
+    observed: &Observed,
+) -> MailDomainStatus {
+    let names = Names::of(md);
+    let ns = md.namespace().unwrap_or_default();
+    let generation = md.metadata.generation;
+    let mut conditions = previous.conditions.clone();
+    let mut set = |type_: &str, ok: bool, reason: &str, message: String| {
+        conditions::set(
+            &mut conditions,
+            &previous.conditions,
             type_,
+            ok,
+            reason,
+            message,
+            generation,
+        )
+    };
+    match &referred.relay_policy {
+        Some((name, true)) => set(
+            types::RELAY_POLICY_FOUND,
+            true,
+            reason::READY,
+            format!("RelayPolicy {name} is used"),
+        ),
+        Some((name, false)) => set(
+            types::RELAY_POLICY_FOUND,
+            false,
+            reason::RELAY_POLICY_NOT_FOUND,
+            format!(
+                "RelayPolicy {name} does not exist; only logged-in mailboxes may relay until it does"
+            ),
+        ),
+        None => {}
+    }
+    if referred.tls_ok {
+        set(
+            types::TLS_READY,
+            true,
+            reason::READY,
+            format!("certificate from Secret {}", names.tls),
+        );
+    } else {
+        set(
+            types::TLS_READY,
+            false,
+            reason::SECRET_NOT_FOUND,
+            format!(
+                "Secret {} (type kubernetes.io/tls, keys tls.crt and tls.key) does not exist yet",
+                names.tls
+            ),
+        );
+    }
+    match &desired.catch_all {
+        Some((target, false)) => set(
+            types::CATCH_ALL_FOUND,
+            false,
+            reason::CATCH_ALL_NOT_FOUND,
+            format!(
+                "no served Mailbox has the address {target}; mail to unknown addresses is refused until one does"
+            ),
+        ),
+        Some((target, true)) => set(
+            types::CATCH_ALL_FOUND,
+            true,
+            reason::READY,
+            format!("mail to unknown addresses goes to {target}"),
+        ),
+        None => {}
+    }
+    if let Some(invalid) = &desired.invalid {
+        set(
+            types::CONFIG_VALID,
+            false,
+            reason::INVALID_CONFIG,
+            invalid.clone(),
+        );
+    }
+    let revision = &desired.revision;
+    let config_served = observed.served.as_deref() == Some(revision.as_str());
+    set(
+        types::CONFIG_SERVED,
+        config_served,
+        if config_served {
+            reason::SERVED
+        } else {
+            reason::PENDING
+        },
+        match &observed.served {
+            Some(r) if config_served => format!("the runtime serves revision {r}"),
+            Some(r) => format!(
+                "the runtime serves revision {r}; revision {revision} is written and will be picked up"
+            ),
+            None => format!("revision {revision} is written; the runtime has not answered yet"),
+        },
+    );
+    for group in &observed.probes {
+        let ok = group.failures.is_empty();
+        set(
+            group.type_,
             ok,
             if ok {
                 reason::PROBE_PASSED
             } else {
                 reason::PROBE_FAILED
             },
-            message,
+            if ok {
+                format!("probes passed: {}", group.passed.join(", "))
+            } else {
+                group.failures.join("; ")
+            },
         );
     }
-    let failing: Vec<String> = status
-        .conditions
+    // Conditions about things no longer there go.
+    conditions.retain(|c| match c.type_.as_str() {
+        types::RELAY_POLICY_FOUND => referred.relay_policy.is_some(),
+        types::CATCH_ALL_FOUND => desired.catch_all.is_some(),
+        types::CONFIG_VALID => desired.invalid.is_some(),
+        t if GROUPS.iter().any(|(g, _, _)| *g == t) => observed.probes.iter().any(|p| p.type_ == t),
+        _ => true,
+    });
+    let ready = referred.tls_ok
+        && config_served
+        && desired.invalid.is_none()
+        && observed.probes.iter().all(|p| p.failures.is_empty());
+    let failing: Vec<String> = conditions
         .iter()
-        .filter(|c| c.type_ != "Ready" && c.status != "True")
+        .filter(|c| c.type_ != types::READY && c.status != "True")
         .map(|c| c.type_.clone())
         .collect();
-    set(
-        &mut status.conditions,
-        "Ready",
-        all_ok,
-        if all_ok {
+    conditions::set(
+        &mut conditions,
+        &previous.conditions,
+        types::READY,
+        ready,
+        if ready {
             reason::READY
         } else {
             reason::NOT_READY
         },
-        if all_ok {
+        if ready {
             "every enabled protocol answers its probe and the current config is served".into()
         } else {
             format!("not ready: {}", failing.join(", "))
         },
+        generation,
     );
-    conditions::set_kstatus(&mut status.conditions, &previous.conditions, generation);
-    status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
-    status.endpoints = md
-        .spec
-        .protocols
-        .iter()
-        .filter(|(_, s)| s.enabled)
-        .map(|(p, s)| Endpoint {
-            protocol: p.field().into(),
-            host: format!("{}.{ns}.svc", names.runtime),
-            port: s.port_or_default(p),
-            tls: if p.implicit_tls() {
-                "TLS".into()
-            } else {
-                "STARTTLS".into()
-            },
-        })
-        .collect();
-    status.dns_records = dns::records(&md, dkim_public.as_deref());
-
-    // Write status only when it changed: an unchanged domain makes no writes.
-    if stored.status.as_ref() != Some(&status) {
-        super::publish_transitions(&ctx, md.as_ref(), &previous.conditions, &status.conditions)
-            .await;
-        let api: Api<MailDomain> = Api::namespaced(client, &ns);
-        let patch = serde_json::json!({
-            "apiVersion": "kubemail.io/v1alpha1",
-            "kind": "MailDomain",
-            "status": status,
-        });
-        match api
-            .patch_status(
-                &md.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-        {
-            Ok(_) => {}
-            // Deleted while this reconcile ran: nothing left to report on.
-            Err(kube::Error::Api(e)) if e.code == 404 => return Ok(Action::await_change()),
-            Err(e) => return Err(e.into()),
-        }
+    conditions::set_kstatus(&mut conditions, &previous.conditions, generation);
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    MailDomainStatus {
+        observed_generation: generation,
+        hostname: Some(hostname(md)),
+        conditions,
+        endpoints: md
+            .spec
+            .protocols
+            .iter()
+            .filter(|(_, s)| s.enabled)
+            .map(|(p, s)| Endpoint {
+                protocol: p.field().into(),
+                host: format!("{}.{ns}.svc", names.runtime),
+                port: s.port_or_default(p),
+                tls: if p.implicit_tls() {
+                    "TLS".into()
+                } else {
+                    "STARTTLS".into()
+                },
+            })
+            .collect(),
+        mailboxes: desired.mailboxes as i32,
+        config_revision: if desired.invalid.is_none() {
+            Some(desired.revision.clone())
+        } else {
+            previous.config_revision.clone()
+        },
+        dns_records: dns::records(md, referred.dkim_public.as_deref()),
+        queued: observed.queued,
     }
-    // A new domain whose runtime is still starting is looked at again soon, so Ready follows
-    // it closely; later a failing domain is probed every 15 s (each look reads every Mailbox's
-    // Secret, which matters with thousands of them).
-    let young = md.metadata.creation_timestamp.as_ref().is_some_and(|t| {
-        t.0.duration_until(k8s_openapi::jiff::Timestamp::now())
-            .as_secs()
-            < 120
-    });
-    Ok(Action::requeue(if all_ok {
-        RESYNC
-    } else if young {
-        Duration::from_secs(3)
-    } else {
-        Duration::from_secs(15)
-    }))
 }
 
 /// The addresses (as /32 and /128 networks, sorted) of the pods in `ns` that `selector`
@@ -876,14 +1048,260 @@ async fn runtime_json<T: serde::de::DeserializeOwned>(
         .flatten()
 }
 
-/// Retry policy on errors.
-pub fn error_policy(_md: Arc<MailDomain>, error: &Error, _ctx: Arc<Context>) -> Action {
+/// Retry policy on errors: per-object backoff (see [`super::Backoff`]).
+pub fn error_policy(md: Arc<MailDomain>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(error = %error, category = error.category(), "MailDomain reconcile failed");
-    Action::requeue(error.retry_after())
+    Action::requeue(ctx.backoff.after_failure(md.as_ref(), error))
 }
 
 #[cfg(test)]
 mod tests {
+    mod status {
+        use kubemail_crds::{Condition, MailDomainStatus};
+
+        use super::super::{Desired, Observed, Probed, Referred, build, status_of};
+        use crate::{
+            conditions::{reason, types},
+            render::{fixtures, objects::RuntimeOptions},
+        };
+
+        fn desired(referred: &Referred) -> Desired {
+            let options = RuntimeOptions {
+                image: "i".into(),
+                binary: "/b".into(),
+            };
+            build(&fixtures::domain(), referred, &options)
+        }
+
+        fn healthy() -> Referred {
+            Referred {
+                relay_policy: Some(("apps".into(), true)),
+                tls_ok: true,
+                ..Referred::default()
+            }
+        }
+
+        fn answering(revision: &str) -> Observed {
+            let group = |type_, passed: &[&str]| Probed {
+                type_,
+                passed: passed.iter().map(|p| p.to_string()).collect(),
+                failures: Vec::new(),
+            };
+            Observed {
+                served: Some(revision.into()),
+                probes: vec![
+                    group(types::SMTP_READY, &["smtp"]),
+                    group(types::IMAP_READY, &["imap", "imaps"]),
+                ],
+                queued: Some(0),
+            }
+        }
+
+        fn get<'a>(status: &'a MailDomainStatus, type_: &str) -> Option<&'a Condition> {
+            status.conditions.iter().find(|c| c.type_ == type_)
+        }
+
+        fn said(status: &MailDomainStatus, type_: &str) -> Option<(String, String)> {
+            get(status, type_).map(|c| (c.status.clone(), c.reason.clone()))
+        }
+
+        fn pair(status: &str, reason: &str) -> Option<(String, String)> {
+            Some((status.into(), reason.into()))
+        }
+
+        #[test]
+        fn everything_answering_is_ready_with_nothing_awaited() {
+            let md = fixtures::domain();
+            let referred = healthy();
+            let desired = desired(&referred);
+            let observed = answering(&desired.revision);
+            let status = status_of(
+                &md,
+                &MailDomainStatus::default(),
+                &referred,
+                &desired,
+                &observed,
+            );
+            assert_eq!(said(&status, types::READY), pair("True", reason::READY));
+            assert_eq!(
+                said(&status, types::CONFIG_SERVED),
+                pair("True", reason::SERVED)
+            );
+            assert_eq!(
+                said(&status, types::IMAP_READY),
+                pair("True", reason::PROBE_PASSED)
+            );
+            assert!(
+                get(&status, types::RECONCILING).is_none()
+                    && get(&status, types::STALLED).is_none()
+            );
+            assert_eq!(
+                status.config_revision.as_deref(),
+                Some(desired.revision.as_str())
+            );
+            assert_eq!(status.observed_generation, Some(3));
+            // Every condition carries the generation it describes, and they are sorted.
+            assert!(
+                status
+                    .conditions
+                    .iter()
+                    .all(|c| c.observed_generation == Some(3))
+            );
+            assert!(status.conditions.is_sorted_by(|a, b| a.type_ <= b.type_));
+        }
+
+        #[test]
+        fn a_runtime_not_answering_is_awaited_and_a_failing_probe_named() {
+            let md = fixtures::domain();
+            let referred = healthy();
+            let desired = desired(&referred);
+            let silent = Observed::default();
+            let status = status_of(
+                &md,
+                &MailDomainStatus::default(),
+                &referred,
+                &desired,
+                &silent,
+            );
+            assert_eq!(
+                said(&status, types::CONFIG_SERVED),
+                pair("False", reason::PENDING)
+            );
+            assert_eq!(
+                said(&status, types::READY),
+                pair("False", reason::NOT_READY)
+            );
+            assert_eq!(
+                said(&status, types::RECONCILING),
+                pair("True", reason::PENDING)
+            );
+            // No probe ran, so no probe condition claims anything.
+            assert!(get(&status, types::SMTP_READY).is_none());
+
+            let mut failing = answering(&desired.revision);
+            failing.probes[1].failures = vec!["imaps: connection refused".into()];
+            let status = status_of(
+                &md,
+                &MailDomainStatus::default(),
+                &referred,
+                &desired,
+                &failing,
+            );
+            let imap = get(&status, types::IMAP_READY).expect("IMAPReady");
+            assert_eq!(
+                (imap.status.as_str(), imap.reason.as_str()),
+                ("False", reason::PROBE_FAILED)
+            );
+            assert_eq!(imap.message, "imaps: connection refused");
+            let ready = get(&status, types::READY).expect("Ready");
+            assert_eq!(ready.message, "not ready: IMAPReady");
+            assert_eq!(
+                said(&status, types::RECONCILING),
+                pair("True", reason::PROBE_FAILED)
+            );
+        }
+
+        #[test]
+        fn an_invalid_config_stalls_and_keeps_the_last_good_revision() {
+            let md = fixtures::domain();
+            let referred = healthy();
+            let mut desired = desired(&referred);
+            desired.invalid = Some("mailboxes[0].address: \"x\" is not a mail address".into());
+            desired.config = None;
+            let previous = MailDomainStatus {
+                config_revision: Some("good".into()),
+                ..MailDomainStatus::default()
+            };
+            let status = status_of(&md, &previous, &referred, &desired, &answering("good"));
+            assert_eq!(
+                said(&status, types::CONFIG_VALID),
+                pair("False", reason::INVALID_CONFIG)
+            );
+            assert_eq!(
+                said(&status, types::STALLED),
+                pair("True", reason::INVALID_CONFIG)
+            );
+            assert_eq!(status.config_revision.as_deref(), Some("good"));
+            assert_eq!(
+                said(&status, types::READY),
+                pair("False", reason::NOT_READY)
+            );
+        }
+
+        #[test]
+        fn what_is_gone_loses_its_condition_and_unchanged_ones_keep_their_time() {
+            let md = fixtures::domain();
+            let referred = healthy();
+            let desired = desired(&referred);
+            let mut observed = answering(&desired.revision);
+            observed.probes[1].failures = vec!["imaps: refused".into()];
+            let first = status_of(
+                &md,
+                &MailDomainStatus::default(),
+                &referred,
+                &desired,
+                &observed,
+            );
+            // Later: IMAP recovers, the RelayPolicy is no longer named, IMAP is switched off.
+            let later = Referred {
+                relay_policy: None,
+                ..healthy()
+            };
+            let mut recovered = answering(&desired.revision);
+            recovered.probes.truncate(1);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            let second = status_of(&md, &first, &later, &desired, &recovered);
+            assert!(get(&second, types::RELAY_POLICY_FOUND).is_none());
+            assert!(get(&second, types::IMAP_READY).is_none());
+            assert_eq!(said(&second, types::READY), pair("True", reason::READY));
+            // SMTPReady was True both times: its transition time stays; Ready's moves.
+            let time =
+                |s: &MailDomainStatus, t: &str| get(s, t).map(|c| c.last_transition_time.clone());
+            assert_eq!(
+                time(&first, types::SMTP_READY),
+                time(&second, types::SMTP_READY)
+            );
+            assert_ne!(time(&first, types::READY), time(&second, types::READY));
+            // A missing RelayPolicy is reported but does not stop the domain (logged-in
+            // mailboxes still send).
+            let missing = Referred {
+                relay_policy: Some(("apps".into(), false)),
+                ..healthy()
+            };
+            let status = status_of(&md, &second, &missing, &desired, &recovered);
+            assert_eq!(
+                said(&status, types::RELAY_POLICY_FOUND),
+                pair("False", reason::RELAY_POLICY_NOT_FOUND)
+            );
+            assert_eq!(said(&status, types::READY), pair("True", reason::READY));
+        }
+
+        #[test]
+        fn a_missing_certificate_is_awaited_not_stalled() {
+            let md = fixtures::domain();
+            let referred = Referred {
+                tls_ok: false,
+                ..healthy()
+            };
+            let desired = desired(&referred);
+            let status = status_of(
+                &md,
+                &MailDomainStatus::default(),
+                &referred,
+                &desired,
+                &answering(&desired.revision),
+            );
+            assert_eq!(
+                said(&status, types::TLS_READY),
+                pair("False", reason::SECRET_NOT_FOUND)
+            );
+            assert_eq!(
+                said(&status, types::RECONCILING),
+                pair("True", reason::SECRET_NOT_FOUND)
+            );
+        }
+    }
+
     use std::collections::BTreeMap;
 
     use k8s_openapi::jiff::{SignedDuration, Timestamp};

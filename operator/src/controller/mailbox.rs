@@ -3,25 +3,29 @@
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{
-    Api, ResourceExt,
-    api::{Patch, PatchParams},
-    runtime::controller::Action,
-};
+use kube::{Api, ResourceExt, runtime::controller::Action};
 use kubemail_crds::{MailDomain, Mailbox, MailboxStatus};
 
 use super::{
-    Context, FIELD_MANAGER, domain_of,
+    Context, domain_of,
     mail_domain::{Password, app_passwords, mailboxes_of, password_found},
 };
 use crate::{
-    conditions::{self, reason},
+    conditions::{self, reason, types},
     error::{Error, Result},
     render::{Names, claims},
 };
 
-/// The reconcile of one Mailbox.
+/// The reconcile of one Mailbox; a success resets its retry backoff.
 pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Action> {
+    let result = reconcile_once(mailbox.clone(), ctx.clone()).await;
+    if result.is_ok() {
+        ctx.backoff.succeeded(mailbox.as_ref());
+    }
+    result
+}
+
+async fn reconcile_once(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Action> {
     let ns = mailbox.namespace().ok_or(Error::Incomplete("namespace"))?;
     let generation = mailbox.metadata.generation;
     // The status as stored now, not as the watch cache last saw it: a reconcile that follows
@@ -52,7 +56,7 @@ pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Actio
             status.domain = Some(d.name_any());
             set(
                 &mut status.conditions,
-                "DomainFound",
+                types::DOMAIN_FOUND,
                 true,
                 reason::READY,
                 format!("served by MailDomain {}", d.name_any()),
@@ -60,7 +64,7 @@ pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Actio
         }
         None => set(
             &mut status.conditions,
-            "DomainFound",
+            types::DOMAIN_FOUND,
             false,
             reason::DOMAIN_NOT_FOUND,
             format!("no MailDomain in namespace {ns} serves {domain_name}"),
@@ -70,7 +74,7 @@ pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Actio
         Password::Hash(_) | Password::Unhashed => {
             set(
                 &mut status.conditions,
-                "SecretFound",
+                types::SECRET_FOUND,
                 true,
                 reason::READY,
                 format!(
@@ -81,7 +85,13 @@ pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Actio
             true
         }
         Password::Missing(why, message) => {
-            set(&mut status.conditions, "SecretFound", false, why, message);
+            set(
+                &mut status.conditions,
+                types::SECRET_FOUND,
+                false,
+                why,
+                message,
+            );
             false
         }
     };
@@ -96,10 +106,12 @@ pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Actio
         })
         .collect();
     match missing.first() {
-        _ if apps.is_empty() => status.conditions.retain(|c| c.type_ != "AppPasswordsFound"),
+        _ if apps.is_empty() => status
+            .conditions
+            .retain(|c| c.type_ != types::APP_PASSWORDS_FOUND),
         None => set(
             &mut status.conditions,
-            "AppPasswordsFound",
+            types::APP_PASSWORDS_FOUND,
             true,
             reason::READY,
             format!(
@@ -112,7 +124,7 @@ pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Actio
         ),
         Some((why, _)) => set(
             &mut status.conditions,
-            "AppPasswordsFound",
+            types::APP_PASSWORDS_FOUND,
             false,
             why,
             format!(
@@ -144,18 +156,20 @@ pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Actio
                 .collect();
             set(
                 &mut status.conditions,
-                "AliasesAccepted",
+                types::ALIASES_ACCEPTED,
                 false,
                 reason::ALIAS_REFUSED,
                 format!("served without these aliases: {}", list.join(", ")),
             );
         }
-        _ => status.conditions.retain(|c| c.type_ != "AliasesAccepted"),
+        _ => status
+            .conditions
+            .retain(|c| c.type_ != types::ALIASES_ACCEPTED),
     }
     match &duplicate_of {
         Some(other) => set(
             &mut status.conditions,
-            "Unique",
+            types::UNIQUE,
             false,
             reason::DUPLICATE,
             format!(
@@ -163,7 +177,7 @@ pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Actio
                 mailbox.spec.address
             ),
         ),
-        None => status.conditions.retain(|c| c.type_ != "Unique"),
+        None => status.conditions.retain(|c| c.type_ != types::UNIQUE),
     }
     // Served: the domain's runtime serves the config revision, and that config has this address.
     let served = match &domain {
@@ -174,7 +188,7 @@ pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Actio
     };
     set(
         &mut status.conditions,
-        "Ready",
+        types::READY,
         served,
         if served {
             reason::SERVED
@@ -189,23 +203,15 @@ pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Actio
     );
     conditions::set_kstatus(&mut status.conditions, &previous.conditions, generation);
     status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
-    if stored.status.as_ref() != Some(&status) {
-        super::publish_transitions(
-            &ctx,
-            mailbox.as_ref(),
-            &previous.conditions,
-            &status.conditions,
-        )
-        .await;
-        let api: Api<Mailbox> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = serde_json::json!({"apiVersion": "kubemail.io/v1alpha1", "kind": "Mailbox", "status": status});
-        api.patch_status(
-            &mailbox.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    }
+    super::write_status(
+        &ctx,
+        mailbox.as_ref(),
+        stored.status.as_ref(),
+        &previous.conditions,
+        &status,
+        &status.conditions,
+    )
+    .await?;
     // Not served yet: the MailDomain's status (ConfigServed, configRevision) changing wakes this
     // Mailbox through the watch; the requeue is only a fallback (every 5 minutes), so a thousand
     // waiting Mailboxes do not poll the API server.
@@ -221,7 +227,7 @@ async fn served_in(ctx: &Context, domain: &MailDomain, ns: &str, address: &str) 
     let served = domain
         .status
         .as_ref()
-        .is_some_and(|s| conditions::is_true(&s.conditions, "ConfigServed"));
+        .is_some_and(|s| conditions::is_true(&s.conditions, types::CONFIG_SERVED));
     if !served {
         return Ok(false);
     }
@@ -287,8 +293,8 @@ async fn served_in(ctx: &Context, domain: &MailDomain, ns: &str, address: &str) 
     Ok(addresses.contains(&address.to_ascii_lowercase()))
 }
 
-/// Retry policy on errors.
-pub fn error_policy(_m: Arc<Mailbox>, error: &Error, _ctx: Arc<Context>) -> Action {
+/// Retry policy on errors: per-object backoff (see [`super::Backoff`]).
+pub fn error_policy(m: Arc<Mailbox>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(error = %error, category = error.category(), "Mailbox reconcile failed");
-    Action::requeue(error.retry_after())
+    Action::requeue(ctx.backoff.after_failure(m.as_ref(), error))
 }

@@ -82,6 +82,8 @@ pub struct Context {
     pub applied: Arc<Mutex<AppliedObjects>>,
     /// When each Mailbox's usage was last written (see [`usage`]).
     pub usage_writes: Arc<Mutex<usage::UsageWrites>>,
+    /// Per-object retry delays after errors.
+    pub backoff: Arc<Backoff>,
     /// Publishes events (condition changes) for `kubectl describe`.
     pub recorder: kube::runtime::events::Recorder,
 }
@@ -217,6 +219,108 @@ impl Context {
     }
 }
 
+/// Writes an object's status with server-side apply under [`FIELD_MANAGER`], only when it
+/// differs from `stored` (an unchanged object makes no write), after publishing one event per
+/// condition that changed since `previous`. The same for all three kinds. Returns `false` when
+/// the object was deleted meanwhile.
+pub async fn write_status<K, S>(
+    ctx: &Context,
+    object: &K,
+    stored: Option<&S>,
+    previous: &[kubemail_crds::Condition],
+    status: &S,
+    conditions: &[kubemail_crds::Condition],
+) -> crate::error::Result<bool>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
+    if stored == Some(status) {
+        return Ok(true);
+    }
+    publish_transitions(ctx, object, previous, conditions).await;
+    let ns = object
+        .meta()
+        .namespace
+        .clone()
+        .ok_or(crate::error::Error::Incomplete("namespace"))?;
+    let name = object
+        .meta()
+        .name
+        .clone()
+        .ok_or(crate::error::Error::Incomplete("name"))?;
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    match Api::<K>::namespaced(ctx.client.clone(), &ns)
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Retries after errors, per object: 5 s after the first failure, doubling up to 5 minutes,
+/// with up to 10% jitter so objects that failed together do not retry together; a success
+/// starts over.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: Mutex<HashMap<(String, String, String), u32>>,
+}
+
+impl Backoff {
+    /// The wait before the next try of `object` after `error`, counting this failure.
+    pub fn after_failure<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        error: &crate::error::Error,
+    ) -> std::time::Duration {
+        let count = {
+            let mut failures = self.failures.lock().expect("backoff");
+            let n = failures.entry(Self::key(object)).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        backoff_delay(error.retry_after(), count, rand::random::<f64>())
+    }
+
+    /// `object` was reconciled: its next failure waits the shortest time again.
+    pub fn succeeded<K: Resource<DynamicType = ()>>(&self, object: &K) {
+        self.failures
+            .lock()
+            .expect("backoff")
+            .remove(&Self::key(object));
+    }
+
+    fn key<K: Resource<DynamicType = ()>>(object: &K) -> (String, String, String) {
+        (
+            K::kind(&()).into_owned(),
+            object.meta().namespace.clone().unwrap_or_default(),
+            object.meta().name.clone().unwrap_or_default(),
+        )
+    }
+}
+
+/// The wait after the `count`th failure in a row: `first` doubled each time, at most 5 minutes
+/// (or `first`, if that is longer), plus `jitter` (0..1) tenths of it.
+pub fn backoff_delay(first: std::time::Duration, count: u32, jitter: f64) -> std::time::Duration {
+    let cap = first.max(std::time::Duration::from_secs(300));
+    let doubled = first.saturating_mul(1u32 << count.saturating_sub(1).min(16));
+    let base = doubled.min(cap);
+    base + base.mul_f64(jitter.clamp(0.0, 1.0) / 10.0)
+}
+
 /// Publishes one event per condition that changed, on the object: Normal when it became
 /// True, Warning when it became False. An event that cannot be written is logged, never fatal.
 pub async fn publish_transitions<K>(
@@ -267,4 +371,28 @@ impl std::fmt::Debug for Live {
 /// The domain part of an address.
 pub fn domain_of(address: &str) -> &str {
     address.rsplit_once('@').map_or("", |(_, d)| d)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::backoff_delay;
+
+    #[test]
+    fn retries_back_off_from_five_seconds_to_five_minutes() {
+        let five = Duration::from_secs(5);
+        let waits: Vec<u64> = (1..=9)
+            .map(|n| backoff_delay(five, n, 0.0).as_secs())
+            .collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(backoff_delay(five, 1000, 0.0), Duration::from_secs(300));
+        // Jitter adds at most a tenth.
+        assert_eq!(backoff_delay(five, 1, 1.0), Duration::from_millis(5500));
+        // An invalid object waits its own longer time from the start.
+        assert_eq!(
+            backoff_delay(Duration::from_secs(600), 3, 0.0),
+            Duration::from_secs(600)
+        );
+    }
 }

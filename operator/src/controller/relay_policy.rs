@@ -3,26 +3,30 @@
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{
-    Api, ResourceExt,
-    api::{Patch, PatchParams},
-    runtime::controller::Action,
-};
+use kube::{Api, ResourceExt, runtime::controller::Action};
 use kubemail_crds::{
     RelayPolicy, RelayPolicyStatus,
     relay_policy::{RouteMode, SmarthostTls},
 };
 use kubemail_probe as probe;
 
-use super::{Context, FIELD_MANAGER};
+use super::Context;
 use crate::{
-    conditions::{self, reason},
+    conditions::{self, reason, types},
     error::{Error, Result},
     render::smarthost,
 };
 
-/// The reconcile of one RelayPolicy.
+/// The reconcile of one RelayPolicy; a success resets its retry backoff.
 pub async fn reconcile(rp: Arc<RelayPolicy>, ctx: Arc<Context>) -> Result<Action> {
+    let result = reconcile_once(rp.clone(), ctx.clone()).await;
+    if result.is_ok() {
+        ctx.backoff.succeeded(rp.as_ref());
+    }
+    result
+}
+
+async fn reconcile_once(rp: Arc<RelayPolicy>, ctx: Arc<Context>) -> Result<Action> {
     let ns = rp.namespace().ok_or(Error::Incomplete("namespace"))?;
     let generation = rp.metadata.generation;
     // The status as stored now, not as the watch cache last saw it: a reconcile that follows
@@ -89,14 +93,22 @@ pub async fn reconcile(rp: Arc<RelayPolicy>, ctx: Arc<Context>) -> Result<Action
                     ),
                 };
                 ready &= ok;
-                set(&mut status.conditions, "CredentialsFound", ok, why, message);
+                set(
+                    &mut status.conditions,
+                    types::CREDENTIALS_FOUND,
+                    ok,
+                    why,
+                    message,
+                );
             } else {
-                status.conditions.retain(|c| c.type_ != "CredentialsFound");
+                status
+                    .conditions
+                    .retain(|c| c.type_ != types::CREDENTIALS_FOUND);
             }
             if host.tls == SmarthostTls::None {
                 status
                     .conditions
-                    .retain(|c| c.type_ != "SmarthostReachable");
+                    .retain(|c| c.type_ != types::SMARTHOST_REACHABLE);
             } else {
                 let options = probe::Options {
                     implicit_tls: host.tls == SmarthostTls::Implicit,
@@ -112,7 +124,7 @@ pub async fn reconcile(rp: Arc<RelayPolicy>, ctx: Arc<Context>) -> Result<Action
                 ready &= report.ok;
                 set(
                     &mut status.conditions,
-                    "SmarthostReachable",
+                    types::SMARTHOST_REACHABLE,
                     report.ok,
                     if report.ok {
                         reason::PROBE_PASSED
@@ -131,14 +143,14 @@ pub async fn reconcile(rp: Arc<RelayPolicy>, ctx: Arc<Context>) -> Result<Action
             }
         }
         _ => {
-            status
-                .conditions
-                .retain(|c| c.type_ != "SmarthostReachable" && c.type_ != "CredentialsFound");
+            status.conditions.retain(|c| {
+                c.type_ != types::SMARTHOST_REACHABLE && c.type_ != types::CREDENTIALS_FOUND
+            });
         }
     }
     set(
         &mut status.conditions,
-        "Ready",
+        types::READY,
         ready,
         if ready {
             reason::READY
@@ -153,18 +165,15 @@ pub async fn reconcile(rp: Arc<RelayPolicy>, ctx: Arc<Context>) -> Result<Action
     );
     conditions::set_kstatus(&mut status.conditions, &previous.conditions, generation);
     status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
-    if stored.status.as_ref() != Some(&status) {
-        super::publish_transitions(&ctx, rp.as_ref(), &previous.conditions, &status.conditions)
-            .await;
-        let api: Api<RelayPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = serde_json::json!({"apiVersion": "kubemail.io/v1alpha1", "kind": "RelayPolicy", "status": status});
-        api.patch_status(
-            &rp.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    }
+    super::write_status(
+        &ctx,
+        rp.as_ref(),
+        stored.status.as_ref(),
+        &previous.conditions,
+        &status,
+        &status.conditions,
+    )
+    .await?;
     Ok(Action::requeue(Duration::from_secs(if ready {
         120
     } else {
@@ -172,8 +181,8 @@ pub async fn reconcile(rp: Arc<RelayPolicy>, ctx: Arc<Context>) -> Result<Action
     })))
 }
 
-/// Retry policy on errors.
-pub fn error_policy(_rp: Arc<RelayPolicy>, error: &Error, _ctx: Arc<Context>) -> Action {
+/// Retry policy on errors: per-object backoff (see [`super::Backoff`]).
+pub fn error_policy(rp: Arc<RelayPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(error = %error, category = error.category(), "RelayPolicy reconcile failed");
-    Action::requeue(error.retry_after())
+    Action::requeue(ctx.backoff.after_failure(rp.as_ref(), error))
 }
