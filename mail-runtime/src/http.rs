@@ -75,7 +75,7 @@ async fn handle<B>(runtime: &Runtime, req: Request<B>) -> Response<Full<Bytes>> 
         );
     }
     let body = serde_json::json!({
-        "revision": runtime.config.get().raw.revision,
+        "revision": runtime.config().get().raw.revision,
         "mailboxes": usage,
         "queueDepth": crate::metrics::queue_depth_now(),
     });
@@ -85,14 +85,14 @@ async fn handle<B>(runtime: &Runtime, req: Request<B>) -> Response<Full<Bytes>> 
 /// Each served mailbox's storage, from the store's running totals (a mailbox not counted since
 /// the start is counted once, here). One the store cannot read is left out, and logged.
 fn mailbox_usage(runtime: &Runtime) -> Vec<crate::metrics::MailboxUsage> {
-    let config = runtime.config.get();
+    let config = runtime.config().get();
     config
         .raw
         .mailboxes
         .iter()
         .filter_map(|m| {
             let address = m.address.to_ascii_lowercase();
-            match runtime.store.usage(&address) {
+            match runtime.store().usage(&address) {
                 Ok(u) => Some(crate::metrics::MailboxUsage {
                     address,
                     bytes: u.bytes,
@@ -109,7 +109,7 @@ fn mailbox_usage(runtime: &Runtime) -> Vec<crate::metrics::MailboxUsage> {
 }
 
 fn route<B>(runtime: &Runtime, req: Request<B>) -> Response<Full<Bytes>> {
-    let config = runtime.config.get();
+    let config = runtime.config().get();
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n"),

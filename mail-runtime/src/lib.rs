@@ -4,11 +4,12 @@
 //!
 //! ```text
 //!   config file --config::watch--> Runtime { ConfigHandle, Store, TlsHandle, limits, queues }
+//!                                  (private fields, read through accessors)
 //!                                      |
 //!   net::serve (PROXY header, limits, TLS) --> smtp::server / imap::server / pop3::server
 //!                                                 (drivers)  --> session state machines
 //!   outbound: queue --> MX or smarthost (DKIM-signed, rate-limited, DSNs)
-//!   http: health, readiness, metrics, autoconfig, MTA-STS
+//!   http: health, readiness, metrics and usage, autoconfig, MTA-STS
 //! ```
 //!
 //! Nothing here knows about Kubernetes.

@@ -193,7 +193,7 @@ async fn accept(
     let _ = stream.set_nodelay(true);
     // Only a trusted load balancer speaks first with a header; anyone else (a pod's probe, an
     // in-cluster client, an attacker) is a direct client whose header would be a bad command.
-    let config = runtime.config.get();
+    let config = runtime.config().get();
     let expects_header = expects_proxy(&config, listener) && config.trusts_proxy(peer);
     drop(config);
     if expects_header {
@@ -216,7 +216,7 @@ async fn accept(
             return None;
         }
     };
-    let tls = runtime.tls.get();
+    let tls = runtime.tls().get();
     let conn = if listener.protocol.implicit_tls() {
         let mut conn = Conn::Plain(stream);
         if !conn.start_tls(tls.clone()?).await {
@@ -282,11 +282,11 @@ security: {{trustedProxies: [127.0.0.2/32]}}
         let socket = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = socket.local_addr().expect("addr").to_string();
         if let Some(reloaded) = reloaded {
-            let mut raw = runtime.config.get().raw.clone();
+            let mut raw = runtime.config().get().raw.clone();
             raw.listeners[0].address = address.clone();
             raw.listeners[0].proxy_protocol = reloaded;
             runtime
-                .config
+                .config()
                 .set(Config::validate(raw).expect("valid reload"));
         }
         let client = TcpSocket::new_v4().expect("socket");

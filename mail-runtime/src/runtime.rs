@@ -37,30 +37,89 @@ pub const DEFLATE_SESSIONS: usize = 256;
 #[derive(Debug, Clone)]
 pub struct Runtime {
     /// The config in force.
-    pub config: ConfigHandle,
+    config: ConfigHandle,
     /// The store.
-    pub store: Arc<dyn Store>,
+    store: Arc<dyn Store>,
     /// TLS.
-    pub tls: TlsHandle,
+    tls: TlsHandle,
     /// Failed logins per client address.
-    pub auth_limiter: Arc<AuthLimiter>,
+    auth_limiter: Arc<AuthLimiter>,
     /// Mailboxes held by a POP3 session (RFC 1939's maildrop lock).
-    pub pop3_locks: Arc<Mutex<std::collections::HashSet<String>>>,
+    pop3_locks: Arc<Mutex<std::collections::HashSet<String>>>,
     /// The outbound queue.
-    pub outbound: Arc<crate::outbound::Outbound>,
+    outbound: Arc<crate::outbound::Outbound>,
     /// DNS resolvers for delivery and sender checks.
-    pub resolvers: Arc<crate::dns::Resolvers>,
+    resolvers: Arc<crate::dns::Resolvers>,
     /// MiB that message bodies being answered (IMAP FETCH) may hold, all sessions together;
     /// a session waits for its share, and gives it back once the client took the bytes.
-    pub answer_memory: Arc<tokio::sync::Semaphore>,
+    answer_memory: Arc<tokio::sync::Semaphore>,
     /// Each mailbox's part of `answer_memory` in use.
-    pub answer_shares: Arc<AnswerShares>,
+    answer_shares: Arc<AnswerShares>,
     /// Header fields IMAP SEARCH read before (see [`crate::imap::search::HeaderCache`]).
-    pub header_cache: Arc<crate::imap::search::HeaderCache>,
+    header_cache: Arc<crate::imap::search::HeaderCache>,
     /// IMAP sessions that may run COMPRESS=DEFLATE at once: a compressor holds about 300 KiB.
-    pub deflate_sessions: Arc<tokio::sync::Semaphore>,
+    deflate_sessions: Arc<tokio::sync::Semaphore>,
     connections: Arc<Mutex<Connections>>,
     started: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Read access to the shared state; each part keeps its own locking.
+impl Runtime {
+    /// The config in force.
+    pub fn config(&self) -> &ConfigHandle {
+        &self.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// TLS.
+    pub fn tls(&self) -> &TlsHandle {
+        &self.tls
+    }
+
+    /// Failed logins per client address.
+    pub fn auth_limiter(&self) -> &Arc<AuthLimiter> {
+        &self.auth_limiter
+    }
+
+    /// Mailboxes held by a POP3 session (RFC 1939's maildrop lock).
+    pub fn pop3_locks(&self) -> &Arc<Mutex<std::collections::HashSet<String>>> {
+        &self.pop3_locks
+    }
+
+    /// The outbound queue.
+    pub fn outbound(&self) -> &Arc<crate::outbound::Outbound> {
+        &self.outbound
+    }
+
+    /// DNS resolvers for delivery and sender checks.
+    pub fn resolvers(&self) -> &Arc<crate::dns::Resolvers> {
+        &self.resolvers
+    }
+
+    /// MiB that message bodies being answered (IMAP FETCH) may hold, all sessions together;
+    /// a session waits for its share, and gives it back once the client took the bytes.
+    pub fn answer_memory(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.answer_memory
+    }
+
+    /// Each mailbox's part of `answer_memory` in use.
+    pub fn answer_shares(&self) -> &Arc<AnswerShares> {
+        &self.answer_shares
+    }
+
+    /// Header fields IMAP SEARCH read before (see [`crate::imap::search::HeaderCache`]).
+    pub fn header_cache(&self) -> &Arc<crate::imap::search::HeaderCache> {
+        &self.header_cache
+    }
+
+    /// IMAP sessions that may run COMPRESS=DEFLATE at once: a compressor holds about 300 KiB.
+    pub fn deflate_sessions(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.deflate_sessions
+    }
 }
 
 #[derive(Debug)]

@@ -42,7 +42,7 @@ async fn drive(accepted: Accepted, listener: &Listener, runtime: Runtime) -> io:
         tls_available,
     } = accepted;
     let (max_literal, command_timeout) = {
-        let config = runtime.config.get();
+        let config = runtime.config().get();
         let limits = &config.raw.limits;
         (
             u32::try_from(limits.max_message_size).unwrap_or(u32::MAX),

@@ -191,7 +191,7 @@ impl std::fmt::Debug for Session {
 impl Session {
     /// A session for a client that just connected; [`Session::greeting`] is its first answer.
     pub fn new(info: SessionInfo, runtime: Runtime) -> Self {
-        let allow_plaintext = runtime.config.get().raw.security.allow_plaintext_auth;
+        let allow_plaintext = runtime.config().get().raw.security.allow_plaintext_auth;
         Session {
             peer: info.peer,
             out: Vec::new(),
@@ -220,7 +220,7 @@ impl Session {
         let greeting = format!(
             "* OK [CAPABILITY {}] {} kubemail IMAP ready\r\n",
             self.capabilities(),
-            self.runtime.config.get().raw.hostname
+            self.runtime.config().get().raw.hostname
         );
         self.send(greeting);
     }
@@ -381,7 +381,7 @@ impl Session {
     pub fn revoked(&self) -> bool {
         self.user.as_ref().is_some_and(|user| {
             self.runtime
-                .config
+                .config()
                 .get()
                 .still_serves(&user.address, &user.password_hash, LoginProtocol::Imap)
                 .is_none()
@@ -606,7 +606,7 @@ impl Session {
             .as_ref()
             .map(|u| u.address.clone())
             .unwrap_or_default();
-        let store = self.runtime.store.clone();
+        let store = self.runtime.store().clone();
         tokio::task::spawn_blocking(move || f(store.as_ref(), mailbox))
             .await
             .map_err(|e| StoreError::Io(io::Error::other(e)))?

@@ -63,7 +63,7 @@ impl Server {
             tls_available: true,
         };
         let max_literal =
-            u32::try_from(self.runtime.config.get().raw.limits.max_message_size).expect("u32");
+            u32::try_from(self.runtime.config().get().raw.limits.max_message_size).expect("u32");
         let mut session = Session::new(info, self.runtime.clone());
         session.greeting();
         let mut c = Client {
@@ -101,7 +101,7 @@ impl Server {
     }
 
     fn deliver_raw(&self, to: &str, raw: &[u8]) {
-        let store: &Arc<dyn Store> = &self.runtime.store;
+        let store: &Arc<dyn Store> = self.runtime.store();
         let mut spool = store.spool().expect("spool");
         spool.write(raw).expect("spool write");
         let message = spool.finish().expect("spool finish");
@@ -110,7 +110,7 @@ impl Server {
 
     /// The messages in a mailbox's INBOX, as the store reads them.
     fn messages(&self, address: &str) -> Vec<String> {
-        let store = &self.runtime.store;
+        let store = &self.runtime.store();
         let inbox = store.inbox(address).expect("inbox");
         inbox
             .messages
@@ -1629,7 +1629,7 @@ async fn folder_names_are_modified_utf7_to_imap4rev1_and_utf8_to_imap4rev2() {
     // A folder made before names were checked keeps its exact spelling as a way in.
     server
         .runtime
-        .store
+        .store()
         .create_folder(BOB, "Old & Raw")
         .expect("a folder as an earlier version made it");
     for c in [&mut old, &mut new] {
@@ -1646,7 +1646,7 @@ async fn folder_names_are_modified_utf7_to_imap4rev1_and_utf8_to_imap4rev2() {
     assert!(still.contains("t OK"), "the folder was closed: {still}");
 
     // On disk, Dovecot's spelling: `.Gr&APwA3w-e`, `.&AOk-t&AOk-.Juin`.
-    let folders = server.runtime.store.folders(BOB).expect("folders");
+    let folders = server.runtime.store().folders(BOB).expect("folders");
     for name in ["Gr&APwA3w-e", "&AOk-t&AOk-/Juin", "Tom &- Jerry"] {
         assert!(folders.iter().any(|f| f == name), "{name}: {folders:?}");
     }

@@ -159,7 +159,7 @@ impl Outbound {
         to: &str,
         bytes: &[u8],
     ) -> Result<(), StoreError> {
-        let mut spool = runtime.store.spool()?;
+        let mut spool = runtime.store().spool()?;
         spool.write(bytes)?;
         let spooled = spool.finish()?;
         let envelope = Envelope {
@@ -253,8 +253,8 @@ impl Outbound {
                 return;
             }
         };
-        let config = runtime.config.get();
-        let resolver = match runtime.resolvers.get(&config.nameservers) {
+        let config = runtime.config().get();
+        let resolver = match runtime.resolvers().get(&config.nameservers) {
             Ok(r) => r,
             Err(err) => {
                 tracing::error!(error = %err, "no DNS resolver; delivery waits");
@@ -374,7 +374,7 @@ impl Outbound {
             }
             return;
         }
-        let config = runtime.config.get();
+        let config = runtime.config().get();
         let report = dsn::report(
             &config.raw.hostname,
             entry,
@@ -387,9 +387,9 @@ impl Outbound {
             Recipient::Local(index) => {
                 let mailbox = config.mailbox(index).address.to_ascii_lowercase();
                 (|| {
-                    let mut spool = runtime.store.spool()?;
+                    let mut spool = runtime.store().spool()?;
                     spool.write(&report)?;
-                    runtime.store.deliver(spool.finish()?, &[mailbox])
+                    runtime.store().deliver(spool.finish()?, &[mailbox])
                 })()
             }
             _ => self.enqueue_bytes(runtime, "", &entry.from, &report),

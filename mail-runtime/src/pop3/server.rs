@@ -38,7 +38,7 @@ impl Lock {
     fn revoked(&self) -> bool {
         self.mailbox.as_ref().is_some_and(|mailbox| {
             self.runtime
-                .config
+                .config()
                 .get()
                 .still_serves(mailbox, &self.password_hash, LoginProtocol::Pop3)
                 .is_none()
@@ -50,7 +50,7 @@ impl Drop for Lock {
     fn drop(&mut self) {
         if let Some(mailbox) = self.mailbox.take() {
             self.runtime
-                .pop3_locks
+                .pop3_locks()
                 .lock()
                 .expect("lock set")
                 .remove(&mailbox);
@@ -65,7 +65,7 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
         tls_available,
         slot,
     } = accepted;
-    let config = runtime.config.get();
+    let config = runtime.config().get();
     let (mut session, greeting) = Session::new(
         &config.raw.hostname,
         listener.protocol.implicit_tls(),
@@ -158,7 +158,7 @@ impl Driver {
                 }
                 Output::StartTls => {
                     self.flush(conn).await?;
-                    let ok = match self.runtime.tls.get() {
+                    let ok = match self.runtime.tls().get() {
                         Some(config) => conn.start_tls(config).await,
                         None => false,
                     };
@@ -172,7 +172,7 @@ impl Driver {
                     let Some(mailbox) = lock.mailbox.clone() else {
                         continue;
                     };
-                    let store = self.runtime.store.clone();
+                    let store = self.runtime.store().clone();
                     let read = tokio::task::spawn_blocking(move || {
                         store.read(&mailbox, crate::store::INBOX, &message)
                     })
@@ -197,7 +197,7 @@ impl Driver {
                 Output::Commit(doomed) => {
                     let result = match lock.mailbox.clone() {
                         Some(mailbox) if !doomed.is_empty() => {
-                            let store = self.runtime.store.clone();
+                            let store = self.runtime.store().clone();
                             let n = doomed.len();
                             tokio::task::spawn_blocking(move || {
                                 store.expunge(&mailbox, crate::store::INBOX, &doomed)
@@ -232,17 +232,17 @@ impl Driver {
         password: &str,
         lock: &mut Lock,
     ) -> Result<(u32, Vec<crate::store::MessageMeta>), OpenFailure> {
-        let config = self.runtime.config.get();
+        let config = self.runtime.config().get();
         if !self
             .runtime
-            .auth_limiter
+            .auth_limiter()
             .begin(self.peer, config.raw.limits.auth_failures_per_minute)
         {
             return Err(OpenFailure::TooManyFailures);
         }
         let login = match auth::login(&config, username, password, LoginProtocol::Pop3).await {
             Ok(login) => {
-                self.runtime.auth_limiter.succeeded(self.peer);
+                self.runtime.auth_limiter().succeeded(self.peer);
                 login
             }
             Err(_) => {
@@ -254,7 +254,7 @@ impl Driver {
         let mailbox = login.address;
         if !self
             .runtime
-            .pop3_locks
+            .pop3_locks()
             .lock()
             .expect("lock set")
             .insert(mailbox.clone())
@@ -263,13 +263,17 @@ impl Driver {
         }
         lock.mailbox = Some(mailbox.clone());
         lock.password_hash = login.credential;
-        let store = self.runtime.store.clone();
+        let store = self.runtime.store().clone();
         let listed = tokio::task::spawn_blocking(move || store.inbox(&mailbox)).await;
         match listed {
             Ok(Ok(index)) => Ok((index.uid_validity, index.messages)),
             _ => {
                 if let Some(m) = lock.mailbox.take() {
-                    self.runtime.pop3_locks.lock().expect("lock set").remove(&m);
+                    self.runtime
+                        .pop3_locks()
+                        .lock()
+                        .expect("lock set")
+                        .remove(&m);
                 }
                 Err(OpenFailure::Unavailable)
             }

@@ -41,8 +41,9 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
         tls: listener.protocol.implicit_tls(),
         tls_available,
     };
-    let (mut session, greeting) = Session::new(info, runtime.config.get(), runtime.store.clone());
-    session.set_rate_limiter(runtime.outbound.rates.clone());
+    let (mut session, greeting) =
+        Session::new(info, runtime.config().get(), runtime.store().clone());
+    session.set_rate_limiter(runtime.outbound().rates.clone());
     let mut driver = Driver {
         runtime: runtime.clone(),
         spool: None,
@@ -54,7 +55,7 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
     driver
         .handle(&mut conn, &mut session, VecDeque::from([greeting]))
         .await?;
-    let configured = Duration::from_secs(runtime.config.get().raw.limits.command_timeout_seconds);
+    let configured = Duration::from_secs(runtime.config().get().raw.limits.command_timeout_seconds);
     let mut buf = vec![0u8; 16 * 1024];
     while !session.closed() {
         // SMTP clients send without pause; under stress every session gets the short timeout.
@@ -83,7 +84,7 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
                 break;
             }
         };
-        session.set_config(runtime.config.get());
+        session.set_config(runtime.config().get());
         let outputs = session.feed(&buf[..n]);
         driver
             .handle(&mut conn, &mut session, outputs.into())
@@ -130,7 +131,7 @@ impl Driver {
                 }
                 Output::BeginMessage => {
                     self.spool_error = None;
-                    match self.runtime.store.spool() {
+                    match self.runtime.store().spool() {
                         Ok(w) => self.spool = Some(w),
                         Err(err) => {
                             self.spool = None;
@@ -175,7 +176,7 @@ impl Driver {
     }
 
     async fn start_tls(&mut self, conn: &mut Conn) -> bool {
-        match self.runtime.tls.get() {
+        match self.runtime.tls().get() {
             Some(config) => conn.start_tls(config).await,
             None => false,
         }
@@ -186,14 +187,14 @@ impl Driver {
         username: &str,
         password: &str,
     ) -> Result<auth::Login, LoginFailure> {
-        let config = self.runtime.config.get();
+        let config = self.runtime.config().get();
         let per_minute = config.raw.limits.auth_failures_per_minute;
-        if !self.runtime.auth_limiter.begin(self.peer_ip, per_minute) {
+        if !self.runtime.auth_limiter().begin(self.peer_ip, per_minute) {
             return Err(LoginFailure::TooManyFailures);
         }
         match auth::login(&config, username, password, LOGIN_PROTOCOL).await {
             Ok(login) => {
-                self.runtime.auth_limiter.succeeded(self.peer_ip);
+                self.runtime.auth_limiter().succeeded(self.peer_ip);
                 Ok(login)
             }
             Err(_) => {
@@ -215,7 +216,7 @@ impl Driver {
         };
         let delivery = session.delivery();
         let runtime = self.runtime.clone();
-        let config = runtime.config.get();
+        let config = runtime.config().get();
         let message = match tokio::task::spawn_blocking(move || spool.finish()).await {
             Ok(Ok(m)) => m,
             Ok(Err(err)) => return Delivered::Failed(err),
@@ -272,7 +273,7 @@ impl Driver {
         {
             let checked = match (
                 tokio::fs::read(&message.path).await,
-                runtime.resolvers.get(&config.nameservers),
+                runtime.resolvers().get(&config.nameservers),
             ) {
                 (Ok(bytes), Ok(resolver)) => {
                     checks::check(
@@ -297,8 +298,8 @@ impl Driver {
             }
         }
         let count = delivery.mailboxes.len();
-        let store = runtime.store.clone();
-        let outbound = runtime.outbound.clone();
+        let store = runtime.store().clone();
+        let outbound = runtime.outbound().clone();
         let result = tokio::task::spawn_blocking(move || {
             if !delivery.remote.is_empty() {
                 let envelope = outbound_envelope(&config, &outbound.srs, &delivery);

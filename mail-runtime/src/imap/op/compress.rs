@@ -11,7 +11,7 @@ impl Session {
             ));
             return Step::Next;
         }
-        let Ok(permit) = self.runtime.deflate_sessions.clone().try_acquire_owned() else {
+        let Ok(permit) = self.runtime.deflate_sessions().clone().try_acquire_owned() else {
             self.send(format!(
                 "{tag} NO [LIMIT] too many compressed sessions, go on without\r\n"
             ));

@@ -418,9 +418,9 @@ impl Session {
                     .as_ref()
                     .map(|u| u.address.clone())
                     .unwrap_or_default();
-                let mailbox = self.runtime.answer_shares.of(&address);
+                let mailbox = self.runtime.answer_shares().of(&address);
                 let mine = share.min(crate::runtime::ANSWER_MIB_PER_MAILBOX);
-                let memory = self.runtime.answer_memory.clone();
+                let memory = self.runtime.answer_memory().clone();
                 let shares = async {
                     let mine = mailbox.acquire_many_owned(mine).await?;
                     let pool = memory.acquire_many_owned(share).await?;

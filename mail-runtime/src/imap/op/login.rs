@@ -14,17 +14,17 @@ impl Session {
         if !self.tls && !self.allow_plaintext {
             return no("[PRIVACYREQUIRED] use STARTTLS or port 993 before logging in");
         }
-        let config = self.runtime.config.get();
+        let config = self.runtime.config().get();
         if !self
             .runtime
-            .auth_limiter
+            .auth_limiter()
             .begin(self.peer, config.raw.limits.auth_failures_per_minute)
         {
             return no("[UNAVAILABLE] too many failed logins, try again later");
         }
         let login = match auth::login(&config, username, password, LoginProtocol::Imap).await {
             Ok(login) => {
-                self.runtime.auth_limiter.succeeded(self.peer);
+                self.runtime.auth_limiter().succeeded(self.peer);
                 login
             }
             Err(_) => {

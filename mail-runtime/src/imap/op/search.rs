@@ -113,7 +113,7 @@ impl Session {
         } else {
             None
         };
-        let cache = self.runtime.header_cache.clone();
+        let cache = self.runtime.header_cache().clone();
         let Some(scan) = self.selected.as_ref().map(Matching::of) else {
             return not_selected();
         };

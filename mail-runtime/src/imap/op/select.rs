@@ -48,7 +48,7 @@ impl Session {
             .as_ref()
             .map(|u| u.address.clone())
             .unwrap_or_default();
-        let mut changes = self.runtime.store.changes(&address);
+        let mut changes = self.runtime.store().changes(&address);
         changes.borrow_and_update();
         let name = folder.clone();
         // SELECT claims the messages nobody has seen: `\Recent` here and nowhere else. EXAMINE

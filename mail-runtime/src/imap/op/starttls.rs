@@ -3,7 +3,7 @@ use crate::imap::session::{Session, Step};
 
 impl Session {
     pub(in crate::imap) fn start_tls(&mut self, tag: &str) -> Step {
-        let config = match self.runtime.tls.get() {
+        let config = match self.runtime.tls().get() {
             Some(c) if !self.tls => c,
             _ => {
                 self.send(format!("{tag} BAD STARTTLS is not available now\r\n"));
