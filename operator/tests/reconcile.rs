@@ -1307,3 +1307,200 @@ fn raw_contains_plaintext(raw: &kubemail_config::RawConfig, secret: &str) -> boo
         .expect("yaml")
         .contains(secret)
 }
+
+/// Mailbox usage from a real runtime (`mail-runtime serve` on 127.0.0.61, serving the config
+/// the operator rendered, with its HTTP and SMTP listeners there) reaches each Mailbox's
+/// status, and the writes are bounded: never more than 200 Mailboxes at once (one pass), and
+/// none while the usage interval has not passed, however much mail arrives.
+#[tokio::test]
+async fn usage_reaches_status_in_bounded_writes() {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    const COUNT: usize = 250;
+    const HOST: &str = "127.0.0.61";
+    let (client, ns) = setup(BTreeMap::new()).await;
+    let ns = ns.name;
+    let _operator = Operator::start_with(
+        ControlPlane::shared(),
+        &[&ns],
+        "off",
+        &["--probe-host-override", HOST, "--usage-interval", "600"],
+    );
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": "kubemail.io/v1alpha1", "kind": "MailDomain",
+               "metadata": {"name": "example"},
+               "spec": {"domain": "example.test", "dkim": {"enabled": false}}}),
+    )
+    .await;
+    // One hash for all: the operator serves a hash as it is, without hashing 250 passwords.
+    let hash = kubemail_config::password::hash_password("pw");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let mailboxes: Api<Mailbox> = Api::namespaced(client.clone(), &ns);
+    for n in 0..COUNT {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": format!("u{n}-password")}, "stringData": {"password": hash}}))
+        .expect("secret");
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .expect("create");
+        let mailbox: Mailbox = serde_json::from_value(json!({
+            "apiVersion": "kubemail.io/v1alpha1", "kind": "Mailbox",
+            "metadata": {"name": format!("u{n}")},
+            "spec": {"address": format!("u{n}@example.test"),
+                     "passwordSecretRef": {"name": format!("u{n}-password")}, "quota": "1Mi"}}))
+        .expect("mailbox");
+        mailboxes
+            .create(&PostParams::default(), &mailbox)
+            .await
+            .expect("create");
+    }
+    let (_, mut raw, _) = eventually("all mailboxes rendered", || async {
+        let found = config(&client, &ns).await?;
+        (found.1.mailboxes.len() == COUNT).then_some(found)
+    })
+    .await;
+
+    // The runtime, as the pod would run it, on this machine's loopback.
+    let dir = tempfile::tempdir().expect("tmp");
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=mail.example.test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success());
+    raw.tls.cert_file = cert;
+    raw.tls.key_file = key;
+    raw.storage.path = dir.path().join("data");
+    raw.inbound.verify = false;
+    raw.dkim = None;
+    raw.listeners.retain(|l| {
+        matches!(
+            l.protocol,
+            kubemail_config::ListenerProtocol::Smtp | kubemail_config::ListenerProtocol::Http
+        )
+    });
+    for l in &mut raw.listeners {
+        let port = l.address.rsplit_once(':').map(|(_, p)| p.to_string());
+        l.address = format!("{HOST}:{}", port.expect("a port"));
+    }
+    let file = dir.path().join("runtime.yaml");
+    std::fs::write(&file, serde_yaml_ng::to_string(&raw).expect("yaml")).expect("write");
+    let runtime = kubemail_e2e::workspace_binary("mail-runtime", "KUBEMAIL_RUNTIME_BIN")
+        .expect("the runtime binary (cargo build --bins)");
+    let mut served = Command::new(runtime)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("mail-runtime serve");
+
+    // Every write of a usage, as a watch sees it.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Instant, String)>::new()));
+    let recorder = {
+        let seen = seen.clone();
+        let stream = watcher(mailboxes.clone(), watcher::Config::default()).applied_objects();
+        tokio::spawn(async move {
+            let mut last: BTreeMap<String, Option<kubemail_crds::mailbox::MailboxUsage>> =
+                BTreeMap::new();
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(m)) = stream.next().await {
+                let usage = m.status.as_ref().and_then(|s| s.usage.clone());
+                let name = m.name_any();
+                if usage.is_some() && last.get(&name) != Some(&usage) {
+                    seen.lock()
+                        .expect("seen")
+                        .push((Instant::now(), name.clone()));
+                }
+                last.insert(name, usage);
+            }
+        })
+    };
+    use std::time::Instant;
+    eventually_within(
+        "every Mailbox's first figures",
+        Duration::from_secs(120),
+        || async {
+            let list = mailboxes.list(&Default::default()).await.ok()?;
+            list.items
+                .iter()
+                .all(|m| {
+                    m.status
+                        .as_ref()
+                        .and_then(|s| s.usage.as_ref())
+                        .is_some_and(|u| u.messages == 0)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    // Bounded: the writes come in passes (a pause of a second or more between them: the
+    // operator looks every 3 s), each of at most 200 Mailboxes, so 250 take two.
+    let first = seen.lock().expect("seen").clone();
+    let mut passes: Vec<usize> = Vec::new();
+    for (i, (t, _)) in first.iter().enumerate() {
+        match i.checked_sub(1).map(|p| t.duration_since(first[p].0)) {
+            Some(gap) if gap < Duration::from_secs(1) => *passes.last_mut().expect("a pass") += 1,
+            _ => passes.push(1),
+        }
+    }
+    println!(
+        "first figures of {COUNT} Mailboxes: {} writes in passes of {passes:?}",
+        first.len()
+    );
+    assert_eq!(first.len(), COUNT, "one write per Mailbox");
+    assert!(
+        passes.len() >= 2 && passes.iter().all(|n| *n <= 200),
+        "passes: {passes:?}"
+    );
+
+    // Mail for everyone (Python's smtplib, one session): the figures change in the runtime at
+    // once, and status follows only after the usage interval (600 s here): no writes now.
+    let script = "import smtplib, sys\n\
+s = smtplib.SMTP(sys.argv[1], 2525, timeout=30)\n\
+for n in range(int(sys.argv[2])):\n    s.sendmail('a@example.net', ['u%d@example.test' % n], b'Subject: hi\\r\\n\\r\\nhello\\r\\n')\n\
+s.quit()\n";
+    let sent = Command::new("python3")
+        .args(["-c", script, HOST, &COUNT.to_string()])
+        .output()
+        .expect("python3");
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let before = seen.lock().expect("seen").len();
+    let usage = tokio::time::timeout(Duration::from_secs(5), async {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("http://{HOST}:8080/usage")])
+            .output()
+            .expect("curl");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    })
+    .await
+    .expect("/usage answers");
+    let delivered = usage["mailboxes"]
+        .as_array()
+        .map_or(0, |l| l.iter().filter(|m| m["messages"] == 1).count());
+    assert_eq!(delivered, COUNT, "the runtime counts each delivery");
+    // Three passes of the operator (3 s apart while the domain is new).
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = seen.lock().expect("seen").len();
+    println!(
+        "after {COUNT} deliveries: {} usage writes in 10 s",
+        after - before
+    );
+    assert_eq!(after, before, "usage written before the interval passed");
+    recorder.abort();
+    let _ = served.kill();
+    let _ = served.wait();
+}

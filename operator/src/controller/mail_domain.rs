@@ -607,7 +607,7 @@ async fn observe(
         None => None,
     };
     if let Some(report) = &usage {
-        super::usage::write(ctx, ns, report).await;
+        super::usage::write(ctx, ns, &mailboxes_of(ctx, md), report).await;
     }
     let queued = super::usage::queued(ctx, ns, &md.name_any(), previous.queued, usage.as_ref());
     if desired.config.is_some()

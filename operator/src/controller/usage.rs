@@ -69,10 +69,15 @@ pub fn due<T: PartialEq>(
     }
 }
 
-/// Writes the usage in `report` to the Mailboxes of `namespace` that are due (see [`due`]), at
-/// most [`WRITES_PER_PASS`]. A write that fails is logged and tried again on a later pass.
-/// Returns how many were written.
-pub async fn write(ctx: &Context, namespace: &str, report: &Report) -> usize {
+/// Writes the usage in `report` to those of `mailboxes` (a domain's, in `namespace`) that are
+/// due (see [`due`]), at most [`WRITES_PER_PASS`]. A write that fails is logged and tried again
+/// on a later pass. Returns how many were written.
+pub async fn write(
+    ctx: &Context,
+    namespace: &str,
+    mailboxes: &[std::sync::Arc<Mailbox>],
+    report: &Report,
+) -> usize {
     let by_address: HashMap<String, &Reported> = report
         .mailboxes
         .iter()
@@ -82,10 +87,7 @@ pub async fn write(ctx: &Context, namespace: &str, report: &Report) -> usize {
     let mut due_now = Vec::new();
     {
         let writes = ctx.usage_writes.lock().expect("usage writes");
-        for mailbox in ctx.mailboxes.state() {
-            if mailbox.namespace().as_deref() != Some(namespace) {
-                continue;
-            }
+        for mailbox in mailboxes {
             let Some(reported) = by_address.get(&mailbox.spec.address.to_ascii_lowercase()) else {
                 continue;
             };
