@@ -190,7 +190,9 @@ impl Config {
             let mut names = BTreeSet::new();
             for (j, a) in m.app_passwords.iter().enumerate() {
                 let field = format!("mailboxes[{i}].appPasswords[{j}]");
-                if a.name.is_empty() || a.name.len() > 63 || a.name.chars().any(|c| c.is_control())
+                if a.name.is_empty()
+                    || a.name.chars().count() > 63
+                    || a.name.chars().any(|c| c.is_control())
                 {
                     problem(
                         format!("{field}.name"),
@@ -204,6 +206,16 @@ impl Config {
                 }
                 if let Err(err) = password::PasswordHash::parse(&a.password_hash) {
                     problem(format!("{field}.passwordHash"), err.to_string());
+                } else if a.password_hash == m.password_hash
+                    || m.app_passwords[..j]
+                        .iter()
+                        .any(|b| b.password_hash == a.password_hash)
+                {
+                    // A session is known by the hash it logged in with: one hash, one password.
+                    problem(
+                        format!("{field}.passwordHash"),
+                        "the same hash as another password of this mailbox".into(),
+                    );
                 }
             }
         }

@@ -29,7 +29,20 @@ pub enum HashError {
     /// An argon2 string that does not parse.
     #[error("malformed argon2 hash: {0}")]
     Argon2(String),
+    /// A hash whose cost is beyond what a login may spend: every wrong password is checked
+    /// against it, so its parameters are the server's memory and time.
+    #[error("the hash costs too much to check: {0}")]
+    TooCostly(String),
 }
+
+/// The most memory (KiB) an argon2 hash may ask for: 64 MiB (the operator writes 19 MiB).
+pub const MAX_ARGON2_MEMORY_KIB: u32 = 65_536;
+/// The most argon2 passes.
+pub const MAX_ARGON2_TIME: u32 = 8;
+/// The most argon2 lanes.
+pub const MAX_ARGON2_LANES: u32 = 4;
+/// The highest bcrypt cost (2^14 rounds, about a second).
+pub const MAX_BCRYPT_COST: u32 = 14;
 
 impl PasswordHash {
     /// Recognises and checks the format of a hash.
@@ -40,8 +53,27 @@ impl PasswordHash {
             if parsed.salt.is_none() || parsed.hash.is_none() {
                 return Err(HashError::Argon2("it has no salt or no hash".into()));
             }
+            let params =
+                argon2::Params::try_from(&parsed).map_err(|e| HashError::Argon2(e.to_string()))?;
+            if params.m_cost() > MAX_ARGON2_MEMORY_KIB
+                || params.t_cost() > MAX_ARGON2_TIME
+                || params.p_cost() > MAX_ARGON2_LANES
+            {
+                return Err(HashError::TooCostly(format!(
+                    "argon2 m={} t={} p={}; at most m={MAX_ARGON2_MEMORY_KIB} t={MAX_ARGON2_TIME} p={MAX_ARGON2_LANES}",
+                    params.m_cost(),
+                    params.t_cost(),
+                    params.p_cost()
+                )));
+            }
             Ok(Self::Argon2(text.to_string()))
         } else if ["$2a$", "$2b$", "$2y$"].iter().any(|p| text.starts_with(p)) && text.len() == 60 {
+            let cost: u32 = text[4..6].parse().map_err(|_| HashError::UnknownFormat)?;
+            if cost > MAX_BCRYPT_COST {
+                return Err(HashError::TooCostly(format!(
+                    "bcrypt cost {cost}; at most {MAX_BCRYPT_COST}"
+                )));
+            }
             Ok(Self::Bcrypt(text.to_string()))
         } else {
             Err(HashError::UnknownFormat)
@@ -254,6 +286,35 @@ pub async fn verify_bounded(hash: PasswordHash, password: Vec<u8>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hashes_that_cost_too_much_to_check_are_refused() {
+        let salt = "c2FsdHNhbHRzYWx0";
+        let hash = "aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
+        let argon =
+            |m: u32, t: u32, p: u32| format!("$argon2id$v=19$m={m},t={t},p={p}${salt}${hash}");
+        assert!(
+            PasswordHash::parse(&argon(19_456, 2, 1)).is_ok(),
+            "the operator's own"
+        );
+        assert!(PasswordHash::parse(&argon(65_536, 8, 4)).is_ok());
+        for (m, t, p) in [(4_194_303, 1, 1), (19_456, 1_000, 1), (19_456, 2, 16)] {
+            assert!(
+                matches!(
+                    PasswordHash::parse(&argon(m, t, p)),
+                    Err(HashError::TooCostly(_))
+                ),
+                "m={m} t={t} p={p}"
+            );
+        }
+        let bcrypt_12 = bcrypt::hash("pw", 12).expect("bcrypt");
+        assert!(PasswordHash::parse(&bcrypt_12).is_ok());
+        let bcrypt_31 = format!("$2b$31${}", &bcrypt_12[7..]);
+        assert!(matches!(
+            PasswordHash::parse(&bcrypt_31),
+            Err(HashError::TooCostly(_))
+        ));
+    }
 
     #[test]
     fn reused_argon2_memory_checks_passwords_like_the_library() {

@@ -215,6 +215,7 @@ fn an_app_password_opens_only_its_protocols_and_is_checked_like_a_password() {
         "mailboxes[0].appPasswords[1].name",
         "mailboxes[0].appPasswords[1].passwordHash",
         "mailboxes[0].appPasswords[2].name",
+        "mailboxes[0].appPasswords[2].passwordHash: the same hash",
     ] {
         assert!(err.contains(field), "{field} not named in {err}");
     }

@@ -54,6 +54,7 @@ pub async fn login(
     };
     let mailbox = config.mailbox(index);
     let mut checked = false;
+    let mut matched = false;
     for credential in mailbox.credentials() {
         let Ok(hash) = PasswordHash::parse(credential.hash) else {
             continue;
@@ -62,8 +63,10 @@ pub async fn login(
         if !verify_cached(hash, password).await {
             continue;
         }
+        // The same password may be another app password's too, one that opens this protocol.
         if !credential.opens(mailbox, protocol) {
-            return Err(LoginRefused::NotAllowed);
+            matched = true;
+            continue;
         }
         if let Some(name) = credential.app_password {
             tracing::info!(address = %mailbox.address, app_password = name, ?protocol, "login with an app password");
@@ -78,7 +81,22 @@ pub async fn login(
     if !checked {
         unknown().await;
     }
+    if matched {
+        return Err(LoginRefused::NotAllowed);
+    }
     Err(LoginRefused::BadCredentials)
+}
+
+/// How long a failed login takes, counted from its start: guessing gets slow, and every failure
+/// takes the same time whatever failed (an unknown address, a wrong password checked against
+/// one hash or nine, a right password for a protocol or a mailbox it may not open, a check the
+/// cache answered at once), so timing tells an attacker nothing. A check that takes longer on
+/// its own (a loaded server) is not made longer.
+pub const FAILED_LOGIN_TIME: Duration = Duration::from_millis(1500);
+
+/// Waits until `FAILED_LOGIN_TIME` after `started` (the moment the attempt began).
+pub async fn failed_login_pause(started: tokio::time::Instant) {
+    tokio::time::sleep_until(started + FAILED_LOGIN_TIME).await;
 }
 
 /// How long a verified password is remembered.
@@ -149,7 +167,22 @@ fn dummy_hash() -> &'static str {
     HASH.get_or_init(|| hash_password("kubemail-no-such-user"))
 }
 
-/// Counts failed logins per client address over a sliding minute.
+/// Whom failures are counted against: an IPv4 address, or an IPv6 address's /64 (one host
+/// usually holds a whole /64, and would otherwise get a fresh limit per address).
+fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(bits.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// Counts failed logins per client address (per /64 for IPv6) over a sliding minute.
 #[derive(Debug)]
 pub struct AuthLimiter {
     failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
@@ -176,6 +209,7 @@ impl AuthLimiter {
     /// a failure until [`AuthLimiter::succeeded`] says otherwise: attempts made in parallel
     /// (many connections guessing at the same moment) are counted before their answers.
     pub fn begin(&self, ip: IpAddr, per_minute: u32) -> bool {
+        let ip = source(ip);
         let mut map = self.failures.lock().expect("limiter lock");
         let now = Instant::now();
         if let Some(times) = map.get_mut(&ip) {
@@ -195,6 +229,7 @@ impl AuthLimiter {
 
     /// The attempt `ip` began succeeded: it no longer counts.
     pub fn succeeded(&self, ip: IpAddr) {
+        let ip = source(ip);
         let mut map = self.failures.lock().expect("limiter lock");
         if let Some(times) = map.get_mut(&ip) {
             times.pop_back();
@@ -261,6 +296,40 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn one_password_of_two_devices_opens_what_either_allows() {
+        // The same password as two app passwords (their own hashes): IMAP for the phone, SMTP
+        // for the laptop. A reviewer found SMTP refused because the phone's hash matched first.
+        let (own, phone, laptop) = (
+            bcrypt::hash("own", 4).expect("bcrypt"),
+            bcrypt::hash("shared", 4).expect("bcrypt"),
+            bcrypt::hash("shared", 4).expect("bcrypt"),
+        );
+        let config = Config::parse(&format!(
+            "apiVersion: runtime.kubemail.io/v1\nkind: RuntimeConfig\nhostname: mail.example.test\n\
+             domains: [{{name: example.test}}]\n\
+             mailboxes:\n\
+             - address: a@example.test\n  passwordHash: \"{own}\"\n  protocols: [imap, smtp]\n  appPasswords:\n\
+             \x20 - {{name: phone, passwordHash: \"{phone}\", protocols: [imap]}}\n\
+             \x20 - {{name: laptop, passwordHash: \"{laptop}\", protocols: [smtp]}}\n\
+             tls: {{certFile: /c, keyFile: /k}}\n\
+             listeners: [{{protocol: smtp, address: \"127.0.0.1:0\"}}]\nstorage: {{path: /d}}\n"
+        ))
+        .expect("config");
+        let config = &config;
+        let used = |p| async move {
+            login(config, "a@example.test", "shared", p)
+                .await
+                .map(|l| l.app_password)
+        };
+        assert_eq!(used(LoginProtocol::Smtp).await, Ok(Some("laptop".into())));
+        assert_eq!(used(LoginProtocol::Imap).await, Ok(Some("phone".into())));
+        assert_eq!(
+            used(LoginProtocol::Pop3).await,
+            Err(LoginRefused::NotAllowed)
+        );
+    }
+
     #[test]
     fn limiter_refuses_after_the_limit_and_only_that_address() {
         let limiter = AuthLimiter::new();
@@ -277,5 +346,14 @@ mod tests {
             limiter.succeeded(good);
         }
         assert!(limiter.begin(good, 3));
+        // IPv6: one /64 is one source, however many addresses it uses.
+        for n in 0..3u16 {
+            let ip = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, n + 1));
+            assert!(limiter.begin(ip, 3));
+        }
+        let another_of_it: IpAddr = "2001:db8:0:1:ffff::9".parse().expect("ip");
+        assert!(!limiter.begin(another_of_it, 3));
+        let next_net: IpAddr = "2001:db8:0:2::1".parse().expect("ip");
+        assert!(limiter.begin(next_net, 3));
     }
 }

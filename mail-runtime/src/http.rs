@@ -19,15 +19,28 @@ use crate::{
     runtime::Runtime,
 };
 
+/// HTTP connections served at once; the next wait in the listen queue. Health checks, the
+/// operator and Prometheus need a handful; nobody gets to tie up the runtime with thousands.
+const MAX_CONNECTIONS: usize = 64;
+
+/// How long a count of every mailbox's storage is served again before it is made anew: a
+/// scrape sees figures at most this old.
+const USAGE_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Serves HTTP on `socket` forever.
 pub async fn serve(socket: TcpListener, runtime: Runtime) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((stream, _)) = socket.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
         let runtime = runtime.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let runtime = runtime.clone();
                 async move { Ok::<_, Infallible>(handle(&runtime, req).await) }
@@ -62,10 +75,22 @@ async fn handle<B>(runtime: &Runtime, req: Request<B>) -> Response<Full<Bytes>> 
         return route(runtime, req);
     }
     let usage = {
-        let runtime = runtime.clone();
-        tokio::task::spawn_blocking(move || mailbox_usage(&runtime))
-            .await
-            .unwrap_or_default()
+        // One count for everyone asking at once, and again only after a few seconds: a
+        // scrape loop cannot make the runtime walk every mailbox over and over.
+        let mut cached = runtime.usage().lock().await;
+        match cached.as_ref() {
+            Some((at, usage)) if at.elapsed() < USAGE_FRESH_FOR => usage.clone(),
+            _ => {
+                let counting = runtime.clone();
+                let usage = std::sync::Arc::new(
+                    tokio::task::spawn_blocking(move || mailbox_usage(&counting))
+                        .await
+                        .unwrap_or_default(),
+                );
+                *cached = Some((std::time::Instant::now(), usage.clone()));
+                usage
+            }
+        }
     };
     if path == "/metrics" {
         return respond(
@@ -76,7 +101,7 @@ async fn handle<B>(runtime: &Runtime, req: Request<B>) -> Response<Full<Bytes>> 
     }
     let body = serde_json::json!({
         "revision": runtime.config().get().raw.revision,
-        "mailboxes": usage,
+        "mailboxes": usage.as_slice(),
         "queueDepth": crate::metrics::queue_depth_now(),
     });
     respond(StatusCode::OK, "application/json", body.to_string())

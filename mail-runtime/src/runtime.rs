@@ -33,6 +33,9 @@ pub const SERVED: [ListenerProtocol; 8] = [
 /// IMAP sessions with COMPRESS=DEFLATE at once, per pod (about 80 MiB of compressor state).
 pub const DEFLATE_SESSIONS: usize = 256;
 
+/// The last count of every mailbox's storage, with when it was made.
+pub type UsageCount = Option<(std::time::Instant, Arc<Vec<crate::metrics::MailboxUsage>>)>;
+
 /// Shared state of a running runtime.
 #[derive(Debug, Clone)]
 pub struct Runtime {
@@ -59,12 +62,20 @@ pub struct Runtime {
     header_cache: Arc<crate::imap::search::HeaderCache>,
     /// IMAP sessions that may run COMPRESS=DEFLATE at once: a compressor holds about 300 KiB.
     deflate_sessions: Arc<tokio::sync::Semaphore>,
+    /// The last count of every mailbox's storage for `/usage` and `/metrics` (see
+    /// [`crate::http`]): made at most every few seconds, once for all requests at that moment.
+    usage: Arc<tokio::sync::Mutex<UsageCount>>,
     connections: Arc<Mutex<Connections>>,
     started: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Read access to the shared state; each part keeps its own locking.
 impl Runtime {
+    /// The last count of every mailbox's storage, with when it was made.
+    pub fn usage(&self) -> &tokio::sync::Mutex<UsageCount> {
+        &self.usage
+    }
+
     /// The config in force.
     pub fn config(&self) -> &ConfigHandle {
         &self.config
@@ -237,6 +248,7 @@ impl Runtime {
             answer_shares: Arc::new(AnswerShares::default()),
             header_cache: Arc::new(crate::imap::search::HeaderCache::default()),
             deflate_sessions: Arc::new(tokio::sync::Semaphore::new(DEFLATE_SESSIONS)),
+            usage: Arc::default(),
             connections: Arc::new(Mutex::new(Connections::default())),
             started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
@@ -249,7 +261,9 @@ impl Runtime {
     /// everyone (Postfix's stress mode does the same).
     /// Resolves once the mailbox a session logged in as (its address, and the password hash it
     /// logged in with) may no longer use `protocol`: removed, suspended, or given another
-    /// password. Looked at every second; never resolves before login (`None`).
+    /// password, or an app password revoked. Looked at at once (a session waits on this anew
+    /// for each read, so a client that keeps sending is caught at its next read) and then every
+    /// second; never resolves before login (`None`). Poll it first (`biased` select).
     pub async fn revoked(
         &self,
         login: Option<(&str, &str)>,
@@ -259,7 +273,6 @@ impl Runtime {
             return std::future::pending().await;
         };
         loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
             if self
                 .config
                 .get()
@@ -268,6 +281,7 @@ impl Runtime {
             {
                 return;
             }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 

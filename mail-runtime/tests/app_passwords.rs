@@ -35,6 +35,7 @@ fn logins(dev: &Dev, password: &str) -> serde_json::Value {
 }
 
 fn app_passwords(dev: &Dev, revision: &str, list: &[(&str, &str, &[&str])]) {
+    // (revisions must differ for the runtime to report the new one)
     let entries: Vec<serde_yaml_ng::Value> = list
         .iter()
         .map(|(name, password, protocols)| {
@@ -154,4 +155,101 @@ async fn an_app_password_opens_its_protocols_and_its_revocation_ends_only_its_se
         serde_json::json!({"imap": "refused", "smtp": "refused", "pop3": "refused"})
     );
     assert_eq!(logins(&dev, "laptop-secret-2")["imap"], "ok");
+}
+
+/// Found by an outside tester: a device whose password was revoked while a long command ran
+/// (a pipelined POP3 batch RETR 1..n DELE 1..n QUIT, an IMAP FETCH of every body) went on
+/// receiving every message, and the POP3 batch even deleted them all. Now the command stops at
+/// its next message, nothing is deleted, and a client that keeps sending (an SMTP body that
+/// never ends) is stopped at its next line.
+#[tokio::test]
+async fn a_revocation_stops_a_long_command_midway() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    const MESSAGES: usize = 20;
+    let body = format!(
+        "Subject: big\r\n\r\n{}",
+        "x".repeat(76).repeat(13_000).chars().collect::<String>()
+    );
+    for _ in 0..MESSAGES {
+        let mut smtp = common::Raw::connect(dev.port("smtp"));
+        assert!(smtp.cmd("EHLO sender.example").starts_with("250"));
+        assert!(smtp.cmd("MAIL FROM:<a@sender.example>").starts_with("250"));
+        assert!(smtp.cmd(&format!("RCPT TO:<{BOB}>")).starts_with("250"));
+        assert!(smtp.cmd("DATA").starts_with("354"));
+        let mut lines = String::new();
+        for chunk in body.as_bytes().chunks(76) {
+            lines.push_str(std::str::from_utf8(chunk).expect("ascii"));
+            lines.push_str("\r\n");
+        }
+        smtp.send_raw(lines.as_bytes());
+        assert!(smtp.cmd(".").starts_with("250"));
+    }
+    assert_eq!(dev.messages(BOB).len(), MESSAGES);
+    for (n, (kind, port)) in [
+        ("pop3", "pop3s"),
+        ("imap", "imaps"),
+        ("smtp", "submissions"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let password = format!("{kind}-device-secret");
+        app_passwords(
+            &dev,
+            &format!("{kind}-on"),
+            &[(kind, password.as_str(), &[kind])],
+        );
+        let mut client = Command::new("python3")
+            .arg(client_script("revoked_midway.py"))
+            .args([
+                kind,
+                "127.0.0.1",
+                &dev.port(port).to_string(),
+                BOB,
+                &password,
+            ])
+            .arg(MESSAGES.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut lines = BufReader::new(client.stdout.take().expect("stdout")).lines();
+        assert_eq!(
+            lines.next().and_then(Result::ok).as_deref(),
+            Some("started"),
+            "{kind}"
+        );
+        app_passwords(&dev, &format!("{kind}-off-{n}"), &[]);
+        writeln!(client.stdin.as_mut().expect("stdin"), "revoked").expect("tell it");
+        let report: serde_json::Value =
+            serde_json::from_str(&lines.next().and_then(Result::ok).unwrap_or_default())
+                .expect("the report");
+        let _ = client.wait();
+        println!("{kind}: after the revocation {report}");
+        assert_eq!(
+            report["completed"], false,
+            "{kind} finished its command: {report}"
+        );
+        // What was already in the sockets' buffers may still arrive, never the whole answer.
+        assert!(
+            report["bytes_after"].as_u64().is_some_and(|b| b < 8 << 20),
+            "{kind}: {report}"
+        );
+        assert!(
+            report["ms"].as_u64().is_some_and(|ms| ms < 5_000),
+            "{kind}: {report}"
+        );
+        assert!(
+            report["refused"]
+                .as_str()
+                .is_some_and(|l| l.contains("revoked")),
+            "{kind} is not told why: {report}"
+        );
+        assert_eq!(
+            dev.messages(BOB).len(),
+            MESSAGES,
+            "{kind} deleted mail after its revocation"
+        );
+    }
 }

@@ -77,7 +77,19 @@ fn health_readiness_and_metrics() {
     assert!(after.get("kubemail_queue_depth").is_some(), "{after}");
 
     // Each mailbox's storage: bob got one message, of the size the store holds; the dev
-    // mailboxes have a 1 GiB quota. /usage says the same, for the operator.
+    // mailboxes have a 1 GiB quota. /usage says the same, for the operator. (The count is made
+    // at most once a second, so a scrape may be a second behind.)
+    let started = std::time::Instant::now();
+    let mut after = after;
+    while value(
+        &after,
+        "kubemail_mailbox_messages{mailbox=bob@example.test}",
+    ) != 1.0
+        && started.elapsed() < std::time::Duration::from_secs(5)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        after = metrics(&dev);
+    }
     let stored: u64 = dev
         .messages("bob@example.test")
         .iter()

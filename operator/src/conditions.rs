@@ -23,6 +23,10 @@ pub mod reason {
     pub const CREDENTIALS_NEED_TLS: &str = "CredentialsNeedTLS";
     /// A referenced Secret lacks the key.
     pub const KEY_NOT_FOUND: &str = "KeyNotFound";
+    /// A referenced Secret holds a hash the runtime refuses (malformed, or too costly to check).
+    pub const INVALID_HASH: &str = "InvalidPasswordHash";
+    /// An app password has the same hash as another password of its mailbox.
+    pub const DUPLICATE_PASSWORD: &str = "DuplicatePassword";
     /// No MailDomain in the namespace serves the address's domain.
     pub const DOMAIN_NOT_FOUND: &str = "DomainNotFound";
     /// The referenced RelayPolicy does not exist (yet).
@@ -91,6 +95,8 @@ const NEEDS_A_CHANGE: &[&str] = &[
     reason::INVALID_CONFIG,
     reason::DUPLICATE,
     reason::KEY_NOT_FOUND,
+    reason::INVALID_HASH,
+    reason::DUPLICATE_PASSWORD,
     reason::SECRET_NOT_LABELLED,
     reason::CREDENTIALS_NEED_TLS,
     reason::CATCH_ALL_NOT_FOUND,

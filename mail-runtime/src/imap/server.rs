@@ -70,8 +70,9 @@ async fn drive(accepted: Accepted, listener: &Listener, runtime: Runtime) -> io:
             let login = session.logged_in_as();
             let login = login.as_ref().map(|(a, h)| (a.as_str(), h.as_str()));
             let read = tokio::select! {
-                read = runtime.read_idle(&mut conn, &mut buf, timeout, stressable) => Some(read),
+                biased;
                 () = runtime.revoked(login, LoginProtocol::Imap) => None,
+                read = runtime.read_idle(&mut conn, &mut buf, timeout, stressable) => Some(read),
             };
             match read {
                 Some(Some(Ok(0))) | Some(Some(Err(_))) => break,

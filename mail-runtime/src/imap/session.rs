@@ -394,6 +394,17 @@ impl Session {
         self.closed = true;
     }
 
+    /// Ends a session in the middle of a command whose login was revoked: the BYE goes out at
+    /// once, without the command's tagged answer, and the returned error ends the connection.
+    pub(super) async fn stop_revoked(&mut self, to: Outlet<'_>) -> io::Error {
+        self.out.clear();
+        self.end_revoked();
+        if let Err(err) = self.flush(to).await {
+            return err;
+        }
+        io::Error::new(io::ErrorKind::PermissionDenied, "the login was revoked")
+    }
+
     /// Acts on what the client sent: the answers are buffered (a large FETCH sends part of
     /// them through `to` as it goes); the [`Step`] says what the driver does next.
     pub async fn run(&mut self, input: Input, to: Outlet<'_>) -> io::Result<Step> {

@@ -58,6 +58,10 @@ impl Drop for Lock {
     }
 }
 
+/// What a session of a mailbox suspended, removed, re-passworded or revoked is told.
+const REVOKED: &[u8] =
+    b"-ERR [AUTH] this account was suspended or removed, or the password used was changed or revoked\r\n";
+
 async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io::Result<()> {
     let Accepted {
         mut conn,
@@ -95,8 +99,9 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
             .clone()
             .map(|m| (m, lock.password_hash.clone()));
         let read = tokio::select! {
-            read = runtime.read_idle(&mut conn, &mut buf, configured, stressable) => Some(read),
+            biased;
             () = runtime.revoked(login.as_ref().map(|(a, h)| (a.as_str(), h.as_str())), LoginProtocol::Pop3) => None,
+            read = runtime.read_idle(&mut conn, &mut buf, configured, stressable) => Some(read),
         };
         let n = match read {
             Some(Some(Ok(0))) | Some(Some(Err(_))) => break,
@@ -110,16 +115,12 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
             None => {
                 // Nothing marked is deleted: the session never reaches UPDATE, and the
                 // maildrop's lock goes with it.
-                let _ = conn
-                    .write_all(b"-ERR [AUTH] this account was suspended or removed, or the password used was changed or revoked\r\n")
-                    .await;
+                let _ = conn.write_all(REVOKED).await;
                 break;
             }
         };
         if lock.revoked() {
-            let _ = conn
-                .write_all(b"-ERR [AUTH] this account was suspended or removed, or the password used was changed or revoked\r\n")
-                .await;
+            let _ = conn.write_all(REVOKED).await;
             break;
         }
         let outputs = session.feed(&buf[..n]);
@@ -150,6 +151,17 @@ impl Driver {
     ) -> io::Result<()> {
         let mut queue: VecDeque<Output> = outputs.into();
         while let Some(output) = queue.pop_front() {
+            // A pipelined batch (RETR 1..n, DELE 1..n, QUIT) is checked before each message
+            // and before UPDATE: a revocation that lands mid-batch stops it there, and nothing
+            // marked is deleted.
+            if matches!(output, Output::Retrieve { .. } | Output::Commit(_)) && lock.revoked() {
+                self.out.extend_from_slice(REVOKED);
+                self.flush(conn).await?;
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "the login was revoked",
+                ));
+            }
             match output {
                 Output::Send(bytes) => self.out.extend_from_slice(&bytes),
                 Output::Close => {
@@ -240,6 +252,7 @@ impl Driver {
         {
             return Err(OpenFailure::TooManyFailures);
         }
+        let started = tokio::time::Instant::now();
         let login = match auth::login(&config, username, password, LoginProtocol::Pop3).await {
             Ok(login) => {
                 self.runtime.auth_limiter().succeeded(self.peer);
@@ -247,7 +260,7 @@ impl Driver {
             }
             Err(_) => {
                 crate::metrics::auth_failed("pop3");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                auth::failed_login_pause(started).await;
                 return Err(OpenFailure::Invalid);
             }
         };

@@ -63,8 +63,9 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
         // in the middle of a message (which is then not delivered).
         let login = session.login();
         let read = tokio::select! {
-            read = runtime.read_idle(&mut conn, &mut buf, configured, true) => Some(read),
+            biased;
             () = runtime.revoked(login.as_ref().map(|(a, h)| (a.as_str(), h.as_str())), LOGIN_PROTOCOL) => None,
+            read = runtime.read_idle(&mut conn, &mut buf, configured, true) => Some(read),
         };
         let n = match read {
             Some(Some(Ok(0))) | Some(Some(Err(_))) => break,
@@ -192,6 +193,7 @@ impl Driver {
         if !self.runtime.auth_limiter().begin(self.peer_ip, per_minute) {
             return Err(LoginFailure::TooManyFailures);
         }
+        let started = tokio::time::Instant::now();
         match auth::login(&config, username, password, LOGIN_PROTOCOL).await {
             Ok(login) => {
                 self.runtime.auth_limiter().succeeded(self.peer_ip);
@@ -200,7 +202,7 @@ impl Driver {
             Err(_) => {
                 crate::metrics::auth_failed("smtp");
                 // A failed login costs the client a second: guessing gets slow.
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                auth::failed_login_pause(started).await;
                 Err(LoginFailure::Invalid)
             }
         }

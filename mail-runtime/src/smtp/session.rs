@@ -744,7 +744,7 @@ impl Session {
         else {
             return Some(Reply::new(501, "5.5.2", "malformed PLAIN response"));
         };
-        if !authzid.is_empty() && authzid != user {
+        if !authzid.is_empty() && !authzid.eq_ignore_ascii_case(user) {
             return Some(Reply::new(
                 535,
                 "5.7.8",

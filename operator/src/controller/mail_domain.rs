@@ -87,6 +87,12 @@ async fn resolve_password(
     hash_plaintext: bool,
 ) -> Result<Password> {
     let ns = mailbox.namespace().ok_or(Error::Incomplete("namespace"))?;
+    // Cached by Secret key and by which password it is: two app passwords (or an app password
+    // and the own one) reading one key get hashes of their own, each revoked on its own.
+    let cache_key = match app_password {
+        Some(name) => format!("{}\0app password\0{name}", reference.key),
+        None => reference.key.clone(),
+    };
     // The Secret is read only when its version differs from the one last hashed.
     let version = ctx.secret_version(&ns, &reference.name);
     if let Some((uid, resource_version)) = &version {
@@ -94,7 +100,7 @@ async fn resolve_password(
             .hash_by_version
             .lock()
             .expect("hash cache")
-            .get(&(uid.clone(), reference.key.clone()))
+            .get(&(uid.clone(), cache_key.clone()))
             .filter(|(v, _)| v == resource_version)
             .map(|(_, hash)| hash.clone());
         if let Some(hash) = known {
@@ -119,20 +125,40 @@ async fn resolve_password(
         .to_string();
     let remember = |hash: &String| {
         if let (Some(uid), Some(v)) = (&secret.metadata.uid, &secret.metadata.resource_version) {
-            ctx.hash_by_version.lock().expect("hash cache").insert(
-                (uid.clone(), reference.key.clone()),
-                (v.clone(), hash.clone()),
-            );
+            ctx.hash_by_version
+                .lock()
+                .expect("hash cache")
+                .insert((uid.clone(), cache_key.clone()), (v.clone(), hash.clone()));
         }
     };
-    if kubemail_config::password::PasswordHash::parse(&text).is_ok() {
-        remember(&text);
-        return Ok(Password::Hash(text));
+    match kubemail_config::password::PasswordHash::parse(&text) {
+        Ok(_) => {
+            remember(&text);
+            return Ok(Password::Hash(text));
+        }
+        // A hash the runtime would refuse (malformed, or costing too much to check) is said so,
+        // never taken for a plaintext password.
+        Err(err)
+            if ["$argon2", "$2a$", "$2b$", "$2y$"]
+                .iter()
+                .any(|p| text.starts_with(p)) =>
+        {
+            return Ok(Password::Missing(
+                reason::INVALID_HASH,
+                format!("Secret {} key {:?}: {err}", reference.name, reference.key),
+            ));
+        }
+        Err(_) => {}
     }
     let uid = secret.metadata.uid.as_deref().unwrap_or_default();
     let mut hasher = Sha256::new();
     hasher.update(uid.as_bytes());
     hasher.update([0]);
+    if let Some(name) = app_password {
+        hasher.update(b"app password\0");
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+    }
     hasher.update(text.as_bytes());
     let digest: [u8; 32] = hasher.finalize().into();
     let known = ctx.hashes.lock().expect("hash cache").get(&digest).cloned();
@@ -403,14 +429,17 @@ async fn dereference(ctx: &Context, md: &MailDomain, ns: &str) -> Result<Referre
         if let Password::Hash(hash) = password_hash(ctx, mailbox).await? {
             // An app password whose Secret is missing is left out (the Mailbox's status says
             // so); the others and the own password are served.
-            let app_password_hashes = app_passwords(ctx, mailbox, true)
-                .await?
-                .into_iter()
-                .filter_map(|(app, found)| match found {
-                    Password::Hash(hash) => Some((app.name.clone(), hash)),
-                    _ => None,
-                })
-                .collect();
+            // A hash already served for this mailbox is left out too: each password is known
+            // by its hash, so a revocation must end exactly its own sessions.
+            let mut app_password_hashes: Vec<(String, String)> = Vec::new();
+            for (app, found) in app_passwords(ctx, mailbox, true).await? {
+                if let Password::Hash(app_hash) = found
+                    && app_hash != hash
+                    && app_password_hashes.iter().all(|(_, h)| *h != app_hash)
+                {
+                    app_password_hashes.push((app.name.clone(), app_hash));
+                }
+            }
             referred.mailboxes.push(Hashed {
                 mailbox: mailbox.clone(),
                 password_hash: hash,

@@ -70,7 +70,8 @@ async fn reconcile_once(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Acti
             format!("no MailDomain in namespace {ns} serves {domain_name}"),
         ),
     }
-    let secret_ok = match password_found(&ctx, &mailbox).await? {
+    let own_password = password_found(&ctx, &mailbox).await?;
+    let secret_ok = match &own_password {
         Password::Hash(_) | Password::Unhashed => {
             set(
                 &mut status.conditions,
@@ -90,7 +91,7 @@ async fn reconcile_once(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Acti
                 types::SECRET_FOUND,
                 false,
                 why,
-                message,
+                message.clone(),
             );
             false
         }
@@ -98,13 +99,34 @@ async fn reconcile_once(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Acti
     // App passwords: each one's Secret, by name. One that is missing is left out of the config
     // and named here; the own password and the other app passwords serve meanwhile.
     let apps = app_passwords(&ctx, &mailbox, false).await?;
-    let missing: Vec<(&str, String)> = apps
+    let mut missing: Vec<(&str, String)> = apps
         .iter()
         .filter_map(|(app, found)| match found {
             Password::Missing(why, message) => Some((*why, format!("{}: {message}", app.name))),
             _ => None,
         })
         .collect();
+    // The same hash twice (the own password's, or an earlier app password's): only the first
+    // is served (a Secret holding a ready hash; plaintext passwords get hashes of their own).
+    let mut hashes: Vec<&str> = match &own_password {
+        Password::Hash(h) => vec![h.as_str()],
+        _ => Vec::new(),
+    };
+    for (app, found) in &apps {
+        if let Password::Hash(h) = found {
+            if hashes.contains(&h.as_str()) {
+                missing.push((
+                    reason::DUPLICATE_PASSWORD,
+                    format!(
+                        "{}: the same hash as another password of this mailbox",
+                        app.name
+                    ),
+                ));
+            } else {
+                hashes.push(h);
+            }
+        }
+    }
     match missing.first() {
         _ if apps.is_empty() => status
             .conditions

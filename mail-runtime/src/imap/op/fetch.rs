@@ -328,7 +328,11 @@ impl Session {
                         shown,
                     );
                     if self.out.len() > 256 * 1024 {
-                        written = self.flush(&mut *to).await;
+                        written = if self.revoked() {
+                            Err(self.stop_revoked(&mut *to).await)
+                        } else {
+                            self.flush(&mut *to).await
+                        };
                         if written.is_err() {
                             break;
                         }
@@ -395,6 +399,11 @@ impl Session {
                     .unwrap_or_default(),
             );
             while !pending.is_empty() {
+                // A long FETCH stops at the next chunk once its login no longer opens the
+                // mailbox (suspended, removed, password changed or app password revoked).
+                if self.revoked() {
+                    return Err(self.stop_revoked(&mut *to).await);
+                }
                 let (name, items, keywords) = (folder.clone(), items.clone(), keywords.clone());
                 let recent = recent.clone();
                 let chunk = std::mem::take(&mut pending);

@@ -1,5 +1,4 @@
 //! LOGIN and AUTHENTICATE PLAIN, with the failed-login limit.
-use std::time::Duration;
 
 use imap_codec::imap_types::auth::AuthMechanism;
 
@@ -22,6 +21,7 @@ impl Session {
         {
             return no("[UNAVAILABLE] too many failed logins, try again later");
         }
+        let started = tokio::time::Instant::now();
         let login = match auth::login(&config, username, password, LoginProtocol::Imap).await {
             Ok(login) => {
                 self.runtime.auth_limiter().succeeded(self.peer);
@@ -29,7 +29,7 @@ impl Session {
             }
             Err(_) => {
                 crate::metrics::auth_failed("imap");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                auth::failed_login_pause(started).await;
                 return no("[AUTHENTICATIONFAILED] invalid credentials");
             }
         };
