@@ -69,6 +69,43 @@ pub fn due<T: PartialEq>(
     }
 }
 
+/// The Mailboxes of `mailboxes` whose usage in `report` is due (see [`due`]), with it: the
+/// longest unwritten first, at most [`WRITES_PER_PASS`].
+fn select(
+    namespace: &str,
+    mailboxes: &[std::sync::Arc<Mailbox>],
+    report: &Report,
+    writes: &UsageWrites,
+    now: Instant,
+    every: Duration,
+) -> Vec<((String, String), MailboxUsage)> {
+    let by_address: HashMap<String, &Reported> = report
+        .mailboxes
+        .iter()
+        .map(|r| (r.address.to_ascii_lowercase(), r))
+        .collect();
+    let mut due_now = Vec::new();
+    for mailbox in mailboxes {
+        let Some(reported) = by_address.get(&mailbox.spec.address.to_ascii_lowercase()) else {
+            continue;
+        };
+        let current = MailboxUsage::of(reported.bytes, reported.messages, reported.quota_bytes);
+        let stored = mailbox.status.as_ref().and_then(|s| s.usage.as_ref());
+        let key = (namespace.to_string(), mailbox.name_any());
+        let last = writes.get(&key).copied();
+        if due(stored, &current, last, now, every) {
+            due_now.push((last, key, current));
+        }
+    }
+    // Never written (None) first, then the oldest writes: none waits behind busier ones.
+    due_now.sort_by_key(|(last, _, _)| *last);
+    due_now
+        .into_iter()
+        .take(WRITES_PER_PASS)
+        .map(|(_, key, usage)| (key, usage))
+        .collect()
+}
+
 /// Writes the usage in `report` to those of `mailboxes` (a domain's, in `namespace`) that are
 /// due (see [`due`]), at most [`WRITES_PER_PASS`]. A write that fails is logged and tried again
 /// on a later pass. Returns how many were written.
@@ -78,38 +115,20 @@ pub async fn write(
     mailboxes: &[std::sync::Arc<Mailbox>],
     report: &Report,
 ) -> usize {
-    let by_address: HashMap<String, &Reported> = report
-        .mailboxes
-        .iter()
-        .map(|r| (r.address.to_ascii_lowercase(), r))
-        .collect();
-    let now = Instant::now();
-    let mut due_now = Vec::new();
-    {
+    let due_now = {
         let writes = ctx.usage_writes.lock().expect("usage writes");
-        for mailbox in mailboxes {
-            let Some(reported) = by_address.get(&mailbox.spec.address.to_ascii_lowercase()) else {
-                continue;
-            };
-            let current = MailboxUsage::of(reported.bytes, reported.messages, reported.quota_bytes);
-            let stored = mailbox.status.as_ref().and_then(|s| s.usage.as_ref());
-            let key = (namespace.to_string(), mailbox.name_any());
-            if due(
-                stored,
-                &current,
-                writes.get(&key).copied(),
-                now,
-                ctx.options.usage_every,
-            ) {
-                // The oldest writes first, so none waits behind busier ones for long.
-                due_now.push((writes.get(&key).copied(), key, current));
-            }
-        }
-    }
-    due_now.sort_by_key(|(last, _, _)| *last);
+        select(
+            namespace,
+            mailboxes,
+            report,
+            &writes,
+            Instant::now(),
+            ctx.options.usage_every,
+        )
+    };
     let api: Api<Mailbox> = Api::namespaced(ctx.client.clone(), namespace);
     let mut written = 0;
-    for (_, key, usage) in due_now.into_iter().take(WRITES_PER_PASS) {
+    for (key, usage) in due_now {
         // A merge patch of this one field: the Mailbox's own reconcile applies the rest of the
         // status, and keeps the usage it finds there.
         let patch = serde_json::json!({"status": {"usage": usage}});
@@ -164,6 +183,44 @@ pub fn queued(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pass_writes_at_most_two_hundred_the_longest_unwritten_first() {
+        let mailboxes: Vec<std::sync::Arc<Mailbox>> = (0..250)
+            .map(|n| {
+                std::sync::Arc::new(
+                    serde_json::from_value(serde_json::json!({
+                        "apiVersion": "kubemail.io/v1alpha1", "kind": "Mailbox",
+                        "metadata": {"name": format!("u{n}"), "namespace": "mail"},
+                        "spec": {"address": format!("u{n}@example.test"),
+                                 "passwordSecretRef": {"name": "p"}},
+                    }))
+                    .expect("a Mailbox"),
+                )
+            })
+            .collect();
+        let report = Report {
+            mailboxes: (0..250)
+                .map(|n| Reported {
+                    address: format!("U{n}@example.test"),
+                    bytes: n,
+                    messages: 1,
+                    quota_bytes: None,
+                })
+                .collect(),
+            queue_depth: 0,
+        };
+        let now = Instant::now();
+        let every = Duration::from_secs(300);
+        let first = select("mail", &mailboxes, &report, &UsageWrites::new(), now, every);
+        assert_eq!(first.len(), WRITES_PER_PASS);
+        // Those written get their turn after the 50 never written.
+        let written: UsageWrites = first.iter().map(|(k, _)| (k.clone(), now)).collect();
+        // (Their status here still shows no usage, so all 250 are due again.)
+        let second = select("mail", &mailboxes, &report, &written, now, every);
+        assert_eq!(second.len(), WRITES_PER_PASS);
+        assert!(second[..50].iter().all(|(k, _)| !written.contains_key(k)));
+    }
 
     #[test]
     fn usage_is_written_first_at_once_then_at_most_once_per_interval_and_only_when_changed() {
