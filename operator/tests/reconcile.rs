@@ -1308,7 +1308,8 @@ fn raw_contains_plaintext(raw: &kubemail_config::RawConfig, secret: &str) -> boo
         .contains(secret)
 }
 
-/// Mailbox usage from a real runtime (`mail-runtime serve` on 127.0.0.61, serving the config
+/// Mailbox usage from a real runtime (`mail-runtime serve` on a loopback address of its own,
+/// serving the config
 /// the operator rendered, with its HTTP and SMTP listeners there) reaches each Mailbox's
 /// status, and the writes are bounded: one per Mailbox for its first figures, and none while
 /// the usage interval has not passed, however much mail arrives.
@@ -1317,14 +1318,26 @@ async fn usage_reaches_status_in_bounded_writes() {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
     const COUNT: usize = 250;
-    const HOST: &str = "127.0.0.61";
+    // A loopback address of this run's own: another test's runtime (or one a killed run left
+    // behind) never answers for this one.
+    let host = format!(
+        "127.{}.{}.{}",
+        std::process::id() % 200 + 20,
+        std::process::id() / 200 % 250 + 1,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            % 250
+            + 1
+    );
+    let host = host.as_str();
     let (client, ns) = setup(BTreeMap::new()).await;
     let ns = ns.name;
     let _operator = Operator::start_with(
         ControlPlane::shared(),
         &[&ns],
         "off",
-        &["--probe-host-override", HOST, "--usage-interval", "600"],
+        &["--probe-host-override", host, "--usage-interval", "600"],
     );
     apply(
         &client,
@@ -1390,19 +1403,22 @@ async fn usage_reaches_status_in_bounded_writes() {
     });
     for l in &mut raw.listeners {
         let port = l.address.rsplit_once(':').map(|(_, p)| p.to_string());
-        l.address = format!("{HOST}:{}", port.expect("a port"));
+        l.address = format!("{host}:{}", port.expect("a port"));
     }
     let file = dir.path().join("runtime.yaml");
     std::fs::write(&file, serde_yaml_ng::to_string(&raw).expect("yaml")).expect("write");
     let runtime = kubemail_e2e::workspace_binary("mail-runtime", "KUBEMAIL_RUNTIME_BIN")
         .expect("the runtime binary (cargo build --bins)");
-    let mut served = Command::new(runtime)
-        .args(["serve", "--config"])
-        .arg(&file)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("mail-runtime serve");
+    // Killed when dropped, like the operator, also when an assertion fails.
+    let served = Operator(
+        Command::new(runtime)
+            .args(["serve", "--config"])
+            .arg(&file)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("mail-runtime serve"),
+    );
 
     // Every write of a usage, as a watch sees it.
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Instant, String)>::new()));
@@ -1468,7 +1484,7 @@ s = smtplib.SMTP(sys.argv[1], 2525, timeout=30)\n\
 for n in range(int(sys.argv[2])):\n    s.sendmail('a@example.net', ['u%d@example.test' % n], b'Subject: hi\\r\\n\\r\\nhello\\r\\n')\n\
 s.quit()\n";
     let sent = Command::new("python3")
-        .args(["-c", script, HOST, &COUNT.to_string()])
+        .args(["-c", script, host, &COUNT.to_string()])
         .output()
         .expect("python3");
     assert!(
@@ -1487,7 +1503,7 @@ s.quit()\n";
                     "-sf",
                     "--max-time",
                     "5",
-                    &format!("http://{HOST}:8080/usage"),
+                    &format!("http://{host}:8080/usage"),
                 ])
                 .output()
                 .ok()?;
@@ -1508,6 +1524,5 @@ s.quit()\n";
     );
     assert_eq!(after, before, "usage written before the interval passed");
     recorder.abort();
-    let _ = served.kill();
-    let _ = served.wait();
+    drop(served);
 }
