@@ -364,6 +364,12 @@ fn invalid_manifests() -> Vec<Invalid> {
             "must be a mail address",
         ),
         m(
+            "an address whose local part has a slash (the store's directory name)",
+            json!({"address": "a/b@example.com"}),
+            "spec.address",
+            "without '/'",
+        ),
+        m(
             "address with two @",
             json!({"address": "jane@@example.com"}),
             "spec.address",
