@@ -58,7 +58,8 @@ pub struct New {
     pub display_name: Option<String>,
 }
 
-fn secret(ns: &str, name: &str, labels: &[(&str, &str)], key: &str, password: &str) -> Secret {
+/// A password Secret made by this plugin (labelled so), holding `password` at `key`.
+pub fn secret(ns: &str, name: &str, labels: &[(&str, &str)], key: &str, password: &str) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(name.to_string()),

@@ -190,12 +190,13 @@ impl Temporary {
             password: crate::mailbox::generate_password(),
             name,
         };
-        let secret: k8s_openapi::api::core::v1::Secret =
-            serde_json::from_value(serde_json::json!({
-                "metadata": {"name": format!("{}-password", temporary.name),
-                             "labels": {"app.kubernetes.io/managed-by": "kubectl-mail"}},
-                "stringData": {"password": temporary.password},
-            }))?;
+        let secret = crate::mailbox::secret(
+            ns,
+            &format!("{}-password", temporary.name),
+            &[("kubemail.io/mailbox", &temporary.name)],
+            "password",
+            &temporary.password,
+        );
         Api::namespaced(client.clone(), ns)
             .create(&PostParams::default(), &secret)
             .await

@@ -213,7 +213,28 @@ async fn connect(address: &str) -> Result<TcpStream, String> {
     ))
 }
 
+/// The TLS stream every probe and the round trip speak over.
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
 async fn smtp(address: &str, options: &Options, found: &mut Found) -> Result<(), String> {
+    let (mut client, ehlo) = smtp_session(address, options, found).await?;
+    if let Some((user, password)) = &options.login {
+        let credentials = mail_send::Credentials::new(user.as_str(), password.as_str());
+        let result = client.authenticate(&credentials, &ehlo).await;
+        found.logged_in = Some(result.is_ok());
+        result.map_err(|e| format!("login failed: {e}"))?;
+    }
+    let _ = client.quit().await;
+    Ok(())
+}
+
+/// Connects to an SMTP server over TLS (implicit, or STARTTLS, which must be advertised),
+/// checking the greeting, and says EHLO after TLS; `found` records what was seen.
+async fn smtp_session(
+    address: &str,
+    options: &Options,
+    found: &mut Found,
+) -> Result<(mail_send::SmtpClient<Tls>, smtp_proto::EhloResponse<String>), String> {
     use mail_send::SmtpClient;
     use smtp_proto::{EXT_START_TLS, EhloResponse};
 
@@ -277,14 +298,7 @@ async fn smtp(address: &str, options: &Options, found: &mut Found) -> Result<(),
         .await
         .map_err(|e| format!("EHLO after TLS failed: {e}"))?;
     found.capabilities = names(&ehlo);
-    if let Some((user, password)) = &options.login {
-        let credentials = mail_send::Credentials::new(user.as_str(), password.as_str());
-        let result = client.authenticate(&credentials, &ehlo).await;
-        found.logged_in = Some(result.is_ok());
-        result.map_err(|e| format!("login failed: {e}"))?;
-    }
-    let _ = client.quit().await;
-    Ok(())
+    Ok((client, ehlo))
 }
 
 /// Reads the SMTP greeting, which must be 220.
@@ -304,6 +318,17 @@ async fn smtp_greeting<T: AsyncRead + AsyncWrite + Unpin>(
 }
 
 async fn imap(address: &str, options: &Options, found: &mut Found) -> Result<(), String> {
+    let client = imap_session(address, options, found).await?;
+    imap_login(client, options, found).await
+}
+
+/// Connects to an IMAP server over TLS (implicit, or STARTTLS, which must be advertised),
+/// checking the greeting and reading the capabilities after TLS; `found` records what was seen.
+async fn imap_session(
+    address: &str,
+    options: &Options,
+    found: &mut Found,
+) -> Result<async_imap::Client<Tls>, String> {
     let connector = connector(options)?;
     let name = tls_name(address, options)?;
     let stream = connect(address).await?;
@@ -316,7 +341,7 @@ async fn imap(address: &str, options: &Options, found: &mut Found) -> Result<(),
         let mut client = async_imap::Client::new(tls);
         imap_greeting(&mut client, found).await?;
         found.capabilities = imap_capabilities(&mut client).await?;
-        return imap_login(client, options, found).await;
+        return Ok(client);
     }
     let mut client = async_imap::Client::new(stream);
     imap_greeting(&mut client, found).await?;
@@ -339,7 +364,7 @@ async fn imap(address: &str, options: &Options, found: &mut Found) -> Result<(),
     found.tls = true;
     let mut client = async_imap::Client::new(tls);
     found.capabilities = imap_capabilities(&mut client).await?;
-    imap_login(client, options, found).await
+    Ok(client)
 }
 
 async fn imap_greeting<T>(

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use serde::Serialize;
 
-use crate::{Options, connect, connector, tls_name};
+use crate::{Found, Options, imap_session, smtp_session};
 
 /// How a round trip went.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -66,42 +66,7 @@ async fn send(
     subject: &str,
     options: &Options,
 ) -> Result<(), String> {
-    let stream = connect(submission).await?;
-    let name = tls_name(submission, options)?;
-    let client = mail_send::SmtpClient {
-        stream,
-        timeout: options.timeout,
-    };
-    let tls_connector = connector(options)?;
-    let host = match &name {
-        rustls::pki_types::ServerName::DnsName(n) => n.as_ref().to_string(),
-        other => other.to_str().to_string(),
-    };
-    let mut client = if options.implicit_tls {
-        let mut c = client
-            .into_tls(&tls_connector, &host)
-            .await
-            .map_err(|e| format!("TLS handshake failed: {e}"))?;
-        c.read()
-            .await
-            .map_err(|e| format!("no SMTP greeting: {e}"))?;
-        c
-    } else {
-        let mut c = client;
-        c.read()
-            .await
-            .map_err(|e| format!("no SMTP greeting: {e}"))?;
-        c.ehlo("kubemail-round-trip")
-            .await
-            .map_err(|e| format!("EHLO failed: {e}"))?;
-        c.start_tls(&tls_connector, &host)
-            .await
-            .map_err(|e| format!("STARTTLS failed: {e}"))?
-    };
-    let ehlo = client
-        .ehlo("kubemail-round-trip")
-        .await
-        .map_err(|e| format!("EHLO failed: {e}"))?;
+    let (mut client, ehlo) = smtp_session(submission, options, &mut Found::default()).await?;
     client
         .authenticate(&mail_send::Credentials::new(address, password), &ehlo)
         .await
@@ -129,34 +94,7 @@ async fn find_and_delete(
     subject: &str,
     options: &Options,
 ) -> Result<(), String> {
-    let stream = connect(imap).await?;
-    let tls = if options.implicit_tls {
-        connector(options)?
-            .connect(tls_name(imap, options)?, stream)
-            .await
-            .map_err(|e| format!("TLS handshake failed: {e}"))?
-    } else {
-        let mut client = async_imap::Client::new(stream);
-        client
-            .read_response()
-            .await
-            .map_err(|e| format!("no IMAP greeting: {e}"))?;
-        client
-            .run_command_and_check_ok("STARTTLS", None)
-            .await
-            .map_err(|e| format!("STARTTLS failed: {e}"))?;
-        connector(options)?
-            .connect(tls_name(imap, options)?, client.into_inner())
-            .await
-            .map_err(|e| format!("TLS handshake failed: {e}"))?
-    };
-    let mut client = async_imap::Client::new(tls);
-    if options.implicit_tls {
-        client
-            .read_response()
-            .await
-            .map_err(|e| format!("no IMAP greeting: {e}"))?;
-    }
+    let client = imap_session(imap, options, &mut Found::default()).await?;
     let mut session = client
         .login(address, password)
         .await
