@@ -218,6 +218,41 @@ impl Config {
                     );
                 }
             }
+            if let Some(reply) = &m.auto_reply {
+                let field = format!("mailboxes[{i}].autoReply");
+                if reply.subject.is_empty()
+                    || reply.subject.len() > 998
+                    || reply.subject.chars().any(char::is_control)
+                {
+                    problem(
+                        format!("{field}.subject"),
+                        "1 to 998 bytes on one line".into(),
+                    );
+                }
+                if reply.body.len() > MAX_AUTO_REPLY_BYTES {
+                    problem(
+                        format!("{field}.body"),
+                        format!("at most {MAX_AUTO_REPLY_BYTES} bytes"),
+                    );
+                }
+                if !(1..=365).contains(&reply.days) {
+                    problem(format!("{field}.days"), "from 1 to 365".into());
+                }
+                if let (Some(start), Some(end)) = (reply.start, reply.end)
+                    && end <= start
+                {
+                    problem(format!("{field}.end"), "must come after start".into());
+                }
+            }
+            if m.sieve_script
+                .as_ref()
+                .is_some_and(|s| s.len() > MAX_DECLARED_SCRIPT_BYTES)
+            {
+                problem(
+                    format!("mailboxes[{i}].sieveScript"),
+                    format!("at most {MAX_DECLARED_SCRIPT_BYTES} bytes"),
+                );
+            }
         }
 
         let mut catch_all = BTreeMap::new();

@@ -107,6 +107,9 @@ pub struct Advertised {
     /// POP3 over implicit TLS.
     #[serde(default = "port_995")]
     pub pop3s: u16,
+    /// ManageSieve.
+    #[serde(default = "port_4190")]
+    pub managesieve: u16,
     /// The MTA-STS policy mode: `testing` (the default), `enforce` or `none`.
     #[serde(default = "mta_sts_testing")]
     pub mta_sts_mode: String,
@@ -121,11 +124,15 @@ impl Default for Advertised {
             imaps: 993,
             pop3: 110,
             pop3s: 995,
+            managesieve: 4190,
             mta_sts_mode: mta_sts_testing(),
         }
     }
 }
 
+fn port_4190() -> u16 {
+    4190
+}
 fn port_587() -> u16 {
     587
 }
@@ -206,6 +213,43 @@ pub struct MailboxConfig {
     /// Further passwords, one per device or application, each revoked on its own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub app_passwords: Vec<AppPasswordConfig>,
+    /// An out-of-office reply declared by the platform (`Mailbox.spec.autoReply`), answered
+    /// before the user's own Sieve script runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_reply: Option<AutoReplyConfig>,
+    /// A Sieve script declared by the platform (`Mailbox.spec.sieve`), run at delivery before
+    /// the script the user activated over ManageSieve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sieve_script: Option<String>,
+}
+
+/// An out-of-office reply: sent once per sender per `days` while `now` is within
+/// `[start, end)`, by the rules of a Sieve vacation (RFC 5230): never to lists, bounces or
+/// automatic mail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AutoReplyConfig {
+    /// The reply's subject.
+    pub subject: String,
+    /// The reply's text.
+    pub body: String,
+    /// From when (Unix seconds); none: already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<i64>,
+    /// Until when (Unix seconds, not included); none: until removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<i64>,
+    /// Days before the same sender is answered again.
+    #[serde(default = "seven")]
+    pub days: u32,
+}
+
+/// The longest auto-reply text, and the longest declared Sieve script.
+pub const MAX_AUTO_REPLY_BYTES: usize = 64 * 1024;
+pub const MAX_DECLARED_SCRIPT_BYTES: usize = 128 * 1024;
+
+fn seven() -> u32 {
+    7
 }
 
 /// The most app passwords a mailbox may have: a wrong password is checked against each, so
@@ -532,6 +576,8 @@ pub enum ListenerProtocol {
     Pop3,
     /// POP3 over implicit TLS.
     Pop3s,
+    /// ManageSieve (RFC 5804), STARTTLS required before AUTHENTICATE.
+    Managesieve,
     /// HTTP: health, metrics, autoconfig.
     Http,
 }
@@ -552,6 +598,7 @@ impl ListenerProtocol {
             Self::Imaps => "imaps",
             Self::Pop3 => "pop3",
             Self::Pop3s => "pop3s",
+            Self::Managesieve => "managesieve",
             Self::Http => "http",
         }
     }

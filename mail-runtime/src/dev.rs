@@ -34,7 +34,7 @@ pub struct DevOptions {
 }
 
 /// The order of the dev ports after the base port.
-pub const PORT_ORDER: [ListenerProtocol; 8] = [
+pub const PORT_ORDER: [ListenerProtocol; 9] = [
     ListenerProtocol::Smtp,
     ListenerProtocol::Submission,
     ListenerProtocol::Submissions,
@@ -43,6 +43,7 @@ pub const PORT_ORDER: [ListenerProtocol; 8] = [
     ListenerProtocol::Pop3,
     ListenerProtocol::Pop3s,
     ListenerProtocol::Http,
+    ListenerProtocol::Managesieve,
 ];
 
 /// Starts dev mode; prints the JSON line and serves until the process ends.
@@ -161,6 +162,8 @@ pub fn write_dev_config(
             ],
             suspended: false,
             app_passwords: Vec::new(),
+            auto_reply: None,
+            sieve_script: None,
         })
         .collect();
     // Base port 0: each listener gets a port that is free now, written into the config so that
@@ -191,6 +194,7 @@ pub fn write_dev_config(
         imaps: port_of(ListenerProtocol::Imaps),
         pop3: port_of(ListenerProtocol::Pop3),
         pop3s: port_of(ListenerProtocol::Pop3s),
+        managesieve: port_of(ListenerProtocol::Managesieve),
         ..Advertised::default()
     };
     let listeners = ports

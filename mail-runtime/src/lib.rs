@@ -23,12 +23,14 @@ pub mod dns;
 pub mod header;
 pub mod http;
 pub mod imap;
+pub mod managesieve;
 pub mod metrics;
 pub mod net;
 pub mod outbound;
 pub mod pop3;
 pub mod proxy;
 pub mod runtime;
+pub mod sieve;
 pub mod smtp;
 pub mod store;
 #[cfg(test)]

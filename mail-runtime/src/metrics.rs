@@ -27,6 +27,7 @@ struct Metrics {
     mailbox_bytes: Family<Labels, Gauge<i64, AtomicI64>>,
     mailbox_messages: Family<Labels, Gauge<i64, AtomicI64>>,
     mailbox_quota: Family<Labels, Gauge<i64, AtomicI64>>,
+    sieve_replies: Counter<u64, AtomicU64>,
     /// Held while the mailbox gauges are refilled and the text encoded, so two scrapes at once
     /// never see each other's half-filled families.
     scrape: std::sync::Mutex<()>,
@@ -51,6 +52,7 @@ fn metrics() -> &'static Metrics {
             mailbox_bytes: Family::default(),
             mailbox_messages: Family::default(),
             mailbox_quota: Family::default(),
+            sieve_replies: Counter::default(),
             scrape: std::sync::Mutex::new(()),
         };
         registry.register(
@@ -62,6 +64,11 @@ fn metrics() -> &'static Metrics {
             "sessions_active",
             "Sessions open now, by protocol",
             m.active.clone(),
+        );
+        registry.register(
+            "sieve_replies",
+            "Vacation and out-of-office replies sent",
+            m.sieve_replies.clone(),
         );
         registry.register(
             "messages_accepted",
@@ -146,6 +153,11 @@ pub fn message_accepted(mailboxes: usize) {
     let m = metrics();
     m.accepted.inc();
     m.delivered.inc_by(mailboxes as u64);
+}
+
+/// A vacation or out-of-office reply was sent.
+pub fn sieve_reply() {
+    metrics().sieve_replies.inc();
 }
 
 /// An outbound recipient was taken by the next hop.

@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// The protocols this build serves; listeners for others are skipped with a warning.
-pub const SERVED: [ListenerProtocol; 8] = [
+pub const SERVED: [ListenerProtocol; 9] = [
     ListenerProtocol::Smtp,
     ListenerProtocol::Submission,
     ListenerProtocol::Submissions,
@@ -27,6 +27,7 @@ pub const SERVED: [ListenerProtocol; 8] = [
     ListenerProtocol::Imaps,
     ListenerProtocol::Pop3,
     ListenerProtocol::Pop3s,
+    ListenerProtocol::Managesieve,
     ListenerProtocol::Http,
 ];
 
@@ -62,6 +63,7 @@ pub struct Runtime {
     header_cache: Arc<crate::imap::search::HeaderCache>,
     /// IMAP sessions that may run COMPRESS=DEFLATE at once: a compressor holds about 300 KiB.
     deflate_sessions: Arc<tokio::sync::Semaphore>,
+    sieve_scripts: Arc<crate::sieve::Compiled>,
     /// The last count of every mailbox's storage for `/usage` and `/metrics` (see
     /// [`crate::http`]): made at most every few seconds, once for all requests at that moment.
     usage: Arc<tokio::sync::Mutex<UsageCount>>,
@@ -128,6 +130,10 @@ impl Runtime {
     }
 
     /// IMAP sessions that may run COMPRESS=DEFLATE at once: a compressor holds about 300 KiB.
+    pub fn sieve_scripts(&self) -> &Arc<crate::sieve::Compiled> {
+        &self.sieve_scripts
+    }
+
     pub fn deflate_sessions(&self) -> &Arc<tokio::sync::Semaphore> {
         &self.deflate_sessions
     }
@@ -248,6 +254,7 @@ impl Runtime {
             answer_shares: Arc::new(AnswerShares::default()),
             header_cache: Arc::new(crate::imap::search::HeaderCache::default()),
             deflate_sessions: Arc::new(tokio::sync::Semaphore::new(DEFLATE_SESSIONS)),
+            sieve_scripts: Arc::default(),
             usage: Arc::default(),
             connections: Arc::new(Mutex::new(Connections::default())),
             started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
@@ -400,6 +407,13 @@ impl Runtime {
                 }
                 ListenerProtocol::Pop3 | ListenerProtocol::Pop3s => {
                     tokio::spawn(crate::pop3::server::serve(
+                        socket,
+                        listener.clone(),
+                        self.clone(),
+                    ));
+                }
+                ListenerProtocol::Managesieve => {
+                    tokio::spawn(crate::managesieve::server::serve(
                         socket,
                         listener.clone(),
                         self.clone(),

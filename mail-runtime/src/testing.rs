@@ -21,6 +21,8 @@ pub fn mailbox(address: &str, password: &str) -> MailboxConfig {
         ],
         suspended: false,
         app_passwords: Vec::new(),
+        auto_reply: None,
+        sieve_script: None,
     }
 }
 

@@ -25,7 +25,10 @@ fn unknown_flags_and_bad_values_are_refused_by_name() {
             &["probe", "imap", "127.0.0.1:1", "--timeout", "1s"][..],
             "--timeout",
         ),
-        (&["probe", "imaps", "127.0.0.1:1"][..], "smtp, imap or pop3"),
+        (
+            &["probe", "imaps", "127.0.0.1:1"][..],
+            "smtp, imap, pop3 or managesieve",
+        ),
         (
             &["probe", "imap", "127.0.0.1:1", "--login", "a@b"][..],
             "--password-file",

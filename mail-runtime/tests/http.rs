@@ -6,13 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Dev, run};
-
-fn get(dev: &Dev, path: &str) -> String {
-    run(Command::new("curl")
-        .args(["-sS", "--fail", "--max-time", "5"])
-        .arg(format!("http://127.0.0.1:{}{path}", dev.port("http"))))
-}
+use common::{Dev, http_get as get, run};
 
 #[test]
 fn health_readiness_and_metrics() {

@@ -60,6 +60,15 @@ fn probes_pass_against_kubemail() {
         "{caps:?}"
     );
     passes(&["imap", &at("imaps"), "--implicit-tls"]);
+    let report = passes(&["managesieve", &at("managesieve")]);
+    let caps: Vec<String> = serde_json::from_value(report["capabilities"].clone()).expect("caps");
+    // Over TLS: SASL PLAIN is offered and STARTTLS no longer.
+    assert!(
+        caps.contains(&"SIEVE".to_string())
+            && caps.contains(&"SASL".to_string())
+            && !caps.contains(&"STARTTLS".to_string()),
+        "{caps:?}"
+    );
     // The certificate verifies when the probe is given its name and trusts it: with the dev
     // certificate not in the system store, verification must fail.
     fails(
@@ -99,6 +108,15 @@ fn probes_pass_against_kubemail() {
     let report = passes(&[
         "imap",
         &at("imap"),
+        "--login",
+        "alice@example.test",
+        "--password-file",
+        &pw,
+    ]);
+    assert_eq!(report["loggedIn"], true);
+    let report = passes(&[
+        "managesieve",
+        &at("managesieve"),
         "--login",
         "alice@example.test",
         "--password-file",

@@ -29,6 +29,8 @@ pub enum Kind {
     Imap,
     /// POP3 (110) or POP3S (995).
     Pop3,
+    /// ManageSieve (4190).
+    Managesieve,
 }
 
 impl std::str::FromStr for Kind {
@@ -38,8 +40,9 @@ impl std::str::FromStr for Kind {
             "smtp" => Ok(Kind::Smtp),
             "imap" => Ok(Kind::Imap),
             "pop3" => Ok(Kind::Pop3),
+            "managesieve" => Ok(Kind::Managesieve),
             other => Err(format!(
-                "unknown protocol {other:?}: use smtp, imap or pop3"
+                "unknown protocol {other:?}: use smtp, imap, pop3 or managesieve"
             )),
         }
     }
@@ -144,6 +147,7 @@ pub async fn probe(kind: Kind, address: &str, options: &Options) -> Report {
             Kind::Smtp => smtp(address, options, &mut found).await,
             Kind::Imap => imap(address, options, &mut found).await,
             Kind::Pop3 => pop3(address, options, &mut found).await,
+            Kind::Managesieve => managesieve(address, options, &mut found).await,
         }
     })
     .await
@@ -585,6 +589,79 @@ async fn pop3_login<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// ManageSieve (RFC 5804): the capabilities end with an `OK` line; STARTTLS is advertised and
+/// negotiated, and the server lists its capabilities again over TLS.
+async fn managesieve(address: &str, options: &Options, found: &mut Found) -> Result<(), String> {
+    let connector = connector(options)?;
+    let name = tls_name(address, options)?;
+    let mut conn = BufReader::new(connect(address).await?);
+    found.capabilities = sieve_capabilities(&mut conn, found).await?;
+    if !found
+        .capabilities
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case("STARTTLS"))
+    {
+        return Err("STARTTLS is not advertised".into());
+    }
+    sieve_command(&mut conn, "STARTTLS").await?;
+    let tls = connector
+        .connect(name, conn.into_inner())
+        .await
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    found.tls = true;
+    let mut conn = BufReader::new(tls);
+    found.capabilities = sieve_capabilities(&mut conn, found).await?;
+    if let Some((user, password)) = &options.login {
+        use base64::Engine;
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        let result = sieve_command(&mut conn, &format!("AUTHENTICATE \"PLAIN\" \"{token}\"")).await;
+        found.logged_in = Some(result.is_ok());
+        result.map_err(|e| format!("login failed: {e}"))?;
+    }
+    let _ = sieve_command(&mut conn, "LOGOUT").await;
+    Ok(())
+}
+
+/// The capability lines up to the `OK` that ends them; the `OK` line is the greeting.
+async fn sieve_capabilities<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut BufReader<S>,
+    found: &mut Found,
+) -> Result<Vec<String>, String> {
+    let mut capabilities = Vec::new();
+    for _ in 0..64 {
+        let line = pop3_line(conn).await?;
+        let upper = line.to_ascii_uppercase();
+        if upper.starts_with("OK") {
+            found.greeting = Some(line);
+            return Ok(capabilities);
+        }
+        if upper.starts_with("NO") || upper.starts_with("BYE") {
+            return Err(format!("the server refused: {line}"));
+        }
+        let name = line.trim_start_matches('"');
+        let name = name.split('"').next().unwrap_or_default();
+        capabilities.push(name.to_string());
+    }
+    Err("more than 64 capability lines".into())
+}
+
+async fn sieve_command<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut BufReader<S>,
+    command: &str,
+) -> Result<String, String> {
+    conn.get_mut()
+        .write_all(format!("{command}\r\n").as_bytes())
+        .await
+        .map_err(|e| format!("writing: {e}"))?;
+    let reply = pop3_line(conn).await?;
+    if !reply.to_ascii_uppercase().starts_with("OK") {
+        let shown = command.split(' ').next().unwrap_or_default();
+        return Err(format!("{shown} answered {reply}"));
+    }
+    Ok(reply)
+}
+
 /// A collection of probes into one summary (for several ports in one exec probe).
 pub async fn probe_all(targets: &[(Kind, String, Options)]) -> Vec<Report> {
     futures::stream::iter(targets.iter())
@@ -603,6 +680,7 @@ pub fn targets_of(listeners: &[kubemail_config::Listener]) -> Vec<(Kind, String,
                 P::Smtp | P::Submission | P::Submissions => Kind::Smtp,
                 P::Imap | P::Imaps => Kind::Imap,
                 P::Pop3 | P::Pop3s => Kind::Pop3,
+                P::Managesieve => Kind::Managesieve,
                 P::Http => return None,
             };
             // A listener behind the PROXY protocol reads a header only from trusted proxies,

@@ -96,6 +96,9 @@ pub struct Outcome {
     pub actions: Vec<Action>,
     /// A run-time error; the actions are then the implicit keep alone.
     pub error: Option<String>,
+    /// Whether the keep among the actions is the implicit one (no action cancelled it), so a
+    /// caller running several scripts in turn can tell it from an explicit `keep`.
+    pub implicit_keep: bool,
 }
 
 enum Flow {
@@ -122,10 +125,12 @@ pub fn run(script: &Script, input: &Input<'_>) -> Outcome {
         Ok(actions) => Outcome {
             actions,
             error: None,
+            implicit_keep: !state.cancelled,
         },
         Err(error) => Outcome {
             actions: vec![Action::Keep { flags: Vec::new() }],
             error: Some(error),
+            implicit_keep: true,
         },
     }
 }

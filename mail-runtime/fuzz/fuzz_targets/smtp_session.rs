@@ -12,8 +12,8 @@ use mail_runtime::{
         session::{Delivered, LoginFailure},
     },
     store::{
-        FlagChange, FlagsSet, FolderIndex, MessageMeta, SpoolWriter, SpooledMessage, Store,
-        StoreError, Usage,
+        FlagChange, FlagsSet, FolderIndex, MessageMeta, Placement, SieveScripts, SpoolWriter,
+        SpooledMessage, Store, StoreError, Usage,
     },
 };
 
@@ -27,6 +27,30 @@ impl Store for NoStore {
     }
     fn deliver(&self, _: SpooledMessage, _: &[String]) -> Result<(), StoreError> {
         Ok(())
+    }
+    fn deliver_to(&self, _: SpooledMessage, _: &[Placement]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn sieve_scripts(&self, _: &str) -> Result<SieveScripts, StoreError> {
+        Ok(SieveScripts::default())
+    }
+    fn sieve_script(&self, _: &str, _: &str) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+    fn put_sieve_script(&self, _: &str, _: &str, _: &str) -> Result<(), StoreError> {
+        Err(StoreError::NoSpace)
+    }
+    fn delete_sieve_script(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        Err(StoreError::NoSpace)
+    }
+    fn rename_sieve_script(&self, _: &str, _: &str, _: &str) -> Result<(), StoreError> {
+        Err(StoreError::NoSpace)
+    }
+    fn set_active_sieve_script(&self, _: &str, _: Option<&str>) -> Result<(), StoreError> {
+        Err(StoreError::NoSpace)
+    }
+    fn vacation_due(&self, _: &str, _: &str, _: i64, _: u64) -> Result<bool, StoreError> {
+        Ok(false)
     }
     fn usage(&self, _: &str) -> Result<Usage, StoreError> {
         Ok(Usage {

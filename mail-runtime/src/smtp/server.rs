@@ -324,19 +324,35 @@ impl Driver {
             }
             if delivery.mailboxes.is_empty() {
                 let _ = std::fs::remove_file(&message.path);
-                return Ok(());
+                return Ok(crate::sieve::Delivered::Done);
             }
             let message = match results_header {
                 Some(header) => prepend(&*store, header.as_bytes(), message)?,
                 None => message,
             };
-            store.deliver(message, &delivery.mailboxes)
+            // Each recipient's Sieve rules say where it goes (INBOX when there are none).
+            crate::sieve::deliver(
+                &runtime,
+                message,
+                &delivery.mailboxes,
+                &delivery.from,
+                delivery.trusted,
+                !delivery.remote.is_empty(),
+            )
         })
         .await;
         match result {
-            Ok(Ok(())) => {
+            Ok(Ok(crate::sieve::Delivered::Done)) => {
                 crate::metrics::message_accepted(count);
                 Delivered::Ok
+            }
+            Ok(Ok(crate::sieve::Delivered::Rejected(reason))) => {
+                let reason: String = reason
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .take(400)
+                    .collect();
+                Delivered::Refused(Reply::new(550, "5.7.1", reason), "sieve")
             }
             Ok(Err(err)) => Delivered::Failed(err),
             Err(join) => Delivered::Failed(StoreError::Io(io::Error::other(join.to_string()))),
@@ -412,7 +428,7 @@ fn prepend(
 /// The DKIM-Signature header for relayed mail whose From (or envelope sender) is a served
 /// domain; empty when there is no key or nothing to sign for. A signing failure is logged and
 /// the mail goes unsigned rather than not at all.
-fn sign(config: &crate::config::Config, from: &str, path: &std::path::Path) -> String {
+pub(crate) fn sign(config: &crate::config::Config, from: &str, path: &std::path::Path) -> String {
     let Some(dkim) = &config.raw.dkim else {
         return String::new();
     };

@@ -34,11 +34,13 @@ use std::{
 use tokio::sync::watch;
 
 mod repair;
+mod sieve;
 pub use repair::Repaired;
+pub use sieve::valid_name as valid_script_name;
 
 use super::{
-    DEFAULT_FOLDERS, FlagChange, FlagsSet, FolderIndex, INBOX, MessageMeta, SpoolWriter,
-    SpooledMessage, Store, StoreError, Usage, unix_nanos,
+    DEFAULT_FOLDERS, FlagChange, FlagsSet, FolderIndex, INBOX, MessageMeta, Placement,
+    SieveScripts, SpoolWriter, SpooledMessage, Store, StoreError, Usage, unix_nanos,
 };
 
 const UIDVALIDITY_FILE: &str = "kubemail-uidvalidity";
@@ -484,27 +486,49 @@ impl Store for Maildir {
     }
 
     fn deliver(&self, message: SpooledMessage, mailboxes: &[String]) -> Result<(), StoreError> {
+        let placements: Vec<Placement> = mailboxes
+            .iter()
+            .map(|m| Placement {
+                mailbox: m.clone(),
+                folder: INBOX.to_string(),
+                flags: String::new(),
+            })
+            .collect();
+        self.deliver_to(message, &placements)
+    }
+
+    fn deliver_to(
+        &self,
+        message: SpooledMessage,
+        placements: &[Placement],
+    ) -> Result<(), StoreError> {
         let now = (unix_nanos() / 1_000_000_000) as i64;
         let result = (|| {
             let mut touched = Vec::new();
-            for mailbox in mailboxes {
-                let dir = self.inbox_path(mailbox)?;
-                self.ensure_maildir(&dir)?;
+            for placement in placements {
+                let mailbox = &placement.mailbox;
+                let dir = if placement.folder.eq_ignore_ascii_case(INBOX) {
+                    let dir = self.inbox_path(mailbox)?;
+                    self.ensure_maildir(&dir)?;
+                    dir
+                } else {
+                    self.existing(mailbox, &placement.folder)?
+                };
                 let _ = self.mailbox_usage(mailbox)?;
                 let lock = self.folder_lock(&dir);
                 let _serial = lock.lock().expect("folder lock");
-                let (_, uid) = self.allocate(mailbox, INBOX, &dir, 1)?;
+                let (_, uid) = self.allocate(mailbox, &placement.folder, &dir, 1)?;
                 let new = NewMessage {
                     uid,
                     size: message.size,
-                    flags: "",
+                    flags: &placement.flags,
                     secs: now,
                     modseq: self.next_modseq(&dir)?,
                 };
                 match self.place(&message.path, &dir, new) {
                     Ok(sub) => touched.push(sub),
                     Err(err) => {
-                        self.forget_uids(mailbox, INBOX);
+                        self.forget_uids(mailbox, &placement.folder);
                         return Err(err);
                     }
                 }
@@ -972,6 +996,40 @@ impl Store for Maildir {
         }
         write_synced(&root.join(DEFAULTS_MARKER), b"1\n")?;
         sync_dir(&root)
+    }
+
+    fn sieve_scripts(&self, mailbox: &str) -> Result<SieveScripts, StoreError> {
+        self.list_scripts(mailbox)
+    }
+
+    fn sieve_script(&self, mailbox: &str, name: &str) -> Result<Option<String>, StoreError> {
+        self.read_script(mailbox, name)
+    }
+
+    fn put_sieve_script(&self, mailbox: &str, name: &str, text: &str) -> Result<(), StoreError> {
+        self.write_script(mailbox, name, text)
+    }
+
+    fn delete_sieve_script(&self, mailbox: &str, name: &str) -> Result<(), StoreError> {
+        self.remove_script(mailbox, name)
+    }
+
+    fn rename_sieve_script(&self, mailbox: &str, from: &str, to: &str) -> Result<(), StoreError> {
+        self.move_script(mailbox, from, to)
+    }
+
+    fn set_active_sieve_script(&self, mailbox: &str, name: Option<&str>) -> Result<(), StoreError> {
+        self.activate_script(mailbox, name)
+    }
+
+    fn vacation_due(
+        &self,
+        mailbox: &str,
+        key: &str,
+        now: i64,
+        seconds: u64,
+    ) -> Result<bool, StoreError> {
+        self.vacation_check(mailbox, key, now, seconds)
     }
 
     fn changes(&self, mailbox: &str) -> watch::Receiver<u64> {

@@ -114,6 +114,26 @@ pub struct Usage {
     pub messages: u64,
 }
 
+/// Where one copy of a delivered message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The mailbox's address, lowercase.
+    pub mailbox: String,
+    /// The folder (INBOX, or one that exists).
+    pub folder: String,
+    /// Maildir flag letters (system flags and keyword letters of that folder).
+    pub flags: String,
+}
+
+/// A mailbox's Sieve scripts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SieveScripts {
+    /// Every script's name, sorted.
+    pub names: Vec<String>,
+    /// The active one.
+    pub active: Option<String>,
+}
+
 /// Errors of the store; each maps to a protocol reply in the session.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -168,6 +188,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Delivers a spooled message to the INBOX of each mailbox (addresses, lowercase), durably.
     /// The spool file is removed afterwards.
     fn deliver(&self, message: SpooledMessage, mailboxes: &[String]) -> Result<(), StoreError>;
+
+    /// Delivers a spooled message to each placement (a folder of a mailbox, with Maildir flag
+    /// letters), durably; the folders must exist. The spool file is removed afterwards.
+    fn deliver_to(
+        &self,
+        message: SpooledMessage,
+        placements: &[Placement],
+    ) -> Result<(), StoreError>;
 
     /// Storage used by a mailbox, all folders together.
     fn usage(&self, mailbox: &str) -> Result<Usage, StoreError>;
@@ -278,6 +306,34 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Creates the default folders once, subscribed; a folder the user deletes later stays
     /// deleted.
     fn ensure_default_folders(&self, mailbox: &str) -> Result<(), StoreError>;
+
+    /// The mailbox's Sieve scripts (ManageSieve's storage) and which one is active.
+    fn sieve_scripts(&self, mailbox: &str) -> Result<SieveScripts, StoreError>;
+
+    /// A Sieve script's text; `None` if there is none of that name.
+    fn sieve_script(&self, mailbox: &str, name: &str) -> Result<Option<String>, StoreError>;
+
+    /// Stores a Sieve script, replacing one of that name, durably.
+    fn put_sieve_script(&self, mailbox: &str, name: &str, text: &str) -> Result<(), StoreError>;
+
+    /// Deletes a Sieve script (`NoSuchFolder` if there is none of that name).
+    fn delete_sieve_script(&self, mailbox: &str, name: &str) -> Result<(), StoreError>;
+
+    /// Renames a Sieve script; the active one stays active.
+    fn rename_sieve_script(&self, mailbox: &str, from: &str, to: &str) -> Result<(), StoreError>;
+
+    /// Makes a script the active one, or none.
+    fn set_active_sieve_script(&self, mailbox: &str, name: Option<&str>) -> Result<(), StoreError>;
+
+    /// The vacation memory: whether `key` (a sender under a reply's handle) is due a reply at
+    /// `now`, remembering it until `now + seconds` if so. Check and record are one step.
+    fn vacation_due(
+        &self,
+        mailbox: &str,
+        key: &str,
+        now: i64,
+        seconds: u64,
+    ) -> Result<bool, StoreError>;
 
     /// A counter that moves whenever anything in the mailbox changes (delivery, flags,
     /// expunge, folders), so every session on it can look again.

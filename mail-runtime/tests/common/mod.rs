@@ -188,6 +188,14 @@ pub fn run(cmd: &mut Command) -> String {
     text
 }
 
+/// A GET on the runtime's HTTP port, with curl.
+#[allow(dead_code)]
+pub fn http_get(dev: &Dev, path: &str) -> String {
+    run(Command::new("curl")
+        .args(["-sS", "--fail", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{}{path}", dev.port("http"))))
+}
+
 /// Kill moments for crash drills: a different sequence each run (xorshift from the clock).
 pub struct KillClock(u64);
 

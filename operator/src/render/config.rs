@@ -116,6 +116,8 @@ pub fn runtime_config(
                         })
                     })
                     .collect(),
+                auto_reply: None,
+                sieve_script: None,
             }
         })
         .collect();
