@@ -157,6 +157,10 @@ pub struct Protocols {
     /// POP3 over implicit TLS: port 995.
     #[serde(default = "ProtocolSpec::pop3s")]
     pub pop3s: ProtocolSpec,
+    /// ManageSieve, for mail clients to upload their Sieve filters: port 4190, STARTTLS
+    /// required before AUTHENTICATE.
+    #[serde(default = "ProtocolSpec::managesieve")]
+    pub managesieve: ProtocolSpec,
 }
 
 impl Default for Protocols {
@@ -169,6 +173,7 @@ impl Default for Protocols {
             imaps: ProtocolSpec::imaps(),
             pop3: ProtocolSpec::pop3(),
             pop3s: ProtocolSpec::pop3s(),
+            managesieve: ProtocolSpec::managesieve(),
         }
     }
 }
@@ -184,6 +189,7 @@ impl Protocols {
             (Protocol::Imaps, &self.imaps),
             (Protocol::Pop3, &self.pop3),
             (Protocol::Pop3s, &self.pop3s),
+            (Protocol::Managesieve, &self.managesieve),
         ]
         .into_iter()
     }
@@ -226,11 +232,13 @@ pub enum Protocol {
     Pop3,
     /// POP3 over implicit TLS, port 995.
     Pop3s,
+    /// ManageSieve, port 4190.
+    Managesieve,
 }
 
 impl Protocol {
     /// Every protocol, in a fixed order.
-    pub const ALL: [Protocol; 7] = [
+    pub const ALL: [Protocol; 8] = [
         Protocol::Smtp,
         Protocol::Submission,
         Protocol::Submissions,
@@ -238,6 +246,7 @@ impl Protocol {
         Protocol::Imaps,
         Protocol::Pop3,
         Protocol::Pop3s,
+        Protocol::Managesieve,
     ];
 
     /// The protocol's field name under `spec.protocols`, also its name in configs and ports.
@@ -250,6 +259,7 @@ impl Protocol {
             Protocol::Imaps => "imaps",
             Protocol::Pop3 => "pop3",
             Protocol::Pop3s => "pop3s",
+            Protocol::Managesieve => "managesieve",
         }
     }
 
@@ -263,6 +273,7 @@ impl Protocol {
             Protocol::Imaps => 993,
             Protocol::Pop3 => 110,
             Protocol::Pop3s => 995,
+            Protocol::Managesieve => 4190,
         }
     }
 
@@ -320,6 +331,9 @@ impl ProtocolSpec {
     }
     fn pop3s() -> Self {
         Self::on(995)
+    }
+    fn managesieve() -> Self {
+        Self::on(4190)
     }
 }
 

@@ -138,6 +138,83 @@ pub struct MailboxSpec {
     #[schemars(length(max = 8))]
     #[x_kube(merge_strategy = kube::core::ListMerge::Map(vec!["name".into()]))]
     pub app_passwords: Vec<AppPassword>,
+
+    /// An out-of-office reply, declared here (in Git) rather than clicked in a mail client:
+    /// each sender gets one reply per `days` while it is enabled and within `start`..`end`,
+    /// never lists, bounces or automatic mail (RFC 5230's rules). It takes effect without a
+    /// restart, and applies before the user's own Sieve script.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_reply: Option<AutoReply>,
+
+    /// A Sieve script (RFC 5228) from a ConfigMap or Secret, run at delivery after `autoReply`
+    /// and before the script the user activated over ManageSieve. A script that does not
+    /// compile is not run (status condition `SieveScriptValid` says why): mail goes on to the
+    /// user's script and INBOX.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sieve: Option<SieveSource>,
+}
+
+/// An out-of-office reply.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = kube::core::Rule::new("!has(self.start) || !has(self.end) || timestamp(self.end) > timestamp(self.start)").message("end must come after start").field_path(".end"))]
+#[serde(rename_all = "camelCase")]
+pub struct AutoReply {
+    /// Whether replies are sent. Defaults to true; false keeps the text for next time.
+    #[serde(default = "crate::mail_domain::default_true")]
+    pub enabled: bool,
+    /// The reply's subject.
+    #[schemars(length(min = 1, max = 998))]
+    #[x_kube(validation = kube::core::Rule::new("!self.contains('\\n') && !self.contains('\\r')").message("subject must be one line"))]
+    pub subject: String,
+    /// The reply's text.
+    #[schemars(length(min = 1, max = 65536))]
+    pub body: String,
+    /// From when replies are sent (RFC 3339, such as `2026-12-20T00:00:00Z`); at once when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Until when (not included); until removed or disabled when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// Days before the same sender is answered again, 1 to 365. Defaults to 7.
+    #[serde(default = "seven")]
+    #[schemars(range(min = 1, max = 365))]
+    pub days: i32,
+}
+
+fn seven() -> i32 {
+    7
+}
+
+/// Where a Sieve script is kept: exactly one of a ConfigMap key and a Secret key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = kube::core::Rule::new("has(self.configMapRef) != has(self.secretRef)").message("give exactly one of configMapRef and secretRef"))]
+#[serde(rename_all = "camelCase")]
+pub struct SieveSource {
+    /// A ConfigMap key holding the script.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<ScriptKeyRef>,
+    /// A Secret key holding the script.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<ScriptKeyRef>,
+}
+
+/// A key of a ConfigMap or Secret in the Mailbox's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ScriptKeyRef {
+    /// Name of the object, in the same namespace as the Mailbox.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = crate::common::object_name_rule("name"))]
+    pub name: String,
+    /// The key holding the script. Defaults to `script.sieve`.
+    #[serde(default = "default_script_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_script_key() -> String {
+    "script.sieve".into()
 }
 
 impl Mailbox {
@@ -150,6 +227,21 @@ impl Mailbox {
                 .app_passwords
                 .iter()
                 .any(|a| a.secret_ref.name == name)
+            || self
+                .spec
+                .sieve
+                .as_ref()
+                .and_then(|s| s.secret_ref.as_ref())
+                .is_some_and(|r| r.name == name)
+    }
+
+    /// Whether this Mailbox reads its Sieve script from the ConfigMap `name`.
+    pub fn uses_config_map(&self, name: &str) -> bool {
+        self.spec
+            .sieve
+            .as_ref()
+            .and_then(|s| s.config_map_ref.as_ref())
+            .is_some_and(|r| r.name == name)
     }
 }
 
@@ -209,7 +301,8 @@ pub struct MailboxStatus {
     /// `Ready` once the runtime serves a config that contains this mailbox; `DomainFound` and
     /// `SecretFound` say what it is waiting for otherwise. `AppPasswordsFound` (only with app
     /// passwords) names those whose Secret or key is missing: they are left out, the rest
-    /// serve. While not Ready, kstatus's `Reconciling`
+    /// serve. `SieveScriptValid` (only with `sieve`) says whether the script was found and
+    /// compiles; one that does not is left out and the mailbox serves without it. While not Ready, kstatus's `Reconciling`
     /// (waiting: for a Secret, a domain, the runtime) or `Stalled` (a change by the user is
     /// needed: an invalid config, a duplicate address, a Secret without its key, ...) says which,
     /// present only while True, as Flux and Argo CD read them.

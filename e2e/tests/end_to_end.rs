@@ -146,6 +146,41 @@ impl World {
             .sum()
     }
 
+    /// How many of `user`'s stored messages contain `needle`.
+    fn messages_with(&self, user: &str, needle: &str) -> usize {
+        let dir = self.data_dir().join("mail/example.test").join(user);
+        ["new", "cur"]
+            .iter()
+            .filter_map(|sub| std::fs::read_dir(dir.join(sub)).ok())
+            .flatten()
+            .flatten()
+            .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|text| text.contains(needle)))
+            .count()
+    }
+
+    /// Waits until the MailDomain names a config revision other than `before` and the
+    /// runtime serves it; how long that took.
+    fn wait_served(&self, what: &str, before: &str) -> Duration {
+        self.wait(what, Duration::from_secs(90), || {
+            let revision = self.get(
+                &["get", "maildomain", "example-test"],
+                "{.status.configRevision}",
+            );
+            let served = std::fs::read(self.data_dir().join("kubemail-runtime-status.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .unwrap_or_default();
+            revision != before && served["revision"] == revision.as_str()
+        })
+    }
+
+    fn config_revision(&self) -> String {
+        self.get(
+            &["get", "maildomain", "example-test"],
+            "{.status.configRevision}",
+        )
+    }
+
     /// Whether `user` can log in over submission (587, STARTTLS + AUTH) — Python's smtplib,
     /// from inside the node's network, through the Service.
     fn can_log_in(&self, user: &str, password: &str) -> bool {
@@ -265,7 +300,13 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
         || world.domain_ready(),
     );
     timings.push(("apply -> MailDomain Ready".into(), applied.elapsed()));
-    for condition in ["SMTPReady", "SubmissionReady", "IMAPReady", "POP3Ready"] {
+    for condition in [
+        "SMTPReady",
+        "SubmissionReady",
+        "IMAPReady",
+        "POP3Ready",
+        "ManageSieveReady",
+    ] {
         assert_eq!(
             world.get(
                 &["get", "maildomain", "example-test"],
@@ -490,10 +531,7 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
     .expect("ready");
     assert_eq!(ready.trim(), "ready");
     let _peer = Killed(peer);
-    let before = world.get(
-        &["get", "maildomain", "example-test"],
-        "{.status.configRevision}",
-    );
+    let before = world.config_revision();
     let start = Instant::now();
     ok(world.kubectl().args([
         "patch",
@@ -505,21 +543,7 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
         "-p",
         r#"{"spec":{"route":{"mode":"Smarthost","smarthost":{"host":"10.250.0.2","port":2526,"tls":"None"}}}}"#,
     ]));
-    world.wait(
-        "the smarthost route to be served",
-        Duration::from_secs(90),
-        || {
-            let revision = world.get(
-                &["get", "maildomain", "example-test"],
-                "{.status.configRevision}",
-            );
-            let served = std::fs::read(world.data_dir().join("kubemail-runtime-status.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .unwrap_or_default();
-            revision != before && served["revision"] == revision.as_str()
-        },
-    );
+    world.wait_served("the smarthost route to be served", &before);
     timings.push(("RelayPolicy change -> served".into(), start.elapsed()));
     world.submit("friend@outside.test", "leaving through the relay");
     let relayed = peer_dir.join("1.eml");
@@ -622,6 +646,85 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
         world.messages_of("carol"),
         0,
         "fetchmail left carol's message on the server"
+    );
+
+    // carol's out-of-office, declared in her Mailbox: alice's messages get one reply, read
+    // from alice's mailbox; turned off, bob's message gets none. No pod restart either way
+    // (checked with the others below).
+    let start = Instant::now();
+    ok(world.kubectl().args([
+        "patch",
+        "mailbox",
+        "carol",
+        "-n",
+        &world.ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"autoReply":{"subject":"Carol is away","body":"Back on Monday."}}}"#,
+    ]));
+    let mut pings = 0;
+    world.wait(
+        "carol's auto-reply reaches alice",
+        Duration::from_secs(90),
+        || {
+            pings += 1;
+            world.submit("carol@example.test", &format!("ping {pings}"));
+            std::thread::sleep(Duration::from_millis(500));
+            world.messages_with("alice", "Subject: Carol is away") > 0
+        },
+    );
+    timings.push(("autoReply apply -> reply".into(), start.elapsed()));
+    world.submit("carol@example.test", "one more ping");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        world.messages_with("alice", "Subject: Carol is away"),
+        1,
+        "alice was answered more than once (after {pings} pings and one more)"
+    );
+    assert_eq!(
+        world.messages_with("alice", "Auto-Submitted: auto-replied"),
+        1,
+        "the reply is marked automatic"
+    );
+    let before = world.config_revision();
+    ok(world.kubectl().args([
+        "patch",
+        "mailbox",
+        "carol",
+        "-n",
+        &world.ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"autoReply":{"enabled":false}}}"#,
+    ]));
+    world.wait_served("carol's auto-reply turned off", &before);
+    world.swaks(&[
+        "--port",
+        "587",
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "bob@example.test",
+        "--auth-password",
+        "bob-quickstart-password",
+        "--from",
+        "bob@example.test",
+        "--to",
+        "carol@example.test",
+        "--h-Subject",
+        "bob to carol",
+    ]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        world.messages_with("carol", "Subject: bob to carol"),
+        1,
+        "bob's message reached carol"
+    );
+    assert_eq!(
+        world.messages_with("bob", "Subject: Carol is away"),
+        0,
+        "bob got a reply after the auto-reply was turned off"
     );
 
     // A changed password: the new one works within 2 s and the old one no longer does.

@@ -33,6 +33,10 @@ pub mod reason {
     pub const RELAY_POLICY_NOT_FOUND: &str = "RelayPolicyNotFound";
     /// Another Mailbox already has the address.
     pub const DUPLICATE: &str = "DuplicateAddress";
+    /// A Mailbox's Sieve script does not compile.
+    pub const SCRIPT_INVALID: &str = "ScriptInvalid";
+    /// A referenced ConfigMap does not exist (yet).
+    pub const CONFIG_MAP_NOT_FOUND: &str = "ConfigMapNotFound";
     /// The MailDomain's catch-all address is no served Mailbox's.
     pub const CATCH_ALL_NOT_FOUND: &str = "CatchAllNotFound";
     /// Some aliases of the Mailbox are left out (taken, or in a domain not served).
@@ -60,6 +64,8 @@ pub mod types {
     pub const IMAP_READY: &str = "IMAPReady";
     /// MailDomain: the POP3 probes (110, 995).
     pub const POP3_READY: &str = "POP3Ready";
+    /// MailDomain: the ManageSieve probe (4190).
+    pub const MANAGESIEVE_READY: &str = "ManageSieveReady";
     /// MailDomain: its certificate Secret is there.
     pub const TLS_READY: &str = "TLSReady";
     /// MailDomain: the runtime serves the config revision written.
@@ -76,6 +82,8 @@ pub mod types {
     pub const SECRET_FOUND: &str = "SecretFound";
     /// Mailbox: every app password's Secret and key are there (only with app passwords).
     pub const APP_PASSWORDS_FOUND: &str = "AppPasswordsFound";
+    /// Mailbox: its Sieve script is there and compiles (only with `spec.sieve`).
+    pub const SIEVE_SCRIPT_VALID: &str = "SieveScriptValid";
     /// Mailbox: present (False) only while some aliases are left out.
     pub const ALIASES_ACCEPTED: &str = "AliasesAccepted";
     /// Mailbox: present (False) only while another Mailbox has its address.

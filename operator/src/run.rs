@@ -7,7 +7,7 @@ use std::{
 use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount},
+    core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount},
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -149,6 +149,8 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
     let domains_for_mailbox = ctx.domains.clone();
     let mailboxes_for_secret = ctx.mailboxes.clone();
     let domains_for_secret = ctx.domains.clone();
+    let mailboxes_for_config_map = ctx.mailboxes.clone();
+    let domains_for_config_map = ctx.domains.clone();
     let domains_for_relay = ctx.domains.clone();
     let domains_for_pods = ctx.domains.clone();
     let domain_of_mailbox = move |m: &Mailbox, domains: &reflector::Store<MailDomain>| {
@@ -199,6 +201,15 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
                 )
                 .collect::<Vec<_>>()
         })
+        .watches(api::<ConfigMap>(&client, ns), cfg.clone(), move |c| {
+            // A Sieve script's ConfigMap changed: the domains of the Mailboxes that use it.
+            mailboxes_for_config_map
+                .state()
+                .into_iter()
+                .filter(|m| m.namespace() == c.namespace() && m.uses_config_map(&c.name_any()))
+                .flat_map(|m| domain_of_mailbox(&m, &domains_for_config_map))
+                .collect::<Vec<_>>()
+        })
         .watches(api::<RelayPolicy>(&client, ns), cfg.clone(), move |rp| {
             domains_for_relay
                 .state()
@@ -243,6 +254,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
 
     let domains_for_domain_change = ctx.mailboxes.clone();
     let mailboxes_for_their_secret = ctx.mailboxes.clone();
+    let mailboxes_for_their_config_map = ctx.mailboxes.clone();
     let mailboxes = mailbox_controller
         .watches(api::<MailDomain>(&client, ns), cfg.clone(), move |md| {
             domains_for_domain_change
@@ -260,6 +272,16 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
                 .state()
                 .into_iter()
                 .filter(|m| m.namespace() == s.namespace() && m.uses_secret(&s.name_any()))
+                .map(|m| ObjectRef::from(m.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .watches(api::<ConfigMap>(&client, ns), cfg.clone(), move |c| {
+            // A Sieve script's ConfigMap appeared or changed: its Mailboxes say whether it
+            // compiles.
+            mailboxes_for_their_config_map
+                .state()
+                .into_iter()
+                .filter(|m| m.namespace() == c.namespace() && m.uses_config_map(&c.name_any()))
                 .map(|m| ObjectRef::from(m.as_ref()))
                 .collect::<Vec<_>>()
         })

@@ -253,7 +253,7 @@ async fn a_domain_with_mailboxes_is_rendered_changed_and_cleaned_up() {
         .collect();
     assert_eq!(
         ports,
-        [25, 587, 465, 143, 993, 110, 995],
+        [25, 587, 465, 143, 993, 110, 995, 4190],
         "the mail Service has no HTTP port"
     );
     // /metrics and /readyz are on their own ClusterIP Service, owned by the domain.
@@ -1525,4 +1525,122 @@ s.quit()\n";
     assert_eq!(after, before, "usage written before the interval passed");
     recorder.abort();
     drop(served);
+}
+
+#[tokio::test]
+async fn sieve_scripts_and_auto_replies_are_rendered_and_a_broken_script_is_reported() {
+    let (client, ns) = setup(BTreeMap::new()).await;
+    let ns = ns.name;
+    let _operator = Operator::start(ControlPlane::shared(), &ns);
+    let mut hana = mailbox("hana");
+    hana["spec"]["sieve"] = json!({"configMapRef": {"name": "hana-rules"}});
+    hana["spec"]["autoReply"] = json!({
+        "subject": "Away", "body": "Back in January.", "days": 3,
+        "start": "2026-12-20T00:00:00Z", "end": "2027-01-05T00:00:00Z"});
+    for manifest in [domain(), password("hana", "hana-secret"), hana.clone()] {
+        apply(&client, &ns, manifest).await;
+    }
+    // The ConfigMap is missing: named, and the mailbox is served without a script.
+    let hana_of = |raw: &kubemail_config::RawConfig| {
+        raw.mailboxes
+            .iter()
+            .find(|m| m.address == "hana@example.test")
+            .cloned()
+    };
+    eventually("the missing ConfigMap reported", || async {
+        let (status, reason) = condition(&client, &ns, "hana", "SieveScriptValid").await?;
+        (status == "False" && reason == "ConfigMapNotFound").then_some(())
+    })
+    .await;
+    let served = eventually("hana served with her auto-reply", || async {
+        let (_, raw, _) = config(&client, &ns).await?;
+        hana_of(&raw)
+    })
+    .await;
+    assert_eq!(served.sieve_script, None);
+    let reply = served.auto_reply.expect("the auto-reply is rendered");
+    assert_eq!(
+        (reply.subject.as_str(), reply.body.as_str(), reply.days),
+        ("Away", "Back in January.", 3)
+    );
+    assert_eq!(
+        (reply.start, reply.end),
+        (Some(1_797_724_800), Some(1_799_107_200))
+    );
+
+    // A script that does not compile: reported with its line, never served.
+    let rules = |script: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "hana-rules"},
+               "data": {"script.sieve": script}})
+    };
+    apply(&client, &ns, rules("require \"fileinto\";\nfileinto;\n")).await;
+    let (_, message) = eventually("the broken script reported", || async {
+        let mbx = Api::<Mailbox>::namespaced(client.clone(), &ns)
+            .get_opt("hana")
+            .await
+            .ok()??;
+        let c = mbx
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "SieveScriptValid" && c.reason == "ScriptInvalid")?;
+        Some((c.reason, c.message))
+    })
+    .await;
+    assert!(message.contains("line 2"), "{message}");
+    let (_, raw, _) = config(&client, &ns).await.expect("config");
+    assert_eq!(hana_of(&raw).expect("hana").sieve_script, None);
+
+    // Fixed: served as written, and the condition turns True.
+    let good = "require \"fileinto\";\nif header :contains \"subject\" \"invoice\" { fileinto \"Invoices\"; }\n";
+    apply(&client, &ns, rules(good)).await;
+    eventually("the script served", || async {
+        let (_, raw, _) = config(&client, &ns).await?;
+        (hana_of(&raw)?.sieve_script.as_deref() == Some(good)).then_some(())
+    })
+    .await;
+    eventually("the script reported valid", || async {
+        let (status, _) = condition(&client, &ns, "hana", "SieveScriptValid").await?;
+        (status == "True").then_some(())
+    })
+    .await;
+
+    // The auto-reply turned off: gone from the config; the script stays.
+    hana["spec"]["autoReply"]["enabled"] = json!(false);
+    apply(&client, &ns, hana.clone()).await;
+    eventually("the auto-reply removed", || async {
+        let (_, raw, _) = config(&client, &ns).await?;
+        let h = hana_of(&raw)?;
+        (h.auto_reply.is_none() && h.sieve_script.is_some()).then_some(())
+    })
+    .await;
+
+    // The API server refuses an end before the start and two script sources.
+    let mut bad = hana.clone();
+    bad["metadata"]["name"] = json!("hana2");
+    bad["spec"]["address"] = json!("hana2@example.test");
+    bad["spec"]["autoReply"]["end"] = json!("2026-12-01T00:00:00Z");
+    let refused = Api::<Mailbox>::namespaced(client.clone(), &ns)
+        .create(
+            &Default::default(),
+            &serde_json::from_value(bad).expect("a Mailbox"),
+        )
+        .await
+        .expect_err("end before start");
+    assert!(
+        refused.to_string().contains("end must come after start"),
+        "{refused}"
+    );
+    let mut both = hana.clone();
+    both["metadata"]["name"] = json!("hana3");
+    both["spec"]["address"] = json!("hana3@example.test");
+    both["spec"]["sieve"]["secretRef"] = json!({"name": "x"});
+    let refused = Api::<Mailbox>::namespaced(client.clone(), &ns)
+        .create(
+            &Default::default(),
+            &serde_json::from_value(both).expect("a Mailbox"),
+        )
+        .await
+        .expect_err("two sources");
+    assert!(refused.to_string().contains("exactly one"), "{refused}");
 }

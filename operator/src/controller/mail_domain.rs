@@ -14,7 +14,7 @@ use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount},
+    core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount},
 };
 use kube::{Api, ResourceExt, api::PostParams, runtime::controller::Action};
 use kubemail_crds::{
@@ -46,6 +46,67 @@ pub enum Password {
     Unhashed,
     /// Why there is none.
     Missing(&'static str, String),
+}
+
+/// A Mailbox's Sieve script as the operator found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Script {
+    /// The Mailbox names none.
+    None,
+    /// Found, and it compiles: served.
+    Valid(String),
+    /// Not served: the reason and what to tell the user.
+    Refused(&'static str, String),
+}
+
+/// Reads the Sieve script a Mailbox names (a ConfigMap or Secret key) and compiles it, so a
+/// script that would not run is never handed to the runtime.
+pub async fn sieve_script(ctx: &Context, mailbox: &Mailbox) -> Result<Script> {
+    let Some(source) = &mailbox.spec.sieve else {
+        return Ok(Script::None);
+    };
+    let ns = mailbox.namespace().ok_or(Error::Incomplete("namespace"))?;
+    let text = if let Some(r) = &source.config_map_ref {
+        let maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+        let Some(map) = maps.get_opt(&r.name).await? else {
+            return Ok(Script::Refused(
+                reason::CONFIG_MAP_NOT_FOUND,
+                format!("ConfigMap {} does not exist", r.name),
+            ));
+        };
+        match map.data.as_ref().and_then(|d| d.get(&r.key)) {
+            Some(text) => text.clone(),
+            None => {
+                return Ok(Script::Refused(
+                    reason::KEY_NOT_FOUND,
+                    format!("ConfigMap {} has no key {:?}", r.name, r.key),
+                ));
+            }
+        }
+    } else if let Some(r) = &source.secret_ref {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+        let Some(secret) = secrets.get_opt(&r.name).await? else {
+            return Ok(Script::Refused(
+                reason::SECRET_NOT_FOUND,
+                format!("Secret {} does not exist", r.name),
+            ));
+        };
+        match secret.data.as_ref().and_then(|d| d.get(&r.key)) {
+            Some(bytes) => String::from_utf8_lossy(&bytes.0).into_owned(),
+            None => {
+                return Ok(Script::Refused(
+                    reason::KEY_NOT_FOUND,
+                    format!("Secret {} has no key {:?}", r.name, r.key),
+                ));
+            }
+        }
+    } else {
+        return Ok(Script::None);
+    };
+    Ok(match kubemail_sieve::compile(&text) {
+        Ok(_) => Script::Valid(text),
+        Err(err) => Script::Refused(reason::SCRIPT_INVALID, err.to_string()),
+    })
 }
 
 /// Reads a Mailbox's password Secret and returns the hash to serve (hashing a plaintext
@@ -307,6 +368,7 @@ struct Hashed {
     password_hash: String,
     aliases: Vec<String>,
     app_password_hashes: Vec<(String, String)>,
+    sieve_script: Option<String>,
 }
 
 /// What a MailDomain refers to, read from the API server (and the keys it needs, made once).
@@ -440,11 +502,18 @@ async fn dereference(ctx: &Context, md: &MailDomain, ns: &str) -> Result<Referre
                     app_password_hashes.push((app.name.clone(), app_hash));
                 }
             }
+            // A script that is missing or does not compile is left out (the Mailbox's status
+            // says why); the mailbox is served without it.
+            let sieve_script = match sieve_script(ctx, mailbox).await? {
+                Script::Valid(text) => Some(text),
+                _ => None,
+            };
             referred.mailboxes.push(Hashed {
                 mailbox: mailbox.clone(),
                 password_hash: hash,
                 aliases: claim.aliases,
                 app_password_hashes,
+                sieve_script,
             });
         }
     }
@@ -482,6 +551,7 @@ fn build(md: &MailDomain, referred: &Referred, runtime: &objects::RuntimeOptions
             password_hash: h.password_hash.clone(),
             aliases: h.aliases.clone(),
             app_password_hashes: h.app_password_hashes.clone(),
+            sieve_script: h.sieve_script.clone(),
         })
         .collect();
     // Pods the RelayPolicy chooses by label relay by their addresses.
@@ -587,7 +657,7 @@ struct Observed {
 }
 
 /// The protocol groups, each one condition.
-const GROUPS: [(&str, probe::Kind, &[Protocol]); 4] = [
+const GROUPS: [(&str, probe::Kind, &[Protocol]); 5] = [
     (types::SMTP_READY, probe::Kind::Smtp, &[Protocol::Smtp]),
     (
         types::SUBMISSION_READY,
@@ -603,6 +673,11 @@ const GROUPS: [(&str, probe::Kind, &[Protocol]); 4] = [
         types::POP3_READY,
         probe::Kind::Pop3,
         &[Protocol::Pop3, Protocol::Pop3s],
+    ),
+    (
+        types::MANAGESIEVE_READY,
+        probe::Kind::Managesieve,
+        &[Protocol::Managesieve],
     ),
 ];
 

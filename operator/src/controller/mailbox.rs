@@ -8,7 +8,7 @@ use kubemail_crds::{MailDomain, Mailbox, MailboxStatus};
 
 use super::{
     Context, domain_of,
-    mail_domain::{Password, app_passwords, mailboxes_of, password_found},
+    mail_domain::{Password, Script, app_passwords, mailboxes_of, password_found, sieve_script},
 };
 use crate::{
     conditions::{self, reason, types},
@@ -157,6 +157,26 @@ async fn reconcile_once(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Acti
                     .collect::<Vec<_>>()
                     .join("; ")
             ),
+        ),
+    }
+    // Its Sieve script: served only when it is there and compiles.
+    match sieve_script(&ctx, &mailbox).await? {
+        Script::None => status
+            .conditions
+            .retain(|c| c.type_ != types::SIEVE_SCRIPT_VALID),
+        Script::Valid(_) => set(
+            &mut status.conditions,
+            types::SIEVE_SCRIPT_VALID,
+            true,
+            reason::READY,
+            "the script compiles and runs at delivery".into(),
+        ),
+        Script::Refused(why, message) => set(
+            &mut status.conditions,
+            types::SIEVE_SCRIPT_VALID,
+            false,
+            why,
+            format!("not run, mail goes to the user's script and INBOX: {message}"),
         ),
     }
     // What this Mailbox may have, decided as the domain's config is (render::claims).

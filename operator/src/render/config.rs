@@ -1,9 +1,9 @@
 //! The runtime config for one MailDomain.
 use kubemail_config::{
-    API_VERSION, Advertised, AppPasswordConfig, DkimConfig, DomainConfig, InboundChecks, KIND,
-    Limits, Listener, ListenerProtocol, LoginProtocol, MailboxConfig, RateConfig, RateLimitsConfig,
-    RawConfig, RelayConfig, RetryConfig, RouteConfig, RouteMode, Security, SmarthostConfig,
-    SmarthostTls, Storage, TlsFiles,
+    API_VERSION, Advertised, AppPasswordConfig, AutoReplyConfig, DkimConfig, DomainConfig,
+    InboundChecks, KIND, Limits, Listener, ListenerProtocol, LoginProtocol, MailboxConfig,
+    RateConfig, RateLimitsConfig, RawConfig, RelayConfig, RetryConfig, RouteConfig, RouteMode,
+    Security, SmarthostConfig, SmarthostTls, Storage, TlsFiles,
 };
 use kubemail_crds::{
     MailDomain, Mailbox, Protocol, RelayPolicy,
@@ -25,6 +25,8 @@ pub struct HashedMailbox<'a> {
     pub aliases: Vec<String>,
     /// The hashes of its app passwords whose Secrets were found, by name.
     pub app_password_hashes: Vec<(String, String)>,
+    /// Its Sieve script, when it was found and compiles.
+    pub sieve_script: Option<String>,
 }
 
 fn login_protocols(protocols: &[MailboxProtocol]) -> Vec<LoginProtocol> {
@@ -47,6 +49,7 @@ fn listener_protocol(p: Protocol) -> ListenerProtocol {
         Protocol::Imaps => ListenerProtocol::Imaps,
         Protocol::Pop3 => ListenerProtocol::Pop3,
         Protocol::Pop3s => ListenerProtocol::Pop3s,
+        Protocol::Managesieve => ListenerProtocol::Managesieve,
     }
 }
 
@@ -89,38 +92,47 @@ pub fn runtime_config(
     };
     let mut sorted: Vec<&HashedMailbox<'_>> = mailboxes.iter().collect();
     sorted.sort_by(|a, b| a.mailbox.spec.address.cmp(&b.mailbox.spec.address));
-    let mailboxes: Vec<MailboxConfig> = sorted
-        .into_iter()
-        .map(|m| {
-            let s = &m.mailbox.spec;
-            MailboxConfig {
-                address: s.address.clone(),
-                display_name: s.display_name.clone(),
-                password_hash: m.password_hash.clone(),
-                aliases: m.aliases.clone(),
-                forward_to: s.forward_to.clone(),
-                keep_forwarded_copy: s.keep_forwarded_copy,
-                quota_bytes: s.quota.as_deref().and_then(quantity::bytes),
-                protocols: login_protocols(&s.protocols),
-                suspended: s.suspended,
-                app_passwords: s
-                    .app_passwords
-                    .iter()
-                    .filter_map(|app| {
-                        let (_, hash) =
-                            m.app_password_hashes.iter().find(|(n, _)| *n == app.name)?;
-                        Some(AppPasswordConfig {
-                            name: app.name.clone(),
-                            password_hash: hash.clone(),
-                            protocols: login_protocols(&app.protocols),
+    let mailboxes: Vec<MailboxConfig> =
+        sorted
+            .into_iter()
+            .map(|m| {
+                let s = &m.mailbox.spec;
+                MailboxConfig {
+                    address: s.address.clone(),
+                    display_name: s.display_name.clone(),
+                    password_hash: m.password_hash.clone(),
+                    aliases: m.aliases.clone(),
+                    forward_to: s.forward_to.clone(),
+                    keep_forwarded_copy: s.keep_forwarded_copy,
+                    quota_bytes: s.quota.as_deref().and_then(quantity::bytes),
+                    protocols: login_protocols(&s.protocols),
+                    suspended: s.suspended,
+                    app_passwords: s
+                        .app_passwords
+                        .iter()
+                        .filter_map(|app| {
+                            let (_, hash) =
+                                m.app_password_hashes.iter().find(|(n, _)| *n == app.name)?;
+                            Some(AppPasswordConfig {
+                                name: app.name.clone(),
+                                password_hash: hash.clone(),
+                                protocols: login_protocols(&app.protocols),
+                            })
                         })
-                    })
-                    .collect(),
-                auto_reply: None,
-                sieve_script: None,
-            }
-        })
-        .collect();
+                        .collect(),
+                    auto_reply: s.auto_reply.as_ref().filter(|r| r.enabled).map(|r| {
+                        AutoReplyConfig {
+                            subject: r.subject.clone(),
+                            body: r.body.clone(),
+                            start: r.start.as_ref().map(|t| t.0.as_second()),
+                            end: r.end.as_ref().map(|t| t.0.as_second()),
+                            days: u32::try_from(r.days.clamp(1, 365)).unwrap_or(7),
+                        }
+                    }),
+                    sieve_script: m.sieve_script.clone(),
+                }
+            })
+            .collect();
     let relay = relay.map_or_else(RelayConfig::default, relay_config);
     let limits = &spec.limits;
     RawConfig {
@@ -173,6 +185,7 @@ pub fn runtime_config(
             imaps: port(Protocol::Imaps),
             pop3: port(Protocol::Pop3),
             pop3s: port(Protocol::Pop3s),
+            managesieve: port(Protocol::Managesieve),
             ..Advertised::default()
         },
     }

@@ -13,7 +13,7 @@ fn record(purpose: &str, type_: &str, name: String, value: String) -> DnsRecord 
 }
 
 /// MX and SPF for the domain and its alias domains, DKIM (when a public key is given), DMARC,
-/// and the RFC 6186 SRV records of the enabled client protocols.
+/// and the RFC 6186 SRV records of the enabled client protocols (RFC 5804's for ManageSieve).
 pub fn records(md: &MailDomain, dkim_public: Option<&str>) -> Vec<DnsRecord> {
     let host = hostname(md);
     let domain = &md.spec.domain;
@@ -48,6 +48,8 @@ pub fn records(md: &MailDomain, dkim_public: Option<&str>) -> Vec<DnsRecord> {
         (Protocol::Imap, "_imap"),
         (Protocol::Pop3s, "_pop3s"),
         (Protocol::Pop3, "_pop3"),
+        // RFC 5804 s1.8.
+        (Protocol::Managesieve, "_sieve"),
     ] {
         let Some((_, spec)) = md.spec.protocols.iter().find(|(p, _)| *p == protocol) else {
             continue;
@@ -59,7 +61,11 @@ pub fn records(md: &MailDomain, dkim_public: Option<&str>) -> Vec<DnsRecord> {
             "0 0 0 .".to_string()
         };
         out.push(record(
-            &format!("RFC 6186 {}", protocol.field()),
+            &if protocol == Protocol::Managesieve {
+                "RFC 5804 managesieve".to_string()
+            } else {
+                format!("RFC 6186 {}", protocol.field())
+            },
             "SRV",
             format!("{service}._tcp.{domain}."),
             value,

@@ -29,6 +29,7 @@ pub fn container_port(protocol: Protocol) -> i32 {
         Protocol::Imaps => 2993,
         Protocol::Pop3 => 2110,
         Protocol::Pop3s => 2995,
+        Protocol::Managesieve => 4190,
     }
 }
 

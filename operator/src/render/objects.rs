@@ -248,6 +248,7 @@ pub fn deployment(
             Protocol::Smtp | Protocol::Submission | Protocol::Submissions => "smtp",
             Protocol::Imap | Protocol::Imaps => "imap",
             Protocol::Pop3 | Protocol::Pop3s => "pop3",
+            Protocol::Managesieve => "managesieve",
         };
         let mut command = vec![
             options.binary.clone(),

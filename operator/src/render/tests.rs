@@ -38,6 +38,7 @@ fn runtime_config_is_stable_and_holds_only_hashes() {
         password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
         aliases: m.spec.aliases.clone(),
         app_password_hashes: Vec::new(),
+        sieve_script: None,
     };
     // Order of input does not matter.
     let a = runtime_config(&md, &[hashed(&jane), hashed(&john)], Some(&relay));
@@ -70,6 +71,7 @@ fn app_passwords_are_rendered_with_their_protocols_and_only_when_their_secret_wa
         password_hash: hash.into(),
         aliases: Vec::new(),
         app_password_hashes: vec![("phone".into(), format!("{hash}-phone"))],
+        sieve_script: None,
     };
     let config = runtime_config(&md, &[hashed], None);
     let apps = &config.mailboxes[0].app_passwords;
@@ -85,6 +87,7 @@ fn app_passwords_are_rendered_with_their_protocols_and_only_when_their_secret_wa
             password_hash: hash.into(),
             aliases: Vec::new(),
             app_password_hashes: Vec::new(),
+            sieve_script: None,
         }],
         None,
     ));
