@@ -528,6 +528,8 @@ fn answer(
     vacation: &Vacation,
 ) {
     let own = own_addresses(config, mailbox, &vacation.addresses);
+    // A script's `:addresses` widen whom the mailbox answers for, never whom it may send as.
+    let senders = own_addresses(config, mailbox, &[]);
     if let Some(why) = kubemail_sieve::vacation::refusal(message, from, &own) {
         tracing::debug!(mailbox, why, "sieve: no vacation reply");
         return;
@@ -555,7 +557,8 @@ fn answer(
         return;
     }
     let id = format!("<{}@{}>", crate::outbound::new_id(), config.raw.hostname);
-    let reply = match kubemail_sieve::vacation::compose(vacation, message, from, &own, now, &id) {
+    let reply = match kubemail_sieve::vacation::compose(vacation, message, from, &senders, now, &id)
+    {
         Ok(r) => r,
         Err(err) => {
             tracing::warn!(mailbox, error = %err, "sieve: vacation reply cannot be written");

@@ -211,13 +211,63 @@ fn vacation_answers_a_person_once_and_never_lists_robots_or_bounces() {
             .is_some_and(|a| a.starts_with("auto-replied")),
         "{bob}"
     );
-    // A reply never answers a reply: alice's vacation does not answer bob's auto-reply
-    // either (bob has none here, but alice getting her own reply back must not loop).
+    assert!(
+        replies[0]["from"]
+            .as_str()
+            .is_some_and(|f| f.contains(ALICE)),
+        "{bob}"
+    );
     let metrics = common::http_get(&dev, "/metrics");
     assert!(
         metrics.contains("kubemail_sieve_replies_total 1"),
         "{metrics}"
     );
+}
+
+#[test]
+fn vacation_cannot_send_as_someone_else_and_two_auto_repliers_stop() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    // `:addresses` may widen whom alice answers for; `:from` may still only be her own.
+    activate(
+        &dev,
+        tmp.path(),
+        "spoof",
+        "require \"vacation\";\nvacation :addresses [\"ceo@bank.example\"] :from \"CEO <ceo@bank.example>\" :subject \"from alice\" \"away\";\n",
+    );
+    // bob is on vacation too: each answers the other once, and the replies are not answered.
+    let bob_file = tmp.path().join("bob.sieve");
+    std::fs::write(
+        &bob_file,
+        "require \"vacation\";\nvacation :subject \"from bob\" \"also away\";\n",
+    )
+    .expect("file");
+    for args in [
+        vec![
+            "--upload",
+            "--localsieve",
+            bob_file.to_str().expect("path"),
+            "--remotesieve",
+            "away",
+        ],
+        vec!["--activate", "--remotesieve", "away"],
+    ] {
+        let (ok, out) = sieve_connect(&dev, BOB, &args);
+        assert!(ok, "{out}");
+    }
+    assert_eq!(send(&dev, BOB, ALICE, "hello alice", &[]), "sent");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let bob = folders(&dev, BOB, &[]);
+    let alice = folders(&dev, ALICE, &[]);
+    // bob: alice's one reply, from alice (not the CEO).
+    assert_eq!(subjects(&bob["INBOX"]), ["from alice"], "{bob}");
+    let from = bob["INBOX"][0]["from"].as_str().unwrap_or_default();
+    assert!(
+        from.contains(ALICE) && !from.contains("bank.example"),
+        "{from}"
+    );
+    // alice: bob's message only; bob's vacation never answered alice's automatic reply.
+    assert_eq!(subjects(&alice["INBOX"]), ["hello alice"], "{alice}");
 }
 
 #[test]

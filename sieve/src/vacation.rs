@@ -77,13 +77,14 @@ pub fn refusal(message: &[u8], sender: &str, own: &[String]) -> Option<&'static 
     None
 }
 
-/// The reply to `original`, from the mailbox (or the action's `:from` when it is one of the
-/// mailbox's addresses) to `sender`. `own[0]` is the mailbox's address.
+/// The reply to `original`, from the mailbox (or the action's `:from` when it is one of
+/// `senders`, the addresses the mailbox may send as: its own first, then its aliases; never
+/// what a script's `:addresses` claims) to `sender`.
 pub fn compose(
     vacation: &Vacation,
     original: &[u8],
     sender: &str,
-    own: &[String],
+    senders: &[String],
     now: i64,
     message_id: &str,
 ) -> std::io::Result<Vec<u8>> {
@@ -108,9 +109,9 @@ pub fn compose(
                 .with_address_headers()
                 .parse_headers(field.as_bytes())?;
             let address = list.from()?.first()?.address()?.to_ascii_lowercase();
-            own.contains(&address).then_some(address)
+            senders.contains(&address).then_some(address)
         })
-        .or_else(|| own.first().cloned())
+        .or_else(|| senders.first().cloned())
         .unwrap_or_default();
     let mut references: Vec<String> = Vec::new();
     let mut in_reply_to = None;

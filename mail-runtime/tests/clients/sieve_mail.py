@@ -6,7 +6,8 @@ usage:
   sieve_mail.py mx HOST PORT MAIL_FROM TO SUBJECT [HEADER: value ...]
       port 25 without login, MAIL FROM as given ("" for the null sender)
   sieve_mail.py folders HOST IMAPS USER PASSWORD FOLDER...
-      prints a JSON object: folder -> [{"subject", "auto_submitted", "flags"}], INBOX included
+      prints a JSON object: folder -> [{"subject", "from", "auto_submitted", "flags"}], INBOX
+      included
 """
 import email
 import imaplib
@@ -72,6 +73,7 @@ elif command == "folders":
             flags = imaplib.ParseFlags(item[0])
             found.append({
                 "subject": header.get("Subject", ""),
+                "from": header.get("From", ""),
                 "auto_submitted": header.get("Auto-Submitted", ""),
                 "flags": sorted(f.decode() for f in flags if f != b"\\Recent"),
             })
