@@ -1,7 +1,9 @@
 //! Match types and comparators (RFC 5228 s2.7, RFC 4790, RFC 5231): how one value is compared
-//! with one key. `:matches` is turned into a regular expression, so its wildcards (greedy, as
-//! RFC 5229 s3.2 says) and `:regex` both run on the `regex` crate, whose time is linear in the
-//! input: no pattern a script brings can make a match take exponential time.
+//! with one key. `:matches` is turned into a regular expression, so its wildcards and `:regex`
+//! both run on the `regex` crate, whose time is linear in the input: no pattern a script
+//! brings can make a match take exponential time. Each wildcard takes as little as it can
+//! (RFC 5229 s3.2's examples: `"[*] *"` on `[acme-users] [fwd] ...` gives `acme-users` first),
+//! as Pigeonhole does.
 
 use std::{cmp::Ordering, collections::HashMap};
 
@@ -30,7 +32,7 @@ fn glob(pattern: &str, comparator: Comparator) -> Result<Regex, String> {
     let mut chars = pattern.chars();
     while let Some(c) = chars.next() {
         match c {
-            '*' => re.push_str("(.*)"),
+            '*' => re.push_str("(.*?)"),
             '?' => re.push_str("(.)"),
             '\\' => {
                 if let Some(next) = chars.next() {
@@ -177,15 +179,28 @@ mod tests {
     }
 
     #[test]
-    fn wildcards_are_greedy_and_escapes_literal() {
-        // RFC 5229 s3.2's example: ${1} holds "acme-users] [fwd".
+    fn wildcards_take_as_little_as_they_can_and_escapes_are_literal() {
+        // RFC 5229 s3.2's examples.
         let (hit, captures) = m(
             MatchKind::Matches,
             "[acme-users] [fwd] version 1.0 is out",
             "[*] *",
         );
         assert!(hit);
-        assert_eq!(captures.expect("captures")[1], "acme-users] [fwd");
+        let captures = captures.expect("captures");
+        assert_eq!(captures[1], "acme-users");
+        assert_eq!(captures[2], "[fwd] version 1.0 is out");
+        let (hit, captures) = m(
+            MatchKind::Matches,
+            "coyote@ACME.Example.COM",
+            "coyote@**.com",
+        );
+        assert!(hit);
+        let captures = captures.expect("captures");
+        assert_eq!(
+            (captures[1].as_str(), captures[2].as_str()),
+            ("", "ACME.Example")
+        );
         assert!(m(MatchKind::Matches, "a*b", "a\\*b").0);
         assert!(!m(MatchKind::Matches, "axb", "a\\*b").0);
         assert!(m(MatchKind::Matches, "MAKE MONEY", "*money*").0);
