@@ -1591,6 +1591,24 @@ async fn sieve_scripts_and_auto_replies_are_rendered_and_a_broken_script_is_repo
     let (_, raw, _) = config(&client, &ns).await.expect("config");
     assert_eq!(hana_of(&raw).expect("hana").sieve_script, None);
 
+    // A hostile one: 6,000 rules. Refused with the reason, quickly, never served.
+    let huge: String = "if true { keep; }\n".repeat(3000);
+    apply(&client, &ns, rules(&huge)).await;
+    let (_, message) = eventually("the huge script reported", || async {
+        let mbx = Api::<Mailbox>::namespaced(client.clone(), &ns)
+            .get_opt("hana")
+            .await
+            .ok()??;
+        let c = mbx
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "SieveScriptValid" && c.message.contains("more than"))?;
+        Some((c.reason, c.message))
+    })
+    .await;
+    assert!(message.contains("4096 commands and tests"), "{message}");
+
     // Fixed: served as written, and the condition turns True.
     let good = "require \"fileinto\";\nif header :contains \"subject\" \"invoice\" { fileinto \"Invoices\"; }\n";
     apply(&client, &ns, rules(good)).await;
