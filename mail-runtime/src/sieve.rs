@@ -55,23 +55,31 @@ impl Decision {
 type CompiledScript = Result<Arc<Script>, String>;
 
 /// Compiled scripts by the hash of their text, so a busy mailbox's script is compiled once.
+/// Bounded by the source bytes it holds (a compiled script is a small multiple of its
+/// source): past [`CACHE_SOURCE_BYTES`] it starts afresh.
 #[derive(Debug, Default)]
-pub struct Compiled(Mutex<HashMap<[u8; 32], CompiledScript>>);
+pub struct Compiled(Mutex<(HashMap<[u8; 32], CompiledScript>, usize)>);
+
+/// The most script source the cache stands for.
+const CACHE_SOURCE_BYTES: usize = 16 << 20;
 
 impl Compiled {
     pub fn get(&self, text: &str) -> CompiledScript {
         let key: [u8; 32] = Sha256::digest(text.as_bytes()).into();
-        let mut cache = self.0.lock().expect("script cache");
+        let mut guard = self.0.lock().expect("script cache");
+        let (cache, bytes) = &mut *guard;
         if let Some(found) = cache.get(&key) {
             return found.clone();
         }
-        if cache.len() >= 1024 {
+        if *bytes + text.len() > CACHE_SOURCE_BYTES {
             cache.clear();
+            *bytes = 0;
         }
         let compiled = kubemail_sieve::compile(text)
             .map(Arc::new)
             .map_err(|e| e.to_string());
         cache.insert(key, compiled.clone());
+        *bytes += text.len();
         compiled
     }
 }
@@ -125,7 +133,13 @@ pub fn decide(
             tracing::warn!(mailbox, error = %err, "sieve: scripts cannot be listed; delivering to INBOX")
         }
     }
-    let folders = store.folders(mailbox).unwrap_or_default();
+    // The store keeps IMAP's names (modified UTF-7); scripts name folders in UTF-8.
+    let folders: Vec<String> = store
+        .folders(mailbox)
+        .unwrap_or_default()
+        .iter()
+        .map(|f| crate::imap::mutf7::decode(f).unwrap_or_else(|| f.clone()))
+        .collect();
     let envelope = Envelope {
         from: from.to_string(),
         to: mailbox.to_string(),
@@ -271,6 +285,7 @@ pub fn placements(store: &dyn Store, decisions: &[Decision]) -> Vec<Placement> {
     let mut out = Vec::new();
     for d in decisions {
         for folder in &d.create {
+            let folder = &crate::imap::mutf7::encode(folder);
             match store.create_folder(&d.mailbox, folder) {
                 Ok(()) | Err(StoreError::FolderExists(_)) => {}
                 Err(err) => {
@@ -280,8 +295,11 @@ pub fn placements(store: &dyn Store, decisions: &[Decision]) -> Vec<Placement> {
         }
         let existing = store.folders(&d.mailbox).unwrap_or_default();
         for (folder, flags) in &d.stores {
-            let folder = if existing.contains(folder) || folder.eq_ignore_ascii_case(INBOX) {
-                folder.clone()
+            let wire = crate::imap::mutf7::encode(folder);
+            let folder = if folder.eq_ignore_ascii_case(INBOX) {
+                INBOX.to_string()
+            } else if existing.contains(&wire) {
+                wire
             } else {
                 INBOX.to_string()
             };
@@ -413,17 +431,26 @@ fn now() -> DateTime<FixedOffset> {
         .fixed_offset()
 }
 
-/// Whether one more message from `mailbox` fits the relay rate limits (counted if it does).
+/// Mail a mailbox's rules may send out (redirects, replies, notices) per hour, whatever the
+/// RelayPolicy says: one message must not turn into a flood.
+pub const SIEVE_SENDS_PER_HOUR: u32 = 100;
+
+/// Whether one more message from `mailbox`'s rules fits the rate limits: the rules' own, and
+/// the relay's for the mailbox's sending (counted against all if it fits).
 fn within_rate(runtime: &crate::runtime::Runtime, config: &Config, mailbox: &str) -> bool {
     let rates = &config.raw.relay.rate_limits;
-    let mut limits = Vec::new();
+    let own = crate::config::RateConfig {
+        messages: SIEVE_SENDS_PER_HOUR,
+        period_seconds: 3600,
+    };
+    let mut limits = vec![(format!("sieve:{mailbox}"), &own)];
     if let Some(rate) = &rates.per_sender {
         limits.push((format!("user:{mailbox}"), rate));
     }
     if let Some(rate) = &rates.total {
         limits.push(("*".to_string(), rate));
     }
-    limits.is_empty() || runtime.outbound().rates.take(&limits)
+    runtime.outbound().rates.take(&limits)
 }
 
 /// Sends bytes to one address: a local mailbox's INBOX, or the outbound queue. `sender` is the
@@ -556,7 +583,7 @@ fn answer(
         );
         return;
     }
-    let id = format!("<{}@{}>", crate::outbound::new_id(), config.raw.hostname);
+    let id = format!("{}@{}", crate::outbound::new_id(), config.raw.hostname);
     let reply = match kubemail_sieve::vacation::compose(vacation, message, from, &senders, now, &id)
     {
         Ok(r) => r,
@@ -588,6 +615,13 @@ fn rejection_notice(
     if from.is_empty() {
         return;
     }
+    if matches!(config.resolve(from), Recipient::Remote) && !within_rate(runtime, config, mailbox) {
+        tracing::warn!(
+            mailbox,
+            "sieve: rejection notice not sent: the rate limit is reached"
+        );
+        return;
+    }
     let subject = crate::outbound::dsn::header_of(message)
         .split(|b| *b == b'\n')
         .find(|l| l.len() > 8 && l[..8].eq_ignore_ascii_case(b"subject:"))
@@ -600,6 +634,11 @@ fn rejection_notice(
         ))
         .to(from.to_string())
         .subject(format!("Rejected: {subject}"))
+        .message_id(format!(
+            "{}@{}",
+            crate::outbound::new_id(),
+            config.raw.hostname
+        ))
         .header(
             "Auto-Submitted",
             mail_builder::headers::raw::Raw::new("auto-replied (rejected)"),

@@ -110,6 +110,8 @@ fn scripts_uploaded_over_managesieve_file_mail_into_folders() {
 # Work mail goes to its folder, flagged.
 if header :contains "subject" "work" {
     fileinto :create :flags "\\Flagged $Work" "Work";
+} elsif header :contains "subject" "rechnung" {
+    fileinto :create "Büro/Rechnungen & Belege";
 }
 "#;
     activate(&dev, tmp.path(), "rules", script);
@@ -151,6 +153,17 @@ if header :contains "subject" "work" {
     for m in found["Work"].as_array().expect("work") {
         assert_eq!(m["flags"], serde_json::json!(["$Work", "\\Flagged"]), "{m}");
     }
+    // A folder named in UTF-8 by the script is the one IMAP clients see under its modified
+    // UTF-7 name (RFC 3501 s5.1.3), not a raw-UTF-8 folder only some clients can open.
+    assert_eq!(send(&dev, BOB, ALICE, "Rechnung 42", &[]), "sent");
+    let imap_name = mail_runtime::imap::mutf7::encode("Büro/Rechnungen & Belege");
+    assert_eq!(imap_name, "B&APw-ro/Rechnungen &- Belege");
+    let found = folders(&dev, ALICE, &[&imap_name]);
+    assert_eq!(
+        subjects(&found[imap_name.as_str()]),
+        ["Rechnung 42"],
+        "{found}"
+    );
     // bob has no script: his mail is untouched by alice's.
     assert_eq!(send(&dev, ALICE, BOB, "work for bob", &[]), "sent");
     assert_eq!(
@@ -354,4 +367,33 @@ fn hostile_and_broken_scripts_never_cost_a_message() {
     );
     assert_eq!(subjects(&folders(&dev, BOB, &[])["INBOX"]), ["for bob"]);
     assert_eq!(subjects(&folders(&dev, ALICE, &[])["INBOX"]).len(), 2);
+    // Four remote redirects per message, 30 messages from outside: the rules' own limit
+    // (100 an hour) stops the flood at 25 messages; the other 5 stay in alice's INBOX.
+    activate(
+        &dev,
+        tmp.path(),
+        "flood",
+        "redirect \"r1@remote.example\"; redirect \"r2@remote.example\";\n\
+         redirect \"r3@remote.example\"; redirect \"r4@remote.example\";\n",
+    );
+    let mx = dev.port("smtp").to_string();
+    assert_eq!(
+        mail(&[
+            "mx",
+            "127.0.0.1",
+            &mx,
+            "carol@outside.example.org",
+            ALICE,
+            "flood",
+            "--count",
+            "30"
+        ]),
+        "sent"
+    );
+    let inbox = subjects(&folders(&dev, ALICE, &[])["INBOX"]);
+    let kept: Vec<&String> = inbox.iter().filter(|s| s.starts_with("flood")).collect();
+    assert_eq!(kept.len(), 5, "{inbox:?}");
+    let status: serde_json::Value =
+        serde_json::from_str(&common::http_get(&dev, "/usage")).expect("usage JSON");
+    assert_eq!(status["queueDepth"], 100, "{status}");
 }

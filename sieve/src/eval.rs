@@ -261,7 +261,13 @@ impl Run<'_> {
                 if !crate::valid_address(&address) {
                     return Err(format!("redirect: {address:?} is not an address"));
                 }
-                self.redirects += 1;
+                // The same address twice is one redirect (the actions are merged).
+                let known = self.actions.iter().any(|a| {
+                    matches!(a, Action::Redirect { address: x } if x.eq_ignore_ascii_case(&address))
+                });
+                if !known {
+                    self.redirects += 1;
+                }
                 if self.redirects > MAX_REDIRECTS {
                     return Err(format!("more than {MAX_REDIRECTS} redirects"));
                 }
@@ -464,9 +470,11 @@ impl Run<'_> {
                 let mut values = Vec::new();
                 for name in names {
                     for raw in self.mail.values(&self.expand(name)) {
+                        self.budget = self.budget.saturating_sub(1 + raw.len() as u64 / 64);
                         values.push(decode(raw));
                     }
                 }
+                self.spend(1)?;
                 self.compare(matcher, &values, keys)?
             }
             Test::Address {
@@ -478,9 +486,11 @@ impl Run<'_> {
                 let mut values = Vec::new();
                 for name in names {
                     for raw in self.mail.values(&self.expand(name)) {
+                        self.budget = self.budget.saturating_sub(1 + raw.len() as u64 / 64);
                         values.extend(addresses(raw).iter().map(|a| address_part(a, *part)));
                     }
                 }
+                self.spend(1)?;
                 self.compare(matcher, &values, keys)?
             }
             Test::Envelope {
@@ -512,6 +522,8 @@ impl Run<'_> {
                 keys,
             } => {
                 let values = self.mail.body(transform);
+                let read: u64 = values.iter().map(|v| v.len() as u64 / 64).sum();
+                self.spend(1 + read)?;
                 self.compare(matcher, &values, keys)?
             }
             Test::String {
@@ -609,7 +621,7 @@ impl Run<'_> {
         }
         for value in values {
             for key in &keys {
-                self.spend(1 + (value.len() + key.len()) as u64 / 256)?;
+                self.spend(matching::cost(matcher.kind, value, key))?;
                 let mut captures = None;
                 if matching::value_matches(
                     matcher.kind,
@@ -690,9 +702,11 @@ fn split_flags(lists: impl IntoIterator<Item = String>) -> Vec<String> {
 }
 
 fn valid_folder(name: &str) -> bool {
+    // Bidirectional overrides would let a folder's name show as another's.
+    let bidi = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
     !name.is_empty()
         && name.len() <= 255
-        && !name.chars().any(char::is_control)
+        && !name.chars().any(|c| c.is_control() || bidi(c))
         && !name
             .split('/')
             .any(|part| part.is_empty() || part == "." || part == "..")

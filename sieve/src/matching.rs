@@ -11,8 +11,11 @@ use regex::{Regex, RegexBuilder};
 
 use crate::script::{Comparator, MatchKind, Relation};
 
-/// Compiled programs stay under this many bytes each.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Compiled programs, and each one's lazy DFA, stay under this many bytes.
+const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+/// Patterns one run keeps compiled; past this the cache starts afresh (each compiled pattern
+/// holds its own search caches, so the count bounds the memory a run takes).
+const CACHED_PATTERNS: usize = 32;
 
 /// A pattern as `:regex` takes it (POSIX extended, as far as the `regex` crate reads it).
 pub(crate) fn regex(pattern: &str, comparator: Comparator) -> Result<Regex, String> {
@@ -22,7 +25,15 @@ pub(crate) fn regex(pattern: &str, comparator: Comparator) -> Result<Regex, Stri
         .size_limit(REGEX_SIZE_LIMIT)
         .dfa_size_limit(REGEX_SIZE_LIMIT)
         .build()
-        .map_err(|e| format!("the regular expression {pattern:?} is invalid: {e}"))
+        .map_err(|e| {
+            let shown: String = pattern.chars().take(60).collect();
+            let cut = if shown.len() < pattern.len() {
+                "..."
+            } else {
+                ""
+            };
+            format!("the regular expression {shown:?}{cut} is refused: {e}")
+        })
 }
 
 /// `:matches`'s wildcards as a regular expression: `*` any run, `?` one character, `\`
@@ -63,6 +74,9 @@ impl Cache {
             key.to_string(),
         );
         if !self.0.contains_key(&id) {
+            if self.0.len() >= CACHED_PATTERNS {
+                self.0.clear();
+            }
             // A run compiles a bounded number of patterns: the script's keys, each once.
             let built = if glob_pattern {
                 glob(key, comparator)?
@@ -120,6 +134,19 @@ pub(crate) fn relation_holds(relation: Relation, ordering: Ordering) -> bool {
     }
 }
 
+/// What comparing `value` with `key` costs, in the run's work units, before it is done: a
+/// pattern search can step through every byte of the value for every part of the pattern, a
+/// substring search through every byte once.
+pub(crate) fn cost(kind: MatchKind, value: &str, key: &str) -> u64 {
+    let (v, k) = (value.len() as u64, key.len() as u64);
+    match kind {
+        // About 4 of the matcher's steps a unit: a whole budget is a quarter of a second.
+        MatchKind::Matches | MatchKind::Regex => 1 + v.saturating_mul(k + 8) / 4,
+        MatchKind::Contains => 1 + (v + k) / 16,
+        _ => 1 + v.min(k) / 64,
+    }
+}
+
 /// Whether `value` matches `key`. On a `:matches` or `:regex` match, `captures` gets the
 /// match variables (`${0}` the whole value, then one per wildcard or group).
 pub(crate) fn value_matches(
@@ -140,6 +167,11 @@ pub(crate) fn value_matches(
         },
         MatchKind::Matches | MatchKind::Regex => {
             let re = cache.get(kind == MatchKind::Matches, comparator, key)?;
+            // Most values do not match: the lazy DFA says so in one pass; groups are found
+            // (by the slower engine) only for a value that matches.
+            if !re.is_match(value) {
+                return Ok(false);
+            }
             match re.captures(value) {
                 Some(found) => {
                     *captures = Some(

@@ -560,6 +560,21 @@ if string :is "${n}" "4096" { discard; }"#;
     let long = format!("Subject: {}\r\n\r\nx\r\n", "a".repeat(100_000));
     let backtrack = r#"if header :matches "subject" "*a*a*a*a*a*a*a*a*a*a*a*a*a*a*b" { discard; }"#;
     assert_eq!(actions(backtrack, &long), [keep()]);
+    // An outside tester's script: a 900 KB header searched with 200 long wildcard patterns.
+    // The budget counts a pattern search by the bytes it may step through, so the run ends
+    // early and the message is kept.
+    let k = "a".repeat(800);
+    let keys: Vec<String> = (0..200).map(|i| format!("\"*${{k}}*b{i}\"")).collect();
+    let heavy = format!(
+        "require \"variables\"; set \"k\" \"{k}\";\nif header :matches \"X-Big\" [{}] {{ discard; }}",
+        keys.join(",")
+    );
+    let big = format!("X-Big: {}\r\n\r\nx\r\n", "a".repeat(900_000));
+    let started = std::time::Instant::now();
+    let outcome = outcome_with(&heavy, &big, &Envelope::default(), &[]);
+    assert!(outcome.error.unwrap().contains("share of work"));
+    assert_eq!(outcome.actions, [keep()]);
+    eprintln!("the heavy script ended after {:?}", started.elapsed());
     // A script bigger than the limit is refused.
     assert!(compile(&"#".repeat(kubemail_sieve::MAX_SCRIPT_BYTES + 1)).is_err());
 }

@@ -12,6 +12,8 @@ pub const MAX_LITERAL: usize = kubemail_sieve::MAX_SCRIPT_BYTES + 1024;
 pub const MAX_SCRIPTS: usize = 16;
 /// Errors in a row before the session is closed.
 const MAX_ERRORS: u32 = 10;
+/// Failed logins before the session is closed (the address's failed-login limit applies too).
+const MAX_FAILED_LOGINS: u32 = 3;
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,8 +76,12 @@ pub struct Session {
     host: String,
     buf: Vec<u8>,
     errors: u32,
+    failed_logins: u32,
     /// A literal too large is skipped: bytes still to throw away.
     skip: usize,
+    /// After an error in a line whose end has not come yet, the rest of that line is thrown
+    /// away: it must never be read as a command of its own.
+    discard_line: bool,
 }
 
 /// A string as ManageSieve sends it: quoted, or a literal when it spans lines.
@@ -110,7 +116,9 @@ impl Session {
             host: host.to_string(),
             buf: Vec::new(),
             errors: 0,
+            failed_logins: 0,
             skip: 0,
+            discard_line: false,
         };
         let greeting = Output::Send(session.capabilities(&format!("{host} ManageSieve ready")));
         session.state = State::Greeting;
@@ -158,6 +166,15 @@ impl Session {
             self.skip -= n;
             bytes = &bytes[n..];
         }
+        if self.discard_line {
+            match bytes.iter().position(|b| *b == b'\n') {
+                Some(end) => {
+                    self.discard_line = false;
+                    bytes = &bytes[end + 1..];
+                }
+                None => return outputs,
+            }
+        }
         self.buf.extend_from_slice(bytes);
         while self.state != State::Closed {
             match parse(&self.buf) {
@@ -195,8 +212,25 @@ impl Session {
                             "the script is too large",
                         )));
                     } else {
+                        let ended = consumed > 0 && self.buf.get(consumed - 1) == Some(&b'\n');
                         self.buf.drain(..consumed);
+                        if !ended {
+                            // The rest of this line is still to come: drop it as it does.
+                            match self.buf.iter().position(|b| *b == b'\n') {
+                                Some(end) => {
+                                    self.buf.drain(..=end);
+                                }
+                                None => {
+                                    self.buf.clear();
+                                    self.discard_line = true;
+                                }
+                            }
+                        }
                         outputs.push(Output::Send(no(None, why)));
+                        if self.discard_line {
+                            self.errors += 1;
+                            break;
+                        }
                     }
                     self.errors += 1;
                     if self.errors >= MAX_ERRORS {
@@ -359,8 +393,14 @@ impl Session {
                 vec![Output::Send(ok("logged in"))]
             }
             Err(why) => {
-                self.errors += 1;
-                vec![Output::Send(no(None, why))]
+                self.failed_logins += 1;
+                let mut out = vec![Output::Send(no(None, why))];
+                if self.failed_logins >= MAX_FAILED_LOGINS {
+                    out.push(Output::Send(b"BYE \"too many failed logins\"\r\n".to_vec()));
+                    out.push(Output::Close);
+                    self.state = State::Closed;
+                }
+                out
             }
         }
     }
@@ -409,7 +449,12 @@ fn declared_literal(line: &[u8]) -> usize {
 fn parse(buf: &[u8]) -> Parsed {
     let mut words = Vec::new();
     let mut i = 0;
+    // Bytes of literals so far: a line is bounded without them.
+    let mut literal_bytes = 0;
     loop {
+        if i - literal_bytes > MAX_LINE {
+            return Parsed::Error(i, "line too long");
+        }
         while i < buf.len() && buf[i] == b' ' {
             i += 1;
         }
@@ -501,6 +546,7 @@ fn parse(buf: &[u8]) -> Parsed {
                     return Parsed::Error(start + n, "a literal is not UTF-8");
                 };
                 words.push(Word::Str(text));
+                literal_bytes += start + n - i;
                 i = start + n;
             }
             _ => {
@@ -610,6 +656,41 @@ mod tests {
         assert!(s.feed(&vec![b'x'; s.skip]).is_empty());
         assert!(sent(&s.feed(b"\r\nCHECKSCRIPT \"kep;\"\r\n")).contains("NO"));
         assert!(sent(&s.feed(b"CHECKSCRIPT \"keep;\"\r\n")).starts_with("OK"));
+    }
+
+    #[test]
+    fn the_rest_of_a_refused_line_is_never_a_command() {
+        let (mut s, _) = Session::new("h", true, true);
+        s.state = State::Authenticated;
+        // An outside tester's smuggling: too many words, then a command in the same line,
+        // sent in two pieces.
+        let mut line = b"NOOP A A A A A A A A A A".to_vec();
+        let out = s.feed(&line);
+        assert!(sent(&out).starts_with("NO"), "{}", sent(&out));
+        line = b" PUTSCRIPT \"smuggled\" {5+}\r\nkeep;\r\n".to_vec();
+        let out = s.feed(&line);
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Request(_))),
+            "{out:?}"
+        );
+        // The next line is a command again.
+        assert_eq!(s.feed(b"LISTSCRIPTS\r\n"), [Output::Request(Request::List)]);
+        // A line of spaces longer than the limit ends the session.
+        let mut long = b"NOOP".to_vec();
+        long.extend(std::iter::repeat_n(b' ', MAX_LINE + 10));
+        long.extend_from_slice(b"X\r\n");
+        let out = s.feed(&long);
+        assert!(sent(&out).contains("BYE"), "{}", sent(&out));
+    }
+
+    #[test]
+    fn failed_logins_end_the_session() {
+        let (mut s, _) = Session::new("h", true, true);
+        for _ in 0..2 {
+            assert!(!s.logged_in(Err("no")).contains(&Output::Close));
+        }
+        assert!(s.logged_in(Err("no")).contains(&Output::Close));
+        assert!(s.closed());
     }
 
     #[test]

@@ -3,8 +3,9 @@
 usage:
   sieve_mail.py send HOST PORT USER PASSWORD TO SUBJECT [HEADER: value ...]
       submission (implicit TLS) as USER; prints "sent" or "refused <code> <text>"
-  sieve_mail.py mx HOST PORT MAIL_FROM TO SUBJECT [HEADER: value ...]
-      port 25 without login, MAIL FROM as given ("" for the null sender)
+  sieve_mail.py mx HOST PORT MAIL_FROM TO SUBJECT [--count N] [HEADER: value ...]
+      port 25 without login, MAIL FROM as given ("" for the null sender); N messages in one
+      session, numbered
   sieve_mail.py folders HOST IMAPS USER PASSWORD FOLDER...
       prints a JSON object: folder -> [{"subject", "from", "auto_submitted", "flags"}], INBOX
       included
@@ -48,11 +49,17 @@ if command == "send":
     report(go)
 elif command == "mx":
     host, port, mail_from, to, subject = sys.argv[2:7]
+    headers = sys.argv[7:]
+    count = 1
+    if headers[:1] == ["--count"]:
+        count, headers = int(headers[1]), headers[2:]
     def go():
         with smtplib.SMTP(host, int(port), timeout=20) as s:
             s.ehlo("outside.example.org")
             header_from = mail_from or "mailer-daemon@outside.example.org"
-            s.sendmail(mail_from, [to], message(header_from, to, subject, sys.argv[7:]))
+            for n in range(count):
+                name = subject if count == 1 else f"{subject} {n + 1}"
+                s.sendmail(mail_from, [to], message(header_from, to, name, headers))
     report(go)
 elif command == "folders":
     host, port, user, password = sys.argv[2:6]
@@ -60,7 +67,9 @@ elif command == "folders":
     m.login(user, password)
     out = {}
     for folder in ["INBOX"] + sys.argv[6:]:
-        typ, _ = m.select(folder, readonly=True)
+        # imaplib sends the name as given: quoted here, as a name with spaces needs.
+        quoted = '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        typ, _ = m.select(quoted, readonly=True)
         if typ != "OK":
             out[folder] = None
             continue
