@@ -235,24 +235,14 @@ try:\n    s.login(sys.argv[1], sys.argv[2]); print('ok')\nexcept smtplib.SMTPAut
         self.swaks(&self.submission(to, subject));
     }
 
+    /// swaks's arguments for alice's submission over 587.
     fn submission<'a>(&self, to: &'a str, subject: &'a str) -> [&'a str; 15] {
-        [
-            "--port",
-            "587",
-            "--tls",
-            "--auth",
-            "PLAIN",
-            "--auth-user",
+        submission_as(
             "alice@example.test",
-            "--auth-password",
             "alice-quickstart-password",
-            "--from",
-            "alice@example.test",
-            "--to",
             to,
-            "--h-Subject",
             subject,
-        ]
+        )
     }
 
     fn mailbox(&self, name: &str, password: &str) -> String {
@@ -261,6 +251,32 @@ try:\n    s.login(sys.argv[1], sys.argv[2]); print('ok')\nexcept smtplib.SMTPAut
 apiVersion: kubemail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: {name}}}\nspec: {{address: {name}@example.test, passwordSecretRef: {{name: {name}-password}}}}\n"
         )
     }
+}
+
+/// swaks's arguments for `user`'s submission over 587 (STARTTLS, AUTH PLAIN).
+fn submission_as<'a>(
+    user: &'a str,
+    password: &'a str,
+    to: &'a str,
+    subject: &'a str,
+) -> [&'a str; 15] {
+    [
+        "--port",
+        "587",
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        user,
+        "--auth-password",
+        password,
+        "--from",
+        user,
+        "--to",
+        to,
+        "--h-Subject",
+        subject,
+    ]
 }
 
 fn restricted_namespace(cluster: &Cluster, prefix: &str) -> String {
@@ -698,23 +714,12 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
         r#"{"spec":{"autoReply":{"enabled":false}}}"#,
     ]));
     world.wait_served("carol's auto-reply turned off", &before);
-    world.swaks(&[
-        "--port",
-        "587",
-        "--tls",
-        "--auth",
-        "PLAIN",
-        "--auth-user",
+    world.swaks(&submission_as(
         "bob@example.test",
-        "--auth-password",
         "bob-quickstart-password",
-        "--from",
-        "bob@example.test",
-        "--to",
         "carol@example.test",
-        "--h-Subject",
         "bob to carol",
-    ]);
+    ));
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         world.messages_with("carol", "Subject: bob to carol"),

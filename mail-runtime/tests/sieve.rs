@@ -49,11 +49,16 @@ fn sieve_connect(dev: &Dev, user: &str, args: &[&str]) -> (bool, String) {
 
 /// Uploads `script` as `name` for alice and makes it active.
 fn activate(dev: &Dev, dir: &std::path::Path, name: &str, script: &str) {
-    let file = dir.join(format!("{name}.sieve"));
+    activate_for(dev, ALICE, dir, name, script);
+}
+
+/// Uploads `script` as `name` for `user` and makes it active.
+fn activate_for(dev: &Dev, user: &str, dir: &std::path::Path, name: &str, script: &str) {
+    let file = dir.join(format!("{user}-{name}.sieve"));
     std::fs::write(&file, script).expect("script file");
     let (ok, out) = sieve_connect(
         dev,
-        ALICE,
+        user,
         &[
             "--upload",
             "--localsieve",
@@ -63,7 +68,7 @@ fn activate(dev: &Dev, dir: &std::path::Path, name: &str, script: &str) {
         ],
     );
     assert!(ok, "upload: {out}");
-    let (ok, out) = sieve_connect(dev, ALICE, &["--activate", "--remotesieve", name]);
+    let (ok, out) = sieve_connect(dev, user, &["--activate", "--remotesieve", name]);
     assert!(ok, "activate: {out}");
 }
 
@@ -249,25 +254,13 @@ fn vacation_cannot_send_as_someone_else_and_two_auto_repliers_stop() {
         "require \"vacation\";\nvacation :addresses [\"ceo@bank.example\"] :from \"CEO <ceo@bank.example>\" :subject \"from alice\" \"away\";\n",
     );
     // bob is on vacation too: each answers the other once, and the replies are not answered.
-    let bob_file = tmp.path().join("bob.sieve");
-    std::fs::write(
-        &bob_file,
+    activate_for(
+        &dev,
+        BOB,
+        tmp.path(),
+        "away",
         "require \"vacation\";\nvacation :subject \"from bob\" \"also away\";\n",
-    )
-    .expect("file");
-    for args in [
-        vec![
-            "--upload",
-            "--localsieve",
-            bob_file.to_str().expect("path"),
-            "--remotesieve",
-            "away",
-        ],
-        vec!["--activate", "--remotesieve", "away"],
-    ] {
-        let (ok, out) = sieve_connect(&dev, BOB, &args);
-        assert!(ok, "{out}");
-    }
+    );
     assert_eq!(send(&dev, BOB, ALICE, "hello alice", &[]), "sent");
     std::thread::sleep(std::time::Duration::from_secs(1));
     let bob = folders(&dev, BOB, &[]);

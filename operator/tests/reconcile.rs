@@ -166,6 +166,21 @@ fn addresses(raw: &kubemail_config::RawConfig) -> Vec<String> {
     raw.mailboxes.iter().map(|m| m.address.clone()).collect()
 }
 
+/// The reason and message of a Mailbox's condition, once one `matches`.
+async fn mailbox_condition_where(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    matches: impl Fn(&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition) -> bool,
+) -> Option<(String, String)> {
+    let mbx = Api::<Mailbox>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .ok()??;
+    let c = mbx.status?.conditions.into_iter().find(|c| matches(c))?;
+    Some((c.reason, c.message))
+}
+
 async fn condition(client: &Client, ns: &str, name: &str, type_: &str) -> Option<(String, String)> {
     let mbx = Api::<Mailbox>::namespaced(client.clone(), ns)
         .get_opt(name)
@@ -1214,16 +1229,10 @@ async fn app_passwords_are_served_reported_and_revoked() {
     }
     // The tablet's Secret is missing: named, and the phone is served meanwhile.
     let (_, message) = eventually("the missing tablet Secret reported", || async {
-        let mbx = Api::<Mailbox>::namespaced(client.clone(), &ns)
-            .get_opt("gina")
-            .await
-            .ok()??;
-        let c = mbx
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "AppPasswordsFound" && c.status == "False")?;
-        Some((c.reason, c.message))
+        mailbox_condition_where(&client, &ns, "gina", |c| {
+            c.type_ == "AppPasswordsFound" && c.status == "False"
+        })
+        .await
     })
     .await;
     assert!(
@@ -1575,16 +1584,10 @@ async fn sieve_scripts_and_auto_replies_are_rendered_and_a_broken_script_is_repo
     };
     apply(&client, &ns, rules("require \"fileinto\";\nfileinto;\n")).await;
     let (_, message) = eventually("the broken script reported", || async {
-        let mbx = Api::<Mailbox>::namespaced(client.clone(), &ns)
-            .get_opt("hana")
-            .await
-            .ok()??;
-        let c = mbx
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "SieveScriptValid" && c.reason == "ScriptInvalid")?;
-        Some((c.reason, c.message))
+        mailbox_condition_where(&client, &ns, "hana", |c| {
+            c.type_ == "SieveScriptValid" && c.reason == "ScriptInvalid"
+        })
+        .await
     })
     .await;
     assert!(message.contains("line 2"), "{message}");
@@ -1595,16 +1598,10 @@ async fn sieve_scripts_and_auto_replies_are_rendered_and_a_broken_script_is_repo
     let huge: String = "if true { keep; }\n".repeat(3000);
     apply(&client, &ns, rules(&huge)).await;
     let (_, message) = eventually("the huge script reported", || async {
-        let mbx = Api::<Mailbox>::namespaced(client.clone(), &ns)
-            .get_opt("hana")
-            .await
-            .ok()??;
-        let c = mbx
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "SieveScriptValid" && c.message.contains("more than"))?;
-        Some((c.reason, c.message))
+        mailbox_condition_where(&client, &ns, "hana", |c| {
+            c.type_ == "SieveScriptValid" && c.message.contains("more than")
+        })
+        .await
     })
     .await;
     assert!(message.contains("4096 commands and tests"), "{message}");

@@ -478,22 +478,39 @@ async fn pop3(address: &str, options: &Options, found: &mut Found) -> Result<(),
     let mut conn = BufReader::new(stream);
     pop3_greeting(&mut conn, found).await?;
     found.capabilities = pop3_capa(&mut conn).await?;
-    if !found
+    advertised(found, "STLS")?;
+    pop3_command(&mut conn, "STLS").await?;
+    let mut conn = upgrade(&connector, name, conn, found).await?;
+    found.capabilities = pop3_capa(&mut conn).await?;
+    pop3_login(&mut conn, options, found).await
+}
+
+/// An error unless the capabilities name `starttls` (STLS, STARTTLS).
+fn advertised(found: &Found, starttls: &str) -> Result<(), String> {
+    if found
         .capabilities
         .iter()
-        .any(|c| c.eq_ignore_ascii_case("STLS"))
+        .any(|c| c.eq_ignore_ascii_case(starttls))
     {
-        return Err("STLS is not advertised".into());
+        Ok(())
+    } else {
+        Err(format!("{starttls} is not advertised"))
     }
-    pop3_command(&mut conn, "STLS").await?;
+}
+
+/// The TLS handshake after a line protocol's STARTTLS was answered.
+async fn upgrade(
+    connector: &TlsConnector,
+    name: rustls::pki_types::ServerName<'static>,
+    conn: BufReader<TcpStream>,
+    found: &mut Found,
+) -> Result<BufReader<tokio_rustls::client::TlsStream<TcpStream>>, String> {
     let tls = connector
         .connect(name, conn.into_inner())
         .await
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
     found.tls = true;
-    let mut conn = BufReader::new(tls);
-    found.capabilities = pop3_capa(&mut conn).await?;
-    pop3_login(&mut conn, options, found).await
+    Ok(BufReader::new(tls))
 }
 
 async fn pop3_line<S: AsyncRead + AsyncWrite + Unpin>(
@@ -526,17 +543,23 @@ async fn pop3_command<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut BufReader<S>,
     command: &str,
 ) -> Result<String, String> {
+    line_command(conn, command, "+OK").await
+}
+
+/// Sends one command line and reads the one-line reply, an error unless it starts with `ok`
+/// (a password is never repeated in the error).
+async fn line_command<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut BufReader<S>,
+    command: &str,
+    ok: &str,
+) -> Result<String, String> {
     conn.get_mut()
         .write_all(format!("{command}\r\n").as_bytes())
         .await
         .map_err(|e| format!("writing: {e}"))?;
     let reply = pop3_line(conn).await?;
-    if !reply.starts_with("+OK") {
-        let shown = if command.starts_with("PASS") {
-            "PASS"
-        } else {
-            command
-        };
+    if !reply.to_ascii_uppercase().starts_with(ok) {
+        let shown = command.split(' ').next().unwrap_or_default();
         return Err(format!("{shown} answered {reply}"));
     }
     Ok(reply)
@@ -596,20 +619,9 @@ async fn managesieve(address: &str, options: &Options, found: &mut Found) -> Res
     let name = tls_name(address, options)?;
     let mut conn = BufReader::new(connect(address).await?);
     found.capabilities = sieve_capabilities(&mut conn, found).await?;
-    if !found
-        .capabilities
-        .iter()
-        .any(|c| c.eq_ignore_ascii_case("STARTTLS"))
-    {
-        return Err("STARTTLS is not advertised".into());
-    }
+    advertised(found, "STARTTLS")?;
     sieve_command(&mut conn, "STARTTLS").await?;
-    let tls = connector
-        .connect(name, conn.into_inner())
-        .await
-        .map_err(|e| format!("TLS handshake failed: {e}"))?;
-    found.tls = true;
-    let mut conn = BufReader::new(tls);
+    let mut conn = upgrade(&connector, name, conn, found).await?;
     found.capabilities = sieve_capabilities(&mut conn, found).await?;
     if let Some((user, password)) = &options.login {
         use base64::Engine;
@@ -650,16 +662,7 @@ async fn sieve_command<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut BufReader<S>,
     command: &str,
 ) -> Result<String, String> {
-    conn.get_mut()
-        .write_all(format!("{command}\r\n").as_bytes())
-        .await
-        .map_err(|e| format!("writing: {e}"))?;
-    let reply = pop3_line(conn).await?;
-    if !reply.to_ascii_uppercase().starts_with("OK") {
-        let shown = command.split(' ').next().unwrap_or_default();
-        return Err(format!("{shown} answered {reply}"));
-    }
-    Ok(reply)
+    line_command(conn, command, "OK").await
 }
 
 /// A collection of probes into one summary (for several ports in one exec probe).
