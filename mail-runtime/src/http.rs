@@ -214,6 +214,14 @@ fn autoconfig(config: &Config) -> String {
     if serves(config, ListenerProtocol::Submission) {
         server("outgoingServer", "smtp", a.submission, "STARTTLS");
     }
+    // The format has no element for ManageSieve; a comment tells people who read it (clients
+    // find it by the `_sieve._tcp` SRV record of RFC 5804).
+    if serves(config, ListenerProtocol::Managesieve) {
+        servers.push_str(&format!(
+            "    <!-- ManageSieve (RFC 5804), for server-side filters: {host} port {}, STARTTLS, the same login -->\n",
+            a.managesieve
+        ));
+    }
     let domains: String = config
         .raw
         .domains

@@ -193,6 +193,15 @@ print(json.dumps(out))
         expect("imap", dev.port("imaps"), "SSL");
         expect("imap", dev.port("imap"), "STARTTLS");
     }
+    // ManageSieve has no element of its own in the format: it is named in a comment.
+    let raw = common::http_get(&dev, "/mail/config-v1.1.xml");
+    assert!(
+        raw.contains(&format!(
+            "ManageSieve (RFC 5804), for server-side filters: {host} port {}",
+            dev.port("managesieve")
+        )),
+        "{raw}"
+    );
     let autodiscover = found["autodiscover"].as_array().expect("autodiscover");
     assert!(
         autodiscover.contains(&serde_json::json!(["POP3", host, dev.port("pop3s")])),
