@@ -27,6 +27,9 @@ use ipnet::IpNet;
 
 /// The only `apiVersion` this runtime reads.
 pub const API_VERSION: &str = "runtime.kubemail.io/v1";
+/// DNS lists one config may name: each is a lookup per new client.
+pub const MAX_DNS_LISTS: usize = 16;
+
 /// The only `kind`.
 pub const KIND: &str = "RuntimeConfig";
 
@@ -268,6 +271,43 @@ impl Config {
                     ),
                 }
             }
+        }
+
+        let inbound = &raw.inbound;
+        if inbound.dnsbl.len() > MAX_DNS_LISTS {
+            problem(
+                "inbound.dnsbl".into(),
+                format!("at most {MAX_DNS_LISTS} lists"),
+            );
+        }
+        for (i, list) in inbound.dnsbl.iter().enumerate() {
+            let zone = list.zone.trim_end_matches('.');
+            let label_ok = |l: &str| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            };
+            if zone.len() > 200 || !zone.contains('.') || !zone.split('.').all(label_ok) {
+                problem(
+                    format!("inbound.dnsbl[{i}].zone"),
+                    format!("{:?} is not a DNS zone", list.zone),
+                );
+            }
+        }
+        if let Some(grey) = &inbound.greylisting
+            && (grey.delay_seconds == 0 || grey.retry_window_seconds <= grey.delay_seconds)
+        {
+            problem(
+                "inbound.greylisting".into(),
+                "delaySeconds must be above 0 and below retryWindowSeconds".into(),
+            );
+        }
+        if inbound.greet_pause_millis > 10_000 {
+            problem(
+                "inbound.greetPauseMillis".into(),
+                "at most 10000 (clients give up after 5 minutes, bots after less)".into(),
+            );
         }
 
         let mut relay_networks = Vec::new();

@@ -73,6 +73,23 @@ pub struct InboundChecks {
     /// Refuse mail that fails DMARC when the sender's domain publishes `p=reject`.
     #[serde(default)]
     pub reject_on_dmarc_policy: bool,
+    /// DNS lists looked up with the client's address; their weights add up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dnsbl: Vec<DnsListConfig>,
+    /// The sum of weights at which a client is refused (`554 5.7.1` at RCPT).
+    #[serde(default = "one")]
+    pub dnsbl_threshold: i32,
+    /// Greylisting: a new (client network, sender, recipient) is told to come back later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub greylisting: Option<GreylistConfig>,
+    /// A pause before the banner; a client that talks during it is refused (a spam bot that
+    /// does not wait its turn). 0: off.
+    #[serde(default)]
+    pub greet_pause_millis: u32,
+    /// Refuse a HELO/EHLO name that is not a domain or address literal, that claims this
+    /// server's name or domains, or whose address literal is not the client's.
+    #[serde(default)]
+    pub helo_checks: bool,
 }
 
 impl Default for InboundChecks {
@@ -80,8 +97,56 @@ impl Default for InboundChecks {
         Self {
             verify: true,
             reject_on_dmarc_policy: false,
+            dnsbl: Vec::new(),
+            dnsbl_threshold: 1,
+            greylisting: None,
+            greet_pause_millis: 0,
+            helo_checks: false,
         }
     }
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// A DNS list: `<reversed address>.<zone>` answering `127.0.0.x` says the client is listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsListConfig {
+    /// The list's zone, such as `zen.spamhaus.org`.
+    pub zone: String,
+    /// What a listing adds to the client's score; negative for an allowlist.
+    #[serde(default = "one")]
+    pub weight: i32,
+    /// The answers that count (`127.0.0.2`); none: any answer in 127.0.0.0/8.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<std::net::Ipv4Addr>,
+}
+
+/// Greylisting's timings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GreylistConfig {
+    /// How long a new triplet waits before a retry is accepted.
+    #[serde(default = "five_minutes")]
+    pub delay_seconds: u32,
+    /// How long a waiting triplet is remembered for its retry.
+    #[serde(default = "one_day")]
+    pub retry_window_seconds: u32,
+    /// How long a passed triplet is let through without waiting again.
+    #[serde(default = "thirty_six_days")]
+    pub pass_seconds: u32,
+}
+
+fn five_minutes() -> u32 {
+    300
+}
+fn one_day() -> u32 {
+    86_400
+}
+fn thirty_six_days() -> u32 {
+    36 * 86_400
 }
 
 /// The ports clients use (the Service's, not the container's), published in autoconfig.

@@ -121,6 +121,12 @@ pub struct MailDomainSpec {
     #[x_kube(validation = address_rule("catchAll"))]
     pub catch_all: Option<String>,
 
+    /// Checks on mail arriving from outside on port 25 (never on logged-in users or relay
+    /// networks): sender authentication, DNS lists, greylisting, HELO checks and the pause
+    /// before the banner.
+    #[serde(default)]
+    pub inbound: InboundSpec,
+
     /// Limits that protect the runtime and its users.
     #[serde(default)]
     pub limits: LimitsSpec,
@@ -627,4 +633,101 @@ pub struct DnsRecord {
     pub name: String,
     /// The record's value exactly as it is to be published.
     pub value: String,
+}
+
+/// Checks on mail from outside (port 25).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundSpec {
+    /// Check SPF, DKIM and DMARC and add an `Authentication-Results` header. Defaults to true.
+    #[serde(default = "default_true")]
+    pub verify: bool,
+    /// Refuse mail that fails DMARC when the sender's domain publishes `p=reject`.
+    #[serde(default)]
+    pub reject_on_dmarc_policy: bool,
+    /// DNS lists looked up with each client's address; the weights of those that list it add
+    /// up, and at `dnsListThreshold` the client is refused at RCPT (`554 5.7.1`, naming the
+    /// lists). A negative weight makes an allowlist. At most 16.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub dns_lists: Vec<DnsList>,
+    /// The score at which a client is refused. Defaults to 1.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub dns_list_threshold: i32,
+    /// Greylisting: a new (client network, sender, recipient) gets `451 4.7.1` and is taken
+    /// when it retries after `delay`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub greylisting: Option<GreylistingSpec>,
+    /// A pause before the banner, such as `2s`; a client that talks during it is refused.
+    /// Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 8))]
+    #[x_kube(validation = crate::common::duration_rule("greetPause"))]
+    pub greet_pause: Option<String>,
+    /// Refuse HELO names that are not a domain or the client's address literal, or that claim
+    /// this server's name or domains.
+    #[serde(default)]
+    pub helo_checks: bool,
+}
+
+impl Default for InboundSpec {
+    fn default() -> Self {
+        Self {
+            verify: true,
+            reject_on_dmarc_policy: false,
+            dns_lists: Vec::new(),
+            dns_list_threshold: 1,
+            greylisting: None,
+            greet_pause: None,
+            helo_checks: false,
+        }
+    }
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// A DNS list.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsList {
+    /// The list's zone, such as `zen.spamhaus.org`.
+    #[schemars(length(min = 3, max = 200))]
+    #[x_kube(validation = domain_rule("zone"))]
+    pub zone: String,
+    /// What a listing adds to the client's score; negative for an allowlist. Defaults to 1.
+    #[serde(default = "one")]
+    #[schemars(range(min = -1000, max = 1000))]
+    pub weight: i32,
+    /// The answers that count, such as `127.0.0.2`; any `127.0.0.x` when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 9, max = 15)))]
+    #[x_kube(validation = kube::core::Rule::new("self.all(a, a.matches('^127\\\\.[0-9]{1,3}\\\\.[0-9]{1,3}\\\\.[0-9]{1,3}$'))").message("answers are addresses in 127.0.0.0/8 such as 127.0.0.2"))]
+    pub answers: Vec<String>,
+}
+
+/// Greylisting's timings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GreylistingSpec {
+    /// How long a new sender waits before its retry is taken. Defaults to `5m`.
+    #[serde(default = "default_grey_delay")]
+    #[schemars(length(min = 2, max = 8))]
+    #[x_kube(validation = crate::common::duration_rule("greylisting.delay"))]
+    pub delay: String,
+    /// How long a waiting sender is remembered for its retry. Defaults to `1d`.
+    #[serde(default = "default_grey_window")]
+    #[schemars(length(min = 2, max = 8))]
+    #[x_kube(validation = crate::common::duration_rule("greylisting.retryWindow"))]
+    pub retry_window: String,
+}
+
+fn default_grey_delay() -> String {
+    "5m".into()
+}
+
+fn default_grey_window() -> String {
+    "1d".into()
 }

@@ -502,6 +502,36 @@ fn invalid_manifests() -> Vec<Invalid> {
             "spec.retry.maxAge",
             "must be a duration",
         ),
+        d(
+            "DNS list zone that is no domain",
+            json!({"domain": "example.com", "inbound": {"dnsLists": [{"zone": "not a zone"}]}}),
+            "spec.inbound.dnsLists[0].zone",
+            "must be a lowercase DNS domain name",
+        ),
+        d(
+            "DNS list answer outside 127.0.0.0/8",
+            json!({"domain": "example.com", "inbound": {"dnsLists": [{"zone": "bl.example.org", "answers": ["10.0.0.2"]}]}}),
+            "spec.inbound.dnsLists[0].answers",
+            "127.0.0.0/8",
+        ),
+        d(
+            "greylisting delay that is no duration",
+            json!({"domain": "example.com", "inbound": {"greylisting": {"delay": "soon"}}}),
+            "spec.inbound.greylisting.delay",
+            "must be a duration",
+        ),
+        m(
+            "auto-reply that ends before it starts",
+            json!({"autoReply": {"subject": "Away", "body": "x", "start": "2026-12-20T00:00:00Z", "end": "2026-12-01T00:00:00Z"}}),
+            "spec.autoReply.end",
+            "end must come after start",
+        ),
+        m(
+            "Sieve script from two places",
+            json!({"sieve": {"configMapRef": {"name": "a"}, "secretRef": {"name": "b"}}}),
+            "spec.sieve",
+            "exactly one of configMapRef and secretRef",
+        ),
     ]
 }
 

@@ -233,7 +233,7 @@ pub fn write_dev_config(
         // "temperror". Turn them on with `inbound.verify: true` and `nameservers`.
         inbound: InboundChecks {
             verify: false,
-            reject_on_dmarc_policy: false,
+            ..InboundChecks::default()
         },
         nameservers: Vec::new(),
     };

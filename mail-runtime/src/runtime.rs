@@ -64,6 +64,7 @@ pub struct Runtime {
     /// IMAP sessions that may run COMPRESS=DEFLATE at once: a compressor holds about 300 KiB.
     deflate_sessions: Arc<tokio::sync::Semaphore>,
     sieve_scripts: Arc<crate::sieve::Compiled>,
+    greylist: Arc<crate::smtp::screen::Greylist>,
     /// The last count of every mailbox's storage for `/usage` and `/metrics` (see
     /// [`crate::http`]): made at most every few seconds, once for all requests at that moment.
     usage: Arc<tokio::sync::Mutex<UsageCount>>,
@@ -132,6 +133,10 @@ impl Runtime {
     /// IMAP sessions that may run COMPRESS=DEFLATE at once: a compressor holds about 300 KiB.
     pub fn sieve_scripts(&self) -> &Arc<crate::sieve::Compiled> {
         &self.sieve_scripts
+    }
+
+    pub fn greylist(&self) -> &Arc<crate::smtp::screen::Greylist> {
+        &self.greylist
     }
 
     pub fn deflate_sessions(&self) -> &Arc<tokio::sync::Semaphore> {
@@ -255,6 +260,7 @@ impl Runtime {
             header_cache: Arc::new(crate::imap::search::HeaderCache::default()),
             deflate_sessions: Arc::new(tokio::sync::Semaphore::new(DEFLATE_SESSIONS)),
             sieve_scripts: Arc::default(),
+            greylist: Arc::default(),
             usage: Arc::default(),
             connections: Arc::new(Mutex::new(Connections::default())),
             started: Arc::new(std::sync::atomic::AtomicBool::new(false)),

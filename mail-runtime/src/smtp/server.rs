@@ -44,6 +44,12 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
     let (mut session, greeting) =
         Session::new(info, runtime.config().get(), runtime.store().clone());
     session.set_rate_limiter(runtime.outbound().rates.clone());
+    session.set_greylist(runtime.greylist().clone());
+    if session.screened() && !screen_before_banner(&runtime, &mut conn, &mut session, peer).await {
+        let _ = conn.shutdown().await;
+        drop(slot);
+        return Ok(());
+    }
     let mut driver = Driver {
         runtime: runtime.clone(),
         spool: None,
@@ -94,6 +100,46 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
     let _ = conn.shutdown().await;
     drop(slot);
     Ok(())
+}
+
+/// Before the banner, for a client from outside on port 25: its DNS lists, and the pause a
+/// client must wait through in silence, both at once. False: it talked first and was refused.
+async fn screen_before_banner(
+    runtime: &Runtime,
+    conn: &mut Conn,
+    session: &mut Session,
+    peer: std::net::IpAddr,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let config = runtime.config().get();
+    let inbound = &config.raw.inbound;
+    let pause = Duration::from_millis(u64::from(inbound.greet_pause_millis));
+    let lists = async {
+        if inbound.dnsbl.is_empty() {
+            return None;
+        }
+        let resolver = runtime.resolvers().get(&config.nameservers).ok()?;
+        super::screen::dns_lists(&resolver, &inbound.dnsbl, inbound.dnsbl_threshold, peer).await
+    };
+    let talked = async {
+        if pause.is_zero() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(pause, conn.read(&mut byte)).await,
+            Ok(Ok(n)) if n > 0
+        )
+    };
+    let (listed, talked) = tokio::join!(lists, talked);
+    if talked {
+        crate::metrics::refused("early-talker");
+        let reply = Reply::new(554, "5.5.1", "you talked before the greeting; goodbye");
+        let _ = conn.write_all(&reply.to_bytes()).await;
+        return false;
+    }
+    session.set_listed(listed);
+    true
 }
 
 struct Driver {

@@ -176,6 +176,9 @@ pub struct Session {
     errors: u32,
     queue_id: String,
     rates: Arc<crate::outbound::limits::RateLimiter>,
+    greylist: Arc<crate::smtp::screen::Greylist>,
+    /// Why the DNS lists refuse this client, as the driver found before the banner.
+    listed: Option<String>,
 }
 
 impl Session {
@@ -200,6 +203,8 @@ impl Session {
             errors: 0,
             queue_id: String::new(),
             rates: Arc::new(crate::outbound::limits::RateLimiter::default()),
+            greylist: Arc::default(),
+            listed: None,
         };
         (session, greeting)
     }
@@ -207,6 +212,23 @@ impl Session {
     /// Counts relayed mail against the runtime's shared rate limits.
     pub fn set_rate_limiter(&mut self, rates: Arc<crate::outbound::limits::RateLimiter>) {
         self.rates = rates;
+    }
+
+    /// Uses the runtime's shared greylisting memory.
+    pub fn set_greylist(&mut self, greylist: Arc<crate::smtp::screen::Greylist>) {
+        self.greylist = greylist;
+    }
+
+    /// The DNS lists' verdict on the client (`Some(why)`: refused at RCPT).
+    pub fn set_listed(&mut self, listed: Option<String>) {
+        self.listed = listed;
+    }
+
+    /// Whether this client is screened: port 25, not logged in, not from a relay network.
+    pub fn screened(&self) -> bool {
+        self.info.listener == ListenerProtocol::Smtp
+            && self.user.is_none()
+            && !self.config.relay_network_allows(self.info.peer)
     }
 
     /// Uses a newer config for the next commands (a reload never interrupts a session, unless
@@ -809,6 +831,16 @@ impl Session {
         if self.submission() && self.user.is_none() {
             return Reply::new(530, "5.7.0", "authentication required");
         }
+        if self.screened()
+            && self.config.raw.inbound.helo_checks
+            && let Some(why) = self
+                .helo
+                .as_deref()
+                .and_then(|h| crate::smtp::screen::helo_refusal(h, self.info.peer, &self.config))
+        {
+            crate::metrics::refused("helo");
+            return Reply::new(550, "5.7.1", why);
+        }
         let limits = &self.config.raw.limits;
         if from.size as u64 > limits.max_message_size {
             return Reply::new(
@@ -888,6 +920,9 @@ impl Session {
         let declared = txn.declared_size;
         match self.config.resolve(&address) {
             Recipient::Local(index) => {
+                if let Some(reply) = self.screen_rcpt(&address) {
+                    return reply;
+                }
                 if let Some(reply) = self.quota_check(index, declared) {
                     return reply;
                 }
@@ -898,6 +933,33 @@ impl Session {
             }
             Recipient::UnknownLocal => Reply::new(550, "5.1.1", "no such user here"),
             Recipient::Remote => self.relay_rcpt(address),
+        }
+    }
+
+    /// DNS lists and greylisting, for a screened client's local recipient.
+    fn screen_rcpt(&self, to: &str) -> Option<Reply> {
+        if !self.screened() {
+            return None;
+        }
+        if let Some(why) = &self.listed {
+            crate::metrics::refused("dnsbl");
+            return Some(Reply::new(554, "5.7.1", why.clone()));
+        }
+        let timing = self.config.raw.inbound.greylisting.as_ref()?;
+        let from = self.txn.as_ref().map_or("", |t| t.from.as_str());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match self.greylist.check(self.info.peer, from, to, now, timing) {
+            Ok(()) => None,
+            Err(wait) => {
+                crate::metrics::refused("greylisted");
+                Some(Reply::new(
+                    451,
+                    "4.7.1",
+                    format!("greylisted: please try again in {wait} seconds"),
+                ))
+            }
         }
     }
 

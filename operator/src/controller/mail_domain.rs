@@ -724,35 +724,47 @@ async fn observe(
         // Another change makes it sync again, at most every REFRESH_AGAIN per pod.
         refresh_pods(ctx, &ctx.client, ns, md, &desired.revision, true).await;
     }
+    // Every enabled protocol is probed at once: one slow handshake does not hold up the rest,
+    // nor the next reconcile of this domain (a new Mailbox waits for it).
+    let host = host.as_str();
+    let targets: Vec<(usize, Protocol, probe::Kind, String)> = GROUPS
+        .iter()
+        .enumerate()
+        .flat_map(|(g, (_, kind, protocols))| {
+            md.spec
+                .protocols
+                .iter()
+                .filter(|(p, s)| s.enabled && protocols.contains(p))
+                .map(move |(p, s)| {
+                    let port = if ctx.options.probe_host_override.is_some() {
+                        container_port(p)
+                    } else {
+                        s.port_or_default(p)
+                    };
+                    (g, p, *kind, format!("{host}:{port}"))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let reports = futures::future::join_all(targets.iter().map(|(_, protocol, kind, address)| {
+        let options = probe::Options {
+            implicit_tls: protocol.implicit_tls(),
+            timeout: ctx.options.probe_timeout,
+            ..probe::Options::default()
+        };
+        async move { probe::probe(*kind, address, &options).await }
+    }))
+    .await;
     let mut probes = Vec::new();
-    for (type_, kind, protocols) in GROUPS {
-        let enabled: Vec<(Protocol, i32)> = md
-            .spec
-            .protocols
-            .iter()
-            .filter(|(p, s)| s.enabled && protocols.contains(p))
-            .map(|(p, s)| (p, s.port_or_default(p)))
-            .collect();
-        if enabled.is_empty() {
-            continue;
-        }
+    for (g, (type_, _, _)) in GROUPS.iter().enumerate() {
         let mut group = Probed {
             type_,
             passed: Vec::new(),
             failures: Vec::new(),
         };
-        for (protocol, service_port) in &enabled {
-            let options = probe::Options {
-                implicit_tls: protocol.implicit_tls(),
-                timeout: ctx.options.probe_timeout,
-                ..probe::Options::default()
-            };
-            let port = if ctx.options.probe_host_override.is_some() {
-                container_port(*protocol)
-            } else {
-                *service_port
-            };
-            let report = probe::probe(kind, &format!("{host}:{port}"), &options).await;
+        for ((_, protocol, _, _), report) in
+            targets.iter().zip(&reports).filter(|((i, ..), _)| *i == g)
+        {
             if report.ok {
                 // No latency here: a status that changes on every probe would be a write every
                 // resync for nothing.
@@ -761,9 +773,12 @@ async fn observe(
                 group.failures.push(format!(
                     "{}: {}",
                     protocol.field(),
-                    report.error.unwrap_or_default()
+                    report.error.clone().unwrap_or_default()
                 ));
             }
+        }
+        if group.passed.is_empty() && group.failures.is_empty() {
+            continue;
         }
         crate::health::probe_result(
             md.metadata.namespace.as_deref().unwrap_or_default(),

@@ -1,9 +1,10 @@
 //! The runtime config for one MailDomain.
 use kubemail_config::{
-    API_VERSION, Advertised, AppPasswordConfig, AutoReplyConfig, DkimConfig, DomainConfig,
-    InboundChecks, KIND, Limits, Listener, ListenerProtocol, LoginProtocol, MailboxConfig,
-    RateConfig, RateLimitsConfig, RawConfig, RelayConfig, RetryConfig, RouteConfig, RouteMode,
-    Security, SmarthostConfig, SmarthostTls, Storage, TlsFiles,
+    API_VERSION, Advertised, AppPasswordConfig, AutoReplyConfig, DkimConfig, DnsListConfig,
+    DomainConfig, GreylistConfig, InboundChecks, KIND, Limits, Listener, ListenerProtocol,
+    LoginProtocol, MailboxConfig, RateConfig, RateLimitsConfig, RawConfig, RelayConfig,
+    RetryConfig, RouteConfig, RouteMode, Security, SmarthostConfig, SmarthostTls, Storage,
+    TlsFiles,
 };
 use kubemail_crds::{
     MailDomain, Mailbox, Protocol, RelayPolicy,
@@ -176,7 +177,7 @@ pub fn runtime_config(
             selector: spec.dkim.selector.clone(),
             key_file: paths::DKIM_KEY.into(),
         }),
-        inbound: InboundChecks::default(),
+        inbound: inbound_checks(&spec.inbound),
         nameservers: Vec::new(),
         advertised: Advertised {
             submission: port(Protocol::Submission),
@@ -193,6 +194,45 @@ pub fn runtime_config(
 
 /// Seconds of a duration such as `30s`, `5m`, `4h` or `5d` (the API's CEL rule allows only
 /// these forms).
+/// The MailDomain's inbound checks as the runtime reads them. Durations the CRD validated;
+/// one that still does not parse takes the runtime's default.
+fn inbound_checks(spec: &kubemail_crds::mail_domain::InboundSpec) -> InboundChecks {
+    let defaults = GreylistConfig {
+        delay_seconds: 300,
+        retry_window_seconds: 86_400,
+        pass_seconds: 36 * 86_400,
+    };
+    let secs = |d: &str, or: u32| seconds(d).and_then(|s| u32::try_from(s).ok()).unwrap_or(or);
+    InboundChecks {
+        verify: spec.verify,
+        reject_on_dmarc_policy: spec.reject_on_dmarc_policy,
+        dnsbl: spec
+            .dns_lists
+            .iter()
+            .map(|l| DnsListConfig {
+                zone: l.zone.clone(),
+                weight: l.weight,
+                answers: l.answers.iter().filter_map(|a| a.parse().ok()).collect(),
+            })
+            .collect(),
+        dnsbl_threshold: spec.dns_list_threshold,
+        greylisting: spec.greylisting.as_ref().map(|g| {
+            let delay = secs(&g.delay, defaults.delay_seconds).max(1);
+            GreylistConfig {
+                delay_seconds: delay,
+                retry_window_seconds: secs(&g.retry_window, defaults.retry_window_seconds)
+                    .max(delay + 1),
+                ..defaults
+            }
+        }),
+        greet_pause_millis: spec
+            .greet_pause
+            .as_deref()
+            .map_or(0, |p| secs(p, 0).saturating_mul(1000).min(10_000)),
+        helo_checks: spec.helo_checks,
+    }
+}
+
 pub fn seconds(duration: &str) -> Option<u64> {
     let (number, unit) = duration.split_at(duration.len().checked_sub(1)?);
     let n: u64 = number.parse().ok()?;

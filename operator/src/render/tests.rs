@@ -191,3 +191,33 @@ fn the_http_port_is_on_a_cluster_ip_service_owned_like_the_mail_service() {
         .collect();
     assert_eq!(ports, [(Some("http".to_string()), super::HTTP_PORT)]);
 }
+
+#[test]
+fn inbound_screening_is_rendered_from_the_domain() {
+    let mut md = fixtures::domain();
+    md.spec.inbound = serde_yaml_ng::from_str(
+        "{dnsLists: [{zone: zen.spamhaus.org, weight: 2, answers: [127.0.0.2]}, {zone: list.dnswl.org, weight: -5}],
+          dnsListThreshold: 2, greylisting: {delay: 2m}, greetPause: 3s, heloChecks: true}",
+    )
+    .expect("inbound");
+    let config = runtime_config(&md, &[], None);
+    let inbound = &config.inbound;
+    assert!(inbound.verify, "verification stays on by default");
+    assert_eq!(inbound.dnsbl.len(), 2);
+    assert_eq!(
+        inbound.dnsbl[0].answers,
+        ["127.0.0.2".parse::<std::net::Ipv4Addr>().expect("ip")]
+    );
+    assert_eq!(inbound.dnsbl[1].weight, -5);
+    assert_eq!(inbound.dnsbl_threshold, 2);
+    let grey = inbound.greylisting.as_ref().expect("greylisting");
+    assert_eq!(
+        (grey.delay_seconds, grey.retry_window_seconds),
+        (120, 86_400)
+    );
+    assert_eq!(inbound.greet_pause_millis, 3000);
+    assert!(inbound.helo_checks);
+    // What the runtime reads back is valid.
+    let (_, yaml) = with_revision(config);
+    kubemail_config::Config::parse(&yaml).expect("valid");
+}
