@@ -303,6 +303,24 @@ impl Config {
                 "delaySeconds must be above 0 and below retryWindowSeconds".into(),
             );
         }
+        if let Some(clamd) = &inbound.clamd {
+            if clamd
+                .address
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                problem(
+                    "inbound.clamd.address".into(),
+                    format!("{:?} is not host:port", clamd.address),
+                );
+            }
+            if !(1..=600).contains(&clamd.timeout_seconds) {
+                problem(
+                    "inbound.clamd.timeoutSeconds".into(),
+                    "from 1 to 600".into(),
+                );
+            }
+        }
         if inbound.greet_pause_millis > 10_000 {
             problem(
                 "inbound.greetPauseMillis".into(),

@@ -90,6 +90,31 @@ pub struct InboundChecks {
     /// server's name or domains, or whose address literal is not the client's.
     #[serde(default)]
     pub helo_checks: bool,
+    /// A clamd that scans each message from outside before it is taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clamd: Option<ClamdConfig>,
+}
+
+/// A clamd, spoken to over TCP (`INSTREAM`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClamdConfig {
+    /// `host:port`.
+    pub address: String,
+    /// How long one scan may take, connection included.
+    #[serde(default = "thirty")]
+    pub timeout_seconds: u32,
+    /// When clamd cannot say: take the message unscanned (true) or ask the sender to retry
+    /// later (false, `451 4.7.1`; nothing is lost).
+    #[serde(default)]
+    pub accept_on_failure: bool,
+    /// Scan mail from logged-in users and relay networks too.
+    #[serde(default)]
+    pub scan_submission: bool,
+}
+
+fn thirty() -> u32 {
+    30
 }
 
 impl Default for InboundChecks {
@@ -102,6 +127,7 @@ impl Default for InboundChecks {
             greylisting: None,
             greet_pause_millis: 0,
             helo_checks: false,
+            clamd: None,
         }
     }
 }

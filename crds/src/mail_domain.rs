@@ -669,6 +669,46 @@ pub struct InboundSpec {
     /// this server's name or domains.
     #[serde(default)]
     pub helo_checks: bool,
+    /// A clamd (ClamAV's daemon) that scans each message from outside over TCP; infected mail
+    /// is refused with `554 5.7.1` and the signature's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clamav: Option<ClamavSpec>,
+}
+
+/// A clamd reached over TCP.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClamavSpec {
+    /// `host:port` of clamd's TCP socket, such as `clamav.mail.svc:3310`.
+    #[schemars(length(min = 3, max = 260))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9.-]+:[0-9]{1,5}$')").message("address must be host:port, such as clamav.mail.svc:3310"))]
+    pub address: String,
+    /// How long one scan may take. Defaults to `30s`.
+    #[serde(default = "default_scan_timeout")]
+    #[schemars(length(min = 2, max = 8))]
+    #[x_kube(validation = crate::common::duration_rule("clamav.timeout"))]
+    pub timeout: String,
+    /// When clamd cannot answer: `Tempfail` (the sender retries later, `451 4.7.1`; the
+    /// default) or `Accept` (taken unscanned).
+    #[serde(default)]
+    pub on_failure: ScanFailure,
+    /// Scan mail from logged-in users and relay networks too.
+    #[serde(default)]
+    pub scan_submission: bool,
+}
+
+fn default_scan_timeout() -> String {
+    "30s".into()
+}
+
+/// What happens to a message a scanner could not judge.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ScanFailure {
+    /// Ask the sender to retry later: nothing unscanned gets in, nothing is lost.
+    #[default]
+    Tempfail,
+    /// Take the message unscanned.
+    Accept,
 }
 
 impl Default for InboundSpec {
@@ -681,6 +721,7 @@ impl Default for InboundSpec {
             greylisting: None,
             greet_pause: None,
             helo_checks: false,
+            clamav: None,
         }
     }
 }

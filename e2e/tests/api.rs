@@ -515,6 +515,12 @@ fn invalid_manifests() -> Vec<Invalid> {
             "127.0.0.0/8",
         ),
         d(
+            "clamd address without a port",
+            json!({"domain": "example.com", "inbound": {"clamav": {"address": "clamav.mail.svc"}}}),
+            "spec.inbound.clamav.address",
+            "must be host:port",
+        ),
+        d(
             "greylisting delay that is no duration",
             json!({"domain": "example.com", "inbound": {"greylisting": {"delay": "soon"}}}),
             "spec.inbound.greylisting.delay",

@@ -143,3 +143,139 @@ fn early_talkers_and_bad_helo_names_are_refused() {
         assert_eq!(taken["rcpt"], serde_json::json!([250]), "{helo}: {taken}");
     }
 }
+
+/// clamd from Debian on loopback, with a signature database of the test's own (no download).
+struct Clamd {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Clamd {
+    fn start(dir: &std::path::Path) -> Clamd {
+        let db = dir.join("db");
+        std::fs::create_dir_all(&db).expect("db dir");
+        // An extended signature: "KUBEMAIL-MALWARE-TEST" anywhere in any file, attachments
+        // included once clamd has decoded them.
+        let hex: String = b"KUBEMAIL-MALWARE-TEST"
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        std::fs::write(
+            db.join("kubemail.ndb"),
+            format!("Kubemail.Test.Malware:0:*:{hex}\n"),
+        )
+        .expect("signature");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("a free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let conf = dir.join("clamd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "Foreground yes\nTCPSocket {port}\nTCPAddr 127.0.0.1\nDatabaseDirectory {}\n\
+                 LogFile {}\nPidFile {}\nStreamMaxLength 10M\n",
+                db.display(),
+                dir.join("clamd.log").display(),
+                dir.join("clamd.pid").display()
+            ),
+        )
+        .expect("clamd.conf");
+        let child = Command::new("clamd")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("clamd (Debian's clamav-daemon package)");
+        let mut clamd = Clamd { child, port };
+        let start = std::time::Instant::now();
+        loop {
+            if clamd.ping() {
+                return clamd;
+            }
+            assert!(
+                clamd.child.try_wait().ok().flatten().is_none(),
+                "clamd exited: {}",
+                std::fs::read_to_string(dir.join("clamd.log")).unwrap_or_default()
+            );
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "clamd did not answer PING"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    fn ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let mut answer = String::new();
+        s.write_all(b"zPING\0").is_ok()
+            && s.read_to_string(&mut answer).is_ok()
+            && answer.starts_with("PONG")
+    }
+}
+
+impl Drop for Clamd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// swaks from outside on port 25; what it printed, and whether it ended with 250.
+fn swaks_mx(dev: &Dev, args: &[&str]) -> (bool, String) {
+    let out = Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{}", dev.port("smtp"))])
+        .args(["--from", "sender@outside.example.org", "--to", ALICE])
+        .args(args)
+        .output()
+        .expect("swaks");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn clamd_refuses_infected_mail_and_its_absence_follows_the_policy() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut clamd = Clamd::start(&tmp.path().join("clamd"));
+    let dev = Dev::start(&tmp.path().join("data"));
+    let port = clamd.port;
+    patch_config(&dev, "clamd", |c| {
+        c["inbound"]["clamd"] = serde_yaml_ng::from_str(&format!(
+            "{{address: \"127.0.0.1:{port}\", timeoutSeconds: 10}}"
+        ))
+        .expect("yaml");
+    });
+    // In the body, and base64-encoded in an attachment: refused with the signature's name.
+    let (ok, out) = swaks_mx(&dev, &["--body", "hello KUBEMAIL-MALWARE-TEST bye"]);
+    assert!(!ok && out.contains("554 5.7.1"), "{out}");
+    assert!(out.contains("Kubemail.Test.Malware"), "{out}");
+    let attachment = tmp.path().join("invoice.bin");
+    std::fs::write(&attachment, b"\x00\x01 KUBEMAIL-MALWARE-TEST \x02").expect("file");
+    let (ok, out) = swaks_mx(&dev, &["--attach", &format!("@{}", attachment.display())]);
+    assert!(!ok && out.contains("Kubemail.Test.Malware"), "{out}");
+    // A clean message passes.
+    let (ok, out) = swaks_mx(&dev, &["--body", "just a letter"]);
+    assert!(ok, "{out}");
+    // clamd down: the sender is asked to come back (nothing unscanned gets in) ...
+    clamd.child.kill().expect("kill clamd");
+    let _ = clamd.child.wait();
+    let (ok, out) = swaks_mx(&dev, &["--body", "while clamd is down"]);
+    assert!(!ok && out.contains("451 4.7.1"), "{out}");
+    // ... or, as configured, the message is taken unscanned.
+    patch_config(&dev, "clamd-open", |c| {
+        c["inbound"]["clamd"]["acceptOnFailure"] = true.into();
+    });
+    let (ok, out) = swaks_mx(&dev, &["--body", "taken unscanned"]);
+    assert!(ok, "{out}");
+    assert_eq!(
+        dev.messages(ALICE).len(),
+        2,
+        "the clean one and the unscanned one"
+    );
+}

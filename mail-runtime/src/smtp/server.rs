@@ -345,6 +345,41 @@ impl Driver {
                 results_header = Some(verdict.header);
             }
         }
+        // clamd, for mail from outside (and, by a setting, from logged-in users too).
+        if let Some(clamd) = &config.raw.inbound.clamd
+            && (clamd.scan_submission || (self.mx && !delivery.trusted))
+        {
+            let timeout = Duration::from_secs(u64::from(clamd.timeout_seconds));
+            match super::scan::clamd(&clamd.address, &message.path, timeout).await {
+                Ok(super::scan::Verdict::Clean) => {}
+                Ok(super::scan::Verdict::Infected(name)) => {
+                    let _ = std::fs::remove_file(&message.path);
+                    return Delivered::Refused(
+                        Reply::new(
+                            554,
+                            "5.7.1",
+                            format!("the message contains malware: {name}"),
+                        ),
+                        "malware",
+                    );
+                }
+                Err(why) if clamd.accept_on_failure => {
+                    tracing::warn!(error = %why, "clamd failed; the message is taken unscanned");
+                }
+                Err(why) => {
+                    tracing::warn!(error = %why, "clamd failed; the sender is asked to retry");
+                    let _ = std::fs::remove_file(&message.path);
+                    return Delivered::Refused(
+                        Reply::new(
+                            451,
+                            "4.7.1",
+                            "the virus scanner is unavailable, try again later",
+                        ),
+                        "scanner-unavailable",
+                    );
+                }
+            }
+        }
         let count = delivery.mailboxes.len();
         let store = runtime.store().clone();
         let outbound = runtime.outbound().clone();

@@ -1,10 +1,10 @@
 //! The runtime config for one MailDomain.
 use kubemail_config::{
-    API_VERSION, Advertised, AppPasswordConfig, AutoReplyConfig, DkimConfig, DnsListConfig,
-    DomainConfig, GreylistConfig, InboundChecks, KIND, Limits, Listener, ListenerProtocol,
-    LoginProtocol, MailboxConfig, RateConfig, RateLimitsConfig, RawConfig, RelayConfig,
-    RetryConfig, RouteConfig, RouteMode, Security, SmarthostConfig, SmarthostTls, Storage,
-    TlsFiles,
+    API_VERSION, Advertised, AppPasswordConfig, AutoReplyConfig, ClamdConfig, DkimConfig,
+    DnsListConfig, DomainConfig, GreylistConfig, InboundChecks, KIND, Limits, Listener,
+    ListenerProtocol, LoginProtocol, MailboxConfig, RateConfig, RateLimitsConfig, RawConfig,
+    RelayConfig, RetryConfig, RouteConfig, RouteMode, Security, SmarthostConfig, SmarthostTls,
+    Storage, TlsFiles,
 };
 use kubemail_crds::{
     MailDomain, Mailbox, Protocol, RelayPolicy,
@@ -230,6 +230,12 @@ fn inbound_checks(spec: &kubemail_crds::mail_domain::InboundSpec) -> InboundChec
             .as_deref()
             .map_or(0, |p| secs(p, 0).saturating_mul(1000).min(10_000)),
         helo_checks: spec.helo_checks,
+        clamd: spec.clamav.as_ref().map(|c| ClamdConfig {
+            address: c.address.clone(),
+            timeout_seconds: secs(&c.timeout, 30).clamp(1, 600),
+            accept_on_failure: c.on_failure == kubemail_crds::mail_domain::ScanFailure::Accept,
+            scan_submission: c.scan_submission,
+        }),
     }
 }
 

@@ -197,7 +197,8 @@ fn inbound_screening_is_rendered_from_the_domain() {
     let mut md = fixtures::domain();
     md.spec.inbound = serde_yaml_ng::from_str(
         "{dnsLists: [{zone: zen.spamhaus.org, weight: 2, answers: [127.0.0.2]}, {zone: list.dnswl.org, weight: -5}],
-          dnsListThreshold: 2, greylisting: {delay: 2m}, greetPause: 3s, heloChecks: true}",
+          dnsListThreshold: 2, greylisting: {delay: 2m}, greetPause: 3s, heloChecks: true,
+          clamav: {address: \"clamav.mail.svc:3310\", onFailure: Accept}}",
     )
     .expect("inbound");
     let config = runtime_config(&md, &[], None);
@@ -217,6 +218,15 @@ fn inbound_screening_is_rendered_from_the_domain() {
     );
     assert_eq!(inbound.greet_pause_millis, 3000);
     assert!(inbound.helo_checks);
+    let clamd = inbound.clamd.as_ref().expect("clamd");
+    assert_eq!(
+        (
+            clamd.address.as_str(),
+            clamd.timeout_seconds,
+            clamd.accept_on_failure
+        ),
+        ("clamav.mail.svc:3310", 30, true)
+    );
     // What the runtime reads back is valid.
     let (_, yaml) = with_revision(config);
     kubemail_config::Config::parse(&yaml).expect("valid");
