@@ -321,6 +321,21 @@ impl Config {
                 );
             }
         }
+        if let Some(rspamd) = &inbound.rspamd {
+            let authority = rspamd.url.strip_prefix("http://").unwrap_or_default();
+            if authority.is_empty() || authority.trim_end_matches('/').contains('/') {
+                problem(
+                    "inbound.rspamd.url".into(),
+                    format!("{:?} is not http://host:port", rspamd.url),
+                );
+            }
+            if !(1..=600).contains(&rspamd.timeout_seconds) {
+                problem(
+                    "inbound.rspamd.timeoutSeconds".into(),
+                    "from 1 to 600".into(),
+                );
+            }
+        }
         if inbound.greet_pause_millis > 10_000 {
             problem(
                 "inbound.greetPauseMillis".into(),

@@ -93,6 +93,27 @@ pub struct InboundChecks {
     /// A clamd that scans each message from outside before it is taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clamd: Option<ClamdConfig>,
+    /// An rspamd that scores each message from outside before it is taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rspamd: Option<RspamdConfig>,
+}
+
+/// An rspamd's normal worker, spoken to over HTTP (`/checkv2`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RspamdConfig {
+    /// `http://host:port`.
+    pub url: String,
+    /// How long one check may take.
+    #[serde(default = "thirty")]
+    pub timeout_seconds: u32,
+    /// When rspamd cannot say: take the message unchecked (true) or ask the sender to retry
+    /// later (false, `451 4.7.1`).
+    #[serde(default)]
+    pub accept_on_failure: bool,
+    /// Check mail from logged-in users and relay networks too.
+    #[serde(default)]
+    pub scan_submission: bool,
 }
 
 /// A clamd, spoken to over TCP (`INSTREAM`).
@@ -128,6 +149,7 @@ impl Default for InboundChecks {
             greet_pause_millis: 0,
             helo_checks: false,
             clamd: None,
+            rspamd: None,
         }
     }
 }

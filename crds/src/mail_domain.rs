@@ -673,6 +673,34 @@ pub struct InboundSpec {
     /// is refused with `554 5.7.1` and the signature's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clamav: Option<ClamavSpec>,
+    /// An rspamd whose normal worker scores each message from outside over HTTP (`/checkv2`):
+    /// `reject` is refused (`550 5.7.1`), `soft reject` and `greylist` are asked to retry
+    /// (`451 4.7.1`), `add header` and `rewrite subject` are taken into the recipient's Junk
+    /// folder; every checked message carries `X-Spam-Status`, `X-Spam-Action` and
+    /// `X-Spam-Symbols`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rspamd: Option<RspamdSpec>,
+}
+
+/// An rspamd reached over HTTP.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RspamdSpec {
+    /// The normal worker's address, such as `http://rspamd.mail.svc:11333`.
+    #[schemars(length(min = 10, max = 270))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^http://[a-z0-9.-]+:[0-9]{1,5}/?$')").message("url must be http://host:port, such as http://rspamd.mail.svc:11333"))]
+    pub url: String,
+    /// How long one check may take. Defaults to `30s`.
+    #[serde(default = "default_scan_timeout")]
+    #[schemars(length(min = 2, max = 8))]
+    #[x_kube(validation = crate::common::duration_rule("rspamd.timeout"))]
+    pub timeout: String,
+    /// When rspamd cannot answer: `Tempfail` (the default) or `Accept` (taken unchecked).
+    #[serde(default)]
+    pub on_failure: ScanFailure,
+    /// Check mail from logged-in users and relay networks too.
+    #[serde(default)]
+    pub scan_submission: bool,
 }
 
 /// A clamd reached over TCP.
@@ -722,6 +750,7 @@ impl Default for InboundSpec {
             greet_pause: None,
             helo_checks: false,
             clamav: None,
+            rspamd: None,
         }
     }
 }

@@ -28,6 +28,9 @@ use crate::{
     store::{INBOX, Placement, Store, StoreError},
 };
 
+/// Where spam goes (a default folder, RFC 6154's `\Junk`).
+const JUNK: &str = "Junk";
+
 /// What the scripts decided for one mailbox.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Decision {
@@ -356,10 +359,11 @@ pub fn deliver(
     from: &str,
     trusted: bool,
     remote: bool,
+    spam: bool,
 ) -> Result<Delivered, StoreError> {
     let store = runtime.store().clone();
     let config = runtime.config().get();
-    if !any_rules(&*store, &config, mailboxes) {
+    if !spam && !any_rules(&*store, &config, mailboxes) {
         store.deliver(message, mailboxes)?;
         return Ok(Delivered::Done);
     }
@@ -410,6 +414,18 @@ pub fn deliver(
         }
         if let Some(vacation) = d.vacation.take() {
             answer(runtime, &config, &bytes, from, &d.mailbox, &vacation);
+        }
+    }
+    // Spam the filter let through is kept in Junk, not INBOX (what a script filed elsewhere
+    // stays there).
+    if spam {
+        for d in &mut decisions {
+            for (folder, _) in &mut d.stores {
+                if folder.eq_ignore_ascii_case(INBOX) {
+                    *folder = JUNK.to_string();
+                    d.create.push(JUNK.to_string());
+                }
+            }
         }
     }
     let placements = placements(&*store, &decisions);

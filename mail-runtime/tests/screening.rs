@@ -279,3 +279,194 @@ fn clamd_refuses_infected_mail_and_its_absence_follows_the_policy() {
         "the clean one and the unscanned one"
     );
 }
+
+/// rspamd from Debian on loopback: Debian's configuration, with its workers on free ports,
+/// its DNS pointed at a closed loopback port (no lookup leaves the machine), the network
+/// modules off, and one rule of the test's own: a Subject with "cheap pills" scores 60, which
+/// the actions here make "add header" (50) but not "reject" (150). GTUBE is rejected.
+struct Rspamd {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Rspamd {
+    fn start(dir: &std::path::Path) -> Rspamd {
+        let conf = dir.join("conf");
+        std::fs::create_dir_all(dir).expect("rspamd's directory");
+        let copied = Command::new("cp")
+            .args(["-r", "/etc/rspamd"])
+            .arg(&conf)
+            .status()
+            .expect("cp");
+        assert!(copied.success(), "Debian's rspamd configuration");
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .expect("a free port")
+                .local_addr()
+                .expect("addr")
+                .port()
+        };
+        let port = free();
+        let files = [
+            (
+                "override.d/worker-normal.inc",
+                format!("bind_socket = \"127.0.0.1:{port}\";\ncount = 1;\n"),
+            ),
+            (
+                "override.d/worker-controller.inc",
+                format!("bind_socket = \"127.0.0.1:{}\";\ncount = 1;\n", free()),
+            ),
+            (
+                "override.d/worker-proxy.inc",
+                format!("bind_socket = \"127.0.0.1:{}\";\ncount = 1;\n", free()),
+            ),
+            (
+                "override.d/logging.inc",
+                "type = \"console\";\nlevel = \"error\";\n".into(),
+            ),
+            (
+                "override.d/options.inc",
+                "dns { nameserver = [\"127.0.0.1:1\"]; timeout = 0.1s; retransmits = 1; }\n".into(),
+            ),
+            (
+                "override.d/actions.conf",
+                "reject = 150;\nadd_header = 50;\ngreylist = null;\nrewrite_subject = null;\n"
+                    .into(),
+            ),
+            (
+                "local.d/multimap.conf",
+                "KUBEMAIL_SPAMMY { type = \"header\"; header = \"Subject\"; regexp = true; \
+                 map = \"${LOCAL_CONFDIR}/kubemail-spammy.map\"; score = 60.0; }\n"
+                    .into(),
+            ),
+            ("kubemail-spammy.map", "/cheap pills/i\n".into()),
+        ];
+        for (file, text) in files {
+            std::fs::write(conf.join(file), text).expect("rspamd config");
+        }
+        for module in [
+            "fuzzy_check",
+            "rbl",
+            "asn",
+            "phishing",
+            "url_redirector",
+            "reputation",
+        ] {
+            std::fs::write(
+                conf.join(format!("override.d/{module}.conf")),
+                "enabled = false;\n",
+            )
+            .expect("module off");
+        }
+        for sub in ["db", "run"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("dir");
+        }
+        let var = |name: &str, path: &std::path::Path| format!("--var={name}={}", path.display());
+        let child = Command::new("rspamd")
+            .args(["-f", "-i", "-c"])
+            .arg(conf.join("rspamd.conf"))
+            .arg(var("CONFDIR", &conf))
+            .arg(var("LOCAL_CONFDIR", &conf))
+            .arg(var("DBDIR", &dir.join("db")))
+            .arg(var("RUNDIR", &dir.join("run")))
+            .arg(var("LOGDIR", dir))
+            .arg("-p")
+            .arg(dir.join("run/rspamd.pid"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("rspamd (Debian's rspamd package)");
+        let mut rspamd = Rspamd { child, port };
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                rspamd.child.try_wait().ok().flatten().is_none(),
+                "rspamd exited"
+            );
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "rspamd did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        rspamd
+    }
+}
+
+impl Drop for Rspamd {
+    fn drop(&mut self) {
+        // SIGTERM: the main process takes its workers down with it (after a SIGKILL they would
+        // go on serving).
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = std::time::Instant::now();
+        while self.child.try_wait().ok().flatten().is_none()
+            && start.elapsed() < std::time::Duration::from_secs(10)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            && start.elapsed() < std::time::Duration::from_secs(20)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+/// The messages in a folder of a mailbox, read from its Maildir.
+fn folder_messages(dev: &Dev, address: &str, folder: &str) -> Vec<String> {
+    let dir = dev.maildir(address).join(format!(".{folder}"));
+    ["new", "cur"]
+        .iter()
+        .filter_map(|sub| std::fs::read_dir(dir.join(sub)).ok())
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .collect()
+}
+
+#[test]
+fn rspamd_rejects_gtube_quarantines_spam_and_its_absence_follows_the_policy() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rspamd = Rspamd::start(&tmp.path().join("rspamd"));
+    let dev = Dev::start(&tmp.path().join("data"));
+    let url = format!("http://127.0.0.1:{}", rspamd.port);
+    patch_config(&dev, "rspamd", |c| {
+        c["inbound"]["rspamd"] =
+            serde_yaml_ng::from_str(&format!("{{url: \"{url}\", timeoutSeconds: 20}}"))
+                .expect("yaml");
+    });
+    // GTUBE: refused in the session with rspamd's reason.
+    let gtube = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+    let (ok, out) = swaks_mx(&dev, &["--body", gtube]);
+    assert!(!ok && out.contains("550 5.7.1"), "{out}");
+    assert!(out.contains("Gtube"), "{out}");
+    // Spam rspamd would mark: taken, kept in Junk, with the headers that say why.
+    let (ok, out) = swaks_mx(&dev, &["--header", "Subject: cheap pills today"]);
+    assert!(ok, "{out}");
+    let junk = folder_messages(&dev, ALICE, "Junk");
+    assert_eq!(junk.len(), 1, "{junk:?}");
+    assert!(
+        junk[0].contains("X-Spam-Status: Yes") && junk[0].contains("KUBEMAIL_SPAMMY"),
+        "{}",
+        junk[0]
+    );
+    // A clean message: INBOX, marked as checked.
+    let (ok, out) = swaks_mx(&dev, &["--header", "Subject: minutes of the meeting"]);
+    assert!(ok, "{out}");
+    let inbox = dev.messages(ALICE);
+    assert_eq!(inbox.len(), 1, "{inbox:?}");
+    assert!(inbox[0].contains("X-Spam-Status: No"), "{}", inbox[0]);
+    // rspamd down: asked to come back, nothing lost; or, as configured, taken unchecked.
+    drop(rspamd);
+    let (ok, out) = swaks_mx(&dev, &["--header", "Subject: while rspamd is down"]);
+    assert!(!ok && out.contains("451 4.7.1"), "{out}");
+    patch_config(&dev, "rspamd-open", |c| {
+        c["inbound"]["rspamd"]["acceptOnFailure"] = true.into();
+    });
+    let (ok, out) = swaks_mx(&dev, &["--header", "Subject: taken unchecked"]);
+    assert!(ok, "{out}");
+    assert_eq!(dev.messages(ALICE).len(), 2);
+}

@@ -4,6 +4,7 @@ pub mod checks;
 pub mod codec;
 pub mod policy;
 pub mod reply;
+pub mod rspamd;
 pub mod scan;
 pub mod screen;
 pub mod server;

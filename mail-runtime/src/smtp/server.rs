@@ -380,6 +380,84 @@ impl Driver {
                 }
             }
         }
+        // rspamd scores mail from outside (and, by a setting, from logged-in users too).
+        let mut spam = false;
+        if let Some(rspamd) = &config.raw.inbound.rspamd
+            && (rspamd.scan_submission || (self.mx && !delivery.trusted))
+        {
+            let timeout = Duration::from_secs(u64::from(rspamd.timeout_seconds));
+            let checked = match tokio::fs::read(&message.path).await {
+                Ok(bytes) => {
+                    let mut envelope = vec![
+                        ("IP", self.peer_ip.to_string()),
+                        ("Helo", delivery.helo.clone()),
+                        ("From", delivery.from.clone()),
+                        ("Queue-Id", session.queue_id().to_string()),
+                    ];
+                    for rcpt in delivery.mailboxes.iter().chain(&delivery.remote) {
+                        envelope.push(("Rcpt", rcpt.clone()));
+                    }
+                    if let Some((user, _)) = session.login() {
+                        envelope.push(("User", user));
+                    }
+                    super::rspamd::check(&rspamd.url, &envelope, bytes, timeout).await
+                }
+                Err(e) => Err(format!("cannot read the spooled message: {e}")),
+            };
+            match checked {
+                Ok(checked) => {
+                    let refusal = match checked.action.as_str() {
+                        "reject" => Some(Reply::new(
+                            550,
+                            "5.7.1",
+                            checked
+                                .message
+                                .clone()
+                                .unwrap_or_else(|| "spam message rejected".into()),
+                        )),
+                        "soft reject" => Some(Reply::new(
+                            451,
+                            "4.7.1",
+                            checked
+                                .message
+                                .clone()
+                                .unwrap_or_else(|| "try again later".into()),
+                        )),
+                        "greylist" => Some(Reply::new(
+                            451,
+                            "4.7.1",
+                            "greylisted by the content filter, try again later",
+                        )),
+                        _ => None,
+                    };
+                    if let Some(reply) = refusal {
+                        let _ = std::fs::remove_file(&message.path);
+                        return Delivered::Refused(reply, "spam");
+                    }
+                    spam = checked.is_spam();
+                    let header = checked.header();
+                    results_header = Some(match results_header {
+                        Some(before) => before + &header,
+                        None => header,
+                    });
+                }
+                Err(why) if rspamd.accept_on_failure => {
+                    tracing::warn!(error = %why, "rspamd failed; the message is taken unchecked");
+                }
+                Err(why) => {
+                    tracing::warn!(error = %why, "rspamd failed; the sender is asked to retry");
+                    let _ = std::fs::remove_file(&message.path);
+                    return Delivered::Refused(
+                        Reply::new(
+                            451,
+                            "4.7.1",
+                            "the spam filter is unavailable, try again later",
+                        ),
+                        "scanner-unavailable",
+                    );
+                }
+            }
+        }
         let count = delivery.mailboxes.len();
         let store = runtime.store().clone();
         let outbound = runtime.outbound().clone();
@@ -419,6 +497,7 @@ impl Driver {
                 &delivery.from,
                 delivery.trusted,
                 !delivery.remote.is_empty(),
+                spam,
             )
         })
         .await;

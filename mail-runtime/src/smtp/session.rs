@@ -256,6 +256,11 @@ impl Session {
         matches!(self.state, State::Closed)
     }
 
+    /// The current message's queue ID (as the `250` and the Received field say it).
+    pub fn queue_id(&self) -> &str {
+        &self.queue_id
+    }
+
     /// The logged-in mailbox's address and the password hash it logged in with.
     pub fn login(&self) -> Option<(String, String)> {
         self.user

@@ -3,8 +3,8 @@ use kubemail_config::{
     API_VERSION, Advertised, AppPasswordConfig, AutoReplyConfig, ClamdConfig, DkimConfig,
     DnsListConfig, DomainConfig, GreylistConfig, InboundChecks, KIND, Limits, Listener,
     ListenerProtocol, LoginProtocol, MailboxConfig, RateConfig, RateLimitsConfig, RawConfig,
-    RelayConfig, RetryConfig, RouteConfig, RouteMode, Security, SmarthostConfig, SmarthostTls,
-    Storage, TlsFiles,
+    RelayConfig, RetryConfig, RouteConfig, RouteMode, RspamdConfig, Security, SmarthostConfig,
+    SmarthostTls, Storage, TlsFiles,
 };
 use kubemail_crds::{
     MailDomain, Mailbox, Protocol, RelayPolicy,
@@ -235,6 +235,12 @@ fn inbound_checks(spec: &kubemail_crds::mail_domain::InboundSpec) -> InboundChec
             timeout_seconds: secs(&c.timeout, 30).clamp(1, 600),
             accept_on_failure: c.on_failure == kubemail_crds::mail_domain::ScanFailure::Accept,
             scan_submission: c.scan_submission,
+        }),
+        rspamd: spec.rspamd.as_ref().map(|r| RspamdConfig {
+            url: r.url.trim_end_matches('/').to_string(),
+            timeout_seconds: secs(&r.timeout, 30).clamp(1, 600),
+            accept_on_failure: r.on_failure == kubemail_crds::mail_domain::ScanFailure::Accept,
+            scan_submission: r.scan_submission,
         }),
     }
 }

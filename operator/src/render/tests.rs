@@ -198,7 +198,8 @@ fn inbound_screening_is_rendered_from_the_domain() {
     md.spec.inbound = serde_yaml_ng::from_str(
         "{dnsLists: [{zone: zen.spamhaus.org, weight: 2, answers: [127.0.0.2]}, {zone: list.dnswl.org, weight: -5}],
           dnsListThreshold: 2, greylisting: {delay: 2m}, greetPause: 3s, heloChecks: true,
-          clamav: {address: \"clamav.mail.svc:3310\", onFailure: Accept}}",
+          clamav: {address: \"clamav.mail.svc:3310\", onFailure: Accept},
+          rspamd: {url: \"http://rspamd.mail.svc:11333/\", timeout: 10s}}",
     )
     .expect("inbound");
     let config = runtime_config(&md, &[], None);
@@ -226,6 +227,15 @@ fn inbound_screening_is_rendered_from_the_domain() {
             clamd.accept_on_failure
         ),
         ("clamav.mail.svc:3310", 30, true)
+    );
+    let rspamd = inbound.rspamd.as_ref().expect("rspamd");
+    assert_eq!(
+        (
+            rspamd.url.as_str(),
+            rspamd.timeout_seconds,
+            rspamd.accept_on_failure
+        ),
+        ("http://rspamd.mail.svc:11333", 10, false)
     );
     // What the runtime reads back is valid.
     let (_, yaml) = with_revision(config);

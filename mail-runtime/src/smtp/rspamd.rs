@@ -1,0 +1,165 @@
+//! rspamd, the content scanner, over its HTTP protocol: the message is posted to `/checkv2`
+//! with the envelope (client address, HELO, sender, recipients, logged-in user) in request
+//! headers, and rspamd answers with an action and a score.
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+
+/// What rspamd decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checked {
+    /// `no action`, `greylist`, `add header`, `rewrite subject`, `soft reject` or `reject`.
+    pub action: String,
+    pub score: f64,
+    pub required: f64,
+    /// The symbols that matched, by name.
+    pub symbols: Vec<String>,
+    /// The text rspamd suggests for an SMTP refusal.
+    pub message: Option<String>,
+    /// The subject rspamd suggests for `rewrite subject`.
+    pub subject: Option<String>,
+}
+
+impl Checked {
+    /// Whether the message is spam to be quarantined (rspamd would add a header or rewrite its
+    /// subject).
+    pub fn is_spam(&self) -> bool {
+        matches!(self.action.as_str(), "add header" | "rewrite subject")
+    }
+
+    /// The header fields that tell the user why.
+    pub fn header(&self) -> String {
+        let mut symbols: Vec<&str> = self.symbols.iter().map(String::as_str).collect();
+        symbols.sort_unstable();
+        let mut symbols = symbols.join(", ");
+        if symbols.len() > 900 {
+            let mut end = 900;
+            while !symbols.is_char_boundary(end) {
+                end -= 1;
+            }
+            symbols.truncate(end);
+        }
+        format!(
+            "X-Spam-Status: {}, score={:.2} required={:.2}\r\nX-Spam-Action: {}\r\nX-Spam-Symbols: {}\r\n",
+            if self.is_spam() { "Yes" } else { "No" },
+            self.score,
+            self.required,
+            self.action,
+            symbols
+        )
+    }
+}
+
+/// Posts a message to `url` (`http://host:port`) `/checkv2`.
+pub async fn check(
+    url: &str,
+    envelope: &[(&'static str, String)],
+    message: Vec<u8>,
+    timeout: Duration,
+) -> Result<Checked, String> {
+    tokio::time::timeout(timeout, post(url, envelope, message))
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "rspamd at {url} gave no verdict within {timeout:?}"
+            ))
+        })
+}
+
+async fn post(
+    url: &str,
+    envelope: &[(&'static str, String)],
+    message: Vec<u8>,
+) -> Result<Checked, String> {
+    let authority = url
+        .strip_prefix("http://")
+        .map(|rest| rest.trim_end_matches('/'))
+        .filter(|a| !a.is_empty() && !a.contains('/'))
+        .ok_or_else(|| format!("{url:?} is not an http://host:port address"))?;
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .map_err(|e| format!("cannot reach rspamd at {authority}: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("rspamd at {authority}: {e}"))?;
+    tokio::spawn(connection);
+    let mut request = hyper::Request::post("/checkv2").header("Host", authority);
+    for (name, value) in envelope {
+        // A value with a line break would end the header: such a value is left out.
+        if !value.contains(['\r', '\n']) {
+            request = request.header(*name, value.as_str());
+        }
+    }
+    let request = request
+        .body(Full::new(Bytes::from(message)))
+        .map_err(|e| format!("building the request to rspamd: {e}"))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("rspamd at {authority}: {e}"))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading rspamd's answer: {e}"))?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(format!(
+            "rspamd answered {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        ));
+    }
+    parse(&body)
+}
+
+fn parse(body: &[u8]) -> Result<Checked, String> {
+    let json: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("rspamd's answer is not JSON: {e}"))?;
+    let action = json["action"]
+        .as_str()
+        .ok_or("rspamd's answer has no action")?
+        .to_string();
+    let symbols = json["symbols"]
+        .as_object()
+        .map(|s| s.keys().take(100).cloned().collect())
+        .unwrap_or_default();
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(300)
+            .collect()
+    };
+    Ok(Checked {
+        action,
+        score: json["score"].as_f64().unwrap_or_default(),
+        required: json["required_score"].as_f64().unwrap_or_default(),
+        symbols,
+        message: json["messages"]["smtp_message"].as_str().map(clean),
+        subject: json["subject"].as_str().map(clean),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_read_and_headers_say_why() {
+        let checked = parse(
+            br#"{"is_skipped":false,"score":11.4,"required_score":15.0,"action":"add header",
+                 "symbols":{"B":{"score":1.0},"A":{"score":2.0}},"messages":{"smtp_message":"spam\r\nX: y"}}"#,
+        )
+        .expect("parsed");
+        assert!(checked.is_spam());
+        assert_eq!(checked.message.as_deref(), Some("spam  X: y"));
+        assert_eq!(
+            checked.header(),
+            "X-Spam-Status: Yes, score=11.40 required=15.00\r\nX-Spam-Action: add header\r\nX-Spam-Symbols: A, B\r\n"
+        );
+        assert!(parse(b"not json").is_err());
+        assert!(parse(b"{}").is_err());
+    }
+}
