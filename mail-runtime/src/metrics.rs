@@ -6,7 +6,12 @@ use std::sync::{
 
 use prometheus_client::{
     encoding::text::encode,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
 
@@ -28,6 +33,8 @@ struct Metrics {
     mailbox_messages: Family<Labels, Gauge<i64, AtomicI64>>,
     mailbox_quota: Family<Labels, Gauge<i64, AtomicI64>>,
     sieve_replies: Counter<u64, AtomicU64>,
+    filter_verdicts: Family<Labels, Counter<u64, AtomicU64>>,
+    filter_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     /// Held while the mailbox gauges are refilled and the text encoded, so two scrapes at once
     /// never see each other's half-filled families.
     scrape: std::sync::Mutex<()>,
@@ -53,6 +60,10 @@ fn metrics() -> &'static Metrics {
             mailbox_messages: Family::default(),
             mailbox_quota: Family::default(),
             sieve_replies: Counter::default(),
+            filter_verdicts: Family::default(),
+            filter_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 12))
+            }),
             scrape: std::sync::Mutex::new(()),
         };
         registry.register(
@@ -64,6 +75,16 @@ fn metrics() -> &'static Metrics {
             "sessions_active",
             "Sessions open now, by protocol",
             m.active.clone(),
+        );
+        registry.register(
+            "filter_verdicts",
+            "Verdicts of the inbound filters, by stage (dnsbl, greylist, clamd, rspamd) and verdict",
+            m.filter_verdicts.clone(),
+        );
+        registry.register(
+            "filter_duration_seconds",
+            "Time a content scanner took per message, by stage (clamd, rspamd)",
+            m.filter_seconds.clone(),
         );
         registry.register(
             "sieve_replies",
@@ -153,6 +174,25 @@ pub fn message_accepted(mailboxes: usize) {
     let m = metrics();
     m.accepted.inc();
     m.delivered.inc_by(mailboxes as u64);
+}
+
+/// An inbound filter's verdict (`stage`: dnsbl, greylist, clamd, rspamd).
+pub fn filter_verdict(stage: &'static str, verdict: &str) {
+    metrics()
+        .filter_verdicts
+        .get_or_create(&vec![
+            ("stage", stage.to_string()),
+            ("verdict", verdict.to_string()),
+        ])
+        .inc();
+}
+
+/// How long a content scanner took on one message.
+pub fn filter_duration(stage: &'static str, seconds: f64) {
+    metrics()
+        .filter_seconds
+        .get_or_create(&vec![("stage", stage.to_string())])
+        .observe(seconds);
 }
 
 /// A vacation or out-of-office reply was sent.

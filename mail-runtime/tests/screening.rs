@@ -459,6 +459,16 @@ fn rspamd_rejects_gtube_quarantines_spam_and_its_absence_follows_the_policy() {
     let inbox = dev.messages(ALICE);
     assert_eq!(inbox.len(), 1, "{inbox:?}");
     assert!(inbox[0].contains("X-Spam-Status: No"), "{}", inbox[0]);
+    // Verdicts and scan times are counted by stage.
+    let metrics = common::http_get(&dev, "/metrics");
+    for line in [
+        r#"kubemail_filter_verdicts_total{stage="rspamd",verdict="reject"} 1"#,
+        r#"kubemail_filter_verdicts_total{stage="rspamd",verdict="add header"} 1"#,
+        r#"kubemail_filter_verdicts_total{stage="rspamd",verdict="no action"} 1"#,
+        r#"kubemail_filter_duration_seconds_count{stage="rspamd"} 3"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
     // rspamd down: asked to come back, nothing lost; or, as configured, taken unchecked.
     drop(rspamd);
     let (ok, out) = swaks_mx(&dev, &["--header", "Subject: while rspamd is down"]);

@@ -350,7 +350,18 @@ impl Driver {
             && (clamd.scan_submission || (self.mx && !delivery.trusted))
         {
             let timeout = Duration::from_secs(u64::from(clamd.timeout_seconds));
-            match super::scan::clamd(&clamd.address, &message.path, timeout).await {
+            let started = std::time::Instant::now();
+            let verdict = super::scan::clamd(&clamd.address, &message.path, timeout).await;
+            crate::metrics::filter_duration("clamd", started.elapsed().as_secs_f64());
+            crate::metrics::filter_verdict(
+                "clamd",
+                match &verdict {
+                    Ok(super::scan::Verdict::Clean) => "clean",
+                    Ok(super::scan::Verdict::Infected(_)) => "infected",
+                    Err(_) => "failed",
+                },
+            );
+            match verdict {
                 Ok(super::scan::Verdict::Clean) => {}
                 Ok(super::scan::Verdict::Infected(name)) => {
                     let _ = std::fs::remove_file(&message.path);
@@ -400,10 +411,18 @@ impl Driver {
                     if let Some((user, _)) = session.login() {
                         envelope.push(("User", user));
                     }
-                    super::rspamd::check(&rspamd.url, &envelope, bytes, timeout).await
+                    let started = std::time::Instant::now();
+                    let checked =
+                        super::rspamd::check(&rspamd.url, &envelope, bytes, timeout).await;
+                    crate::metrics::filter_duration("rspamd", started.elapsed().as_secs_f64());
+                    checked
                 }
                 Err(e) => Err(format!("cannot read the spooled message: {e}")),
             };
+            crate::metrics::filter_verdict(
+                "rspamd",
+                checked.as_ref().map_or("failed", |c| c.action.as_str()),
+            );
             match checked {
                 Ok(checked) => {
                     let refusal = match checked.action.as_str() {

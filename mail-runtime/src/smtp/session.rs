@@ -948,6 +948,7 @@ impl Session {
         }
         if let Some(why) = &self.listed {
             crate::metrics::refused("dnsbl");
+            crate::metrics::filter_verdict("dnsbl", "listed");
             return Some(Reply::new(554, "5.7.1", why.clone()));
         }
         let timing = self.config.raw.inbound.greylisting.as_ref()?;
@@ -956,9 +957,13 @@ impl Session {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         match self.greylist.check(self.info.peer, from, to, now, timing) {
-            Ok(()) => None,
+            Ok(()) => {
+                crate::metrics::filter_verdict("greylist", "passed");
+                None
+            }
             Err(wait) => {
                 crate::metrics::refused("greylisted");
+                crate::metrics::filter_verdict("greylist", "deferred");
                 Some(Reply::new(
                     451,
                     "4.7.1",
