@@ -114,6 +114,13 @@ pub struct RspamdConfig {
     /// Check mail from logged-in users and relay networks too.
     #[serde(default)]
     pub scan_submission: bool,
+    /// The controller worker (`http://host:port`): messages users move into Junk are learned
+    /// as spam, out of it as ham. None: no learning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_url: Option<String>,
+    /// The controller's password, when it asks for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_password: Option<String>,
 }
 
 /// A clamd, spoken to over TCP (`INSTREAM`).

@@ -698,6 +698,14 @@ pub struct RspamdSpec {
     /// When rspamd cannot answer: `Tempfail` (the default) or `Accept` (taken unchecked).
     #[serde(default)]
     pub on_failure: ScanFailure,
+    /// The controller worker, such as `http://rspamd.mail.svc:11334`: what users move into
+    /// Junk (IMAP MOVE or COPY) is learned as spam, what they move out of it (not into Trash)
+    /// as ham, at most 20 messages of 10 MiB per command. rspamd's controller must let the
+    /// runtime's pods learn without a password (its `secure_ip`); no learning when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 10, max = 270))]
+    #[x_kube(validation = kube::core::Rule::new("self.matches('^http://[a-z0-9.-]+:[0-9]{1,5}/?$')").message("controllerUrl must be http://host:port, such as http://rspamd.mail.svc:11334"))]
+    pub controller_url: Option<String>,
     /// Check mail from logged-in users and relay networks too.
     #[serde(default)]
     pub scan_submission: bool,

@@ -287,6 +287,8 @@ fn clamd_refuses_infected_mail_and_its_absence_follows_the_policy() {
 struct Rspamd {
     child: std::process::Child,
     port: u16,
+    controller: u16,
+    redis: std::process::Child,
 }
 
 impl Rspamd {
@@ -307,6 +309,15 @@ impl Rspamd {
                 .port()
         };
         let port = free();
+        let controller = free();
+        // Redis from Debian, for the Bayes classifier that learning teaches.
+        let redis_port = free();
+        let redis = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &redis_port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package)");
         let files = [
             (
                 "override.d/worker-normal.inc",
@@ -314,7 +325,11 @@ impl Rspamd {
             ),
             (
                 "override.d/worker-controller.inc",
-                format!("bind_socket = \"127.0.0.1:{}\";\ncount = 1;\n", free()),
+                format!("bind_socket = \"127.0.0.1:{controller}\";\ncount = 1;\n"),
+            ),
+            (
+                "local.d/redis.conf",
+                format!("servers = \"127.0.0.1:{redis_port}\";\n"),
             ),
             (
                 "override.d/worker-proxy.inc",
@@ -375,7 +390,12 @@ impl Rspamd {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("rspamd (Debian's rspamd package)");
-        let mut rspamd = Rspamd { child, port };
+        let mut rspamd = Rspamd {
+            child,
+            port,
+            controller,
+            redis,
+        };
         let start = std::time::Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -412,6 +432,23 @@ impl Drop for Rspamd {
         {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        let _ = self.redis.kill();
+        let _ = self.redis.wait();
+    }
+}
+
+impl Rspamd {
+    /// How many messages the controller says were learned.
+    fn learned(&self) -> u64 {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5"])
+            .arg(format!("http://127.0.0.1:{}/stat", self.controller))
+            .output()
+            .expect("curl");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["learned"].as_u64())
+            .unwrap_or(0)
     }
 }
 
@@ -433,10 +470,12 @@ fn rspamd_rejects_gtube_quarantines_spam_and_its_absence_follows_the_policy() {
     let rspamd = Rspamd::start(&tmp.path().join("rspamd"));
     let dev = Dev::start(&tmp.path().join("data"));
     let url = format!("http://127.0.0.1:{}", rspamd.port);
+    let controller = format!("http://127.0.0.1:{}", rspamd.controller);
     patch_config(&dev, "rspamd", |c| {
-        c["inbound"]["rspamd"] =
-            serde_yaml_ng::from_str(&format!("{{url: \"{url}\", timeoutSeconds: 20}}"))
-                .expect("yaml");
+        c["inbound"]["rspamd"] = serde_yaml_ng::from_str(&format!(
+            "{{url: \"{url}\", controllerUrl: \"{controller}\", timeoutSeconds: 20}}"
+        ))
+        .expect("yaml");
     });
     // GTUBE: refused in the session with rspamd's reason.
     let gtube = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
@@ -444,7 +483,13 @@ fn rspamd_rejects_gtube_quarantines_spam_and_its_absence_follows_the_policy() {
     assert!(!ok && out.contains("550 5.7.1"), "{out}");
     assert!(out.contains("Gtube"), "{out}");
     // Spam rspamd would mark: taken, kept in Junk, with the headers that say why.
-    let (ok, out) = swaks_mx(&dev, &["--header", "Subject: cheap pills today"]);
+    // (Bodies long enough for rspamd's classifier to learn from them below.)
+    let words = "the quarterly planning meeting moves to thursday afternoon because the \
+                 projector in the small room is broken again and facilities promised a fix";
+    let (ok, out) = swaks_mx(
+        &dev,
+        &["--header", "Subject: cheap pills today", "--body", words],
+    );
     assert!(ok, "{out}");
     let junk = folder_messages(&dev, ALICE, "Junk");
     assert_eq!(junk.len(), 1, "{junk:?}");
@@ -454,7 +499,15 @@ fn rspamd_rejects_gtube_quarantines_spam_and_its_absence_follows_the_policy() {
         junk[0]
     );
     // A clean message: INBOX, marked as checked.
-    let (ok, out) = swaks_mx(&dev, &["--header", "Subject: minutes of the meeting"]);
+    let (ok, out) = swaks_mx(
+        &dev,
+        &[
+            "--header",
+            "Subject: minutes of the meeting",
+            "--body",
+            words,
+        ],
+    );
     assert!(ok, "{out}");
     let inbox = dev.messages(ALICE);
     assert_eq!(inbox.len(), 1, "{inbox:?}");
@@ -469,6 +522,26 @@ fn rspamd_rejects_gtube_quarantines_spam_and_its_absence_follows_the_policy() {
     ] {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
+    // Learning: alice moves the clean message into Junk (spam learned), then the spam one
+    // out of it (ham learned), with imaplib's MOVE; rspamd's statistics count both.
+    assert_eq!(rspamd.learned(), 0);
+    let moved = common::run(
+        Command::new("python3")
+            .arg(client_script("imap_move.py"))
+            .args(["127.0.0.1", &dev.port("imaps").to_string(), ALICE])
+            .arg(dev.password(ALICE))
+            .args(["INBOX", "Junk", "Junk", "INBOX"]),
+    );
+    assert!(moved.contains("moved 2"), "{moved}");
+    let start = std::time::Instant::now();
+    while rspamd.learned() < 2 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "rspamd learned {} of 2",
+            rspamd.learned()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     // rspamd down: asked to come back, nothing lost; or, as configured, taken unchecked.
     drop(rspamd);
     let (ok, out) = swaks_mx(&dev, &["--header", "Subject: while rspamd is down"]);
@@ -478,5 +551,6 @@ fn rspamd_rejects_gtube_quarantines_spam_and_its_absence_follows_the_policy() {
     });
     let (ok, out) = swaks_mx(&dev, &["--header", "Subject: taken unchecked"]);
     assert!(ok, "{out}");
+    // The spam message moved back, and the one taken unchecked.
     assert_eq!(dev.messages(ALICE).len(), 2);
 }

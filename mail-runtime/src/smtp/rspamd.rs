@@ -59,7 +59,7 @@ pub async fn check(
     message: Vec<u8>,
     timeout: Duration,
 ) -> Result<Checked, String> {
-    tokio::time::timeout(timeout, post(url, envelope, message))
+    tokio::time::timeout(timeout, post_check(url, envelope, message))
         .await
         .unwrap_or_else(|_| {
             Err(format!(
@@ -68,11 +68,58 @@ pub async fn check(
         })
 }
 
-async fn post(
+/// Teaches rspamd's controller at `url` that a message is spam (or ham), as a user said by
+/// moving it into (or out of) Junk. A message rspamd skips (too short to teach anything) is
+/// not an error.
+pub async fn learn(
+    url: &str,
+    password: Option<&str>,
+    spam: bool,
+    message: Vec<u8>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let path = if spam { "/learnspam" } else { "/learnham" };
+    let headers: Vec<(&'static str, String)> = password
+        .map(|p| vec![("Password", p.to_string())])
+        .unwrap_or_default();
+    let body = match tokio::time::timeout(timeout, post(url, path, &headers, message)).await {
+        Ok(Ok(body)) => body,
+        // 204: rspamd skipped it (too few words to teach anything).
+        Ok(Err(e)) if e.starts_with("rspamd answered 204") => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+        Err(_) => return Err(format!("rspamd at {url} did not answer within {timeout:?}")),
+    };
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    // rspamd answers an error for a message it learned before: that is learned all the same.
+    if json["success"] == true
+        || json["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("already learned"))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "rspamd did not learn it: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        ))
+    }
+}
+
+async fn post_check(
     url: &str,
     envelope: &[(&'static str, String)],
     message: Vec<u8>,
 ) -> Result<Checked, String> {
+    parse(&post(url, "/checkv2", envelope, message).await?)
+}
+
+/// Posts a body to `path` of `url`, with these request headers; the answer's body.
+async fn post(
+    url: &str,
+    path: &str,
+    envelope: &[(&'static str, String)],
+    message: Vec<u8>,
+) -> Result<Bytes, String> {
     let authority = url
         .strip_prefix("http://")
         .map(|rest| rest.trim_end_matches('/'))
@@ -85,7 +132,7 @@ async fn post(
         .await
         .map_err(|e| format!("rspamd at {authority}: {e}"))?;
     tokio::spawn(connection);
-    let mut request = hyper::Request::post("/checkv2").header("Host", authority);
+    let mut request = hyper::Request::post(path).header("Host", authority);
     for (name, value) in envelope {
         // A value with a line break would end the header: such a value is left out.
         if !value.contains(['\r', '\n']) {
@@ -100,19 +147,19 @@ async fn post(
         .await
         .map_err(|e| format!("rspamd at {authority}: {e}"))?;
     let status = response.status();
-    let body = response
-        .into_body()
+    // Bounded: an answer is a verdict, not a download.
+    let body = http_body_util::Limited::new(response.into_body(), 1 << 20)
         .collect()
         .await
         .map_err(|e| format!("reading rspamd's answer: {e}"))?
         .to_bytes();
-    if !status.is_success() {
+    if !status.is_success() && path == "/checkv2" || body.is_empty() {
         return Err(format!(
             "rspamd answered {status}: {}",
             String::from_utf8_lossy(&body[..body.len().min(200)])
         ));
     }
-    parse(&body)
+    Ok(body)
 }
 
 fn parse(body: &[u8]) -> Result<Checked, String> {

@@ -241,6 +241,11 @@ fn inbound_checks(spec: &kubemail_crds::mail_domain::InboundSpec) -> InboundChec
             timeout_seconds: secs(&r.timeout, 30).clamp(1, 600),
             accept_on_failure: r.on_failure == kubemail_crds::mail_domain::ScanFailure::Accept,
             scan_submission: r.scan_submission,
+            controller_url: r
+                .controller_url
+                .as_ref()
+                .map(|u| u.trim_end_matches('/').to_string()),
+            controller_password: None,
         }),
     }
 }
