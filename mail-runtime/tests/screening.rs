@@ -482,13 +482,27 @@ fn rspamd_rejects_gtube_quarantines_spam_and_its_absence_follows_the_policy() {
     let (ok, out) = swaks_mx(&dev, &["--body", gtube]);
     assert!(!ok && out.contains("550 5.7.1"), "{out}");
     assert!(out.contains("Gtube"), "{out}");
+    // A sender with a control character (an outside tester's way past the filter: the check
+    // request failed to build, which counted as an outage) is checked all the same.
+    let (ok, out) = swaks_mx(
+        &dev,
+        &["--from", "\"x\u{1}y\"@outside.example.org", "--body", gtube],
+    );
+    assert!(!ok && out.contains("550 5.7.1"), "{out}");
     // Spam rspamd would mark: taken, kept in Junk, with the headers that say why.
     // (Bodies long enough for rspamd's classifier to learn from them below.)
     let words = "the quarterly planning meeting moves to thursday afternoon because the \
                  projector in the small room is broken again and facilities promised a fix";
     let (ok, out) = swaks_mx(
         &dev,
-        &["--header", "Subject: cheap pills today", "--body", words],
+        &[
+            "--header",
+            "Subject: cheap pills today",
+            "--add-header",
+            "X-Spam-Status: No, score=-10.00",
+            "--body",
+            words,
+        ],
     );
     assert!(ok, "{out}");
     let junk = folder_messages(&dev, ALICE, "Junk");
@@ -498,6 +512,8 @@ fn rspamd_rejects_gtube_quarantines_spam_and_its_absence_follows_the_policy() {
         "{}",
         junk[0]
     );
+    // The sender's own "X-Spam-Status: No" is gone: only the filter's verdict is there.
+    assert!(!junk[0].contains("score=-10.00"), "{}", junk[0]);
     // A clean message: INBOX, marked as checked.
     let (ok, out) = swaks_mx(
         &dev,
@@ -515,10 +531,10 @@ fn rspamd_rejects_gtube_quarantines_spam_and_its_absence_follows_the_policy() {
     // Verdicts and scan times are counted by stage.
     let metrics = common::http_get(&dev, "/metrics");
     for line in [
-        r#"kubemail_filter_verdicts_total{stage="rspamd",verdict="reject"} 1"#,
+        r#"kubemail_filter_verdicts_total{stage="rspamd",verdict="reject"} 2"#,
         r#"kubemail_filter_verdicts_total{stage="rspamd",verdict="add header"} 1"#,
         r#"kubemail_filter_verdicts_total{stage="rspamd",verdict="no action"} 1"#,
-        r#"kubemail_filter_duration_seconds_count{stage="rspamd"} 3"#,
+        r#"kubemail_filter_duration_seconds_count{stage="rspamd"} 4"#,
     ] {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }

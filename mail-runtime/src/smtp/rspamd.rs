@@ -7,6 +7,17 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
+/// The actions rspamd knows.
+const ACTIONS: &[&str] = &[
+    "no action",
+    "greylist",
+    "add header",
+    "rewrite subject",
+    "soft reject",
+    "reject",
+    "discard",
+];
+
 /// What rspamd decided.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checked {
@@ -26,7 +37,11 @@ impl Checked {
     /// Whether the message is spam to be quarantined (rspamd would add a header or rewrite its
     /// subject).
     pub fn is_spam(&self) -> bool {
-        matches!(self.action.as_str(), "add header" | "rewrite subject")
+        // `discard` too: a message is never dropped in silence here; Junk keeps it.
+        matches!(
+            self.action.as_str(),
+            "add header" | "rewrite subject" | "discard"
+        )
     }
 
     /// The header fields that tell the user why.
@@ -134,9 +149,14 @@ async fn post(
     tokio::spawn(connection);
     let mut request = hyper::Request::post(path).header("Host", authority);
     for (name, value) in envelope {
-        // A value with a line break would end the header: such a value is left out.
-        if !value.contains(['\r', '\n']) {
-            request = request.header(*name, value.as_str());
+        // What the client sent (a quoted sender, a HELO name) may hold control characters; an
+        // HTTP header may not. They are replaced, so a client cannot make the check fail.
+        let bytes: Vec<u8> = value
+            .bytes()
+            .map(|b| if b < 0x20 || b == 0x7f { b'?' } else { b })
+            .collect();
+        if let Ok(value) = hyper::header::HeaderValue::from_bytes(&bytes) {
+            request = request.header(*name, value);
         }
     }
     let request = request
@@ -165,14 +185,33 @@ async fn post(
 fn parse(body: &[u8]) -> Result<Checked, String> {
     let json: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("rspamd's answer is not JSON: {e}"))?;
+    // Only the actions rspamd has: anything else is no verdict (and never reaches a header).
     let action = json["action"]
         .as_str()
-        .ok_or("rspamd's answer has no action")?
+        .filter(|a| ACTIONS.contains(a))
+        .ok_or("rspamd's answer has no known action")?
         .to_string();
+    // Symbol names as rspamd makes them; anything else is left out.
     let symbols = json["symbols"]
         .as_object()
-        .map(|s| s.keys().take(100).cloned().collect())
+        .map(|s| {
+            s.keys()
+                .filter(|k| {
+                    !k.is_empty()
+                        && k.len() <= 64
+                        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                })
+                .take(100)
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default();
+    let number = |v: &serde_json::Value| {
+        v.as_f64()
+            .filter(|f| f.is_finite())
+            .unwrap_or_default()
+            .clamp(-10_000.0, 10_000.0)
+    };
     let clean = |s: &str| -> String {
         s.chars()
             .map(|c| if c.is_control() { ' ' } else { c })
@@ -181,8 +220,8 @@ fn parse(body: &[u8]) -> Result<Checked, String> {
     };
     Ok(Checked {
         action,
-        score: json["score"].as_f64().unwrap_or_default(),
-        required: json["required_score"].as_f64().unwrap_or_default(),
+        score: number(&json["score"]),
+        required: number(&json["required_score"]),
         symbols,
         message: json["messages"]["smtp_message"].as_str().map(clean),
         subject: json["subject"].as_str().map(clean),
@@ -208,5 +247,22 @@ mod tests {
         );
         assert!(parse(b"not json").is_err());
         assert!(parse(b"{}").is_err());
+        // An outside tester's rspamd: an action of its own, symbols with line breaks, a score
+        // of 1e308. Nothing of it reaches the stored header.
+        assert!(
+            parse(
+                br#"{"action":"add header
+X-Act-Inj: 1"}"#
+            )
+            .is_err()
+        );
+        let odd = parse(
+            br#"{"action":"reject","score":1.79e308,"symbols":{"EVIL
+X-Injected: yes":{},"B
+X":{},"GOOD_ONE":{}}}"#,
+        )
+        .expect("parsed");
+        assert_eq!(odd.symbols, ["GOOD_ONE"]);
+        assert_eq!(odd.score, 10_000.0);
     }
 }

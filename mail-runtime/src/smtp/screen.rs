@@ -86,9 +86,22 @@ struct Seen {
     expires: u64,
 }
 
-/// Greylisting's memory, shared by every session of the runtime.
+/// Triplets one client network may have remembered at once.
+pub const MAX_GREYLIST_PER_NETWORK: usize = 1_000;
+
+/// Greylisting's memory, shared by every session of the runtime: triplets by client network.
+/// A flood cannot push out what is remembered: a network holds at most
+/// [`MAX_GREYLIST_PER_NETWORK`], and when all are full, new triplets are asked to wait without
+/// being remembered (they pass once the flood is over), while senders that already waited or
+/// passed keep their place.
 #[derive(Debug, Default)]
-pub struct Greylist(Mutex<HashMap<String, Seen>>);
+pub struct Greylist(Mutex<Memory>);
+
+#[derive(Debug, Default)]
+struct Memory {
+    networks: HashMap<String, HashMap<String, Seen>>,
+    entries: usize,
+}
 
 impl Greylist {
     /// Whether a message from `ip`, `from` to `to` may come now; if not, in how many seconds.
@@ -100,15 +113,12 @@ impl Greylist {
         now: u64,
         timing: &GreylistConfig,
     ) -> Result<(), u64> {
-        let key = format!(
-            "{}\0{}\0{}",
-            network(ip),
-            from.to_ascii_lowercase(),
-            to.to_ascii_lowercase()
-        );
-        let mut seen = self.0.lock().expect("greylist lock");
+        let key = format!("{}\0{}", from.to_ascii_lowercase(), to.to_ascii_lowercase());
+        let net = network(ip);
         let delay = u64::from(timing.delay_seconds);
-        if let Some(entry) = seen.get_mut(&key)
+        let mut memory = self.0.lock().expect("greylist lock");
+        let Memory { networks, entries } = &mut *memory;
+        if let Some(entry) = networks.get_mut(&net).and_then(|n| n.get_mut(&key))
             && entry.expires > now
         {
             if entry.passed || now >= entry.first + delay {
@@ -118,21 +128,34 @@ impl Greylist {
             }
             return Err(entry.first + delay - now);
         }
-        if seen.len() >= MAX_GREYLIST_ENTRIES {
-            seen.retain(|_, e| e.expires > now);
-            if seen.len() >= MAX_GREYLIST_ENTRIES {
-                // Full of live entries: the waiting ones go (they are asked to wait again).
-                seen.retain(|_, e| e.passed);
-            }
+        if *entries >= MAX_GREYLIST_ENTRIES {
+            // Expired entries go; live ones stay.
+            networks.retain(|_, triplets| {
+                triplets.retain(|_, e| e.expires > now);
+                !triplets.is_empty()
+            });
+            *entries = networks.values().map(HashMap::len).sum();
         }
-        seen.insert(
-            key,
-            Seen {
-                first: now,
-                passed: false,
-                expires: now + u64::from(timing.retry_window_seconds),
-            },
-        );
+        let full_here = networks
+            .get(&net)
+            .is_some_and(|n| n.len() >= MAX_GREYLIST_PER_NETWORK);
+        if *entries >= MAX_GREYLIST_ENTRIES || full_here {
+            return Err(delay);
+        }
+        let triplets = networks.entry(net).or_default();
+        if triplets
+            .insert(
+                key,
+                Seen {
+                    first: now,
+                    passed: false,
+                    expires: now + u64::from(timing.retry_window_seconds),
+                },
+            )
+            .is_none()
+        {
+            *entries += 1;
+        }
         Err(delay)
     }
 }
@@ -234,6 +257,40 @@ mod tests {
         assert_eq!(
             grey.check(ip, "c@x.org", "b@y.test", 5000, &timing),
             Err(300)
+        );
+    }
+
+    #[test]
+    fn a_flood_from_one_network_cannot_push_out_other_senders() {
+        let grey = Greylist::default();
+        let timing = GreylistConfig {
+            delay_seconds: 300,
+            retry_window_seconds: 3600,
+            pass_seconds: 86_400,
+        };
+        let honest: IpAddr = "198.51.100.7".parse().expect("ip");
+        let flood: IpAddr = "203.0.113.9".parse().expect("ip");
+        assert!(
+            grey.check(honest, "a@x.org", "b@y.test", 1000, &timing)
+                .is_err()
+        );
+        for n in 0..5_000 {
+            let _ = grey.check(
+                flood,
+                &format!("s{n}@spam.example"),
+                "b@y.test",
+                1001,
+                &timing,
+            );
+        }
+        // The flooding network holds at most its share; the honest sender passes on retry.
+        assert_eq!(
+            grey.0.lock().expect("lock").networks[&network(flood)].len(),
+            MAX_GREYLIST_PER_NETWORK
+        );
+        assert_eq!(
+            grey.check(honest, "a@x.org", "b@y.test", 1400, &timing),
+            Ok(())
         );
     }
 }

@@ -393,6 +393,7 @@ impl Driver {
         }
         // rspamd scores mail from outside (and, by a setting, from logged-in users too).
         let mut spam = false;
+        let mut checked_for_spam = false;
         if let Some(rspamd) = &config.raw.inbound.rspamd
             && (rspamd.scan_submission || (self.mx && !delivery.trusted))
         {
@@ -454,6 +455,7 @@ impl Driver {
                         return Delivered::Refused(reply, "spam");
                     }
                     spam = checked.is_spam();
+                    checked_for_spam = true;
                     let header = checked.header();
                     results_header = Some(match results_header {
                         Some(before) => before + &header,
@@ -505,7 +507,7 @@ impl Driver {
                 return Ok(crate::sieve::Delivered::Done);
             }
             let message = match results_header {
-                Some(header) => prepend(&*store, header.as_bytes(), message)?,
+                Some(header) => prepend(&*store, header.as_bytes(), message, checked_for_spam)?,
                 None => message,
             };
             // Each recipient's Sieve rules say where it goes (INBOX when there are none).
@@ -580,16 +582,42 @@ fn outbound_envelope(
     }
 }
 
-/// A new spool file with `header` in front of the message; the old one is removed.
+/// A new spool file with `header` in front of the message; the old one is removed. With
+/// `drop_spam_fields`, `X-Spam-*` fields the sender wrote are left out, so only the filter's
+/// verdict speaks (a spammer's `X-Spam-Status: No` would mislead users and their rules).
 fn prepend(
     store: &dyn crate::store::Store,
     header: &[u8],
     message: SpooledMessage,
+    drop_spam_fields: bool,
 ) -> Result<SpooledMessage, StoreError> {
     let result = (|| {
         let mut spool = store.spool()?;
         spool.write(header)?;
         let mut file = std::fs::File::open(&message.path).map_err(StoreError::from_io)?;
+        if drop_spam_fields {
+            // The header block is bounded by the session; read it whole and filter it.
+            let most = super::session::MAX_HEADER_BYTES + 16 * 1024;
+            let mut head = Vec::new();
+            io::Read::read_to_end(&mut io::Read::take(&mut file, most), &mut head)
+                .map_err(StoreError::from_io)?;
+            let end = crate::header::split(&head).map_or(0, |(h, _)| h);
+            let mut dropping = false;
+            for line in head[..end].split_inclusive(|b| *b == b'\n') {
+                if !line.starts_with(b" ") && !line.starts_with(b"\t") {
+                    let named = |prefix: &[u8]| {
+                        line.len() >= prefix.len()
+                            && line[..prefix.len()].eq_ignore_ascii_case(prefix)
+                    };
+                    // X-Spam-*, X-Spamd-* and X-Rspamd-*: what a filter would have said.
+                    dropping = named(b"x-spam") || named(b"x-rspamd-");
+                }
+                if !dropping {
+                    spool.write(line)?;
+                }
+            }
+            spool.write(&head[end..])?;
+        }
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = io::Read::read(&mut file, &mut buf).map_err(StoreError::from_io)?;
