@@ -33,6 +33,8 @@ pub mod reason {
     pub const RELAY_POLICY_NOT_FOUND: &str = "RelayPolicyNotFound";
     /// Another Mailbox already has the address.
     pub const DUPLICATE: &str = "DuplicateAddress";
+    /// A content scanner (clamd, rspamd) does not answer.
+    pub const SCANNER_UNREACHABLE: &str = "ScannerUnreachable";
     /// A Mailbox's Sieve script does not compile.
     pub const SCRIPT_INVALID: &str = "ScriptInvalid";
     /// A referenced ConfigMap does not exist (yet).
@@ -64,6 +66,8 @@ pub mod types {
     pub const IMAP_READY: &str = "IMAPReady";
     /// MailDomain: the POP3 probes (110, 995).
     pub const POP3_READY: &str = "POP3Ready";
+    /// MailDomain: its content scanners answer (only with clamav or rspamd configured).
+    pub const SCANNERS_REACHABLE: &str = "ScannersReachable";
     /// MailDomain: the ManageSieve probe (4190).
     pub const MANAGESIEVE_READY: &str = "ManageSieveReady";
     /// MailDomain: its certificate Secret is there.

@@ -654,6 +654,9 @@ struct Observed {
     probes: Vec<Probed>,
     /// The outbound queue as status shows it (rate-limited, see `usage`).
     queued: Option<i64>,
+    /// Whether the content scanners answer (`None`: none configured): what answered, or what
+    /// did not.
+    scanners: Option<Result<String, String>>,
 }
 
 /// The protocol groups, each one condition.
@@ -788,11 +791,60 @@ async fn observe(
         );
         probes.push(group);
     }
+    let scanners = scanners_answer(&md.spec.inbound, ctx.options.probe_timeout).await;
     Observed {
         served,
         probes,
+        scanners,
         queued,
     }
+}
+
+/// Whether the MailDomain's clamd (`PING`) and rspamd (`/ping`) answer.
+async fn scanners_answer(
+    inbound: &kubemail_crds::mail_domain::InboundSpec,
+    timeout: Duration,
+) -> Option<Result<String, String>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = |address: String, question: &'static [u8], answer: &'static str| async move {
+        let exchange = async {
+            let mut stream = tokio::net::TcpStream::connect(&address).await.ok()?;
+            stream.write_all(question).await.ok()?;
+            let mut reply = Vec::new();
+            let _ = (&mut stream).take(4096).read_to_end(&mut reply).await;
+            String::from_utf8_lossy(&reply)
+                .contains(answer)
+                .then_some(())
+        };
+        tokio::time::timeout(timeout, exchange).await.ok().flatten()
+    };
+    let mut answered = Vec::new();
+    let mut silent = Vec::new();
+    if let Some(clamav) = &inbound.clamav {
+        match ask(clamav.address.clone(), b"zPING\0", "PONG").await {
+            Some(()) => answered.push(format!("clamd at {}", clamav.address)),
+            None => silent.push(format!("clamd at {} does not answer PING", clamav.address)),
+        }
+    }
+    if let Some(rspamd) = &inbound.rspamd {
+        let address = rspamd
+            .url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        match ask(address, b"GET /ping HTTP/1.0\r\n\r\n", "pong").await {
+            Some(()) => answered.push(format!("rspamd at {}", rspamd.url)),
+            None => silent.push(format!("rspamd at {} does not answer /ping", rspamd.url)),
+        }
+    }
+    if answered.is_empty() && silent.is_empty() {
+        return None;
+    }
+    Some(if silent.is_empty() {
+        Ok(answered.join(", "))
+    } else {
+        Err(silent.join("; "))
+    })
 }
 
 /// The status, from what was read, built and observed, with the conditions' transition times
@@ -914,8 +966,28 @@ fn status_of(
             },
         );
     }
+    // Not part of Ready: mail still flows as `onFailure` says, and the condition tells why
+    // it waits or goes unscanned.
+    match &observed.scanners {
+        Some(Ok(answered)) => set(
+            types::SCANNERS_REACHABLE,
+            true,
+            reason::READY,
+            format!("{answered} answer"),
+        ),
+        Some(Err(silent)) => set(
+            types::SCANNERS_REACHABLE,
+            false,
+            reason::SCANNER_UNREACHABLE,
+            format!(
+                "{silent}: mail from outside is refused for now or taken unscanned, as onFailure says"
+            ),
+        ),
+        None => {}
+    }
     // Conditions about things no longer there go.
     conditions.retain(|c| match c.type_.as_str() {
+        types::SCANNERS_REACHABLE => observed.scanners.is_some(),
         types::RELAY_POLICY_FOUND => referred.relay_policy.is_some(),
         types::CATCH_ALL_FOUND => desired.catch_all.is_some(),
         types::CONFIG_VALID => desired.invalid.is_some(),
@@ -1213,6 +1285,7 @@ mod tests {
                     group(types::IMAP_READY, &["imap", "imaps"]),
                 ],
                 queued: Some(0),
+                scanners: None,
             }
         }
 
@@ -1267,6 +1340,37 @@ mod tests {
                     .all(|c| c.observed_generation == Some(3))
             );
             assert!(status.conditions.is_sorted_by(|a, b| a.type_ <= b.type_));
+        }
+
+        #[test]
+        fn a_silent_scanner_is_named_without_taking_ready_away() {
+            let md = fixtures::domain();
+            let referred = healthy();
+            let desired = desired(&referred);
+            let mut observed = answering(&desired.revision);
+            observed.scanners = Some(Err(
+                "rspamd at http://rspamd:11333 does not answer /ping".into()
+            ));
+            let status = status_of(
+                &md,
+                &MailDomainStatus::default(),
+                &referred,
+                &desired,
+                &observed,
+            );
+            assert_eq!(
+                said(&status, types::SCANNERS_REACHABLE),
+                pair("False", reason::SCANNER_UNREACHABLE)
+            );
+            assert!(
+                get(&status, types::SCANNERS_REACHABLE)
+                    .is_some_and(|c| c.message.contains("does not answer /ping"))
+            );
+            assert_eq!(said(&status, types::READY), pair("True", reason::READY));
+            // Scanners removed from the spec: the condition goes.
+            observed.scanners = None;
+            let after = status_of(&md, &status, &referred, &desired, &observed);
+            assert!(get(&after, types::SCANNERS_REACHABLE).is_none());
         }
 
         #[test]
