@@ -341,6 +341,22 @@ pub struct MailboxConfig {
     /// the script the user activated over ManageSieve.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sieve_script: Option<String>,
+    /// Where the spam filter's verdict takes this mailbox's mail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spam: Option<SpamConfig>,
+}
+
+/// A mailbox's own spam settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SpamConfig {
+    /// The rspamd score (in hundredths) from which mail goes to Junk; none: where rspamd's own
+    /// actions put it (add header, rewrite subject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub junk_score_hundredths: Option<i32>,
+    /// False: spam stays in INBOX (marked by its X-Spam headers), never moved to Junk.
+    #[serde(default = "yes")]
+    pub quarantine: bool,
 }
 
 /// An out-of-office reply: sent once per sender per `days` while `now` is within

@@ -152,6 +152,27 @@ pub struct MailboxSpec {
     /// user's script and INBOX.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sieve: Option<SieveSource>,
+
+    /// Where the MailDomain's spam filter (rspamd) takes this mailbox's mail: from which score
+    /// it goes to Junk, or never (`quarantine: false`, spam stays in INBOX with its
+    /// `X-Spam-*` headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spam: Option<SpamSpec>,
+}
+
+/// A mailbox's own spam settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SpamSpec {
+    /// The rspamd score from which mail goes to Junk, such as `5`; without it, rspamd's own
+    /// actions decide (add header, rewrite subject). Mail rspamd rejects is refused whatever
+    /// this says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -100.0, max = 1000.0))]
+    pub junk_threshold: Option<f64>,
+    /// False: spam stays in INBOX, marked. Defaults to true.
+    #[serde(default = "crate::mail_domain::default_true")]
+    pub quarantine: bool,
 }
 
 /// An out-of-office reply.

@@ -164,6 +164,7 @@ pub fn write_dev_config(
             app_passwords: Vec::new(),
             auto_reply: None,
             sieve_script: None,
+            spam: None,
         })
         .collect();
     // Base port 0: each listener gets a port that is free now, written into the config so that

@@ -31,6 +31,29 @@ use crate::{
 /// Where spam goes (a default folder, RFC 6154's `\Junk`).
 const JUNK: &str = "Junk";
 
+/// The spam filter's verdict on a message.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spam {
+    pub score: f64,
+    /// Whether the filter's action marks it as spam (add header, rewrite subject).
+    pub marked: bool,
+}
+
+impl Spam {
+    /// Whether this mailbox keeps this message in Junk: from its own score threshold when it
+    /// has one, else by the filter's action; never when it opted out of quarantine.
+    fn junk_for(&self, mailbox: Option<&MailboxConfig>) -> bool {
+        let settings = mailbox.and_then(|m| m.spam.as_ref());
+        if settings.is_some_and(|s| !s.quarantine) {
+            return false;
+        }
+        match settings.and_then(|s| s.junk_score_hundredths) {
+            Some(threshold) => self.score * 100.0 >= f64::from(threshold),
+            None => self.marked,
+        }
+    }
+}
+
 /// What the scripts decided for one mailbox.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Decision {
@@ -359,11 +382,11 @@ pub fn deliver(
     from: &str,
     trusted: bool,
     remote: bool,
-    spam: bool,
+    spam: Option<Spam>,
 ) -> Result<Delivered, StoreError> {
     let store = runtime.store().clone();
     let config = runtime.config().get();
-    if !spam && !any_rules(&*store, &config, mailboxes) {
+    if spam.is_none() && !any_rules(&*store, &config, mailboxes) {
         store.deliver(message, mailboxes)?;
         return Ok(Delivered::Done);
     }
@@ -417,9 +440,12 @@ pub fn deliver(
         }
     }
     // Spam the filter let through is kept in Junk, not INBOX (what a script filed elsewhere
-    // stays there).
-    if spam {
+    // stays there), as each mailbox's own settings say.
+    if let Some(spam) = spam {
         for d in &mut decisions {
+            if !spam.junk_for(mailbox_config(&config, &d.mailbox)) {
+                continue;
+            }
             for (folder, _) in &mut d.stores {
                 if folder.eq_ignore_ascii_case(INBOX) {
                     *folder = JUNK.to_string();
@@ -667,5 +693,33 @@ fn rejection_notice(
         && let Err(err) = send_bytes(runtime, config, "", from, &notice, None)
     {
         tracing::warn!(mailbox, error = %err, "sieve: rejection notice not sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Spam;
+    use crate::config::SpamConfig;
+
+    #[test]
+    fn a_mailbox_threshold_or_opt_out_decides_junk() {
+        let mut mailbox = crate::testing::mailbox("a@example.test", "pw");
+        let spam = |score, marked| Spam { score, marked };
+        // Without settings: rspamd's action.
+        assert!(spam(7.0, true).junk_for(Some(&mailbox)));
+        assert!(!spam(7.0, false).junk_for(Some(&mailbox)));
+        // Its own threshold: the score.
+        mailbox.spam = Some(SpamConfig {
+            junk_score_hundredths: Some(450),
+            quarantine: true,
+        });
+        assert!(spam(4.5, false).junk_for(Some(&mailbox)));
+        assert!(!spam(4.4, true).junk_for(Some(&mailbox)));
+        // Opted out: never.
+        mailbox.spam = Some(SpamConfig {
+            junk_score_hundredths: Some(450),
+            quarantine: false,
+        });
+        assert!(!spam(50.0, true).junk_for(Some(&mailbox)));
     }
 }

@@ -23,6 +23,7 @@ pub fn mailbox(address: &str, password: &str) -> MailboxConfig {
         app_passwords: Vec::new(),
         auto_reply: None,
         sieve_script: None,
+        spam: None,
     }
 }
 

@@ -538,6 +538,31 @@ fn rspamd_rejects_gtube_quarantines_spam_and_its_absence_follows_the_policy() {
     ] {
         assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
     }
+    // bob opted out of quarantine: his spam stays in INBOX, marked; a threshold of his own
+    // would move mail rspamd lets through.
+    patch_config(&dev, "bob-spam", |c| {
+        for m in c["mailboxes"].as_sequence_mut().expect("mailboxes") {
+            if m["address"] == "bob@example.test" {
+                m["spam"] = serde_yaml_ng::from_str("{quarantine: false}").expect("yaml");
+            }
+        }
+    });
+    let (ok, out) = swaks_mx(
+        &dev,
+        &[
+            "--to",
+            "bob@example.test",
+            "--header",
+            "Subject: cheap pills for bob",
+            "--body",
+            words,
+        ],
+    );
+    assert!(ok, "{out}");
+    let bob = dev.messages("bob@example.test");
+    assert_eq!(bob.len(), 1, "{bob:?}");
+    assert!(bob[0].contains("X-Spam-Status: Yes"), "{}", bob[0]);
+    assert!(folder_messages(&dev, "bob@example.test", "Junk").is_empty());
     // Learning: alice moves the clean message into Junk (spam learned), then the spam one
     // out of it (ham learned), with imaplib's MOVE; rspamd's statistics count both.
     assert_eq!(rspamd.learned(), 0);

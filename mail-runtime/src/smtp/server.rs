@@ -392,7 +392,7 @@ impl Driver {
             }
         }
         // rspamd scores mail from outside (and, by a setting, from logged-in users too).
-        let mut spam = false;
+        let mut spam = None;
         let mut checked_for_spam = false;
         if let Some(rspamd) = &config.raw.inbound.rspamd
             && (rspamd.scan_submission || (self.mx && !delivery.trusted))
@@ -454,7 +454,10 @@ impl Driver {
                         let _ = std::fs::remove_file(&message.path);
                         return Delivered::Refused(reply, "spam");
                     }
-                    spam = checked.is_spam();
+                    spam = Some(crate::sieve::Spam {
+                        score: checked.score,
+                        marked: checked.is_spam(),
+                    });
                     checked_for_spam = true;
                     let header = checked.header();
                     results_header = Some(match results_header {

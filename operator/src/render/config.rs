@@ -4,7 +4,7 @@ use kubemail_config::{
     DnsListConfig, DomainConfig, GreylistConfig, InboundChecks, KIND, Limits, Listener,
     ListenerProtocol, LoginProtocol, MailboxConfig, RateConfig, RateLimitsConfig, RawConfig,
     RelayConfig, RetryConfig, RouteConfig, RouteMode, RspamdConfig, Security, SmarthostConfig,
-    SmarthostTls, Storage, TlsFiles,
+    SmarthostTls, SpamConfig, Storage, TlsFiles,
 };
 use kubemail_crds::{
     MailDomain, Mailbox, Protocol, RelayPolicy,
@@ -131,6 +131,13 @@ pub fn runtime_config(
                         }
                     }),
                     sieve_script: m.sieve_script.clone(),
+                    spam: s.spam.as_ref().map(|spam| SpamConfig {
+                        junk_score_hundredths: spam
+                            .junk_threshold
+                            .filter(|t| t.is_finite())
+                            .map(|t| (t.clamp(-100.0, 1000.0) * 100.0).round() as i32),
+                        quarantine: spam.quarantine,
+                    }),
                 }
             })
             .collect();

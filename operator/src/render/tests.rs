@@ -241,3 +241,23 @@ fn inbound_screening_is_rendered_from_the_domain() {
     let (_, yaml) = with_revision(config);
     kubemail_config::Config::parse(&yaml).expect("valid");
 }
+
+#[test]
+fn a_mailbox_spam_threshold_is_rendered_in_hundredths() {
+    let md = fixtures::domain();
+    let mut jane = fixtures::mailbox("jane", "jane@example.com");
+    jane.spec.spam = serde_yaml_ng::from_str("{junkThreshold: 4.5}").expect("spam");
+    let hashed = HashedMailbox {
+        mailbox: &jane,
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
+        aliases: Vec::new(),
+        app_password_hashes: Vec::new(),
+        sieve_script: None,
+    };
+    let config = runtime_config(&md, &[hashed], None);
+    let spam = config.mailboxes[0].spam.as_ref().expect("spam settings");
+    assert_eq!(
+        (spam.junk_score_hundredths, spam.quarantine),
+        (Some(450), true)
+    );
+}
