@@ -374,20 +374,15 @@ impl Driver {
                         "malware",
                     );
                 }
-                Err(why) if clamd.accept_on_failure => {
-                    tracing::warn!(error = %why, "clamd failed; the message is taken unscanned");
-                }
                 Err(why) => {
-                    tracing::warn!(error = %why, "clamd failed; the sender is asked to retry");
-                    let _ = std::fs::remove_file(&message.path);
-                    return Delivered::Refused(
-                        Reply::new(
-                            451,
-                            "4.7.1",
-                            "the virus scanner is unavailable, try again later",
-                        ),
-                        "scanner-unavailable",
-                    );
+                    if let Some(refused) = scanner_failed(
+                        "virus scanner",
+                        &why,
+                        clamd.accept_on_failure,
+                        &message.path,
+                    ) {
+                        return refused;
+                    }
                 }
             }
         }
@@ -465,20 +460,12 @@ impl Driver {
                         None => header,
                     });
                 }
-                Err(why) if rspamd.accept_on_failure => {
-                    tracing::warn!(error = %why, "rspamd failed; the message is taken unchecked");
-                }
                 Err(why) => {
-                    tracing::warn!(error = %why, "rspamd failed; the sender is asked to retry");
-                    let _ = std::fs::remove_file(&message.path);
-                    return Delivered::Refused(
-                        Reply::new(
-                            451,
-                            "4.7.1",
-                            "the spam filter is unavailable, try again later",
-                        ),
-                        "scanner-unavailable",
-                    );
+                    if let Some(refused) =
+                        scanner_failed("spam filter", &why, rspamd.accept_on_failure, &message.path)
+                    {
+                        return refused;
+                    }
                 }
             }
         }
@@ -542,6 +529,30 @@ impl Driver {
             Err(join) => Delivered::Failed(StoreError::Io(io::Error::other(join.to_string()))),
         }
     }
+}
+
+/// A content scanner that could not judge a message: it is taken unscanned when the MailDomain
+/// says so (`None`), or the sender is asked to retry (the refusal; the spool file is removed).
+fn scanner_failed(
+    scanner: &str,
+    why: &str,
+    accept: bool,
+    path: &std::path::Path,
+) -> Option<Delivered> {
+    if accept {
+        tracing::warn!(scanner, error = %why, "a content scanner failed; the message is taken unscanned");
+        return None;
+    }
+    tracing::warn!(scanner, error = %why, "a content scanner failed; the sender is asked to retry");
+    let _ = std::fs::remove_file(path);
+    Some(Delivered::Refused(
+        Reply::new(
+            451,
+            "4.7.1",
+            format!("the {scanner} is unavailable, try again later"),
+        ),
+        "scanner-unavailable",
+    ))
 }
 
 /// The header block of a spooled message, whole: the session refused any over
