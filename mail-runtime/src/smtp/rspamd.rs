@@ -249,17 +249,9 @@ mod tests {
         assert!(parse(b"{}").is_err());
         // An outside tester's rspamd: an action of its own, symbols with line breaks, a score
         // of 1e308. Nothing of it reaches the stored header.
-        assert!(
-            parse(
-                br#"{"action":"add header
-X-Act-Inj: 1"}"#
-            )
-            .is_err()
-        );
+        assert!(parse(br#"{"action":"add header\r\nX-Act-Inj: 1"}"#).is_err());
         let odd = parse(
-            br#"{"action":"reject","score":1.79e308,"symbols":{"EVIL
-X-Injected: yes":{},"B
-X":{},"GOOD_ONE":{}}}"#,
+            br#"{"action":"reject","score":1.79e308,"symbols":{"EVIL\r\nX-Injected: yes":{},"B\nX":{},"GOOD_ONE":{}}}"#,
         )
         .expect("parsed");
         assert_eq!(odd.symbols, ["GOOD_ONE"]);
