@@ -158,6 +158,20 @@ impl World {
             .count()
     }
 
+    /// `kubectl patch --type=merge` of one object in the test's namespace.
+    fn patch(&self, kind: &str, name: &str, merge: &str) {
+        ok(self.kubectl().args([
+            "patch",
+            kind,
+            name,
+            "-n",
+            &self.ns,
+            "--type=merge",
+            "-p",
+            merge,
+        ]));
+    }
+
     /// Waits until the MailDomain names a config revision other than `before` and the
     /// runtime serves it; how long that took.
     fn wait_served(&self, what: &str, before: &str) -> Duration {
@@ -549,16 +563,7 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
     let _peer = Killed(peer);
     let before = world.config_revision();
     let start = Instant::now();
-    ok(world.kubectl().args([
-        "patch",
-        "relaypolicy",
-        "apps",
-        "-n",
-        &world.ns,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"route":{"mode":"Smarthost","smarthost":{"host":"10.250.0.2","port":2526,"tls":"None"}}}}"#,
-    ]));
+    world.patch("relaypolicy", "apps", r#"{"spec":{"route":{"mode":"Smarthost","smarthost":{"host":"10.250.0.2","port":2526,"tls":"None"}}}}"#);
     world.wait_served("the smarthost route to be served", &before);
     timings.push(("RelayPolicy change -> served".into(), start.elapsed()));
     world.submit("friend@outside.test", "leaving through the relay");
@@ -673,16 +678,11 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
     // from alice's mailbox; turned off, bob's message gets none. No pod restart either way
     // (checked with the others below).
     let start = Instant::now();
-    ok(world.kubectl().args([
-        "patch",
+    world.patch(
         "mailbox",
         "carol",
-        "-n",
-        &world.ns,
-        "--type=merge",
-        "-p",
         r#"{"spec":{"autoReply":{"subject":"Carol is away","body":"Back on Monday."}}}"#,
-    ]));
+    );
     let mut pings = 0;
     world.wait(
         "carol's auto-reply reaches alice",
@@ -708,16 +708,11 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
         "the reply is marked automatic"
     );
     let before = world.config_revision();
-    ok(world.kubectl().args([
-        "patch",
+    world.patch(
         "mailbox",
         "carol",
-        "-n",
-        &world.ns,
-        "--type=merge",
-        "-p",
         r#"{"spec":{"autoReply":{"enabled":false}}}"#,
-    ]));
+    );
     world.wait_served("carol's auto-reply turned off", &before);
     world.swaks(&submission_as(
         "bob@example.test",
@@ -741,16 +736,11 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
     // and the old one no longer does.
     let before = world.config_revision();
     let start = Instant::now();
-    ok(world.kubectl().args([
-        "patch",
+    world.patch(
         "secret",
         "alice-password",
-        "-n",
-        &world.ns,
-        "--type=merge",
-        "-p",
         r#"{"stringData":{"password":"alice-new-password"}}"#,
-    ]));
+    );
     let took = world.wait_served("the new password served", &before);
     timings.push(("password change -> served".into(), start.elapsed()));
     assert!(
@@ -765,16 +755,11 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
         !world.can_log_in("alice@example.test", "alice-quickstart-password"),
         "the old password still works"
     );
-    ok(world.kubectl().args([
-        "patch",
+    world.patch(
         "secret",
         "alice-password",
-        "-n",
-        &world.ns,
-        "--type=merge",
-        "-p",
         r#"{"stringData":{"password":"alice-quickstart-password"}}"#,
-    ]));
+    );
     world.wait("the password back", Duration::from_secs(30), || {
         world.can_log_in("alice@example.test", "alice-quickstart-password")
     });
@@ -784,16 +769,7 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
     world.apply(
         "apiVersion: v1\nkind: Secret\nmetadata: {name: alice-phone}\nstringData: {password: alice-phone-password}\n",
     );
-    ok(world.kubectl().args([
-        "patch",
-        "mailbox",
-        "alice",
-        "-n",
-        &world.ns,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"appPasswords":[{"name":"phone","secretRef":{"name":"alice-phone"},"protocols":["IMAP"]}]}}"#,
-    ]));
+    world.patch("mailbox", "alice", r#"{"spec":{"appPasswords":[{"name":"phone","secretRef":{"name":"alice-phone"},"protocols":["IMAP"]}]}}"#);
     world.wait("AppPasswordsFound", Duration::from_secs(60), || {
         world.get(
             &["get", "mailbox", "alice"],

@@ -47,6 +47,21 @@ fn sieve_connect(dev: &Dev, user: &str, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Uploads the file at `path` as `name` for `user`, as sieve-connect's `--upload` does.
+fn upload(dev: &Dev, user: &str, path: &std::path::Path, name: &str) -> (bool, String) {
+    sieve_connect(
+        dev,
+        user,
+        &[
+            "--upload",
+            "--localsieve",
+            path.to_str().expect("path"),
+            "--remotesieve",
+            name,
+        ],
+    )
+}
+
 /// Uploads `script` as `name` for alice and makes it active.
 fn activate(dev: &Dev, dir: &std::path::Path, name: &str, script: &str) {
     activate_for(dev, ALICE, dir, name, script);
@@ -56,17 +71,7 @@ fn activate(dev: &Dev, dir: &std::path::Path, name: &str, script: &str) {
 fn activate_for(dev: &Dev, user: &str, dir: &std::path::Path, name: &str, script: &str) {
     let file = dir.join(format!("{user}-{name}.sieve"));
     std::fs::write(&file, script).expect("script file");
-    let (ok, out) = sieve_connect(
-        dev,
-        user,
-        &[
-            "--upload",
-            "--localsieve",
-            file.to_str().expect("path"),
-            "--remotesieve",
-            name,
-        ],
-    );
+    let (ok, out) = upload(dev, user, &file, name);
     assert!(ok, "upload: {out}");
     let (ok, out) = sieve_connect(dev, user, &["--activate", "--remotesieve", name]);
     assert!(ok, "activate: {out}");
@@ -286,17 +291,7 @@ fn hostile_and_broken_scripts_never_cost_a_message() {
         .collect();
     let file = tmp.path().join("huge.sieve");
     std::fs::write(&file, &huge).expect("file");
-    let (ok, out) = sieve_connect(
-        &dev,
-        ALICE,
-        &[
-            "--upload",
-            "--localsieve",
-            file.to_str().expect("path"),
-            "--remotesieve",
-            "huge",
-        ],
-    );
+    let (ok, out) = upload(&dev, ALICE, &file, "huge");
     assert!(!ok, "{out}");
     assert!(
         out.contains("more than") || out.contains("MAXSIZE"),
@@ -307,17 +302,7 @@ fn hostile_and_broken_scripts_never_cost_a_message() {
     // A script that does not compile is refused too.
     let bad = tmp.path().join("bad.sieve");
     std::fs::write(&bad, "if header :is \"subject\" { keep; }\n").expect("file");
-    let (ok, out) = sieve_connect(
-        &dev,
-        ALICE,
-        &[
-            "--upload",
-            "--localsieve",
-            bad.to_str().expect("path"),
-            "--remotesieve",
-            "bad",
-        ],
-    );
+    let (ok, out) = upload(&dev, ALICE, &bad, "bad");
     assert!(!ok && out.contains("line 1"), "{out}");
     // Redirecting to itself, and a redirect chain: the message stays in INBOX.
     activate(
