@@ -118,9 +118,10 @@ pub struct RspamdConfig {
     /// as spam, out of it as ham. None: no learning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controller_url: Option<String>,
-    /// The controller's password, when it asks for one.
+    /// A file holding the controller's password, when it asks for one (read at each
+    /// learning, so a rotated Secret needs no restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub controller_password: Option<String>,
+    pub controller_password_file: Option<PathBuf>,
 }
 
 /// A clamd, spoken to over TCP (`INSTREAM`).

@@ -682,8 +682,14 @@ pub struct InboundSpec {
     pub rspamd: Option<RspamdSpec>,
 }
 
+/// The label a Secret needs before it is sent to an rspamd controller as its password: a
+/// MailDomain can name any Secret of its namespace, and the runtime sends what it is given to
+/// the controller the MailDomain names.
+pub const RSPAMD_PASSWORD_LABEL: &str = "kubemail.io/rspamd-password";
+
 /// An rspamd reached over HTTP.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = kube::core::Rule::new("!has(self.controllerPasswordSecretRef) || has(self.controllerUrl)").message("controllerPasswordSecretRef needs controllerUrl: the password is only ever sent to the controller").field_path(".controllerPasswordSecretRef"))]
 #[serde(rename_all = "camelCase")]
 pub struct RspamdSpec {
     /// The normal worker's address, such as `http://rspamd.mail.svc:11333`.
@@ -699,13 +705,19 @@ pub struct RspamdSpec {
     #[serde(default)]
     pub on_failure: ScanFailure,
     /// The controller worker, such as `http://rspamd.mail.svc:11334`: what users move into
-    /// Junk (IMAP MOVE or COPY) is learned as spam, what they move out of it (not into Trash)
-    /// as ham, at most 20 messages of 10 MiB per command. rspamd's controller must let the
-    /// runtime's pods learn without a password (its `secure_ip`); no learning when absent.
+    /// Junk (IMAP MOVE or COPY) or mark `$Junk` is learned as spam, what they move out of it
+    /// (not into Trash), mark `$NotJunk` or unmark `$Junk` as ham, at most 20 messages of
+    /// 10 MiB per command. No learning when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 10, max = 270))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^http://[a-z0-9.-]+:[0-9]{1,5}/?$')").message("controllerUrl must be http://host:port, such as http://rspamd.mail.svc:11334"))]
     pub controller_url: Option<String>,
+    /// The controller's `enable_password`, from a Secret of this namespace that carries the
+    /// label `kubemail.io/rspamd-password: "true"` (which says it may be sent to
+    /// `controllerUrl`); mounted into the runtime, never read by the operator. Without it the
+    /// controller must trust the runtime's pods by address (its `secure_ip`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller_password_secret_ref: Option<crate::SecretKeyRef>,
     /// Check mail from logged-in users and relay networks too.
     #[serde(default)]
     pub scan_submission: bool,

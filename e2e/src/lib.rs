@@ -31,5 +31,5 @@ pub use cluster::{Cluster, Images};
 pub use control_plane::ControlPlane;
 pub use crds::install_crds;
 pub use namespace::{TestNamespace, with_namespace};
-pub use peers::Peers;
+pub use peers::{Peers, Scanners};
 pub use tools::{Tools, workspace_binary, workspace_root};

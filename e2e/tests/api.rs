@@ -521,6 +521,12 @@ fn invalid_manifests() -> Vec<Invalid> {
             "must be host:port",
         ),
         d(
+            "rspamd controller password with no controller to send it to",
+            json!({"domain": "example.com", "inbound": {"rspamd": {"url": "http://rspamd:11333", "controllerPasswordSecretRef": {"name": "learn"}}}}),
+            "spec.inbound.rspamd.controllerPasswordSecretRef",
+            "needs controllerUrl",
+        ),
+        d(
             "greylisting delay that is no duration",
             json!({"domain": "example.com", "inbound": {"greylisting": {"delay": "soon"}}}),
             "spec.inbound.greylisting.delay",

@@ -8,6 +8,7 @@ mod common;
 use std::process::Command;
 
 use common::{Dev, client_script, dns::Dns, patch_config};
+use kubemail_e2e::Scanners;
 
 const ALICE: &str = "alice@example.test";
 
@@ -144,88 +145,6 @@ fn early_talkers_and_bad_helo_names_are_refused() {
     }
 }
 
-/// clamd from Debian on loopback, with a signature database of the test's own (no download).
-struct Clamd {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Clamd {
-    fn start(dir: &std::path::Path) -> Clamd {
-        let db = dir.join("db");
-        std::fs::create_dir_all(&db).expect("db dir");
-        // An extended signature: "KUBEMAIL-MALWARE-TEST" anywhere in any file, attachments
-        // included once clamd has decoded them.
-        let hex: String = b"KUBEMAIL-MALWARE-TEST"
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        std::fs::write(
-            db.join("kubemail.ndb"),
-            format!("Kubemail.Test.Malware:0:*:{hex}\n"),
-        )
-        .expect("signature");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("a free port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let conf = dir.join("clamd.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "Foreground yes\nTCPSocket {port}\nTCPAddr 127.0.0.1\nDatabaseDirectory {}\n\
-                 LogFile {}\nPidFile {}\nStreamMaxLength 10M\n",
-                db.display(),
-                dir.join("clamd.log").display(),
-                dir.join("clamd.pid").display()
-            ),
-        )
-        .expect("clamd.conf");
-        let child = Command::new("clamd")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("clamd (Debian's clamav-daemon package)");
-        let mut clamd = Clamd { child, port };
-        let start = std::time::Instant::now();
-        loop {
-            if clamd.ping() {
-                return clamd;
-            }
-            assert!(
-                clamd.child.try_wait().ok().flatten().is_none(),
-                "clamd exited: {}",
-                std::fs::read_to_string(dir.join("clamd.log")).unwrap_or_default()
-            );
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(60),
-                "clamd did not answer PING"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-    }
-
-    fn ping(&self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let mut answer = String::new();
-        s.write_all(b"zPING\0").is_ok()
-            && s.read_to_string(&mut answer).is_ok()
-            && answer.starts_with("PONG")
-    }
-}
-
-impl Drop for Clamd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// swaks from outside on port 25; what it printed, and whether it ended with 250.
 fn swaks_mx(dev: &Dev, args: &[&str]) -> (bool, String) {
     let out = Command::new("swaks")
@@ -242,9 +161,9 @@ fn swaks_mx(dev: &Dev, args: &[&str]) -> (bool, String) {
 #[test]
 fn clamd_refuses_infected_mail_and_its_absence_follows_the_policy() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let mut clamd = Clamd::start(&tmp.path().join("clamd"));
+    let clamd = Scanners::start("clamd").expect("clamd");
     let dev = Dev::start(&tmp.path().join("data"));
-    let port = clamd.port;
+    let port = clamd.port("clamd");
     patch_config(&dev, "clamd", |c| {
         c["inbound"]["clamd"] = serde_yaml_ng::from_str(&format!(
             "{{address: \"127.0.0.1:{port}\", timeoutSeconds: 10}}"
@@ -263,8 +182,7 @@ fn clamd_refuses_infected_mail_and_its_absence_follows_the_policy() {
     let (ok, out) = swaks_mx(&dev, &["--body", "just a letter"]);
     assert!(ok, "{out}");
     // clamd down: the sender is asked to come back (nothing unscanned gets in) ...
-    clamd.child.kill().expect("kill clamd");
-    let _ = clamd.child.wait();
+    clamd.stop("clamd");
     let (ok, out) = swaks_mx(&dev, &["--body", "while clamd is down"]);
     assert!(!ok && out.contains("451 4.7.1"), "{out}");
     // ... or, as configured, the message is taken unscanned.
@@ -278,178 +196,6 @@ fn clamd_refuses_infected_mail_and_its_absence_follows_the_policy() {
         2,
         "the clean one and the unscanned one"
     );
-}
-
-/// rspamd from Debian on loopback: Debian's configuration, with its workers on free ports,
-/// its DNS pointed at a closed loopback port (no lookup leaves the machine), the network
-/// modules off, and one rule of the test's own: a Subject with "cheap pills" scores 60, which
-/// the actions here make "add header" (50) but not "reject" (150). GTUBE is rejected.
-struct Rspamd {
-    child: std::process::Child,
-    port: u16,
-    controller: u16,
-    redis: std::process::Child,
-}
-
-impl Rspamd {
-    fn start(dir: &std::path::Path) -> Rspamd {
-        let conf = dir.join("conf");
-        std::fs::create_dir_all(dir).expect("rspamd's directory");
-        let copied = Command::new("cp")
-            .args(["-r", "/etc/rspamd"])
-            .arg(&conf)
-            .status()
-            .expect("cp");
-        assert!(copied.success(), "Debian's rspamd configuration");
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .expect("a free port")
-                .local_addr()
-                .expect("addr")
-                .port()
-        };
-        let port = free();
-        let controller = free();
-        // Redis from Debian, for the Bayes classifier that learning teaches.
-        let redis_port = free();
-        let redis = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &redis_port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian's redis-server package)");
-        let files = [
-            (
-                "override.d/worker-normal.inc",
-                format!("bind_socket = \"127.0.0.1:{port}\";\ncount = 1;\n"),
-            ),
-            (
-                "override.d/worker-controller.inc",
-                format!("bind_socket = \"127.0.0.1:{controller}\";\ncount = 1;\n"),
-            ),
-            (
-                "local.d/redis.conf",
-                format!("servers = \"127.0.0.1:{redis_port}\";\n"),
-            ),
-            (
-                "override.d/worker-proxy.inc",
-                format!("bind_socket = \"127.0.0.1:{}\";\ncount = 1;\n", free()),
-            ),
-            (
-                "override.d/logging.inc",
-                "type = \"console\";\nlevel = \"error\";\n".into(),
-            ),
-            (
-                "override.d/options.inc",
-                "dns { nameserver = [\"127.0.0.1:1\"]; timeout = 0.1s; retransmits = 1; }\n".into(),
-            ),
-            (
-                "override.d/actions.conf",
-                "reject = 150;\nadd_header = 50;\ngreylist = null;\nrewrite_subject = null;\n"
-                    .into(),
-            ),
-            (
-                "local.d/multimap.conf",
-                "KUBEMAIL_SPAMMY { type = \"header\"; header = \"Subject\"; regexp = true; \
-                 map = \"${LOCAL_CONFDIR}/kubemail-spammy.map\"; score = 60.0; }\n"
-                    .into(),
-            ),
-            ("kubemail-spammy.map", "/cheap pills/i\n".into()),
-        ];
-        for (file, text) in files {
-            std::fs::write(conf.join(file), text).expect("rspamd config");
-        }
-        for module in [
-            "fuzzy_check",
-            "rbl",
-            "asn",
-            "phishing",
-            "url_redirector",
-            "reputation",
-        ] {
-            std::fs::write(
-                conf.join(format!("override.d/{module}.conf")),
-                "enabled = false;\n",
-            )
-            .expect("module off");
-        }
-        for sub in ["db", "run"] {
-            std::fs::create_dir_all(dir.join(sub)).expect("dir");
-        }
-        let var = |name: &str, path: &std::path::Path| format!("--var={name}={}", path.display());
-        let child = Command::new("rspamd")
-            .args(["-f", "-i", "-c"])
-            .arg(conf.join("rspamd.conf"))
-            .arg(var("CONFDIR", &conf))
-            .arg(var("LOCAL_CONFDIR", &conf))
-            .arg(var("DBDIR", &dir.join("db")))
-            .arg(var("RUNDIR", &dir.join("run")))
-            .arg(var("LOGDIR", dir))
-            .arg("-p")
-            .arg(dir.join("run/rspamd.pid"))
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("rspamd (Debian's rspamd package)");
-        let mut rspamd = Rspamd {
-            child,
-            port,
-            controller,
-            redis,
-        };
-        let start = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                rspamd.child.try_wait().ok().flatten().is_none(),
-                "rspamd exited"
-            );
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(60),
-                "rspamd did not listen"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        rspamd
-    }
-}
-
-impl Drop for Rspamd {
-    fn drop(&mut self) {
-        // SIGTERM: the main process takes its workers down with it (after a SIGKILL they would
-        // go on serving).
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let start = std::time::Instant::now();
-        while self.child.try_wait().ok().flatten().is_none()
-            && start.elapsed() < std::time::Duration::from_secs(10)
-        {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-            && start.elapsed() < std::time::Duration::from_secs(20)
-        {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        let _ = self.redis.kill();
-        let _ = self.redis.wait();
-    }
-}
-
-impl Rspamd {
-    /// How many messages the controller says were learned.
-    fn learned(&self) -> u64 {
-        let out = Command::new("curl")
-            .args(["-sS", "--max-time", "5"])
-            .arg(format!("http://127.0.0.1:{}/stat", self.controller))
-            .output()
-            .expect("curl");
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .ok()
-            .and_then(|v| v["learned"].as_u64())
-            .unwrap_or(0)
-    }
 }
 
 /// The messages in a folder of a mailbox, read from its Maildir.
@@ -467,13 +213,19 @@ fn folder_messages(dev: &Dev, address: &str, folder: &str) -> Vec<String> {
 #[test]
 fn rspamd_rejects_gtube_quarantines_spam_and_its_absence_follows_the_policy() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let rspamd = Rspamd::start(&tmp.path().join("rspamd"));
+    let rspamd = Scanners::start("rspamd").expect("rspamd");
     let dev = Dev::start(&tmp.path().join("data"));
-    let url = format!("http://127.0.0.1:{}", rspamd.port);
-    let controller = format!("http://127.0.0.1:{}", rspamd.controller);
+    let url = format!("http://127.0.0.1:{}", rspamd.port("rspamd"));
+    let controller = format!("http://127.0.0.1:{}", rspamd.port("controller"));
+    // The controller learns only with its password, which the runtime reads from a file (a
+    // mounted Secret in a pod).
+    let password_file = tmp.path().join("rspamd-password");
+    std::fs::write(&password_file, format!("{}\n", rspamd.password())).expect("password");
     patch_config(&dev, "rspamd", |c| {
         c["inbound"]["rspamd"] = serde_yaml_ng::from_str(&format!(
-            "{{url: \"{url}\", controllerUrl: \"{controller}\", timeoutSeconds: 20}}"
+            "{{url: \"{url}\", controllerUrl: \"{controller}\", timeoutSeconds: 20, \
+             controllerPasswordFile: \"{}\"}}",
+            password_file.display()
         ))
         .expect("yaml");
     });
@@ -574,17 +326,75 @@ fn rspamd_rejects_gtube_quarantines_spam_and_its_absence_follows_the_policy() {
             .args(["INBOX", "Junk", "Junk", "INBOX"]),
     );
     assert!(moved.contains("moved 2"), "{moved}");
+    let learned = |n: u64| {
+        let start = std::time::Instant::now();
+        while rspamd.learned() < n {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "rspamd learned {} of {n}",
+                rspamd.learned()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    learned(2);
+    // The Junk and Not Junk buttons of a client that keeps mail where it is (Thunderbird's
+    // $Junk and $NotJunk keywords, set with imaplib's UID STORE) teach too.
+    let letters = [
+        (
+            "weekly newsletter",
+            "our spring collection of garden furniture arrives in stores \
+                               next week with discounts on every bench chair table and parasol",
+        ),
+        (
+            "team lunch",
+            "the team lunch on friday is at the noodle place around the corner from \
+                        the station so please tell me by wednesday whether you can come along",
+        ),
+        (
+            "lottery winner",
+            "congratulations your email address was drawn as the lucky winner \
+                            of our international online lottery send your bank details today",
+        ),
+    ];
+    for (subject, body) in letters {
+        let (ok, out) = swaks_mx(
+            &dev,
+            &["--header", &format!("Subject: {subject}"), "--body", body],
+        );
+        assert!(ok, "{out}");
+    }
+    let mark = |subject: &str, change: &str| {
+        let marked = common::run(
+            Command::new("python3")
+                .arg(client_script("imap_mark.py"))
+                .args(["127.0.0.1", &dev.port("imaps").to_string(), ALICE])
+                .arg(dev.password(ALICE))
+                .args(["INBOX", subject, change]),
+        );
+        assert!(marked.contains("marked 1"), "{marked}");
+    };
+    mark("weekly newsletter", "+$Junk");
+    learned(3);
+    mark("team lunch", "+$NotJunk");
+    learned(4);
+    // With a wrong password (the file is read at each learning) nothing is learned, and the
+    // failure is counted.
+    std::fs::write(&password_file, "not-the-password\n").expect("password");
+    mark("lottery winner", "+$Junk");
     let start = std::time::Instant::now();
-    while rspamd.learned() < 2 {
+    while !common::http_get(&dev, "/metrics")
+        .contains(r#"kubemail_filter_verdicts_total{stage="rspamd",verdict="learn-failed"} 1"#)
+    {
         assert!(
             start.elapsed() < std::time::Duration::from_secs(20),
-            "rspamd learned {} of 2",
-            rspamd.learned()
+            "no failed learning counted"
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    assert_eq!(rspamd.learned(), 4);
     // rspamd down: asked to come back, nothing lost; or, as configured, taken unchecked.
-    drop(rspamd);
+    rspamd.stop("rspamd");
     let (ok, out) = swaks_mx(&dev, &["--header", "Subject: while rspamd is down"]);
     assert!(!ok && out.contains("451 4.7.1"), "{out}");
     patch_config(&dev, "rspamd-open", |c| {
@@ -592,6 +402,7 @@ fn rspamd_rejects_gtube_quarantines_spam_and_its_absence_follows_the_policy() {
     });
     let (ok, out) = swaks_mx(&dev, &["--header", "Subject: taken unchecked"]);
     assert!(ok, "{out}");
-    // The spam message moved back, and the one taken unchecked.
-    assert_eq!(dev.messages(ALICE).len(), 2);
+    // The spam message moved back, the three marked ones (marks move nothing), and the one
+    // taken unchecked.
+    assert_eq!(dev.messages(ALICE).len(), 5);
 }

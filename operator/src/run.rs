@@ -149,6 +149,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
     let domains_for_mailbox = ctx.domains.clone();
     let mailboxes_for_secret = ctx.mailboxes.clone();
     let domains_for_secret = ctx.domains.clone();
+    let domains_for_rspamd_secret = ctx.domains.clone();
     let mailboxes_for_config_map = ctx.mailboxes.clone();
     let domains_for_config_map = ctx.domains.clone();
     let domains_for_relay = ctx.domains.clone();
@@ -198,6 +199,23 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
                                 })
                                 .map(|md| ObjectRef::from(md.as_ref()))
                         }),
+                )
+                .chain(
+                    // A domain's rspamd controller password Secret (its label decides).
+                    domains_for_rspamd_secret
+                        .state()
+                        .into_iter()
+                        .filter(|md| {
+                            md.namespace() == s.namespace()
+                                && md
+                                    .spec
+                                    .inbound
+                                    .rspamd
+                                    .as_ref()
+                                    .and_then(|r| r.controller_password_secret_ref.as_ref())
+                                    .is_some_and(|p| p.name == s.name_any())
+                        })
+                        .map(|md| ObjectRef::from(md.as_ref())),
                 )
                 .collect::<Vec<_>>()
         })

@@ -1659,3 +1659,114 @@ async fn sieve_scripts_and_auto_replies_are_rendered_and_a_broken_script_is_repo
         .expect_err("two sources");
     assert!(refused.to_string().contains("exactly one"), "{refused}");
 }
+
+/// The MailDomain's content scanners, probed for real (clamd and rspamd from Debian): both
+/// answering is `ScannersReachable=True`; the controller's password Secret is used only with
+/// its label (until then the condition says learning is off and nothing of the Secret reaches
+/// the runtime); clamd stopped is named in the condition.
+#[tokio::test]
+async fn scanners_are_probed_for_real_and_the_learning_password_needs_its_label() {
+    let scanners = kubemail_e2e::Scanners::start("").expect("clamd and rspamd");
+    let (client, ns) = setup(BTreeMap::new()).await;
+    let ns = ns.name;
+    let _operator = Operator::start(ControlPlane::shared(), &ns);
+    let learn = |labels: serde_json::Value| {
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "rspamd-learn", "labels": labels},
+               "stringData": {"password": scanners.password()}})
+    };
+    apply(&client, &ns, learn(json!({}))).await;
+    let mut md = domain();
+    md["spec"]["inbound"] = json!({
+        "clamav": {"address": format!("127.0.0.1:{}", scanners.port("clamd"))},
+        "rspamd": {
+            "url": format!("http://127.0.0.1:{}", scanners.port("rspamd")),
+            "controllerUrl": format!("http://127.0.0.1:{}", scanners.port("controller")),
+            "controllerPasswordSecretRef": {"name": "rspamd-learn"},
+        },
+    });
+    apply(&client, &ns, md).await;
+    let scanners_condition = || async {
+        let md = Api::<MailDomain>::namespaced(client.clone(), &ns)
+            .get_opt("example")
+            .await
+            .ok()??;
+        md.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "ScannersReachable")
+            .map(|c| (c.status, c.reason, c.message))
+    };
+    let password_file = || async {
+        config(&client, &ns)
+            .await
+            .and_then(|(_, raw, _)| raw.inbound.rspamd)
+            .map(|r| r.controller_password_file.is_some())
+    };
+    let rspamd_volume = || async {
+        Api::<Deployment>::namespaced(client.clone(), &ns)
+            .get_opt("example-mail")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|d| d.spec.template.spec?.volumes)
+            .map(|v| v.iter().any(|v| v.name == "rspamd"))
+    };
+
+    // Unlabelled: the scanners answer, but learning is off and says why.
+    let (status, reason, message) = eventually("ScannersReachable without the label", || async {
+        scanners_condition()
+            .await
+            .filter(|(_, r, _)| r != "Pending")
+    })
+    .await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "SecretNotLabelled"),
+        "{message}"
+    );
+    assert!(message.contains("kubemail.io/rspamd-password"), "{message}");
+    assert_eq!(password_file().await, Some(false));
+    assert_eq!(rspamd_volume().await, Some(false));
+
+    // Labelled: all three workers answer, and the password is mounted for the runtime.
+    apply(
+        &client,
+        &ns,
+        learn(json!({"kubemail.io/rspamd-password": "true"})),
+    )
+    .await;
+    let (_, reason, message) = eventually("ScannersReachable with the label", || async {
+        scanners_condition().await.filter(|(s, _, _)| s == "True")
+    })
+    .await;
+    assert_eq!(reason, "Ready");
+    for worker in ["clamd at", "rspamd at", "rspamd's controller at"] {
+        assert!(message.contains(worker), "{worker} missing: {message}");
+    }
+    eventually("the password file in the config", || async {
+        password_file().await.filter(|f| *f)
+    })
+    .await;
+    eventually("the password mounted", || async {
+        rspamd_volume().await.filter(|v| *v)
+    })
+    .await;
+
+    // clamd stopped: named, with what happens to mail meanwhile.
+    scanners.stop("clamd");
+    let (_, reason, message) = eventually("ScannersReachable after clamd stopped", || async {
+        scanners_condition().await.filter(|(s, _, _)| s == "False")
+    })
+    .await;
+    assert_eq!(reason, "ScannerUnreachable");
+    let clamd = format!("clamd at 127.0.0.1:{}", scanners.port("clamd"));
+    assert!(
+        message.contains(&clamd) && message.contains("onFailure"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("rspamd"),
+        "rspamd still answers: {message}"
+    );
+}

@@ -10,7 +10,7 @@
 //!     -> status_of (conditions, endpoints, DNS records)                     -- pure
 //!     -> write_status (only when it changed)
 //! ```
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -387,6 +387,9 @@ struct Referred {
     dkim_public: Option<String>,
     /// The Mailboxes to serve, with their hashes; each address belongs to one (the oldest).
     mailboxes: Vec<Hashed>,
+    /// The labels of the rspamd controller password's Secret; `None` when it names none or
+    /// the Secret does not exist.
+    rspamd_password_labels: Option<BTreeMap<String, String>>,
 }
 
 /// Reads what the domain refers to: its RelayPolicy and credentials' labels, its certificate
@@ -426,6 +429,18 @@ async fn dereference(ctx: &Context, md: &MailDomain, ns: &str) -> Result<Referre
             referred.relay_pods = pod_networks(client, ns, selector).await?;
         }
         referred.relay = Some(usable);
+    }
+    if let Some(secret) = md
+        .spec
+        .inbound
+        .rspamd
+        .as_ref()
+        .and_then(|r| r.controller_password_secret_ref.as_ref())
+    {
+        referred.rspamd_password_labels = secrets
+            .get_metadata_opt(&secret.name)
+            .await?
+            .map(|s| s.metadata.labels.unwrap_or_default());
     }
     referred.tls_ok = match &md.spec.tls.secret_name {
         Some(name) => secrets.get_opt(name).await?.is_some_and(|s| {
@@ -543,6 +558,7 @@ struct Desired {
 /// Renders the runtime config and the objects around it. Pure: the same inputs give the same
 /// objects.
 fn build(md: &MailDomain, referred: &Referred, runtime: &objects::RuntimeOptions) -> Desired {
+    let md = &render::rspamd::usable(md, referred.rspamd_password_labels.as_ref());
     let hashed: Vec<HashedMailbox<'_>> = referred
         .mailboxes
         .iter()
@@ -800,7 +816,7 @@ async fn observe(
     }
 }
 
-/// Whether the MailDomain's clamd (`PING`) and rspamd (`/ping`) answer.
+/// Whether the MailDomain's clamd (`PING`) and rspamd's workers (`/ping`) answer.
 async fn scanners_answer(
     inbound: &kubemail_crds::mail_domain::InboundSpec,
     timeout: Duration,
@@ -827,14 +843,21 @@ async fn scanners_answer(
         }
     }
     if let Some(rspamd) = &inbound.rspamd {
-        let address = rspamd
-            .url
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
-        match ask(address, b"GET /ping HTTP/1.0\r\n\r\n", "pong").await {
-            Some(()) => answered.push(format!("rspamd at {}", rspamd.url)),
-            None => silent.push(format!("rspamd at {} does not answer /ping", rspamd.url)),
+        let workers = std::iter::once(("rspamd", &rspamd.url)).chain(
+            rspamd
+                .controller_url
+                .iter()
+                .map(|u| ("rspamd's controller", u)),
+        );
+        for (what, url) in workers {
+            let address = url
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string();
+            match ask(address, b"GET /ping HTTP/1.0\r\n\r\n", "pong").await {
+                Some(()) => answered.push(format!("{what} at {url}")),
+                None => silent.push(format!("{what} at {url} does not answer /ping")),
+            }
         }
     }
     if answered.is_empty() && silent.is_empty() {
@@ -968,14 +991,14 @@ fn status_of(
     }
     // Not part of Ready: mail still flows as `onFailure` says, and the condition tells why
     // it waits or goes unscanned.
-    match &observed.scanners {
-        Some(Ok(answered)) => set(
-            types::SCANNERS_REACHABLE,
-            true,
-            reason::READY,
-            format!("{answered} answer"),
-        ),
-        Some(Err(silent)) => set(
+    let password_refused = md
+        .spec
+        .inbound
+        .rspamd
+        .as_ref()
+        .and_then(|r| render::rspamd::refusal(r, referred.rspamd_password_labels.as_ref()));
+    match (&observed.scanners, password_refused) {
+        (Some(Err(silent)), _) => set(
             types::SCANNERS_REACHABLE,
             false,
             reason::SCANNER_UNREACHABLE,
@@ -983,7 +1006,14 @@ fn status_of(
                 "{silent}: mail from outside is refused for now or taken unscanned, as onFailure says"
             ),
         ),
-        None => {}
+        (Some(Ok(_)), Some((why, message))) => set(types::SCANNERS_REACHABLE, false, why, message),
+        (Some(Ok(answered)), None) => set(
+            types::SCANNERS_REACHABLE,
+            true,
+            reason::READY,
+            format!("{answered} answer"),
+        ),
+        (None, _) => {}
     }
     // Conditions about things no longer there go.
     conditions.retain(|c| match c.type_.as_str() {
@@ -1181,7 +1211,7 @@ async fn refresh_pods(
 /// Whether a pod with `annotations` is to be marked with `revision` at `now`: when it names
 /// another revision, or (asked `again`) when it was marked more than [`REFRESH_AGAIN`] ago.
 fn needs_mark(
-    annotations: &std::collections::BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
     revision: &str,
     again: bool,
     now: k8s_openapi::jiff::Timestamp,

@@ -252,7 +252,10 @@ fn inbound_checks(spec: &kubemail_crds::mail_domain::InboundSpec) -> InboundChec
                 .controller_url
                 .as_ref()
                 .map(|u| u.trim_end_matches('/').to_string()),
-            controller_password: None,
+            controller_password_file: r
+                .controller_password_secret_ref
+                .as_ref()
+                .map(|_| format!("{}/password", paths::RSPAMD_DIR).into()),
         }),
     }
 }

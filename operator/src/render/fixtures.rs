@@ -56,3 +56,11 @@ spec:
 ",
     )
 }
+
+/// How the runtime's pods are made in the snapshots.
+pub fn runtime_options() -> super::objects::RuntimeOptions {
+    super::objects::RuntimeOptions {
+        image: "ghcr.io/kubemail/mail-runtime:0.1.0".into(),
+        binary: "/usr/local/bin/mail-runtime".into(),
+    }
+}

@@ -14,6 +14,7 @@ pub mod config;
 pub mod dns;
 pub mod objects;
 pub mod quantity;
+pub mod rspamd;
 pub mod smarthost;
 
 use kubemail_crds::{MailDomain, Protocol};
@@ -53,6 +54,8 @@ pub mod paths {
     pub const DKIM_KEY: &str = "/etc/kubemail/dkim/private.pem";
     /// The smarthost credentials Secret (the RelayPolicy's), as `username` and `password`.
     pub const SMARTHOST_DIR: &str = "/etc/kubemail/smarthost";
+    /// The rspamd controller password Secret (the MailDomain's), as `password`.
+    pub const RSPAMD_DIR: &str = "/etc/kubemail/rspamd";
     /// The PVC.
     pub const DATA_DIR: &str = "/var/lib/kubemail";
 }

@@ -202,6 +202,31 @@ fn exec_probe(command: Vec<String>, period: i32, timeout: i32, failures: i32) ->
     }
 }
 
+/// A volume of some keys of a user's Secret, each under a file name of ours; optional, so a
+/// Secret that goes away does not keep the pod from starting (the runtime reports what it
+/// cannot read).
+fn keyed_secret_volume(name: &str, secret: &str, keys: &[(&str, &str)]) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            optional: Some(true),
+            default_mode: Some(0o440),
+            default_user: None,
+            items: Some(
+                keys.iter()
+                    .map(|(key, path)| KeyToPath {
+                        key: (*key).into(),
+                        path: (*path).into(),
+                        ..KeyToPath::default()
+                    })
+                    .collect(),
+            ),
+        }),
+        ..Volume::default()
+    }
+}
+
 /// The runtime's Deployment, restricted Pod Security Standard throughout.
 pub fn deployment(
     md: &MailDomain,
@@ -268,6 +293,13 @@ pub fn deployment(
     let smarthost_credentials = relay
         .and_then(|rp| rp.spec.route.smarthost.as_ref())
         .and_then(|h| h.credentials_secret_ref.as_ref());
+    // The rspamd controller's password, from the MailDomain's Secret, mounted as `password`.
+    let rspamd_password = md
+        .spec
+        .inbound
+        .rspamd
+        .as_ref()
+        .and_then(|r| r.controller_password_secret_ref.as_ref());
     let secret_volume = |name: &str, secret: &str, optional: bool| Volume {
         name: name.into(),
         secret: Some(SecretVolumeSource {
@@ -333,6 +365,9 @@ pub fn deployment(
             if smarthost_credentials.is_some() {
                 mounts.push(mount("smarthost", paths::SMARTHOST_DIR, true));
             }
+            if rspamd_password.is_some() {
+                mounts.push(mount("rspamd", paths::RSPAMD_DIR, true));
+            }
             mounts
         }),
         ..Container::default()
@@ -381,28 +416,17 @@ pub fn deployment(
                     },
                 ]
                 .into_iter()
-                .chain(smarthost_credentials.map(|c| Volume {
-                    name: "smarthost".into(),
-                    secret: Some(SecretVolumeSource {
-                        secret_name: Some(c.name.clone()),
-                        optional: Some(true),
-                        default_mode: Some(0o440),
-                        default_user: None,
-                        items: Some(vec![
-                            KeyToPath {
-                                key: c.username_key.clone(),
-                                path: "username".into(),
-                                ..KeyToPath::default()
-                            },
-                            KeyToPath {
-                                key: c.password_key.clone(),
-                                path: "password".into(),
-                                ..KeyToPath::default()
-                            },
-                        ]),
-                    }),
-                    ..Volume::default()
+                .chain(smarthost_credentials.map(|c| {
+                    keyed_secret_volume(
+                        "smarthost",
+                        &c.name,
+                        &[(&c.username_key, "username"), (&c.password_key, "password")],
+                    )
                 }))
+                .chain(
+                    rspamd_password
+                        .map(|p| keyed_secret_volume("rspamd", &p.name, &[(&p.key, "password")])),
+                )
                 .collect(),
             ),
             termination_grace_period_seconds: Some(30),

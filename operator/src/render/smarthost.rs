@@ -78,11 +78,7 @@ mod tests {
     }
 
     fn smarthost_volume(rp: &RelayPolicy) -> bool {
-        let options = objects::RuntimeOptions {
-            image: "i".into(),
-            binary: "b".into(),
-        };
-        objects::deployment(&fixtures::domain(), Some(rp), &options)
+        objects::deployment(&fixtures::domain(), Some(rp), &fixtures::runtime_options())
             .spec
             .template
             .spec

@@ -6,10 +6,7 @@ use super::{
 };
 
 fn options() -> objects::RuntimeOptions {
-    objects::RuntimeOptions {
-        image: "ghcr.io/kubemail/mail-runtime:0.1.0".into(),
-        binary: "/usr/local/bin/mail-runtime".into(),
-    }
+    fixtures::runtime_options()
 }
 
 #[test]

@@ -3,6 +3,7 @@
 use imap_codec::imap_types::{mailbox::Mailbox, sequence::SequenceSet};
 
 use crate::imap::{
+    op::learn,
     session::{Done, Refused, Session, no, not_selected, store_failure},
     write,
 };
@@ -37,18 +38,12 @@ impl Session {
         let from = selected.folder.clone();
         let target = self.folder(to).await?;
         let moved = metas.clone();
-        // Into Junk teaches rspamd spam, out of it (but not into Trash) ham.
-        let learn = learning(&from, &target);
+        let learn = learn::moving(&from, &target).filter(|_| self.learns());
         let learn_from = from.clone();
         let copied = self
             .blocking(move |s, m| {
                 let samples = match learn {
-                    Some(_) => metas
-                        .iter()
-                        .take(LEARN_AT_ONCE)
-                        .filter(|meta| meta.size <= LEARN_MAX_BYTES)
-                        .filter_map(|meta| s.read(&m, &learn_from, meta).ok().flatten())
-                        .collect(),
+                    Some(_) => learn::samples(s, &m, &learn_from, &metas),
                     None => Vec::new(),
                 };
                 let copied = s.copy(&m, &from, &metas, &target)?;
@@ -90,70 +85,5 @@ impl Session {
             self.reporting.expunged(&gone, &mut self.out);
         }
         Ok("MOVE completed".into())
-    }
-}
-
-/// Messages of one COPY or MOVE that are learned, and the largest one.
-const LEARN_AT_ONCE: usize = 20;
-const LEARN_MAX_BYTES: u64 = 10 << 20;
-
-/// Whether a copy from `from` to `to` teaches spam (`Some(true)`), ham, or nothing.
-fn learning(from: &str, to: &str) -> Option<bool> {
-    let junk = |f: &str| f.eq_ignore_ascii_case("Junk");
-    match (junk(from), junk(to)) {
-        (false, true) => Some(true),
-        (true, false) if !to.eq_ignore_ascii_case("Trash") => Some(false),
-        _ => None,
-    }
-}
-
-impl Session {
-    /// Hands messages to rspamd's controller to learn, in the background: the user's command
-    /// does not wait for it, and a failure is logged, never the user's problem.
-    fn teach(&self, spam: bool, samples: Vec<Vec<u8>>) {
-        let config = self.runtime.config().get();
-        let Some(rspamd) = config.raw.inbound.rspamd.clone() else {
-            return;
-        };
-        let Some(url) = rspamd.controller_url.clone() else {
-            return;
-        };
-        tokio::spawn(async move {
-            let timeout = std::time::Duration::from_secs(u64::from(rspamd.timeout_seconds));
-            for message in samples {
-                let learned = crate::smtp::rspamd::learn(
-                    &url,
-                    rspamd.controller_password.as_deref(),
-                    spam,
-                    message,
-                    timeout,
-                )
-                .await;
-                let verdict = match (&learned, spam) {
-                    (Ok(()), true) => "learned-spam",
-                    (Ok(()), false) => "learned-ham",
-                    (Err(_), _) => "learn-failed",
-                };
-                crate::metrics::filter_verdict("rspamd", verdict);
-                if let Err(err) = learned {
-                    tracing::warn!(error = %err, "rspamd did not learn from a move into or out of Junk");
-                }
-            }
-        });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::learning;
-
-    #[test]
-    fn into_junk_is_spam_out_of_it_ham_and_trash_nothing() {
-        assert_eq!(learning("INBOX", "Junk"), Some(true));
-        assert_eq!(learning("Junk", "INBOX"), Some(false));
-        assert_eq!(learning("Junk", "Archive"), Some(false));
-        assert_eq!(learning("Junk", "Trash"), None);
-        assert_eq!(learning("INBOX", "Archive"), None);
-        assert_eq!(learning("Junk", "junk"), None);
     }
 }

@@ -10,6 +10,7 @@ pub mod expunge;
 pub mod fetch;
 pub mod folders;
 pub mod idle;
+pub mod learn;
 pub mod list;
 pub mod login;
 pub mod quota;

@@ -6,6 +6,7 @@ use imap_codec::imap_types::{
 };
 
 use crate::imap::{
+    op::learn::{self, Marks},
     session::{Done, MAX_MODSEQ, Refused, Session, bad, no, not_selected, store_failure},
     write,
 };
@@ -124,9 +125,19 @@ impl Session {
                 format!("* FLAGS {}\r\n", write::folder_flags(&selected.keywords)).as_bytes(),
             );
         }
+        // Marking $Junk or $NotJunk teaches rspamd.
+        let (mut spam, mut ham) = (Vec::new(), Vec::new());
         for u in now {
             if let Some(i) = selected.messages.iter().position(|m| m.uid == u.uid) {
                 let before = std::mem::replace(&mut selected.messages[i], u.clone());
+                match learn::marking(
+                    Marks::of(&before, &selected.keywords),
+                    Marks::of(&u, &selected.keywords),
+                ) {
+                    Some(true) => spam.push(u.clone()),
+                    Some(false) => ham.push(u.clone()),
+                    None => {}
+                }
                 // With CONDSTORE every FETCH a STORE causes carries UID and MODSEQ (s3.2.4).
                 let uid_part = if uid || self.reporting.modseq {
                     format!("UID {} ", u.uid)
@@ -148,6 +159,12 @@ impl Session {
                 self.out.extend_from_slice(line.as_bytes());
             }
         }
+        let folder = selected.folder.clone();
+        self.teach_later(true, folder.clone(), spam);
+        self.teach_later(false, folder, ham);
+        let Some(selected) = self.selected.as_ref() else {
+            return Ok(String::new());
+        };
         let what = if uid { "UID STORE" } else { "STORE" };
         // A conditional STORE on a message another session expunged cannot have held: NO with
         // it among the MODIFIED ones (RFC 7162 s3.1.3), so the client does not take it as done.
