@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/kubemail/target}
 bash e2e/scripts/install-deps.sh
-python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install -q matplotlib
+python3 -c 'import matplotlib, yaml' 2>/dev/null || python3 -m pip install -q matplotlib pyyaml
 cargo build --locked --release -p mail-runtime
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 out="$PWD/results/bench-$(date -u +%Y%m%d-%H%M%S)"  # absolute: useradd refuses a relative home

@@ -706,8 +706,9 @@ pub struct RspamdSpec {
     pub on_failure: ScanFailure,
     /// The controller worker, such as `http://rspamd.mail.svc:11334`: what users move into
     /// Junk (IMAP MOVE or COPY) or mark `$Junk` is learned as spam, what they move out of it
-    /// (not into Trash), mark `$NotJunk` or unmark `$Junk` as ham, at most 20 messages of
-    /// 10 MiB per command. No learning when absent.
+    /// (not into Trash), mark `$NotJunk` or unmark `$Junk` as ham: per command at most 20
+    /// messages and 16 MiB (none over 10 MiB), per runtime 64 MiB at once (more is skipped).
+    /// No learning when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 10, max = 270))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^http://[a-z0-9.-]+:[0-9]{1,5}/?$')").message("controllerUrl must be http://host:port, such as http://rspamd.mail.svc:11334"))]

@@ -38,12 +38,18 @@ impl Session {
         let from = selected.folder.clone();
         let target = self.folder(to).await?;
         let moved = metas.clone();
-        let learn = learn::moving(&from, &target).filter(|_| self.learns());
+        let (learn, learn_chosen) = match learn::moving(&from, &target)
+            .filter(|_| self.learns())
+            .and_then(|spam| Some((spam, learn::Share::take(&metas)?)))
+        {
+            Some((spam, (share, chosen))) => (Some((spam, share)), Some(chosen)),
+            None => (None, None),
+        };
         let learn_from = from.clone();
         let copied = self
             .blocking(move |s, m| {
-                let samples = match learn {
-                    Some(_) => learn::samples(s, &m, &learn_from, &metas),
+                let samples = match &learn_chosen {
+                    Some(chosen) => learn::samples(s, &m, &learn_from, chosen),
                     None => Vec::new(),
                 };
                 let copied = s.copy(&m, &from, &metas, &target)?;
@@ -54,8 +60,8 @@ impl Session {
             })
             .await;
         let copied = copied.map(|(copied, samples)| {
-            if let Some(spam) = learn {
-                self.teach(spam, samples);
+            if let Some((spam, share)) = learn {
+                self.teach(spam, share, samples);
             }
             copied
         });

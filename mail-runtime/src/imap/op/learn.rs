@@ -4,12 +4,64 @@
 //! the user's command never waits for it, and a failure is logged and counted, never the
 //! user's problem.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::imap::session::Session;
 use crate::store::{MessageMeta, Store};
 
-/// Messages of one command that are learned, and the largest one.
+/// Messages of one command that are learned, the largest one, and their bytes together.
 const LEARN_AT_ONCE: usize = 20;
 const LEARN_MAX_BYTES: u64 = 10 << 20;
+const LEARN_COMMAND_BYTES: u64 = 16 << 20;
+/// Bytes being taught at once by the whole runtime: a user who presses Junk and Not Junk in a
+/// loop (or several users at once) gets some of it skipped, not the runtime's memory or
+/// rspamd's controller flooded.
+const LEARNING_BYTES: u64 = 64 << 20;
+
+static LEARNING: AtomicU64 = AtomicU64::new(0);
+
+/// A share of [`LEARNING_BYTES`], given back when dropped.
+pub(in crate::imap) struct Share(u64);
+
+impl Share {
+    /// The messages of `metas` a command teaches (the first [`LEARN_AT_ONCE`] that fit in
+    /// [`LEARN_COMMAND_BYTES`], none larger than [`LEARN_MAX_BYTES`]) and their share; `None`
+    /// (and counted) when the runtime is teaching all it may already.
+    pub(in crate::imap) fn take(metas: &[MessageMeta]) -> Option<(Share, Vec<MessageMeta>)> {
+        let mut bytes = 0;
+        let chosen: Vec<MessageMeta> = metas
+            .iter()
+            .filter(|meta| meta.size <= LEARN_MAX_BYTES)
+            .filter(|meta| {
+                let fits = bytes + meta.size <= LEARN_COMMAND_BYTES;
+                if fits {
+                    bytes += meta.size;
+                }
+                fits
+            })
+            .take(LEARN_AT_ONCE)
+            .cloned()
+            .collect();
+        let taken = LEARNING.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+            (now + bytes <= LEARNING_BYTES).then_some(now + bytes)
+        });
+        if taken.is_err() {
+            crate::metrics::filter_verdict("rspamd", "learn-skipped");
+            tracing::warn!(
+                messages = chosen.len(),
+                "rspamd is being taught all it may at once; these are not learned"
+            );
+            return None;
+        }
+        Some((Share(bytes), chosen))
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        LEARNING.fetch_sub(self.0, Ordering::AcqRel);
+    }
+}
 
 /// Whether a copy from `from` to `to` teaches spam (`Some(true)`), ham, or nothing.
 pub(in crate::imap) fn moving(from: &str, to: &str) -> Option<bool> {
@@ -56,18 +108,15 @@ pub(in crate::imap) fn marking(before: Marks, after: Marks) -> Option<bool> {
     }
 }
 
-/// The bytes of the messages a command teaches (the first [`LEARN_AT_ONCE`], none larger
-/// than [`LEARN_MAX_BYTES`]).
+/// The bytes of the messages chosen by [`Share::take`].
 pub(in crate::imap) fn samples(
     s: &dyn Store,
     mailbox: &str,
     folder: &str,
-    metas: &[MessageMeta],
+    chosen: &[MessageMeta],
 ) -> Vec<Vec<u8>> {
-    metas
+    chosen
         .iter()
-        .filter(|meta| meta.size <= LEARN_MAX_BYTES)
-        .take(LEARN_AT_ONCE)
         .filter_map(|meta| s.read(mailbox, folder, meta).ok().flatten())
         .collect()
 }
@@ -92,23 +141,30 @@ impl Session {
         let Some(mailbox) = self.user.as_ref().map(|u| u.address.clone()) else {
             return;
         };
+        let Some((share, chosen)) = Share::take(&metas) else {
+            return;
+        };
         let store = self.runtime.store().clone();
         let session = self.teacher();
         tokio::spawn(async move {
             let read = tokio::task::spawn_blocking(move || {
-                samples(store.as_ref(), &mailbox, &folder, &metas)
+                samples(store.as_ref(), &mailbox, &folder, &chosen)
             })
             .await;
             if let Ok(samples) = read {
                 session.teach(spam, samples).await;
             }
+            drop(share);
         });
     }
 
-    /// Teaches messages already read, in the background.
-    pub(in crate::imap) fn teach(&self, spam: bool, samples: Vec<Vec<u8>>) {
+    /// Teaches messages already read (with their share), in the background.
+    pub(in crate::imap) fn teach(&self, spam: bool, share: Share, samples: Vec<Vec<u8>>) {
         let teacher = self.teacher();
-        tokio::spawn(async move { teacher.teach(spam, samples).await });
+        tokio::spawn(async move {
+            teacher.teach(spam, samples).await;
+            drop(share);
+        });
     }
 
     fn teacher(&self) -> Teacher {
@@ -162,7 +218,7 @@ impl Teacher {
 
 #[cfg(test)]
 mod tests {
-    use super::{Marks, marking, moving};
+    use super::{Marks, Share, marking, moving};
 
     #[test]
     fn into_junk_is_spam_out_of_it_ham_and_trash_nothing() {
@@ -172,6 +228,33 @@ mod tests {
         assert_eq!(moving("Junk", "Trash"), None);
         assert_eq!(moving("INBOX", "Archive"), None);
         assert_eq!(moving("Junk", "junk"), None);
+    }
+
+    #[test]
+    fn a_command_teaches_a_bounded_share_and_the_runtime_a_bounded_sum() {
+        let meta = |uid: u32, size: u64| crate::store::MessageMeta {
+            uid,
+            size,
+            flags: String::new(),
+            internal_date: 0,
+            file_name: format!("{uid}"),
+            modseq: 1,
+            in_new: false,
+        };
+        // 30 messages of 1 MiB and one too large: 16 of them (16 MiB), never the large one.
+        let metas: Vec<_> = (1..=30)
+            .map(|u| meta(u, 1 << 20))
+            .chain([meta(99, 11 << 20)])
+            .collect();
+        let (share, chosen) = Share::take(&metas).expect("room");
+        assert_eq!(chosen.len(), 16);
+        assert!(chosen.iter().all(|m| m.uid != 99));
+        // Four such commands fill the runtime's 64 MiB; a fifth is skipped until one ends.
+        let more: Vec<_> = (0..3).map(|_| Share::take(&metas).expect("room")).collect();
+        assert!(Share::take(&metas).is_none());
+        drop(share);
+        assert!(Share::take(&metas).is_some());
+        drop(more);
     }
 
     #[test]
