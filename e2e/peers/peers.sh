@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
 # Postfix and Dovecot from Debian's packages, run on loopback as peers for tests and benchmarks.
 #
-#   peers.sh start DIR   configure and start both under DIR; prints their ports as JSON
-#   peers.sh stop DIR    stop both
+#   peers.sh start DIR [PROFILE]  configure and start both under DIR; prints their ports as JSON
+#   peers.sh stop DIR              stop both
 #
 # Postfix: SMTP with STARTTLS on one port, delivering to Maildir under DIR/postfix-mail.
 # Dovecot: IMAP (STARTTLS and implicit TLS) and POP3 (STLS and implicit TLS), users from a
 # passwd-file, mail in DIR/dovecot-mail. Both use a self-signed certificate made here.
+#
+# PROFILE (for the benchmarks):
+#   defaults   the packages' defaults (the tests use these): Postfix delivers locally 2 at a time
+#              and logs every message; Dovecot runs one login and one imap process per client.
+#   tuned      as their operators run them in production: Postfix delivers locally 20 at a time
+#              and logs only warnings (no log file: with no syslog daemon here, nothing, as
+#              kubemail at `warn`); Dovecot with high-performance login (service_count = 0,
+#              login processes with client_limit) and imap processes serving up to 10 clients each.
+#   hibernate  tuned, and Dovecot hands IDLE sessions to imap-hibernate after 2 s.
 set -euo pipefail
 
-cmd=${1:?usage: peers.sh start|stop DIR}
-dir=$(realpath -m "${2:?usage: peers.sh start|stop DIR}")
+cmd=${1:?usage: peers.sh start|stop DIR [defaults|tuned|hibernate]}
+dir=$(realpath -m "${2:?usage: peers.sh start|stop DIR [defaults|tuned|hibernate]}")
+profile=${3:-defaults}
+case $profile in defaults|tuned|hibernate) ;; *) echo "peers.sh: unknown profile $profile" >&2; exit 2 ;; esac
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
@@ -64,6 +75,12 @@ maillog_file = $dir/postfix.log
 maillog_file_prefixes = $dir
 syslog_name = postfix-peer
 CF
+if [[ $profile != defaults ]]; then
+    cat >> "$pf/main.cf" <<CF
+local_destination_concurrency_limit = 20
+maillog_file =
+CF
+fi
 # Only one smtpd, on the chosen port.
 sed -i -E 's/^smtp( +)inet/#smtp\1inet/' "$pf/master.cf"
 echo "127.0.0.1:$smtp_port inet n - n - - smtpd" >> "$pf/master.cf"
@@ -132,6 +149,45 @@ service pop3-login {
   }
 }
 CF
+if [[ $profile != defaults ]]; then
+    cat >> "$dv/dovecot.conf" <<CF
+service imap-login {
+  service_count = 0
+  client_limit = 4000
+  process_min_avail = 2
+  vsz_limit = 1G
+}
+service pop3-login {
+  service_count = 0
+  client_limit = 4000
+  process_min_avail = 2
+  vsz_limit = 1G
+}
+service imap {
+  client_limit = 10
+}
+service anvil {
+  client_limit = 8000
+}
+CF
+fi
+if [[ $profile == hibernate ]]; then
+    cat >> "$dv/dovecot.conf" <<CF
+imap_hibernate_timeout = 2s
+service imap {
+  unix_listener imap-master {
+    user = dovenull
+  }
+  extra_groups = dovenull
+}
+service imap-hibernate {
+  unix_listener imap-hibernate {
+    mode = 0660
+    group = dovenull
+  }
+}
+CF
+fi
 dovecot -c "$dv/dovecot.conf" </dev/null >/dev/null 2>&1 || { cat "$dir/dovecot.log" >&2 2>/dev/null; echo "peers.sh: dovecot did not start" >&2; exit 1; }
 
 # Wait until every port answers.
