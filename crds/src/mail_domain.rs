@@ -707,7 +707,8 @@ pub struct RspamdSpec {
     /// The controller worker, such as `http://rspamd.mail.svc:11334`: what users move into
     /// Junk (IMAP MOVE or COPY) or mark `$Junk` is learned as spam, what they move out of it
     /// (not into Trash), mark `$NotJunk` or unmark `$Junk` as ham: per command at most 20
-    /// messages and 16 MiB (none over 10 MiB), per runtime 64 MiB at once (more is skipped).
+    /// messages and 16 MiB (none over 10 MiB), per runtime 64 MiB and 16 commands at once
+    /// (more is skipped).
     /// No learning when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 10, max = 270))]

@@ -146,7 +146,6 @@ async fn post(
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| format!("rspamd at {authority}: {e}"))?;
-    tokio::spawn(connection);
     let mut request = hyper::Request::post(path).header("Host", authority);
     for (name, value) in envelope {
         // What the client sent (a quoted sender, a HELO name) may hold control characters; an
@@ -162,17 +161,33 @@ async fn post(
     let request = request
         .body(Full::new(Bytes::from(message)))
         .map_err(|e| format!("building the request to rspamd: {e}"))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("rspamd at {authority}: {e}"))?;
-    let status = response.status();
-    // Bounded: an answer is a verdict, not a download.
-    let body = http_body_util::Limited::new(response.into_body(), 1 << 20)
-        .collect()
-        .await
-        .map_err(|e| format!("reading rspamd's answer: {e}"))?
-        .to_bytes();
+    let exchange = async move {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("rspamd at {authority}: {e}"))?;
+        let status = response.status();
+        // Bounded: an answer is a verdict, not a download.
+        let body = http_body_util::Limited::new(response.into_body(), 1 << 20)
+            .collect()
+            .await
+            .map_err(|e| format!("reading rspamd's answer: {e}"))?
+            .to_bytes();
+        Ok::<_, String>((status, body))
+    };
+    // The connection is driven here, not in a task of its own: when the caller gives up (its
+    // timeout drops this future), the socket and the unsent message go with it. A task of its
+    // own went on trying to write to an rspamd that had stopped reading, holding the message.
+    let mut exchange = std::pin::pin!(exchange);
+    let mut connection = std::pin::pin!(connection);
+    let (status, body) = tokio::select! {
+        answered = &mut exchange => answered?,
+        ended = &mut connection => match ended {
+            // Closed after answering: the answer is read to its end.
+            Ok(()) => exchange.await?,
+            Err(e) => return Err(format!("rspamd at {authority}: {e}")),
+        },
+    };
     if !status.is_success() && path == "/checkv2" || body.is_empty() {
         return Err(format!(
             "rspamd answered {status}: {}",
@@ -231,6 +246,49 @@ fn parse(body: &[u8]) -> Result<Checked, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An rspamd that takes the connection and stops reading: when the caller gives up, the
+    /// runtime closes the connection and lets go of the message (an outside tester saw
+    /// connections, and the messages they were writing, pile up without end).
+    #[tokio::test]
+    async fn a_request_given_up_closes_its_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let server = listener.local_addr().expect("addr");
+        let url = format!("http://{server}");
+        let message = vec![b'x'; 8 << 20];
+        let learning = tokio::spawn(async move {
+            learn(&url, None, true, message, Duration::from_millis(500)).await
+        });
+        // Taken, and never read.
+        let (_socket, client) = listener.accept().await.expect("accept");
+        let given_up = learning.await.expect("task");
+        assert!(given_up.is_err(), "{given_up:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The runtime's end of the connection, as the kernel lists it: closed (FIN_WAIT1 with
+        // the unsent rest of the message behind it), not ESTABLISHED.
+        let hex = |a: std::net::SocketAddr| match a {
+            std::net::SocketAddr::V4(v4) => format!(
+                "{:08X}:{:04X}",
+                u32::from_le_bytes(v4.ip().octets()),
+                v4.port()
+            ),
+            std::net::SocketAddr::V6(_) => unreachable!("bound to 127.0.0.1"),
+        };
+        let (local, remote) = (hex(client), hex(server));
+        let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+        let state = table
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[1] == local && f[2] == remote)
+            .map(|f| f[3].to_string());
+        assert_ne!(
+            state.as_deref(),
+            Some("01"),
+            "the connection is still ESTABLISHED after the runtime gave up"
+        );
+    }
 
     #[test]
     fn answers_are_read_and_headers_say_why() {

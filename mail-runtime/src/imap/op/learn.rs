@@ -4,7 +4,7 @@
 //! the user's command never waits for it, and a failure is logged and counted, never the
 //! user's problem.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use crate::imap::session::Session;
 use crate::store::{MessageMeta, Store};
@@ -13,14 +13,16 @@ use crate::store::{MessageMeta, Store};
 const LEARN_AT_ONCE: usize = 20;
 const LEARN_MAX_BYTES: u64 = 10 << 20;
 const LEARN_COMMAND_BYTES: u64 = 16 << 20;
-/// Bytes being taught at once by the whole runtime: a user who presses Junk and Not Junk in a
-/// loop (or several users at once) gets some of it skipped, not the runtime's memory or
-/// rspamd's controller flooded.
+/// Bytes, and commands, being taught at once by the whole runtime: a user who presses Junk and
+/// Not Junk in a loop (or several users at once) gets some of it skipped, not the runtime's
+/// memory or rspamd's controller flooded (each command is one connection to it at a time).
 const LEARNING_BYTES: u64 = 64 << 20;
+const LEARNING_COMMANDS: u64 = 16;
 
-static LEARNING: AtomicU64 = AtomicU64::new(0);
+/// Bytes and commands being taught now.
+static LEARNING: Mutex<(u64, u64)> = Mutex::new((0, 0));
 
-/// A share of [`LEARNING_BYTES`], given back when dropped.
+/// A share of [`LEARNING_BYTES`] and one of [`LEARNING_COMMANDS`], given back when dropped.
 pub(in crate::imap) struct Share(u64);
 
 impl Share {
@@ -42,10 +44,16 @@ impl Share {
             .take(LEARN_AT_ONCE)
             .cloned()
             .collect();
-        let taken = LEARNING.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
-            (now + bytes <= LEARNING_BYTES).then_some(now + bytes)
-        });
-        if taken.is_err() {
+        let taken = {
+            let mut learning = LEARNING.lock().unwrap_or_else(|e| e.into_inner());
+            let (now_bytes, now_commands) = *learning;
+            let room = now_bytes + bytes <= LEARNING_BYTES && now_commands < LEARNING_COMMANDS;
+            if room {
+                *learning = (now_bytes + bytes, now_commands + 1);
+            }
+            room
+        };
+        if !taken {
             crate::metrics::filter_verdict("rspamd", "learn-skipped");
             tracing::warn!(
                 messages = chosen.len(),
@@ -59,16 +67,19 @@ impl Share {
 
 impl Drop for Share {
     fn drop(&mut self) {
-        LEARNING.fetch_sub(self.0, Ordering::AcqRel);
+        let mut learning = LEARNING.lock().unwrap_or_else(|e| e.into_inner());
+        learning.0 = learning.0.saturating_sub(self.0);
+        learning.1 = learning.1.saturating_sub(1);
     }
 }
 
-/// Whether a copy from `from` to `to` teaches spam (`Some(true)`), ham, or nothing.
+/// Whether a copy from `from` to `to` teaches spam (`Some(true)`), ham, or nothing. `Junk` and
+/// `Trash` are the special-use folders by their names as the runtime makes them: a user's own
+/// `junk` is another folder.
 pub(in crate::imap) fn moving(from: &str, to: &str) -> Option<bool> {
-    let junk = |f: &str| f.eq_ignore_ascii_case("Junk");
-    match (junk(from), junk(to)) {
+    match (from == "Junk", to == "Junk") {
         (false, true) => Some(true),
-        (true, false) if !to.eq_ignore_ascii_case("Trash") => Some(false),
+        (true, false) if to != "Trash" => Some(false),
         _ => None,
     }
 }
@@ -97,11 +108,13 @@ impl Marks {
     }
 }
 
-/// Whether a flag change teaches spam (`Some(true)`), ham, or nothing.
-pub(in crate::imap) fn marking(before: Marks, after: Marks) -> Option<bool> {
+/// Whether a flag change teaches spam (`Some(true)`), ham, or nothing. Only a removal the
+/// client asked for (`-FLAGS`) takes `$Junk` away as a verdict; a `FLAGS (...)` that replaces
+/// all flags without it says nothing about spam.
+pub(in crate::imap) fn marking(before: Marks, after: Marks, removing: bool) -> Option<bool> {
     if after.junk && !before.junk {
         Some(true)
-    } else if (after.not_junk && !before.not_junk) || (before.junk && !after.junk) {
+    } else if (after.not_junk && !before.not_junk) || (removing && before.junk && !after.junk) {
         Some(false)
     } else {
         None
@@ -190,8 +203,8 @@ impl Teacher {
         // Read when used: a rotated Secret takes effect without a restart.
         let password = match &rspamd.controller_password_file {
             None => None,
-            Some(file) => match tokio::fs::read_to_string(file).await {
-                Ok(p) => Some(p.trim_end_matches(['\r', '\n']).to_string()),
+            Some(file) => match read_password(file).await {
+                Ok(p) => Some(p),
                 Err(err) => {
                     tracing::warn!(file = %file.display(), error = %err, "rspamd's controller password cannot be read; nothing learned");
                     crate::metrics::filter_verdict("rspamd", "learn-failed");
@@ -216,6 +229,18 @@ impl Teacher {
     }
 }
 
+/// A password file: a regular file of at most 4 KiB (a FIFO, a device or a huge file would
+/// hold a thread or memory of the runtime's), without its line end.
+async fn read_password(file: &std::path::Path) -> std::io::Result<String> {
+    let meta = tokio::fs::metadata(file).await?;
+    if !meta.is_file() || meta.len() > 4096 {
+        return Err(std::io::Error::other("not a regular file of at most 4 KiB"));
+    }
+    let bytes = tokio::fs::read(file).await?;
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(4096)]).into_owned();
+    Ok(text.trim_end_matches(['\r', '\n']).to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Marks, Share, marking, moving};
@@ -227,7 +252,9 @@ mod tests {
         assert_eq!(moving("Junk", "Archive"), Some(false));
         assert_eq!(moving("Junk", "Trash"), None);
         assert_eq!(moving("INBOX", "Archive"), None);
-        assert_eq!(moving("Junk", "junk"), None);
+        // A folder of the user's own that is spelled alike is not the Junk folder.
+        assert_eq!(moving("INBOX", "junk"), None);
+        assert_eq!(moving("Junk", "JUNK"), Some(false));
     }
 
     #[test]
@@ -250,11 +277,38 @@ mod tests {
         assert_eq!(chosen.len(), 16);
         assert!(chosen.iter().all(|m| m.uid != 99));
         // Four such commands fill the runtime's 64 MiB; a fifth is skipped until one ends.
+        // (The only test that takes shares: the count is the runtime's, shared by all.)
         let more: Vec<_> = (0..3).map(|_| Share::take(&metas).expect("room")).collect();
         assert!(Share::take(&metas).is_none());
         drop(share);
         assert!(Share::take(&metas).is_some());
         drop(more);
+    }
+
+    /// A password file is read only when it is a small regular file: a FIFO would hold a
+    /// thread of the runtime's until someone wrote to it, a huge file its memory.
+    #[tokio::test]
+    async fn only_a_small_regular_file_is_read_as_the_password() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("password");
+        std::fs::write(&file, "s3cret\r\n").expect("write");
+        assert_eq!(super::read_password(&file).await.expect("read"), "s3cret");
+        std::fs::write(&file, vec![b'x'; 5000]).expect("write");
+        assert!(super::read_password(&file).await.is_err());
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            super::read_password(&fifo),
+        )
+        .await
+        .expect("a FIFO is refused at once, not waited on");
+        assert!(read.is_err());
+        assert!(super::read_password(dir.path()).await.is_err());
     }
 
     #[test]
@@ -268,12 +322,16 @@ mod tests {
             junk: false,
             not_junk: true,
         };
-        assert_eq!(marking(none, junk), Some(true));
-        assert_eq!(marking(not_junk, junk), Some(true));
-        assert_eq!(marking(junk, none), Some(false));
-        assert_eq!(marking(none, not_junk), Some(false));
-        assert_eq!(marking(junk, junk), None);
-        assert_eq!(marking(not_junk, none), None);
-        assert_eq!(marking(none, none), None);
+        for removing in [false, true] {
+            assert_eq!(marking(none, junk, removing), Some(true));
+            assert_eq!(marking(not_junk, junk, removing), Some(true));
+            assert_eq!(marking(none, not_junk, removing), Some(false));
+            assert_eq!(marking(junk, junk, removing), None);
+            assert_eq!(marking(not_junk, none, removing), None);
+            assert_eq!(marking(none, none, removing), None);
+        }
+        // -FLAGS ($Junk) is a verdict; FLAGS (\Seen) replacing everything is not.
+        assert_eq!(marking(junk, none, true), Some(false));
+        assert_eq!(marking(junk, none, false), None);
     }
 }

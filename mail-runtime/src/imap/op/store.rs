@@ -133,6 +133,7 @@ impl Session {
                 match learn::marking(
                     Marks::of(&before, &selected.keywords),
                     Marks::of(&u, &selected.keywords),
+                    removing,
                 ) {
                     Some(true) => spam.push(u.clone()),
                     Some(false) => ham.push(u.clone()),
