@@ -12,6 +12,7 @@ import json
 import os
 import poplib
 import random
+import resource
 import shutil
 import smtplib
 import socket
@@ -29,6 +30,7 @@ ap.add_argument("--smtp-messages", type=int, default=10000)
 ap.add_argument("--smtp-single", type=int, default=2000, help="messages in the 1-session run")
 ap.add_argument("--mailbox", type=int, default=100000, help="messages in the IMAP/POP3 mailbox")
 ap.add_argument("--idle", type=int, default=1000)
+ap.add_argument("--idle-large", type=int, default=10000, help="IDLE sessions in kubemail's own large run")
 ap.add_argument("--rspamd-messages", type=int, default=2000,
                 help="messages in the SMTP ingest with rspamd (Debian's, e2e/peers/scanners.sh) on both")
 ap.add_argument("--baseline-runtime", help="another mail-runtime binary (such as a build from before the "
@@ -101,18 +103,24 @@ def start_kubemail(runtime, data):
     config_path = os.path.join(data, "runtime.yaml")
     text = open(config_path).read()
     # Room for the IDLE workload (one client address) in both servers.
-    text = text.replace("maxConnectionsPerIp: 50", "maxConnectionsPerIp: 5000").replace("maxConnections: 2000", "maxConnections: 8000")
+    room = max(args.idle, args.idle_large) + 2000
+    text = text.replace("maxConnectionsPerIp: 50", "maxConnectionsPerIp: %d" % room).replace("maxConnections: 2000", "maxConnections: %d" % room)
     open(config_path, "w").write(text)
+    return serve(runtime, config_path, info["ports"]["smtp"]), info, config_path
+
+
+def serve(runtime, config_path, smtp_port):
+    """`mail-runtime serve` on a config, once it answers."""
     proc = subprocess.Popen([runtime, "serve", "--config", config_path], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
     for _ in range(100):
         try:
-            socket.create_connection(("127.0.0.1", info["ports"]["smtp"]), timeout=1).close()
+            socket.create_connection(("127.0.0.1", smtp_port), timeout=1).close()
             break
         except OSError:
             time.sleep(0.1)
     time.sleep(1)
-    return proc, info, config_path
+    return proc
 
 
 def reconfigure(data, change):
@@ -200,9 +208,27 @@ def clear(maildir):
             pass
 
 
+# The client's CPU share (this process and the tools it ran, user + system, over the wall
+# time) in each measurement of the workload being measured, by server: a share near 100% means
+# the client, not the server, bounds the figure.
+cpu_log = {}
+
+
+def measured(server, fn, *fn_args):
+    """Runs one measurement against `server` and notes the client's CPU share in it."""
+    def cpu():
+        return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                     resource.getrusage(resource.RUSAGE_CHILDREN)))
+    c, t = cpu(), time.monotonic()
+    value = fn(*fn_args)
+    cpu_log.setdefault(server, []).append((cpu() - c) / max(time.monotonic() - t, 1e-9))
+    return value
+
+
 def record(workload, unit, kube, peers, better, target):
     """`peers`: each peer's figures by its name (a profile, or "baseline")."""
-    results.append((workload, unit, kube, peers, better, target))
+    cpu = {server: statistics.median(shares) for server, shares in cpu_log.items()}
+    results.append((workload, unit, kube, peers, better, target, cpu))
     log("%s: kubemail %s, %s %s" % (workload, fmt(kube), ", ".join("%s %s" % (p, fmt(v)) for p, v in peers.items()), unit))
 
 
@@ -235,13 +261,14 @@ if "smtp" in workloads:
     for sessions, n in ((20, args.smtp_messages), (1, args.smtp_single)):
         kube_rate, kube_stored = [], []
         peer_rate, peer_stored = {p: [] for p in profiles}, {p: [] for p in profiles}
+        cpu_log.clear()
         for r in range(args.runs):
             log("SMTP ingest, %d sessions, run %d" % (sessions, r + 1))
-            a, b = ingest(ports["smtp"], "bob@example.test", kubemail_maildir, sessions, n)
+            a, b = measured("kubemail", ingest, ports["smtp"], "bob@example.test", kubemail_maildir, sessions, n)
             kube_rate.append(a)
             kube_stored.append(b)
             for p in profiles:
-                a, b = ingest(peer_sets[p]["smtp"], "kmbench@example.test", postfix_maildir, sessions, n)
+                a, b = measured(p, ingest, peer_sets[p]["smtp"], "kmbench@example.test", postfix_maildir, sessions, n)
                 peer_rate[p].append(a)
                 peer_stored[p].append(b)
         label = "%d session%s" % (sessions, "" if sessions == 1 else "s")
@@ -265,13 +292,14 @@ if "smtp" in workloads:
 
     k50, k99 = [], []
     p50, p99 = {p: [] for p in profiles}, {p: [] for p in profiles}
+    cpu_log.clear()
     for r in range(args.runs):
         log("SMTP latency per message (smtplib, 1 session), run %d" % (r + 1))
-        a, b = latencies(ports["smtp"], "bob@example.test", 500)
+        a, b = measured("kubemail", latencies, ports["smtp"], "bob@example.test", 500)
         k50.append(a)
         k99.append(b)
         for p in profiles:
-            a, b = latencies(peer_sets[p]["smtp"], "kmbench@example.test", 500)
+            a, b = measured(p, latencies, peer_sets[p]["smtp"], "kmbench@example.test", 500)
             p50[p].append(a)
             p99[p].append(b)
     record("SMTP latency per message, p50", "ms", k50, p50, "lower", None)
@@ -305,12 +333,13 @@ if "rspamd" in workloads:
     n = args.rspamd_messages
     before = scanned()
     kube_rate, kube_stored, peer_rate, peer_stored = [], [], [], []
+    cpu_log.clear()
     for r in range(args.runs):
         log("SMTP ingest with rspamd, 20 sessions, run %d" % (r + 1))
-        a, b = ingest(ports["smtp"], "bob@example.test", kubemail_maildir, 20, n)
+        a, b = measured("kubemail", ingest, ports["smtp"], "bob@example.test", kubemail_maildir, 20, n)
         kube_rate.append(a)
         kube_stored.append(b)
-        a, b = ingest(peer_sets[milter_peer]["smtp"], "kmbench@example.test", postfix_maildir, 20, n)
+        a, b = measured(milter_peer, ingest, peer_sets[milter_peer]["smtp"], "kmbench@example.test", postfix_maildir, 20, n)
         peer_rate.append(a)
         peer_stored.append(b)
     checked = scanned() - before
@@ -335,12 +364,14 @@ if "baseline" in workloads:
     base_maildir = os.path.join(base_data, "mail", "example.test", "bob")
     for sessions, n in ((20, args.smtp_messages), (1, args.smtp_single)):
         now_rate, base_rate = [], []
+        cpu_log.clear()
         for r in range(args.runs):
             log("SMTP ingest, filters off, this build and the baseline, %d sessions, run %d" % (sessions, r + 1))
             # Taking turns at going first: the disk's state after one run weighs on the next.
-            order = [(now_rate, ports["smtp"], kubemail_maildir), (base_rate, base_info["ports"]["smtp"], base_maildir)]
-            for rates, port, maildir in (order if r % 2 == 0 else order[::-1]):
-                rates.append(ingest(port, "bob@example.test", maildir, sessions, n)[0])
+            order = [("kubemail", now_rate, ports["smtp"], kubemail_maildir),
+                     ("baseline", base_rate, base_info["ports"]["smtp"], base_maildir)]
+            for server, rates, port, maildir in (order if r % 2 == 0 else order[::-1]):
+                rates.append(measured(server, ingest, port, "bob@example.test", maildir, sessions, n)[0])
         record("SMTP ingest, filters off, %d session%s, %d x 4 KB: accepted (peer: the baseline runtime %s)"
                % (sessions, "" if sessions == 1 else "s", n, os.path.basename(args.baseline_runtime)),
                "msg/s", now_rate, {"baseline": base_rate}, "higher", None)
@@ -348,7 +379,31 @@ if "baseline" in workloads:
     base.wait(timeout=10)
     clear(kubemail_maildir)
 
+def restart_servers():
+    """Every server started afresh, so the IDLE figures are not earlier workloads' leftovers."""
+    global dev
+    dev.terminate()
+    dev.wait(timeout=10)
+    dev = serve(args.runtime, config_path, ports["smtp"])
+    for peer in peer_sets.values():
+        conf = os.path.join(peer["dir"], "dovecot", "dovecot.conf")
+        subprocess.call(["dovecot", "-c", conf, "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pid = os.path.join(peer["dir"], "dovecot", "run", "master.pid")
+        for _ in range(100):
+            if not os.path.exists(pid):
+                break
+            time.sleep(0.1)
+        subprocess.check_call(["dovecot", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", peer["imaps"]), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
 # --- the big mailbox --------------------------------------------------------------------------
+SMALL = 5000
 if "imap" in workloads or "pop3" in workloads:
     log("writing a %d-message mailbox into every store (same messages)" % args.mailbox)
     dovecot_maildirs = [dovecot_maildir(p) for p in profiles]
@@ -365,6 +420,19 @@ if "imap" in workloads or "pop3" in workloads:
             f.write(body)
         for maildir in dovecot_maildirs:
             with open(os.path.join(maildir, "cur", "%s,S=%d:2,S" % (base, len(body))), "wb") as f:
+                f.write(body)
+    # A 5,000-message folder beside it, for FETCH of bodies per message.
+    for maildir in [kubemail_maildir] + dovecot_maildirs:
+        for sub in ("new", "cur", "tmp"):
+            os.makedirs(os.path.join(maildir, ".Small", sub), exist_ok=True)
+    open(os.path.join(kubemail_maildir, ".Small", "kubemail-uidvalidity"), "w").write("1\n")
+    for i in range(1, SMALL + 1):
+        body = message(i, size=2048 + (i % 7) * 300)
+        base = "%d.M%dP2Q%d.bench" % (now, i, i)
+        with open(os.path.join(kubemail_maildir, ".Small", "cur", "%s,U=%d,S=%d:2,S" % (base, i, len(body))), "wb") as f:
+            f.write(body)
+        for maildir in dovecot_maildirs:
+            with open(os.path.join(maildir, ".Small", "cur", "%s,S=%d:2,S" % (base, len(body))), "wb") as f:
                 f.write(body)
     for maildir in dovecot_maildirs:
         subprocess.call(["chown", "-R", "mail:mail", os.path.dirname(maildir)])
@@ -413,14 +481,11 @@ def fetch_all(name):
 
 
 def fetch_bodies(name):
-    m = imap_session(name)
-    m.select("INBOX")
-    t = time.monotonic()
-    typ, data = m.fetch("1:1000", "(BODY.PEEK[])")
-    elapsed = time.monotonic() - t
-    assert typ == "OK"
-    m.logout()
-    return elapsed
+    """Microseconds per message of FETCH BODY.PEEK[] of a whole 5,000-message folder, read raw
+    (login and SELECT included, a few microseconds per message)."""
+    elapsed, lines = timed_raw(name, b"b SELECT Small\r\nc FETCH 1:* (BODY.PEEK[])\r\n", "FETCH of bodies")
+    assert lines == SMALL, (name, lines)
+    return elapsed / SMALL * 1e6
 
 
 def search(name):
@@ -470,17 +535,25 @@ def qresync(name):
 if "imap" in workloads:
     for name in ["kubemail"] + profiles:  # warm-up: Dovecot builds its index, all fill the page cache
         fetch_all(name)
-    for label, fn, target in (("IMAP login + SELECT + FETCH 1:* (UID FLAGS RFC822.SIZE)", fetch_all, 0.3),
-                              ("IMAP FETCH BODY.PEEK[] of 1,000 messages", fetch_bodies, None),
-                              ("IMAP SEARCH HEADER Subject", search, None),
-                              ("IMAP QRESYNC resync after 100 flag changes: login + SELECT (QRESYNC)", qresync, None)):
+    # SEARCH cold: the first after every server started afresh (kubemail reads the messages;
+    # Dovecot has its index on disk, as it would after a restart).
+    restart_servers()
+    cpu_log.clear()
+    cold = {name: measured(name, search, name) for name in ["kubemail"] + profiles}
+    record("IMAP SEARCH HEADER Subject, cold: the first after a restart (%d messages)" % args.mailbox, "s",
+           [cold["kubemail"]], {p: [cold[p]] for p in profiles}, "lower", 0.5)
+    for label, fn, unit, target in (("IMAP login + SELECT + FETCH 1:* (UID FLAGS RFC822.SIZE) (%d messages)" % args.mailbox, fetch_all, "s", 0.3),
+                                    ("IMAP FETCH BODY.PEEK[] per message, read raw (a %d-message folder)" % SMALL, fetch_bodies, "us", None),
+                                    ("IMAP SEARCH HEADER Subject, warm (%d messages)" % args.mailbox, search, "s", 1.0),
+                                    ("IMAP QRESYNC resync after 100 flag changes: login + SELECT (QRESYNC) (%d messages)" % args.mailbox, qresync, "s", None)):
         kube, peer = [], {p: [] for p in profiles}
+        cpu_log.clear()
         for r in range(args.runs):
             log("%s, run %d" % (label, r + 1))
-            kube.append(fn("kubemail"))
+            kube.append(measured("kubemail", fn, "kubemail"))
             for p in profiles:
-                peer[p].append(fn(p))
-        record(label + " (%d messages)" % args.mailbox, "s", kube, peer, "lower", target)
+                peer[p].append(measured(p, fn, p))
+        record(label, unit, kube, peer, "lower", target)
 
 
 def pop3_stat_uidl(name):
@@ -514,11 +587,12 @@ if "pop3" in workloads:
     for label, fn, unit, better, target in (("POP3 login + STAT + UIDL", pop3_stat_uidl, "s", "lower", None),
                                             ("POP3 RETR of 10,000 messages", pop3_retr, "msg/s", "higher", 1.5)):
         kube, peer = [], {p: [] for p in profiles}
+        cpu_log.clear()
         for r in range(args.runs):
             log("%s, run %d" % (label, r + 1))
-            kube.append(fn("kubemail"))
+            kube.append(measured("kubemail", fn, "kubemail"))
             for p in profiles:
-                peer[p].append(fn(p))
+                peer[p].append(measured(p, fn, p))
         record(label + " (%d messages)" % args.mailbox, unit, kube, peer, better, target)
 
 # --- memory -----------------------------------------------------------------------------------
@@ -557,8 +631,10 @@ async def idle_clients(name, n):
         assert line.startswith(b"+"), line
         conns.append(writer)
 
-    for chunk in range(0, n, 50):
-        await asyncio.gather(*(one(i) for i in range(chunk, min(n, chunk + 50))))
+    # Paced: 20 logins at a time, as clients that reconnect after a restart spread out.
+    for chunk in range(0, n, 20):
+        await asyncio.gather(*(one(i) for i in range(chunk, min(n, chunk + 20))))
+        await asyncio.sleep(0.02)
     await asyncio.sleep(5)  # past Dovecot's hibernation timeout (2 s), where it has one
     pids = [dev.pid] if name == "kubemail" else dovecot_pids(name)
     memory = rss_kib(pids)
@@ -570,12 +646,21 @@ async def idle_clients(name, n):
 
 if "idle" in workloads:
     kube_mem, peer_mem = [], {p: [] for p in profiles + ["hibernate"]}
+    cpu_log.clear()
     for r in range(args.runs):
-        log("%d concurrent IDLE sessions, run %d" % (args.idle, r + 1))
+        log("%d concurrent IDLE sessions, every server started afresh, run %d" % (args.idle, r + 1))
+        restart_servers()
         kube_mem.append(asyncio.run(idle_clients("kubemail", args.idle)) / 1024)
         for p in peer_mem:
             peer_mem[p].append(asyncio.run(idle_clients(p, args.idle)) / 1024)
     record("Memory (PSS) of the whole server with %d IDLE sessions" % args.idle, "MiB", kube_mem, peer_mem, "lower", 0.1)
+    if args.idle_large:
+        log("%d concurrent IDLE sessions on kubemail, started afresh" % args.idle_large)
+        restart_servers()
+        cpu_log.clear()
+        large = asyncio.run(idle_clients("kubemail", args.idle_large)) / 1024
+        record("kubemail memory (PSS) with %d IDLE sessions" % args.idle_large, "MiB", [large], {}, "lower", None)
+    cpu_log.clear()
     record("kubemail runtime idle memory at start (PSS)", "MiB", [idle_rss / 1024], {}, "lower", None)
 
 dev.terminate()
@@ -601,13 +686,15 @@ lines = ["# kubemail beside Postfix and Dovecot", "",
          "kubemail over /checkv2 and by the tuned Postfix through rspamd's proxy in milter mode. A "
          "baseline row's peer is the other kubemail build named in it, with the same workload. Targets "
          "are against the first peer column that has a figure." % (socket.gethostname(), os.cpu_count(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), args.runs), "",
-         "| workload | unit | kubemail | " + " | ".join("%s | kubemail / it" % NAMES[c] for c in columns) + " | target | met |",
-         "|" + "---|" * (5 + 2 * len(columns))]
+         "| workload | unit | kubemail | " + " | ".join("%s | kubemail / it" % NAMES[c] for c in columns) + " | target | met | client CPU |",
+         "|" + "---|" * (6 + 2 * len(columns))]
 ratios = []
-for workload, unit, kube, peer, better, target in results:
-    if workload.startswith("kubemail runtime idle memory"):
+for workload, unit, kube, peer, better, target, cpu in results:
+    client = ", ".join("%s %.0f%%" % (server, share * 100) for server, share in cpu.items()) or "-"
+    limit = 20 if workload.startswith("kubemail runtime idle memory") else 256 if workload.startswith("kubemail memory") else None
+    if limit is not None:
         value = statistics.median(kube)
-        lines.append("| %s | %s | %s | %s | < 20 MiB | %s |" % (workload, unit, fmt(kube), " | ".join(["-"] * 2 * len(columns)), "yes" if value < 20 else "no"))
+        lines.append("| %s | %s | %s | %s | < %d MiB | %s | %s |" % (workload, unit, fmt(kube), " | ".join(["-"] * 2 * len(columns)), limit, "yes" if value < limit else "no", client))
         continue
     cells, first = [], None
     for c in columns:
@@ -622,7 +709,7 @@ for workload, unit, kube, peer, better, target in results:
     if target is not None and first is not None:
         met = "yes" if (first >= target if better == "higher" else first <= target) else "no"
     want = "" if target is None else ("%s %.1fx" % (">=" if better == "higher" else "<=", target))
-    lines.append("| %s | %s | %s | %s | %s | %s |" % (workload, unit, fmt(kube), " | ".join(cells), want, met))
+    lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (workload, unit, fmt(kube), " | ".join(cells), want, met, client))
     if first is not None:
         ratios.append((workload, first if better == "higher" else 1 / first))
 open(os.path.join(args.out, "report.md"), "w").write("\n".join(lines) + "\n")

@@ -95,7 +95,7 @@ pub async fn login(
 pub const FAILED_LOGIN_TIME: Duration = Duration::from_millis(1500);
 
 /// Waits until `FAILED_LOGIN_TIME` after `started` (the moment the attempt began).
-pub async fn failed_login_pause(started: tokio::time::Instant) {
+async fn failed_login_pause(started: tokio::time::Instant) {
     tokio::time::sleep_until(started + FAILED_LOGIN_TIME).await;
 }
 
@@ -182,76 +182,181 @@ fn source(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Why a login under the limit was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The client's address failed too often this minute: nothing was checked.
+    TooManyFailures,
+    /// The credentials were checked and refused.
+    Invalid(LoginRefused),
+}
+
+/// A login under the failed-login limit of the client's address, the same for every protocol:
+/// refused at once when the address failed too often this minute; a failure is counted in
+/// `kubemail_auth_failures_total{protocol=metric}` and costs the client the pause.
+pub async fn limited_login(
+    limiter: &std::sync::Arc<AuthLimiter>,
+    config: &Config,
+    ip: IpAddr,
+    username: &str,
+    password: &str,
+    protocol: LoginProtocol,
+    metric: &'static str,
+) -> Result<Login, Refused> {
+    let per_minute = config.raw.limits.auth_failures_per_minute;
+    let Some(attempt) = limiter.begin(ip, per_minute).await else {
+        return Err(Refused::TooManyFailures);
+    };
+    let started = tokio::time::Instant::now();
+    match login(config, username, password, protocol).await {
+        Ok(login) => {
+            attempt.succeeded();
+            Ok(login)
+        }
+        Err(refused) => {
+            drop(attempt);
+            crate::metrics::auth_failed(metric);
+            // A failed login costs the client a second: guessing gets slow.
+            failed_login_pause(started).await;
+            Err(Refused::Invalid(refused))
+        }
+    }
+}
+
 /// Counts failed logins per client address (per /64 for IPv6) over a sliding minute.
-#[derive(Debug)]
+///
+/// An attempt is counted as a failure from the moment it begins until it succeeds, so attempts
+/// made in parallel (many connections guessing at the same moment) are counted before their
+/// answers. When the limit is reached only because attempts are still being checked, a new one
+/// waits for their answers instead of being refused: an office behind one address whose
+/// clients all reconnect at once (after a restart, with the password cache cold) logs in, while
+/// a guesser still gets no more than the limit of wrong answers a minute.
+#[derive(Debug, Default)]
 pub struct AuthLimiter {
-    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    sources: Mutex<HashMap<IpAddr, Source>>,
+    /// Told whenever an attempt ends.
+    answered: tokio::sync::Notify,
+}
+
+/// One client address's attempts: their start times (failures, and the attempts in flight),
+/// and how many are in flight.
+#[derive(Debug, Default)]
+struct Source {
+    times: VecDeque<Instant>,
+    in_flight: u32,
 }
 
 const WINDOW: Duration = Duration::from_secs(60);
 const MAX_TRACKED: usize = 100_000;
-
-impl Default for AuthLimiter {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// How long an attempt waits for the answers of those in flight before it is refused.
+const WAIT_FOR_ANSWERS: Duration = Duration::from_secs(10);
 
 impl AuthLimiter {
     /// An empty limiter.
     pub fn new() -> Self {
-        Self {
-            failures: Mutex::new(HashMap::new()),
-        }
+        Self::default()
     }
 
-    /// Whether `ip` may try to log in now. An attempt that may go ahead is counted at once, as
-    /// a failure until [`AuthLimiter::succeeded`] says otherwise: attempts made in parallel
-    /// (many connections guessing at the same moment) are counted before their answers.
-    pub fn begin(&self, ip: IpAddr, per_minute: u32) -> bool {
+    /// An attempt of `ip` that may go ahead, counted at once as a failure until
+    /// [`Attempt::succeeded`]; `None` when `ip` failed `per_minute` times in the last minute.
+    pub async fn begin(
+        self: &std::sync::Arc<Self>,
+        ip: IpAddr,
+        per_minute: u32,
+    ) -> Option<Attempt> {
         let ip = source(ip);
-        let mut map = self.failures.lock().expect("limiter lock");
-        let now = Instant::now();
-        if let Some(times) = map.get_mut(&ip) {
-            while times
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > WINDOW)
+        let deadline = tokio::time::Instant::now() + WAIT_FOR_ANSWERS;
+        loop {
+            // Listening before looking, so an answer between the two is not missed.
+            let answered = self.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
             {
-                times.pop_front();
+                let mut map = self.sources.lock().expect("limiter lock");
+                let now = Instant::now();
+                let entry = map.entry(ip).or_default();
+                while entry
+                    .times
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > WINDOW)
+                {
+                    entry.times.pop_front();
+                }
+                if entry.times.len() < per_minute as usize {
+                    entry.times.push_back(now);
+                    entry.in_flight += 1;
+                    Self::bound(&mut map, now);
+                    return Some(Attempt {
+                        limiter: self.clone(),
+                        ip,
+                        succeeded: false,
+                    });
+                }
+                if entry.in_flight == 0 {
+                    return None;
+                }
             }
-            if times.len() >= per_minute as usize {
-                return false;
+            // The limit is reached with answers still to come: they decide.
+            if tokio::time::timeout_at(deadline, answered).await.is_err() {
+                return None;
             }
         }
-        Self::record(&mut map, ip, now);
-        true
     }
 
-    /// The attempt `ip` began succeeded: it no longer counts.
-    pub fn succeeded(&self, ip: IpAddr) {
-        let ip = source(ip);
-        let mut map = self.failures.lock().expect("limiter lock");
-        if let Some(times) = map.get_mut(&ip) {
-            times.pop_back();
-            if times.is_empty() {
-                map.remove(&ip);
-            }
-        }
-    }
-
-    fn record(map: &mut HashMap<IpAddr, VecDeque<Instant>>, ip: IpAddr, now: Instant) {
-        if map.len() >= MAX_TRACKED {
-            map.retain(|_, times| {
-                times
-                    .back()
-                    .is_some_and(|t| now.duration_since(*t) <= WINDOW)
+    /// Keeps the table bounded: at most [`MAX_TRACKED`] addresses, dropping those with nothing
+    /// in the last minute and nothing in flight.
+    fn bound(map: &mut HashMap<IpAddr, Source>, now: Instant) {
+        if map.len() > MAX_TRACKED {
+            map.retain(|_, s| {
+                s.in_flight > 0
+                    || s.times
+                        .back()
+                        .is_some_and(|t| now.duration_since(*t) <= WINDOW)
             });
         }
-        let times = map.entry(ip).or_default();
-        times.push_back(now);
-        if times.len() > 1024 {
-            times.pop_front();
+        for s in map.values_mut() {
+            while s.times.len() > 1024 {
+                s.times.pop_front();
+            }
         }
+    }
+
+    fn end(&self, ip: IpAddr, succeeded: bool) {
+        {
+            let mut map = self.sources.lock().expect("limiter lock");
+            if let Some(entry) = map.get_mut(&ip) {
+                entry.in_flight = entry.in_flight.saturating_sub(1);
+                if succeeded {
+                    entry.times.pop_back();
+                }
+                if entry.times.is_empty() && entry.in_flight == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+        self.answered.notify_waiters();
+    }
+}
+
+/// A login attempt in flight: a failure unless it [`succeeded`](Attempt::succeeded) (an attempt
+/// dropped half-way, its client gone, counts as one).
+#[derive(Debug)]
+pub struct Attempt {
+    limiter: std::sync::Arc<AuthLimiter>,
+    ip: IpAddr,
+    succeeded: bool,
+}
+
+impl Attempt {
+    /// The credentials were right: the attempt no longer counts.
+    pub fn succeeded(mut self) {
+        self.succeeded = true;
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        self.limiter.end(self.ip, self.succeeded);
     }
 }
 
@@ -330,30 +435,74 @@ mod tests {
         );
     }
 
-    #[test]
-    fn limiter_refuses_after_the_limit_and_only_that_address() {
-        let limiter = AuthLimiter::new();
+    #[tokio::test]
+    async fn limiter_refuses_after_the_limit_and_only_that_address() {
+        let limiter = std::sync::Arc::new(AuthLimiter::new());
         let bad: IpAddr = "192.0.2.1".parse().expect("ip");
         let good: IpAddr = "192.0.2.2".parse().expect("ip");
-        // Three attempts begun at once (nobody has answered yet) use up the limit.
+        // Three failures use up the limit; the fourth is refused at once.
         for _ in 0..3 {
-            assert!(limiter.begin(bad, 3));
+            drop(limiter.begin(bad, 3).await.expect("allowed"));
         }
-        assert!(!limiter.begin(bad, 3));
+        let started = Instant::now();
+        assert!(limiter.begin(bad, 3).await.is_none());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "refused without waiting"
+        );
         // Successes do not count.
         for _ in 0..5 {
-            assert!(limiter.begin(good, 3));
-            limiter.succeeded(good);
+            limiter.begin(good, 3).await.expect("allowed").succeeded();
         }
-        assert!(limiter.begin(good, 3));
+        assert!(limiter.begin(good, 3).await.is_some());
         // IPv6: one /64 is one source, however many addresses it uses.
         for n in 0..3u16 {
             let ip = IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, n + 1));
-            assert!(limiter.begin(ip, 3));
+            drop(limiter.begin(ip, 3).await.expect("allowed"));
         }
         let another_of_it: IpAddr = "2001:db8:0:1:ffff::9".parse().expect("ip");
-        assert!(!limiter.begin(another_of_it, 3));
+        assert!(limiter.begin(another_of_it, 3).await.is_none());
         let next_net: IpAddr = "2001:db8:0:2::1".parse().expect("ip");
-        assert!(limiter.begin(next_net, 3));
+        assert!(limiter.begin(next_net, 3).await.is_some());
+    }
+
+    /// Twenty clients of one address log in at once with the limit at 3: the right ones all
+    /// get in (each waits for the answers in flight), the wrong ones get 3 answers between
+    /// them and the rest are refused.
+    #[tokio::test]
+    async fn parallel_logins_wait_for_answers_and_guesses_stay_limited() {
+        let limiter = std::sync::Arc::new(AuthLimiter::new());
+        let office: IpAddr = "192.0.2.10".parse().expect("ip");
+        let checks = (0..20).map(|_| {
+            let limiter = limiter.clone();
+            tokio::spawn(async move {
+                let attempt = limiter.begin(office, 3).await?;
+                tokio::time::sleep(Duration::from_millis(20)).await; // the password check
+                attempt.succeeded();
+                Some(())
+            })
+        });
+        for check in checks.collect::<Vec<_>>() {
+            assert_eq!(
+                check.await.expect("task"),
+                Some(()),
+                "a right password was refused"
+            );
+        }
+        let guesser: IpAddr = "192.0.2.11".parse().expect("ip");
+        let guesses = (0..20).map(|_| {
+            let limiter = limiter.clone();
+            tokio::spawn(async move {
+                let attempt = limiter.begin(guesser, 3).await?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                drop(attempt); // wrong
+                Some(())
+            })
+        });
+        let mut answered = 0;
+        for guess in guesses.collect::<Vec<_>>() {
+            answered += usize::from(guess.await.expect("task").is_some());
+        }
+        assert_eq!(answered, 3);
     }
 }

@@ -4,7 +4,8 @@
 //!   cargo test -p kubemail-operator --test scale -- --ignored --nocapture
 //!
 //! 1,000 Mailboxes across 10 MailDomains (each Mailbox with a plaintext password Secret the
-//! operator hashes once) on the real control plane. It prints the time until every Mailbox is in
+//! operator hashes once) on the real control plane; `SCALE_MAILBOXES` and `SCALE_DOMAINS` set
+//! other sizes (10,000 across 100 is issue 23's). It prints the time until every Mailbox is in
 //! its domain's runtime config, the API requests the operator made (its own
 //! `kubemail_operator_api_requests_total`), its CPU time and peak memory, and the writes it made
 //! during a quiet minute afterwards (which must be none). `SCALE_HASHED=1` gives the Secrets
@@ -23,8 +24,13 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, api::PostParams};
 use kubemail_e2e::{ControlPlane, TestNamespace, install_crds};
 
-const DOMAINS: usize = 10;
-const MAILBOXES: usize = 1000;
+/// A size from the environment, or the default.
+fn size(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 /// CPU seconds, current RSS and peak RSS (KiB) of a process.
 fn proc_figures(pid: u32) -> (f64, u64, u64) {
@@ -103,6 +109,7 @@ fn difference(
 #[ignore = "a benchmark: run by name with --ignored"]
 async fn a_thousand_mailboxes_in_ten_domains() {
     let hashed = std::env::var("SCALE_HASHED").is_ok_and(|v| v == "1");
+    let (n_domains, n_mailboxes) = (size("SCALE_DOMAINS", 10), size("SCALE_MAILBOXES", 1000));
     let plane = ControlPlane::start().expect("control plane");
     let client = plane.client().await.expect("client");
     install_crds(&client).await.expect("CRDs");
@@ -142,7 +149,7 @@ async fn a_thousand_mailboxes_in_ten_domains() {
         assert!(child.wait().expect("kubectl").success());
     };
     let mut domains = String::new();
-    for d in 0..DOMAINS {
+    for d in 0..n_domains {
         domains.push_str(&format!(
             "---\napiVersion: kubemail.io/v1alpha1\nkind: MailDomain\nmetadata: {{name: d{d}}}\n\
              spec: {{domain: d{d}.example.test}}\n"
@@ -163,7 +170,7 @@ async fn a_thousand_mailboxes_in_ten_domains() {
     };
     loop {
         let mut present = 0;
-        for d in 0..DOMAINS {
+        for d in 0..n_domains {
             present += usize::from(
                 secrets
                     .get_opt(&format!("d{d}-runtime-config"))
@@ -172,7 +179,7 @@ async fn a_thousand_mailboxes_in_ten_domains() {
                     .is_some(),
             );
         }
-        if present == DOMAINS {
+        if present == n_domains {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -180,7 +187,7 @@ async fn a_thousand_mailboxes_in_ten_domains() {
     // Created through the API with 16 requests in flight (kubectl apply sends one at a time and
     // would take most of the time itself).
     let mailboxes: Api<kubemail_crds::Mailbox> = Api::namespaced(client.clone(), &ns);
-    let objects: Vec<(Secret, kubemail_crds::Mailbox)> = (0..MAILBOXES)
+    let objects: Vec<(Secret, kubemail_crds::Mailbox)> = (0..n_mailboxes)
         .map(|n| {
             let password = if hashed {
                 "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g".to_string()
@@ -195,7 +202,7 @@ async fn a_thousand_mailboxes_in_ten_domains() {
             let mailbox = serde_json::from_value(serde_json::json!({
                 "apiVersion": "kubemail.io/v1alpha1", "kind": "Mailbox",
                 "metadata": {"name": format!("user{n}")},
-                "spec": {"address": format!("user{n}@d{}.example.test", n % DOMAINS),
+                "spec": {"address": format!("user{n}@d{}.example.test", n % n_domains),
                          "passwordSecretRef": {"name": format!("user{n}-password")}},
             }))
             .expect("mailbox");
@@ -222,7 +229,7 @@ async fn a_thousand_mailboxes_in_ten_domains() {
     let applied = start.elapsed();
     let all_in = loop {
         let mut total = 0;
-        for d in 0..DOMAINS {
+        for d in 0..n_domains {
             total += in_config(
                 secrets
                     .get_opt(&format!("d{d}-runtime-config"))
@@ -230,7 +237,7 @@ async fn a_thousand_mailboxes_in_ten_domains() {
                     .expect("get"),
             );
         }
-        if total == MAILBOXES {
+        if total == n_mailboxes {
             break start.elapsed();
         }
         assert!(start.elapsed() < Duration::from_secs(900), "not converged");
@@ -262,14 +269,14 @@ async fn a_thousand_mailboxes_in_ten_domains() {
         "debug build"
     };
     println!(
-        "\n| operator ({build}), {MAILBOXES} Mailboxes in {DOMAINS} MailDomains ({what}) | figure |\n|---|---|"
+        "\n| operator ({build}), {n_mailboxes} Mailboxes in {n_domains} MailDomains ({what}) | figure |\n|---|---|"
     );
     println!(
-        "| creating {MAILBOXES} Mailboxes + Secrets (16 in flight) | {:.1} s |",
+        "| creating {n_mailboxes} Mailboxes + Secrets (16 in flight) | {:.1} s |",
         applied.as_secs_f64()
     );
     println!(
-        "| first create -> all {MAILBOXES} in their runtime configs | {:.1} s |",
+        "| first create -> all {n_mailboxes} in their runtime configs | {:.1} s |",
         all_in.as_secs_f64()
     );
     println!("| API requests until then | {total} {to_converge:?} |");

@@ -182,26 +182,26 @@ async fn authenticate(
     password: &str,
 ) -> Result<Login, &'static str> {
     let config = runtime.config().get();
-    if !runtime
-        .auth_limiter()
-        .begin(peer, config.raw.limits.auth_failures_per_minute)
+    let limiter = runtime.auth_limiter();
+    match auth::limited_login(
+        limiter,
+        &config,
+        peer,
+        username,
+        password,
+        LoginProtocol::Imap,
+        "managesieve",
+    )
+    .await
     {
-        return Err("too many failed logins from your address; try again later");
-    }
-    let started = tokio::time::Instant::now();
-    match auth::login(&config, username, password, LoginProtocol::Imap).await {
-        Ok(login) => {
-            runtime.auth_limiter().succeeded(peer);
-            Ok(Login {
-                mailbox: login.address,
-                hash: login.credential,
-            })
+        Ok(login) => Ok(Login {
+            mailbox: login.address,
+            hash: login.credential,
+        }),
+        Err(auth::Refused::TooManyFailures) => {
+            Err("too many failed logins from your address; try again later")
         }
-        Err(_) => {
-            crate::metrics::auth_failed("managesieve");
-            auth::failed_login_pause(started).await;
-            Err("authentication failed")
-        }
+        Err(auth::Refused::Invalid(_)) => Err("authentication failed"),
     }
 }
 

@@ -245,24 +245,21 @@ impl Driver {
         lock: &mut Lock,
     ) -> Result<(u32, Vec<crate::store::MessageMeta>), OpenFailure> {
         let config = self.runtime.config().get();
-        if !self
-            .runtime
-            .auth_limiter()
-            .begin(self.peer, config.raw.limits.auth_failures_per_minute)
+        let limiter = self.runtime.auth_limiter();
+        let login = match auth::limited_login(
+            limiter,
+            &config,
+            self.peer,
+            username,
+            password,
+            LoginProtocol::Pop3,
+            "pop3",
+        )
+        .await
         {
-            return Err(OpenFailure::TooManyFailures);
-        }
-        let started = tokio::time::Instant::now();
-        let login = match auth::login(&config, username, password, LoginProtocol::Pop3).await {
-            Ok(login) => {
-                self.runtime.auth_limiter().succeeded(self.peer);
-                login
-            }
-            Err(_) => {
-                crate::metrics::auth_failed("pop3");
-                auth::failed_login_pause(started).await;
-                return Err(OpenFailure::Invalid);
-            }
+            Ok(login) => login,
+            Err(auth::Refused::TooManyFailures) => return Err(OpenFailure::TooManyFailures),
+            Err(auth::Refused::Invalid(_)) => return Err(OpenFailure::Invalid),
         };
         let mailbox = login.address;
         if !self

@@ -235,23 +235,21 @@ impl Driver {
         password: &str,
     ) -> Result<auth::Login, LoginFailure> {
         let config = self.runtime.config().get();
-        let per_minute = config.raw.limits.auth_failures_per_minute;
-        if !self.runtime.auth_limiter().begin(self.peer_ip, per_minute) {
-            return Err(LoginFailure::TooManyFailures);
-        }
-        let started = tokio::time::Instant::now();
-        match auth::login(&config, username, password, LOGIN_PROTOCOL).await {
-            Ok(login) => {
-                self.runtime.auth_limiter().succeeded(self.peer_ip);
-                Ok(login)
-            }
-            Err(_) => {
-                crate::metrics::auth_failed("smtp");
-                // A failed login costs the client a second: guessing gets slow.
-                auth::failed_login_pause(started).await;
-                Err(LoginFailure::Invalid)
-            }
-        }
+        let limiter = self.runtime.auth_limiter();
+        auth::limited_login(
+            limiter,
+            &config,
+            self.peer_ip,
+            username,
+            password,
+            LOGIN_PROTOCOL,
+            "smtp",
+        )
+        .await
+        .map_err(|refused| match refused {
+            auth::Refused::TooManyFailures => LoginFailure::TooManyFailures,
+            auth::Refused::Invalid(_) => LoginFailure::Invalid,
+        })
     }
 
     async fn deliver(&mut self, session: &Session) -> Delivered {

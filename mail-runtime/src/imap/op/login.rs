@@ -14,22 +14,23 @@ impl Session {
             return no("[PRIVACYREQUIRED] use STARTTLS or port 993 before logging in");
         }
         let config = self.runtime.config().get();
-        if !self
-            .runtime
-            .auth_limiter()
-            .begin(self.peer, config.raw.limits.auth_failures_per_minute)
+        let limiter = self.runtime.auth_limiter();
+        let login = match auth::limited_login(
+            limiter,
+            &config,
+            self.peer,
+            username,
+            password,
+            LoginProtocol::Imap,
+            "imap",
+        )
+        .await
         {
-            return no("[UNAVAILABLE] too many failed logins, try again later");
-        }
-        let started = tokio::time::Instant::now();
-        let login = match auth::login(&config, username, password, LoginProtocol::Imap).await {
-            Ok(login) => {
-                self.runtime.auth_limiter().succeeded(self.peer);
-                login
+            Ok(login) => login,
+            Err(auth::Refused::TooManyFailures) => {
+                return no("[UNAVAILABLE] too many failed logins, try again later");
             }
-            Err(_) => {
-                crate::metrics::auth_failed("imap");
-                auth::failed_login_pause(started).await;
+            Err(auth::Refused::Invalid(_)) => {
                 return no("[AUTHENTICATIONFAILED] invalid credentials");
             }
         };
