@@ -7,6 +7,7 @@ max. Writes report.md and chart.png under --out.
 """
 import argparse
 import asyncio
+import atexit
 import imaplib
 import json
 import os
@@ -71,12 +72,36 @@ def message(i, size=4096):
 # One Postfix and one Dovecot per profile: "tuned" as their operators run them in production,
 # "defaults" as the packages come, "hibernate" (IDLE only) tuned with IMAP hibernation.
 peer_sets = {}
+# Whatever the run started is stopped when it ends, a failed run included: a failure used to
+# leave the servers running.
+started = []  # (what, how to stop it)
+
+
+@atexit.register
+def stop_everything():
+    for what, stop in reversed(started):
+        try:
+            stop()
+        except Exception as err:  # one that will not stop must not keep the rest running
+            log("stopping %s: %s" % (what, err))
+
+
+def stop_process(proc):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 for profile in profiles + (["hibernate"] if "idle" in workloads else []):
     log("starting Postfix and Dovecot, %s (e2e/peers/peers.sh)" % profile)
     peers_dir = os.path.join(work, "peers-" + profile)
     peer_sets[profile] = json.loads(subprocess.check_output(
         ["bash", os.path.join(ROOT, "e2e/peers/peers.sh"), "start", peers_dir, profile]).decode().strip().splitlines()[-1])
     peer_sets[profile]["dir"] = peers_dir
+    started.append(("peers " + profile, lambda d=peers_dir: subprocess.call(["bash", os.path.join(ROOT, "e2e/peers/peers.sh"), "stop", d])))
 # Postfix delivers to a local user's ~/Maildir/: a user for the benchmark, home under the run.
 home = os.path.join(work, "kmbench-home")
 if subprocess.run(["id", "kmbench"], capture_output=True).returncode != 0:
@@ -147,6 +172,7 @@ def reconfigure(data, change):
 log("starting kubemail (mail-runtime serve, release build, config from `mail-runtime dev`)")
 data = os.path.join(work, "kubemail")
 dev, info, config_path = start_kubemail(args.runtime, data)
+started.append(("kubemail", lambda: stop_process(dev)))  # `dev` as it is then (IDLE restarts it)
 ports = info["ports"]
 account = info["accounts"][1]  # bob
 idle_rss = None
@@ -318,6 +344,7 @@ def scanned():
 if "rspamd" in workloads:
     log("starting rspamd and Redis (e2e/peers/scanners.sh)")
     scanners_dir = os.path.join(work, "scanners")
+    started.append(("scanners", lambda: subprocess.call(["bash", os.path.join(ROOT, "e2e/peers/scanners.sh"), "stop", scanners_dir])))
     scanners = json.loads(subprocess.check_output(["bash", os.path.join(ROOT, "e2e/peers/scanners.sh"), "start", scanners_dir, "rspamd"]).decode().strip().splitlines()[-1])
     # The same rspamd for both: kubemail asks its normal worker (/checkv2); Postfix asks its
     # proxy in milter mode (self_scan), as docker-mailserver and mailcow wire Postfix.
@@ -361,6 +388,7 @@ if "baseline" in workloads:
     log("starting the baseline runtime %s" % args.baseline_runtime)
     base_data = os.path.join(work, "baseline")
     base, base_info, _ = start_kubemail(args.baseline_runtime, base_data)
+    started.append(("the baseline runtime", lambda: stop_process(base)))
     base_maildir = os.path.join(base_data, "mail", "example.test", "bob")
     for sessions, n in ((20, args.smtp_messages), (1, args.smtp_single)):
         now_rate, base_rate = [], []
@@ -404,6 +432,7 @@ def restart_servers():
 
 # --- the big mailbox --------------------------------------------------------------------------
 SMALL = 5000
+NEEDLES = sum(1 for i in range(1, args.mailbox + 1) if i % 1000 == 7)  # Subjects with "needle"
 if "imap" in workloads or "pop3" in workloads:
     log("writing a %d-message mailbox into every store (same messages)" % args.mailbox)
     dovecot_maildirs = [dovecot_maildir(p) for p in profiles]
@@ -494,7 +523,7 @@ def search(name):
     t = time.monotonic()
     typ, data = m.search(None, "HEADER", "Subject", "needle")
     elapsed = time.monotonic() - t
-    assert typ == "OK" and len(data[0].split()) == args.mailbox // 1000, (name, data[0][:80])
+    assert typ == "OK" and len(data[0].split()) == NEEDLES, (name, data[0][:80])
     m.logout()
     return elapsed
 
