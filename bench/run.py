@@ -561,6 +561,18 @@ def qresync(name):
     return elapsed
 
 
+def compare(label, fn, unit, better, target):
+    """`fn(server)` against kubemail and each peer profile, `--runs` times, recorded."""
+    kube, peer = [], {p: [] for p in profiles}
+    cpu_log.clear()
+    for r in range(args.runs):
+        log("%s, run %d" % (label, r + 1))
+        kube.append(measured("kubemail", fn, "kubemail"))
+        for p in profiles:
+            peer[p].append(measured(p, fn, p))
+    record(label, unit, kube, peer, better, target)
+
+
 if "imap" in workloads:
     for name in ["kubemail"] + profiles:  # warm-up: Dovecot builds its index, all fill the page cache
         fetch_all(name)
@@ -575,14 +587,7 @@ if "imap" in workloads:
                                     ("IMAP FETCH BODY.PEEK[] per message, read raw (a %d-message folder)" % SMALL, fetch_bodies, "us", None),
                                     ("IMAP SEARCH HEADER Subject, warm (%d messages)" % args.mailbox, search, "s", 1.0),
                                     ("IMAP QRESYNC resync after 100 flag changes: login + SELECT (QRESYNC) (%d messages)" % args.mailbox, qresync, "s", None)):
-        kube, peer = [], {p: [] for p in profiles}
-        cpu_log.clear()
-        for r in range(args.runs):
-            log("%s, run %d" % (label, r + 1))
-            kube.append(measured("kubemail", fn, "kubemail"))
-            for p in profiles:
-                peer[p].append(measured(p, fn, p))
-        record(label, unit, kube, peer, "lower", target)
+        compare(label, fn, unit, "lower", target)
 
 
 def pop3_stat_uidl(name):
@@ -615,14 +620,7 @@ def pop3_retr(name):
 if "pop3" in workloads:
     for label, fn, unit, better, target in (("POP3 login + STAT + UIDL", pop3_stat_uidl, "s", "lower", None),
                                             ("POP3 RETR of 10,000 messages", pop3_retr, "msg/s", "higher", 1.5)):
-        kube, peer = [], {p: [] for p in profiles}
-        cpu_log.clear()
-        for r in range(args.runs):
-            log("%s, run %d" % (label, r + 1))
-            kube.append(measured("kubemail", fn, "kubemail"))
-            for p in profiles:
-                peer[p].append(measured(p, fn, p))
-        record(label + " (%d messages)" % args.mailbox, unit, kube, peer, better, target)
+        compare(label + " (%d messages)" % args.mailbox, fn, unit, better, target)
 
 # --- memory -----------------------------------------------------------------------------------
 clear(kubemail_maildir)
