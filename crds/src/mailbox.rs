@@ -239,30 +239,33 @@ fn default_script_key() -> String {
 }
 
 impl Mailbox {
-    /// Whether this Mailbox reads a password from the Secret `name` (its own or an app
-    /// password's).
-    pub fn uses_secret(&self, name: &str) -> bool {
-        self.spec.password_secret_ref.name == name
-            || self
-                .spec
-                .app_passwords
-                .iter()
-                .any(|a| a.secret_ref.name == name)
-            || self
-                .spec
-                .sieve
-                .as_ref()
-                .and_then(|s| s.secret_ref.as_ref())
-                .is_some_and(|r| r.name == name)
+    /// The Secrets this Mailbox reads (its password, its app passwords, its Sieve script's),
+    /// by name in its namespace.
+    pub fn secrets_used(&self) -> Vec<&str> {
+        std::iter::once(self.spec.password_secret_ref.name.as_str())
+            .chain(
+                self.spec
+                    .app_passwords
+                    .iter()
+                    .map(|a| a.secret_ref.name.as_str()),
+            )
+            .chain(
+                self.spec
+                    .sieve
+                    .as_ref()
+                    .and_then(|s| s.secret_ref.as_ref())
+                    .map(|r| r.name.as_str()),
+            )
+            .collect()
     }
 
-    /// Whether this Mailbox reads its Sieve script from the ConfigMap `name`.
-    pub fn uses_config_map(&self, name: &str) -> bool {
+    /// The ConfigMap this Mailbox reads its Sieve script from, if any.
+    pub fn config_map_used(&self) -> Option<&str> {
         self.spec
             .sieve
             .as_ref()
             .and_then(|s| s.config_map_ref.as_ref())
-            .is_some_and(|r| r.name == name)
+            .map(|r| r.name.as_str())
     }
 }
 

@@ -186,15 +186,18 @@ pub fn set(
     });
 }
 
-/// The conditions whose status differs from before, and the new ones that are not True: what
-/// `kubectl describe` should show as events. A condition that starts out True is no news (a
-/// thousand new Mailboxes would otherwise post thousands of "found" events).
+/// The conditions whose status differs from before, and the new ones that are not True (nor
+/// only not ready yet): what `kubectl describe` should show as events. A condition that starts
+/// out True is no news (a thousand new Mailboxes would otherwise post thousands of "found"
+/// events).
 pub fn transitions<'a>(previous: &[Condition], current: &'a [Condition]) -> Vec<&'a Condition> {
     current
         .iter()
         .filter(|c| match previous.iter().find(|p| p.type_ == c.type_) {
             Some(p) => p.status != c.status,
-            None => c.status != "True",
+            // A new object that is only not ready yet is making progress, not a problem: no
+            // Warning for it (10,000 Mailboxes created at once would write 10,000 events).
+            None => c.status != "True" && c.reason != reason::NOT_READY,
         })
         .collect()
 }
@@ -297,5 +300,19 @@ mod tests {
         // Something breaks.
         let third = conditions(&[("DomainFound", false), ("SecretFound", true)]);
         assert_eq!(types(transitions(&second, &third)), ["DomainFound"]);
+        // A new object only waiting to be served is no news; once it was Ready, losing that is.
+        let mut waiting = conditions(&[("DomainFound", true)]);
+        set(
+            &mut waiting,
+            &[],
+            "Ready",
+            false,
+            reason::NOT_READY,
+            "m",
+            Some(1),
+        );
+        assert!(transitions(&[], &waiting).is_empty());
+        let ready = conditions(&[("DomainFound", true), ("Ready", true)]);
+        assert_eq!(types(transitions(&ready, &waiting)), ["Ready"]);
     }
 }

@@ -4,13 +4,13 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount},
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt,
@@ -20,7 +20,11 @@ use kube::{
 };
 use kubemail_crds::{MailDomain, Mailbox, RelayPolicy};
 
-use crate::controller::{Context, Live, Options, domain_of, mail_domain, mailbox, relay_policy};
+use crate::controller::{
+    Context, Live, Options, domain_of,
+    index::{Key, MailboxIndex},
+    mail_domain, mailbox, relay_policy,
+};
 
 /// A watch cache of the metadata of `K`s that `config` selects, and the task that fills it.
 fn metadata_store<K>(
@@ -32,14 +36,14 @@ fn metadata_store<K>(
     impl Future<Output = ()> + Send + 'static,
 )
 where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug
         + Send
         + Sync
         + 'static,
-    <K as kube::Resource>::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    <K as Resource>::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store();
     let task = reflector::reflector(
@@ -59,10 +63,65 @@ where
     (store, task)
 }
 
+/// A controller of `K`s whose watch cache keeps them without their managed fields (who wrote
+/// which field: most of a Mailbox's size in memory, and never read here); `observe` sees each
+/// event of its watch once the cache has it.
+fn controller<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    observe: impl Fn(&watcher::Event<K>) + Send + 'static,
+) -> Controller<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let objects = reflector::reflector(
+        writer,
+        watcher(api::<K>(client, namespace), watcher::Config::default())
+            .modify(|o| o.managed_fields_mut().clear()),
+    )
+    .inspect(move |event| {
+        if let Ok(event) = event {
+            observe(event);
+        }
+    })
+    .applied_objects();
+    Controller::for_stream(objects, reader)
+}
+
+/// The changes to `K`s, as their metadata only (neither data nor spec, which the watches that
+/// map a change to the objects it concerns never read: a cluster's Secrets and Pods are large).
+fn changes_of<K>(
+    client: &Client,
+    namespace: Option<&str>,
+) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(
+        api::<PartialObjectMeta<K>>(client, namespace),
+        watcher::Config::default(),
+    )
+    .modify(|o| o.metadata.managed_fields = None)
+    .touched_objects()
+}
+
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    <K as kube::Resource>::DynamicType: Default,
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
 {
     match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -74,9 +133,11 @@ where
 pub async fn run(client: Client, options: Options, namespace: Option<String>) {
     let ns = namespace.as_deref();
     let cfg = watcher::Config::default();
-    let mailbox_controller = Controller::new(api::<Mailbox>(&client, ns), cfg.clone());
-    let domain_controller = Controller::new(api::<MailDomain>(&client, ns), cfg.clone());
-    let relay_controller = Controller::new(api::<RelayPolicy>(&client, ns), cfg.clone());
+    let mailbox_index = Arc::new(MailboxIndex::default());
+    let indexed = mailbox_index.clone();
+    let mailbox_controller = controller::<Mailbox>(&client, ns, move |e| indexed.observe(e));
+    let domain_controller = controller::<MailDomain>(&client, ns, |_| {});
+    let relay_controller = controller::<RelayPolicy>(&client, ns, |_| {});
     // Secrets' metadata only (no data, no managed fields): what changed, not what they hold.
     let (secret_versions, writer) = reflector::store();
     let secret_metadata = reflector::reflector(
@@ -110,6 +171,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
         hashes: Arc::new(Mutex::new(HashMap::new())),
         domains: domain_controller.store(),
         mailboxes: mailbox_controller.store(),
+        mailbox_index,
         secret_versions,
         hash_by_version: Arc::new(Mutex::new(HashMap::new())),
         config_addresses: Arc::new(Mutex::new(HashMap::new())),
@@ -134,7 +196,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
     // Which RelayPolicies take their smarthost credentials from a Secret: a Secret that
     // appears, changes or gets (or loses) the label reconciles them and their domains.
     let relay_policies = relay_controller.store();
-    let uses_credentials = |rp: &RelayPolicy, s: &Secret| {
+    let uses_credentials = |rp: &RelayPolicy, s: &PartialObjectMeta<Secret>| {
         rp.namespace() == s.namespace()
             && rp
                 .spec
@@ -148,9 +210,11 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
     let domains_for_relay_secret = ctx.domains.clone();
     let domains_for_mailbox = ctx.domains.clone();
     let mailboxes_for_secret = ctx.mailboxes.clone();
+    let index_for_secret = ctx.mailbox_index.clone();
     let domains_for_secret = ctx.domains.clone();
     let domains_for_rspamd_secret = ctx.domains.clone();
     let mailboxes_for_config_map = ctx.mailboxes.clone();
+    let index_for_config_map = ctx.mailbox_index.clone();
     let domains_for_config_map = ctx.domains.clone();
     let domains_for_relay = ctx.domains.clone();
     let domains_for_pods = ctx.domains.clone();
@@ -164,7 +228,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
             .collect::<Vec<_>>()
     };
     let domains = domain_controller
-        .owns(api::<Secret>(&client, ns), cfg.clone())
+        .owns_stream(changes_of::<Secret>(&client, ns))
         .owns(api::<Deployment>(&client, ns), cfg.clone())
         .owns(api::<Service>(&client, ns), cfg.clone())
         .owns(api::<ServiceAccount>(&client, ns), cfg.clone())
@@ -172,12 +236,15 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
         .watches(api::<Mailbox>(&client, ns), cfg.clone(), move |m| {
             domain_of_mailbox(&m, &domains_for_mailbox)
         })
-        .watches(api::<Secret>(&client, ns), cfg.clone(), move |s| {
+        .watches_stream(changes_of::<Secret>(&client, ns), move |s| {
             // A password Secret changed: reconcile the domains of the Mailboxes that use it.
-            mailboxes_for_secret
-                .state()
-                .into_iter()
-                .filter(|m| m.namespace() == s.namespace() && m.uses_secret(&s.name_any()))
+            index_for_secret
+                .users(&Key::Secret(
+                    s.namespace().unwrap_or_default(),
+                    s.name_any(),
+                ))
+                .iter()
+                .filter_map(|r| mailboxes_for_secret.get(r))
                 .flat_map(|m| domain_of_mailbox(&m, &domains_for_secret))
                 .chain(
                     // A RelayPolicy's credentials Secret: the domains that use the policy.
@@ -219,12 +286,15 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
                 )
                 .collect::<Vec<_>>()
         })
-        .watches(api::<ConfigMap>(&client, ns), cfg.clone(), move |c| {
+        .watches_stream(changes_of::<ConfigMap>(&client, ns), move |c| {
             // A Sieve script's ConfigMap changed: the domains of the Mailboxes that use it.
-            mailboxes_for_config_map
-                .state()
-                .into_iter()
-                .filter(|m| m.namespace() == c.namespace() && m.uses_config_map(&c.name_any()))
+            index_for_config_map
+                .users(&Key::ConfigMap(
+                    c.namespace().unwrap_or_default(),
+                    c.name_any(),
+                ))
+                .iter()
+                .filter_map(|r| mailboxes_for_config_map.get(r))
                 .flat_map(|m| domain_of_mailbox(&m, &domains_for_config_map))
                 .collect::<Vec<_>>()
         })
@@ -242,7 +312,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
                 .map(|md| ObjectRef::from(md.as_ref()))
                 .collect::<Vec<_>>()
         })
-        .watches(api::<Pod>(&client, ns), cfg.clone(), move |pod| {
+        .watches_stream(changes_of::<Pod>(&client, ns), move |pod| {
             // A pod came, went or got its address: domains whose RelayPolicy picks pods by
             // label look again (the selector is checked when the config is rendered).
             domains_for_pods
@@ -270,38 +340,31 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
             }
         });
 
-    let domains_for_domain_change = ctx.mailboxes.clone();
-    let mailboxes_for_their_secret = ctx.mailboxes.clone();
-    let mailboxes_for_their_config_map = ctx.mailboxes.clone();
+    let index_for_domain = ctx.mailbox_index.clone();
+    let index_for_their_secret = ctx.mailbox_index.clone();
+    let index_for_their_config_map = ctx.mailbox_index.clone();
     let mailboxes = mailbox_controller
         .watches(api::<MailDomain>(&client, ns), cfg.clone(), move |md| {
-            domains_for_domain_change
-                .state()
-                .into_iter()
-                .filter(|m| m.namespace() == md.namespace())
-                .filter(|m| domain_of(&m.spec.address).eq_ignore_ascii_case(&md.spec.domain))
-                .map(|m| ObjectRef::from(m.as_ref()))
-                .collect::<Vec<_>>()
+            index_for_domain.users(&Key::Domain(
+                md.namespace().unwrap_or_default(),
+                md.spec.domain.to_ascii_lowercase(),
+            ))
         })
         .shutdown_on_signal()
-        .watches(api::<Secret>(&client, ns), cfg.clone(), move |s| {
+        .watches_stream(changes_of::<Secret>(&client, ns), move |s| {
             // A password Secret appeared or changed: its Mailboxes report it at once.
-            mailboxes_for_their_secret
-                .state()
-                .into_iter()
-                .filter(|m| m.namespace() == s.namespace() && m.uses_secret(&s.name_any()))
-                .map(|m| ObjectRef::from(m.as_ref()))
-                .collect::<Vec<_>>()
+            index_for_their_secret.users(&Key::Secret(
+                s.namespace().unwrap_or_default(),
+                s.name_any(),
+            ))
         })
-        .watches(api::<ConfigMap>(&client, ns), cfg.clone(), move |c| {
+        .watches_stream(changes_of::<ConfigMap>(&client, ns), move |c| {
             // A Sieve script's ConfigMap appeared or changed: its Mailboxes say whether it
             // compiles.
-            mailboxes_for_their_config_map
-                .state()
-                .into_iter()
-                .filter(|m| m.namespace() == c.namespace() && m.uses_config_map(&c.name_any()))
-                .map(|m| ObjectRef::from(m.as_ref()))
-                .collect::<Vec<_>>()
+            index_for_their_config_map.users(&Key::ConfigMap(
+                c.namespace().unwrap_or_default(),
+                c.name_any(),
+            ))
         })
         .run(mailbox::reconcile, mailbox::error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -315,7 +378,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
         });
 
     let relays = relay_controller
-        .watches(api::<Secret>(&client, ns), cfg.clone(), move |s| {
+        .watches_stream(changes_of::<Secret>(&client, ns), move |s| {
             relay_policies
                 .state()
                 .into_iter()

@@ -259,12 +259,14 @@ async fn resolve_password(
 
 /// The Mailboxes of a domain: same namespace, address in the domain. Sorted by name.
 pub fn mailboxes_of(ctx: &Context, md: &MailDomain) -> Vec<Arc<Mailbox>> {
-    let ns = md.namespace();
+    let ns = md.namespace().unwrap_or_default();
+    let key = super::index::Key::Domain(ns, md.spec.domain.to_ascii_lowercase());
     let mut out: Vec<Arc<Mailbox>> = ctx
-        .mailboxes
-        .state()
-        .into_iter()
-        .filter(|m| m.namespace() == ns && m.metadata.deletion_timestamp.is_none())
+        .mailbox_index
+        .users(&key)
+        .iter()
+        .filter_map(|r| ctx.mailboxes.get(r))
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
         .filter(|m| domain_of(&m.spec.address).eq_ignore_ascii_case(&md.spec.domain))
         .collect();
     out.sort_by_key(|m| {

@@ -27,9 +27,15 @@ pub async fn reconcile(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Actio
 
 async fn reconcile_once(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Action> {
     let ns = mailbox.namespace().ok_or(Error::Incomplete("namespace"))?;
-    let generation = mailbox.metadata.generation;
-    // The status as stored now, not as the watch cache last saw it: a reconcile that follows
-    // our own status write closely must not take its stale copy for a change.
+    // First against the status in the watch cache: most reconciles (a domain's status moved, a
+    // usage figure was written, the fallback requeue) change nothing and cost no request.
+    let cached = mailbox.status.clone().unwrap_or_default();
+    let (status, served) = desired_status(&mailbox, &ctx, &ns, &cached).await?;
+    if mailbox.status.as_ref() == Some(&status) {
+        return Ok(next_look(served));
+    }
+    // A change to write: against the status as stored now, not the cache's copy, which may not
+    // have our own last write yet (that copy is not to be taken for a change).
     let stored = Api::<Mailbox>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&mailbox.name_any())
         .await?;
@@ -37,6 +43,43 @@ async fn reconcile_once(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Acti
         return Ok(Action::await_change());
     };
     let previous = stored.status.clone().unwrap_or_default();
+    let (status, served) = if stored.status == mailbox.status {
+        (status, served)
+    } else {
+        desired_status(&mailbox, &ctx, &ns, &previous).await?
+    };
+    super::write_status(
+        &ctx,
+        mailbox.as_ref(),
+        stored.status.as_ref(),
+        &previous.conditions,
+        &status,
+        &status.conditions,
+    )
+    .await?;
+    Ok(next_look(served))
+}
+
+/// Served: nothing to look at until something changes. Not served yet: the MailDomain's status
+/// (ConfigServed, configRevision) changing wakes the Mailbox through the watch; the requeue is
+/// only a fallback (every 5 minutes, and without a request when nothing changed).
+fn next_look(served: bool) -> Action {
+    if served {
+        Action::await_change()
+    } else {
+        Action::requeue(Duration::from_secs(300))
+    }
+}
+
+/// The status `mailbox` should have, with `previous` the stored one (whose conditions keep their
+/// transition times), and whether the runtime serves it.
+async fn desired_status(
+    mailbox: &Mailbox,
+    ctx: &Context,
+    ns: &str,
+    previous: &MailboxStatus,
+) -> Result<(MailboxStatus, bool)> {
+    let generation = mailbox.metadata.generation;
     let mut status = MailboxStatus {
         observed_generation: generation,
         conditions: previous.conditions.clone(),
@@ -47,10 +90,11 @@ async fn reconcile_once(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Acti
         conditions::set(conditions, &previous.conditions, t, ok, r, m, generation)
     };
     let domain_name = domain_of(&mailbox.spec.address).to_ascii_lowercase();
-    let domain: Option<Arc<MailDomain>> =
-        ctx.domains.state().into_iter().find(|d| {
-            d.namespace().as_deref() == Some(ns.as_str()) && d.spec.domain == domain_name
-        });
+    let domain: Option<Arc<MailDomain>> = ctx
+        .domains
+        .state()
+        .into_iter()
+        .find(|d| d.namespace().as_deref() == Some(ns) && d.spec.domain == domain_name);
     match &domain {
         Some(d) => {
             status.domain = Some(d.name_any());
@@ -70,7 +114,7 @@ async fn reconcile_once(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Acti
             format!("no MailDomain in namespace {ns} serves {domain_name}"),
         ),
     }
-    let own_password = password_found(&ctx, &mailbox).await?;
+    let own_password = password_found(ctx, mailbox).await?;
     let secret_ok = match &own_password {
         Password::Hash(_) | Password::Unhashed => {
             set(
@@ -98,7 +142,7 @@ async fn reconcile_once(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Acti
     };
     // App passwords: each one's Secret, by name. One that is missing is left out of the config
     // and named here; the own password and the other app passwords serve meanwhile.
-    let apps = app_passwords(&ctx, &mailbox, false).await?;
+    let apps = app_passwords(ctx, mailbox, false).await?;
     let mut missing: Vec<(&str, String)> = apps
         .iter()
         .filter_map(|(app, found)| match found {
@@ -160,7 +204,7 @@ async fn reconcile_once(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Acti
         ),
     }
     // Its Sieve script: served only when it is there and compiles.
-    match sieve_script(&ctx, &mailbox).await? {
+    match sieve_script(ctx, mailbox).await? {
         Script::None => status
             .conditions
             .retain(|c| c.type_ != types::SIEVE_SCRIPT_VALID),
@@ -181,7 +225,7 @@ async fn reconcile_once(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Acti
     }
     // What this Mailbox may have, decided as the domain's config is (render::claims).
     let claimed = domain.as_ref().and_then(|d| {
-        let all = mailboxes_of(&ctx, d);
+        let all = mailboxes_of(ctx, d);
         let refs: Vec<&Mailbox> = all.iter().map(AsRef::as_ref).collect();
         claims::claim(d, &refs)
             .into_iter()
@@ -224,7 +268,7 @@ async fn reconcile_once(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Acti
     // Served: the domain's runtime serves the config revision, and that config has this address.
     let served = match &domain {
         Some(d) if secret_ok && duplicate_of.is_none() => {
-            served_in(&ctx, d, &ns, &mailbox.spec.address).await?
+            served_in(ctx, d, ns, &mailbox.spec.address).await?
         }
         _ => false,
     };
@@ -245,23 +289,7 @@ async fn reconcile_once(mailbox: Arc<Mailbox>, ctx: Arc<Context>) -> Result<Acti
     );
     conditions::set_kstatus(&mut status.conditions, &previous.conditions, generation);
     status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
-    super::write_status(
-        &ctx,
-        mailbox.as_ref(),
-        stored.status.as_ref(),
-        &previous.conditions,
-        &status,
-        &status.conditions,
-    )
-    .await?;
-    // Not served yet: the MailDomain's status (ConfigServed, configRevision) changing wakes this
-    // Mailbox through the watch; the requeue is only a fallback (every 5 minutes), so a thousand
-    // waiting Mailboxes do not poll the API server.
-    Ok(if served {
-        Action::await_change()
-    } else {
-        Action::requeue(Duration::from_secs(300))
-    })
+    Ok((status, served))
 }
 
 /// Whether the domain's runtime serves a config that contains `address`.

@@ -6,6 +6,7 @@
 //!   Mailbox --address domain--> MailDomain <--relayPolicyRef-- RelayPolicy
 //!      \--passwordSecretRef--> Secret          (a change to any of these reconciles the domain)
 //! ```
+pub mod index;
 pub mod mail_domain;
 pub mod mailbox;
 pub mod relay_policy;
@@ -63,6 +64,8 @@ pub struct Context {
     pub domains: Store<MailDomain>,
     /// Every Mailbox.
     pub mailboxes: Store<Mailbox>,
+    /// Which Mailboxes each domain, Secret and ConfigMap has (from the same watch).
+    pub mailbox_index: Arc<index::MailboxIndex>,
     /// The metadata (uid, resourceVersion, annotations; never the data) of every Secret in the
     /// watched namespaces: a reconcile asks the API server for a Secret only when the version
     /// it last read has changed.
