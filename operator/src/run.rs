@@ -13,7 +13,7 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
-        Controller, WatchStreamExt,
+        Controller, WatchStreamExt, controller,
         reflector::{self, ObjectRef},
         watcher,
     },
@@ -117,6 +117,17 @@ where
     .modify(|o| o.metadata.managed_fields = None)
     .touched_objects()
 }
+
+/// At most this many Mailbox reconciles run at once: 10,000 Mailboxes created together would
+/// otherwise each hold a request to the API server (and its buffers) at the same time. One
+/// that waits is taken up as soon as another ends. (MailDomains and RelayPolicies are few, and
+/// a domain's reconcile waits on its runtime's probes: they are not held back.)
+fn mailbox_reconciles_at_once() -> controller::Config {
+    controller::Config::default().concurrency(MAILBOX_RECONCILES_AT_ONCE)
+}
+
+/// See [`mailbox_reconciles_at_once`].
+const MAILBOX_RECONCILES_AT_ONCE: u16 = 32;
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -333,7 +344,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
         .for_each(|result| async move {
             match &result {
                 Ok(_) => crate::health::reconciled("MailDomain", "ok"),
-                Err(kube::runtime::controller::Error::ReconcilerFailed(err, _)) => {
+                Err(controller::Error::ReconcilerFailed(err, _)) => {
                     crate::health::reconciled("MailDomain", err.category())
                 }
                 Err(err) => tracing::debug!(error = %err, "MailDomain controller event"),
@@ -351,6 +362,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
             ))
         })
         .shutdown_on_signal()
+        .with_config(mailbox_reconciles_at_once())
         .watches_stream(changes_of::<Secret>(&client, ns), move |s| {
             // A password Secret appeared or changed: its Mailboxes report it at once.
             index_for_their_secret.users(&Key::Secret(
@@ -370,7 +382,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
         .for_each(|result| async move {
             match &result {
                 Ok(_) => crate::health::reconciled("Mailbox", "ok"),
-                Err(kube::runtime::controller::Error::ReconcilerFailed(err, _)) => {
+                Err(controller::Error::ReconcilerFailed(err, _)) => {
                     crate::health::reconciled("Mailbox", err.category())
                 }
                 Err(err) => tracing::debug!(error = %err, "Mailbox controller event"),
@@ -395,7 +407,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
         .for_each(|result| async move {
             match &result {
                 Ok(_) => crate::health::reconciled("RelayPolicy", "ok"),
-                Err(kube::runtime::controller::Error::ReconcilerFailed(err, _)) => {
+                Err(controller::Error::ReconcilerFailed(err, _)) => {
                     crate::health::reconciled("RelayPolicy", err.category())
                 }
                 Err(err) => tracing::debug!(error = %err, "RelayPolicy controller event"),
