@@ -15,6 +15,7 @@ import poplib
 import random
 import resource
 import shutil
+import signal
 import smtplib
 import socket
 import ssl
@@ -330,6 +331,56 @@ if "smtp" in workloads:
             p99[p].append(b)
     record("SMTP latency per message, p50", "ms", k50, p50, "lower", None)
     record("SMTP latency per message, p99", "ms", k99, p99, "lower", 0.5)
+
+    def server_pids(master):
+        """A server's processes: its master and every process under it now."""
+        children = {}
+        for entry in os.listdir("/proc"):
+            try:
+                stat = open("/proc/%s/stat" % entry).read()
+                children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+        pids, todo = [], [master]
+        while todo:
+            pid = todo.pop()
+            pids.append(pid)
+            todo.extend(children.get(pid, []))
+        return pids
+
+    def syncs_per_message(pids, port, rcpt, maildir, n=200):
+        """The calls that make data durable (fsync, fdatasync, sync_file_range, syncfs, msync)
+        per message, made by the server's processes (and those they start) while n messages of
+        one SMTP session go into the Maildir: what each server does to keep what it accepted."""
+        clear(maildir)
+        out = os.path.join(work, "strace-%d.txt" % port)
+        tracer = subprocess.Popen(["strace", "-f", "-c", "-qq", "-o", out,
+                                   "-e", "trace=fsync,fdatasync,sync_file_range,syncfs,msync"]
+                                  + [a for pid in pids for a in ("-p", str(pid))],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1)
+        smtp_source(port, rcpt, 1, n)
+        start = time.monotonic()
+        while count(maildir) < n and time.monotonic() - start < 120:
+            time.sleep(0.05)
+        time.sleep(1)
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=30)
+        calls = 0
+        for line in open(out):
+            fields = line.split()
+            if len(fields) >= 5 and fields[-1] in ("fsync", "fdatasync", "sync_file_range", "syncfs", "msync"):
+                calls += int(fields[3])
+        return calls / n
+
+    log("durability: fsync calls per message (strace), 1 session")
+    kube_syncs = [syncs_per_message([dev.pid], ports["smtp"], "bob@example.test", kubemail_maildir)]
+    peer_syncs = {}
+    for p in profiles:
+        master = int(open(os.path.join(peer_sets[p]["dir"], "postfix-queue", "pid", "master.pid")).read().strip())
+        peer_syncs[p] = [syncs_per_message(server_pids(master), peer_sets[p]["smtp"], "kmbench@example.test", postfix_maildir)]
+    cpu_log.clear()
+    record("Durability: fsync calls per message, SMTP to Maildir", "calls", kube_syncs, peer_syncs, "neither", None)
 clear(kubemail_maildir)
 clear(postfix_maildir)
 
@@ -737,7 +788,7 @@ for workload, unit, kube, peer, better, target, cpu in results:
         met = "yes" if (first >= target if better == "higher" else first <= target) else "no"
     want = "" if target is None else ("%s %.1fx" % (">=" if better == "higher" else "<=", target))
     lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (workload, unit, fmt(kube), " | ".join(cells), want, met, client))
-    if first is not None:
+    if first is not None and better != "neither":
         ratios.append((workload, first if better == "higher" else 1 / first))
 open(os.path.join(args.out, "report.md"), "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
