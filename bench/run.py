@@ -197,8 +197,8 @@ def rss_kib(pids):
     return total
 
 
-def dovecot_pids(profile):
-    master = int(open(os.path.join(peer_sets[profile]["dir"], "dovecot", "run", "master.pid")).read())
+def process_tree(master):
+    """A server's processes: its master and every process under it now."""
     children = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -213,6 +213,10 @@ def dovecot_pids(profile):
         out.append(p)
         todo.extend(children.get(p, []))
     return out
+
+
+def dovecot_pids(profile):
+    return process_tree(int(open(os.path.join(peer_sets[profile]["dir"], "dovecot", "run", "master.pid")).read()))
 
 
 def count(maildir):
@@ -332,22 +336,6 @@ if "smtp" in workloads:
     record("SMTP latency per message, p50", "ms", k50, p50, "lower", None)
     record("SMTP latency per message, p99", "ms", k99, p99, "lower", 0.5)
 
-    def server_pids(master):
-        """A server's processes: its master and every process under it now."""
-        children = {}
-        for entry in os.listdir("/proc"):
-            try:
-                stat = open("/proc/%s/stat" % entry).read()
-                children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
-        pids, todo = [], [master]
-        while todo:
-            pid = todo.pop()
-            pids.append(pid)
-            todo.extend(children.get(pid, []))
-        return pids
-
     def syncs_per_message(pids, port, rcpt, maildir, n=200):
         """The calls that make data durable (fsync, fdatasync, sync_file_range, syncfs, msync)
         per message, made by the server's processes (and those they start) while n messages of
@@ -378,7 +366,7 @@ if "smtp" in workloads:
     peer_syncs = {}
     for p in profiles:
         master = int(open(os.path.join(peer_sets[p]["dir"], "postfix-queue", "pid", "master.pid")).read().strip())
-        peer_syncs[p] = [syncs_per_message(server_pids(master), peer_sets[p]["smtp"], "kmbench@example.test", postfix_maildir)]
+        peer_syncs[p] = [syncs_per_message(process_tree(master), peer_sets[p]["smtp"], "kmbench@example.test", postfix_maildir)]
     cpu_log.clear()
     record("Durability: fsync calls per message, SMTP to Maildir", "calls", kube_syncs, peer_syncs, "neither", None)
 clear(kubemail_maildir)

@@ -26,6 +26,29 @@ use crate::controller::{
     mail_domain, mailbox, relay_policy,
 };
 
+/// A namespaced kind the operator watches.
+trait Watched:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// A watch cache of the metadata of `K`s that `config` selects, and the task that fills it.
 fn metadata_store<K>(
     client: &Client,
@@ -36,14 +59,7 @@ fn metadata_store<K>(
     impl Future<Output = ()> + Send + 'static,
 )
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-    <K as Resource>::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    K: Watched,
 {
     let (store, writer) = reflector::store();
     let task = reflector::reflector(
@@ -72,13 +88,7 @@ fn controller<K>(
     observe: impl Fn(&watcher::Event<K>) + Send + 'static,
 ) -> Controller<K>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     let (reader, writer) = reflector::store();
     let objects = reflector::reflector(
@@ -102,13 +112,7 @@ fn changes_of<K>(
     namespace: Option<&str>,
 ) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     watcher(
         api::<PartialObjectMeta<K>>(client, namespace),
@@ -128,6 +132,47 @@ fn mailbox_reconciles_at_once() -> controller::Config {
 
 /// See [`mailbox_reconciles_at_once`].
 const MAILBOX_RECONCILES_AT_ONCE: u16 = 32;
+
+/// The MailDomain (in its namespace) that serves a Mailbox's address.
+fn domain_of_mailbox(
+    m: &Mailbox,
+    domains: &reflector::Store<MailDomain>,
+) -> Vec<ObjectRef<MailDomain>> {
+    let d = domain_of(&m.spec.address).to_ascii_lowercase();
+    domains
+        .state()
+        .into_iter()
+        .filter(|md| md.namespace() == m.namespace() && md.spec.domain == d)
+        .map(|md| ObjectRef::from(md.as_ref()))
+        .collect()
+}
+
+/// Finds the MailDomains of the Mailboxes that refer to something.
+struct Users {
+    index: Arc<MailboxIndex>,
+    mailboxes: reflector::Store<Mailbox>,
+    domains: reflector::Store<MailDomain>,
+}
+
+impl Users {
+    fn of(ctx: &Context) -> Self {
+        Self {
+            index: ctx.mailbox_index.clone(),
+            mailboxes: ctx.mailboxes.clone(),
+            domains: ctx.domains.clone(),
+        }
+    }
+
+    /// The MailDomains of the Mailboxes that refer to `key`.
+    fn domains(&self, key: &Key) -> Vec<ObjectRef<MailDomain>> {
+        self.index
+            .users(key)
+            .iter()
+            .filter_map(|r| self.mailboxes.get(r))
+            .flat_map(|m| domain_of_mailbox(&m, &self.domains))
+            .collect()
+    }
+}
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -220,24 +265,11 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
     let relays_for_secret = relay_policies.clone();
     let domains_for_relay_secret = ctx.domains.clone();
     let domains_for_mailbox = ctx.domains.clone();
-    let mailboxes_for_secret = ctx.mailboxes.clone();
-    let index_for_secret = ctx.mailbox_index.clone();
-    let domains_for_secret = ctx.domains.clone();
+    let users_of_secret = Users::of(&ctx);
     let domains_for_rspamd_secret = ctx.domains.clone();
-    let mailboxes_for_config_map = ctx.mailboxes.clone();
-    let index_for_config_map = ctx.mailbox_index.clone();
-    let domains_for_config_map = ctx.domains.clone();
+    let users_of_config_map = Users::of(&ctx);
     let domains_for_relay = ctx.domains.clone();
     let domains_for_pods = ctx.domains.clone();
-    let domain_of_mailbox = move |m: &Mailbox, domains: &reflector::Store<MailDomain>| {
-        let d = domain_of(&m.spec.address).to_ascii_lowercase();
-        domains
-            .state()
-            .into_iter()
-            .filter(|md| md.namespace() == m.namespace() && md.spec.domain == d)
-            .map(|md| ObjectRef::from(md.as_ref()))
-            .collect::<Vec<_>>()
-    };
     let domains = domain_controller
         .owns_stream(changes_of::<Secret>(&client, ns))
         .owns(api::<Deployment>(&client, ns), cfg.clone())
@@ -249,14 +281,12 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
         })
         .watches_stream(changes_of::<Secret>(&client, ns), move |s| {
             // A password Secret changed: reconcile the domains of the Mailboxes that use it.
-            index_for_secret
-                .users(&Key::Secret(
+            users_of_secret
+                .domains(&Key::Secret(
                     s.namespace().unwrap_or_default(),
                     s.name_any(),
                 ))
-                .iter()
-                .filter_map(|r| mailboxes_for_secret.get(r))
-                .flat_map(|m| domain_of_mailbox(&m, &domains_for_secret))
+                .into_iter()
                 .chain(
                     // A RelayPolicy's credentials Secret: the domains that use the policy.
                     relays_for_secret
@@ -299,15 +329,10 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
         })
         .watches_stream(changes_of::<ConfigMap>(&client, ns), move |c| {
             // A Sieve script's ConfigMap changed: the domains of the Mailboxes that use it.
-            index_for_config_map
-                .users(&Key::ConfigMap(
-                    c.namespace().unwrap_or_default(),
-                    c.name_any(),
-                ))
-                .iter()
-                .filter_map(|r| mailboxes_for_config_map.get(r))
-                .flat_map(|m| domain_of_mailbox(&m, &domains_for_config_map))
-                .collect::<Vec<_>>()
+            users_of_config_map.domains(&Key::ConfigMap(
+                c.namespace().unwrap_or_default(),
+                c.name_any(),
+            ))
         })
         .watches(api::<RelayPolicy>(&client, ns), cfg.clone(), move |rp| {
             domains_for_relay
