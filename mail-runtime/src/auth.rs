@@ -284,6 +284,9 @@ impl AuthLimiter {
                 }
                 if entry.times.len() < per_minute as usize {
                     entry.times.push_back(now);
+                    if entry.times.len() > 1024 {
+                        entry.times.pop_front();
+                    }
                     entry.in_flight += 1;
                     Self::bound(&mut map, now);
                     return Some(Attempt {
@@ -304,7 +307,7 @@ impl AuthLimiter {
     }
 
     /// Keeps the table bounded: at most [`MAX_TRACKED`] addresses, dropping those with nothing
-    /// in the last minute and nothing in flight.
+    /// in the last minute and nothing in flight (each address keeps at most 1,024 times).
     fn bound(map: &mut HashMap<IpAddr, Source>, now: Instant) {
         if map.len() > MAX_TRACKED {
             map.retain(|_, s| {
@@ -313,11 +316,6 @@ impl AuthLimiter {
                         .back()
                         .is_some_and(|t| now.duration_since(*t) <= WINDOW)
             });
-        }
-        for s in map.values_mut() {
-            while s.times.len() > 1024 {
-                s.times.pop_front();
-            }
         }
     }
 
