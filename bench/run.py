@@ -11,12 +11,10 @@ import atexit
 import imaplib
 import json
 import os
-import poplib
 import random
 import resource
 import shutil
 import signal
-import smtplib
 import socket
 import ssl
 import statistics
@@ -27,6 +25,7 @@ import time
 ap = argparse.ArgumentParser()
 ap.add_argument("--runtime", required=True)
 ap.add_argument("--out", required=True)
+ap.add_argument("--load", required=True, help="the load client (bench/load, kubemail-load)")
 ap.add_argument("--runs", type=int, default=3)
 ap.add_argument("--smtp-messages", type=int, default=10000)
 ap.add_argument("--smtp-single", type=int, default=2000, help="messages in the 1-session run")
@@ -55,6 +54,14 @@ CTX = ssl.create_default_context()
 CTX.check_hostname = False
 CTX.verify_mode = ssl.CERT_NONE
 results = []  # (workload, unit, kubemail [values], peer [values], better, target ratio)
+
+
+def load(*argv):
+    """Runs the load client (bench/load) once; its JSON answer."""
+    out = subprocess.run([args.load, *argv], capture_output=True)
+    if out.returncode != 0:
+        raise SystemExit("kubemail-load %s: %s" % (argv[0], out.stderr.decode().strip()))
+    return json.loads(out.stdout)
 
 
 def log(msg):
@@ -307,25 +314,20 @@ if "smtp" in workloads:
         record("SMTP ingest, %s: until all in the Maildir" % label, "msg/s", kube_stored, peer_stored, "higher", None)
 
 
+    latency_message = os.path.join(work, "latency-message.eml")
+    open(latency_message, "wb").write(message(1))
+
     def latencies(port, rcpt, n):
-        s = smtplib.SMTP("127.0.0.1", port)
-        s.ehlo("bench")
-        out = []
-        body = message(1)
-        for _ in range(n):
-            t = time.monotonic()
-            s.sendmail("sender@example.net", [rcpt], body)
-            out.append((time.monotonic() - t) * 1000)
-        s.quit()
-        out.sort()
-        return out[len(out) // 2], out[int(len(out) * 0.99)]
+        out = load("smtp-latency", "--port", str(port), "--from", "sender@example.net", "--to", rcpt,
+                   "--message", latency_message, "--messages", str(n))
+        return out["p50_ms"], out["p99_ms"]
 
 
     k50, k99 = [], []
     p50, p99 = {p: [] for p in profiles}, {p: [] for p in profiles}
     cpu_log.clear()
     for r in range(args.runs):
-        log("SMTP latency per message (smtplib, 1 session), run %d" % (r + 1))
+        log("SMTP latency per message (kubemail-load, mail-send, 1 session), run %d" % (r + 1))
         a, b = measured("kubemail", latencies, ports["smtp"], "bob@example.test", 500)
         k50.append(a)
         k99.append(b)
@@ -516,55 +518,36 @@ def imap_session(name):
     return m
 
 
-def timed_raw(name, commands, what):
-    """Logs in and sends `commands` (the last tagged c) over TLS as raw bytes, read to c's OK:
-    the client does no parsing, so the figure is the server's (imaplib's parser would take
-    longer than either server). Returns (seconds, FETCH lines seen)."""
+def timed_imap(name, timed, setup=(), from_connect=False):
+    """The load client logs in, answers `setup`, then sends `timed` together and reads to the
+    last one's tagged OK over TLS, reading only the framing (lines and literals): the figure is
+    the server's. Returns its counts: seconds, fetch (untagged FETCH responses), search (numbers
+    in SEARCH answers)."""
     port, _, user, password = servers[name]
-    t = time.monotonic()
-    sock = CTX.wrap_socket(socket.create_connection(("127.0.0.1", port)))
-    f = sock.makefile("rb")
-    f.readline()
-    sock.sendall(b"a LOGIN %s %s\r\n" % (user.encode(), password.encode()) + commands)
-    lines = 0
-    while True:
-        line = f.readline()
-        if not line:
-            raise SystemExit("%s closed the connection during %s" % (name, what))
-        if line.startswith(b"* ") and b" FETCH " in line:
-            lines += 1
-        if line.startswith(b"c "):
-            assert line.startswith(b"c OK"), line
-            break
-    elapsed = time.monotonic() - t
-    sock.sendall(b"d LOGOUT\r\n")
-    sock.close()
-    return elapsed, lines
+    argv = ["imap", "--port", str(port), "--user", user, "--password", password]
+    argv += [a for command in setup for a in ("--setup", command)]
+    argv += [a for command in timed for a in ("--timed", command)]
+    return load(*argv, *(["--from-connect"] if from_connect else []))
 
 
 def fetch_all(name):
-    elapsed, lines = timed_raw(name, b"b SELECT INBOX\r\nc FETCH 1:* (UID FLAGS RFC822.SIZE)\r\n", "FETCH")
-    assert lines == args.mailbox, (name, lines)
-    return elapsed
+    out = timed_imap(name, ["SELECT INBOX", "FETCH 1:* (UID FLAGS RFC822.SIZE)"], from_connect=True)
+    assert out["fetch"] == args.mailbox, (name, out)
+    return out["seconds"]
 
 
 def fetch_bodies(name):
-    """Microseconds per message of FETCH BODY.PEEK[] of a whole 5,000-message folder, read raw
-    (login and SELECT included, a few microseconds per message)."""
-    elapsed, lines = timed_raw(name, b"b SELECT Small\r\nc FETCH 1:* (BODY.PEEK[])\r\n", "FETCH of bodies")
-    assert lines == SMALL, (name, lines)
-    return elapsed / SMALL * 1e6
+    """Microseconds per message of FETCH BODY.PEEK[] of a whole 5,000-message folder (login and
+    SELECT included, a few microseconds per message)."""
+    out = timed_imap(name, ["SELECT Small", "FETCH 1:* (BODY.PEEK[])"], from_connect=True)
+    assert out["fetch"] == SMALL, (name, out)
+    return out["seconds"] / SMALL * 1e6
 
 
 def search(name):
-    m = imap_session(name)
-    m.select("INBOX")
-    t = time.monotonic()
-    typ, data = m.search(None, "HEADER", "Subject", "needle")
-    elapsed = time.monotonic() - t
-    assert typ == "OK" and len(data[0].split()) == NEEDLES, (name, data[0][:80])
-    m.logout()
-    return elapsed
+    out = timed_imap(name, ["SEARCH HEADER Subject needle"], setup=["SELECT INBOX"])
+    assert out["search"] == NEEDLES, (name, out)
+    return out["seconds"]
 
 
 def qresync_state(name):
@@ -593,11 +576,10 @@ def qresync(name):
         typ, _ = other.store(str(1 + i * step), sign + "FLAGS.SILENT", "(\\Flagged)")
         assert typ == "OK"
     other.logout()
-    elapsed, changed = timed_raw(
-        name, b"b ENABLE QRESYNC\r\nc SELECT INBOX (QRESYNC (%d %d))\r\n" % (validity, highest),
-        "SELECT (QRESYNC)")
-    assert changed == 100, (name, changed)
-    return elapsed
+    out = timed_imap(name, ["ENABLE QRESYNC", "SELECT INBOX (QRESYNC (%d %d))" % (validity, highest)],
+                     from_connect=True)
+    assert out["fetch"] == 100, (name, out)
+    return out["seconds"]
 
 
 def compare(label, fn, unit, better, target):
@@ -631,29 +613,16 @@ if "imap" in workloads:
 
 def pop3_stat_uidl(name):
     _, port, user, password = servers[name]
-    t = time.monotonic()
-    p = poplib.POP3_SSL("127.0.0.1", port, context=CTX)
-    p.user(user)
-    p.pass_(password)
-    p.stat()
-    p.uidl()
-    p.quit()
-    return time.monotonic() - t
+    out = load("pop3", "--port", str(port), "--user", user, "--password", password)
+    assert out["messages"] == args.mailbox, (name, out)
+    return out["seconds"]
 
 
 def pop3_retr(name):
     _, port, user, password = servers[name]
-    p = poplib.POP3_SSL("127.0.0.1", port, context=CTX)
-    p.user(user)
-    p.pass_(password)
-    n = min(10000, args.mailbox)
-    t = time.monotonic()
-    for i in range(1, n + 1):
-        p.retr(i)
-    elapsed = time.monotonic() - t
-    p.rset()
-    p.quit()
-    return n / elapsed
+    out = load("pop3", "--port", str(port), "--user", user, "--password", password,
+               "--retr", str(min(10000, args.mailbox)))
+    return out["messages"] / out["seconds"]
 
 
 if "pop3" in workloads:
