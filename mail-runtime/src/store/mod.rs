@@ -216,6 +216,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         message: &MessageMeta,
     ) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// A message's header, up to and including the empty line that ends it (the whole message
+    /// when it has none): what a header SEARCH reads.
+    fn read_header(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        message: &MessageMeta,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(mailbox, folder, message)
+    }
+
     /// The raw bytes of one message of the INBOX by UID.
     fn read_message(&self, mailbox: &str, uid: u32) -> Result<Option<Vec<u8>>, StoreError>;
 

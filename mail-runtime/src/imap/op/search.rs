@@ -128,8 +128,8 @@ impl Session {
                         match cache.get(&key, names) {
                             Some(block) => Ok(Some(block)),
                             None => Ok(s
-                                .read(&m, &scan.folder, meta)?
-                                .map(|raw| cache.put(key, names, &raw))),
+                                .read_header(&m, &scan.folder, meta)?
+                                .map(|head| cache.put(key, names, &head))),
                         }
                     }
                     None => s.read(&m, &scan.folder, meta),
