@@ -117,14 +117,14 @@ fn queue_job(job: HashJob) -> Result<(), std::sync::mpsc::SendError<HashJob>> {
 }
 
 /// How long a hashing thread keeps its working memory with nothing to do.
-const KEEP_MEMORY_IDLE: Duration = Duration::from_secs(10);
+const KEEP_MEMORY_IDLE: Duration = Duration::from_secs(1);
 
-/// Password checks run on two long-lived threads of their own: argon2 takes ~19 MiB per run,
-/// and the allocator keeps that memory with the thread that used it, so a fixed pair of threads
-/// bounds it (on the blocking pool, every one of its threads would end up holding some). Each
-/// thread keeps its working memory through a burst and lets it go after 10 s without work, so
-/// an idle runtime or operator holds none of it. (Letting it go after every job instead made
-/// glibc serve each new 19 MiB from a fragmenting heap: 372 MiB after 1,000 hashes.)
+/// Password checks run on two long-lived threads of their own: argon2 takes ~19 MiB per run, so
+/// a fixed pair of threads bounds it (on the blocking pool, every one of its threads would end
+/// up holding some). Each thread keeps its working memory through a burst and gives it back to
+/// the system after a second without work (it is mapped on its own, see [`ROOM_BLOCKS`]), so
+/// a runtime whose clients logged in holds none of it. (Freed into glibc's heap instead, each new
+/// 19 MiB came from a fragmenting heap: 372 MiB after 1,000 hashes.)
 fn hasher() -> &'static std::sync::mpsc::SyncSender<HashJob> {
     static QUEUE: std::sync::OnceLock<std::sync::mpsc::SyncSender<HashJob>> =
         std::sync::OnceLock::new();
@@ -194,7 +194,7 @@ fn hash_argon2(password: &str, salt: Option<[u8; 16]>, blocks: &mut Vec<argon2::
     };
     let params = argon2::Params::default();
     let count = params.block_count();
-    blocks.resize(count, argon2::Block::default());
+    let memory = working_memory(blocks, count);
     let mut salt_buf = [0u8; 64];
     let mut out = [0u8; argon2::Params::DEFAULT_OUTPUT_LEN];
     let hashed = salt
@@ -206,12 +206,7 @@ fn hash_argon2(password: &str, salt: Option<[u8; 16]>, blocks: &mut Vec<argon2::
                 argon2::Version::V0x13,
                 params.clone(),
             )
-            .hash_password_into_with_memory(
-                password.as_bytes(),
-                raw,
-                &mut out,
-                &mut blocks[..count],
-            )
+            .hash_password_into_with_memory(password.as_bytes(), raw, &mut out, memory)
             .map_err(|e| e.to_string())
         })
         .and_then(|()| {
@@ -227,6 +222,23 @@ fn hash_argon2(password: &str, salt: Option<[u8; 16]>, blocks: &mut Vec<argon2::
     // Every step above works for any input with the default parameters; should one not, the
     // allocating path still gives a correct hash.
     hashed.unwrap_or_else(|_| hash_password(password))
+}
+
+/// Blocks a hashing thread keeps room for: 33 MiB, above the 32 MiB up to which glibc's
+/// malloc raises its threshold for mapping an allocation on its own. Memory of that size is
+/// always mapped by itself and unmapped when freed; the 19 MiB argon2 asks for would otherwise
+/// stay with the allocator after the thread let it go (38 MiB of a runtime's 62 with 1,000 IDLE
+/// sessions, all logged in during the first second). Only the blocks used are touched, so the
+/// rest of the room costs address space, not memory.
+const ROOM_BLOCKS: usize = 33 * 1024;
+
+/// `count` blocks of `blocks` as argon2's working memory, in room of at least [`ROOM_BLOCKS`].
+fn working_memory(blocks: &mut Vec<argon2::Block>, count: usize) -> &mut [argon2::Block] {
+    if blocks.capacity() < ROOM_BLOCKS.max(count) {
+        *blocks = Vec::with_capacity(ROOM_BLOCKS.max(count));
+    }
+    blocks.resize(count, argon2::Block::default());
+    &mut blocks[..count]
 }
 
 /// Checks a password against an argon2 PHC string with `blocks` as the working memory.
@@ -254,10 +266,10 @@ fn verify_argon2(phc: &str, password: &[u8], blocks: &mut Vec<argon2::Block>) ->
     };
     let count = params.block_count();
     let context = Argon2::new(algorithm, version, params);
-    blocks.resize(count, argon2::Block::default());
+    let memory = working_memory(blocks, count);
     let mut out = vec![0u8; expected.len()];
     if context
-        .hash_password_into_with_memory(password, salt, &mut out, &mut blocks[..count])
+        .hash_password_into_with_memory(password, salt, &mut out, memory)
         .is_err()
     {
         return false;
