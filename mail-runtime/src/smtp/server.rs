@@ -263,68 +263,47 @@ impl Driver {
         let delivery = session.delivery();
         let runtime = self.runtime.clone();
         let config = runtime.config().get();
-        // Synced, and its header read back, in one trip to a blocking thread: each trip is two
-        // thread wake-ups, most of the CPU a message costs on a virtual machine.
-        let finished = tokio::task::spawn_blocking(move || {
-            spool.finish().map(|m| {
-                let head = read_head(&m.path);
-                (m, head)
+        let login = session.login();
+        let count = delivery.mailboxes.len();
+        let filtered = self.mx && !delivery.trusted;
+        let verify = filtered && config.raw.inbound.verify && !delivery.mailboxes.is_empty();
+        let scanned = |scan_submission: bool| scan_submission || filtered;
+        let clamd = config
+            .raw
+            .inbound
+            .clamd
+            .as_ref()
+            .filter(|c| scanned(c.scan_submission));
+        let rspamd = config.raw.inbound.rspamd.as_ref();
+        let rspamd = rspamd.filter(|r| scanned(r.scan_submission));
+        // Each trip to a blocking thread is two thread wake-ups, most of the CPU a message costs
+        // on a virtual machine: with no check to wait for over the network, the message is
+        // synced, checked and stored in one trip; otherwise in one trip before the checks and
+        // one after.
+        if !verify && clamd.is_none() && rspamd.is_none() {
+            let result = tokio::task::spawn_blocking(move || {
+                let message = admit(spool, login, &delivery, &config)?;
+                let stored =
+                    store_message(&runtime, &config, delivery, message, Checked::default());
+                Ok(stored)
             })
-        });
-        let (message, head) = match finished.await {
+            .await;
+            return outcome(result, count);
+        }
+        let admitted = {
+            let (delivery, config) = (delivery.clone(), config.clone());
+            tokio::task::spawn_blocking(move || admit(spool, login, &delivery, &config)).await
+        };
+        let message = match admitted {
             Ok(Ok(m)) => m,
-            Ok(Err(err)) => return Delivered::Failed(err),
+            Ok(Err(refused)) => return refused,
             Err(join) => {
                 return Delivered::Failed(StoreError::Io(io::Error::other(join.to_string())));
             }
         };
-        // A mailbox suspended (or given a new password) while its message was on the wire
-        // sends nothing more.
-        if let Some((address, hash)) = session.login()
-            && config
-                .still_serves(&address, &hash, LOGIN_PROTOCOL)
-                .is_none()
-        {
-            let _ = std::fs::remove_file(&message.path);
-            return Delivered::Refused(
-                Reply::new(
-                    421,
-                    "4.7.0",
-                    "this account was suspended or removed, or the password used was changed or revoked",
-                ),
-                "revoked",
-            );
-        }
-        // The header decides two refusals before anything is stored: a loop, and a logged-in
-        // user writing someone else's address in From.
-        let Some(head) = head else {
-            let _ = std::fs::remove_file(&message.path);
-            return Delivered::Failed(StoreError::Io(io::Error::other(
-                "the spooled message cannot be read back",
-            )));
-        };
-        if let Some(reply) = policy::loop_check(&head, &config, &delivery.forwarded_by) {
-            let _ = std::fs::remove_file(&message.path);
-            return Delivered::Refused(reply, "loop");
-        }
-        // The mailbox as the config in force knows it (a reload may have moved its index).
-        let user = delivery.user.and_then(|_| {
-            let (address, hash) = session.login()?;
-            config.still_serves(&address, &hash, LOGIN_PROTOCOL)
-        });
-        if let Some(user) = user
-            && let Some(reply) = policy::author_check(&head, &config, user)
-        {
-            let _ = std::fs::remove_file(&message.path);
-            return Delivered::Refused(reply, "header-from");
-        }
         // Mail from outside, on port 25: SPF, DKIM and DMARC, before anything is stored.
         let mut results_header = None;
-        if self.mx
-            && !delivery.trusted
-            && config.raw.inbound.verify
-            && !delivery.mailboxes.is_empty()
-        {
+        if verify {
             let checked = match (
                 tokio::fs::read(&message.path).await,
                 runtime.resolvers().get(&config.nameservers),
@@ -352,9 +331,7 @@ impl Driver {
             }
         }
         // clamd, for mail from outside (and, by a setting, from logged-in users too).
-        if let Some(clamd) = &config.raw.inbound.clamd
-            && (clamd.scan_submission || (self.mx && !delivery.trusted))
-        {
+        if let Some(clamd) = clamd {
             let timeout = Duration::from_secs(u64::from(clamd.timeout_seconds));
             let started = std::time::Instant::now();
             let verdict = super::scan::clamd(&clamd.address, &message.path, timeout).await;
@@ -395,9 +372,7 @@ impl Driver {
         // rspamd scores mail from outside (and, by a setting, from logged-in users too).
         let mut spam = None;
         let mut checked_for_spam = false;
-        if let Some(rspamd) = &config.raw.inbound.rspamd
-            && (rspamd.scan_submission || (self.mx && !delivery.trusted))
-        {
+        if let Some(rspamd) = rspamd {
             let timeout = Duration::from_secs(u64::from(rspamd.timeout_seconds));
             let checked = match tokio::fs::read(&message.path).await {
                 Ok(bytes) => {
@@ -475,65 +450,155 @@ impl Driver {
                 }
             }
         }
-        let count = delivery.mailboxes.len();
-        let store = runtime.store().clone();
-        let outbound = runtime.outbound().clone();
+        let checked = Checked {
+            results_header,
+            spam,
+            checked_for_spam,
+        };
         let result = tokio::task::spawn_blocking(move || {
-            if !delivery.remote.is_empty() {
-                let envelope = outbound_envelope(&config, &outbound.srs, &delivery);
-                // Only mail from a logged-in user or a relay network is signed: a message from
-                // outside that a mailbox forwards keeps its own authentication, not ours.
-                let mut prefix = if delivery.trusted {
-                    sign(&config, &delivery.from, &message.path)
-                } else {
-                    String::new()
-                };
-                for mailbox in &delivery.forwarded_by {
-                    prefix.push_str(&format!("Delivered-To: {mailbox}\r\n"));
-                }
-                let queued =
-                    outbound.enqueue(&envelope, prefix.as_bytes(), &message.path, message.size);
-                if let Err(err) = queued {
-                    let _ = std::fs::remove_file(&message.path);
-                    return Err(err);
-                }
-            }
-            if delivery.mailboxes.is_empty() {
-                let _ = std::fs::remove_file(&message.path);
-                return Ok(crate::sieve::Delivered::Done);
-            }
-            let message = match results_header {
-                Some(header) => prepend(&*store, header.as_bytes(), message, checked_for_spam)?,
-                None => message,
-            };
-            // Each recipient's Sieve rules say where it goes (INBOX when there are none).
-            crate::sieve::deliver(
-                &runtime,
-                message,
-                &delivery.mailboxes,
-                &delivery.from,
-                delivery.trusted,
-                !delivery.remote.is_empty(),
-                spam,
-            )
+            Ok(store_message(&runtime, &config, delivery, message, checked))
         })
         .await;
-        match result {
-            Ok(Ok(crate::sieve::Delivered::Done)) => {
-                crate::metrics::message_accepted(count);
-                Delivered::Ok
-            }
-            Ok(Ok(crate::sieve::Delivered::Rejected(reason))) => {
-                let reason: String = reason
-                    .chars()
-                    .map(|c| if c.is_control() { ' ' } else { c })
-                    .take(400)
-                    .collect();
-                Delivered::Refused(Reply::new(550, "5.7.1", reason), "sieve")
-            }
-            Ok(Err(err)) => Delivered::Failed(err),
-            Err(join) => Delivered::Failed(StoreError::Io(io::Error::other(join.to_string()))),
+        outcome(result, count)
+    }
+}
+
+/// What the checks over the network found, for the stored message.
+#[derive(Debug, Default)]
+struct Checked {
+    /// Authentication-Results and the spam filter's fields, put on top of the message.
+    results_header: Option<String>,
+    spam: Option<crate::sieve::Spam>,
+    checked_for_spam: bool,
+}
+
+/// Syncs the spooled message and reads its header back, then the refusals that come before
+/// anything is stored: a mailbox suspended (or given a new password) while its message was on
+/// the wire, a loop, a logged-in user writing someone else's address in From. A refused
+/// message's spool file is removed. Runs on a blocking thread.
+fn admit(
+    spool: SpoolWriter,
+    login: Option<(String, String)>,
+    delivery: &super::session::Delivery,
+    config: &crate::config::Config,
+) -> Result<SpooledMessage, Delivered> {
+    let message = spool.finish().map_err(Delivered::Failed)?;
+    let refuse = |delivered: Delivered| {
+        let _ = std::fs::remove_file(&message.path);
+        Err(delivered)
+    };
+    if let Some((address, hash)) = &login
+        && config.still_serves(address, hash, LOGIN_PROTOCOL).is_none()
+    {
+        return refuse(Delivered::Refused(
+            Reply::new(
+                421,
+                "4.7.0",
+                "this account was suspended or removed, or the password used was changed or revoked",
+            ),
+            "revoked",
+        ));
+    }
+    let Some(head) = read_head(&message.path) else {
+        return refuse(Delivered::Failed(StoreError::Io(io::Error::other(
+            "the spooled message cannot be read back",
+        ))));
+    };
+    if let Some(reply) = policy::loop_check(&head, config, &delivery.forwarded_by) {
+        return refuse(Delivered::Refused(reply, "loop"));
+    }
+    // The mailbox as the config in force knows it (a reload may have moved its index).
+    let user = delivery.user.and_then(|_| {
+        let (address, hash) = login.as_ref()?;
+        config.still_serves(address, hash, LOGIN_PROTOCOL)
+    });
+    if let Some(user) = user
+        && let Some(reply) = policy::author_check(&head, config, user)
+    {
+        return refuse(Delivered::Refused(reply, "header-from"));
+    }
+    Ok(message)
+}
+
+/// Queues the message for its remote recipients and stores it for its local ones, through
+/// their Sieve rules. Runs on a blocking thread.
+fn store_message(
+    runtime: &Runtime,
+    config: &crate::config::Config,
+    delivery: super::session::Delivery,
+    message: SpooledMessage,
+    checked: Checked,
+) -> Result<crate::sieve::Delivered, StoreError> {
+    let store = runtime.store();
+    let outbound = runtime.outbound();
+    if !delivery.remote.is_empty() {
+        let envelope = outbound_envelope(config, &outbound.srs, &delivery);
+        // Only mail from a logged-in user or a relay network is signed: a message from
+        // outside that a mailbox forwards keeps its own authentication, not ours.
+        let mut prefix = if delivery.trusted {
+            sign(config, &delivery.from, &message.path)
+        } else {
+            String::new()
+        };
+        for mailbox in &delivery.forwarded_by {
+            prefix.push_str(&format!("Delivered-To: {mailbox}\r\n"));
         }
+        let queued = outbound.enqueue(&envelope, prefix.as_bytes(), &message.path, message.size);
+        if let Err(err) = queued {
+            let _ = std::fs::remove_file(&message.path);
+            return Err(err);
+        }
+    }
+    if delivery.mailboxes.is_empty() {
+        let _ = std::fs::remove_file(&message.path);
+        return Ok(crate::sieve::Delivered::Done);
+    }
+    let message = match checked.results_header {
+        Some(header) => prepend(
+            &**store,
+            header.as_bytes(),
+            message,
+            checked.checked_for_spam,
+        )?,
+        None => message,
+    };
+    // Each recipient's Sieve rules say where it goes (INBOX when there are none).
+    crate::sieve::deliver(
+        runtime,
+        message,
+        &delivery.mailboxes,
+        &delivery.from,
+        delivery.trusted,
+        !delivery.remote.is_empty(),
+        checked.spam,
+    )
+}
+
+/// The session's answer for a stored (or refused) message; `count` recipients are counted as
+/// accepted when it was stored.
+fn outcome(
+    result: Result<
+        Result<Result<crate::sieve::Delivered, StoreError>, Delivered>,
+        tokio::task::JoinError,
+    >,
+    count: usize,
+) -> Delivered {
+    match result {
+        Ok(Ok(Ok(crate::sieve::Delivered::Done))) => {
+            crate::metrics::message_accepted(count);
+            Delivered::Ok
+        }
+        Ok(Ok(Ok(crate::sieve::Delivered::Rejected(reason)))) => {
+            let reason: String = reason
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .take(400)
+                .collect();
+            Delivered::Refused(Reply::new(550, "5.7.1", reason), "sieve")
+        }
+        Ok(Ok(Err(err))) => Delivered::Failed(err),
+        Ok(Err(refused)) => refused,
+        Err(join) => Delivered::Failed(StoreError::Io(io::Error::other(join.to_string()))),
     }
 }
 
