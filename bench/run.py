@@ -36,6 +36,9 @@ ap.add_argument("--rspamd-messages", type=int, default=2000,
                 help="messages in the SMTP ingest with rspamd (Debian's, e2e/peers/scanners.sh) on both")
 ap.add_argument("--baseline-runtime", help="another mail-runtime binary (such as a build from before the "
                 "inbound filters): its SMTP ingest with the filters off is measured beside this one's")
+ap.add_argument("--filesystem", default="ext4", choices=["ext4", "disk"],
+                help="ext4: every server's mail and queues on a fresh ext4 file system (with its journal, "
+                "as mkfs makes it) on a loop device; disk: in --out as it is")
 ap.add_argument("--peers", default="tuned,defaults",
                 help="peer profiles (e2e/peers/peers.sh): tuned, defaults; the IDLE workload adds hibernate")
 ap.add_argument("--workloads", default="smtp,rspamd,imap,pop3,idle",
@@ -102,6 +105,31 @@ def stop_process(proc):
         except subprocess.TimeoutExpired:
             proc.kill()
 
+
+# The servers' files on a file system of their own, the same for all: a fresh ext4 with its
+# journal, as a PersistentVolume is formatted. This machine's own disk is an ext4 without a
+# journal, where making a file skips, one by one, every inode freed in the last minutes: after
+# a run's 10,000 messages were removed, the next run's figures depended on that history.
+filesystem = "the machine's disk (%s)" % subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "-T", work], capture_output=True, text=True).stdout.strip()
+if args.filesystem == "ext4":
+    image = os.path.join(args.out, "fs.img")
+    try:
+        with open(image, "wb") as f:
+            f.truncate(16 << 30)  # sparse: only what the run writes takes room
+        subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True, capture_output=True)
+        subprocess.run(["mount", "-o", "loop", image, work], check=True, capture_output=True)
+        filesystem = "a fresh ext4 (journal on, mkfs defaults) on a loop device"
+
+        def unmount():
+            if subprocess.call(["umount", work], stderr=subprocess.DEVNULL) != 0:
+                subprocess.call(["umount", "-l", work])
+            os.remove(image)
+        started.append(("the file system", unmount))
+    except (OSError, subprocess.CalledProcessError) as err:
+        log("no loop-mounted ext4 (%s): the servers' files stay on the disk" % err)
+        if os.path.exists(image):
+            os.remove(image)
+log("the servers' files: %s" % filesystem)
 
 for profile in profiles + (["hibernate"] if "idle" in workloads else []):
     log("starting Postfix and Dovecot, %s (e2e/peers/peers.sh)" % profile)
@@ -715,12 +743,12 @@ lines = ["# kubemail beside Postfix and Dovecot", "",
          "imap processes serving up to 10 clients), *defaults* as the packages come (Postfix delivers "
          "2 at a time and logs every message; one Dovecot process per client), and for IDLE also "
          "*tuned + hibernation* (idle sessions handed to imap-hibernate after 2 s). kubemail: "
-         "`mail-runtime serve`, release build, logging at warn. TLS on IMAP and POP3 for all; durable "
+         "`mail-runtime serve`, release build, logging at warn. Every server's files on %s. TLS on IMAP and POP3 for all; durable "
          "for all: kubemail and Postfix fsync each message before the SMTP reply, Dovecot's Maildir "
          "writes go through its index. With rspamd: Debian's rspamd (e2e/peers/scanners.sh), asked by "
          "kubemail over /checkv2 and by the tuned Postfix through rspamd's proxy in milter mode. A "
          "baseline row's peer is the other kubemail build named in it, with the same workload. Targets "
-         "are against the first peer column that has a figure." % (socket.gethostname(), os.cpu_count(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), args.runs), "",
+         "are against the first peer column that has a figure." % (socket.gethostname(), os.cpu_count(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), args.runs, filesystem), "",
          "| workload | unit | kubemail | " + " | ".join("%s | kubemail / it" % NAMES[c] for c in columns) + " | target | met | client CPU |",
          "|" + "---|" * (6 + 2 * len(columns))]
 ratios = []
