@@ -61,7 +61,10 @@ results = []  # (workload, unit, kubemail [values], peer [values], better, targe
 
 def load(*argv):
     """Runs the load client (bench/load) once; its JSON answer."""
-    out = subprocess.run([args.load, *argv], capture_output=True)
+    try:
+        out = subprocess.run([args.load, *argv], capture_output=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        raise SystemExit("kubemail-load %s: no answer in 15 minutes" % argv[0])
     if out.returncode != 0:
         raise SystemExit("kubemail-load %s: %s" % (argv[0], out.stderr.decode().strip()))
     return json.loads(out.stdout)
@@ -86,6 +89,10 @@ peer_sets = {}
 # Whatever the run started is stopped when it ends, a failed run included: a failure used to
 # leave the servers running.
 started = []  # (what, how to stop it)
+
+
+# A run stopped with SIGTERM stops what it started too.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench: stopped"))
 
 
 @atexit.register

@@ -2,7 +2,7 @@
 //! users may bring), parsed and checked the same way by the operator and the runtime. Hashing
 //! and checking run on two threads of their own, so that argon2's memory stays bounded however
 //! many arrive at once.
-use std::{sync::Mutex, time::Duration};
+use std::time::Duration;
 
 use argon2::{
     Argon2, PasswordHasher, PasswordVerifier,
@@ -112,7 +112,7 @@ enum HashJob {
 }
 
 /// Sends a job to the hashing threads (blocks while the queue is full).
-fn queue_job(job: HashJob) -> Result<(), std::sync::mpsc::SendError<HashJob>> {
+fn queue_job(job: HashJob) -> Result<(), crossbeam_channel::SendError<HashJob>> {
     hasher().send(job)
 }
 
@@ -125,12 +125,15 @@ const KEEP_MEMORY_IDLE: Duration = Duration::from_secs(1);
 /// the system after a second without work (it is mapped on its own, see [`ROOM_BLOCKS`]), so
 /// a runtime whose clients logged in holds none of it. (Freed into glibc's heap instead, each new
 /// 19 MiB came from a fragmenting heap: 372 MiB after 1,000 hashes.)
-fn hasher() -> &'static std::sync::mpsc::SyncSender<HashJob> {
-    static QUEUE: std::sync::OnceLock<std::sync::mpsc::SyncSender<HashJob>> =
+///
+/// Each thread waits on the queue on its own (a receiver that can be shared without a lock): with
+/// one lock around a shared receiver, the thread waiting for the lock never reached its own
+/// timeout, and kept its 19 MiB until the next login.
+fn hasher() -> &'static crossbeam_channel::Sender<HashJob> {
+    static QUEUE: std::sync::OnceLock<crossbeam_channel::Sender<HashJob>> =
         std::sync::OnceLock::new();
     QUEUE.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<HashJob>(1024);
-        let rx = std::sync::Arc::new(Mutex::new(rx));
+        let (tx, rx) = crossbeam_channel::bounded::<HashJob>(1024);
         for n in 0..2 {
             let rx = rx.clone();
             let spawned = std::thread::Builder::new()
@@ -139,15 +142,11 @@ fn hasher() -> &'static std::sync::mpsc::SyncSender<HashJob> {
                     // argon2's working memory, kept and reused from one check to the next.
                     let mut blocks: Vec<argon2::Block> = Vec::new();
                     loop {
-                        let job = rx
-                            .lock()
-                            .expect("hash queue")
-                            .recv_timeout(KEEP_MEMORY_IDLE);
-                        match job {
-                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        match rx.recv_timeout(KEEP_MEMORY_IDLE) {
+                            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                                 blocks = Vec::new();
                             }
-                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
                             Ok(HashJob::Verify(hash, password, reply)) => {
                                 let ok = match &hash {
                                     PasswordHash::Argon2(phc) => {
@@ -226,7 +225,7 @@ fn hash_argon2(password: &str, salt: Option<[u8; 16]>, blocks: &mut Vec<argon2::
 
 /// Blocks a hashing thread keeps room for: 33 MiB, above the 32 MiB up to which glibc's
 /// malloc raises its threshold for mapping an allocation on its own. Memory of that size is
-/// always mapped by itself and unmapped when freed; the 19 MiB argon2 asks for would otherwise
+/// mapped by itself (unless the heap already holds that much free) and unmapped when freed; the 19 MiB argon2 asks for would otherwise
 /// stay with the allocator after the thread let it go (38 MiB of a runtime's 62 with 1,000 IDLE
 /// sessions, all logged in during the first second). Only the blocks used are touched, so the
 /// rest of the room costs address space, not memory.

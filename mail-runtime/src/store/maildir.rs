@@ -1125,15 +1125,16 @@ fn read_listed(
 
 /// A message file's header, up to and including the blank line that ends it (the whole file
 /// when there is none): one open and, for most messages, one read, where reading the whole
-/// file also asks its size and reads again to find its end.
+/// file also asks its size and reads again to find its end. Each read after the first asks for
+/// as much as was read before, so a large file without a blank line takes few reads.
 fn read_head(path: PathBuf) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    const CHUNK: usize = 16 * 1024;
+    const FIRST: usize = 16 * 1024;
     let mut file = fs::File::open(path)?;
     let mut head = Vec::new();
     loop {
         let start = head.len();
-        head.resize(start + CHUNK, 0);
+        head.resize(start + FIRST.max(start), 0);
         let n = file.read(&mut head[start..])?;
         head.truncate(start + n);
         if let Some((_, end)) = crate::header::split_from(&head, start.saturating_sub(3)) {
@@ -1447,9 +1448,6 @@ mod tests {
         assert_eq!(inbox.messages.last().map(|m| m.uid), Some(3));
     }
 
-    /// A UID file gone while serving is a storage error, never UIDVALIDITY 1: an expunge used
-    /// to write the default back, and every client's cache was wrong from then on. A restart
-    /// repairs it loudly, with a new UIDVALIDITY.
     #[test]
     fn a_header_is_read_to_its_empty_line_wherever_the_reads_end() {
         let tmp = tempfile::tempdir().expect("tmp");
@@ -1484,6 +1482,9 @@ mod tests {
         }
     }
 
+    /// A UID file gone while serving is a storage error, never UIDVALIDITY 1: an expunge used
+    /// to write the default back, and every client's cache was wrong from then on. A restart
+    /// repairs it loudly, with a new UIDVALIDITY.
     #[test]
     fn a_uid_file_gone_while_serving_is_an_error_not_a_default() {
         let tmp = tempfile::tempdir().expect("tmp");
