@@ -112,6 +112,17 @@ async fn connect(port: u16) -> Result<Tls> {
     ))
 }
 
+/// Connects over TLS and reads the greeting, which must start with `ok`.
+async fn greeted(port: u16, ok: &[u8]) -> Result<Tls> {
+    let mut stream = connect(port).await?;
+    let mut buf = Vec::new();
+    line(&mut stream, &mut buf).await?;
+    if !buf.starts_with(ok) {
+        bail!("greeting: {}", String::from_utf8_lossy(&buf).trim_end());
+    }
+    Ok(stream)
+}
+
 /// One line, CRLF included; a closed connection is an error.
 async fn line(stream: &mut Tls, buf: &mut Vec<u8>) -> Result<()> {
     buf.clear();
@@ -184,12 +195,7 @@ async fn imap(
     from_connect: bool,
 ) -> Result<String> {
     let start = Instant::now();
-    let mut stream = connect(login.port).await?;
-    let mut buf = Vec::new();
-    line(&mut stream, &mut buf).await?;
-    if !buf.starts_with(b"* OK") {
-        bail!("greeting: {}", String::from_utf8_lossy(&buf).trim_end());
-    }
+    let mut stream = greeted(login.port, b"* OK").await?;
     let mut seen = Seen::default();
     let login_command = format!("l LOGIN \"{}\" \"{}\"\r\n", login.user, login.password);
     stream.get_mut().write_all(login_command.as_bytes()).await?;
@@ -257,12 +263,7 @@ async fn pop3_command(stream: &mut Tls, command: &str, multi: bool) -> Result<u6
 
 async fn pop3(login: &Login, retr: Option<u32>) -> Result<String> {
     let start = Instant::now();
-    let mut stream = connect(login.port).await?;
-    let mut buf = Vec::new();
-    line(&mut stream, &mut buf).await?;
-    if !buf.starts_with(b"+OK") {
-        bail!("greeting: {}", String::from_utf8_lossy(&buf).trim_end());
-    }
+    let mut stream = greeted(login.port, b"+OK").await?;
     pop3_command(&mut stream, &format!("USER {}", login.user), false).await?;
     pop3_command(&mut stream, &format!("PASS {}", login.password), false).await?;
     let out = match retr {
