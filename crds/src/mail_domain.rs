@@ -578,7 +578,11 @@ pub struct MailDomainStatus {
     /// config), one condition per protocol probe (`SMTPReady`, `SubmissionReady`, `IMAPReady`,
     /// `POP3Ready`), `ConfigServed` (the runtime serves the revision written), `TLSReady`,
     /// `RelayPolicyFound` when a RelayPolicy is named, `CatchAllFound` when a catch-all is set,
-    /// and `ConfigValid=False` while a rendered config is refused. While not Ready, kstatus's `Reconciling`
+    /// `ConfigValid=False` while a rendered config is refused, and `OpenRelay` from the
+    /// operator's relay attempt through port 25 without a login (True, with a Warning event,
+    /// when the runtime accepted a recipient in another domain; not part of Ready), and
+    /// `DNSVerified` with the operator's `--dns-check` (each record of `dnsRecords` resolved
+    /// and compared; False names each missing or wrong record). While not Ready, kstatus's `Reconciling`
     /// (waiting: for a Secret, a domain, the runtime) or `Stalled` (a change by the user is
     /// needed: an invalid config, a duplicate address, a Secret without its key, ...) says which,
     /// present only while True, as Flux and Argo CD read them.

@@ -90,7 +90,9 @@ pub struct RelayAllow {
     /// Mailboxes that logged in (SMTP AUTH over TLS) may relay. Defaults to true.
     #[serde(default = "crate::mail_domain::default_true")]
     pub authenticated_users: bool,
-    /// Client networks that may relay without logging in, such as `10.42.0.0/16`.
+    /// Client networks that may relay without logging in, such as `192.0.2.0/28`: as narrow as
+    /// the senders (a /16 or wider is flagged `WideClientNetworks`; pods are better chosen by
+    /// `podSelector`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 3, max = 43)))]
     #[x_kube(validation = kube::core::Rule::new("self.all(c, isCIDR(c))").message("every entry of clientCIDRs must be a network in CIDR notation such as 10.0.0.0/8"), merge_strategy = kube::core::ListMerge::Set)]
@@ -294,7 +296,9 @@ pub struct RelayPolicyStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, and `SmarthostReachable` from a probe of the smarthost when one is set. While not Ready, kstatus's `Reconciling`
+    /// `Ready`, `SmarthostReachable` from a probe of the smarthost when one is set, and
+    /// `WideClientNetworks` (True, with a Warning event, when a `clientCIDRs` entry is an IPv4 /16
+    /// or an IPv6 /48 or wider: a whole pod network, or everyone). While not Ready, kstatus's `Reconciling`
     /// (waiting: for a Secret, a domain, the runtime) or `Stalled` (a change by the user is
     /// needed: an invalid config, a duplicate address, a Secret without its key, ...) says which,
     /// present only while True, as Flux and Argo CD read them.

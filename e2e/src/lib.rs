@@ -20,6 +20,7 @@
 mod cluster;
 mod control_plane;
 mod crds;
+mod dns;
 mod namespace;
 mod peers;
 mod pki;
@@ -30,6 +31,7 @@ mod tools;
 pub use cluster::{Cluster, Images};
 pub use control_plane::ControlPlane;
 pub use crds::install_crds;
+pub use dns::Dns;
 pub use namespace::{TestNamespace, with_namespace};
 pub use peers::{Peers, Scanners};
 pub use tools::{Tools, workspace_binary, workspace_root};

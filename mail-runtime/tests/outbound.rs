@@ -11,7 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Dev, client_script, dns::Dns, patch_config, run};
+use common::{Dev, client_script, patch_config, run};
+use kubemail_e2e::Dns;
 
 const ALICE: &str = "alice@example.test";
 

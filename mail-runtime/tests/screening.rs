@@ -7,7 +7,8 @@ mod common;
 
 use std::process::Command;
 
-use common::{Dev, client_script, dns::Dns, patch_config};
+use common::{Dev, client_script, patch_config};
+use kubemail_e2e::Dns;
 use kubemail_e2e::Scanners;
 
 const ALICE: &str = "alice@example.test";

@@ -47,6 +47,23 @@ pub mod reason {
     pub const INVALID_CONFIG: &str = "InvalidConfig";
     /// Something this condition depends on is not ready.
     pub const NOT_READY: &str = "NotReady";
+    /// The open-relay self-test: the runtime took a foreign recipient from a client that had
+    /// not logged in.
+    pub const RELAY_ACCEPTED: &str = "RelayAccepted";
+    /// The open-relay self-test: the runtime refused to relay.
+    pub const RELAY_REFUSED: &str = "RelayRefused";
+    /// The open-relay self-test could not reach a verdict (no answer, a temporary refusal).
+    pub const RELAY_TEST_INCONCLUSIVE: &str = "RelayTestInconclusive";
+    /// Every DNS record status lists resolves as it should.
+    pub const RECORDS_VERIFIED: &str = "RecordsVerified";
+    /// Some DNS records status lists are missing or wrong.
+    pub const RECORDS_WRONG: &str = "RecordsWrong";
+    /// The resolver the DNS checks use did not answer.
+    pub const DNS_UNREACHABLE: &str = "DNSUnreachable";
+    /// A RelayPolicy lets networks at least as wide as the warning threshold relay.
+    pub const WIDE_NETWORKS: &str = "WideNetworks";
+    /// A RelayPolicy's client networks are all narrower than the threshold (or there are none).
+    pub const NARROW_NETWORKS: &str = "NarrowNetworks";
 }
 
 /// Condition types, as the three kinds' status docs name them.
@@ -96,6 +113,29 @@ pub mod types {
     pub const CREDENTIALS_FOUND: &str = "CredentialsFound";
     /// RelayPolicy: its smarthost answers.
     pub const SMARTHOST_REACHABLE: &str = "SmarthostReachable";
+    /// MailDomain: the open-relay self-test (port 25, from the operator, without a login). True
+    /// is the problem: the runtime relays for anyone who can reach it from there.
+    pub const OPEN_RELAY: &str = "OpenRelay";
+    /// MailDomain: each record of `status.dnsRecords` resolves as it should (only with the
+    /// operator's `--dns-check`).
+    pub const DNS_VERIFIED: &str = "DNSVerified";
+    /// RelayPolicy: True when a `clientCIDRs` entry is an IPv4 /16 or an IPv6 /48 or wider
+    /// (`0.0.0.0/0`, a whole pod network): every address in it may relay without a login.
+    pub const WIDE_CLIENT_NETWORKS: &str = "WideClientNetworks";
+}
+
+/// Condition types whose True is the problem (the Kubernetes conventions prefer the other
+/// polarity; these two name the danger as users search for it).
+const TRUE_IS_BAD: &[&str] = &[types::OPEN_RELAY, types::WIDE_CLIENT_NETWORKS];
+
+/// Whether a condition reports a problem: False (or Unknown) for most types, True for those
+/// that name a danger.
+pub fn is_bad(c: &Condition) -> bool {
+    if TRUE_IS_BAD.contains(&c.type_.as_str()) {
+        c.status == "True"
+    } else {
+        c.status != "True"
+    }
 }
 
 pub use types::{RECONCILING, STALLED};
@@ -125,7 +165,7 @@ pub fn set_kstatus(
     conditions.retain(|c| c.type_ != RECONCILING && c.type_ != STALLED);
     let failing: Vec<&Condition> = conditions
         .iter()
-        .filter(|c| c.type_ != types::READY && c.status != "True")
+        .filter(|c| c.type_ != types::READY && is_bad(c))
         .collect();
     let ready = is_true(conditions, types::READY);
     if ready {
@@ -170,6 +210,21 @@ pub fn set(
     generation: Option<i64>,
 ) {
     let status = if ok { "True" } else { "False" };
+    set_status(
+        conditions, previous, type_, status, reason, message, generation,
+    );
+}
+
+/// [`set`] with the status as a word: `True`, `False` or `Unknown`.
+pub fn set_status(
+    conditions: &mut Vec<Condition>,
+    previous: &[Condition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+) {
     let since = previous
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
@@ -197,7 +252,7 @@ pub fn transitions<'a>(previous: &[Condition], current: &'a [Condition]) -> Vec<
             Some(p) => p.status != c.status,
             // A new object that is only not ready yet is making progress, not a problem: no
             // Warning for it (10,000 Mailboxes created at once would write 10,000 events).
-            None => c.status != "True" && c.reason != reason::NOT_READY,
+            None => is_bad(c) && c.reason != reason::NOT_READY,
         })
         .collect()
 }

@@ -5,6 +5,7 @@
 
 pub mod conditions;
 pub mod controller;
+pub mod dns_check;
 pub mod error;
 pub mod health;
 pub mod keys;

@@ -44,6 +44,14 @@ struct Args {
     /// figures (each MailDomain's runtime is read every 30 s).
     #[arg(long, value_name = "SECONDS", default_value = "300", value_parser = parse_seconds)]
     usage_interval: Duration,
+    /// Check each MailDomain's DNS records (`DNSVerified`) through `cluster` (the pod's
+    /// resolver) or these servers (`IP[:PORT],...`); `off` for no checks.
+    #[arg(long, value_name = "RESOLVER", default_value = "off")]
+    dns_check: kubemail_operator::dns_check::Source,
+    /// Check a verified domain's records again after this many seconds (one with a problem
+    /// every minute).
+    #[arg(long, value_name = "SECONDS", default_value = "600", value_parser = parse_interval)]
+    dns_check_interval: Duration,
     /// /healthz, /readyz and /metrics; `off` to disable.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8081", value_parser = parse_health)]
     health_addr: HealthAddr,
@@ -58,6 +66,15 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
         Ok(s) if s.is_finite() && s > 0.0 && s <= 600.0 => Ok(Duration::from_secs_f64(s)),
         _ => Err(format!(
             "{text:?} is not a number of seconds between 0 and 600"
+        )),
+    }
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    match text.parse::<u64>() {
+        Ok(s) if (1..=86_400).contains(&s) => Ok(Duration::from_secs(s)),
+        _ => Err(format!(
+            "{text:?} is not a whole number of seconds between 1 and 86400"
         )),
     }
 }
@@ -96,6 +113,8 @@ fn main() -> ExitCode {
         probe_host_override: args.probe_host_override,
         probe_timeout: args.probe_timeout,
         usage_every: args.usage_interval,
+        dns_check: args.dns_check,
+        dns_check_every: args.dns_check_interval,
     };
     // None: every namespace.
     let namespaces = args.namespaces;
@@ -212,9 +231,20 @@ mod tests {
             "kubemail-system",
             "--health-addr",
             "127.0.0.1:0",
+            "--dns-check",
+            "127.0.0.1:5353",
+            "--dns-check-interval",
+            "3600",
         ])
         .expect("parses");
         assert_eq!(args.namespaces, ["a", "b"]);
+        assert_eq!(
+            args.dns_check,
+            kubemail_operator::dns_check::Source::Servers(vec![
+                "127.0.0.1:5353".parse().expect("addr")
+            ])
+        );
+        assert_eq!(args.dns_check_interval.as_secs(), 3600);
         assert!(args.health_addr.0.is_some());
         let defaults = Args::try_parse_from(["kubemail-operator"]).expect("parses");
         assert_eq!(defaults.probe_timeout, std::time::Duration::from_secs(3));

@@ -221,6 +221,13 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
         tokio::spawn(claim_metadata),
         tokio::spawn(deployment_metadata),
     ];
+    let dns = match crate::dns_check::Checker::new(&options.dns_check, options.dns_check_every) {
+        Ok(checker) => checker.map(Arc::new),
+        Err(err) => {
+            tracing::error!(error = %err, "DNS checks are off: no resolver");
+            None
+        }
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         options,
@@ -247,6 +254,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
                 instance: std::env::var("POD_NAME").ok(),
             },
         ),
+        dns,
     });
 
     // Which RelayPolicies take their smarthost credentials from a Secret: a Secret that

@@ -1322,14 +1322,10 @@ fn raw_contains_plaintext(raw: &kubemail_config::RawConfig, secret: &str) -> boo
 /// the operator rendered, with its HTTP and SMTP listeners there) reaches each Mailbox's
 /// status, and the writes are bounded: one per Mailbox for its first figures, and none while
 /// the usage interval has not passed, however much mail arrives.
-#[tokio::test]
-async fn usage_reaches_status_in_bounded_writes() {
-    use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, watcher};
-    const COUNT: usize = 250;
-    // A loopback address of this run's own: another test's runtime (or one a killed run left
-    // behind) never answers for this one.
-    let host = format!(
+/// A loopback address of this run's own: another test's runtime (or one a killed run left
+/// behind) never answers for this one.
+fn own_loopback() -> String {
+    format!(
         "127.{}.{}.{}",
         std::process::id() % 200 + 20,
         std::process::id() / 200 % 250 + 1,
@@ -1338,7 +1334,77 @@ async fn usage_reaches_status_in_bounded_writes() {
             .map_or(0, |d| d.subsec_nanos())
             % 250
             + 1
-    );
+    )
+}
+
+/// Writes the rendered config as the runtime reads it on this machine: a certificate of its
+/// own, its files under `dir`, no sender checks over the network, only SMTP and HTTP, on
+/// `host`. Writing it again (after the operator rendered a new revision) is a live reload.
+fn write_runtime_config(raw: &mut kubemail_config::RawConfig, dir: &std::path::Path, host: &str) {
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    if !cert.exists() {
+        let made = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=mail.example.test", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl");
+        assert!(made.status.success());
+    }
+    raw.tls.cert_file = cert;
+    raw.tls.key_file = key;
+    raw.storage.path = dir.join("data");
+    raw.inbound.verify = false;
+    raw.dkim = None;
+    raw.listeners.retain(|l| {
+        matches!(
+            l.protocol,
+            kubemail_config::ListenerProtocol::Smtp | kubemail_config::ListenerProtocol::Http
+        )
+    });
+    for l in &mut raw.listeners {
+        let port = l.address.rsplit_once(':').map(|(_, p)| p.to_string());
+        l.address = format!("{host}:{}", port.expect("a port"));
+    }
+    // Written beside and renamed, as the kubelet swaps a Secret volume's files: the runtime
+    // never reads half a file.
+    let file = dir.join("runtime.yaml");
+    let next = dir.join("runtime.yaml.next");
+    std::fs::write(&next, serde_yaml_ng::to_string(&raw).expect("yaml")).expect("write");
+    std::fs::rename(&next, &file).expect("rename");
+}
+
+/// The runtime serving the rendered config on `host` (see [`write_runtime_config`]), killed
+/// when dropped.
+fn serve_on_loopback(
+    raw: &mut kubemail_config::RawConfig,
+    dir: &std::path::Path,
+    host: &str,
+) -> Operator {
+    write_runtime_config(raw, dir, host);
+    let runtime = kubemail_e2e::workspace_binary("mail-runtime", "KUBEMAIL_RUNTIME_BIN")
+        .expect("the runtime binary (cargo build --bins)");
+    Operator(
+        Command::new(runtime)
+            .args(["serve", "--config"])
+            .arg(dir.join("runtime.yaml"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("mail-runtime serve"),
+    )
+}
+
+#[tokio::test]
+async fn usage_reaches_status_in_bounded_writes() {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    const COUNT: usize = 250;
+    let host = own_loopback();
     let host = host.as_str();
     let (client, ns) = setup(BTreeMap::new()).await;
     let ns = ns.name;
@@ -1387,47 +1453,7 @@ async fn usage_reaches_status_in_bounded_writes() {
 
     // The runtime, as the pod would run it, on this machine's loopback.
     let dir = tempfile::tempdir().expect("tmp");
-    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    let made = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=mail.example.test", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(made.status.success());
-    raw.tls.cert_file = cert;
-    raw.tls.key_file = key;
-    raw.storage.path = dir.path().join("data");
-    raw.inbound.verify = false;
-    raw.dkim = None;
-    raw.listeners.retain(|l| {
-        matches!(
-            l.protocol,
-            kubemail_config::ListenerProtocol::Smtp | kubemail_config::ListenerProtocol::Http
-        )
-    });
-    for l in &mut raw.listeners {
-        let port = l.address.rsplit_once(':').map(|(_, p)| p.to_string());
-        l.address = format!("{host}:{}", port.expect("a port"));
-    }
-    let file = dir.path().join("runtime.yaml");
-    std::fs::write(&file, serde_yaml_ng::to_string(&raw).expect("yaml")).expect("write");
-    let runtime = kubemail_e2e::workspace_binary("mail-runtime", "KUBEMAIL_RUNTIME_BIN")
-        .expect("the runtime binary (cargo build --bins)");
-    // Killed when dropped, like the operator, also when an assertion fails.
-    let served = Operator(
-        Command::new(runtime)
-            .args(["serve", "--config"])
-            .arg(&file)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("mail-runtime serve"),
-    );
+    let served = serve_on_loopback(&mut raw, dir.path(), host);
 
     // Every write of a usage, as a watch sees it.
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(Instant, String)>::new()));
@@ -1768,5 +1794,265 @@ async fn scanners_are_probed_for_real_and_the_learning_password_needs_its_label(
     assert!(
         !message.contains("rspamd"),
         "rspamd still answers: {message}"
+    );
+}
+
+/// The text of `kubectl describe` for one object, events included.
+fn describe(kind: &str, name: &str, ns: &str) -> String {
+    let out = ControlPlane::shared()
+        .kubectl()
+        .args(["describe", kind, name, "-n", ns])
+        .output()
+        .expect("kubectl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The open-relay self-test, against the runtime serving the rendered config: a RelayPolicy
+/// that lets 0.0.0.0/0 relay turns `OpenRelay` True with a Warning event (and is flagged on
+/// the policy itself); narrowing it turns both False. The test's relay attempts never get past
+/// RCPT: nothing is queued.
+#[tokio::test]
+async fn an_open_relay_is_found_by_the_self_test_and_a_wide_policy_is_flagged() {
+    let host = own_loopback();
+    let host = host.as_str();
+    let (client, ns) = setup(BTreeMap::new()).await;
+    let ns = ns.name;
+    let _operator = Operator::start_with(
+        ControlPlane::shared(),
+        &[&ns],
+        "off",
+        &["--probe-host-override", host],
+    );
+    let policy = |cidrs: &[&str]| {
+        json!({"apiVersion": "kubemail.io/v1alpha1", "kind": "RelayPolicy",
+               "metadata": {"name": "apps"}, "spec": {"allow": {"clientCIDRs": cidrs}}})
+    };
+    apply(&client, &ns, policy(&["0.0.0.0/0"])).await;
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": "kubemail.io/v1alpha1", "kind": "MailDomain",
+               "metadata": {"name": "example"},
+               "spec": {"domain": "example.test", "dkim": {"enabled": false},
+                        "relayPolicyRef": {"name": "apps"}}}),
+    )
+    .await;
+    let (status, reason) = eventually("the policy's wide network is flagged", || async {
+        relay_condition(&client, &ns, "WideClientNetworks").await
+    })
+    .await;
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "WideNetworks"));
+    let (_, mut raw, _) = eventually("the open policy rendered", || async {
+        config(&client, &ns)
+            .await
+            .filter(|(_, raw, _)| raw.relay.client_networks.iter().any(|n| n == "0.0.0.0/0"))
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let _runtime = serve_on_loopback(&mut raw, dir.path(), host);
+
+    let (_, reason) = eventually("OpenRelay turns True", || async {
+        domain_condition(&client, &ns, "OpenRelay")
+            .await
+            .filter(|(s, _)| s == "True")
+    })
+    .await;
+    assert_eq!(reason, "RelayAccepted");
+    eventually("a Warning event names the open relay", || async {
+        describe("maildomain", "example", &ns)
+            .contains("Warning  OpenRelay ")
+            .then_some(())
+    })
+    .await;
+    // Ready stays about whether mail works; the open relay is its own condition.
+    let md = Api::<MailDomain>::namespaced(client.clone(), &ns)
+        .get("example")
+        .await
+        .expect("get");
+    let open = md
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "OpenRelay"))
+        .expect("OpenRelay");
+    assert!(
+        open.message.contains("250") && open.message.contains("clientCIDRs"),
+        "{}",
+        open.message
+    );
+
+    // Narrowed to a documentation network: the runtime (reloaded) refuses, the flag goes.
+    apply(&client, &ns, policy(&["192.0.2.0/24"])).await;
+    let (_, mut raw, _) = eventually("the narrowed policy rendered", || async {
+        config(&client, &ns)
+            .await
+            .filter(|(_, raw, _)| raw.relay.client_networks == ["192.0.2.0/24".to_string()])
+    })
+    .await;
+    write_runtime_config(&mut raw, dir.path(), host);
+    let (_, reason) = eventually("OpenRelay turns False", || async {
+        domain_condition(&client, &ns, "OpenRelay")
+            .await
+            .filter(|(s, _)| s == "False")
+    })
+    .await;
+    assert_eq!(reason, "RelayRefused");
+    let (status, reason) = eventually("the flag goes", || async {
+        relay_condition(&client, &ns, "WideClientNetworks")
+            .await
+            .filter(|(s, _)| s == "False")
+    })
+    .await;
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "NarrowNetworks")
+    );
+    eventually("a Normal event says it is closed", || async {
+        describe("maildomain", "example", &ns)
+            .contains("Normal   OpenRelayFalse")
+            .then_some(())
+    })
+    .await;
+    // Nothing the tests sent was queued: they stopped at RCPT.
+    let queue = dir.path().join("data/queue");
+    let queued: Vec<_> = std::fs::read_dir(&queue)
+        .expect("the runtime's queue directory")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(queued.is_empty(), "queued: {queued:?}");
+}
+
+/// dnsmasq's options serving `records` as status lists them (names without the final dot; TXT
+/// values in strings of at most 255 bytes, as a DKIM key is published; on dnsmasq's command
+/// line a quote is part of the text, and none of these values has a comma).
+fn zone(records: &[kubemail_crds::mail_domain::DnsRecord]) -> Vec<String> {
+    let bare = |name: &str| name.trim_end_matches('.').to_string();
+    records
+        .iter()
+        .map(|r| match r.type_.as_str() {
+            "MX" => {
+                let (preference, host) = r.value.split_once(' ').expect("MX value");
+                format!("--mx-host={},{},{preference}", bare(&r.name), bare(host))
+            }
+            "TXT" => {
+                let strings: Vec<String> = r
+                    .value
+                    .as_bytes()
+                    .chunks(255)
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .collect();
+                format!("--txt-record={},{}", bare(&r.name), strings.join(","))
+            }
+            "SRV" => {
+                let v: Vec<&str> = r.value.split_whitespace().collect();
+                format!(
+                    "--srv-host={},{},{},{},{}",
+                    bare(&r.name),
+                    bare(v[3]),
+                    v[2],
+                    v[0],
+                    v[1]
+                )
+            }
+            other => panic!("no zone line for {other}"),
+        })
+        .collect()
+}
+
+/// `DNSVerified` against dnsmasq on loopback: nothing published (False), the records status
+/// lists (True), then a stale DKIM key and no MX (False, naming both).
+#[tokio::test]
+async fn dns_records_are_verified_against_the_zone_as_served() {
+    let mut dns = kubemail_e2e::Dns::start(&[]);
+    let host = own_loopback();
+    let (client, ns) = setup(BTreeMap::new()).await;
+    let ns = ns.name;
+    let _operator = Operator::start_with(
+        ControlPlane::shared(),
+        &[&ns],
+        "off",
+        &[
+            "--probe-host-override",
+            &host,
+            "--dns-check",
+            &format!("127.0.0.1:{}", dns.port),
+            "--dns-check-interval",
+            "2",
+        ],
+    );
+    apply(
+        &client,
+        &ns,
+        json!({"apiVersion": "kubemail.io/v1alpha1", "kind": "MailDomain",
+               "metadata": {"name": "example"},
+               "spec": {"domain": "example.test"}}),
+    )
+    .await;
+    let message = |client: Client, ns: String| async move {
+        let md = Api::<MailDomain>::namespaced(client, &ns)
+            .get_opt("example")
+            .await
+            .ok()??;
+        let c = md
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "DNSVerified")?;
+        Some((c.status, c.reason, c.message))
+    };
+    let (_, reason, text) = eventually("DNSVerified False with nothing published", || {
+        message(client.clone(), ns.clone())
+    })
+    .await;
+    assert_eq!(reason, "RecordsWrong", "{text}");
+    assert!(text.contains("MX MX example.test.: missing"), "{text}");
+
+    let records = Api::<MailDomain>::namespaced(client.clone(), &ns)
+        .get("example")
+        .await
+        .expect("get")
+        .status
+        .expect("status")
+        .dns_records;
+    assert!(records.iter().any(|r| r.purpose == "DKIM"), "{records:?}");
+    dns.restart(&zone(&records));
+    let (_, reason, text) = eventually("DNSVerified True once published", || async {
+        message(client.clone(), ns.clone())
+            .await
+            .filter(|(s, ..)| s == "True")
+    })
+    .await;
+    assert_eq!(reason, "RecordsVerified");
+    assert!(
+        text.contains(&format!("all {} records", records.len())),
+        "{text}"
+    );
+
+    // A stale DKIM key (as after a rotation published nowhere) and the MX forgotten.
+    let stale: Vec<_> = records
+        .iter()
+        .filter(|r| r.type_ != "MX")
+        .cloned()
+        .map(|mut r| {
+            if r.purpose == "DKIM" {
+                r.value =
+                    "v=DKIM1; k=rsa; p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAstale".into();
+            }
+            r
+        })
+        .collect();
+    dns.restart(&zone(&stale));
+    let (_, reason, text) = eventually("DNSVerified False, naming both", || async {
+        message(client.clone(), ns.clone())
+            .await
+            .filter(|(s, ..)| s == "False")
+    })
+    .await;
+    assert_eq!(reason, "RecordsWrong");
+    assert!(text.starts_with("2 of the records"), "{text}");
+    assert!(text.contains("MX MX example.test.: missing"), "{text}");
+    assert!(
+        text.contains("DKIM TXT kubemail._domainkey.example.test.: another key is published"),
+        "{text}"
     );
 }

@@ -5,6 +5,7 @@
 //!
 //! A probe passes when the greeting is positive and, unless the port is implicit TLS, STARTTLS
 //! (STLS) is advertised and negotiated. Deep mode also logs in.
+mod relay;
 mod round_trip;
 
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use tokio::{
 };
 use tokio_rustls::TlsConnector;
 
+pub use relay::{RelayVerdict, relay_attempt};
 pub use round_trip::{RoundTrip, round_trip};
 
 /// The protocol to probe.

@@ -3,7 +3,6 @@
 //! curl and Python, run as programs).
 #![allow(dead_code)]
 
-pub mod dns;
 pub mod imap;
 
 use std::{

@@ -317,6 +317,9 @@ async fn reconcile_once(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action
         .get_opt(&md.name_any())
         .await?;
     let Some(stored) = stored else {
+        if let Some(checker) = &ctx.dns {
+            checker.forget(&(ns.clone(), md.name_any()));
+        }
         return Ok(Action::await_change());
     };
     let previous = stored.status.clone().unwrap_or_default();
@@ -324,7 +327,20 @@ async fn reconcile_once(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action
     let referred = dereference(&ctx, &md, &ns).await?;
     let desired = build(&md, &referred, &ctx.options.runtime);
     let marked = apply(&ctx, &md, &ns, &desired, &previous).await?;
-    let observed = observe(&ctx, &md, &ns, &desired, marked, &previous).await;
+    let mut observed = observe(
+        &ctx,
+        &md,
+        &ns,
+        &desired,
+        marked,
+        &previous,
+        referred.relay.as_ref(),
+    )
+    .await;
+    if let Some(checker) = &ctx.dns {
+        let records = dns::records(&md, referred.dkim_public.as_deref());
+        observed.dns = Some(checker.verdict((ns.clone(), md.name_any()), &records).await);
+    }
     let status = status_of(&md, &previous, &referred, &desired, &observed);
 
     // Written only when it changed: an unchanged domain makes no writes.
@@ -675,6 +691,10 @@ struct Observed {
     /// Whether the content scanners answer (`None`: none configured): what answered, or what
     /// did not.
     scanners: Option<Result<String, String>>,
+    /// The open-relay self-test through port 25 (`None`: port 25 is not served).
+    relay_test: Option<probe::RelayVerdict>,
+    /// The DNS records as resolved (`None`: DNS checks are off).
+    dns: Option<crate::dns_check::Verdict>,
 }
 
 /// The protocol groups, each one condition.
@@ -712,6 +732,7 @@ async fn observe(
     desired: &Desired,
     marked: bool,
     previous: &MailDomainStatus,
+    relay: Option<&RelayPolicy>,
 ) -> Observed {
     let names = Names::of(md);
     let host = ctx
@@ -810,12 +831,59 @@ async fn observe(
         probes.push(group);
     }
     let scanners = scanners_answer(&md.spec.inbound, ctx.options.probe_timeout).await;
+    let relay_test = match targets.iter().find(|(_, p, ..)| *p == Protocol::Smtp) {
+        Some((.., address)) => {
+            let (from, to) = relay_test_addresses(md, relay);
+            Some(probe::relay_attempt(address, &from, &to, ctx.options.probe_timeout).await)
+        }
+        None => None,
+    };
     Observed {
         served,
         probes,
         scanners,
         queued,
+        relay_test,
+        dns: None,
     }
+}
+
+/// The envelope of the open-relay self-test: a sender the RelayPolicy allows (its first sender
+/// domain, else the domain itself: a forged sender costs an outsider nothing) and a recipient
+/// in a domain this MailDomain does not serve (the policy's first such recipient domain, else a
+/// reserved example domain). The test never gets past RCPT.
+fn relay_test_addresses(md: &MailDomain, relay: Option<&RelayPolicy>) -> (String, String) {
+    let served = |d: &str| {
+        d.eq_ignore_ascii_case(&md.spec.domain)
+            || md
+                .spec
+                .alias_domains
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(d))
+    };
+    let sender = relay
+        .and_then(|r| r.spec.sender_domains.first())
+        .map_or(md.spec.domain.as_str(), String::as_str);
+    let listed = relay
+        .map(|r| r.spec.recipient_domains.as_slice())
+        .unwrap_or_default();
+    let recipient = if listed.is_empty() {
+        ["example.net", "example.org", "example.com"]
+            .into_iter()
+            .find(|d| !served(d))
+            .unwrap_or("relay-test.invalid")
+    } else {
+        // Only these domains can be relayed to; one of them served here is local delivery.
+        listed
+            .iter()
+            .map(String::as_str)
+            .find(|d| !served(d))
+            .unwrap_or("relay-test.invalid")
+    };
+    (
+        format!("kubemail-relay-test@{sender}"),
+        format!("kubemail-relay-test@{recipient}"),
+    )
 }
 
 /// Whether the MailDomain's clamd (`PING`) and rspamd's workers (`/ping`) answer.
@@ -1017,8 +1085,77 @@ fn status_of(
         ),
         (None, _) => {}
     }
+    // Not part of Ready either: the domain works, and the condition (with a Warning event)
+    // says for whom it works too well.
+    let mut set_status = |type_: &str, status: &str, reason: &str, message: String| {
+        conditions::set_status(
+            &mut conditions,
+            &previous.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            generation,
+        )
+    };
+    match &observed.relay_test {
+        Some(probe::RelayVerdict::Accepted(reply)) => set_status(
+            types::OPEN_RELAY,
+            "True",
+            reason::RELAY_ACCEPTED,
+            format!(
+                "the runtime accepted a recipient in another domain from the operator's address \
+                 without a login ({reply}): anyone who can reach port 25 from there can send \
+                 mail through it; check the RelayPolicy's clientCIDRs and podSelector"
+            ),
+        ),
+        Some(probe::RelayVerdict::Refused(reply)) => set_status(
+            types::OPEN_RELAY,
+            "False",
+            reason::RELAY_REFUSED,
+            format!(
+                "a relay attempt without a login from the operator's address was refused ({reply})"
+            ),
+        ),
+        Some(probe::RelayVerdict::Unknown(why)) => set_status(
+            types::OPEN_RELAY,
+            "Unknown",
+            reason::RELAY_TEST_INCONCLUSIVE,
+            format!("the open-relay self-test had no verdict: {why}"),
+        ),
+        None => {}
+    }
+    // Not part of Ready: mail within the cluster works without DNS, and outside senders'
+    // troubles are the condition's message.
+    match &observed.dns {
+        Some(crate::dns_check::Verdict::Verified(n)) => set_status(
+            types::DNS_VERIFIED,
+            "True",
+            reason::RECORDS_VERIFIED,
+            format!("all {n} records of status.dnsRecords resolve as they should"),
+        ),
+        Some(crate::dns_check::Verdict::Wrong(problems)) => set_status(
+            types::DNS_VERIFIED,
+            "False",
+            reason::RECORDS_WRONG,
+            format!(
+                "{} of the records in status.dnsRecords are missing or wrong: {}",
+                problems.len(),
+                problems.join("; ")
+            ),
+        ),
+        Some(crate::dns_check::Verdict::Unreachable(why)) => set_status(
+            types::DNS_VERIFIED,
+            "Unknown",
+            reason::DNS_UNREACHABLE,
+            format!("the resolver did not answer: {why}"),
+        ),
+        None => {}
+    }
     // Conditions about things no longer there go.
     conditions.retain(|c| match c.type_.as_str() {
+        types::OPEN_RELAY => observed.relay_test.is_some(),
+        types::DNS_VERIFIED => observed.dns.is_some(),
         types::SCANNERS_REACHABLE => observed.scanners.is_some(),
         types::RELAY_POLICY_FOUND => referred.relay_policy.is_some(),
         types::CATCH_ALL_FOUND => desired.catch_all.is_some(),
@@ -1032,7 +1169,7 @@ fn status_of(
         && observed.probes.iter().all(|p| p.failures.is_empty());
     let failing: Vec<String> = conditions
         .iter()
-        .filter(|c| c.type_ != types::READY && c.status != "True")
+        .filter(|c| c.type_ != types::READY && conditions::is_bad(c))
         .map(|c| c.type_.clone())
         .collect();
     conditions::set(
@@ -1282,9 +1419,11 @@ mod tests {
     mod status {
         use kubemail_crds::{Condition, MailDomainStatus};
 
+        use kubemail_probe as probe;
+
         use super::super::{Desired, Observed, Probed, Referred, build, status_of};
         use crate::{
-            conditions::{reason, types},
+            conditions::{self, reason, types},
             render::{fixtures, objects::RuntimeOptions},
         };
 
@@ -1318,6 +1457,10 @@ mod tests {
                 ],
                 queued: Some(0),
                 scanners: None,
+                relay_test: Some(probe::RelayVerdict::Refused(
+                    "RCPT 550 5.7.1 relaying denied".into(),
+                )),
+                dns: None,
             }
         }
 
@@ -1372,6 +1515,49 @@ mod tests {
                     .all(|c| c.observed_generation == Some(3))
             );
             assert!(status.conditions.is_sorted_by(|a, b| a.type_ <= b.type_));
+        }
+
+        #[test]
+        fn an_open_relay_is_named_and_a_warning_without_taking_ready_away() {
+            let md = fixtures::domain();
+            let referred = healthy();
+            let desired = desired(&referred);
+            let mut observed = answering(&desired.revision);
+            let closed = status_of(
+                &md,
+                &MailDomainStatus::default(),
+                &referred,
+                &desired,
+                &observed,
+            );
+            assert_eq!(
+                said(&closed, types::OPEN_RELAY),
+                pair("False", reason::RELAY_REFUSED)
+            );
+            observed.relay_test = Some(probe::RelayVerdict::Accepted(
+                "RCPT 250 2.1.5 recipient OK, relayed".into(),
+            ));
+            let open = status_of(&md, &closed, &referred, &desired, &observed);
+            assert_eq!(
+                said(&open, types::OPEN_RELAY),
+                pair("True", reason::RELAY_ACCEPTED)
+            );
+            assert_eq!(said(&open, types::READY), pair("True", reason::READY));
+            // The change is news, and bad news: a Warning.
+            let news = conditions::transitions(&closed.conditions, &open.conditions);
+            assert_eq!(news.len(), 1);
+            assert!(news[0].type_ == types::OPEN_RELAY && conditions::is_bad(news[0]));
+            // No verdict (the runtime restarting): Unknown, not a claim either way.
+            observed.relay_test = Some(probe::RelayVerdict::Unknown("no SMTP greeting".into()));
+            let unknown = status_of(&md, &open, &referred, &desired, &observed);
+            assert_eq!(
+                said(&unknown, types::OPEN_RELAY),
+                pair("Unknown", reason::RELAY_TEST_INCONCLUSIVE)
+            );
+            // Port 25 no longer served: no self-test, no condition.
+            observed.relay_test = None;
+            let gone = status_of(&md, &unknown, &referred, &desired, &observed);
+            assert!(get(&gone, types::OPEN_RELAY).is_none());
         }
 
         #[test]

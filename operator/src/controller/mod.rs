@@ -48,6 +48,10 @@ pub struct Options {
     pub probe_timeout: std::time::Duration,
     /// How often at most a Mailbox's `status.usage` is written after its first figures.
     pub usage_every: std::time::Duration,
+    /// Where `DNSVerified` looks records up (`Off`: no checks).
+    pub dns_check: crate::dns_check::Source,
+    /// How often a verified domain's records are checked again.
+    pub dns_check_every: std::time::Duration,
 }
 
 /// What every reconcile shares.
@@ -89,6 +93,8 @@ pub struct Context {
     pub backoff: Arc<Backoff>,
     /// Publishes events (condition changes) for `kubectl describe`.
     pub recorder: kube::runtime::events::Recorder,
+    /// The DNS checks' resolver and verdicts (`None`: checks off).
+    pub dns: Option<Arc<crate::dns_check::Checker>>,
 }
 
 /// Watch caches of the metadata of the objects the operator renders, one per kind (Secrets are
@@ -324,8 +330,8 @@ pub fn backoff_delay(first: std::time::Duration, count: u32, jitter: f64) -> std
     base + base.mul_f64(jitter.clamp(0.0, 1.0) / 10.0)
 }
 
-/// Publishes one event per condition that changed, on the object: Normal when it became
-/// True, Warning when it became False. An event that cannot be written is logged, never fatal.
+/// Publishes one event per condition that changed, on the object: Warning when it became a
+/// problem ([`crate::conditions::is_bad`]), Normal otherwise. An event that cannot be written is logged, never fatal.
 pub async fn publish_transitions<K>(
     ctx: &Context,
     object: &K,
@@ -337,14 +343,17 @@ pub async fn publish_transitions<K>(
     use kube::runtime::events::{Event, EventType};
     let reference = object.object_ref(&());
     for c in crate::conditions::transitions(previous, current) {
-        let ok = c.status == "True";
         let event = Event {
-            type_: if ok {
-                EventType::Normal
-            } else {
+            type_: if crate::conditions::is_bad(c) {
                 EventType::Warning
+            } else {
+                EventType::Normal
             },
-            reason: format!("{}{}", c.type_, if ok { "" } else { "False" }),
+            reason: format!(
+                "{}{}",
+                c.type_,
+                if c.status == "True" { "" } else { &c.status }
+            ),
             note: Some(c.message.chars().take(1000).collect()),
             action: "Reconcile".into(),
             secondary: None,

@@ -148,6 +148,26 @@ async fn reconcile_once(rp: Arc<RelayPolicy>, ctx: Arc<Context>) -> Result<Actio
             });
         }
     }
+    let wide = wide_networks(&rp.spec.allow.client_cidrs);
+    set(
+        &mut status.conditions,
+        types::WIDE_CLIENT_NETWORKS,
+        !wide.is_empty(),
+        if wide.is_empty() {
+            reason::NARROW_NETWORKS
+        } else {
+            reason::WIDE_NETWORKS
+        },
+        if wide.is_empty() {
+            format!("no client network is an IPv4 /{WIDE_V4} or IPv6 /{WIDE_V6} or wider")
+        } else {
+            format!(
+                "every address in {} may relay without logging in; narrow clientCIDRs to the \
+                 senders' own networks (or use podSelector, or logins)",
+                wide.join(", ")
+            )
+        },
+    );
     set(
         &mut status.conditions,
         types::READY,
@@ -181,8 +201,62 @@ async fn reconcile_once(rp: Arc<RelayPolicy>, ctx: Arc<Context>) -> Result<Actio
     })))
 }
 
+/// The widest client networks not flagged: an IPv4 /17, an IPv6 /49. A /16 is a whole
+/// Kubernetes pod network in most clusters' defaults (and 0.0.0.0/0 is everyone).
+const WIDE_V4: u8 = 16;
+const WIDE_V6: u8 = 48;
+
+/// The `clientCIDRs` entries at least as wide as [`WIDE_V4`] / [`WIDE_V6`]. A bare address is a
+/// single host; an entry that does not parse is not flagged here (the runtime's config check
+/// reports it).
+fn wide_networks(cidrs: &[String]) -> Vec<String> {
+    cidrs
+        .iter()
+        .filter(|c| match c.parse::<ipnet::IpNet>() {
+            Ok(ipnet::IpNet::V4(n)) => n.prefix_len() <= WIDE_V4,
+            Ok(ipnet::IpNet::V6(n)) => n.prefix_len() <= WIDE_V6,
+            Err(_) => false,
+        })
+        .cloned()
+        .collect()
+}
+
 /// Retry policy on errors: per-object backoff (see [`super::Backoff`]).
 pub fn error_policy(rp: Arc<RelayPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(error = %error, category = error.category(), "RelayPolicy reconcile failed");
     Action::requeue(ctx.backoff.after_failure(rp.as_ref(), error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wide_networks;
+
+    #[test]
+    fn networks_of_a_pod_network_and_wider_are_flagged() {
+        let cidrs: Vec<String> = [
+            "0.0.0.0/0",
+            "10.244.0.0/16",
+            "10.0.0.0/8",
+            "10.244.1.0/24",
+            "192.0.2.7",
+            "192.0.2.0/17",
+            "::/0",
+            "2001:db8::/48",
+            "2001:db8:1::/64",
+            "not a network",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            wide_networks(&cidrs),
+            [
+                "0.0.0.0/0",
+                "10.244.0.0/16",
+                "10.0.0.0/8",
+                "::/0",
+                "2001:db8::/48"
+            ]
+        );
+    }
 }

@@ -1,6 +1,5 @@
 //! dnsmasq on loopback, for the tests that need DNS: MX records for outbound delivery, DNS
-//! lists for inbound screening.
-#![allow(dead_code)]
+//! lists for inbound screening, a domain's zone for the operator's DNS checks.
 
 use std::{
     net::UdpSocket,
@@ -9,8 +8,10 @@ use std::{
 };
 
 /// dnsmasq on 127.0.0.1 at a free port, answering only for the records given.
+#[derive(Debug)]
 pub struct Dns {
     child: Child,
+    /// The port, on 127.0.0.1, UDP and TCP.
     pub port: u16,
 }
 
@@ -21,7 +22,37 @@ impl Dns {
     /// and a dnsmasq that exits is started again on another.
     pub fn start(args: &[String]) -> Dns {
         for _ in 0..5 {
-            let port = free_udp_and_tcp_port();
+            if let Some(dns) = Dns::start_on(free_udp_and_tcp_port(), args) {
+                return dns;
+            }
+        }
+        panic!("dnsmasq exited at start five times (ports taken?)")
+    }
+
+    /// Serves `args` instead, on the same port (dnsmasq reads its records once): a zone that
+    /// changes under a client that keeps asking the same server.
+    pub fn restart(&mut self, args: &[String]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let start = Instant::now();
+        loop {
+            if let Some(dns) = Dns::start_on(self.port, args) {
+                // The old child was reaped above: dropping it again does nothing.
+                *self = dns;
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "dnsmasq did not start again on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// dnsmasq on `port`, once it answers; `None` if it exited (the port taken).
+    fn start_on(port: u16, args: &[String]) -> Option<Dns> {
+        {
             let mut child = Command::new("dnsmasq")
                 .args([
                     "--keep-in-foreground",
@@ -47,10 +78,10 @@ impl Dns {
             let start = Instant::now();
             loop {
                 if child.try_wait().ok().flatten().is_some() {
-                    break;
+                    return None;
                 }
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Dns { child, port };
+                    return Some(Dns { child, port });
                 }
                 assert!(
                     start.elapsed() < Duration::from_secs(10),
@@ -59,7 +90,6 @@ impl Dns {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        panic!("dnsmasq exited at start five times (ports taken?)")
     }
 }
 
