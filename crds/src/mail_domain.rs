@@ -114,6 +114,10 @@ pub struct MailDomainSpec {
     #[serde(default)]
     pub dkim: DkimSpec,
 
+    /// Publishing the DNS records of `status.dnsRecords` through external-dns.
+    #[serde(default)]
+    pub dns: DnsSpec,
+
     /// The address that receives mail for unknown local parts of this domain. Without it, mail
     /// for an unknown address is refused with `550 5.1.1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -401,6 +405,36 @@ pub enum RetentionPolicy {
     Retain,
     /// Delete the volume and its mail together with the MailDomain.
     Delete,
+}
+
+/// Publishing the domain's DNS records.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsSpec {
+    /// Write the records of `status.dnsRecords` (with the mail host's A/AAAA from a
+    /// LoadBalancer Service's address) into an external-dns `DNSEndpoint` named `<name>-dns`,
+    /// owned by this MailDomain, for external-dns to publish in the DNS provider. Needs
+    /// external-dns's `DNSEndpoint` CRD (`DNSPublished` says when it is missing) and
+    /// external-dns started with `--source=crd`. Defaults to false.
+    #[serde(default)]
+    pub publish: bool,
+    /// The TTL of the published records, in seconds. Defaults to 3600.
+    #[serde(default = "default_dns_ttl")]
+    #[schemars(range(min = 60, max = 86400))]
+    pub ttl: i64,
+}
+
+impl Default for DnsSpec {
+    fn default() -> Self {
+        Self {
+            publish: false,
+            ttl: default_dns_ttl(),
+        }
+    }
+}
+
+fn default_dns_ttl() -> i64 {
+    3600
 }
 
 /// DKIM signing of outgoing mail (RFC 6376).

@@ -30,7 +30,7 @@ mod tools;
 
 pub use cluster::{Cluster, Images};
 pub use control_plane::ControlPlane;
-pub use crds::install_crds;
+pub use crds::{install_crds, install_external_dns_crd};
 pub use dns::Dns;
 pub use namespace::{TestNamespace, with_namespace};
 pub use peers::{Peers, Scanners};

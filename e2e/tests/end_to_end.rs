@@ -346,6 +346,18 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
             "{condition}"
         );
     }
+    // The operator's own relay attempt, from its pod through the mail Service without a login,
+    // is refused: the quickstart's RelayPolicy chooses pods by label, and the operator's has none.
+    world.wait(
+        "the open-relay self-test refused",
+        Duration::from_secs(60),
+        || {
+            world.get(
+                &["get", "maildomain", "example-test"],
+                "{.status.conditions[?(@.type==\"OpenRelay\")].reason}",
+            ) == "RelayRefused"
+        },
+    );
     // kstatus: Ready leaves neither Reconciling nor Stalled behind (Flux and Argo CD read them).
     for condition in ["Reconciling", "Stalled"] {
         assert_eq!(

@@ -60,6 +60,10 @@ pub mod reason {
     pub const RECORDS_WRONG: &str = "RecordsWrong";
     /// The resolver the DNS checks use did not answer.
     pub const DNS_UNREACHABLE: &str = "DNSUnreachable";
+    /// A CRD the object asks to use is not installed.
+    pub const CRD_NOT_INSTALLED: &str = "CRDNotInstalled";
+    /// An object of the name the operator would write exists and is not the operator's.
+    pub const NOT_OWNED: &str = "NotOwned";
     /// A RelayPolicy lets networks at least as wide as the warning threshold relay.
     pub const WIDE_NETWORKS: &str = "WideNetworks";
     /// A RelayPolicy's client networks are all narrower than the threshold (or there are none).
@@ -119,6 +123,9 @@ pub mod types {
     /// MailDomain: each record of `status.dnsRecords` resolves as it should (only with the
     /// operator's `--dns-check`).
     pub const DNS_VERIFIED: &str = "DNSVerified";
+    /// MailDomain: its records are in its external-dns `DNSEndpoint` (only with
+    /// `spec.dns.publish`).
+    pub const DNS_PUBLISHED: &str = "DNSPublished";
     /// RelayPolicy: True when a `clientCIDRs` entry is an IPv4 /16 or an IPv6 /48 or wider
     /// (`0.0.0.0/0`, a whole pod network): every address in it may relay without a login.
     pub const WIDE_CLIENT_NETWORKS: &str = "WideClientNetworks";

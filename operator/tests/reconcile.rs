@@ -2056,3 +2056,191 @@ async fn dns_records_are_verified_against_the_zone_as_served() {
         "{text}"
     );
 }
+
+/// `spec.dns.publish`: without external-dns's CRD a condition says so; with it (installed from
+/// the project's own YAML) the operator writes a DNSEndpoint holding every record of status
+/// (and the host's address from the LoadBalancer Service), leaves a DNSEndpoint it did not write
+/// alone, removes its own when publishing is turned off, and the API server's garbage collector
+/// removes it with the MailDomain.
+#[tokio::test]
+async fn dns_records_are_published_as_an_external_dns_endpoint() {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let host = own_loopback();
+    let (client, ns) = setup(BTreeMap::new()).await;
+    let ns = ns.name;
+    let _operator = Operator::start_with(
+        ControlPlane::shared(),
+        &[&ns],
+        "off",
+        &["--probe-host-override", &host],
+    );
+    let domain = |publish: bool| {
+        json!({"apiVersion": "kubemail.io/v1alpha1", "kind": "MailDomain",
+               "metadata": {"name": "example"},
+               "spec": {"domain": "example.test", "dns": {"publish": publish, "ttl": 300},
+                        "runtime": {"service": {"type": "LoadBalancer"}}}})
+    };
+    apply(&client, &ns, domain(true)).await;
+    let crds = Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(client.clone());
+    if crds
+        .get_opt("dnsendpoints.externaldns.k8s.io")
+        .await
+        .expect("read CRDs")
+        .is_none()
+    {
+        let (status, reason) = eventually("DNSPublished says the CRD is missing", || async {
+            domain_condition(&client, &ns, "DNSPublished").await
+        })
+        .await;
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "CRDNotInstalled")
+        );
+        kubemail_e2e::install_external_dns_crd(&client)
+            .await
+            .expect("external-dns's CRD installs");
+    }
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("externaldns.k8s.io", "v1alpha1", "DNSEndpoint"),
+        "dnsendpoints",
+    );
+    let endpoints: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
+    // Somebody else's records in the same namespace.
+    let theirs = endpoints
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "externaldns.k8s.io/v1alpha1", "kind": "DNSEndpoint",
+                "metadata": {"name": "www"},
+                "spec": {"endpoints": [{"dnsName": "www.example.test", "recordType": "A",
+                                        "targets": ["192.0.2.80"]}]}}))
+            .expect("object"),
+        )
+        .await
+        .expect("create theirs");
+    // The load balancer gives the mail Service an address.
+    Api::<Service>::namespaced(client.clone(), &ns)
+        .patch_status(
+            "example-mail",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.25"}]}}})),
+        )
+        .await
+        .expect("the Service's address");
+
+    let (status, reason) = eventually("DNSPublished True", || async {
+        domain_condition(&client, &ns, "DNSPublished")
+            .await
+            .filter(|(s, _)| s == "True")
+    })
+    .await;
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Ready"));
+    let (md, ours) = eventually(
+        "status and the DNSEndpoint agree, the host's A included",
+        || async {
+            let md = Api::<MailDomain>::namespaced(client.clone(), &ns)
+                .get("example")
+                .await
+                .ok()?;
+            let records = md.status.as_ref()?.dns_records.clone();
+            let ours = endpoints.get_opt("example-dns").await.ok()??;
+            let listed = ours.data["spec"]["endpoints"].as_array()?.len();
+            (records.iter().any(|r| r.type_ == "A") && listed > 0).then_some((md, ours))
+        },
+    )
+    .await;
+    let records = md.status.expect("status").dns_records;
+    let host_a = records
+        .iter()
+        .find(|r| r.type_ == "A")
+        .expect("the host's A record");
+    assert_eq!(
+        (host_a.name.as_str(), host_a.value.as_str()),
+        ("mail.example.test.", "192.0.2.25")
+    );
+    let listed = ours.data["spec"]["endpoints"]
+        .as_array()
+        .expect("endpoints");
+    // Field by field: every record of status is a target of the endpoint of its name and type,
+    // with the TTL asked for; nothing else is there.
+    let bare = |s: &str| s.strip_suffix('.').unwrap_or(s).to_string();
+    for r in &records {
+        let endpoint = listed
+            .iter()
+            .find(|e| e["dnsName"] == bare(&r.name).as_str() && e["recordType"] == r.type_.as_str())
+            .unwrap_or_else(|| panic!("no endpoint for {r:?} in {listed:?}"));
+        assert_eq!(endpoint["recordTTL"], 300, "{endpoint}");
+        let value = if r.value == "0 0 0 ." {
+            r.value.clone()
+        } else if matches!(r.type_.as_str(), "MX" | "SRV") {
+            bare(&r.value)
+        } else {
+            r.value.clone()
+        };
+        assert!(
+            endpoint["targets"]
+                .as_array()
+                .expect("targets")
+                .iter()
+                .any(|t| t == value.as_str()),
+            "{value} not in {endpoint}"
+        );
+    }
+    let targets: usize = listed
+        .iter()
+        .map(|e| e["targets"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(targets, records.len(), "{listed:?}");
+    let owner = ours.metadata.owner_references.clone().unwrap_or_default();
+    assert!(
+        owner
+            .iter()
+            .any(|o| o.kind == "MailDomain" && o.name == "example" && o.controller == Some(true)),
+        "{owner:?}"
+    );
+
+    // Publishing off: the operator removes its own, and only its own.
+    apply(&client, &ns, domain(false)).await;
+    eventually("the DNSEndpoint removed", || async {
+        endpoints
+            .get_opt("example-dns")
+            .await
+            .ok()
+            .and_then(|o| o.is_none().then_some(()))
+    })
+    .await;
+    eventually("DNSPublished gone", || async {
+        domain_condition(&client, &ns, "DNSPublished")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // On again, then the domain deleted: the garbage collector takes the DNSEndpoint.
+    apply(&client, &ns, domain(true)).await;
+    eventually("published again", || async {
+        endpoints.get_opt("example-dns").await.ok()?.map(|_| ())
+    })
+    .await;
+    Api::<MailDomain>::namespaced(client.clone(), &ns)
+        .delete("example", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually_within(
+        "the DNSEndpoint collected with the domain",
+        Duration::from_secs(90),
+        || async {
+            endpoints
+                .get_opt("example-dns")
+                .await
+                .ok()
+                .and_then(|o| o.is_none().then_some(()))
+        },
+    )
+    .await;
+    let still = endpoints.get("www").await.expect("theirs is still there");
+    assert_eq!(
+        still.metadata.resource_version,
+        theirs.metadata.resource_version
+    );
+}

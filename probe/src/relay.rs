@@ -9,9 +9,10 @@ use mail_send::SmtpClient;
 pub enum RelayVerdict {
     /// It accepted the foreign recipient without a login: an open relay. The reply.
     Accepted(String),
-    /// It refused (a 5xx at MAIL or RCPT). The reply.
+    /// It refused the recipient (a 5xx to RCPT). The reply.
     Refused(String),
-    /// No verdict: not reachable, a temporary refusal, or a reply that says neither.
+    /// No verdict: not reachable, a temporary refusal, the sender refused, or a reply that
+    /// says neither.
     Unknown(String),
 }
 
@@ -43,7 +44,8 @@ async fn exchange(address: &str, from: &str, to: &str, timeout: Duration) -> Rel
         Ok(r) => return RelayVerdict::Unknown(format!("greeting: {}", said(&r))),
         Err(e) => return RelayVerdict::Unknown(format!("no SMTP greeting: {e}")),
     }
-    if let Err(e) = client.ehlo("kubemail-relay-test").await {
+    // A name that passes HELO checks, as a spam sender's does: an FQDN, not the server's own.
+    if let Err(e) = client.ehlo("relay-test.kubemail.invalid").await {
         return RelayVerdict::Unknown(format!("EHLO failed: {e}"));
     }
     let verdict = async {
@@ -56,10 +58,12 @@ async fn exchange(address: &str, from: &str, to: &str, timeout: Duration) -> Rel
                 Err(e) => return RelayVerdict::Unknown(format!("{stage}: {e}")),
             };
             let text = format!("{stage} {}", said(&reply));
-            match reply.code() {
-                200..=299 if stage == "RCPT" => return RelayVerdict::Accepted(text),
-                200..=299 => {}
-                500..=599 => return RelayVerdict::Refused(text),
+            // Only RCPT answers the question: a refused MAIL (a HELO check, the sender) says
+            // nothing about what another sender would be allowed.
+            match (reply.code(), stage) {
+                (200..=299, "RCPT") => return RelayVerdict::Accepted(text),
+                (500..=599, "RCPT") => return RelayVerdict::Refused(text),
+                (200..=299, _) => {}
                 _ => return RelayVerdict::Unknown(text),
             }
         }

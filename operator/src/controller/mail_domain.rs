@@ -337,10 +337,15 @@ async fn reconcile_once(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action
         referred.relay.as_ref(),
     )
     .await;
+    let records = dns::records(
+        &md,
+        referred.dkim_public.as_deref(),
+        &observed.host_addresses,
+    );
     if let Some(checker) = &ctx.dns {
-        let records = dns::records(&md, referred.dkim_public.as_deref());
         observed.dns = Some(checker.verdict((ns.clone(), md.name_any()), &records).await);
     }
+    observed.published = publish_dns(&ctx, &md, &ns, &records, &previous).await?;
     let status = status_of(&md, &previous, &referred, &desired, &observed);
 
     // Written only when it changed: an unchanged domain makes no writes.
@@ -695,6 +700,11 @@ struct Observed {
     relay_test: Option<probe::RelayVerdict>,
     /// The DNS records as resolved (`None`: DNS checks are off).
     dns: Option<crate::dns_check::Verdict>,
+    /// The load balancer's addresses of the mail Service (a LoadBalancer's, once it has them).
+    host_addresses: Vec<std::net::IpAddr>,
+    /// The records published through external-dns (`None`: not asked for): what was written,
+    /// or the reason and message of why not.
+    published: Option<std::result::Result<String, (&'static str, String)>>,
 }
 
 /// The protocol groups, each one condition.
@@ -831,6 +841,12 @@ async fn observe(
         probes.push(group);
     }
     let scanners = scanners_answer(&md.spec.inbound, ctx.options.probe_timeout).await;
+    let host_addresses =
+        if md.spec.runtime.service.type_ == kubemail_crds::mail_domain::ServiceType::LoadBalancer {
+            load_balancer_addresses(ctx, ns, &names.runtime).await
+        } else {
+            Vec::new()
+        };
     let relay_test = match targets.iter().find(|(_, p, ..)| *p == Protocol::Smtp) {
         Some((.., address)) => {
             let (from, to) = relay_test_addresses(md, relay);
@@ -845,7 +861,110 @@ async fn observe(
         queued,
         relay_test,
         dns: None,
+        host_addresses,
+        published: None,
     }
+}
+
+/// The addresses a LoadBalancer Service was given (none while it waits for them, or when it
+/// cannot be read).
+async fn load_balancer_addresses(ctx: &Context, ns: &str, service: &str) -> Vec<std::net::IpAddr> {
+    let found = Api::<Service>::namespaced(ctx.client.clone(), ns)
+        .get_opt(service)
+        .await
+        .ok()
+        .flatten();
+    let mut addresses: Vec<std::net::IpAddr> = found
+        .and_then(|s| s.status?.load_balancer?.ingress)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    addresses
+}
+
+/// Publishes `records` as the MailDomain's external-dns `DNSEndpoint` when `spec.dns.publish`
+/// asks for it, and removes the one it wrote when it no longer does. Never touches a
+/// `DNSEndpoint` this MailDomain does not own. `None` when publishing is off (and nothing of
+/// ours is left).
+async fn publish_dns(
+    ctx: &Context,
+    md: &MailDomain,
+    ns: &str,
+    records: &[kubemail_crds::mail_domain::DnsRecord],
+    previous: &MailDomainStatus,
+) -> Result<Option<std::result::Result<String, (&'static str, String)>>> {
+    use kube::{
+        api::{DynamicObject, ListParams},
+        core::{ApiResource, GroupVersionKind},
+    };
+    let published_before = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == types::DNS_PUBLISHED);
+    if !md.spec.dns.publish && !published_before {
+        return Ok(None);
+    }
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("externaldns.k8s.io", "v1alpha1", "DNSEndpoint"),
+        "dnsendpoints",
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &resource);
+    // The kind is there when it can be listed: a 404 is a missing CRD (get_opt says None for a
+    // missing object and a missing kind alike).
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            return Ok(md.spec.dns.publish.then(|| {
+                Err((
+                    reason::CRD_NOT_INSTALLED,
+                    "spec.dns.publish is set but external-dns's DNSEndpoint CRD \
+                     (dnsendpoints.externaldns.k8s.io) is not installed: publish \
+                     status.dnsRecords by hand, or install external-dns with --source=crd"
+                        .to_string(),
+                ))
+            }));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let name = dns::endpoint_name(md);
+    let ours = |o: &DynamicObject| {
+        o.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| Some(&r.uid) == md.metadata.uid.as_ref())
+    };
+    let existing = api.get_opt(&name).await?;
+    if existing.as_ref().is_some_and(|o| !ours(o)) {
+        return Ok(md.spec.dns.publish.then(|| {
+            Err((
+                reason::NOT_OWNED,
+                format!(
+                    "DNSEndpoint {name} exists and is not this MailDomain's: it is left as it is; \
+                     rename or delete it to publish"
+                ),
+            ))
+        }));
+    }
+    if !md.spec.dns.publish {
+        if existing.is_some() {
+            api.delete(&name, &Default::default()).await?;
+        }
+        return Ok(None);
+    }
+    api.patch(
+        &name,
+        &kube::api::PatchParams::apply(super::FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&dns::endpoint_object(md, records)),
+    )
+    .await?;
+    Ok(Some(Ok(format!(
+        "DNSEndpoint {name} holds the {} records of status.dnsRecords",
+        records.len()
+    ))))
 }
 
 /// The envelope of the open-relay self-test: a sender the RelayPolicy allows (its first sender
@@ -1152,9 +1271,19 @@ fn status_of(
         ),
         None => {}
     }
+    match &observed.published {
+        Some(Ok(written)) => {
+            set_status(types::DNS_PUBLISHED, "True", reason::READY, written.clone())
+        }
+        Some(Err((why, message))) => {
+            set_status(types::DNS_PUBLISHED, "False", why, message.clone())
+        }
+        None => {}
+    }
     // Conditions about things no longer there go.
     conditions.retain(|c| match c.type_.as_str() {
         types::OPEN_RELAY => observed.relay_test.is_some(),
+        types::DNS_PUBLISHED => observed.published.is_some(),
         types::DNS_VERIFIED => observed.dns.is_some(),
         types::SCANNERS_REACHABLE => observed.scanners.is_some(),
         types::RELAY_POLICY_FOUND => referred.relay_policy.is_some(),
@@ -1217,7 +1346,11 @@ fn status_of(
         } else {
             previous.config_revision.clone()
         },
-        dns_records: dns::records(md, referred.dkim_public.as_deref()),
+        dns_records: dns::records(
+            md,
+            referred.dkim_public.as_deref(),
+            &observed.host_addresses,
+        ),
         queued: observed.queued,
     }
 }
@@ -1461,6 +1594,8 @@ mod tests {
                     "RCPT 550 5.7.1 relaying denied".into(),
                 )),
                 dns: None,
+                host_addresses: Vec::new(),
+                published: None,
             }
         }
 

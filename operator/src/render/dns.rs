@@ -12,12 +12,21 @@ fn record(purpose: &str, type_: &str, name: String, value: String) -> DnsRecord 
     }
 }
 
-/// MX and SPF for the domain and its alias domains, DKIM (when a public key is given), DMARC,
-/// and the RFC 6186 SRV records of the enabled client protocols (RFC 5804's for ManageSieve).
-pub fn records(md: &MailDomain, dkim_public: Option<&str>) -> Vec<DnsRecord> {
+/// The mail host's A/AAAA (from the addresses given: a LoadBalancer Service's), MX and SPF for
+/// the domain and its alias domains, DKIM (when a public key is given), DMARC, and the RFC 6186
+/// SRV records of the enabled client protocols (RFC 5804's for ManageSieve).
+pub fn records(
+    md: &MailDomain,
+    dkim_public: Option<&str>,
+    host_addresses: &[std::net::IpAddr],
+) -> Vec<DnsRecord> {
     let host = hostname(md);
     let domain = &md.spec.domain;
     let mut out = Vec::new();
+    for ip in host_addresses {
+        let type_ = if ip.is_ipv4() { "A" } else { "AAAA" };
+        out.push(record("host", type_, format!("{host}."), ip.to_string()));
+    }
     for d in std::iter::once(domain).chain(&md.spec.alias_domains) {
         out.push(record("MX", "MX", format!("{d}."), format!("10 {host}.")));
         out.push(record(
@@ -72,4 +81,49 @@ pub fn records(md: &MailDomain, dkim_public: Option<&str>) -> Vec<DnsRecord> {
         ));
     }
     out
+}
+
+/// The external-dns `DNSEndpoint` that publishes `records`: one endpoint per name and type with
+/// all its values as targets (names and targets without the final dot, as external-dns writes
+/// them), owned by the MailDomain so it goes with it.
+pub fn endpoint_object(md: &MailDomain, records: &[DnsRecord]) -> serde_json::Value {
+    use kube::Resource;
+    let bare = |s: &str| s.strip_suffix('.').unwrap_or(s).to_string();
+    let mut endpoints: Vec<(String, String, Vec<String>)> = Vec::new();
+    for r in records {
+        let target = match r.type_.as_str() {
+            // "10 mail.example.com." -> "10 mail.example.com"; "0 0 0 ." stays as it is.
+            "MX" | "SRV" | "CNAME" if r.value != "0 0 0 ." => bare(&r.value),
+            _ => r.value.clone(),
+        };
+        let name = bare(&r.name);
+        match endpoints
+            .iter_mut()
+            .find(|(n, t, _)| *n == name && *t == r.type_)
+        {
+            Some((_, _, targets)) => targets.push(target),
+            None => endpoints.push((name, r.type_.clone(), vec![target])),
+        }
+    }
+    serde_json::json!({
+        "apiVersion": "externaldns.k8s.io/v1alpha1",
+        "kind": "DNSEndpoint",
+        "metadata": {
+            "name": endpoint_name(md),
+            "labels": {"app.kubernetes.io/managed-by": "kubemail-operator"},
+            "ownerReferences": md.controller_owner_ref(&()).into_iter().collect::<Vec<_>>(),
+        },
+        "spec": {"endpoints": endpoints.into_iter().map(|(name, type_, targets)| serde_json::json!({
+            "dnsName": name,
+            "recordType": type_,
+            "targets": targets,
+            "recordTTL": md.spec.dns.ttl,
+        })).collect::<Vec<_>>()},
+    })
+}
+
+/// The name of a MailDomain's `DNSEndpoint`.
+pub fn endpoint_name(md: &MailDomain) -> String {
+    use kube::ResourceExt;
+    format!("{}-dns", md.name_any())
 }

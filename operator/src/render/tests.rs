@@ -122,8 +122,24 @@ fn dns_records() {
     let md = fixtures::domain();
     insta::assert_yaml_snapshot!(
         "dns_records",
-        dns::records(&md, Some("v=DKIM1; k=rsa; p=MIIBIjANBgkq"))
+        dns::records(&md, Some("v=DKIM1; k=rsa; p=MIIBIjANBgkq"), &[])
     );
+}
+
+#[test]
+fn the_dns_endpoint_holds_every_record_with_the_hosts_addresses() {
+    let mut md = fixtures::domain();
+    md.metadata.uid = Some("0a1b2c3d".into());
+    md.spec.dns.ttl = 300;
+    let records = dns::records(
+        &md,
+        Some("v=DKIM1; k=rsa; p=MIIBIjANBgkq"),
+        &[
+            "192.0.2.10".parse().expect("ip"),
+            "2001:db8::10".parse().expect("ip"),
+        ],
+    );
+    insta::assert_yaml_snapshot!("dns_endpoint", dns::endpoint_object(&md, &records));
 }
 
 #[test]
