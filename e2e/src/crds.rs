@@ -33,59 +33,14 @@ pub async fn install_crds(client: &Client) -> Result<Vec<String>> {
     apply_established(&api, crds).await
 }
 
-/// The external-dns release whose `DNSEndpoint` CRD the tests install.
-const EXTERNAL_DNS: &str = "sigs.k8s.io/external-dns@v0.23.0";
-
-/// Installs external-dns's `DNSEndpoint` CRD as the project publishes it
-/// (`config/crd/standard/` of its Go module, fetched once from the Go module proxy into
-/// `~/.cache/kubemail-tools`) and waits until it is Established.
+/// Installs external-dns's `DNSEndpoint` CRD as the project publishes it (the file of its
+/// release kept in `e2e/external-dns/`) and waits until it is Established.
 pub async fn install_external_dns_crd(client: &Client) -> Result<()> {
-    let file = "config/crd/standard/dnsendpoints.externaldns.k8s.io.yaml";
-    let home = std::env::var_os("HOME").context("HOME")?;
-    let cached = std::path::PathBuf::from(home)
-        .join(".cache/kubemail-tools")
-        .join(format!(
-            "{}-dnsendpoints.yaml",
-            EXTERNAL_DNS.replace(['/', '@'], "_")
-        ));
-    if !cached.exists() {
-        // `go mod download` fetches the module's zip; it may then refuse the module (it asks for
-        // a newer Go), which does not matter for one YAML file in it.
-        let scratch = tempfile::tempdir()?;
-        let out = std::process::Command::new("go")
-            .args(["mod", "download", "-json", EXTERNAL_DNS])
-            .current_dir(scratch.path())
-            .env("GOFLAGS", "-mod=mod")
-            .output()
-            .context("go mod download")?;
-        let info: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
-            format!("go mod download: {}", String::from_utf8_lossy(&out.stderr))
-        })?;
-        let zip = info["Zip"]
-            .as_str()
-            .context("go mod download gave no zip")?;
-        let member = format!("{EXTERNAL_DNS}/{file}");
-        let text = std::process::Command::new("python3")
-            .args([
-                "-c",
-                "import sys, zipfile; sys.stdout.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]).decode())",
-                zip,
-                &member,
-            ])
-            .output()
-            .context("python3")?;
-        if !text.status.success() {
-            bail!(
-                "{member} not in {zip}: {}",
-                String::from_utf8_lossy(&text.stderr)
-            );
-        }
-        std::fs::create_dir_all(cached.parent().context("a parent")?)?;
-        std::fs::write(&cached, &text.stdout)?;
-    }
-    let text = std::fs::read_to_string(&cached)?;
+    let path = workspace_root().join("e2e/external-dns/dnsendpoints.externaldns.k8s.io.yaml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let crd: CustomResourceDefinition =
-        serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {}", cached.display()))?;
+        serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     apply_established(&Api::all(client.clone()), vec![crd]).await?;
     Ok(())
 }

@@ -636,3 +636,134 @@ fn outside_mail_forwarded_out_is_not_signed_nor_bounced_and_loops_stop() {
     assert!(far.starts_with("554 5.4.6"), "{far}");
     assert!(dev.messages("bob@example.test").is_empty());
 }
+
+/// A test CA and certificates it signs, as PEM files in `dir`: `ca.pem`, and `<name>.pem` /
+/// `<name>.key` for each name (HAProxy reads `<name>.pem` with the key appended as
+/// `<name>.both.pem`).
+fn test_pki(dir: &Path, names: &[&str]) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "kubemail outbound test CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("CA");
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write");
+    let issuer = Issuer::new(ca, ca_key);
+    for name in names {
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec![name.to_string()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("signed");
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write");
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write");
+        std::fs::write(
+            dir.join(format!("{name}.both.pem")),
+            format!("{}{}", cert.pem(), key.serialize_pem()),
+        )
+        .expect("write");
+    }
+}
+
+/// RFC 8461 against real peers: dnsmasq publishes `_mta-sts.remote.test`, HAProxy serves the
+/// policy (`mode: enforce`, `mx: mx.remote.test`) over HTTPS with a certificate from a test CA
+/// the runtime trusts (`SSL_CERT_FILE`), and the MX (aiosmtpd) offers STARTTLS. With a
+/// certificate for another name the message is not sent, not even in the clear: it waits, and
+/// the queue says why. With the right certificate it is delivered, over TLS.
+#[test]
+fn an_enforced_mta_sts_policy_sends_nothing_to_an_mx_without_a_valid_certificate() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (mx_ip, policy_ip) = ("127.0.0.41", "127.0.0.42");
+    let pki = tmp.path().join("pki");
+    std::fs::create_dir_all(&pki).expect("dir");
+    test_pki(
+        &pki,
+        &["mta-sts.remote.test", "mx.remote.test", "elsewhere.example"],
+    );
+    let mut records = mx_records("remote.test", mx_ip);
+    records.push(format!("--host-record=mta-sts.remote.test,{policy_ip}"));
+    records.push("--txt-record=_mta-sts.remote.test,v=STSv1; id=20261207".into());
+    let dns = Dns::start(&records);
+    std::fs::write(
+        pki.join("policy.txt"),
+        "version: STSv1\nmode: enforce\nmx: mx.remote.test\nmax_age: 86400\n",
+    )
+    .expect("policy");
+    let config = format!(
+        "global\n    maxconn 64\n\ndefaults\n    mode http\n    timeout connect 5s\n    \
+         timeout client 10s\n    timeout server 10s\n\nfrontend mta_sts\n    \
+         bind {policy_ip}:443 ssl crt {}\n    \
+         http-request return status 200 content-type text/plain file {} \
+         if {{ path /.well-known/mta-sts.txt }}\n    http-request return status 404\n",
+        pki.join("mta-sts.remote.test.both.pem").display(),
+        pki.join("policy.txt").display(),
+    );
+    let _https = common::haproxy(
+        tmp.path(),
+        &config,
+        &[format!("{policy_ip}:443").parse().expect("addr")],
+    );
+    // The policy as any client fetches it.
+    let fetched = run(Command::new("curl")
+        .args(["-sf", "--cacert"])
+        .arg(pki.join("ca.pem"))
+        .args(["--resolve", &format!("mta-sts.remote.test:443:{policy_ip}")])
+        .arg("https://mta-sts.remote.test/.well-known/mta-sts.txt"));
+    assert!(fetched.contains("mode: enforce"), "{fetched}");
+
+    let cert = |name: &str| {
+        [
+            pki.join(format!("{name}.pem")).display().to_string(),
+            pki.join(format!("{name}.key")).display().to_string(),
+        ]
+    };
+    let wrong = cert("elsewhere.example");
+    let peer = Peer::start(
+        mx_ip,
+        25,
+        &tmp.path().join("peer"),
+        &["--tls", &wrong[0], &wrong[1]],
+    );
+    let dev = Dev::start_with_env(
+        &tmp.path().join("data"),
+        &[("SSL_CERT_FILE", &pki.join("ca.pem"))],
+    );
+    patch_config(&dev, "relay-1", |c| relay_setup(c, &dns));
+    submitted(&dev, "friend@remote.test", "policy enforced");
+    wait_until(
+        "the queue says why the message waits",
+        Duration::from_secs(30),
+        || {
+            queued_replies(&dev)
+                .iter()
+                .any(|r| r.contains("MTA-STS") && r.contains("certificate"))
+        },
+    );
+    // Several attempts (retries every 1-2 s), none in the clear.
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        peer.received().is_empty(),
+        "sent to an MX the policy refuses"
+    );
+    assert_eq!(queue_files(&dev), 1);
+    drop(peer);
+
+    // The MX with a certificate for its name: delivered, over TLS.
+    let right = cert("mx.remote.test");
+    let peer = Peer::start(
+        mx_ip,
+        25,
+        &tmp.path().join("peer2"),
+        &["--tls", &right[0], &right[1]],
+    );
+    wait_until(
+        "delivered under the policy",
+        Duration::from_secs(30),
+        || !peer.received().is_empty(),
+    );
+    let received = peer.received();
+    assert_eq!(received.len(), 1);
+    assert!(received[0].contains("X-Peer-TLS: yes"), "{}", received[0]);
+    assert!(received[0].contains("Subject: policy enforced"));
+}

@@ -14,8 +14,7 @@ mod common;
 use std::{
     collections::HashMap,
     path::Path,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
 };
 
 use common::{Dev, Raw, client_script, patch_config};
@@ -24,7 +23,7 @@ use serde_json::Value;
 /// HAProxy in TCP mode: one `listen` section per name, each sending a PROXY header to the
 /// runtime from 127.0.0.2.
 struct HaProxy {
-    child: Child,
+    _child: common::Spawned,
     ports: HashMap<&'static str, u16>,
 }
 
@@ -50,41 +49,18 @@ impl HaProxy {
             ));
         }
         drop(free);
-        let path = dir.join("haproxy.cfg");
-        std::fs::write(&path, config).expect("write haproxy.cfg");
-        let log = std::fs::File::create(dir.join("haproxy.log")).expect("log");
-        let child = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&path)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("haproxy runs (apt-get install haproxy; e2e/scripts/install-deps.sh)");
-        let proxy = HaProxy { child, ports };
-        let start = Instant::now();
-        for port in proxy.ports.values() {
-            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
-                assert!(
-                    start.elapsed() < Duration::from_secs(10),
-                    "HAProxy did not listen on {port}: {}",
-                    std::fs::read_to_string(dir.join("haproxy.log")).unwrap_or_default()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        let listening: Vec<std::net::SocketAddr> = ports
+            .values()
+            .map(|port| ([127, 0, 0, 1], *port).into())
+            .collect();
+        HaProxy {
+            _child: common::haproxy(dir, &config, &listening),
+            ports,
         }
-        proxy
     }
 
     fn port(&self, name: &str) -> u16 {
         self.ports[name]
-    }
-}
-
-impl Drop for HaProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

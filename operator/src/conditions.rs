@@ -62,6 +62,8 @@ pub mod reason {
     pub const DNS_UNREACHABLE: &str = "DNSUnreachable";
     /// A CRD the object asks to use is not installed.
     pub const CRD_NOT_INSTALLED: &str = "CRDNotInstalled";
+    /// The operator's RBAC does not allow what the object asks for.
+    pub const FORBIDDEN: &str = "Forbidden";
     /// An object of the name the operator would write exists and is not the operator's.
     pub const NOT_OWNED: &str = "NotOwned";
     /// A RelayPolicy lets networks at least as wide as the warning threshold relay.
@@ -135,6 +137,21 @@ pub mod types {
 /// polarity; these two name the danger as users search for it).
 const TRUE_IS_BAD: &[&str] = &[types::OPEN_RELAY, types::WIDE_CLIENT_NETWORKS];
 
+/// Condition types that tell about the object without being part of its `Ready` (nor of
+/// kstatus's `Reconciling`/`Stalled`, nor of Ready's "not ready: ..." list).
+const ASIDE_FROM_READY: &[&str] = &[
+    types::OPEN_RELAY,
+    types::WIDE_CLIENT_NETWORKS,
+    types::DNS_VERIFIED,
+    types::DNS_PUBLISHED,
+];
+
+/// Whether a condition is a problem that keeps its object from `Ready`: [`is_bad`], and not one
+/// of the conditions kept aside from Ready.
+pub fn holds_back(c: &Condition) -> bool {
+    c.type_ != types::READY && !ASIDE_FROM_READY.contains(&c.type_.as_str()) && is_bad(c)
+}
+
 /// Whether a condition reports a problem: False (or Unknown) for most types, True for those
 /// that name a danger.
 pub fn is_bad(c: &Condition) -> bool {
@@ -170,10 +187,7 @@ pub fn set_kstatus(
     generation: Option<i64>,
 ) {
     conditions.retain(|c| c.type_ != RECONCILING && c.type_ != STALLED);
-    let failing: Vec<&Condition> = conditions
-        .iter()
-        .filter(|c| c.type_ != types::READY && is_bad(c))
-        .collect();
+    let failing: Vec<&Condition> = conditions.iter().filter(|c| holds_back(c)).collect();
     let ready = is_true(conditions, types::READY);
     if ready {
         return;

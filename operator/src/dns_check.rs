@@ -70,8 +70,8 @@ pub struct Checker {
     every: Duration,
     /// Between checks of a domain with a problem (users fixing their zone want to see it).
     again: Duration,
-    /// (namespace, name) -> (the records checked, when, the verdict).
-    last: Mutex<HashMap<(String, String), Checked>>,
+    /// MailDomain uid -> (the records checked, when, the verdict).
+    last: Mutex<HashMap<String, Checked>>,
 }
 
 /// The records checked, when, and the verdict.
@@ -127,9 +127,10 @@ impl Checker {
         }))
     }
 
-    /// The verdict on a domain's records: the last one while it is fresh and the records are
-    /// the same, a new check otherwise.
-    pub async fn verdict(&self, key: (String, String), records: &[DnsRecord]) -> Verdict {
+    /// The verdict on a domain's records (`key`: the MailDomain's uid, so a domain deleted and
+    /// made again starts afresh): the last one while it is fresh and the records are the same,
+    /// a new check otherwise.
+    pub async fn verdict(&self, key: String, records: &[DnsRecord]) -> Verdict {
         if let Some((checked, at, verdict)) = self.last.lock().expect("dns verdicts").get(&key) {
             let wait = match verdict {
                 Verdict::Verified(_) => self.every,
@@ -140,16 +141,12 @@ impl Checker {
             }
         }
         let verdict = self.check(records).await;
-        self.last
-            .lock()
-            .expect("dns verdicts")
-            .insert(key, (records.to_vec(), Instant::now(), verdict.clone()));
+        let mut last = self.last.lock().expect("dns verdicts");
+        // The verdicts of domains deleted since go (a live domain's is renewed within `every`).
+        let keep = self.every * 3;
+        last.retain(|_, (_, at, _)| at.elapsed() < keep);
+        last.insert(key, (records.to_vec(), Instant::now(), verdict.clone()));
         verdict
-    }
-
-    /// A domain deleted: its verdict goes.
-    pub fn forget(&self, key: &(String, String)) {
-        self.last.lock().expect("dns verdicts").remove(key);
     }
 
     async fn check(&self, records: &[DnsRecord]) -> Verdict {
@@ -227,31 +224,27 @@ fn as_value(data: &RData) -> Option<String> {
 pub fn judge(record: &DnsRecord, found: &[String]) -> Option<String> {
     let what = format!("{} {} {}", record.purpose, record.type_, record.name);
     let fold = |s: &str| s.trim().trim_end_matches('.').to_ascii_lowercase();
+    // Sorted: resolvers rotate answers, and a message that changed with them would rewrite
+    // status on every check.
     let shown = |values: &[&String]| {
-        values
-            .iter()
-            .map(|v| short(v))
-            .collect::<Vec<_>>()
-            .join(" | ")
+        let mut shown: Vec<String> = values.iter().map(|v| short(v)).collect();
+        shown.sort();
+        shown.join(" | ")
     };
     match (record.purpose.as_str(), record.type_.as_str()) {
         ("SPF", _) => {
             let spf: Vec<&String> = found
                 .iter()
-                .filter(|v| v.to_ascii_lowercase().starts_with("v=spf1"))
+                .filter(|v| {
+                    let v = v.to_ascii_lowercase();
+                    v == "v=spf1" || v.starts_with("v=spf1 ")
+                })
                 .collect();
             match spf.as_slice() {
                 [] => Some(format!("{what}: missing (expected \"{}\")", record.value)),
-                [one]
-                    if one.as_str() == record.value
-                        || one.split_whitespace().any(|t| {
-                            t.eq_ignore_ascii_case("mx") || t.eq_ignore_ascii_case("+mx")
-                        }) =>
-                {
-                    None
-                }
+                [one] if one.as_str() == record.value || authorises_something(one) => None,
                 [one] => Some(format!(
-                    "{what}: \"{}\" does not name this domain's MX (expected \"{}\")",
+                    "{what}: \"{}\" lets no host send for the domain (expected \"{}\")",
                     short(one),
                     record.value
                 )),
@@ -309,6 +302,10 @@ pub fn judge(record: &DnsRecord, found: &[String]) -> Option<String> {
             if found.iter().any(|v| (target(v), port(v)) == expected) {
                 return None;
             }
+            // RFC 6186 s4: no record at all also says the service is not offered.
+            if type_ == "SRV" && expected.0.is_empty() && found.is_empty() {
+                return None;
+            }
             Some(if found.is_empty() {
                 format!("{what}: missing (expected {})", record.value)
             } else {
@@ -320,6 +317,28 @@ pub fn judge(record: &DnsRecord, found: &[String]) -> Option<String> {
             })
         }
     }
+}
+
+/// Whether an SPF record lets some host send: a mechanism other than `all` (`mx`, `a`, `ip4:`,
+/// `include:`, ...) that does not fail, or a `redirect=`. How the domain's own MX fits in is
+/// the user's choice; `v=spf1 -all` says nobody may send, which breaks every message.
+fn authorises_something(spf: &str) -> bool {
+    spf.split_whitespace().skip(1).any(|term| {
+        let term = term.to_ascii_lowercase();
+        if term.starts_with("redirect=") {
+            return true;
+        }
+        let (qualifier, mechanism) = match term.chars().next() {
+            Some(q @ ('+' | '-' | '~' | '?')) => (q, &term[1..]),
+            _ => ('+', term.as_str()),
+        };
+        let name = mechanism.split([':', '/']).next().unwrap_or_default();
+        qualifier != '-'
+            && matches!(
+                name,
+                "mx" | "a" | "ip4" | "ip6" | "include" | "exists" | "ptr"
+            )
+    })
 }
 
 /// The `p=` tag of a DKIM key record, without white space (empty when there is none).
@@ -377,6 +396,13 @@ mod tests {
             judge(&spf, &found(&["v=spf1 mx include:_spf.example.net ~all"])),
             None
         );
+        assert_eq!(judge(&spf, &found(&["v=spf1 ip4:192.0.2.25 -all"])), None);
+        assert_eq!(
+            judge(&spf, &found(&["v=spf1 redirect=_spf.example.net"])),
+            None
+        );
+        assert!(judge(&spf, &found(&["v=spf1 -mx -all"])).is_some());
+        assert!(judge(&spf, &found(&["v=spf10 mx"])).is_some_and(|m| m.contains("missing")));
         assert!(judge(&spf, &found(&["v=spf1 -all"])).is_some());
         assert!(
             judge(&spf, &found(&["v=spf1 mx -all", "v=spf1 a -all"]))
@@ -420,6 +446,8 @@ mod tests {
             "0 0 0 .",
         );
         assert_eq!(judge(&off, &found(&["0 0 0 ."])), None);
+        assert_eq!(judge(&off, &[]), None);
+        assert!(judge(&off, &found(&["0 1 110 mail.example.test."])).is_some());
     }
 
     #[test]

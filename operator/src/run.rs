@@ -255,6 +255,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
             },
         ),
         dns,
+        relay_tests: Arc::default(),
     });
 
     // Which RelayPolicies take their smarthost credentials from a Secret: a Secret that

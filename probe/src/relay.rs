@@ -37,6 +37,11 @@ async fn exchange(address: &str, from: &str, to: &str, timeout: Duration) -> Rel
         Ok(s) => s,
         Err(e) => return RelayVerdict::Unknown(e),
     };
+    // The address the server sees (unless something between translates it): the verdict is
+    // about clients from there.
+    let local = stream
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.ip().to_string());
     let mut client = SmtpClient { stream, timeout };
     let said = |r: &smtp_proto::Response<String>| format!("{} {}", r.code(), r.message());
     match client.read().await {
@@ -57,7 +62,7 @@ async fn exchange(address: &str, from: &str, to: &str, timeout: Duration) -> Rel
                 Ok(r) => r,
                 Err(e) => return RelayVerdict::Unknown(format!("{stage}: {e}")),
             };
-            let text = format!("{stage} {}", said(&reply));
+            let text = format!("from {local}: {stage} {}", said(&reply));
             // Only RCPT answers the question: a refused MAIL (a HELO check, the sender) says
             // nothing about what another sender would be allowed.
             match (reply.code(), stage) {

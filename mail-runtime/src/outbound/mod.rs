@@ -10,6 +10,7 @@
 pub mod dkim;
 pub mod dsn;
 pub mod limits;
+pub mod mta_sts;
 pub mod queue;
 pub mod send;
 pub mod srs;
@@ -51,6 +52,8 @@ pub struct Outbound {
     pub rates: Arc<limits::RateLimiter>,
     /// Signs the senders of mail forwarded from outside.
     pub srs: srs::SrsKey,
+    /// Recipient domains' MTA-STS policies.
+    mta_sts: mta_sts::Policies,
 }
 
 /// What the queue needs to know of a message besides its bytes.
@@ -93,6 +96,7 @@ impl Outbound {
             wake: Notify::new(),
             rates: Arc::new(limits::RateLimiter::default()),
             srs,
+            mta_sts: mta_sts::Policies::default(),
         })
     }
 
@@ -281,8 +285,16 @@ impl Outbound {
             let Ok(_permit) = slot.acquire().await else {
                 return;
             };
-            let result =
-                send::attempt(&config, &resolver, &domain, &entry.from, &rcpts, &message).await;
+            let result = send::attempt(
+                &config,
+                &resolver,
+                &self.mta_sts,
+                &domain,
+                &entry.from,
+                &rcpts,
+                &message,
+            )
+            .await;
             for (address, outcome) in rcpts.iter().zip(result.outcomes) {
                 let Some(r) = entry.recipients.iter_mut().find(|r| &r.address == address) else {
                     continue;

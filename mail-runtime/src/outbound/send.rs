@@ -1,6 +1,7 @@
 //! One delivery attempt for a group of recipients: find the next hop (the domain's MX hosts,
 //! the domain's own address when it has no MX, or the smarthost), then one SMTP transaction
-//! with mail-send — opportunistic STARTTLS towards MX hosts (required when the policy says so),
+//! with mail-send — opportunistic STARTTLS towards MX hosts (required when the RelayPolicy
+//! says so; required and verified for the hosts of a domain whose MTA-STS policy enforces),
 //! the smarthost's own TLS mode and AUTH. Each recipient gets its own outcome.
 use std::{net::IpAddr, time::Duration};
 
@@ -105,6 +106,17 @@ fn try_next(outcomes: &[Outcome]) -> bool {
     outcomes.iter().all(|o| matches!(o, Outcome::Temporary(_)))
 }
 
+/// How a host's certificate is checked.
+#[derive(Debug, Clone, Copy)]
+enum Verify<'a> {
+    /// Not at all (opportunistic TLS towards MX hosts).
+    No,
+    /// Valid for the name connected to (the smarthost).
+    Yes,
+    /// Valid for this MX host name, as an MTA-STS policy in enforce mode requires.
+    MtaSts(&'a str),
+}
+
 /// Connects to one host and runs the transaction. `tls`: `None` no TLS, `Some(false)` TLS when
 /// offered, `Some(true)` TLS required; `implicit` for TLS from the first byte.
 #[allow(clippy::too_many_arguments)]
@@ -114,7 +126,7 @@ async fn via(
     hostname: &str,
     tls: Option<bool>,
     implicit: bool,
-    verify: bool,
+    verify: Verify<'_>,
     credentials: Option<(String, String)>,
     from: &str,
     rcpts: &[String],
@@ -127,8 +139,11 @@ async fn via(
     .helo_host(hostname)
     .timeout(SMTP_TIMEOUT)
     .implicit_tls(implicit);
-    if !verify {
-        builder = builder.allow_invalid_certs();
+    match verify {
+        Verify::No => builder = builder.allow_invalid_certs(),
+        Verify::Yes => {}
+        // Connected by address, checked against the MX name.
+        Verify::MtaSts(name) => builder.tls_hostname = name.to_string(),
     }
     if let Some((user, password)) = credentials {
         builder = builder.credentials((user, password));
@@ -147,6 +162,23 @@ async fn via(
                     Outcome::Temporary(format!("{ip} does not offer STARTTLS and TLS is required")),
                 );
             }
+            // A certificate refused during the handshake comes back as TLS or invalid data.
+            Err(err)
+                if matches!(verify, Verify::MtaSts(_))
+                    && match &err {
+                        mail_send::Error::Tls(_) => true,
+                        mail_send::Error::Io(e) => e.kind() == std::io::ErrorKind::InvalidData,
+                        _ => false,
+                    } =>
+            {
+                return all(
+                    rcpts.len(),
+                    Outcome::Temporary(format!(
+                        "TLS with a verified certificate, as the recipient domain's MTA-STS \
+                         policy requires, failed: {err}"
+                    )),
+                );
+            }
             Err(err) => return all(rcpts.len(), classify(&err)),
         }
     }
@@ -160,7 +192,10 @@ async fn via(
     }
 }
 
-async fn addresses(resolver: &MessageAuthenticator, host: &str) -> Result<Vec<IpAddr>, String> {
+pub(super) async fn addresses(
+    resolver: &MessageAuthenticator,
+    host: &str,
+) -> Result<Vec<IpAddr>, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![ip]);
     }
@@ -205,10 +240,12 @@ async fn mx_hosts(resolver: &MessageAuthenticator, domain: &str) -> Result<Vec<S
     }
 }
 
-/// One attempt for `rcpts`, all in `domain` (direct) or all for the smarthost.
+/// One attempt for `rcpts`, all in `domain` (direct, under the domain's MTA-STS policy from
+/// `policies`) or all for the smarthost.
 pub async fn attempt(
     config: &Config,
     resolver: &MessageAuthenticator,
+    policies: &super::mta_sts::Policies,
     domain: &str,
     from: &str,
     rcpts: &[String],
@@ -259,7 +296,7 @@ pub async fn attempt(
                 hostname,
                 tls,
                 implicit,
-                true,
+                Verify::Yes,
                 credentials.clone(),
                 from,
                 rcpts,
@@ -285,7 +322,41 @@ pub async fn attempt(
             };
         }
     };
-    let tls = Some(route.require_tls);
+    // MTA-STS: in enforce mode only the policy's MX hosts, only over TLS with a certificate
+    // valid for the host's name; never in the clear. In testing mode delivery is as without a
+    // policy (a mismatch is logged).
+    let policy = policies.policy(resolver, domain).await;
+    let enforce = policy
+        .as_ref()
+        .is_some_and(|p| p.mode == super::mta_sts::Mode::Enforce);
+    let hosts = match &policy {
+        Some(policy) => {
+            let (listed, unlisted): (Vec<String>, Vec<String>) =
+                hosts.into_iter().partition(|h| policy.allows(h));
+            if !unlisted.is_empty() {
+                tracing::warn!(%domain, ?unlisted, mode = ?policy.mode, "MX hosts not in the domain's MTA-STS policy");
+            }
+            if !enforce {
+                listed.into_iter().chain(unlisted).collect()
+            } else if listed.is_empty() {
+                return Attempt {
+                    host: None,
+                    outcomes: all(
+                        rcpts.len(),
+                        Outcome::Temporary(format!(
+                            "the MTA-STS policy of {domain} (enforce) lists none of its MX hosts \
+                             ({}); the message waits",
+                            unlisted.join(", ")
+                        )),
+                    ),
+                };
+            } else {
+                listed
+            }
+        }
+        None => hosts,
+    };
+    let tls = Some(route.require_tls || enforce);
     let mut last = Attempt {
         host: None,
         outcomes: all(
@@ -302,8 +373,13 @@ pub async fn attempt(
             }
         };
         for ip in ips {
+            let verify = if enforce {
+                Verify::MtaSts(&host)
+            } else {
+                Verify::No
+            };
             let outcomes = via(
-                ip, 25, hostname, tls, false, false, None, from, rcpts, message,
+                ip, 25, hostname, tls, false, verify, None, from, rcpts, message,
             )
             .await;
             let done = !try_next(&outcomes);

@@ -1,8 +1,10 @@
 """A receiving SMTP server for tests, on aiosmtpd: the remote MX or the smarthost.
 
 usage: smtp_peer.py HOST PORT OUTDIR [--fail-first N] [--reject ADDRESS]... [--auth USER:PASS]
+                   [--tls CERT KEY]
 Each accepted message is written to OUTDIR/<n>.eml (with X-Peer-Rcpt and X-Peer-Auth headers
-naming the envelope recipients and the AUTH user). The first N DATA commands get
+naming the envelope recipients and the AUTH user, and X-Peer-TLS: yes or no). With --tls it
+offers STARTTLS with that certificate. The first N DATA commands get
 "451 4.3.0"; RCPT to a --reject address gets "550 5.1.1". Prints "ready" once listening and
 runs until stdin closes.
 """
@@ -21,6 +23,7 @@ p.add_argument("outdir")
 p.add_argument("--fail-first", type=int, default=0)
 p.add_argument("--reject", action="append", default=[])
 p.add_argument("--auth")
+p.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
 args = p.parse_args()
 os.makedirs(args.outdir, exist_ok=True)
 lock = threading.Lock()
@@ -42,8 +45,9 @@ class Handler:
             state["saved"] += 1
             n = state["saved"]
         user = session.auth_data.login.decode() if session.authenticated else ""
-        head = "X-Peer-Rcpt: %s\r\nX-Peer-Auth: %s\r\nX-Peer-From: %s\r\n" % (
-            ",".join(envelope.rcpt_tos), user, envelope.mail_from)
+        head = "X-Peer-Rcpt: %s\r\nX-Peer-Auth: %s\r\nX-Peer-From: %s\r\nX-Peer-TLS: %s\r\n" % (
+            ",".join(envelope.rcpt_tos), user, envelope.mail_from,
+            "yes" if session.ssl else "no")
         with open(os.path.join(args.outdir, "%d.eml" % n), "wb") as f:
             f.write(head.encode() + envelope.original_content)
         return "250 2.0.0 OK saved as %d" % n
@@ -60,6 +64,11 @@ def authenticator(server, session, envelope, mechanism, auth_data):
 kwargs = {}
 if args.auth:
     kwargs = {"authenticator": authenticator, "auth_require_tls": False}
+if args.tls:
+    import ssl
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*args.tls)
+    kwargs["tls_context"] = context
 controller = Controller(Handler(), hostname=args.host, port=args.port, **kwargs)
 controller.start()
 print("ready", flush=True)

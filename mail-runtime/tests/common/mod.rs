@@ -26,10 +26,16 @@ pub struct Dev {
 
 impl Dev {
     pub fn start(data: &Path) -> Dev {
+        Dev::start_with_env(data, &[])
+    }
+
+    /// With these environment variables too (such as `SSL_CERT_FILE`: the CAs it trusts).
+    pub fn start_with_env(data: &Path, env: &[(&str, &Path)]) -> Dev {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mail-runtime"))
             .args(["dev", "--base-port", "0", "--stop-on-eof", "--data"])
             .arg(data)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -266,4 +272,43 @@ pub fn proc_status(pid: u32, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .expect("the field")
+}
+
+/// A child process killed when dropped.
+pub struct Spawned(pub Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// HAProxy (Debian's) in the foreground with `config` (written to `dir/haproxy.cfg`, its log
+/// to `dir/haproxy.log`), once it listens on every address of `listening`.
+pub fn haproxy(dir: &Path, config: &str, listening: &[std::net::SocketAddr]) -> Spawned {
+    let path = dir.join("haproxy.cfg");
+    std::fs::write(&path, config).expect("write haproxy.cfg");
+    let log = std::fs::File::create(dir.join("haproxy.log")).expect("log");
+    let child = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("haproxy runs (apt-get install haproxy; e2e/scripts/install-deps.sh)");
+    let proxy = Spawned(child);
+    let start = Instant::now();
+    for address in listening {
+        while TcpStream::connect(address).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "HAProxy did not listen on {address}: {}",
+                std::fs::read_to_string(dir.join("haproxy.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    proxy
 }

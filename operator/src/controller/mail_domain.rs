@@ -317,9 +317,6 @@ async fn reconcile_once(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action
         .get_opt(&md.name_any())
         .await?;
     let Some(stored) = stored else {
-        if let Some(checker) = &ctx.dns {
-            checker.forget(&(ns.clone(), md.name_any()));
-        }
         return Ok(Action::await_change());
     };
     let previous = stored.status.clone().unwrap_or_default();
@@ -343,7 +340,8 @@ async fn reconcile_once(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action
         &observed.host_addresses,
     );
     if let Some(checker) = &ctx.dns {
-        observed.dns = Some(checker.verdict((ns.clone(), md.name_any()), &records).await);
+        let uid = md.metadata.uid.clone().ok_or(Error::Incomplete("uid"))?;
+        observed.dns = Some(checker.verdict(uid, &records).await);
     }
     observed.published = publish_dns(&ctx, &md, &ns, &records, &previous).await?;
     let status = status_of(&md, &previous, &referred, &desired, &observed);
@@ -843,14 +841,26 @@ async fn observe(
     let scanners = scanners_answer(&md.spec.inbound, ctx.options.probe_timeout).await;
     let host_addresses =
         if md.spec.runtime.service.type_ == kubemail_crds::mail_domain::ServiceType::LoadBalancer {
-            load_balancer_addresses(ctx, ns, &names.runtime).await
+            // Not read: the addresses status lists stay (a failed read must not take the mail
+            // host's A record out of the published records).
+            match load_balancer_addresses(ctx, ns, &names.runtime).await {
+                Some(addresses) => addresses,
+                None => previous
+                    .dns_records
+                    .iter()
+                    .filter(|r| r.purpose == "host")
+                    .filter_map(|r| r.value.parse().ok())
+                    .collect(),
+            }
         } else {
             Vec::new()
         };
     let relay_test = match targets.iter().find(|(_, p, ..)| *p == Protocol::Smtp) {
         Some((.., address)) => {
-            let (from, to) = relay_test_addresses(md, relay);
-            Some(probe::relay_attempt(address, &from, &to, ctx.options.probe_timeout).await)
+            let smtp_answers = probes
+                .iter()
+                .any(|p| p.type_ == types::SMTP_READY && p.failures.is_empty());
+            relay_verdict(ctx, md, relay, address, served.as_deref(), smtp_answers).await
         }
         None => None,
     };
@@ -866,14 +876,17 @@ async fn observe(
     }
 }
 
-/// The addresses a LoadBalancer Service was given (none while it waits for them, or when it
-/// cannot be read).
-async fn load_balancer_addresses(ctx: &Context, ns: &str, service: &str) -> Vec<std::net::IpAddr> {
+/// The addresses a LoadBalancer Service was given (none while it waits for them); `None` when
+/// the Service cannot be read.
+async fn load_balancer_addresses(
+    ctx: &Context,
+    ns: &str,
+    service: &str,
+) -> Option<Vec<std::net::IpAddr>> {
     let found = Api::<Service>::namespaced(ctx.client.clone(), ns)
         .get_opt(service)
         .await
-        .ok()
-        .flatten();
+        .ok()?;
     let mut addresses: Vec<std::net::IpAddr> = found
         .and_then(|s| s.status?.load_balancer?.ingress)
         .unwrap_or_default()
@@ -882,7 +895,53 @@ async fn load_balancer_addresses(ctx: &Context, ns: &str, service: &str) -> Vec<
         .collect();
     addresses.sort();
     addresses.dedup();
-    addresses
+    Some(addresses)
+}
+
+/// How long an open-relay verdict stands while the runtime serves the same config.
+const RELAY_RETEST: Duration = Duration::from_secs(600);
+
+/// The open-relay verdict: the last one while the runtime serves the same config revision and
+/// it is younger than [`RELAY_RETEST`], a new relay attempt otherwise. While port 25 does not
+/// answer its probe the last verdict stands (none yet: `None`). Testing once per revision
+/// keeps the attempts, and the relay rate-limit tokens an accepted one spends, few.
+async fn relay_verdict(
+    ctx: &Context,
+    md: &MailDomain,
+    relay: Option<&RelayPolicy>,
+    address: &str,
+    served: Option<&str>,
+    smtp_answers: bool,
+) -> Option<probe::RelayVerdict> {
+    let key = md.metadata.uid.clone().unwrap_or_default();
+    let last = ctx
+        .relay_tests
+        .lock()
+        .expect("relay tests")
+        .get(&key)
+        .cloned();
+    let fresh = last.as_ref().is_some_and(|(revision, at, verdict)| {
+        revision.as_deref() == served
+            && at.elapsed() < RELAY_RETEST
+            && !matches!(verdict, probe::RelayVerdict::Unknown(_))
+    });
+    if !smtp_answers || fresh {
+        return last.map(|(_, _, verdict)| verdict);
+    }
+    let (from, to) = relay_test_addresses(md, relay);
+    let verdict = probe::relay_attempt(address, &from, &to, ctx.options.probe_timeout).await;
+    let mut tests = ctx.relay_tests.lock().expect("relay tests");
+    // Domains deleted since are forgotten here (their reconciles stop).
+    tests.retain(|_, (_, at, _)| at.elapsed() < RELAY_RETEST * 6);
+    tests.insert(
+        key,
+        (
+            served.map(str::to_string),
+            std::time::Instant::now(),
+            verdict.clone(),
+        ),
+    );
+    Some(verdict)
 }
 
 /// Publishes `records` as the MailDomain's external-dns `DNSEndpoint` when `spec.dns.publish`
@@ -907,62 +966,96 @@ async fn publish_dns(
     if !md.spec.dns.publish && !published_before {
         return Ok(None);
     }
+    let uid = md.metadata.uid.clone().ok_or(Error::Incomplete("uid"))?;
     let resource = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("externaldns.k8s.io", "v1alpha1", "DNSEndpoint"),
         "dnsendpoints",
     );
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &resource);
-    // The kind is there when it can be listed: a 404 is a missing CRD (get_opt says None for a
-    // missing object and a missing kind alike).
-    match api.list_metadata(&ListParams::default().limit(1)).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => {
-            return Ok(md.spec.dns.publish.then(|| {
-                Err((
+    let publish = md.spec.dns.publish;
+    let refused = |why: &'static str, message: String| Ok(publish.then_some(Err((why, message))));
+    let forbidden = || {
+        refused(
+            reason::FORBIDDEN,
+            "the operator may not write DNSEndpoints in this namespace: install the chart with \
+             operator.publishDNSEndpoints=true (it grants that in the served namespaces)"
+                .to_string(),
+        )
+    };
+    let name = dns::endpoint_name(md);
+    let existing = match api.get_opt(&name).await {
+        Ok(found) => found,
+        // A kind the API server does not know answers a bare "404 page not found".
+        Err(kube::Error::Api(e)) if e.code == 404 => None,
+        Err(kube::Error::Api(e)) if e.code == 403 => return forbidden(),
+        Err(e) => return Err(e.into()),
+    };
+    if existing.is_none() {
+        // get_opt says None for a missing object and a missing kind alike; listing tells them
+        // apart (404: external-dns's CRD is not installed).
+        match api.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                return refused(
                     reason::CRD_NOT_INSTALLED,
                     "spec.dns.publish is set but external-dns's DNSEndpoint CRD \
                      (dnsendpoints.externaldns.k8s.io) is not installed: publish \
                      status.dnsRecords by hand, or install external-dns with --source=crd"
                         .to_string(),
-                ))
-            }));
+                );
+            }
+            Err(kube::Error::Api(e)) if e.code == 403 => return forbidden(),
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => return Err(e.into()),
     }
-    let name = dns::endpoint_name(md);
-    let ours = |o: &DynamicObject| {
+    let owned = |o: &DynamicObject| {
         o.metadata
             .owner_references
             .iter()
             .flatten()
-            .any(|r| Some(&r.uid) == md.metadata.uid.as_ref())
+            .any(|r| r.uid == uid)
     };
-    let existing = api.get_opt(&name).await?;
-    if existing.as_ref().is_some_and(|o| !ours(o)) {
-        return Ok(md.spec.dns.publish.then(|| {
-            Err((
-                reason::NOT_OWNED,
-                format!(
-                    "DNSEndpoint {name} exists and is not this MailDomain's: it is left as it is; \
-                     rename or delete it to publish"
-                ),
-            ))
-        }));
+    if existing.as_ref().is_some_and(|o| !owned(o)) {
+        return refused(
+            reason::NOT_OWNED,
+            format!(
+                "DNSEndpoint {name} exists and is not this MailDomain's: it is left as it is; \
+                 rename or delete it to publish"
+            ),
+        );
     }
-    if !md.spec.dns.publish {
+    if !publish {
         if existing.is_some() {
-            api.delete(&name, &Default::default()).await?;
+            match api.delete(&name, &Default::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 403 => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         return Ok(None);
     }
-    api.patch(
-        &name,
-        &kube::api::PatchParams::apply(super::FIELD_MANAGER).force(),
-        &kube::api::Patch::Apply(&dns::endpoint_object(md, records)),
-    )
-    .await?;
+    let desired = dns::endpoint_object(md, records);
+    // Written only when the records differ: an unchanged domain makes no writes.
+    if existing
+        .as_ref()
+        .is_none_or(|o| o.data.get("spec") != desired.get("spec"))
+    {
+        match api
+            .patch(
+                &name,
+                &kube::api::PatchParams::apply(super::FIELD_MANAGER).force(),
+                &kube::api::Patch::Apply(&desired),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 403 => return forbidden(),
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(Some(Ok(format!(
-        "DNSEndpoint {name} holds the {} records of status.dnsRecords",
+        "DNSEndpoint {name} holds the {} records of status.dnsRecords (written for external-dns; \
+         DNSVerified tells whether they reached DNS)",
         records.len()
     ))))
 }
@@ -1298,7 +1391,7 @@ fn status_of(
         && observed.probes.iter().all(|p| p.failures.is_empty());
     let failing: Vec<String> = conditions
         .iter()
-        .filter(|c| c.type_ != types::READY && conditions::is_bad(c))
+        .filter(|c| conditions::holds_back(c))
         .map(|c| c.type_.clone())
         .collect();
     conditions::set(
@@ -1650,6 +1743,38 @@ mod tests {
                     .all(|c| c.observed_generation == Some(3))
             );
             assert!(status.conditions.is_sorted_by(|a, b| a.type_ <= b.type_));
+        }
+
+        #[test]
+        fn the_relay_test_sends_as_the_policy_allows_to_a_domain_not_served_here() {
+            use super::super::relay_test_addresses;
+            let mut md = fixtures::domain();
+            // No policy: the domain's own sender, a reserved domain not served here.
+            assert_eq!(
+                relay_test_addresses(&md, None),
+                (
+                    "kubemail-relay-test@example.com".to_string(),
+                    "kubemail-relay-test@example.net".to_string()
+                )
+            );
+            // A policy's sender domain, and its first recipient domain not served here.
+            let mut relay = fixtures::relay();
+            relay.spec.sender_domains = vec!["shop.example.com".into()];
+            relay.spec.recipient_domains =
+                vec!["example.org".into(), "customers.example.net".into()];
+            assert_eq!(
+                relay_test_addresses(&md, Some(&relay)),
+                (
+                    "kubemail-relay-test@shop.example.com".to_string(),
+                    "kubemail-relay-test@customers.example.net".to_string()
+                )
+            );
+            // Every candidate served here: a name that exists nowhere.
+            md.spec.alias_domains = vec!["example.net".into(), "EXAMPLE.ORG".into()];
+            assert_eq!(
+                relay_test_addresses(&md, None).1,
+                "kubemail-relay-test@relay-test.invalid"
+            );
         }
 
         #[test]

@@ -95,7 +95,20 @@ pub struct Context {
     pub recorder: kube::runtime::events::Recorder,
     /// The DNS checks' resolver and verdicts (`None`: checks off).
     pub dns: Option<Arc<crate::dns_check::Checker>>,
+    /// The last open-relay verdict per MailDomain (uid): the config revision it was made
+    /// against, when, and what.
+    pub relay_tests: Arc<Mutex<RelayTests>>,
 }
+
+/// See [`Context::relay_tests`].
+pub type RelayTests = HashMap<
+    String,
+    (
+        Option<String>,
+        std::time::Instant,
+        kubemail_probe::RelayVerdict,
+    ),
+>;
 
 /// Watch caches of the metadata of the objects the operator renders, one per kind (Secrets are
 /// [`Context::secret_versions`]).
