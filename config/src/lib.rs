@@ -622,6 +622,13 @@ const PROBE_SOURCES: [IpAddr; 2] = [
     IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
 ];
 
+/// The MTA-STS policy file (RFC 8461 s3.2) the runtime serves for a domain whose mail host is
+/// `host`: `mode` and a week's `max_age`. The operator derives the `_mta-sts` record's id from
+/// the same text, so the id changes exactly when the policy does.
+pub fn mta_sts_policy(mode: &str, host: &str) -> String {
+    format!("version: STSv1\r\nmode: {mode}\r\nmx: {host}\r\nmax_age: 604800\r\n")
+}
+
 /// An IPv4 address seen through an IPv6 socket (`::ffff:a.b.c.d`) as the IPv4 address it is.
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {

@@ -717,12 +717,18 @@ pub enum ListenerProtocol {
     Managesieve,
     /// HTTP: health, metrics, autoconfig.
     Http,
+    /// HTTPS with the domain's certificate: only what mail clients and other servers read
+    /// (MTA-STS policy, autoconfig, autodiscover).
+    Https,
 }
 
 impl ListenerProtocol {
     /// Whether TLS starts with the connection.
     pub fn implicit_tls(self) -> bool {
-        matches!(self, Self::Submissions | Self::Imaps | Self::Pop3s)
+        matches!(
+            self,
+            Self::Submissions | Self::Imaps | Self::Pop3s | Self::Https
+        )
     }
 
     /// The name used in configs, logs and the dev mode's JSON.
@@ -737,6 +743,7 @@ impl ListenerProtocol {
             Self::Pop3s => "pop3s",
             Self::Managesieve => "managesieve",
             Self::Http => "http",
+            Self::Https => "https",
         }
     }
 }

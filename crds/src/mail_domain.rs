@@ -118,6 +118,11 @@ pub struct MailDomainSpec {
     #[serde(default)]
     pub dns: DnsSpec,
 
+    /// The MTA-STS policy (RFC 8461) this domain asks other servers to follow when they send
+    /// to it, served over HTTPS at `mta-sts.<domain>` with `protocols.https`.
+    #[serde(default)]
+    pub mta_sts: MtaStsSpec,
+
     /// The address that receives mail for unknown local parts of this domain. Without it, mail
     /// for an unknown address is refused with `550 5.1.1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,6 +176,14 @@ pub struct Protocols {
     /// required before AUTHENTICATE.
     #[serde(default = "ProtocolSpec::managesieve")]
     pub managesieve: ProtocolSpec,
+    /// HTTPS for the web side mail clients and other servers read: the MTA-STS policy at
+    /// `mta-sts.<domain>`, Thunderbird autoconfig at `autoconfig.<domain>` and Outlook
+    /// autodiscover at `autodiscover.<domain>`, served by the runtime with the domain's
+    /// certificate (which must name those hosts) on port 443. Nothing else of the runtime's
+    /// HTTP side is on it. Off by default; with it `status.dnsRecords` lists the names and
+    /// the `_mta-sts` and `_smtp._tls` records.
+    #[serde(default = "ProtocolSpec::https")]
+    pub https: ProtocolSpec,
 }
 
 impl Default for Protocols {
@@ -184,6 +197,7 @@ impl Default for Protocols {
             pop3: ProtocolSpec::pop3(),
             pop3s: ProtocolSpec::pop3s(),
             managesieve: ProtocolSpec::managesieve(),
+            https: ProtocolSpec::https(),
         }
     }
 }
@@ -200,6 +214,7 @@ impl Protocols {
             (Protocol::Pop3, &self.pop3),
             (Protocol::Pop3s, &self.pop3s),
             (Protocol::Managesieve, &self.managesieve),
+            (Protocol::Https, &self.https),
         ]
         .into_iter()
     }
@@ -244,11 +259,13 @@ pub enum Protocol {
     Pop3s,
     /// ManageSieve, port 4190.
     Managesieve,
+    /// HTTPS (MTA-STS, autoconfig, autodiscover), port 443.
+    Https,
 }
 
 impl Protocol {
     /// Every protocol, in a fixed order.
-    pub const ALL: [Protocol; 8] = [
+    pub const ALL: [Protocol; 9] = [
         Protocol::Smtp,
         Protocol::Submission,
         Protocol::Submissions,
@@ -257,6 +274,7 @@ impl Protocol {
         Protocol::Pop3,
         Protocol::Pop3s,
         Protocol::Managesieve,
+        Protocol::Https,
     ];
 
     /// The protocol's field name under `spec.protocols`, also its name in configs and ports.
@@ -270,6 +288,7 @@ impl Protocol {
             Protocol::Pop3 => "pop3",
             Protocol::Pop3s => "pop3s",
             Protocol::Managesieve => "managesieve",
+            Protocol::Https => "https",
         }
     }
 
@@ -284,6 +303,7 @@ impl Protocol {
             Protocol::Pop3 => 110,
             Protocol::Pop3s => 995,
             Protocol::Managesieve => 4190,
+            Protocol::Https => 443,
         }
     }
 
@@ -291,7 +311,7 @@ impl Protocol {
     pub fn implicit_tls(self) -> bool {
         matches!(
             self,
-            Protocol::Submissions | Protocol::Imaps | Protocol::Pop3s
+            Protocol::Submissions | Protocol::Imaps | Protocol::Pop3s | Protocol::Https
         )
     }
 }
@@ -344,6 +364,12 @@ impl ProtocolSpec {
     }
     fn managesieve() -> Self {
         Self::on(4190)
+    }
+    fn https() -> Self {
+        Self {
+            enabled: false,
+            port: Some(443),
+        }
     }
 }
 
@@ -405,6 +431,40 @@ pub enum RetentionPolicy {
     Retain,
     /// Delete the volume and its mail together with the MailDomain.
     Delete,
+}
+
+/// The domain's MTA-STS policy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MtaStsSpec {
+    /// `Testing` (the default: senders report failures but deliver anyway), `Enforce`
+    /// (senders deliver only to this domain's MX over TLS with a valid certificate; start with
+    /// `Testing` and a valid certificate first) or `None` (the policy is withdrawn).
+    #[serde(default)]
+    pub mode: MtaStsMode,
+}
+
+/// See [`MtaStsSpec::mode`].
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MtaStsMode {
+    /// Failures are reported, mail is delivered.
+    #[default]
+    Testing,
+    /// Mail goes only to the listed MX over verified TLS.
+    Enforce,
+    /// No policy.
+    None,
+}
+
+impl MtaStsMode {
+    /// The word in the policy file.
+    pub fn word(self) -> &'static str {
+        match self {
+            MtaStsMode::Testing => "testing",
+            MtaStsMode::Enforce => "enforce",
+            MtaStsMode::None => "none",
+        }
+    }
 }
 
 /// Publishing the domain's DNS records.
@@ -662,7 +722,9 @@ pub struct Endpoint {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DnsRecord {
-    /// What the record is for: MX, SPF, DKIM, DMARC, or an RFC 6186 service.
+    /// What the record is for: MX, SPF, DKIM, DMARC, an RFC 6186 service, `host` (the mail
+    /// host's address from a LoadBalancer), `web` (a name of the HTTPS side), MTA-STS or
+    /// TLS-RPT.
     pub purpose: String,
     /// The record type: MX, TXT, SRV, A, CNAME.
     #[serde(rename = "type")]

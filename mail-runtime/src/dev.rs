@@ -34,7 +34,7 @@ pub struct DevOptions {
 }
 
 /// The order of the dev ports after the base port.
-pub const PORT_ORDER: [ListenerProtocol; 9] = [
+pub const PORT_ORDER: [ListenerProtocol; 10] = [
     ListenerProtocol::Smtp,
     ListenerProtocol::Submission,
     ListenerProtocol::Submissions,
@@ -44,6 +44,7 @@ pub const PORT_ORDER: [ListenerProtocol; 9] = [
     ListenerProtocol::Pop3s,
     ListenerProtocol::Http,
     ListenerProtocol::Managesieve,
+    ListenerProtocol::Https,
 ];
 
 /// Starts dev mode; prints the JSON line and serves until the process ends.
@@ -135,6 +136,9 @@ pub fn write_dev_config(
     crate::tls::write_self_signed(
         &[
             format!("mail.{DOMAIN}"),
+            format!("mta-sts.{DOMAIN}"),
+            format!("autoconfig.{DOMAIN}"),
+            format!("autodiscover.{DOMAIN}"),
             "localhost".into(),
             "127.0.0.1".into(),
         ],

@@ -1,9 +1,10 @@
 //! The HTTP side of the runtime, on its own port: `/healthz`, `/readyz` (with the config
 //! revision served), `/metrics`, `/usage` (each mailbox's storage, for the operator),
 //! Thunderbird autoconfig, Outlook autodiscover and the MTA-STS policy. Plain HTTP: inside the
-//! cluster it is read by the kubelet, the operator and Prometheus; from outside only the
-//! autoconfig and MTA-STS paths belong behind an Ingress that terminates TLS (`/usage` and
-//! `/metrics` name every mailbox).
+//! cluster it is read by the kubelet, the operator and Prometheus. The `https` listener serves
+//! the public part only (autoconfig, autodiscover, MTA-STS) over TLS with the domain's
+//! certificate, for mail clients and other servers outside (`/usage` and `/metrics` name every
+//! mailbox, `/readyz` tells config errors: never there).
 use std::convert::Infallible;
 
 use http_body_util::Full;
@@ -15,7 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::{
-    config::{Config, ListenerProtocol},
+    config::{Config, Listener, ListenerProtocol},
     runtime::Runtime,
 };
 
@@ -52,6 +53,33 @@ pub async fn serve(socket: TcpListener, runtime: Runtime) {
                 .await;
         });
     }
+}
+
+/// Serves the public documents over HTTPS on `socket` forever, with the domain's certificate:
+/// connections are admitted like the mail protocols' (per-address and total limits, PROXY
+/// headers from trusted proxies, the TLS handshake), then spoken HTTP/1.1 to.
+pub async fn serve_public(socket: TcpListener, listener: Listener, runtime: Runtime) {
+    crate::net::serve(
+        socket,
+        listener,
+        runtime,
+        |_| Vec::new(),
+        |accepted, _, runtime| async move {
+            let crate::net::Accepted { conn, slot, .. } = accepted;
+            let _slot = slot;
+            let service = service_fn(move |req| {
+                let runtime = runtime.clone();
+                async move { Ok::<_, Infallible>(public(&runtime, req)) }
+            });
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(conn), service)
+                .await;
+            Ok(())
+        },
+    )
+    .await;
 }
 
 fn respond(
@@ -133,6 +161,17 @@ fn mailbox_usage(runtime: &Runtime) -> Vec<crate::metrics::MailboxUsage> {
         .collect()
 }
 
+/// What the HTTPS listener answers: the documents for mail clients and other servers, and
+/// nothing of the runtime's own state.
+fn public<B>(runtime: &Runtime, req: Request<B>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/healthz" | "/readyz" | "/metrics" | "/usage" => {
+            respond(StatusCode::NOT_FOUND, "text/plain", "not found\n")
+        }
+        _ => route(runtime, req),
+    }
+}
+
 fn route<B>(runtime: &Runtime, req: Request<B>) -> Response<Full<Bytes>> {
     let config = runtime.config().get();
     let path = req.uri().path();
@@ -161,9 +200,9 @@ fn route<B>(runtime: &Runtime, req: Request<B>) -> Response<Full<Bytes>> {
         (&Method::GET, "/.well-known/mta-sts.txt") => respond(
             StatusCode::OK,
             "text/plain",
-            format!(
-                "version: STSv1\r\nmode: {}\r\nmx: {}\r\nmax_age: 604800\r\n",
-                config.raw.advertised.mta_sts_mode, config.raw.hostname
+            kubemail_config::mta_sts_policy(
+                &config.raw.advertised.mta_sts_mode,
+                &config.raw.hostname,
             ),
         ),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),

@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// The protocols this build serves; listeners for others are skipped with a warning.
-pub const SERVED: [ListenerProtocol; 9] = [
+pub const SERVED: [ListenerProtocol; 10] = [
     ListenerProtocol::Smtp,
     ListenerProtocol::Submission,
     ListenerProtocol::Submissions,
@@ -29,6 +29,7 @@ pub const SERVED: [ListenerProtocol; 9] = [
     ListenerProtocol::Pop3s,
     ListenerProtocol::Managesieve,
     ListenerProtocol::Http,
+    ListenerProtocol::Https,
 ];
 
 /// IMAP sessions with COMPRESS=DEFLATE at once, per pod (about 80 MiB of compressor state).
@@ -427,6 +428,13 @@ impl Runtime {
                 }
                 ListenerProtocol::Http => {
                     tokio::spawn(crate::http::serve(socket, self.clone()));
+                }
+                ListenerProtocol::Https => {
+                    tokio::spawn(crate::http::serve_public(
+                        socket,
+                        listener.clone(),
+                        self.clone(),
+                    ));
                 }
             }
             tracing::info!(protocol = listener.protocol.name(), %addr, "listening");

@@ -221,3 +221,49 @@ print(json.dumps(out))
         "{sts}"
     );
 }
+
+/// The `https` listener, as curl sees it with the certificate as its only CA: the MTA-STS
+/// policy at `mta-sts.<domain>` and autoconfig at `autoconfig.<domain>`, with the domain's
+/// certificate; the runtime's own state (`/metrics`, `/usage`, `/readyz`, `/healthz`) is not
+/// there.
+#[test]
+fn the_public_documents_are_served_over_https_and_nothing_else() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = Dev::start(tmp.path());
+    let port = dev.port("https");
+    let ca = tmp.path().join("tls/tls.crt");
+    let get = |host: &str, path: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "10", "--cacert"])
+            .arg(&ca)
+            .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+            .args(["-w", "\n%{http_code} %{content_type}"])
+            .arg(format!("https://{host}:{port}{path}"))
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "curl {host}{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let policy = get("mta-sts.example.test", "/.well-known/mta-sts.txt");
+    assert!(
+        policy.starts_with("version: STSv1\r\nmode: testing\r\nmx: mail.example.test\r\n")
+            && policy.ends_with("200 text/plain"),
+        "{policy}"
+    );
+    let autoconfig = get("autoconfig.example.test", "/mail/config-v1.1.xml");
+    assert!(
+        autoconfig.contains("<hostname>mail.example.test</hostname>")
+            && autoconfig.ends_with("200 application/xml"),
+        "{autoconfig}"
+    );
+    for path in ["/metrics", "/usage", "/readyz", "/healthz"] {
+        let answer = get("mta-sts.example.test", path);
+        assert!(answer.ends_with("404 text/plain"), "{path}: {answer}");
+    }
+    // The same over plain HTTP on the runtime's own port still answers there.
+    assert!(common::http_get(&dev, "/metrics").contains("kubemail_"));
+}

@@ -2080,7 +2080,7 @@ async fn dns_records_are_published_as_an_external_dns_endpoint() {
                "spec": {"domain": "example.test", "dns": {"publish": publish, "ttl": 300},
                         "runtime": {"service": {"type": "LoadBalancer"}}}})
     };
-    apply(&client, &ns, domain(true)).await;
+    apply(&client, &ns, domain(false)).await;
     let crds = Api::<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>::all(client.clone());
     let installed = crds
         .get_opt("dnsendpoints.externaldns.k8s.io")
@@ -2093,6 +2093,7 @@ async fn dns_records_are_published_as_an_external_dns_endpoint() {
             !installed,
             "external-dns's CRD is installed before the test"
         );
+        apply(&client, &ns, domain(true)).await;
         let (status, reason) = eventually("DNSPublished says the CRD is missing", || async {
             domain_condition(&client, &ns, "DNSPublished").await
         })
@@ -2101,6 +2102,16 @@ async fn dns_records_are_published_as_an_external_dns_endpoint() {
             (status.as_str(), reason.as_str()),
             ("False", "CRDNotInstalled")
         );
+        // Publishing off while the CRD is installed and somebody else's object is made: the
+        // operator must not write one of its own before the test's is there.
+        apply(&client, &ns, domain(false)).await;
+        eventually("DNSPublished gone with publishing off", || async {
+            domain_condition(&client, &ns, "DNSPublished")
+                .await
+                .is_none()
+                .then_some(())
+        })
+        .await;
         kubemail_e2e::install_external_dns_crd(&client)
             .await
             .expect("external-dns's CRD installs");
@@ -2123,6 +2134,7 @@ async fn dns_records_are_published_as_an_external_dns_endpoint() {
         )
         .await
         .expect("create theirs");
+    apply(&client, &ns, domain(true)).await;
     let (_, reason) = eventually("DNSPublished says it is not ours", || async {
         domain_condition(&client, &ns, "DNSPublished")
             .await

@@ -686,7 +686,7 @@ pub fn targets_of(listeners: &[kubemail_config::Listener]) -> Vec<(Kind, String,
                 P::Imap | P::Imaps => Kind::Imap,
                 P::Pop3 | P::Pop3s => Kind::Pop3,
                 P::Managesieve => Kind::Managesieve,
-                P::Http => return None,
+                P::Http | P::Https => return None,
             };
             // A listener behind the PROXY protocol reads a header only from trusted proxies,
             // which never include loopback: the probe is served as a direct client.

@@ -471,8 +471,7 @@ async fn dereference(ctx: &Context, md: &MailDomain, ns: &str) -> Result<Referre
         }),
         None => {
             if secrets.get_opt(&names.self_signed_tls).await?.is_none() {
-                let host = hostname(md);
-                let (cert, key) = keys::self_signed(std::slice::from_ref(&host))
+                let (cert, key) = keys::self_signed(&dns::web_names(md, true))
                     .map_err(|e| Error::Keys(e.into()))?;
                 let secret = objects::pem_secret(
                     md,

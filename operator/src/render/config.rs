@@ -51,6 +51,7 @@ fn listener_protocol(p: Protocol) -> ListenerProtocol {
         Protocol::Pop3 => ListenerProtocol::Pop3,
         Protocol::Pop3s => ListenerProtocol::Pop3s,
         Protocol::Managesieve => ListenerProtocol::Managesieve,
+        Protocol::Https => ListenerProtocol::Https,
     }
 }
 
@@ -194,7 +195,7 @@ pub fn runtime_config(
             pop3: port(Protocol::Pop3),
             pop3s: port(Protocol::Pop3s),
             managesieve: port(Protocol::Managesieve),
-            ..Advertised::default()
+            mta_sts_mode: spec.mta_sts.mode.word().into(),
         },
     }
 }

@@ -13,8 +13,9 @@ fn record(purpose: &str, type_: &str, name: String, value: String) -> DnsRecord 
 }
 
 /// The mail host's A/AAAA (from the addresses given: a LoadBalancer Service's), MX and SPF for
-/// the domain and its alias domains, DKIM (when a public key is given), DMARC, and the RFC 6186
-/// SRV records of the enabled client protocols (RFC 5804's for ManageSieve).
+/// the domain and its alias domains, DKIM (when a public key is given), DMARC, with HTTPS on
+/// the web names (CNAMEs to the mail host), `_mta-sts` and `_smtp._tls` (TLS-RPT), and the
+/// RFC 6186 SRV records of the enabled client protocols (RFC 5804's for ManageSieve).
 pub fn records(
     md: &MailDomain,
     dkim_public: Option<&str>,
@@ -50,6 +51,31 @@ pub fn records(
         format!("_dmarc.{domain}."),
         format!("v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}"),
     ));
+    // The web side, only when the runtime serves it over HTTPS: a policy announced where it
+    // cannot be fetched would only cost senders a failed fetch.
+    if md.spec.protocols.https.enabled {
+        for name in web_names(md, false) {
+            out.push(record(
+                "web",
+                "CNAME",
+                format!("{name}."),
+                format!("{host}."),
+            ));
+        }
+        let policy = kubemail_config::mta_sts_policy(md.spec.mta_sts.mode.word(), &host);
+        out.push(record(
+            "MTA-STS",
+            "TXT",
+            format!("_mta-sts.{domain}."),
+            format!("v=STSv1; id={}", mta_sts_id(&policy)),
+        ));
+        out.push(record(
+            "TLS-RPT",
+            "TXT",
+            format!("_smtp._tls.{domain}."),
+            format!("v=TLSRPTv1; rua=mailto:postmaster@{domain}"),
+        ));
+    }
     for (protocol, service) in [
         (Protocol::Submissions, "_submissions"),
         (Protocol::Submission, "_submission"),
@@ -81,6 +107,29 @@ pub fn records(
         ));
     }
     out
+}
+
+/// The host names of the web side (`mta-sts.`, `autoconfig.`, `autodiscover.` the domain),
+/// after the mail host itself when `with_host` (the names a self-signed certificate covers).
+pub fn web_names(md: &MailDomain, with_host: bool) -> Vec<String> {
+    let domain = &md.spec.domain;
+    with_host
+        .then(|| hostname(md))
+        .into_iter()
+        .chain(
+            ["mta-sts", "autoconfig", "autodiscover"]
+                .iter()
+                .map(|n| format!("{n}.{domain}")),
+        )
+        .collect()
+}
+
+/// The `_mta-sts` record's id (RFC 8461 s3.1: 1-32 letters and digits): from the policy's
+/// text, so it changes when the policy does and only then.
+fn mta_sts_id(policy: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(policy.as_bytes());
+    digest.iter().take(10).map(|b| format!("{b:02x}")).collect()
 }
 
 /// The external-dns `DNSEndpoint` that publishes `records`: one endpoint per name and type with

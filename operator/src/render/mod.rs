@@ -31,6 +31,7 @@ pub fn container_port(protocol: Protocol) -> i32 {
         Protocol::Pop3 => 2110,
         Protocol::Pop3s => 2995,
         Protocol::Managesieve => 4190,
+        Protocol::Https => 8443,
     }
 }
 

@@ -268,12 +268,14 @@ pub fn deployment(
         8,
         3,
     );
-    let liveness = enabled.first().map(|p| {
+    // A mail protocol's: the probe speaks those (HTTPS is not one).
+    let liveness = enabled.iter().find_map(|p| {
         let kind = match p {
             Protocol::Smtp | Protocol::Submission | Protocol::Submissions => "smtp",
             Protocol::Imap | Protocol::Imaps => "imap",
             Protocol::Pop3 | Protocol::Pop3s => "pop3",
             Protocol::Managesieve => "managesieve",
+            Protocol::Https => return None,
         };
         let mut command = vec![
             options.binary.clone(),
@@ -286,7 +288,7 @@ pub fn deployment(
         }
         let mut probe = exec_probe(command, 20, 8, 3);
         probe.initial_delay_seconds = Some(10);
-        probe
+        Some(probe)
     });
     // The smarthost's credentials come from the user's Secret, mounted as `username` and
     // `password` (the operator never reads them).

@@ -274,3 +274,74 @@ fn a_mailbox_spam_threshold_is_rendered_in_hundredths() {
         (Some(450), true)
     );
 }
+
+#[test]
+fn https_serves_the_web_names_and_announces_the_policy_that_the_runtime_serves() {
+    use kubemail_crds::mail_domain::MtaStsMode;
+    let mut md = fixtures::domain();
+    // Off by default: no port, no listener, no MTA-STS records.
+    let records = dns::records(&md, None, &[]);
+    assert!(
+        !records
+            .iter()
+            .any(|r| r.purpose == "MTA-STS" || r.type_ == "CNAME")
+    );
+    let port = |md: &kubemail_crds::MailDomain| {
+        objects::service(md)
+            .spec
+            .and_then(|s| s.ports)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|p| p.name.as_deref() == Some("https"))
+            .map(|p| (p.port, p.target_port))
+    };
+    assert_eq!(port(&md), None);
+
+    md.spec.protocols.https.enabled = true;
+    md.spec.mta_sts.mode = MtaStsMode::Enforce;
+    assert_eq!(
+        port(&md),
+        Some((
+            443,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(8443))
+        ))
+    );
+    let config = runtime_config(&md, &[], None);
+    assert!(config.listeners.iter().any(|l| {
+        l.protocol == kubemail_config::ListenerProtocol::Https && l.address == "0.0.0.0:8443"
+    }));
+    assert_eq!(config.advertised.mta_sts_mode, "enforce");
+    let records = dns::records(&md, None, &[]);
+    let find = |name: &str| {
+        records
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| (r.type_.clone(), r.value.clone()))
+    };
+    for web in ["mta-sts", "autoconfig", "autodiscover"] {
+        assert_eq!(
+            find(&format!("{web}.example.com.")),
+            Some(("CNAME".into(), "mail.example.com.".into()))
+        );
+    }
+    assert_eq!(
+        find("_smtp._tls.example.com."),
+        Some((
+            "TXT".into(),
+            "v=TLSRPTv1; rua=mailto:postmaster@example.com".into()
+        ))
+    );
+    // The id follows the policy the runtime serves: another mode, another id; the same, the
+    // same.
+    let (_, enforce) = find("_mta-sts.example.com.").expect("_mta-sts");
+    assert!(enforce.starts_with("v=STSv1; id=") && enforce.len() == "v=STSv1; id=".len() + 20);
+    assert_eq!(dns::records(&md, None, &[]), records);
+    md.spec.mta_sts.mode = MtaStsMode::Testing;
+    let testing = dns::records(&md, None, &[]);
+    let (_, testing) = testing
+        .iter()
+        .find(|r| r.purpose == "MTA-STS")
+        .map(|r| (r.type_.clone(), r.value.clone()))
+        .expect("_mta-sts");
+    assert_ne!(testing, enforce);
+}
