@@ -670,7 +670,7 @@ pub struct MailDomainStatus {
     pub observed_generation: Option<i64>,
     /// `Ready` (every enabled protocol answers its probe and the runtime serves the current
     /// config), one condition per protocol probe (`SMTPReady`, `SubmissionReady`, `IMAPReady`,
-    /// `POP3Ready`), `ConfigServed` (the runtime serves the revision written), `TLSReady`,
+    /// `POP3Ready`, `ManageSieveReady`, `HTTPSReady`), `ConfigServed` (the runtime serves the revision written), `TLSReady`,
     /// `RelayPolicyFound` when a RelayPolicy is named, `CatchAllFound` when a catch-all is set,
     /// `ConfigValid=False` while a rendered config is refused, and `OpenRelay` from the
     /// operator's relay attempt through port 25 without a login (True, with a Warning event,

@@ -36,7 +36,7 @@ enum Command {
     },
     /// Speak a protocol as a client would; one JSON line; exit 0 when healthy.
     Probe {
-        /// smtp, imap or pop3.
+        /// smtp, imap, pop3, managesieve or https.
         #[arg(value_parser = parse_kind)]
         kind: probe::Kind,
         /// HOST:PORT.

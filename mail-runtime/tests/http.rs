@@ -266,4 +266,22 @@ fn the_public_documents_are_served_over_https_and_nothing_else() {
     }
     // The same over plain HTTP on the runtime's own port still answers there.
     assert!(common::http_get(&dev, "/metrics").contains("kubemail_"));
+    // The probe the pod's readiness check and the operator run.
+    let probe = Command::new(env!("CARGO_BIN_EXE_mail-runtime"))
+        .args(["probe", "https", &format!("127.0.0.1:{port}")])
+        .output()
+        .expect("probe");
+    let report: serde_json::Value = serde_json::from_slice(&probe.stdout).expect("json");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["greeting"], "HTTP/1.1 200 OK", "{report}");
+    // Pointed at a mail port it fails, as it should.
+    let wrong = Command::new(env!("CARGO_BIN_EXE_mail-runtime"))
+        .args([
+            "probe",
+            "https",
+            &format!("127.0.0.1:{}", dev.port("imaps")),
+        ])
+        .output()
+        .expect("probe");
+    assert!(!wrong.status.success());
 }

@@ -91,6 +91,8 @@ pub mod types {
     pub const POP3_READY: &str = "POP3Ready";
     /// MailDomain: its content scanners answer (only with clamav or rspamd configured).
     pub const SCANNERS_REACHABLE: &str = "ScannersReachable";
+    /// MailDomain: the HTTPS probe (443: the MTA-STS policy is served), with `protocols.https`.
+    pub const HTTPS_READY: &str = "HTTPSReady";
     /// MailDomain: the ManageSieve probe (4190).
     pub const MANAGESIEVE_READY: &str = "ManageSieveReady";
     /// MailDomain: its certificate Secret is there.

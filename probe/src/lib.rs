@@ -33,6 +33,8 @@ pub enum Kind {
     Pop3,
     /// ManageSieve (4190).
     Managesieve,
+    /// HTTPS (443): the MTA-STS policy is served.
+    Https,
 }
 
 impl std::str::FromStr for Kind {
@@ -43,8 +45,9 @@ impl std::str::FromStr for Kind {
             "imap" => Ok(Kind::Imap),
             "pop3" => Ok(Kind::Pop3),
             "managesieve" => Ok(Kind::Managesieve),
+            "https" => Ok(Kind::Https),
             other => Err(format!(
-                "unknown protocol {other:?}: use smtp, imap, pop3 or managesieve"
+                "unknown protocol {other:?}: use smtp, imap, pop3, managesieve or https"
             )),
         }
     }
@@ -150,6 +153,7 @@ pub async fn probe(kind: Kind, address: &str, options: &Options) -> Report {
             Kind::Imap => imap(address, options, &mut found).await,
             Kind::Pop3 => pop3(address, options, &mut found).await,
             Kind::Managesieve => managesieve(address, options, &mut found).await,
+            Kind::Https => https(address, options, &mut found).await,
         }
     })
     .await
@@ -487,6 +491,48 @@ async fn pop3(address: &str, options: &Options, found: &mut Found) -> Result<(),
     pop3_login(&mut conn, options, found).await
 }
 
+/// HTTPS: a TLS handshake (always implicit), then `GET /.well-known/mta-sts.txt`, which must be
+/// a 200 with a policy (`version: STSv1`). The status line is the greeting.
+async fn https(address: &str, options: &Options, found: &mut Found) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let connector = connector(options)?;
+    let name = tls_name(address, options)?;
+    let stream = connect(address).await?;
+    let mut tls = connector
+        .connect(name, stream)
+        .await
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    found.tls = true;
+    let host = options
+        .tls_name
+        .clone()
+        .unwrap_or_else(|| host_of(address).to_string());
+    tls.write_all(
+        format!(
+            "GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .map_err(|e| format!("sending the request: {e}"))?;
+    let mut answer = Vec::new();
+    (&mut tls)
+        .take(64 * 1024)
+        .read_to_end(&mut answer)
+        .await
+        .map_err(|e| format!("reading the answer: {e}"))?;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer.lines().next().unwrap_or_default().to_string();
+    found.greeting = Some(status.clone());
+    if !status.starts_with("HTTP/1.1 200") {
+        return Err(format!("the MTA-STS policy answered {status:?}"));
+    }
+    if !answer.contains("\r\n\r\nversion: STSv1") {
+        return Err("the answer is not an MTA-STS policy".into());
+    }
+    Ok(())
+}
+
 /// An error unless the capabilities name `starttls` (STLS, STARTTLS).
 fn advertised(found: &Found, starttls: &str) -> Result<(), String> {
     if found
@@ -686,7 +732,8 @@ pub fn targets_of(listeners: &[kubemail_config::Listener]) -> Vec<(Kind, String,
                 P::Imap | P::Imaps => Kind::Imap,
                 P::Pop3 | P::Pop3s => Kind::Pop3,
                 P::Managesieve => Kind::Managesieve,
-                P::Http | P::Https => return None,
+                P::Https => Kind::Https,
+                P::Http => return None,
             };
             // A listener behind the PROXY protocol reads a header only from trusted proxies,
             // which never include loopback: the probe is served as a direct client.

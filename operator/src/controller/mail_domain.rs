@@ -705,7 +705,7 @@ struct Observed {
 }
 
 /// The protocol groups, each one condition.
-const GROUPS: [(&str, probe::Kind, &[Protocol]); 5] = [
+const GROUPS: [(&str, probe::Kind, &[Protocol]); 6] = [
     (types::SMTP_READY, probe::Kind::Smtp, &[Protocol::Smtp]),
     (
         types::SUBMISSION_READY,
@@ -727,6 +727,7 @@ const GROUPS: [(&str, probe::Kind, &[Protocol]); 5] = [
         probe::Kind::Managesieve,
         &[Protocol::Managesieve],
     ),
+    (types::HTTPS_READY, probe::Kind::Https, &[Protocol::Https]),
 ];
 
 /// Asks the running domain: the revision its runtime serves, each Mailbox's usage and the queue
