@@ -642,7 +642,8 @@ pub struct Limits {
     /// Most concurrent connections, all listeners together.
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
-    /// Most concurrent connections from one IP address.
+    /// Most concurrent connections from one IP address (IPv6: one /64); the pod's own
+    /// loopback (its probes) is never refused.
     #[serde(default = "default_max_connections_per_ip")]
     pub max_connections_per_ip: u32,
     /// Seconds a client may take to send a command (and between DATA chunks).

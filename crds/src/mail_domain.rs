@@ -559,7 +559,7 @@ pub struct LimitsSpec {
     #[serde(default = "default_max_connections")]
     #[schemars(range(min = 1, max = 100000))]
     pub max_connections: i32,
-    /// Most concurrent connections from one client IP address. Defaults to 50.
+    /// Most concurrent connections from one client IP address (IPv6: one /64). Defaults to 50.
     #[serde(default = "default_max_connections_per_ip")]
     #[schemars(range(min = 1, max = 100000))]
     pub max_connections_per_ip: i32,

@@ -28,6 +28,15 @@ const MAX_CONNECTIONS: usize = 64;
 /// scrape sees figures at most this old.
 const USAGE_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The most a connection's read buffer holds (hyper's default is about 400 KiB: a few
+/// thousand half-sent headers held that much each). Requests here are a line and a few
+/// headers; a larger header gets 431.
+const MAX_BUFFER: usize = 16 * 1024;
+
+/// How long one connection may last, keep-alive included: a client that pipelines requests
+/// and never reads the answers holds its slot no longer than this.
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Serves HTTP on `socket` forever.
 pub async fn serve(socket: TcpListener, runtime: Runtime) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -46,11 +55,12 @@ pub async fn serve(socket: TcpListener, runtime: Runtime) {
                 let runtime = runtime.clone();
                 async move { Ok::<_, Infallible>(handle(&runtime, req).await) }
             });
-            let _ = http1::Builder::new()
+            let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .max_buf_size(MAX_BUFFER)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
         });
     }
 }
@@ -71,11 +81,12 @@ pub async fn serve_public(socket: TcpListener, listener: Listener, runtime: Runt
                 let runtime = runtime.clone();
                 async move { Ok::<_, Infallible>(public(&runtime, req)) }
             });
-            let _ = http1::Builder::new()
+            let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(conn), service)
-                .await;
+                .max_buf_size(MAX_BUFFER)
+                .serve_connection(TokioIo::new(conn), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
             Ok(())
         },
     )
@@ -164,11 +175,18 @@ fn mailbox_usage(runtime: &Runtime) -> Vec<crate::metrics::MailboxUsage> {
 /// What the HTTPS listener answers: the documents for mail clients and other servers, and
 /// nothing of the runtime's own state.
 fn public<B>(runtime: &Runtime, req: Request<B>) -> Response<Full<Bytes>> {
-    match req.uri().path() {
-        "/healthz" | "/readyz" | "/metrics" | "/usage" => {
-            respond(StatusCode::NOT_FOUND, "text/plain", "not found\n")
-        }
-        _ => route(runtime, req),
+    // An allowlist: a path added to `route` later is not public until it is named here.
+    let path = req.uri().path();
+    if matches!(
+        path,
+        "/.well-known/mta-sts.txt"
+            | "/mail/config-v1.1.xml"
+            | "/.well-known/autoconfig/mail/config-v1.1.xml"
+    ) || path.eq_ignore_ascii_case("/autodiscover/autodiscover.xml")
+    {
+        route(runtime, req)
+    } else {
+        respond(StatusCode::NOT_FOUND, "text/plain", "not found\n")
     }
 }
 

@@ -207,7 +207,13 @@ async fn accept(
             }
         }
     }
-    let slot = match runtime.admit(peer) {
+    // The pod's own probes and port-forwards: the loopback address itself, straight.
+    let own = !expects_header
+        && matches!(
+            crate::config::canonical_ip(peer),
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST) | IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        );
+    let slot = match runtime.admit_from(peer, own) {
         Ok(slot) => slot,
         Err(why) => {
             if !listener.protocol.implicit_tls() {
@@ -316,6 +322,37 @@ security: {{trustedProxies: [127.0.0.2/32]}}
     }
 
     const HEADER: &[u8] = b"PROXY TCP4 192.0.2.9 192.0.2.1 40000 25\r\nEHLO x\r\n";
+
+    #[test]
+    fn addresses_are_counted_per_ipv6_64_and_the_pods_own_are_never_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let runtime = runtime(dir.path());
+        let mut raw = runtime.config().get().raw.clone();
+        raw.limits.max_connections = 3;
+        raw.limits.max_connections_per_ip = 1;
+        runtime
+            .config()
+            .set(Config::validate(raw).expect("valid limits"));
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let first = runtime
+            .admit(ip("2001:db8:1:2::1"))
+            .expect("the first of a /64");
+        // Another address of the same /64 is the same customer.
+        assert!(runtime.admit(ip("2001:db8:1:2::ffff")).is_err());
+        let other = runtime.admit(ip("2001:db8:1:3::1")).expect("another /64");
+        let v4 = runtime.admit(ip("192.0.2.7")).expect("an IPv4 address");
+        // The total is reached: outsiders wait, the pod's own probes do not.
+        assert!(runtime.admit(ip("192.0.2.8")).is_err());
+        let probes: Vec<_> = (0..3)
+            .map(|_| {
+                runtime
+                    .admit_from(ip("127.0.0.1"), true)
+                    .expect("the pod's own")
+            })
+            .collect();
+        drop((first, other, v4, probes));
+        assert!(runtime.admit(ip("192.0.2.8")).is_ok());
+    }
 
     #[tokio::test]
     async fn a_trusted_proxy_names_the_client_and_nothing_after_its_header_is_consumed() {

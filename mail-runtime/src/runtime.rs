@@ -338,13 +338,28 @@ impl Runtime {
 
     /// Counts a new connection from `ip`, or says why it is refused.
     pub fn admit(&self, ip: IpAddr) -> Result<ConnectionSlot, &'static str> {
+        self.admit_from(ip, false)
+    }
+
+    /// Like [`Runtime::admit`]; `own` for a connection from the pod itself (127.0.0.1 or ::1,
+    /// with no PROXY header): its probes and `kubectl port-forward`, which the total limit
+    /// never refuses, or a flood from outside would get the pod restarted by its own liveness
+    /// probe. Addresses are counted per IPv6 /64 (one customer's network hands out a /64 or
+    /// more) and per IPv4 address.
+    pub fn admit_from(&self, ip: IpAddr, own: bool) -> Result<ConnectionSlot, &'static str> {
+        let ip = match crate::config::canonical_ip(ip) {
+            IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+            v4 => v4,
+        };
         let limits = self.config.get().raw.limits.clone();
         let mut c = self.connections.lock().expect("connections lock");
-        if c.total >= limits.max_connections {
+        if c.total >= limits.max_connections && !own {
             return Err("too many connections, try again later");
         }
         let per_ip = c.per_ip.entry(ip).or_default();
-        if *per_ip >= limits.max_connections_per_ip {
+        if *per_ip >= limits.max_connections_per_ip && !own {
             return Err("too many connections from your address, try again later");
         }
         *per_ip += 1;

@@ -17,6 +17,14 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 const MAX_POLICY: usize = 64 * 1024;
 /// The longest a policy is kept (RFC 8461 s3.2: max_age is at most 31557600).
 const MAX_AGE: u64 = 31_557_600;
+/// The most MX patterns a policy may list (a domain has a handful; a policy listing thousands
+/// is refused rather than kept for a year).
+const MAX_MX: usize = 100;
+/// The most policies kept; past it the one expiring first goes.
+const MAX_KEPT: usize = 10_000;
+/// How long a failed fetch is not tried again for the same record id: each try can hold a
+/// delivery slot for up to [`FETCH_TIMEOUT`].
+const RETRY_FAILED: Duration = Duration::from_secs(300);
 
 /// What a policy asks of senders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +92,12 @@ impl Policy {
         if mode != Mode::None && mx.is_empty() {
             return Err("the policy lists no mx".into());
         }
+        if mx.len() > MAX_MX {
+            return Err(format!(
+                "the policy lists {} mx (at most {MAX_MX})",
+                mx.len()
+            ));
+        }
         Ok(Policy { mode, mx, max_age })
     }
 
@@ -114,6 +128,13 @@ struct Kept {
 #[derive(Debug, Default)]
 pub struct Policies {
     kept: Mutex<HashMap<String, Kept>>,
+    /// (domain, record id) whose fetch failed, and when.
+    failed: Mutex<HashMap<(String, String), Instant>>,
+}
+
+/// Whether a `_mta-sts` record's id is one RFC 8461 s3.1 allows: 1 to 32 letters and digits.
+fn valid_id(id: &str) -> bool {
+    (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 impl Policies {
@@ -128,18 +149,36 @@ impl Policies {
             kept.retain(|_, k| k.until > Instant::now());
             kept.get(&domain).cloned()
         };
+        // A record whose id is not what the RFC allows counts as no record.
         let id = resolver
             .txt_lookup::<MtaSts>(format!("_mta-sts.{domain}."), None::<&NoCache<_, _>>)
             .await
             .ok()
-            .map(|r| r.id.clone());
+            .map(|r| r.id.clone())
+            .filter(|id| valid_id(id));
+        let recently_failed = |id: &str| {
+            let mut failed = self.failed.lock().expect("mta-sts lock");
+            failed.retain(|_, at| at.elapsed() < RETRY_FAILED);
+            failed.contains_key(&(domain.clone(), id.to_string()))
+        };
         let policy = match (id, kept) {
             (None, kept) => kept.map(|k| k.policy),
             (Some(id), Some(k)) if k.id == id => Some(k.policy),
+            (Some(id), kept) if recently_failed(&id) => kept.map(|k| k.policy),
             (Some(id), kept) => match fetch(resolver, &domain).await {
                 Ok(policy) => {
                     tracing::info!(%domain, %id, mode = ?policy.mode, "MTA-STS policy fetched");
-                    self.kept.lock().expect("mta-sts lock").insert(
+                    let mut all = self.kept.lock().expect("mta-sts lock");
+                    if all.len() >= MAX_KEPT && !all.contains_key(&domain) {
+                        let first = all
+                            .iter()
+                            .min_by_key(|(_, k)| k.until)
+                            .map(|(d, _)| d.clone());
+                        if let Some(first) = first {
+                            all.remove(&first);
+                        }
+                    }
+                    all.insert(
                         domain.clone(),
                         Kept {
                             id,
@@ -151,6 +190,10 @@ impl Policies {
                 }
                 Err(why) => {
                     tracing::warn!(%domain, error = %why, "MTA-STS policy not fetched");
+                    self.failed
+                        .lock()
+                        .expect("mta-sts lock")
+                        .insert((domain.clone(), id), Instant::now());
                     kept.map(|k| k.policy)
                 }
             },
@@ -257,5 +300,12 @@ mod tests {
         assert!(Policy::parse("version: STSv1\nmode: enforce\nmax_age: 1\n").is_err());
         assert!(Policy::parse("version: STSv1\nmode: strict\nmx: m\nmax_age: 1\n").is_err());
         assert!(Policy::parse("version: STSv1\nmode: none\nmax_age: 1\n").is_ok());
+        let many = format!(
+            "version: STSv1\nmode: enforce\nmax_age: 1\n{}",
+            "mx: m.example\n".repeat(MAX_MX + 1)
+        );
+        assert!(Policy::parse(&many).is_err());
+        assert!(valid_id("20261207T1200") && !valid_id("") && !valid_id("a-b"));
+        assert!(!valid_id(&"a".repeat(33)));
     }
 }

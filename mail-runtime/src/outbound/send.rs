@@ -179,6 +179,19 @@ async fn via(
                     )),
                 );
             }
+            // With TLS required, anything said before TLS is unauthenticated: whoever sits on
+            // the path could forge a 5xx there and turn a wait into a bounce.
+            Err(err) if tls == Some(true) => {
+                return all(
+                    rcpts.len(),
+                    match classify(&err) {
+                        Outcome::Permanent(reply) => Outcome::Temporary(format!(
+                            "{reply} (before TLS, which is required: not taken as final)"
+                        )),
+                        other => other,
+                    },
+                );
+            }
             Err(err) => return all(rcpts.len(), classify(&err)),
         }
     }
