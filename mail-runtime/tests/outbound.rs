@@ -638,8 +638,7 @@ fn outside_mail_forwarded_out_is_not_signed_nor_bounced_and_loops_stop() {
 }
 
 /// A test CA and certificates it signs, as PEM files in `dir`: `ca.pem`, and `<name>.pem` /
-/// `<name>.key` for each name (HAProxy reads `<name>.pem` with the key appended as
-/// `<name>.both.pem`).
+/// `<name>.key` for each name.
 fn test_pki(dir: &Path, names: &[&str]) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().expect("key");
@@ -658,17 +657,13 @@ fn test_pki(dir: &Path, names: &[&str]) {
             .expect("signed");
         std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write");
         std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write");
-        std::fs::write(
-            dir.join(format!("{name}.both.pem")),
-            format!("{}{}", cert.pem(), key.serialize_pem()),
-        )
-        .expect("write");
     }
 }
 
-/// RFC 8461 against real peers: dnsmasq publishes `_mta-sts.remote.test`, HAProxy serves the
-/// policy (`mode: enforce`, `mx: mx.remote.test`) over HTTPS with a certificate from a test CA
-/// the runtime trusts (`SSL_CERT_FILE`), and the MX (aiosmtpd) offers STARTTLS. With a
+/// RFC 8461 both ways: dnsmasq publishes `_mta-sts.remote.test`, the recipient domain's own
+/// kubemail runtime serves its policy (`mode: enforce`, `mx: mx.remote.test`) over HTTPS with
+/// a certificate from a test CA (curl fetches it too), the sending runtime trusts that CA
+/// (`SSL_CERT_FILE`), and the MX (aiosmtpd) offers STARTTLS. With a
 /// certificate for another name the message is not sent, not even in the clear: it waits, and
 /// the queue says why. With the right certificate it is delivered, over TLS.
 #[test]
@@ -685,24 +680,38 @@ fn an_enforced_mta_sts_policy_sends_nothing_to_an_mx_without_a_valid_certificate
     records.push(format!("--host-record=mta-sts.remote.test,{policy_ip}"));
     records.push("--txt-record=_mta-sts.remote.test,v=STSv1; id=20261207".into());
     let dns = Dns::start(&records);
+    // The recipient domain's own kubemail runtime serves its policy: only the HTTPS listener,
+    // on port 443 of the address its mta-sts name resolves to, with a certificate from the CA.
+    let remote = tmp.path().join("remote");
+    std::fs::create_dir_all(&remote).expect("dir");
+    let remote_config = remote.join("runtime.yaml");
     std::fs::write(
-        pki.join("policy.txt"),
-        "version: STSv1\nmode: enforce\nmx: mx.remote.test\nmax_age: 86400\n",
+        &remote_config,
+        format!(
+            "apiVersion: runtime.kubemail.io/v1\nkind: RuntimeConfig\nhostname: mx.remote.test\n\
+             domains: [{{name: remote.test}}]\n\
+             tls: {{certFile: {}, keyFile: {}}}\n\
+             listeners: [{{protocol: https, address: \"{policy_ip}:443\"}}]\n\
+             storage: {{path: {}}}\nadvertised: {{mtaStsMode: enforce}}\n",
+            pki.join("mta-sts.remote.test.pem").display(),
+            pki.join("mta-sts.remote.test.key").display(),
+            remote.join("data").display(),
+        ),
     )
-    .expect("policy");
-    let config = format!(
-        "global\n    maxconn 64\n\ndefaults\n    mode http\n    timeout connect 5s\n    \
-         timeout client 10s\n    timeout server 10s\n\nfrontend mta_sts\n    \
-         bind {policy_ip}:443 ssl crt {}\n    \
-         http-request return status 200 content-type text/plain file {} \
-         if {{ path /.well-known/mta-sts.txt }}\n    http-request return status 404\n",
-        pki.join("mta-sts.remote.test.both.pem").display(),
-        pki.join("policy.txt").display(),
+    .expect("config");
+    let _https = common::Spawned(
+        Command::new(env!("CARGO_BIN_EXE_mail-runtime"))
+            .args(["serve", "--config"])
+            .arg(&remote_config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("the recipient's runtime"),
     );
-    let _https = common::haproxy(
-        tmp.path(),
-        &config,
-        &[format!("{policy_ip}:443").parse().expect("addr")],
+    wait_until(
+        "the recipient's HTTPS listener",
+        Duration::from_secs(10),
+        || std::net::TcpStream::connect((policy_ip, 443)).is_ok(),
     );
     // The policy as any client fetches it.
     let fetched = run(Command::new("curl")
