@@ -27,7 +27,7 @@ fn unknown_flags_and_bad_values_are_refused_by_name() {
         ),
         (
             &["probe", "imaps", "127.0.0.1:1"][..],
-            "smtp, imap, pop3 or managesieve",
+            "smtp, imap, pop3, managesieve or https",
         ),
         (
             &["probe", "imap", "127.0.0.1:1", "--login", "a@b"][..],
