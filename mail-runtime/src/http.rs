@@ -55,12 +55,7 @@ pub async fn serve(socket: TcpListener, runtime: Runtime) {
                 let runtime = runtime.clone();
                 async move { Ok::<_, Infallible>(handle(&runtime, req).await) }
             });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .max_buf_size(MAX_BUFFER)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+            speak(stream, service).await;
         });
     }
 }
@@ -81,16 +76,27 @@ pub async fn serve_public(socket: TcpListener, listener: Listener, runtime: Runt
                 let runtime = runtime.clone();
                 async move { Ok::<_, Infallible>(public(&runtime, req)) }
             });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .max_buf_size(MAX_BUFFER)
-                .serve_connection(TokioIo::new(conn), service);
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+            speak(conn, service).await;
             Ok(())
         },
     )
     .await;
+}
+
+/// HTTP/1.1 on one connection, within the bounds both listeners keep: 10 s for a request's
+/// header, [`MAX_BUFFER`] of it, [`CONNECTION_LIFETIME`] in all.
+async fn speak<I, S>(io: I, service: S)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = Full<Bytes>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10))
+        .max_buf_size(MAX_BUFFER)
+        .serve_connection(TokioIo::new(io), service);
+    let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
 }
 
 fn respond(
