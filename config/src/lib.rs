@@ -146,6 +146,32 @@ impl Config {
                 }
             }
         }
+        for (i, d) in raw.domains.iter().enumerate() {
+            if let Some(host) = &d.hostname
+                && !is_domain(host)
+            {
+                problem(
+                    format!("domains[{i}].hostname"),
+                    format!("{host:?} is not a DNS name"),
+                );
+            }
+            if let Some(mode) = &d.mta_sts_mode
+                && !matches!(mode.as_str(), "testing" | "enforce" | "none")
+            {
+                problem(
+                    format!("domains[{i}].mtaStsMode"),
+                    format!("{mode:?} is not testing, enforce or none"),
+                );
+            }
+            if let Some(dkim) = &d.dkim
+                && !is_selector(&dkim.selector)
+            {
+                problem(
+                    format!("domains[{i}].dkim.selector"),
+                    format!("{:?} is not a DKIM selector", dkim.selector),
+                );
+            }
+        }
         if raw.domains.is_empty() {
             problem("domains".into(), "at least one domain is needed".into());
         }
@@ -423,11 +449,7 @@ impl Config {
             }
         }
         if let Some(dkim) = &raw.dkim
-            && (dkim.selector.is_empty()
-                || !dkim
-                    .selector
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+            && !is_selector(&dkim.selector)
         {
             problem(
                 "dkim.selector".into(),
@@ -562,6 +584,34 @@ impl Config {
             .then_some(index)
     }
 
+    /// The served domain that `name` (a TLS server name or HTTP host) belongs to, see
+    /// [`DomainConfig::owns_name`]; a domain with a host name of its own is preferred.
+    pub fn domain_named(&self, name: &str) -> Option<&DomainConfig> {
+        let owners = || self.raw.domains.iter().filter(|d| d.owns_name(name));
+        owners()
+            .find(|d| d.hostname.is_some())
+            .or_else(|| owners().next())
+    }
+
+    /// The mail host name of a domain: its own, or the server's.
+    pub fn hostname_of<'a>(&'a self, domain: Option<&'a DomainConfig>) -> &'a str {
+        domain
+            .and_then(|d| d.hostname.as_deref())
+            .unwrap_or(&self.raw.hostname)
+    }
+
+    /// The key that signs mail from `domain` (primary or alias): the domain's own; the
+    /// server's for a domain without a host name of its own; none for one that is not served.
+    pub fn dkim_for(&self, domain: &str) -> Option<&DkimConfig> {
+        let primary = self.domains.get(&domain.to_ascii_lowercase())?;
+        let d = self.raw.domains.iter().find(|d| d.name.eq_ignore_ascii_case(primary))?;
+        match (&d.dkim, &d.hostname) {
+            (Some(own), _) => Some(own),
+            (None, None) => self.raw.dkim.as_ref(),
+            (None, Some(_)) => None,
+        }
+    }
+
     /// Whether a domain (primary or alias) is served here.
     pub fn serves_domain(&self, domain: &str) -> bool {
         self.domains.contains_key(&domain.to_ascii_lowercase())
@@ -627,6 +677,14 @@ const PROBE_SOURCES: [IpAddr; 2] = [
 /// the same text, so the id changes exactly when the policy does.
 pub fn mta_sts_policy(mode: &str, host: &str) -> String {
     format!("version: STSv1\r\nmode: {mode}\r\nmx: {host}\r\nmax_age: 604800\r\n")
+}
+
+/// A DKIM selector: letters, digits, `-` and `.`.
+fn is_selector(selector: &str) -> bool {
+    !selector.is_empty()
+        && selector
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }
 
 /// An IPv4 address seen through an IPv6 socket (`::ffff:a.b.c.d`) as the IPv4 address it is.

@@ -277,7 +277,7 @@ fn mta_sts_testing() -> String {
 }
 
 /// A served domain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DomainConfig {
     /// The primary domain name.
@@ -288,6 +288,38 @@ pub struct DomainConfig {
     /// The mailbox address that receives mail for unknown local parts.
     #[serde(default)]
     pub catch_all: Option<String>,
+    /// This domain's own mail host name (its MX, and the server name its clients use) on a
+    /// server that hosts several domains; none: the server's `hostname`. A domain with a host
+    /// name of its own is another tenant's: the server's DKIM key never signs for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The certificate served to clients that ask (by SNI) for this domain's host name or a
+    /// name in the domain; none: the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
+    /// The key that signs this domain's outgoing mail; none: the server's `dkim` (unless the
+    /// domain has a host name of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dkim: Option<DkimConfig>,
+    /// The MTA-STS mode served for this domain (`testing`, `enforce`, `none`); none:
+    /// `advertised.mtaStsMode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mta_sts_mode: Option<String>,
+}
+
+impl DomainConfig {
+    /// Whether `name` (a TLS server name or an HTTP host, lower case) is this domain's: its own
+    /// host name, or the domain, an alias, or a name under either.
+    pub fn owns_name(&self, name: &str) -> bool {
+        self.hostname.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(name))
+            || std::iter::once(&self.name).chain(&self.aliases).any(|d| {
+                name.eq_ignore_ascii_case(d)
+                    || (name.len() > d.len()
+                        && name.as_bytes()[name.len() - d.len() - 1] == b'.'
+                        && name.as_bytes()[name.len() - d.len()..]
+                            .eq_ignore_ascii_case(d.as_bytes()))
+            })
+    }
 }
 
 /// A protocol a mailbox may log in with.
@@ -687,7 +719,7 @@ fn default_auth_failures() -> u32 {
 }
 
 /// Certificate chain and private key, PEM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TlsFiles {
     /// The certificate chain.

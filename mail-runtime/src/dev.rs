@@ -219,6 +219,7 @@ pub fn write_dev_config(
             name: DOMAIN.into(),
             aliases: Vec::new(),
             catch_all: None,
+            ..Default::default()
         }],
         mailboxes,
         relay: RelayConfig::default(),

@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::{
-    config::{Config, Listener, ListenerProtocol},
+    config::{Config, DomainConfig, Listener, ListenerProtocol},
     runtime::Runtime,
 };
 
@@ -215,22 +215,50 @@ fn route<B>(runtime: &Runtime, req: Request<B>) -> Response<Full<Bytes>> {
         (
             &Method::GET,
             "/mail/config-v1.1.xml" | "/.well-known/autoconfig/mail/config-v1.1.xml",
-        ) => respond(StatusCode::OK, "application/xml", autoconfig(&config)),
+        ) => respond(
+            StatusCode::OK,
+            "application/xml",
+            autoconfig(&config, asked_for(&config, &req)),
+        ),
         (&Method::GET | &Method::POST, p)
             if p.eq_ignore_ascii_case("/autodiscover/autodiscover.xml") =>
         {
-            respond(StatusCode::OK, "application/xml", autodiscover(&config))
+            respond(
+                StatusCode::OK,
+                "application/xml",
+                autodiscover(&config, asked_for(&config, &req)),
+            )
         }
-        (&Method::GET, "/.well-known/mta-sts.txt") => respond(
-            StatusCode::OK,
-            "text/plain",
-            kubemail_config::mta_sts_policy(
-                &config.raw.advertised.mta_sts_mode,
-                &config.raw.hostname,
-            ),
-        ),
+        (&Method::GET, "/.well-known/mta-sts.txt") => {
+            let domain = asked_for(&config, &req);
+            let mode = domain
+                .and_then(|d| d.mta_sts_mode.as_deref())
+                .unwrap_or(&config.raw.advertised.mta_sts_mode);
+            respond(
+                StatusCode::OK,
+                "text/plain",
+                kubemail_config::mta_sts_policy(mode, config.hostname_of(domain)),
+            )
+        }
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
+}
+
+/// The served domain a request is for, by its Host (`mta-sts.example.com`,
+/// `autoconfig.example.com`): on a server hosting several domains each gets its own answer.
+/// Another host (or none): the first domain.
+fn asked_for<'a, B>(config: &'a Config, req: &Request<B>) -> Option<&'a DomainConfig> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .unwrap_or_default();
+    // `name:port`, or `[v6]:port`, which no domain owns.
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    config
+        .domain_named(name)
+        .or_else(|| config.raw.domains.first())
 }
 
 fn serves(config: &Config, protocol: ListenerProtocol) -> bool {
@@ -248,8 +276,8 @@ fn xml(text: &str) -> String {
 }
 
 /// Thunderbird's autoconfig format (also read by K-9/Thunderbird for Android and Evolution).
-fn autoconfig(config: &Config) -> String {
-    let host = xml(&config.raw.hostname);
+fn autoconfig(config: &Config, domain: Option<&DomainConfig>) -> String {
+    let host = xml(config.hostname_of(domain));
     let a = &config.raw.advertised;
     let mut servers = String::new();
     let mut server = |tag: &str, kind: &str, port: u16, socket: &str| {
@@ -285,18 +313,20 @@ fn autoconfig(config: &Config) -> String {
             a.managesieve
         ));
     }
+    // The domains that share this answer: a hosted domain (one with a host name of its own)
+    // only its own names, so one tenant's answer does not list another's domains.
     let domains: String = config
         .raw
         .domains
         .iter()
+        .filter(|d| match domain {
+            Some(chosen) if chosen.hostname.is_some() => d.name == chosen.name,
+            _ => d.hostname.is_none(),
+        })
         .flat_map(|d| std::iter::once(&d.name).chain(&d.aliases))
         .map(|d| format!("    <domain>{}</domain>\n", xml(d)))
         .collect();
-    let id = xml(config
-        .raw
-        .domains
-        .first()
-        .map_or("kubemail", |d| d.name.as_str()));
+    let id = xml(domain.map_or("kubemail", |d| d.name.as_str()));
     format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<clientConfig version=\"1.1\">\n  \
          <emailProvider id=\"{id}\">\n{domains}    <displayName>{id} mail</displayName>\n    \
@@ -305,8 +335,8 @@ fn autoconfig(config: &Config) -> String {
 }
 
 /// Outlook's POX autodiscover response.
-fn autodiscover(config: &Config) -> String {
-    let host = xml(&config.raw.hostname);
+fn autodiscover(config: &Config, domain: Option<&DomainConfig>) -> String {
+    let host = xml(config.hostname_of(domain));
     let a = &config.raw.advertised;
     let mut protocols = String::new();
     let mut protocol = |kind: &str, port: u16, ssl: bool, encryption: &str| {

@@ -243,7 +243,7 @@ impl Runtime {
         let outbound = crate::outbound::Outbound::open(&current.raw.storage.path)
             .context("opening the outbound queue")?;
         let tls = TlsHandle::default();
-        if let Err(err) = tls.load(&current.raw.tls.cert_file, &current.raw.tls.key_file) {
+        if let Err(err) = tls.load(&current.raw) {
             // Serving without TLS would turn STARTTLS off; better to say so loudly and go on
             // (the port 25 MX keeps receiving) than to refuse all mail.
             tracing::error!(error = %err, "no usable TLS certificate: STARTTLS and implicit TLS are unavailable");
@@ -463,11 +463,7 @@ impl Runtime {
         crate::metrics::init();
         self.started
             .store(true, std::sync::atomic::Ordering::Release);
-        tokio::spawn(crate::tls::watch(
-            self.tls.clone(),
-            config.raw.tls.cert_file.clone(),
-            config.raw.tls.key_file.clone(),
-        ));
+        tokio::spawn(crate::tls::watch(self.tls.clone(), self.config.clone()));
         Ok(bound)
     }
 

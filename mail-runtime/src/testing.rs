@@ -44,6 +44,7 @@ pub fn config(
             name: "example.test".into(),
             aliases: vec!["example.org".into()],
             catch_all: None,
+            ..Default::default()
         }],
         mailboxes,
         relay: RelayConfig {

@@ -1,22 +1,37 @@
 //! TLS server configuration from PEM files, reloaded when the files change. A replaced file that
 //! does not parse is reported and ignored: the previous certificate keeps serving.
+//!
+//! A server that hosts several domains holds one certificate per domain besides its own and
+//! chooses by the name the client asks for (SNI): a name that is a domain's host name, the
+//! domain, an alias or a name under either gets that domain's certificate; any other name, or
+//! none, gets the server's.
 use std::{
+    collections::HashMap,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
+use kubemail_config::{RawConfig, TlsFiles};
 use rustls::{
     ServerConfig,
+    crypto::CryptoProvider,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
 };
+
+use crate::config::ConfigHandle;
 
 /// The TLS configuration in force.
 #[derive(Debug, Clone, Default)]
 pub struct TlsHandle {
     current: Arc<RwLock<Option<Arc<ServerConfig>>>>,
     last_error: Arc<RwLock<Option<String>>>,
+    /// The last key that loaded from each pair of files: a replacement that does not load
+    /// leaves it serving.
+    loaded: Arc<Mutex<HashMap<TlsFiles, Arc<CertifiedKey>>>>,
 }
 
 impl TlsHandle {
@@ -30,24 +45,84 @@ impl TlsHandle {
         self.last_error.read().expect("tls lock").clone()
     }
 
-    /// Loads the files now; on error keeps what was loaded before.
-    pub fn load(&self, cert: &Path, key: &Path) -> Result<(), String> {
-        match server_config(cert, key) {
-            Ok(config) => {
-                *self.current.write().expect("tls lock") = Some(Arc::new(config));
-                *self.last_error.write().expect("tls lock") = None;
-                Ok(())
+    /// Loads the server's certificate and each domain's now. A pair that does not load keeps
+    /// what it loaded before (or is left out); every failure is reported, and one domain's
+    /// never keeps the others from serving.
+    pub fn load(&self, config: &RawConfig) -> Result<(), String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut loaded = self.loaded.lock().expect("tls lock");
+        let mut errors = Vec::new();
+        let mut fresh = HashMap::new();
+        let mut take = |files: &TlsFiles| -> Option<Arc<CertifiedKey>> {
+            if let Some(key) = fresh.get(files) {
+                return Some(Arc::clone(key));
             }
-            Err(err) => {
-                *self.last_error.write().expect("tls lock") = Some(err.clone());
-                Err(err)
+            let key = match certified_key(&provider, &files.cert_file, &files.key_file) {
+                Ok(key) => Arc::new(key),
+                Err(err) => {
+                    errors.push(err);
+                    Arc::clone(loaded.get(files)?)
+                }
+            };
+            fresh.insert(files.clone(), Arc::clone(&key));
+            Some(key)
+        };
+        let server = take(&config.tls);
+        let mut domains = Vec::new();
+        for d in &config.domains {
+            if let Some(key) = d.tls.as_ref().and_then(&mut take) {
+                domains.push((d.clone(), key));
             }
         }
+        *loaded = fresh;
+        let error = (!errors.is_empty()).then(|| errors.join("; "));
+        let fallback = server.or_else(|| domains.first().map(|(_, k)| Arc::clone(k)));
+        let resolver = fallback.map(|fallback| BySni { fallback, domains });
+        let config = match resolver {
+            Some(resolver) => Some(Arc::new(
+                ServerConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| e.to_string())?
+                    .with_no_client_auth()
+                    .with_cert_resolver(Arc::new(resolver)),
+            )),
+            None => None,
+        };
+        if config.is_some() {
+            *self.current.write().expect("tls lock") = config;
+        }
+        *self.last_error.write().expect("tls lock") = error.clone();
+        error.map_or(Ok(()), Err)
     }
 }
 
-/// Builds a rustls server config from a PEM certificate chain and key.
-pub fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, String> {
+/// Chooses the certificate by the server name the client sent.
+#[derive(Debug)]
+struct BySni {
+    /// For names no domain owns, and clients that send none.
+    fallback: Arc<CertifiedKey>,
+    /// The domains that have a certificate of their own.
+    domains: Vec<(kubemail_config::DomainConfig, Arc<CertifiedKey>)>,
+}
+
+impl ResolvesServerCert for BySni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let chosen = hello.server_name().and_then(|name| {
+            let owners = || self.domains.iter().filter(|(d, _)| d.owns_name(name));
+            owners()
+                .find(|(d, _)| d.hostname.is_some())
+                .or_else(|| owners().next())
+        });
+        Some(Arc::clone(chosen.map_or(&self.fallback, |(_, key)| key)))
+    }
+}
+
+/// A certificate chain and its key from PEM files, checked to belong together.
+fn certified_key(
+    provider: &CryptoProvider,
+    cert: &Path,
+    key: &Path,
+) -> Result<CertifiedKey, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("cannot read certificate {}: {e}", cert.display()))?
         .collect::<Result<_, _>>()
@@ -55,37 +130,52 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, String> {
     if certs.is_empty() {
         return Err(format!("no certificate in {}", cert.display()));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
+    let key_der = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
-    ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("certificate and key do not form a usable pair: {e}"))
+    let certified = CertifiedKey::from_der(certs, key_der, provider).map_err(|e| {
+        format!(
+            "certificate {} and key {} do not form a usable pair: {e}",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    Ok(certified)
 }
 
-/// Watches the certificate and key files and reloads them when either changes.
-pub async fn watch(handle: TlsHandle, cert: PathBuf, key: PathBuf) {
+/// Every certificate and key file the config names.
+fn files_of(config: &RawConfig) -> Vec<PathBuf> {
+    std::iter::once(&config.tls)
+        .chain(config.domains.iter().filter_map(|d| d.tls.as_ref()))
+        .flat_map(|f| [f.cert_file.clone(), f.key_file.clone()])
+        .collect()
+}
+
+/// Watches the certificate and key files of the config in force and reloads them when one
+/// changes or the config names others.
+pub async fn watch(handle: TlsHandle, config: ConfigHandle) {
     let stamp = |p: &Path| {
         std::fs::metadata(p)
             .ok()
             .map(|m| (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
     };
-    let mut last = (stamp(&cert), stamp(&key));
+    let stamps = |files: &[PathBuf]| -> Vec<_> {
+        files.iter().map(|f| (f.clone(), stamp(f))).collect()
+    };
+    let mut last = stamps(&files_of(&config.get().raw));
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticker.tick().await;
-        let now = (stamp(&cert), stamp(&key));
+        let current = config.get();
+        let now = stamps(&files_of(&current.raw));
         if now == last {
             continue;
         }
         last = now;
-        match handle.load(&cert, &key) {
-            Ok(()) => tracing::info!(cert = %cert.display(), "TLS certificate reloaded"),
+        match handle.load(&current.raw) {
+            Ok(()) => tracing::info!("TLS certificates reloaded"),
             Err(err) => tracing::error!(
                 error = %err,
-                "new TLS certificate refused; the previous one keeps serving"
+                "a TLS certificate was refused; the previous one keeps serving"
             ),
         }
     }

@@ -718,12 +718,12 @@ fn prepend(
 }
 
 /// The DKIM-Signature header for relayed mail whose From (or envelope sender) is a served
-/// domain; empty when there is no key or nothing to sign for. A signing failure is logged and
+/// domain, made with that domain's key; empty when there is no key or nothing to sign for. A signing failure is logged and
 /// the mail goes unsigned rather than not at all.
 pub(crate) fn sign(config: &crate::config::Config, from: &str, path: &std::path::Path) -> String {
-    let Some(dkim) = &config.raw.dkim else {
+    if config.raw.dkim.is_none() && config.raw.domains.iter().all(|d| d.dkim.is_none()) {
         return String::new();
-    };
+    }
     let Ok(bytes) = std::fs::read(path) else {
         return String::new();
     };
@@ -745,6 +745,11 @@ pub(crate) fn sign(config: &crate::config::Config, from: &str, path: &std::path:
         .flatten()
         .find(|d| config.serves_domain(d))
     else {
+        return String::new();
+    };
+    // Each domain's own key; a hosted domain without one goes unsigned, never under another
+    // tenant's key.
+    let Some(dkim) = config.dkim_for(&domain) else {
         return String::new();
     };
     match crate::outbound::dkim::sign(dkim, &domain, &bytes) {

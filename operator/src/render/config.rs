@@ -154,6 +154,7 @@ pub fn runtime_config(
             aliases: spec.alias_domains.clone(),
             // Only an address some served Mailbox has: the runtime refuses any other.
             catch_all: spec.catch_all.clone().filter(|c| serves(&mailboxes, c)),
+            ..Default::default()
         }],
         mailboxes,
         relay,
