@@ -604,7 +604,11 @@ impl Config {
     /// server's for a domain without a host name of its own; none for one that is not served.
     pub fn dkim_for(&self, domain: &str) -> Option<&DkimConfig> {
         let primary = self.domains.get(&domain.to_ascii_lowercase())?;
-        let d = self.raw.domains.iter().find(|d| d.name.eq_ignore_ascii_case(primary))?;
+        let d = self
+            .raw
+            .domains
+            .iter()
+            .find(|d| d.name.eq_ignore_ascii_case(primary))?;
         match (&d.dkim, &d.hostname) {
             (Some(own), _) => Some(own),
             (None, None) => self.raw.dkim.as_ref(),

@@ -311,7 +311,9 @@ impl DomainConfig {
     /// Whether `name` (a TLS server name or an HTTP host, lower case) is this domain's: its own
     /// host name, or the domain, an alias, or a name under either.
     pub fn owns_name(&self, name: &str) -> bool {
-        self.hostname.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(name))
+        self.hostname
+            .as_deref()
+            .is_some_and(|h| h.eq_ignore_ascii_case(name))
             || std::iter::once(&self.name).chain(&self.aliases).any(|d| {
                 name.eq_ignore_ascii_case(d)
                     || (name.len() > d.len()

@@ -229,3 +229,71 @@ fn an_app_password_opens_only_its_protocols_and_is_checked_like_a_password() {
     let err = Config::parse(&too_many).expect_err("too many").to_string();
     assert!(err.contains("mailboxes[0].appPasswords:"), "{err}");
 }
+
+#[test]
+fn hosted_domains_are_found_by_name_and_sign_only_with_their_own_key() {
+    let mut raw: RawConfig = serde_yaml_ng::from_str(&valid()).expect("yaml");
+    raw.dkim = Some(DkimConfig {
+        selector: "own".into(),
+        key_file: "/dkim/own.pem".into(),
+    });
+    raw.domains.push(DomainConfig {
+        name: "brand.test".into(),
+        aliases: vec!["brand.example".into()],
+        hostname: Some("mx.hosting.test".into()),
+        dkim: Some(DkimConfig {
+            selector: "b1".into(),
+            key_file: "/dkim/brand.pem".into(),
+        }),
+        ..Default::default()
+    });
+    raw.domains.push(DomainConfig {
+        name: "plain.test".into(),
+        hostname: Some("mail.plain.test".into()),
+        ..Default::default()
+    });
+    let config = Config::validate(raw.clone()).expect("valid");
+    let named = |n: &str| config.domain_named(n).map(|d| d.name.as_str());
+    assert_eq!(named("mx.hosting.test"), Some("brand.test"));
+    assert_eq!(named("MTA-STS.Brand.Example"), Some("brand.test"));
+    assert_eq!(named("brand.test"), Some("brand.test"));
+    assert_eq!(named("mail.example.org"), Some("example.com"));
+    assert_eq!(named("xbrand.test"), None, "a name merely ending alike");
+    assert_eq!(named("brand.tést"), None, "non-ASCII never panics");
+    assert_eq!(named("other.test"), None);
+    let selector = |d: &str| config.dkim_for(d).map(|k| k.selector.as_str());
+    assert_eq!(selector("example.org"), Some("own"));
+    assert_eq!(selector("brand.example"), Some("b1"));
+    assert_eq!(
+        selector("plain.test"),
+        None,
+        "another tenant's key never signs"
+    );
+    assert_eq!(selector("outside.test"), None);
+    assert_eq!(
+        config.hostname_of(config.domain_named("plain.test")),
+        "mail.plain.test"
+    );
+    assert_eq!(config.hostname_of(None), "mail.example.com");
+
+    raw.domains[1].hostname = Some("not a name".into());
+    raw.domains[1].mta_sts_mode = Some("strict".into());
+    raw.domains[2].dkim = Some(DkimConfig {
+        selector: "bad selector".into(),
+        key_file: "/k".into(),
+    });
+    let fields: Vec<String> = Config::validate(raw)
+        .expect_err("invalid")
+        .0
+        .into_iter()
+        .map(|p| p.field)
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "domains[1].hostname",
+            "domains[1].mtaStsMode",
+            "domains[2].dkim.selector"
+        ]
+    );
+}

@@ -456,7 +456,18 @@ impl Runtime {
             bound.push((listener.clone(), addr));
         }
         if let Some(path) = config_path {
-            tokio::spawn(crate::config::watch(path, self.config.clone(), |_| {}));
+            // A config that names other certificates (a domain added to the server) serves
+            // them from the moment it is in force.
+            let tls = self.tls.clone();
+            tokio::spawn(crate::config::watch(
+                path,
+                self.config.clone(),
+                move |config| {
+                    if let Err(err) = tls.load(&config.raw) {
+                        tracing::error!(error = %err, "a TLS certificate was refused");
+                    }
+                },
+            ));
         }
         tokio::spawn(report_status(self.clone()));
         tokio::spawn(self.outbound.clone().run(self.clone()));

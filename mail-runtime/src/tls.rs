@@ -158,9 +158,8 @@ pub async fn watch(handle: TlsHandle, config: ConfigHandle) {
             .ok()
             .map(|m| (m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
     };
-    let stamps = |files: &[PathBuf]| -> Vec<_> {
-        files.iter().map(|f| (f.clone(), stamp(f))).collect()
-    };
+    let stamps =
+        |files: &[PathBuf]| -> Vec<_> { files.iter().map(|f| (f.clone(), stamp(f))).collect() };
     let mut last = stamps(&files_of(&config.get().raw));
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {

@@ -265,11 +265,10 @@ fn queued_mail_survives_a_sigkill_and_is_delivered_once() {
     );
 }
 
-#[test]
-fn dkim_signatures_verify_with_dkimpy_and_the_smarthost_gets_auth() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    // A 2048-bit RSA key, PKCS#8, as the operator makes it.
-    let key = tmp.path().join("dkim.pem");
+/// A 2048-bit RSA key, PKCS#8, as the operator makes it (`<name>.pem`), and its DNS record's
+/// value (`<name>.txt`).
+fn dkim_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{name}.pem"));
     run(Command::new("openssl")
         .args([
             "genpkey",
@@ -280,19 +279,43 @@ fn dkim_signatures_verify_with_dkimpy_and_the_smarthost_gets_auth() {
             "-out",
         ])
         .arg(&key));
-    let public = run(Command::new("openssl")
+    let der_file = dir.join(format!("{name}.der"));
+    run(Command::new("openssl")
         .args(["pkey", "-pubout", "-outform", "DER", "-in"])
         .arg(&key)
         .arg("-out")
-        .arg(tmp.path().join("pub.der")));
-    let _ = public;
-    let der = std::fs::read(tmp.path().join("pub.der")).expect("der");
+        .arg(&der_file));
+    let der = std::fs::read(der_file).expect("der");
     use base64::Engine as _;
     let txt = format!(
         "v=DKIM1; k=rsa; p={}",
         base64::engine::general_purpose::STANDARD.encode(der)
     );
-    std::fs::write(tmp.path().join("dkim.txt"), &txt).expect("txt");
+    let txt_file = dir.join(format!("{name}.txt"));
+    std::fs::write(&txt_file, &txt).expect("txt");
+    (key, txt_file)
+}
+
+/// dkimpy's verdict on a message file, with the key record given for `record`.
+fn dkim_verdict(message: &Path, record: &str, txt: &Path) -> String {
+    let verdict = Command::new("python3")
+        .arg(client_script("dkim_verify.py"))
+        .arg(message)
+        .arg(record)
+        .arg(txt)
+        .output()
+        .expect("dkim_verify.py");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&verdict.stdout).trim(),
+        String::from_utf8_lossy(&verdict.stderr)
+    )
+}
+
+#[test]
+fn dkim_signatures_verify_with_dkimpy_and_the_smarthost_gets_auth() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (key, _) = dkim_key(tmp.path(), "dkim");
 
     let ip = "127.0.0.34";
     let dns = Dns::start(&[]);
@@ -525,6 +548,99 @@ fn send_from_outside(dev: &Dev, from: &str, to: &str, message: &str) -> String {
     assert!(smtp.cmd("DATA").starts_with("354"));
     smtp.send_raw(message.replace('\n', "\r\n").as_bytes());
     smtp.cmd(".")
+}
+
+/// Two companies' domains hosted beside the server's own: each domain's mail is signed with
+/// its own key and selector (dkimpy verifies it against that domain's record only), and a
+/// hosted domain without a key of its own goes unsigned, never under another tenant's key.
+#[test]
+fn each_hosted_domain_signs_with_its_own_key_and_never_with_another_tenants() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (own_key, own_txt) = dkim_key(tmp.path(), "own");
+    let (brand_key, brand_txt) = dkim_key(tmp.path(), "brand");
+    let ip = "127.0.0.37";
+    let dns = Dns::start(&mx_records("remote.test", ip));
+    let peer = Peer::start(ip, 25, &tmp.path().join("peer"), &[]);
+    let dev = Dev::start(&tmp.path().join("data"));
+    let hash = mail_runtime::auth::hash_password("pw");
+    patch_config(&dev, "tenants-1", |c| {
+        relay_setup(c, &dns);
+        c["dkim"] = serde_yaml_ng::from_str(&format!(
+            "{{selector: own1, keyFile: {}}}",
+            own_key.display()
+        ))
+        .expect("yaml");
+        let domains = c["domains"].as_sequence_mut().expect("domains");
+        domains.push(
+            serde_yaml_ng::from_str(&format!(
+                "{{name: brand.test, hostname: mail.brand.test, dkim: {{selector: brand1, keyFile: {}}}}}",
+                brand_key.display()
+            ))
+            .expect("yaml"),
+        );
+        domains.push(
+            serde_yaml_ng::from_str("{name: plain.test, hostname: mail.plain.test}").expect("yaml"),
+        );
+        let mailboxes = c["mailboxes"].as_sequence_mut().expect("mailboxes");
+        for address in ["carol@brand.test", "dave@plain.test"] {
+            mailboxes.push(
+                serde_yaml_ng::from_str(&format!(
+                    "{{address: {address}, passwordHash: \"{hash}\"}}"
+                ))
+                .expect("yaml"),
+            );
+        }
+    });
+    for (from, password) in [
+        (ALICE.to_string(), dev.password(ALICE)),
+        ("carol@brand.test".into(), "pw".into()),
+        ("dave@plain.test".into(), "pw".into()),
+    ] {
+        let out = Command::new("swaks")
+            .args(["--server", &format!("127.0.0.1:{}", dev.port("submission"))])
+            .args(["--tls", "--auth", "PLAIN", "--auth-user", &from])
+            .args(["--auth-password", &password])
+            .args(["--from", &from, "--to", "friend@remote.test"])
+            .args(["--h-Subject", &format!("from {from}")])
+            .output()
+            .expect("swaks");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    wait_until("all three arrive", Duration::from_secs(30), || {
+        peer.received().len() == 3
+    });
+    let file_from = |from: &str| {
+        let n = peer
+            .received()
+            .iter()
+            .position(|m| m.contains(&format!("Subject: from {from}")))
+            .expect("the message");
+        peer.out.join(format!("{}.eml", n + 1))
+    };
+    let alice_mail = file_from(ALICE);
+    assert_eq!(
+        dkim_verdict(&alice_mail, "own1._domainkey.example.test", &own_txt),
+        "pass"
+    );
+    let carol_mail = file_from("carol@brand.test");
+    assert_eq!(
+        dkim_verdict(&carol_mail, "brand1._domainkey.brand.test", &brand_txt),
+        "pass"
+    );
+    // Signed by brand's key, not the server's: the server's key does not verify it.
+    assert_ne!(
+        dkim_verdict(&carol_mail, "brand1._domainkey.brand.test", &own_txt),
+        "pass"
+    );
+    let dave = std::fs::read_to_string(file_from("dave@plain.test")).expect("dave's");
+    assert!(
+        !dave.contains("DKIM-Signature"),
+        "signed for a tenant without a key:\n{dave}"
+    );
 }
 
 /// Issue 17 items 3 and 9: mail from outside with `From: ceo@<our domain>` that a Mailbox
