@@ -39,6 +39,13 @@ use crate::common::{
         description = "The name the runtime announces and presents in TLS"
     ),
     printcolumn(
+        name = "Hosted-By",
+        type_ = "string",
+        json_path = ".spec.hostedBy.name",
+        description = "The MailDomain whose runtime serves this domain",
+        priority = 1
+    ),
+    printcolumn(
         name = "Mailboxes",
         type_ = "integer",
         json_path = ".status.mailboxes",
@@ -68,6 +75,15 @@ use crate::common::{
 #[x_kube(validation = kube::core::Rule::new(
     "!has(self.aliasDomains) || !self.aliasDomains.exists(d, d == self.domain)"
 ).message("aliasDomains must not repeat domain").field_path(".aliasDomains"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.hostedBy) || !has(self.relayPolicyRef)"
+).message("a hosted domain sends under its server's RelayPolicy: set relayPolicyRef on the MailDomain named in hostedBy").field_path(".relayPolicyRef"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.hostedBy) || (self.runtime.replicas == 1 && !has(self.runtime.resources) && self.runtime.service.type == 'ClusterIP' && !has(self.runtime.service.annotations) && !self.runtime.service.proxyProtocol)"
+).message("a hosted domain runs on its server's runtime: set runtime on the MailDomain named in hostedBy").field_path(".runtime"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.hostedBy) || (self.storage.size == '10Gi' && !has(self.storage.storageClassName))"
+).message("a hosted domain's mail is stored by its server: set storage on the MailDomain named in hostedBy").field_path(".storage"))]
 #[serde(rename_all = "camelCase")]
 pub struct MailDomainSpec {
     /// The mail domain served, such as `example.com`: the part after `@` in every address.
@@ -89,6 +105,16 @@ pub struct MailDomainSpec {
     #[schemars(length(min = 3, max = 253))]
     #[x_kube(validation = domain_rule("hostname"))]
     pub hostname: Option<String>,
+
+    /// Serve this domain from the runtime of another MailDomain in this namespace (its
+    /// "server": one Deployment, Service, IP address and volume for several companies' or
+    /// brands' domains). A hosted domain keeps its own host name, certificate (served by SNI),
+    /// DKIM key, MTA-STS mode, Mailboxes and DNS records; the server's protocols, ports,
+    /// RelayPolicy, inbound checks, limits, storage and runtime apply to it. The server must
+    /// not itself be hosted. Changing it moves where new mail is stored, not the mail already
+    /// stored (see examples/hosting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosted_by: Option<LocalObjectRef>,
 
     /// Which protocols the runtime serves, and on which ports of its Service.
     #[serde(default)]

@@ -527,6 +527,30 @@ fn invalid_manifests() -> Vec<Invalid> {
             "needs controllerUrl",
         ),
         d(
+            "hosted domain with a RelayPolicy of its own",
+            json!({"domain": "brand.com", "hostedBy": {"name": "acme"}, "relayPolicyRef": {"name": "apps"}}),
+            "spec.relayPolicyRef",
+            "a hosted domain sends under its server's RelayPolicy",
+        ),
+        d(
+            "hosted domain with replicas of its own",
+            json!({"domain": "brand.com", "hostedBy": {"name": "acme"}, "runtime": {"replicas": 0}}),
+            "spec.runtime",
+            "a hosted domain runs on its server's runtime",
+        ),
+        d(
+            "hosted domain with a LoadBalancer of its own",
+            json!({"domain": "brand.com", "hostedBy": {"name": "acme"}, "runtime": {"service": {"type": "LoadBalancer"}}}),
+            "spec.runtime",
+            "a hosted domain runs on its server's runtime",
+        ),
+        d(
+            "hosted domain with storage of its own",
+            json!({"domain": "brand.com", "hostedBy": {"name": "acme"}, "storage": {"size": "1Gi"}}),
+            "spec.storage",
+            "a hosted domain's mail is stored by its server",
+        ),
+        d(
             "greylisting delay that is no duration",
             json!({"domain": "example.com", "inbound": {"greylisting": {"delay": "soon"}}}),
             "spec.inbound.greylisting.delay",

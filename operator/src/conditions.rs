@@ -66,6 +66,14 @@ pub mod reason {
     pub const FORBIDDEN: &str = "Forbidden";
     /// An object of the name the operator would write exists and is not the operator's.
     pub const NOT_OWNED: &str = "NotOwned";
+    /// A hosted domain is in the config its server's runtime serves.
+    pub const HOSTED: &str = "Hosted";
+    /// `hostedBy` names no MailDomain of this namespace.
+    pub const SERVER_NOT_FOUND: &str = "ServerNotFound";
+    /// `hostedBy` names a MailDomain that is hosted itself.
+    pub const SERVER_IS_HOSTED: &str = "ServerIsHosted";
+    /// The server's runtime is not ready.
+    pub const SERVER_NOT_READY: &str = "ServerNotReady";
     /// A RelayPolicy lets networks at least as wide as the warning threshold relay.
     pub const WIDE_NETWORKS: &str = "WideNetworks";
     /// A RelayPolicy's client networks are all narrower than the threshold (or there are none).
@@ -130,6 +138,8 @@ pub mod types {
     /// MailDomain: its records are in its external-dns `DNSEndpoint` (only with
     /// `spec.dns.publish`).
     pub const DNS_PUBLISHED: &str = "DNSPublished";
+    /// A hosted domain: served by the runtime of the MailDomain `hostedBy` names.
+    pub const HOSTED: &str = "Hosted";
     /// RelayPolicy: True when a `clientCIDRs` entry is an IPv4 /16 or an IPv6 /48 or wider
     /// (`0.0.0.0/0`, a whole pod network): every address in it may relay without a login.
     pub const WIDE_CLIENT_NETWORKS: &str = "WideClientNetworks";

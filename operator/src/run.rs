@@ -147,6 +147,25 @@ fn domain_of_mailbox(
         .collect()
 }
 
+/// The MailDomains, each followed by the server it is hosted on (whose runtime config holds
+/// it, so a change it depends on is the server's to render too).
+fn and_servers(
+    refs: impl IntoIterator<Item = ObjectRef<MailDomain>>,
+    domains: &reflector::Store<MailDomain>,
+) -> Vec<ObjectRef<MailDomain>> {
+    let mut out = Vec::new();
+    for r in refs {
+        if let Some(server) = domains.get(&r).and_then(|md| {
+            let name = &md.spec.hosted_by.as_ref()?.name;
+            Some(ObjectRef::<MailDomain>::new(name).within(&md.namespace().unwrap_or_default()))
+        }) {
+            out.push(server);
+        }
+        out.push(r);
+    }
+    out
+}
+
 /// Finds the MailDomains of the Mailboxes that refer to something.
 struct Users {
     index: Arc<MailboxIndex>,
@@ -279,6 +298,11 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
     let users_of_config_map = Users::of(&ctx);
     let domains_for_relay = ctx.domains.clone();
     let domains_for_pods = ctx.domains.clone();
+    let domains_for_hosted_secret = ctx.domains.clone();
+    let servers_for_mailbox = ctx.domains.clone();
+    let servers_for_secret = ctx.domains.clone();
+    let servers_for_config_map = ctx.domains.clone();
+    let domains_for_domain = ctx.domains.clone();
     let domains = domain_controller
         .owns_stream(changes_of::<Secret>(&client, ns))
         .owns(api::<Deployment>(&client, ns), cfg.clone())
@@ -286,11 +310,34 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
         .owns(api::<ServiceAccount>(&client, ns), cfg.clone())
         .owns(api::<PersistentVolumeClaim>(&client, ns), cfg.clone())
         .watches(api::<Mailbox>(&client, ns), cfg.clone(), move |m| {
-            domain_of_mailbox(&m, &domains_for_mailbox)
+            and_servers(
+                domain_of_mailbox(&m, &domains_for_mailbox),
+                &servers_for_mailbox,
+            )
+        })
+        .watches(api::<MailDomain>(&client, ns), cfg.clone(), move |md| {
+            // A hosted domain's change is its server's to render; a server's change (its
+            // status too) is its hosted domains' to report.
+            let server = md.spec.hosted_by.as_ref().map(|h| {
+                ObjectRef::<MailDomain>::new(&h.name).within(&md.namespace().unwrap_or_default())
+            });
+            let hosted: Vec<ObjectRef<MailDomain>> = domains_for_domain
+                .state()
+                .into_iter()
+                .filter(|d| {
+                    d.namespace() == md.namespace()
+                        && d.spec
+                            .hosted_by
+                            .as_ref()
+                            .is_some_and(|h| h.name == md.name_any())
+                })
+                .map(|d| ObjectRef::from(d.as_ref()))
+                .collect();
+            server.into_iter().chain(hosted).collect::<Vec<_>>()
         })
         .watches_stream(changes_of::<Secret>(&client, ns), move |s| {
             // A password Secret changed: reconcile the domains of the Mailboxes that use it.
-            users_of_secret
+            let refs = users_of_secret
                 .domains(&Key::Secret(
                     s.namespace().unwrap_or_default(),
                     s.name_any(),
@@ -334,14 +381,30 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
                         })
                         .map(|md| ObjectRef::from(md.as_ref())),
                 )
-                .collect::<Vec<_>>()
+                .chain(
+                    // A hosted domain's certificate or DKIM key: its server copies them.
+                    domains_for_hosted_secret
+                        .state()
+                        .into_iter()
+                        .filter(|md| md.spec.hosted_by.is_some() && md.namespace() == s.namespace())
+                        .filter(|md| {
+                            let names = crate::render::Names::of(md);
+                            names.tls == s.name_any() || names.dkim == s.name_any()
+                        })
+                        .map(|md| ObjectRef::from(md.as_ref())),
+                )
+                .collect::<Vec<_>>();
+            and_servers(refs, &servers_for_secret)
         })
         .watches_stream(changes_of::<ConfigMap>(&client, ns), move |c| {
             // A Sieve script's ConfigMap changed: the domains of the Mailboxes that use it.
-            users_of_config_map.domains(&Key::ConfigMap(
-                c.namespace().unwrap_or_default(),
-                c.name_any(),
-            ))
+            and_servers(
+                users_of_config_map.domains(&Key::ConfigMap(
+                    c.namespace().unwrap_or_default(),
+                    c.name_any(),
+                )),
+                &servers_for_config_map,
+            )
         })
         .watches(api::<RelayPolicy>(&client, ns), cfg.clone(), move |rp| {
             domains_for_relay

@@ -2276,3 +2276,337 @@ async fn dns_records_are_published_as_an_external_dns_endpoint() {
         .await;
     }
 }
+
+/// The condition of any MailDomain: (status, reason, message).
+async fn condition_of(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+) -> Option<(String, String, String)> {
+    let md = Api::<MailDomain>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .ok()??;
+    md.status?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status, c.reason, c.message))
+}
+
+/// A Secret's key, as text.
+async fn secret_text(client: &Client, ns: &str, name: &str, key: &str) -> Option<String> {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .ok()??;
+    String::from_utf8(secret.data?.get(key)?.0.clone()).ok()
+}
+
+/// The server's config Secret as the runtime reads it on this machine: every file of the
+/// Secret (the config, hosted domains' certificates and keys) written under `dir`, the paths
+/// pointing there, the server's own certificate from its Secret, the listeners on `host`.
+async fn write_hosting_config(client: &Client, ns: &str, dir: &std::path::Path, host: &str) {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get("example-runtime-config")
+        .await
+        .expect("the config Secret");
+    let data = secret.data.expect("data");
+    for (key, value) in &data {
+        if key.starts_with("hosted.") {
+            std::fs::write(dir.join(key), &value.0).expect("write");
+        }
+    }
+    let mut raw: kubemail_config::RawConfig =
+        serde_yaml_ng::from_slice(&data["runtime.yaml"].0).expect("yaml");
+    for (key, file) in [("tls.crt", "tls.crt"), ("tls.key", "tls.key")] {
+        let text = secret_text(client, ns, "example-tls", key)
+            .await
+            .expect("the server's certificate");
+        std::fs::write(dir.join(file), text).expect("write");
+    }
+    raw.tls.cert_file = dir.join("tls.crt");
+    raw.tls.key_file = dir.join("tls.key");
+    let local = |p: &std::path::Path| dir.join(p.file_name().expect("a file name"));
+    for d in &mut raw.domains {
+        if let Some(tls) = &mut d.tls {
+            tls.cert_file = local(&tls.cert_file);
+            tls.key_file = local(&tls.key_file);
+        }
+        if let Some(dkim) = &mut d.dkim {
+            dkim.key_file = local(&dkim.key_file);
+        }
+    }
+    raw.storage.path = dir.join("data");
+    raw.inbound.verify = false;
+    raw.dkim = None;
+    for l in &mut raw.listeners {
+        let port = l.address.rsplit_once(':').map(|(_, p)| p.to_string());
+        l.address = format!("{host}:{}", port.expect("a port"));
+    }
+    let next = dir.join("runtime.yaml.next");
+    std::fs::write(&next, serde_yaml_ng::to_string(&raw).expect("yaml")).expect("write");
+    std::fs::rename(&next, dir.join("runtime.yaml")).expect("rename");
+}
+
+/// The certificate (PEM) `openssl s_client` gets asking for `name`, directly or after STARTTLS.
+fn served_certificate(address: &str, starttls: Option<&str>, name: &str) -> String {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", address, "-servername", name]);
+    if let Some(protocol) = starttls {
+        cmd.args(["-starttls", protocol]);
+    }
+    let out = cmd.stdin(Stdio::null()).output().expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let begin = text.find("-----BEGIN CERTIFICATE-----").unwrap_or(0);
+    let end = text
+        .find("-----END CERTIFICATE-----")
+        .map_or(0, |e| e + "-----END CERTIFICATE-----".len());
+    text.get(begin..end).unwrap_or_default().to_string()
+}
+
+fn domain_on(name: &str, domain: &str, server: Option<&str>) -> serde_json::Value {
+    let mut spec = json!({"domain": domain});
+    if let Some(server) = server {
+        spec["hostedBy"] = json!({"name": server});
+    }
+    json!({"apiVersion": "kubemail.io/v1alpha1", "kind": "MailDomain",
+           "metadata": {"name": name}, "spec": spec})
+}
+
+fn mailbox_at(name: &str, address: &str) -> serde_json::Value {
+    json!({"apiVersion": "kubemail.io/v1alpha1", "kind": "Mailbox",
+           "metadata": {"name": name},
+           "spec": {"address": address, "passwordSecretRef": {"name": format!("{name}-password")}}})
+}
+
+/// Two companies' domains on one runtime: a domain that ran its own runtime moves onto another
+/// MailDomain's (its Deployment goes, its volume stays); each domain's certificate is what
+/// `openssl s_client -servername` gets on IMAPS and after STARTTLS on 587; mail for both is
+/// delivered; a broken Mailbox or a conflicting alias of one domain does not stop the other's
+/// config changes; the hosted domain is dropped from the config when deleted.
+#[tokio::test]
+async fn two_domains_share_one_runtime_each_with_its_own_certificate() {
+    let host = own_loopback();
+    let host = host.as_str();
+    let (client, ns) = setup(BTreeMap::new()).await;
+    let ns = ns.name;
+    let _operator = Operator::start_with(
+        ControlPlane::shared(),
+        &[&ns],
+        "off",
+        &["--probe-host-override", host],
+    );
+    let mut server = domain_on("example", "example.test", None);
+    server["spec"]["aliasDomains"] = json!(["example.org"]);
+    apply(&client, &ns, server).await;
+    for (name, address) in [
+        ("alice", "alice@example.test"),
+        ("carol", "carol@brand.test"),
+    ] {
+        apply(&client, &ns, password(name, &format!("{name}-pw"))).await;
+        apply(&client, &ns, mailbox_at(name, address)).await;
+    }
+    // brand.test first runs on its own runtime, as every domain did before hosting.
+    apply(&client, &ns, domain_on("brand", "brand.test", None)).await;
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    eventually("brand's own Deployment", || async {
+        deployments.get_opt("brand-mail").await.ok()?.map(|_| ())
+    })
+    .await;
+    apply(
+        &client,
+        &ns,
+        domain_on("brand", "brand.test", Some("example")),
+    )
+    .await;
+    eventually("brand's own runtime goes", || async {
+        deployments
+            .get_opt("brand-mail")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+            .get_opt("brand-data")
+            .await
+            .expect("get")
+            .is_some(),
+        "the mail brand stored before stays on its volume"
+    );
+    let (_, raw, _) = eventually("both domains in the server's config", || async {
+        config(&client, &ns).await.filter(|(_, raw, _)| {
+            raw.domains.len() == 2 && addresses(raw).contains(&"carol@brand.test".to_string())
+        })
+    })
+    .await;
+    let brand = &raw.domains[1];
+    assert_eq!(brand.name, "brand.test");
+    assert_eq!(brand.hostname.as_deref(), Some("mail.brand.test"));
+    assert!(brand.tls.is_some() && brand.dkim.is_some(), "{brand:?}");
+    assert!(raw.domains[0].hostname.is_none());
+
+    let dir = tempfile::tempdir().expect("tmp");
+    write_hosting_config(&client, &ns, dir.path(), host).await;
+    let runtime = kubemail_e2e::workspace_binary("mail-runtime", "KUBEMAIL_RUNTIME_BIN")
+        .expect("the runtime binary (cargo build --bins)");
+    let _runtime = Operator(
+        Command::new(runtime)
+            .args(["serve", "--config"])
+            .arg(dir.path().join("runtime.yaml"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("mail-runtime serve"),
+    );
+    let port = |p: kubemail_config::ListenerProtocol| {
+        raw.listeners
+            .iter()
+            .find(|l| l.protocol == p)
+            .and_then(|l| l.address.rsplit_once(':'))
+            .map(|(_, port)| format!("{host}:{port}"))
+            .expect("a listener")
+    };
+    use kubemail_config::ListenerProtocol as L;
+    let (imaps, submission, smtp) = (port(L::Imaps), port(L::Submission), port(L::Smtp));
+    eventually("the runtime answers", || async {
+        std::net::TcpStream::connect(&smtp).ok().map(|_| ())
+    })
+    .await;
+    let brand_cert = secret_text(&client, &ns, "brand-tls", "tls.crt")
+        .await
+        .expect("brand's certificate");
+    let own_cert = secret_text(&client, &ns, "example-tls", "tls.crt")
+        .await
+        .expect("the server's certificate");
+    assert_ne!(brand_cert, own_cert);
+    for (address, starttls) in [(&imaps, None), (&submission, Some("smtp"))] {
+        assert_eq!(
+            served_certificate(address, starttls, "mail.brand.test"),
+            brand_cert.trim(),
+            "brand's name on {address}"
+        );
+        assert_eq!(
+            served_certificate(address, starttls, "mail.example.test"),
+            own_cert.trim(),
+            "the server's name on {address}"
+        );
+    }
+    // Mail for both is delivered.
+    for to in ["carol@brand.test", "alice@example.test"] {
+        let out = Command::new("swaks")
+            .args([
+                "--server",
+                &smtp,
+                "--from",
+                "someone@outside.test",
+                "--to",
+                to,
+            ])
+            .output()
+            .expect("swaks");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    for (domain, user) in [("brand.test", "carol"), ("example.test", "alice")] {
+        let new = dir
+            .path()
+            .join("data/mail")
+            .join(domain)
+            .join(user)
+            .join("new");
+        assert_eq!(
+            std::fs::read_dir(&new).map(|d| d.count()).unwrap_or(0),
+            1,
+            "{new:?}"
+        );
+    }
+    let (status, reason, message) = eventually("brand is Hosted", || async {
+        condition_of(&client, &ns, "brand", "Hosted")
+            .await
+            .filter(|(s, ..)| s == "True")
+    })
+    .await;
+    assert_eq!(reason, "Hosted", "{status} {message}");
+    assert!(message.contains("MailDomain example"), "{message}");
+    let md = Api::<MailDomain>::namespaced(client.clone(), &ns)
+        .get("brand")
+        .await
+        .expect("brand");
+    let status = md.status.expect("status");
+    assert_eq!(status.hostname.as_deref(), Some("mail.brand.test"));
+    assert!(
+        status.dns_records.iter().any(|r| r.type_ == "MX"
+            && r.name == "brand.test."
+            && r.value.contains("mail.brand.test")),
+        "{:?}",
+        status.dns_records
+    );
+    assert!(
+        status
+            .endpoints
+            .iter()
+            .all(|e| e.host.starts_with("example-mail."))
+    );
+
+    // brand's broken Mailbox (its password Secret missing) and then an alias that the server
+    // already has: brand's part keeps what is served; the server's changes go on.
+    apply(&client, &ns, mailbox_at("ghost", "ghost@brand.test")).await;
+    let mut conflicting = domain_on("brand", "brand.test", Some("example"));
+    conflicting["spec"]["aliasDomains"] = json!(["example.org"]);
+    apply(&client, &ns, conflicting).await;
+    let (_, _, message) = eventually("brand's ConfigValid turns False", || async {
+        condition_of(&client, &ns, "brand", "ConfigValid")
+            .await
+            .filter(|(s, ..)| s == "False")
+    })
+    .await;
+    assert!(message.contains("example.org"), "{message}");
+    apply(&client, &ns, password("bob", "bob-pw")).await;
+    apply(&client, &ns, mailbox_at("bob", "bob@example.test")).await;
+    let (_, raw, _) = eventually("the server's new Mailbox is rendered", || async {
+        config(&client, &ns)
+            .await
+            .filter(|(_, raw, _)| addresses(raw).contains(&"bob@example.test".to_string()))
+    })
+    .await;
+    let brand = raw
+        .domains
+        .iter()
+        .find(|d| d.name == "brand.test")
+        .expect("brand's served part stays");
+    assert!(brand.aliases.is_empty(), "{brand:?}");
+    let served = addresses(&raw);
+    assert!(served.contains(&"carol@brand.test".to_string()));
+    assert!(!served.contains(&"ghost@brand.test".to_string()));
+
+    // Deleted: its part leaves the server's config, files too.
+    Api::<MailDomain>::namespaced(client.clone(), &ns)
+        .delete("brand", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let secret = eventually("brand leaves the config", || async {
+        let (_, raw, _) = config(&client, &ns).await?;
+        (raw.domains.len() == 1).then_some(())?;
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .get("example-runtime-config")
+            .await
+            .ok()
+    })
+    .await;
+    assert!(
+        secret
+            .data
+            .expect("data")
+            .keys()
+            .all(|k| !k.starts_with("hosted.")),
+        "brand's files stay in the config Secret"
+    );
+}

@@ -279,7 +279,7 @@ pub fn mailboxes_of(ctx: &Context, md: &MailDomain) -> Vec<Arc<Mailbox>> {
 }
 
 /// Creates a Secret when it does not exist; never changes one that does.
-async fn create_once(api: &Api<Secret>, secret: Secret) -> Result<Secret> {
+pub(super) async fn create_once(api: &Api<Secret>, secret: Secret) -> Result<Secret> {
     let name = secret
         .metadata
         .name
@@ -320,6 +320,9 @@ async fn reconcile_once(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action
         return Ok(Action::await_change());
     };
     let previous = stored.status.clone().unwrap_or_default();
+    if md.spec.hosted_by.is_some() {
+        return super::hosted::reconcile(&md, &ctx, &ns, &stored, &previous).await;
+    }
 
     let referred = dereference(&ctx, &md, &ns).await?;
     let desired = build(&md, &referred, &ctx.options.runtime);
@@ -367,7 +370,7 @@ async fn reconcile_once(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action
 /// When a domain is looked at again: a healthy one every [`RESYNC`]; a new one whose runtime
 /// is still starting soon, so Ready follows it closely; later a failing one every 15 s (each
 /// look reads every Mailbox's Secret, which matters with thousands of them).
-fn next_look(md: &MailDomain, ready: bool) -> Duration {
+pub(super) fn next_look(md: &MailDomain, ready: bool) -> Duration {
     let young = md.metadata.creation_timestamp.as_ref().is_some_and(|t| {
         t.0.duration_until(k8s_openapi::jiff::Timestamp::now())
             .as_secs()
@@ -384,12 +387,25 @@ fn next_look(md: &MailDomain, ready: bool) -> Duration {
 
 /// A served Mailbox with its hashes, as [`dereference`] found it.
 #[derive(Debug, Clone)]
-struct Hashed {
-    mailbox: Arc<Mailbox>,
-    password_hash: String,
-    aliases: Vec<String>,
-    app_password_hashes: Vec<(String, String)>,
-    sieve_script: Option<String>,
+pub(super) struct Hashed {
+    pub(super) mailbox: Arc<Mailbox>,
+    pub(super) password_hash: String,
+    pub(super) aliases: Vec<String>,
+    pub(super) app_password_hashes: Vec<(String, String)>,
+    pub(super) sieve_script: Option<String>,
+}
+
+impl Hashed {
+    /// As the renderer takes it.
+    pub(super) fn rendered(&self) -> HashedMailbox<'_> {
+        HashedMailbox {
+            mailbox: &self.mailbox,
+            password_hash: self.password_hash.clone(),
+            aliases: self.aliases.clone(),
+            app_password_hashes: self.app_password_hashes.clone(),
+            sieve_script: self.sieve_script.clone(),
+        }
+    }
 }
 
 /// What a MailDomain refers to, read from the API server (and the keys it needs, made once).
@@ -411,6 +427,10 @@ struct Referred {
     /// The labels of the rspamd controller password's Secret; `None` when it names none or
     /// the Secret does not exist.
     rspamd_password_labels: Option<BTreeMap<String, String>>,
+    /// The domains hosted on this runtime (MailDomains whose `hostedBy` names this one).
+    hosted: Vec<super::hosted::Part>,
+    /// The config the runtime was last given.
+    current_config: Option<kubemail_config::RawConfig>,
 }
 
 /// Reads what the domain refers to: its RelayPolicy and credentials' labels, its certificate
@@ -463,7 +483,24 @@ async fn dereference(ctx: &Context, md: &MailDomain, ns: &str) -> Result<Referre
             .await?
             .map(|s| s.metadata.labels.unwrap_or_default());
     }
-    referred.tls_ok = match &md.spec.tls.secret_name {
+    let (tls_ok, dkim_public) = own_keys(md, &secrets).await?;
+    referred.tls_ok = tls_ok;
+    referred.dkim_public = dkim_public;
+    referred.mailboxes = served_mailboxes(ctx, md).await?;
+    referred.hosted = super::hosted::parts(ctx, md, &secrets).await?;
+    referred.current_config = current_config(&secrets, &names.config).await?;
+    Ok(referred)
+}
+
+/// A domain's certificate and DKIM key: whether the certificate Secret is there (a self-signed
+/// one is made once when the spec names none) and the DKIM record's value (the key is made
+/// once when DKIM is on).
+pub(super) async fn own_keys(
+    md: &MailDomain,
+    secrets: &Api<Secret>,
+) -> Result<(bool, Option<String>)> {
+    let names = Names::of(md);
+    let tls_ok = match &md.spec.tls.secret_name {
         Some(name) => secrets.get_opt(name).await?.is_some_and(|s| {
             s.data
                 .as_ref()
@@ -479,11 +516,12 @@ async fn dereference(ctx: &Context, md: &MailDomain, ns: &str) -> Result<Referre
                     "kubernetes.io/tls",
                     &[("tls.crt", &cert), ("tls.key", &key)],
                 );
-                create_once(&secrets, secret).await?;
+                create_once(secrets, secret).await?;
             }
             true
         }
     };
+    let mut dkim_public = None;
     if md.spec.dkim.enabled {
         let existing = secrets.get_opt(&names.dkim).await?;
         let pem = match existing
@@ -503,7 +541,7 @@ async fn dereference(ctx: &Context, md: &MailDomain, ns: &str) -> Result<Referre
                     "Opaque",
                     &[("private.pem", &key.private_pem)],
                 );
-                let stored = create_once(&secrets, secret).await?;
+                let stored = create_once(secrets, secret).await?;
                 stored
                     .data
                     .and_then(|d| {
@@ -513,8 +551,26 @@ async fn dereference(ctx: &Context, md: &MailDomain, ns: &str) -> Result<Referre
                     .unwrap_or(key.private_pem)
             }
         };
-        referred.dkim_public = keys::dkim_dns_value(&pem);
+        dkim_public = keys::dkim_dns_value(&pem);
     }
+    Ok((tls_ok, dkim_public))
+}
+
+/// The config the runtime was last given (the config Secret's `runtime.yaml`), if any.
+pub(super) async fn current_config(
+    secrets: &Api<Secret>,
+    name: &str,
+) -> Result<Option<kubemail_config::RawConfig>> {
+    Ok(secrets.get_opt(name).await?.and_then(|s| {
+        let yaml = s.data?.remove("runtime.yaml")?;
+        serde_yaml_ng::from_slice(&yaml.0).ok()
+    }))
+}
+
+/// The Mailboxes a domain serves, with their hashes: each address belongs to one (the oldest
+/// wins, see render::claims); one whose password is missing is left out.
+pub(super) async fn served_mailboxes(ctx: &Context, md: &MailDomain) -> Result<Vec<Hashed>> {
+    let mut served = Vec::new();
     // Each address and alias belongs to one Mailbox (the oldest wins, see render::claims).
     let mailboxes = mailboxes_of(ctx, md);
     let refs: Vec<&Mailbox> = mailboxes.iter().map(AsRef::as_ref).collect();
@@ -543,7 +599,7 @@ async fn dereference(ctx: &Context, md: &MailDomain, ns: &str) -> Result<Referre
                 Script::Valid(text) => Some(text),
                 _ => None,
             };
-            referred.mailboxes.push(Hashed {
+            served.push(Hashed {
                 mailbox: mailbox.clone(),
                 password_hash: hash,
                 aliases: claim.aliases,
@@ -552,7 +608,7 @@ async fn dereference(ctx: &Context, md: &MailDomain, ns: &str) -> Result<Referre
             });
         }
     }
-    Ok(referred)
+    Ok(served)
 }
 
 /// What is to be in the cluster for a domain, built without a client.
@@ -579,17 +635,7 @@ struct Desired {
 /// objects.
 fn build(md: &MailDomain, referred: &Referred, runtime: &objects::RuntimeOptions) -> Desired {
     let md = &render::rspamd::usable(md, referred.rspamd_password_labels.as_ref());
-    let hashed: Vec<HashedMailbox<'_>> = referred
-        .mailboxes
-        .iter()
-        .map(|h| HashedMailbox {
-            mailbox: &h.mailbox,
-            password_hash: h.password_hash.clone(),
-            aliases: h.aliases.clone(),
-            app_password_hashes: h.app_password_hashes.clone(),
-            sieve_script: h.sieve_script.clone(),
-        })
-        .collect();
+    let hashed: Vec<HashedMailbox<'_>> = referred.mailboxes.iter().map(Hashed::rendered).collect();
     // Pods the RelayPolicy chooses by label relay by their addresses.
     let mut config = render::config::runtime_config(md, &hashed, referred.relay.as_ref());
     config
@@ -608,11 +654,22 @@ fn build(md: &MailDomain, referred: &Referred, runtime: &objects::RuntimeOptions
         .err()
         .map(|e| e.to_string());
     let mailboxes = config.mailboxes.len();
+    // The domains hosted here, each part added only while the config stays valid.
+    let (config, files) = if invalid.is_none() && !referred.hosted.is_empty() {
+        super::hosted::add(
+            config,
+            md,
+            &referred.hosted,
+            referred.current_config.as_ref(),
+        )
+    } else {
+        (config, Vec::new())
+    };
     let (revision, yaml) = render::config::with_revision(config);
     Desired {
         config: invalid
             .is_none()
-            .then(|| objects::config_secret(md, &revision, &yaml)),
+            .then(|| objects::config_secret(md, &revision, &yaml, &files)),
         revision,
         invalid,
         catch_all,
@@ -761,7 +818,11 @@ async fn observe(
         None => None,
     };
     if let Some(report) = &usage {
-        super::usage::write(ctx, ns, &mailboxes_of(ctx, md), report).await;
+        let mut mailboxes = mailboxes_of(ctx, md);
+        for hosted in super::hosted::hosted_on(ctx, md) {
+            mailboxes.extend(mailboxes_of(ctx, &hosted));
+        }
+        super::usage::write(ctx, ns, &mailboxes, report).await;
     }
     let queued = super::usage::queued(ctx, ns, &md.name_any(), previous.queued, usage.as_ref());
     if desired.config.is_some()
@@ -839,22 +900,7 @@ async fn observe(
         probes.push(group);
     }
     let scanners = scanners_answer(&md.spec.inbound, ctx.options.probe_timeout).await;
-    let host_addresses =
-        if md.spec.runtime.service.type_ == kubemail_crds::mail_domain::ServiceType::LoadBalancer {
-            // Not read: the addresses status lists stay (a failed read must not take the mail
-            // host's A record out of the published records).
-            match load_balancer_addresses(ctx, ns, &names.runtime).await {
-                Some(addresses) => addresses,
-                None => previous
-                    .dns_records
-                    .iter()
-                    .filter(|r| r.purpose == "host")
-                    .filter_map(|r| r.value.parse().ok())
-                    .collect(),
-            }
-        } else {
-            Vec::new()
-        };
+    let host_addresses = host_addresses(ctx, md, ns, previous).await;
     let relay_test = match targets.iter().find(|(_, p, ..)| *p == Protocol::Smtp) {
         Some((.., address)) => {
             let smtp_answers = probes
@@ -873,6 +919,29 @@ async fn observe(
         dns: None,
         host_addresses,
         published: None,
+    }
+}
+
+/// The addresses of a server's mail host: its LoadBalancer Service's (none for other types).
+/// A failed read keeps the addresses status lists (it must not take the mail host's A record
+/// out of the published records).
+pub(super) async fn host_addresses(
+    ctx: &Context,
+    server: &MailDomain,
+    ns: &str,
+    previous: &MailDomainStatus,
+) -> Vec<std::net::IpAddr> {
+    if server.spec.runtime.service.type_ != kubemail_crds::mail_domain::ServiceType::LoadBalancer {
+        return Vec::new();
+    }
+    match load_balancer_addresses(ctx, ns, &Names::of(server).runtime).await {
+        Some(addresses) => addresses,
+        None => previous
+            .dns_records
+            .iter()
+            .filter(|r| r.purpose == "host")
+            .filter_map(|r| r.value.parse().ok())
+            .collect(),
     }
 }
 
@@ -948,7 +1017,7 @@ async fn relay_verdict(
 /// asks for it, and removes the one it wrote when it no longer does. Never touches a
 /// `DNSEndpoint` this MailDomain does not own. `None` when publishing is off (and nothing of
 /// ours is left).
-async fn publish_dns(
+pub(super) async fn publish_dns(
     ctx: &Context,
     md: &MailDomain,
     ns: &str,

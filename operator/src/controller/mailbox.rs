@@ -301,7 +301,14 @@ async fn served_in(ctx: &Context, domain: &MailDomain, ns: &str, address: &str) 
     if !served {
         return Ok(false);
     }
-    let name = Names::of(domain).config;
+    // A hosted domain's mailboxes are in its server's config.
+    let name = match &domain.spec.hosted_by {
+        Some(_) => match super::hosted::server_of(ctx, domain) {
+            Some(server) => Names::of(&server).config,
+            None => return Ok(false),
+        },
+        None => Names::of(domain).config,
+    };
     let current = domain
         .status
         .as_ref()

@@ -60,8 +60,14 @@ pub fn service_account(md: &MailDomain) -> ServiceAccount {
     }
 }
 
-/// The Secret holding the rendered runtime config.
-pub fn config_secret(md: &MailDomain, revision: &str, yaml: &str) -> Secret {
+/// The Secret holding the rendered runtime config, and the files it names beside it (hosted
+/// domains' certificates and DKIM keys, by key).
+pub fn config_secret(
+    md: &MailDomain,
+    revision: &str,
+    yaml: &str,
+    files: &[(String, Vec<u8>)],
+) -> Secret {
     let mut metadata = meta(md, &Names::of(md).config, true);
     metadata.annotations = Some(BTreeMap::from([(
         "kubemail.io/config-revision".to_string(),
@@ -70,10 +76,18 @@ pub fn config_secret(md: &MailDomain, revision: &str, yaml: &str) -> Secret {
     Secret {
         metadata,
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([(
-            "runtime.yaml".to_string(),
-            ByteString(yaml.as_bytes().to_vec()),
-        )])),
+        data: Some(
+            std::iter::once((
+                "runtime.yaml".to_string(),
+                ByteString(yaml.as_bytes().to_vec()),
+            ))
+            .chain(
+                files
+                    .iter()
+                    .map(|(k, v)| (k.clone(), ByteString(v.clone()))),
+            )
+            .collect(),
+        ),
         ..Secret::default()
     }
 }
