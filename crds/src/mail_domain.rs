@@ -531,7 +531,10 @@ pub struct DkimSpec {
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// The selector: the DNS name of the key is `<selector>._domainkey.<domain>`.
-    /// Defaults to `kubemail`.
+    /// Defaults to `kubemail`. Changing it rotates the key: a new key is made and its record
+    /// published beside the old one (in `status.dnsRecords` and the DNSEndpoint); mail is
+    /// signed with it once the record has been out for `dns.ttl` (and, with DNS checks on,
+    /// `DNSVerified` is True); the old record stays published for 7 days more.
     #[serde(default = "default_dkim_selector")]
     #[schemars(length(min = 1, max = 63))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("dkim.selector must be one DNS label: lowercase letters, digits and '-'"))]

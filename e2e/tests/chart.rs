@@ -229,12 +229,18 @@ async fn install_run_with_the_charts_permissions_and_uninstall() {
                 .any(|r| r == "*"),
             "wildcard resource: {rule:?}"
         );
-        // Deleting is needed for one kind only: the DNSEndpoint a MailDomain stops publishing.
-        let dns_endpoints = rule.resources.as_deref() == Some(&["dnsendpoints".to_string()][..]);
+        // Deleting is needed for the DNSEndpoint a MailDomain stops publishing and for the
+        // runtime of a domain that moves onto another's (Deployment, Services, ServiceAccount);
+        // never for Secrets, PVCs (mail) or the kubemail kinds.
+        let deletable = ["dnsendpoints", "deployments", "services", "serviceaccounts"];
+        let may_delete = rule
+            .resources
+            .as_deref()
+            .is_some_and(|r| r.iter().all(|r| deletable.contains(&r.as_str())));
         assert!(
             !rule.verbs.iter().any(|v| v == "update"
                 || v == "deletecollection"
-                || (v == "delete" && !dns_endpoints)),
+                || (v == "delete" && !may_delete)),
             "needless verb: {rule:?}"
         );
     }

@@ -2610,3 +2610,109 @@ async fn two_domains_share_one_runtime_each_with_its_own_certificate() {
         "brand's files stay in the config Secret"
     );
 }
+
+/// A DKIM key rotation, started by changing `spec.dkim.selector`: the new key's record is
+/// published beside the old one first, the runtime signs with the new key only after the
+/// records' TTL (its key file named after it, so config and key never disagree), and the old
+/// record stays published for mail still on its way.
+#[tokio::test]
+async fn a_dkim_key_rotates_published_first_switched_after_the_ttl() {
+    let (client, ns) = setup(BTreeMap::new()).await;
+    let ns = ns.name;
+    let _operator = Operator::start(ControlPlane::shared(), &ns);
+    let mut md = domain_on("example", "example.test", None);
+    md["spec"]["dns"] = json!({"ttl": 60});
+    apply(&client, &ns, md.clone()).await;
+    let dkim_records = |md: MailDomain| -> Vec<(String, String)> {
+        md.status
+            .map(|s| s.dns_records)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.purpose == "DKIM")
+            .map(|r| (r.name, r.value))
+            .collect()
+    };
+    let domains = Api::<MailDomain>::namespaced(client.clone(), &ns);
+    let first = eventually("the first key's record", || async {
+        let records = dkim_records(domains.get("example").await.ok()?);
+        (records.len() == 1).then_some(records)
+    })
+    .await;
+    assert_eq!(first[0].0, "kubemail._domainkey.example.test.");
+    let (_, raw, _) = eventually("signing with the first key", || async {
+        config(&client, &ns)
+            .await
+            .filter(|(_, raw, _)| raw.dkim.is_some())
+    })
+    .await;
+    let dkim = raw.dkim.expect("dkim");
+    assert_eq!(dkim.selector, "kubemail");
+    assert!(dkim.key_file.ends_with("private.pem"));
+
+    md["spec"]["dkim"] = json!({"selector": "k2"});
+    apply(&client, &ns, md).await;
+    let started = std::time::Instant::now();
+    let both = eventually("the new record published beside the old", || async {
+        let records = dkim_records(domains.get("example").await.ok()?);
+        (records.len() == 2).then_some(records)
+    })
+    .await;
+    assert!(both.contains(&first[0]), "{both:?}");
+    let (_, new_value) = both
+        .iter()
+        .find(|(name, _)| name == "k2._domainkey.example.test.")
+        .expect("k2's record")
+        .clone();
+    assert_ne!(new_value, first[0].1);
+    // Still signing with the old key while the new record may not be everywhere yet.
+    let (_, raw, _) = config(&client, &ns).await.expect("config");
+    assert_eq!(
+        raw.dkim.as_ref().map(|d| d.selector.as_str()),
+        Some("kubemail")
+    );
+
+    let (_, raw, _) = eventually_within(
+        "the switch after the TTL",
+        Duration::from_secs(150),
+        || async {
+            config(&client, &ns)
+                .await
+                .filter(|(_, raw, _)| raw.dkim.as_ref().is_some_and(|d| d.selector == "k2"))
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(55),
+        "switched {:?} after the new record appeared: before the TTL",
+        started.elapsed()
+    );
+    assert!(raw.dkim.expect("dkim").key_file.ends_with("k2.pem"));
+    // The key file holds the key whose record was published.
+    let pem = secret_text(&client, &ns, "example-dkim", "k2.pem")
+        .await
+        .expect("k2.pem");
+    let der = Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(pem.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("openssl");
+    use base64::Engine as _;
+    let public = base64::engine::general_purpose::STANDARD.encode(der.stdout);
+    assert!(new_value.ends_with(&format!("p={public}")), "{new_value}");
+    // The old record stays published (for mail signed with it still on its way).
+    let records = dkim_records(domains.get("example").await.expect("get"));
+    assert!(
+        records.contains(&first[0]) && records.len() == 2,
+        "{records:?}"
+    );
+}

@@ -14,7 +14,11 @@ use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Secret, Service, ServiceAccount},
 };
-use kube::{Api, ResourceExt, api::DeleteParams, runtime::controller::Action};
+use kube::{
+    Api, ResourceExt,
+    api::DeleteParams,
+    runtime::{controller::Action, reflector::ObjectRef as K8sRef},
+};
 use kubemail_config::{DkimConfig, DomainConfig, MailboxConfig, RawConfig, TlsFiles};
 use kubemail_crds::{MailDomain, MailDomainStatus, mail_domain::Endpoint};
 
@@ -35,8 +39,9 @@ pub struct Part {
     pub md: Arc<MailDomain>,
     /// Its certificate and key (PEM), once its Secret has them.
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
-    /// Its DKIM private key (PEM), when DKIM is on and the key is made.
-    pub dkim: Option<Vec<u8>>,
+    /// The selector and private key (PEM) that sign its mail, when DKIM is on and the key is
+    /// made.
+    pub dkim: Option<(String, Vec<u8>)>,
     /// Its Mailboxes with their hashes.
     pub(super) mailboxes: Vec<Hashed>,
 }
@@ -101,10 +106,14 @@ pub async fn parts(ctx: &Context, server: &MailDomain, secrets: &Api<Secret>) ->
             ))
         });
         let dkim = if md.spec.dkim.enabled {
-            secrets
-                .get_opt(&names.dkim)
-                .await?
-                .and_then(|s| Some(s.data?.get("private.pem")?.0.clone()))
+            secrets.get_opt(&names.dkim).await?.and_then(|s| {
+                let keys = super::dkim::Keys::of(
+                    &s.metadata.annotations.unwrap_or_default(),
+                    &md.spec.dkim.selector,
+                );
+                let pem = s.data?.get(&keys.active.file)?.0.clone();
+                Some((keys.active.selector, pem))
+            })
         } else {
             None
         };
@@ -128,10 +137,7 @@ fn file_key(domain: &str, file: &str) -> String {
 }
 
 /// A hosted domain's part of the server's config, and the files it names.
-fn rendered(
-    part: &Part,
-    server: &MailDomain,
-) -> (DomainConfig, Vec<MailboxConfig>, Files) {
+fn rendered(part: &Part, server: &MailDomain) -> (DomainConfig, Vec<MailboxConfig>, Files) {
     let view = as_served(&part.md, server);
     let hashed: Vec<_> = part.mailboxes.iter().map(Hashed::rendered).collect();
     let mut alone = render::config::runtime_config(&view, &hashed, None);
@@ -150,10 +156,10 @@ fn rendered(
         files.push((cert_key, cert.clone()));
         files.push((key_key, key.clone()));
     }
-    if let Some(pem) = &part.dkim {
+    if let Some((selector, pem)) = &part.dkim {
         let key = file_key(&name, "dkim.pem");
         domain.dkim = Some(DkimConfig {
-            selector: part.md.spec.dkim.selector.clone(),
+            selector: selector.clone(),
             key_file: path(&key),
         });
         files.push((key, pem.clone()));
@@ -286,7 +292,8 @@ pub async fn reconcile(
         Some(s) => as_served(md, s),
         None => md.as_ref().clone(),
     };
-    let (tls_ok, dkim_public) = mail_domain::own_keys(&view, &secrets).await?;
+    let (tls_ok, dkim) =
+        mail_domain::own_keys(&view, &secrets, mail_domain::records_resolve(ctx, previous)).await?;
     let mailboxes = mail_domain::served_mailboxes(ctx, md).await?;
     let server_name = md
         .spec
@@ -347,7 +354,7 @@ pub async fn reconcile(
     };
     let records = dns::records(
         &view,
-        dkim_public.as_deref(),
+        &dkim.records,
         &match &standing {
             Standing::Server { server, .. } => {
                 mail_domain::host_addresses(ctx, server, ns, previous).await
@@ -653,9 +660,9 @@ fn status_of(
     }
 }
 
-/// A domain that ran its own runtime before it was hosted: its Deployment, Services,
-/// ServiceAccount and config Secret go (only ours: owned by this MailDomain). Its volume stays,
-/// with the mail stored before (see examples/hosting).
+/// A domain that ran its own runtime before it was hosted: its Deployment, Services and
+/// ServiceAccount go and its config Secret is emptied (only ours: owned by this MailDomain).
+/// Its volume stays, with the mail stored before (see examples/hosting).
 async fn remove_own_runtime(ctx: &Context, md: &MailDomain, ns: &str) -> Result<()> {
     let names = Names::of(md);
     let uid = md.metadata.uid.clone().unwrap_or_default();
@@ -663,7 +670,27 @@ async fn remove_own_runtime(ctx: &Context, md: &MailDomain, ns: &str) -> Result<
     delete_owned::<Service>(ctx, ns, &names.runtime, &uid).await?;
     delete_owned::<Service>(ctx, ns, &names.metrics, &uid).await?;
     delete_owned::<ServiceAccount>(ctx, ns, &names.service_account, &uid).await?;
-    delete_owned::<Secret>(ctx, ns, &names.config, &uid).await?;
+    // Its config Secret (password hashes among it) is emptied: the operator may not delete
+    // Secrets.
+    let config = K8sRef::<kube::core::PartialObjectMeta<Secret>>::new(&names.config).within(ns);
+    if let Some(found) = ctx.secret_versions.get(&config)
+        && found.owner_references().iter().any(|o| o.uid == uid)
+        && ctx
+            .secret_annotation(ns, &names.config, "kubemail.io/config-revision")
+            .is_some()
+    {
+        let patch = serde_json::json!({
+            "metadata": {"annotations": {"kubemail.io/config-revision": null}},
+            "data": null,
+        });
+        Api::<Secret>::namespaced(ctx.client.clone(), ns)
+            .patch(
+                &names.config,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await?;
+    }
     Ok(())
 }
 
@@ -712,7 +739,7 @@ mod tests {
         Part {
             md: Arc::new(md),
             tls: tls.then(|| (b"CERT".to_vec(), b"KEY".to_vec())),
-            dkim: Some(b"DKIM".to_vec()),
+            dkim: Some(("kubemail".into(), b"DKIM".to_vec())),
             mailboxes: Vec::new(),
         }
     }

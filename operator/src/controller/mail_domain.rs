@@ -324,7 +324,7 @@ async fn reconcile_once(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action
         return super::hosted::reconcile(&md, &ctx, &ns, &stored, &previous).await;
     }
 
-    let referred = dereference(&ctx, &md, &ns).await?;
+    let referred = dereference(&ctx, &md, &ns, &previous).await?;
     let desired = build(&md, &referred, &ctx.options.runtime);
     let marked = apply(&ctx, &md, &ns, &desired, &previous).await?;
     let mut observed = observe(
@@ -337,11 +337,7 @@ async fn reconcile_once(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action
         referred.relay.as_ref(),
     )
     .await;
-    let records = dns::records(
-        &md,
-        referred.dkim_public.as_deref(),
-        &observed.host_addresses,
-    );
+    let records = dns::records(&md, &referred.dkim.records, &observed.host_addresses);
     if let Some(checker) = &ctx.dns {
         let uid = md.metadata.uid.clone().ok_or(Error::Incomplete("uid"))?;
         observed.dns = Some(checker.verdict(uid, &records).await);
@@ -420,8 +416,8 @@ struct Referred {
     relay_pods: Vec<String>,
     /// Whether the certificate Secret is there.
     tls_ok: bool,
-    /// The DKIM record's value, when DKIM is on.
-    dkim_public: Option<String>,
+    /// The DKIM key that signs and the records to publish, when DKIM is on.
+    dkim: super::dkim::Published,
     /// The Mailboxes to serve, with their hashes; each address belongs to one (the oldest).
     mailboxes: Vec<Hashed>,
     /// The labels of the rspamd controller password's Secret; `None` when it names none or
@@ -436,7 +432,12 @@ struct Referred {
 /// Reads what the domain refers to: its RelayPolicy and credentials' labels, its certificate
 /// (making a self-signed one when it names none), its DKIM key (made once), its Mailboxes and
 /// their password hashes, and the pods its RelayPolicy chooses.
-async fn dereference(ctx: &Context, md: &MailDomain, ns: &str) -> Result<Referred> {
+async fn dereference(
+    ctx: &Context,
+    md: &MailDomain,
+    ns: &str,
+    previous: &MailDomainStatus,
+) -> Result<Referred> {
     let client = &ctx.client;
     let names = Names::of(md);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
@@ -483,22 +484,23 @@ async fn dereference(ctx: &Context, md: &MailDomain, ns: &str) -> Result<Referre
             .await?
             .map(|s| s.metadata.labels.unwrap_or_default());
     }
-    let (tls_ok, dkim_public) = own_keys(md, &secrets).await?;
+    let (tls_ok, dkim) = own_keys(md, &secrets, records_resolve(ctx, previous)).await?;
     referred.tls_ok = tls_ok;
-    referred.dkim_public = dkim_public;
+    referred.dkim = dkim;
     referred.mailboxes = served_mailboxes(ctx, md).await?;
     referred.hosted = super::hosted::parts(ctx, md, &secrets).await?;
     referred.current_config = current_config(&secrets, &names.config).await?;
     Ok(referred)
 }
 
-/// A domain's certificate and DKIM key: whether the certificate Secret is there (a self-signed
-/// one is made once when the spec names none) and the DKIM record's value (the key is made
-/// once when DKIM is on).
+/// A domain's certificate and DKIM keys: whether the certificate Secret is there (a self-signed
+/// one is made once when the spec names none) and the DKIM key that signs with the records to
+/// publish (see [`super::dkim`]; `resolves`: whether the published records were seen in DNS).
 pub(super) async fn own_keys(
     md: &MailDomain,
     secrets: &Api<Secret>,
-) -> Result<(bool, Option<String>)> {
+    resolves: bool,
+) -> Result<(bool, super::dkim::Published)> {
     let names = Names::of(md);
     let tls_ok = match &md.spec.tls.secret_name {
         Some(name) => secrets.get_opt(name).await?.is_some_and(|s| {
@@ -521,39 +523,15 @@ pub(super) async fn own_keys(
             true
         }
     };
-    let mut dkim_public = None;
-    if md.spec.dkim.enabled {
-        let existing = secrets.get_opt(&names.dkim).await?;
-        let pem = match existing
-            .as_ref()
-            .and_then(|s| s.data.as_ref()?.get("private.pem").cloned())
-        {
-            Some(pem) => String::from_utf8_lossy(&pem.0).to_string(),
-            None => {
-                let algorithm = md.spec.dkim.algorithm;
-                let key = tokio::task::spawn_blocking(move || keys::new_dkim_key(algorithm))
-                    .await
-                    .map_err(|e| Error::Keys(e.into()))?
-                    .map_err(|e| Error::Keys(e.into()))?;
-                let secret = objects::pem_secret(
-                    md,
-                    &names.dkim,
-                    "Opaque",
-                    &[("private.pem", &key.private_pem)],
-                );
-                let stored = create_once(secrets, secret).await?;
-                stored
-                    .data
-                    .and_then(|d| {
-                        d.get("private.pem")
-                            .map(|p| String::from_utf8_lossy(&p.0).to_string())
-                    })
-                    .unwrap_or(key.private_pem)
-            }
-        };
-        dkim_public = keys::dkim_dns_value(&pem);
-    }
-    Ok((tls_ok, dkim_public))
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let dkim = super::dkim::keys(md, secrets, resolves, now).await?;
+    Ok((tls_ok, dkim))
+}
+
+/// Whether the records a domain publishes were seen in DNS: its last `DNSVerified`, or true
+/// when nobody checks.
+pub(super) fn records_resolve(ctx: &Context, previous: &MailDomainStatus) -> bool {
+    ctx.dns.is_none() || conditions::is_true(&previous.conditions, types::DNS_VERIFIED)
 }
 
 /// The config the runtime was last given (the config Secret's `runtime.yaml`), if any.
@@ -638,6 +616,16 @@ fn build(md: &MailDomain, referred: &Referred, runtime: &objects::RuntimeOptions
     let hashed: Vec<HashedMailbox<'_>> = referred.mailboxes.iter().map(Hashed::rendered).collect();
     // Pods the RelayPolicy chooses by label relay by their addresses.
     let mut config = render::config::runtime_config(md, &hashed, referred.relay.as_ref());
+    // The key that signs now (its file is named after it, see `dkim`).
+    if let Some(dkim) = &mut config.dkim {
+        match &referred.dkim.signing {
+            Some((selector, file, _)) => {
+                dkim.selector = selector.clone();
+                dkim.key_file = format!("{}/{file}", render::paths::DKIM_DIR).into();
+            }
+            None => config.dkim = None,
+        }
+    }
     config
         .relay
         .client_networks
@@ -1508,11 +1496,7 @@ fn status_of(
         } else {
             previous.config_revision.clone()
         },
-        dns_records: dns::records(
-            md,
-            referred.dkim_public.as_deref(),
-            &observed.host_addresses,
-        ),
+        dns_records: dns::records(md, &referred.dkim.records, &observed.host_addresses),
         queued: observed.queued,
     }
 }

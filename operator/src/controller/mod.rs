@@ -6,6 +6,7 @@
 //!   Mailbox --address domain--> MailDomain <--relayPolicyRef-- RelayPolicy
 //!      \--passwordSecretRef--> Secret          (a change to any of these reconciles the domain)
 //! ```
+pub mod dkim;
 pub mod hosted;
 pub mod index;
 pub mod mail_domain;

@@ -13,12 +13,13 @@ fn record(purpose: &str, type_: &str, name: String, value: String) -> DnsRecord 
 }
 
 /// The mail host's A/AAAA (from the addresses given: a LoadBalancer Service's), MX and SPF for
-/// the domain and its alias domains, DKIM (when a public key is given), DMARC, with HTTPS on
+/// the domain and its alias domains, DKIM (each key given: (selector, value); two while a key
+/// rotates), DMARC, with HTTPS on
 /// the web names (CNAMEs to the mail host), `_mta-sts` and `_smtp._tls` (TLS-RPT), and the
 /// RFC 6186 SRV records of the enabled client protocols (RFC 5804's for ManageSieve).
 pub fn records(
     md: &MailDomain,
-    dkim_public: Option<&str>,
+    dkim: &[(String, String)],
     host_addresses: &[std::net::IpAddr],
 ) -> Vec<DnsRecord> {
     let host = hostname(md);
@@ -37,12 +38,12 @@ pub fn records(
             "v=spf1 mx -all".into(),
         ));
     }
-    if let (true, Some(key)) = (md.spec.dkim.enabled, dkim_public) {
+    for (selector, key) in dkim.iter().filter(|_| md.spec.dkim.enabled) {
         out.push(record(
             "DKIM",
             "TXT",
-            format!("{}._domainkey.{domain}.", md.spec.dkim.selector),
-            key.to_string(),
+            format!("{selector}._domainkey.{domain}."),
+            key.clone(),
         ));
     }
     out.push(record(

@@ -122,7 +122,11 @@ fn dns_records() {
     let md = fixtures::domain();
     insta::assert_yaml_snapshot!(
         "dns_records",
-        dns::records(&md, Some("v=DKIM1; k=rsa; p=MIIBIjANBgkq"), &[])
+        dns::records(
+            &md,
+            &[("kubemail".into(), "v=DKIM1; k=rsa; p=MIIBIjANBgkq".into())],
+            &[]
+        )
     );
 }
 
@@ -133,7 +137,7 @@ fn the_dns_endpoint_holds_every_record_with_the_hosts_addresses() {
     md.spec.dns.ttl = 300;
     let records = dns::records(
         &md,
-        Some("v=DKIM1; k=rsa; p=MIIBIjANBgkq"),
+        &[("kubemail".into(), "v=DKIM1; k=rsa; p=MIIBIjANBgkq".into())],
         &[
             "192.0.2.10".parse().expect("ip"),
             "2001:db8::10".parse().expect("ip"),
@@ -280,7 +284,7 @@ fn https_serves_the_web_names_and_announces_the_policy_that_the_runtime_serves()
     use kubemail_crds::mail_domain::MtaStsMode;
     let mut md = fixtures::domain();
     // Off by default: no port, no listener, no MTA-STS records.
-    let records = dns::records(&md, None, &[]);
+    let records = dns::records(&md, &[], &[]);
     assert!(
         !records
             .iter()
@@ -311,7 +315,7 @@ fn https_serves_the_web_names_and_announces_the_policy_that_the_runtime_serves()
         l.protocol == kubemail_config::ListenerProtocol::Https && l.address == "0.0.0.0:8443"
     }));
     assert_eq!(config.advertised.mta_sts_mode, "enforce");
-    let records = dns::records(&md, None, &[]);
+    let records = dns::records(&md, &[], &[]);
     let find = |name: &str| {
         records
             .iter()
@@ -335,9 +339,9 @@ fn https_serves_the_web_names_and_announces_the_policy_that_the_runtime_serves()
     // same.
     let (_, enforce) = find("_mta-sts.example.com.").expect("_mta-sts");
     assert!(enforce.starts_with("v=STSv1; id=") && enforce.len() == "v=STSv1; id=".len() + 20);
-    assert_eq!(dns::records(&md, None, &[]), records);
+    assert_eq!(dns::records(&md, &[], &[]), records);
     md.spec.mta_sts.mode = MtaStsMode::Testing;
-    let testing = dns::records(&md, None, &[]);
+    let testing = dns::records(&md, &[], &[]);
     let (_, testing) = testing
         .iter()
         .find(|r| r.purpose == "MTA-STS")
