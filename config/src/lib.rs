@@ -155,6 +155,28 @@ impl Config {
                     format!("{host:?} is not a DNS name"),
                 );
             }
+            // A domain's host name is its own: not the server's, not another domain's host
+            // name, not a name in another domain (its certificate and answers would be served
+            // for that domain's names).
+            if let Some(host) = &d.hostname {
+                let taken = host.eq_ignore_ascii_case(&raw.hostname)
+                    || raw.domains.iter().enumerate().any(|(j, o)| {
+                        j != i
+                            && (o
+                                .hostname
+                                .as_deref()
+                                .is_some_and(|h| h.eq_ignore_ascii_case(host))
+                                || std::iter::once(&o.name)
+                                    .chain(&o.aliases)
+                                    .any(|n| name_is_in(host, n)))
+                    });
+                if taken {
+                    problem(
+                        format!("domains[{i}].hostname"),
+                        format!("{host:?} is the server's or another domain's name"),
+                    );
+                }
+            }
             if let Some(mode) = &d.mta_sts_mode
                 && !matches!(mode.as_str(), "testing" | "enforce" | "none")
             {
@@ -585,12 +607,31 @@ impl Config {
     }
 
     /// The served domain that `name` (a TLS server name or HTTP host) belongs to, see
-    /// [`DomainConfig::owns_name`]; a domain with a host name of its own is preferred.
+    /// [`owner_of`].
     pub fn domain_named(&self, name: &str) -> Option<&DomainConfig> {
-        let owners = || self.raw.domains.iter().filter(|d| d.owns_name(name));
-        owners()
-            .find(|d| d.hostname.is_some())
-            .or_else(|| owners().next())
+        owner_of(
+            &self.raw.hostname,
+            self.raw.domains.iter().map(|d| (d, d)),
+            name,
+        )
+    }
+
+    /// The primary name of a served domain (or of the domain an alias belongs to).
+    pub fn primary_domain(&self, domain: &str) -> Option<&str> {
+        self.domains
+            .get(&domain.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+
+    /// Whether a domain (primary or alias) is one of the server's own: served, without a host
+    /// name of its own (a hosted tenant's domain has one).
+    pub fn owns_domain(&self, domain: &str) -> bool {
+        self.primary_domain(domain).is_some_and(|primary| {
+            self.raw
+                .domains
+                .iter()
+                .any(|d| d.name.eq_ignore_ascii_case(primary) && d.hostname.is_none())
+        })
     }
 
     /// The mail host name of a domain: its own, or the server's.
@@ -681,6 +722,45 @@ const PROBE_SOURCES: [IpAddr; 2] = [
 /// the same text, so the id changes exactly when the policy does.
 pub fn mta_sts_policy(mode: &str, host: &str) -> String {
     format!("version: STSv1\r\nmode: {mode}\r\nmx: {host}\r\nmax_age: 604800\r\n")
+}
+
+/// Whose `name` (a TLS server name or HTTP host, with or without a final dot) is among
+/// `domains`: the server's own host name is the server's (`None`); a domain's own host name is
+/// that domain's; otherwise the domain whose name or alias is the longest that `name` equals or
+/// ends with (`mta-sts.brand.example` is brand.example's even beside example).
+pub fn owner_of<'a, T>(
+    server_hostname: &str,
+    domains: impl IntoIterator<Item = (&'a DomainConfig, T)>,
+    name: &str,
+) -> Option<T> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.eq_ignore_ascii_case(server_hostname) {
+        return None;
+    }
+    let mut best: Option<(usize, T)> = None;
+    for (d, value) in domains {
+        let rank = if d
+            .hostname
+            .as_deref()
+            .is_some_and(|h| h.eq_ignore_ascii_case(name))
+        {
+            usize::MAX
+        } else {
+            match std::iter::once(&d.name)
+                .chain(&d.aliases)
+                .filter(|n| name_is_in(name, n))
+                .map(|n| n.len())
+                .max()
+            {
+                Some(len) => len,
+                None => continue,
+            }
+        };
+        if best.as_ref().is_none_or(|(b, _)| rank > *b) {
+            best = Some((rank, value));
+        }
+    }
+    best.map(|(_, value)| value)
 }
 
 /// A DKIM selector: letters, digits, `-` and `.`.

@@ -307,21 +307,13 @@ pub struct DomainConfig {
     pub mta_sts_mode: Option<String>,
 }
 
-impl DomainConfig {
-    /// Whether `name` (a TLS server name or an HTTP host, lower case) is this domain's: its own
-    /// host name, or the domain, an alias, or a name under either.
-    pub fn owns_name(&self, name: &str) -> bool {
-        self.hostname
-            .as_deref()
-            .is_some_and(|h| h.eq_ignore_ascii_case(name))
-            || std::iter::once(&self.name).chain(&self.aliases).any(|d| {
-                name.eq_ignore_ascii_case(d)
-                    || (name.len() > d.len()
-                        && name.as_bytes()[name.len() - d.len() - 1] == b'.'
-                        && name.as_bytes()[name.len() - d.len()..]
-                            .eq_ignore_ascii_case(d.as_bytes()))
-            })
-    }
+/// Whether `name` is `domain` or a name under it, ignoring ASCII case.
+pub fn name_is_in(name: &str, domain: &str) -> bool {
+    let (name, domain) = (name.as_bytes(), domain.as_bytes());
+    name.eq_ignore_ascii_case(domain)
+        || (name.len() > domain.len()
+            && name[name.len() - domain.len() - 1] == b'.'
+            && name[name.len() - domain.len()..].eq_ignore_ascii_case(domain))
 }
 
 /// A protocol a mailbox may log in with.

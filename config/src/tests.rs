@@ -260,7 +260,14 @@ fn hosted_domains_are_found_by_name_and_sign_only_with_their_own_key() {
     assert_eq!(named("mail.example.org"), Some("example.com"));
     assert_eq!(named("xbrand.test"), None, "a name merely ending alike");
     assert_eq!(named("brand.tést"), None, "non-ASCII never panics");
+    assert_eq!(named("mta-sts.brand.example"), Some("brand.test"));
     assert_eq!(named("other.test"), None);
+    assert_eq!(
+        named("mail.example.com"),
+        None,
+        "the server's own host name"
+    );
+    assert_eq!(named("mx.hosting.test."), Some("brand.test"), "a final dot");
     let selector = |d: &str| config.dkim_for(d).map(|k| k.selector.as_str());
     assert_eq!(selector("example.org"), Some("own"));
     assert_eq!(selector("brand.example"), Some("b1"));
@@ -276,6 +283,14 @@ fn hosted_domains_are_found_by_name_and_sign_only_with_their_own_key() {
     );
     assert_eq!(config.hostname_of(None), "mail.example.com");
 
+    // A host name that is the server's, or in another domain, is refused: its certificate
+    // and answers would be served for the other's names.
+    for taken in ["mail.example.com", "mta-sts.example.org", "mail.plain.test"] {
+        let mut squat = raw.clone();
+        squat.domains[1].hostname = Some(taken.into());
+        let invalid = Config::validate(squat).expect_err(taken);
+        assert_eq!(invalid.0[0].field, "domains[1].hostname", "{taken}");
+    }
     raw.domains[1].hostname = Some("not a name".into());
     raw.domains[1].mta_sts_mode = Some("strict".into());
     raw.domains[2].dkim = Some(DkimConfig {

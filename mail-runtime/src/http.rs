@@ -246,7 +246,7 @@ fn route<B>(runtime: &Runtime, req: Request<B>) -> Response<Full<Bytes>> {
 
 /// The served domain a request is for, by its Host (`mta-sts.example.com`,
 /// `autoconfig.example.com`): on a server hosting several domains each gets its own answer.
-/// Another host (or none): the first domain.
+/// Another host (or none): the server's first own domain.
 fn asked_for<'a, B>(config: &'a Config, req: &Request<B>) -> Option<&'a DomainConfig> {
     let host = req
         .headers()
@@ -258,7 +258,7 @@ fn asked_for<'a, B>(config: &'a Config, req: &Request<B>) -> Option<&'a DomainCo
     let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
     config
         .domain_named(name)
-        .or_else(|| config.raw.domains.first())
+        .or_else(|| config.raw.domains.iter().find(|d| d.hostname.is_none()))
 }
 
 fn serves(config: &Config, protocol: ListenerProtocol) -> bool {

@@ -522,7 +522,7 @@ fn send_bytes(
         }
         Recipient::Remote => {
             let prefix = sign_for
-                .map(|a| crate::smtp::server::sign(config, a, &spooled.path))
+                .map(|a| crate::smtp::server::sign(config, Some(a), a, &spooled.path))
                 .unwrap_or_default();
             let envelope = crate::outbound::Envelope {
                 from: sender.to_string(),
@@ -578,7 +578,9 @@ fn redirect(
     };
     let mut copy = format!("Delivered-To: {mailbox}\r\n").into_bytes();
     if trusted && remote {
-        copy.extend_from_slice(crate::smtp::server::sign(config, from, &message.path).as_bytes());
+        copy.extend_from_slice(
+            crate::smtp::server::sign(config, Some(mailbox), from, &message.path).as_bytes(),
+        );
     }
     copy.extend_from_slice(bytes);
     send_bytes(runtime, config, &sender, to, &copy, None).map_err(|e| {

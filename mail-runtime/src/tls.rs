@@ -68,25 +68,28 @@ impl TlsHandle {
             Some(key)
         };
         let server = take(&config.tls);
-        let mut domains = Vec::new();
-        for d in &config.domains {
-            if let Some(key) = d.tls.as_ref().and_then(&mut take) {
-                domains.push((d.clone(), key));
-            }
-        }
+        let domains: Vec<_> = config
+            .domains
+            .iter()
+            .map(|d| (d.clone(), d.tls.as_ref().and_then(&mut take)))
+            .collect();
         *loaded = fresh;
         let error = (!errors.is_empty()).then(|| errors.join("; "));
-        let fallback = server.or_else(|| domains.first().map(|(_, k)| Arc::clone(k)));
-        let resolver = fallback.map(|fallback| BySni { fallback, domains });
-        let config = match resolver {
-            Some(resolver) => Some(Arc::new(
+        let any = server.is_some() || domains.iter().any(|(_, k)| k.is_some());
+        let resolver = BySni {
+            hostname: config.hostname.clone(),
+            server,
+            domains,
+        };
+        let config = match any {
+            true => Some(Arc::new(
                 ServerConfig::builder_with_provider(provider)
                     .with_safe_default_protocol_versions()
                     .map_err(|e| e.to_string())?
                     .with_no_client_auth()
                     .with_cert_resolver(Arc::new(resolver)),
             )),
-            None => None,
+            false => None,
         };
         if config.is_some() {
             *self.current.write().expect("tls lock") = config;
@@ -96,24 +99,33 @@ impl TlsHandle {
     }
 }
 
-/// Chooses the certificate by the server name the client sent.
+/// Chooses the certificate by the server name the client sent (see
+/// [`kubemail_config::owner_of`]).
 #[derive(Debug)]
 struct BySni {
-    /// For names no domain owns, and clients that send none.
-    fallback: Arc<CertifiedKey>,
-    /// The domains that have a certificate of their own.
-    domains: Vec<(kubemail_config::DomainConfig, Arc<CertifiedKey>)>,
+    /// The server's host name.
+    hostname: String,
+    /// The server's own certificate, for its names and clients that send none; `None` while it
+    /// does not load (those handshakes fail: a tenant's certificate is never served instead).
+    server: Option<Arc<CertifiedKey>>,
+    /// The domains, each with its certificate if it has one of its own.
+    domains: Vec<(kubemail_config::DomainConfig, Option<Arc<CertifiedKey>>)>,
 }
 
 impl ResolvesServerCert for BySni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let chosen = hello.server_name().and_then(|name| {
-            let owners = || self.domains.iter().filter(|(d, _)| d.owns_name(name));
-            owners()
-                .find(|(d, _)| d.hostname.is_some())
-                .or_else(|| owners().next())
+        let owner = hello.server_name().and_then(|name| {
+            kubemail_config::owner_of(
+                &self.hostname,
+                self.domains.iter().map(|(d, key)| (d, key)),
+                name,
+            )
         });
-        Some(Arc::clone(chosen.map_or(&self.fallback, |(_, key)| key)))
+        match owner {
+            // A domain with a certificate of its own gets it; one without gets the server's.
+            Some(Some(key)) => Some(Arc::clone(key)),
+            _ => self.server.clone(),
+        }
     }
 }
 
@@ -160,12 +172,17 @@ pub async fn watch(handle: TlsHandle, config: ConfigHandle) {
     };
     let stamps =
         |files: &[PathBuf]| -> Vec<_> { files.iter().map(|f| (f.clone(), stamp(f))).collect() };
-    let mut last = stamps(&files_of(&config.get().raw));
+    // The config's revision too: a load made with a config just replaced (the config watch
+    // loads the new one itself) is made again with the one in force.
+    let mut last = (String::new(), stamps(&files_of(&config.get().raw)));
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticker.tick().await;
         let current = config.get();
-        let now = stamps(&files_of(&current.raw));
+        let now = (
+            current.revision().to_string(),
+            stamps(&files_of(&current.raw)),
+        );
         if now == last {
             continue;
         }

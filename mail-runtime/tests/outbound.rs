@@ -565,6 +565,9 @@ fn each_hosted_domain_signs_with_its_own_key_and_never_with_another_tenants() {
     let hash = mail_runtime::auth::hash_password("pw");
     patch_config(&dev, "tenants-1", |c| {
         relay_setup(c, &dns);
+        // An application network that relays without a login: it sends as the server's own
+        // domain, never as a tenant's.
+        c["relay"]["clientNetworks"] = serde_yaml_ng::from_str("[127.0.0.1/32]").expect("yaml");
         c["dkim"] = serde_yaml_ng::from_str(&format!(
             "{{selector: own1, keyFile: {}}}",
             own_key.display()
@@ -610,8 +613,42 @@ fn each_hosted_domain_signs_with_its_own_key_and_never_with_another_tenants() {
             String::from_utf8_lossy(&out.stdout)
         );
     }
-    wait_until("all three arrive", Duration::from_secs(30), || {
-        peer.received().len() == 3
+    // From the network, without a login: as the server's domain it is signed with its key; a
+    // tenant's envelope sender is refused; a tenant's header From under a null sender goes
+    // unsigned.
+    let from_network = |envelope: &str, header: &str, subject: &str| {
+        Command::new("swaks")
+            .args(["--server", &format!("127.0.0.1:{}", dev.port("smtp"))])
+            .args(["--from", envelope, "--to", "friend@remote.test"])
+            .args(["--h-From", header, "--h-Subject", subject])
+            .output()
+            .expect("swaks")
+    };
+    let out = from_network(
+        "app@example.test",
+        "app@example.test",
+        "from app@example.test",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = from_network("app@brand.test", "app@brand.test", "as a tenant");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success()
+            && said.contains("550 5.7.1 relaying is not allowed for senders in brand.test"),
+        "{said}"
+    );
+    let out = from_network("<>", "ceo@brand.test", "from ceo@brand.test");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    wait_until("all five arrive", Duration::from_secs(30), || {
+        peer.received().len() == 5
     });
     let file_from = |from: &str| {
         let n = peer
@@ -640,6 +677,16 @@ fn each_hosted_domain_signs_with_its_own_key_and_never_with_another_tenants() {
     assert!(
         !dave.contains("DKIM-Signature"),
         "signed for a tenant without a key:\n{dave}"
+    );
+    let app = file_from("app@example.test");
+    assert_eq!(
+        dkim_verdict(&app, "own1._domainkey.example.test", &own_txt),
+        "pass"
+    );
+    let forged = std::fs::read_to_string(file_from("ceo@brand.test")).expect("ceo's");
+    assert!(
+        !forged.contains("DKIM-Signature"),
+        "a network's mail signed with a tenant's key:\n{forged}"
     );
 }
 

@@ -122,6 +122,56 @@ where
     .touched_objects()
 }
 
+/// The MailDomain changes that matter between a server and the domains it hosts: a spec
+/// change (generation), a deletion, and a change of the served revision or of `ConfigServed`
+/// or `Ready`. Other status writes (queue sizes, probe messages) pass by: each would otherwise
+/// reconcile every domain on the other side, and theirs would come back.
+fn hosting_changes(
+    client: &Client,
+    namespace: Option<&str>,
+) -> impl Stream<Item = Result<MailDomain, watcher::Error>> + Send + 'static {
+    use std::hash::{Hash, Hasher};
+    let seen: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let relevant = |md: &MailDomain| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        md.metadata.generation.hash(&mut hasher);
+        md.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+        if let Some(status) = &md.status {
+            status.config_revision.hash(&mut hasher);
+            for c in &status.conditions {
+                if c.type_ == "ConfigServed" || c.type_ == "Ready" {
+                    (&c.type_, &c.status).hash(&mut hasher);
+                }
+            }
+        }
+        hasher.finish()
+    };
+    watcher(
+        api::<MailDomain>(client, namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .filter_map(move |event| {
+        let seen = seen.clone();
+        let passed = match event {
+            Ok(watcher::Event::Delete(md)) => {
+                let uid = md.metadata.uid.clone().unwrap_or_default();
+                seen.lock().expect("hosting changes").remove(&uid);
+                Some(Ok(md))
+            }
+            Ok(watcher::Event::Apply(md) | watcher::Event::InitApply(md)) => {
+                let uid = md.metadata.uid.clone().unwrap_or_default();
+                let now = relevant(&md);
+                let before = seen.lock().expect("hosting changes").insert(uid, now);
+                (before != Some(now)).then_some(Ok(md))
+            }
+            Ok(_) => None,
+            Err(err) => Some(Err(err)),
+        };
+        std::future::ready(passed)
+    })
+}
+
 /// At most this many Mailbox reconciles run at once: 10,000 Mailboxes created together would
 /// otherwise each hold a request to the API server (and its buffers) at the same time. One
 /// that waits is taken up as soon as another ends. (MailDomains and RelayPolicies are few, and
@@ -315,9 +365,9 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
                 &servers_for_mailbox,
             )
         })
-        .watches(api::<MailDomain>(&client, ns), cfg.clone(), move |md| {
+        .watches_stream(hosting_changes(&client, ns), move |md| {
             // A hosted domain's change is its server's to render; a server's change (its
-            // status too) is its hosted domains' to report.
+            // served revision, its readiness) is its hosted domains' to report.
             let server = md.spec.hosted_by.as_ref().map(|h| {
                 ObjectRef::<MailDomain>::new(&h.name).within(&md.namespace().unwrap_or_default())
             });

@@ -2421,22 +2421,13 @@ async fn two_domains_share_one_runtime_each_with_its_own_certificate() {
         domain_on("brand", "brand.test", Some("example")),
     )
     .await;
-    eventually("brand's own runtime goes", || async {
+    assert!(
         deployments
             .get_opt("brand-mail")
             .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
-    assert!(
-        Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
-            .get_opt("brand-data")
-            .await
             .expect("get")
             .is_some(),
-        "the mail brand stored before stays on its volume"
+        "brand's own runtime goes only once the server serves brand"
     );
     let (_, raw, _) = eventually("both domains in the server's config", || async {
         config(&client, &ns).await.filter(|(_, raw, _)| {
@@ -2536,6 +2527,24 @@ async fn two_domains_share_one_runtime_each_with_its_own_certificate() {
     .await;
     assert_eq!(reason, "Hosted", "{status} {message}");
     assert!(message.contains("MailDomain example"), "{message}");
+    // Served by the server now, its own runtime goes (not before: its mail kept flowing).
+    eventually("brand's own runtime goes", || async {
+        deployments
+            .get_opt("brand-mail")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+            .get_opt("brand-data")
+            .await
+            .expect("get")
+            .is_some(),
+        "the mail brand stored before stays on its volume"
+    );
     let md = Api::<MailDomain>::namespaced(client.clone(), &ns)
         .get("brand")
         .await

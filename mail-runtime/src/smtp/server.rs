@@ -536,7 +536,12 @@ fn store_message(
         // Only mail from a logged-in user or a relay network is signed: a message from
         // outside that a mailbox forwards keeps its own authentication, not ours.
         let mut prefix = if delivery.trusted {
-            sign(config, &delivery.from, &message.path)
+            sign(
+                config,
+                delivery.user_address.as_deref(),
+                &delivery.from,
+                &message.path,
+            )
         } else {
             String::new()
         };
@@ -717,10 +722,19 @@ fn prepend(
     result
 }
 
-/// The DKIM-Signature header for relayed mail whose From (or envelope sender) is a served
-/// domain, made with that domain's key; empty when there is no key or nothing to sign for. A signing failure is logged and
-/// the mail goes unsigned rather than not at all.
-pub(crate) fn sign(config: &crate::config::Config, from: &str, path: &std::path::Path) -> String {
+/// The DKIM-Signature header for relayed mail, made with the key of the domain entitled to
+/// it; empty when there is no key or nothing to sign for. A logged-in mailbox (or the mailbox
+/// whose Sieve rules send) signs as its own domain: as its header From domain when that is the
+/// same domain or one of its aliases, else as the domain itself, never with another tenant's
+/// key whatever the header says. Mail without one (a relay network) is signed only for the
+/// server's own domains (those without a host name of their own). A signing failure is logged
+/// and the mail goes unsigned rather than not at all.
+pub(crate) fn sign(
+    config: &crate::config::Config,
+    user: Option<&str>,
+    from: &str,
+    path: &std::path::Path,
+) -> String {
     if config.raw.dkim.is_none() && config.raw.domains.iter().all(|d| d.dkim.is_none()) {
         return String::new();
     }
@@ -740,12 +754,22 @@ pub(crate) fn sign(config: &crate::config::Config, from: &str, path: &std::path:
             Some(domain.to_ascii_lowercase())
         });
     let envelope = from.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
-    let Some(domain) = [header_from, envelope]
-        .into_iter()
-        .flatten()
-        .find(|d| config.serves_domain(d))
-    else {
-        return String::new();
+    let candidates = [header_from, envelope].into_iter().flatten();
+    let domain = match user.and_then(|u| u.rsplit_once('@')) {
+        Some((_, own)) => {
+            let Some(primary) = config.primary_domain(own) else {
+                return String::new();
+            };
+            let primary = primary.to_string();
+            candidates
+                .into_iter()
+                .find(|d| config.primary_domain(d) == Some(primary.as_str()))
+                .unwrap_or(primary)
+        }
+        None => match candidates.into_iter().find(|d| config.owns_domain(d)) {
+            Some(domain) => domain,
+            None => return String::new(),
+        },
     };
     // Each domain's own key; a hosted domain without one goes unsigned, never under another
     // tenant's key.

@@ -97,6 +97,8 @@ pub struct Delivery {
     pub forwarded_by: Vec<String>,
     /// The logged-in mailbox, whose addresses the header From must use.
     pub user: Option<usize>,
+    /// The logged-in mailbox's address: its domain's key signs what it sends.
+    pub user_address: Option<String>,
 }
 
 #[derive(Debug)]
@@ -527,6 +529,7 @@ impl Session {
             env_id: txn.env_id.clone(),
             forwarded_by,
             user: self.user.as_ref().map(|(index, _)| *index),
+            user_address: self.user().map(str::to_string),
         }
     }
 
@@ -995,7 +998,13 @@ impl Session {
         if !txn.from.is_empty() {
             let sender_domain = domain_of(&txn.from);
             let sender_ok = if relay.sender_domains.is_empty() {
-                self.config.serves_domain(&sender_domain)
+                // Logged-in users send from the served domains (their own addresses, as the
+                // header From check says); networks only from the server's own domains, never
+                // a hosted tenant's.
+                match self.user {
+                    Some(_) => self.config.serves_domain(&sender_domain),
+                    None => self.config.owns_domain(&sender_domain),
+                }
             } else {
                 listed(&relay.sender_domains, &sender_domain)
             };

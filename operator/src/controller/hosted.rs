@@ -131,6 +131,20 @@ pub async fn parts(ctx: &Context, server: &MailDomain, secrets: &Api<Secret>) ->
 /// Files beside the config in its Secret: (key, contents).
 pub type Files = Vec<(String, Vec<u8>)>;
 
+/// The config a server's runtime is given now, and the files beside it.
+#[derive(Debug, Clone)]
+pub struct Current {
+    pub config: RawConfig,
+    pub files: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+/// The largest certificate chain or key a hosted domain may bring.
+const MAX_FILE: usize = 64 * 1024;
+
+/// Room for hosted domains' files in the server's config Secret (the API server refuses
+/// Secrets above 1 MiB; the config itself needs the rest).
+const FILES_BUDGET: usize = 512 * 1024;
+
 /// The config Secret's key of a hosted domain's file.
 fn file_key(domain: &str, file: &str) -> String {
     format!("hosted.{domain}.{file}")
@@ -201,34 +215,93 @@ fn with_part(
         .map_err(|e| e.to_string())
 }
 
+/// Why a part cannot join a config whose other domains are `others`, before the runtime's own
+/// check: a host name in another domain (its certificate and answers would be served for that
+/// domain's names, whichever came first), or a file too large.
+fn precheck(domain: &DomainConfig, files: &Files, others: &[DomainConfig]) -> Result<(), String> {
+    if let Some(host) = &domain.hostname
+        && let Some(other) = others.iter().find(|o| {
+            std::iter::once(&o.name)
+                .chain(&o.aliases)
+                .any(|n| kubemail_config::name_is_in(host, n))
+                || o.hostname
+                    .as_deref()
+                    .is_some_and(|h| h.eq_ignore_ascii_case(host))
+        })
+    {
+        return Err(format!(
+            "hostname {host} is in the domain {} (or its host name): choose a name of this domain's own",
+            other.name
+        ));
+    }
+    if let Some((key, _)) = files.iter().find(|(_, f)| f.len() > MAX_FILE) {
+        return Err(format!("{key} is larger than {} KiB", MAX_FILE / 1024));
+    }
+    Ok(())
+}
+
 /// Adds each hosted domain's part to the server's valid `config`, in order. A part that would
-/// make it invalid is replaced by the part `current` (the config served now) has for that
-/// domain, or left out when that does not fit either. Returns the config and the files its
-/// parts name.
+/// make it invalid (or bring a host name in another domain, or files too large or beyond the
+/// Secret's room) is replaced by the part `current` (the config served now) has for that
+/// domain with the files it names, or left out when that does not fit either. Returns the
+/// config and the files its parts name.
 pub fn add(
     mut config: RawConfig,
     server: &MailDomain,
     parts: &[Part],
-    current: Option<&RawConfig>,
+    current: Option<&Current>,
 ) -> (RawConfig, Files) {
-    // Networks allowed to relay without a login send as the server's own domains only, never
-    // as a tenant's (whose DKIM key would sign for them).
-    if !config.relay.client_networks.is_empty() && config.relay.sender_domains.is_empty() {
-        config.relay.sender_domains = std::iter::once(&server.spec.domain)
-            .chain(&server.spec.alias_domains)
+    let rendered: Vec<_> = parts.iter().map(|p| rendered(p, server)).collect();
+    // Every domain but the part's own, server's and tenants' alike.
+    let others = |name: &str| -> Vec<DomainConfig> {
+        config
+            .domains
+            .iter()
+            .chain(rendered.iter().map(|(d, ..)| d))
+            .filter(|d| !d.name.eq_ignore_ascii_case(name))
             .cloned()
-            .collect();
-    }
-    let mut files = Vec::new();
-    for part in parts {
-        let (domain, mailboxes, part_files) = rendered(part, server);
+            .collect()
+    };
+    let others: Vec<Vec<DomainConfig>> = rendered.iter().map(|(d, ..)| others(&d.name)).collect();
+    let mut files: Files = Vec::new();
+    let mut room = FILES_BUDGET;
+    for ((domain, mailboxes, part_files), others) in rendered.into_iter().zip(others) {
         let name = domain.name.clone();
-        let added = with_part(&config, (domain, mailboxes)).or_else(|invalid| {
+        let size: usize = part_files.iter().map(|(_, f)| f.len()).sum();
+        let fresh = precheck(&domain, &part_files, &others)
+            .and_then(|()| {
+                (size <= room).then_some(()).ok_or_else(|| {
+                    "the server's config Secret has no room for this domain's certificate and key"
+                        .to_string()
+                })
+            })
+            .and_then(|()| with_part(&config, (domain, mailboxes)))
+            .map(|next| (next, part_files));
+        let added = fresh.or_else(|invalid| {
             tracing::debug!(domain = %name, %invalid, "a hosted domain's config is refused; its last served part stays");
-            let kept = current.and_then(|c| part_in(c, &name)).ok_or(invalid)?;
-            with_part(&config, kept)
+            let current = current.ok_or(invalid.clone())?;
+            let kept = part_in(&current.config, &name).ok_or(invalid)?;
+            // The files the kept part names, as they are now.
+            let named = kept
+                .0
+                .tls
+                .iter()
+                .flat_map(|t| [&t.cert_file, &t.key_file])
+                .chain(kept.0.dkim.iter().map(|k| &k.key_file))
+                .filter_map(|path| {
+                    let key = path.file_name()?.to_str()?.to_string();
+                    let file = current.files.get(&key)?.clone();
+                    Some((key, file))
+                })
+                .collect::<Files>();
+            let size: usize = named.iter().map(|(_, f)| f.len()).sum();
+            if size > room {
+                return Err("no room".to_string());
+            }
+            with_part(&config, kept).map(|next| (next, named))
         });
-        if let Ok(next) = added {
+        if let Ok((next, part_files)) = added {
+            room -= part_files.iter().map(|(_, f)| f.len()).sum::<usize>();
             config = next;
             files.extend(part_files);
         }
@@ -254,8 +327,10 @@ fn refusal(
     base.domains
         .retain(|d| !d.name.eq_ignore_ascii_case(&md.spec.domain));
     base.mailboxes.retain(|m| !mine(&m.address));
-    let (domain, mailboxes, _) = rendered(part, server);
-    with_part(&base, (domain, mailboxes)).err()
+    let (domain, mailboxes, files) = rendered(part, server);
+    precheck(&domain, &files, &base.domains)
+        .and_then(|()| with_part(&base, (domain, mailboxes)))
+        .err()
 }
 
 /// Where a hosted domain stands with its server.
@@ -286,7 +361,6 @@ pub async fn reconcile(
     previous: &MailDomainStatus,
 ) -> Result<Action> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    remove_own_runtime(ctx, md, ns).await?;
     let server = server_of(ctx, md);
     let view = match &server {
         Some(s) => as_served(md, s),
@@ -321,7 +395,7 @@ pub async fn reconcile(
             };
             let status = server.status.clone().unwrap_or_default();
             let server_serves = conditions::is_true(&status.conditions, types::CONFIG_SERVED);
-            let (served, invalid) = match &current {
+            let (served, invalid) = match current.as_ref().map(|c| &c.config) {
                 Some(current) => {
                     let (mut want, mut want_boxes, _) = rendered(&part, &server);
                     let got = part_in(current, &md.spec.domain);
@@ -352,6 +426,14 @@ pub async fn reconcile(
             }
         }
     };
+    // A runtime of its own (from before it was hosted) goes once the server serves it, not
+    // before: a wrong `hostedBy` must not take the domain's mail down.
+    if let Standing::Server {
+        served: Some(_), ..
+    } = &standing
+    {
+        remove_own_runtime(ctx, md, ns).await?;
+    }
     let records = dns::records(
         &view,
         &dkim.records,
@@ -797,7 +879,11 @@ mod tests {
             hostname: Some("mail.bad.test".into()),
             ..Default::default()
         });
-        let (config, _) = add(base, &server, &parts, Some(&served));
+        let current = Current {
+            config: served,
+            files: Default::default(),
+        };
+        let (config, _) = add(base, &server, &parts, Some(&current));
         let names: Vec<&str> = config.domains.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(
             names,
@@ -814,16 +900,43 @@ mod tests {
     }
 
     #[test]
-    fn networks_that_relay_without_a_login_never_send_as_a_tenant() {
+    fn a_host_name_in_another_domain_or_an_oversized_file_is_refused_whichever_came_first() {
         let server = fixtures::domain();
-        let mut base = server_config(&server);
-        base.relay.client_networks = vec!["10.1.0.0/24".into()];
-        let (config, _) = add(base, &server, &[part(hosted("b", "b.test"), false)], None);
-        assert_eq!(
-            config.relay.sender_domains,
-            std::iter::once(server.spec.domain.clone())
-                .chain(server.spec.alias_domains.clone())
-                .collect::<Vec<_>>()
+        let base = server_config(&server);
+        // The older tenant takes a name in the newer one's domain: the older one is refused.
+        let mut squatter = hosted("squatter", "squat.test");
+        squatter.spec.hostname = Some("mta-sts.brand.test".into());
+        let brand = hosted("brand", "brand.test");
+        let (config, files) = add(
+            base.clone(),
+            &server,
+            &[part(squatter.clone(), true), part(brand, true)],
+            None,
         );
+        let names: Vec<&str> = config.domains.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, [server.spec.domain.as_str(), "brand.test"]);
+        assert!(files.iter().all(|(k, _)| !k.contains("squat")));
+        let why = refusal(&squatter, &part(squatter.clone(), false), &server, &config);
+        assert!(why.is_some_and(|w| w.contains("brand.test")));
+        // The server's own names are not for tenants either.
+        let mut server_name = hosted("s", "s.test");
+        server_name.spec.hostname = Some(format!("mail.{}", server.spec.domain));
+        let (config, _) = add(base.clone(), &server, &[part(server_name, false)], None);
+        assert_eq!(config.domains.len(), 1);
+        // A certificate of 65 KiB is refused; its served part (with its files as they are in
+        // the Secret) stays.
+        let mut big = part(hosted("big", "big.test"), true);
+        big.tls = Some((vec![b'x'; 65 * 1024], b"KEY".to_vec()));
+        let mut served = base.clone();
+        let (entry, _, old_files) = rendered(&part(hosted("big", "big.test"), true), &server);
+        served.domains.push(entry);
+        let current = Current {
+            config: served,
+            files: old_files.into_iter().collect(),
+        };
+        let (config, files) = add(base, &server, &[big], Some(&current));
+        assert_eq!(config.domains.len(), 2);
+        let sizes: Vec<usize> = files.iter().map(|(_, f)| f.len()).collect();
+        assert_eq!(sizes, [4, 3, 4], "the served certificate, key and DKIM key");
     }
 }

@@ -426,7 +426,7 @@ struct Referred {
     /// The domains hosted on this runtime (MailDomains whose `hostedBy` names this one).
     hosted: Vec<super::hosted::Part>,
     /// The config the runtime was last given.
-    current_config: Option<kubemail_config::RawConfig>,
+    current_config: Option<super::hosted::Current>,
 }
 
 /// Reads what the domain refers to: its RelayPolicy and credentials' labels, its certificate
@@ -534,14 +534,19 @@ pub(super) fn records_resolve(ctx: &Context, previous: &MailDomainStatus) -> boo
     ctx.dns.is_none() || conditions::is_true(&previous.conditions, types::DNS_VERIFIED)
 }
 
-/// The config the runtime was last given (the config Secret's `runtime.yaml`), if any.
+/// The config the runtime was last given (the config Secret's `runtime.yaml`) and the files
+/// beside it, if any.
 pub(super) async fn current_config(
     secrets: &Api<Secret>,
     name: &str,
-) -> Result<Option<kubemail_config::RawConfig>> {
+) -> Result<Option<super::hosted::Current>> {
     Ok(secrets.get_opt(name).await?.and_then(|s| {
-        let yaml = s.data?.remove("runtime.yaml")?;
-        serde_yaml_ng::from_slice(&yaml.0).ok()
+        let mut data = s.data?;
+        let yaml = data.remove("runtime.yaml")?;
+        Some(super::hosted::Current {
+            config: serde_yaml_ng::from_slice(&yaml.0).ok()?,
+            files: data.into_iter().map(|(k, v)| (k, v.0)).collect(),
+        })
     }))
 }
 
