@@ -122,7 +122,7 @@ async fn helm_template_passes_kubeconform_strict_with_schemas_made_here() {
         &[][..],
         &[
             "--set",
-            "monitoring.serviceMonitor.enabled=true,monitoring.prometheusRule.enabled=true,monitoring.grafanaDashboard.enabled=true,podDisruptionBudget.enabled=true",
+            "monitoring.serviceMonitor.enabled=true,monitoring.prometheusRule.enabled=true,monitoring.grafanaDashboard.enabled=true,podDisruptionBudget.enabled=true,networkPolicy.enabled=true",
         ][..],
         &["--set", "watchNamespaces={*}"][..],
     ] {

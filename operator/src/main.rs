@@ -52,6 +52,15 @@ struct Args {
     /// every minute).
     #[arg(long, value_name = "SECONDS", default_value = "600", value_parser = parse_interval)]
     dns_check_interval: Duration,
+    /// Render a NetworkPolicy for each MailDomain's runtime (mail ports from anywhere, the HTTP
+    /// port only from the namespaces of `--network-policy-http-from`, out only DNS, SMTP,
+    /// HTTPS and the scanners' and smarthost's ports).
+    #[arg(long)]
+    network_policies: bool,
+    /// A namespace whose pods may reach the runtimes' HTTP port under `--network-policies`
+    /// (the operator's, monitoring); repeatable.
+    #[arg(long, value_name = "NS")]
+    network_policy_http_from: Vec<String>,
     /// /healthz, /readyz and /metrics; `off` to disable.
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8081", value_parser = parse_health)]
     health_addr: HealthAddr,
@@ -115,6 +124,9 @@ fn main() -> ExitCode {
         usage_every: args.usage_interval,
         dns_check: args.dns_check,
         dns_check_every: args.dns_check_interval,
+        network_policy_from: args
+            .network_policies
+            .then_some(args.network_policy_http_from),
     };
     // None: every namespace.
     let namespaces = args.namespaces;

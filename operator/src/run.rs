@@ -8,6 +8,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount},
+    networking::v1::NetworkPolicy,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -284,6 +285,12 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
     let (services, service_metadata) = metadata_store::<Service>(&client, ns, &managed);
     let (claims, claim_metadata) = metadata_store::<PersistentVolumeClaim>(&client, ns, &managed);
     let (deployments, deployment_metadata) = metadata_store::<Deployment>(&client, ns, &managed);
+    // Watched only when rendered: without them the operator may not read NetworkPolicies.
+    let (network_policies, network_policy_metadata) =
+        metadata_store::<NetworkPolicy>(&client, ns, &managed);
+    if options.network_policy_from.is_some() {
+        tokio::spawn(network_policy_metadata);
+    }
     let metadata_watches = [
         tokio::spawn(sa_metadata),
         tokio::spawn(service_metadata),
@@ -312,6 +319,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
             services,
             claims,
             deployments,
+            network_policies,
         },
         applied: Arc::new(Mutex::new(HashMap::new())),
         usage_writes: Arc::new(Mutex::new(HashMap::new())),

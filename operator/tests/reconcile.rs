@@ -2725,3 +2725,84 @@ async fn a_dkim_key_rotates_published_first_switched_after_the_ttl() {
         "{records:?}"
     );
 }
+
+/// With `--network-policies` each runtime gets a NetworkPolicy the API server accepts: the
+/// mail ports from anywhere, the HTTP port only from the operator's and monitoring's
+/// namespaces, and out only DNS, SMTP, HTTPS and the scanner the domain names.
+#[tokio::test]
+async fn a_network_policy_keeps_the_runtime_to_its_mail_ports() {
+    let (client, ns) = setup(BTreeMap::new()).await;
+    let ns = ns.name;
+    let _operator = Operator::start_with(
+        ControlPlane::shared(),
+        &[&ns],
+        "off",
+        &[
+            "--network-policies",
+            "--network-policy-http-from",
+            "kubemail-system",
+            "--network-policy-http-from",
+            "monitoring",
+        ],
+    );
+    let mut md = domain_on("example", "example.test", None);
+    md["spec"]["inbound"] = json!({"rspamd": {"url": "http://rspamd.mail.svc:11333"}});
+    md["spec"]["protocols"] = json!({"pop3": {"enabled": false}, "pop3s": {"enabled": false}});
+    apply(&client, &ns, md).await;
+    let policies =
+        Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(client.clone(), &ns);
+    let policy = eventually("the runtime's NetworkPolicy", || async {
+        policies.get_opt("example-mail").await.ok()?
+    })
+    .await;
+    let spec = policy.spec.expect("spec");
+    let ports = |rule_ports: &Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPort>>| {
+        let mut out: Vec<String> = rule_ports
+            .iter()
+            .flatten()
+            .map(|p| {
+                let n = match &p.port {
+                    Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => *n,
+                    other => panic!("a numeric port: {other:?}"),
+                };
+                format!("{}/{n}", p.protocol.as_deref().unwrap_or("TCP"))
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let ingress = spec.ingress.expect("ingress");
+    // The mail ports (container ports of the enabled protocols), from anywhere: no POP3.
+    let deployment = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .get("example-mail")
+        .await
+        .expect("deployment");
+    let pod = serde_json::to_value(&deployment).expect("json");
+    let mut served: Vec<String> = pod["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter(|p| p["name"] != "http")
+        .map(|p| format!("TCP/{}", p["containerPort"]))
+        .collect();
+    served.sort();
+    assert_eq!(ports(&ingress[0].ports), served);
+    assert!(ingress[0].from.is_none());
+    assert!(!served.contains(&"TCP/1100".to_string()) && !served.contains(&"TCP/110".to_string()));
+    assert_eq!(ports(&ingress[1].ports), ["TCP/8080"]);
+    let from = serde_json::to_value(&ingress[1].from).expect("json");
+    assert_eq!(
+        from[0]["namespaceSelector"]["matchExpressions"][0]["values"],
+        json!(["kubemail-system", "monitoring"])
+    );
+    let egress = spec.egress.expect("egress");
+    assert_eq!(ports(&egress[0].ports), ["TCP/53", "UDP/53"]);
+    assert_eq!(
+        ports(&egress[1].ports),
+        ["TCP/11333", "TCP/25", "TCP/443", "TCP/465", "TCP/587"]
+    );
+    assert_eq!(
+        spec.policy_types,
+        Some(vec!["Ingress".to_string(), "Egress".to_string()])
+    );
+}

@@ -325,7 +325,12 @@ async fn reconcile_once(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action
     }
 
     let referred = dereference(&ctx, &md, &ns, &previous).await?;
-    let desired = build(&md, &referred, &ctx.options.runtime);
+    let desired = build(
+        &md,
+        &referred,
+        &ctx.options.runtime,
+        ctx.options.network_policy_from.as_deref(),
+    );
     let marked = apply(&ctx, &md, &ns, &desired, &previous).await?;
     let mut observed = observe(
         &ctx,
@@ -612,11 +617,18 @@ struct Desired {
     service: Service,
     metrics_service: Service,
     deployment: Deployment,
+    /// With `--network-policies`.
+    network_policy: Option<k8s_openapi::api::networking::v1::NetworkPolicy>,
 }
 
 /// Renders the runtime config and the objects around it. Pure: the same inputs give the same
 /// objects.
-fn build(md: &MailDomain, referred: &Referred, runtime: &objects::RuntimeOptions) -> Desired {
+fn build(
+    md: &MailDomain,
+    referred: &Referred,
+    runtime: &objects::RuntimeOptions,
+    network_policy_from: Option<&[String]>,
+) -> Desired {
     let md = &render::rspamd::usable(md, referred.rspamd_password_labels.as_ref());
     let hashed: Vec<HashedMailbox<'_>> = referred.mailboxes.iter().map(Hashed::rendered).collect();
     // Pods the RelayPolicy chooses by label relay by their addresses.
@@ -672,6 +684,8 @@ fn build(md: &MailDomain, referred: &Referred, runtime: &objects::RuntimeOptions
         service: objects::service(md),
         metrics_service: objects::metrics_service(md),
         deployment: objects::deployment(md, referred.relay.as_ref(), runtime),
+        network_policy: network_policy_from
+            .map(|from| objects::network_policy(md, referred.relay.as_ref(), from)),
     }
 }
 
@@ -713,6 +727,13 @@ async fn apply(
         &desired.deployment,
     )
     .await?;
+    if let Some(policy) = &desired.network_policy {
+        ctx.apply(
+            &Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(client.clone(), ns),
+            policy,
+        )
+        .await?;
+    }
     // A revision that status does not show yet was (probably) just written: its pods are marked.
     let marked = desired.config.is_some()
         && previous.config_revision.as_deref() != Some(desired.revision.as_str())
@@ -1716,7 +1737,7 @@ mod tests {
                 image: "i".into(),
                 binary: "/b".into(),
             };
-            build(&fixtures::domain(), referred, &options)
+            build(&fixtures::domain(), referred, &options, None)
         }
 
         fn healthy() -> Referred {

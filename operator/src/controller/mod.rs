@@ -22,6 +22,7 @@ use std::{
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount},
+    networking::v1::NetworkPolicy,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -54,6 +55,9 @@ pub struct Options {
     pub dns_check: crate::dns_check::Source,
     /// How often a verified domain's records are checked again.
     pub dns_check_every: std::time::Duration,
+    /// Render a NetworkPolicy for each runtime, its HTTP port open to these namespaces
+    /// (`None`: no NetworkPolicies).
+    pub network_policy_from: Option<Vec<String>>,
 }
 
 /// What every reconcile shares.
@@ -124,6 +128,8 @@ pub struct Live {
     pub claims: Store<PartialObjectMeta<PersistentVolumeClaim>>,
     /// Deployments.
     pub deployments: Store<PartialObjectMeta<Deployment>>,
+    /// NetworkPolicies (watched only when the operator renders them).
+    pub network_policies: Store<PartialObjectMeta<NetworkPolicy>>,
 }
 
 /// A kind the operator applies, with the watch cache that holds its live metadata.
@@ -163,6 +169,11 @@ impl Applied for PersistentVolumeClaim {
 impl Applied for Deployment {
     fn live(ctx: &Context) -> &Store<PartialObjectMeta<Self>> {
         &ctx.live.deployments
+    }
+}
+impl Applied for NetworkPolicy {
+    fn live(ctx: &Context) -> &Store<PartialObjectMeta<Self>> {
+        &ctx.live.network_policies
     }
 }
 

@@ -468,3 +468,99 @@ pub fn deployment(
         ..Deployment::default()
     }
 }
+
+/// The runtime pods' NetworkPolicy: in, the mail ports from anywhere (the Service may be a
+/// public load balancer) and the HTTP port (`/metrics`, `/readyz`, the operator's revision
+/// reads) only from the namespaces `http_from` names (the operator's, monitoring); out, DNS,
+/// SMTP to other servers (25, 465, 587), HTTPS (MTA-STS policies, 443) and the ports of the
+/// scanners and the smarthost the domain and its RelayPolicy name. Nothing else either way.
+pub fn network_policy(
+    md: &MailDomain,
+    relay: Option<&RelayPolicy>,
+    http_from: &[String],
+) -> k8s_openapi::api::networking::v1::NetworkPolicy {
+    use k8s_openapi::{
+        api::networking::v1::{
+            NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+            NetworkPolicyPort, NetworkPolicySpec,
+        },
+        apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement,
+    };
+    let port = |n: i32, protocol: &str| NetworkPolicyPort {
+        port: Some(IntOrString::Int(n)),
+        protocol: Some(protocol.into()),
+        ..NetworkPolicyPort::default()
+    };
+    let mail_ports: Vec<NetworkPolicyPort> = md
+        .spec
+        .protocols
+        .iter()
+        .filter(|(_, s)| s.enabled)
+        .map(|(p, _)| port(container_port(p), "TCP"))
+        .collect();
+    let http_peers = vec![NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "kubernetes.io/metadata.name".into(),
+                operator: "In".into(),
+                values: Some(http_from.to_vec()),
+            }]),
+            ..LabelSelector::default()
+        }),
+        ..NetworkPolicyPeer::default()
+    }];
+    // The port after the last ':' of `host:port` or `http://host:port/...`.
+    let port_of = |address: &str| -> Option<i32> {
+        let rest = address.split_once("://").map_or(address, |(_, r)| r);
+        let authority = rest.split('/').next()?;
+        authority.rsplit_once(':')?.1.parse().ok()
+    };
+    let mut out_ports: Vec<i32> = vec![25, 465, 587, 443];
+    let inbound = &md.spec.inbound;
+    out_ports.extend(inbound.rspamd.as_ref().and_then(|r| port_of(&r.url)));
+    out_ports.extend(
+        inbound
+            .rspamd
+            .as_ref()
+            .and_then(|r| r.controller_url.as_deref())
+            .and_then(port_of),
+    );
+    out_ports.extend(inbound.clamav.as_ref().and_then(|c| port_of(&c.address)));
+    out_ports.extend(
+        relay
+            .and_then(|r| r.spec.route.smarthost.as_ref())
+            .map(|h| h.port),
+    );
+    out_ports.sort_unstable();
+    out_ports.dedup();
+    NetworkPolicy {
+        metadata: meta(md, &Names::of(md).runtime, true),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector(md)),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    ports: Some(mail_ports),
+                    from: None,
+                },
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![port(HTTP_PORT, "TCP")]),
+                    from: Some(http_peers),
+                },
+            ]),
+            egress: Some(vec![
+                NetworkPolicyEgressRule {
+                    ports: Some(vec![port(53, "UDP"), port(53, "TCP")]),
+                    to: None,
+                },
+                NetworkPolicyEgressRule {
+                    ports: Some(out_ports.into_iter().map(|p| port(p, "TCP")).collect()),
+                    to: None,
+                },
+            ]),
+        }),
+    }
+}
