@@ -616,6 +616,22 @@ impl Config {
         )
     }
 
+    /// The largest message to or from `address`'s domain: its own limit, never above the
+    /// server's.
+    pub fn message_limit(&self, address: &str) -> u64 {
+        let server = self.raw.limits.max_message_size;
+        let own = split_address(address)
+            .and_then(|(_, domain)| self.primary_domain(domain))
+            .and_then(|primary| {
+                self.raw
+                    .domains
+                    .iter()
+                    .find(|d| d.name.eq_ignore_ascii_case(primary))?
+                    .max_message_size
+            });
+        own.map_or(server, |own| own.min(server))
+    }
+
     /// The primary name of a served domain (or of the domain an alias belongs to).
     pub fn primary_domain(&self, domain: &str) -> Option<&str> {
         self.domains

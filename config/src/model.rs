@@ -305,6 +305,10 @@ pub struct DomainConfig {
     /// `advertised.mtaStsMode`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mta_sts_mode: Option<String>,
+    /// The largest message (bytes) to or from this domain's mailboxes, below the server's
+    /// `limits.maxMessageSize`; none: the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_message_size: Option<u64>,
 }
 
 /// Whether `name` is `domain` or a name under it, ignoring ASCII case.

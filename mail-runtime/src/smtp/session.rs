@@ -129,6 +129,9 @@ struct Transaction {
     remote: Vec<String>,
     /// Bytes received so far (DATA or BDAT).
     size: u64,
+    /// The largest message this transaction may carry: the server's limit, lowered by the
+    /// domains of the logged-in sender and of each local recipient.
+    limit: u64,
     too_big: bool,
     /// The spool is open.
     begun: bool,
@@ -401,12 +404,11 @@ impl Session {
     }
 
     fn body_bytes(&mut self, bytes: Vec<u8>, out: &mut Vec<Output>) {
-        let max = self.config.raw.limits.max_message_size;
         let Some(txn) = self.txn.as_mut() else {
             return;
         };
         txn.size += bytes.len() as u64;
-        if txn.size > max {
+        if txn.size > txn.limit {
             txn.too_big = true;
         }
         if !txn.header_done {
@@ -431,7 +433,10 @@ impl Session {
     }
 
     fn end_of_message(&mut self, bare_line_end: bool, out: &mut Vec<Output>) {
-        let max = self.config.raw.limits.max_message_size;
+        let max = self
+            .txn
+            .as_ref()
+            .map_or(self.config.raw.limits.max_message_size, |t| t.limit);
         let too_big = self.txn.as_ref().is_some_and(|t| t.too_big);
         let header_too_big = self
             .txn
@@ -890,8 +895,21 @@ impl Session {
                 );
             }
         }
+        // A logged-in user's own domain may allow less than the server.
+        let limit = match self.user() {
+            Some(user) => self.config.message_limit(user),
+            None => limits.max_message_size,
+        };
+        if from.size as u64 > limit {
+            return Reply::new(
+                552,
+                "5.3.4",
+                format!("message size exceeds the maximum of {limit} bytes"),
+            );
+        }
         self.queue_id = new_queue_id();
         self.txn = Some(Transaction {
+            limit,
             from: address,
             body_8bit: from.flags & (MAIL_BODY_8BITMIME | MAIL_BODY_BINARYMIME) != 0,
             smtputf8: from.flags & MAIL_SMTPUTF8 != 0,
@@ -930,6 +948,22 @@ impl Session {
             Recipient::Local(index) => {
                 if let Some(reply) = self.screen_rcpt(&address) {
                     return reply;
+                }
+                // The recipient's domain may take less than the server.
+                let limit = self
+                    .config
+                    .message_limit(&self.config.mailbox(index).address);
+                if declared > limit {
+                    return Reply::new(
+                        552,
+                        "5.3.4",
+                        format!(
+                            "message size exceeds the maximum of {limit} bytes for this recipient"
+                        ),
+                    );
+                }
+                if let Some(txn) = self.txn.as_mut() {
+                    txn.limit = txn.limit.min(limit);
                 }
                 if let Some(reply) = self.quota_check(index, declared) {
                     return reply;

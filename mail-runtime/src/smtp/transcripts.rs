@@ -751,3 +751,58 @@ fn the_relay_rate_limit_counts_every_relayed_recipient() {
          S: 450 4.7.1 relay rate limit reached",
     );
 }
+
+/// A domain on a shared server may take less than the server: its recipients (and its logged-in
+/// senders) are held to its own `maxMessageSize`, the other domains' are not.
+#[test]
+fn a_domain_with_a_smaller_message_limit_is_held_to_it() {
+    let mut h = mx();
+    h.reconfigure(|raw| {
+        raw.domains.push(kubemail_config::DomainConfig {
+            name: "small.test".into(),
+            hostname: Some("mail.small.test".into()),
+            max_message_size: Some(1000),
+            ..Default::default()
+        });
+        raw.mailboxes
+            .push(crate::testing::mailbox("carol@small.test", "carol-pw"));
+    });
+    let body = "x".repeat(700);
+    h.run(&format!(
+        "S: 220
+         C: HELO c.example
+         S: 250
+         C: MAIL FROM:<a@example.net> SIZE=1500
+         S: 250
+         C: RCPT TO:<carol@small.test>
+         S: 552 5.3.4 message size exceeds the maximum of 1000 bytes for this recipient
+         C: RCPT TO:<bob@example.test>
+         S: 250
+         C: RSET
+         S: 250
+         C: MAIL FROM:<a@example.net>
+         S: 250
+         C: RCPT TO:<carol@small.test>
+         S: 250
+         C: RCPT TO:<bob@example.test>
+         S: 250
+         C: DATA
+         S: 354
+         C: {body}
+         C: {body}
+         C: .
+         S: 552 5.3.4 message exceeds the maximum size of 1000 bytes
+         C: MAIL FROM:<a@example.net>
+         S: 250
+         C: RCPT TO:<bob@example.test>
+         S: 250
+         C: DATA
+         S: 354
+         C: {body}
+         C: {body}
+         C: .
+         S: 250",
+    ));
+    assert_eq!(h.inbox_len("bob@example.test"), 1);
+    assert_eq!(h.inbox_len("carol@small.test"), 0);
+}

@@ -83,7 +83,8 @@ pub fn server_of(ctx: &Context, md: &MailDomain) -> Option<Arc<MailDomain>> {
         .find(|s| s.namespace() == md.namespace() && s.metadata.name.as_ref() == Some(name))
 }
 
-/// A hosted domain as its server serves it: the server's protocols, inbound checks and limits.
+/// A hosted domain as its server serves it: the server's protocols, inbound checks and
+/// connection limits (its own `maxMessageSize` is rendered into its part).
 pub fn as_served(md: &MailDomain, server: &MailDomain) -> MailDomain {
     let mut view = md.clone();
     view.spec.protocols = server.spec.protocols.clone();
@@ -159,6 +160,8 @@ fn rendered(part: &Part, server: &MailDomain) -> (DomainConfig, Vec<MailboxConfi
     let name = domain.name.clone();
     domain.hostname = Some(hostname(&part.md));
     domain.mta_sts_mode = Some(alone.advertised.mta_sts_mode.clone());
+    // Its own message size limit (the runtime holds it below the server's).
+    domain.max_message_size = render::quantity::bytes(&part.md.spec.limits.max_message_size);
     let path = |key: &str| format!("{}/{key}", paths::CONFIG_DIR).into();
     let mut files = Vec::new();
     if let Some((cert, key)) = &part.tls {
@@ -840,6 +843,11 @@ mod tests {
         let d = &config.domains[1];
         assert_eq!(d.name, "brand.test");
         assert_eq!(d.hostname.as_deref(), Some("mail.brand.test"));
+        assert_eq!(
+            d.max_message_size,
+            Some(25 * 1024 * 1024),
+            "its own limits.maxMessageSize"
+        );
         assert_eq!(
             d.tls.as_ref().map(|t| t.cert_file.display().to_string()),
             Some(format!("{}/hosted.brand.test.tls.crt", paths::CONFIG_DIR))
