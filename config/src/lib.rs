@@ -176,6 +176,24 @@ impl Config {
                         format!("{host:?} is the server's or another domain's name"),
                     );
                 }
+                // A hosted domain's names are its own too: not above or under another's.
+                let names =
+                    |d: &'_ DomainConfig| std::iter::once(d.name.clone()).chain(d.aliases.clone());
+                let overlap = raw.domains.iter().enumerate().find(|(j, o)| {
+                    *j != i
+                        && names(d).any(|n| {
+                            names(o).any(|m| {
+                                !n.eq_ignore_ascii_case(&m)
+                                    && (name_is_in(&n, &m) || name_is_in(&m, &n))
+                            })
+                        })
+                });
+                if let Some((_, o)) = overlap {
+                    problem(
+                        format!("domains[{i}].name"),
+                        format!("{:?} overlaps the domain {:?}", d.name, o.name),
+                    );
+                }
             }
             if let Some(mode) = &d.mta_sts_mode
                 && !matches!(mode.as_str(), "testing" | "enforce" | "none")

@@ -534,7 +534,8 @@ pub struct DkimSpec {
     /// Defaults to `kubemail`. Changing it rotates the key: a new key is made and its record
     /// published beside the old one (in `status.dnsRecords` and the DNSEndpoint); mail is
     /// signed with it once the record has been out for `dns.ttl` (and, with DNS checks on,
-    /// `DNSVerified` is True); the old record stays published for 7 days more.
+    /// `DNSVerified` is True); the old record stays published for 7 days more (a further
+    /// rotation within them publishes its key at once and switches after they end).
     #[serde(default = "default_dkim_selector")]
     #[schemars(length(min = 1, max = 63))]
     #[x_kube(validation = kube::core::Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("dkim.selector must be one DNS label: lowercase letters, digits and '-'"))]

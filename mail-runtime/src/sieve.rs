@@ -372,15 +372,16 @@ pub enum Delivered {
 }
 
 /// Runs every recipient's rules on a spooled message and carries them out. Blocking.
-/// `trusted`: the sender logged in or relays from a trusted network (its mail is signed when
-/// redirected); `remote`: the transaction also has remote recipients (so a rejection by every
+/// `trusted`: `Some` when the sender logged in (with its address) or relays from a trusted
+/// network (`Some(None)`): its mail is signed when redirected, as it would be when sent
+/// directly; `remote`: the transaction also has remote recipients (so a rejection by every
 /// local one cannot refuse the whole message).
 pub fn deliver(
     runtime: &crate::runtime::Runtime,
     message: crate::store::SpooledMessage,
     mailboxes: &[String],
     from: &str,
-    trusted: bool,
+    trusted: Option<Option<&str>>,
     remote: bool,
     spam: Option<Spam>,
 ) -> Result<Delivered, StoreError> {
@@ -551,7 +552,7 @@ fn redirect(
     message: &crate::store::SpooledMessage,
     bytes: &[u8],
     from: &str,
-    trusted: bool,
+    trusted: Option<Option<&str>>,
     mailbox: &str,
     to: &str,
 ) -> Result<(), &'static str> {
@@ -567,7 +568,7 @@ fn redirect(
     if remote && !within_rate(runtime, config, mailbox) {
         return Err("the mailbox's sending rate limit is reached");
     }
-    let sender = if trusted || from.is_empty() || !remote {
+    let sender = if trusted.is_some() || from.is_empty() || !remote {
         from.to_string()
     } else {
         let domain = mailbox.rsplit_once('@').map_or("", |(_, d)| d);
@@ -577,9 +578,11 @@ fn redirect(
             .rewrite(from, domain, crate::outbound::srs::today())
     };
     let mut copy = format!("Delivered-To: {mailbox}\r\n").into_bytes();
-    if trusted && remote {
+    // Signed as the original sender's mail would be (its own domain's key; a network's only
+    // for the server's domains), never as the redirecting mailbox's domain.
+    if let (Some(user), true) = (trusted, remote) {
         copy.extend_from_slice(
-            crate::smtp::server::sign(config, Some(mailbox), from, &message.path).as_bytes(),
+            crate::smtp::server::sign(config, user, from, &message.path).as_bytes(),
         );
     }
     copy.extend_from_slice(bytes);

@@ -593,6 +593,10 @@ fn each_hosted_domain_signs_with_its_own_key_and_never_with_another_tenants() {
                 .expect("yaml"),
             );
         }
+        // carol's rules send her mail on: a redirect is signed as its sender's would be, never
+        // as carol's domain.
+        let carol = mailboxes.len() - 2;
+        mailboxes[carol]["sieveScript"] = "redirect \"friend@remote.test\";".into();
     });
     for (from, password) in [
         (ALICE.to_string(), dev.password(ALICE)),
@@ -647,17 +651,34 @@ fn each_hosted_domain_signs_with_its_own_key_and_never_with_another_tenants() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    wait_until("all five arrive", Duration::from_secs(30), || {
-        peer.received().len() == 5
+    let redirected = Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{}", dev.port("smtp"))])
+        .args(["--from", "ceo@brand.test", "--to", "carol@brand.test"])
+        .args([
+            "--h-From",
+            "ceo@brand.test",
+            "--h-Subject",
+            "redirected by carol",
+        ])
+        .output()
+        .expect("swaks");
+    assert!(
+        redirected.status.success(),
+        "{}",
+        String::from_utf8_lossy(&redirected.stdout)
+    );
+    wait_until("all six arrive", Duration::from_secs(30), || {
+        peer.received().len() == 6
     });
-    let file_from = |from: &str| {
+    let file_with = |subject: &str| {
         let n = peer
             .received()
             .iter()
-            .position(|m| m.contains(&format!("Subject: from {from}")))
+            .position(|m| m.contains(&format!("Subject: {subject}")))
             .expect("the message");
         peer.out.join(format!("{}.eml", n + 1))
     };
+    let file_from = |from: &str| file_with(&format!("from {from}"));
     let alice_mail = file_from(ALICE);
     assert_eq!(
         dkim_verdict(&alice_mail, "own1._domainkey.example.test", &own_txt),
@@ -682,6 +703,12 @@ fn each_hosted_domain_signs_with_its_own_key_and_never_with_another_tenants() {
     assert_eq!(
         dkim_verdict(&app, "own1._domainkey.example.test", &own_txt),
         "pass"
+    );
+    let redirected =
+        std::fs::read_to_string(file_with("redirected by carol")).expect("the redirect");
+    assert!(
+        !redirected.contains("DKIM-Signature"),
+        "a network's mail redirected by a tenant's mailbox signed with its key:\n{redirected}"
     );
     let forged = std::fs::read_to_string(file_from("ceo@brand.test")).expect("ceo's");
     assert!(

@@ -132,7 +132,9 @@ fn hosting_changes(
     namespace: Option<&str>,
 ) -> impl Stream<Item = Result<MailDomain, watcher::Error>> + Send + 'static {
     use std::hash::{Hash, Hasher};
-    let seen: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    // Per uid: the last relevant state, and the server it named.
+    type Seen = HashMap<String, (u64, Option<String>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let relevant = |md: &MailDomain| {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         md.metadata.generation.hash(&mut hasher);
@@ -152,24 +154,41 @@ fn hosting_changes(
         watcher::Config::default(),
     )
     .default_backoff()
-    .filter_map(move |event| {
+    .flat_map(move |event| {
         let seen = seen.clone();
-        let passed = match event {
+        let server = |md: &MailDomain| md.spec.hosted_by.as_ref().map(|h| h.name.clone());
+        let passed: Vec<Result<MailDomain, watcher::Error>> = match event {
             Ok(watcher::Event::Delete(md)) => {
                 let uid = md.metadata.uid.clone().unwrap_or_default();
                 seen.lock().expect("hosting changes").remove(&uid);
-                Some(Ok(md))
+                vec![Ok(md)]
             }
             Ok(watcher::Event::Apply(md) | watcher::Event::InitApply(md)) => {
                 let uid = md.metadata.uid.clone().unwrap_or_default();
-                let now = relevant(&md);
-                let before = seen.lock().expect("hosting changes").insert(uid, now);
-                (before != Some(now)).then_some(Ok(md))
+                let now = (relevant(&md), server(&md));
+                let before = seen
+                    .lock()
+                    .expect("hosting changes")
+                    .insert(uid, now.clone());
+                let mut out = Vec::new();
+                // Moved to another server (or off one): the one it left drops it too.
+                if let Some((_, Some(old))) = &before
+                    && now.1.as_ref() != Some(old)
+                {
+                    let mut left = md.clone();
+                    left.spec.hosted_by =
+                        Some(kubemail_crds::common::LocalObjectRef { name: old.clone() });
+                    out.push(Ok(left));
+                }
+                if before.map(|(h, _)| h) != Some(now.0) {
+                    out.push(Ok(md));
+                }
+                out
             }
-            Ok(_) => None,
-            Err(err) => Some(Err(err)),
+            Ok(_) => Vec::new(),
+            Err(err) => vec![Err(err)],
         };
-        std::future::ready(passed)
+        futures::stream::iter(passed)
     })
 }
 

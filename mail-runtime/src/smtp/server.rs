@@ -573,7 +573,7 @@ fn store_message(
         message,
         &delivery.mailboxes,
         &delivery.from,
-        delivery.trusted,
+        delivery.trusted.then_some(delivery.user_address.as_deref()),
         !delivery.remote.is_empty(),
         checked.spam,
     )

@@ -125,14 +125,18 @@ pub fn step(keys: &Keys, selector: &str, ttl: i64, resolves: bool, now: i64) -> 
             None => Step::Keep,
         };
     }
+    // A retired key stays published its whole time: a rotation that would drop it early (or
+    // publish its selector again with another key) waits for it to go.
+    let retiring = keys.previous.as_ref();
     match &keys.next {
         Some(next) if next.selector == selector => {
-            if now - next.since >= ttl && resolves {
+            if now - next.since >= ttl && resolves && retiring.is_none() {
                 Step::Switch
             } else {
                 Step::Keep
             }
         }
+        _ if retiring.is_some_and(|p| p.selector == selector) => Step::Keep,
         _ => Step::Publish(selector.into()),
     }
 }
@@ -179,13 +183,9 @@ pub async fn keys(
             if let Some(stale) = keys.next.take() {
                 files.insert(stale.file, None);
             }
-            // Back to a retired selector: its old record must not stand beside the new one.
-            if let Some(old) = keys.previous.take_if(|p| p.selector == selector)
-                && old.file != keys.active.file
-            {
-                files.insert(old.file, None);
-            }
-            let file = format!("{selector}.pem");
+            // Named by selector and time: never the file of a key still in use (the first
+            // key's `private.pem` included).
+            let file = format!("{selector}-{now}.pem");
             let key = new_key(md).await?;
             files.insert(file.clone(), Some(key.private_pem));
             keys.next = Some(Key {
@@ -339,6 +339,13 @@ mod tests {
             step(&keys, "kubemail", 60, true, 5000 + RETIRED_FOR),
             Step::Forget
         );
+        // A second rotation publishes at once but switches only once the retired key went;
+        // the retired selector itself comes back only then.
+        keys.next = Some(key("k4", 5000));
+        assert_eq!(step(&keys, "k4", 60, true, 9000), Step::Keep);
+        assert_eq!(step(&keys, "k1", 60, true, 9000), Step::Keep);
+        keys.previous = None;
+        assert_eq!(step(&keys, "k4", 60, true, 9000), Step::Switch);
     }
 
     #[test]

@@ -218,36 +218,100 @@ fn with_part(
         .map_err(|e| e.to_string())
 }
 
-/// Why a part cannot join a config whose other domains are `others`, before the runtime's own
-/// check: a host name in another domain (its certificate and answers would be served for that
-/// domain's names, whichever came first), or a file too large.
-fn precheck(domain: &DomainConfig, files: &Files, others: &[DomainConfig]) -> Result<(), String> {
-    if let Some(host) = &domain.hostname
-        && let Some(other) = others.iter().find(|o| {
-            std::iter::once(&o.name)
-                .chain(&o.aliases)
-                .any(|n| kubemail_config::name_is_in(host, n))
-                || o.hostname
+/// A domain's names: its name and aliases.
+fn names(d: &DomainConfig) -> impl Iterator<Item = &String> {
+    std::iter::once(&d.name).chain(&d.aliases)
+}
+
+/// Why each of `parts` (in age order, oldest first) cannot join `server` (the server's own
+/// config): names that are another domain's, whoever came first where only one can have them.
+/// - A domain name or alias equal to, under or above one of an older domain's (or above the
+///   server's host name): the newer one is refused (`test` cannot swallow `a.test`).
+/// - A host name that is the server's, in another domain's names (`mta-sts.a.test` would take
+///   a.test's policy), or an older domain's host name: refused, whichever came first.
+fn disputes(server: &RawConfig, parts: &[DomainConfig]) -> Vec<Option<String>> {
+    let related =
+        |a: &str, b: &str| kubemail_config::name_is_in(a, b) || kubemail_config::name_is_in(b, a);
+    let mut refused: Vec<Option<String>> = vec![None; parts.len()];
+    for (i, p) in parts.iter().enumerate() {
+        let older = server.domains.iter().chain(
+            parts[..i]
+                .iter()
+                .zip(&refused)
+                .filter(|(_, r)| r.is_none())
+                .map(|(d, _)| d),
+        );
+        for o in older {
+            if let Some(n) = names(p).find(|n| names(o).any(|m| related(n, m))) {
+                refused[i] = Some(format!(
+                    "{n} overlaps the domain {} of another MailDomain",
+                    o.name
+                ));
+                break;
+            }
+        }
+        if refused[i].is_none()
+            && let Some(n) = names(p).find(|n| kubemail_config::name_is_in(&server.hostname, n))
+        {
+            refused[i] = Some(format!(
+                "{n} holds the server's host name {}",
+                server.hostname
+            ));
+        }
+    }
+    let names_refused = refused.clone();
+    for (i, p) in parts.iter().enumerate() {
+        let Some(host) = p.hostname.as_deref() else {
+            continue;
+        };
+        if refused[i].is_some() {
+            continue;
+        }
+        if host.eq_ignore_ascii_case(&server.hostname) {
+            refused[i] = Some(format!("hostname {host} is the server's"));
+            continue;
+        }
+        let others = server.domains.iter().map(|d| (d, false)).chain(
+            parts
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i && names_refused[*j].is_none())
+                .map(|(j, d)| (d, j < i)),
+        );
+        for (o, older) in others {
+            if names(o).any(|m| kubemail_config::name_is_in(host, m)) {
+                refused[i] = Some(format!(
+                    "hostname {host} is in the domain {}: choose a name of this domain's own",
+                    o.name
+                ));
+                break;
+            }
+            if older
+                && o.hostname
                     .as_deref()
                     .is_some_and(|h| h.eq_ignore_ascii_case(host))
-        })
-    {
-        return Err(format!(
-            "hostname {host} is in the domain {} (or its host name): choose a name of this domain's own",
-            other.name
-        ));
+            {
+                refused[i] = Some(format!("hostname {host} is the domain {}'s", o.name));
+                break;
+            }
+        }
     }
-    if let Some((key, _)) = files.iter().find(|(_, f)| f.len() > MAX_FILE) {
-        return Err(format!("{key} is larger than {} KiB", MAX_FILE / 1024));
-    }
-    Ok(())
+    refused
+}
+
+/// Why a part's files cannot be copied: one too large.
+fn oversized(files: &Files) -> Option<String> {
+    files
+        .iter()
+        .find(|(_, f)| f.len() > MAX_FILE)
+        .map(|(key, _)| format!("{key} is larger than {} KiB", MAX_FILE / 1024))
 }
 
 /// Adds each hosted domain's part to the server's valid `config`, in order. A part that would
-/// make it invalid (or bring a host name in another domain, or files too large or beyond the
-/// Secret's room) is replaced by the part `current` (the config served now) has for that
-/// domain with the files it names, or left out when that does not fit either. Returns the
-/// config and the files its parts name.
+/// make it invalid (or brings names another domain has, see [`disputes`], or files too large
+/// or beyond the Secret's room) is replaced by the part `current` (the config served now) has
+/// for that domain with the files it names, or left out when that does not fit either.
+/// Returns the config and the files its parts name.
 pub fn add(
     mut config: RawConfig,
     server: &MailDomain,
@@ -255,35 +319,29 @@ pub fn add(
     current: Option<&Current>,
 ) -> (RawConfig, Files) {
     let rendered: Vec<_> = parts.iter().map(|p| rendered(p, server)).collect();
-    // Every domain but the part's own, server's and tenants' alike.
-    let others = |name: &str| -> Vec<DomainConfig> {
-        config
-            .domains
-            .iter()
-            .chain(rendered.iter().map(|(d, ..)| d))
-            .filter(|d| !d.name.eq_ignore_ascii_case(name))
-            .cloned()
-            .collect()
-    };
-    let others: Vec<Vec<DomainConfig>> = rendered.iter().map(|(d, ..)| others(&d.name)).collect();
+    let domains: Vec<DomainConfig> = rendered.iter().map(|(d, ..)| d.clone()).collect();
+    let disputed = disputes(&config, &domains);
     let mut files: Files = Vec::new();
     let mut room = FILES_BUDGET;
-    for ((domain, mailboxes, part_files), others) in rendered.into_iter().zip(others) {
+    for ((domain, mailboxes, part_files), disputed) in rendered.into_iter().zip(disputed) {
         let name = domain.name.clone();
         let size: usize = part_files.iter().map(|(_, f)| f.len()).sum();
-        let fresh = precheck(&domain, &part_files, &others)
-            .and_then(|()| {
-                (size <= room).then_some(()).ok_or_else(|| {
-                    "the server's config Secret has no room for this domain's certificate and key"
-                        .to_string()
-                })
-            })
-            .and_then(|()| with_part(&config, (domain, mailboxes)))
-            .map(|next| (next, part_files));
+        let fresh = match disputed.or_else(|| oversized(&part_files)) {
+            Some(why) => Err(why),
+            None if size > room => Err(
+                "the server's config Secret has no room for this domain's certificate and key"
+                    .to_string(),
+            ),
+            None => with_part(&config, (domain, mailboxes)).map(|next| (next, part_files)),
+        };
         let added = fresh.or_else(|invalid| {
             tracing::debug!(domain = %name, %invalid, "a hosted domain's config is refused; its last served part stays");
             let current = current.ok_or(invalid.clone())?;
-            let kept = part_in(&current.config, &name).ok_or(invalid)?;
+            let kept = part_in(&current.config, &name).ok_or(invalid.clone())?;
+            // A kept part must not hold names another domain has now either.
+            if disputes(&config, std::slice::from_ref(&kept.0))[0].is_some() {
+                return Err(invalid);
+            }
             // The files the kept part names, as they are now.
             let named = kept
                 .0
@@ -331,9 +389,14 @@ fn refusal(
         .retain(|d| !d.name.eq_ignore_ascii_case(&md.spec.domain));
     base.mailboxes.retain(|m| !mine(&m.address));
     let (domain, mailboxes, files) = rendered(part, server);
-    precheck(&domain, &files, &base.domains)
-        .and_then(|()| with_part(&base, (domain, mailboxes)))
-        .err()
+    // As the newest: what the server's runtime holds now stays before it.
+    if let Some(why) = disputes(&base, std::slice::from_ref(&domain))[0]
+        .clone()
+        .or_else(|| oversized(&files))
+    {
+        return Some(why);
+    }
+    with_part(&base, (domain, mailboxes)).err()
 }
 
 /// Where a hosted domain stands with its server.
@@ -902,7 +965,7 @@ mod tests {
         assert!(
             refused
                 .as_deref()
-                .is_some_and(|r| r.contains("listed twice")),
+                .is_some_and(|r| r.contains("example.com overlaps the domain example.com")),
             "{refused:?}"
         );
     }
@@ -946,5 +1009,48 @@ mod tests {
         assert_eq!(config.domains.len(), 2);
         let sizes: Vec<usize> = files.iter().map(|(_, f)| f.len()).collect();
         assert_eq!(sizes, [4, 3, 4], "the served certificate, key and DKIM key");
+    }
+    #[test]
+    fn a_squatting_host_name_loses_whoever_came_first_and_a_parent_domain_cannot_swallow() {
+        let server = fixtures::domain();
+        let base = server_config(&server);
+        let domain = |name: &str, host: &str| DomainConfig {
+            name: name.into(),
+            hostname: Some(host.into()),
+            ..Default::default()
+        };
+        // Older squatter of a.test's policy name: it loses, a.test is served.
+        let refused = disputes(
+            &base,
+            &[
+                domain("s.test", "mta-sts.a.test"),
+                domain("a.test", "mail.a.test"),
+            ],
+        );
+        assert!(refused[0].as_deref().is_some_and(|r| r.contains("a.test")));
+        assert!(refused[1].is_none(), "{refused:?}");
+        // A newer `test` would hold a.test's names: it is refused, a.test is not.
+        let refused = disputes(
+            &base,
+            &[
+                domain("a.test", "mail.a.test"),
+                domain("test", "mx.hosting.example"),
+            ],
+        );
+        assert!(refused[0].is_none(), "{refused:?}");
+        assert!(
+            refused[1]
+                .as_deref()
+                .is_some_and(|r| r.contains("overlaps"))
+        );
+        // Two equal host names: the older keeps it.
+        let refused = disputes(
+            &base,
+            &[
+                domain("b.test", "mx.shared.example"),
+                domain("c.test", "mx.shared.example"),
+            ],
+        );
+        assert!(refused[0].is_none() && refused[1].is_some(), "{refused:?}");
     }
 }
