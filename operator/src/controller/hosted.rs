@@ -20,7 +20,7 @@ use kube::{
     runtime::{controller::Action, reflector::ObjectRef as K8sRef},
 };
 use kubemail_config::{DkimConfig, DomainConfig, MailboxConfig, RawConfig, TlsFiles};
-use kubemail_crds::{MailDomain, MailDomainStatus, mail_domain::Endpoint};
+use kubemail_crds::{MailDomain, MailDomainStatus};
 
 use super::{
     Context,
@@ -684,40 +684,7 @@ fn status_of(
             generation,
         )
     };
-    match &verified {
-        Some(crate::dns_check::Verdict::Verified(n)) => set_status(
-            types::DNS_VERIFIED,
-            "True",
-            reason::RECORDS_VERIFIED,
-            format!("all {n} records of status.dnsRecords resolve as they should"),
-        ),
-        Some(crate::dns_check::Verdict::Wrong(problems)) => set_status(
-            types::DNS_VERIFIED,
-            "False",
-            reason::RECORDS_WRONG,
-            format!(
-                "{} of the records in status.dnsRecords are missing or wrong: {}",
-                problems.len(),
-                problems.join("; ")
-            ),
-        ),
-        Some(crate::dns_check::Verdict::Unreachable(why)) => set_status(
-            types::DNS_VERIFIED,
-            "Unknown",
-            reason::DNS_UNREACHABLE,
-            format!("the resolver did not answer: {why}"),
-        ),
-        None => {}
-    }
-    match &published {
-        Some(Ok(written)) => {
-            set_status(types::DNS_PUBLISHED, "True", reason::READY, written.clone())
-        }
-        Some(Err((why, message))) => {
-            set_status(types::DNS_PUBLISHED, "False", why, message.clone())
-        }
-        None => {}
-    }
+    mail_domain::set_dns_conditions(&mut set_status, verified.as_ref(), published.as_ref());
     // A standalone domain's conditions that a hosted one does not have go.
     conditions.retain(|c| match c.type_.as_str() {
         types::DNS_PUBLISHED => published.is_some(),
@@ -747,53 +714,22 @@ fn status_of(
             ),
             generation,
         );
+        conditions::set_kstatus(&mut conditions, &previous.conditions, generation);
+        conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
     } else {
-        let ready = tls_ok && served_ok && server_ready;
-        let failing: Vec<String> = conditions
-            .iter()
-            .filter(|c| conditions::holds_back(c))
-            .map(|c| c.type_.clone())
-            .collect();
-        conditions::set(
+        mail_domain::set_ready(
             &mut conditions,
             &previous.conditions,
-            types::READY,
-            ready,
-            if ready {
-                reason::READY
-            } else {
-                reason::NOT_READY
-            },
-            if ready {
-                "served by its server's runtime with the current config".into()
-            } else {
-                format!("not ready: {}", failing.join(", "))
-            },
+            tls_ok && served_ok && server_ready,
+            "served by its server's runtime with the current config",
             generation,
         );
     }
-    conditions::set_kstatus(&mut conditions, &previous.conditions, generation);
-    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
     let (endpoints, config_revision) = match standing {
-        Standing::Server { server, served, .. } => {
-            let runtime = Names::of(server).runtime;
-            let ns = md.namespace().unwrap_or_default();
-            (
-                server
-                    .spec
-                    .protocols
-                    .iter()
-                    .filter(|(_, s)| s.enabled)
-                    .map(|(p, s)| Endpoint {
-                        protocol: p.field().into(),
-                        host: format!("{runtime}.{ns}.svc"),
-                        port: s.port_or_default(p),
-                        tls: if p.implicit_tls() { "TLS" } else { "STARTTLS" }.into(),
-                    })
-                    .collect(),
-                served.clone().or_else(|| previous.config_revision.clone()),
-            )
-        }
+        Standing::Server { server, served, .. } => (
+            mail_domain::endpoints(server, &md.namespace().unwrap_or_default()),
+            served.clone().or_else(|| previous.config_revision.clone()),
+        ),
         _ => (Vec::new(), previous.config_revision.clone()),
     };
     MailDomainStatus {

@@ -1422,7 +1422,57 @@ fn status_of(
     }
     // Not part of Ready: mail within the cluster works without DNS, and outside senders'
     // troubles are the condition's message.
-    match &observed.dns {
+    set_dns_conditions(
+        &mut set_status,
+        observed.dns.as_ref(),
+        observed.published.as_ref(),
+    );
+    // Conditions about things no longer there go.
+    conditions.retain(|c| match c.type_.as_str() {
+        types::OPEN_RELAY => observed.relay_test.is_some(),
+        types::DNS_PUBLISHED => observed.published.is_some(),
+        types::DNS_VERIFIED => observed.dns.is_some(),
+        types::SCANNERS_REACHABLE => observed.scanners.is_some(),
+        types::RELAY_POLICY_FOUND => referred.relay_policy.is_some(),
+        types::CATCH_ALL_FOUND => desired.catch_all.is_some(),
+        types::CONFIG_VALID => desired.invalid.is_some(),
+        t if GROUPS.iter().any(|(g, _, _)| *g == t) => observed.probes.iter().any(|p| p.type_ == t),
+        _ => true,
+    });
+    let ready = referred.tls_ok
+        && config_served
+        && desired.invalid.is_none()
+        && observed.probes.iter().all(|p| p.failures.is_empty());
+    set_ready(
+        &mut conditions,
+        &previous.conditions,
+        ready,
+        "every enabled protocol answers its probe and the current config is served",
+        generation,
+    );
+    MailDomainStatus {
+        observed_generation: generation,
+        hostname: Some(hostname(md)),
+        conditions,
+        endpoints: endpoints(md, &ns),
+        mailboxes: desired.mailboxes as i32,
+        config_revision: if desired.invalid.is_none() {
+            Some(desired.revision.clone())
+        } else {
+            previous.config_revision.clone()
+        },
+        dns_records: dns::records(md, &referred.dkim.records, &observed.host_addresses),
+        queued: observed.queued,
+    }
+}
+
+/// `DNSVerified` and `DNSPublished` from what the checks found (none: not asked for).
+pub(super) fn set_dns_conditions(
+    set_status: &mut impl FnMut(&str, &str, &str, String),
+    verified: Option<&crate::dns_check::Verdict>,
+    published: Option<&std::result::Result<String, (&'static str, String)>>,
+) {
+    match verified {
         Some(crate::dns_check::Verdict::Verified(n)) => set_status(
             types::DNS_VERIFIED,
             "True",
@@ -1447,7 +1497,7 @@ fn status_of(
         ),
         None => {}
     }
-    match &observed.published {
+    match published {
         Some(Ok(written)) => {
             set_status(types::DNS_PUBLISHED, "True", reason::READY, written.clone())
         }
@@ -1456,30 +1506,25 @@ fn status_of(
         }
         None => {}
     }
-    // Conditions about things no longer there go.
-    conditions.retain(|c| match c.type_.as_str() {
-        types::OPEN_RELAY => observed.relay_test.is_some(),
-        types::DNS_PUBLISHED => observed.published.is_some(),
-        types::DNS_VERIFIED => observed.dns.is_some(),
-        types::SCANNERS_REACHABLE => observed.scanners.is_some(),
-        types::RELAY_POLICY_FOUND => referred.relay_policy.is_some(),
-        types::CATCH_ALL_FOUND => desired.catch_all.is_some(),
-        types::CONFIG_VALID => desired.invalid.is_some(),
-        t if GROUPS.iter().any(|(g, _, _)| *g == t) => observed.probes.iter().any(|p| p.type_ == t),
-        _ => true,
-    });
-    let ready = referred.tls_ok
-        && config_served
-        && desired.invalid.is_none()
-        && observed.probes.iter().all(|p| p.failures.is_empty());
+}
+
+/// `Ready` (naming the conditions that hold it back when false), then kstatus's conditions,
+/// and the conditions sorted.
+pub(super) fn set_ready(
+    conditions: &mut Vec<kubemail_crds::Condition>,
+    previous: &[kubemail_crds::Condition],
+    ready: bool,
+    ok: &str,
+    generation: Option<i64>,
+) {
     let failing: Vec<String> = conditions
         .iter()
         .filter(|c| conditions::holds_back(c))
         .map(|c| c.type_.clone())
         .collect();
     conditions::set(
-        &mut conditions,
-        &previous.conditions,
+        conditions,
+        previous,
         types::READY,
         ready,
         if ready {
@@ -1488,43 +1533,31 @@ fn status_of(
             reason::NOT_READY
         },
         if ready {
-            "every enabled protocol answers its probe and the current config is served".into()
+            ok.to_string()
         } else {
             format!("not ready: {}", failing.join(", "))
         },
         generation,
     );
-    conditions::set_kstatus(&mut conditions, &previous.conditions, generation);
+    conditions::set_kstatus(conditions, previous, generation);
     conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
-    MailDomainStatus {
-        observed_generation: generation,
-        hostname: Some(hostname(md)),
-        conditions,
-        endpoints: md
-            .spec
-            .protocols
-            .iter()
-            .filter(|(_, s)| s.enabled)
-            .map(|(p, s)| Endpoint {
-                protocol: p.field().into(),
-                host: format!("{}.{ns}.svc", names.runtime),
-                port: s.port_or_default(p),
-                tls: if p.implicit_tls() {
-                    "TLS".into()
-                } else {
-                    "STARTTLS".into()
-                },
-            })
-            .collect(),
-        mailboxes: desired.mailboxes as i32,
-        config_revision: if desired.invalid.is_none() {
-            Some(desired.revision.clone())
-        } else {
-            previous.config_revision.clone()
-        },
-        dns_records: dns::records(md, &referred.dkim.records, &observed.host_addresses),
-        queued: observed.queued,
-    }
+}
+
+/// Where a runtime's clients connect inside the cluster: its mail Service, each enabled port.
+pub(super) fn endpoints(server: &MailDomain, ns: &str) -> Vec<Endpoint> {
+    let runtime = Names::of(server).runtime;
+    server
+        .spec
+        .protocols
+        .iter()
+        .filter(|(_, s)| s.enabled)
+        .map(|(p, s)| Endpoint {
+            protocol: p.field().into(),
+            host: format!("{runtime}.{ns}.svc"),
+            port: s.port_or_default(p),
+            tls: if p.implicit_tls() { "TLS" } else { "STARTTLS" }.into(),
+        })
+        .collect()
 }
 
 /// The addresses (as /32 and /128 networks, sorted) of the pods in `ns` that `selector`
