@@ -84,6 +84,10 @@ use crate::common::{
 #[x_kube(validation = kube::core::Rule::new(
     "!has(self.hostedBy) || (self.storage.size == '10Gi' && !has(self.storage.storageClassName))"
 ).message("a hosted domain's mail is stored by its server: set storage on the MailDomain named in hostedBy").field_path(".storage"))]
+#[x_kube(validation = kube::core::Rule::new(hosted_protocols_rule()).message("a hosted domain is served on its server's protocols and ports: set protocols on the MailDomain named in hostedBy").field_path(".protocols"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.hostedBy) || (!has(self.inbound.rspamd) && !has(self.inbound.clamav) && !has(self.inbound.greylisting) && !has(self.inbound.dnsLists) && !has(self.inbound.greetPause))"
+).message("a hosted domain's incoming mail is checked as its server says: set inbound on the MailDomain named in hostedBy").field_path(".inbound"))]
 #[serde(rename_all = "camelCase")]
 pub struct MailDomainSpec {
     /// The mail domain served, such as `example.com`: the part after `@` in every address.
@@ -244,6 +248,22 @@ impl Protocols {
         ]
         .into_iter()
     }
+}
+
+/// The CEL rule that a hosted domain leaves `protocols` as they come (its server's apply).
+fn hosted_protocols_rule() -> String {
+    let defaults: Vec<String> = Protocols::default()
+        .iter()
+        .map(|(p, s)| {
+            let f = p.field();
+            format!(
+                "self.protocols.{f}.enabled == {} && (!has(self.protocols.{f}.port) || self.protocols.{f}.port == {})",
+                s.enabled,
+                p.default_port()
+            )
+        })
+        .collect();
+    format!("!has(self.hostedBy) || ({})", defaults.join(" && "))
 }
 
 /// The CEL rule that no two enabled protocols share a port. CEL lists hold one type, so each

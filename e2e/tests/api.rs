@@ -545,6 +545,18 @@ fn invalid_manifests() -> Vec<Invalid> {
             "a hosted domain runs on its server's runtime",
         ),
         d(
+            "hosted domain with protocols of its own",
+            json!({"domain": "brand.com", "hostedBy": {"name": "acme"}, "protocols": {"pop3": {"enabled": false}}}),
+            "spec.protocols",
+            "a hosted domain is served on its server's protocols and ports",
+        ),
+        d(
+            "hosted domain with a scanner of its own",
+            json!({"domain": "brand.com", "hostedBy": {"name": "acme"}, "inbound": {"clamav": {"address": "clamd:3310"}}}),
+            "spec.inbound",
+            "a hosted domain's incoming mail is checked as its server says",
+        ),
+        d(
             "hosted domain with storage of its own",
             json!({"domain": "brand.com", "hostedBy": {"name": "acme"}, "storage": {"size": "1Gi"}}),
             "spec.storage",
