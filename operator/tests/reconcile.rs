@@ -1386,6 +1386,11 @@ fn serve_on_loopback(
     host: &str,
 ) -> Operator {
     write_runtime_config(raw, dir, host);
+    serve_config(dir)
+}
+
+/// `mail-runtime serve` on the config written in `dir`, killed when dropped.
+fn serve_config(dir: &std::path::Path) -> Operator {
     let runtime = kubemail_e2e::workspace_binary("mail-runtime", "KUBEMAIL_RUNTIME_BIN")
         .expect("the runtime binary (cargo build --bins)");
     Operator(
@@ -2443,17 +2448,7 @@ async fn two_domains_share_one_runtime_each_with_its_own_certificate() {
 
     let dir = tempfile::tempdir().expect("tmp");
     write_hosting_config(&client, &ns, dir.path(), host).await;
-    let runtime = kubemail_e2e::workspace_binary("mail-runtime", "KUBEMAIL_RUNTIME_BIN")
-        .expect("the runtime binary (cargo build --bins)");
-    let _runtime = Operator(
-        Command::new(runtime)
-            .args(["serve", "--config"])
-            .arg(dir.path().join("runtime.yaml"))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("mail-runtime serve"),
-    );
+    let _runtime = serve_config(dir.path());
     let port = |p: kubemail_config::ListenerProtocol| {
         raw.listeners
             .iter()

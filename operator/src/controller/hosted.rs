@@ -528,20 +528,7 @@ pub async fn reconcile(
         published,
         part_count(ctx, md),
     );
-    let present = super::write_status(
-        ctx,
-        md.as_ref(),
-        stored.status.as_ref(),
-        &previous.conditions,
-        &status,
-        &status.conditions,
-    )
-    .await?;
-    if !present {
-        return Ok(Action::await_change());
-    }
-    let ready = conditions::is_true(&status.conditions, types::READY);
-    Ok(Action::requeue(mail_domain::next_look(md, ready)))
+    mail_domain::write_and_look_again(ctx, md, stored, previous, &status).await
 }
 
 /// How many Mailboxes the domain has (served or not: the server's reconcile serves them).

@@ -350,13 +350,24 @@ async fn reconcile_once(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action
     observed.published = publish_dns(&ctx, &md, &ns, &records, &previous).await?;
     let status = status_of(&md, &previous, &referred, &desired, &observed);
 
-    // Written only when it changed: an unchanged domain makes no writes.
+    write_and_look_again(&ctx, &md, &stored, &previous, &status).await
+}
+
+/// Writes a domain's status (only when it changed: an unchanged domain makes no writes) and
+/// says when to look at it again.
+pub(super) async fn write_and_look_again(
+    ctx: &Context,
+    md: &MailDomain,
+    stored: &MailDomain,
+    previous: &MailDomainStatus,
+    status: &MailDomainStatus,
+) -> Result<Action> {
     let present = super::write_status(
-        &ctx,
-        md.as_ref(),
+        ctx,
+        md,
         stored.status.as_ref(),
         &previous.conditions,
-        &status,
+        status,
         &status.conditions,
     )
     .await?;
@@ -365,13 +376,13 @@ async fn reconcile_once(md: Arc<MailDomain>, ctx: Arc<Context>) -> Result<Action
         return Ok(Action::await_change());
     }
     let ready = conditions::is_true(&status.conditions, types::READY);
-    Ok(Action::requeue(next_look(&md, ready)))
+    Ok(Action::requeue(next_look(md, ready)))
 }
 
 /// When a domain is looked at again: a healthy one every [`RESYNC`]; a new one whose runtime
 /// is still starting soon, so Ready follows it closely; later a failing one every 15 s (each
 /// look reads every Mailbox's Secret, which matters with thousands of them).
-pub(super) fn next_look(md: &MailDomain, ready: bool) -> Duration {
+fn next_look(md: &MailDomain, ready: bool) -> Duration {
     let young = md.metadata.creation_timestamp.as_ref().is_some_and(|t| {
         t.0.duration_until(k8s_openapi::jiff::Timestamp::now())
             .as_secs()
