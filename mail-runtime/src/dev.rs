@@ -31,6 +31,8 @@ pub struct DevOptions {
     pub base_port: u16,
     /// Stop when standard input reaches end of file (so a test's runtime dies with the test).
     pub stop_on_eof: bool,
+    /// How long SIGTERM's drain may take at most.
+    pub drain: std::time::Duration,
 }
 
 /// The order of the dev ports after the base port.
@@ -80,13 +82,17 @@ pub async fn run(options: DevOptions) -> Result<()> {
             "config": data.join("runtime.yaml"),
         })
     );
-    if options.stop_on_eof {
-        tokio::select! {
-            _ = wait_for_shutdown() => {},
-            _ = stdin_closed() => {},
+    // The end of standard input is a test's runtime dying with it: at once, no drain.
+    let eof = async {
+        if options.stop_on_eof {
+            stdin_closed().await
+        } else {
+            std::future::pending().await
         }
-    } else {
-        wait_for_shutdown().await;
+    };
+    tokio::select! {
+        () = runtime.serve_until_signal(options.drain) => {},
+        () = eof => {},
     }
     Ok(())
 }

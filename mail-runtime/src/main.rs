@@ -21,6 +21,9 @@ enum Command {
         /// The runtime config the operator renders.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// After SIGTERM, how long sessions and deliveries in flight may take to end.
+        #[arg(long, value_name = "SECONDS", default_value = "40", value_parser = parse_seconds)]
+        drain_seconds: Duration,
     },
     /// Every protocol on loopback with demo mailboxes.
     Dev {
@@ -33,6 +36,9 @@ enum Command {
         /// Exit when standard input closes.
         #[arg(long)]
         stop_on_eof: bool,
+        /// After SIGTERM, how long sessions and deliveries in flight may take to end.
+        #[arg(long, value_name = "SECONDS", default_value = "40", value_parser = parse_seconds)]
+        drain_seconds: Duration,
     },
     /// Speak a protocol as a client would; one JSON line; exit 0 when healthy.
     Probe {
@@ -112,12 +118,15 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve { config: path } => {
+        Command::Serve {
+            config: path,
+            drain_seconds,
+        } => {
             let config = config::load_file(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-            tokio_runtime()?.block_on(async move {
+            serve_and_stop(async move {
                 let runtime = Runtime::new(config::ConfigHandle::new(config))?;
                 runtime.start(Some(path)).await?;
-                dev::wait_for_shutdown().await;
+                runtime.serve_until_signal(drain_seconds).await;
                 Ok(ExitCode::SUCCESS)
             })
         }
@@ -125,14 +134,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             data,
             base_port,
             stop_on_eof,
+            drain_seconds,
         } => {
             let options = dev::DevOptions {
                 data,
                 base_port,
                 stop_on_eof,
+                drain: drain_seconds,
             };
-            tokio_runtime()?.block_on(dev::run(options))?;
-            Ok(ExitCode::SUCCESS)
+            serve_and_stop(async move {
+                dev::run(options).await?;
+                Ok(ExitCode::SUCCESS)
+            })
         }
         Command::Probe {
             kind,
@@ -200,6 +213,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs a server to its end, then stops without waiting for what no longer matters once it
+/// drained: the thread reading standard input (dev mode's `--stop-on-eof`) never returns by
+/// itself, and would hold the process.
+fn serve_and_stop(
+    server: impl Future<Output = anyhow::Result<ExitCode>>,
+) -> anyhow::Result<ExitCode> {
+    let runtime = tokio_runtime()?;
+    let result = runtime.block_on(server);
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    result
 }
 
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {

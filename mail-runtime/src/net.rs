@@ -135,7 +135,7 @@ pub struct Accepted {
     pub slot: ConnectionSlot,
 }
 
-/// Accepts connections on `socket` forever, and runs `handler` for each one that passes the
+/// Accepts connections on `socket` until the runtime drains, and runs `handler` for each one that passes the
 /// checks. `busy` is the protocol's way of saying "too many connections".
 pub async fn serve<H, F>(
     socket: TcpListener,
@@ -148,7 +148,14 @@ pub async fn serve<H, F>(
     F: Future<Output = io::Result<()>> + Send + 'static,
 {
     loop {
-        let (stream, peer) = match socket.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            // The socket closes here: a client's new connection is refused at once and goes
+            // to another replica, or retries, instead of waiting in the backlog.
+            () = runtime.stopping() => return,
+            accepted = socket.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
             Ok(c) => c,
             Err(err) => {
                 tracing::warn!(error = %err, "accept failed");

@@ -71,6 +71,8 @@ pub struct Runtime {
     usage: Arc<tokio::sync::Mutex<UsageCount>>,
     connections: Arc<Mutex<Connections>>,
     started: Arc<std::sync::atomic::AtomicBool>,
+    /// True from the moment the runtime drains (SIGTERM): see [`Runtime::drain`].
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// Read access to the shared state; each part keeps its own locking.
@@ -265,6 +267,7 @@ impl Runtime {
             usage: Arc::default(),
             connections: Arc::new(Mutex::new(Connections::default())),
             started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
         })
     }
 
@@ -478,9 +481,68 @@ impl Runtime {
         Ok(bound)
     }
 
-    /// Ready: every listener is bound and a config is loaded.
+    /// Ready: every listener is bound, a config is loaded, and the runtime is not draining.
     pub fn ready(&self) -> bool {
-        self.started.load(std::sync::atomic::Ordering::Acquire)
+        self.started.load(std::sync::atomic::Ordering::Acquire) && !*self.stopping.borrow()
+    }
+
+    /// Resolves once the runtime drains (at once if it already does). Listeners stop accepting;
+    /// a session ends at its next safe point: an SMTP session between transactions, an IMAP,
+    /// POP3 or ManageSieve session waiting for a command (or in IDLE). Poll it before reads.
+    pub async fn stopping(&self) {
+        let mut rx = self.stopping.subscribe();
+        // The sender lives as long as `self`: `wait_for` ends only when the flag is set.
+        let _ = rx.wait_for(|stopping| *stopping).await;
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then drains for at most `grace` (see [`Runtime::drain`]);
+    /// a second signal ends the drain at once.
+    pub async fn serve_until_signal(&self, grace: Duration) {
+        crate::dev::wait_for_shutdown().await;
+        let began = tokio::time::Instant::now();
+        let left = tokio::select! {
+            left = self.drain(grace) => Some(left),
+            () = crate::dev::wait_for_shutdown() => None,
+        };
+        let seconds = began.elapsed().as_secs_f64();
+        match left {
+            Some((0, 0)) => tracing::info!(seconds, "drained: every session and delivery ended"),
+            Some((connections, deliveries)) => tracing::warn!(
+                seconds,
+                connections,
+                deliveries,
+                "the grace period ended first: these are cut off (queued mail is tried again)"
+            ),
+            None => tracing::warn!(seconds, "a second signal: stopping without waiting"),
+        }
+    }
+
+    /// Whether the runtime drains.
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Graceful shutdown: readiness turns false, listeners close, sessions end at their next
+    /// safe point (an SMTP transaction in flight finishes first), the outbound queue starts no
+    /// new attempt and lets those in flight end. Returns when nothing is left or after `grace`,
+    /// with the connections and deliveries still open then (0 and 0: a clean drain).
+    pub async fn drain(&self, grace: Duration) -> (u32, usize) {
+        self.stopping.send_replace(true);
+        tracing::info!(
+            grace_seconds = grace.as_secs(),
+            "draining: no new connections"
+        );
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let left = (
+                self.connections.lock().expect("connections lock").total,
+                self.outbound.in_flight(),
+            );
+            if left == (0, 0) || tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// What the runtime serves now: the config revision, and why a newer config or certificate

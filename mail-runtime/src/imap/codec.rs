@@ -68,6 +68,12 @@ impl Reader {
         *self = Self::new(self.max_literal);
     }
 
+    /// Whether part of a command is buffered (an APPEND's literal on its way, say): a draining
+    /// server reads it to its end before saying BYE.
+    pub fn mid_command(&self) -> bool {
+        self.pending > 0 || !self.frag.message_bytes().is_empty()
+    }
+
     /// Adds bytes the client sent.
     pub fn enqueue(&mut self, bytes: &[u8]) {
         self.frag.enqueue_bytes(bytes);

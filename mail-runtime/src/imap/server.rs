@@ -23,7 +23,19 @@ const REVOCATION_CHECK: Duration = Duration::from_secs(1);
 /// What one read takes from the connection at most.
 const READ_BUFFER: usize = 16 * 1024;
 
-/// Serves IMAP on `socket` forever.
+/// What a draining server says to a session between commands (RFC 9051 s7.1: UNAVAILABLE,
+/// the client may try again): clients reconnect, to another replica when there is one.
+const SHUTTING_DOWN: &str = "* BYE [UNAVAILABLE] shutting down for a restart, please reconnect\r\n";
+
+/// Why a session ends while it waits for the client.
+enum Ended {
+    /// Its account was suspended, removed or given another password.
+    Revoked,
+    /// The server drains.
+    Stopping,
+}
+
+/// Serves IMAP on `socket` until the runtime drains.
 pub async fn serve(socket: TcpListener, listener: Listener, runtime: Runtime) {
     net::serve(
         socket,
@@ -76,21 +88,30 @@ async fn drive(accepted: Accepted, listener: &Listener, runtime: Runtime) -> io:
             // A silent session learns of its mailbox's suspension too, within a second.
             let login = session.logged_in_as();
             let login = login.as_ref().map(|(a, h)| (a.as_str(), h.as_str()));
+            // A draining server says BYE between commands; one half-sent (an APPEND's
+            // literal) is read and run first.
+            let between = !reader.mid_command();
             let read = tokio::select! {
                 biased;
-                () = runtime.revoked(login, LoginProtocol::Imap) => None,
-                read = runtime.read_idle(&mut conn, &mut buf, timeout, stressable) => Some(read),
+                () = runtime.revoked(login, LoginProtocol::Imap) => Err(Ended::Revoked),
+                () = runtime.stopping(), if between => Err(Ended::Stopping),
+                read = runtime.read_idle(&mut conn, &mut buf, timeout, stressable) => Ok(read),
             };
             match read {
-                Some(Some(Ok(0))) | Some(Some(Err(_))) => break,
-                Some(Some(Ok(n))) => reader.enqueue(&buf[..n]),
-                Some(None) => {
+                Ok(Some(Ok(0)) | Some(Err(_))) => break,
+                Ok(Some(Ok(n))) => reader.enqueue(&buf[..n]),
+                Ok(None) => {
                     session.send("* BYE autologout: idle for too long\r\n");
                     let _ = session.flush(&mut conn).await;
                     break;
                 }
-                None => {
+                Err(Ended::Revoked) => {
                     session.end_revoked();
+                    let _ = session.flush(&mut conn).await;
+                    break;
+                }
+                Err(Ended::Stopping) => {
+                    session.send(SHUTTING_DOWN);
                     let _ = session.flush(&mut conn).await;
                     break;
                 }
@@ -130,7 +151,7 @@ async fn drive(accepted: Accepted, listener: &Listener, runtime: Runtime) -> io:
                 },
                 Step::Idle => {
                     buf = Vec::new();
-                    idle(&mut conn, &mut reader, &mut session).await?
+                    idle(&mut conn, &mut reader, &mut session, &runtime).await?
                 }
             };
         }
@@ -162,9 +183,14 @@ async fn sasl_line(
     }
 }
 
-/// IDLE's wait: the client's DONE, changes to the folder (sent at once), autologout, and the
-/// account's suspension (looked at every second).
-async fn idle(conn: &mut Conn, reader: &mut Reader, session: &mut Session) -> io::Result<Step> {
+/// IDLE's wait: the client's DONE, changes to the folder (sent at once), autologout, the
+/// account's suspension (looked at every second) and the server's drain.
+async fn idle(
+    conn: &mut Conn,
+    reader: &mut Reader,
+    session: &mut Session,
+    runtime: &Runtime,
+) -> io::Result<Step> {
     let mut buf = vec![0u8; 1024];
     let deadline = tokio::time::Instant::now() + AUTHENTICATED_TIMEOUT;
     // One clock for the whole IDLE: mail arriving more often than once a second must not keep
@@ -198,6 +224,10 @@ async fn idle(conn: &mut Conn, reader: &mut Reader, session: &mut Session) -> io
             }
             () = tokio::time::sleep_until(deadline) => {
                 session.send("* BYE autologout: idle for too long\r\n");
+                return Ok(Step::Close);
+            }
+            () = runtime.stopping() => {
+                session.send(SHUTTING_DOWN);
                 return Ok(Step::Close);
             }
             // A config reload may have suspended the account: looked at every second.

@@ -65,20 +65,22 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
         let held = login
             .as_ref()
             .map(|l| (l.mailbox.as_str(), l.hash.as_str()));
+        // Draining: RFC 5804's TRYLATER; a script half-uploaded is not stored.
         let read = tokio::select! {
             biased;
-            () = runtime.revoked(held, LoginProtocol::Imap) => None,
-            read = runtime.read_idle(&mut conn, &mut buf, configured, !session.authenticated()) => Some(read),
+            () = runtime.revoked(held, LoginProtocol::Imap) => Err(REVOKED),
+            () = runtime.stopping() => Err(&b"BYE (TRYLATER) \"shutting down for a restart, please reconnect\"\r\n"[..]),
+            read = runtime.read_idle(&mut conn, &mut buf, configured, !session.authenticated()) => Ok(read),
         };
         let n = match read {
-            Some(Some(Ok(0))) | Some(Some(Err(_))) => break,
-            Some(Some(Ok(n))) => n,
-            Some(None) => {
+            Ok(Some(Ok(0)) | Some(Err(_))) => break,
+            Ok(Some(Ok(n))) => n,
+            Ok(None) => {
                 let _ = conn.write_all(b"BYE \"idle for too long\"\r\n").await;
                 break;
             }
-            None => {
-                let _ = conn.write_all(REVOKED).await;
+            Err(why) => {
+                let _ = conn.write_all(why).await;
                 break;
             }
         };

@@ -176,7 +176,14 @@ impl Outbound {
         result.map(|_| ())
     }
 
-    /// Runs the queue until the process ends.
+    /// Delivery attempts running now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.lock().expect("queue lock").len()
+    }
+
+    /// Runs the queue until the process ends, or until the runtime drains: from then on no
+    /// new attempt starts, and those running end by themselves (a message whose attempt the
+    /// drain cuts short stays queued and is tried again after the restart).
     pub async fn run(self: Arc<Self>, runtime: Runtime) {
         crate::metrics::queue_depth(self.depth());
         let permits = Arc::new(Semaphore::new(PARALLEL_ATTEMPTS));
@@ -198,7 +205,12 @@ impl Outbound {
                 (due, next)
             };
             for id in due {
-                let Ok(permit) = permits.clone().acquire_owned().await else {
+                let permit = tokio::select! {
+                    biased;
+                    () = runtime.stopping() => return,
+                    permit = permits.clone().acquire_owned() => permit,
+                };
+                let Ok(permit) = permit else {
                     return;
                 };
                 self.in_flight
@@ -217,6 +229,7 @@ impl Outbound {
                 Duration::from_secs((at - now).clamp(1, 60) as u64)
             });
             tokio::select! {
+                () = runtime.stopping() => return,
                 () = self.wake.notified() => {}
                 () = tokio::time::sleep(sleep) => {}
             }

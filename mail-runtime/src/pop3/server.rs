@@ -62,6 +62,11 @@ impl Drop for Lock {
 const REVOKED: &[u8] =
     b"-ERR [AUTH] this account was suspended or removed, or the password used was changed or revoked\r\n";
 
+/// What a draining server tells a session waiting for a command (RFC 3206's SYS/TEMP: try
+/// again later); nothing marked for deletion is deleted.
+const SHUTTING_DOWN: &[u8] =
+    b"-ERR [SYS/TEMP] shutting down for a restart, please reconnect; nothing was deleted\r\n";
+
 async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io::Result<()> {
     let Accepted {
         mut conn,
@@ -98,24 +103,25 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
             .mailbox
             .clone()
             .map(|m| (m, lock.password_hash.clone()));
+        // Revoked or draining: nothing marked is deleted (the session never reaches UPDATE),
+        // and the maildrop's lock goes with it.
         let read = tokio::select! {
             biased;
-            () = runtime.revoked(login.as_ref().map(|(a, h)| (a.as_str(), h.as_str())), LoginProtocol::Pop3) => None,
-            read = runtime.read_idle(&mut conn, &mut buf, configured, stressable) => Some(read),
+            () = runtime.revoked(login.as_ref().map(|(a, h)| (a.as_str(), h.as_str())), LoginProtocol::Pop3) => Err(REVOKED),
+            () = runtime.stopping() => Err(SHUTTING_DOWN),
+            read = runtime.read_idle(&mut conn, &mut buf, configured, stressable) => Ok(read),
         };
         let n = match read {
-            Some(Some(Ok(0))) | Some(Some(Err(_))) => break,
-            Some(Some(Ok(n))) => n,
-            Some(None) => {
+            Ok(Some(Ok(0)) | Some(Err(_))) => break,
+            Ok(Some(Ok(n))) => n,
+            Ok(None) => {
                 let _ = conn
                     .write_all(b"-ERR autologout: idle for too long\r\n")
                     .await;
                 break;
             }
-            None => {
-                // Nothing marked is deleted: the session never reaches UPDATE, and the
-                // maildrop's lock goes with it.
-                let _ = conn.write_all(REVOKED).await;
+            Err(why) => {
+                let _ = conn.write_all(why).await;
                 break;
             }
         };

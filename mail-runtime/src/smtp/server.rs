@@ -67,26 +67,33 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
         // SMTP clients send without pause; under stress every session gets the short timeout.
         // A logged-in session learns of its mailbox's suspension within a second, silent or
         // in the middle of a message (which is then not delivered).
+        // A draining server lets a transaction in flight finish, and says 421 between them
+        // (RFC 5321 s3.8): the client sends the rest to another replica or retries later.
         let login = session.login();
+        let at_rest = session.at_rest();
         let read = tokio::select! {
             biased;
-            () = runtime.revoked(login.as_ref().map(|(a, h)| (a.as_str(), h.as_str())), LOGIN_PROTOCOL) => None,
-            read = runtime.read_idle(&mut conn, &mut buf, configured, true) => Some(read),
+            () = runtime.revoked(login.as_ref().map(|(a, h)| (a.as_str(), h.as_str())), LOGIN_PROTOCOL) => Err(Reply::new(
+                421,
+                "4.7.0",
+                "this account was suspended or removed, or the password used was changed or revoked",
+            )),
+            () = runtime.stopping(), if at_rest => Err(Reply::new(
+                421,
+                "4.3.2",
+                "shutting down for a restart, please try again",
+            )),
+            read = runtime.read_idle(&mut conn, &mut buf, configured, true) => Ok(read),
         };
         let n = match read {
-            Some(Some(Ok(0))) | Some(Some(Err(_))) => break,
-            Some(Some(Ok(n))) => n,
-            Some(None) => {
+            Ok(Some(Ok(0)) | Some(Err(_))) => break,
+            Ok(Some(Ok(n))) => n,
+            Ok(None) => {
                 let reply = Reply::new(421, "4.4.2", "timeout waiting for input, closing");
                 let _ = conn.write_all(&reply.to_bytes()).await;
                 break;
             }
-            None => {
-                let reply = Reply::new(
-                    421,
-                    "4.7.0",
-                    "this account was suspended or removed, or the password used was changed or revoked",
-                );
+            Err(reply) => {
                 let _ = conn.write_all(&reply.to_bytes()).await;
                 break;
             }

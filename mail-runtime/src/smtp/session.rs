@@ -248,6 +248,12 @@ impl Session {
         self.config = config;
     }
 
+    /// Whether the session is between transactions: no MAIL given (or its message answered),
+    /// no command half-received. A draining server may say 421 here and lose nothing.
+    pub fn at_rest(&self) -> bool {
+        self.txn.is_none() && matches!(self.state, State::Command) && self.buf.is_empty()
+    }
+
     /// Whether the session waits for the driver (handshake, login check, delivery).
     pub fn waiting(&self) -> bool {
         matches!(

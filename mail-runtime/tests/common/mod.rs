@@ -31,9 +31,15 @@ impl Dev {
 
     /// With these environment variables too (such as `SSL_CERT_FILE`: the CAs it trusts).
     pub fn start_with_env(data: &Path, env: &[(&str, &Path)]) -> Dev {
+        Dev::start_with(data, env, &[])
+    }
+
+    /// With these environment variables and further arguments of `mail-runtime dev`.
+    pub fn start_with(data: &Path, env: &[(&str, &Path)], args: &[&str]) -> Dev {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mail-runtime"))
             .args(["dev", "--base-port", "0", "--stop-on-eof", "--data"])
             .arg(data)
+            .args(args)
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
@@ -88,6 +94,23 @@ impl Dev {
             .find(|(a, _)| a == address)
             .map(|(_, p)| p.clone())
             .expect("a dev account")
+    }
+
+    /// SIGTERM, as the kubelet sends it to a pod that is to stop.
+    pub fn terminate(&self) {
+        run(Command::new("kill").args(["-TERM", &self.pid().to_string()]));
+    }
+
+    /// Waits up to `limit` for the process to exit by itself; its status, if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// SIGKILL, as a node failure or the OOM killer would.

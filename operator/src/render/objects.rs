@@ -7,10 +7,11 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy},
         core::v1::{
             Capabilities, Container, ContainerPort, EmptyDirVolumeSource, ExecAction, KeyToPath,
-            PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
-            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-            SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServiceAccount,
-            ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
+            Lifecycle, LifecycleHandler, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+            PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+            ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext,
+            Service, ServiceAccount, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
+            VolumeResourceRequirements,
         },
     },
     apimachinery::pkg::{
@@ -23,6 +24,15 @@ use kube::Resource;
 use kubemail_crds::{MailDomain, Protocol, RelayPolicy, mail_domain::RetentionPolicy};
 
 use super::{HTTP_PORT, Names, container_port, labels, paths, selector};
+
+/// How long the pod sleeps in preStop before the runtime gets SIGTERM: the endpoints
+/// controllers and kube-proxy take it out of the Service meanwhile.
+pub const PRE_STOP_SECONDS: i64 = 5;
+/// How long the runtime's drain may take after SIGTERM (`mail-runtime serve --drain-seconds`):
+/// SMTP transactions in flight finish, sessions are told to come back, deliveries end.
+pub const DRAIN_SECONDS: i64 = 40;
+/// The pod's grace period: the preStop sleep, the drain, and a margin before SIGKILL.
+pub const TERMINATION_GRACE_SECONDS: i64 = PRE_STOP_SECONDS + DRAIN_SECONDS + 15;
 
 /// The user and group the runtime runs as (the distroless "nonroot" user).
 pub const RUNTIME_UID: i64 = 65532;
@@ -355,8 +365,21 @@ pub fn deployment(
             "serve".into(),
             "--config".into(),
             paths::CONFIG_FILE.into(),
+            "--drain-seconds".into(),
+            DRAIN_SECONDS.to_string(),
         ]),
         ports: Some(ports),
+        // The pod leaves the Service's endpoints while it sleeps, so no new client is sent to
+        // it once SIGTERM closes its listeners.
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
         readiness_probe: Some(readiness),
         liveness_probe: liveness,
         resources: Some(resources),
@@ -445,7 +468,7 @@ pub fn deployment(
                 )
                 .collect(),
             ),
-            termination_grace_period_seconds: Some(30),
+            termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
             ..PodSpec::default()
         }),
     };
