@@ -799,8 +799,23 @@ pub struct Listener {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Storage {
-    /// The data directory (the PVC's mount point).
+    /// The data directory (the PVC's mount point; with `database`, the spool and the outbound
+    /// queue only).
     pub path: PathBuf,
+    /// Mail in PostgreSQL instead of Maildir under `path`: several replicas can serve one
+    /// database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseStorage>,
+}
+
+/// A PostgreSQL database holding the mail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DatabaseStorage {
+    /// A file holding the connection URI (`postgresql://user:password@host:port/db?...`, as
+    /// CloudNativePG's application Secret has it under `uri`): from a Secret, never in the
+    /// config itself.
+    pub uri_file: PathBuf,
 }
 
 /// Security switches.

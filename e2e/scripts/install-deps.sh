@@ -11,7 +11,7 @@ done
 
 # Debian packages the test suites use; the list grows with the protocol issues. prometheus is
 # there for promtool (the chart's alert rules are tested with it); its daemon is never started.
-PACKAGES=(ca-certificates git curl openssl python3 swaks fetchmail isync offlineimap3 dnsmasq-base postfix dovecot-imapd dovecot-pop3d dovecot-sieve clamav-daemon rspamd redis-server haproxy prometheus sieve-connect libio-socket-ssl-perl libnet-ssleay-perl libauthen-sasl-perl
+PACKAGES=(ca-certificates git curl openssl python3 swaks fetchmail isync offlineimap3 dnsmasq-base postfix dovecot-imapd dovecot-pop3d dovecot-sieve clamav-daemon rspamd redis-server haproxy postgresql prometheus sieve-connect libio-socket-ssl-perl libnet-ssleay-perl libauthen-sasl-perl
     # the test node: container runtime, networking, and the static pause program
     containerd runc containernetworking-plugins iptables conntrack socat iproute2 util-linux gcc libc6-dev)
 missing=()

@@ -33,6 +33,9 @@ pub struct DevOptions {
     pub stop_on_eof: bool,
     /// How long SIGTERM's drain may take at most.
     pub drain: std::time::Duration,
+    /// Mail in this PostgreSQL database instead of a Maildir under `data`. Every dev process
+    /// on one database serves the same demo accounts (kept in the database) and the same mail.
+    pub postgres: Option<String>,
 }
 
 /// The order of the dev ports after the base port.
@@ -60,7 +63,15 @@ pub async fn run(options: DevOptions) -> Result<()> {
     };
     std::fs::create_dir_all(&data)?;
     let config_path = data.join("runtime.yaml");
-    let (accounts, held) = write_dev_config(&data, &config_path, options.base_port)?;
+    let database = match &options.postgres {
+        Some(uri) => Some(DevDatabase {
+            uri: uri.clone(),
+            accounts: shared_accounts(uri, demo_accounts()).await?,
+        }),
+        None => None,
+    };
+    let (accounts, held) =
+        write_dev_config(&data, &config_path, options.base_port, database.as_ref())?;
     let config = load_file(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let runtime = Runtime::new(ConfigHandle::new(config))?;
     let bound = runtime.start_with(Some(config_path), held).await?;
@@ -111,6 +122,55 @@ async fn stdin_closed() {
 /// A dev account: address and password.
 type Account = (String, String);
 
+/// Dev mode on a database: its URI and the accounts every dev process on it serves.
+#[derive(Debug, Clone)]
+pub struct DevDatabase {
+    /// The connection URI.
+    pub uri: String,
+    /// The demo accounts, as the database has them.
+    pub accounts: Vec<Account>,
+}
+
+/// Two new demo accounts with random passwords.
+fn demo_accounts() -> Vec<Account> {
+    ["alice", "bob"]
+        .iter()
+        .map(|name| (format!("{name}@{DOMAIN}"), random_password()))
+        .collect()
+}
+
+/// The demo accounts a database's dev processes share: the first process's, which it leaves
+/// in the table `kubemail_dev_accounts` (dev mode only: a cluster's accounts are Mailboxes).
+async fn shared_accounts(uri: &str, proposed: Vec<Account>) -> Result<Vec<Account>> {
+    let (client, connection) = tokio_postgres::connect(uri, tokio_postgres::NoTls)
+        .await
+        .context("connecting to the dev database")?;
+    let connection = tokio::spawn(connection);
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS kubemail_dev_accounts \
+             (address text PRIMARY KEY, password text NOT NULL)",
+        )
+        .await?;
+    for (address, password) in &proposed {
+        client
+            .execute(
+                "INSERT INTO kubemail_dev_accounts VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[address, password],
+            )
+            .await?;
+    }
+    let rows = client
+        .query(
+            "SELECT address, password FROM kubemail_dev_accounts ORDER BY address",
+            &[],
+        )
+        .await?;
+    drop(client);
+    let _ = connection.await;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// Writes the dev config (and a self-signed certificate) into `data`; returns the accounts and,
 /// for base port 0, the sockets holding the chosen ports (the runtime serves them as they are).
 /// A config already there is kept (its accounts too), so a restarted dev runtime serves the
@@ -119,6 +179,7 @@ pub fn write_dev_config(
     data: &Path,
     path: &Path,
     base_port: u16,
+    database: Option<&DevDatabase>,
 ) -> Result<(Vec<Account>, Vec<std::net::TcpListener>)> {
     let accounts_file = data.join("dev-accounts.json");
     let cert = data.join("tls/tls.crt");
@@ -151,10 +212,18 @@ pub fn write_dev_config(
         &cert,
         &key,
     )?;
-    let accounts: Vec<(String, String)> = ["alice", "bob"]
-        .iter()
-        .map(|name| (format!("{name}@{DOMAIN}"), random_password()))
-        .collect();
+    let accounts = match database {
+        Some(db) => db.accounts.clone(),
+        None => demo_accounts(),
+    };
+    let database = match database {
+        Some(db) => {
+            let uri_file = data.join("database-uri");
+            write_private(&uri_file, db.uri.as_bytes())?;
+            Some(crate::config::DatabaseStorage { uri_file })
+        }
+        None => None,
+    };
     let mailboxes = accounts
         .iter()
         .map(|(address, password)| MailboxConfig {
@@ -237,6 +306,7 @@ pub fn write_dev_config(
         listeners,
         storage: Storage {
             path: data.to_path_buf(),
+            database,
         },
         security: Security::default(),
         advertised,
@@ -338,7 +408,7 @@ mod tests {
     fn the_accounts_config_and_tls_key_are_readable_by_their_owner_only() {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("runtime.yaml");
-        write_dev_config(dir.path(), &config, 42500).expect("dev config");
+        write_dev_config(dir.path(), &config, 42500, None).expect("dev config");
         for file in [
             dir.path().join("dev-accounts.json"),
             config.clone(),
@@ -361,7 +431,7 @@ mod tests {
             )
             .expect("chmod");
         }
-        write_dev_config(dir.path(), &config, 42500).expect("dev config again");
+        write_dev_config(dir.path(), &config, 42500, None).expect("dev config again");
         for file in ["dev-accounts.json", "runtime.yaml", "tls/tls.key"] {
             assert_eq!(
                 mode(&dir.path().join(file)),

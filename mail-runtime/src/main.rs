@@ -39,6 +39,10 @@ enum Command {
         /// After SIGTERM, how long sessions and deliveries in flight may take to end.
         #[arg(long, value_name = "SECONDS", default_value = "40", value_parser = parse_seconds)]
         drain_seconds: Duration,
+        /// Keep the mail in this PostgreSQL database (a connection URI) instead of a Maildir
+        /// under --data; dev processes on one database serve the same accounts and mail.
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
     },
     /// Speak a protocol as a client would; one JSON line; exit 0 when healthy.
     Probe {
@@ -135,12 +139,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             base_port,
             stop_on_eof,
             drain_seconds,
+            postgres,
         } => {
             let options = dev::DevOptions {
                 data,
                 base_port,
                 stop_on_eof,
                 drain: drain_seconds,
+                postgres,
             };
             serve_and_stop(async move {
                 dev::run(options).await?;

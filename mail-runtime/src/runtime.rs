@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use crate::{
     auth::AuthLimiter,
     config::{ConfigHandle, Listener, ListenerProtocol},
-    store::{Store, maildir::Maildir},
+    store::{Store, maildir::Maildir, postgres::Postgres},
     tls::TlsHandle,
 };
 
@@ -235,13 +235,25 @@ impl Runtime {
     /// Opens the store and loads TLS for a config.
     pub fn new(config: ConfigHandle) -> Result<Self> {
         let current = config.get();
-        let store =
-            Maildir::open(&current.raw.storage.path, &current.raw.hostname).with_context(|| {
-                format!(
-                    "opening the store at {}",
-                    current.raw.storage.path.display()
+        let storage = &current.raw.storage;
+        let store: Arc<dyn Store> = match &storage.database {
+            Some(database) => {
+                let uri = std::fs::read_to_string(&database.uri_file).with_context(|| {
+                    format!(
+                        "reading the database URI from {}",
+                        database.uri_file.display()
+                    )
+                })?;
+                Arc::new(
+                    Postgres::open(uri.trim(), &storage.path.join("spool"))
+                        .context("opening the mail database")?,
                 )
-            })?;
+            }
+            None => Arc::new(
+                Maildir::open(&storage.path, &current.raw.hostname)
+                    .with_context(|| format!("opening the store at {}", storage.path.display()))?,
+            ),
+        };
         let outbound = crate::outbound::Outbound::open(&current.raw.storage.path)
             .context("opening the outbound queue")?;
         let tls = TlsHandle::default();
@@ -252,7 +264,7 @@ impl Runtime {
         }
         Ok(Self {
             config,
-            store: Arc::new(store),
+            store,
             tls,
             auth_limiter: Arc::new(AuthLimiter::new()),
             pop3_locks: Arc::new(Mutex::new(std::collections::HashSet::new())),

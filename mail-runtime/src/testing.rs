@@ -63,6 +63,7 @@ pub fn config(
         }],
         storage: Storage {
             path: tmp.to_path_buf(),
+            database: None,
         },
         security: Security::default(),
         advertised: Default::default(),

@@ -151,6 +151,10 @@ pub(super) fn store_failure(err: &StoreError) -> Refused {
         StoreError::FolderExists(f) => format!("[ALREADYEXISTS] folder {f:?} already exists"),
         StoreError::InvalidName(f) => format!("[CANNOT] invalid folder name {f:?}"),
         StoreError::NotAllowed(why) => format!("[CANNOT] {why}"),
+        StoreError::Unavailable(err) => {
+            tracing::warn!(error = %err, "IMAP: the mail database is unavailable");
+            "[UNAVAILABLE] the mail store is unavailable, try again later".into()
+        }
         StoreError::Io(err) => {
             // The client sees a code; the operator needs the cause.
             tracing::error!(error = %err, "IMAP storage error");

@@ -10,6 +10,7 @@
 //! file and directory), readable by any Maildir tool for migration and backup. A message is
 //! durable when `deliver` returns; only then does SMTP answer 250.
 pub mod maildir;
+pub mod postgres;
 
 use std::{
     fs::File,
@@ -155,6 +156,10 @@ pub enum StoreError {
     /// The operation is not allowed on this folder (deleting INBOX).
     #[error("{0}")]
     NotAllowed(&'static str),
+    /// The database cannot be reached or refused the work: a temporary failure, nothing was
+    /// changed (each change is one transaction).
+    #[error("mail database unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl StoreError {

@@ -335,3 +335,138 @@ pub fn haproxy(dir: &Path, config: &str, listening: &[std::net::SocketAddr]) -> 
     }
     proxy
 }
+
+/// A PostgreSQL server from Debian's package, on a free loopback port with a data directory of
+/// its own (run as the `postgres` user when the tests run as root: PostgreSQL refuses root).
+/// Stopped when dropped. Its login is `kubemail` with a password.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+}
+
+pub const POSTGRES_PASSWORD: &str = "s3cret-for-tests";
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL from Debian's package (apt-get install postgresql)")
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("initdb").exists())
+            .max()
+            .expect("an initdb under /usr/lib/postgresql");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("pw"), POSTGRES_PASSWORD).expect("password file");
+        if is_root() {
+            run(Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path()));
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let pg = Postgres { dir, bin, port };
+        let data = pg.data();
+        pg.as_postgres(
+            Command::new(pg.bin.join("initdb"))
+                .args([
+                    "-U",
+                    "kubemail",
+                    "--auth=scram-sha-256",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                ])
+                .arg(format!("--pwfile={}", pg.dir.path().join("pw").display()))
+                .arg("-D")
+                .arg(&data),
+        );
+        pg.ctl("start");
+        pg
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Runs a PostgreSQL program as the `postgres` user when root.
+    fn as_postgres(&self, cmd: &mut Command) -> String {
+        if is_root() {
+            let program = cmd.get_program().to_owned();
+            let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+            run(Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(program)
+                .args(args))
+        } else {
+            run(cmd)
+        }
+    }
+
+    /// `pg_ctl start`, `stop` or `restart`, waiting for it.
+    pub fn ctl(&self, action: &str) {
+        let socket_dir = self.dir.path().to_string_lossy().to_string();
+        self.as_postgres(
+            Command::new(self.bin.join("pg_ctl"))
+                .args(["-w", "-t", "30", "-m", "fast", "-D"])
+                .arg(self.data())
+                .arg("-l")
+                .arg(self.dir.path().join("log"))
+                .args([
+                    "-o",
+                    &format!(
+                        "-p {} -c listen_addresses=127.0.0.1 -k {socket_dir}",
+                        self.port
+                    ),
+                ])
+                .arg(action),
+        );
+    }
+
+    /// The connection URI a runtime is given.
+    pub fn uri(&self) -> String {
+        format!(
+            "postgresql://kubemail:{POSTGRES_PASSWORD}@127.0.0.1:{}/postgres",
+            self.port
+        )
+    }
+
+    /// Runs SQL with psql; its output (unaligned, tuples only).
+    pub fn psql(&self, sql: &str) -> String {
+        run(Command::new("psql")
+            .env("PGPASSWORD", POSTGRES_PASSWORD)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "kubemail",
+                "-d",
+                "postgres",
+                "-At",
+                "-p",
+            ])
+            .arg(self.port.to_string())
+            .args(["-c", sql]))
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.as_postgres(
+                Command::new(self.bin.join("pg_ctl"))
+                    .args(["-w", "-m", "immediate", "-D"])
+                    .arg(self.data())
+                    .arg("stop"),
+            )
+        }));
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}

@@ -172,6 +172,7 @@ pub fn runtime_config(
         listeners,
         storage: Storage {
             path: paths::DATA_DIR.into(),
+            database: None,
         },
         security: Security {
             // Only where the runtime uses them: a list without PROXY listeners would mislead.

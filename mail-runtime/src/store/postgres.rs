@@ -1,0 +1,1528 @@
+//! The PostgreSQL store: several runtime processes on one database behave as one server.
+//!
+//! ```text
+//!   folders   (mailbox, name) -> uid_validity, uid_next, highest_modseq, keywords
+//!   messages  (folder, uid)   -> modseq, flags, internal_date, size, recent, blob
+//!   blobs     id              -> the message's bytes (shared by its copies)
+//! ```
+//!
+//! Every change is one transaction that locks its folder's row (`FOR UPDATE`) before it hands
+//! out UIDs and mod-sequences, so two replicas never give out one UID twice, nor out of order;
+//! `\Recent` is claimed by one `UPDATE ... RETURNING`. Each change also sends
+//! `NOTIFY kubemail_changes, '<mailbox>'` (delivered at commit), which every replica LISTENs
+//! to: its sessions on that mailbox look again, IDLE included. A database that cannot be
+//! reached is [`StoreError::Unavailable`]: a temporary failure, and nothing half-done, since a
+//! transaction that does not commit leaves nothing.
+//!
+//! The calls of [`Store`] block; their work runs on this store's own small tokio runtime and
+//! the caller waits for the answer, so they may be made from any thread.
+use std::{
+    collections::HashMap,
+    fs,
+    future::Future,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::watch;
+use tokio_postgres::{AsyncMessage, NoTls, Transaction};
+
+use super::{
+    FlagChange, FlagsSet, FolderIndex, INBOX, MAX_KEYWORDS, MessageMeta, Placement, SieveScripts,
+    SpoolWriter, SpooledMessage, Store, StoreError, Usage, keyword_letter, unix_nanos,
+};
+
+/// The schema this build reads and writes. A database at a higher version was written by a
+/// newer runtime: this one refuses to start on it rather than misread it.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Connections at most, per process.
+pub const POOL_SIZE: usize = 16;
+
+/// The channel every replica listens on; the payload is the mailbox that changed.
+const CHANNEL: &str = "kubemail_changes";
+
+/// The key of the advisory lock that one starting replica holds while it migrates.
+const MIGRATION_LOCK: i64 = 0x6b75_6265_6d61_696c;
+
+/// Each version's schema change, in order: `MIGRATIONS[n]` takes the schema from n to n + 1.
+const MIGRATIONS: [&str; 1] = [r#"
+CREATE SEQUENCE kubemail_uidvalidity;
+SELECT setval('kubemail_uidvalidity', greatest(1, extract(epoch FROM now())::bigint));
+CREATE TABLE kubemail_mailboxes (
+    address text PRIMARY KEY,
+    defaults_made boolean NOT NULL DEFAULT false,
+    sieve_active text
+);
+CREATE TABLE kubemail_folders (
+    id bigserial PRIMARY KEY,
+    mailbox text NOT NULL,
+    name text NOT NULL,
+    uid_validity bigint NOT NULL,
+    uid_next bigint NOT NULL DEFAULT 1,
+    highest_modseq bigint NOT NULL DEFAULT 1,
+    keywords text[] NOT NULL DEFAULT '{}',
+    UNIQUE (mailbox, name)
+);
+CREATE TABLE kubemail_blobs (
+    id bigserial PRIMARY KEY,
+    body bytea NOT NULL,
+    header_len integer NOT NULL
+);
+CREATE TABLE kubemail_messages (
+    folder_id bigint NOT NULL REFERENCES kubemail_folders ON DELETE CASCADE,
+    uid bigint NOT NULL,
+    modseq bigint NOT NULL,
+    flags text NOT NULL,
+    internal_date bigint NOT NULL,
+    size bigint NOT NULL,
+    recent boolean NOT NULL,
+    blob_id bigint NOT NULL REFERENCES kubemail_blobs,
+    PRIMARY KEY (folder_id, uid)
+);
+CREATE INDEX kubemail_messages_blob ON kubemail_messages (blob_id);
+CREATE TABLE kubemail_subscriptions (
+    mailbox text NOT NULL,
+    name text NOT NULL,
+    PRIMARY KEY (mailbox, name)
+);
+CREATE TABLE kubemail_sieve_scripts (
+    mailbox text NOT NULL,
+    name text NOT NULL,
+    body text NOT NULL,
+    PRIMARY KEY (mailbox, name)
+);
+CREATE TABLE kubemail_vacation (
+    mailbox text NOT NULL,
+    key text NOT NULL,
+    until bigint NOT NULL,
+    PRIMARY KEY (mailbox, key)
+);
+"#];
+
+/// The PostgreSQL store (see the module's documentation).
+#[derive(Clone)]
+pub struct Postgres {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    /// The store's own runtime, where the database work runs.
+    handle: tokio::runtime::Handle,
+    /// Where messages being received are spooled before they go into the database.
+    spool: PathBuf,
+    watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres")
+            .field("spool", &self.inner.spool)
+            .field("pool", &self.inner.pool.status())
+            .finish()
+    }
+}
+
+/// What the database says about itself, for the status and the logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// The schema version the database holds.
+    pub schema: i32,
+}
+
+fn unavailable(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+fn db(err: tokio_postgres::Error) -> StoreError {
+    // The database's own words (a refused login, a missing database) say more than "db error".
+    match err.as_db_error() {
+        Some(e) => StoreError::Unavailable(format!("{}: {}", e.code().code(), e.message())),
+        None => unavailable(err),
+    }
+}
+
+/// One transaction on a connection of the pool: `$body` runs with `$tx` bound to it (a `?`
+/// in it rolls back), then each of `$mailboxes` is NOTIFYed and the transaction commits. Its
+/// value is the body's.
+macro_rules! transaction {
+    ($inner:expr, $tx:ident, $mailboxes:expr, $body:block) => {{
+        let mut client = $inner.pool.get().await.map_err(unavailable)?;
+        let $tx = client.transaction().await.map_err(db)?;
+        let value = $body;
+        for mailbox in $mailboxes {
+            notify(&$tx, mailbox).await?;
+        }
+        $tx.commit().await.map_err(db)?;
+        value
+    }};
+}
+
+/// INBOX in any case is one folder.
+fn folder_key(folder: &str) -> String {
+    if folder.eq_ignore_ascii_case(INBOX) {
+        INBOX.to_string()
+    } else {
+        folder.to_string()
+    }
+}
+
+/// A folder name the store takes: not empty, no NUL, no empty level.
+fn checked(folder: &str) -> Result<String, StoreError> {
+    if folder.is_empty()
+        || folder.contains('\0')
+        || folder.starts_with('/')
+        || folder.ends_with('/')
+        || folder.contains("//")
+        || folder.len() > 1024
+    {
+        return Err(StoreError::InvalidName(folder.into()));
+    }
+    Ok(folder_key(folder))
+}
+
+/// Where a message's header ends: after its first empty line, or the whole message.
+fn header_len(body: &[u8]) -> i32 {
+    let end = body
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|i| i + 2)
+        .into_iter()
+        .chain(
+            body.windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|i| i + 4),
+        )
+        .min()
+        .unwrap_or(body.len());
+    i32::try_from(end).unwrap_or(i32::MAX)
+}
+
+fn now_secs() -> i64 {
+    (unix_nanos() / 1_000_000_000) as i64
+}
+
+/// A folder's row, locked or not.
+struct Folder {
+    id: i64,
+    validity: u32,
+    uid_next: i64,
+    highest_modseq: i64,
+    keywords: Vec<String>,
+}
+
+async fn folder_row(
+    tx: &Transaction<'_>,
+    mailbox: &str,
+    name: &str,
+    lock: bool,
+) -> Result<Option<Folder>, StoreError> {
+    let sql = if lock {
+        "SELECT id, uid_validity, uid_next, highest_modseq, keywords FROM kubemail_folders \
+         WHERE mailbox = $1 AND name = $2 FOR UPDATE"
+    } else {
+        "SELECT id, uid_validity, uid_next, highest_modseq, keywords FROM kubemail_folders \
+         WHERE mailbox = $1 AND name = $2"
+    };
+    let row = tx.query_opt(sql, &[&mailbox, &name]).await.map_err(db)?;
+    Ok(row.map(|r| Folder {
+        id: r.get(0),
+        validity: u32::try_from(r.get::<_, i64>(1)).unwrap_or(u32::MAX),
+        uid_next: r.get(2),
+        highest_modseq: r.get(3),
+        keywords: r.get(4),
+    }))
+}
+
+/// The folder, which must exist (INBOX always does: it is made here when missing).
+async fn existing(
+    tx: &Transaction<'_>,
+    mailbox: &str,
+    name: &str,
+    lock: bool,
+) -> Result<Folder, StoreError> {
+    if name == INBOX {
+        make_folder(tx, mailbox, INBOX).await?;
+    }
+    folder_row(tx, mailbox, name, lock)
+        .await?
+        .ok_or_else(|| StoreError::NoSuchFolder(name.into()))
+}
+
+/// Makes a folder with a new UIDVALIDITY (from one sequence for the whole database: a folder
+/// made again never gets its old value back). False when it was there already.
+async fn make_folder(tx: &Transaction<'_>, mailbox: &str, name: &str) -> Result<bool, StoreError> {
+    let made = tx
+        .query_opt(
+            "INSERT INTO kubemail_folders (mailbox, name, uid_validity) \
+             VALUES ($1, $2, nextval('kubemail_uidvalidity')) \
+             ON CONFLICT (mailbox, name) DO NOTHING RETURNING id",
+            &[&mailbox, &name],
+        )
+        .await
+        .map_err(db)?;
+    Ok(made.is_some())
+}
+
+async fn notify(tx: &Transaction<'_>, mailbox: &str) -> Result<(), StoreError> {
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &mailbox])
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+/// Hands out `count` UIDs and one mod-sequence in a locked folder; returns the first UID and
+/// the mod-sequence.
+async fn allocate(
+    tx: &Transaction<'_>,
+    folder: &Folder,
+    count: i64,
+) -> Result<(i64, i64), StoreError> {
+    if folder.uid_next + count > i64::from(u32::MAX) {
+        return Err(StoreError::NotAllowed("the folder has used up its UIDs"));
+    }
+    let modseq = folder.highest_modseq + 1;
+    tx.execute(
+        "UPDATE kubemail_folders SET uid_next = uid_next + $2, highest_modseq = $3 WHERE id = $1",
+        &[&folder.id, &count, &modseq],
+    )
+    .await
+    .map_err(db)?;
+    Ok((folder.uid_next, modseq))
+}
+
+async fn bump_modseq(tx: &Transaction<'_>, folder: &Folder) -> Result<i64, StoreError> {
+    let modseq = folder.highest_modseq + 1;
+    tx.execute(
+        "UPDATE kubemail_folders SET highest_modseq = $2 WHERE id = $1",
+        &[&folder.id, &modseq],
+    )
+    .await
+    .map_err(db)?;
+    Ok(modseq)
+}
+
+async fn insert_blob(tx: &Transaction<'_>, body: &[u8]) -> Result<i64, StoreError> {
+    let row = tx
+        .query_one(
+            "INSERT INTO kubemail_blobs (body, header_len) VALUES ($1, $2) RETURNING id",
+            &[&body, &header_len(body)],
+        )
+        .await
+        .map_err(db)?;
+    Ok(row.get(0))
+}
+
+/// One new message row.
+struct NewRow<'a> {
+    folder: i64,
+    uid: i64,
+    modseq: i64,
+    flags: &'a str,
+    internal_date: i64,
+    size: i64,
+    blob: i64,
+}
+
+async fn insert_message(tx: &Transaction<'_>, row: NewRow<'_>) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO kubemail_messages \
+         (folder_id, uid, modseq, flags, internal_date, size, recent, blob_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, true, $7)",
+        &[
+            &row.folder,
+            &row.uid,
+            &row.modseq,
+            &row.flags,
+            &row.internal_date,
+            &row.size,
+            &row.blob,
+        ],
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// The letters of `names` in a locked folder, adding new ones to its table (in the same
+/// transaction). Keywords compare without regard to case and keep their first spelling.
+async fn letters_for(
+    tx: &Transaction<'_>,
+    folder: &mut Folder,
+    names: &[String],
+) -> Result<String, StoreError> {
+    let mut letters = String::new();
+    let mut grown = false;
+    for name in names {
+        let index = match folder
+            .keywords
+            .iter()
+            .position(|k| k.eq_ignore_ascii_case(name))
+        {
+            Some(i) => i,
+            None => {
+                if folder.keywords.len() >= MAX_KEYWORDS {
+                    return Err(StoreError::NotAllowed(
+                        "this folder has all the keywords it can hold",
+                    ));
+                }
+                folder.keywords.push(name.clone());
+                grown = true;
+                folder.keywords.len() - 1
+            }
+        };
+        letters.extend(keyword_letter(index));
+    }
+    if grown {
+        tx.execute(
+            "UPDATE kubemail_folders SET keywords = $2 WHERE id = $1",
+            &[&folder.id, &folder.keywords],
+        )
+        .await
+        .map_err(db)?;
+    }
+    Ok(letters)
+}
+
+/// Removes the blobs no message points to any more. Run after the commit that freed them; a
+/// blob a concurrent copy just took is kept by the foreign key (that statement then fails and
+/// leaves it for the next sweep).
+async fn sweep_blobs(pool: &Pool, blobs: Vec<i64>) {
+    if blobs.is_empty() {
+        return;
+    }
+    let Ok(client) = pool.get().await else {
+        return;
+    };
+    let swept = client
+        .execute(
+            "DELETE FROM kubemail_blobs b WHERE b.id = ANY($1) \
+             AND NOT EXISTS (SELECT 1 FROM kubemail_messages m WHERE m.blob_id = b.id)",
+            &[&blobs],
+        )
+        .await;
+    if let Err(err) = swept {
+        tracing::debug!(error = %err, "blob sweep left for later");
+    }
+}
+
+impl Postgres {
+    /// Connects to the database at `url` (a libpq URI or key=value string; several hosts with
+    /// `target_session_attrs=read-write` follow a promoted standby), applies the schema's
+    /// migrations (one replica at a time), and starts listening for other replicas' changes.
+    /// `spool` is a local directory for messages being received.
+    pub fn open(url: &str, spool: &Path) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Unavailable(format!("the database URI: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        config.keepalives_idle(Duration::from_secs(30));
+        config.application_name("kubemail mail-runtime");
+        fs::create_dir_all(spool).map_err(StoreError::from_io)?;
+        let handle = store_runtime()?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(unavailable)?;
+        let store = Self {
+            inner: Arc::new(Inner {
+                pool,
+                handle,
+                spool: spool.to_path_buf(),
+                watchers: Mutex::new(HashMap::new()),
+            }),
+        };
+        store.run(|inner| async move { migrate(&inner.pool).await })?;
+        let inner = store.inner.clone();
+        store.inner.handle.spawn(listen(config, inner));
+        Ok(store)
+    }
+
+    /// The schema version, read from the database (an error when it cannot be reached).
+    pub fn health(&self) -> Result<Health, StoreError> {
+        self.run(|inner| async move {
+            let client = inner.pool.get().await.map_err(unavailable)?;
+            let row = client
+                .query_one("SELECT max(version) FROM kubemail_schema", &[])
+                .await
+                .map_err(db)?;
+            Ok(Health {
+                schema: row.get::<_, Option<i32>>(0).unwrap_or(0),
+            })
+        })
+    }
+
+    /// Runs `work` on the store's runtime and waits for it.
+    fn run<T, F>(&self, work: impl FnOnce(Arc<Inner>) -> F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let future = work(self.inner.clone());
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.inner.handle.spawn(async move {
+            let _ = tx.send(future.await);
+        });
+        rx.recv()
+            .unwrap_or_else(|_| Err(unavailable("the database worker stopped")))
+    }
+
+    /// Tells this process's sessions watching these mailboxes to look again (other
+    /// processes hear the transaction's NOTIFY).
+    fn told(&self, mailboxes: &[&str]) {
+        for mailbox in mailboxes {
+            bump(&self.inner, mailbox);
+        }
+    }
+}
+
+/// Tells the sessions of this process watching `mailbox` to look again.
+fn bump(inner: &Inner, mailbox: &str) {
+    if let Some(tx) = inner.watchers.lock().expect("watchers").get(mailbox) {
+        tx.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// The store's runtime: two threads of its own, alive as long as the process.
+fn store_runtime() -> Result<tokio::runtime::Handle, StoreError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("kubemail-postgres".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("kubemail-postgres-worker")
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => {
+                    let _ = tx.send(Ok(runtime.handle().clone()));
+                    runtime.block_on(std::future::pending::<()>());
+                }
+                Err(err) => {
+                    let _ = tx.send(Err(err));
+                }
+            }
+        })
+        .map_err(StoreError::from_io)?;
+    rx.recv()
+        .map_err(|_| unavailable("the database worker did not start"))?
+        .map_err(StoreError::from_io)
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`], under an advisory lock so replicas starting at once
+/// migrate one after the other (the later ones find nothing left to do).
+async fn migrate(pool: &Pool) -> Result<(), StoreError> {
+    let mut client = pool.get().await.map_err(unavailable)?;
+    let tx = client.transaction().await.map_err(db)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(db)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS kubemail_schema (version integer PRIMARY KEY, applied timestamptz NOT NULL DEFAULT now())")
+        .await
+        .map_err(db)?;
+    let current: i32 = tx
+        .query_one("SELECT coalesce(max(version), 0) FROM kubemail_schema", &[])
+        .await
+        .map_err(db)?
+        .get(0);
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::Unavailable(format!(
+            "the database's schema is version {current}, newer than this runtime's {SCHEMA_VERSION}: upgrade the runtime"
+        )));
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        tx.batch_execute(sql).await.map_err(db)?;
+        let to = from as i32 + 1;
+        tx.execute("INSERT INTO kubemail_schema (version) VALUES ($1)", &[&to])
+            .await
+            .map_err(db)?;
+        tracing::info!(version = to, "database schema migrated");
+    }
+    tx.commit().await.map_err(db)
+}
+
+/// LISTENs for changes on a connection of its own, for as long as the process lives; tells
+/// this process's sessions. When the connection drops, every session is told to look again
+/// (it may have missed a change meanwhile), and it connects again after a second.
+async fn listen(config: tokio_postgres::Config, inner: Arc<Inner>) {
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let pump = tokio::spawn(async move {
+                    while let Some(message) =
+                        std::future::poll_fn(|cx| connection.poll_message(cx)).await
+                    {
+                        match message {
+                            Ok(AsyncMessage::Notification(n)) => {
+                                if tx.send(n.payload().to_string()).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(err) => {
+                                tracing::warn!(error = %err, "the database connection LISTENing for changes ended");
+                                return;
+                            }
+                        }
+                    }
+                });
+                if let Err(err) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+                    tracing::warn!(error = %err, "LISTEN failed");
+                } else {
+                    // Changes made while no connection listened: everyone looks again.
+                    bump_all(&inner);
+                    while let Some(mailbox) = rx.recv().await {
+                        bump(&inner, &mailbox);
+                    }
+                }
+                pump.abort();
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot connect to LISTEN for changes"),
+        }
+        bump_all(&inner);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn bump_all(inner: &Inner) {
+    for tx in inner.watchers.lock().expect("watchers").values() {
+        tx.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+async fn client(inner: &Inner) -> Result<deadpool_postgres::Object, StoreError> {
+    inner.pool.get().await.map_err(unavailable)
+}
+
+/// The bytes of a spooled message; the spool file is removed whatever happens.
+fn take_spooled(message: SpooledMessage) -> Result<Vec<u8>, StoreError> {
+    let body = fs::read(&message.path).map_err(StoreError::from_io);
+    let _ = fs::remove_file(&message.path);
+    body
+}
+
+fn as_u32(n: i64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn as_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or_default()
+}
+
+fn uids_of(messages: &[MessageMeta]) -> Vec<i64> {
+    messages.iter().map(|m| i64::from(m.uid)).collect()
+}
+
+impl Postgres {
+    /// A message's bytes, or its header only.
+    fn body(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uid: u32,
+        header_only: bool,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let (mailbox, folder) = (mailbox.to_string(), checked(folder)?);
+        let sql = if header_only {
+            "SELECT substring(b.body FROM 1 FOR b.header_len) "
+        } else {
+            "SELECT b.body "
+        }
+        .to_string()
+            + "FROM kubemail_messages m JOIN kubemail_folders f ON f.id = m.folder_id \
+               JOIN kubemail_blobs b ON b.id = m.blob_id \
+               WHERE f.mailbox = $1 AND f.name = $2 AND m.uid = $3";
+        self.run(move |inner| async move {
+            let row = client(&inner)
+                .await?
+                .query_opt(&sql, &[&mailbox, &folder, &i64::from(uid)])
+                .await
+                .map_err(db)?;
+            Ok(row.map(|r| r.get::<_, Vec<u8>>(0)))
+        })
+    }
+
+    /// Removes messages (those flagged `\Deleted` now, with `only_deleted`); the UIDs removed.
+    fn remove(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        messages: &[MessageMeta],
+        only_deleted: bool,
+    ) -> Result<Vec<u32>, StoreError> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (mailbox, folder) = (mailbox.to_string(), checked(folder)?);
+        let uids = uids_of(messages);
+        let told = mailbox.clone();
+        let removed = self.run(move |inner| async move {
+            let (removed, blobs) = transaction!(inner, tx, [&mailbox], {
+                let Some(f) = folder_row(&tx, &mailbox, &folder, true).await? else {
+                    return Ok(Vec::new());
+                };
+                let rows = tx
+                    .query(
+                        "DELETE FROM kubemail_messages WHERE folder_id = $1 AND uid = ANY($2) \
+                         AND (NOT $3 OR strpos(flags, 'T') > 0) RETURNING uid, blob_id",
+                        &[&f.id, &uids, &only_deleted],
+                    )
+                    .await
+                    .map_err(db)?;
+                if !rows.is_empty() {
+                    bump_modseq(&tx, &f).await?;
+                }
+                let mut removed: Vec<u32> = rows.iter().map(|r| as_u32(r.get(0))).collect();
+                removed.sort_unstable();
+                let blobs: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
+                (removed, blobs)
+            });
+            sweep_blobs(&inner.pool, blobs).await;
+            Ok(removed)
+        })?;
+        self.told(&[&told]);
+        Ok(removed)
+    }
+}
+
+impl Store for Postgres {
+    fn spool(&self) -> Result<SpoolWriter, StoreError> {
+        SpoolWriter::create(&self.inner.spool)
+    }
+
+    fn deliver(&self, message: SpooledMessage, mailboxes: &[String]) -> Result<(), StoreError> {
+        let placements: Vec<Placement> = mailboxes
+            .iter()
+            .map(|m| Placement {
+                mailbox: m.clone(),
+                folder: INBOX.to_string(),
+                flags: String::new(),
+            })
+            .collect();
+        self.deliver_to(message, &placements)
+    }
+
+    fn deliver_to(
+        &self,
+        message: SpooledMessage,
+        placements: &[Placement],
+    ) -> Result<(), StoreError> {
+        let body = take_spooled(message)?;
+        // Folders are locked in one order by everyone, so two deliveries to the same
+        // mailboxes cannot each wait for the other.
+        let mut placements = placements
+            .iter()
+            .map(|p| Ok((p.mailbox.clone(), checked(&p.folder)?, p.flags.clone())))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        placements.sort();
+        let mut mailboxes: Vec<String> = placements.iter().map(|p| p.0.clone()).collect();
+        mailboxes.dedup();
+        let told = mailboxes.clone();
+        let now = now_secs();
+        self.run(move |inner| async move {
+            transaction!(inner, tx, &mailboxes, {
+                let blob = insert_blob(&tx, &body).await?;
+                let size = body.len() as i64;
+                for (mailbox, name, flags) in &placements {
+                    let f = existing(&tx, mailbox, name, true).await?;
+                    let (uid, modseq) = allocate(&tx, &f, 1).await?;
+                    insert_message(
+                        &tx,
+                        NewRow {
+                            folder: f.id,
+                            uid,
+                            modseq,
+                            flags,
+                            internal_date: now,
+                            size,
+                            blob,
+                        },
+                    )
+                    .await?;
+                }
+            });
+            Ok(())
+        })?;
+        self.told(&told.iter().map(String::as_str).collect::<Vec<_>>());
+        Ok(())
+    }
+
+    fn usage(&self, mailbox: &str) -> Result<Usage, StoreError> {
+        let mailbox = mailbox.to_string();
+        self.run(move |inner| async move {
+            let row = client(&inner)
+                .await?
+                .query_one(
+                    "SELECT coalesce(sum(m.size), 0)::bigint, count(*) FROM kubemail_messages m \
+                     JOIN kubemail_folders f ON f.id = m.folder_id WHERE f.mailbox = $1",
+                    &[&mailbox],
+                )
+                .await
+                .map_err(db)?;
+            Ok(Usage {
+                bytes: as_u64(row.get(0)),
+                messages: as_u64(row.get(1)),
+            })
+        })
+    }
+
+    fn index(&self, mailbox: &str, folder: &str) -> Result<FolderIndex, StoreError> {
+        let (mailbox, folder) = (mailbox.to_string(), checked(folder)?);
+        self.run(move |inner| async move {
+            let mut client = client(&inner).await?;
+            // The folder's row and its messages from one snapshot.
+            let tx = client
+                .build_transaction()
+                .read_only(true)
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .start()
+                .await
+                .map_err(db)?;
+            let Some(f) = folder_row(&tx, &mailbox, &folder, false).await? else {
+                if folder == INBOX {
+                    return Ok(FolderIndex {
+                        uid_validity: 0,
+                        uid_next: 1,
+                        messages: Vec::new(),
+                        keywords: Vec::new(),
+                        highest_modseq: 1,
+                    });
+                }
+                return Err(StoreError::NoSuchFolder(folder));
+            };
+            let rows = tx
+                .query(
+                    "SELECT uid, size, flags, internal_date, modseq, recent \
+                     FROM kubemail_messages WHERE folder_id = $1 ORDER BY uid",
+                    &[&f.id],
+                )
+                .await
+                .map_err(db)?;
+            let messages = rows
+                .iter()
+                .map(|r| {
+                    let uid = as_u32(r.get(0));
+                    MessageMeta {
+                        uid,
+                        size: as_u64(r.get(1)),
+                        flags: r.get(2),
+                        internal_date: r.get(3),
+                        file_name: uid.to_string(),
+                        modseq: as_u64(r.get(4)),
+                        in_new: r.get(5),
+                    }
+                })
+                .collect();
+            tx.commit().await.map_err(db)?;
+            Ok(FolderIndex {
+                uid_validity: f.validity,
+                uid_next: as_u32(f.uid_next),
+                messages,
+                keywords: f.keywords,
+                highest_modseq: as_u64(f.highest_modseq),
+            })
+        })
+    }
+
+    fn read(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        message: &MessageMeta,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.body(mailbox, folder, message.uid, false)
+    }
+
+    fn read_header(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        message: &MessageMeta,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.body(mailbox, folder, message.uid, true)
+    }
+
+    fn read_message(&self, mailbox: &str, uid: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.body(mailbox, INBOX, uid, false)
+    }
+
+    fn expunge(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        messages: &[MessageMeta],
+    ) -> Result<(), StoreError> {
+        self.remove(mailbox, folder, messages, false).map(|_| ())
+    }
+
+    fn keyword_letters(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        names: &[String],
+    ) -> Result<String, StoreError> {
+        let (mailbox, folder) = (mailbox.to_string(), checked(folder)?);
+        let names = names.to_vec();
+        self.run(move |inner| async move {
+            Ok(transaction!(inner, tx, &[] as &[&str], {
+                let mut f = existing(&tx, &mailbox, &folder, true).await?;
+                letters_for(&tx, &mut f, &names).await?
+            }))
+        })
+    }
+
+    fn expunge_deleted(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        messages: &[MessageMeta],
+    ) -> Result<Vec<u32>, StoreError> {
+        self.remove(mailbox, folder, messages, true)
+    }
+
+    fn append(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        message: SpooledMessage,
+        flags: &str,
+        internal_date: Option<i64>,
+    ) -> Result<(u32, u32), StoreError> {
+        let body = take_spooled(message)?;
+        let (mailbox, folder, flags) = (mailbox.to_string(), checked(folder)?, flags.to_string());
+        let told = mailbox.clone();
+        let date = internal_date.unwrap_or_else(now_secs);
+        let appended = self.run(move |inner| async move {
+            Ok(transaction!(inner, tx, [&mailbox], {
+                let f = existing(&tx, &mailbox, &folder, true).await?;
+                let blob = insert_blob(&tx, &body).await?;
+                let (uid, modseq) = allocate(&tx, &f, 1).await?;
+                insert_message(
+                    &tx,
+                    NewRow {
+                        folder: f.id,
+                        uid,
+                        modseq,
+                        flags: &flags,
+                        internal_date: date,
+                        size: body.len() as i64,
+                        blob,
+                    },
+                )
+                .await?;
+                (f.validity, as_u32(uid))
+            }))
+        })?;
+        self.told(&[&told]);
+        Ok(appended)
+    }
+
+    fn copy(
+        &self,
+        mailbox: &str,
+        from: &str,
+        messages: &[MessageMeta],
+        to: &str,
+    ) -> Result<(u32, Vec<(u32, u32)>), StoreError> {
+        let (mailbox, from, to) = (mailbox.to_string(), checked(from)?, checked(to)?);
+        let wanted: Vec<u32> = messages.iter().map(|m| m.uid).collect();
+        let uids = uids_of(messages);
+        let told = mailbox.clone();
+        let copied = self.run(move |inner| async move {
+            Ok(transaction!(inner, tx, [&mailbox], {
+                let mut target = existing(&tx, &mailbox, &to, true).await?;
+                let source = if from == to {
+                    None
+                } else {
+                    Some(existing(&tx, &mailbox, &from, false).await?)
+                };
+                let (source_id, source_keywords) = match &source {
+                    Some(s) => (s.id, s.keywords.clone()),
+                    None => (target.id, target.keywords.clone()),
+                };
+                // The flags the messages have now, not those a session last saw.
+                let rows = tx
+                    .query(
+                        "SELECT uid, flags, internal_date, size, blob_id FROM kubemail_messages \
+                         WHERE folder_id = $1 AND uid = ANY($2)",
+                        &[&source_id, &uids],
+                    )
+                    .await
+                    .map_err(db)?;
+                let found: HashMap<u32, (String, i64, i64, i64)> = rows
+                    .iter()
+                    .map(|r| (as_u32(r.get(0)), (r.get(1), r.get(2), r.get(3), r.get(4))))
+                    .collect();
+                // Keyword letters are per folder: the target's letters for the keywords the
+                // copied messages carry (only those).
+                let mut carried: Vec<(char, String)> = Vec::new();
+                for uid in &wanted {
+                    let Some((flags, ..)) = found.get(uid) else {
+                        continue;
+                    };
+                    for letter in flags.chars().filter(char::is_ascii_lowercase) {
+                        let name = source_keywords
+                            .get(usize::from(letter as u8 - b'a'))
+                            .filter(|k| !k.is_empty());
+                        if let Some(name) = name
+                            && !carried.iter().any(|(l, _)| *l == letter)
+                        {
+                            carried.push((letter, name.clone()));
+                        }
+                    }
+                }
+                let names: Vec<String> = carried.iter().map(|(_, n)| n.clone()).collect();
+                let letters = letters_for(&tx, &mut target, &names).await?;
+                let translate: HashMap<char, char> = carried
+                    .iter()
+                    .map(|(l, _)| *l)
+                    .zip(letters.chars())
+                    .collect();
+                let present = wanted.iter().filter(|u| found.contains_key(u)).count() as i64;
+                let mut pairs = Vec::new();
+                if present > 0 {
+                    let (mut next, modseq) = allocate(&tx, &target, present).await?;
+                    for uid in &wanted {
+                        let Some((flags, date, size, blob)) = found.get(uid) else {
+                            continue;
+                        };
+                        let flags: String = flags
+                            .chars()
+                            .filter_map(|c| {
+                                if c.is_ascii_lowercase() {
+                                    translate.get(&c).copied()
+                                } else {
+                                    Some(c)
+                                }
+                            })
+                            .collect();
+                        let flags = FlagChange::Replace(flags).apply("");
+                        insert_message(
+                            &tx,
+                            NewRow {
+                                folder: target.id,
+                                uid: next,
+                                modseq,
+                                flags: &flags,
+                                internal_date: *date,
+                                size: *size,
+                                blob: *blob,
+                            },
+                        )
+                        .await?;
+                        pairs.push((*uid, as_u32(next)));
+                        next += 1;
+                    }
+                }
+                (target.validity, pairs)
+            }))
+        })?;
+        self.told(&[&told]);
+        Ok(copied)
+    }
+
+    fn set_flags(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        changes: &[(MessageMeta, FlagChange)],
+        unchanged_since: Option<u64>,
+    ) -> Result<FlagsSet, StoreError> {
+        let (mailbox, folder) = (mailbox.to_string(), checked(folder)?);
+        let changes = changes.to_vec();
+        let told = mailbox.clone();
+        let set = self.run(move |inner| async move {
+            Ok(transaction!(inner, tx, [&mailbox], {
+                let Some(f) = folder_row(&tx, &mailbox, &folder, true).await? else {
+                    return Ok(FlagsSet::default());
+                };
+                let uids: Vec<i64> = changes.iter().map(|(m, _)| i64::from(m.uid)).collect();
+                let rows = tx
+                    .query(
+                        "SELECT uid, flags, modseq, recent FROM kubemail_messages \
+                         WHERE folder_id = $1 AND uid = ANY($2)",
+                        &[&f.id, &uids],
+                    )
+                    .await
+                    .map_err(db)?;
+                let mut current: HashMap<u32, (String, i64, bool)> = rows
+                    .iter()
+                    .map(|r| (as_u32(r.get(0)), (r.get(1), r.get(2), r.get(3))))
+                    .collect();
+                let mut out = FlagsSet::default();
+                // One mod-sequence for the whole command, taken at the first real change.
+                let mut modseq = None;
+                for (m, change) in &changes {
+                    let Some((flags, seq, recent)) = current.get_mut(&m.uid) else {
+                        continue;
+                    };
+                    if unchanged_since.is_some_and(|limit| as_u64(*seq) > limit) {
+                        out.modified.push(m.uid);
+                        continue;
+                    }
+                    let new = change.apply(flags);
+                    if new != *flags {
+                        let next = *modseq.get_or_insert(f.highest_modseq + 1);
+                        tx.execute(
+                            "UPDATE kubemail_messages SET flags = $3, modseq = $4, recent = false \
+                             WHERE folder_id = $1 AND uid = $2",
+                            &[&f.id, &i64::from(m.uid), &new, &next],
+                        )
+                        .await
+                        .map_err(db)?;
+                        *flags = new;
+                        *seq = next;
+                        *recent = false;
+                    }
+                    out.now.push(MessageMeta {
+                        flags: flags.clone(),
+                        modseq: as_u64(*seq),
+                        in_new: *recent,
+                        ..m.clone()
+                    });
+                }
+                if modseq.is_some() {
+                    bump_modseq(&tx, &f).await?;
+                }
+                out
+            }))
+        })?;
+        self.told(&[&told]);
+        Ok(set)
+    }
+
+    fn claim_recent(&self, mailbox: &str, folder: &str) -> Result<Vec<u32>, StoreError> {
+        let (mailbox, folder) = (mailbox.to_string(), checked(folder)?);
+        self.run(move |inner| async move {
+            let rows = client(&inner)
+                .await?
+                .query(
+                    "UPDATE kubemail_messages m SET recent = false FROM kubemail_folders f \
+                     WHERE f.id = m.folder_id AND f.mailbox = $1 AND f.name = $2 AND m.recent \
+                     RETURNING m.uid",
+                    &[&mailbox, &folder],
+                )
+                .await
+                .map_err(db)?;
+            let mut uids: Vec<u32> = rows.iter().map(|r| as_u32(r.get(0))).collect();
+            uids.sort_unstable();
+            Ok(uids)
+        })
+    }
+
+    fn folders(&self, mailbox: &str) -> Result<Vec<String>, StoreError> {
+        let mailbox = mailbox.to_string();
+        self.run(move |inner| async move {
+            let rows = client(&inner)
+                .await?
+                .query(
+                    "SELECT name FROM kubemail_folders WHERE mailbox = $1 AND name <> 'INBOX'",
+                    &[&mailbox],
+                )
+                .await
+                .map_err(db)?;
+            let mut out: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            out.sort();
+            out.insert(0, INBOX.to_string());
+            Ok(out)
+        })
+    }
+
+    fn create_folder(&self, mailbox: &str, folder: &str) -> Result<(), StoreError> {
+        let (mailbox, folder) = (mailbox.to_string(), checked(folder)?);
+        if folder == INBOX {
+            return Err(StoreError::FolderExists(folder));
+        }
+        let told = mailbox.clone();
+        self.run(move |inner| async move {
+            transaction!(inner, tx, [&mailbox], {
+                make_folder(&tx, &mailbox, INBOX).await?;
+                // Parents first, so the hierarchy is listable.
+                let parts: Vec<&str> = folder.split('/').collect();
+                for n in 1..parts.len() {
+                    let parent = folder_key(&parts[..n].join("/"));
+                    if parent != INBOX {
+                        make_folder(&tx, &mailbox, &parent).await?;
+                    }
+                }
+                if !make_folder(&tx, &mailbox, &folder).await? {
+                    return Err(StoreError::FolderExists(folder));
+                }
+            });
+            Ok(())
+        })?;
+        self.told(&[&told]);
+        Ok(())
+    }
+
+    fn delete_folder(&self, mailbox: &str, folder: &str) -> Result<(), StoreError> {
+        let (mailbox, folder) = (mailbox.to_string(), checked(folder)?);
+        if folder == INBOX {
+            return Err(StoreError::NotAllowed("INBOX cannot be deleted"));
+        }
+        let told = mailbox.clone();
+        self.run(move |inner| async move {
+            let blobs = transaction!(inner, tx, [&mailbox], {
+                let Some(f) = folder_row(&tx, &mailbox, &folder, true).await? else {
+                    return Err(StoreError::NoSuchFolder(folder));
+                };
+                let rows = tx
+                    .query(
+                        "SELECT DISTINCT blob_id FROM kubemail_messages WHERE folder_id = $1",
+                        &[&f.id],
+                    )
+                    .await
+                    .map_err(db)?;
+                tx.execute("DELETE FROM kubemail_folders WHERE id = $1", &[&f.id])
+                    .await
+                    .map_err(db)?;
+                rows.iter().map(|r| r.get(0)).collect::<Vec<i64>>()
+            });
+            sweep_blobs(&inner.pool, blobs).await;
+            Ok(())
+        })?;
+        self.told(&[&told]);
+        Ok(())
+    }
+
+    fn rename_folder(&self, mailbox: &str, from: &str, to: &str) -> Result<(), StoreError> {
+        let (from, to) = (checked(from)?, checked(to)?);
+        if to == INBOX {
+            return Err(StoreError::FolderExists(to));
+        }
+        if from == INBOX {
+            // RFC 3501: renaming INBOX moves its messages and leaves INBOX empty.
+            self.create_folder(mailbox, &to)?;
+            let messages = self.index(mailbox, INBOX)?.messages;
+            self.copy(mailbox, INBOX, &messages, &to)?;
+            return self.expunge(mailbox, INBOX, &messages);
+        }
+        // Into its own subtree (`x` to `x/y`): its parents would be made inside it first.
+        if to.starts_with(&format!("{from}/")) {
+            return Err(StoreError::NotAllowed(
+                "a folder cannot be renamed into itself",
+            ));
+        }
+        let mailbox = mailbox.to_string();
+        let told = mailbox.clone();
+        self.run(move |inner| async move {
+            transaction!(inner, tx, [&mailbox], {
+                if folder_row(&tx, &mailbox, &to, false).await?.is_some() {
+                    return Err(StoreError::FolderExists(to));
+                }
+                if folder_row(&tx, &mailbox, &from, true).await?.is_none() {
+                    return Err(StoreError::NoSuchFolder(from));
+                }
+                let parts: Vec<&str> = to.split('/').collect();
+                for n in 1..parts.len() {
+                    let parent = folder_key(&parts[..n].join("/"));
+                    if parent != INBOX {
+                        make_folder(&tx, &mailbox, &parent).await?;
+                    }
+                }
+                // Children move with their parent.
+                let (old, new) = (format!("{from}/"), format!("{to}/"));
+                let length = old.chars().count() as i32;
+                tx.execute(
+                    "UPDATE kubemail_folders SET name = $3 || substr(name, $4 + 1) \
+                     WHERE mailbox = $1 AND left(name, $4) = $2",
+                    &[&mailbox, &old, &new, &length],
+                )
+                .await
+                .map_err(db)?;
+                tx.execute(
+                    "UPDATE kubemail_folders SET name = $3 WHERE mailbox = $1 AND name = $2",
+                    &[&mailbox, &from, &to],
+                )
+                .await
+                .map_err(db)?;
+            });
+            Ok(())
+        })?;
+        self.told(&[&told]);
+        Ok(())
+    }
+
+    fn subscriptions(&self, mailbox: &str) -> Result<Vec<String>, StoreError> {
+        let mailbox = mailbox.to_string();
+        self.run(move |inner| async move {
+            let rows = client(&inner)
+                .await?
+                .query(
+                    "SELECT name FROM kubemail_subscriptions WHERE mailbox = $1",
+                    &[&mailbox],
+                )
+                .await
+                .map_err(db)?;
+            let mut out: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            out.sort();
+            Ok(out)
+        })
+    }
+
+    fn set_subscribed(&self, mailbox: &str, folder: &str, on: bool) -> Result<(), StoreError> {
+        let (mailbox, folder) = (mailbox.to_string(), folder.to_string());
+        let sql = if on {
+            "INSERT INTO kubemail_subscriptions (mailbox, name) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM kubemail_subscriptions WHERE mailbox = $1 AND name = $2"
+        };
+        self.run(move |inner| async move {
+            client(&inner)
+                .await?
+                .execute(sql, &[&mailbox, &folder])
+                .await
+                .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn ensure_default_folders(&self, mailbox: &str) -> Result<(), StoreError> {
+        let mailbox = mailbox.to_string();
+        self.run(move |inner| async move {
+            transaction!(inner, tx, &[] as &[&str], {
+                tx.execute(
+                    "INSERT INTO kubemail_mailboxes (address) VALUES ($1) ON CONFLICT DO NOTHING",
+                    &[&mailbox],
+                )
+                .await
+                .map_err(db)?;
+                let done: bool = tx
+                    .query_one(
+                        "SELECT defaults_made FROM kubemail_mailboxes WHERE address = $1 FOR UPDATE",
+                        &[&mailbox],
+                    )
+                    .await
+                    .map_err(db)?
+                    .get(0);
+                if done {
+                    return Ok(());
+                }
+                make_folder(&tx, &mailbox, INBOX).await?;
+                for name in super::DEFAULT_FOLDERS
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .chain([INBOX])
+                {
+                    make_folder(&tx, &mailbox, name).await?;
+                    tx.execute(
+                        "INSERT INTO kubemail_subscriptions (mailbox, name) VALUES ($1, $2) \
+                         ON CONFLICT DO NOTHING",
+                        &[&mailbox, &name],
+                    )
+                    .await
+                    .map_err(db)?;
+                }
+                tx.execute(
+                    "UPDATE kubemail_mailboxes SET defaults_made = true WHERE address = $1",
+                    &[&mailbox],
+                )
+                .await
+                .map_err(db)?;
+            });
+            Ok(())
+        })
+    }
+
+    fn sieve_scripts(&self, mailbox: &str) -> Result<SieveScripts, StoreError> {
+        let mailbox = mailbox.to_string();
+        self.run(move |inner| async move {
+            let client = client(&inner).await?;
+            let rows = client
+                .query(
+                    "SELECT name FROM kubemail_sieve_scripts WHERE mailbox = $1",
+                    &[&mailbox],
+                )
+                .await
+                .map_err(db)?;
+            let mut names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            names.sort();
+            let active = client
+                .query_opt(
+                    "SELECT sieve_active FROM kubemail_mailboxes WHERE address = $1",
+                    &[&mailbox],
+                )
+                .await
+                .map_err(db)?
+                .and_then(|r| r.get::<_, Option<String>>(0))
+                .filter(|a| names.contains(a));
+            Ok(SieveScripts { names, active })
+        })
+    }
+
+    fn sieve_script(&self, mailbox: &str, name: &str) -> Result<Option<String>, StoreError> {
+        let (mailbox, name) = (mailbox.to_string(), name.to_string());
+        self.run(move |inner| async move {
+            let row = client(&inner)
+                .await?
+                .query_opt(
+                    "SELECT body FROM kubemail_sieve_scripts WHERE mailbox = $1 AND name = $2",
+                    &[&mailbox, &name],
+                )
+                .await
+                .map_err(db)?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
+    fn put_sieve_script(&self, mailbox: &str, name: &str, text: &str) -> Result<(), StoreError> {
+        let (mailbox, name, text) = (mailbox.to_string(), name.to_string(), text.to_string());
+        self.run(move |inner| async move {
+            client(&inner)
+                .await?
+                .execute(
+                    "INSERT INTO kubemail_sieve_scripts (mailbox, name, body) VALUES ($1, $2, $3) \
+                     ON CONFLICT (mailbox, name) DO UPDATE SET body = EXCLUDED.body",
+                    &[&mailbox, &name, &text],
+                )
+                .await
+                .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn delete_sieve_script(&self, mailbox: &str, name: &str) -> Result<(), StoreError> {
+        let (mailbox, name) = (mailbox.to_string(), name.to_string());
+        self.run(move |inner| async move {
+            let gone = client(&inner)
+                .await?
+                .execute(
+                    "DELETE FROM kubemail_sieve_scripts WHERE mailbox = $1 AND name = $2",
+                    &[&mailbox, &name],
+                )
+                .await
+                .map_err(db)?;
+            if gone == 0 {
+                return Err(StoreError::NoSuchFolder(name));
+            }
+            Ok(())
+        })
+    }
+
+    fn rename_sieve_script(&self, mailbox: &str, from: &str, to: &str) -> Result<(), StoreError> {
+        let (mailbox, from, to) = (mailbox.to_string(), from.to_string(), to.to_string());
+        self.run(move |inner| async move {
+            transaction!(inner, tx, &[] as &[&str], {
+                let exists = |name: String| {
+                    let (tx, mailbox) = (&tx, &mailbox);
+                    async move {
+                        tx.query_opt(
+                            "SELECT 1 FROM kubemail_sieve_scripts WHERE mailbox = $1 AND name = $2 FOR UPDATE",
+                            &[mailbox, &name],
+                        )
+                        .await
+                        .map(|r| r.is_some())
+                        .map_err(db)
+                    }
+                };
+                if !exists(from.clone()).await? {
+                    return Err(StoreError::NoSuchFolder(from));
+                }
+                if exists(to.clone()).await? {
+                    return Err(StoreError::FolderExists(to));
+                }
+                tx.execute(
+                    "UPDATE kubemail_sieve_scripts SET name = $3 WHERE mailbox = $1 AND name = $2",
+                    &[&mailbox, &from, &to],
+                )
+                .await
+                .map_err(db)?;
+                tx.execute(
+                    "UPDATE kubemail_mailboxes SET sieve_active = $3 \
+                     WHERE address = $1 AND sieve_active = $2",
+                    &[&mailbox, &from, &to],
+                )
+                .await
+                .map_err(db)?;
+            });
+            Ok(())
+        })
+    }
+
+    fn set_active_sieve_script(&self, mailbox: &str, name: Option<&str>) -> Result<(), StoreError> {
+        let (mailbox, name) = (mailbox.to_string(), name.map(str::to_string));
+        self.run(move |inner| async move {
+            transaction!(inner, tx, &[] as &[&str], {
+                if let Some(name) = &name {
+                    let exists = tx
+                        .query_opt(
+                            "SELECT 1 FROM kubemail_sieve_scripts WHERE mailbox = $1 AND name = $2",
+                            &[&mailbox, name],
+                        )
+                        .await
+                        .map_err(db)?;
+                    if exists.is_none() {
+                        return Err(StoreError::NoSuchFolder(name.clone()));
+                    }
+                }
+                tx.execute(
+                    "INSERT INTO kubemail_mailboxes (address, sieve_active) VALUES ($1, $2) \
+                     ON CONFLICT (address) DO UPDATE SET sieve_active = EXCLUDED.sieve_active",
+                    &[&mailbox, &name],
+                )
+                .await
+                .map_err(db)?;
+            });
+            Ok(())
+        })
+    }
+
+    fn vacation_due(
+        &self,
+        mailbox: &str,
+        key: &str,
+        now: i64,
+        seconds: u64,
+    ) -> Result<bool, StoreError> {
+        let (mailbox, key) = (mailbox.to_string(), key.to_string());
+        let until = now.saturating_add(i64::try_from(seconds).unwrap_or(i64::MAX));
+        self.run(move |inner| async move {
+            Ok(transaction!(inner, tx, &[] as &[&str], {
+                tx.execute(
+                    "DELETE FROM kubemail_vacation WHERE mailbox = $1 AND until <= $2",
+                    &[&mailbox, &now],
+                )
+                .await
+                .map_err(db)?;
+                // Check and record are one statement: of two replicas asking at once, one
+                // inserts (due) and the other finds the row (not due).
+                tx.query_opt(
+                    "INSERT INTO kubemail_vacation (mailbox, key, until) VALUES ($1, $2, $3) \
+                     ON CONFLICT (mailbox, key) DO NOTHING RETURNING 1",
+                    &[&mailbox, &key, &until],
+                )
+                .await
+                .map_err(db)?
+                .is_some()
+            }))
+        })
+    }
+
+    fn changes(&self, mailbox: &str) -> watch::Receiver<u64> {
+        self.inner
+            .watchers
+            .lock()
+            .expect("watchers")
+            .entry(mailbox.to_string())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+}

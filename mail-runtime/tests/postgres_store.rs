@@ -1,0 +1,113 @@
+//! The PostgreSQL store: two `mail-runtime dev --postgres` processes on one database (Debian's
+//! PostgreSQL, started here on loopback) are one server: what one receives the other serves,
+//! an IDLE session on one hears an APPEND made through the other, and many imaplib sessions
+//! spread over both by HAProxy break nothing (tests/clients/imap_stress.py's checks).
+mod common;
+
+use std::process::Command;
+
+use common::{Dev, Postgres, client_script, haproxy, run};
+
+fn on(db: &Postgres) -> (tempfile::TempDir, Dev) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev = Dev::start_with(dir.path(), &[], &["--postgres", &db.uri()]);
+    (dir, dev)
+}
+
+#[test]
+fn two_runtimes_on_one_database_serve_one_set_of_mailboxes() {
+    let db = Postgres::start();
+    let (_a_dir, a) = on(&db);
+    let (_b_dir, b) = on(&db);
+    assert_eq!(
+        a.accounts, b.accounts,
+        "the second process serves the first's accounts"
+    );
+    let (user, password) = a.accounts[0].clone();
+
+    let out = run(Command::new("python3")
+        .arg(client_script("replicas.py"))
+        .args([&user, &password])
+        .args([a.port("smtp"), a.port("imaps"), b.port("imaps")].map(|p| p.to_string())));
+    let seen: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"));
+    println!("{seen}");
+    assert_eq!(
+        seen["found"], 1,
+        "the message delivered through A, read through B: {seen}"
+    );
+    assert_eq!(seen["body_has_token"], true, "{seen}");
+    assert_eq!(seen["a_validity"], seen["b_validity"], "{seen}");
+    assert_ne!(seen["a_validity"], 0, "{seen}");
+    assert_eq!(seen["append"], "OK", "{seen}");
+    let heard = seen["idle_ms"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("B never heard: {seen}"));
+    assert!(heard < 1000.0, "B's IDLE heard A's APPEND after {heard} ms");
+    // Both messages are in the database, in one folder, UIDs 1 and 2.
+    let rows = db.psql(
+        "SELECT string_agg(m.uid::text, ',' ORDER BY m.uid) FROM kubemail_messages m \
+         JOIN kubemail_folders f ON f.id = m.folder_id WHERE f.mailbox = 'alice@example.test' \
+         AND f.name = 'INBOX'",
+    );
+    assert_eq!(rows.trim(), "1,2");
+    assert_eq!(
+        db.psql("SELECT max(version) FROM kubemail_schema").trim(),
+        "1"
+    );
+}
+
+#[test]
+fn many_sessions_spread_over_two_runtimes_by_haproxy_break_nothing() {
+    let seconds = std::env::var("IMAP_STRESS_SECONDS").unwrap_or_else(|_| "20".into());
+    let sessions = std::env::var("IMAP_STRESS_SESSIONS").unwrap_or_else(|_| "16".into());
+    let db = Postgres::start();
+    let (_a_dir, a) = on(&db);
+    let (_b_dir, b) = on(&db);
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+    };
+    let (imaps, smtp) = (free(), free());
+    let config = format!(
+        "global\n  maxconn 500\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
+         frontend imaps\n  bind {imaps}\n  default_backend imaps\n\
+         backend imaps\n  balance roundrobin\n  server a 127.0.0.1:{}\n  server b 127.0.0.1:{}\n\
+         frontend smtp\n  bind {smtp}\n  default_backend smtp\n\
+         backend smtp\n  balance roundrobin\n  server a 127.0.0.1:{}\n  server b 127.0.0.1:{}\n",
+        a.port("imaps"),
+        b.port("imaps"),
+        a.port("smtp"),
+        b.port("smtp"),
+    );
+    let proxy_dir = tempfile::tempdir().expect("tempdir");
+    let _proxy = haproxy(proxy_dir.path(), &config, &[imaps, smtp]);
+    let user = "bob@example.test";
+    let out = Command::new("python3")
+        .arg(client_script("imap_stress.py"))
+        .arg("127.0.0.1")
+        .args([imaps.port(), smtp.port()].map(|p| p.to_string()))
+        .args([user, &a.password(user), &sessions, &seconds])
+        .output()
+        .expect("python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("no report ({e}):\n{stdout}\n{stderr}"));
+    let violations = report["violations"].as_array().cloned().unwrap_or_default();
+    assert!(
+        violations.is_empty(),
+        "{} violations, e.g.:\n{}",
+        violations.len(),
+        violations
+            .iter()
+            .take(20)
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(report["counts"]["ops"].as_u64().unwrap_or_default() > 100);
+}
