@@ -111,3 +111,81 @@ fn many_sessions_spread_over_two_runtimes_by_haproxy_break_nothing() {
     assert!(out.status.success(), "{stderr}");
     assert!(report["counts"]["ops"].as_u64().unwrap_or_default() > 100);
 }
+
+/// One SMTP transaction with a raw client; the first reply that is not 2xx or 3xx, or the 250
+/// for the message.
+fn send_one(dev: &Dev, user: &str, subject: &str) -> String {
+    let mut smtp = common::Raw::connect(dev.port("smtp"));
+    for line in [
+        "EHLO client.elsewhere.test".to_string(),
+        "MAIL FROM:<sender@elsewhere.test>".into(),
+        format!("RCPT TO:<{user}>"),
+        "DATA".into(),
+    ] {
+        let reply = smtp.cmd(&line);
+        if !reply.starts_with('2') && !reply.starts_with('3') {
+            return reply;
+        }
+    }
+    smtp.cmd(&format!("Subject: {subject}\r\n\r\nbody\r\n."))
+}
+
+/// imaplib: log in and SELECT INBOX; "OK <count>" or the error.
+fn imap_select(dev: &Dev, user: &str, password: &str) -> String {
+    let script = "import imaplib,ssl,sys\n\
+        c=imaplib.IMAP4_SSL('127.0.0.1',int(sys.argv[1]),ssl_context=ssl._create_unverified_context(),timeout=10)\n\
+        c.login(sys.argv[2],sys.argv[3])\n\
+        try:\n    t,d=c.select('INBOX'); print('OK',d[0].decode())\n\
+        except imaplib.IMAP4.error as e: print('NO',e)\n";
+    run(Command::new("python3")
+        .args(["-c", script])
+        .arg(dev.port("imaps").to_string())
+        .args([user, password]))
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn a_database_restart_is_a_temporary_failure_and_service_comes_back_by_itself() {
+    let db = Postgres::start();
+    let (_dir, dev) = on(&db);
+    let (user, password) = dev.accounts[0].clone();
+    assert!(send_one(&dev, &user, "before").starts_with("250"));
+
+    db.ctl("stop");
+    let refused = send_one(&dev, &user, "during");
+    assert!(
+        refused.starts_with("4"),
+        "SMTP while the database is down: {refused}"
+    );
+    let select = imap_select(&dev, &user, &password);
+    assert!(
+        select.contains("UNAVAILABLE"),
+        "IMAP while the database is down: {select}"
+    );
+
+    db.ctl("start");
+    // A client retrying as RFC 5321 says gets through once the database is back.
+    let start = std::time::Instant::now();
+    loop {
+        let reply = send_one(&dev, &user, "after");
+        if reply.starts_with("250") {
+            break;
+        }
+        assert!(
+            reply.starts_with('4'),
+            "a permanent failure after the restart: {reply}"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "still refused 20 s after the database came back: {reply}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert_eq!(imap_select(&dev, &user, &password), "OK 2");
+    let subjects = db.psql(
+        "SELECT string_agg(substring(convert_from(b.body, 'UTF8') FROM 'Subject: ([a-z]+)'), ',' \
+         ORDER BY m.uid) FROM kubemail_messages m JOIN kubemail_blobs b ON b.id = m.blob_id",
+    );
+    assert_eq!(subjects.trim(), "before,after");
+}
