@@ -236,7 +236,7 @@ impl Runtime {
     pub fn new(config: ConfigHandle) -> Result<Self> {
         let current = config.get();
         let storage = &current.raw.storage;
-        let store: Arc<dyn Store> = match &storage.database {
+        let database = match &storage.database {
             Some(database) => {
                 let uri = std::fs::read_to_string(&database.uri_file).with_context(|| {
                     format!(
@@ -244,17 +244,21 @@ impl Runtime {
                         database.uri_file.display()
                     )
                 })?;
-                Arc::new(
+                Some(
                     Postgres::open(uri.trim(), &storage.path.join("spool"))
                         .context("opening the mail database")?,
                 )
             }
+            None => None,
+        };
+        let store: Arc<dyn Store> = match &database {
+            Some(db) => Arc::new(db.clone()),
             None => Arc::new(
                 Maildir::open(&storage.path, &current.raw.hostname)
                     .with_context(|| format!("opening the store at {}", storage.path.display()))?,
             ),
         };
-        let outbound = crate::outbound::Outbound::open(&current.raw.storage.path)
+        let outbound = crate::outbound::Outbound::open(&current.raw.storage.path, database)
             .context("opening the outbound queue")?;
         let tls = TlsHandle::default();
         if let Err(err) = tls.load(&current.raw) {

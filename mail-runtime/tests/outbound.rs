@@ -966,3 +966,88 @@ fn an_enforced_mta_sts_policy_sends_nothing_to_an_mx_without_a_valid_certificate
     assert!(received[0].contains("X-Peer-TLS: yes"), "{}", received[0]);
     assert!(received[0].contains("Subject: policy enforced"));
 }
+
+/// Two runtimes on one PostgreSQL database share one queue: one of them is killed (SIGKILL)
+/// while the next hop holds its deliveries mid-transaction; the other takes its entries over
+/// once their lease runs out, and the next hop gets every acknowledged message exactly once.
+#[test]
+fn a_replica_killed_mid_delivery_leaves_its_queue_to_the_other_and_nothing_is_sent_twice() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let db = common::Postgres::start();
+    let stall = tmp.path().join("stall");
+    std::fs::write(&stall, "").expect("stall file");
+    let ip = "127.0.0.35";
+    let peer = Peer::start(
+        ip,
+        2588,
+        &tmp.path().join("peer"),
+        &["--stall-while", &stall.to_string_lossy()],
+    );
+    let start_on_db = |name: &str| {
+        let dev = Dev::start_with(&tmp.path().join(name), &[], &["--postgres", &db.uri()]);
+        patch_config(&dev, "queue-1", |c| {
+            c["relay"]["route"] = serde_yaml_ng::from_str(&format!(
+                "{{mode: smarthost, smarthost: {{host: {ip}, port: 2588, tls: none}}}}"
+            ))
+            .expect("yaml");
+        });
+        dev
+    };
+    let mut devs = [start_on_db("a"), start_on_db("b")];
+    const MESSAGES: usize = 6;
+    for n in 0..MESSAGES {
+        // Each acknowledged (250) by one of the two before anything else happens.
+        submitted(
+            &devs[n % 2],
+            "customer@anywhere.test",
+            &format!("queued-{n}"),
+        );
+    }
+    let queued = || {
+        db.psql("SELECT count(*) FROM kubemail_queue")
+            .trim()
+            .to_string()
+    };
+    assert_eq!(queued(), MESSAGES.to_string());
+    // The runners lease every entry and hang at the next hop; then one that holds some dies.
+    wait_until("every entry leased", Duration::from_secs(20), || {
+        db.psql("SELECT count(*) FROM kubemail_queue WHERE lease_owner IS NOT NULL")
+            .trim()
+            == MESSAGES.to_string()
+    });
+    let owners = db.psql("SELECT DISTINCT lease_owner FROM kubemail_queue");
+    let victim = devs
+        .iter()
+        .position(|d| {
+            owners
+                .lines()
+                .any(|o| o.starts_with(&format!("{}-", d.pid())))
+        })
+        .expect("a replica holds the leases");
+    println!("leases held by: {owners}");
+    devs[victim].kill9();
+    let killed = Instant::now();
+    std::fs::remove_file(&stall).expect("the next hop answers again");
+    wait_until("every message delivered", Duration::from_secs(90), || {
+        peer.received().len() >= MESSAGES
+    });
+    let took = killed.elapsed();
+    // A little longer: a second copy would show up now.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut subjects: Vec<String> = peer
+        .received()
+        .iter()
+        .filter_map(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
+        })
+        .collect();
+    subjects.sort();
+    let expected: Vec<String> = (0..MESSAGES).map(|n| format!("queued-{n}")).collect();
+    assert_eq!(subjects, expected, "each message exactly once");
+    assert_eq!(queued(), "0");
+    println!(
+        "the survivor finished the killed replica's deliveries {took:?} after it died (lease {} s)",
+        mail_runtime::outbound::LEASE_SECONDS
+    );
+}

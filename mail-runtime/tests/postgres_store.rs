@@ -53,7 +53,7 @@ fn two_runtimes_on_one_database_serve_one_set_of_mailboxes() {
     assert_eq!(rows.trim(), "1,2");
     assert_eq!(
         db.psql("SELECT max(version) FROM kubemail_schema").trim(),
-        "1"
+        mail_runtime::store::postgres::SCHEMA_VERSION.to_string()
     );
 }
 

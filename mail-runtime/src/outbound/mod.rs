@@ -35,6 +35,10 @@ use crate::{
     store::StoreError,
 };
 
+/// How long a replica holds a queue entry of the shared (database) queue without renewing
+/// it: a replica that dies mid-delivery leaves its entries to the others after this.
+pub const LEASE_SECONDS: i64 = 30;
+
 /// Attempts running at once, all destinations together.
 const PARALLEL_ATTEMPTS: usize = 16;
 /// Connections to one destination domain at once.
@@ -54,6 +58,18 @@ pub struct Outbound {
     pub srs: srs::SrsKey,
     /// Recipient domains' MTA-STS policies.
     mta_sts: mta_sts::Policies,
+    /// The queue in the database, shared by the replicas (the PostgreSQL store); new mail goes
+    /// there, and entries left in the directory from before are still delivered from it.
+    shared: Option<Shared>,
+    /// The entries in `entries` that this process leased from the shared queue.
+    leased: Mutex<HashSet<String>>,
+}
+
+/// The shared queue and this process's name as a lease holder.
+#[derive(Debug)]
+struct Shared {
+    db: crate::store::postgres::Postgres,
+    owner: String,
 }
 
 /// What the queue needs to know of a message besides its bytes.
@@ -81,8 +97,12 @@ pub fn new_id() -> String {
 }
 
 impl Outbound {
-    /// Opens the queue under the data directory.
-    pub fn open(data: &Path) -> Result<Self, StoreError> {
+    /// Opens the queue under the data directory; with `shared`, new mail is queued in that
+    /// database, and this process delivers what it leases from there too.
+    pub fn open(
+        data: &Path,
+        shared: Option<crate::store::postgres::Postgres>,
+    ) -> Result<Self, StoreError> {
         let (dir, entries) = QueueDir::open(data)?;
         let srs = srs::SrsKey::open(data).map_err(StoreError::from_io)?;
         if !entries.is_empty() {
@@ -97,6 +117,11 @@ impl Outbound {
             rates: Arc::new(limits::RateLimiter::default()),
             srs,
             mta_sts: mta_sts::Policies::default(),
+            shared: shared.map(|db| Shared {
+                db,
+                owner: format!("{}-{}", std::process::id(), new_id()),
+            }),
+            leased: Mutex::new(HashSet::new()),
         })
     }
 
@@ -145,6 +170,16 @@ impl Outbound {
             env_id: envelope.env_id.clone(),
             no_report: envelope.no_report,
         };
+        if let Some(shared) = &self.shared {
+            let mut message = prefix.to_vec();
+            message.extend(std::fs::read(source).map_err(StoreError::from_io)?);
+            let json = serde_json::to_string(&entry)
+                .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+            shared
+                .db
+                .queue_add(&id, json, entry.next_attempt, message)?;
+            return Ok(id);
+        }
         self.dir.add(&entry, prefix, source)?;
         self.entries
             .lock()
@@ -187,7 +222,15 @@ impl Outbound {
     pub async fn run(self: Arc<Self>, runtime: Runtime) {
         crate::metrics::queue_depth(self.depth());
         let permits = Arc::new(Semaphore::new(PARALLEL_ATTEMPTS));
+        let shared_wake = self.shared.as_ref().map(|s| s.db.queue_wakeup());
+        if self.shared.is_some() {
+            tokio::spawn(self.clone().renew_leases());
+        }
         loop {
+            if runtime.is_stopping() {
+                return;
+            }
+            self.claim(permits.available_permits()).await;
             let now = now();
             let (due, next) = {
                 let entries = self.entries.lock().expect("queue lock");
@@ -225,12 +268,22 @@ impl Outbound {
                     this.wake.notify_one();
                 });
             }
-            let sleep = next.map_or(Duration::from_secs(60), |at| {
-                Duration::from_secs((at - now).clamp(1, 60) as u64)
+            // The shared queue is looked at again at least every few seconds: entries come due
+            // there, and leases run out, without a wake-up.
+            let longest: i64 = if self.shared.is_some() { 5 } else { 60 };
+            let sleep = next.map_or(Duration::from_secs(longest as u64), |at| {
+                Duration::from_secs((at - now).clamp(1, longest) as u64)
             });
+            let shared_woken = async {
+                match &shared_wake {
+                    Some(wake) => wake.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = runtime.stopping() => return,
                 () = self.wake.notified() => {}
+                () = shared_woken => {}
                 () = tokio::time::sleep(sleep) => {}
             }
         }
@@ -245,14 +298,136 @@ impl Outbound {
             .clone()
     }
 
-    fn save(&self, entry: &Entry) {
-        if let Err(err) = self.dir.save(entry) {
+    fn is_leased(&self, id: &str) -> bool {
+        self.leased.lock().expect("queue lock").contains(id)
+    }
+
+    /// Records an entry's progress. False: it was leased from the shared queue and the lease
+    /// is lost (another replica took it over), so this attempt must stop.
+    async fn save(&self, entry: &Entry) -> bool {
+        if let (Some(shared), true) = (&self.shared, self.is_leased(&entry.id)) {
+            let json = serde_json::to_string(entry).unwrap_or_default();
+            match shared
+                .db
+                .queue_save(
+                    &shared.owner,
+                    &entry.id,
+                    json,
+                    entry.next_attempt,
+                    now() + LEASE_SECONDS,
+                )
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(id = %entry.id, "the queue entry's lease was lost; another replica delivers it");
+                    return false;
+                }
+                Err(err) => {
+                    tracing::error!(id = %entry.id, error = %err, "cannot record delivery progress");
+                }
+            }
+        } else if let Err(err) = self.dir.save(entry) {
             tracing::error!(id = %entry.id, error = %err, "cannot record delivery progress");
         }
         self.entries
             .lock()
             .expect("queue lock")
             .insert(entry.id.clone(), entry.clone());
+        true
+    }
+
+    /// Forgets an entry this process is done with: removed when `finished`, else released
+    /// (shared) or saved for its next attempt (directory).
+    async fn done_with(&self, entry: &Entry, finished: bool) {
+        let id = entry.id.as_str();
+        if let (Some(shared), true) = (&self.shared, self.is_leased(id)) {
+            let result = if finished {
+                shared.db.queue_remove(&shared.owner, id).await
+            } else {
+                let json = serde_json::to_string(entry).unwrap_or_default();
+                shared
+                    .db
+                    .queue_save(&shared.owner, id, json, entry.next_attempt, 0)
+                    .await
+                    .map(|_| ())
+            };
+            if let Err(err) = result {
+                tracing::error!(id, error = %err, "cannot record delivery progress");
+            }
+            self.leased.lock().expect("queue lock").remove(id);
+            self.entries.lock().expect("queue lock").remove(id);
+        } else if finished {
+            if let Err(err) = self.dir.remove(id) {
+                tracing::error!(id, error = %err, "cannot remove a finished queue entry");
+            }
+            self.entries.lock().expect("queue lock").remove(id);
+        } else {
+            self.save(entry).await;
+        }
+    }
+
+    /// Leases the shared queue's due entries, as many as `room`, into `entries`.
+    async fn claim(&self, room: usize) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        if room == 0 {
+            return;
+        }
+        let claimed = shared
+            .db
+            .queue_claim(&shared.owner, now(), now() + LEASE_SECONDS, room as i64)
+            .await;
+        match claimed {
+            Ok(list) => {
+                for json in list {
+                    match serde_json::from_str::<Entry>(&json) {
+                        Ok(entry) => {
+                            self.leased
+                                .lock()
+                                .expect("queue lock")
+                                .insert(entry.id.clone());
+                            self.entries
+                                .lock()
+                                .expect("queue lock")
+                                .insert(entry.id.clone(), entry);
+                        }
+                        Err(err) => {
+                            tracing::error!(error = %err, "an unreadable shared queue entry")
+                        }
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "the shared queue cannot be read"),
+        }
+    }
+
+    /// Keeps this process's leases alive while it delivers (every third of a lease).
+    async fn renew_leases(self: Arc<Self>) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        loop {
+            tokio::time::sleep(Duration::from_secs((LEASE_SECONDS / 3) as u64)).await;
+            let held: Vec<String> = self
+                .leased
+                .lock()
+                .expect("queue lock")
+                .iter()
+                .cloned()
+                .collect();
+            if held.is_empty() {
+                continue;
+            }
+            if let Err(err) = shared
+                .db
+                .queue_renew(&shared.owner, held, now() + LEASE_SECONDS)
+                .await
+            {
+                tracing::warn!(error = %err, "cannot renew the shared queue's leases");
+            }
+        }
     }
 
     /// One attempt at every pending recipient of an entry.
@@ -260,15 +435,31 @@ impl Outbound {
         let Some(mut entry) = self.entries.lock().expect("queue lock").get(id).cloned() else {
             return;
         };
-        let path = self.dir.message_path(id);
-        let message = match tokio::fs::read(&path).await {
-            Ok(m) => m,
-            Err(err) => {
-                tracing::error!(id, error = %err, "a queued message cannot be read; dropped");
-                let _ = self.dir.remove(id);
-                self.entries.lock().expect("queue lock").remove(id);
-                return;
-            }
+        let message = match &self.shared {
+            Some(shared) if self.is_leased(id) => match shared.db.queue_message(id).await {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    tracing::warn!(id, "a leased queue entry is gone");
+                    self.leased.lock().expect("queue lock").remove(id);
+                    self.entries.lock().expect("queue lock").remove(id);
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(id, error = %err, "a queued message cannot be read now");
+                    entry.next_attempt = now() + 60;
+                    self.done_with(&entry, false).await;
+                    return;
+                }
+            },
+            _ => match tokio::fs::read(self.dir.message_path(id)).await {
+                Ok(m) => m,
+                Err(err) => {
+                    tracing::error!(id, error = %err, "a queued message cannot be read; dropped");
+                    let _ = self.dir.remove(id);
+                    self.entries.lock().expect("queue lock").remove(id);
+                    return;
+                }
+            },
         };
         let config = runtime.config().get();
         let resolver = match runtime.resolvers().get(&config.nameservers) {
@@ -276,7 +467,7 @@ impl Outbound {
             Err(err) => {
                 tracing::error!(error = %err, "no DNS resolver; delivery waits");
                 entry.next_attempt = now() + 60;
-                self.save(&entry);
+                self.done_with(&entry, false).await;
                 return;
             }
         };
@@ -334,8 +525,12 @@ impl Outbound {
                     }
                 }
             }
-            // Progress is on disk before the next group: nobody gets the message twice.
-            self.save(&entry);
+            // Progress is recorded before the next group: nobody gets the message twice.
+            if !self.save(&entry).await {
+                self.leased.lock().expect("queue lock").remove(id);
+                self.entries.lock().expect("queue lock").remove(id);
+                return;
+            }
         }
         entry.attempts += 1;
         let retry = &config.raw.relay.retry;
@@ -364,14 +559,8 @@ impl Outbound {
                 self.bounce(runtime, &entry, &failed, is_expired, &message);
             }
         }
-        if entry.pending().next().is_none() {
-            if let Err(err) = self.dir.remove(id) {
-                tracing::error!(id, error = %err, "cannot remove a finished queue entry");
-            }
-            self.entries.lock().expect("queue lock").remove(id);
-        } else {
-            self.save(&entry);
-        }
+        let finished = entry.pending().next().is_none();
+        self.done_with(&entry, finished).await;
         crate::metrics::queue_depth(self.depth());
     }
 

@@ -36,7 +36,7 @@ use super::{
 
 /// The schema this build reads and writes. A database at a higher version was written by a
 /// newer runtime: this one refuses to start on it rather than misread it.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Connections at most, per process.
 pub const POOL_SIZE: usize = 16;
@@ -48,7 +48,8 @@ const CHANNEL: &str = "kubemail_changes";
 const MIGRATION_LOCK: i64 = 0x6b75_6265_6d61_696c;
 
 /// Each version's schema change, in order: `MIGRATIONS[n]` takes the schema from n to n + 1.
-const MIGRATIONS: [&str; 1] = [r#"
+const MIGRATIONS: [&str; 2] = [
+    r#"
 CREATE SEQUENCE kubemail_uidvalidity;
 SELECT setval('kubemail_uidvalidity', greatest(1, extract(epoch FROM now())::bigint));
 CREATE TABLE kubemail_mailboxes (
@@ -100,7 +101,20 @@ CREATE TABLE kubemail_vacation (
     until bigint NOT NULL,
     PRIMARY KEY (mailbox, key)
 );
-"#];
+"#,
+    // The outbound queue, shared by the replicas: an entry is leased by the one delivering it.
+    r#"
+CREATE TABLE kubemail_queue (
+    id text PRIMARY KEY,
+    entry text NOT NULL,
+    message bytea NOT NULL,
+    next_attempt bigint NOT NULL,
+    lease_owner text,
+    lease_until bigint NOT NULL DEFAULT 0
+);
+CREATE INDEX kubemail_queue_due ON kubemail_queue (next_attempt);
+"#,
+];
 
 /// The PostgreSQL store (see the module's documentation).
 #[derive(Clone)]
@@ -115,6 +129,8 @@ struct Inner {
     /// Where messages being received are spooled before they go into the database.
     spool: PathBuf,
     watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// Woken when any replica queues outbound mail.
+    queue_wake: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -446,6 +462,7 @@ impl Postgres {
                 handle,
                 spool: spool.to_path_buf(),
                 watchers: Mutex::new(HashMap::new()),
+                queue_wake: Arc::new(tokio::sync::Notify::new()),
             }),
         };
         store.run(|inner| async move { migrate(&inner.pool).await })?;
@@ -589,8 +606,13 @@ async fn listen(config: tokio_postgres::Config, inner: Arc<Inner>) {
                 } else {
                     // Changes made while no connection listened: everyone looks again.
                     bump_all(&inner);
+                    inner.queue_wake.notify_one();
                     while let Some(mailbox) = rx.recv().await {
-                        bump(&inner, &mailbox);
+                        if mailbox.is_empty() {
+                            inner.queue_wake.notify_one();
+                        } else {
+                            bump(&inner, &mailbox);
+                        }
                     }
                 }
                 pump.abort();
@@ -1524,5 +1546,176 @@ impl Store for Postgres {
             .entry(mailbox.to_string())
             .or_insert_with(|| watch::channel(0).0)
             .subscribe()
+    }
+}
+
+/// The outbound queue in the database (see `crate::outbound`): entries as JSON beside the
+/// message, each leased by the replica delivering it until `lease_until`. A replica that dies
+/// mid-delivery stops renewing its leases, and another takes the entries over once they expire.
+impl Postgres {
+    /// Runs `work` on the store's runtime, for async callers.
+    async fn run_async<T, F>(&self, work: impl FnOnce(Arc<Inner>) -> F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        self.inner
+            .handle
+            .spawn(work(self.inner.clone()))
+            .await
+            .unwrap_or_else(|e| Err(unavailable(e)))
+    }
+
+    /// Woken when a replica queued something (or the LISTEN connection came back).
+    pub fn queue_wakeup(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.queue_wake.clone()
+    }
+
+    /// Queues a message, durably; every replica's runner is woken.
+    pub fn queue_add(
+        &self,
+        id: &str,
+        entry: String,
+        next_attempt: i64,
+        message: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.run(move |inner| async move {
+            transaction!(inner, tx, [""], {
+                tx.execute(
+                    "INSERT INTO kubemail_queue (id, entry, message, next_attempt) \
+                     VALUES ($1, $2, $3, $4)",
+                    &[&id, &entry, &message, &next_attempt],
+                )
+                .await
+                .map_err(db)?;
+            });
+            Ok(())
+        })
+    }
+
+    /// Leases up to `limit` entries due at `now` that nobody holds (or whose holder's lease
+    /// ran out) to `owner` until `until`; their entries (JSON). Rows another replica is
+    /// leasing at this moment are skipped, not waited for.
+    pub async fn queue_claim(
+        &self,
+        owner: &str,
+        now: i64,
+        until: i64,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let owner = owner.to_string();
+        self.run_async(move |inner| async move {
+            let rows = client(&inner)
+                .await?
+                .query(
+                    "UPDATE kubemail_queue SET lease_owner = $1, lease_until = $3 WHERE id IN \
+                     (SELECT id FROM kubemail_queue WHERE next_attempt <= $2 AND lease_until < $2 \
+                      ORDER BY next_attempt LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING entry",
+                    &[&owner, &now, &until, &limit],
+                )
+                .await
+                .map_err(db)?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+        .await
+    }
+
+    /// The queue's depth and its earliest next attempt.
+    pub async fn queue_depth(&self) -> Result<(usize, Option<i64>), StoreError> {
+        self.run_async(move |inner| async move {
+            let row = client(&inner)
+                .await?
+                .query_one(
+                    "SELECT count(*), min(greatest(next_attempt, lease_until)) FROM kubemail_queue",
+                    &[],
+                )
+                .await
+                .map_err(db)?;
+            Ok((as_u64(row.get(0)) as usize, row.get(1)))
+        })
+        .await
+    }
+
+    /// A queued message's bytes.
+    pub async fn queue_message(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let id = id.to_string();
+        self.run_async(move |inner| async move {
+            let row = client(&inner)
+                .await?
+                .query_opt("SELECT message FROM kubemail_queue WHERE id = $1", &[&id])
+                .await
+                .map_err(db)?;
+            Ok(row.map(|r| r.get(0)))
+        })
+        .await
+    }
+
+    /// Records an entry's progress while `owner` holds it, renewing the lease until `until`
+    /// (0: released, for the next attempt at `next_attempt`). False: the lease was lost (it ran
+    /// out and another replica took the entry), and nothing was written.
+    pub async fn queue_save(
+        &self,
+        owner: &str,
+        id: &str,
+        entry: String,
+        next_attempt: i64,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        let (owner, id) = (owner.to_string(), id.to_string());
+        self.run_async(move |inner| async move {
+            let holder = (until > 0).then_some(owner.clone());
+            let n = client(&inner)
+                .await?
+                .execute(
+                    "UPDATE kubemail_queue SET entry = $3, next_attempt = $4, lease_until = $5, \
+                     lease_owner = $6 WHERE id = $1 AND lease_owner = $2",
+                    &[&id, &owner, &entry, &next_attempt, &until, &holder],
+                )
+                .await
+                .map_err(db)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Renews `owner`'s leases on these entries until `until`.
+    pub async fn queue_renew(
+        &self,
+        owner: &str,
+        ids: Vec<String>,
+        until: i64,
+    ) -> Result<(), StoreError> {
+        let owner = owner.to_string();
+        self.run_async(move |inner| async move {
+            client(&inner)
+                .await?
+                .execute(
+                    "UPDATE kubemail_queue SET lease_until = $3 \
+                     WHERE lease_owner = $1 AND id = ANY($2)",
+                    &[&owner, &ids, &until],
+                )
+                .await
+                .map_err(db)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes a finished entry `owner` holds.
+    pub async fn queue_remove(&self, owner: &str, id: &str) -> Result<(), StoreError> {
+        let (owner, id) = (owner.to_string(), id.to_string());
+        self.run_async(move |inner| async move {
+            client(&inner)
+                .await?
+                .execute(
+                    "DELETE FROM kubemail_queue WHERE id = $1 AND lease_owner = $2",
+                    &[&id, &owner],
+                )
+                .await
+                .map_err(db)?;
+            Ok(())
+        })
+        .await
     }
 }

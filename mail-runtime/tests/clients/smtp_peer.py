@@ -1,14 +1,16 @@
 """A receiving SMTP server for tests, on aiosmtpd: the remote MX or the smarthost.
 
 usage: smtp_peer.py HOST PORT OUTDIR [--fail-first N] [--reject ADDRESS]... [--auth USER:PASS]
-                   [--tls CERT KEY]
+                   [--tls CERT KEY] [--stall-while FILE]
 Each accepted message is written to OUTDIR/<n>.eml (with X-Peer-Rcpt and X-Peer-Auth headers
 naming the envelope recipients and the AUTH user, and X-Peer-TLS: yes or no). With --tls it
 offers STARTTLS with that certificate. The first N DATA commands get
-"451 4.3.0"; RCPT to a --reject address gets "550 5.1.1". Prints "ready" once listening and
-runs until stdin closes.
+"451 4.3.0"; RCPT to a --reject address gets "550 5.1.1". With --stall-while, RCPT is not answered while FILE
+exists (a next hop that hangs mid-transaction: a client that dies meanwhile never reaches DATA,
+so nothing is counted for it). Prints "ready" once listening and runs until stdin closes.
 """
 import argparse
+import asyncio
 import os
 import sys
 import threading
@@ -24,6 +26,7 @@ p.add_argument("--fail-first", type=int, default=0)
 p.add_argument("--reject", action="append", default=[])
 p.add_argument("--auth")
 p.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+p.add_argument("--stall-while")
 args = p.parse_args()
 os.makedirs(args.outdir, exist_ok=True)
 lock = threading.Lock()
@@ -32,6 +35,8 @@ state = {"data": 0, "saved": 0}
 
 class Handler:
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        while args.stall_while and os.path.exists(args.stall_while):
+            await asyncio.sleep(0.1)
         if address.lower() in (r.lower() for r in args.reject):
             return "550 5.1.1 <%s>: no such user here" % address
         envelope.rcpt_tos.append(address)
