@@ -25,6 +25,7 @@ pub mod http;
 pub mod imap;
 pub mod managesieve;
 pub mod metrics;
+pub mod migrate;
 pub mod net;
 pub mod outbound;
 pub mod pop3;

@@ -82,6 +82,20 @@ enum Command {
     },
     /// Read a password on standard input, print its argon2id hash.
     HashPassword,
+    /// Copy a Maildir store into a PostgreSQL store, keeping UIDVALIDITY, UIDs, flags,
+    /// keywords and dates; resumable (run it again); one JSON line of counts.
+    Migrate {
+        /// The data directory of the Maildir store (stop its runtime first, or copy a
+        /// snapshot of it).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// A file holding the PostgreSQL connection URI (as a Secret's key is mounted).
+        #[arg(long, value_name = "FILE")]
+        postgres_uri_file: PathBuf,
+        /// Say what would be copied; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn parse_kind(text: &str) -> Result<probe::Kind, String> {
@@ -115,6 +129,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("mail-runtime: {err:#}");
+            termination_message(&format!("{err:#}"));
             ExitCode::FAILURE
         }
     }
@@ -209,6 +224,25 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Migrate {
+            data,
+            postgres_uri_file,
+            dry_run,
+        } => {
+            let started = std::time::Instant::now();
+            let uri = std::fs::read_to_string(&postgres_uri_file)?;
+            let maildir = mail_runtime::store::maildir::Maildir::open(&data, "migrate")?;
+            let spool =
+                std::env::temp_dir().join(format!("kubemail-migrate-{}", std::process::id()));
+            let db = mail_runtime::store::postgres::Postgres::open(uri.trim(), &spool)?;
+            let counts = mail_runtime::migrate::maildir_to_postgres(&maildir, &db, dry_run)?;
+            let _ = std::fs::remove_dir_all(&spool);
+            let mut report = serde_json::to_value(&counts)?;
+            report["dryRun"] = dry_run.into();
+            report["seconds"] = ((started.elapsed().as_secs_f64() * 100.0).round() / 100.0).into();
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::HashPassword => {
             let mut password = String::new();
             std::io::stdin().read_line(&mut password)?;
@@ -218,6 +252,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// In a pod, why the runtime stopped, where the kubelet reads it for the container's status
+/// (`lastState.terminated.message`): the operator's conditions say it (a database Secret
+/// without its key, a refused login, a schema newer than this runtime).
+fn termination_message(why: &str) {
+    let path = std::path::Path::new("/dev/termination-log");
+    if path.exists() {
+        let why: String = why.chars().take(2000).collect();
+        let _ = std::fs::write(path, why);
     }
 }
 

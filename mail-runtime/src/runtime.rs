@@ -73,6 +73,10 @@ pub struct Runtime {
     started: Arc<std::sync::atomic::AtomicBool>,
     /// True from the moment the runtime drains (SIGTERM): see [`Runtime::drain`].
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The PostgreSQL store, when the mail is there.
+    database: Option<Postgres>,
+    /// Its last health check (every few seconds): the schema version, or why it failed.
+    database_health: Arc<Mutex<Option<Result<i32, String>>>>,
 }
 
 /// Read access to the shared state; each part keeps its own locking.
@@ -251,6 +255,7 @@ impl Runtime {
             }
             None => None,
         };
+        let database_handle = database.clone();
         let store: Arc<dyn Store> = match &database {
             Some(db) => Arc::new(db.clone()),
             None => Arc::new(
@@ -284,6 +289,8 @@ impl Runtime {
             connections: Arc::new(Mutex::new(Connections::default())),
             started: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             stopping: Arc::new(tokio::sync::watch::Sender::new(false)),
+            database: database_handle,
+            database_health: Arc::default(),
         })
     }
 
@@ -489,6 +496,9 @@ impl Runtime {
             ));
         }
         tokio::spawn(report_status(self.clone()));
+        if self.database.is_some() {
+            tokio::spawn(check_database(self.clone()));
+        }
         tokio::spawn(self.outbound.clone().run(self.clone()));
         crate::metrics::init();
         self.started
@@ -564,11 +574,36 @@ impl Runtime {
     /// What the runtime serves now: the config revision, and why a newer config or certificate
     /// was refused, if one was.
     pub fn status(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut status = serde_json::json!({
             "revision": self.config.get().revision(),
             "configError": self.config.last_error(),
             "tlsError": self.tls.last_error(),
-        })
+        });
+        if self.database.is_some() {
+            status["database"] = match &*self.database_health.lock().expect("health lock") {
+                Some(Ok(schema)) => serde_json::json!({"schema": schema}),
+                Some(Err(error)) => serde_json::json!({"error": error}),
+                None => serde_json::json!({}),
+            };
+        }
+        status
+    }
+}
+
+/// Looks at the database every 5 seconds, for [`Runtime::status`] (and so the operator's
+/// `DatabaseReady` condition).
+async fn check_database(runtime: Runtime) {
+    let Some(db) = runtime.database.clone() else {
+        return;
+    };
+    loop {
+        let checked = db
+            .health_async()
+            .await
+            .map(|h| h.schema)
+            .map_err(|e| e.to_string());
+        *runtime.database_health.lock().expect("health lock") = Some(checked);
+        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
 

@@ -276,6 +276,27 @@ impl Maildir {
         Ok(store)
     }
 
+    /// Every mailbox that has a directory here (`local@domain`), sorted.
+    pub fn mailboxes(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for domain in fs::read_dir(self.root.join("mail"))
+            .map_err(StoreError::from_io)?
+            .flatten()
+        {
+            let Ok(locals) = fs::read_dir(domain.path()) else {
+                continue;
+            };
+            let domain = domain.file_name().to_string_lossy().to_string();
+            for local in locals.flatten() {
+                if local.path().join("cur").is_dir() {
+                    out.push(format!("{}@{domain}", local.file_name().to_string_lossy()));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// The Maildir of a mailbox's INBOX (the mailbox's directory).
     pub fn inbox_path(&self, mailbox: &str) -> Result<PathBuf, StoreError> {
         let (local, domain) = mailbox

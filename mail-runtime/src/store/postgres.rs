@@ -471,20 +471,6 @@ impl Postgres {
         Ok(store)
     }
 
-    /// The schema version, read from the database (an error when it cannot be reached).
-    pub fn health(&self) -> Result<Health, StoreError> {
-        self.run(|inner| async move {
-            let client = inner.pool.get().await.map_err(unavailable)?;
-            let row = client
-                .query_one("SELECT max(version) FROM kubemail_schema", &[])
-                .await
-                .map_err(db)?;
-            Ok(Health {
-                schema: row.get::<_, Option<i32>>(0).unwrap_or(0),
-            })
-        })
-    }
-
     /// Runs `work` on the store's runtime and waits for it.
     fn run<T, F>(&self, work: impl FnOnce(Arc<Inner>) -> F) -> Result<T, StoreError>
     where
@@ -1566,6 +1552,21 @@ impl Postgres {
             .unwrap_or_else(|e| Err(unavailable(e)))
     }
 
+    /// [`Postgres::health`], for async callers.
+    pub async fn health_async(&self) -> Result<Health, StoreError> {
+        self.run_async(|inner| async move {
+            let client = inner.pool.get().await.map_err(unavailable)?;
+            let row = client
+                .query_one("SELECT max(version) FROM kubemail_schema", &[])
+                .await
+                .map_err(db)?;
+            Ok(Health {
+                schema: row.get::<_, Option<i32>>(0).unwrap_or(0),
+            })
+        })
+        .await
+    }
+
     /// Woken when a replica queued something (or the LISTEN connection came back).
     pub fn queue_wakeup(&self) -> Arc<tokio::sync::Notify> {
         self.inner.queue_wake.clone()
@@ -1717,5 +1718,211 @@ impl Postgres {
             Ok(())
         })
         .await
+    }
+}
+
+/// A folder as another store has it, for `mail-runtime migrate`.
+#[derive(Debug, Clone)]
+pub struct ImportedFolder {
+    /// The mailbox's address.
+    pub mailbox: String,
+    /// The folder's name.
+    pub name: String,
+    /// Its UIDVALIDITY, kept.
+    pub validity: u32,
+    /// The next UID it hands out.
+    pub uid_next: u32,
+    /// Its HIGHESTMODSEQ.
+    pub highest_modseq: u64,
+    /// Its keyword table (flag letter `a + n` is the keyword at `n`).
+    pub keywords: Vec<String>,
+}
+
+/// A message as another store has it.
+#[derive(Debug, Clone)]
+pub struct ImportedMessage {
+    /// UID, kept.
+    pub uid: u32,
+    /// Mod-sequence, kept.
+    pub modseq: u64,
+    /// Flag letters.
+    pub flags: String,
+    /// Arrival time.
+    pub internal_date: i64,
+    /// Still `\Recent`.
+    pub recent: bool,
+    /// The message.
+    pub body: Vec<u8>,
+}
+
+/// Copying another store in (`mail-runtime migrate`): folders keep UIDVALIDITY, UIDs,
+/// mod-sequences, flags, keywords and dates; a message already copied is skipped, so a copy
+/// that stopped half-way is resumed by running it again.
+impl Postgres {
+    /// A folder's UIDVALIDITY and the UIDs it holds, if it exists.
+    pub fn folder_uids(
+        &self,
+        mailbox: &str,
+        name: &str,
+    ) -> Result<Option<(u32, std::collections::HashSet<u32>)>, StoreError> {
+        let (mailbox, name) = (mailbox.to_string(), folder_key(name));
+        self.run(move |inner| async move {
+            let client = client(&inner).await?;
+            let Some(row) = client
+                .query_opt(
+                    "SELECT id, uid_validity FROM kubemail_folders WHERE mailbox = $1 AND name = $2",
+                    &[&mailbox, &name],
+                )
+                .await
+                .map_err(db)?
+            else {
+                return Ok(None);
+            };
+            let id: i64 = row.get(0);
+            let uids = client
+                .query("SELECT uid FROM kubemail_messages WHERE folder_id = $1", &[&id])
+                .await
+                .map_err(db)?
+                .iter()
+                .map(|r| as_u32(r.get(0)))
+                .collect();
+            Ok(Some((as_u32(row.get(1)), uids)))
+        })
+    }
+
+    /// Makes (or takes over) a folder as another store has it; its id. A folder already here
+    /// with another UIDVALIDITY is taken over only while it is empty (the default folders a
+    /// first login made); holding other mail, it is refused.
+    pub fn import_folder(&self, folder: ImportedFolder) -> Result<i64, StoreError> {
+        self.run(move |inner| async move {
+            let ImportedFolder {
+                mailbox,
+                name,
+                validity,
+                uid_next,
+                highest_modseq,
+                keywords,
+            } = folder;
+            let name = folder_key(&name);
+            let (validity, uid_next, modseq) = (
+                i64::from(validity),
+                i64::from(uid_next),
+                i64::try_from(highest_modseq).unwrap_or(i64::MAX),
+            );
+            Ok(transaction!(inner, tx, [&mailbox], {
+                // New folders never get a UIDVALIDITY at or below one copied in.
+                tx.execute(
+                    "SELECT setval('kubemail_uidvalidity', greatest((SELECT last_value FROM kubemail_uidvalidity), $1))",
+                    &[&validity],
+                )
+                .await
+                .map_err(db)?;
+                let here = tx
+                    .query_opt(
+                        "SELECT f.id, f.uid_validity, \
+                         (SELECT count(*) FROM kubemail_messages m WHERE m.folder_id = f.id) \
+                         FROM kubemail_folders f WHERE f.mailbox = $1 AND f.name = $2 FOR UPDATE",
+                        &[&mailbox, &name],
+                    )
+                    .await
+                    .map_err(db)?;
+                match here {
+                    None => tx
+                        .query_one(
+                            "INSERT INTO kubemail_folders \
+                             (mailbox, name, uid_validity, uid_next, highest_modseq, keywords) \
+                             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                            &[&mailbox, &name, &validity, &uid_next, &modseq, &keywords],
+                        )
+                        .await
+                        .map_err(db)?
+                        .get(0),
+                    Some(row) => {
+                        let (id, here_validity, count): (i64, i64, i64) =
+                            (row.get(0), row.get(1), row.get(2));
+                        if here_validity != validity && count > 0 {
+                            return Err(StoreError::NotAllowed(
+                                "the folder already holds other mail in the database",
+                            ));
+                        }
+                        tx.execute(
+                            "UPDATE kubemail_folders SET uid_validity = $2, \
+                             uid_next = greatest(uid_next, $3), \
+                             highest_modseq = greatest(highest_modseq, $4), keywords = $5 \
+                             WHERE id = $1",
+                            &[&id, &validity, &uid_next, &modseq, &keywords],
+                        )
+                        .await
+                        .map_err(db)?;
+                        id
+                    }
+                }
+            }))
+        })
+    }
+
+    /// Copies messages into a folder made by [`Postgres::import_folder`], in one transaction;
+    /// how many were new (a UID already there is skipped).
+    pub fn import_messages(
+        &self,
+        folder: i64,
+        messages: Vec<ImportedMessage>,
+    ) -> Result<usize, StoreError> {
+        self.run(move |inner| async move {
+            Ok(transaction!(inner, tx, &[] as &[&str], {
+                let mut copied = 0;
+                for m in &messages {
+                    let uid = i64::from(m.uid);
+                    let there = tx
+                        .query_opt(
+                            "SELECT 1 FROM kubemail_messages WHERE folder_id = $1 AND uid = $2",
+                            &[&folder, &uid],
+                        )
+                        .await
+                        .map_err(db)?;
+                    if there.is_some() {
+                        continue;
+                    }
+                    let blob = insert_blob(&tx, &m.body).await?;
+                    tx.execute(
+                        "INSERT INTO kubemail_messages \
+                         (folder_id, uid, modseq, flags, internal_date, size, recent, blob_id) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                        &[
+                            &folder,
+                            &uid,
+                            &i64::try_from(m.modseq).unwrap_or(i64::MAX),
+                            &m.flags,
+                            &m.internal_date,
+                            &(m.body.len() as i64),
+                            &m.recent,
+                            &blob,
+                        ],
+                    )
+                    .await
+                    .map_err(db)?;
+                    copied += 1;
+                }
+                copied
+            }))
+        })
+    }
+
+    /// Marks a mailbox's default folders as made (a copied mailbox keeps the folders it had:
+    /// one the user deleted is not made again at the next login).
+    pub fn import_mailbox_done(&self, mailbox: &str) -> Result<(), StoreError> {
+        let mailbox = mailbox.to_string();
+        self.run(move |inner| async move {
+            client(&inner)
+                .await?
+                .execute(
+                    "INSERT INTO kubemail_mailboxes (address, defaults_made) VALUES ($1, true) \
+                     ON CONFLICT (address) DO UPDATE SET defaults_made = true",
+                    &[&mailbox],
+                )
+                .await
+                .map_err(db)?;
+            Ok(())
+        })
     }
 }
