@@ -82,12 +82,15 @@ use crate::common::{
     "!has(self.hostedBy) || (self.runtime.replicas == 1 && !has(self.runtime.resources) && self.runtime.service.type == 'ClusterIP' && !has(self.runtime.service.annotations) && !self.runtime.service.proxyProtocol)"
 ).message("a hosted domain runs on its server's runtime: set runtime on the MailDomain named in hostedBy").field_path(".runtime"))]
 #[x_kube(validation = kube::core::Rule::new(
-    "!has(self.hostedBy) || (self.storage.size == '10Gi' && !has(self.storage.storageClassName))"
+    "!has(self.hostedBy) || (self.storage.size == '10Gi' && !has(self.storage.storageClassName) && !has(self.storage.database))"
 ).message("a hosted domain's mail is stored by its server: set storage on the MailDomain named in hostedBy").field_path(".storage"))]
 #[x_kube(validation = kube::core::Rule::new(hosted_protocols_rule()).message("a hosted domain is served on its server's protocols and ports: set protocols on the MailDomain named in hostedBy").field_path(".protocols"))]
 #[x_kube(validation = kube::core::Rule::new(
     "!has(self.hostedBy) || (!has(self.inbound.rspamd) && !has(self.inbound.clamav) && !has(self.inbound.greylisting) && !has(self.inbound.dnsLists) && !has(self.inbound.greetPause))"
 ).message("a hosted domain's incoming mail is checked as its server says: set inbound on the MailDomain named in hostedBy").field_path(".inbound"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "self.runtime.replicas <= 1 || has(self.storage.database)"
+).message("runtime.replicas above 1 needs storage.database (PostgreSQL): the embedded Maildir store is served by one pod at a time").field_path(".runtime.replicas"))]
 #[serde(rename_all = "camelCase")]
 pub struct MailDomainSpec {
     /// The mail domain served, such as `example.com`: the part after `@` in every address.
@@ -453,6 +456,40 @@ pub struct StorageSpec {
     /// the volume and every message on it; `Delete` removes them with the domain.
     #[serde(default)]
     pub retention_policy: RetentionPolicy,
+    /// Keep the mail (and the outbound queue) in PostgreSQL instead of on a volume: several
+    /// runtime replicas then serve the domain together, and upgrades roll one pod at a time.
+    /// Without it, mail is in Maildir on the volume, served by one pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseSpec>,
+}
+
+/// A PostgreSQL database for the mail.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// The Secret in this namespace holding the connection URI
+    /// (`postgresql://user:password@host:5432/db?sslmode=...`; several hosts with
+    /// `target_session_attrs=read-write` follow a failover). CloudNativePG's application
+    /// Secret (`<cluster>-app`) has it under `uri`, the default key.
+    pub secret_ref: DatabaseSecretRef,
+}
+
+/// The key of a Secret holding a connection URI.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSecretRef {
+    /// Name of the Secret, in the same namespace as the MailDomain.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = object_name_rule("name"))]
+    pub name: String,
+    /// Key inside the Secret's data.
+    #[serde(default = "default_uri_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_uri_key() -> String {
+    "uri".into()
 }
 
 impl Default for StorageSpec {
@@ -461,6 +498,7 @@ impl Default for StorageSpec {
             size: default_storage_size(),
             storage_class_name: None,
             retention_policy: RetentionPolicy::Retain,
+            database: None,
         }
     }
 }
@@ -643,10 +681,10 @@ fn default_max_connections_per_ip() -> i32 {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RuntimeSpec {
-    /// Number of runtime pods: 1 (the default) or 0 to stop serving while keeping all data. The
-    /// embedded Maildir store is served by one pod at a time.
+    /// Number of runtime pods: 1 (the default), 0 to stop serving while keeping all data, or
+    /// more with `storage.database` (the embedded Maildir store is served by one pod at a time).
     #[serde(default = "default_replicas")]
-    #[schemars(range(min = 0, max = 1))]
+    #[schemars(range(min = 0, max = 16))]
     pub replicas: i32,
     /// CPU and memory requests and limits of the runtime container.
     #[serde(default, skip_serializing_if = "Option::is_none")]

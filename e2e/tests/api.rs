@@ -301,7 +301,19 @@ fn invalid_manifests() -> Vec<Invalid> {
             "three replicas of the Maildir store",
             json!({"domain": "example.com", "runtime": {"replicas": 3}}),
             "spec.runtime.replicas",
-            "less than or equal to 1",
+            "runtime.replicas above 1 needs storage.database",
+        ),
+        d(
+            "a database without a Secret name",
+            json!({"domain": "example.com", "storage": {"database": {"secretRef": {"key": "uri"}}}}),
+            "spec.storage.database.secretRef.name",
+            "Required value",
+        ),
+        d(
+            "seventeen replicas",
+            json!({"domain": "example.com", "runtime": {"replicas": 17}, "storage": {"database": {"secretRef": {"name": "db"}}}}),
+            "spec.runtime.replicas",
+            "less than or equal to 16",
         ),
         d(
             "DKIM selector with _",
@@ -531,6 +543,12 @@ fn invalid_manifests() -> Vec<Invalid> {
             json!({"domain": "brand.com", "hostedBy": {"name": "acme"}, "relayPolicyRef": {"name": "apps"}}),
             "spec.relayPolicyRef",
             "a hosted domain sends under its server's RelayPolicy",
+        ),
+        d(
+            "hosted domain with a database of its own",
+            json!({"domain": "brand.com", "hostedBy": {"name": "acme"}, "storage": {"database": {"secretRef": {"name": "db"}}}}),
+            "spec.storage",
+            "a hosted domain's mail is stored by its server",
         ),
         d(
             "hosted domain with replicas of its own",

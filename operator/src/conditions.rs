@@ -78,6 +78,15 @@ pub mod reason {
     pub const WIDE_NETWORKS: &str = "WideNetworks";
     /// A RelayPolicy's client networks are all narrower than the threshold (or there are none).
     pub const NARROW_NETWORKS: &str = "NarrowNetworks";
+    /// The runtime reaches its database, at the schema version it knows.
+    pub const DATABASE_CONNECTED: &str = "Connected";
+    /// The runtime cannot use its database now (it says why).
+    pub const DATABASE_UNAVAILABLE: &str = "DatabaseUnavailable";
+    /// The runtime stopped at start (its last termination message says why: a Secret without
+    /// its key, a wrong URI, a refused login, a schema newer than the runtime).
+    pub const RUNTIME_CANNOT_START: &str = "RuntimeCannotStart";
+    /// Nothing heard yet.
+    pub const WAITING: &str = "Waiting";
 }
 
 /// Condition types, as the three kinds' status docs name them.
@@ -135,6 +144,8 @@ pub mod types {
     /// MailDomain: each record of `status.dnsRecords` resolves as it should (only with the
     /// operator's `--dns-check`).
     pub const DNS_VERIFIED: &str = "DNSVerified";
+    /// MailDomain: the runtime reaches its PostgreSQL database (only with `storage.database`).
+    pub const DATABASE_READY: &str = "DatabaseReady";
     /// MailDomain: its records are in its external-dns `DNSEndpoint` (only with
     /// `spec.dns.publish`).
     pub const DNS_PUBLISHED: &str = "DNSPublished";

@@ -310,7 +310,10 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
     if options.network_policy_from.is_some() {
         tokio::spawn(network_policy_metadata);
     }
+    let (disruption_budgets, pdb_metadata) =
+        metadata_store::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(&client, ns, &managed);
     let metadata_watches = [
+        tokio::spawn(pdb_metadata),
         tokio::spawn(sa_metadata),
         tokio::spawn(service_metadata),
         tokio::spawn(claim_metadata),
@@ -339,6 +342,7 @@ pub async fn run(client: Client, options: Options, namespace: Option<String>) {
             claims,
             deployments,
             network_policies,
+            disruption_budgets,
         },
         applied: Arc::new(Mutex::new(HashMap::new())),
         usage_writes: Arc::new(Mutex::new(HashMap::new())),

@@ -2807,3 +2807,92 @@ async fn a_network_policy_keeps_the_runtime_to_its_mail_ports() {
         Some(vec!["Ingress".to_string(), "Egress".to_string()])
     );
 }
+
+/// A MailDomain on PostgreSQL: three replicas rolled one at a time (RollingUpdate with no pod
+/// unavailable), a PodDisruptionBudget, no volume; `DatabaseReady` says what is missing while
+/// the database Secret or its key is, and what the runtime reports after.
+#[tokio::test]
+async fn a_domain_on_a_database_rolls_several_replicas_and_reports_its_database() {
+    let (client, ns) = setup(BTreeMap::new()).await;
+    let ns = ns.name;
+    let _operator = Operator::start(ControlPlane::shared(), &ns);
+    let mut md = domain_on("scaled", "scaled.test", None);
+    md["spec"]["storage"] = json!({"database": {"secretRef": {"name": "mail-db-app"}}});
+    md["spec"]["runtime"] = json!({"replicas": 3});
+    apply(&client, &ns, md).await;
+    let database = || async { condition_of(&client, &ns, "scaled", "DatabaseReady").await };
+    let (status, reason, message) = eventually("DatabaseReady False: no Secret", || async {
+        database().await.filter(|c| c.1 == "SecretNotFound")
+    })
+    .await;
+    assert_eq!(status, "False");
+    assert!(message.contains("mail-db-app"), "{reason}: {message}");
+    let deployment = Api::<Deployment>::namespaced(client.clone(), &ns)
+        .get("scaled-mail")
+        .await
+        .expect("deployment");
+    let spec = serde_json::to_value(&deployment.spec).expect("json");
+    assert_eq!(spec["replicas"], 3);
+    assert_eq!(spec["strategy"]["type"], "RollingUpdate");
+    assert_eq!(spec["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+    let volumes = &spec["template"]["spec"]["volumes"];
+    assert!(
+        volumes
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .all(|v| v.get("persistentVolumeClaim").is_none()),
+        "{volumes}"
+    );
+    let budget =
+        Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(client.clone(), &ns)
+            .get("scaled-mail")
+            .await
+            .expect("a PodDisruptionBudget");
+    assert_eq!(
+        serde_json::to_value(&budget.spec).expect("json")["maxUnavailable"],
+        1
+    );
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns);
+    assert!(
+        claims.get_opt("scaled-data").await.expect("get").is_none(),
+        "no volume on a database"
+    );
+    // CloudNativePG's Secret, first without the key, then with it.
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    let secret = |data: serde_json::Value| {
+        serde_json::from_value::<Secret>(json!({
+            "metadata": {"name": "mail-db-app"}, "stringData": data}))
+        .expect("secret")
+    };
+    secrets
+        .create(&PostParams::default(), &secret(json!({"username": "app"})))
+        .await
+        .expect("create");
+    let (_, _, message) = eventually("DatabaseReady False: no key", || async {
+        database().await.filter(|c| c.1 == "KeyNotFound")
+    })
+    .await;
+    assert!(message.contains("\"uri\""), "{message}");
+    secrets
+        .patch(
+            "mail-db-app",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"stringData": {"uri": "postgresql://app:pw@mail-db-rw:5432/app"}}),
+            ),
+        )
+        .await
+        .expect("patch");
+    // No runtime runs in this test: the operator waits for its report, and Ready waits too.
+    let (status, reason, _) = eventually("DatabaseReady waits for the runtime", || async {
+        database().await.filter(|c| c.1 == "Waiting")
+    })
+    .await;
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Waiting"));
+    let ready = condition_of(&client, &ns, "scaled", "Ready")
+        .await
+        .expect("Ready");
+    assert_eq!(ready.0, "False");
+    assert!(ready.2.contains("DatabaseReady"), "{}", ready.2);
+}

@@ -432,6 +432,9 @@ struct Referred {
     relay_pods: Vec<String>,
     /// Whether the certificate Secret is there.
     tls_ok: bool,
+    /// With `storage.database`: whether its Secret and key are there (else the reason and
+    /// message).
+    database_secret: Option<std::result::Result<(), (&'static str, String)>>,
     /// The DKIM key that signs and the records to publish, when DKIM is on.
     dkim: super::dkim::Published,
     /// The Mailboxes to serve, with their hashes; each address belongs to one (the oldest).
@@ -502,6 +505,33 @@ async fn dereference(
     }
     let (tls_ok, dkim) = own_keys(md, &secrets, records_resolve(ctx, previous)).await?;
     referred.tls_ok = tls_ok;
+    if let Some(database) = &md.spec.storage.database {
+        let reference = &database.secret_ref;
+        referred.database_secret = Some(match secrets.get_opt(&reference.name).await? {
+            None => Err((
+                reason::SECRET_NOT_FOUND,
+                format!(
+                    "Secret {} does not exist: the runtime cannot start",
+                    reference.name
+                ),
+            )),
+            Some(s)
+                if !s
+                    .data
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key(&reference.key)) =>
+            {
+                Err((
+                    reason::KEY_NOT_FOUND,
+                    format!(
+                        "Secret {} has no key {:?} (the connection URI): the runtime cannot start",
+                        reference.name, reference.key
+                    ),
+                ))
+            }
+            Some(_) => Ok(()),
+        });
+    }
     referred.dkim = dkim;
     referred.mailboxes = served_mailboxes(ctx, md).await?;
     referred.hosted = super::hosted::parts(ctx, md, &secrets).await?;
@@ -624,7 +654,10 @@ struct Desired {
     service_account: ServiceAccount,
     /// The config Secret, when the config is valid.
     config: Option<Secret>,
-    claim: PersistentVolumeClaim,
+    /// The Maildir volume (none with a database).
+    claim: Option<PersistentVolumeClaim>,
+    /// With several replicas on a database.
+    disruption_budget: Option<k8s_openapi::api::policy::v1::PodDisruptionBudget>,
     service: Service,
     metrics_service: Service,
     deployment: Deployment,
@@ -691,7 +724,13 @@ fn build(
         catch_all,
         mailboxes,
         service_account: objects::service_account(md),
-        claim: objects::data_claim(md),
+        claim: md
+            .spec
+            .storage
+            .database
+            .is_none()
+            .then(|| objects::data_claim(md)),
+        disruption_budget: objects::disruption_budget(md),
         service: objects::service(md),
         metrics_service: objects::metrics_service(md),
         deployment: objects::deployment(md, referred.relay.as_ref(), runtime),
@@ -725,11 +764,17 @@ async fn apply(
             tracing::warn!(domain = %md.spec.domain, invalid = invalid.as_deref().unwrap_or_default(), "rendered config refused; the last one stays");
         }
     }
-    ctx.apply(
-        &Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
-        &desired.claim,
-    )
-    .await?;
+    if let Some(claim) = &desired.claim {
+        ctx.apply(
+            &Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
+            claim,
+        )
+        .await?;
+    }
+    if let Some(budget) = &desired.disruption_budget {
+        ctx.apply(&Api::namespaced(client.clone(), ns), budget)
+            .await?;
+    }
     let services = Api::<Service>::namespaced(client.clone(), ns);
     ctx.apply(&services, &desired.service).await?;
     ctx.apply(&services, &desired.metrics_service).await?;
@@ -767,6 +812,10 @@ struct Probed {
 struct Observed {
     /// The config revision the runtime serves, if it answers.
     served: Option<String>,
+    /// With `storage.database`: the schema version the runtime sees, or why it cannot use
+    /// the database (from its status, or from its last termination message when it does not
+    /// start); `None` while nothing was heard.
+    database: Option<std::result::Result<i64, (&'static str, String)>>,
     /// The probes of the protocol groups that have an enabled port (the others have no
     /// condition).
     probes: Vec<Probed>,
@@ -836,7 +885,24 @@ async fn observe(
         .probe_host_override
         .clone()
         .unwrap_or_else(|| format!("{}.{ns}.svc", names.metrics));
-    let served = served_revision(&http_host, HTTP_PORT).await;
+    let status = runtime_status(&http_host, HTTP_PORT).await;
+    let served = status
+        .as_ref()
+        .and_then(|s| s["revision"].as_str().map(str::to_string));
+    let database = match (&md.spec.storage.database, &status) {
+        (None, _) => None,
+        (Some(_), Some(status)) => match (
+            status["database"]["schema"].as_i64(),
+            status["database"]["error"].as_str(),
+        ) {
+            (Some(schema), _) => Some(Ok(schema)),
+            (None, Some(error)) => Some(Err((reason::DATABASE_UNAVAILABLE, error.to_string()))),
+            (None, None) => None,
+        },
+        (Some(_), None) => last_termination(&ctx.client, ns, md)
+            .await
+            .map(|why| Err((reason::RUNTIME_CANNOT_START, why))),
+    };
     // Each Mailbox's storage and the queue, from the runtime (rate-limited, see `usage`).
     let usage = match served {
         Some(_) => runtime_json::<super::usage::Report>(&http_host, HTTP_PORT, "/usage").await,
@@ -937,6 +1003,7 @@ async fn observe(
     };
     Observed {
         served,
+        database,
         probes,
         scanners,
         queued,
@@ -1305,6 +1372,35 @@ fn status_of(
             ),
         );
     }
+    let database_ok = match (&referred.database_secret, &observed.database) {
+        (None, _) => true,
+        (Some(Err((why, message))), _) => {
+            set(types::DATABASE_READY, false, why, message.clone());
+            false
+        }
+        (Some(Ok(())), Some(Ok(schema))) => {
+            set(
+                types::DATABASE_READY,
+                true,
+                reason::DATABASE_CONNECTED,
+                format!("the runtime uses the database, schema version {schema}"),
+            );
+            true
+        }
+        (Some(Ok(())), Some(Err((why, message)))) => {
+            set(types::DATABASE_READY, false, why, message.clone());
+            false
+        }
+        (Some(Ok(())), None) => {
+            set(
+                types::DATABASE_READY,
+                false,
+                reason::WAITING,
+                "the runtime has not reported on its database yet".into(),
+            );
+            false
+        }
+    };
     match &desired.catch_all {
         Some((target, false)) => set(
             types::CATCH_ALL_FOUND,
@@ -1446,11 +1542,13 @@ fn status_of(
         types::SCANNERS_REACHABLE => observed.scanners.is_some(),
         types::RELAY_POLICY_FOUND => referred.relay_policy.is_some(),
         types::CATCH_ALL_FOUND => desired.catch_all.is_some(),
+        types::DATABASE_READY => referred.database_secret.is_some(),
         types::CONFIG_VALID => desired.invalid.is_some(),
         t if GROUPS.iter().any(|(g, _, _)| *g == t) => observed.probes.iter().any(|p| p.type_ == t),
         _ => true,
     });
     let ready = referred.tls_ok
+        && database_ok
         && config_served
         && desired.invalid.is_none()
         && observed.probes.iter().all(|p| p.failures.is_empty());
@@ -1714,7 +1812,41 @@ fn needs_mark(
     again && !recently
 }
 
+/// What the runtime reports on `/readyz` (its `status`), if it answers.
+async fn runtime_status(host: &str, port: i32) -> Option<serde_json::Value> {
+    let value: serde_json::Value = runtime_json(host, port, "/readyz").await?;
+    Some(value["status"].clone())
+}
+
+/// Why a runtime container last stopped, as it wrote it for the kubelet (see `mail-runtime`'s
+/// termination message), from its pods' statuses.
+async fn last_termination(client: &kube::Client, ns: &str, md: &MailDomain) -> Option<String> {
+    use kube::api::ListParams;
+    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns);
+    let selector = render::selector(md)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .ok()?;
+    list.items.iter().find_map(|pod| {
+        let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+        statuses.iter().find_map(|c| {
+            let terminated = c
+                .state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .or_else(|| c.last_state.as_ref()?.terminated.as_ref())?;
+            terminated.message.clone().filter(|m| !m.trim().is_empty())
+        })
+    })
+}
+
 /// The config revision the runtime reports on `/readyz`, if it answers.
+#[cfg(test)]
 async fn served_revision(host: &str, port: i32) -> Option<String> {
     // Not ready (503) still says which revision it serves.
     let value: serde_json::Value = runtime_json(host, port, "/readyz").await?;
@@ -1800,6 +1932,7 @@ mod tests {
             };
             Observed {
                 served: Some(revision.into()),
+                database: None,
                 probes: vec![
                     group(types::SMTP_READY, &["smtp"]),
                     group(types::IMAP_READY, &["imap", "imaps"]),

@@ -130,6 +130,9 @@ pub struct Live {
     pub deployments: Store<PartialObjectMeta<Deployment>>,
     /// NetworkPolicies (watched only when the operator renders them).
     pub network_policies: Store<PartialObjectMeta<NetworkPolicy>>,
+    /// PodDisruptionBudgets (of domains with several replicas).
+    pub disruption_budgets:
+        Store<PartialObjectMeta<k8s_openapi::api::policy::v1::PodDisruptionBudget>>,
 }
 
 /// A kind the operator applies, with the watch cache that holds its live metadata.
@@ -169,6 +172,11 @@ impl Applied for PersistentVolumeClaim {
 impl Applied for Deployment {
     fn live(ctx: &Context) -> &Store<PartialObjectMeta<Self>> {
         &ctx.live.deployments
+    }
+}
+impl Applied for k8s_openapi::api::policy::v1::PodDisruptionBudget {
+    fn live(ctx: &Context) -> &Store<PartialObjectMeta<Self>> {
+        &ctx.live.disruption_budgets
     }
 }
 impl Applied for NetworkPolicy {

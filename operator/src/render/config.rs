@@ -172,7 +172,13 @@ pub fn runtime_config(
         listeners,
         storage: Storage {
             path: paths::DATA_DIR.into(),
-            database: None,
+            database: spec
+                .storage
+                .database
+                .as_ref()
+                .map(|_| kubemail_config::DatabaseStorage {
+                    uri_file: format!("{}/uri", paths::DATABASE_DIR).into(),
+                }),
         },
         security: Security {
             // Only where the runtime uses them: a list without PROXY listeners would mislead.

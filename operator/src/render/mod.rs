@@ -57,8 +57,10 @@ pub mod paths {
     pub const SMARTHOST_DIR: &str = "/etc/kubemail/smarthost";
     /// The rspamd controller password Secret (the MailDomain's), as `password`.
     pub const RSPAMD_DIR: &str = "/etc/kubemail/rspamd";
-    /// The PVC.
+    /// The PVC (an emptyDir with `storage.database`: the spool only).
     pub const DATA_DIR: &str = "/var/lib/kubemail";
+    /// The database Secret's URI, as `uri`.
+    pub const DATABASE_DIR: &str = "/etc/kubemail/database";
 }
 
 /// Names of the objects made for a MailDomain.

@@ -4,15 +4,17 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     ByteString,
     api::{
-        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy},
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
-            Capabilities, Container, ContainerPort, EmptyDirVolumeSource, ExecAction, KeyToPath,
-            Lifecycle, LifecycleHandler, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-            PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+            Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, ExecAction,
+            KeyToPath, Lifecycle, LifecycleHandler, PersistentVolumeClaim,
+            PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodAffinityTerm,
+            PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
             ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext,
             Service, ServiceAccount, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
-            VolumeResourceRequirements,
+            VolumeResourceRequirements, WeightedPodAffinityTerm,
         },
+        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
     apimachinery::pkg::{
         api::resource::Quantity,
@@ -401,6 +403,9 @@ pub fn deployment(
                 mount("data", paths::DATA_DIR, false),
                 mount("tmp", "/tmp", false),
             ];
+            if md.spec.storage.database.is_some() {
+                mounts.push(mount("database", paths::DATABASE_DIR, true));
+            }
             if smarthost_credentials.is_some() {
                 mounts.push(mount("smarthost", paths::SMARTHOST_DIR, true));
             }
@@ -437,13 +442,24 @@ pub fn deployment(
                     secret_volume("config", &names.config, false),
                     secret_volume("tls", &names.tls, false),
                     secret_volume("dkim", &names.dkim, true),
-                    Volume {
-                        name: "data".into(),
-                        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                            claim_name: names.data.clone(),
-                            ..PersistentVolumeClaimVolumeSource::default()
-                        }),
-                        ..Volume::default()
+                    match &md.spec.storage.database {
+                        // The mail is in the database: the pod's disk holds only the spool.
+                        Some(_) => Volume {
+                            name: "data".into(),
+                            empty_dir: Some(EmptyDirVolumeSource {
+                                size_limit: Some(Quantity("1Gi".into())),
+                                ..EmptyDirVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                        None => Volume {
+                            name: "data".into(),
+                            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                                claim_name: names.data.clone(),
+                                ..PersistentVolumeClaimVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
                     },
                     Volume {
                         name: "tmp".into(),
@@ -466,9 +482,36 @@ pub fn deployment(
                     rspamd_password
                         .map(|p| keyed_secret_volume("rspamd", &p.name, &[(&p.key, "password")])),
                 )
+                .chain(md.spec.storage.database.as_ref().map(|d| {
+                    keyed_secret_volume(
+                        "database",
+                        &d.secret_ref.name,
+                        &[(&d.secret_ref.key, "uri")],
+                    )
+                }))
                 .collect(),
             ),
             termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+            // Replicas on one database spread over nodes when they can.
+            affinity: md.spec.storage.database.as_ref().map(|_| Affinity {
+                pod_anti_affinity: Some(PodAntiAffinity {
+                    preferred_during_scheduling_ignored_during_execution: Some(vec![
+                        WeightedPodAffinityTerm {
+                            weight: 100,
+                            pod_affinity_term: PodAffinityTerm {
+                                label_selector: Some(LabelSelector {
+                                    match_labels: Some(selector(md)),
+                                    ..LabelSelector::default()
+                                }),
+                                topology_key: "kubernetes.io/hostname".into(),
+                                ..PodAffinityTerm::default()
+                            },
+                        },
+                    ]),
+                    ..PodAntiAffinity::default()
+                }),
+                ..Affinity::default()
+            }),
             ..PodSpec::default()
         }),
     };
@@ -480,10 +523,22 @@ pub fn deployment(
                 match_labels: Some(selector(md)),
                 ..LabelSelector::default()
             },
-            // The Maildir volume is ReadWriteOnce: the old pod must go before the new one comes.
-            strategy: Some(DeploymentStrategy {
-                type_: Some("Recreate".into()),
-                ..DeploymentStrategy::default()
+            strategy: Some(match &md.spec.storage.database {
+                // One new pod at a time, and an old one leaves only once it is ready: no
+                // moment without a serving pod.
+                Some(_) => DeploymentStrategy {
+                    type_: Some("RollingUpdate".into()),
+                    rolling_update: Some(RollingUpdateDeployment {
+                        max_surge: Some(IntOrString::Int(1)),
+                        max_unavailable: Some(IntOrString::Int(0)),
+                    }),
+                },
+                // The Maildir volume is ReadWriteOnce: the old pod must go before the new one
+                // comes.
+                None => DeploymentStrategy {
+                    type_: Some("Recreate".into()),
+                    ..DeploymentStrategy::default()
+                },
             }),
             template,
             ..DeploymentSpec::default()
@@ -586,4 +641,23 @@ pub fn network_policy(
             ]),
         }),
     }
+}
+
+/// With several replicas (on a database), a PodDisruptionBudget: a node drain evicts one runtime
+/// pod at a time, and only while the others are ready.
+pub fn disruption_budget(md: &MailDomain) -> Option<PodDisruptionBudget> {
+    (md.spec.storage.database.is_some() && md.spec.runtime.replicas > 1).then(|| {
+        PodDisruptionBudget {
+            metadata: meta(md, &Names::of(md).runtime, true),
+            spec: Some(PodDisruptionBudgetSpec {
+                max_unavailable: Some(IntOrString::Int(1)),
+                selector: Some(LabelSelector {
+                    match_labels: Some(selector(md)),
+                    ..LabelSelector::default()
+                }),
+                ..PodDisruptionBudgetSpec::default()
+            }),
+            ..PodDisruptionBudget::default()
+        }
+    })
 }

@@ -349,3 +349,62 @@ fn https_serves_the_web_names_and_announces_the_policy_that_the_runtime_serves()
         .expect("_mta-sts");
     assert_ne!(testing, enforce);
 }
+
+#[test]
+fn a_domain_on_a_database_rolls_one_pod_at_a_time_over_nodes_without_a_volume() {
+    let mut md = fixtures::domain();
+    md.spec.storage.database =
+        Some(serde_yaml_ng::from_str("{secretRef: {name: mail-db-app}}").expect("yaml"));
+    md.spec.runtime.replicas = 3;
+    let deployment = objects::deployment(&md, None, &options());
+    let spec = deployment.spec;
+    let strategy = spec.strategy.expect("strategy");
+    assert_eq!(strategy.type_.as_deref(), Some("RollingUpdate"));
+    let rolling = strategy.rolling_update.expect("rollingUpdate");
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+    assert_eq!(spec.replicas, Some(3));
+    let pod = spec.template.spec.expect("pod");
+    assert!(
+        pod.affinity
+            .and_then(|a| a.pod_anti_affinity)
+            .and_then(|a| a.preferred_during_scheduling_ignored_during_execution)
+            .is_some_and(
+                |terms| terms[0].pod_affinity_term.topology_key == "kubernetes.io/hostname"
+            )
+    );
+    let volumes = pod.volumes.expect("volumes");
+    let data = volumes
+        .iter()
+        .find(|v| v.name == "data")
+        .expect("data volume");
+    assert!(data.persistent_volume_claim.is_none() && data.empty_dir.is_some());
+    let database = volumes
+        .iter()
+        .find(|v| v.name == "database")
+        .expect("database volume");
+    let secret = database.secret.as_ref().expect("a Secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("mail-db-app"));
+    let item = &secret.items.as_ref().expect("items")[0];
+    assert_eq!((item.key.as_str(), item.path.as_str()), ("uri", "uri"));
+    // The config names the file; the budget lets one pod go at a time.
+    let config = runtime_config(&md, &[], None);
+    assert_eq!(
+        config.storage.database.expect("database").uri_file,
+        std::path::PathBuf::from("/etc/kubemail/database/uri")
+    );
+    let budget = objects::disruption_budget(&md).expect("a budget with 3 replicas");
+    assert_eq!(
+        budget.spec.expect("spec").max_unavailable,
+        Some(IntOrString::Int(1))
+    );
+    md.spec.runtime.replicas = 1;
+    assert!(objects::disruption_budget(&md).is_none());
+    // On Maildir: a volume, Recreate, no budget.
+    md.spec.storage.database = None;
+    let maildir = objects::deployment(&md, None, &options()).spec;
+    assert_eq!(
+        maildir.strategy.expect("strategy").type_.as_deref(),
+        Some("Recreate")
+    );
+}
