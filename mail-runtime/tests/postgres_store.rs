@@ -189,3 +189,31 @@ fn a_database_restart_is_a_temporary_failure_and_service_comes_back_by_itself() 
     );
     assert_eq!(subjects.trim(), "before,after");
 }
+
+/// poplib: a POP3 session on one replica holds the maildrop; a session on the other is told
+/// `[IN-USE]` until the first one QUITs.
+#[test]
+fn a_pop3_maildrop_is_locked_across_replicas() {
+    let db = Postgres::start();
+    let (_a_dir, a) = on(&db);
+    let (_b_dir, b) = on(&db);
+    let (user, password) = a.accounts[0].clone();
+    let script = "import poplib,ssl,sys\n\
+        ctx=ssl._create_unverified_context()\n\
+        def login(port):\n    p=poplib.POP3_SSL('127.0.0.1',int(port),context=ctx,timeout=10); p.user(sys.argv[3]); p.pass_(sys.argv[4]); return p\n\
+        first=login(sys.argv[1])\n\
+        try:\n    login(sys.argv[2]); print('second: ok')\n\
+        except poplib.error_proto as e: print('second:', e)\n\
+        first.quit()\n\
+        import time\n\
+        for attempt in range(50):\n    \
+            try:\n        third=login(sys.argv[2]); break\n    \
+            except poplib.error_proto:\n        time.sleep(0.1)\n\
+        print('after quit:', third.stat()); third.quit()\n";
+    let out = run(Command::new("python3")
+        .args(["-c", script])
+        .args([a.port("pop3s").to_string(), b.port("pop3s").to_string()])
+        .args([&user, &password]));
+    assert!(out.contains("second: b'-ERR [IN-USE]"), "{out}");
+    assert!(out.contains("after quit: (0, 0)"), "{out}");
+}

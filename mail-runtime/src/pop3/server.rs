@@ -28,6 +28,8 @@ pub async fn serve(socket: TcpListener, listener: Listener, runtime: Runtime) {
 struct Lock {
     runtime: Runtime,
     mailbox: Option<String>,
+    /// This session's name as a holder of the store's maildrop lock (seen by every replica).
+    holder: String,
     /// The hash of the password it logged in with (its own or an app password's).
     password_hash: String,
 }
@@ -46,6 +48,22 @@ impl Lock {
     }
 }
 
+impl Lock {
+    /// Renews the store's lease on the maildrop; false when another replica has it now.
+    async fn renew(&self) -> bool {
+        let Some(mailbox) = self.mailbox.clone() else {
+            return true;
+        };
+        let (store, holder) = (self.runtime.store().clone(), self.holder.clone());
+        let until = now() + MAILDROP_LEASE_SECONDS;
+        tokio::task::spawn_blocking(move || store.lock_maildrop(&mailbox, &holder, until))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(true)
+    }
+}
+
 impl Drop for Lock {
     fn drop(&mut self) {
         if let Some(mailbox) = self.mailbox.take() {
@@ -54,13 +72,30 @@ impl Drop for Lock {
                 .lock()
                 .expect("lock set")
                 .remove(&mailbox);
+            let (store, holder) = (self.runtime.store().clone(), self.holder.clone());
+            // Given back at once, not left to expire (an error leaves it to expire).
+            tokio::task::spawn_blocking(move || store.unlock_maildrop(&mailbox, &holder));
         }
     }
+}
+
+/// How long the store's maildrop lock lasts without renewal: a replica that dies holding one
+/// frees it after this. Renewed every [`MAILDROP_RENEWAL`] while the session lives.
+const MAILDROP_LEASE_SECONDS: i64 = 90;
+const MAILDROP_RENEWAL: Duration = Duration::from_secs(30);
+
+fn now() -> i64 {
+    (crate::store::unix_nanos() / 1_000_000_000) as i64
 }
 
 /// What a session of a mailbox suspended, removed, re-passworded or revoked is told.
 const REVOKED: &[u8] =
     b"-ERR [AUTH] this account was suspended or removed, or the password used was changed or revoked\r\n";
+
+/// What a session whose maildrop lock another replica took (it could not renew it in time) is
+/// told; nothing marked is deleted.
+const LOCK_LOST: &[u8] =
+    b"-ERR [IN-USE] the maildrop lock was lost; reconnect (nothing was deleted)\r\n";
 
 /// What a draining server tells a session waiting for a command (RFC 3206's SYS/TEMP: try
 /// again later); nothing marked for deletion is deleted.
@@ -84,6 +119,7 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
     let mut lock = Lock {
         runtime: runtime.clone(),
         mailbox: None,
+        holder: format!("{}-{}", std::process::id(), crate::outbound::new_id()),
         password_hash: String::new(),
     };
     let mut driver = Driver {
@@ -96,6 +132,8 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
         .await?;
     let configured = Duration::from_secs(config.raw.limits.command_timeout_seconds.max(600));
     let mut buf = vec![0u8; 8192];
+    // When the maildrop lock was last renewed (it is taken at login, see `Driver::open`).
+    let mut renewed = tokio::time::Instant::now();
     while !session.closed() {
         let stressable = !session.in_transaction();
         // A silent session learns of its mailbox's suspension too, within a second.
@@ -109,6 +147,13 @@ async fn session(accepted: Accepted, listener: Listener, runtime: Runtime) -> io
             biased;
             () = runtime.revoked(login.as_ref().map(|(a, h)| (a.as_str(), h.as_str())), LoginProtocol::Pop3) => Err(REVOKED),
             () = runtime.stopping() => Err(SHUTTING_DOWN),
+            () = tokio::time::sleep_until(renewed + MAILDROP_RENEWAL), if lock.mailbox.is_some() => {
+                if lock.renew().await {
+                    renewed = tokio::time::Instant::now();
+                    continue;
+                }
+                Err(LOCK_LOST)
+            }
             read = runtime.read_idle(&mut conn, &mut buf, configured, stressable) => Ok(read),
         };
         let n = match read {
@@ -279,6 +324,16 @@ impl Driver {
         }
         lock.mailbox = Some(mailbox.clone());
         lock.password_hash = login.credential;
+        // Every replica's sessions: the store's lock (the embedded store's is the one above).
+        if !lock.renew().await {
+            lock.mailbox = None;
+            self.runtime
+                .pop3_locks()
+                .lock()
+                .expect("lock set")
+                .remove(&mailbox);
+            return Err(OpenFailure::InUse);
+        }
         let store = self.runtime.store().clone();
         let listed = tokio::task::spawn_blocking(move || store.inbox(&mailbox)).await;
         match listed {

@@ -354,6 +354,24 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// A counter that moves whenever anything in the mailbox changes (delivery, flags,
     /// expunge, folders), so every session on it can look again.
     fn changes(&self, mailbox: &str) -> tokio::sync::watch::Receiver<u64>;
+
+    /// RFC 1939's maildrop lock, held by `holder` until `until` (seconds since the epoch) and
+    /// renewed by taking it again; false while another holder has it. Every process serving
+    /// this store sees it. The embedded store is served by one process, whose own lock (see
+    /// `Runtime::pop3_locks`) is all there is: always true.
+    fn lock_maildrop(
+        &self,
+        _mailbox: &str,
+        _holder: &str,
+        _until: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
+    /// Gives a maildrop lock back.
+    fn unlock_maildrop(&self, _mailbox: &str, _holder: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A message being written to the spool. Dropped without [`SpoolWriter::finish`], its file

@@ -36,7 +36,7 @@ use super::{
 
 /// The schema this build reads and writes. A database at a higher version was written by a
 /// newer runtime: this one refuses to start on it rather than misread it.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Connections at most, per process.
 pub const POOL_SIZE: usize = 16;
@@ -48,7 +48,7 @@ const CHANNEL: &str = "kubemail_changes";
 const MIGRATION_LOCK: i64 = 0x6b75_6265_6d61_696c;
 
 /// Each version's schema change, in order: `MIGRATIONS[n]` takes the schema from n to n + 1.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     r#"
 CREATE SEQUENCE kubemail_uidvalidity;
 SELECT setval('kubemail_uidvalidity', greatest(1, extract(epoch FROM now())::bigint));
@@ -113,6 +113,14 @@ CREATE TABLE kubemail_queue (
     lease_until bigint NOT NULL DEFAULT 0
 );
 CREATE INDEX kubemail_queue_due ON kubemail_queue (next_attempt);
+"#,
+    // POP3's maildrop lock across the replicas, leased by the session that holds it.
+    r#"
+CREATE TABLE kubemail_maildrop_locks (
+    mailbox text PRIMARY KEY,
+    holder text NOT NULL,
+    until bigint NOT NULL
+);
 "#,
 ];
 
@@ -1521,6 +1529,41 @@ impl Store for Postgres {
                 .map_err(db)?
                 .is_some()
             }))
+        })
+    }
+
+    fn lock_maildrop(&self, mailbox: &str, holder: &str, until: i64) -> Result<bool, StoreError> {
+        let (mailbox, holder) = (mailbox.to_string(), holder.to_string());
+        let now = now_secs();
+        self.run(move |inner| async move {
+            // Taken when free, expired, or already this holder's (a renewal): one statement.
+            let row = client(&inner)
+                .await?
+                .query_opt(
+                    "INSERT INTO kubemail_maildrop_locks (mailbox, holder, until) VALUES ($1, $2, $3) \
+                     ON CONFLICT (mailbox) DO UPDATE SET holder = EXCLUDED.holder, until = EXCLUDED.until \
+                     WHERE kubemail_maildrop_locks.holder = EXCLUDED.holder \
+                     OR kubemail_maildrop_locks.until < $4 RETURNING 1",
+                    &[&mailbox, &holder, &until, &now],
+                )
+                .await
+                .map_err(db)?;
+            Ok(row.is_some())
+        })
+    }
+
+    fn unlock_maildrop(&self, mailbox: &str, holder: &str) -> Result<(), StoreError> {
+        let (mailbox, holder) = (mailbox.to_string(), holder.to_string());
+        self.run(move |inner| async move {
+            client(&inner)
+                .await?
+                .execute(
+                    "DELETE FROM kubemail_maildrop_locks WHERE mailbox = $1 AND holder = $2",
+                    &[&mailbox, &holder],
+                )
+                .await
+                .map_err(db)?;
+            Ok(())
         })
     }
 
