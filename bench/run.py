@@ -41,8 +41,8 @@ ap.add_argument("--filesystem", default="ext4", choices=["ext4", "disk"],
                 "as mkfs makes it) on a loop device; disk: in --out as it is")
 ap.add_argument("--peers", default="tuned,defaults",
                 help="peer profiles (e2e/peers/peers.sh): tuned, defaults; the IDLE workload adds hibernate")
-ap.add_argument("--workloads", default="smtp,rspamd,imap,pop3,idle",
-                help="comma-separated: smtp, rspamd, imap, pop3, idle (and baseline with --baseline-runtime)")
+ap.add_argument("--workloads", default="smtp,rspamd,imap,pop3,idle,postgres",
+                help="comma-separated: smtp, rspamd, imap, pop3, idle, postgres (and baseline with --baseline-runtime)")
 args = ap.parse_args()
 workloads = set(args.workloads.split(","))
 profiles = [p for p in args.peers.split(",") if p]
@@ -733,6 +733,144 @@ if "idle" in workloads:
     cpu_log.clear()
     record("kubemail runtime idle memory at start (PSS)", "MiB", [idle_rss / 1024], {}, "lower", None)
 
+
+# --- the PostgreSQL store ------------------------------------------------------------------------
+# The same runtime with its mail in Debian's PostgreSQL (fsync on, its files beside the others'),
+# beside the Maildir store and the peers: SMTP ingest, IMAP FETCH and SEARCH on the same mailbox
+# (copied in by `mail-runtime migrate`), and 2 replicas behind HAProxy against 1.
+if "postgres" in workloads:
+    import glob
+
+    bindir = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
+    pgdir = os.path.join(work, "postgres")
+    os.makedirs(pgdir)
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_pg:
+        subprocess.check_call(["chown", "postgres", pgdir])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        pg_port = probe.getsockname()[1]
+    subprocess.check_call(as_pg + [bindir + "/initdb", "-D", pgdir + "/data", "-U", "kubemail", "--auth=trust",
+                                   "-E", "UTF8"], stdout=subprocess.DEVNULL)
+    subprocess.check_call(as_pg + [bindir + "/pg_ctl", "-w", "-D", pgdir + "/data", "-l", pgdir + "/log", "-o",
+                                   "-p %d -c listen_addresses=127.0.0.1 -k %s -c max_connections=200" % (pg_port, pgdir),
+                                   "start"], stdout=subprocess.DEVNULL)
+    started.append(("PostgreSQL", lambda: subprocess.call(as_pg + [bindir + "/pg_ctl", "-D", pgdir + "/data", "-m",
+                                                                   "immediate", "stop"], stdout=subprocess.DEVNULL)))
+    pg_uri = "postgresql://kubemail@127.0.0.1:%d/postgres" % pg_port
+
+    def psql(sql):
+        return subprocess.run(["psql", "-At", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "kubemail", "-d", "postgres",
+                               "-c", sql], capture_output=True, text=True, check=True).stdout.strip()
+
+    def start_on_db(name):
+        proc = subprocess.Popen([args.runtime, "dev", "--base-port", "0", "--stop-on-eof", "--data",
+                                 os.path.join(work, name), "--postgres", pg_uri],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, "RUST_LOG": "warn"})
+        started.append((name, lambda: stop_process(proc)))
+        return proc, json.loads(proc.stdout.readline())
+
+    replica_a, on_db = start_on_db("kubemail-pg-a")
+    db_bob = [a for a in on_db["accounts"] if a["address"] == "bob@example.test"][0]
+
+    if "imap" in workloads:
+        log("copying the %d-message mailbox into PostgreSQL (mail-runtime migrate)" % args.mailbox)
+        uri_file = os.path.join(work, "pg-uri")
+        open(uri_file, "w").write(pg_uri)
+        start = time.monotonic()
+        copied = json.loads(subprocess.run([args.runtime, "migrate", "--data", data, "--postgres-uri-file", uri_file],
+                                           capture_output=True, check=True, env={**os.environ, "RUST_LOG": "warn"}
+                                           ).stdout.decode().splitlines()[0])
+        log("migrate: %s in %.1f s" % (copied, time.monotonic() - start))
+        servers["kubemail-pg"] = (on_db["ports"]["imaps"], on_db["ports"]["pop3s"], db_bob["address"], db_bob["password"])
+        for name in ("kubemail-pg", "kubemail"):
+            fetch_all(name)  # warm-up
+        for label, fn in (("IMAP login + SELECT + FETCH 1:* (UID FLAGS RFC822.SIZE) (%d messages)" % args.mailbox, fetch_all),
+                          ("IMAP SEARCH HEADER Subject, warm (%d messages)" % args.mailbox, search)):
+            pg, md, peer = [], [], {p: [] for p in profiles}
+            cpu_log.clear()
+            for r in range(args.runs):
+                log("PostgreSQL store: %s, run %d" % (label, r + 1))
+                pg.append(measured("kubemail-pg", fn, "kubemail-pg"))
+                md.append(measured("kubemail", fn, "kubemail"))
+                for p in profiles:
+                    peer[p].append(measured(p, fn, p))
+            record("PostgreSQL store: " + label, "s", pg, {"maildir": md, **peer}, "lower", None)
+
+    def db_count():
+        return int(psql("SELECT count(*) FROM kubemail_messages m JOIN kubemail_folders f ON f.id = m.folder_id "
+                        "WHERE f.mailbox = 'bob@example.test' AND f.name = 'INBOX'") or 0)
+
+    def db_clear():
+        psql("DELETE FROM kubemail_messages; DELETE FROM kubemail_blobs")
+
+    def ingest_db(port, sessions, n):
+        db_clear()
+        accepted = smtp_source(port, "bob@example.test", sessions, n)
+        start = time.monotonic()
+        while db_count() < n:
+            time.sleep(0.05)
+            if time.monotonic() - start > 600:
+                raise SystemExit("messages missing in PostgreSQL: %d of %d" % (db_count(), n))
+        return n / accepted
+
+    def maildir_ingest(sessions, n):
+        return ingest(ports["smtp"], "bob@example.test", kubemail_maildir, sessions, n)[0]
+
+    n = args.smtp_messages
+    pg_rate, md_rate, peer_rate = [], [], {p: [] for p in profiles}
+    cpu_log.clear()
+    for r in range(args.runs):
+        log("SMTP ingest into PostgreSQL, 20 sessions, run %d" % (r + 1))
+        pg_rate.append(measured("kubemail-pg", ingest_db, on_db["ports"]["smtp"], 20, n))
+        md_rate.append(measured("kubemail", maildir_ingest, 20, n))
+        for p in profiles:
+            peer_rate[p].append(measured(p, lambda: ingest(peer_sets[p]["smtp"], "kmbench@example.test",
+                                                              postfix_maildir, 20, n)[0]))
+    record("PostgreSQL store: SMTP ingest, 20 sessions, %d x 4 KB: accepted" % n, "msg/s", pg_rate,
+           {"maildir": md_rate, **peer_rate}, "higher", None)
+    clear(kubemail_maildir)
+    clear(postfix_maildir)
+
+    # Two replicas on one database against one, both behind HAProxy (round-robin, TCP).
+    replica_b, on_db_b = start_on_db("kubemail-pg-b")
+
+    def behind_haproxy(backends):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        cfg = os.path.join(work, "haproxy-%d.cfg" % port)
+        open(cfg, "w").write("global\n  maxconn 2000\ndefaults\n  mode tcp\n  timeout connect 5s\n"
+                             "  timeout client 120s\n  timeout server 120s\nfrontend smtp\n  bind 127.0.0.1:%d\n"
+                             "  default_backend smtp\nbackend smtp\n  balance roundrobin\n%s" % (
+                                 port, "".join("  server r%d 127.0.0.1:%d\n" % (i, b) for i, b in enumerate(backends))))
+        proc = subprocess.Popen(["haproxy", "-db", "-f", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append(("haproxy", lambda: stop_process(proc)))
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        return proc, port
+
+    one_proxy, one_port = behind_haproxy([on_db["ports"]["smtp"]])
+    two_proxy, two_port = behind_haproxy([on_db["ports"]["smtp"], on_db_b["ports"]["smtp"]])
+    one, two = [], []
+    cpu_log.clear()
+    for r in range(args.runs):
+        log("SMTP ingest into PostgreSQL through HAProxy, 1 and 2 replicas, run %d" % (r + 1))
+        one.append(measured("1 replica", ingest_db, one_port, 20, n))
+        two.append(measured("2 replicas", ingest_db, two_port, 20, n))
+    record("PostgreSQL store: SMTP ingest through HAProxy, 20 sessions, 2 replicas (%d CPUs)" % os.cpu_count(),
+           "msg/s", two, {"replica1": one}, "higher", None)
+    stop_process(one_proxy)
+    stop_process(two_proxy)
+    stop_process(replica_b)
+    db_clear()
+
+    stop_process(replica_a)
+
 dev.terminate()
 dev.wait(timeout=10)
 for peer in peer_sets.values():
@@ -740,8 +878,10 @@ for peer in peer_sets.values():
 
 # --- the report -------------------------------------------------------------------------------
 NAMES = {"tuned": "Postfix/Dovecot tuned", "defaults": "Postfix/Dovecot defaults",
-         "hibernate": "Dovecot tuned + hibernation", "baseline": "baseline build"}
-columns = [p for p in ("tuned", "defaults", "hibernate", "baseline") if any(p in r[3] for r in results)]
+         "hibernate": "Dovecot tuned + hibernation", "baseline": "baseline build",
+         "maildir": "kubemail on Maildir", "replica1": "kubemail, 1 replica"}
+columns = [p for p in ("maildir", "replica1", "tuned", "defaults", "hibernate", "baseline")
+           if any(p in r[3] for r in results)]
 lines = ["# kubemail beside Postfix and Dovecot", "",
          "One run on %s (%d CPUs), %s. Each figure: median of %d runs (min-max). Peers: Postfix (SMTP, "
          "Maildir delivery) and Dovecot (IMAP, POP3) from Debian's packages, started by "
@@ -755,7 +895,10 @@ lines = ["# kubemail beside Postfix and Dovecot", "",
          "writes go through its index. With rspamd: Debian's rspamd (e2e/peers/scanners.sh), asked by "
          "kubemail over /checkv2 and by the tuned Postfix through rspamd's proxy in milter mode. A "
          "baseline row's peer is the other kubemail build named in it, with the same workload. Targets "
-         "are against the first peer column that has a figure." % (socket.gethostname(), os.cpu_count(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), args.runs, filesystem), "",
+         "are against the first peer column that has a figure. *PostgreSQL store* rows: the same runtime "
+         "with its mail in Debian's PostgreSQL (fsync on, its files beside the others'), beside kubemail on "
+         "Maildir and the peers in the same run; its 2-replica row is compared with 1 replica behind the "
+         "same HAProxy." % (socket.gethostname(), os.cpu_count(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), args.runs, filesystem), "",
          "| workload | unit | kubemail | " + " | ".join("%s | kubemail / it" % NAMES[c] for c in columns) + " | target | met | client CPU |",
          "|" + "---|" * (6 + 2 * len(columns))]
 ratios = []

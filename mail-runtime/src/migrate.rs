@@ -2,13 +2,15 @@
 //! keeping what clients rely on: each folder's UIDVALIDITY, every message's UID, mod-sequence,
 //! flags, keywords and arrival time, and the mailbox's subscriptions and Sieve scripts. A
 //! message already in the database is skipped, so a copy that stopped (a crash, Ctrl-C) is
-//! resumed by running it again; `--dry-run` says what would be copied and writes nothing.
-use std::collections::HashSet;
+//! resumed by running it again (a message copied before keeps the flags it had then: run the
+//! last pass with the Maildir runtime stopped); `--dry-run` says what would be copied and writes
+//! no mail (it does bring the database's schema up to date).
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
 use crate::store::{
-    MessageMeta, Store, StoreError,
+    FlagChange, MessageMeta, Store, StoreError, keyword_letter,
     maildir::Maildir,
     postgres::{ImportedFolder, ImportedMessage, Postgres},
 };
@@ -66,7 +68,7 @@ pub fn maildir_to_postgres(
                 counts.bytes += todo.iter().map(|m| m.size).sum::<u64>();
                 continue;
             }
-            let id = db.import_folder(ImportedFolder {
+            let (id, table) = db.import_folder(ImportedFolder {
                 mailbox: mailbox.clone(),
                 name: folder.clone(),
                 validity: index.uid_validity,
@@ -74,6 +76,30 @@ pub fn maildir_to_postgres(
                 highest_modseq: index.highest_modseq,
                 keywords: index.keywords.clone(),
             })?;
+            // The database's letter for each of the Maildir's keyword letters (a keyword added
+            // in the database since an earlier copy keeps its letter there).
+            let letters: HashMap<char, char> = index
+                .keywords
+                .iter()
+                .enumerate()
+                .filter_map(|(i, name)| {
+                    let here = table.iter().position(|k| k.eq_ignore_ascii_case(name))?;
+                    Some((keyword_letter(i)?, keyword_letter(here)?))
+                })
+                .collect();
+            let translated = |flags: &str| -> String {
+                let flags: String = flags
+                    .chars()
+                    .filter_map(|c| {
+                        if c.is_ascii_lowercase() {
+                            letters.get(&c).copied()
+                        } else {
+                            Some(c)
+                        }
+                    })
+                    .collect();
+                FlagChange::Replace(flags).apply("")
+            };
             for chunk in todo.chunks(BATCH) {
                 let mut batch = Vec::with_capacity(chunk.len());
                 for m in chunk {
@@ -83,7 +109,7 @@ pub fn maildir_to_postgres(
                         batch.push(ImportedMessage {
                             uid: m.uid,
                             modseq: m.modseq,
-                            flags: m.flags.clone(),
+                            flags: translated(&m.flags),
                             internal_date: m.internal_date,
                             recent: m.in_new,
                             body,

@@ -597,11 +597,13 @@ async fn check_database(runtime: Runtime) {
         return;
     };
     loop {
-        let checked = db
-            .health_async()
-            .await
-            .map(|h| h.schema)
-            .map_err(|e| e.to_string());
+        // A database that does not answer within 5 s is reported as such, not by the last
+        // answer it gave.
+        let checked = match tokio::time::timeout(Duration::from_secs(5), db.health_async()).await {
+            Ok(Ok(health)) => Ok(health.schema),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("the database did not answer within 5 s".to_string()),
+        };
         *runtime.database_health.lock().expect("health lock") = Some(checked);
         tokio::time::sleep(Duration::from_secs(5)).await;
     }

@@ -105,7 +105,16 @@ fn a_maildir_store_moves_into_postgresql_keeping_uids_flags_and_dates() {
     let took = started.elapsed();
     assert_eq!(done["copied"], total, "{done}");
     println!("copied {total} messages in {took:?}: {done}");
+    // A keyword a user adds on the database side meanwhile keeps its letter through a rerun.
+    db.psql(
+        "UPDATE kubemail_folders SET keywords = keywords || '{NewKw}' WHERE name = 'Work/2026'",
+    );
     let again = migrate(&data, &uri_file, false);
+    assert!(
+        db.psql("SELECT keywords FROM kubemail_folders WHERE name = 'Work/2026'")
+            .contains("NewKw"),
+        "a rerun dropped a keyword of the database's"
+    );
     assert_eq!(
         (again["copied"].as_u64(), again["skipped"].as_u64()),
         (Some(0), Some(total)),

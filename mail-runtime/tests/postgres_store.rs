@@ -217,3 +217,64 @@ fn a_pop3_maildrop_is_locked_across_replicas() {
     assert!(out.contains("second: b'-ERR [IN-USE]"), "{out}");
     assert!(out.contains("after quit: (0, 0)"), "{out}");
 }
+
+/// imaplib: a folder selected on one replica is deleted and made again on the other (other
+/// messages under the same UIDs); the first session is told BYE instead of being shown, or
+/// changing, messages it never saw.
+#[test]
+fn a_selected_folder_replaced_through_another_replica_ends_the_session() {
+    let db = Postgres::start();
+    let (_a_dir, a) = on(&db);
+    let (_b_dir, b) = on(&db);
+    let (user, password) = a.accounts[0].clone();
+    let script = "import imaplib,ssl,sys\n\
+        ctx=ssl._create_unverified_context()\n\
+        def login(port):\n    c=imaplib.IMAP4_SSL('127.0.0.1',int(port),ssl_context=ctx,timeout=10); c.login(sys.argv[3],sys.argv[4]); return c\n\
+        a=login(sys.argv[1]); b=login(sys.argv[2])\n\
+        b.create('X'); b.append('X',None,None,b'Subject: old\\r\\n\\r\\nold\\r\\n')\n\
+        a.select('X')\n\
+        b.delete('X'); b.create('X'); b.append('X',None,None,b'Subject: new\\r\\n\\r\\nnew\\r\\n')\n\
+        try:\n    print('noop:', a.noop(), a.uid('FETCH','1','(BODY.PEEK[HEADER.FIELDS (SUBJECT)])'))\n\
+        except imaplib.IMAP4.abort as e: print('abort:', e)\n";
+    let out = run(Command::new("python3")
+        .args(["-c", script])
+        .args([a.port("imaps").to_string(), b.port("imaps").to_string()])
+        .args([&user, &password]));
+    assert!(out.contains("abort:") && out.contains("replaced"), "{out}");
+}
+
+/// A database that hangs without closing its connections (SIGSTOP, as a lost node): `/readyz`
+/// reports it within seconds rather than its last good answer, and the runtime is back when
+/// the database is.
+#[test]
+fn a_database_that_hangs_is_reported_and_service_comes_back() {
+    let db = Postgres::start();
+    let (_dir, dev) = on(&db);
+    let readyz = || {
+        run(Command::new("curl")
+            .args(["-sS", "--max-time", "5"])
+            .arg(format!("http://127.0.0.1:{}/readyz", dev.port("http"))))
+    };
+    let wait_for = |what: &str, wanted: &str| {
+        let start = std::time::Instant::now();
+        loop {
+            let body = readyz();
+            if body.contains(wanted) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(30),
+                "{what}: {body}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    wait_for("the schema reported", "\"schema\"");
+    db.freeze(true);
+    let noticed = wait_for("the hang reported", "did not answer");
+    db.freeze(false);
+    wait_for("the database back", "\"schema\"");
+    println!("a hung database was reported after {noticed:?}");
+    let (user, _) = dev.accounts[0].clone();
+    assert!(send_one(&dev, &user, "after").starts_with("250"));
+}

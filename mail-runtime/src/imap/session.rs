@@ -659,6 +659,16 @@ impl Session {
             .await;
         let mut out = Vec::new();
         match (fresh, self.selected.as_mut()) {
+            // Deleted (or renamed away) and made again under its name, by another session or
+            // replica: other messages under the same UIDs. The view cannot be carried over.
+            (Ok((_, fresh)), Some(selected))
+                if selected.uid_validity != 0 && fresh.uid_validity != selected.uid_validity =>
+            {
+                out.extend_from_slice(
+                    b"* BYE the selected folder was deleted or replaced; select it again\r\n",
+                );
+                self.closed = true;
+            }
             (Ok((claimed, fresh)), Some(selected)) => {
                 let (exists, recent) = (selected.messages.len(), selected.recent_count());
                 selected.recent.extend(claimed);

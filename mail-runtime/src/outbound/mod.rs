@@ -307,24 +307,33 @@ impl Outbound {
     async fn save(&self, entry: &Entry) -> bool {
         if let (Some(shared), true) = (&self.shared, self.is_leased(&entry.id)) {
             let json = serde_json::to_string(entry).unwrap_or_default();
-            match shared
-                .db
-                .queue_save(
-                    &shared.owner,
-                    &entry.id,
-                    json,
-                    entry.next_attempt,
-                    now() + LEASE_SECONDS,
-                )
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!(id = %entry.id, "the queue entry's lease was lost; another replica delivers it");
-                    return false;
-                }
-                Err(err) => {
-                    tracing::error!(id = %entry.id, error = %err, "cannot record delivery progress");
+            // Tried again while the database is away (the lease is renewed meanwhile, when it
+            // can be): a recipient recorded as delivered is never sent the message again.
+            for attempt in 1.. {
+                match shared
+                    .db
+                    .queue_save(
+                        &shared.owner,
+                        &entry.id,
+                        json.clone(),
+                        entry.next_attempt,
+                        LEASE_SECONDS,
+                    )
+                    .await
+                {
+                    Ok(true) => break,
+                    Ok(false) => {
+                        tracing::warn!(id = %entry.id, "the queue entry's lease was lost; another replica delivers it");
+                        return false;
+                    }
+                    Err(err) if attempt < 5 => {
+                        tracing::warn!(id = %entry.id, error = %err, "recording delivery progress, trying again");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    Err(err) => {
+                        tracing::error!(id = %entry.id, error = %err, "cannot record delivery progress");
+                        break;
+                    }
                 }
             }
         } else if let Err(err) = self.dir.save(entry) {
@@ -377,7 +386,7 @@ impl Outbound {
         }
         let claimed = shared
             .db
-            .queue_claim(&shared.owner, now(), now() + LEASE_SECONDS, room as i64)
+            .queue_claim(&shared.owner, now(), LEASE_SECONDS, room as i64)
             .await;
         match claimed {
             Ok(list) => {
@@ -422,7 +431,7 @@ impl Outbound {
             }
             if let Err(err) = shared
                 .db
-                .queue_renew(&shared.owner, held, now() + LEASE_SECONDS)
+                .queue_renew(&shared.owner, held, LEASE_SECONDS)
                 .await
             {
                 tracing::warn!(error = %err, "cannot renew the shared queue's leases");

@@ -413,7 +413,7 @@ async fn letters_for(
 
 /// Removes the blobs no message points to any more. Run after the commit that freed them; a
 /// blob a concurrent copy just took is kept by the foreign key (that statement then fails and
-/// leaves it for the next sweep).
+/// leaves it to [`sweep_orphans`]).
 async fn sweep_blobs(pool: &Pool, blobs: Vec<i64>) {
     if blobs.is_empty() {
         return;
@@ -433,6 +433,29 @@ async fn sweep_blobs(pool: &Pool, blobs: Vec<i64>) {
     }
 }
 
+/// Every 10 minutes, the blobs no message points to (a sweep after an expunge that did not
+/// run: the database was away, or a copy was taking the blob at that moment).
+async fn sweep_orphans(pool: Pool) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        let Ok(client) = pool.get().await else {
+            continue;
+        };
+        let swept = client
+            .execute(
+                "DELETE FROM kubemail_blobs b \
+                 WHERE NOT EXISTS (SELECT 1 FROM kubemail_messages m WHERE m.blob_id = b.id)",
+                &[],
+            )
+            .await;
+        match swept {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(blobs = n, "unreferenced message blobs removed"),
+            Err(err) => tracing::debug!(error = %err, "blob sweep left for later"),
+        }
+    }
+}
+
 impl Postgres {
     /// Connects to the database at `url` (a libpq URI or key=value string; several hosts with
     /// `target_session_attrs=read-write` follow a promoted standby), applies the schema's
@@ -445,7 +468,19 @@ impl Postgres {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
-        config.keepalives_idle(Duration::from_secs(30));
+        // A database that stops answering (a node lost mid-failover: no reset, no FIN) must not
+        // hold sessions for TCP's 15 minutes: unacknowledged data fails the connection after
+        // 10 s, keepalives find a silent one within 20, and the server ends a statement or an
+        // idle transaction that runs too long.
+        config.keepalives_idle(Duration::from_secs(10));
+        config.keepalives_interval(Duration::from_secs(5));
+        config.keepalives_retries(2);
+        config.tcp_user_timeout(Duration::from_secs(10));
+        let options = format!(
+            "{} -c statement_timeout=60s -c idle_in_transaction_session_timeout=60s",
+            config.get_options().unwrap_or_default()
+        );
+        config.options(options.trim());
         config.application_name("kubemail mail-runtime");
         fs::create_dir_all(spool).map_err(StoreError::from_io)?;
         let handle = store_runtime()?;
@@ -476,6 +511,10 @@ impl Postgres {
         store.run(|inner| async move { migrate(&inner.pool).await })?;
         let inner = store.inner.clone();
         store.inner.handle.spawn(listen(config, inner));
+        store
+            .inner
+            .handle
+            .spawn(sweep_orphans(store.inner.pool.clone()));
         Ok(store)
     }
 
@@ -485,7 +524,7 @@ impl Postgres {
         T: Send + 'static,
         F: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
-        let future = work(self.inner.clone());
+        let future = limited(work(self.inner.clone()));
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.inner.handle.spawn(async move {
             let _ = tx.send(future.await);
@@ -501,6 +540,21 @@ impl Postgres {
             bump(&self.inner, mailbox);
         }
     }
+}
+
+/// Longest one store call may wait for the database: then it is a temporary failure (what was
+/// not committed is rolled back) rather than a session that hangs.
+pub const CALL_LIMIT: Duration = Duration::from_secs(60);
+
+async fn limited<T>(work: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    tokio::time::timeout(CALL_LIMIT, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "the database did not answer within {} s",
+                CALL_LIMIT.as_secs()
+            )))
+        })
 }
 
 /// Tells the sessions of this process watching `mailbox` to look again.
@@ -1295,6 +1349,7 @@ impl Store for Postgres {
     }
 
     fn set_subscribed(&self, mailbox: &str, folder: &str, on: bool) -> Result<(), StoreError> {
+        checked(folder)?;
         let (mailbox, folder) = (mailbox.to_string(), folder.to_string());
         let sql = if on {
             "INSERT INTO kubemail_subscriptions (mailbox, name) VALUES ($1, $2) ON CONFLICT DO NOTHING"
@@ -1590,7 +1645,7 @@ impl Postgres {
     {
         self.inner
             .handle
-            .spawn(work(self.inner.clone()))
+            .spawn(limited(work(self.inner.clone())))
             .await
             .unwrap_or_else(|e| Err(unavailable(e)))
     }
@@ -1639,13 +1694,13 @@ impl Postgres {
     }
 
     /// Leases up to `limit` entries due at `now` that nobody holds (or whose holder's lease
-    /// ran out) to `owner` until `until`; their entries (JSON). Rows another replica is
+    /// ran out) to `owner` for `lease` seconds of the database's clock; their entries (JSON). Rows another replica is
     /// leasing at this moment are skipped, not waited for.
     pub async fn queue_claim(
         &self,
         owner: &str,
         now: i64,
-        until: i64,
+        lease: i64,
         limit: i64,
     ) -> Result<Vec<String>, StoreError> {
         let owner = owner.to_string();
@@ -1653,10 +1708,14 @@ impl Postgres {
             let rows = client(&inner)
                 .await?
                 .query(
-                    "UPDATE kubemail_queue SET lease_owner = $1, lease_until = $3 WHERE id IN \
-                     (SELECT id FROM kubemail_queue WHERE next_attempt <= $2 AND lease_until < $2 \
+                    // Leases run on the database's clock, not each replica's (whose clocks
+                    // may differ by more than a lease).
+                    "UPDATE kubemail_queue SET lease_owner = $1, \
+                     lease_until = extract(epoch FROM now())::bigint + $3 WHERE id IN \
+                     (SELECT id FROM kubemail_queue WHERE next_attempt <= $2 \
+                      AND lease_until < extract(epoch FROM now())::bigint \
                       ORDER BY next_attempt LIMIT $4 FOR UPDATE SKIP LOCKED) RETURNING entry",
-                    &[&owner, &now, &until, &limit],
+                    &[&owner, &now, &lease, &limit],
                 )
                 .await
                 .map_err(db)?;
@@ -1695,26 +1754,27 @@ impl Postgres {
         .await
     }
 
-    /// Records an entry's progress while `owner` holds it, renewing the lease until `until`
-    /// (0: released, for the next attempt at `next_attempt`). False: the lease was lost (it ran
-    /// out and another replica took the entry), and nothing was written.
+    /// Records an entry's progress while `owner` holds it, renewing the lease for `lease`
+    /// seconds (0: released, for the next attempt at `next_attempt`). False: the lease was lost
+    /// (it ran out and another replica took the entry), and nothing was written.
     pub async fn queue_save(
         &self,
         owner: &str,
         id: &str,
         entry: String,
         next_attempt: i64,
-        until: i64,
+        lease: i64,
     ) -> Result<bool, StoreError> {
         let (owner, id) = (owner.to_string(), id.to_string());
         self.run_async(move |inner| async move {
-            let holder = (until > 0).then_some(owner.clone());
+            let holder = (lease > 0).then_some(owner.clone());
             let n = client(&inner)
                 .await?
                 .execute(
-                    "UPDATE kubemail_queue SET entry = $3, next_attempt = $4, lease_until = $5, \
+                    "UPDATE kubemail_queue SET entry = $3, next_attempt = $4, \
+                     lease_until = CASE WHEN $5 > 0 THEN extract(epoch FROM now())::bigint + $5 ELSE 0 END, \
                      lease_owner = $6 WHERE id = $1 AND lease_owner = $2",
-                    &[&id, &owner, &entry, &next_attempt, &until, &holder],
+                    &[&id, &owner, &entry, &next_attempt, &lease, &holder],
                 )
                 .await
                 .map_err(db)?;
@@ -1723,21 +1783,21 @@ impl Postgres {
         .await
     }
 
-    /// Renews `owner`'s leases on these entries until `until`.
+    /// Renews `owner`'s leases on these entries for `lease` seconds.
     pub async fn queue_renew(
         &self,
         owner: &str,
         ids: Vec<String>,
-        until: i64,
+        lease: i64,
     ) -> Result<(), StoreError> {
         let owner = owner.to_string();
         self.run_async(move |inner| async move {
             client(&inner)
                 .await?
                 .execute(
-                    "UPDATE kubemail_queue SET lease_until = $3 \
+                    "UPDATE kubemail_queue SET lease_until = extract(epoch FROM now())::bigint + $3 \
                      WHERE lease_owner = $1 AND id = ANY($2)",
-                    &[&owner, &ids, &until],
+                    &[&owner, &ids, &lease],
                 )
                 .await
                 .map_err(db)?;
@@ -1833,10 +1893,12 @@ impl Postgres {
         })
     }
 
-    /// Makes (or takes over) a folder as another store has it; its id. A folder already here
-    /// with another UIDVALIDITY is taken over only while it is empty (the default folders a
-    /// first login made); holding other mail, it is refused.
-    pub fn import_folder(&self, folder: ImportedFolder) -> Result<i64, StoreError> {
+    /// Makes (or takes over) a folder as another store has it; its id and its keyword table,
+    /// which keeps the keywords already here at their letters and adds those it lacks (the
+    /// caller translates the copied messages' letters). A folder already here with another
+    /// UIDVALIDITY is taken over only while it is empty (the default folders a first login
+    /// made); holding other mail, it is refused.
+    pub fn import_folder(&self, folder: ImportedFolder) -> Result<(i64, Vec<String>), StoreError> {
         self.run(move |inner| async move {
             let ImportedFolder {
                 mailbox,
@@ -1862,7 +1924,7 @@ impl Postgres {
                 .map_err(db)?;
                 let here = tx
                     .query_opt(
-                        "SELECT f.id, f.uid_validity, \
+                        "SELECT f.id, f.uid_validity, f.keywords, \
                          (SELECT count(*) FROM kubemail_messages m WHERE m.folder_id = f.id) \
                          FROM kubemail_folders f WHERE f.mailbox = $1 AND f.name = $2 FOR UPDATE",
                         &[&mailbox, &name],
@@ -1870,22 +1932,35 @@ impl Postgres {
                     .await
                     .map_err(db)?;
                 match here {
-                    None => tx
-                        .query_one(
-                            "INSERT INTO kubemail_folders \
-                             (mailbox, name, uid_validity, uid_next, highest_modseq, keywords) \
-                             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-                            &[&mailbox, &name, &validity, &uid_next, &modseq, &keywords],
-                        )
-                        .await
-                        .map_err(db)?
-                        .get(0),
+                    None => {
+                        let id: i64 = tx
+                            .query_one(
+                                "INSERT INTO kubemail_folders \
+                                 (mailbox, name, uid_validity, uid_next, highest_modseq, keywords) \
+                                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                                &[&mailbox, &name, &validity, &uid_next, &modseq, &keywords],
+                            )
+                            .await
+                            .map_err(db)?
+                            .get(0);
+                        (id, keywords)
+                    }
                     Some(row) => {
-                        let (id, here_validity, count): (i64, i64, i64) =
-                            (row.get(0), row.get(1), row.get(2));
+                        let (id, here_validity, mut table, count): (i64, i64, Vec<String>, i64) =
+                            (row.get(0), row.get(1), row.get(2), row.get(3));
                         if here_validity != validity && count > 0 {
                             return Err(StoreError::NotAllowed(
                                 "the folder already holds other mail in the database",
+                            ));
+                        }
+                        for keyword in keywords {
+                            if !table.iter().any(|k| k.eq_ignore_ascii_case(&keyword)) {
+                                table.push(keyword);
+                            }
+                        }
+                        if table.len() > MAX_KEYWORDS {
+                            return Err(StoreError::NotAllowed(
+                                "the folder's keywords here and in the copy are more than it can hold",
                             ));
                         }
                         tx.execute(
@@ -1893,11 +1968,11 @@ impl Postgres {
                              uid_next = greatest(uid_next, $3), \
                              highest_modseq = greatest(highest_modseq, $4), keywords = $5 \
                              WHERE id = $1",
-                            &[&id, &validity, &uid_next, &modseq, &keywords],
+                            &[&id, &validity, &uid_next, &modseq, &table],
                         )
                         .await
                         .map_err(db)?;
-                        id
+                        (id, table)
                     }
                 }
             }))

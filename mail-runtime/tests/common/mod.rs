@@ -425,6 +425,26 @@ impl Postgres {
         );
     }
 
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the server and all its processes: a database that
+    /// hangs without closing its connections, as a lost node does.
+    pub fn freeze(&self, frozen: bool) {
+        let pid_file =
+            std::fs::read_to_string(self.data().join("postmaster.pid")).expect("postmaster.pid");
+        let master = pid_file
+            .lines()
+            .next()
+            .expect("the postmaster's pid")
+            .trim()
+            .to_string();
+        let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .unwrap_or_default();
+        let signal = if frozen { "-STOP" } else { "-CONT" };
+        run(Command::new("kill")
+            .arg(signal)
+            .arg(&master)
+            .args(children.split_whitespace()));
+    }
+
     /// The connection URI a runtime is given.
     pub fn uri(&self) -> String {
         format!(
