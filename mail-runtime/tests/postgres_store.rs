@@ -278,3 +278,47 @@ fn a_database_that_hangs_is_reported_and_service_comes_back() {
     let (user, _) = dev.accounts[0].clone();
     assert!(send_one(&dev, &user, "after").starts_with("250"));
 }
+
+/// A primary and a streaming standby (both Debian's PostgreSQL) behind a multi-host URI with
+/// `target_session_attrs=read-write`: the primary stops, the standby is promoted, and the
+/// runtime follows it by itself; the mail acknowledged before is there.
+#[test]
+fn the_runtime_follows_a_promoted_standby() {
+    let primary = Postgres::start();
+    let standby = primary.standby();
+    let uri = format!(
+        "postgresql://kubemail:{}@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
+        common::POSTGRES_PASSWORD,
+        primary.port,
+        standby.port
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dev = Dev::start_with(dir.path(), &[], &["--postgres", &uri]);
+    let (user, _) = dev.accounts[0].clone();
+    assert!(send_one(&dev, &user, "before").starts_with("250"));
+
+    primary.ctl("stop");
+    standby.promote();
+    let start = std::time::Instant::now();
+    loop {
+        let reply = send_one(&dev, &user, "after");
+        if reply.starts_with("250") {
+            break;
+        }
+        assert!(
+            reply.starts_with('4'),
+            "a permanent failure during the failover: {reply}"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "not following the new primary after 30 s: {reply}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    println!("following the promoted standby after {:?}", start.elapsed());
+    let subjects = standby.psql(
+        "SELECT string_agg(substring(convert_from(b.body, 'UTF8') FROM 'Subject: ([a-z]+)'), ',' \
+         ORDER BY m.uid) FROM kubemail_messages m JOIN kubemail_blobs b ON b.id = m.blob_id",
+    );
+    assert_eq!(subjects.trim(), "before,after");
+}

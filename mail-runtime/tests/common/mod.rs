@@ -387,6 +387,55 @@ impl Postgres {
         pg
     }
 
+    /// A streaming standby of this server (`pg_basebackup -R`), started on a port of its own.
+    pub fn standby(&self) -> Postgres {
+        let dir = tempfile::tempdir().expect("tempdir");
+        if is_root() {
+            run(Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path()));
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let standby = Postgres {
+            dir,
+            bin: self.bin.clone(),
+            port,
+        };
+        standby.as_postgres(
+            Command::new("env")
+                .arg(format!("PGPASSWORD={POSTGRES_PASSWORD}"))
+                .arg(self.bin.join("pg_basebackup"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "kubemail",
+                    "-X",
+                    "stream",
+                    "-R",
+                    "-p",
+                ])
+                .arg(self.port.to_string())
+                .arg("-D")
+                .arg(standby.data()),
+        );
+        standby.ctl("start");
+        standby
+    }
+
+    /// `pg_ctl promote`: the standby becomes a primary.
+    pub fn promote(&self) {
+        self.as_postgres(
+            Command::new(self.bin.join("pg_ctl"))
+                .args(["-w", "-D"])
+                .arg(self.data())
+                .arg("promote"),
+        );
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -474,6 +523,9 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        if !self.data().join("postmaster.pid").exists() {
+            return;
+        }
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.as_postgres(
                 Command::new(self.bin.join("pg_ctl"))
