@@ -394,6 +394,7 @@ fn a_rolling_restart_under_load_loses_no_acknowledged_message() {
     out.read_line(&mut line).expect("the clients' report");
     let report: serde_json::Value =
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert!(clients.wait().expect("python3 ends").success());
     let acked: Vec<String> = report["acked"]
         .as_array()
         .expect("acked")
