@@ -816,6 +816,13 @@ pub struct DatabaseStorage {
     /// CloudNativePG's application Secret has it under `uri`): from a Secret, never in the
     /// config itself.
     pub uri_file: PathBuf,
+    /// PEM certificates of the CA that signed the database server's certificate (as
+    /// CloudNativePG's `<cluster>-ca` Secret has under `ca.crt`). With it, the connection is
+    /// TLS and the server's certificate and name are verified against it; without it, the
+    /// URI's `sslmode` decides (`require` verifies against the system's CAs, anything else is
+    /// in the clear).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Security switches.

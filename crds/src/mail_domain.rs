@@ -472,6 +472,31 @@ pub struct DatabaseSpec {
     /// `target_session_attrs=read-write` follow a failover). CloudNativePG's application
     /// Secret (`<cluster>-app`) has it under `uri`, the default key.
     pub secret_ref: DatabaseSecretRef,
+    /// The Secret in this namespace holding the CA that signed the database server's
+    /// certificate (CloudNativePG's `<cluster>-ca` has it under `ca.crt`, the default key).
+    /// With it the connection is TLS, and the server's certificate and name are verified;
+    /// without it, the URI's `sslmode=require` verifies against the system's CAs and any other
+    /// mode is in the clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<CaSecretRef>,
+}
+
+/// The key of a Secret holding a CA certificate (PEM).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CaSecretRef {
+    /// Name of the Secret, in the same namespace as the MailDomain.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = object_name_rule("name"))]
+    pub name: String,
+    /// Key inside the Secret's data.
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
 }
 
 /// The key of a Secret holding a connection URI.

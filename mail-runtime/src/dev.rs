@@ -36,6 +36,8 @@ pub struct DevOptions {
     /// Mail in this PostgreSQL database instead of a Maildir under `data`. Every dev process
     /// on one database serves the same demo accounts (kept in the database) and the same mail.
     pub postgres: Option<String>,
+    /// The CA of the database server's certificate (TLS, verified).
+    pub postgres_ca_file: Option<PathBuf>,
 }
 
 /// The order of the dev ports after the base port.
@@ -66,7 +68,9 @@ pub async fn run(options: DevOptions) -> Result<()> {
     let database = match &options.postgres {
         Some(uri) => Some(DevDatabase {
             uri: uri.clone(),
-            accounts: shared_accounts(uri, demo_accounts()).await?,
+            ca_file: options.postgres_ca_file.clone(),
+            accounts: shared_accounts(uri, options.postgres_ca_file.as_deref(), demo_accounts())
+                .await?,
         }),
         None => None,
     };
@@ -127,6 +131,8 @@ type Account = (String, String);
 pub struct DevDatabase {
     /// The connection URI.
     pub uri: String,
+    /// The CA of the server's certificate.
+    pub ca_file: Option<PathBuf>,
     /// The demo accounts, as the database has them.
     pub accounts: Vec<Account>,
 }
@@ -141,8 +147,15 @@ fn demo_accounts() -> Vec<Account> {
 
 /// The demo accounts a database's dev processes share: the first process's, which it leaves
 /// in the table `kubemail_dev_accounts` (dev mode only: a cluster's accounts are Mailboxes).
-async fn shared_accounts(uri: &str, proposed: Vec<Account>) -> Result<Vec<Account>> {
-    let (client, connection) = tokio_postgres::connect(uri, tokio_postgres::NoTls)
+async fn shared_accounts(
+    uri: &str,
+    ca_file: Option<&Path>,
+    proposed: Vec<Account>,
+) -> Result<Vec<Account>> {
+    let mut config: tokio_postgres::Config = uri.parse().context("the database URI")?;
+    let tls = crate::store::postgres::connector(&mut config, ca_file)?;
+    let (client, connection) = config
+        .connect(tls)
         .await
         .context("connecting to the dev database")?;
     let connection = tokio::spawn(connection);
@@ -220,7 +233,10 @@ pub fn write_dev_config(
         Some(db) => {
             let uri_file = data.join("database-uri");
             write_private(&uri_file, db.uri.as_bytes())?;
-            Some(crate::config::DatabaseStorage { uri_file })
+            Some(crate::config::DatabaseStorage {
+                uri_file,
+                ca_file: db.ca_file.clone(),
+            })
         }
         None => None,
     };

@@ -43,6 +43,9 @@ enum Command {
         /// under --data; dev processes on one database serve the same accounts and mail.
         #[arg(long, value_name = "URL")]
         postgres: Option<String>,
+        /// The CA of the database server's certificate: the connection is then TLS, verified.
+        #[arg(long, value_name = "FILE", requires = "postgres")]
+        postgres_ca_file: Option<PathBuf>,
     },
     /// Speak a protocol as a client would; one JSON line; exit 0 when healthy.
     Probe {
@@ -95,6 +98,9 @@ enum Command {
         /// Say what would be copied; write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// The CA of the database server's certificate: the connection is then TLS, verified.
+        #[arg(long, value_name = "FILE")]
+        postgres_ca_file: Option<PathBuf>,
     },
 }
 
@@ -155,6 +161,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             stop_on_eof,
             drain_seconds,
             postgres,
+            postgres_ca_file,
         } => {
             let options = dev::DevOptions {
                 data,
@@ -162,6 +169,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 stop_on_eof,
                 drain: drain_seconds,
                 postgres,
+                postgres_ca_file,
             };
             serve_and_stop(async move {
                 dev::run(options).await?;
@@ -228,13 +236,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             data,
             postgres_uri_file,
             dry_run,
+            postgres_ca_file,
         } => {
             let started = std::time::Instant::now();
             let uri = std::fs::read_to_string(&postgres_uri_file)?;
             let maildir = mail_runtime::store::maildir::Maildir::open(&data, "migrate")?;
             let spool =
                 std::env::temp_dir().join(format!("kubemail-migrate-{}", std::process::id()));
-            let db = mail_runtime::store::postgres::Postgres::open(uri.trim(), &spool)?;
+            let db = mail_runtime::store::postgres::Postgres::open(
+                uri.trim(),
+                &spool,
+                postgres_ca_file.as_deref(),
+            )?;
             let counts = mail_runtime::migrate::maildir_to_postgres(&maildir, &db, dry_run)?;
             let _ = std::fs::remove_dir_all(&spool);
             let mut report = serde_json::to_value(&counts)?;

@@ -249,8 +249,12 @@ impl Runtime {
                     )
                 })?;
                 Some(
-                    Postgres::open(uri.trim(), &storage.path.join("spool"))
-                        .context("opening the mail database")?,
+                    Postgres::open(
+                        uri.trim(),
+                        &storage.path.join("spool"),
+                        database.ca_file.as_deref(),
+                    )
+                    .context("opening the mail database")?,
                 )
             }
             None => None,

@@ -436,3 +436,47 @@ fn a_rolling_restart_under_load_loses_no_acknowledged_message() {
         acked.len()
     );
 }
+
+/// TLS to the database: a server that takes only TLS connections (`hostssl`), with a
+/// certificate from a test CA. Given that CA the runtime connects over TLS (every connection of
+/// its shows in `pg_stat_ssl`); given another CA it refuses to start and says why.
+#[test]
+fn the_database_connection_is_tls_verified_against_the_given_ca() {
+    let db = Postgres::start();
+    let ca = db.require_tls();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_arg = ca.to_string_lossy().to_string();
+    let dev = Dev::start_with(
+        dir.path(),
+        &[],
+        &["--postgres", &db.uri(), "--postgres-ca-file", &ca_arg],
+    );
+    let (user, _) = dev.accounts[0].clone();
+    assert!(send_one(&dev, &user, "over").starts_with("250"));
+    let connections = db.psql(
+        "SELECT string_agg(s.ssl::text, ',') FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'kubemail mail-runtime'",
+    );
+    assert!(
+        connections.contains("true") && !connections.contains("false"),
+        "the runtime's connections: {connections}"
+    );
+
+    // Another CA (one made for another server): refused, with the reason.
+    let other = Postgres::start();
+    let other_ca = other.require_tls();
+    let refused = Command::new(env!("CARGO_BIN_EXE_mail-runtime"))
+        .args(["dev", "--base-port", "0", "--stop-on-eof", "--data"])
+        .arg(tempfile::tempdir().expect("tempdir").path())
+        .args(["--postgres", &db.uri(), "--postgres-ca-file"])
+        .arg(&other_ca)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("mail-runtime runs");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "started with a CA that did not sign the server's certificate"
+    );
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+}

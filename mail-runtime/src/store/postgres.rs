@@ -27,7 +27,8 @@ use std::{
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::watch;
-use tokio_postgres::{AsyncMessage, NoTls, Transaction};
+use tokio_postgres::{AsyncMessage, Transaction, config::SslMode};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     FlagChange, FlagsSet, FolderIndex, INBOX, MAX_KEYWORDS, MessageMeta, Placement, SieveScripts,
@@ -433,6 +434,55 @@ async fn sweep_blobs(pool: &Pool, blobs: Vec<i64>) {
     }
 }
 
+/// TLS to the database (rustls). With `ca_file` the connection must be TLS, verified against
+/// that CA (the server's certificate and its name); without it, `sslmode=require` in the URI
+/// verifies against the system's CAs, and any other mode is in the clear (libpq's `prefer`
+/// would try TLS and trust any certificate: not done here).
+pub fn connector(
+    config: &mut tokio_postgres::Config,
+    ca_file: Option<&Path>,
+) -> Result<MakeRustlsConnect, StoreError> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = fs::read(path).map_err(|e| {
+                StoreError::Unavailable(format!("reading the database CA {}: {e}", path.display()))
+            })?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| {
+                    StoreError::Unavailable(format!("the database CA {}: {e}", path.display()))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    StoreError::Unavailable(format!("the database CA {}: {e}", path.display()))
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(StoreError::Unavailable(format!(
+                    "the database CA {} holds no certificate",
+                    path.display()
+                )));
+            }
+            config.ssl_mode(SslMode::Require);
+        }
+        None if config.get_ssl_mode() == SslMode::Require => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+        None => {
+            config.ssl_mode(SslMode::Disable);
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(unavailable)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(tls))
+}
+
 /// Every 10 minutes, the blobs no message points to (a sweep after an expunge that did not
 /// run: the database was away, or a copy was taking the blob at that moment).
 async fn sweep_orphans(pool: Pool) {
@@ -460,8 +510,9 @@ impl Postgres {
     /// Connects to the database at `url` (a libpq URI or key=value string; several hosts with
     /// `target_session_attrs=read-write` follow a promoted standby), applies the schema's
     /// migrations (one replica at a time), and starts listening for other replicas' changes.
-    /// `spool` is a local directory for messages being received.
-    pub fn open(url: &str, spool: &Path) -> Result<Self, StoreError> {
+    /// `spool` is a local directory for messages being received; `ca_file`, the CA that signed
+    /// the server's certificate (see [`connector`]).
+    pub fn open(url: &str, spool: &Path, ca_file: Option<&Path>) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Unavailable(format!("the database URI: {e}")))?;
@@ -483,10 +534,11 @@ impl Postgres {
         config.options(options.trim());
         config.application_name("kubemail mail-runtime");
         fs::create_dir_all(spool).map_err(StoreError::from_io)?;
+        let tls = connector(&mut config, ca_file)?;
         let handle = store_runtime()?;
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -510,7 +562,7 @@ impl Postgres {
         };
         store.run(|inner| async move { migrate(&inner.pool).await })?;
         let inner = store.inner.clone();
-        store.inner.handle.spawn(listen(config, inner));
+        store.inner.handle.spawn(listen(config, tls, inner));
         store
             .inner
             .handle
@@ -626,9 +678,9 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
 /// LISTENs for changes on a connection of its own, for as long as the process lives; tells
 /// this process's sessions. When the connection drops, every session is told to look again
 /// (it may have missed a change meanwhile), and it connects again after a second.
-async fn listen(config: tokio_postgres::Config, inner: Arc<Inner>) {
+async fn listen(config: tokio_postgres::Config, tls: MakeRustlsConnect, inner: Arc<Inner>) {
     loop {
-        match config.connect(NoTls).await {
+        match config.connect(tls.clone()).await {
             Ok((client, mut connection)) => {
                 let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
                 let pump = tokio::spawn(async move {

@@ -426,6 +426,94 @@ impl Postgres {
         standby
     }
 
+    /// Turns TLS on with a certificate for 127.0.0.1 signed by a new test CA, and refuses
+    /// connections over TCP without it (`hostssl` only); returns the CA's PEM file.
+    pub fn require_tls(&self) -> PathBuf {
+        let dir = self.dir.path();
+        let ca = dir.join("ca.pem");
+        run(Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+            ])
+            .args(["-days", "2", "-subj", "/CN=kubemail test database CA"])
+            .arg("-keyout")
+            .arg(dir.join("ca.key"))
+            .arg("-out")
+            .arg(&ca));
+        run(Command::new("openssl")
+            .args([
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+            ])
+            .args(["-subj", "/CN=127.0.0.1"])
+            .arg("-keyout")
+            .arg(self.data().join("server.key"))
+            .arg("-out")
+            .arg(dir.join("server.csr")));
+        std::fs::write(
+            dir.join("san.ext"),
+            "subjectAltName=IP:127.0.0.1
+",
+        )
+        .expect("ext");
+        run(Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+            .arg("-in")
+            .arg(dir.join("server.csr"))
+            .arg("-CA")
+            .arg(&ca)
+            .arg("-CAkey")
+            .arg(dir.join("ca.key"))
+            .arg("-extfile")
+            .arg(dir.join("san.ext"))
+            .arg("-out")
+            .arg(self.data().join("server.crt")));
+        let conf = self.data().join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("postgresql.conf");
+        text.push_str(
+            "
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+",
+        );
+        std::fs::write(&conf, text).expect("postgresql.conf");
+        let hba = self.data().join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba)
+            .expect("pg_hba.conf")
+            .lines()
+            .map(|l| {
+                if l.starts_with("host ") {
+                    l.replacen("host ", "hostssl ", 1)
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&hba, text + "\n").expect("pg_hba.conf");
+        if is_root() {
+            run(Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(self.data()));
+            run(Command::new("chmod")
+                .arg("600")
+                .arg(self.data().join("server.key")));
+        }
+        self.ctl("restart");
+        ca
+    }
+
     /// `pg_ctl promote`: the standby becomes a primary.
     pub fn promote(&self) {
         self.as_postgres(

@@ -531,6 +531,21 @@ async fn dereference(
             }
             Some(_) => Ok(()),
         });
+        if let (Some(Ok(())), Some(ca)) = (&referred.database_secret, &database.ca_secret_ref) {
+            let present = secrets
+                .get_opt(&ca.name)
+                .await?
+                .is_some_and(|s| s.data.as_ref().is_some_and(|d| d.contains_key(&ca.key)));
+            if !present {
+                referred.database_secret = Some(Err((
+                    reason::SECRET_NOT_FOUND,
+                    format!(
+                        "Secret {} with key {:?} (the database's CA) does not exist: the runtime cannot start",
+                        ca.name, ca.key
+                    ),
+                )));
+            }
+        }
     }
     referred.dkim = dkim;
     referred.mailboxes = served_mailboxes(ctx, md).await?;

@@ -176,8 +176,12 @@ pub fn runtime_config(
                 .storage
                 .database
                 .as_ref()
-                .map(|_| kubemail_config::DatabaseStorage {
+                .map(|d| kubemail_config::DatabaseStorage {
                     uri_file: format!("{}/uri", paths::DATABASE_DIR).into(),
+                    ca_file: d
+                        .ca_secret_ref
+                        .as_ref()
+                        .map(|_| format!("{}/ca.crt", paths::DATABASE_CA_DIR).into()),
                 }),
         },
         security: Security {

@@ -61,6 +61,8 @@ pub mod paths {
     pub const DATA_DIR: &str = "/var/lib/kubemail";
     /// The database Secret's URI, as `uri`.
     pub const DATABASE_DIR: &str = "/etc/kubemail/database";
+    /// The database server's CA, as `ca.crt`.
+    pub const DATABASE_CA_DIR: &str = "/etc/kubemail/database-ca";
 }
 
 /// Names of the objects made for a MailDomain.

@@ -403,8 +403,11 @@ pub fn deployment(
                 mount("data", paths::DATA_DIR, false),
                 mount("tmp", "/tmp", false),
             ];
-            if md.spec.storage.database.is_some() {
+            if let Some(database) = &md.spec.storage.database {
                 mounts.push(mount("database", paths::DATABASE_DIR, true));
+                if database.ca_secret_ref.is_some() {
+                    mounts.push(mount("database-ca", paths::DATABASE_CA_DIR, true));
+                }
             }
             if smarthost_credentials.is_some() {
                 mounts.push(mount("smarthost", paths::SMARTHOST_DIR, true));
@@ -489,6 +492,16 @@ pub fn deployment(
                         &[(&d.secret_ref.key, "uri")],
                     )
                 }))
+                .chain(
+                    md.spec
+                        .storage
+                        .database
+                        .as_ref()
+                        .and_then(|d| d.ca_secret_ref.as_ref())
+                        .map(|c| {
+                            keyed_secret_volume("database-ca", &c.name, &[(&c.key, "ca.crt")])
+                        }),
+                )
                 .collect(),
             ),
             termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),

@@ -353,8 +353,12 @@ fn https_serves_the_web_names_and_announces_the_policy_that_the_runtime_serves()
 #[test]
 fn a_domain_on_a_database_rolls_one_pod_at_a_time_over_nodes_without_a_volume() {
     let mut md = fixtures::domain();
-    md.spec.storage.database =
-        Some(serde_yaml_ng::from_str("{secretRef: {name: mail-db-app}}").expect("yaml"));
+    md.spec.storage.database = Some(
+        serde_yaml_ng::from_str(
+            "{secretRef: {name: mail-db-app}, caSecretRef: {name: mail-db-ca}}",
+        )
+        .expect("yaml"),
+    );
     md.spec.runtime.replicas = 3;
     let deployment = objects::deployment(&md, None, &options());
     let spec = deployment.spec;
@@ -387,11 +391,23 @@ fn a_domain_on_a_database_rolls_one_pod_at_a_time_over_nodes_without_a_volume() 
     assert_eq!(secret.secret_name.as_deref(), Some("mail-db-app"));
     let item = &secret.items.as_ref().expect("items")[0];
     assert_eq!((item.key.as_str(), item.path.as_str()), ("uri", "uri"));
-    // The config names the file; the budget lets one pod go at a time.
+    let ca = volumes
+        .iter()
+        .find(|v| v.name == "database-ca")
+        .expect("CA volume");
+    let secret = ca.secret.as_ref().expect("a Secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("mail-db-ca"));
+    assert_eq!(secret.items.as_ref().expect("items")[0].key, "ca.crt");
+    // The config names the files; the budget lets one pod go at a time.
     let config = runtime_config(&md, &[], None);
+    let database = config.storage.database.expect("database");
     assert_eq!(
-        config.storage.database.expect("database").uri_file,
+        database.uri_file,
         std::path::PathBuf::from("/etc/kubemail/database/uri")
+    );
+    assert_eq!(
+        database.ca_file,
+        Some(std::path::PathBuf::from("/etc/kubemail/database-ca/ca.crt"))
     );
     let budget = objects::disruption_budget(&md).expect("a budget with 3 replicas");
     assert_eq!(
