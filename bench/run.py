@@ -665,75 +665,6 @@ if "pop3" in workloads:
                                             ("POP3 RETR of 10,000 messages", pop3_retr, "msg/s", "higher", 1.5)):
         compare(label + " (%d messages)" % args.mailbox, fn, unit, better, target)
 
-# --- memory -----------------------------------------------------------------------------------
-clear(kubemail_maildir)
-for p in peer_sets:
-    clear(dovecot_maildir(p))
-    for sub in ("new", "cur", "tmp"):
-        os.makedirs(os.path.join(dovecot_maildir(p), sub), exist_ok=True)
-    subprocess.call(["chown", "-R", "mail:mail", os.path.dirname(dovecot_maildir(p))])
-
-
-async def idle_clients(name, n):
-    port, _, user, password = servers[name]
-    conns = []
-
-    async def tagged(reader, tag):
-        """Reads to the tagged answer, which must be OK; a server that closes ends the run."""
-        while True:
-            line = await reader.readline()
-            if not line:
-                raise SystemExit("%s closed an IDLE client's connection before %s's answer" % (name, tag.decode()))
-            if line.startswith(tag + b" "):
-                if not line.startswith(tag + b" OK"):
-                    raise SystemExit("%s answered an IDLE client: %r" % (name, line))
-                return
-
-    async def one(i):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=CTX)
-        await reader.readline()
-        writer.write(b"a LOGIN %s %s\r\n" % (user.encode(), password.encode()))
-        await tagged(reader, b"a")
-        writer.write(b"b SELECT INBOX\r\n")
-        await tagged(reader, b"b")
-        writer.write(b"c IDLE\r\n")
-        line = await reader.readline()
-        assert line.startswith(b"+"), line
-        conns.append(writer)
-
-    # Paced: 20 logins at a time, as clients that reconnect after a restart spread out.
-    for chunk in range(0, n, 20):
-        await asyncio.gather(*(one(i) for i in range(chunk, min(n, chunk + 20))))
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(5)  # past Dovecot's hibernation timeout (2 s), where it has one
-    pids = [dev.pid] if name == "kubemail" else dovecot_pids(name)
-    memory = rss_kib(pids)
-    for w in conns:
-        w.close()
-    await asyncio.sleep(1)
-    return memory
-
-
-if "idle" in workloads:
-    kube_mem, peer_mem = [], {p: [] for p in profiles + ["hibernate"]}
-    cpu_log.clear()
-    for r in range(args.runs):
-        log("%d concurrent IDLE sessions, every server started afresh, run %d" % (args.idle, r + 1))
-        restart_servers()
-        kube_mem.append(asyncio.run(idle_clients("kubemail", args.idle)) / 1024)
-        for p in peer_mem:
-            peer_mem[p].append(asyncio.run(idle_clients(p, args.idle)) / 1024)
-    record("Memory (PSS) of the whole server with %d IDLE sessions" % args.idle, "MiB", kube_mem, peer_mem, "lower", 0.1)
-    if args.idle_large:
-        log("%d concurrent IDLE sessions on kubemail, started afresh" % args.idle_large)
-        restart_servers()
-        cpu_log.clear()
-        large = asyncio.run(idle_clients("kubemail", args.idle_large)) / 1024
-        record("kubemail memory (PSS) with %d IDLE sessions" % args.idle_large, "MiB", [large], {}, "lower", None)
-    cpu_log.clear()
-    record("kubemail runtime idle memory at start (PSS)", "MiB", [idle_rss / 1024], {}, "lower", None)
-
-
 # --- the PostgreSQL store ------------------------------------------------------------------------
 # The same runtime with its mail in Debian's PostgreSQL (fsync on, its files beside the others'),
 # beside the Maildir store and the peers: SMTP ingest, IMAP FETCH and SEARCH on the same mailbox
@@ -785,6 +716,10 @@ if "postgres" in workloads:
         servers["kubemail-pg"] = (on_db["ports"]["imaps"], on_db["ports"]["pop3s"], db_bob["address"], db_bob["password"])
         for name in ("kubemail-pg", "kubemail"):
             fetch_all(name)  # warm-up
+        cpu_log.clear()
+        cold = {name: measured(name, search, name) for name in ("kubemail-pg", "kubemail")}
+        record("PostgreSQL store: IMAP SEARCH HEADER Subject, the first on the copied mailbox (%d messages)" % args.mailbox,
+               "s", [cold["kubemail-pg"]], {"maildir": [cold["kubemail"]]}, "lower", None)
         for label, fn in (("IMAP login + SELECT + FETCH 1:* (UID FLAGS RFC822.SIZE) (%d messages)" % args.mailbox, fetch_all),
                           ("IMAP SEARCH HEADER Subject, warm (%d messages)" % args.mailbox, search)):
             pg, md, peer = [], [], {p: [] for p in profiles}
@@ -870,6 +805,76 @@ if "postgres" in workloads:
     db_clear()
 
     stop_process(replica_a)
+
+
+# --- memory -----------------------------------------------------------------------------------
+clear(kubemail_maildir)
+for p in peer_sets:
+    clear(dovecot_maildir(p))
+    for sub in ("new", "cur", "tmp"):
+        os.makedirs(os.path.join(dovecot_maildir(p), sub), exist_ok=True)
+    subprocess.call(["chown", "-R", "mail:mail", os.path.dirname(dovecot_maildir(p))])
+
+
+async def idle_clients(name, n):
+    port, _, user, password = servers[name]
+    conns = []
+
+    async def tagged(reader, tag):
+        """Reads to the tagged answer, which must be OK; a server that closes ends the run."""
+        while True:
+            line = await reader.readline()
+            if not line:
+                raise SystemExit("%s closed an IDLE client's connection before %s's answer" % (name, tag.decode()))
+            if line.startswith(tag + b" "):
+                if not line.startswith(tag + b" OK"):
+                    raise SystemExit("%s answered an IDLE client: %r" % (name, line))
+                return
+
+    async def one(i):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=CTX)
+        await reader.readline()
+        writer.write(b"a LOGIN %s %s\r\n" % (user.encode(), password.encode()))
+        await tagged(reader, b"a")
+        writer.write(b"b SELECT INBOX\r\n")
+        await tagged(reader, b"b")
+        writer.write(b"c IDLE\r\n")
+        line = await reader.readline()
+        assert line.startswith(b"+"), line
+        conns.append(writer)
+
+    # Paced: 20 logins at a time, as clients that reconnect after a restart spread out.
+    for chunk in range(0, n, 20):
+        await asyncio.gather(*(one(i) for i in range(chunk, min(n, chunk + 20))))
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(5)  # past Dovecot's hibernation timeout (2 s), where it has one
+    pids = [dev.pid] if name == "kubemail" else dovecot_pids(name)
+    memory = rss_kib(pids)
+    for w in conns:
+        w.close()
+    await asyncio.sleep(1)
+    return memory
+
+
+if "idle" in workloads:
+    kube_mem, peer_mem = [], {p: [] for p in profiles + ["hibernate"]}
+    cpu_log.clear()
+    for r in range(args.runs):
+        log("%d concurrent IDLE sessions, every server started afresh, run %d" % (args.idle, r + 1))
+        restart_servers()
+        kube_mem.append(asyncio.run(idle_clients("kubemail", args.idle)) / 1024)
+        for p in peer_mem:
+            peer_mem[p].append(asyncio.run(idle_clients(p, args.idle)) / 1024)
+    record("Memory (PSS) of the whole server with %d IDLE sessions" % args.idle, "MiB", kube_mem, peer_mem, "lower", 0.1)
+    if args.idle_large:
+        log("%d concurrent IDLE sessions on kubemail, started afresh" % args.idle_large)
+        restart_servers()
+        cpu_log.clear()
+        large = asyncio.run(idle_clients("kubemail", args.idle_large)) / 1024
+        record("kubemail memory (PSS) with %d IDLE sessions" % args.idle_large, "MiB", [large], {}, "lower", None)
+    cpu_log.clear()
+    record("kubemail runtime idle memory at start (PSS)", "MiB", [idle_rss / 1024], {}, "lower", None)
+
 
 dev.terminate()
 dev.wait(timeout=10)

@@ -288,7 +288,13 @@ impl Runtime {
             header_cache: Arc::new(crate::imap::search::HeaderCache::default()),
             deflate_sessions: Arc::new(tokio::sync::Semaphore::new(DEFLATE_SESSIONS)),
             sieve_scripts: Arc::default(),
-            greylist: Arc::default(),
+            greylist: {
+                let greylist = Arc::new(crate::smtp::screen::Greylist::default());
+                if let Some(db) = &database_handle {
+                    greylist.share(db.clone());
+                }
+                greylist
+            },
             usage: Arc::default(),
             connections: Arc::new(Mutex::new(Connections::default())),
             started: Arc::new(std::sync::atomic::AtomicBool::new(false)),

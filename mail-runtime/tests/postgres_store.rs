@@ -480,3 +480,63 @@ fn the_database_connection_is_tls_verified_against_the_given_ca() {
     );
     assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
 }
+
+/// Greylisting is remembered in the database: a sender asked to come back by one replica is
+/// taken by the other after the delay, not asked to wait again (tests/clients/screen_client.py,
+/// an SMTP client from a chosen loopback address).
+#[test]
+fn greylisting_is_shared_by_the_replicas() {
+    let db = Postgres::start();
+    let (_a_dir, a) = on(&db);
+    let (_b_dir, b) = on(&db);
+    for dev in [&a, &b] {
+        common::patch_config(dev, "greylisting", |c| {
+            c["inbound"]["greylisting"] =
+                serde_yaml_ng::from_str("{delaySeconds: 2, retryWindowSeconds: 60}").expect("yaml");
+        });
+    }
+    let client = |dev: &Dev, source: &str| -> serde_json::Value {
+        let out = run(Command::new("python3")
+            .arg(client_script("screen_client.py"))
+            .args(["127.0.0.1", &dev.port("smtp").to_string(), source])
+            .args(["mx.outside.example.org", "alice@example.test"]));
+        serde_json::from_str(out.lines().last().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    assert_eq!(client(&a, "127.0.0.8")["rcpt"], serde_json::json!([451]));
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(
+        client(&b, "127.0.0.9")["rcpt"],
+        serde_json::json!([250]),
+        "the other replica asked the sender to wait again"
+    );
+}
+
+/// Relay rate limits count in the database: two processes (two store handles, as two
+/// replicas) taking places at once under one limit of 10 get 10 between them.
+#[test]
+fn a_rate_limit_is_one_limit_across_replicas() {
+    let db = Postgres::start();
+    let spool = tempfile::tempdir().expect("tmp");
+    let open = || {
+        mail_runtime::store::postgres::Postgres::open(&db.uri(), spool.path(), None)
+            .expect("the store opens")
+    };
+    let replicas = [open(), open()];
+    let taken = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for replica in &replicas {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..5 {
+                        let limits = vec![("alice@example.test".to_string(), 10, 3600)];
+                        if replica.rate_take(limits).expect("the database answers") {
+                            taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        }
+    });
+    assert_eq!(taken.into_inner(), 10, "40 tries under a limit of 10");
+}

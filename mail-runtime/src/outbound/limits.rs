@@ -12,12 +12,37 @@ use crate::config::RateConfig;
 #[derive(Debug, Default)]
 pub struct RateLimiter {
     windows: Mutex<HashMap<String, VecDeque<Instant>>>,
+    shared: std::sync::OnceLock<crate::store::postgres::Postgres>,
 }
 
 impl RateLimiter {
+    /// Counts in the database from now on, for every replica (the PostgreSQL store); this
+    /// process's own windows are used only while the database cannot be reached.
+    pub fn share(&self, db: crate::store::postgres::Postgres) {
+        let _ = self.shared.set(db);
+    }
+
     /// Whether one more message fits every `(key, rate)` given; if it does, it is counted
     /// against all of them.
     pub fn take(&self, limits: &[(String, &RateConfig)]) -> bool {
+        if let Some(db) = self.shared.get() {
+            let asked = limits
+                .iter()
+                .map(|(key, rate)| {
+                    (
+                        key.clone(),
+                        i64::from(rate.messages),
+                        i64::try_from(rate.period_seconds).unwrap_or(i64::MAX),
+                    )
+                })
+                .collect();
+            match db.rate_take(asked) {
+                Ok(fits) => return fits,
+                Err(err) => {
+                    tracing::warn!(error = %err, "rate limits count alone: the database is unavailable");
+                }
+            }
+        }
         let now = Instant::now();
         let mut windows = self.windows.lock().expect("rate lock");
         for (key, rate) in limits {

@@ -108,19 +108,25 @@ impl Outbound {
         if !entries.is_empty() {
             tracing::info!(queued = entries.len(), "resuming the outbound queue");
         }
+        let rates = Arc::new(limits::RateLimiter::default());
         Ok(Self {
             dir,
             entries: Mutex::new(entries.into_iter().map(|e| (e.id.clone(), e)).collect()),
             in_flight: Mutex::new(HashSet::new()),
             per_domain: Mutex::new(HashMap::new()),
             wake: Notify::new(),
-            rates: Arc::new(limits::RateLimiter::default()),
+            rates: rates.clone(),
             srs,
             mta_sts: mta_sts::Policies::default(),
-            shared: shared.map(|db| Shared {
-                db,
-                owner: format!("{}-{}", std::process::id(), new_id()),
-            }),
+            shared: shared
+                .map(|db| {
+                    rates.share(db.clone());
+                    db
+                })
+                .map(|db| Shared {
+                    db,
+                    owner: format!("{}-{}", std::process::id(), new_id()),
+                }),
             leased: Mutex::new(HashSet::new()),
         })
     }

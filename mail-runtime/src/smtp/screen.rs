@@ -95,7 +95,10 @@ pub const MAX_GREYLIST_PER_NETWORK: usize = 1_000;
 /// being remembered (they pass once the flood is over), while senders that already waited or
 /// passed keep their place.
 #[derive(Debug, Default)]
-pub struct Greylist(Mutex<Memory>);
+pub struct Greylist(
+    Mutex<Memory>,
+    std::sync::OnceLock<crate::store::postgres::Postgres>,
+);
 
 #[derive(Debug, Default)]
 struct Memory {
@@ -104,6 +107,12 @@ struct Memory {
 }
 
 impl Greylist {
+    /// Remembers in the database from now on, for every replica (the PostgreSQL store); this
+    /// process's memory is used only while the database cannot be reached.
+    pub fn share(&self, db: crate::store::postgres::Postgres) {
+        let _ = self.1.set(db);
+    }
+
     /// Whether a message from `ip`, `from` to `to` may come now; if not, in how many seconds.
     pub fn check(
         &self,
@@ -116,6 +125,25 @@ impl Greylist {
         let key = format!("{}\0{}", from.to_ascii_lowercase(), to.to_ascii_lowercase());
         let net = network(ip);
         let delay = u64::from(timing.delay_seconds);
+        if let Some(db) = self.1.get() {
+            // PostgreSQL text holds no NUL; an envelope address holds no line feed.
+            let triplet = key.replace('\0', "\n");
+            let ask = crate::store::postgres::GreylistAsk {
+                network: &net,
+                triplet: &triplet,
+                now: now as i64,
+                delay: i64::from(timing.delay_seconds),
+                retry_window: i64::from(timing.retry_window_seconds),
+                pass: i64::from(timing.pass_seconds),
+                per_network: MAX_GREYLIST_PER_NETWORK as i64,
+            };
+            match db.greylist_check(ask) {
+                Ok(verdict) => return verdict.map_err(|wait| wait.max(0) as u64),
+                Err(err) => {
+                    tracing::warn!(error = %err, "greylisting decides alone: the database is unavailable");
+                }
+            }
+        }
         let mut memory = self.0.lock().expect("greylist lock");
         let Memory { networks, entries } = &mut *memory;
         if let Some(entry) = networks.get_mut(&net).and_then(|n| n.get_mut(&key))

@@ -37,7 +37,7 @@ use super::{
 
 /// The schema this build reads and writes. A database at a higher version was written by a
 /// newer runtime: this one refuses to start on it rather than misread it.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Connections at most, per process.
 pub const POOL_SIZE: usize = 16;
@@ -49,7 +49,7 @@ const CHANNEL: &str = "kubemail_changes";
 const MIGRATION_LOCK: i64 = 0x6b75_6265_6d61_696c;
 
 /// Each version's schema change, in order: `MIGRATIONS[n]` takes the schema from n to n + 1.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     r#"
 CREATE SEQUENCE kubemail_uidvalidity;
 SELECT setval('kubemail_uidvalidity', greatest(1, extract(epoch FROM now())::bigint));
@@ -122,6 +122,25 @@ CREATE TABLE kubemail_maildrop_locks (
     holder text NOT NULL,
     until bigint NOT NULL
 );
+"#,
+    // Greylisting's memory and the relay rate limits' windows, shared by the replicas: a
+    // sender that retries through another replica is not made to wait again, and a limit is
+    // one limit, not one per replica.
+    r#"
+CREATE TABLE kubemail_greylist (
+    network text NOT NULL,
+    triplet text NOT NULL,
+    first_seen bigint NOT NULL,
+    passed boolean NOT NULL,
+    expires bigint NOT NULL,
+    PRIMARY KEY (network, triplet)
+);
+CREATE INDEX kubemail_greylist_expires ON kubemail_greylist (expires);
+CREATE TABLE kubemail_rate_events (
+    key text NOT NULL,
+    at_ms bigint NOT NULL
+);
+CREATE INDEX kubemail_rate_events_key ON kubemail_rate_events (key, at_ms);
 "#,
 ];
 
@@ -484,7 +503,8 @@ pub fn connector(
 }
 
 /// Every 10 minutes, the blobs no message points to (a sweep after an expunge that did not
-/// run: the database was away, or a copy was taking the blob at that moment).
+/// run: the database was away, or a copy was taking the blob at that moment), and greylisting's
+/// expired triplets.
 async fn sweep_orphans(pool: Pool) {
     loop {
         tokio::time::sleep(Duration::from_secs(600)).await;
@@ -503,6 +523,12 @@ async fn sweep_orphans(pool: Pool) {
             Ok(n) => tracing::info!(blobs = n, "unreferenced message blobs removed"),
             Err(err) => tracing::debug!(error = %err, "blob sweep left for later"),
         }
+        let _ = client
+            .execute(
+                "DELETE FROM kubemail_greylist WHERE expires < extract(epoch FROM now())::bigint",
+                &[],
+            )
+            .await;
     }
 }
 
@@ -2093,6 +2119,150 @@ impl Postgres {
                 .await
                 .map_err(db)?;
             Ok(())
+        })
+    }
+}
+
+/// What greylisting asks of a triplet.
+#[derive(Debug, Clone, Copy)]
+pub struct GreylistAsk<'a> {
+    /// The client's network (see `smtp::screen`).
+    pub network: &'a str,
+    /// Sender and recipient.
+    pub triplet: &'a str,
+    /// Now, in seconds.
+    pub now: i64,
+    /// How long a new triplet waits.
+    pub delay: i64,
+    /// How long a triplet that waited may come back to pass.
+    pub retry_window: i64,
+    /// How long one that passed is let through.
+    pub pass: i64,
+    /// Most live triplets one network may have.
+    pub per_network: i64,
+}
+
+/// Greylisting and relay rate limits in the database, for every replica (see
+/// `smtp::screen::Greylist` and `outbound::limits::RateLimiter`, which ask here when the
+/// store is PostgreSQL, and decide alone when it cannot be reached).
+impl Postgres {
+    /// Whether the triplet may come now; if not, in how many seconds. One transaction, the
+    /// triplet's row locked.
+    pub fn greylist_check(&self, ask: GreylistAsk<'_>) -> Result<Result<(), i64>, StoreError> {
+        let (network, triplet) = (ask.network.to_string(), ask.triplet.to_string());
+        let GreylistAsk {
+            now,
+            delay,
+            retry_window,
+            pass,
+            per_network,
+            ..
+        } = ask;
+        self.run(move |inner| async move {
+            Ok(transaction!(inner, tx, &[] as &[&str], {
+                let seen = tx
+                    .query_opt(
+                        "SELECT first_seen, passed, expires FROM kubemail_greylist \
+                         WHERE network = $1 AND triplet = $2 FOR UPDATE",
+                        &[&network, &triplet],
+                    )
+                    .await
+                    .map_err(db)?;
+                match seen {
+                    Some(row) if row.get::<_, i64>(2) > now => {
+                        let (first, passed): (i64, bool) = (row.get(0), row.get(1));
+                        if passed || now >= first + delay {
+                            tx.execute(
+                                "UPDATE kubemail_greylist SET passed = true, expires = $3 \
+                                 WHERE network = $1 AND triplet = $2",
+                                &[&network, &triplet, &(now + pass)],
+                            )
+                            .await
+                            .map_err(db)?;
+                            Ok(())
+                        } else {
+                            Err(first + delay - now)
+                        }
+                    }
+                    _ => {
+                        let live: i64 = tx
+                            .query_one(
+                                "SELECT count(*) FROM kubemail_greylist WHERE network = $1 AND expires > $2",
+                                &[&network, &now],
+                            )
+                            .await
+                            .map_err(db)?
+                            .get(0);
+                        // A flood from one network waits without being remembered.
+                        if live < per_network {
+                            tx.execute(
+                                "INSERT INTO kubemail_greylist VALUES ($1, $2, $3, false, $4) \
+                                 ON CONFLICT (network, triplet) DO UPDATE SET first_seen = $3, \
+                                 passed = false, expires = $4",
+                                &[&network, &triplet, &now, &(now + retry_window)],
+                            )
+                            .await
+                            .map_err(db)?;
+                        }
+                        Err(delay)
+                    }
+                }
+            }))
+        })
+    }
+
+    /// Whether one more message fits every `(key, messages, period in seconds)`; if it does,
+    /// it is counted against all of them. The keys are locked in order (advisory locks), so
+    /// two replicas cannot both take the last place.
+    pub fn rate_take(&self, limits: Vec<(String, i64, i64)>) -> Result<bool, StoreError> {
+        let mut limits = limits;
+        limits.sort();
+        self.run(move |inner| async move {
+            Ok(transaction!(inner, tx, &[] as &[&str], {
+                let now_ms: i64 = tx
+                    .query_one(
+                        "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+                        &[],
+                    )
+                    .await
+                    .map_err(db)?
+                    .get(0);
+                let mut fits = true;
+                for (key, messages, period) in &limits {
+                    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[key])
+                        .await
+                        .map_err(db)?;
+                    tx.execute(
+                        "DELETE FROM kubemail_rate_events WHERE key = $1 AND at_ms <= $2",
+                        &[key, &(now_ms - period * 1000)],
+                    )
+                    .await
+                    .map_err(db)?;
+                    let used: i64 = tx
+                        .query_one(
+                            "SELECT count(*) FROM kubemail_rate_events WHERE key = $1",
+                            &[key],
+                        )
+                        .await
+                        .map_err(db)?
+                        .get(0);
+                    if used >= *messages {
+                        fits = false;
+                        break;
+                    }
+                }
+                if fits {
+                    for (key, ..) in &limits {
+                        tx.execute(
+                            "INSERT INTO kubemail_rate_events VALUES ($1, $2)",
+                            &[key, &now_ms],
+                        )
+                        .await
+                        .map_err(db)?;
+                    }
+                }
+                fits
+            }))
         })
     }
 }
