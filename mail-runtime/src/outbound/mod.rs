@@ -118,15 +118,13 @@ impl Outbound {
             rates: rates.clone(),
             srs,
             mta_sts: mta_sts::Policies::default(),
-            shared: shared
-                .map(|db| {
-                    rates.share(db.clone());
-                    db
-                })
-                .map(|db| Shared {
+            shared: shared.map(|db| {
+                rates.share(db.clone());
+                Shared {
                     db,
                     owner: format!("{}-{}", std::process::id(), new_id()),
-                }),
+                }
+            }),
             leased: Mutex::new(HashSet::new()),
         })
     }
