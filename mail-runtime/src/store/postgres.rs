@@ -159,7 +159,15 @@ struct Inner {
     watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
     /// Woken when any replica queues outbound mail.
     queue_wake: Arc<tokio::sync::Notify>,
+    /// Headers read ahead by [`Store::read_header`]: the last batch, taken out as they are
+    /// asked for.
+    readahead: Mutex<HashMap<(String, String, u32), Vec<u8>>>,
 }
+
+/// Headers one header read fetches (that message's and the next ones' by UID), and most bytes
+/// a batch may hold: a header SEARCH over a folder makes one query per batch, not per message.
+const READAHEAD: i64 = 256;
+const READAHEAD_BYTES: usize = 4 << 20;
 
 impl std::fmt::Debug for Postgres {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -584,6 +592,7 @@ impl Postgres {
                 spool: spool.to_path_buf(),
                 watchers: Mutex::new(HashMap::new()),
                 queue_wake: Arc::new(tokio::sync::Notify::new()),
+                readahead: Mutex::new(HashMap::new()),
             }),
         };
         store.run(|inner| async move { migrate(&inner.pool).await })?;
@@ -1005,7 +1014,42 @@ impl Store for Postgres {
         folder: &str,
         message: &MessageMeta,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        self.body(mailbox, folder, message.uid, true)
+        let (mailbox, folder) = (mailbox.to_string(), checked(folder)?);
+        let key = (mailbox.clone(), folder.clone(), message.uid);
+        if let Some(head) = self.inner.readahead.lock().expect("readahead").remove(&key) {
+            return Ok(Some(head));
+        }
+        let uid = i64::from(message.uid);
+        let rows = self.run(move |inner| async move {
+            let rows = client(&inner)
+                .await?
+                .query(
+                    "SELECT m.uid, substring(b.body FROM 1 FOR b.header_len) \
+                     FROM kubemail_messages m JOIN kubemail_folders f ON f.id = m.folder_id \
+                     JOIN kubemail_blobs b ON b.id = m.blob_id \
+                     WHERE f.mailbox = $1 AND f.name = $2 AND m.uid >= $3 ORDER BY m.uid LIMIT $4",
+                    &[&mailbox, &folder, &uid, &READAHEAD],
+                )
+                .await
+                .map_err(db)?;
+            Ok(rows
+                .iter()
+                .map(|r| (as_u32(r.get(0)), r.get::<_, Vec<u8>>(1)))
+                .collect::<Vec<_>>())
+        })?;
+        let mut asked = None;
+        let mut batch = HashMap::new();
+        let mut bytes = 0;
+        for (uid, head) in rows {
+            if uid == message.uid {
+                asked = Some(head);
+            } else if bytes + head.len() <= READAHEAD_BYTES {
+                bytes += head.len();
+                batch.insert((key.0.clone(), key.1.clone(), uid), head);
+            }
+        }
+        *self.inner.readahead.lock().expect("readahead") = batch;
+        Ok(asked)
     }
 
     fn read_message(&self, mailbox: &str, uid: u32) -> Result<Option<Vec<u8>>, StoreError> {
