@@ -329,6 +329,18 @@ fn the_runtime_follows_a_promoted_standby() {
 /// Every acknowledged message is stored once; the operations clients had to repeat are printed.
 #[test]
 fn a_rolling_restart_under_load_loses_no_acknowledged_message() {
+    restart_under_load(false);
+}
+
+/// The same load, but each replica in turn is killed (SIGKILL, as a node lost or the OOM
+/// killer): the transactions it held never got their 250 and are sent again by their clients;
+/// every acknowledged message is stored.
+#[test]
+fn a_replica_killed_under_load_loses_no_acknowledged_message() {
+    restart_under_load(true);
+}
+
+fn restart_under_load(kill: bool) {
     use std::io::{BufRead, BufReader, Write};
     let db = Postgres::start();
     let dirs = [
@@ -381,11 +393,15 @@ fn a_rolling_restart_under_load_loses_no_acknowledged_message() {
     assert_eq!(line.trim(), "running");
     std::thread::sleep(std::time::Duration::from_secs(3));
     for (i, dir) in dirs.iter().enumerate() {
-        replicas[i].terminate();
-        let status = replicas[i]
-            .wait_exit(std::time::Duration::from_secs(30))
-            .expect("the replica drains and exits");
-        assert!(status.success(), "{status}");
+        if kill {
+            replicas[i].kill9();
+        } else {
+            replicas[i].terminate();
+            let status = replicas[i]
+                .wait_exit(std::time::Duration::from_secs(30))
+                .expect("the replica drains and exits");
+            assert!(status.success(), "{status}");
+        }
         replicas[i] = start(dir.path());
         std::thread::sleep(std::time::Duration::from_secs(3));
     }
@@ -403,7 +419,8 @@ fn a_rolling_restart_under_load_loses_no_acknowledged_message() {
         .collect();
     let mut summary = report.clone();
     summary["acked"] = acked.len().into();
-    println!("rolling restart of 2 replicas under load: {summary}");
+    let how = if kill { "SIGKILL" } else { "SIGTERM" };
+    println!("each of 2 replicas stopped by {how} and started again, under load: {summary}");
     assert!(
         acked.len() > 20,
         "too little load to show anything: {summary}"
