@@ -85,8 +85,9 @@ enum Command {
     },
     /// Read a password on standard input, print its argon2id hash.
     HashPassword,
-    /// Copy a Maildir store into a PostgreSQL store, keeping UIDVALIDITY, UIDs, flags,
-    /// keywords and dates; resumable (run it again); one JSON line of counts.
+    /// Copy a Maildir store into a PostgreSQL store (or back, --to-maildir), keeping
+    /// UIDVALIDITY, UIDs, flags, keywords and dates; resumable (run it again); one JSON line
+    /// of counts.
     Migrate {
         /// The data directory of the Maildir store (stop its runtime first, or copy a
         /// snapshot of it).
@@ -101,6 +102,9 @@ enum Command {
         /// The CA of the database server's certificate: the connection is then TLS, verified.
         #[arg(long, value_name = "FILE")]
         postgres_ca_file: Option<PathBuf>,
+        /// The other way: copy the database into the Maildir store under --data.
+        #[arg(long)]
+        to_maildir: bool,
     },
 }
 
@@ -237,6 +241,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             postgres_uri_file,
             dry_run,
             postgres_ca_file,
+            to_maildir,
         } => {
             let started = std::time::Instant::now();
             let uri = std::fs::read_to_string(&postgres_uri_file)?;
@@ -248,7 +253,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 &spool,
                 postgres_ca_file.as_deref(),
             )?;
-            let counts = mail_runtime::migrate::maildir_to_postgres(&maildir, &db, dry_run)?;
+            let counts = if to_maildir {
+                mail_runtime::migrate::postgres_to_maildir(&db, &maildir, dry_run)?
+            } else {
+                mail_runtime::migrate::maildir_to_postgres(&maildir, &db, dry_run)?
+            };
             let _ = std::fs::remove_dir_all(&spool);
             let mut report = serde_json::to_value(&counts)?;
             report["dryRun"] = dry_run.into();

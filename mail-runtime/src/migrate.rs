@@ -1,4 +1,5 @@
-//! `mail-runtime migrate`: copies a Maildir store (a data directory) into the PostgreSQL store,
+//! `mail-runtime migrate`: copies a Maildir store (a data directory) into the PostgreSQL store
+//! (or back, with `--to-maildir`),
 //! keeping what clients rely on: each folder's UIDVALIDITY, every message's UID, mod-sequence,
 //! flags, keywords and arrival time, and the mailbox's subscriptions and Sieve scripts. A
 //! message already in the database is skipped, so a copy that stopped (a crash, Ctrl-C) is
@@ -134,6 +135,88 @@ pub fn maildir_to_postgres(
                 db.set_active_sieve_script(&mailbox, Some(active))?;
             }
             db.import_mailbox_done(&mailbox)?;
+        }
+    }
+    Ok(counts)
+}
+
+/// Copies every mailbox of `db` into `maildir` (`--to-maildir`: the way back, and a backup
+/// readable by any Maildir tool), keeping the same as [`maildir_to_postgres`] does.
+pub fn postgres_to_maildir(
+    db: &Postgres,
+    maildir: &Maildir,
+    dry_run: bool,
+) -> Result<Counts, StoreError> {
+    let mut counts = Counts::default();
+    for mailbox in db.mailboxes()? {
+        counts.mailboxes += 1;
+        for folder in db.folders(&mailbox)? {
+            let index = db.index(&mailbox, &folder)?;
+            if index.uid_validity == 0 && index.messages.is_empty() {
+                continue;
+            }
+            counts.folders += 1;
+            counts.messages += index.messages.len();
+            let already: HashSet<u32> = if dry_run {
+                match maildir.index(&mailbox, &folder) {
+                    Ok(here) if here.uid_validity == index.uid_validity => {
+                        here.messages.iter().map(|m| m.uid).collect()
+                    }
+                    _ => HashSet::new(),
+                }
+            } else {
+                maildir.import_folder(
+                    &mailbox,
+                    &folder,
+                    index.uid_validity,
+                    index.uid_next,
+                    index.highest_modseq,
+                    &index.keywords,
+                )?
+            };
+            for m in &index.messages {
+                if already.contains(&m.uid) {
+                    counts.skipped += 1;
+                    continue;
+                }
+                if dry_run {
+                    counts.copied += 1;
+                    counts.bytes += m.size;
+                    continue;
+                }
+                let Some(body) = db.read(&mailbox, &folder, m)? else {
+                    continue;
+                };
+                counts.bytes += body.len() as u64;
+                maildir.import_message(
+                    &mailbox,
+                    &folder,
+                    crate::store::maildir::Incoming {
+                        uid: m.uid,
+                        modseq: m.modseq,
+                        flags: &m.flags,
+                        internal_date: m.internal_date,
+                        recent: m.in_new,
+                        body: &body,
+                    },
+                )?;
+                counts.copied += 1;
+            }
+            tracing::info!(%mailbox, %folder, messages = index.messages.len(), "folder copied");
+        }
+        if !dry_run {
+            for folder in db.subscriptions(&mailbox)? {
+                maildir.set_subscribed(&mailbox, &folder, true)?;
+            }
+            let scripts = db.sieve_scripts(&mailbox)?;
+            for name in &scripts.names {
+                if let Some(text) = db.sieve_script(&mailbox, name)? {
+                    maildir.put_sieve_script(&mailbox, name, &text)?;
+                }
+            }
+            if let Some(active) = &scripts.active {
+                maildir.set_active_sieve_script(&mailbox, Some(active))?;
+            }
         }
     }
     Ok(counts)

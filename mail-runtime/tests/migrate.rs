@@ -10,12 +10,17 @@ use std::{path::Path, process::Command, time::Instant};
 use common::{Dev, Postgres, client_script, run};
 
 fn migrate(data: &Path, uri_file: &Path, dry_run: bool) -> serde_json::Value {
+    migrate_with(data, uri_file, dry_run, &[])
+}
+
+fn migrate_with(data: &Path, uri_file: &Path, dry_run: bool, extra: &[&str]) -> serde_json::Value {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mail-runtime"));
     cmd.args(["migrate", "--data"])
         .arg(data)
         .arg("--postgres-uri-file")
         .arg(uri_file)
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", "warn")
+        .args(extra);
     if dry_run {
         cmd.arg("--dry-run");
     }
@@ -145,4 +150,17 @@ fn a_maildir_store_moves_into_postgresql_keeping_uids_flags_and_dates() {
             .iter()
             .any(|f| f == "$Important")
     );
+
+    // And back: the database into a new Maildir store, seen the same by imaplib.
+    let back = tmp.path().join("back");
+    let copied = migrate_with(&back, &uri_file, false, &["--to-maildir"]);
+    assert_eq!(copied["copied"], total, "{copied}");
+    let returned = Dev::start(&back);
+    let back_view = view(&returned, user, &returned.password(user));
+    for folder in ["INBOX", "Archive", "Work/2026"] {
+        assert_eq!(
+            after[folder], back_view[folder],
+            "{folder} differs after the way back"
+        );
+    }
 }

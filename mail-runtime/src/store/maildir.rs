@@ -33,8 +33,10 @@ use std::{
 
 use tokio::sync::watch;
 
+mod import;
 mod repair;
 mod sieve;
+pub use import::Incoming;
 pub use repair::Repaired;
 pub use sieve::valid_name as valid_script_name;
 

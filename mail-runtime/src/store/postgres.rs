@@ -1984,6 +1984,21 @@ pub struct ImportedMessage {
 /// mod-sequences, flags, keywords and dates; a message already copied is skipped, so a copy
 /// that stopped half-way is resumed by running it again.
 impl Postgres {
+    /// Every mailbox that has a folder here, sorted.
+    pub fn mailboxes(&self) -> Result<Vec<String>, StoreError> {
+        self.run(move |inner| async move {
+            let rows = client(&inner)
+                .await?
+                .query(
+                    "SELECT DISTINCT mailbox FROM kubemail_folders ORDER BY mailbox",
+                    &[],
+                )
+                .await
+                .map_err(db)?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
     /// A folder's UIDVALIDITY and the UIDs it holds, if it exists.
     pub fn folder_uids(
         &self,
