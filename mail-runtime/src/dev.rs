@@ -152,17 +152,20 @@ async fn shared_accounts(
     ca_file: Option<&Path>,
     proposed: Vec<Account>,
 ) -> Result<Vec<Account>> {
-    let mut config: tokio_postgres::Config = uri.parse().context("the database URI")?;
+    let mut config = crate::store::postgres::parse_uri(uri)?;
     let tls = crate::store::postgres::connector(&mut config, ca_file)?;
     let (client, connection) = config
         .connect(tls)
         .await
         .context("connecting to the dev database")?;
     let connection = tokio::spawn(connection);
+    // Several dev processes starting at once: one makes the table.
     client
         .batch_execute(
-            "CREATE TABLE IF NOT EXISTS kubemail_dev_accounts \
-             (address text PRIMARY KEY, password text NOT NULL)",
+            "SELECT pg_advisory_lock(7461); \
+             CREATE TABLE IF NOT EXISTS kubemail_dev_accounts \
+             (address text PRIMARY KEY, password text NOT NULL); \
+             SELECT pg_advisory_unlock(7461)",
         )
         .await?;
     for (address, password) in &proposed {

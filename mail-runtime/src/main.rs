@@ -245,7 +245,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let started = std::time::Instant::now();
             let uri = std::fs::read_to_string(&postgres_uri_file)?;
-            let maildir = mail_runtime::store::maildir::Maildir::open(&data, "migrate")?;
+            // A dry run reads the Maildir as it is (no start-up repair renaming files under a
+            // runtime that may still be serving it).
+            let maildir = if dry_run && !to_maildir {
+                mail_runtime::store::maildir::Maildir::open_to_read(&data)
+            } else {
+                mail_runtime::store::maildir::Maildir::open(&data, "migrate")?
+            };
             let spool =
                 std::env::temp_dir().join(format!("kubemail-migrate-{}", std::process::id()));
             let db = mail_runtime::store::postgres::Postgres::open(

@@ -35,6 +35,28 @@ pub struct Counts {
     pub skipped: usize,
     /// Bytes copied (in a dry run: to copy).
     pub bytes: u64,
+    /// Folders left alone because they changed where they were copied to since an earlier
+    /// copy (mail expunged or flags changed there): copying into them again would bring back
+    /// what a user deleted.
+    pub changed_since: usize,
+}
+
+/// The UIDs a folder of the target holds already, when it is this folder's earlier copy and
+/// nothing changed in it since (`None`: leave it alone, it changed).
+fn copied_before(
+    target: Result<crate::store::FolderIndex, StoreError>,
+    source: &crate::store::FolderIndex,
+) -> Result<Option<HashSet<u32>>, StoreError> {
+    match target {
+        Ok(here) if here.uid_validity == source.uid_validity => {
+            if here.highest_modseq > source.highest_modseq {
+                return Ok(None);
+            }
+            Ok(Some(here.messages.iter().map(|m| m.uid).collect()))
+        }
+        Ok(_) | Err(StoreError::NoSuchFolder(_)) => Ok(Some(HashSet::new())),
+        Err(err) => Err(err),
+    }
 }
 
 /// Copies every mailbox of `maildir` into `db` (see the module's documentation).
@@ -54,9 +76,11 @@ pub fn maildir_to_postgres(
             }
             counts.folders += 1;
             counts.messages += index.messages.len();
-            let already: HashSet<u32> = match db.folder_uids(&mailbox, &folder)? {
-                Some((validity, uids)) if validity == index.uid_validity => uids,
-                _ => HashSet::new(),
+            let Some(already) = copied_before(db.index(&mailbox, &folder), &index)? else {
+                tracing::warn!(%mailbox, %folder, "changed in the database since it was copied: left alone");
+                counts.changed_since += 1;
+                counts.skipped += index.messages.len();
+                continue;
             };
             let todo: Vec<&MessageMeta> = index
                 .messages
@@ -157,23 +181,22 @@ pub fn postgres_to_maildir(
             }
             counts.folders += 1;
             counts.messages += index.messages.len();
-            let already: HashSet<u32> = if dry_run {
-                match maildir.index(&mailbox, &folder) {
-                    Ok(here) if here.uid_validity == index.uid_validity => {
-                        here.messages.iter().map(|m| m.uid).collect()
-                    }
-                    _ => HashSet::new(),
-                }
-            } else {
-                maildir.import_folder(
+            let Some(mut already) = copied_before(maildir.index(&mailbox, &folder), &index)? else {
+                tracing::warn!(%mailbox, %folder, "changed in the Maildir since it was copied: left alone");
+                counts.changed_since += 1;
+                counts.skipped += index.messages.len();
+                continue;
+            };
+            if !dry_run {
+                already = maildir.import_folder(
                     &mailbox,
                     &folder,
                     index.uid_validity,
                     index.uid_next,
                     index.highest_modseq,
                     &index.keywords,
-                )?
-            };
+                )?;
+            }
             for m in &index.messages {
                 if already.contains(&m.uid) {
                     counts.skipped += 1;

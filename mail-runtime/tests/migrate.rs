@@ -78,7 +78,7 @@ fn a_maildir_store_moves_into_postgresql_keeping_uids_flags_and_dates() {
         ]));
         dev.password(user)
     };
-    // Messages another program dropped in (they get their UIDs when the store is opened).
+    // Messages another program dropped in.
     let new = data.join("mail/example.test/bob/new");
     for n in 0..count {
         std::fs::write(
@@ -90,6 +90,8 @@ fn a_maildir_store_moves_into_postgresql_keeping_uids_flags_and_dates() {
         )
         .expect("a message file");
     }
+    // The runtime gives them their UIDs when it starts (a dry run reads the store as it is).
+    drop(Dev::start(&data));
     let db = Postgres::start();
     let uri_file = tmp.path().join("uri");
     std::fs::write(&uri_file, db.uri()).expect("uri file");
@@ -163,4 +165,21 @@ fn a_maildir_store_moves_into_postgresql_keeping_uids_flags_and_dates() {
             "{folder} differs after the way back"
         );
     }
+
+    // A message expunged in the database after the copy (as a user on the new store would):
+    // a rerun leaves that folder alone instead of bringing the message back.
+    db.psql(
+        "WITH f AS (SELECT id FROM kubemail_folders WHERE mailbox = 'bob@example.test' AND name = 'Archive') \
+         DELETE FROM kubemail_messages WHERE folder_id = (SELECT id FROM f) AND uid = 1",
+    );
+    db.psql(
+        "UPDATE kubemail_folders SET highest_modseq = highest_modseq + 1 \
+         WHERE mailbox = 'bob@example.test' AND name = 'Archive'",
+    );
+    let rerun = migrate(&data, &uri_file, false);
+    assert_eq!(
+        (rerun["copied"].as_u64(), rerun["changedSince"].as_u64()),
+        (Some(0), Some(1)),
+        "{rerun}"
+    );
 }

@@ -56,11 +56,13 @@ impl Lock {
         };
         let (store, holder) = (self.runtime.store().clone(), self.holder.clone());
         let until = now() + MAILDROP_LEASE_SECONDS;
+        // A store that cannot say (the database away) has not given the lock: the session is
+        // refused or ended rather than let two sessions change one maildrop.
         tokio::task::spawn_blocking(move || store.lock_maildrop(&mailbox, &holder, until))
             .await
             .ok()
             .and_then(Result::ok)
-            .unwrap_or(true)
+            .unwrap_or(false)
     }
 }
 

@@ -251,6 +251,27 @@ impl Maildir {
     }
 
     /// Opens (creating if needed) the store under `root`.
+    /// Opens a store to read it only (`migrate --dry-run`): no start-up repair, no spool
+    /// clean-up, nothing written.
+    pub fn open_to_read(root: &Path) -> Self {
+        Self::unopened(root, "read")
+    }
+
+    fn unopened(root: &Path, host: &str) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            host: host.replace(['/', ':', '.'], "_"),
+            uid_next: Mutex::new(HashMap::new()),
+            usage: Mutex::new(HashMap::new()),
+            watchers: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(0),
+            indexes: Mutex::new(HashMap::new()),
+            validity: Mutex::new(()),
+            folder_locks: Mutex::new(HashMap::new()),
+            modseqs: Mutex::new(HashMap::new()),
+        }
+    }
+
     pub fn open(root: &Path, host: &str) -> Result<Self, StoreError> {
         for dir in [root.join("mail"), root.join("spool")] {
             fs::create_dir_all(&dir).map_err(StoreError::from_io)?;
@@ -262,18 +283,7 @@ impl Maildir {
         {
             let _ = fs::remove_file(entry.path());
         }
-        let store = Self {
-            root: root.to_path_buf(),
-            host: host.replace(['/', ':', '.'], "_"),
-            uid_next: Mutex::new(HashMap::new()),
-            usage: Mutex::new(HashMap::new()),
-            watchers: Mutex::new(HashMap::new()),
-            seq: AtomicU64::new(0),
-            indexes: Mutex::new(HashMap::new()),
-            validity: Mutex::new(()),
-            folder_locks: Mutex::new(HashMap::new()),
-            modseqs: Mutex::new(HashMap::new()),
-        };
+        let store = Self::unopened(root, host);
         store.repair_all()?;
         Ok(store)
     }

@@ -189,6 +189,15 @@ fn unavailable(err: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(err.to_string())
 }
 
+/// A pool's error, with the database's own words when it gave some (a refused login, a missing
+/// database) rather than the pool's "creating a new object".
+fn pool_error(err: deadpool_postgres::PoolError) -> StoreError {
+    match err {
+        deadpool_postgres::PoolError::Backend(e) => db(e),
+        other => unavailable(other),
+    }
+}
+
 fn db(err: tokio_postgres::Error) -> StoreError {
     // The database's own words (a refused login, a missing database) say more than "db error".
     match err.as_db_error() {
@@ -202,7 +211,7 @@ fn db(err: tokio_postgres::Error) -> StoreError {
 /// value is the body's.
 macro_rules! transaction {
     ($inner:expr, $tx:ident, $mailboxes:expr, $body:block) => {{
-        let mut client = $inner.pool.get().await.map_err(unavailable)?;
+        let mut client = $inner.pool.get().await.map_err(pool_error)?;
         let $tx = client.transaction().await.map_err(db)?;
         let value = $body;
         for mailbox in $mailboxes {
@@ -461,6 +470,23 @@ async fn sweep_blobs(pool: &Pool, blobs: Vec<i64>) {
     }
 }
 
+/// A libpq connection URI or key=value string. `sslmode=verify-ca` and `verify-full` (what
+/// managed databases recommend) are `require` here: rustls always verifies the certificate and
+/// the host name.
+pub fn parse_uri(uri: &str) -> Result<tokio_postgres::Config, StoreError> {
+    let uri = uri
+        .replace("sslmode=verify-full", "sslmode=require")
+        .replace("sslmode=verify-ca", "sslmode=require");
+    uri.parse().map_err(|e: tokio_postgres::Error| {
+        StoreError::Unavailable(format!(
+            "the database URI: {e}{}",
+            std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default()
+        ))
+    })
+}
+
 /// TLS to the database (rustls). With `ca_file` the connection must be TLS, verified against
 /// that CA (the server's certificate and its name); without it, `sslmode=require` in the URI
 /// verifies against the system's CAs, and any other mode is in the clear (libpq's `prefer`
@@ -547,9 +573,7 @@ impl Postgres {
     /// `spool` is a local directory for messages being received; `ca_file`, the CA that signed
     /// the server's certificate (see [`connector`]).
     pub fn open(url: &str, spool: &Path, ca_file: Option<&Path>) -> Result<Self, StoreError> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Unavailable(format!("the database URI: {e}")))?;
+        let mut config = parse_uri(url)?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
@@ -603,6 +627,31 @@ impl Postgres {
             .handle
             .spawn(sweep_orphans(store.inner.pool.clone()));
         Ok(store)
+    }
+
+    /// Like [`Postgres::run`], but waits at most `limit` (then `Unavailable`, and the work
+    /// goes on unwatched): for decisions a session makes in its protocol loop, which must not
+    /// hold it while the database is slow.
+    fn run_within<T, F>(
+        &self,
+        limit: Duration,
+        work: impl FnOnce(Arc<Inner>) -> F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let future = limited(work(self.inner.clone()));
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.inner.handle.spawn(async move {
+            let _ = tx.send(future.await);
+        });
+        rx.recv_timeout(limit).unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!(
+                "the database did not answer within {} ms",
+                limit.as_millis()
+            )))
+        })
     }
 
     /// Runs `work` on the store's runtime and waits for it.
@@ -766,7 +815,7 @@ fn bump_all(inner: &Inner) {
 }
 
 async fn client(inner: &Inner) -> Result<deadpool_postgres::Object, StoreError> {
-    inner.pool.get().await.map_err(unavailable)
+    inner.pool.get().await.map_err(pool_error)
 }
 
 /// The bytes of a spooled message; the spool file is removed whatever happens.
@@ -1711,17 +1760,20 @@ impl Store for Postgres {
 
     fn lock_maildrop(&self, mailbox: &str, holder: &str, until: i64) -> Result<bool, StoreError> {
         let (mailbox, holder) = (mailbox.to_string(), holder.to_string());
-        let now = now_secs();
+        // The lease runs on the database's clock (replicas' clocks may differ): `until` counts
+        // from this process's now.
+        let lease = until - now_secs();
         self.run(move |inner| async move {
             // Taken when free, expired, or already this holder's (a renewal): one statement.
             let row = client(&inner)
                 .await?
                 .query_opt(
-                    "INSERT INTO kubemail_maildrop_locks (mailbox, holder, until) VALUES ($1, $2, $3) \
+                    "INSERT INTO kubemail_maildrop_locks (mailbox, holder, until) \
+                     VALUES ($1, $2, extract(epoch FROM now())::bigint + $3) \
                      ON CONFLICT (mailbox) DO UPDATE SET holder = EXCLUDED.holder, until = EXCLUDED.until \
                      WHERE kubemail_maildrop_locks.holder = EXCLUDED.holder \
-                     OR kubemail_maildrop_locks.until < $4 RETURNING 1",
-                    &[&mailbox, &holder, &until, &now],
+                     OR kubemail_maildrop_locks.until < extract(epoch FROM now())::bigint RETURNING 1",
+                    &[&mailbox, &holder, &lease],
                 )
                 .await
                 .map_err(db)?;
@@ -1775,7 +1827,7 @@ impl Postgres {
     /// [`Postgres::health`], for async callers.
     pub async fn health_async(&self) -> Result<Health, StoreError> {
         self.run_async(|inner| async move {
-            let client = inner.pool.get().await.map_err(unavailable)?;
+            let client = inner.pool.get().await.map_err(pool_error)?;
             let row = client
                 .query_one("SELECT max(version) FROM kubemail_schema", &[])
                 .await
@@ -1999,37 +2051,6 @@ impl Postgres {
         })
     }
 
-    /// A folder's UIDVALIDITY and the UIDs it holds, if it exists.
-    pub fn folder_uids(
-        &self,
-        mailbox: &str,
-        name: &str,
-    ) -> Result<Option<(u32, std::collections::HashSet<u32>)>, StoreError> {
-        let (mailbox, name) = (mailbox.to_string(), folder_key(name));
-        self.run(move |inner| async move {
-            let client = client(&inner).await?;
-            let Some(row) = client
-                .query_opt(
-                    "SELECT id, uid_validity FROM kubemail_folders WHERE mailbox = $1 AND name = $2",
-                    &[&mailbox, &name],
-                )
-                .await
-                .map_err(db)?
-            else {
-                return Ok(None);
-            };
-            let id: i64 = row.get(0);
-            let uids = client
-                .query("SELECT uid FROM kubemail_messages WHERE folder_id = $1", &[&id])
-                .await
-                .map_err(db)?
-                .iter()
-                .map(|r| as_u32(r.get(0)))
-                .collect();
-            Ok(Some((as_u32(row.get(1)), uids)))
-        })
-    }
-
     /// Makes (or takes over) a folder as another store has it; its id and its keyword table,
     /// which keeps the keywords already here at their letters and adds those it lacks (the
     /// caller translates the copied messages' letters). A folder already here with another
@@ -2182,6 +2203,10 @@ impl Postgres {
     }
 }
 
+/// Longest a greylisting or rate-limit decision waits for the database before the process
+/// decides alone (the session waits for it in its protocol loop).
+pub const QUICK_DECISION: Duration = Duration::from_secs(2);
+
 /// What greylisting asks of a triplet.
 #[derive(Debug, Clone, Copy)]
 pub struct GreylistAsk<'a> {
@@ -2217,7 +2242,7 @@ impl Postgres {
             per_network,
             ..
         } = ask;
-        self.run(move |inner| async move {
+        self.run_within(QUICK_DECISION, move |inner| async move {
             Ok(transaction!(inner, tx, &[] as &[&str], {
                 let seen = tx
                     .query_opt(
@@ -2276,7 +2301,7 @@ impl Postgres {
     pub fn rate_take(&self, limits: Vec<(String, i64, i64)>) -> Result<bool, StoreError> {
         let mut limits = limits;
         limits.sort();
-        self.run(move |inner| async move {
+        self.run_within(QUICK_DECISION, move |inner| async move {
             Ok(transaction!(inner, tx, &[] as &[&str], {
                 let now_ms: i64 = tx
                     .query_one(

@@ -1847,17 +1847,22 @@ async fn last_termination(client: &kube::Client, ns: &str, md: &MailDomain) -> O
         .list(&ListParams::default().labels(&selector))
         .await
         .ok()?;
-    list.items.iter().find_map(|pod| {
-        let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
-        statuses.iter().find_map(|c| {
+    // The newest stop of any runtime container: an old crash is not reported after a restart.
+    list.items
+        .iter()
+        .filter_map(|pod| pod.status.as_ref()?.container_statuses.as_ref())
+        .flatten()
+        .filter_map(|c| {
             let terminated = c
                 .state
                 .as_ref()
                 .and_then(|s| s.terminated.as_ref())
                 .or_else(|| c.last_state.as_ref()?.terminated.as_ref())?;
-            terminated.message.clone().filter(|m| !m.trim().is_empty())
+            let message = terminated.message.clone().filter(|m| !m.trim().is_empty())?;
+            Some((terminated.finished_at.clone().map(|t| t.0), message))
         })
-    })
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, message)| message)
 }
 
 /// The config revision the runtime reports on `/readyz`, if it answers.
