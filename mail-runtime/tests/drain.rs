@@ -28,16 +28,7 @@ fn readiness(dev: &Dev) -> String {
 }
 
 fn subjects(dev: &Dev, user: &str) -> Vec<String> {
-    let mut subjects: Vec<String> = dev
-        .messages(user)
-        .iter()
-        .filter_map(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
-        })
-        .collect();
-    subjects.sort();
-    subjects
+    common::subjects_of(&dev.messages(user))
 }
 
 #[test]

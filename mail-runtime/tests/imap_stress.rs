@@ -22,23 +22,5 @@ fn twenty_sessions_and_deliveries_on_one_mailbox_break_nothing() {
         .args([user, &dev.password(user), &sessions, &seconds])
         .output()
         .expect("python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    let report: serde_json::Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("no report ({e}):\n{stdout}\n{stderr}"));
-    let violations = report["violations"].as_array().cloned().unwrap_or_default();
-    assert!(
-        violations.is_empty(),
-        "{} violations, e.g.:\n{}",
-        violations.len(),
-        violations
-            .iter()
-            .take(20)
-            .map(|v| v.as_str().unwrap_or_default().to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    assert!(out.status.success(), "{stderr}");
-    assert!(report["counts"]["ops"].as_u64().unwrap_or_default() > 100);
+    common::assert_stress_report(&out);
 }

@@ -1034,18 +1034,15 @@ fn a_replica_killed_mid_delivery_leaves_its_queue_to_the_other_and_nothing_is_se
     let took = killed.elapsed();
     // A little longer: a second copy would show up now.
     std::thread::sleep(Duration::from_secs(3));
-    let mut subjects: Vec<String> = peer
-        .received()
-        .iter()
-        .filter_map(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
-        })
-        .collect();
-    subjects.sort();
+    let subjects = common::subjects_of(&peer.received());
     let expected: Vec<String> = (0..MESSAGES).map(|n| format!("queued-{n}")).collect();
     assert_eq!(subjects, expected, "each message exactly once");
-    assert_eq!(queued(), "0");
+    assert_eq!(
+        queued(),
+        "0",
+        "{}",
+        db.psql("SELECT id, lease_owner, lease_until, next_attempt, entry FROM kubemail_queue")
+    );
     println!(
         "the survivor finished the killed replica's deliveries {took:?} after it died (lease {} s)",
         mail_runtime::outbound::LEASE_SECONDS

@@ -64,12 +64,7 @@ fn many_sessions_spread_over_two_runtimes_by_haproxy_break_nothing() {
     let db = Postgres::start();
     let (_a_dir, a) = on(&db);
     let (_b_dir, b) = on(&db);
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-    };
-    let (imaps, smtp) = (free(), free());
+    let (imaps, smtp) = (common::free_port(), common::free_port());
     let config = format!(
         "global\n  maxconn 500\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
          frontend imaps\n  bind {imaps}\n  default_backend imaps\n\
@@ -91,25 +86,7 @@ fn many_sessions_spread_over_two_runtimes_by_haproxy_break_nothing() {
         .args([user, &a.password(user), &sessions, &seconds])
         .output()
         .expect("python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    let report: serde_json::Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("no report ({e}):\n{stdout}\n{stderr}"));
-    let violations = report["violations"].as_array().cloned().unwrap_or_default();
-    assert!(
-        violations.is_empty(),
-        "{} violations, e.g.:\n{}",
-        violations.len(),
-        violations
-            .iter()
-            .take(20)
-            .map(|v| v.as_str().unwrap_or_default().to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    assert!(out.status.success(), "{stderr}");
-    assert!(report["counts"]["ops"].as_u64().unwrap_or_default() > 100);
+    common::assert_stress_report(&out);
 }
 
 /// One SMTP transaction with a raw client; the first reply that is not 2xx or 3xx, or the 250
@@ -355,12 +332,7 @@ fn restart_under_load(kill: bool) {
         )
     };
     let mut replicas = [start(dirs[0].path()), start(dirs[1].path())];
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-    };
-    let (imaps, smtp) = (free(), free());
+    let (imaps, smtp) = (common::free_port(), common::free_port());
     // HAProxy as a Service's kube-proxy would not be, but a TCP balancer is: a refused
     // connection is sent to the other server (redispatch), and a server that stops answering
     // its check leaves the rotation.

@@ -518,18 +518,6 @@ impl Store for Maildir {
         SpoolWriter::create(&self.root.join("spool"))
     }
 
-    fn deliver(&self, message: SpooledMessage, mailboxes: &[String]) -> Result<(), StoreError> {
-        let placements: Vec<Placement> = mailboxes
-            .iter()
-            .map(|m| Placement {
-                mailbox: m.clone(),
-                folder: INBOX.to_string(),
-                flags: String::new(),
-            })
-            .collect();
-        self.deliver_to(message, &placements)
-    }
-
     fn deliver_to(
         &self,
         message: SpooledMessage,

@@ -192,7 +192,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Delivers a spooled message to the INBOX of each mailbox (addresses, lowercase), durably.
     /// The spool file is removed afterwards.
-    fn deliver(&self, message: SpooledMessage, mailboxes: &[String]) -> Result<(), StoreError>;
+    fn deliver(&self, message: SpooledMessage, mailboxes: &[String]) -> Result<(), StoreError> {
+        let placements: Vec<Placement> = mailboxes
+            .iter()
+            .map(|m| Placement {
+                mailbox: m.clone(),
+                folder: INBOX.to_string(),
+                flags: String::new(),
+            })
+            .collect();
+        self.deliver_to(message, &placements)
+    }
 
     /// Delivers a spooled message to each placement (a folder of a mailbox, with Maildir flag
     /// letters), durably; the folders must exist. The spool file is removed afterwards.

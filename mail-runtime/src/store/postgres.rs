@@ -866,6 +866,21 @@ impl Postgres {
         })
     }
 
+    /// The names a query of one mailbox's rows gives (`$1`: the mailbox), sorted bytewise.
+    fn names(&self, sql: &'static str, mailbox: &str) -> Result<Vec<String>, StoreError> {
+        let mailbox = mailbox.to_string();
+        self.run(move |inner| async move {
+            let rows = client(&inner)
+                .await?
+                .query(sql, &[&mailbox])
+                .await
+                .map_err(db)?;
+            let mut out: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            out.sort();
+            Ok(out)
+        })
+    }
+
     /// Removes messages (those flagged `\Deleted` now, with `only_deleted`); the UIDs removed.
     fn remove(
         &self,
@@ -912,18 +927,6 @@ impl Postgres {
 impl Store for Postgres {
     fn spool(&self) -> Result<SpoolWriter, StoreError> {
         SpoolWriter::create(&self.inner.spool)
-    }
-
-    fn deliver(&self, message: SpooledMessage, mailboxes: &[String]) -> Result<(), StoreError> {
-        let placements: Vec<Placement> = mailboxes
-            .iter()
-            .map(|m| Placement {
-                mailbox: m.clone(),
-                folder: INBOX.to_string(),
-                flags: String::new(),
-            })
-            .collect();
-        self.deliver_to(message, &placements)
     }
 
     fn deliver_to(
@@ -1370,21 +1373,12 @@ impl Store for Postgres {
     }
 
     fn folders(&self, mailbox: &str) -> Result<Vec<String>, StoreError> {
-        let mailbox = mailbox.to_string();
-        self.run(move |inner| async move {
-            let rows = client(&inner)
-                .await?
-                .query(
-                    "SELECT name FROM kubemail_folders WHERE mailbox = $1 AND name <> 'INBOX'",
-                    &[&mailbox],
-                )
-                .await
-                .map_err(db)?;
-            let mut out: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-            out.sort();
-            out.insert(0, INBOX.to_string());
-            Ok(out)
-        })
+        let mut out = self.names(
+            "SELECT name FROM kubemail_folders WHERE mailbox = $1 AND name <> 'INBOX'",
+            mailbox,
+        )?;
+        out.insert(0, INBOX.to_string());
+        Ok(out)
     }
 
     fn create_folder(&self, mailbox: &str, folder: &str) -> Result<(), StoreError> {
@@ -1503,20 +1497,10 @@ impl Store for Postgres {
     }
 
     fn subscriptions(&self, mailbox: &str) -> Result<Vec<String>, StoreError> {
-        let mailbox = mailbox.to_string();
-        self.run(move |inner| async move {
-            let rows = client(&inner)
-                .await?
-                .query(
-                    "SELECT name FROM kubemail_subscriptions WHERE mailbox = $1",
-                    &[&mailbox],
-                )
-                .await
-                .map_err(db)?;
-            let mut out: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-            out.sort();
-            Ok(out)
-        })
+        self.names(
+            "SELECT name FROM kubemail_subscriptions WHERE mailbox = $1",
+            mailbox,
+        )
     }
 
     fn set_subscribed(&self, mailbox: &str, folder: &str, on: bool) -> Result<(), StoreError> {
@@ -1946,7 +1930,7 @@ impl Postgres {
                 .await?
                 .execute(
                     "UPDATE kubemail_queue SET entry = $3, next_attempt = $4, \
-                     lease_until = CASE WHEN $5 > 0 THEN extract(epoch FROM now())::bigint + $5 ELSE 0 END, \
+                     lease_until = CASE WHEN $5::bigint > 0 THEN extract(epoch FROM now())::bigint + $5::bigint ELSE 0 END, \
                      lease_owner = $6 WHERE id = $1 AND lease_owner = $2",
                     &[&id, &owner, &entry, &next_attempt, &lease, &holder],
                 )

@@ -358,15 +358,8 @@ impl Postgres {
             .expect("an initdb under /usr/lib/postgresql");
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("pw"), POSTGRES_PASSWORD).expect("password file");
-        if is_root() {
-            run(Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path()));
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        for_postgres(dir.path());
+        let port = free_port().port();
         let pg = Postgres { dir, bin, port };
         let data = pg.data();
         pg.as_postgres(
@@ -390,15 +383,8 @@ impl Postgres {
     /// A streaming standby of this server (`pg_basebackup -R`), started on a port of its own.
     pub fn standby(&self) -> Postgres {
         let dir = tempfile::tempdir().expect("tempdir");
-        if is_root() {
-            run(Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path()));
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        for_postgres(dir.path());
+        let port = free_port().port();
         let standby = Postgres {
             dir,
             bin: self.bin.clone(),
@@ -623,6 +609,58 @@ impl Drop for Postgres {
             )
         }));
     }
+}
+
+/// A loopback address with a port free now.
+pub fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// Gives a directory to the `postgres` user when the tests run as root.
+fn for_postgres(dir: &Path) {
+    if is_root() {
+        run(Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir));
+    }
+}
+
+/// The subjects of messages, sorted.
+pub fn subjects_of(messages: &[String]) -> Vec<String> {
+    let mut subjects: Vec<String> = messages
+        .iter()
+        .filter_map(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
+        })
+        .collect();
+    subjects.sort();
+    subjects
+}
+
+/// Checks tests/clients/imap_stress.py's report (its stdout): no violation, enough work done.
+pub fn assert_stress_report(out: &std::process::Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("no report ({e}):\n{stdout}\n{stderr}"));
+    let violations = report["violations"].as_array().cloned().unwrap_or_default();
+    assert!(
+        violations.is_empty(),
+        "{} violations, e.g.:\n{}",
+        violations.len(),
+        violations
+            .iter()
+            .take(20)
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(report["counts"]["ops"].as_u64().unwrap_or_default() > 100);
 }
 
 fn is_root() -> bool {

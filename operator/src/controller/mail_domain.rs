@@ -1858,7 +1858,10 @@ async fn last_termination(client: &kube::Client, ns: &str, md: &MailDomain) -> O
                 .as_ref()
                 .and_then(|s| s.terminated.as_ref())
                 .or_else(|| c.last_state.as_ref()?.terminated.as_ref())?;
-            let message = terminated.message.clone().filter(|m| !m.trim().is_empty())?;
+            let message = terminated
+                .message
+                .clone()
+                .filter(|m| !m.trim().is_empty())?;
             Some((terminated.finished_at.clone().map(|t| t.0), message))
         })
         .max_by(|a, b| a.0.cmp(&b.0))
