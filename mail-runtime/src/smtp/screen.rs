@@ -136,6 +136,7 @@ impl Greylist {
                 retry_window: i64::from(timing.retry_window_seconds),
                 pass: i64::from(timing.pass_seconds),
                 per_network: MAX_GREYLIST_PER_NETWORK as i64,
+                total: MAX_GREYLIST_ENTRIES as i64,
             };
             match db.greylist_check(ask) {
                 Ok(verdict) => return verdict.map_err(|wait| wait.max(0) as u64),

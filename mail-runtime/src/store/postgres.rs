@@ -2208,6 +2208,8 @@ pub struct GreylistAsk<'a> {
     pub pass: i64,
     /// Most live triplets one network may have.
     pub per_network: i64,
+    /// Most triplets remembered in all.
+    pub total: i64,
 }
 
 /// Greylisting and relay rate limits in the database, for every replica (see
@@ -2224,6 +2226,7 @@ impl Postgres {
             retry_window,
             pass,
             per_network,
+            total,
             ..
         } = ask;
         self.run_within(QUICK_DECISION, move |inner| async move {
@@ -2261,8 +2264,19 @@ impl Postgres {
                             .await
                             .map_err(db)?
                             .get(0);
-                        // A flood from one network waits without being remembered.
-                        if live < per_network {
+                        // A flood from one network waits without being remembered, and so
+                        // does everyone once the table is at its ceiling (the planner's row
+                        // estimate: cheap, and kept up by autovacuum).
+                        let rows: i64 = tx
+                            .query_one(
+                                "SELECT greatest(reltuples, 0)::bigint FROM pg_class \
+                                 WHERE oid = 'kubemail_greylist'::regclass",
+                                &[],
+                            )
+                            .await
+                            .map_err(db)?
+                            .get(0);
+                        if live < per_network && rows < total {
                             tx.execute(
                                 "INSERT INTO kubemail_greylist VALUES ($1, $2, $3, false, $4) \
                                  ON CONFLICT (network, triplet) DO UPDATE SET first_seen = $3, \
