@@ -229,10 +229,17 @@ async fn install_run_with_the_charts_permissions_and_uninstall() {
                 .any(|r| r == "*"),
             "wildcard resource: {rule:?}"
         );
-        // Deleting is needed for the DNSEndpoint a MailDomain stops publishing and for the
-        // runtime of a domain that moves onto another's (Deployment, Services, ServiceAccount);
-        // never for Secrets, PVCs (mail) or the kubemail kinds.
-        let deletable = ["dnsendpoints", "deployments", "services", "serviceaccounts"];
+        // Deleting is needed for the DNSEndpoint a MailDomain stops publishing, for the
+        // runtime of a domain that moves onto another's (Deployment, Services, ServiceAccount)
+        // and for the PodDisruptionBudget of one back to one replica; never for Secrets, PVCs
+        // (mail) or the kubemail kinds.
+        let deletable = [
+            "dnsendpoints",
+            "deployments",
+            "services",
+            "serviceaccounts",
+            "poddisruptionbudgets",
+        ];
         let may_delete = rule
             .resources
             .as_deref()

@@ -2895,4 +2895,23 @@ async fn a_domain_on_a_database_rolls_several_replicas_and_reports_its_database(
         .expect("Ready");
     assert_eq!(ready.0, "False");
     assert!(ready.2.contains("DatabaseReady"), "{}", ready.2);
+    // Back to one replica: the budget goes.
+    Api::<MailDomain>::namespaced(client.clone(), &ns)
+        .patch(
+            "scaled",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"runtime": {"replicas": 1}}})),
+        )
+        .await
+        .expect("patch");
+    let budgets =
+        Api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>::namespaced(client.clone(), &ns);
+    eventually("the budget deleted", || async {
+        budgets
+            .get_opt("scaled-mail")
+            .await
+            .ok()
+            .filter(Option::is_none)
+    })
+    .await;
 }

@@ -767,7 +767,7 @@ async fn remove_own_runtime(ctx: &Context, md: &MailDomain, ns: &str) -> Result<
 
 /// Deletes an object of ours when the watch cache has it and it is owned by `uid`: a hosted
 /// domain's reconcile asks the API server nothing when there is nothing to remove.
-async fn delete_owned<K: super::Applied>(
+pub(super) async fn delete_owned<K: super::Applied>(
     ctx: &Context,
     ns: &str,
     name: &str,

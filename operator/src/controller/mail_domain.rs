@@ -786,9 +786,21 @@ async fn apply(
         )
         .await?;
     }
-    if let Some(budget) = &desired.disruption_budget {
-        ctx.apply(&Api::namespaced(client.clone(), ns), budget)
+    match &desired.disruption_budget {
+        Some(budget) => {
+            ctx.apply(&Api::namespaced(client.clone(), ns), budget)
+                .await?;
+        }
+        // Back to one replica, or to Maildir: the budget this domain had goes.
+        None => {
+            super::hosted::delete_owned::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(
+                ctx,
+                ns,
+                &Names::of(md).runtime,
+                &md.uid().unwrap_or_default(),
+            )
             .await?;
+        }
     }
     let services = Api::<Service>::namespaced(client.clone(), ns);
     ctx.apply(&services, &desired.service).await?;
