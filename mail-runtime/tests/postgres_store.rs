@@ -554,3 +554,52 @@ fn header_search_on_the_database_finds_what_it_should() {
     // 85 of 600 are needles (every 7th); 28 of them (105 to 294) were in 100..300.
     assert_eq!(out.trim(), "85 57 595", "{out}");
 }
+
+/// The store's small writes on the database, through the `Store` trait as the sessions use
+/// them: subscriptions, and ManageSieve's scripts (put, list, activate, rename keeping the
+/// active one, delete, a missing one refused).
+#[test]
+fn subscriptions_and_sieve_scripts_are_kept_in_the_database() {
+    use mail_runtime::store::{Store, StoreError};
+    let db = Postgres::start();
+    let spool = tempfile::tempdir().expect("tmp");
+    let store = mail_runtime::store::postgres::Postgres::open(&db.uri(), spool.path(), None)
+        .expect("the store opens");
+    let me = "alice@example.test";
+    store.set_subscribed(me, "Work", true).expect("subscribe");
+    store
+        .set_subscribed(me, "Archive", true)
+        .expect("subscribe");
+    store
+        .set_subscribed(me, "Work", false)
+        .expect("unsubscribe");
+    assert_eq!(store.subscriptions(me).expect("list"), ["Archive"]);
+    store
+        .put_sieve_script(me, "vacation", "keep;")
+        .expect("put");
+    store
+        .put_sieve_script(me, "rules", "discard;")
+        .expect("put");
+    store
+        .set_active_sieve_script(me, Some("rules"))
+        .expect("activate");
+    store
+        .rename_sieve_script(me, "rules", "filters")
+        .expect("rename");
+    let scripts = store.sieve_scripts(me).expect("list");
+    assert_eq!(scripts.names, ["filters", "vacation"]);
+    assert_eq!(scripts.active.as_deref(), Some("filters"));
+    assert_eq!(
+        store.sieve_script(me, "filters").expect("read").as_deref(),
+        Some("discard;")
+    );
+    store.delete_sieve_script(me, "vacation").expect("delete");
+    assert!(matches!(
+        store.delete_sieve_script(me, "vacation"),
+        Err(StoreError::NoSuchFolder(_))
+    ));
+    assert!(matches!(
+        store.set_active_sieve_script(me, Some("missing")),
+        Err(StoreError::NoSuchFolder(_))
+    ));
+}

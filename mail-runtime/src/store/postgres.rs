@@ -866,6 +866,18 @@ impl Postgres {
         })
     }
 
+    /// One statement whose parameters are all text; the rows it changed.
+    fn execute(&self, sql: &'static str, params: &[&str]) -> Result<u64, StoreError> {
+        let params: Vec<String> = params.iter().map(|p| p.to_string()).collect();
+        self.run(move |inner| async move {
+            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                .iter()
+                .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            client(&inner).await?.execute(sql, &refs).await.map_err(db)
+        })
+    }
+
     /// The names a query of one mailbox's rows gives (`$1`: the mailbox), sorted bytewise.
     fn names(&self, sql: &'static str, mailbox: &str) -> Result<Vec<String>, StoreError> {
         let mailbox = mailbox.to_string();
@@ -1505,20 +1517,12 @@ impl Store for Postgres {
 
     fn set_subscribed(&self, mailbox: &str, folder: &str, on: bool) -> Result<(), StoreError> {
         checked(folder)?;
-        let (mailbox, folder) = (mailbox.to_string(), folder.to_string());
         let sql = if on {
             "INSERT INTO kubemail_subscriptions (mailbox, name) VALUES ($1, $2) ON CONFLICT DO NOTHING"
         } else {
             "DELETE FROM kubemail_subscriptions WHERE mailbox = $1 AND name = $2"
         };
-        self.run(move |inner| async move {
-            client(&inner)
-                .await?
-                .execute(sql, &[&mailbox, &folder])
-                .await
-                .map_err(db)?;
-            Ok(())
-        })
+        self.execute(sql, &[mailbox, folder]).map(|_| ())
     }
 
     fn ensure_default_folders(&self, mailbox: &str) -> Result<(), StoreError> {
@@ -1610,37 +1614,23 @@ impl Store for Postgres {
     }
 
     fn put_sieve_script(&self, mailbox: &str, name: &str, text: &str) -> Result<(), StoreError> {
-        let (mailbox, name, text) = (mailbox.to_string(), name.to_string(), text.to_string());
-        self.run(move |inner| async move {
-            client(&inner)
-                .await?
-                .execute(
-                    "INSERT INTO kubemail_sieve_scripts (mailbox, name, body) VALUES ($1, $2, $3) \
-                     ON CONFLICT (mailbox, name) DO UPDATE SET body = EXCLUDED.body",
-                    &[&mailbox, &name, &text],
-                )
-                .await
-                .map_err(db)?;
-            Ok(())
-        })
+        self.execute(
+            "INSERT INTO kubemail_sieve_scripts (mailbox, name, body) VALUES ($1, $2, $3) \
+             ON CONFLICT (mailbox, name) DO UPDATE SET body = EXCLUDED.body",
+            &[mailbox, name, text],
+        )
+        .map(|_| ())
     }
 
     fn delete_sieve_script(&self, mailbox: &str, name: &str) -> Result<(), StoreError> {
-        let (mailbox, name) = (mailbox.to_string(), name.to_string());
-        self.run(move |inner| async move {
-            let gone = client(&inner)
-                .await?
-                .execute(
-                    "DELETE FROM kubemail_sieve_scripts WHERE mailbox = $1 AND name = $2",
-                    &[&mailbox, &name],
-                )
-                .await
-                .map_err(db)?;
-            if gone == 0 {
-                return Err(StoreError::NoSuchFolder(name));
-            }
-            Ok(())
-        })
+        let gone = self.execute(
+            "DELETE FROM kubemail_sieve_scripts WHERE mailbox = $1 AND name = $2",
+            &[mailbox, name],
+        )?;
+        if gone == 0 {
+            return Err(StoreError::NoSuchFolder(name.into()));
+        }
+        Ok(())
     }
 
     fn rename_sieve_script(&self, mailbox: &str, from: &str, to: &str) -> Result<(), StoreError> {
@@ -1766,18 +1756,11 @@ impl Store for Postgres {
     }
 
     fn unlock_maildrop(&self, mailbox: &str, holder: &str) -> Result<(), StoreError> {
-        let (mailbox, holder) = (mailbox.to_string(), holder.to_string());
-        self.run(move |inner| async move {
-            client(&inner)
-                .await?
-                .execute(
-                    "DELETE FROM kubemail_maildrop_locks WHERE mailbox = $1 AND holder = $2",
-                    &[&mailbox, &holder],
-                )
-                .await
-                .map_err(db)?;
-            Ok(())
-        })
+        self.execute(
+            "DELETE FROM kubemail_maildrop_locks WHERE mailbox = $1 AND holder = $2",
+            &[mailbox, holder],
+        )
+        .map(|_| ())
     }
 
     fn changes(&self, mailbox: &str) -> watch::Receiver<u64> {
@@ -2171,19 +2154,12 @@ impl Postgres {
     /// Marks a mailbox's default folders as made (a copied mailbox keeps the folders it had:
     /// one the user deleted is not made again at the next login).
     pub fn import_mailbox_done(&self, mailbox: &str) -> Result<(), StoreError> {
-        let mailbox = mailbox.to_string();
-        self.run(move |inner| async move {
-            client(&inner)
-                .await?
-                .execute(
-                    "INSERT INTO kubemail_mailboxes (address, defaults_made) VALUES ($1, true) \
-                     ON CONFLICT (address) DO UPDATE SET defaults_made = true",
-                    &[&mailbox],
-                )
-                .await
-                .map_err(db)?;
-            Ok(())
-        })
+        self.execute(
+            "INSERT INTO kubemail_mailboxes (address, defaults_made) VALUES ($1, true) \
+             ON CONFLICT (address) DO UPDATE SET defaults_made = true",
+            &[mailbox],
+        )
+        .map(|_| ())
     }
 }
 
