@@ -122,6 +122,29 @@ fn imap_select(dev: &Dev, user: &str, password: &str) -> String {
     .to_string()
 }
 
+/// The subjects stored, in UID order, comma-separated.
+const STORED_SUBJECTS: &str = "SELECT string_agg(substring(convert_from(b.body, 'UTF8') \
+     FROM 'Subject: ([a-z]+)'), ',' ORDER BY m.uid) \
+     FROM kubemail_messages m JOIN kubemail_blobs b ON b.id = m.blob_id";
+
+/// Sends "after" as a client retrying as RFC 5321 says (every 250 ms), until a 250: each
+/// refusal must be a 4xx (`permanent` otherwise), and it must come within `seconds`.
+fn send_until_accepted(dev: &Dev, user: &str, seconds: u64, permanent: &str, late: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let reply = send_one(dev, user, "after");
+        if reply.starts_with("250") {
+            return;
+        }
+        assert!(reply.starts_with('4'), "{permanent}: {reply}");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(seconds),
+            "{late}: {reply}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+}
+
 #[test]
 fn a_database_restart_is_a_temporary_failure_and_service_comes_back_by_itself() {
     let db = Postgres::start();
@@ -143,27 +166,15 @@ fn a_database_restart_is_a_temporary_failure_and_service_comes_back_by_itself() 
 
     db.ctl("start");
     // A client retrying as RFC 5321 says gets through once the database is back.
-    let start = std::time::Instant::now();
-    loop {
-        let reply = send_one(&dev, &user, "after");
-        if reply.starts_with("250") {
-            break;
-        }
-        assert!(
-            reply.starts_with('4'),
-            "a permanent failure after the restart: {reply}"
-        );
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(20),
-            "still refused 20 s after the database came back: {reply}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
-    assert_eq!(imap_select(&dev, &user, &password), "OK 2");
-    let subjects = db.psql(
-        "SELECT string_agg(substring(convert_from(b.body, 'UTF8') FROM 'Subject: ([a-z]+)'), ',' \
-         ORDER BY m.uid) FROM kubemail_messages m JOIN kubemail_blobs b ON b.id = m.blob_id",
+    send_until_accepted(
+        &dev,
+        &user,
+        20,
+        "a permanent failure after the restart",
+        "still refused 20 s after the database came back",
     );
+    assert_eq!(imap_select(&dev, &user, &password), "OK 2");
+    let subjects = db.psql(STORED_SUBJECTS);
     assert_eq!(subjects.trim(), "before,after");
 }
 
@@ -277,26 +288,15 @@ fn the_runtime_follows_a_promoted_standby() {
     primary.ctl("stop");
     standby.promote();
     let start = std::time::Instant::now();
-    loop {
-        let reply = send_one(&dev, &user, "after");
-        if reply.starts_with("250") {
-            break;
-        }
-        assert!(
-            reply.starts_with('4'),
-            "a permanent failure during the failover: {reply}"
-        );
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
-            "not following the new primary after 30 s: {reply}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
-    println!("following the promoted standby after {:?}", start.elapsed());
-    let subjects = standby.psql(
-        "SELECT string_agg(substring(convert_from(b.body, 'UTF8') FROM 'Subject: ([a-z]+)'), ',' \
-         ORDER BY m.uid) FROM kubemail_messages m JOIN kubemail_blobs b ON b.id = m.blob_id",
+    send_until_accepted(
+        &dev,
+        &user,
+        30,
+        "a permanent failure during the failover",
+        "not following the new primary after 30 s",
     );
+    println!("following the promoted standby after {:?}", start.elapsed());
+    let subjects = standby.psql(STORED_SUBJECTS);
     assert_eq!(subjects.trim(), "before,after");
 }
 

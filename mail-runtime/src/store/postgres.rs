@@ -660,13 +660,8 @@ impl Postgres {
         T: Send + 'static,
         F: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
-        let future = limited(work(self.inner.clone()));
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.inner.handle.spawn(async move {
-            let _ = tx.send(future.await);
-        });
-        rx.recv()
-            .unwrap_or_else(|_| Err(unavailable("the database worker stopped")))
+        // The work itself gives up after CALL_LIMIT: the wait never ends before it does.
+        self.run_within(CALL_LIMIT + Duration::from_secs(5), work)
     }
 
     /// Tells this process's sessions watching these mailboxes to look again (other

@@ -1757,14 +1757,9 @@ async fn refresh_pods(
     revision: &str,
     again: bool,
 ) -> bool {
-    use kube::api::{ListParams, Patch, PatchParams};
+    use kube::api::{Patch, PatchParams};
     let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns);
-    let selector = render::selector(md)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let list = match pods.list(&ListParams::default().labels(&selector)).await {
+    let list = match runtime_pods(client, ns, md).await {
         Ok(list) => list,
         Err(err) => {
             tracing::warn!(error = %err, "listing the runtime pods failed; the kubelet's periodic sync will deliver the config");
@@ -1845,20 +1840,26 @@ async fn runtime_status(host: &str, port: i32) -> Option<serde_json::Value> {
     Some(value["status"].clone())
 }
 
-/// Why a runtime container last stopped, as it wrote it for the kubelet (see `mail-runtime`'s
-/// termination message), from its pods' statuses.
-async fn last_termination(client: &kube::Client, ns: &str, md: &MailDomain) -> Option<String> {
-    use kube::api::ListParams;
-    let pods = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns);
+/// A domain's runtime pods, by its selector.
+async fn runtime_pods(
+    client: &kube::Client,
+    ns: &str,
+    md: &MailDomain,
+) -> kube::Result<kube::api::ObjectList<k8s_openapi::api::core::v1::Pod>> {
     let selector = render::selector(md)
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(",");
-    let list = pods
-        .list(&ListParams::default().labels(&selector))
+    Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), ns)
+        .list(&kube::api::ListParams::default().labels(&selector))
         .await
-        .ok()?;
+}
+
+/// Why a runtime container last stopped, as it wrote it for the kubelet (see `mail-runtime`'s
+/// termination message), from its pods' statuses.
+async fn last_termination(client: &kube::Client, ns: &str, md: &MailDomain) -> Option<String> {
+    let list = runtime_pods(client, ns, md).await.ok()?;
     // The newest stop of any runtime container: an old crash is not reported after a restart.
     list.items
         .iter()
