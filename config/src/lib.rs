@@ -7,11 +7,13 @@
 //!                                  \--> Vec<Problem> ("mailboxes[2].address: ...")
 //! ```
 //!
-//! This crate is the contract and nothing else: no Kubernetes types, no network, no store.
+//! This crate is the contract and nothing else: no Kubernetes types, no network, no store
+//! (only the [`database`] URI's parsing, which both sides need).
 //! Both binaries link it: the operator to render and check what it writes, the runtime to
 //! read it (the runtime's `config::watch` reloads it from disk). Passwords are hashed by the
 //! rules in [`password`], which both sides share.
 #![forbid(unsafe_code)]
+pub mod database;
 mod model;
 pub mod password;
 

@@ -78,6 +78,8 @@ pub mod reason {
     pub const WIDE_NETWORKS: &str = "WideNetworks";
     /// A RelayPolicy's client networks are all narrower than the threshold (or there are none).
     pub const NARROW_NETWORKS: &str = "NarrowNetworks";
+    /// The database Secret's URI is not a PostgreSQL connection URI.
+    pub const INVALID_URI: &str = "InvalidURI";
     /// The runtime reaches its database, at the schema version it knows.
     pub const DATABASE_CONNECTED: &str = "Connected";
     /// The runtime cannot use its database now (it says why).

@@ -2806,6 +2806,30 @@ async fn a_network_policy_keeps_the_runtime_to_its_mail_ports() {
         spec.policy_types,
         Some(vec!["Ingress".to_string(), "Egress".to_string()])
     );
+    // A domain on a database reaches it on the ports of its URI: here a primary and a standby.
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "mail-db-app"},
+        "stringData": {"uri": "postgresql://app:pw@db-a:5433,db-b:6432/app?target_session_attrs=read-write"}
+    }))
+    .expect("secret");
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create");
+    let mut md = domain_on("scaled", "scaled.test", None);
+    md["spec"]["storage"] = json!({"database": {"secretRef": {"name": "mail-db-app"}}});
+    apply(&client, &ns, md).await;
+    let policy = eventually("the database domain's NetworkPolicy", || async {
+        policies.get_opt("scaled-mail").await.ok()?
+    })
+    .await;
+    let egress = policy.spec.expect("spec").egress.expect("egress");
+    assert_eq!(
+        ports(&egress[1].ports),
+        [
+            "TCP/25", "TCP/443", "TCP/465", "TCP/5433", "TCP/587", "TCP/6432"
+        ]
+    );
 }
 
 /// A MailDomain on PostgreSQL: three replicas rolled one at a time (RollingUpdate with no pod
@@ -2874,6 +2898,23 @@ async fn a_domain_on_a_database_rolls_several_replicas_and_reports_its_database(
     })
     .await;
     assert!(message.contains("\"uri\""), "{message}");
+    // A value that is no connection URI is named as such, without repeating it (a password).
+    secrets
+        .patch(
+            "mail-db-app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"uri": "postgresql://app:hunter2@db:port/app"}})),
+        )
+        .await
+        .expect("patch");
+    let (_, _, message) = eventually("DatabaseReady False: not a URI", || async {
+        database().await.filter(|c| c.1 == "InvalidURI")
+    })
+    .await;
+    assert!(
+        message.contains("mail-db-app") && !message.contains("hunter2"),
+        "{message}"
+    );
     secrets
         .patch(
             "mail-db-app",

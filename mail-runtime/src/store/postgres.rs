@@ -470,21 +470,9 @@ async fn sweep_blobs(pool: &Pool, blobs: Vec<i64>) {
     }
 }
 
-/// A libpq connection URI or key=value string. `sslmode=verify-ca` and `verify-full` (what
-/// managed databases recommend) are `require` here: rustls always verifies the certificate and
-/// the host name.
+/// A libpq connection URI or key=value string (see [`kubemail_config::database::parse_uri`]).
 pub fn parse_uri(uri: &str) -> Result<tokio_postgres::Config, StoreError> {
-    let uri = uri
-        .replace("sslmode=verify-full", "sslmode=require")
-        .replace("sslmode=verify-ca", "sslmode=require");
-    uri.parse().map_err(|e: tokio_postgres::Error| {
-        StoreError::Unavailable(format!(
-            "the database URI: {e}{}",
-            std::error::Error::source(&e)
-                .map(|s| format!(": {s}"))
-                .unwrap_or_default()
-        ))
-    })
+    kubemail_config::database::parse_uri(uri).map_err(StoreError::Unavailable)
 }
 
 /// TLS to the database (rustls). With `ca_file` the connection must be TLS, verified against

@@ -432,9 +432,9 @@ struct Referred {
     relay_pods: Vec<String>,
     /// Whether the certificate Secret is there.
     tls_ok: bool,
-    /// With `storage.database`: whether its Secret and key are there (else the reason and
-    /// message).
-    database_secret: Option<std::result::Result<(), (&'static str, String)>>,
+    /// With `storage.database`: the ports its URI connects to, when its Secret and key are
+    /// there and the URI parses (else the reason and message).
+    database_secret: Option<std::result::Result<Vec<u16>, (&'static str, String)>>,
     /// The DKIM key that signs and the records to publish, when DKIM is on.
     dkim: super::dkim::Published,
     /// The Mailboxes to serve, with their hashes; each address belongs to one (the oldest).
@@ -515,23 +515,27 @@ async fn dereference(
                     reference.name
                 ),
             )),
-            Some(s)
-                if !s
-                    .data
-                    .as_ref()
-                    .is_some_and(|d| d.contains_key(&reference.key)) =>
-            {
-                Err((
+            Some(s) => match s.data.as_ref().and_then(|d| d.get(&reference.key)) {
+                None => Err((
                     reason::KEY_NOT_FOUND,
                     format!(
                         "Secret {} has no key {:?} (the connection URI): the runtime cannot start",
                         reference.name, reference.key
                     ),
-                ))
-            }
-            Some(_) => Ok(()),
+                )),
+                Some(uri) => kubemail_config::database::ports(&String::from_utf8_lossy(&uri.0))
+                    .map_err(|e| {
+                        (
+                            reason::INVALID_URI,
+                            format!(
+                                "Secret {} key {:?}: {e}: the runtime cannot start",
+                                reference.name, reference.key
+                            ),
+                        )
+                    }),
+            },
         });
-        if let (Some(Ok(())), Some(ca)) = (&referred.database_secret, &database.ca_secret_ref) {
+        if let (Some(Ok(_)), Some(ca)) = (&referred.database_secret, &database.ca_secret_ref) {
             let present = secrets
                 .get_opt(&ca.name)
                 .await?
@@ -749,8 +753,13 @@ fn build(
         service: objects::service(md),
         metrics_service: objects::metrics_service(md),
         deployment: objects::deployment(md, referred.relay.as_ref(), runtime),
-        network_policy: network_policy_from
-            .map(|from| objects::network_policy(md, referred.relay.as_ref(), from)),
+        network_policy: network_policy_from.map(|from| {
+            let database_ports = match &referred.database_secret {
+                Some(Ok(ports)) => ports.as_slice(),
+                _ => &[],
+            };
+            objects::network_policy(md, referred.relay.as_ref(), from, database_ports)
+        }),
     }
 }
 
@@ -1405,7 +1414,7 @@ fn status_of(
             set(types::DATABASE_READY, false, why, message.clone());
             false
         }
-        (Some(Ok(())), Some(Ok(schema))) => {
+        (Some(Ok(_)), Some(Ok(schema))) => {
             set(
                 types::DATABASE_READY,
                 true,
@@ -1414,11 +1423,11 @@ fn status_of(
             );
             true
         }
-        (Some(Ok(())), Some(Err((why, message)))) => {
+        (Some(Ok(_)), Some(Err((why, message)))) => {
             set(types::DATABASE_READY, false, why, message.clone());
             false
         }
-        (Some(Ok(())), None) => {
+        (Some(Ok(_)), None) => {
             set(
                 types::DATABASE_READY,
                 false,

@@ -563,12 +563,14 @@ pub fn deployment(
 /// The runtime pods' NetworkPolicy: in, the mail ports from anywhere (the Service may be a
 /// public load balancer) and the HTTP port (`/metrics`, `/readyz`, the operator's revision
 /// reads) only from the namespaces `http_from` names (the operator's, monitoring); out, DNS,
-/// SMTP to other servers (25, 465, 587), HTTPS (MTA-STS policies, 443) and the ports of the
-/// scanners and the smarthost the domain and its RelayPolicy name. Nothing else either way.
+/// SMTP to other servers (25, 465, 587), HTTPS (MTA-STS policies, 443), the ports of the
+/// scanners and the smarthost the domain and its RelayPolicy name, and `database_ports` (those
+/// of the database URI, with `storage.database`). Nothing else either way.
 pub fn network_policy(
     md: &MailDomain,
     relay: Option<&RelayPolicy>,
     http_from: &[String],
+    database_ports: &[u16],
 ) -> k8s_openapi::api::networking::v1::NetworkPolicy {
     use k8s_openapi::{
         api::networking::v1::{
@@ -622,6 +624,7 @@ pub fn network_policy(
             .and_then(|r| r.spec.route.smarthost.as_ref())
             .map(|h| h.port),
     );
+    out_ports.extend(database_ports.iter().map(|&p| i32::from(p)));
     out_ports.sort_unstable();
     out_ports.dedup();
     NetworkPolicy {
