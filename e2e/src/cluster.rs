@@ -36,7 +36,8 @@ use crate::{
     tools::{Tools, workspace_binary, workspace_root},
 };
 
-const NODE_IP: &str = "10.250.0.2";
+/// The node's address in its network namespace (pods reach it; the host does not).
+pub(crate) const NODE_IP: &str = "10.250.0.2";
 const POD_CIDR: &str = "10.244.0.0/24";
 const DIR_PREFIX: &str = "kubemail-node-";
 

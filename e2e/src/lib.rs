@@ -12,6 +12,7 @@
 //!   Cluster::shared()       -- the same, with a node that runs pods from kubemail's images
 //!        +-- plane()        -- its control plane
 //!        +-- in_node(cmd)   -- a client run inside the node's network (Service and pod IPs)
+//!   Database::start_in(cluster) -- PostgreSQL on the node's address, TLS, for pods to use
 //! ```
 //!
 //! Set `KUBEMAIL_TOOLS_BIN` to a directory holding the binaries to skip the build script.
@@ -20,6 +21,7 @@
 mod cluster;
 mod control_plane;
 mod crds;
+mod database;
 mod dns;
 mod namespace;
 mod peers;
@@ -31,6 +33,7 @@ mod tools;
 pub use cluster::{Cluster, Images};
 pub use control_plane::ControlPlane;
 pub use crds::{install_crds, install_external_dns_crd};
+pub use database::{DATABASE_PORT, Database};
 pub use dns::Dns;
 pub use namespace::{TestNamespace, with_namespace};
 pub use peers::{Peers, Scanners};

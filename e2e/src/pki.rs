@@ -23,32 +23,52 @@ pub(crate) struct Pki {
     pub kubelet_client_key: std::path::PathBuf,
 }
 
-/// Writes the files; `extra_names` are more names and addresses the API server answers to.
-pub(crate) fn write(dir: &Path, extra_names: &[String]) -> Result<Pki> {
-    fs::create_dir_all(dir)?;
+/// A new CA named `name`: its certificate and what signs with it.
+fn new_ca(name: &str) -> Result<(rcgen::Certificate, Issuer<'static, KeyPair>)> {
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "kubemail-test-ca");
+    ca_params.distinguished_name.push(DnType::CommonName, name);
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
+    Ok((ca_cert, Issuer::new(ca_params, ca_key)))
+}
 
-    let serving_key = KeyPair::generate()?;
+/// A serving certificate for `names` (host names or addresses) signed by `issuer`, and its key.
+fn serving(
+    issuer: &Issuer<'static, KeyPair>,
+    name: &str,
+    names: Vec<String>,
+) -> Result<(rcgen::Certificate, KeyPair)> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(names)?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    Ok((params.signed_by(&key, issuer)?, key))
+}
+
+/// A new CA and a serving certificate it signed for `names`, as PEM: (CA, certificate, key).
+pub(crate) fn server_pem(name: &str, names: &[&str]) -> Result<(String, String, String)> {
+    let (ca_cert, issuer) = new_ca(&format!("{name} test CA"))?;
+    let (cert, key) = serving(
+        &issuer,
+        name,
+        names.iter().map(|n| (*n).to_string()).collect(),
+    )?;
+    Ok((ca_cert.pem(), cert.pem(), key.serialize_pem()))
+}
+
+/// Writes the files; `extra_names` are more names and addresses the API server answers to.
+pub(crate) fn write(dir: &Path, extra_names: &[String]) -> Result<Pki> {
+    fs::create_dir_all(dir)?;
+    let (ca_cert, issuer) = new_ca("kubemail-test-ca")?;
     let mut names = vec![
         "127.0.0.1".to_string(),
         "localhost".to_string(),
         "kubernetes.default.svc".to_string(),
     ];
     names.extend_from_slice(extra_names);
-    let mut serving = CertificateParams::new(names)?;
-    serving
-        .distinguished_name
-        .push(DnType::CommonName, "kube-apiserver");
-    serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let serving_cert = serving.signed_by(&serving_key, &issuer)?;
+    let (serving_cert, serving_key) = serving(&issuer, "kube-apiserver", names)?;
 
     let client_key = KeyPair::generate()?;
     let mut client = CertificateParams::new(Vec::<String>::new())?;

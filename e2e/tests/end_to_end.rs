@@ -4,7 +4,8 @@
 //! and poplib, fetchmail) reaching the runtime through its Service from inside the node's
 //! network, a smarthost peer, and the drills a cluster puts a workload through (pod deleted,
 //! rollout restart, operator killed, containerd and kubelet restarted, kube-apiserver
-//! restarted). Prints a timing table.
+//! restarted); then the scaling example's replicas on PostgreSQL restarted one by one under
+//! load. Prints a timing table.
 use std::{
     io::{BufRead, BufReader, Write},
     path::PathBuf,
@@ -12,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use kubemail_e2e::{Cluster, workspace_root};
+use kubemail_e2e::{Cluster, Database, workspace_root};
 
 const RUNTIME_SELECTOR: &str = "app.kubernetes.io/instance=example-test";
 
@@ -944,6 +945,10 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
         before_node_restart,
         "the runtime container survives a containerd and kubelet restart"
     );
+    // Before the API server restart: a MailDomain made in the minutes after one is not
+    // reconciled for minutes yet (a known operator bug: its MailDomain watches are slow to
+    // recover from the restart), which is not what this part measures.
+    replicas_on_a_database_roll_without_losing_mail(&world, &mut timings);
     drill("kube-apiserver restarted", &mut timings, &|| {
         let down = Instant::now();
         cluster
@@ -981,4 +986,178 @@ fn from_helm_install_to_an_inbox_on_a_real_node() {
     for (step, took) in &timings {
         println!("| {step} | {:.3} s |", took.as_secs_f64());
     }
+}
+
+/// The scaling example (`examples/scaling`: three runtime replicas on PostgreSQL) on a database
+/// outside the cluster (PostgreSQL on the node's address, TLS with a CA from a Secret, the URI
+/// in a Secret shaped like CloudNativePG's), restarted with `kubectl rollout restart` while
+/// clients send (SMTP, retrying a 4xx or a broken connection as RFC 5321 says) and read (IMAP,
+/// logging in again after a BYE) without pause: no acknowledged message is lost, and the
+/// operations the clients had to make again are counted and printed.
+fn replicas_on_a_database_roll_without_losing_mail(
+    world: &World,
+    timings: &mut Vec<(String, Duration)>,
+) {
+    const SELECTOR: &str = "app.kubernetes.io/instance=example";
+    let db = Database::start_in(world.cluster).expect("PostgreSQL in the node's network");
+    let ca_file =
+        std::env::temp_dir().join(format!("kubemail-e2e-{}-db-ca.crt", std::process::id()));
+    std::fs::write(&ca_file, db.ca_pem()).expect("the CA file");
+    let uri = format!("--from-literal=uri={}", db.uri());
+    ok(world.kubectl().args([
+        "create",
+        "secret",
+        "generic",
+        "mail-db-app",
+        "-n",
+        &world.ns,
+        "--from-literal=username=app",
+        &uri,
+    ]));
+    ok(world
+        .kubectl()
+        .args(["create", "secret", "generic", "mail-db-ca", "-n", &world.ns])
+        .arg(format!("--from-file=ca.crt={}", ca_file.display())));
+    let _ = std::fs::remove_file(&ca_file);
+    // The example as it is, with the CA its README says to add.
+    let example =
+        std::fs::read_to_string(workspace_root().join("examples/scaling/maildomain.yaml"))
+            .expect("the scaling example");
+    let mut domain: serde_json::Value = serde_yaml_ng::from_str(&example).expect("YAML");
+    domain["spec"]["storage"]["database"]["caSecretRef"] =
+        serde_json::json!({"name": "mail-db-ca"});
+    let replicas = domain["spec"]["runtime"]["replicas"]
+        .as_u64()
+        .expect("replicas") as usize;
+    world.apply(&format!(
+        "{}---\n\
+apiVersion: v1\nkind: Secret\nmetadata: {{name: load-password}}\nstringData: {{password: load-password}}\n---\n\
+apiVersion: kubemail.io/v1alpha1\nkind: Mailbox\nmetadata: {{name: load}}\nspec: {{address: load@example.com, passwordSecretRef: {{name: load-password}}}}\n",
+        serde_yaml_ng::to_string(&domain).expect("YAML")
+    ));
+    let condition = |kind: &str, field: &str| {
+        world.get(
+            &["get", "maildomain", "example"],
+            &format!("{{.status.conditions[?(@.type==\"{kind}\")].{field}}}"),
+        )
+    };
+    let applied = Instant::now();
+    world.wait(
+        "the scaling example Ready on its database",
+        Duration::from_secs(300),
+        || condition("Ready", "status") == "True",
+    );
+    timings.push((
+        format!("{replicas} replicas on PostgreSQL -> Ready"),
+        applied.elapsed(),
+    ));
+    let said = condition("DatabaseReady", "message");
+    assert_eq!(condition("DatabaseReady", "reason"), "Connected", "{said}");
+    assert!(said.contains("schema version"), "{said}");
+    let running = || {
+        world.get(
+            &["get", "pods", "-l", SELECTOR],
+            "{range .items[?(@.status.phase==\"Running\")]}{.metadata.name} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
+        )
+    };
+    let before = running();
+    assert_eq!(before.lines().count(), replicas, "{before}");
+    assert_eq!(
+        world.get(&["get", "pdb", "example-mail"], "{.spec.maxUnavailable}"),
+        "1"
+    );
+
+    let ip = world.get(&["get", "service", "example-mail"], "{.spec.clusterIP}");
+    let mut load = Killed(
+        world
+            .cluster
+            .in_node("python3")
+            .arg(workspace_root().join("mail-runtime/tests/clients/rolling_load.py"))
+            .args([
+                &ip,
+                "25",
+                "993",
+                "load@example.com",
+                "load-password",
+                "4",
+                "4",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3"),
+    );
+    let mut report = BufReader::new(load.0.stdout.take().expect("stdout")).lines();
+    assert_eq!(
+        report.next().and_then(Result::ok).as_deref(),
+        Some("running")
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let restarted = Instant::now();
+    ok(world.kubectl().args([
+        "rollout",
+        "restart",
+        "deployment/example-mail",
+        "-n",
+        &world.ns,
+    ]));
+    world
+        .cluster
+        .wait_rollout(
+            &world.ns,
+            "deployment/example-mail",
+            Duration::from_secs(600),
+        )
+        .expect("the rolling restart");
+    world.wait("the old pods gone", Duration::from_secs(120), || {
+        let now = running();
+        now.lines().count() == replicas
+            && now
+                .lines()
+                .all(|pod| !before.contains(pod.trim()) && !pod.trim().contains(' '))
+    });
+    timings.push((
+        format!("rolling restart of {replicas} replicas under load"),
+        restarted.elapsed(),
+    ));
+    std::thread::sleep(Duration::from_secs(5));
+    writeln!(load.0.stdin.as_mut().expect("stdin"), "stop").expect("stop the clients");
+    let line = report.next().and_then(Result::ok).unwrap_or_default();
+    let report: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    let acked: Vec<&str> = report["acked"]
+        .as_array()
+        .expect("acked")
+        .iter()
+        .map(|t| t.as_str().expect("token"))
+        .collect();
+    let mut summary = report.clone();
+    summary["acked"] = acked.len().into();
+    println!(
+        "rolling restart of {replicas} replicas on PostgreSQL on a real node, under load: {summary}"
+    );
+    assert!(
+        acked.len() > 20,
+        "too little load to show anything: {summary}"
+    );
+    assert_eq!(report["smtp_5xx"], 0, "{summary}");
+    assert!(
+        report["imap_commands"].as_u64().unwrap_or(0) > 100,
+        "the readers did not read: {summary}"
+    );
+    let stored = db
+        .psql(
+            "SELECT substring(convert_from(b.body, 'UTF8') FROM 'Subject: rolling ([0-9a-f]+)') \
+             FROM kubemail_messages m JOIN kubemail_blobs b ON b.id = m.blob_id",
+        )
+        .expect("the stored messages");
+    let missing: Vec<&&str> = acked
+        .iter()
+        .filter(|t| !stored.lines().any(|l| l == **t))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged messages lost in the rolling restart: {missing:?}",
+        missing.len()
+    );
 }

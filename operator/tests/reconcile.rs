@@ -47,7 +47,11 @@ impl Operator {
                 "kubemail/mail-runtime:test",
             ])
             .env("KUBECONFIG", plane.kubeconfig())
-            .env("RUST_LOG", "warn")
+            // `OPERATOR_LOG=kube_runtime=debug,...` when debugging a test.
+            .env(
+                "RUST_LOG",
+                std::env::var("OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .spawn()
             .expect("the operator starts");
