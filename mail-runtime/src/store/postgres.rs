@@ -1197,11 +1197,14 @@ impl Store for Postgres {
                     Some(s) => (s.id, s.keywords.clone()),
                     None => (target.id, target.keywords.clone()),
                 };
-                // The flags the messages have now, not those a session last saw.
+                // The flags the messages have now, not those a session last saw. KEY SHARE: a
+                // session expunging one of them waits for this copy (or, having committed
+                // first, its message is not copied), so its blob is never swept from under the
+                // copy's new row (a foreign key violation, seen with 20 sessions at once).
                 let rows = tx
                     .query(
                         "SELECT uid, flags, internal_date, size, blob_id FROM kubemail_messages \
-                         WHERE folder_id = $1 AND uid = ANY($2)",
+                         WHERE folder_id = $1 AND uid = ANY($2) FOR KEY SHARE",
                         &[&source_id, &uids],
                     )
                     .await
